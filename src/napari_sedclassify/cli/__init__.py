@@ -1,0 +1,74 @@
+"""The ``sedclassify`` command line.
+
+Each subcommand lives in its own module ``napari_sedclassify.cli.<name>`` that defines
+``register(subparsers)``; this module only dispatches, so ``sedclassify --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+
+#: Subcommand modules, in the order shown by ``--help``.
+SUBCOMMANDS = [
+    "simulate",
+    "info",
+    "preprocess",
+    "train",
+    "evaluate",
+    "predict",
+    "demo",
+    "watch",
+    "reduce",
+]
+
+
+class CLIError(Exception):
+    """An error for the user: printed as one clear line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sedclassify",
+        description=(
+            "Classify narrow-beam electron diffraction scans (carbon, amorphous ice, "
+            "crystalline ice, mixed): simulate, read, preprocess, train, predict, reduce."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"sedclassify {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # a subcommand not written yet
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"sedclassify {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        print(f"sedclassify {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sedclassify {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
