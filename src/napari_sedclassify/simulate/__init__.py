@@ -1,0 +1,1 @@
+"""Simulator of holey-carbon / vitreous-ice narrow-beam diffraction scans."""
