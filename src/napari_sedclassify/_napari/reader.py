@@ -1,33 +1,112 @@
-"""napari reader contribution: opens a scan lazily and shows its integrated image."""
+"""napari reader contribution: opens a scan lazily and shows its integrated image.
+
+Opening never reads the scan: the reader returns one image layer in scan space holding a
+placeholder (zeros) and carrying the lazy Scan, and starts a thread worker that computes the
+total-intensity image chunk by chunk with a progress bar. When it is done, the layer (found in
+the current viewer by the identity of its Scan) gets the image and its contrast limits, and
+loses the ``INTEGRATING`` mark in its metadata. Errors become napari notifications.
+"""
 
 from __future__ import annotations
 
+import os
+from functools import partial
+
 import numpy as np
 
-from .layers import scan_layer_data
+from .layers import SCAN_KEY, scan_layer_data
+
+#: layer.metadata key, True while the integrated image is still being computed.
+INTEGRATING = "sedclassify_integrating"
+#: How long the finished image waits for its layer to appear in the viewer (s).
+_WAIT_FOR_LAYER_S = 10.0
+_workers: set = set()
 
 
 def get_reader(path):
-    """Return a reader for ``path`` if it looks like a scan, else None."""
-    if isinstance(path, list):
+    """Return a reader for ``path`` if it looks like a scan, else None (napari tries others)."""
+    from ..io import can_open
+
+    if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
-    return _read
+    return read_scan if can_open(path) else None
 
 
-def _read(path):
+def read_scan(path):
+    """Open ``path`` lazily: one image layer (placeholder) carrying the Scan; the image follows."""
     from napari.utils.notifications import show_error
 
     from ..io import open_scan
-    from ..processing.virtual import virtual_image
 
-    if isinstance(path, list):
+    if isinstance(path, (list, tuple)):
         path = path[0]
     try:
         scan = open_scan(path)
-    except Exception as exc:  # shown in napari, never a raw traceback
-        show_error(f"Could not open {path}: {exc}")
-        return None
-    image = np.asarray(virtual_image(scan).compute())
-    return [scan_layer_data(scan, image)]
+    except Exception as exc:  # shown in napari, never a traceback in the user's face
+        message = str(exc)
+        show_error(message if str(path) in message else f"{path}: {message}")
+        return [(None,)]
+    data, kwargs, kind = scan_layer_data(scan, np.zeros(scan.scan_shape, dtype=np.float32))
+    kwargs["metadata"][INTEGRATING] = True
+    kwargs["contrast_limits"] = (0.0, 1.0)
+    integrate_in_background(scan, kwargs["name"])
+    return [(data, kwargs, kind)]
+
+
+def integrate_in_background(scan, name: str):
+    """Start a thread worker computing the total-intensity image of ``scan``; returns the worker.
+
+    The image is computed a few dask chunks at a time (one progress step per chunk); the
+    layer carrying ``scan`` receives it on the UI thread.
+    """
+    from napari.qt.threading import create_worker
+    from napari.utils.notifications import show_error
+
+    from ..processing.virtual import virtual_image
+
+    image = virtual_image(scan)
+    blocks = list(np.ndindex(*image.numblocks))
+    per_batch = 2 * (os.cpu_count() or 1)
+    edges = [np.cumsum((0,) + c) for c in image.chunks]
+
+    def work():
+        import dask
+
+        out = np.full(image.shape, np.nan)
+        for start in range(0, len(blocks), per_batch):
+            batch = blocks[start : start + per_batch]
+            for (i, j), part in zip(batch, dask.compute(*[image.blocks[b] for b in batch])):
+                out[edges[0][i] : edges[0][i + 1], edges[1][j] : edges[1][j + 1]] = part
+                yield
+        return out
+
+    worker = create_worker(work, _progress={"total": len(blocks), "desc": f"Integrating {name}"})
+    worker.returned.connect(partial(_fill_layer, scan))
+    worker.errored.connect(lambda exc: show_error(f"{scan.source}: integrated image failed: {exc}"))
+    _workers.add(worker)
+    worker.finished.connect(lambda: _workers.discard(worker))
+    worker.start()
+    return worker
+
+
+def _fill_layer(scan, image, waited_s: float = 0.0):
+    """Put ``image`` into the layer carrying ``scan`` (retrying while it is not yet added)."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    viewer = napari.current_viewer()
+    layer = None
+    if viewer is not None:
+        layer = next((ly for ly in viewer.layers if ly.metadata.get(SCAN_KEY) is scan), None)
+    if layer is None:
+        if viewer is not None and waited_s < _WAIT_FOR_LAYER_S:
+            QTimer.singleShot(100, partial(_fill_layer, scan, image, waited_s + 0.1))
+        return
+    layer.data = image
+    finite = image[np.isfinite(image)]
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        layer.contrast_limits = (lo, hi if hi > lo else lo + 1.0)
+    layer.metadata.pop(INTEGRATING, None)

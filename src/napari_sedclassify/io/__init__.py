@@ -1,10 +1,13 @@
 """Readers for 4D scans. ``open_scan(path)`` picks the format from the path and returns a lazy Scan.
 
-No napari or Qt here.
+One module per format (mib, blockfile, hdf5, mat, npy, zarr_store, tiff); each defines
+``probe(path) -> bool`` (cheap: does this look like a scan?) and ``read(path, scan_shape, *,
+dataset, missing_at, chunk_frames) -> Scan``. No napari or Qt here.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 
@@ -12,17 +15,133 @@ class ScanFormatError(ValueError):
     """A file that cannot be read as a scan; the message names the file and the problem."""
 
 
-def open_scan(path, scan_shape=None, **kwargs):
+#: File name endings and the module that reads them.
+SUFFIXES = {
+    ".mib": "mib",
+    ".hdr": "mib",
+    ".blo": "blockfile",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".hdf": "hdf5",
+    ".emd": "hdf5",
+    ".nxs": "hdf5",
+    ".mat": "mat",
+    ".npy": "npy",
+    ".zarr": "zarr_store",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
+
+#: Leading bytes of files whose name does not say their format.
+_MAGIC = [
+    (b"MQ1,", "mib"),
+    (b"IMGBLO", "blockfile"),
+    (b"\x89HDF\r\n\x1a\n", "hdf5"),
+    (b"\x93NUMPY", "npy"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),
+    (b"MM\x00+", "tiff"),
+    (b"MATLAB", "mat"),
+]
+
+#: Formats whose files hold several arrays (``dataset=`` picks one).
+_WITH_DATASETS = {"hdf5", "mat", "zarr_store"}
+
+
+def format_of(path) -> str | None:
+    """Name of the reader module for ``path`` (a file or a folder), or None when none applies."""
+    path = Path(path)
+    if path.is_dir():
+        from .tiff import tiff_files
+        from .zarr_store import is_zarr
+
+        if path.suffix.lower() == ".zarr" or is_zarr(path):
+            return "zarr_store"
+        if tiff_files(path):
+            return "tiff"
+        return None
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is not None:
+        return _reduced_or(fmt, path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return _reduced_or(next((name for magic, name in _MAGIC if head.startswith(magic)), None), path)
+
+
+def _reduced_or(fmt, path):
+    """``"reduced"`` for an HDF5 file written by ``sedclassify reduce``, else ``fmt``."""
+    from .reduced import is_reduced
+
+    return "reduced" if fmt == "hdf5" and path.is_file() and is_reduced(path) else fmt
+
+
+def can_open(path) -> bool:
+    """True when ``path`` looks like a scan this package reads (cheap: headers only)."""
+    try:
+        path = Path(path)
+        fmt = format_of(path) if path.exists() else None
+        if fmt is None:
+            return False
+        return bool(importlib.import_module(f".{fmt}", __name__).probe(path))
+    except Exception:  # a probe never raises: anything odd means "not for us"
+        return False
+
+
+def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=None, **kwargs):
     """Open ``path`` lazily as a :class:`~napari_sedclassify.scan.Scan`.
 
-    scan_shape: (scan_y, scan_x) when the file does not say it (or to override it).
+    scan_shape: (scan_y, scan_x) when the file does not say it, or to override it. With fewer
+        frames than positions, the grid is padded and the positions without a frame are marked
+        in ``scan.missing``.
+    dataset: which array to read in files that hold several (HDF5, MATLAB, zarr).
+    missing_at: "end" (an interrupted acquisition) or "start" (frames lost at the start) for
+        the positions without a frame.
+    chunk_frames: frames per dask chunk (default: about 32 MB of whole frames).
+
+    Raises FileNotFoundError, or ScanFormatError naming the file and the problem.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        from .npy import read_npy
+    fmt = format_of(path)
+    if fmt is None:
+        if path.is_dir():
+            raise ScanFormatError(
+                f"{path}: a directory that is not a scan (no zarr array, no TIFF frames)"
+            )
+        raise ScanFormatError(f"{path}: unknown scan format '{path.suffix or path.name}'")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ScanFormatError(f"{path}: empty file")
+    if dataset is not None and fmt not in _WITH_DATASETS:
+        raise ValueError(f"{path}: dataset= applies to HDF5, MATLAB and zarr files, not to {fmt} files")
+    reader = importlib.import_module(f".{fmt}", __name__)
+    options = dict(missing_at=missing_at, chunk_frames=chunk_frames, **kwargs)
+    if fmt in _WITH_DATASETS:
+        options["dataset"] = dataset
+    scan = reader.read(path, scan_shape, **options)
+    _check_readable(scan)
+    return scan
 
-        return read_npy(path, scan_shape=scan_shape, **kwargs)
-    raise ScanFormatError(f"{path}: unknown scan format '{suffix or path.name}'")
+
+def _check_readable(scan):
+    """Read one recorded frame now, so an undecodable or NaN-only file fails at open, not later."""
+    import numpy as np
+
+    recorded = np.flatnonzero(~scan.missing.ravel())
+    if recorded.size == 0:
+        raise ScanFormatError(f"{scan.source}: no recorded frame in the scan")
+    sx = scan.scan_shape[1]
+    picks = sorted({int(recorded[0]), int(recorded[recorded.size // 2]), int(recorded[-1])})
+    for k, flat in enumerate(picks):
+        frame = np.asarray(scan.data[flat // sx, flat % sx].compute())
+        if frame.dtype.kind != "f" or np.isfinite(frame).any():
+            return
+        if k == 0 and len(picks) == 1:
+            break
+    raise ScanFormatError(
+        f"{scan.source}: NaN-only data: frames {picks} (first, middle, last recorded) hold no finite value"
+    )

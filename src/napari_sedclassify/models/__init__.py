@@ -1,4 +1,36 @@
 """Classifiers (FCNN, SVM, CNN) with the scikit-learn estimator contract, metrics, model files.
 
-TensorFlow and scikit-learn are imported inside the functions that need them.
+Light on purpose: scikit-learn and TensorFlow are imported only by the submodules that need
+them (``fcnn``, ``svm``, ``cnn``, ``persistence``), and only when those are imported.
+
+- ``features``: feature recipes (RIA on a q axis, crops), normalisation and augmentation.
+- ``fcnn``, ``svm``, ``cnn``: the estimators; ``make_estimator(kind)`` builds one by name.
+- ``training``: training from labeled scans (hold-out, validation split, class weights).
+- ``metrics``: confusion matrix, precision/recall/F1/Jaccard, tables and plots.
+- ``persistence``: one model file per model (``.sedmodel`` zip), loaded without code execution.
+- ``tf_process``: run TensorFlow work in a spawned child process (napari + OpenGL safety).
 """
+
+from __future__ import annotations
+
+#: Model kinds and the feature kind each one eats.
+MODEL_KINDS = {"fcnn": "ria", "svm": "ria", "cnn": "crop"}
+
+
+#: Raised when a cancel callable asked a long job (preprocessing, training, prediction) to stop;
+#: the same class as the preprocessing engine's, so one ``except Cancelled`` catches both.
+from ..processing.runner import Cancelled  # noqa: E402
+
+
+def make_estimator(kind: str, **params):
+    """A fresh, unfitted estimator of ``kind`` ("fcnn", "svm" or "cnn") with ``params``."""
+    kind = kind.lower()
+    if kind == "fcnn":
+        from .fcnn import FCNNClassifier as cls
+    elif kind == "svm":
+        from .svm import SVMClassifier as cls
+    elif kind == "cnn":
+        from .cnn import CNNClassifier as cls
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    return cls(**params)

@@ -1,8 +1,59 @@
-"""Virtual images: the integrated image of a scan from a detector mask (px)."""
+"""Virtual images: the integrated image of a scan through virtual detectors.
+
+Total intensity (every valid pixel), bright field (a disc about the direct beam) and annular
+dark field (an annulus outside it), each about the frame's own centre when per-frame centres
+are known. Radii in px, or in Å (the lattice spacing d seen at that radius) via the Geometry.
+Masked pixels are excluded (not counted as zeros).
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from .pixels import PixelGrid, grid_for, grid_of
+from .runner import FrameProcessor, FrameRunner, Output
+
+
+class VirtualDetectors(FrameProcessor):
+    """Outputs per frame: ``total`` (sum of all valid pixels) and one sum per annulus.
+
+    annuli: name -> (inner_px, outer_px) about each frame's centre (outer may be inf); float64
+    sums, NaN for an annulus when the frame has no centre. grid: where the pixels are.
+    """
+
+    def __init__(self, annuli: dict | None = None, grid: PixelGrid | None = None):
+        self.grid = grid
+        self.annuli = {k: (float(a), float(b)) for k, (a, b) in (annuli or {}).items()}
+        for k, (a, b) in self.annuli.items():
+            if not (0 <= a < b):
+                raise ValueError(f"virtual detector {k!r}: need 0 <= inner < outer, got {a}, {b}")
+
+    @property
+    def needs_centres(self) -> bool:
+        return bool(self.annuli)
+
+    def outputs(self):
+        return {name: Output((), "float64", np.nan) for name in ["total", *self.annuli]}
+
+    def process_chunk(self, frames, centres, mask=None):
+        from ._kernels import annular_sums
+
+        n = frames.shape[0]
+        names = list(self.annuli)
+        r_in = np.array([self.annuli[k][0] for k in names], np.float64)
+        r_out = np.array([self.annuli[k][1] for k in names], np.float64)
+        total = np.empty(n, np.float64)
+        sums = np.empty((n, len(names)), np.float64)
+        if centres is None:
+            centres = np.full((n, 2), np.nan)
+        g = grid_of(self.grid, frames.shape[1:])
+        annular_sums(frames, g.to_physical(centres), g.centres(0), g.centres(1), r_in, r_out, total, sums)
+        out = {"total": total}
+        for j, k in enumerate(names):
+            out[k] = sums[:, j]
+        return out
 
 
 def annular_mask(detector_shape, centre, inner_px: float = 0.0, outer_px: float | None = None):
@@ -17,27 +68,52 @@ def annular_mask(detector_shape, centre, inner_px: float = 0.0, outer_px: float 
     return m
 
 
-def virtual_image(scan, inner_px: float = 0.0, outer_px: float | None = None, centre=None):
+def virtual_image(scan, inner_px: float = 0.0, outer_px: float | None = None, centre=None, *,
+                  centres=None, inner_d_A: float | None = None, outer_d_A: float | None = None,
+                  flatfield=None):
     """Lazy virtual image (scan_y, scan_x) float64: sum of counts in an annulus per frame.
 
     inner_px=0, outer_px=None gives the total intensity (integrated image); a small outer
     radius gives bright field; inner radius beyond the direct beam gives annular dark field.
-    centre: (cy, cx) px on the detector, default the detector centre.
-    Missing frames are NaN.
+    centre: (cy, cx) px on the detector for every frame, default the detector centre;
+    centres: (scan_y, scan_x, 2) per-frame centres instead (NaN: that frame is NaN).
+    inner_d_A / outer_d_A: radii as the lattice spacing (Å) seen there (needs a calibrated
+    geometry; replaces inner_px / outer_px). flatfield: a FlatField applied first (its masked
+    pixels excluded). Missing frames are NaN.
     """
     import dask.array as da
 
+    g = scan.geometry
+    if inner_d_A is not None or outer_d_A is not None:
+        if not g.calibrated:
+            raise ValueError(f"{scan.source or 'scan'}: radii in Å need a calibrated geometry")
+        if inner_d_A is not None:
+            inner_px = float(g.d_A_to_radius_px(inner_d_A))
+        if outer_d_A is not None:
+            outer_px = float(g.d_A_to_radius_px(outer_d_A))
     ky, kx = scan.detector_shape
-    if centre is None:
-        centre = ((ky - 1) / 2, (kx - 1) / 2)
-    mask = annular_mask((ky, kx), centre, inner_px, outer_px)
+    sy, sx = scan.scan_shape
+    whole = inner_px <= 0 and outer_px is None
+    annuli = {} if whole else {"annulus": (inner_px, math.inf if outer_px is None else outer_px)}
+    if centres is not None:
+        centres = np.asarray(centres, dtype=np.float64).reshape(sy, sx, 2)
+    elif not whole:
+        cy, cx = ((ky - 1) / 2, (kx - 1) / 2) if centre is None else centre
+        centres = np.broadcast_to(np.array([cy, cx], np.float64), (sy, sx, 2))
+    key = "total" if whole else "annulus"
+    runner = FrameRunner([VirtualDetectors(annuli, grid_for(scan))], flatfield)
     data = scan.data
+    if len(data.chunks[2]) > 1 or len(data.chunks[3]) > 1:
+        data = data.rechunk({2: -1, 3: -1})
 
-    def _block(block):
+    def _block(block, block_info=None):
+        (y0, y1), (x0, x1) = block_info[0]["array-location"][:2]
         b = np.asarray(block)
-        return b.reshape(b.shape[:2] + (-1,))[..., mask.ravel()].sum(axis=-1, dtype=np.float64)
+        c = np.zeros((b.shape[0] * b.shape[1], 2)) if centres is None else centres[y0:y1, x0:x1].reshape(-1, 2)
+        part = runner.run_chunk(b.reshape((-1, ky, kx)), centres=c)
+        return part.values[key].reshape(b.shape[:2])
 
     img = data.map_blocks(_block, drop_axis=(2, 3), dtype=np.float64, chunks=data.chunks[:2])
     if scan.missing.any():
-        img = da.where(da.from_array(scan.missing), np.nan, img)
+        img = da.where(da.from_array(scan.missing, chunks=data.chunks[:2]), np.nan, img)
     return img

@@ -1,0 +1,168 @@
+"""Long jobs off the UI thread: a napari thread_worker, a napari progress bar, a Cancel button.
+
+The engine reports progress through plain callables called from the worker thread
+(``report(done, total, info=None)``) and polls ``cancelled()``; a QTimer on the UI thread
+picks the reports up every 100 ms, so the engine never touches Qt and the UI is updated at a
+bounded rate however often the engine reports.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from magicgui.widgets import Container, Label, PushButton
+
+
+class BackgroundJob:
+    """Run ``work(report, cancelled)`` in a thread worker with progress and cancellation.
+
+    on_returned(result) runs on the UI thread when the job ends normally; on_progress(items)
+    with the new (done, total, info) reports; on_finished() always, last. A job that raises
+    shows a napari error notification naming ``description``; a cancelled one an info.
+    """
+
+    def __init__(self, description, work, *, on_returned=None, on_progress=None, on_finished=None):
+        from qtpy.QtCore import QTimer
+
+        self.description = description
+        self.cancel_event = threading.Event()
+        self.worker = None
+        self.error = None
+        self.done = False  # True once finished, whatever the outcome
+        self.outcome = None  # "done", "cancelled" or "failed"
+        self._work = work
+        self._on_returned = on_returned
+        self._on_progress = on_progress
+        self._on_finished = on_finished
+        self._pending = []
+        self._lock = threading.Lock()
+        self._bar = None
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._poll)
+
+    # worker thread -------------------------------------------------------------------
+    def _run(self):
+        return self._work(self._report, self.cancel_event.is_set)
+
+    def _report(self, done, total=None, info=None):
+        with self._lock:
+            self._pending.append((done, total, info))
+
+    # UI thread -----------------------------------------------------------------------
+    def start(self):
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self._bar = progress(total=0, desc=self.description)
+        self.worker = create_worker(self._run, _start_thread=False)
+        self.worker.returned.connect(self._returned)
+        self.worker.errored.connect(self._errored)
+        self.worker.finished.connect(self._finished)
+        self._timer.start()
+        self.worker.start()
+        return self.worker
+
+    def cancel(self):
+        self.cancel_event.set()
+
+    def _poll(self):
+        with self._lock:
+            items, self._pending = self._pending, []
+        if not items:
+            return
+        done, total, _ = items[-1]
+        if self._bar is not None:
+            if total is not None and self._bar.total != total:
+                self._bar.total = int(total)
+            self._bar.n = int(done)
+            self._bar.refresh()
+        if self._on_progress is not None:
+            self._on_progress(items)
+
+    def _returned(self, result):
+        from napari.utils.notifications import show_error, show_info
+
+        self._poll()
+        if self.cancel_event.is_set():
+            self.outcome = "cancelled"
+            show_info(f"{self.description}: cancelled")
+            return
+        self.outcome = "done"
+        if self._on_returned is None:
+            return
+        try:
+            self._on_returned(result)
+        except Exception as exc:  # showing a result must not take the viewer down
+            self.error, self.outcome = exc, "failed"
+            show_error(f"{self.description}: {exc}")
+
+    def _errored(self, exc):
+        from napari.utils.notifications import show_error, show_info
+
+        self.error = exc
+        if self.cancel_event.is_set():
+            self.outcome = "cancelled"
+            show_info(f"{self.description}: cancelled")
+        else:
+            self.outcome = "failed"
+            show_error(f"{self.description}: {exc}")
+
+    def _finished(self):
+        self._timer.stop()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.done = True
+        if self._on_finished is not None:
+            self._on_finished()
+
+
+def wrapped_label(value: str = "") -> Label:
+    """A magicgui Label whose text wraps to the dock's width."""
+    label = Label(value=value)
+    label.native.setWordWrap(True)
+    return label
+
+
+class JobButtons(Container):
+    """A Run button, a Cancel button and a status line for one kind of job."""
+
+    def __init__(self, run_text: str, on_run):
+        super().__init__(layout="vertical", labels=False)
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = wrapped_label()
+        self.run_button.changed.connect(lambda _=None: on_run())
+        self.cancel_button.changed.connect(lambda _=None: self.cancel())
+        row = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        row.margins = (0, 0, 0, 0)
+        self.extend([row, self.status])
+        self.margins = (0, 0, 0, 0)
+        self.job = None
+
+    def launch(self, job: BackgroundJob) -> BackgroundJob:
+        """Start ``job``, disabling Run and enabling Cancel until it finishes."""
+        user_finished = job._on_finished
+
+        def finished():
+            self.run_button.enabled = True
+            self.cancel_button.enabled = False
+            self.status.value = {"done": "done", "cancelled": "cancelled"}.get(
+                job.outcome, f"failed: {job.error}"
+            )
+            if user_finished is not None:
+                user_finished()
+
+        job._on_finished = finished
+        self.job = job
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = f"{job.description}…"
+        job.start()
+        return job
+
+    def cancel(self):
+        if self.job is not None:
+            self.job.cancel()
+            self.status.value = "cancelling…"

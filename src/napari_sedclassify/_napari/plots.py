@@ -1,0 +1,29 @@
+"""A matplotlib figure embedded in a dock widget (Agg drawing, no pyplot state)."""
+
+from __future__ import annotations
+
+
+def plot_canvas(width: float = 4.0, height: float = 3.0, min_height: int = 220):
+    """(figure, canvas): a matplotlib Figure and its Qt canvas widget."""
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=90, layout="constrained")
+    canvas = FigureCanvasQTAgg(figure)
+    canvas.setMinimumHeight(min_height)
+    return figure, canvas
+
+
+def moving_average(y, window: int):
+    """Moving average over ``window`` bins (same length, edges averaged over what exists)."""
+    import numpy as np
+
+    y = np.asarray(y, dtype=np.float64)
+    if window <= 1:
+        return y
+    kernel = np.ones(window)
+    valid = np.isfinite(y)
+    num = np.convolve(np.where(valid, y, 0.0), kernel, mode="same")
+    den = np.convolve(valid.astype(np.float64), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den

@@ -1,0 +1,35 @@
+"""One preprocessing pass of a scan as a background job (used by the centring, RIA and
+training widgets): centres, descan fit, RIAs, virtual images and, when asked, crops."""
+
+from __future__ import annotations
+
+from .jobs import BackgroundJob
+from .layers import find_scan
+from .state import PREPROCESS_KEY, flatfield_of
+
+
+def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
+    """A job that preprocesses the scan of ``layer`` with ``params`` (PreprocessParams), keeps the
+    result in the layer and calls ``on_done(result)`` on the UI thread. Warns when no flat-field
+    is loaded (the frames are then used uncorrected)."""
+    from napari.utils.notifications import show_warning
+
+    from ..pipeline.preprocess import preprocess
+
+    scan = find_scan(layer)
+    flatfield = flatfield_of(layer)
+    if flatfield is None:
+        show_warning(
+            f"No flat-field loaded for {layer.name}: frames are not gain-corrected "
+            "(load one in the Flat-field widget)."
+        )
+
+    def work(report, cancelled):
+        return preprocess(scan, params, flatfield, progress=report, cancel=cancelled)
+
+    def done(result):
+        layer.metadata[PREPROCESS_KEY] = result
+        if on_done is not None:
+            on_done(result)
+
+    return BackgroundJob(f"Preprocessing {layer.name}", work, on_returned=done)

@@ -1,0 +1,103 @@
+"""Centring widget: direct-beam centre of every frame, the descan fit and its residuals."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import Container, FloatSpinBox, Label, RadioButtons, SpinBox
+
+from ..layers import find_scan
+from ..pickers import scan_picker
+from ..plots import plot_canvas
+from ..preprocessing import preprocess_job
+from ..jobs import JobButtons, wrapped_label
+from ..state import preprocess_of, set_layer
+
+CHOICES = [("per-frame centres", "per_frame"), ("fitted descan centres", "fitted")]
+
+
+class CentringWidget(Container):
+    """Find the centres in the background; show centre x / centre y / descan residual maps as
+    layers; choose whether RIAs and crops use per-frame or fitted centres."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self._viewer = napari_viewer
+        self._scan = scan_picker(napari_viewer)
+        self._centring = RadioButtons(label="use", choices=CHOICES, value="per_frame")
+        self._beam = FloatSpinBox(label="beam radius (px, 0 = measure)", value=0.0, min=0.0, max=4096.0)
+        self._degree = SpinBox(label="descan fit degree", value=3, min=1, max=6)
+        self._jobs = JobButtons("Find centres", self.run)
+        self._summary = wrapped_label("")
+        self.extend([self._scan, self._centring, self._beam, self._degree, self._jobs, self._summary])
+        self.figure, self.canvas = plot_canvas(4.0, 1.9, min_height=170)
+        self.native.layout().addWidget(self.canvas)
+        self._centring.changed.connect(self._centring_changed)
+        self._scan.changed.connect(lambda _=None: self.show_result())
+
+    def params(self):
+        from ...processing import PreprocessParams
+
+        return PreprocessParams(
+            centring=self._centring.value,
+            beam_radius_px=self._beam.value or None,
+            descan_degree=int(self._degree.value),
+        )
+
+    def run(self):
+        """Preprocess the selected scan in a thread worker; returns the job."""
+        from napari.utils.notifications import show_error
+
+        layer = self._scan.value
+        if find_scan(layer) is None:
+            show_error("Centring: open a scan first (File > Open or File > Open Sample).")
+            return None
+        job = preprocess_job(layer, self.params(), on_done=lambda result: self.show_result(layer))
+        return self._jobs.launch(job)
+
+    def _centring_changed(self, value):
+        result = preprocess_of(self._scan.value)
+        if result is not None and result.params.centring != value:
+            self.run()  # RIAs and crops follow the chosen centres
+
+    def show_result(self, layer=None):
+        """Layers and the small overview figure of the centring result of ``layer``."""
+        layer = layer or self._scan.value
+        result = preprocess_of(layer)
+        self.figure.clear()
+        if result is None:
+            self._summary.value = ""
+            self.canvas.draw_idle()
+            return
+        centres = np.asarray(result.centres)
+        residual = (
+            np.hypot(*np.moveaxis(np.asarray(result.descan.residuals), -1, 0))
+            if result.descan is not None
+            else np.full(centres.shape[:2], np.nan)
+        )
+        maps = {
+            f"{layer.name} centre x (px)": (centres[..., 1], "viridis", False),
+            f"{layer.name} centre y (px)": (centres[..., 0], "viridis", False),
+            f"{layer.name} descan residual (px)": (residual, "magma", True),
+        }
+        for name, (data, cmap, visible) in maps.items():
+            finite = data[np.isfinite(data)]
+            limits = (float(finite.min()), float(finite.max()) + 1e-6) if finite.size else (0.0, 1.0)
+            new = set_layer(self._viewer, name, data, like=layer, colormap=cmap, contrast_limits=limits)
+            new.visible = visible
+        self._viewer.layers.selection.active = layer
+        for ax_i, (title, (data, cmap, _)) in enumerate(maps.items()):
+            ax = self.figure.add_subplot(1, 3, ax_i + 1)
+            im = ax.imshow(data, cmap=cmap, interpolation="nearest")
+            ax.set_title(title.replace(f"{layer.name} ", ""), fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            self.figure.colorbar(im, ax=ax, shrink=0.7).ax.tick_params(labelsize=6)
+        self.canvas.draw_idle()
+        found = int(result.beam_found.sum())
+        rms = f"{result.descan.residual_rms_px:.2f} px" if result.descan is not None else "no fit"
+        used = "fitted descan" if result.params.centring == "fitted" else "per-frame"
+        self._summary.value = (
+            f"beam found in {found} of {result.beam_found.size} frames; descan residual RMS {rms}; "
+            f"RIAs use {used} centres"
+        )
+        self._jobs.status.value = "done"

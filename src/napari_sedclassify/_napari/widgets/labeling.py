@@ -1,0 +1,243 @@
+"""Labeling widget: draw class regions, get a class map with an automatic mixed border."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+
+from ...classes import CARBON, MIXED, ClassTable
+from ...labels import class_map_from_regions, length_in_steps, load_class_map, save_class_map
+from ..jobs import wrapped_label
+from ..layers import find_scan
+from ..palette import class_colormap, display_name, legend_html
+from ..pickers import scan_picker
+from ..regions import CLASS_FEATURE, regions_from_shapes
+from ..state import LABELS_OF_KEY, scan_layer_spatial, set_layer
+
+#: Default beam diameter (nm) when the scan does not say it: the paper's 50-60 nm beam.
+DEFAULT_BEAM_NM = 55.0
+
+
+def regions_layer_name(scan_layer) -> str:
+    return f"{scan_layer.name} regions"
+
+
+def labels_layer_name(scan_layer) -> str:
+    return f"{scan_layer.name} labels"
+
+
+class LabelingWidget(Container):
+    """Polygons per class on the integrated image (or a registered overview) -> class map.
+
+    One Shapes layer per scan holds the regions; each shape has a ``class`` feature (the class
+    chosen when it was drawn). "Make class map" paints them (later shapes on top), adds the
+    mixed border and fills the rest with carbon, as a Labels layer with the fixed class colours.
+    """
+
+    def __init__(self, napari_viewer, table: ClassTable | None = None):
+        super().__init__()
+        self._viewer = napari_viewer
+        self.table = table or ClassTable.default()
+        self._scan = scan_picker(napari_viewer)
+        drawable = [(display_name(self.table.names[c]), c) for c in self.table.ids if c != CARBON]
+        drawable.append((display_name(self.table.names[CARBON]), CARBON))
+        self._class = ComboBox(label="class to draw", choices=drawable)
+        self._draw = PushButton(text="Draw regions")
+        self._unit = ComboBox(label="lengths in", choices=["nm", "steps"], value="nm")
+        self._beam = FloatSpinBox(label="beam diameter", value=DEFAULT_BEAM_NM, min=0.0, max=1e6, step=1.0)
+        self._border = FloatSpinBox(label="mixed border width", value=DEFAULT_BEAM_NM, min=0.0, max=1e6, step=1.0)
+        self._make = PushButton(text="Make class map")
+        self._legend = Label(value=legend_html(self.table))
+        self._save_path = FileEdit(label="save to", mode="w", filter="*.npy *.tif *.tiff")
+        self._save = PushButton(text="Save labels")
+        self._load_path = FileEdit(label="load from", mode="r", filter="*.npy *.tif *.tiff")
+        self._load = PushButton(text="Load labels")
+        self._status = wrapped_label("")
+        self.extend(
+            [
+                self._scan,
+                self._class,
+                self._draw,
+                self._unit,
+                self._beam,
+                self._border,
+                self._make,
+                self._legend,
+                self._save_path,
+                self._save,
+                self._load_path,
+                self._load,
+                self._status,
+            ]
+        )
+        self._class.changed.connect(self._class_changed)
+        self._draw.changed.connect(lambda _=None: self.regions_layer())
+        self._make.changed.connect(lambda _=None: self.make_class_map())
+        self._save.changed.connect(lambda _=None: self.save_labels())
+        self._load.changed.connect(lambda _=None: self.load_labels())
+        self._scan.changed.connect(self._scan_changed)
+        self._unit_prev = self._unit.value
+        self._unit.changed.connect(self._unit_changed)
+        self._scan_changed()
+
+    # lengths -------------------------------------------------------------------------
+    def _step_nm(self):
+        scan = find_scan(self._scan.value)
+        return scan.geometry.scan_step_nm if scan is not None else None
+
+    def _scan_changed(self, _=None):
+        scan = find_scan(self._scan.value)
+        if scan is None:
+            return
+        if not scan.geometry.scan_step_nm and self._unit.value == "nm":
+            self._unit.value = "steps"  # nm needs a known step
+        beam_nm = scan.metadata.get("beam_diameter_nm", DEFAULT_BEAM_NM) if scan.metadata else DEFAULT_BEAM_NM
+        if self._unit.value == "nm":
+            self._beam.value = self._border.value = float(beam_nm)
+
+    def _unit_changed(self, unit):
+        step = self._step_nm()
+        if unit == "nm" and not step:
+            from napari.utils.notifications import show_warning
+
+            show_warning("The scan step (nm) is unknown: lengths stay in scan steps.")
+            self._unit.value = "steps"
+            return
+        if step and unit != self._unit_prev:
+            factor = step if unit == "nm" else 1.0 / step
+            self._beam.value = self._beam.value * factor
+            self._border.value = self._border.value * factor
+        self._unit_prev = unit
+
+    def lengths_in_steps(self) -> tuple[float, float]:
+        """(beam diameter, border width) in scan steps."""
+        step = self._step_nm()
+        unit = self._unit.value
+        return (
+            length_in_steps(self._beam.value, unit, step),
+            length_in_steps(self._border.value, unit, step),
+        )
+
+    # regions -------------------------------------------------------------------------
+    def _colours(self, cid):
+        rgba = self.table.colours.get(cid, "#888888ff")
+        return rgba[:7] + "66", rgba[:7] + "ff"
+
+    def regions_layer(self):
+        """The Shapes layer of the selected scan (made on first use), selected, in polygon mode."""
+        import pandas as pd
+
+        scan_layer = self._scan.value
+        if scan_layer is None:
+            self._notify("Labels: open a scan first (File > Open or File > Open Sample).")
+            return None
+        name = regions_layer_name(scan_layer)
+        if name in self._viewer.layers:
+            layer = self._viewer.layers[name]
+        else:
+            face, edge = self._colours(self._class.value)
+            layer = self._viewer.add_shapes(
+                name=name,
+                features=pd.DataFrame({CLASS_FEATURE: pd.Series([], dtype=int)}),
+                face_color=face,
+                edge_color=edge,
+                edge_width=0.15,
+                **scan_layer_spatial(scan_layer),
+            )
+        self._class_changed(self._class.value, layer)
+        self._viewer.layers.selection.active = layer
+        layer.mode = "add_polygon"
+        return layer
+
+    def _class_changed(self, cid, layer=None):
+        if layer is None:
+            scan_layer = self._scan.value
+            name = regions_layer_name(scan_layer) if scan_layer is not None else None
+            if name not in self._viewer.layers:
+                return
+            layer = self._viewer.layers[name]
+        selected = sorted(layer.selected_data)
+        if selected:  # recolour and reclassify the selected shapes, like napari does for colours
+            layer.features.loc[selected, CLASS_FEATURE] = cid
+        layer.feature_defaults[CLASS_FEATURE] = cid
+        face, edge = self._colours(cid)
+        layer.current_face_color = face
+        layer.current_edge_color = edge
+
+    # class map -----------------------------------------------------------------------
+    def make_class_map(self):
+        """Rasterise the regions of the selected scan into its Labels layer; returns the layer."""
+        scan_layer = self._scan.value
+        scan = find_scan(scan_layer)
+        if scan is None:
+            self._notify("Labels: open a scan first (File > Open or File > Open Sample).")
+            return None
+        name = regions_layer_name(scan_layer)
+        if name not in self._viewer.layers or len(self._viewer.layers[name].data) == 0:
+            self._notify(f"Labels: draw regions first ('Draw regions' makes the layer '{name}').")
+            return None
+        try:
+            beam, border = self.lengths_in_steps()
+            regions = regions_from_shapes(self._viewer.layers[name], scan_layer, self._class.value)
+            class_map = class_map_from_regions(
+                regions, scan.scan_shape, beam_diameter=beam, border=border, rest=CARBON, mixed=MIXED
+            )
+        except ValueError as exc:
+            self._notify(f"Labels: {exc}")
+            return None
+        layer = self.show_class_map(scan_layer, class_map)
+        self._status.value = f"{len(regions)} regions, beam {beam:.2f} steps, border {border:.2f} steps"
+        return layer
+
+    def show_class_map(self, scan_layer, class_map):
+        layer = set_layer(
+            self._viewer,
+            labels_layer_name(scan_layer),
+            np.asarray(class_map, dtype=np.uint8),
+            kind="labels",
+            like=scan_layer,
+            colormap=class_colormap(self.table),
+            opacity=0.6,
+            metadata={LABELS_OF_KEY: scan_layer.name},
+        )
+        counts = dict(zip(*np.unique(layer.data, return_counts=True)))
+        self._legend.value = legend_html(self.table, {c: counts.get(c, 0) for c in self.table.ids})
+        return layer
+
+    # files ---------------------------------------------------------------------------
+    def save_labels(self):
+        scan_layer = self._scan.value
+        name = labels_layer_name(scan_layer) if scan_layer is not None else None
+        if name is None or name not in self._viewer.layers:
+            self._notify("Labels: make or load a class map before saving it.")
+            return None
+        path = self._save_path.value
+        if not str(path) or str(path) == ".":
+            self._notify("Labels: choose a file to save to (.npy or .tif).")
+            return None
+        try:
+            out = save_class_map(path, self._viewer.layers[name].data)
+        except (OSError, ValueError) as exc:
+            self._notify(f"Labels: could not save: {exc}")
+            return None
+        self._status.value = f"saved {out.name}"
+        return out
+
+    def load_labels(self):
+        scan_layer = self._scan.value
+        scan = find_scan(scan_layer)
+        if scan is None:
+            self._notify("Labels: open the scan the labels belong to first.")
+            return None
+        try:
+            class_map = load_class_map(self._load_path.value, scan.scan_shape)
+        except (OSError, ValueError) as exc:
+            self._notify(f"Labels: {exc}")
+            return None
+        return self.show_class_map(scan_layer, class_map)
+
+    def _notify(self, message):
+        from napari.utils.notifications import show_error
+
+        self._status.value = message
+        show_error(message)

@@ -1,0 +1,177 @@
+"""Prediction widget: apply a model file to a scan; class map + confidence layers over the
+integrated image, counts per class, export of the class map and of a keep-list (CSV).
+
+CNN models are loaded and run in a spawned child process (``_napari/model_jobs.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import Container, FileEdit, PushButton, Select
+
+from ...classes import ClassTable
+from ..jobs import BackgroundJob, JobButtons, wrapped_label
+from ..layers import find_scan
+from ..model_jobs import (
+    confidence_map,
+    features_for,
+    model_card,
+    predict_features,
+    preprocess_params_for_model,
+    run,
+)
+from ..palette import class_colormap, display_name, legend_html
+from ..pickers import scan_picker
+from ..state import flatfield_of, preprocess_of, set_layer
+
+
+def classes_layer_name(scan_layer) -> str:
+    return f"{scan_layer.name} predicted classes"
+
+
+def confidence_layer_name(scan_layer) -> str:
+    return f"{scan_layer.name} confidence"
+
+
+def write_keep_list(path, class_map, confidence, keep_ids, table: ClassTable, scan_step_nm=None) -> int:
+    """CSV (atomic) of the scan positions whose class is in ``keep_ids``: flat frame index,
+    row, column, position (nm, when the step is known), class id and name, confidence.
+    Returns the number of positions written."""
+    from ...io.atomic import atomic_output
+
+    rows, cols = np.nonzero(np.isin(class_map, list(keep_ids)))
+    with atomic_output(path, force=True) as tmp, open(tmp, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["frame_index", "row", "col", "y_nm", "x_nm", "class_id", "class", "confidence"])
+        for r, c in zip(rows, cols):
+            cid = int(class_map[r, c])
+            y_nm, x_nm = ("", "") if not scan_step_nm else (f"{r * scan_step_nm:g}", f"{c * scan_step_nm:g}")
+            out.writerow([int(r * class_map.shape[1] + c), int(r), int(c), y_nm, x_nm, cid,
+                          table.names.get(cid, str(cid)), f"{float(confidence[r, c]):.4f}"])
+    return len(rows)
+
+
+class PredictionWidget(Container):
+    """Classify the selected scan with a model file; show and export the result."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self._viewer = napari_viewer
+        self.table = ClassTable.default()  # the classes of the last model used
+        self._scan = scan_picker(napari_viewer)
+        self._model_path = FileEdit(label="model file", mode="r", filter="*.sedmodel")
+        self._jobs = JobButtons("Classify scan", self.run)
+        self._summary = wrapped_label()
+        self._export_path = FileEdit(label="class map to", mode="w", filter="*.npy *.tif *.tiff")
+        self._export = PushButton(text="Export class map")
+        self._keep = Select(label="keep classes", choices=self._keep_choices)
+        self._keep.native.setMaximumHeight(80)
+        self._keep_path = FileEdit(label="keep-list to", mode="w", filter="*.csv")
+        self._keep_export = PushButton(text="Export keep-list (CSV)")
+        self.extend(
+            [self._scan, self._model_path, self._jobs, self._summary, self._export_path, self._export, self._keep,
+             self._keep_path, self._keep_export]
+        )
+        self.prediction = None  # {"layer", "class_map", "probabilities", "class_ids", "table"}
+        self._cache = {}  # (scan layer name, preprocessing params, flat-field id) -> PreprocessResult
+        self._export.changed.connect(lambda _=None: self.export_class_map())
+        self._keep_export.changed.connect(lambda _=None: self.export_keep_list())
+
+    def _keep_choices(self, _w=None):
+        return [(display_name(self.table.names[c]), c) for c in self.table.ids]
+
+    def use_model(self, path):
+        """Take ``path`` as the model file (e.g. the model the training widget just made)."""
+        self._model_path.value = path
+
+    def run(self):
+        """Classify the selected scan in the background; returns the job (None on bad input)."""
+        from napari.utils.notifications import show_error
+
+        layer = self._scan.value
+        scan = find_scan(layer)
+        path = self._model_path.value
+        try:
+            if scan is None:
+                raise ValueError("open a scan first (File > Open or File > Open Sample)")
+            if str(path) in ("", "."):
+                raise ValueError("choose a model file (.sedmodel), e.g. one saved by the Training widget")
+            card = model_card(path)
+            card.check_geometry(scan.geometry, layer.name)
+            params = preprocess_params_for_model(card, scan.geometry)
+        except (OSError, ValueError) as exc:  # ModelFileError and IncompatibleModelError are ValueErrors
+            show_error(f"Prediction: {exc}")
+            return None
+        flatfield = flatfield_of(layer)
+        key = (layer.name, repr(params.to_dict()), id(flatfield))
+        previous = self._cache.get(key) or preprocess_of(layer)
+
+        def work(report, cancelled):
+            feats, result = features_for(previous, scan, layer.name, flatfield, params, report, cancelled)
+            out = run(card.kind, predict_features, str(path), feats, cancel=cancelled)
+            return out, result
+
+        def done(returned):
+            out, result = returned
+            self._cache[key] = result
+            self.show_prediction(layer, out, card.classes)
+
+        return self._jobs.launch(BackgroundJob(f"Classifying {layer.name} ({card.kind.upper()})", work,
+                                               on_returned=done))
+
+    def show_prediction(self, layer, out, table: ClassTable):
+        class_map = np.asarray(out["class_map"], dtype=np.uint8)
+        confidence = confidence_map(out["probabilities"])
+        self.table = table
+        set_layer(self._viewer, classes_layer_name(layer), class_map, kind="labels", like=layer,
+                  colormap=class_colormap(table), opacity=0.6)
+        n = max(1, len(out["class_ids"]))
+        set_layer(self._viewer, confidence_layer_name(layer), confidence, like=layer, colormap="inferno",
+                  contrast_limits=(1.0 / n, 1.0), visible=False)
+        self._viewer.layers.selection.active = layer
+        self.prediction = {"layer": layer, "class_map": class_map, "confidence": confidence, "table": table}
+        counts = {c: int((class_map == c).sum()) for c in table.ids}
+        unclassified = int((class_map == 0).sum())
+        self._summary.value = legend_html(table, counts) + (
+            f"<br>{unclassified} positions not classified (missing or no beam)" if unclassified else ""
+        )
+        self._keep.reset_choices()
+        if not self._keep.value:
+            self._keep.value = [c for c in table.ids if table.names[c] == "amorphous_ice"]
+
+    def export_class_map(self):
+        from napari.utils.notifications import show_error
+
+        from ...labels import save_class_map
+
+        if self.prediction is None:
+            show_error("Prediction: classify a scan before exporting its class map.")
+            return None
+        try:
+            return save_class_map(self._export_path.value, self.prediction["class_map"])
+        except (OSError, ValueError) as exc:
+            show_error(f"Prediction: could not export the class map: {exc}")
+            return None
+
+    def export_keep_list(self):
+        from napari.utils.notifications import show_error
+
+        if self.prediction is None:
+            show_error("Prediction: classify a scan before exporting a keep-list.")
+            return None
+        path = Path(self._keep_path.value)
+        if str(path) in ("", ".") or not self._keep.value:
+            show_error("Prediction: choose the classes to keep and a .csv file.")
+            return None
+        step = find_scan(self.prediction["layer"]).geometry.scan_step_nm
+        try:
+            n = write_keep_list(path, self.prediction["class_map"], self.prediction["confidence"], self._keep.value,
+                                self.prediction["table"], step)
+        except OSError as exc:
+            show_error(f"Prediction: could not write the keep-list {path}: {exc}")
+            return None
+        self._jobs.status.value = f"keep-list: {n} positions written to {path.name}"
+        return path

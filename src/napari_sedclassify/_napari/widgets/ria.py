@@ -1,0 +1,194 @@
+"""RIA widget: radial intensity averages of picked points or of each labeled class (mean ±
+spread), like the paper's Fig. 5; optionally the smoothed logarithm (its Fig. 5c)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, RadioButtons, SpinBox
+
+from ...classes import ClassTable
+from ..jobs import JobButtons, wrapped_label
+from ..layers import find_scan
+from ..palette import display_name
+from ..pickers import follow_layers, scan_picker
+from ..plots import moving_average, plot_canvas
+from ..preprocessing import preprocess_job
+from ..state import labels_layers_for, preprocess_of, scan_layer_spatial
+
+POINTS = "points"
+CLASSES = "classes"
+
+
+def points_layer_name(scan_layer) -> str:
+    return f"{scan_layer.name} RIA points"
+
+
+def class_statistics(ria, class_map, usable, log: bool, smooth: int):
+    """{class id: (mean, spread)} over the frames of each class (usable ones only); on log10 of
+    the RIA when ``log``; each curve a moving average over ``smooth`` bins."""
+    out = {}
+    values = np.log10(np.where(ria > 0, ria, np.nan)) if log else np.asarray(ria, dtype=np.float64)
+    for cid in np.unique(class_map[usable]):
+        if cid == 0:
+            continue
+        rows = values[(class_map == cid) & usable]
+        with warnings.catch_warnings():  # all-NaN bins (beyond the frame) stay NaN quietly
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(rows, axis=0)
+            spread = np.nanstd(rows, axis=0)
+        out[int(cid)] = (moving_average(mean, smooth), moving_average(spread, smooth), len(rows))
+    return out
+
+
+class RIAWidget(Container):
+    """Plot RIAs: of points picked on the scan, or per labeled class (mean ± standard deviation)."""
+
+    def __init__(self, napari_viewer, table: ClassTable | None = None):
+        super().__init__()
+        self._viewer = napari_viewer
+        self.table = table or ClassTable.default()
+        self._scan = scan_picker(napari_viewer)
+        self._jobs = JobButtons("Compute RIAs", self.run)
+        self._mode = RadioButtons(
+            label="plot", choices=[("picked points", POINTS), ("each labeled class", CLASSES)], value=CLASSES
+        )
+        self._pick = PushButton(text="Pick points on the scan")
+        self._labels = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
+        self._log = CheckBox(text="log scale (log10 RIA)", value=True)
+        self._smooth = SpinBox(label="moving average (bins)", value=1, min=1, max=51)
+        self._axis = ComboBox(label="x axis", choices=[("radius (px)", "px"), ("q (1/Å)", "q")], value="px")
+        self._summary = wrapped_label()
+        self.extend(
+            [self._scan, self._jobs, self._mode, self._pick, self._labels, self._log, self._smooth, self._axis,
+             self._summary]
+        )
+        self.figure, self.canvas = plot_canvas(4.0, 3.2, min_height=280)
+        self.native.layout().addWidget(self.canvas)
+        follow_layers(napari_viewer, self._labels)
+        for w in (self._scan, self._mode, self._labels, self._log, self._smooth, self._axis):
+            w.changed.connect(lambda _=None: self.plot())
+        self._pick.changed.connect(lambda _=None: self.points_layer())
+        self._viewer.layers.events.inserted.connect(self._watch_points)
+
+    def _labels_choices(self, _w=None):
+        layer = self._scan.value
+        return [(l.name, l) for l in labels_layers_for(self._viewer, layer)] if layer is not None else []
+
+    def run(self):
+        """Compute RIAs (one preprocessing pass) of the selected scan; returns the job."""
+        from napari.utils.notifications import show_error
+
+        from ...processing import PreprocessParams
+
+        layer = self._scan.value
+        if find_scan(layer) is None:
+            show_error("RIA: open a scan first (File > Open or File > Open Sample).")
+            return None
+        previous = preprocess_of(layer)
+        params = previous.params if previous is not None else PreprocessParams()
+        return self._jobs.launch(preprocess_job(layer, params, on_done=lambda _r: self.plot()))
+
+    # points --------------------------------------------------------------------------
+    def points_layer(self):
+        """The Points layer where RIA points are picked (made on first use), in add mode."""
+        layer = self._scan.value
+        if layer is None:
+            return None
+        name = points_layer_name(layer)
+        if name not in self._viewer.layers:
+            self._viewer.add_points(
+                np.empty((0, 2)), name=name, size=0.6, face_color="#ffffff", border_color="#000000",
+                **scan_layer_spatial(layer),
+            )
+        points = self._viewer.layers[name]
+        self._viewer.layers.selection.active = points
+        points.mode = "add"
+        self._mode.value = POINTS
+        return points
+
+    def _watch_points(self, event):
+        layer = event.value
+        if self._scan.value is not None and layer.name == points_layer_name(self._scan.value):
+            layer.events.data.connect(lambda _e=None: self.plot())
+
+    def picked_points(self):
+        """(iy, ix) of the picked points inside the scan, in picking order."""
+        layer = self._scan.value
+        name = points_layer_name(layer) if layer is not None else None
+        if name not in self._viewer.layers:
+            return []
+        scan = find_scan(layer)
+        points = self._viewer.layers[name]
+        out = []
+        for p in points.data:
+            iy, ix = (int(round(float(c))) for c in layer.world_to_data(points.data_to_world(p))[-2:])
+            if 0 <= iy < scan.scan_shape[0] and 0 <= ix < scan.scan_shape[1]:
+                out.append((iy, ix))
+        return out
+
+    # plot ----------------------------------------------------------------------------
+    def plot(self):
+        """Redraw the plot for the current choices; returns the number of curves drawn."""
+        layer = self._scan.value
+        result = preprocess_of(layer)
+        self.figure.clear()
+        ax = self.figure.add_subplot(1, 1, 1)
+        n = 0
+        if result is None:
+            self._summary.value = "Compute RIAs first (here or in the Centring widget)."
+        else:
+            x, xlabel = self._x_axis(result)
+            log, smooth = self._log.value, int(self._smooth.value)
+            usable = result.beam_found & ~result.missing
+            if self._mode.value == CLASSES:
+                n = self._plot_classes(ax, result, x, usable, log, smooth)
+            else:
+                n = self._plot_points(ax, result, x, log, smooth)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel("log10 RIA (counts/px)" if log else "RIA (counts/px)", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if n:
+                ax.legend(fontsize=7, frameon=False)
+        self.canvas.draw_idle()
+        return n
+
+    def _x_axis(self, result):
+        if self._axis.value == "q" and result.q_invA is not None:
+            return np.asarray(result.q_invA), "q (1/Å)"
+        if self._axis.value == "q":
+            self._axis.value = "px"  # uncalibrated geometry: no q axis
+        return np.asarray(result.radii_px), "radius (px)"
+
+    def _plot_classes(self, ax, result, x, usable, log, smooth):
+        labels = self._labels.value
+        if labels is None:
+            self._summary.value = "Choose a Labels layer on this scan (make one in the Labels widget)."
+            return 0
+        stats = class_statistics(np.asarray(result.ria), np.asarray(labels.data), usable, log, smooth)
+        for cid, (mean, spread, count) in stats.items():
+            colour = self.table.colours.get(cid, "#888888ff")[:7]
+            name = display_name(self.table.names.get(cid, str(cid)))
+            ax.plot(x, mean, color=colour, lw=1.2, label=f"{name} ({count})")
+            ax.fill_between(x, mean - spread, mean + spread, color=colour, alpha=0.2, lw=0)
+        self._summary.value = f"mean ± standard deviation per class of {labels.name}"
+        return len(stats)
+
+    def _plot_points(self, ax, result, x, log, smooth):
+        points = self.picked_points()
+        labels = self._labels.value
+        for k, (iy, ix) in enumerate(points):
+            ria = np.asarray(result.ria[iy, ix], dtype=np.float64)
+            y = np.log10(np.where(ria > 0, ria, np.nan)) if log else ria
+            colour = f"C{k % 10}"
+            label = f"({iy}, {ix})"
+            if labels is not None:
+                cid = int(labels.data[iy, ix])
+                colour = self.table.colours.get(cid, "#888888ff")[:7] if cid else colour
+                label += f" {display_name(self.table.names.get(cid, ''))}"
+            ax.plot(x, moving_average(y, smooth), color=colour, lw=1, label=label)
+        self._summary.value = (
+            f"{len(points)} picked points" if points else "Pick points on the scan ('Pick points on the scan')."
+        )
+        return len(points)

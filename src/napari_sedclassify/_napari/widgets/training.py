@@ -1,0 +1,350 @@
+"""Training widget: labeled scans (open layers or files) -> a trained model, with live loss
+curves, the validation metrics and confusion matrix, and a model file to save.
+
+FCNN and SVM train in the worker thread; the CNN trains in a spawned child process (see
+``_napari/model_jobs.py``: TensorFlow must not load next to napari's OpenGL canvas).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    PushButton,
+    Select,
+    SpinBox,
+)
+
+from ..jobs import BackgroundJob, JobButtons, wrapped_label
+from ..layers import find_scan, scan_layers
+from ..model_jobs import features_for, run, train_features_to_file
+from ..plots import plot_canvas
+from ..state import flatfield_of, labels_layers_for, preprocess_of
+
+MODEL_CHOICES = [("FCNN on RIAs", "fcnn"), ("SVM on RIAs", "svm"), ("CNN on central crops", "cnn")]
+
+
+@dataclass
+class LabeledScan:
+    """One training scan: its name, Scan, class map, flat-field and (when open) its layer."""
+
+    name: str
+    scan: object
+    class_map: np.ndarray
+    flatfield: object = None
+    layer: object = None
+
+
+def metrics_html(metrics: dict) -> str:
+    """Per-class precision / recall / F1 / Jaccard and support as an HTML table."""
+    head = "<tr><th align=left>class</th><th>precision</th><th>recall</th><th>F1</th><th>Jaccard</th><th>n</th></tr>"
+    rows = []
+    for name, m in metrics["per_class"].items():
+        if not m["support"]:
+            continue
+        rows.append(
+            f"<tr><td>{name.replace('_', ' ')}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
+            f"<td>{m['f1']:.3f}</td><td>{m['jaccard']:.3f}</td><td>{m['support']}</td></tr>"
+        )
+    w = metrics["weighted"]
+    rows.append(
+        f"<tr><td><b>weighted</b></td><td>{w['precision']:.3f}</td><td>{w['recall']:.3f}</td>"
+        f"<td><b>{w['f1']:.3f}</b></td><td>{w['jaccard']:.3f}</td><td>{metrics['n']}</td></tr>"
+    )
+    return f"<table cellspacing=4>{head}{''.join(rows)}</table>accuracy {metrics['accuracy']:.3f}"
+
+
+class TrainingWidget(Container):
+    """Pick labeled scans, a model type and its main settings; train in the background."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self._viewer = napari_viewer
+        self._files = []  # LabeledScan read from files
+        self._data = Select(label="labeled scans", choices=self._data_choices)
+        self._data.native.setMaximumHeight(90)
+        self._scan_file = FileEdit(label="scan file", mode="r")
+        self._labels_file = FileEdit(label="its labels", mode="r", filter="*.npy *.tif *.tiff")
+        self._add = PushButton(text="Add scan file + labels")
+        self._model = ComboBox(label="model", choices=MODEL_CHOICES, value="fcnn")
+        # main settings of each model type
+        self._hidden = SpinBox(label="hidden units", value=30, min=2, max=1024)
+        self._epochs = SpinBox(label="max epochs", value=200, min=1, max=5000)
+        self._rate = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4)
+        self._patience = SpinBox(label="early-stop patience", value=10, min=1, max=500)
+        self._C = FloatSpinBox(label="C", value=10.0, min=1e-3, max=1e6)
+        self._gamma = LineEdit(label="gamma ('scale' or a number)", value="scale")
+        self._search = CheckBox(text="search C and gamma (slower)", value=False)
+        self._batch = SpinBox(label="batch size", value=128, min=1, max=4096)
+        self._crop = SpinBox(label="crop size (px)", value=48, min=8, max=256)
+        self._val = FloatSpinBox(label="validation fraction", value=0.1, min=0.0, max=0.5, step=0.05)
+        self._augment = SpinBox(label="augmented copies", value=1, min=0, max=10)
+        self._seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self._jobs = JobButtons("Train", self.run)
+        self._metrics = wrapped_label()
+        self._save_path = FileEdit(label="save model as", mode="w", filter="*.sedmodel")
+        self._save = PushButton(text="Save model")
+        self.extend(
+            [
+                self._data, self._scan_file, self._labels_file, self._add, self._model,
+                self._hidden, self._epochs, self._rate, self._patience, self._C, self._gamma, self._search,
+                self._batch, self._crop, self._val, self._augment, self._seed, self._jobs,
+            ]
+        )
+        self.figure, self.canvas = plot_canvas(4.0, 4.6, min_height=380)
+        self.native.layout().addWidget(self.canvas)
+        self.extend([self._metrics, self._save_path, self._save])
+        self._ax_loss = self._ax_cm = None
+        self.history = []
+        self.result = None  # {"path", "kind", "training", "metrics"} of the last model trained
+        self.on_trained = []  # callables(model path) run after each training
+        self._tmpdir = tempfile.mkdtemp(prefix="sedclassify-models-")
+        self.native.destroyed.connect(lambda *_: shutil.rmtree(self._tmpdir, ignore_errors=True))
+        self._add.changed.connect(lambda _=None: self.add_files())
+        self._save.changed.connect(lambda _=None: self.save_model())
+        self._model.changed.connect(self._model_changed)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(lambda _e=None: self._refresh_data())
+        self._model_changed(self._model.value)
+        self._draw_curves()
+
+    # data ----------------------------------------------------------------------------
+    def _layer_sources(self):
+        out = {}
+        for layer in scan_layers(self._viewer):
+            labels = labels_layers_for(self._viewer, layer)
+            if labels:
+                out[f"{layer.name}  +  {labels[0].name}"] = (layer, labels[0])
+        return out
+
+    def _data_choices(self, _w=None):
+        return list(self._layer_sources()) + [f"file: {s.name}" for s in self._files]
+
+    def _refresh_data(self):
+        before = set(self._data.choices)
+        self._data.reset_choices()
+        new = [c for c in self._data.choices if c not in before]
+        self._data.value = [c for c in self._data.value if c in self._data.choices] + new
+
+    def add_files(self):
+        """Open the chosen scan file and labels file as one more training scan."""
+        from napari.utils.notifications import show_error
+
+        from ...io import open_scan
+        from ...labels import load_class_map
+
+        scan_path, labels_path = self._scan_file.value, self._labels_file.value
+        try:
+            if str(scan_path) in ("", ".") or str(labels_path) in ("", "."):
+                raise ValueError("choose a scan file and its labels file")
+            scan = open_scan(scan_path)
+            class_map = load_class_map(labels_path, scan.scan_shape)
+        except (OSError, ValueError) as exc:
+            show_error(f"Training data: {exc}")
+            return None
+        item = LabeledScan(Path(scan_path).stem, scan, class_map)
+        self._files.append(item)
+        self._refresh_data()
+        return item
+
+    def labeled_scans(self) -> list[LabeledScan]:
+        """The scans chosen for training, each with its class map."""
+        layers = self._layer_sources()
+        out = []
+        for key in self._data.value:
+            if key in layers:
+                layer, labels = layers[key]
+                out.append(
+                    LabeledScan(layer.name, find_scan(layer), np.asarray(labels.data), flatfield_of(layer), layer)
+                )
+            elif key.startswith("file: "):
+                out.extend(s for s in self._files if f"file: {s.name}" == key)
+        return out
+
+    # settings ------------------------------------------------------------------------
+    def _model_changed(self, kind):
+        shown = {
+            "fcnn": (self._hidden, self._epochs, self._rate, self._patience),
+            "svm": (self._C, self._gamma, self._search),
+            "cnn": (self._epochs, self._rate, self._patience, self._batch, self._crop),
+        }[kind]
+        for w in (self._hidden, self._epochs, self._rate, self._patience, self._C, self._gamma, self._search,
+                  self._batch, self._crop):
+            w.visible = w in shown
+        if kind == "cnn" and self._epochs.value > 100:
+            self._epochs.value, self._patience.value = 40, 5
+        elif kind == "fcnn" and self._epochs.value < 100:
+            self._epochs.value, self._patience.value = 200, 10
+
+    def estimator_params(self) -> dict:
+        kind = self._model.value
+        if kind == "fcnn":
+            return {"hidden_units": int(self._hidden.value), "max_epochs": int(self._epochs.value),
+                    "learning_rate": float(self._rate.value), "patience": int(self._patience.value)}
+        if kind == "svm":
+            gamma = self._gamma.value.strip()
+            try:
+                gamma = float(gamma)
+            except ValueError:
+                if gamma not in ("scale", "auto"):
+                    raise ValueError(f"gamma must be 'scale', 'auto' or a number, not {gamma!r}") from None
+            return {"C": float(self._C.value), "gamma": gamma, "search": bool(self._search.value)}
+        return {"max_epochs": int(self._epochs.value), "learning_rate": float(self._rate.value),
+                "patience": int(self._patience.value), "batch_size": int(self._batch.value)}
+
+    def recipe(self):
+        from dataclasses import replace
+
+        from ...pipeline.train import default_recipe
+
+        recipe = default_recipe(self._model.value)
+        changes = {"augmentation": replace(recipe.augmentation, copies=int(self._augment.value))}
+        if self._model.value == "cnn":
+            changes["crop_size"] = int(self._crop.value)
+        return recipe.replace(**changes)
+
+    # training ------------------------------------------------------------------------
+    def run(self):
+        """Train on the chosen scans in the background; returns the job (None on bad input)."""
+        from napari.utils.notifications import show_error
+
+        from ...pipeline.train import preprocess_params_for
+        from ...processing import PreprocessParams
+
+        data = self.labeled_scans()
+        try:
+            if not data:
+                raise ValueError("choose at least one labeled scan (a scan with a Labels layer, or files)")
+            kind, recipe, params = self._model.value, self.recipe(), self.estimator_params()
+        except ValueError as exc:
+            show_error(f"Training: {exc}")
+            return None
+        val_fraction, seed = float(self._val.value), int(self._seed.value)
+        out = Path(self._tmpdir) / f"{kind}-{len(list(Path(self._tmpdir).iterdir())) + 1}.sedmodel"
+        self.history = []
+        self.result = None
+        self._draw_curves()
+        jobs = []
+        for item in data:
+            previous = preprocess_of(item.layer) if item.layer is not None else None
+            base = previous.params if previous is not None else PreprocessParams()
+            jobs.append((item, preprocess_params_for([recipe], item.scan.geometry, base), previous))
+
+        def work(report, cancelled):
+            feats, maps = [], []
+            for k, (item, pp, previous) in enumerate(jobs):
+                n = item.scan.n_frames
+
+                def frames(done, total, k=k):
+                    report(k * n + done, len(jobs) * n)
+
+                f, result = features_for(previous, item.scan, item.name, item.flatfield, pp, frames, cancelled)
+                feats.append(f)
+                maps.append(item.class_map)
+
+            def epoch(done, logs):
+                report(done, int(logs.get("max_epochs", done)), dict(logs))
+
+            return run(kind, train_features_to_file, feats, maps, str(out), kind=kind, recipe=recipe,
+                       params=params, val_fraction=val_fraction, seed=seed,
+                       preprocess=jobs[0][1].to_dict(), progress=epoch, cancel=cancelled)
+
+        job = BackgroundJob(f"Training a {kind.upper()} model", work, on_returned=self._trained,
+                            on_progress=self._progress)
+        return self._jobs.launch(job)
+
+    def _progress(self, items):
+        new = [info for _, _, info in items if info is not None]
+        if new:
+            self.history.extend(new)
+            self._draw_curves()
+
+    def _trained(self, result):
+        self.result = result
+        self._draw_curves(result.get("metrics", {}).get("validation"))
+        validation = result.get("metrics", {}).get("validation")
+        epochs = result.get("training", {}).get("epochs", len(self.history))
+        text = f"trained {result['kind'].upper()} in {epochs} epoch(s)"
+        if validation:
+            text += f"; validation ({validation['n']} points):<br>" + metrics_html(validation)
+        self._metrics.value = text
+        for callback in self.on_trained:
+            callback(result["path"])
+
+    def _draw_curves(self, validation=None):
+        self.figure.clear()
+        ax = self.figure.add_subplot(2, 1, 1) if validation else self.figure.add_subplot(1, 1, 1)
+        epochs = np.arange(1, len(self.history) + 1)
+        for key, style in (("loss", "-"), ("val_loss", "--")):
+            values = [h.get(key, np.nan) for h in self.history]
+            if np.isfinite(values).any():
+                ax.plot(epochs, values, style, label=key.replace("_", " "), color="#3b8beb")
+        acc = [h.get("val_accuracy", np.nan) for h in self.history]
+        if np.isfinite(acc).any():
+            ax2 = ax.twinx()
+            ax2.plot(epochs, acc, ":", color="#d9534f", label="val accuracy")
+            ax2.set_ylim(0, 1.02)
+            ax2.set_ylabel("val accuracy", fontsize=7, color="#d9534f")
+            ax2.tick_params(labelsize=6)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.set_ylabel("loss", fontsize=7)
+        ax.tick_params(labelsize=6)
+        if self.history:
+            ax.legend(fontsize=6, frameon=False, loc="upper right")
+        else:
+            ax.set_title("loss curves appear here during training", fontsize=7)
+        if validation:
+            self._draw_confusion(self.figure.add_subplot(2, 1, 2), validation)
+        self.canvas.draw_idle()
+
+    @staticmethod
+    def _draw_confusion(ax, metrics):
+        names = [c["name"].replace("_", "\n") for c in metrics["classes"]]
+        cm = np.asarray(metrics["confusion"])
+        norm = np.asarray(metrics["confusion_normalised"])
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(names)), names, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+        ax.set_title("validation confusion matrix", fontsize=7)
+
+    # saving --------------------------------------------------------------------------
+    def save_model(self):
+        """Copy the last trained model to the chosen file (atomically); returns its path."""
+        from napari.utils.notifications import show_error
+
+        from ...io.atomic import atomic_output
+
+        if self.result is None:
+            show_error("Training: train a model before saving it.")
+            return None
+        path = Path(self._save_path.value)
+        if str(path) in ("", "."):
+            show_error("Training: choose a file to save the model to (.sedmodel).")
+            return None
+        if path.suffix != ".sedmodel":
+            path = path.with_name(path.name + ".sedmodel")
+        try:
+            with atomic_output(path, force=True) as tmp:
+                shutil.copyfile(self.result["path"], tmp)
+        except OSError as exc:
+            show_error(f"Training: could not save the model to {path}: {exc}")
+            return None
+        self._jobs.status.value = f"saved {path.name}"
+        return path
+

@@ -1,0 +1,64 @@
+"""The whole workflow in one dock: numbered tabs in the order of the work, plus the
+diffraction view docked beside the canvas."""
+
+from __future__ import annotations
+
+from magicgui.widgets import Container
+
+from ..jobs import wrapped_label
+from .centring import CentringWidget
+from .diffraction_view import DiffractionView
+from .flatfield import FlatFieldWidget
+from .labeling import LabelingWidget
+from .pcc import PCCWidget
+from .prediction import PredictionWidget
+from .ria import RIAWidget
+from .training import TrainingWidget
+
+INTRO = (
+    "Open a scan (File > Open, or File > Open Sample > SED classify), then go through the tabs "
+    "from left to right. Hover or click the integrated image to see a frame in the diffraction view."
+)
+
+
+class WorkflowWidget(Container):
+    """Flat-field -> centring -> RIA -> PCC -> labels -> training -> prediction, as tabs."""
+
+    def __init__(self, napari_viewer):
+        from qtpy.QtWidgets import QScrollArea, QTabWidget
+
+        super().__init__()
+        self._viewer = napari_viewer
+        self.flatfield = FlatFieldWidget(napari_viewer)
+        self.centring = CentringWidget(napari_viewer)
+        self.ria = RIAWidget(napari_viewer)
+        self.pcc = PCCWidget(napari_viewer)
+        self.labeling = LabelingWidget(napari_viewer)
+        self.training = TrainingWidget(napari_viewer)
+        self.prediction = PredictionWidget(napari_viewer)
+        self.training.on_trained.append(self.prediction.use_model)
+        self.append(wrapped_label(INTRO))
+        self.tabs = QTabWidget()
+        steps = [
+            ("1 Flat-field", self.flatfield),
+            ("2 Centring", self.centring),
+            ("3 RIA", self.ria),
+            ("4 PCC", self.pcc),
+            ("5 Labels", self.labeling),
+            ("6 Train", self.training),
+            ("7 Predict", self.prediction),
+        ]
+        for title, widget in steps:
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setWidget(widget.native)
+            self.tabs.addTab(scroll, title)
+        self.native.layout().addWidget(self.tabs)
+        self.diffraction = DiffractionView(napari_viewer)
+        window = getattr(napari_viewer, "window", None)
+        if window is not None:
+            window.add_dock_widget(self.diffraction, name="Diffraction view", area="left")
+
+    def show_step(self, index: int):
+        """Bring tab ``index`` (0 = flat-field ... 6 = prediction) to the front."""
+        self.tabs.setCurrentIndex(index)

@@ -1,0 +1,317 @@
+"""HDF5 scans: py4DSTEM / emdfile EMD, Prismatic EMD, DECTRIS ARINA (NeXus master + data files),
+and any file with a 3D (N, det_y, det_x) or 4D (scan_y, scan_x, det_y, det_x) dataset.
+
+Files are opened read-only and read lazily chunk by chunk; hdf5plugin provides the
+bitshuffle-LZ4 filter of DECTRIS files. Several candidate arrays: an EMD file's first datacube
+is read (``dataset=`` picks another); in any other file ``dataset=`` must say which.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ..geometry import Geometry, electron_wavelength_A
+from ..scan import Scan
+from . import ScanFormatError
+from ._lazy import FrameSource, Lazy4D, array_dask, check_pixel_dtype, file_token, grid_dask, native, resolve_scan_shape
+
+log = logging.getLogger(__name__)
+
+_ARINA_DATA = re.compile(r"data_\d{6}$")
+
+
+def _h5py():
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers bitshuffle-LZ4 and other filters)
+
+    return h5py
+
+
+def probe(path) -> bool:
+    h5py = _h5py()
+    if not h5py.is_hdf5(path):
+        return False
+    with h5py.File(path, "r") as f:
+        return bool(_arina_links(f) or candidates(f))
+
+
+def candidates(group) -> list[tuple[str, tuple, np.dtype]]:
+    """Numeric 3D and 4D datasets under ``group``: (name, shape, dtype)."""
+    h5py = _h5py()
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4) and obj.dtype.kind in "uifb":
+            if min(obj.shape[-2:]) >= 2 and obj.size > 0:
+                found.append((name, tuple(obj.shape), obj.dtype))
+
+    group.visititems(visit)
+    return found
+
+
+def describe(found) -> str:
+    return "; ".join(f"{name} {'x'.join(map(str, shape))} {dtype}" for name, shape, dtype in found) or "none"
+
+
+def choose_dataset(path, found, dataset, kind: str = "dataset") -> str:
+    """The name to read: ``dataset`` when given and valid, else the only candidate."""
+    names = [name for name, _, _ in found]
+    if dataset is not None:
+        name = str(dataset).strip("/")
+        if name not in names:
+            raise ScanFormatError(f"{path}: no 3D or 4D {kind} '{dataset}'; candidates: {describe(found)}")
+        return name
+    if not found:
+        raise ScanFormatError(f"{path}: no 3D or 4D numeric dataset (not a scan)")
+    if len(found) > 1:
+        raise ScanFormatError(
+            f"{path}: several {kind}s could be the scan, choose one with dataset=NAME "
+            f"(CLI: --dataset NAME): {describe(found)}"
+        )
+    return names[0]
+
+
+def _is_emd(f) -> bool:
+    return "emd_group_type" in f.attrs or "version_major" in f.attrs or any(
+        "emd_group_type" in f[k].attrs for k in f.keys() if hasattr(f[k], "attrs")
+    )
+
+
+def _emd_datacubes(f, found):
+    """The 4D candidates of an EMD file that sit in an EMD data group (py4DSTEM, Prismatic)."""
+    cubes = []
+    for name, shape, dtype in found:
+        parent = f[name].parent
+        if len(shape) == 4 and "emd_group_type" in parent.attrs:
+            cubes.append((name, shape, dtype))
+    return sorted(cubes)
+
+
+class H5Frames(FrameSource):
+    """Frames of one or more 3D HDF5 datasets (N_i, det_y, det_x), one after the other."""
+
+    def __init__(self, parts, frame_shape, dtype, path):
+        self.parts = [(str(p), str(n), int(k)) for p, n, k in parts]
+        self.path = str(path)
+        self.n_frames = sum(k for _, _, k in self.parts)
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.dtype = native(dtype)
+
+    def _open(self):
+        h5py = _h5py()
+        return [h5py.File(p, "r")[n] for p, n, _ in self.parts]
+
+    def _read(self, datasets, start, stop):
+        pieces, offset = [], 0
+        for ds, (_, _, k) in zip(datasets, self.parts):
+            lo, hi = max(start - offset, 0), min(stop - offset, k)
+            if lo < hi:
+                pieces.append(np.asarray(ds[lo:hi]))
+            offset += k
+        block = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return block.astype(self.dtype, copy=False)
+
+
+def _open_dataset(path, name):
+    return _h5py().File(path, "r")[name]
+
+
+def _arina_links(f) -> list[str]:
+    """Names of the data_NNNNNN entries of a DECTRIS NeXus master file, in order."""
+    if "entry/data" not in f:
+        return []
+    group = f["entry/data"]
+    return sorted(k for k in group.keys() if _ARINA_DATA.match(k))
+
+
+def _arina_parts(path, f, names):
+    h5py = _h5py()
+    parts, frame_shape, dtype = [], None, None
+    for key in names:
+        link = f["entry/data"].get(key, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            target = (Path(path).parent / link.filename, link.path)
+            if not target[0].exists():
+                raise ScanFormatError(f"{path}: data file {link.filename} of this master file is missing")
+        else:
+            target = (Path(path), f"entry/data/{key}")
+        with h5py.File(target[0], "r") as g:
+            ds = g[target[1]]
+            if ds.ndim != 3:
+                raise ScanFormatError(f"{target[0]}: {target[1]} is {ds.ndim}D, expected frames (N, y, x)")
+            frame_shape = frame_shape or ds.shape[1:]
+            dtype = dtype or ds.dtype
+            if ds.shape[1:] != frame_shape:
+                raise ScanFormatError(f"{target[0]}: frames {ds.shape[1:]} differ from {frame_shape} in the first file")
+            parts.append((target[0], target[1], ds.shape[0]))
+    return parts, frame_shape, dtype
+
+
+def _value(f, name, default=None):
+    if name not in f:
+        return default
+    v = f[name][()]
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v.item() if hasattr(v, "item") else v
+
+
+def _arina_metadata(f):
+    det = "entry/instrument/detector/"
+    spec = det + "detectorSpecific/"
+    meta = {
+        "detector": _value(f, det + "description"),
+        "exposure_s": _value(f, det + "count_time"),
+        "frame_time_s": _value(f, det + "frame_time"),
+        "timestamp_first": _value(f, spec + "data_collection_date"),
+        "counter_depth": _value(f, det + "bit_depth_image"),
+        "saturation_value": _value(f, det + "saturation_value"),
+        "n_images": _value(f, spec + "nimages"),
+        "n_triggers": _value(f, spec + "ntrigger"),
+    }
+    pixel_m = _value(f, det + "x_pixel_size")
+    energy_ev = _value(f, spec + "photon_energy")
+    distance_m = _value(f, det + "detector_distance")
+    geometry = {}
+    if pixel_m:
+        geometry["pixel_size_um"] = float(pixel_m) * 1e6
+    if energy_ev:
+        geometry["voltage_kv"] = float(energy_ev) / 1000
+    if distance_m:
+        geometry["camera_length_mm"] = float(distance_m) * 1000
+    hint = None
+    if (meta["n_images"] or 0) > 1 and (meta["n_triggers"] or 0) > 1:
+        hint = ((int(meta["n_triggers"]), int(meta["n_images"])), "one trigger per scan row (ntrigger x nimages)")
+    return {k: v for k, v in meta.items() if v is not None}, geometry, hint
+
+
+def _step(values, units: str, prismatic: bool):
+    """(calibration per px, unit kind) from an EMD dim vector: ('nm', step) or ('invA', step)."""
+    values = np.asarray(values, dtype=float).ravel()
+    if values.size < 2:
+        return None
+    step = float(values[1] - values[0])
+    u = units.strip("[]").replace("_", "").replace(" ", "").lower()
+    if prismatic:  # Prismatic labels its axes '[n_m]' and '[n_m^-1]' but works in Å and 1/Å
+        u = "a^-1" if "-1" in u else "a"
+    if u in ("nm",):
+        return "nm", step
+    if u in ("a", "å", "angstrom"):
+        return "nm", step / 10
+    if u in ("a^-1", "1/a", "1/å", "å^-1", "a-1"):
+        return "invA", step
+    if u in ("nm^-1", "1/nm", "nm-1"):
+        return "invA", step / 10
+    return None
+
+
+def _emd_calibration(f, name):
+    """Scan step (nm), q per px (1/Å) and voltage (kV) an EMD file gives for dataset ``name``."""
+    group = f[name].parent
+    prismatic = "4DSTEM_simulation" in f
+    dims = sorted(k for k in group.keys() if re.fullmatch(r"dim\d", k))
+    out = {}
+    for i, key in enumerate(dims[:4]):
+        units = group[key].attrs.get("units", b"")
+        units = units.decode() if isinstance(units, bytes) else str(units)
+        step = _step(group[key][()], units, prismatic)
+        if step is None:
+            continue
+        kind, value = step
+        if i == 0 and kind == "nm":
+            out["scan_step_nm"] = abs(value)
+        if i == 2 and kind == "invA":
+            out["q_per_px_invA"] = abs(value)
+    if prismatic:
+        params = "4DSTEM_simulation/metadata/metadata_0/original/simulation_parameters"
+        if params in f and "E" in f[params].attrs:
+            out["voltage_kv"] = float(f[params].attrs["E"])
+    return out
+
+
+def geometry_from_q(detector_shape, q_per_px_invA=None, voltage_kv=None, scan_step_nm=None, **known):
+    """Geometry whose px -> 1/Å conversion reproduces a file's reciprocal calibration.
+
+    A file that gives q per px (1/Å) but no camera length: with the 55 µm pixel and the voltage
+    (the file's, else the default), the camera length L = p / (λ q) gives the same q per px.
+    """
+    geometry = Geometry(detector_shape=detector_shape, scan_step_nm=scan_step_nm, **known)
+    if voltage_kv:
+        geometry = geometry.replace(voltage_kv=voltage_kv)
+    if q_per_px_invA:
+        lam = electron_wavelength_A(geometry.voltage_kv)
+        camera_mm = geometry.pixel_size_um * 1e-3 / (lam * q_per_px_invA)
+        geometry = geometry.replace(camera_length_mm=camera_mm)
+    return geometry
+
+
+def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=None) -> Scan:
+    """Open an HDF5 scan lazily (read-only)."""
+    h5py = _h5py()
+    path = Path(path)
+    if not h5py.is_hdf5(path):
+        raise ScanFormatError(f"{path}: corrupted header: not an HDF5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ScanFormatError(f"{path}: cannot open as HDF5 ({exc})") from exc
+    with f:
+        arina = _arina_links(f) if dataset is None else []
+        if arina:
+            return _read_arina(path, f, arina, scan_shape, missing_at, chunk_frames)
+        found = candidates(f)
+        emd = _is_emd(f)
+        metadata = {"format": "EMD (HDF5)" if emd else "HDF5"}
+        cubes = _emd_datacubes(f, found) if emd and dataset is None else []
+        if cubes:
+            if len(cubes) > 1:
+                metadata["other_datasets"] = [name for name, _, _ in cubes[1:]]
+                log.warning("%s: %d datacubes, reading %s (dataset= picks another)", path, len(cubes), cubes[0][0])
+            found = cubes[:1]
+        name = choose_dataset(path, found, dataset)
+        ds = f[name]
+        dtype = check_pixel_dtype(ds.dtype, path)
+        metadata.update(dataset=name, dtype_on_disk=dtype.str, hdf5_chunks=ds.chunks, compression=ds.compression)
+        calibration = _emd_calibration(f, name) if emd else {}
+        if ds.ndim == 4:
+            if scan_shape is not None and tuple(scan_shape) != ds.shape[:2]:
+                raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: {name} is a {ds.shape[0]}x{ds.shape[1]} scan")
+            array = Lazy4D(partial(_open_dataset, str(path), name), ds.shape, dtype, path)
+            data = array_dask(array, chunk_frames=chunk_frames, name=f"h5-{file_token(path)}-{name}")
+            missing = None
+            metadata.update(scan_shape_from="dataset shape", n_frames_in_file=ds.shape[0] * ds.shape[1])
+        else:
+            source = H5Frames([(path, name, ds.shape[0])], ds.shape[1:], dtype, path)
+            shape, how, first = resolve_scan_shape(path, source.n_frames, scan_shape, None, missing_at)
+            data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=f"h5-{file_token(path)}-{name}")
+            metadata.update(scan_shape_from=how, n_frames_in_file=source.n_frames)
+    if calibration.get("q_per_px_invA"):
+        metadata["q_per_px_invA"] = calibration["q_per_px_invA"]
+        metadata["calibration"] = "scan step and 1/Å per px from the file; camera length derived for a 55 µm pixel"
+    geometry = geometry_from_q(tuple(data.shape[2:]), **calibration)
+    return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
+
+
+def _read_arina(path, f, names, scan_shape, missing_at, chunk_frames) -> Scan:
+    parts, frame_shape, dtype = _arina_parts(path, f, names)
+    dtype = check_pixel_dtype(dtype, path)
+    source = H5Frames(parts, frame_shape, dtype, path)
+    meta, calibration, hint = _arina_metadata(f)
+    shape, how, first = resolve_scan_shape(path, source.n_frames, scan_shape, hint, missing_at)
+    data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=f"arina-{file_token(path)}")
+    metadata = {
+        "format": "DECTRIS NeXus (master + data files)",
+        "data_files": [str(p) for p, _, _ in parts],
+        "dtype_on_disk": np.dtype(dtype).str,
+        "n_frames_in_file": source.n_frames,
+        "scan_shape_from": how,
+        "calibration": "pixel size, beam energy (and detector distance when set) from the master file",
+        **meta,
+    }
+    geometry = Geometry(detector_shape=frame_shape, **calibration)
+    return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))

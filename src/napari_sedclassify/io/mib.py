@@ -1,0 +1,363 @@
+"""Quantum Detectors Merlin (Medipix3) ``.mib`` files, with their optional ``.hdr``.
+
+A ``.mib`` file is a run of frames, each an ASCII header (``MQ1,<frame>,<header bytes>,<chips>,
+<width>,<height>,<pixel type>,...``; width before height) followed by the pixels, no padding.
+Pixel types: U08 (1- and 6-bit counters), U16 (12-bit), U32 (24-bit), all big-endian, and R64
+(RAW: 1 bit per pixel packed in 64-bit words; a quad detector reads out 1024x256, chip after
+chip, re-tiled here into 512x512). Frames are memory-mapped; 8-bit frames are read without a copy.
+
+Frames are shown with their rows flipped (detector row 0 at the bottom), the orientation in
+which Merlin displays them and in which the chip labels of its test pattern read correctly.
+
+Scan shape, in this order: the user's; the ``.hdr`` (Frames per Trigger = one scan row, when
+there are several rows); the frame timestamps (a longer gap after each row: the line flyback);
+a square grid; one row. Fewer frames than positions (an interrupted acquisition) leaves the
+last positions missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..geometry import Geometry
+from ..scan import Scan
+from . import ScanFormatError
+from ._lazy import FrameSource, file_token, grid_dask, native, resolve_scan_shape, to_native
+
+log = logging.getLogger(__name__)
+
+#: Medipix3 pixel pitch (µm).
+PIXEL_SIZE_UM = 55.0
+#: Frame headers read to find the line flyback: rows up to half this long are found.
+PROBE_FRAMES = 1024
+#: A gap between frame timestamps this much longer than the shortest one is a line flyback (ns).
+FLYBACK_NS = 5_000
+
+_PIXEL_TYPES = {"U08": ">u1", "U16": ">u2", "U32": ">u4", "U64": ">u8", "R64": "R64"}
+_FIELDS = ("frame number", "header length", "chip count", "width", "height")
+
+
+def probe(path) -> bool:
+    path = Path(path)
+    if path.suffix.lower() == ".hdr":
+        path = path.with_suffix(".mib")
+    with open(path, "rb") as f:
+        return f.read(4) == b"MQ1,"
+
+
+class FrameHeader:
+    """The first frame header of a .mib file: layout of every frame in it."""
+
+    def __init__(self, raw: bytes, path):
+        self.path = path
+        text = raw.decode("latin-1")
+        fields = text.split(",")
+        if not text.startswith("MQ1,") or len(fields) < 11:
+            raise ScanFormatError(f"{path}: corrupted frame header: does not start with 'MQ1,' ({raw[:16]!r})")
+        values = {}
+        for name, value in zip(_FIELDS, fields[1:6]):
+            try:
+                values[name] = int(value)
+            except ValueError:
+                raise ScanFormatError(
+                    f"{path}: corrupted frame header: {name} is {value.strip()!r}, not a number"
+                ) from None
+        self.fields = fields
+        self.header_bytes = values["header length"]
+        self.chips = values["chip count"]
+        self.width, self.height = values["width"], values["height"]
+        if self.header_bytes < 64 or self.width < 1 or self.height < 1:
+            raise ScanFormatError(
+                f"{path}: corrupted frame header: header length {self.header_bytes}, "
+                f"frame {self.width}x{self.height}"
+            )
+        self.pixel_type = fields[6].strip()
+        if self.pixel_type not in _PIXEL_TYPES:
+            raise ScanFormatError(
+                f"{path}: unknown pixel dtype {self.pixel_type!r} in the frame header "
+                f"(expected one of {', '.join(_PIXEL_TYPES)})"
+            )
+        self.assembly = fields[7].strip()
+        self.raw = self.pixel_type == "R64"
+        ext = fields.index("MQ1A") if "MQ1A" in fields else None
+        self.iso_field = ext + 1 if ext is not None and len(fields) > ext + 3 else None
+        self.timestamp = self._timestamp(fields)
+        self.exposure_s = self._exposure(fields, ext)
+        depth = fields[ext + 3].strip() if self.iso_field else ""
+        self.counter_depth = int(depth) if depth.isdigit() else None
+        if self.counter_depth is None:
+            self.counter_depth = {"U16": 12, "U32": 24, "R64": 1}.get(self.pixel_type)
+        if self.raw and self.counter_depth != 1:
+            raise ScanFormatError(
+                f"{path}: RAW (R64) frames with a {self.counter_depth}-bit counter are not supported; "
+                "only 1-bit RAW files are (or save the acquisition in processed mode)"
+            )
+
+    def _timestamp(self, fields) -> str | None:
+        if self.iso_field is not None and fields[self.iso_field].endswith("Z"):
+            return fields[self.iso_field]
+        coarse = fields[9].strip()
+        return coarse.replace(" ", "T") if len(coarse) >= 19 else None
+
+    @staticmethod
+    def _exposure(fields, ext) -> float | None:
+        if ext is not None and len(fields) > ext + 2 and fields[ext + 2].endswith("ns"):
+            try:
+                return float(fields[ext + 2][:-2]) * 1e-9
+            except ValueError:
+                pass
+        try:
+            return float(fields[10])
+        except ValueError:
+            return None
+
+    @property
+    def disk_shape(self) -> tuple[int, int]:
+        """Frame as stored: (height, width) px."""
+        return (self.height, self.width)
+
+    @property
+    def quad_raw(self) -> bool:
+        return self.raw and self.chips == 4 and self.width == 4 * self.height
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """Frame as returned: (rows, cols) px; a quad RAW frame re-tiled to 2x2 chips."""
+        if self.quad_raw:
+            return (2 * self.height, 2 * self.height)
+        return self.disk_shape
+
+    @property
+    def pixel_bytes(self) -> int:
+        n = self.width * self.height
+        if self.raw:
+            if n % 64:
+                raise ScanFormatError(f"{self.path}: RAW frame {self.width}x{self.height} is not whole 64-bit words")
+            return n // 8
+        return n * np.dtype(_PIXEL_TYPES[self.pixel_type]).itemsize
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.header_bytes + self.pixel_bytes
+
+
+class MibFrames(FrameSource):
+    """The frames of a .mib file through a numpy memmap (structured: header, pixels)."""
+
+    def __init__(self, path, header: FrameHeader, n_frames: int):
+        self.path = str(path)
+        self.n_frames = int(n_frames)
+        self.header_bytes = header.header_bytes
+        self.disk_shape = header.disk_shape
+        self.pixel_type = header.pixel_type
+        self.quad_raw = header.quad_raw
+        self.frame_shape = header.frame_shape
+        self.dtype = np.dtype(np.uint8) if header.raw else native(_PIXEL_TYPES[header.pixel_type])
+
+    def _open(self):
+        rows, cols = self.disk_shape
+        if self.pixel_type == "R64":
+            pixels = ("px", ">u8", (rows * cols // 64,))
+        else:
+            pixels = ("px", _PIXEL_TYPES[self.pixel_type], (rows, cols))
+        dtype = np.dtype([("hdr", f"V{self.header_bytes}"), pixels])
+        return np.memmap(self.path, dtype=dtype, mode="r", shape=(self.n_frames,))["px"]
+
+    def _read(self, pixels, start, stop):
+        block = pixels[start:stop]
+        if self.pixel_type == "R64":
+            block = unpack_raw(block, self.disk_shape, self.quad_raw)
+        return to_native(block[:, ::-1])
+
+
+def unpack_raw(words: np.ndarray, disk_shape, quad: bool) -> np.ndarray:
+    """RAW 1-bit frames (k, n_words) of big-endian 64-bit words -> uint8 0/1 (k, rows, cols).
+
+    Pixel j of a frame is bit j (least significant first) of its 64-bit words read big-endian.
+    A quad frame (rows=256, cols=1024: chips side by side as read out) is re-tiled so that it
+    equals the frame Merlin assembles itself (checked against processed files of the same
+    test pattern): the last two chips form the top half in reverse order, the first two the
+    bottom half rotated by 180 degrees.
+    """
+    rows, cols = disk_shape
+    k = words.shape[0]
+    as_bytes = np.ascontiguousarray(words).astype("<u8").view(np.uint8)
+    bits = np.unpackbits(as_bytes, axis=-1, bitorder="little").reshape(k, rows, cols)
+    if not quad:
+        return bits
+    c = rows
+    top = np.concatenate([bits[:, :, 3 * c : 4 * c], bits[:, :, 2 * c : 3 * c]], axis=2)
+    bottom = bits[:, ::-1, 2 * c - 1 :: -1]
+    return np.concatenate([top, bottom], axis=1)
+
+
+def read_hdr(path) -> dict:
+    """The acquisition header (.hdr) as {key: value} strings; {} when it cannot be parsed."""
+    try:
+        text = Path(path).read_bytes().decode("latin-1")
+    except OSError:
+        return {}
+    if not text.startswith("HDR"):
+        log.warning("%s: not a Merlin acquisition header (ignored)", path)
+        return {}
+    out = {}
+    for line in text.splitlines()[1:]:
+        if line.startswith("End"):
+            break
+        key, sep, value = line.partition("\t")
+        if sep:
+            out[key.rstrip(": ")] = value.strip()
+    return out
+
+
+def _hdr_int(hdr, key):
+    try:
+        return int(hdr[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def hdr_scan_shape(hdr: dict):
+    """(scan shape, how) from the .hdr, or None when it does not give several scan rows."""
+    sx, sy = _hdr_int(hdr, "ScanX"), _hdr_int(hdr, "ScanY")
+    if sx and sy:
+        return (sy, sx), "hdr (ScanX, ScanY)"
+    per_trigger = _hdr_int(hdr, "Frames per Trigger (Number)")
+    total = _hdr_int(hdr, "Frames in Acquisition (Number)")
+    if per_trigger and total and 1 < per_trigger < total:
+        return (-(-total // per_trigger), per_trigger), "hdr (Frames per Trigger = scan row)"
+    return None
+
+
+def frame_timestamps(path, header: FrameHeader, n_frames: int, count: int = PROBE_FRAMES) -> np.ndarray | None:
+    """Timestamps (ns, int64) of the first ``count`` frames, from their headers; None if absent.
+
+    Reads only the headers (small random reads, no read-ahead of the pixels between them).
+    """
+    if header.timestamp is None:
+        return None
+    index = header.iso_field if header.timestamp.endswith("Z") else 9
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        heads = [os.pread(fd, header.header_bytes, i * header.frame_bytes) for i in range(min(n_frames, count))]
+    finally:
+        os.close(fd)
+    try:
+        stamps = [h.split(b",")[index].decode("ascii").rstrip("Z").replace(" ", "T") for h in heads]
+        return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def row_length_from_timestamps(t_ns: np.ndarray) -> int | None:
+    """Frames per scan row: the period of the longer gaps (line flyback) between frames."""
+    if t_ns is None or len(t_ns) < 4:
+        return None
+    gaps = np.diff(t_ns)
+    long = np.flatnonzero(gaps - gaps.min() > FLYBACK_NS)
+    if long.size == 0:
+        return None
+    period = int(long[0]) + 1
+    if period < 2 or not np.array_equal(long, np.arange(period - 1, len(gaps), period)):
+        return None
+    return period
+
+
+def _check_layout(path, header: FrameHeader, size: int) -> int:
+    """Number of whole frames; raises when the header and the data size disagree."""
+    step = header.frame_bytes
+    with open(path, "rb") as f:
+        if size > step:
+            f.seek(step)
+            if f.read(4) != b"MQ1,":
+                f.seek(0)
+                head = f.read(min(size, 64 * 2**20))
+                found = head.find(b"MQ1,", 4)
+                where = f"the next frame header is at byte {found}" if found > 0 else "no second frame header"
+                raise ScanFormatError(
+                    f"{path}: header disagrees with the data size: it says {header.width}x{header.height} "
+                    f"{header.pixel_type} frames of {step} bytes with their header, but {where}"
+                )
+        n, extra = divmod(size, step)
+        if extra:
+            raise ScanFormatError(
+                f"{path}: truncated last frame: {n} whole frames of {step} bytes and {extra} bytes more"
+            )
+        f.seek((n - 1) * step)
+        if f.read(4) != b"MQ1,":
+            raise ScanFormatError(
+                f"{path}: corrupted frame header: frame {n - 1} (last) does not start with 'MQ1,'"
+            )
+    return n
+
+
+def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
+    """Open a Merlin .mib (or its .hdr) lazily as a Scan."""
+    path = Path(path)
+    if path.suffix.lower() == ".hdr":
+        hdr_path, path = path, path.with_suffix(".mib")
+        if not path.exists():
+            raise ScanFormatError(f"{hdr_path}: no frame file beside this header ({path.name} not found)")
+    else:
+        hdr_path = path.with_suffix(".hdr")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ScanFormatError(f"{path}: empty file")
+    with open(path, "rb") as f:
+        first = f.read(2048)
+    header = FrameHeader(first[:384], path)
+    if header.header_bytes > 384:
+        header = FrameHeader(first[: header.header_bytes], path)
+    if size < header.frame_bytes:
+        raise ScanFormatError(
+            f"{path}: truncated last frame: {size} bytes, less than one frame of {header.frame_bytes}"
+        )
+    n = _check_layout(path, header, size)
+
+    hdr = read_hdr(hdr_path) if hdr_path.exists() else {}
+    hint = hdr_scan_shape(hdr) if scan_shape is None else None
+    timestamps = None
+    if scan_shape is None and hint is None:
+        timestamps = frame_timestamps(path, header, n)
+        period = row_length_from_timestamps(timestamps)
+        if period:
+            hint = ((-(-n // period), period), "frame timestamps (line flyback)")
+    shape, how, first_index = resolve_scan_shape(path, n, scan_shape, hint, missing_at)
+
+    source = MibFrames(path, header, n)
+    data, missing = grid_dask(source, shape, first=first_index, chunk_frames=chunk_frames, name=f"mib-{file_token(path)}")
+    metadata = {
+        "format": "Merlin .mib",
+        "dtype_on_disk": "R64 (1 bit per pixel, packed)" if header.raw else np.dtype(_PIXEL_TYPES[header.pixel_type]).str,
+        "counter_depth": header.counter_depth,
+        "chips": header.assembly,
+        "exposure_s": header.exposure_s,
+        "timestamp_first": header.timestamp,
+        "timestamp_last": _last_timestamp(path, header, n),
+        "n_frames_in_file": n,
+        "scan_shape_from": how,
+        "orientation": "rows flipped: detector row 0 at the bottom, as Merlin displays frames",
+        "calibration": "pixel size 55 µm (Medipix3); camera length, voltage and scan step not in the file",
+    }
+    if timestamps is not None and len(timestamps) > 1:
+        metadata["frame_period_s"] = float(np.median(np.diff(timestamps))) * 1e-9
+    if hdr:
+        metadata["hdr"] = hdr
+    geometry = Geometry(detector_shape=header.frame_shape, pixel_size_um=PIXEL_SIZE_UM)
+    return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
+
+
+def _last_timestamp(path, header: FrameHeader, n: int) -> str | None:
+    with open(path, "rb") as f:
+        f.seek((n - 1) * header.frame_bytes)
+        raw = f.read(header.header_bytes)
+    try:
+        return FrameHeader(raw, path).timestamp
+    except ScanFormatError:
+        return None

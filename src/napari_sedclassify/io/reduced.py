@@ -1,0 +1,188 @@
+"""Reduced scans written by ``sedclassify reduce`` (:mod:`napari_sedclassify.pipeline.reduce`).
+
+A reduced file holds only the frames of the kept classes. It opens as a Scan on the ORIGINAL
+scan grid: kept positions read their frame, every other position is marked in ``scan.missing``
+(and reads as zeros), so the scan lines up with the class map, the overview and the full scan.
+``scan.metadata`` carries the class map, the kept classes, the kept positions and the provenance.
+``read_kept(path)`` gives the kept frames alone as a (K, ky, kx) stack with their positions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import ClassTable
+from ..geometry import Geometry
+from ..scan import Scan
+from . import ScanFormatError
+from ._lazy import FrameSource, _indices, file_token, frame_chunks
+
+FORMAT = "napari-sedclassify/reduced"
+
+
+def _h5py():
+    import h5py
+    import hdf5plugin  # noqa: F401  (Bitshuffle filter)
+
+    return h5py
+
+
+def is_reduced(path) -> bool:
+    """True when ``path`` is an HDF5 file written by ``sedclassify reduce``."""
+    try:
+        h5py = _h5py()
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+        return (fmt.decode() if isinstance(fmt, bytes) else fmt) == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+probe = is_reduced
+
+
+class ReducedFrames(FrameSource):
+    """The kept frames of a reduced file, (K, ky, kx), stored plainly/Bitshuffle-LZ4 or as TERSE."""
+
+    def __init__(self, path, n_frames, frame_shape, dtype, terse: bool):
+        self.path = str(path)
+        self.n_frames = int(n_frames)
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.dtype = np.dtype(dtype)
+        self.terse = bool(terse)
+
+    def _open(self):
+        return _h5py().File(self.path, "r")["frames_terse" if self.terse else "frames"]
+
+    def _read(self, ds, start, stop):
+        if not self.terse:
+            return np.asarray(ds[start:stop])
+        from ..pipeline.reduce import terse_decode
+
+        out = np.empty((stop - start,) + self.frame_shape, self.dtype)
+        for j, blob in enumerate(ds[start:stop]):
+            out[j] = terse_decode(blob, self.frame_shape, self.dtype)
+        return out
+
+
+class SparseGrid:
+    """Kept frames laid out on the scan grid (scan_y, scan_x, ky, kx) for ``dask.array.from_array``:
+    ``number`` (sy, sx) int64 gives each position's frame in the source, -1 where none (zeros)."""
+
+    def __init__(self, source: FrameSource, number: np.ndarray):
+        self.source = source
+        self.number = np.asarray(number, np.int64)
+        self.shape = tuple(self.number.shape) + tuple(source.frame_shape)
+        self.dtype = source.dtype
+        self.ndim = 4
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (4 - len(key))
+        ys, xs = (_indices(k, n) for k, n in zip(key[:2], self.number.shape))
+        num = self.number[np.ix_(ys, xs)]
+        block = np.zeros(num.shape + self.source.frame_shape, self.dtype)
+        have = num >= 0
+        if have.any():
+            lo, hi = int(num[have].min()), int(num[have].max()) + 1  # kept frames are in scan order
+            frames = self.source.read(lo, hi)
+            block[have] = frames[num[have] - lo]
+        block = block[(slice(None), slice(None)) + tuple(key[2:])]
+        drop = tuple(i for i in (0, 1) if isinstance(key[i], (int, np.integer)))
+        return block.reshape([s for i, s in enumerate(block.shape) if i not in drop]) if drop else block
+
+
+class KeptStack:
+    """The kept frames as an array-like (K, ky, kx) for ``dask.array.from_array``."""
+
+    def __init__(self, source: FrameSource):
+        self.source = source
+        self.shape = (source.n_frames,) + source.frame_shape
+        self.dtype = source.dtype
+        self.ndim = 3
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        rows = _indices(key[0], self.shape[0])
+        block = self.source.read(int(rows.min()), int(rows.max()) + 1)[rows - rows.min()] if rows.size else \
+            np.zeros((0,) + self.source.frame_shape, self.dtype)
+        block = block[(slice(None),) + tuple(key[1:])]
+        return block[0] if isinstance(key[0], (int, np.integer)) else block
+
+
+def _attrs(f) -> dict:
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+
+def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
+    """Open a reduced file lazily as a Scan on its original grid (dropped positions missing)."""
+    import dask.array as da
+
+    path = Path(path)
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = _attrs(f)
+            if attrs.get("format") != FORMAT:
+                raise ScanFormatError(f"{path}: not a reduced scan (format {attrs.get('format')!r})")
+            terse = "frames_terse" in f
+            if not terse and "frames" not in f:
+                raise ScanFormatError(f"{path}: reduced scan without a frames dataset")
+            index = f["index"][()]
+            class_map = f["class_map"][()]
+            kept = f["kept"][()]
+            source_missing = f["missing"][()]
+            probabilities = f["probabilities"][()] if "probabilities" in f else None
+    except OSError as exc:
+        raise ScanFormatError(f"{path}: not a readable reduced scan ({exc})") from exc
+    sy, sx = (int(s) for s in attrs["scan_shape"])
+    ky, kx = (int(s) for s in attrs["detector_shape"])
+    if scan_shape is not None and tuple(int(s) for s in scan_shape) != (sy, sx):
+        raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: the reduced scan is {sy}x{sx}")
+    dtype = np.dtype(attrs["dtype"])
+    number = np.full(sy * sx, -1, np.int64)
+    number[index] = np.arange(index.size)
+    source = ReducedFrames(path, index.size, (ky, kx), dtype, terse)
+    grid = SparseGrid(source, number.reshape(sy, sx))
+    rows, cols = frame_chunks((sy, sx), ky * kx * dtype.itemsize, chunk_frames)
+    data = da.from_array(grid, chunks=(rows, cols, -1, -1), name=f"reduced-{file_token(path)}-{rows}x{cols}",
+                         meta=np.empty((0, 0, 0, 0), dtype=dtype))
+    table = ClassTable.from_dict(json.loads(attrs["class_table"]))
+    kept_classes = {int(k): v for k, v in json.loads(attrs["kept_classes"]).items()}
+    metadata = {
+        "format": "napari-sedclassify reduced scan",
+        "compression": attrs["compression"],
+        "kept_classes": kept_classes,
+        "class_table": table.to_dict(),
+        "class_map": class_map,
+        "kept": kept,
+        "positions": np.stack(np.divmod(index, sx), axis=1),
+        "n_kept": int(index.size),
+        "source_missing": source_missing,
+        "provenance": json.loads(attrs["provenance"]),
+        "dtype_on_disk": dtype.str,
+    }
+    if probabilities is not None:
+        metadata["probabilities"] = probabilities
+    geometry = Geometry.from_dict({**json.loads(attrs["geometry"]), "detector_shape": (ky, kx)})
+    return Scan(data, geometry, missing=~kept, metadata=metadata, source=str(path))
+
+
+def read_kept(path):
+    """(frames, positions): the kept frames as a lazy dask stack (K, ky, kx) and their scan
+    positions (K, 2) int (iy, ix)."""
+    import dask.array as da
+
+    scan = read(path)
+    source = ReducedFrames(scan.source, scan.metadata["n_kept"], scan.detector_shape, scan.dtype,
+                           scan.metadata["compression"] == "terse")
+    frame_nbytes = int(np.prod(scan.detector_shape)) * np.dtype(scan.dtype).itemsize
+    chunk = max(1, frame_chunks((1, max(source.n_frames, 1)), frame_nbytes)[1])
+    frames = da.from_array(KeptStack(source), chunks=(chunk, -1, -1), name=f"reduced-kept-{file_token(scan.source)}",
+                           meta=np.empty((0, 0, 0), dtype=scan.dtype))
+    return frames, scan.metadata["positions"]

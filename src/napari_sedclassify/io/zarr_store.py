@@ -1,0 +1,89 @@
+"""Zarr stores (a ``.zarr`` folder): a 4D array, a 3D stack of frames, or a group holding them.
+
+Opened read-only; ``dataset=`` picks an array in a group that holds several. The store's
+attributes go to the metadata; a ``scan_shape`` attribute shapes a 3D stack.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from ..geometry import Geometry
+from ..scan import Scan
+from . import ScanFormatError
+from ._lazy import Lazy4D, StackFrames, array_dask, check_pixel_dtype, file_token, grid_dask, resolve_scan_shape
+from .hdf5 import choose_dataset
+
+_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+
+
+def is_zarr(path) -> bool:
+    return any((Path(path) / m).exists() for m in _MARKERS)
+
+
+def probe(path) -> bool:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    return bool(node.ndim in (3, 4) if hasattr(node, "ndim") else _candidates(node))
+
+
+def _candidates(group):
+    found = []
+    for name, node in group.members(max_depth=None):
+        if hasattr(node, "ndim") and node.ndim in (3, 4) and node.dtype.kind in "uifb" and min(node.shape[-2:]) >= 2:
+            found.append((name, tuple(node.shape), node.dtype))
+    return sorted(found)
+
+
+def _open(path, name=None):
+    import zarr
+
+    node = zarr.open(path, mode="r")
+    return node[name] if name else node
+
+
+def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=None) -> Scan:
+    """Open a zarr array or group lazily as a Scan."""
+    import zarr
+
+    path = Path(path)
+    if not is_zarr(path):
+        raise ScanFormatError(f"{path}: a directory that is not a scan (no zarr metadata in it)")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises many types for a damaged store
+        raise ScanFormatError(f"{path}: corrupted header: cannot open as zarr ({exc})") from exc
+    name = None
+    if not hasattr(node, "ndim"):
+        name = choose_dataset(path, _candidates(node), dataset, kind="array")
+        node = node[name]
+    elif dataset is not None:
+        raise ScanFormatError(f"{path}: holds a single array; dataset={dataset!r} does not apply")
+    dtype = check_pixel_dtype(node.dtype, path)
+    opener = partial(_open, str(path), name)
+    token = f"zarr-{file_token(path / _marker(path))}-{name}"
+    attrs = dict(node.attrs)
+    metadata = {"format": "zarr", "dataset": name, "dtype_on_disk": dtype.str, "zarr_chunks": tuple(node.chunks)}
+    if node.ndim == 4:
+        if scan_shape is not None and tuple(scan_shape) != tuple(node.shape[:2]):
+            raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: the array is a {node.shape[0]}x{node.shape[1]} scan")
+        data = array_dask(Lazy4D(opener, node.shape, dtype, path), chunk_frames=chunk_frames, name=token)
+        missing, how = None, "array shape"
+    elif node.ndim == 3:
+        hint = (tuple(attrs["scan_shape"]), "zarr attribute scan_shape") if "scan_shape" in attrs else None
+        source = StackFrames(opener, node.shape, dtype, path)
+        shape, how, first = resolve_scan_shape(path, node.shape[0], scan_shape, hint, missing_at)
+        data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=token)
+    else:
+        raise ScanFormatError(f"{path}: expected a 3D or 4D array, got shape {node.shape}")
+    geometry = Geometry(detector_shape=node.shape[-2:])
+    if isinstance(attrs.get("geometry"), dict):
+        geometry = Geometry.from_dict({**attrs["geometry"], "detector_shape": node.shape[-2:]})
+    metadata.update(scan_shape_from=how, attributes=attrs)
+    return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
+
+
+def _marker(path) -> str:
+    return next(m for m in _MARKERS if (Path(path) / m).exists())

@@ -1,0 +1,144 @@
+"""CNN on central crops (Keras 3 on TensorFlow): six 3x3 convolution layers in three pairs, each
+pair followed by 2x2 max pooling and dropout, a small dense layer and softmax; Adam,
+cross-entropy, early stopping on the validation loss (best weights kept).
+
+Everything here is a plain function of arrays or an estimator without global state, so it runs
+the same in a spawned child process (see ``tf_process``): importing TensorFlow next to a napari
+canvas on software OpenGL crashes, so the napari widgets train and predict in a child.
+TensorFlow uses a GPU when one is visible; nothing here asks for a device.
+Importing this module imports scikit-learn (not TensorFlow: that happens in ``fit``/loading).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from . import Cancelled
+from ._common import check_cancel, class_weights
+
+
+def import_keras():
+    """Import Keras 3 with the TensorFlow backend, quietly."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    return keras
+
+
+def build_cnn(input_shape, n_classes: int, filters=(16, 32, 64), dropout=0.25, dense_units=32,
+              mean=0.0, variance=1.0):
+    """The network: input (h, w, 1) standardised by (mean, variance), 3 x [conv, conv, pool,
+    dropout], dense, softmax over ``n_classes``."""
+    keras = import_keras()
+    from keras import layers
+
+    model = keras.Sequential(name="sedclassify_cnn")
+    model.add(keras.Input(shape=tuple(input_shape) + (1,)))
+    model.add(layers.Normalization(axis=None, mean=float(mean), variance=float(variance)))
+    for f in filters:
+        model.add(layers.Conv2D(int(f), 3, padding="same", activation="relu"))
+        model.add(layers.Conv2D(int(f), 3, padding="same", activation="relu"))
+        model.add(layers.MaxPooling2D(2))
+        model.add(layers.Dropout(dropout))
+    model.add(layers.Flatten())
+    model.add(layers.Dense(int(dense_units), activation="relu"))
+    model.add(layers.Dropout(dropout))
+    model.add(layers.Dense(int(n_classes), activation="softmax"))
+    return model
+
+
+def _callback(progress, cancel, max_epochs):
+    keras = import_keras()
+
+    class ProgressAndCancel(keras.callbacks.Callback):
+        cancelled = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            if cancel is not None and cancel():
+                self.cancelled = True
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            if progress is not None:
+                progress(epoch + 1, {**{k: float(v) for k, v in (logs or {}).items()},
+                                     "max_epochs": int(max_epochs)})
+
+    return ProgressAndCancel()
+
+
+class CNNClassifier(ClassifierMixin, BaseEstimator):
+    """Convolutional network on 2D crops X (n, h, w) (or (n, h, w, 1)).
+
+    filters: channels of the three conv pairs (six conv layers). dropout: after every pooling
+    and the dense layer. dense_units: width of the dense layer. learning_rate: Adam step.
+    batch_size, max_epochs, patience: training loop; early stopping on val_loss (loss when no
+    validation data). class_weight: "balanced" (default), a {class: weight} dict or None.
+    """
+
+    def __init__(self, filters=(16, 32, 64), dropout=0.25, dense_units=32, learning_rate=1e-3,
+                 batch_size=128, max_epochs=40, patience=5, class_weight="balanced", random_state=0):
+        self.filters = filters
+        self.dropout = dropout
+        self.dense_units = dense_units
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    @staticmethod
+    def _images(X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        return X[..., None] if X.ndim == 3 else X
+
+    def fit(self, X, y, *, validation_data=None, progress=None, cancel=None):
+        """Train on crops X (n, h, w), labels y (n,). validation_data: (X_val, y_val).
+
+        progress(epoch, logs) after every epoch (loss, accuracy, val_loss, val_accuracy,
+        max_epochs); cancel() returning True stops within a batch with
+        :class:`~napari_sedclassify.models.Cancelled`.
+        """
+        keras = import_keras()
+        check_cancel(cancel)
+        keras.utils.set_random_seed(int(self.random_state))
+        X = self._images(X)
+        y = np.asarray(y)
+        self.classes_ = np.unique(y)
+        yi = np.searchsorted(self.classes_, y)
+        cw = class_weights(y, self.class_weight)
+        model = build_cnn(X.shape[1:3], len(self.classes_), self.filters, self.dropout, self.dense_units,
+                          mean=float(X.mean()), variance=float(X.var()) or 1.0)
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        val = None
+        if validation_data is not None:
+            val = (self._images(validation_data[0]), np.searchsorted(self.classes_, np.asarray(validation_data[1])))
+        monitor = "val_loss" if val is not None else "loss"
+        stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=int(self.patience),
+                                                restore_best_weights=True)
+        reporter = _callback(progress, cancel, self.max_epochs)
+        hist = model.fit(X, yi, validation_data=val, epochs=int(self.max_epochs), batch_size=int(self.batch_size),
+                         class_weight={i: cw[c] for i, c in enumerate(self.classes_.tolist())},
+                         callbacks=[stopper, reporter], verbose=0, shuffle=True)
+        if reporter.cancelled:
+            raise Cancelled("training cancelled")
+        self.model_ = model
+        n = len(hist.history.get("loss", []))
+        self.history_ = [{k: float(v[i]) for k, v in hist.history.items()} for i in range(n)]
+        self.n_epochs_ = n
+        return self
+
+    def predict_proba(self, X, batch_size: int = 512):
+        """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
+        X = self._images(X)
+        if len(X) == 0:
+            return np.zeros((0, len(self.classes_)), dtype=np.float32)
+        return np.asarray(self.model_.predict(X, batch_size=batch_size, verbose=0))
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

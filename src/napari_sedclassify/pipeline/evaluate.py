@@ -1,0 +1,93 @@
+"""Evaluate a trained model on labeled scans: per-scan and pooled metrics, tables, JSON and
+plots (confusion matrices and the paper's Fig. 6 maps: integrated image, true classes,
+predictions, differences)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .predict import ScanPrediction, as_model, predict_scan
+from .train import flatfields_for, load_labels, open_scans
+
+
+@dataclass
+class Evaluation:
+    """model: the SedModel. per_scan: {scan name: metrics}. pooled: metrics over all scans.
+    predictions / truths: per scan, in order."""
+
+    model: object
+    per_scan: dict
+    pooled: dict
+    predictions: list = field(default_factory=list)
+    truths: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        m = self.model
+        return {
+            "model": {"path": m.source, "kind": m.kind},
+            "scans": {p.name: {"source": p.source, "metrics": self.per_scan[p.name], "timings": p.timings}
+                      for p in self.predictions},
+            "pooled": self.pooled,
+        }
+
+    def table(self) -> str:
+        from ..models.metrics import format_table
+
+        parts = [format_table(self.per_scan[p.name], f"== {p.name}") for p in self.predictions]
+        if len(self.predictions) > 1:
+            parts.append(format_table(self.pooled, "== all scans"))
+        return "\n\n".join(parts)
+
+    def plot(self, out_dir) -> list[str]:
+        """Confusion matrix and maps per scan (and pooled confusion) as PNGs in ``out_dir``."""
+        from ..models.metrics import plot_confusion, plot_maps
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for p, truth in zip(self.predictions, self.truths):
+            m = self.per_scan[p.name]
+            title = f"{self.model.kind.upper()} on {p.name}: weighted F1 {m['weighted']['f1']:.3f}"
+            plot_confusion(m, out_dir / f"{p.name}_confusion.png", title=title)
+            plot_maps(truth, p.class_map, out_dir / f"{p.name}_maps.png", self.model.classes,
+                      integrated=p.integrated, title=title)
+            written += [str(out_dir / f"{p.name}_confusion.png"), str(out_dir / f"{p.name}_maps.png")]
+        if len(self.predictions) > 1:
+            plot_confusion(self.pooled, out_dir / "all_confusion.png",
+                           title=f"{self.model.kind.upper()}, all scans: weighted F1 {self.pooled['weighted']['f1']:.3f}")
+            written.append(str(out_dir / "all_confusion.png"))
+        return written
+
+
+def evaluate_model(model, scans, labels, *, flatfield=None, progress: Callable | None = None,
+                   scan_progress: Callable | None = None, cancel: Callable | None = None) -> Evaluation:
+    """Predict ``scans`` (paths or Scans) with ``model`` (SedModel or path) and compare with
+    ``labels`` (paths or arrays on the scan grids, 0 = unlabeled). progress(i, logs) after each
+    scan; scan_progress(i, n, done, total) while a scan is preprocessed."""
+    from ..models.metrics import evaluate
+
+    model = as_model(model)
+    scans = open_scans(scans)
+    truths = load_labels(labels, scans)
+    ffs = flatfields_for(flatfield, len(scans))
+    preds: list[ScanPrediction] = []
+    per_scan = {}
+    for i, (scan, truth, ff) in enumerate(zip(scans, truths, ffs)):
+        report = None
+        if scan_progress is not None:
+            report = (lambda k: lambda done, total: scan_progress(k, len(scans), done, total))(i)
+        p = predict_scan(model, scan, flatfield=ff, progress=report, cancel=cancel)
+        if p.name in per_scan:
+            p.name = f"{p.name}_{i + 1}"
+        preds.append(p)
+        per_scan[p.name] = evaluate(truth, p.class_map, model.classes)
+        if progress is not None:
+            progress(i + 1, {"scan": p.name, "f1_weighted": per_scan[p.name]["weighted"]["f1"],
+                             "max_epochs": len(scans)})
+    pooled = evaluate(np.concatenate([t.ravel() for t in truths]),
+                      np.concatenate([p.class_map.ravel() for p in preds]), model.classes)
+    return Evaluation(model=model, per_scan=per_scan, pooled=pooled, predictions=preds, truths=truths)

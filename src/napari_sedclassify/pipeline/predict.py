@@ -1,0 +1,152 @@
+"""Apply a trained model to scans: preprocess with the model's own recipe, classify every
+frame, write the class map (.npy, .tif), the per-class probabilities (.npy) and a PNG overlay.
+
+:func:`predict_to_files` takes and returns only paths and small dicts, so the napari widget
+can run it in a spawned child (``models.tf_process.run_in_process``) for CNN models.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .train import _is_path, flatfields_for, open_scans, preprocess_params_for, scan_name
+
+
+@dataclass
+class ScanPrediction:
+    """The result for one scan. class_map: uint8 (sy, sx), 0 = missing / not classified.
+    probabilities: float32 (sy, sx, k) for ``class_ids``. integrated: (sy, sx) total counts.
+    timings: seconds for preprocessing (features) and for the model's prediction."""
+
+    name: str
+    class_map: np.ndarray
+    probabilities: np.ndarray
+    class_ids: list
+    integrated: np.ndarray
+    timings: dict = field(default_factory=dict)
+    source: str | None = None
+
+
+def as_model(model):
+    """A SedModel from a SedModel or a model file path."""
+    if _is_path(model):
+        from ..models.persistence import load_model
+
+        return load_model(model)
+    return model
+
+
+def check_preprocess(model, params) -> None:
+    """Raise IncompatibleModelError when precomputed preprocessing differs from what the
+    model was trained with in a way that changes its features (centring, RIA bins)."""
+    from ..models.persistence import IncompatibleModelError
+
+    trained = model.preprocess or {}
+    given = params.to_dict() if hasattr(params, "to_dict") else dict(params)
+    keys = ("centring", "ria_bin_px", "ria_r_min_px", "use_flatfield")
+    diff = [f"{k} = {given.get(k)!r} (model: {trained.get(k)!r})" for k in keys
+            if k in trained and given.get(k) != trained.get(k)]
+    if diff:
+        raise IncompatibleModelError(f"model {model.name}: the preprocessing differs from the model's recipe: "
+                                     + ", ".join(diff))
+
+
+def predict_scan(model, scan, *, flatfield=None, name=None, progress: Callable | None = None,
+                 cancel: Callable | None = None) -> ScanPrediction:
+    """Classify every frame of ``scan`` (Scan or path) with ``model`` (SedModel or path).
+
+    Raises IncompatibleModelError (naming the model file and the mismatch) before any work
+    when the scan's geometry does not suit the model. progress(done, total) counts frames.
+    """
+    from ..models.inference import predict_scan as predict_features
+    from ..models.training import ScanFeatures
+    from .preprocess import preprocess
+
+    model = as_model(model)
+    (scan,) = open_scans([scan])
+    name = name or scan_name(scan)
+    model.check_geometry(scan.geometry, name if scan.source is None else str(scan.source))
+    params = preprocess_params_for([model.recipe], scan.geometry, _base_params(model))
+    t0 = time.perf_counter()
+    result = preprocess(scan, params, flatfield=_one_flatfield(flatfield), progress=progress, cancel=cancel)
+    feats = ScanFeatures.from_preprocess(result, scan.geometry, name, crop_radius_px=result.resolved.get("crop_half_px"))
+    t1 = time.perf_counter()
+    pred = predict_features(model, feats, cancel=cancel)
+    t2 = time.perf_counter()
+    return ScanPrediction(name=name, class_map=pred.class_map, probabilities=pred.probabilities,
+                          class_ids=pred.class_ids, integrated=result.virtual["total"],
+                          timings={"preprocess_s": t1 - t0, "predict_s": t2 - t1}, source=scan.source)
+
+
+def _base_params(model):
+    from ..processing import PreprocessParams
+
+    d = dict(model.preprocess or {})
+    d.pop("crop_radius_px", None)
+    d.pop("crop_d_A", None)
+    d.pop("crop_bin", None)
+    return PreprocessParams.from_dict(d)
+
+
+def _one_flatfield(flatfield):
+    return flatfields_for(flatfield, 1)[0]
+
+
+def write_prediction(pred: ScanPrediction, out_dir, classes) -> dict:
+    """Write into ``out_dir``, atomically: ``<name>_classes.npy`` and ``.tif`` (uint8 class map),
+    ``<name>_probabilities.npy`` (sy, sx, k float32) with ``<name>_probabilities.json`` (the class
+    ids and names of its last axis) and ``<name>_overlay.png``; returns {kind: path}."""
+    from ..labels import save_class_map
+    from ..models._atomic import atomic_path, write_text
+    from ..models.metrics import plot_overlay
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / pred.name
+    paths = {
+        "class_map_npy": save_class_map(f"{stem}_classes.npy", pred.class_map),
+        "class_map_tif": save_class_map(f"{stem}_classes.tif", pred.class_map),
+    }
+    with atomic_path(f"{stem}_probabilities.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, pred.probabilities.astype(np.float32))
+    paths["probabilities"] = Path(f"{stem}_probabilities.npy")
+    paths["probabilities_classes"] = write_text(
+        f"{stem}_probabilities.json",
+        json.dumps({"axis_2_class_ids": pred.class_ids,
+                    "axis_2_class_names": [classes.names[i] for i in pred.class_ids]}, indent=2))
+    counts = {classes.names[i]: int((pred.class_map == i).sum()) for i in pred.class_ids}
+    plot_overlay(pred.integrated, pred.class_map, f"{stem}_overlay.png", classes,
+                 title=f"{pred.name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+    paths["overlay"] = Path(f"{stem}_overlay.png")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, cancel=None,
+                     scan_progress: Callable | None = None) -> list[dict]:
+    """Predict every scan (paths or Scans) and write its outputs into ``out_dir``; returns one
+    dict per scan: name, files, class counts, timings. progress(epoch-like scan index, logs)
+    after each scan; scan_progress(i, n, done, total) while a scan is preprocessed."""
+    model = as_model(model)
+    scans = list(scans)
+    ffs = flatfields_for(flatfield, len(scans))
+    out = []
+    for i, (scan, ff) in enumerate(zip(scans, ffs)):
+        report = None
+        if scan_progress is not None:
+            report = (lambda k: lambda done, total: scan_progress(k, len(scans), done, total))(i)
+        pred = predict_scan(model, scan, flatfield=ff, progress=report, cancel=cancel)
+        files = write_prediction(pred, out_dir, model.classes)
+        entry = {"name": pred.name, "source": pred.source, "files": files,
+                 "counts": {model.classes.names[c]: int((pred.class_map == c).sum()) for c in pred.class_ids},
+                 "unclassified": int((pred.class_map == 0).sum()), "timings": pred.timings}
+        out.append(entry)
+        if progress is not None:
+            progress(i + 1, {"scan": pred.name, "max_epochs": len(scans)})
+    return out

@@ -1,0 +1,419 @@
+"""Preprocess a scan: flat-field, bad pixels, centres, descan fit, RIAs, virtual images, crops.
+
+``preprocess(scan, params, flatfield)`` streams the scan's frames through one fused pass (two
+with fitted centring: centres first, then everything about the fitted centres) and returns a
+:class:`PreprocessResult`, which saves to and loads from one HDF5 (.h5) or zarr (.zarr) file
+with provenance. Memory holds the per-frame results, never the 4D scan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..geometry import Geometry
+from ..processing import (
+    CentralCrop,
+    CentreFinder,
+    DescanFit,
+    FlatField,
+    FrameRunner,
+    PreprocessParams,
+    RadialProfile,
+    VirtualDetectors,
+    detect_bad_pixels,
+    fit_descan,
+    load_flatfield,
+)
+from ..processing.descan import DescanModel
+from ..processing.pixels import PixelGrid, grid_for
+from ..processing.runner import Cancelled
+
+FORMAT = "napari-sedclassify/preprocess"
+FORMAT_VERSION = 1
+
+__all__ = ["Cancelled", "PreprocessResult", "preprocess"]
+
+
+@dataclass
+class PreprocessResult:
+    """Everything preprocessing found for one scan (sy, sx = scan shape, ky, kx = detector).
+
+    centres: (sy, sx, 2) float64 measured (cy, cx) px, NaN where no beam. centres_fitted: the
+    descan fit at every position (NaN when it could not be fitted). beam_found: (sy, sx) bool.
+    beam_radius_px: (sy, sx) float32. descan: DescanFit (plane + smooth models, residual RMS) or
+    None. ria: (sy, sx, nbins) float32 mean per radial bin (NaN: empty bin or no centre);
+    ria_counts: pixels per bin; radii_px: (nbins,) bin centres. crops: (sy, sx, h, w) float32 or
+    None. virtual: {"total", "bf", "adf"} -> (sy, sx) float64 sums. mask: (ky, kx) bool, True =
+    excluded. missing: (sy, sx) bool. params: PreprocessParams; resolved: the radii used (px);
+    geometry; provenance: input, parameters, version, time.
+    """
+
+    centres: np.ndarray
+    centres_fitted: np.ndarray
+    beam_found: np.ndarray
+    beam_radius_px: np.ndarray
+    descan: DescanFit | None
+    ria: np.ndarray
+    ria_counts: np.ndarray
+    radii_px: np.ndarray
+    crops: np.ndarray | None
+    virtual: dict
+    mask: np.ndarray
+    missing: np.ndarray
+    params: PreprocessParams
+    resolved: dict
+    geometry: Geometry
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def scan_shape(self) -> tuple[int, int]:
+        return tuple(self.missing.shape)
+
+    @property
+    def centres_used(self) -> np.ndarray:
+        """The centres the RIAs, crops and BF/ADF were computed about."""
+        return self.centres_fitted if self.params.centring == "fitted" else self.centres
+
+    @property
+    def q_invA(self) -> np.ndarray | None:
+        """Bin centres in Å⁻¹ (q = 1/d) when the geometry is calibrated, else None."""
+        return self.geometry.radius_px_to_q_invA(self.radii_px) if self.geometry.calibrated else None
+
+    # -- files ------------------------------------------------------------------------------
+    def _arrays(self) -> dict:
+        a = {
+            "centres": self.centres, "centres_fitted": self.centres_fitted, "beam_found": self.beam_found,
+            "beam_radius_px": self.beam_radius_px, "ria": self.ria, "ria_counts": self.ria_counts,
+            "radii_px": self.radii_px, "mask": self.mask, "missing": self.missing,
+        }
+        for k, v in self.virtual.items():
+            a[f"virtual/{k}"] = v
+        if self.crops is not None:
+            a["crops"] = self.crops
+        if self.descan is not None:
+            a["descan/residuals"] = self.descan.residuals
+            a["descan/plane_inliers"] = self.descan.plane.inliers
+            a["descan/smooth_inliers"] = self.descan.smooth.inliers
+        return a
+
+    def _attrs(self) -> dict:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "params": json.dumps(self.params.to_dict()), "resolved": json.dumps(_jsonable(self.resolved)),
+            "geometry": json.dumps(self.geometry.to_dict()),
+            "descan": json.dumps(None if self.descan is None else _jsonable(self.descan.to_dict())),
+            "provenance": json.dumps(_jsonable(self.provenance)),
+        }
+
+    def save(self, path) -> Path:
+        """Write to ``path`` (.h5/.hdf5: HDF5, .zarr: zarr) atomically: a temporary file in the same
+        folder, then renamed over the target."""
+        path = Path(path)
+        kind = _kind(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            if kind == "h5":
+                _write_h5(tmp, self._arrays(), self._attrs())
+                os.replace(tmp, path)
+            else:
+                _write_zarr(tmp, self._arrays(), self._attrs())
+                _replace_dir(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        return path
+
+    @classmethod
+    def load(cls, path) -> "PreprocessResult":
+        """Read a file written by ``save``."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        kind = _kind(path)
+        arrays, attrs = _read_h5(path) if kind == "h5" else _read_zarr(path)
+        if attrs.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a preprocessing result (format {attrs.get('format')!r})")
+        if int(attrs.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{path}: written by a newer version (format {attrs['format_version']})")
+        d = json.loads(attrs["descan"])
+        descan = None
+        if d is not None:
+            models = {}
+            for name in ("plane", "smooth"):
+                m = d[name]
+                models[name] = DescanModel(int(m["degree"]), np.asarray(m["coef"]), [tuple(t) for t in m["terms"]],
+                                           arrays[f"descan/{name}_inliers"], m["rms_px"], tuple(m["rms_yx_px"]),
+                                           int(m["n_rejected"]))
+            epw = d.get("edge_pixel_width")
+            grid = None if epw is None else PixelGrid(tuple(arrays["mask"].shape), float(epw))
+            descan = DescanFit(models["plane"], models["smooth"], arrays["descan/residuals"], d["model"], grid)
+        return cls(
+            centres=arrays["centres"], centres_fitted=arrays["centres_fitted"], beam_found=arrays["beam_found"],
+            beam_radius_px=arrays["beam_radius_px"], descan=descan, ria=arrays["ria"],
+            ria_counts=arrays["ria_counts"], radii_px=arrays["radii_px"], crops=arrays.get("crops"),
+            virtual={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("virtual/")},
+            mask=arrays["mask"], missing=arrays["missing"],
+            params=PreprocessParams.from_dict(json.loads(attrs["params"])),
+            resolved=json.loads(attrs["resolved"]), geometry=Geometry.from_dict(json.loads(attrs["geometry"])),
+            provenance=json.loads(attrs["provenance"]),
+        )
+
+
+# -- the workflow ---------------------------------------------------------------------------------
+def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=None,
+               progress: Callable | None = None, cancel: Callable | None = None, client=None) -> PreprocessResult:
+    """Preprocess ``scan`` (a Scan, or a path ``open_scan`` reads).
+
+    flatfield: FlatField, or a path for ``load_flatfield``, or None. progress(done, total)
+    frames (a fitted-centring run counts every frame twice); cancel() -> True stops with
+    ``Cancelled``. client: a dask.distributed Client to run on (default: threads here).
+    """
+    t0 = time.time()
+    if isinstance(scan, (str, os.PathLike)):
+        from ..io import open_scan
+
+        scan = open_scan(scan)
+    params = params if isinstance(params, PreprocessParams) else PreprocessParams.from_dict(params)
+    geometry = scan.geometry
+    det = scan.detector_shape
+    ff = None
+    if flatfield is not None and params.use_flatfield:
+        ff = flatfield if isinstance(flatfield, FlatField) else load_flatfield(flatfield)
+        if ff.shape != det:
+            raise ValueError(f"flat-field {ff.source or ''} {ff.shape} does not match the detector {det} "
+                             f"of {scan.source or 'the scan'}")
+    ff_used = ff
+    ff = ff if ff is not None else FlatField.identity(det)
+    n = scan.n_frames
+    sy, sx = scan.scan_shape
+    missing = np.asarray(scan.missing, bool)
+
+    # a sample of frames: bad pixels the flat-field did not catch, and the beam radius
+    sample_idx = _sample(missing, params.bad_pixel_sample)
+    sample = np.asarray(scan.frames()[sample_idx].compute()) if len(sample_idx) else np.zeros((0,) + det)
+    saturation = _saturation(scan, sample, params.saturation_counts)
+    ff = ff.with_saturation(saturation)
+    n_scan_bad = 0
+    if params.detect_bad_pixels and len(sample_idx) >= 3:
+        extra = detect_bad_pixels(ff.apply(sample), hot_ratio=params.hot_ratio) & ~ff.mask
+        n_scan_bad = int(extra.sum())
+        ff = ff.with_mask(extra)
+    grid = grid_for(scan, params.edge_pixel_width)
+    finder = CentreFinder(params.beam_radius_px, grid=grid)
+    beam_radius = params.beam_radius_px
+    if beam_radius is None and len(sample_idx):
+        part = FrameRunner([], ff, finder).run_chunk(sample)
+        radii = part.values["beam_radius_px"][part.values["beam_found"]]
+        beam_radius = float(np.median(radii)) if radii.size else None
+        finder = CentreFinder(beam_radius, grid=grid)
+    _check(cancel)
+    resolved = params.resolve(geometry, beam_radius)
+
+    resolved["edge_pixel_width"] = grid.edge_pixel_width
+    resolved["saturation_counts"] = saturation
+    prof = RadialProfile(resolved["ria_nbins"], resolved["ria_bin_px"], resolved["ria_r_min_px"], grid)
+    procs = [prof, VirtualDetectors({"bf": (0.0, resolved["bf_radius_px"]),
+                                     "adf": (resolved["adf_inner_px"], resolved["adf_outer_px"])}, grid)]
+    if resolved["crop_half_px"] is not None:
+        procs.append(CentralCrop(resolved["crop_half_px"], resolved["crop_bin"]))
+    run_kw = dict(cancel=cancel, client=client, workers=params.workers)
+    data = scan.data
+    if params.chunk_frames:
+        rows = max(1, params.chunk_frames // sx)
+        data = data.rechunk({0: rows, 1: -1} if params.chunk_frames >= sx else {0: 1, 1: params.chunk_frames})
+    passes = 2 if params.centring == "fitted" else 1
+    report = (lambda k: (lambda d, t: progress(k * n + d, passes * n))) if progress else (lambda k: None)
+
+    if passes == 1:
+        out = FrameRunner(procs, ff, finder).run(data, progress=report(0), **run_kw)
+        centres = out["centre"].reshape(sy, sx, 2)
+    else:
+        out = FrameRunner([], ff, finder).run(data, progress=report(0), **run_kw)
+        centres = out["centre"].reshape(sy, sx, 2)
+    found = out["beam_found"].reshape(sy, sx) & ~missing
+    centres[~found] = np.nan
+    descan = None
+    fitted = np.full((sy, sx, 2), np.nan)
+    try:
+        descan = fit_descan(centres, found, params.descan_degree, params.descan_clip_sigma, grid=grid)
+        fitted = descan.fitted()
+    except ValueError:
+        if params.centring == "fitted":
+            raise ValueError(f"{scan.source or 'scan'}: fitted centring needs a descan fit, but fewer than 3 "
+                             "frames have a beam") from None
+    if passes == 2:
+        out2 = FrameRunner(procs, ff).run(data, centres=fitted.reshape(-1, 2), progress=report(1), **run_kw)
+        out.update(out2)
+    gone = missing.ravel()
+    for k, spec in FrameRunner(procs).outputs().items():
+        out[k][gone] = spec.fill
+    radius = out["beam_radius_px"].reshape(sy, sx)
+    radius[~found] = np.nan
+    nb = prof.nbins
+    crops = out.get("crop")
+    elapsed = time.time() - t0
+    provenance = {
+        "input": {"source": scan.source, "scan_shape": [sy, sx], "detector_shape": list(det),
+                  "dtype": str(scan.dtype), "missing_frames": int(missing.sum()),
+                  "geometry": geometry.to_dict()},
+        "flatfield": None if ff_used is None else {"source": ff_used.source, "dead": ff_used.n_dead,
+                                                   "hot": ff_used.n_hot, "dark": ff_used.dark is not None},
+        "bad_pixels": {"masked": int(ff.mask.sum()), "found_in_scan": n_scan_bad,
+                       "sample_frames": int(len(sample_idx))},
+        "parameters": params.to_dict(),
+        "resolved": resolved,
+        "beam_found": int(found.sum()),
+        "version": __version__,
+        "libraries": _versions(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
+        "duration_s": round(elapsed, 3),
+        "frames_per_s": round(passes * n / elapsed, 1) if elapsed > 0 else None,
+    }
+    return PreprocessResult(
+        centres=centres, centres_fitted=fitted, beam_found=found, beam_radius_px=radius, descan=descan,
+        ria=out["ria"].reshape(sy, sx, nb), ria_counts=out["ria_counts"].reshape(sy, sx, nb),
+        radii_px=prof.radii_px, crops=None if crops is None else crops.reshape((sy, sx) + crops.shape[1:]),
+        virtual={k: out[k].reshape(sy, sx) for k in ("total", "bf", "adf")},
+        mask=ff.mask.copy(), missing=missing.copy(), params=params, resolved=resolved, geometry=geometry,
+        provenance=provenance,
+    )
+
+
+def _saturation(scan, sample: np.ndarray, given: float | None) -> float | None:
+    """Raw counts of a full counter: given, else the metadata's, else the sample's maximum when on
+    average at least 4 pixels per frame sit at it (a flat-topped beam), else None."""
+    if given is not None:
+        return float(given)
+    md = scan.metadata or {}
+    for meta in (md, md.get("session_params") or {}):
+        for key in ("saturation_counts", "counter_max"):
+            if meta.get(key) is not None:
+                return float(meta[key])
+    if md.get("counter_depth"):
+        return float(2 ** int(md["counter_depth"]) - 1)
+    if sample.size and sample.dtype.kind in "ui":
+        top = sample.max()
+        if top >= 15 and np.count_nonzero(sample == top) >= 4 * len(sample):
+            return float(top)
+    return None
+
+
+def _sample(missing: np.ndarray, m: int) -> np.ndarray:
+    """Up to m flat indices of recorded frames, evenly spread over the scan."""
+    rec = np.flatnonzero(~missing.ravel())
+    if rec.size <= m:
+        return rec
+    return rec[np.linspace(0, rec.size - 1, m).round().astype(int)]
+
+
+def _check(cancel):
+    if cancel is not None and cancel():
+        raise Cancelled("preprocessing stopped")
+
+
+def _versions() -> dict:
+    import numba
+
+    return {"numpy": np.__version__, "numba": numba.__version__}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if np.isfinite(x) else repr(x)  # JSON has no inf/NaN: "inf", "nan"
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+# -- storage ----------------------------------------------------------------------------------------
+def _kind(path: Path) -> str:
+    s = path.suffix.lower()
+    if s in (".h5", ".hdf5"):
+        return "h5"
+    if s == ".zarr":
+        return "zarr"
+    raise ValueError(f"{path}: results are written as .h5 (HDF5) or .zarr, not '{s or path.name}'")
+
+
+def _write_h5(path: Path, arrays: dict, attrs: dict):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=np.asarray(v))
+        f.attrs.update(attrs)
+
+
+def _read_h5(path: Path):
+    import h5py
+
+    arrays = {}
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda k, v: arrays.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None)
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    return arrays, attrs
+
+
+def _write_zarr(path: Path, arrays: dict, attrs: dict):
+    import zarr
+
+    g = zarr.open_group(str(path), mode="w")
+    for k, v in arrays.items():
+        *parents, name = k.split("/")
+        grp = g
+        for p in parents:
+            grp = grp.require_group(p)
+        grp.create_array(name, data=np.asarray(v))
+    g.attrs.update(attrs)
+
+
+def _read_zarr(path: Path):
+    import zarr
+
+    try:
+        g = zarr.open_group(str(path), mode="r")
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable zarr group ({exc})") from exc
+    arrays = {}
+
+    def walk(grp, prefix):
+        for name, item in grp.members():
+            if isinstance(item, zarr.Group):
+                walk(item, f"{prefix}{name}/")
+            else:
+                arrays[f"{prefix}{name}"] = item[...]
+
+    walk(g, "")
+    return arrays, dict(g.attrs)
+
+
+def _replace_dir(tmp: Path, path: Path):
+    """Put folder tmp at path; an existing target is swapped out, then removed."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, path)

@@ -1,0 +1,159 @@
+"""Train a classifier from labeled scans (files or Scan objects): preprocess each scan the way
+the model's features need, then :func:`napari_sedclassify.models.training.train`.
+
+The CLI, the napari training widget and a spawned child process (:func:`train_to_file`, for
+the CNN next to a napari canvas) all call these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..models import MODEL_KINDS
+from ..models.features import FeatureRecipe
+from ..models.training import ScanFeatures
+
+
+def _is_path(x) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def open_scans(scans) -> list:
+    """Scans as Scan objects (paths are opened lazily with ``io.open_scan``)."""
+    from ..io import open_scan
+
+    return [open_scan(s) if _is_path(s) else s for s in scans]
+
+
+def scan_name(scan, index: int = 0) -> str:
+    return Path(scan.source).stem if getattr(scan, "source", None) else f"scan {index + 1}"
+
+
+def load_labels(labels, scans) -> list[np.ndarray]:
+    """One class map per scan: paths (.npy/.tif) are read and checked against the scan grid."""
+    from ..labels import load_class_map
+
+    if len(labels) != len(scans):
+        raise ValueError(f"{len(scans)} scans but {len(labels)} label images: give one label image per scan")
+    out = []
+    for lab, scan in zip(labels, scans):
+        if _is_path(lab):
+            out.append(load_class_map(lab, scan.scan_shape))
+        else:
+            out.append(np.asarray(lab))
+    return out
+
+
+def flatfields_for(flatfield, n: int) -> list:
+    """One flat-field (FlatField, path or None) per scan from None, one value, or a list of n."""
+    if flatfield is None or _is_path(flatfield) or not isinstance(flatfield, (list, tuple)):
+        return [_load_flatfield(flatfield)] * n
+    if len(flatfield) == 1:
+        return [_load_flatfield(flatfield[0])] * n
+    if len(flatfield) != n:
+        raise ValueError(f"{len(flatfield)} flat-fields for {n} scans: give one for all scans or one per scan")
+    cache = {}
+    return [cache.setdefault(str(f), _load_flatfield(f)) if _is_path(f) else f for f in flatfield]
+
+
+def _load_flatfield(f):
+    if _is_path(f):
+        from ..processing import load_flatfield
+
+        return load_flatfield(f)
+    return f
+
+
+def preprocess_params_for(recipes: Sequence[FeatureRecipe], geometry, base=None):
+    """The PreprocessParams that give every recipe its raw features on this geometry: crops
+    (half size and binning from the crop recipe) only when a recipe needs them."""
+    from ..processing import PreprocessParams
+
+    base = base if base is not None else PreprocessParams()
+    if not isinstance(base, PreprocessParams):
+        base = PreprocessParams.from_dict(base)
+    crop = [r for r in recipes if r.kind == "crop"]
+    if not crop:
+        return replace(base, crop_radius_px=None, crop_d_A=None)
+    half, b = crop[0].crop_layout(geometry)
+    return replace(base, crop_radius_px=float(half), crop_d_A=None, crop_bin=int(b))
+
+
+def scan_features(scan, recipes, *, name=None, flatfield=None, base_params=None, progress=None,
+                  cancel=None) -> tuple[ScanFeatures, object]:
+    """Preprocess one scan for ``recipes`` (a FeatureRecipe or a list) and return its
+    ScanFeatures and the PreprocessResult. progress(done, total) counts frames."""
+    from .preprocess import preprocess
+
+    recipes = [recipes] if isinstance(recipes, FeatureRecipe) else list(recipes)
+    params = preprocess_params_for(recipes, scan.geometry, base_params)
+    result = preprocess(scan, params, flatfield=flatfield, progress=progress, cancel=cancel)
+    feats = ScanFeatures.from_preprocess(result, scan.geometry, name or scan_name(scan),
+                                         crop_radius_px=result.resolved.get("crop_half_px"))
+    return feats, result
+
+
+def default_recipe(kind: str, **changes) -> FeatureRecipe:
+    """The default feature recipe of a model kind, with ``changes``."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    return FeatureRecipe(kind=MODEL_KINDS[kind], **changes)
+
+
+def train_model(
+    scans,
+    labels,
+    *,
+    model: str = "fcnn",
+    recipe: FeatureRecipe | None = None,
+    params: dict | None = None,
+    holdout: Sequence[int] = (),
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    flatfield=None,
+    preprocess_params=None,
+    classes=None,
+    progress: Callable | None = None,
+    preprocess_progress: Callable | None = None,
+    cancel: Callable | None = None,
+):
+    """Preprocess ``scans`` (paths or Scans), read ``labels`` (paths or arrays, 0 = unlabeled)
+    and train a ``model`` ("fcnn", "svm", "cnn"); returns a SedModel (not saved).
+
+    holdout: indices of scans kept out of training and evaluated at the end. flatfield: None,
+    one for all scans, or one per scan (FlatField or path). preprocess_params: base
+    PreprocessParams (or dict). progress(epoch, logs) during training; preprocess_progress(i,
+    n_scans, done, total) while scans are preprocessed; cancel() -> True stops either.
+    """
+    recipe = recipe or default_recipe(model)
+    scans = open_scans(scans)
+    maps = load_labels(labels, scans)
+    ffs = flatfields_for(flatfield, len(scans))
+    feats, pp = [], None
+    for i, (scan, ff) in enumerate(zip(scans, ffs)):
+        report = None
+        if preprocess_progress is not None:
+            report = (lambda k: lambda done, total: preprocess_progress(k, len(scans), done, total))(i)
+        f, result = scan_features(scan, recipe, name=scan_name(scan, i), flatfield=ff,
+                                  base_params=preprocess_params, progress=report, cancel=cancel)
+        feats.append(f)
+        pp = pp or result.params.to_dict()
+    from ..models.training import train
+
+    return train(feats, maps, kind=model, recipe=recipe, params=params, classes=classes, holdout=holdout,
+                 val_fraction=val_fraction, seed=seed, preprocess=pp, progress=progress, cancel=cancel)
+
+
+def train_to_file(scans, labels, out, *, progress=None, cancel=None, **kwargs) -> dict:
+    """Train (see :func:`train_model`) and save the model to ``out``; returns a small picklable
+    summary {"path", "training", "metrics"}. Suited to ``models.tf_process.run_in_process``."""
+    from ..models.persistence import save_model
+
+    model = train_model(scans, labels, progress=progress, cancel=cancel, **kwargs)
+    path = save_model(model, out)
+    return {"path": str(path), "training": model.training, "metrics": model.metrics}

@@ -1,0 +1,460 @@
+"""Compiled per-frame kernels (numba, nogil): flat-field, centring, radial sums, annuli, crops, binning.
+
+Conventions shared by every kernel: frames are float32 (n, ky, kx) after flat-field correction,
+NaN marks a pixel to exclude (masked, or not finite in the raw data); pixel centres sit at
+integer coordinates; a centre is (cy, cx) px, NaN when the frame has no beam. Kernels release
+the GIL, so threads run them in parallel. Imported lazily: importing numba costs ~0.5 s.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_NAN32 = np.float32(np.nan)
+
+
+@njit(nogil=True, cache=True)
+def correct_frames(raw, corr, dark, use_dark, saturation, out):
+    """out = (raw - dark) * corr as float32; NaN where corr is NaN (masked) or the result is not
+    finite. Saturated pixels (raw >= saturation) keep their raw value: a full counter reads the
+    same whatever the pixel's gain, so the beam's flat top stays flat."""
+    n, ky, kx = raw.shape
+    sat = np.float32(saturation)
+    for i in range(n):
+        for y in range(ky):
+            if use_dark:
+                for x in range(kx):
+                    out[i, y, x] = (np.float32(raw[i, y, x]) - dark[y, x]) * corr[y, x]
+            else:
+                for x in range(kx):
+                    out[i, y, x] = np.float32(raw[i, y, x]) * corr[y, x]
+            for x in range(kx):
+                v = out[i, y, x]
+                r = np.float32(raw[i, y, x])
+                if r >= sat and corr[y, x] == corr[y, x]:
+                    out[i, y, x] = r
+                elif not np.isfinite(v):
+                    out[i, y, x] = _NAN32
+
+
+@njit(nogil=True, cache=True)
+def bin_sums(frame, b, out):
+    """Sum of the finite pixels of each b x b block of one frame into out (ceil(ky/b), ceil(kx/b))."""
+    ky, kx = frame.shape
+    nby, nbx = out.shape
+    acc = np.zeros(kx, np.float32)
+    for yb in range(nby):
+        acc[:] = 0
+        for y in range(yb * b, min(ky, (yb + 1) * b)):
+            for x in range(kx):
+                v = frame[y, x]
+                acc[x] += v if v == v else np.float32(0)
+        for xb in range(nbx):
+            s = np.float32(0)
+            for x in range(xb * b, min(kx, (xb + 1) * b)):
+                s += acc[x]
+            out[yb, xb] = s
+
+
+@njit(nogil=True, cache=True)
+def _refine(frame, cy0, cx0, half, k_peak, min_snr, py, px, wy, wx, res):
+    """Centre of mass of the beam disc in a (2 half + 1)^2 window about index (cy0, cx0).
+
+    Background = median of the window's border, peak = the k_peak-th largest value (so a few hot
+    pixels cannot set it); pixels above the half-way threshold weigh min(v, cap) - threshold with
+    cap at 85 % of the way to the peak, so a saturated top counts as uniform. Positions are the
+    physical pixel centres py, px, weights times the pixel areas wy x wx.
+    Writes (cy, cx) physical px, the area above threshold, peak, bg to res; returns False when
+    no beam stands out.
+    """
+    ky, kx = frame.shape
+    y0 = max(0, int(round(cy0)) - half)
+    y1 = min(ky, int(round(cy0)) + half + 1)
+    x0 = max(0, int(round(cx0)) - half)
+    x1 = min(kx, int(round(cx0)) + half + 1)
+    if y1 - y0 < 3 or x1 - x0 < 3:
+        return False
+    border = np.empty(2 * (y1 - y0) + 2 * (x1 - x0), np.float32)
+    nb = 0
+    for y in range(y0, y1):
+        for x in (x0, x1 - 1):
+            v = frame[y, x]
+            if v == v:
+                border[nb] = v
+                nb += 1
+    for x in range(x0 + 1, x1 - 1):
+        for y in (y0, y1 - 1):
+            v = frame[y, x]
+            if v == v:
+                border[nb] = v
+                nb += 1
+    if nb == 0:
+        return False
+    bg = np.median(border[:nb])
+    top = np.full(k_peak, -np.inf, np.float32)  # ascending
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            v = frame[y, x]
+            if v > top[0]:
+                j = 0
+                while j + 1 < k_peak and top[j + 1] < v:
+                    top[j] = top[j + 1]
+                    j += 1
+                top[j] = v
+    peak = top[0]
+    if not np.isfinite(peak) or peak - bg <= min_snr * math.sqrt(max(bg, 0.0) + 1.0):
+        return False
+    thr = bg + 0.5 * (peak - bg)
+    cap = bg + 0.85 * (peak - bg)  # saturated, gain-scattered tops weigh the same
+    sw = 0.0
+    sy = 0.0
+    sx = 0.0
+    n_above = 0
+    area = 0.0
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            v = frame[y, x]
+            if v > thr:
+                a = wy[y] * wx[x]
+                w = (min(v, cap) - thr) * a
+                sw += w
+                sy += w * py[y]
+                sx += w * px[x]
+                n_above += 1
+                area += a
+    if n_above < 3 or sw <= 0:
+        return False
+    res[0] = sy / sw
+    res[1] = sx / sw
+    res[2] = area
+    res[3] = peak
+    res[4] = bg
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _solve3(m, v):
+    """Solve the 3x3 system m x = v (Cramer); returns (x, ok)."""
+    det = (m[0, 0] * (m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1]) - m[0, 1] * (m[1, 0] * m[2, 2] - m[1, 2] * m[2, 0])
+           + m[0, 2] * (m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0]))
+    x = np.zeros(3)
+    if abs(det) < 1e-12:
+        return x, False
+    for k in range(3):
+        t = m.copy()
+        for r in range(3):
+            t[r, k] = v[r]
+        x[k] = (t[0, 0] * (t[1, 1] * t[2, 2] - t[1, 2] * t[2, 1]) - t[0, 1] * (t[1, 0] * t[2, 2] - t[1, 2] * t[2, 0])
+                + t[0, 2] * (t[1, 0] * t[2, 1] - t[1, 1] * t[2, 0])) / det
+    return x, True
+
+
+@njit(nogil=True, cache=True)
+def _kasa(pts, use, npts, res):
+    """Algebraic circle fit x^2 + y^2 + D y + E x + F = 0 to the points pts[:npts] with use[k];
+    writes (cy, cx, R) to res."""
+    m = np.zeros((3, 3))
+    v = np.zeros(3)
+    a = np.empty(3)
+    for k in range(npts):
+        if not use[k]:
+            continue
+        y = pts[k, 0]
+        x = pts[k, 1]
+        a[0] = y
+        a[1] = x
+        a[2] = 1.0
+        z = -(x * x + y * y)
+        for r in range(3):
+            v[r] += a[r] * z
+            for c in range(3):
+                m[r, c] += a[r] * a[c]
+    sol, ok = _solve3(m, v)
+    if not ok:
+        return False
+    cy = -0.5 * sol[0]
+    cx = -0.5 * sol[1]
+    r2 = cy * cy + cx * cx - sol[2]
+    if r2 <= 0:
+        return False
+    res[0] = cy
+    res[1] = cx
+    res[2] = math.sqrt(r2)
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _circle(frame, cy0, cx0, half, level, py, px, wy, wx, res):
+    """Circle through the points where the beam's edge crosses ``level`` along rows and columns
+    (linear interpolation between neighbouring ordinary pixels, physical px), fitted with one
+    round of outlier rejection. Wide and masked pixels take no part. Writes (cy, cx, R)."""
+    ky, kx = frame.shape
+    y0 = max(0, int(round(cy0)) - half)
+    y1 = min(ky, int(round(cy0)) + half + 1)
+    x0 = max(0, int(round(cx0)) - half)
+    x1 = min(kx, int(round(cx0)) + half + 1)
+    pts = np.empty((4 * (y1 - y0 + x1 - x0) + 8, 2))
+    n = 0
+    for y in range(y0, y1):
+        if wy[y] != 1.0:
+            continue
+        for x in range(x0, x1 - 1):
+            a = frame[y, x]
+            b = frame[y, x + 1]
+            if wx[x] != 1.0 or wx[x + 1] != 1.0 or not (a == a and b == b):
+                continue
+            if (a - level) * (b - level) < 0 and n < pts.shape[0]:
+                pts[n, 0] = py[y]
+                pts[n, 1] = px[x] + (level - a) / (b - a) * (px[x + 1] - px[x])
+                n += 1
+    for x in range(x0, x1):
+        if wx[x] != 1.0:
+            continue
+        for y in range(y0, y1 - 1):
+            a = frame[y, x]
+            b = frame[y + 1, x]
+            if wy[y] != 1.0 or wy[y + 1] != 1.0 or not (a == a and b == b):
+                continue
+            if (a - level) * (b - level) < 0 and n < pts.shape[0]:
+                pts[n, 0] = py[y] + (level - a) / (b - a) * (py[y + 1] - py[y])
+                pts[n, 1] = px[x]
+                n += 1
+    if n < 6:
+        return False
+    use = np.ones(n, np.bool_)
+    if not _kasa(pts, use, n, res):
+        return False
+    d = np.empty(n)
+    for k in range(n):
+        d[k] = abs(math.hypot(pts[k, 0] - res[0], pts[k, 1] - res[1]) - res[2])
+    tol = max(0.3, 4.0 * 1.4826 * np.median(d))
+    kept = 0
+    for k in range(n):
+        use[k] = d[k] <= tol
+        kept += use[k]
+    if kept < 6:
+        return False
+    return _kasa(pts, use, n, res)
+
+
+@njit(nogil=True, cache=True)
+def find_centres(frames, b, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, centres, found, radius):
+    """Direct-beam centre (index px) of each frame: coarse maximum of b x b block sums (3x3
+    blocks), an iterated thresholded centre of mass (physical px: pixel centres py, px, widths
+    wy, wx, edges ey, ex) in a window grown to 2.5 beam radii, then a circle fitted to the
+    beam's half-height edge (where it has enough ordinary pixels)."""
+    n, ky, kx = frames.shape
+    iy_edges = np.arange(ky + 1) - 0.5
+    ix_edges = np.arange(kx + 1) - 0.5
+    nby = (ky + b - 1) // b
+    nbx = (kx + b - 1) // b
+    blocks = np.empty((nby, nbx), np.float32)
+    res = np.empty(5, np.float64)
+    circ = np.empty(3, np.float64)
+    for i in range(n):
+        centres[i, 0] = np.nan
+        centres[i, 1] = np.nan
+        found[i] = False
+        radius[i] = np.nan
+        bin_sums(frames[i], b, blocks)
+        best = 0.0
+        by = -1
+        bx = -1
+        for yb in range(nby):
+            for xb in range(nbx):
+                s = 0.0
+                for yy in range(max(0, yb - 1), min(nby, yb + 2)):
+                    for xx in range(max(0, xb - 1), min(nbx, xb + 2)):
+                        s += blocks[yy, xx]
+                if s > best:
+                    best = s
+                    by = yb
+                    bx = xb
+        if by < 0:
+            continue
+        # brightest block of the 3x3 neighbourhood: the beam sits there
+        best = -1.0
+        cy = 0.0
+        cx = 0.0
+        for yy in range(max(0, by - 1), min(nby, by + 2)):
+            for xx in range(max(0, bx - 1), min(nbx, bx + 2)):
+                if blocks[yy, xx] > best:
+                    best = blocks[yy, xx]
+                    cy = yy * b + 0.5 * (b - 1)
+                    cx = xx * b + 0.5 * (b - 1)
+        half = half0
+        ok = False
+        for _ in range(6):
+            if not _refine(frames[i], cy, cx, half, k_peak, min_snr, py, px, wy, wx, res):
+                ok = False
+                break
+            ok = True
+            r = math.sqrt(res[2] / math.pi)
+            ny = np.interp(res[0], ey, iy_edges)
+            nx = np.interp(res[1], ex, ix_edges)
+            moved = abs(ny - cy) + abs(nx - cx)
+            cy = ny
+            cx = nx
+            want = int(2.5 * r) + 3
+            if want > half and half < half_max:
+                half = min(want, half_max)
+                continue
+            if moved < 0.01:
+                break
+        if not ok:
+            continue
+        r = math.sqrt(res[2] / math.pi)
+        level = res[4] + 0.5 * (res[3] - res[4])
+        for _ in range(2):  # the edge's circle refines the centre of mass
+            if not _circle(frames[i], cy, cx, max(int(1.6 * r) + 3, 5), level, py, px, wy, wx, circ):
+                break
+            cy = np.interp(circ[0], ey, iy_edges)
+            cx = np.interp(circ[1], ex, ix_edges)
+            r = circ[2]
+        centres[i, 0] = cy
+        centres[i, 1] = cx
+        found[i] = True
+        radius[i] = r
+
+
+@njit(nogil=True, cache=True)
+def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
+    """Sum and number of finite pixels per radial bin about each frame's own centre.
+
+    centres and pixel positions py (ky,), px (kx,) in the same (physical) px.
+    Bin k holds r in [r_min + k bin_px, r_min + (k+1) bin_px), r computed exactly in float64 from
+    the sub-pixel centre. sums (n, nbins) float64, counts (n, nbins) (any integer type); frames
+    whose centre is NaN get zeros.
+    """
+    n, ky, kx = frames.shape
+    nbins = sums.shape[1]
+    inv = 1.0 / bin_px
+    dx2 = np.empty(kx, np.float64)
+    idx = np.empty(kx, np.int32)
+    vals = np.empty(kx, np.float32)
+    acc = np.zeros((nbins + 1, 2), np.float64)  # (sum, count); row nbins collects the rest
+    for i in range(n):
+        cy = centres[i, 0]
+        cx = centres[i, 1]
+        if not (np.isfinite(cy) and np.isfinite(cx)):
+            sums[i, :] = 0
+            counts[i, :] = 0
+            continue
+        acc[:] = 0
+        for x in range(kx):
+            dx2[x] = (px[x] - cx) * (px[x] - cx)
+        for y in range(ky):
+            dy2 = (py[y] - cy) * (py[y] - cy)
+            row = frames[i, y]
+            for x in range(kx):
+                v = row[x]
+                t = (math.sqrt(dy2 + dx2[x]) - r_min) * inv
+                ok = (v == v) and t >= 0.0 and t < nbins
+                idx[x] = np.int32(t) if ok else nbins
+                vals[x] = v if ok else np.float32(0)
+            for x in range(kx):
+                k = idx[x]
+                acc[k, 0] += vals[x]
+                acc[k, 1] += 1.0
+        for k in range(nbins):
+            sums[i, k] = acc[k, 0]
+            counts[i, k] = acc[k, 1]
+
+
+@njit(nogil=True, cache=True)
+def annular_sums(frames, centres, py, px, r_in, r_out, total, sums):
+    """total[i]: sum of the finite pixels; sums[i, j]: sum over r_in[j] <= r < r_out[j] (px) about
+    the frame's centre (NaN when the centre is NaN); centres, py, px in the same px."""
+    n, ky, kx = frames.shape
+    m = r_in.shape[0]
+    in2 = r_in * r_in
+    out2 = r_out * r_out
+    dx2 = np.empty(kx, np.float64)
+    for i in range(n):
+        cy = centres[i, 0]
+        cx = centres[i, 1]
+        has_c = np.isfinite(cy) and np.isfinite(cx)
+        t = 0.0
+        for x in range(kx):
+            dx2[x] = (px[x] - cx) * (px[x] - cx) if has_c else 0.0
+        for j in range(m):
+            sums[i, j] = 0.0
+        for y in range(ky):
+            row = frames[i, y]
+            rs = 0.0
+            for x in range(kx):
+                v = row[x]
+                rs += v if v == v else np.float32(0)
+            t += rs
+            if not has_c:
+                continue
+            dy2 = (py[y] - cy) * (py[y] - cy)
+            for j in range(m):
+                if dy2 >= out2[j]:
+                    continue
+                s = 0.0
+                for x in range(kx):
+                    v = row[x]
+                    r2 = dy2 + dx2[x]
+                    if v == v and r2 >= in2[j] and r2 < out2[j]:
+                        s += v
+                sums[i, j] += s
+        total[i] = t
+        if not has_c:
+            for j in range(m):
+                sums[i, j] = np.nan
+
+
+@njit(nogil=True, cache=True)
+def central_crops(frames, centres, half, b, out):
+    """Crop of 2 half x 2 half px starting at round(c - half + 0.5), binned b x b (mean of the finite
+    pixels, 0 where none or beyond the detector); all NaN when the centre is NaN."""
+    n, ky, kx = frames.shape
+    h = out.shape[1]
+    w = out.shape[2]
+    for i in range(n):
+        cy = centres[i, 0]
+        cx = centres[i, 1]
+        if not (np.isfinite(cy) and np.isfinite(cx)):
+            out[i] = np.nan
+            continue
+        y0 = int(math.floor(cy - half + 1.0))
+        x0 = int(math.floor(cx - half + 1.0))
+        for yb in range(h):
+            for xb in range(w):
+                s = np.float32(0)
+                c = 0
+                for y in range(y0 + yb * b, y0 + (yb + 1) * b):
+                    if y < 0 or y >= ky:
+                        continue
+                    for x in range(x0 + xb * b, x0 + (xb + 1) * b):
+                        if x < 0 or x >= kx:
+                            continue
+                        v = frames[i, y, x]
+                        if v == v:
+                            s += v
+                            c += 1
+                out[i, yb, xb] = s / c if c > 0 else np.float32(0)
+
+
+@njit(nogil=True, cache=True)
+def bin_means(frames, b, out):
+    """b x b block means of the finite pixels (NaN where a block has none); out (n, ky//b, kx//b)."""
+    n = frames.shape[0]
+    h = out.shape[1]
+    w = out.shape[2]
+    for i in range(n):
+        for yb in range(h):
+            for xb in range(w):
+                s = np.float32(0)
+                c = 0
+                for y in range(yb * b, (yb + 1) * b):
+                    for x in range(xb * b, (xb + 1) * b):
+                        v = frames[i, y, x]
+                        if v == v:
+                            s += v
+                            c += 1
+                out[i, yb, xb] = s / c if c > 0 else _NAN32

@@ -1,0 +1,141 @@
+"""Descan: how the direct beam moves over the detector as the beam scans the sample.
+
+Fits the per-frame centres (cy, cx) as functions of the scan position (iy, ix) with a plane
+and with a smooth 2D polynomial (default degree 3), each with iterative outlier rejection:
+points whose residual exceeds ``clip_sigma`` robust sigmas (1.4826 x median absolute
+deviation of the residual length) are dropped and the fit repeated until the set is stable.
+Frames without a beam and missing frames take no part. The fitted model gives every scan
+position a centre, frames without a beam included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _design(iy, ix, shape, degree):
+    """Polynomial terms iy^a ix^b (a + b <= degree) on coordinates scaled to [-1, 1]."""
+    sy, sx = shape
+    u = 2.0 * iy / max(sy - 1, 1) - 1.0
+    v = 2.0 * ix / max(sx - 1, 1) - 1.0
+    terms = [(a, d - a) for d in range(degree + 1) for a in range(d, -1, -1)]
+    return np.stack([u**a * v**b for a, b in terms], axis=-1), terms
+
+
+@dataclass
+class DescanModel:
+    """One fitted model. coef (n_terms, 2) for (cy, cx) over ``terms`` (powers of the scaled
+    (iy, ix)); inliers (sy, sx) bool; rms_px: RMS residual length of the inliers (px);
+    rms_yx_px: per-axis RMS; n_rejected: outliers dropped."""
+
+    degree: int
+    coef: np.ndarray
+    terms: list
+    inliers: np.ndarray
+    rms_px: float
+    rms_yx_px: tuple
+    n_rejected: int
+
+    def evaluate(self, scan_shape=None) -> np.ndarray:
+        """Centres (sy, sx, 2) the model gives at every scan position."""
+        sy, sx = self.inliers.shape if scan_shape is None else scan_shape
+        iy, ix = np.mgrid[:sy, :sx]
+        a, _ = _design(iy.astype(float), ix.astype(float), (sy, sx), self.degree)
+        return a @ self.coef
+
+    def slope_px_per_step(self) -> np.ndarray:
+        """2x2 d(cy, cx)/d(iy, ix) (px per scan step) of the linear terms at the scan's middle."""
+        sy, sx = self.inliers.shape
+        j = {t: k for k, t in enumerate(self.terms)}
+        return np.array([[self.coef[j[(1, 0)], a] * 2.0 / max(sy - 1, 1),
+                          self.coef[j[(0, 1)], a] * 2.0 / max(sx - 1, 1)] for a in (0, 1)])
+
+    def to_dict(self) -> dict:
+        return {"degree": self.degree, "coef": self.coef.tolist(), "terms": [list(t) for t in self.terms],
+                "rms_px": self.rms_px, "rms_yx_px": list(self.rms_yx_px), "n_rejected": self.n_rejected}
+
+
+@dataclass
+class DescanFit:
+    """plane and smooth (polynomial) models; residuals (sy, sx, 2) of the measured centres to the
+    smooth model (NaN where no centre); model: which one ``fitted`` uses; grid: the PixelGrid the
+    fit was made on (physical px), None for index px."""
+
+    plane: DescanModel
+    smooth: DescanModel
+    residuals: np.ndarray
+    model: str = "smooth"
+    grid: object = None
+
+    @property
+    def chosen(self) -> DescanModel:
+        return self.smooth if self.model == "smooth" else self.plane
+
+    def fitted(self) -> np.ndarray:
+        """Centres (sy, sx, 2) index px of the chosen model at every scan position."""
+        c = self.chosen.evaluate()
+        return c if self.grid is None else self.grid.to_index(c)
+
+    @property
+    def residual_rms_px(self) -> float:
+        return self.chosen.rms_px
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "plane": self.plane.to_dict(), "smooth": self.smooth.to_dict(),
+                "edge_pixel_width": None if self.grid is None else self.grid.edge_pixel_width}
+
+
+def _fit(centres, valid, degree, clip_sigma, max_iter=20) -> DescanModel:
+    sy, sx = valid.shape
+    iy, ix = np.mgrid[:sy, :sx]
+    a_all, terms = _design(iy.astype(float), ix.astype(float), (sy, sx), degree)
+    a = a_all[valid]
+    y = centres[valid]
+    keep = np.ones(len(y), bool)
+    coef = np.zeros((len(terms), 2))
+    for _ in range(max_iter):
+        coef, *_ = np.linalg.lstsq(a[keep], y[keep], rcond=None)
+        res = np.hypot(*(y - a @ coef).T)
+        sigma = 1.4826 * np.median(np.abs(res[keep] - np.median(res[keep])))
+        sigma = max(sigma, 0.01)  # a perfect fit rejects nothing
+        new = res <= np.median(res[keep]) + clip_sigma * sigma
+        if new.sum() < len(terms) or np.array_equal(new, keep):
+            break
+        keep = new
+    inliers = np.zeros((sy, sx), bool)
+    inliers[valid] = keep
+    r = y[keep] - a[keep] @ coef
+    rms_yx = tuple(float(v) for v in np.sqrt(np.mean(r**2, axis=0))) if len(r) else (np.nan, np.nan)
+    rms = float(np.sqrt(np.mean(np.sum(r**2, axis=1)))) if len(r) else np.nan
+    return DescanModel(degree, coef, terms, inliers, rms, rms_yx, int((~keep).sum()))
+
+
+def fit_descan(centres, valid=None, degree: int = 3, clip_sigma: float = 3.5, model: str = "smooth",
+               grid=None) -> DescanFit:
+    """Fit the descan of per-frame centres (sy, sx, 2) index px (NaN = no beam).
+
+    valid: (sy, sx) bool of the frames to use (default: finite centres). degree: of the smooth
+    model, lowered when too few frames support it. grid: PixelGrid with wide chip-edge pixels;
+    the beam moves smoothly in physical px, so the fit is made there (coefficients and residuals
+    in physical px) and ``fitted()`` converts back to index px. Raises ValueError with fewer
+    than 3 usable frames.
+    """
+    centres = np.asarray(centres, dtype=np.float64)
+    if grid is not None:
+        centres = grid.to_physical(centres)
+    sy, sx, _ = centres.shape
+    ok = np.isfinite(centres).all(axis=-1)
+    valid = ok if valid is None else (np.asarray(valid, bool) & ok)
+    n = int(valid.sum())
+    if n < 3:
+        raise ValueError(f"descan fit needs at least 3 frames with a beam, got {n}")
+    plane = _fit(centres, valid, 1, clip_sigma)
+    deg = int(degree)
+    while deg > 1 and (deg + 1) * (deg + 2) // 2 * 3 > n:
+        deg -= 1
+    deg = min(deg, max(1, min(sy, sx) - 1)) if min(sy, sx) > 1 else 1
+    smooth = _fit(centres, valid, deg, clip_sigma) if deg > 1 else plane
+    residuals = np.where(ok[..., None], centres - smooth.evaluate(), np.nan)
+    return DescanFit(plane, smooth, residuals, model, grid)

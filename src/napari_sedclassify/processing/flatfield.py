@@ -1,0 +1,219 @@
+"""Flat-field (gain) correction and the bad-pixel mask.
+
+A flat-field acquisition (a stack of flood frames, uniform illumination) gives each pixel's
+response; the gain map is that response normalised to mean 1 over the good pixels. Correction
+divides by it. Dead pixels (no or very low response) and hot pixels (far above the others) go
+into the mask; masked pixels are excluded from every result (NaN in corrected frames), never
+filled with zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+
+def _robust_sigma(x: np.ndarray) -> float:
+    med = np.median(x)
+    return float(1.4826 * np.median(np.abs(x - med)))
+
+
+@dataclass
+class FlatField:
+    """gain: (ky, kx) float32 response, mean 1 over unmasked pixels (NaN where masked).
+    mask: (ky, kx) bool, True = excluded (dead, hot). dark: optional (ky, kx) float32 subtracted
+    before the gain. source: file it came from, if any. n_dead / n_hot: what the mask holds.
+    saturation: raw counts at which the counter is full (None = never); saturated pixels are not
+    gain-corrected (a full counter reads the same whatever the gain)."""
+
+    gain: np.ndarray
+    mask: np.ndarray
+    dark: np.ndarray | None = None
+    source: str | None = None
+    n_dead: int = 0
+    n_hot: int = 0
+    saturation: float | None = None
+
+    def __post_init__(self):
+        self.gain = np.asarray(self.gain, dtype=np.float32)
+        self.mask = np.asarray(self.mask, dtype=bool)
+        if self.gain.ndim != 2 or self.mask.shape != self.gain.shape:
+            raise ValueError(f"flat-field: gain {self.gain.shape} and mask {self.mask.shape} must be one 2D shape")
+        if self.dark is not None:
+            self.dark = np.asarray(self.dark, dtype=np.float32)
+            if self.dark.shape != self.gain.shape:
+                raise ValueError(f"flat-field: dark frame {self.dark.shape} does not match gain {self.gain.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.gain.shape)
+
+    @classmethod
+    def from_flood(cls, flood, dark=None, *, dead_fraction: float = 0.1, hot_sigma: float = 12.0,
+                   hot_ratio: float = 10.0, source: str | None = None) -> "FlatField":
+        """Gain map and mask from a flood stack (N, ky, kx) (or one flood frame (ky, kx)).
+
+        Dead: response < dead_fraction of the median. Hot: response > median + hot_sigma robust
+        sigmas AND > hot_ratio x median (wide chip-edge pixels, up to ~6x the area at the quad's
+        centre, stay: the gain corrects them). The stack is streamed frame by frame (float64 sum), never copied whole.
+        """
+        flood = flood if hasattr(flood, "shape") else np.asarray(flood)
+        if len(flood.shape) == 2:
+            flood = flood[None]
+        if len(flood.shape) != 3 or flood.shape[0] == 0:
+            raise ValueError(f"flat-field: expected a flood stack (N, ky, kx), got shape {tuple(flood.shape)}")
+        total = np.zeros(flood.shape[1:], dtype=np.float64)
+        for i in range(flood.shape[0]):
+            total += np.asarray(flood[i], dtype=np.float64)
+        mean = total / flood.shape[0]
+        if dark is not None:
+            dark = np.asarray(dark, dtype=np.float64)
+            if dark.shape != mean.shape:
+                raise ValueError(f"flat-field: dark frame {dark.shape} does not match the flood {mean.shape}")
+            mean = mean - dark
+        return cls.from_response(mean, dark=dark, dead_fraction=dead_fraction, hot_sigma=hot_sigma,
+                                 hot_ratio=hot_ratio, source=source)
+
+    @classmethod
+    def from_response(cls, response, dark=None, *, dead_fraction: float = 0.1, hot_sigma: float = 12.0,
+                      hot_ratio: float = 10.0, source: str | None = None) -> "FlatField":
+        """From a 2D per-pixel response (mean flood, or a gain map): mask, then normalise to mean 1."""
+        resp = np.asarray(response, dtype=np.float64)
+        if resp.ndim != 2:
+            raise ValueError(f"flat-field: expected a 2D gain map, got shape {resp.shape}")
+        finite = np.isfinite(resp)
+        if not finite.any() or not (resp[finite] > 0).any():
+            raise ValueError("flat-field: the flood has no positive response")
+        med = float(np.median(resp[finite & (resp > 0)]))
+        dead = ~finite | (resp < dead_fraction * med)
+        live = resp[~dead]
+        sigma = _robust_sigma(live)
+        hot = ~dead & (resp > med + hot_sigma * sigma) & (resp > hot_ratio * med)
+        mask = dead | hot
+        gain = np.where(mask, np.nan, resp)
+        gain = gain / np.nanmean(gain)
+        return cls(gain.astype(np.float32), mask, dark=dark, source=source,
+                   n_dead=int(dead.sum()), n_hot=int(hot.sum()))
+
+    @classmethod
+    def identity(cls, detector_shape) -> "FlatField":
+        """No correction, nothing masked."""
+        return cls(np.ones(detector_shape, np.float32), np.zeros(detector_shape, bool))
+
+    def with_mask(self, extra) -> "FlatField":
+        """The same correction with more pixels masked (extra: (ky, kx) bool)."""
+        extra = np.asarray(extra, dtype=bool)
+        if extra.shape != self.shape:
+            raise ValueError(f"mask {extra.shape} does not match the detector {self.shape}")
+        mask = self.mask | extra
+        return replace(self, gain=np.where(mask, np.nan, self.gain), mask=mask)
+
+    def with_saturation(self, saturation: float | None) -> "FlatField":
+        """The same correction with this saturation level (raw counts)."""
+        return replace(self, saturation=saturation)
+
+    @property
+    def saturation_level(self) -> float:
+        return np.inf if self.saturation is None else float(self.saturation)
+
+    def correction(self) -> np.ndarray:
+        """Multiplier per pixel (float32): 1/gain, NaN where masked."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = np.where(self.mask, np.nan, 1.0 / self.gain.astype(np.float64))
+        return c.astype(np.float32)
+
+    def apply(self, frames) -> np.ndarray:
+        """Gain-corrected float32 copy of frames (..., ky, kx); masked and non-finite pixels NaN."""
+        from ._kernels import correct_frames
+
+        frames = np.asarray(frames)
+        if frames.shape[-2:] != self.shape:
+            raise ValueError(f"frames {frames.shape[-2:]} do not match the flat-field {self.shape}")
+        stack = native(frames.reshape((-1,) + self.shape))
+        out = np.empty(stack.shape, np.float32)
+        dark = self.dark if self.dark is not None else np.zeros(self.shape, np.float32)
+        correct_frames(stack, self.correction(), dark, self.dark is not None, self.saturation_level, out)
+        return out.reshape(frames.shape)
+
+
+def native(a: np.ndarray) -> np.ndarray:
+    """a in a dtype the kernels take (native byte order; bool and exotic types as float32)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "uif" or a.dtype.itemsize > 8 or a.dtype == np.float16:
+        return a.astype(np.float32)
+    if not a.dtype.isnative:
+        return a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
+def load_flatfield(path, dark=None, **kwargs) -> FlatField:
+    """Flat-field from a file: a flood stack (N, ky, kx), one flood frame or a 2D gain map.
+
+    Reads anything ``np.load`` reads (.npy, .npz with one array) or
+    ``napari_sedclassify.io.open_scan`` opens (its frames are the flood stack). dark: optional
+    dark frame (array or path of the same kinds, averaged when a stack). kwargs: see
+    ``FlatField.from_flood``.
+    """
+    path = Path(path)
+    stack = _read_stack(path)
+    if dark is not None and not hasattr(dark, "shape"):
+        d = _read_stack(Path(dark))
+        dark = np.mean(np.asarray(d, dtype=np.float64).reshape((-1,) + d.shape[-2:]), axis=0)
+    try:
+        if len(stack.shape) == 2:
+            ff = FlatField.from_response(np.asarray(stack, dtype=np.float64) - (0 if dark is None else dark),
+                                         dark=dark, source=str(path), **kwargs)
+        else:
+            ff = FlatField.from_flood(stack, dark=dark, source=str(path), **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return ff
+
+
+def _read_stack(path: Path):
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        try:
+            arr = np.load(path, mmap_mode="r" if suffix == ".npy" else None)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable NumPy file ({exc})") from exc
+        if suffix == ".npz":
+            if len(arr.files) != 1:
+                raise ValueError(f"{path}: an .npz flat-field must hold one array, it holds {arr.files}")
+            arr = arr[arr.files[0]]
+    else:
+        from ..io import open_scan
+
+        arr = open_scan(path).frames()  # a lazy (N, ky, kx) stack
+    if arr.ndim == 4:
+        arr = arr.reshape((-1,) + arr.shape[-2:])
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{path}: a flat-field must be 2D (gain map) or 3D (flood stack), got shape {arr.shape}")
+    return arr
+
+
+def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0) -> np.ndarray:
+    """Hot and dead pixels seen in a sample of gain-corrected frames (m, ky, kx), NaN = masked.
+
+    The temporal median removes what moves (the descanned beam, Bragg spots of single frames);
+    a pixel is hot when that median exceeds hot_ratio x the median of its 5x5 neighbours by more
+    than min_sigma Poisson sigmas, dead when it reads 0 in every frame while its neighbours'
+    median expects more than min_sigma counts in the sample. Returns (ky, kx) bool.
+    """
+    from scipy import ndimage
+
+    sample = np.asarray(sample, dtype=np.float32)
+    m, ky, kx = sample.shape
+    masked = np.isnan(sample).all(axis=0)
+    per_pixel = np.ascontiguousarray(np.nan_to_num(sample, nan=0.0).reshape(m, -1).T)  # (ky*kx, m)
+    med = np.partition(per_pixel, m // 2, axis=1)[:, m // 2].reshape(ky, kx)  # (upper) median per pixel
+    local = ndimage.median_filter(med, size=5, mode="nearest")
+    hot = (med > hot_ratio * np.maximum(local, 1e-3)) & (med - local > min_sigma * np.sqrt(np.maximum(local, 1.0)))
+    never = ~(per_pixel > 0).any(axis=1).reshape(ky, kx)  # 0 (or NaN) in every frame
+    mean_local = ndimage.uniform_filter(per_pixel.mean(axis=1).reshape(ky, kx), size=5)
+    dead = never & (mean_local * m > min_sigma**2)
+    return (hot | dead) & ~masked

@@ -1,0 +1,354 @@
+"""The frame-processing contract and the one runner that applies it to any source of frames.
+
+A :class:`FrameProcessor` declares what it returns per frame (``outputs``: a scalar for a virtual
+image, a vector for an RIA, a 2D crop) and computes it for a chunk of frames in
+``process_chunk(frames, centres, mask)``, where frames are float32 (n, ky, kx) gain-corrected
+with NaN at excluded pixels, centres (n, 2) float64 (cy, cx) px (NaN: no beam) and mask the
+static (ky, kx) bool mask (True = excluded).
+
+:class:`FrameRunner` fuses a set of processors into ONE pass over the data. Its two explicit
+steps are what every execution mode is built from:
+
+- ``run_chunk(frames, index, centres=None) -> ChunkResult``: raw frames (n, ky, kx) of any dtype,
+  their flat scan indices, optional given centres; flat-field, centring (unless centres are
+  given) and every processor, in small cache-sized batches. Pure: no state changes.
+- ``merge(store, part)``: writes a ChunkResult into arrays from ``allocate(n_frames)`` at its
+  indices. Order-free and idempotent, so chunks may finish in any order, be retried, or arrive
+  from a live stream.
+
+``run(source, ...)`` drives these over a single frame, a numpy stack or memory map, a dask array
+or Scan (per-block tasks in a thread pool, or on a dask.distributed ``client`` where each worker
+reads its own frames), or an iterator of ``(index, frames)`` chunks (live acquisition).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .flatfield import FlatField, native
+
+#: Frames corrected at a time inside run_chunk: 4 x 1 MB float32 frames stay in cache.
+BATCH = 4
+
+
+class Cancelled(Exception):
+    """Raised when the ``cancel`` callable returned True: the work stopped early."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """One per-frame output: shape per frame, dtype, and the value of frames not processed."""
+
+    shape: tuple = ()
+    dtype: str = "float32"
+    fill: object = np.nan
+
+
+class FrameProcessor:
+    """Base class of per-frame computations. Subclasses set ``outputs()`` and ``process_chunk``."""
+
+    needs_centres = True
+
+    def outputs(self) -> dict[str, Output]:
+        raise NotImplementedError
+
+    def process_chunk(self, frames: np.ndarray, centres: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+@dataclass
+class ChunkResult:
+    """Per-frame outputs of one chunk: index (n,) flat scan indices, values name -> (n, ...)."""
+
+    index: np.ndarray
+    values: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+
+class FrameRunner:
+    """Applies processors (and the centre finder) to frames in one pass.
+
+    processors: FrameProcessors; flatfield: FlatField (None = no correction, nothing masked
+    unless ``mask`` says so); centring: a CentreFinder, or None when centres are always given
+    to ``run``/``run_chunk``.
+    """
+
+    def __init__(self, processors: Iterable[FrameProcessor], flatfield: FlatField | None = None,
+                 centring: FrameProcessor | None = None, mask: np.ndarray | None = None):
+        self.processors = list(processors)
+        self.flatfield = flatfield
+        self.centring = centring
+        self._extra_mask = None if mask is None else np.asarray(mask, bool)
+        self._prepared = None
+
+    # -- setup ----------------------------------------------------------------------------
+    def _prepare(self, detector_shape):
+        """Correction multiplier, dark and mask for this detector (cached)."""
+        detector_shape = tuple(detector_shape)
+        if self._prepared is not None and self._prepared[0] == detector_shape:
+            return self._prepared
+        ff = self.flatfield if self.flatfield is not None else FlatField.identity(detector_shape)
+        if ff.shape != detector_shape:
+            raise ValueError(f"flat-field {ff.shape} does not match the detector {detector_shape}")
+        if self._extra_mask is not None:
+            ff = ff.with_mask(self._extra_mask)
+        dark = ff.dark if ff.dark is not None else np.zeros(detector_shape, np.float32)
+        self._prepared = (detector_shape, ff.correction(), dark, ff.dark is not None, ff.mask, ff.saturation_level)
+        return self._prepared
+
+    def mask(self, detector_shape) -> np.ndarray:
+        """(ky, kx) bool, True = excluded from every result."""
+        return self._prepare(detector_shape)[4]
+
+    def outputs(self) -> dict[str, Output]:
+        out = {}
+        for p in ([self.centring] if self.centring is not None else []) + self.processors:
+            for name, spec in p.outputs().items():
+                if name in out:
+                    raise ValueError(f"two processors both produce '{name}'")
+                out[name] = spec
+        return out
+
+    def __getstate__(self):  # shipped to dask workers without the cached arrays
+        state = dict(self.__dict__)
+        state["_prepared"] = None
+        return state
+
+    # -- the two steps ----------------------------------------------------------------------
+    def run_chunk(self, frames, index=None, centres=None) -> ChunkResult:
+        """Process raw frames (n, ky, kx) (or one frame (ky, kx)): flat-field, centre, processors.
+
+        index: their flat scan indices (default 0..n-1). centres: (n, 2) to use instead of the
+        centre finder (then the finder's outputs are not produced).
+        """
+        from ._kernels import correct_frames
+
+        frames = native(frames)
+        if frames.ndim == 2:
+            frames = frames[None]
+        if frames.ndim != 3:
+            raise ValueError(f"expected frames (n, ky, kx), got shape {frames.shape}")
+        n = frames.shape[0]
+        index = np.arange(n) if index is None else np.asarray(index, dtype=np.int64).ravel()
+        if index.size != n:
+            raise ValueError(f"{n} frames but {index.size} indices")
+        if centres is None and self.centring is None:
+            raise ValueError("no centres given and no centre finder set")
+        _, corr, dark, use_dark, mask, saturation = self._prepare(frames.shape[1:])
+        specs = self.outputs() if centres is None else {
+            k: v for p in self.processors for k, v in p.outputs().items()}
+        values = {name: np.empty((n,) + tuple(s.shape), dtype=s.dtype) for name, s in specs.items()}
+        given = None if centres is None else np.asarray(centres, dtype=np.float64).reshape(n, 2)
+        buf = np.empty((min(BATCH, n),) + frames.shape[1:], np.float32)
+        for s in range(0, n, BATCH):
+            e = min(n, s + BATCH)
+            f = buf[: e - s]
+            correct_frames(frames[s:e], corr, dark, use_dark, saturation, f)
+            if given is None:
+                got = self.centring.process_chunk(f, None, mask)
+                for name, v in got.items():
+                    values[name][s:e] = v
+                c = got["centre"]
+            else:
+                c = given[s:e]
+            for p in self.processors:
+                for name, v in p.process_chunk(f, c, mask).items():
+                    values[name][s:e] = v
+        return ChunkResult(index, values)
+
+    def allocate(self, n_frames: int, with_centring: bool = True) -> dict[str, np.ndarray]:
+        """Arrays (n_frames, ...) for every output, filled with each output's fill value.
+        Large ones (> 1 GiB, e.g. crops of a big scan) live in a temporary memory-mapped file."""
+        specs = self.outputs() if with_centring else {k: v for p in self.processors for k, v in p.outputs().items()}
+        store = {}
+        for name, s in specs.items():
+            shape = (int(n_frames),) + tuple(s.shape)
+            nbytes = int(np.prod(shape)) * np.dtype(s.dtype).itemsize
+            store[name] = _big_empty(shape, s.dtype) if nbytes > 2**30 else np.empty(shape, s.dtype)
+            store[name][...] = s.fill
+        return store
+
+    @staticmethod
+    def merge(store: dict, part: ChunkResult) -> None:
+        """Write a chunk's per-frame values into ``store`` at its indices."""
+        for name, v in part.values.items():
+            store[name][part.index] = v
+
+    # -- execution modes ----------------------------------------------------------------------
+    def run(self, source, *, centres=None, progress: Callable | None = None, cancel: Callable | None = None,
+            client=None, workers: int | None = None, chunk_frames: int | None = None,
+            store: dict | None = None) -> dict[str, np.ndarray]:
+        """Process every frame of ``source``; returns name -> (N, ...) arrays (flat scan order).
+
+        source: a frame (ky, kx); a numpy stack (N, ky, kx) or scan (sy, sx, ky, kx) (memory maps
+        welcome); a dask array of either shape or a Scan (per-block tasks); or an iterable of
+        (index, frames) chunks (live). centres: (N, 2) or (sy, sx, 2) given centres.
+        progress(done_frames, total_frames); cancel() -> True stops with Cancelled.
+        client: a dask.distributed Client (each worker reads its own blocks).
+        """
+        if hasattr(source, "data") and hasattr(source, "scan_shape"):  # a Scan
+            source = source.data
+        with_c = centres is None
+        if centres is not None:
+            centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+        if hasattr(source, "dask") or (hasattr(source, "chunks") and hasattr(source, "to_delayed")):
+            return self._run_dask(source, centres, progress, cancel, client, workers, store)
+        if isinstance(source, np.ndarray):
+            if source.ndim == 2:
+                source = source[None]
+            stack = source.reshape((-1,) + source.shape[-2:])
+            n = stack.shape[0]
+            chunk = int(chunk_frames or 32)
+            tasks = ((np.arange(s, min(n, s + chunk)), stack[s: s + chunk]) for s in range(0, n, chunk))
+            return self._run_tasks(tasks, n, centres, with_c, progress, cancel, workers, store)
+        return self.run_stream(source, centres=centres, progress=progress, cancel=cancel, store=store)
+
+    def run_stream(self, chunks: Iterable, *, n_frames: int | None = None, centres=None, progress=None,
+                   cancel=None, store: dict | None = None) -> dict[str, np.ndarray]:
+        """Live mode: chunks is an iterable of (index, frames) processed as they arrive.
+
+        n_frames: size of the result arrays (default: grown to the largest index seen)."""
+        parts = []
+        done = 0
+        for index, frames in chunks:
+            _check_cancel(cancel)
+            index = np.asarray(index, dtype=np.int64).ravel()
+            c = None if centres is None else centres[index]
+            part = self.run_chunk(frames, index, c)
+            if store is not None:
+                self.merge(store, part)
+            else:
+                parts.append(part)
+            done += len(part)
+            if progress is not None:
+                progress(done, n_frames or done)
+        if store is None:
+            n = n_frames or (1 + max((int(p.index.max()) for p in parts if len(p)), default=-1))
+            store = self.allocate(n, centres is None)
+            for p in parts:
+                self.merge(store, p)
+        return store
+
+    def _run_tasks(self, tasks, n, centres, with_c, progress, cancel, workers, store):
+        """Run (index, frames-or-loader) tasks in a thread pool, at most 2 per worker in flight."""
+        store = self.allocate(n, with_c) if store is None else store
+        workers = int(workers or os.cpu_count() or 1)
+        done = 0
+        if progress is not None:
+            progress(0, n)
+
+        def one(index, frames):
+            frames = frames() if callable(frames) else frames
+            c = None if centres is None else centres[index]
+            return self.run_chunk(frames.reshape((-1,) + frames.shape[-2:]), index, c)
+
+        with ThreadPoolExecutor(workers) as pool:
+            pending = set()
+            tasks = iter(tasks)
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < 2 * workers:
+                    try:
+                        index, frames = next(tasks)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.add(pool.submit(one, index, frames))
+                if not pending:
+                    break
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    part = fut.result()
+                    self.merge(store, part)
+                    done += len(part)
+                if progress is not None:
+                    progress(done, n)
+                if cancel is not None and cancel():
+                    for fut in pending:
+                        fut.cancel()
+                    raise Cancelled(f"stopped after {done} of {n} frames")
+        return store
+
+    def _run_dask(self, data, centres, progress, cancel, client, workers, store):
+        if data.ndim == 2:
+            data = data[None]
+        if data.ndim == 3:
+            data = data[None]
+        if data.ndim != 4:
+            raise ValueError(f"expected a dask array of frames, got {data.ndim} dimensions")
+        if len(data.chunks[2]) > 1 or len(data.chunks[3]) > 1:
+            data = data.rechunk({2: -1, 3: -1})
+        sy, sx = data.shape[:2]
+        n = sy * sx
+        blocks = data.to_delayed()
+        row_starts = np.cumsum((0,) + data.chunks[0])
+        col_starts = np.cumsum((0,) + data.chunks[1])
+
+        def tasks():
+            for i in range(blocks.shape[0]):
+                for j in range(blocks.shape[1]):
+                    iy = np.arange(row_starts[i], row_starts[i + 1])
+                    ix = np.arange(col_starts[j], col_starts[j + 1])
+                    index = (iy[:, None] * sx + ix[None, :]).ravel()
+                    yield index, blocks[i, j, 0, 0]
+
+        if client is not None:
+            return self._run_distributed(tasks(), n, centres, progress, cancel, client, store)
+        loaders = ((index, (lambda b=blk: np.asarray(b.compute(scheduler="sync")))) for index, blk in tasks())
+        return self._run_tasks(loaders, n, centres, centres is None, progress, cancel, workers, store)
+
+    def _run_distributed(self, tasks, n, centres, progress, cancel, client, store):
+        import dask
+        from distributed import as_completed
+
+        store = self.allocate(n, centres is None) if store is None else store
+        runner = client.scatter(self, broadcast=True)
+        window = 4 * max(1, len(client.scheduler_info().get("workers", {})) or 1)
+        done = 0
+
+        def submit(index, blk):
+            c = None if centres is None else centres[index]
+            return client.compute(dask.delayed(_run_block)(runner, blk, index, c))
+
+        tasks = iter(tasks)
+        queue = as_completed([submit(*t) for t, _ in zip(tasks, range(window))])
+        for fut in queue:
+            part = fut.result()
+            fut.release()
+            self.merge(store, part)
+            done += len(part)
+            if progress is not None:
+                progress(done, n)
+            if cancel is not None and cancel():
+                for f in queue.futures:
+                    f.cancel()
+                raise Cancelled(f"stopped after {done} of {n} frames")
+            nxt = next(tasks, None)
+            if nxt is not None:
+                queue.add(submit(*nxt))
+        return store
+
+
+def _run_block(runner: FrameRunner, block, index, centres):
+    block = np.asarray(block)
+    return runner.run_chunk(block.reshape((-1,) + block.shape[-2:]), index, centres)
+
+
+def _check_cancel(cancel):
+    if cancel is not None and cancel():
+        raise Cancelled("stopped")
+
+
+def _big_empty(shape, dtype):
+    """An uninitialised array backed by an unlinked temporary file (freed when dropped)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as f:
+        return np.memmap(f, dtype=dtype, mode="w+", shape=shape)

@@ -1,0 +1,113 @@
+"""Sets of simulated scans (like the paper's 16 + 1) and the small sample scan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..classes import ClassTable
+from .params import session_params
+from .simulation import SimulatedScan, flatfield_name, sidecar_paths, simulate_scan
+from .writer import save_json
+
+DATASET_FILE = "dataset.json"
+DATASET_FORMAT = "napari-sedclassify simulated dataset"
+#: The napari sample: small enough to simulate in well under 3 s, and showing all four classes.
+SAMPLE_SCAN_SHAPE = (24, 24)
+SAMPLE_DETECTOR_PX = 256
+SAMPLE_SEED = 1
+
+
+def sample_scan() -> SimulatedScan:
+    """A small in-memory scan (24x24 points, 256x256 px detector, session "A") for napari and tests."""
+    return simulate_scan(None, scan_shape=SAMPLE_SCAN_SHAPE, detector_px=SAMPLE_DETECTOR_PX, seed=SAMPLE_SEED)
+
+
+def _scan_entry(out_dir: Path, name, session, seed, flat_seed, scan_shape, detector_px, progress) -> dict:
+    path = out_dir / f"{name}.npy"
+    simulate_scan(
+        path,
+        scan_shape=scan_shape,
+        detector_px=detector_px,
+        session=session,
+        seed=seed,
+        flatfield_seed=flat_seed,
+        progress=progress,
+    )
+    files = sidecar_paths(path)
+    return {
+        "name": name,
+        "session": session,
+        "seed": seed,
+        "scan": files["scan"].name,
+        "metadata": files["metadata"].name,
+        "truth": files["truth"].name,
+        "truth_tif": files["truth_tif"].name,
+        "centres": files["centres"].name,
+        "overview": files["overview"].name,
+        "fractions": files["fractions"].name,
+        "flatfield": flatfield_name(session),
+    }
+
+
+def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress) -> dict:
+    """plan: [(name, session, scan seed)]; one flat-field per session (noise seeded by ``seed``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sessions = sorted({s for _, s, _ in plan})
+    scans = [
+        _scan_entry(out_dir, name, s, scan_seed, seed, scan_shape, detector_px, progress)
+        for name, s, scan_seed in plan
+    ]
+    table = ClassTable.default()
+    dataset = {
+        "format": DATASET_FORMAT,
+        "seed": int(seed),
+        "scan_shape": [int(v) for v in scan_shape],
+        "detector_px": int(detector_px),
+        "class_names": {str(k): v for k, v in table.names.items()},
+        "sessions": {s: session_params(s).to_dict() for s in sessions},
+        "scans": scans,
+    }
+    save_json(out_dir / DATASET_FILE, dataset)
+    return dataset
+
+
+def simulate_dataset(
+    out_dir, *, n_scans: int, session="A", scan_shape=(40, 40), detector_px: int = 512, seed: int = 0, progress=None
+) -> dict:
+    """Write ``n_scans`` scans of one session into ``out_dir`` plus ``dataset.json``; returns its content.
+
+    Scan i is ``scan_<session>_<i>.npy`` with seed ``seed + i`` (the same seeds in another session
+    give the same sample areas seen through that session's alignment and detector).
+    """
+    if n_scans < 1:
+        raise ValueError(f"a data set needs at least 1 scan, got {n_scans}")
+    name = session_params(session).name
+    plan = [(f"scan_{name}_{i:02d}", name, seed + i) for i in range(n_scans)]
+    return _write_dataset(Path(out_dir), plan, scan_shape, detector_px, seed, progress)
+
+
+def demo_dataset(out_dir, *, scan_shape=(40, 40), detector_px: int = 512, seed: int = 0, progress=None) -> dict:
+    """The paper's layout: 16 scans of session "A" (seeds seed..seed+15) and 1 of session "B"
+    (seed + 16, a different area), like its data sets 1 (same session) and 2 (another session)."""
+    plan = [(f"scan_A_{i:02d}", "A", seed + i) for i in range(16)] + [("scan_B_00", "B", seed + 16)]
+    return _write_dataset(Path(out_dir), plan, scan_shape, detector_px, seed, progress)
+
+
+def load_dataset(path) -> dict:
+    """Read ``dataset.json`` (a path to it or its folder); file entries become absolute Paths."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DATASET_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no simulated data set here ({DATASET_FILE} missing)")
+    data = json.loads(path.read_text())
+    if data.get("format") != DATASET_FORMAT:
+        raise ValueError(f"{path}: not a simulated data set description")
+    root = path.parent
+    keys = ("scan", "metadata", "truth", "truth_tif", "centres", "overview", "fractions", "flatfield")
+    for entry in data["scans"]:
+        for k in keys:
+            entry[k] = root / entry[k]
+    return data

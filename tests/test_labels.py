@@ -1,0 +1,156 @@
+"""Polygons -> class map: beam-disc membership, mixed border, drawing order, overview affine, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON, CRYSTALLINE_ICE, MIXED, UNLABELED
+from napari_sedclassify.labels import (
+    Region,
+    class_map_from_regions,
+    length_in_steps,
+    load_class_map,
+    overview_to_scan,
+    save_class_map,
+)
+
+
+def square(r0, c0, r1, c1, cid=AMORPHOUS_ICE):
+    return Region(cid, [[r0, c0], [r0, c1], [r1, c1], [r1, c0]])
+
+
+def distance_to_square(shape, r0, c0, r1, c1):
+    """Exact Euclidean distance of every scan point centre to the square's outline."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    dy_out = np.maximum.reduce([r0 - yy, yy - r1, np.zeros_like(yy)])
+    dx_out = np.maximum.reduce([c0 - xx, xx - c1, np.zeros_like(xx)])
+    outside = np.hypot(dy_out, dx_out)
+    inside = np.minimum.reduce([yy - r0, r1 - yy, xx - c0, c1 - xx])
+    return np.where(outside > 0, outside, inside)
+
+
+def test_centre_rule_labels_exactly_the_points_inside():
+    cm = class_map_from_regions([square(4.5, 4.5, 12.5, 12.5)], (20, 20), beam_diameter=0, border=0)
+    expected = np.full((20, 20), CARBON, np.uint8)
+    expected[5:13, 5:13] = AMORPHOUS_ICE
+    np.testing.assert_array_equal(cm, expected)
+
+
+def test_beam_disc_decides_thin_regions():
+    """A strip narrower than half the beam holds < 50 % of the disc: carbon by beam, ice by centre."""
+    thin = Region(AMORPHOUS_ICE, [[9.7, 2.5], [9.7, 17.5], [10.3, 17.5], [10.3, 2.5]])
+    by_centre = class_map_from_regions([thin], (20, 20), beam_diameter=0, border=0)
+    by_beam = class_map_from_regions([thin], (20, 20), beam_diameter=2.0, border=0)
+    assert np.all(by_centre[10, 3:18] == AMORPHOUS_ICE)
+    assert np.all(by_beam == CARBON)  # ~37 % of a 2-step disc lies in a 0.6-step strip
+    wide = Region(AMORPHOUS_ICE, [[9.2, 2.5], [9.2, 17.5], [10.8, 17.5], [10.8, 2.5]])
+    by_beam = class_map_from_regions([wide], (20, 20), beam_diameter=2.0, border=0)
+    assert np.all(by_beam[10, 4:17] == AMORPHOUS_ICE)  # ~70 % of the disc
+    assert np.all(by_beam[[9, 11]] == CARBON)
+
+
+@pytest.mark.parametrize("border", [2.0, 3.6, 4.6])  # half-widths away from point distances
+def test_mixed_border_is_the_band_within_half_its_width_of_the_outline(border):
+    box = (4.5, 5.5, 15.5, 17.5)
+    cm = class_map_from_regions([square(*box)], (22, 24), beam_diameter=1.8, border=border)
+    d = distance_to_square((22, 24), *box)
+    np.testing.assert_array_equal(cm == MIXED, d < border / 2)
+    yy, xx = np.mgrid[:22, :24]
+    inside = (yy > box[0]) & (yy < box[2]) & (xx > box[1]) & (xx < box[3])
+    assert np.all(cm[inside & (d >= border / 2)] == AMORPHOUS_ICE)
+    assert np.all(cm[~inside & (d >= border / 2)] == CARBON)
+
+
+def test_later_regions_lie_on_top_and_get_their_own_border():
+    hole = square(3.5, 3.5, 16.5, 16.5, AMORPHOUS_ICE)
+    crystal = square(8.5, 8.5, 11.5, 11.5, CRYSTALLINE_ICE)
+    cm = class_map_from_regions([hole, crystal], (20, 20), beam_diameter=0, border=1.4)
+    core = np.zeros((3, 3), bool)
+    core[1, 1] = True  # 1.5 steps from the crystal's edges; its 8 neighbours are 0.5 from one
+    np.testing.assert_array_equal(cm[9:12, 9:12], np.where(core, CRYSTALLINE_ICE, MIXED))
+    assert np.all(cm[[3, 4, 16, 17], 5:15] == MIXED) and np.all(cm[6, 6:14] == AMORPHOUS_ICE)
+    cm = class_map_from_regions([hole, crystal], (20, 20), beam_diameter=0, border=0)
+    assert np.all(cm[9:12, 9:12] == CRYSTALLINE_ICE)
+    assert (cm == AMORPHOUS_ICE).sum() == 13 * 13 - 9
+    hidden = class_map_from_regions([crystal, hole], (20, 20), beam_diameter=0, border=0)
+    assert not np.any(hidden == CRYSTALLINE_ICE)
+
+
+def test_rest_can_stay_unlabeled_and_regions_may_leave_the_scan():
+    big = square(-5, -5, 8.5, 30)
+    cm = class_map_from_regions([big], (12, 12), beam_diameter=1.0, border=1.4, rest=UNLABELED)
+    assert np.all(cm[:8] == AMORPHOUS_ICE)
+    assert np.all(cm[8:10] == MIXED)
+    assert np.all(cm[10:] == UNLABELED)
+
+
+def test_overview_polygons_map_through_the_affine():
+    """An overview 4x finer than the scan, offset by (-8, -12) overview px."""
+    affine = np.array([[0.25, 0, 2.0], [0, 0.25, 3.0], [0, 0, 1]])
+    scan_poly = np.array([[4.5, 5.5], [4.5, 14.5], [12.5, 14.5], [12.5, 5.5]])
+    overview_poly = (scan_poly - [2.0, 3.0]) * 4
+    np.testing.assert_allclose(overview_to_scan(overview_poly, affine), scan_poly)
+    a = class_map_from_regions([Region(2, overview_to_scan(overview_poly, affine))], (16, 16))
+    b = class_map_from_regions([Region(2, scan_poly)], (16, 16))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="3x3"):
+        overview_to_scan(overview_poly, np.eye(2))
+
+
+def test_lengths_in_nm_need_the_scan_step():
+    assert length_in_steps(60.0, "nm", 30.0) == 2.0
+    assert length_in_steps(1.5, "steps", None) == 1.5
+    with pytest.raises(ValueError, match="scan step"):
+        length_in_steps(60.0, "nm", None)
+    with pytest.raises(ValueError, match="unit"):
+        length_in_steps(1.0, "um", 30.0)
+
+
+def test_bad_regions_are_refused():
+    with pytest.raises(ValueError, match="vertices"):
+        Region(2, [[0, 0], [1, 1]])
+    with pytest.raises(ValueError, match=">= 0"):
+        class_map_from_regions([square(1, 1, 3, 3)], (5, 5), border=-1)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif"])
+def test_save_load_round_trip_is_atomic(tmp_path, suffix):
+    cm = class_map_from_regions([square(2.5, 2.5, 7.5, 9.5)], (10, 12), beam_diameter=1.8, border=1.8)
+    path = save_class_map(tmp_path / f"labels{suffix}", cm)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"labels{suffix}"]  # no temp file left
+    back = load_class_map(path, scan_shape=(10, 12))
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, cm)
+    save_class_map(path, np.zeros((10, 12), np.uint8))  # replaces it
+    assert load_class_map(path).max() == 0
+
+
+def test_bad_label_files_name_the_file_and_the_problem(tmp_path):
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((4, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"good\.npy.*\(4, 5\).*\(6, 6\)"):
+        load_class_map(good, scan_shape=(6, 6))
+    cube = tmp_path / "cube.npy"
+    np.save(cube, np.ones((2, 4, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"cube\.npy.*2D"):
+        load_class_map(cube)
+    frac = tmp_path / "frac.npy"
+    np.save(frac, np.full((4, 5), 0.5))
+    with pytest.raises(ValueError, match=r"frac\.npy.*integer"):
+        load_class_map(frac)
+    neg = tmp_path / "neg.npy"
+    np.save(neg, -np.ones((4, 5), np.int16))
+    with pytest.raises(ValueError, match=r"neg\.npy.*0\.\.255"):
+        load_class_map(neg)
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"not a tiff at all")
+    with pytest.raises(ValueError, match=r"junk\.tif.*not a readable"):
+        load_class_map(junk)
+    with pytest.raises(ValueError, match=r"labels\.png.*\.npy or \.tif"):
+        (tmp_path / "labels.png").write_bytes(b"x")
+        load_class_map(tmp_path / "labels.png")
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        load_class_map(tmp_path / "nothere.npy")
+    with pytest.raises(ValueError, match=r"out\.png"):
+        save_class_map(tmp_path / "out.png", np.zeros((3, 3)))

@@ -1,0 +1,113 @@
+"""The labeling widget in a real viewer: regions drawn per class -> class map with mixed border,
+fixed colours, legend, save/load, and errors as notifications."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sedclassify import Geometry, Scan
+from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON, CRYSTALLINE_ICE, MIXED, ClassTable
+from napari_sedclassify.labels import Region, class_map_from_regions, load_class_map
+from napari_sedclassify._napari.layers import scan_layer_data
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def keep(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
+
+
+def blank_scan(shape=(16, 18), step=30.0):
+    data = np.zeros(shape + (8, 8), np.uint16)
+    return Scan(data, Geometry(detector_shape=(8, 8), scan_step_nm=step), source="grid")
+
+
+def add_scan(viewer, scan):
+    data, kwargs, _ = scan_layer_data(scan, np.zeros(scan.scan_shape))
+    return viewer.add_image(data, **kwargs)
+
+
+def test_regions_become_a_class_map_with_mixed_border(make_napari_viewer, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    scan_layer = add_scan(viewer, blank_scan())
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Labels")
+    widget._class.value = AMORPHOUS_ICE
+    shapes = widget.regions_layer()
+    assert shapes.name == "grid regions" and shapes.mode == "add_polygon"
+    np.testing.assert_allclose(shapes.scale, scan_layer.scale)  # drawn in scan space (nm)
+    hole = np.array([[2.5, 2.5], [2.5, 14.5], [13.5, 14.5], [13.5, 2.5]])
+    shapes.add_polygons([hole])
+    widget._class.value = CRYSTALLINE_ICE
+    crystal = np.array([[6.5, 6.5], [10.5, 10.5]])  # a rectangle by two corners
+    shapes.add_rectangles([crystal])
+    assert list(shapes.features["class"]) == [AMORPHOUS_ICE, CRYSTALLINE_ICE]
+    np.testing.assert_allclose(shapes.face_color[1][:3], np.array([0xF2, 0xC1, 0x2E]) / 255, atol=0.01)
+
+    # 60 nm beam and 42 nm border at a 30 nm step: 2 and 1.4 scan steps
+    widget._unit.value = "nm"
+    widget._beam.value = 60.0
+    widget._border.value = 42.0
+    assert widget.lengths_in_steps() == pytest.approx((2.0, 1.4))
+    labels = widget.make_class_map()
+    expected = class_map_from_regions(
+        [Region(AMORPHOUS_ICE, hole), Region(CRYSTALLINE_ICE, [[6.5, 6.5], [6.5, 10.5], [10.5, 10.5], [10.5, 6.5]])],
+        (16, 18),
+        beam_diameter=2.0,
+        border=1.4,
+    )
+    np.testing.assert_array_equal(labels.data, expected)
+    assert set(np.unique(labels.data)) == {CARBON, AMORPHOUS_ICE, CRYSTALLINE_ICE, MIXED}
+    assert labels.name == "grid labels"
+    np.testing.assert_allclose(labels.scale, scan_layer.scale)
+    table = ClassTable.default()
+    for cid in table.ids:  # fixed colours, whatever the labels' values
+        want = np.array([int(table.colours[cid][i : i + 2], 16) / 255 for i in (1, 3, 5)])
+        np.testing.assert_allclose(labels.colormap.map(np.array([cid]))[0][:3], want, atol=0.01)
+    n_mixed = int((labels.data == MIXED).sum())
+    assert f"mixed: {n_mixed}" in widget._legend.value
+
+    # switching units converts the lengths
+    widget._unit.value = "steps"
+    assert widget._beam.value == pytest.approx(2.0) and widget._border.value == pytest.approx(1.4)
+
+    # selected shapes take a new class
+    shapes.selected_data = {1}
+    widget._class.value = AMORPHOUS_ICE
+    assert list(shapes.features["class"]) == [AMORPHOUS_ICE, AMORPHOUS_ICE]
+    assert not np.any(widget.make_class_map().data == CRYSTALLINE_ICE)
+
+    # save, then load into a fresh viewer state
+    widget._save_path.value = tmp_path / "grid_labels.tif"
+    widget.save_labels()
+    np.testing.assert_array_equal(load_class_map(tmp_path / "grid_labels.tif"), labels.data)
+    viewer.layers.remove(labels)
+    widget._load_path.value = tmp_path / "grid_labels.tif"
+    loaded = widget.load_labels()
+    np.testing.assert_array_equal(loaded.data, labels.data)
+
+    # a labels file of another scan is refused with a notification, the viewer keeps going
+    np.save(tmp_path / "other.npy", np.ones((5, 5), np.uint8))
+    widget._load_path.value = tmp_path / "other.npy"
+    assert widget.load_labels() is None
+    assert any("other.npy" in m and "does not match the scan shape" in m for m in notifications)
+
+
+def test_nothing_to_label_gives_clear_messages(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Labels")
+    assert widget.make_class_map() is None
+    assert any("open a scan first" in m for m in notifications)
+    add_scan(viewer, blank_scan(step=None))
+    assert widget._unit.value == "steps"  # no nm without a known scan step
+    assert widget.make_class_map() is None
+    assert any("draw regions first" in m for m in notifications)

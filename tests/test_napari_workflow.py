@@ -1,0 +1,294 @@
+"""The whole napari workflow on the simulated sample scan, in a real viewer under Xvfb:
+open, flat-field, centre, RIA, PCC click, regions drawn -> labels with a mixed border, train,
+predict, export; the UI keeps processing events while workers run; TensorFlow (CNN) runs in a
+child process while the canvas draws, and never loads into this process."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON, CRYSTALLINE_ICE, MIXED
+
+SCAN = "simulated scan (integrated)"
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """The simulator's sample scan (what File > Open Sample shows) and its flood stack on disk."""
+    from napari_sedclassify.simulate import sample_scan
+
+    sim = sample_scan()
+    folder = tmp_path_factory.mktemp("sample")
+    np.save(folder / "flood.npy", sim.flatfield)
+    return sim, folder / "flood.npy"
+
+
+@pytest.fixture
+def notifications():
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def keep(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
+
+
+class Ticker:
+    """A 20 ms QTimer on the UI thread; records when it ticks while a job runs."""
+
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        self.times = []
+        self.timer = QTimer()
+        self.timer.setInterval(20)
+        self.timer.timeout.connect(lambda: self.times.append(time.perf_counter()))
+
+    def run(self, qtbot, job, timeout_ms):
+        self.times = []
+        self.timer.start()
+        qtbot.waitUntil(lambda: job.done, timeout=timeout_ms)
+        self.timer.stop()
+        gaps = np.diff(self.times) if len(self.times) > 1 else np.array([np.inf])
+        return len(self.times), float(gaps.max())
+
+
+def wait(qtbot, job, timeout_ms=60000):
+    assert job is not None
+    qtbot.waitUntil(lambda: job.done, timeout=timeout_ms)
+    assert job.outcome == "done", job.error
+
+
+def click(viewer, world_position):
+    """A mouse click (press, release) at a world position, through napari's mouse callbacks."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    mouse_press_callbacks(viewer, read_only_mouse_event(type="mouse_press", position=world_position))
+    mouse_release_callbacks(viewer, read_only_mouse_event(type="mouse_release", position=world_position))
+
+
+def truth_polygons(truth):
+    """Polygons (scan coordinates) a user would draw on the sample: the outline of the ice-filled
+    hole, then each crystal, traced where the class changes."""
+    from skimage.measure import find_contours
+
+    out = []
+    for cid, mask in ((AMORPHOUS_ICE, np.isin(truth, (AMORPHOUS_ICE, CRYSTALLINE_ICE, MIXED)) & (truth != MIXED)),
+                      (CRYSTALLINE_ICE, truth == CRYSTALLINE_ICE)):
+        padded = np.pad(mask.astype(float), 1)
+        for contour in find_contours(padded, 0.5):
+            if len(contour) >= 4:
+                out.append((cid, contour - 1.0))
+    return out
+
+
+def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, sample, tmp_path, notifications):
+    sim, flood = sample
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-sedclassify", "holey_carbon_scan")
+    scan_layer = viewer.layers[SCAN]
+    np.testing.assert_allclose(scan_layer.scale, (30.0, 30.0))  # nm
+    _, wf = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Workflow (all steps)")
+    ticker = Ticker()
+
+    # 1 flat-field from a file: gain map and the simulated dead pixels
+    wf.flatfield._path.value = flood
+    wait(qtbot, wf.flatfield.run())
+    ff = scan_layer.metadata["sedclassify_flatfield"]
+    assert ff.shape == (256, 256) and ff.n_dead > 0
+    dead_in_flood = np.all(sim.flatfield == 0, axis=0)
+    assert ff.mask[dead_in_flood].all()
+    assert f"{ff.n_dead} dead" in wf.flatfield._summary.value
+
+    # 2 centring in the background while the UI thread keeps ticking
+    job = wf.centring.run()
+    ticks, gap = ticker.run(qtbot, job, 60000)
+    assert job.outcome == "done", job.error
+    assert ticks >= 3 and gap < 3.0, (ticks, gap)
+    result = scan_layer.metadata["sedclassify_preprocess"]
+    err = np.hypot(*np.moveaxis(result.centres - sim.centres, -1, 0))
+    assert np.sqrt(np.nanmean(err**2)) < 0.5  # px, against the simulator's true centres
+    cx = viewer.layers[f"{SCAN} centre x (px)"].data
+    np.testing.assert_allclose(cx, result.centres[..., 1])
+    assert np.isfinite(viewer.layers[f"{SCAN} descan residual (px)"].data).all()
+    wf.centring._centring.value = "fitted"  # switching re-runs the pass about the fitted centres
+    wait(qtbot, wf.centring._jobs.job)
+    result = scan_layer.metadata["sedclassify_preprocess"]
+    assert result.params.centring == "fitted"
+    np.testing.assert_allclose(result.centres_used, result.centres_fitted)
+
+    # diffraction view: the frame under the cursor, its centre, masked pixels, its RIA
+    view = wf.diffraction
+    view._on_move(viewer, type("E", (), {"position": scan_layer.data_to_world((5, 7))})())
+    qtbot.waitUntil(lambda: view.point is not None and view.point[1:] == (5, 7), timeout=5000)
+    assert "fitted descan" in view._info.value and "masked px" in view._info.value
+
+    # 3 RIA per labeled class (here the sample's truth): the ice ring stands out of carbon's profile
+    wf.ria._labels.value = viewer.layers["truth"]
+    assert wf.ria.plot() == 4
+    from napari_sedclassify._napari.widgets.ria import class_statistics
+
+    stats = class_statistics(result.ria, sim.truth, result.beam_found, log=True, smooth=1)
+    ring = int(np.argmin(abs(result.radii_px - sim.geometry.d_A_to_radius_px(3.7))))
+    assert stats[AMORPHOUS_ICE][0][ring] > stats[CARBON][0][ring]
+    points = wf.ria.points_layer()
+    points.add([[3, 3], [20, 4]])
+    assert wf.ria.plot() == 2 and wf.ria.picked_points() == [(3, 3), (20, 4)]
+
+    # 4 PCC: a click on an ice point -> its Pearson map; ice correlates better with ice
+    viewer.layers.selection.active = scan_layer
+    ice_point = tuple(int(v) for v in np.argwhere(sim.truth == AMORPHOUS_ICE)[0])
+    click(viewer, scan_layer.data_to_world(ice_point))
+    pcc = viewer.layers[f"{SCAN} PCC"]
+    assert pcc.metadata["pcc_point"] == ice_point
+    assert pcc.data[ice_point] == pytest.approx(1.0, abs=1e-5)
+    assert np.nanmean(pcc.data[sim.truth == AMORPHOUS_ICE]) > np.nanmean(pcc.data[sim.truth == CARBON])
+    assert view.point[1:] == ice_point  # the diffraction view follows the click too
+
+    # 5 labels: polygons drawn into the Shapes layer -> class map with a mixed border
+    lab = wf.labeling
+    lab._scan.value = scan_layer
+    for cid, polygon in truth_polygons(sim.truth):
+        lab._class.value = cid
+        lab.regions_layer().add_polygons([polygon])
+    lab._unit.value = "nm"
+    lab._beam.value, lab._border.value = 55.0, 25.0  # the simulator's beam; its >= 80 % rule
+    labels = lab.make_class_map()
+    assert set(np.unique(labels.data)) == {CARBON, AMORPHOUS_ICE, CRYSTALLINE_ICE, MIXED}
+    assert (labels.data == sim.truth).mean() > 0.85
+
+    # 6 training (FCNN in the worker thread), UI ticking, live curves, metrics
+    tr = wf.training
+    tr._data.value = [c for c in tr._data.choices if c.startswith(SCAN) and "labels" in c]
+    tr._model.value = "fcnn"
+    tr._epochs.value = 150
+    job = tr.run()
+    ticks, gap = ticker.run(qtbot, job, 90000)
+    assert job.outcome == "done", job.error
+    assert ticks >= 3 and gap < 3.0, (ticks, gap)
+    assert len(tr.history) >= 2 and np.isfinite(tr.history[-1]["val_loss"])
+    assert "weighted" in tr._metrics.value
+    tr._save_path.value = tmp_path / "fcnn_model"
+    saved = tr.save_model()
+    assert saved.name == "fcnn_model.sedmodel" and saved.exists()
+
+    # 7 prediction with the model just trained (handed over by the workflow)
+    pr = wf.prediction
+    assert str(pr._model_path.value) == tr.result["path"]
+    wait(qtbot, pr.run())
+    predicted = viewer.layers[f"{SCAN} predicted classes"]
+    confidence = viewer.layers[f"{SCAN} confidence"]
+    assert predicted.data.shape == sim.truth.shape
+    assert (predicted.data == sim.truth).mean() > 0.8
+    assert np.all((confidence.data > 0.25) & (confidence.data <= 1.0))
+    assert "amorphous ice: " in pr._summary.value
+    pr._export_path.value = tmp_path / "classes.tif"
+    from napari_sedclassify.labels import load_class_map
+
+    np.testing.assert_array_equal(load_class_map(pr.export_class_map()), predicted.data)
+    pr._keep.value = [AMORPHOUS_ICE]
+    pr._keep_path.value = tmp_path / "keep.csv"
+    with open(pr.export_keep_list()) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == int((predicted.data == AMORPHOUS_ICE).sum())
+    first = rows[0]
+    assert predicted.data[int(first["row"]), int(first["col"])] == AMORPHOUS_ICE
+    assert float(first["y_nm"]) == 30.0 * int(first["row"])
+    assert not [m for m in notifications if "error" in m.lower() or "could not" in m.lower()]
+
+
+def test_cnn_trains_and_predicts_in_a_child_while_the_canvas_draws(make_napari_viewer, qtbot, sample, tmp_path):
+    """No TensorFlow in this process, however the CNN is used from the widgets, while napari draws
+    (software OpenGL under Xvfb: TensorFlow here would segfault in glClear)."""
+    from qtpy.QtCore import QTimer
+
+    from napari_sedclassify._napari.layers import scan_layer_data
+    from napari_sedclassify._napari.widgets.labeling import labels_layer_name
+    from napari_sedclassify.processing.virtual import virtual_image
+
+    sim, _ = sample
+    viewer = make_napari_viewer(show=True)
+    data, kwargs, _ = scan_layer_data(sim.scan, np.asarray(virtual_image(sim.scan).compute()), name="sample")
+    scan_layer = viewer.add_image(data, **kwargs)
+    labels = viewer.add_labels(sim.truth, name=labels_layer_name(scan_layer), scale=scan_layer.scale)
+    _, tr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Training")
+    _, pr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Prediction")
+    draws = []
+    canvas = viewer.window._qt_viewer.canvas
+    canvas._scene_canvas.events.draw.connect(lambda e: draws.append(1))
+    redraw = QTimer()
+    redraw.setInterval(50)
+    redraw.timeout.connect(lambda: setattr(viewer.camera, "zoom", viewer.camera.zoom * 1.0001))
+    redraw.start()
+
+    tr._data.value = [c for c in tr._data.choices if labels.name in c]
+    tr._model.value = "cnn"
+    tr._epochs.value, tr._patience.value, tr._crop.value, tr._augment.value = 8, 8, 32, 0
+    before = len(draws)
+    job = tr.run()
+    wait(qtbot, job, 240000)
+    assert len(draws) - before >= 5  # the canvas kept drawing during the CNN training
+    assert tr.result["kind"] == "cnn" and len(tr.history) >= 1
+    assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+
+    pr._model_path.value = tr.result["path"]
+    before = len(draws)
+    wait(qtbot, pr.run(), 240000)
+    redraw.stop()
+    assert len(draws) - before >= 3
+    predicted = viewer.layers["sample predicted classes"].data
+    ice = np.isin(sim.truth, (AMORPHOUS_ICE, CRYSTALLINE_ICE))
+    carbon = sim.truth == CARBON
+    # carbon and ice apart on most of the (unmixed) points
+    assert (np.isin(predicted[ice], (AMORPHOUS_ICE, CRYSTALLINE_ICE)).sum() + (predicted[carbon] == CARBON).sum()) \
+        > 0.8 * (ice.sum() + carbon.sum())
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot[..., :3].max() > 0  # the canvas really renders
+    assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+
+
+def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, tmp_path, notifications):
+    from napari_sedclassify._napari.layers import scan_layer_data
+    from napari_sedclassify.processing.virtual import virtual_image
+
+    sim, _ = sample
+    viewer = make_napari_viewer()
+    data, kwargs, _ = scan_layer_data(sim.scan, np.asarray(virtual_image(sim.scan).compute()), name="sample")
+    viewer.add_image(data, **kwargs)
+    _, ff = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Flat-field")
+    _, pr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Prediction")
+    _, ce = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Centring")
+
+    # a flat-field of another detector
+    np.save(tmp_path / "small_flood.npy", np.ones((3, 64, 64), np.uint16))
+    ff._path.value = tmp_path / "small_flood.npy"
+    job = ff.run()
+    qtbot.waitUntil(lambda: job.done, timeout=30000)
+    assert job.outcome == "failed"
+    assert any("small_flood.npy" in m and "64x64" in m and "256x256" in m for m in notifications)
+    assert ff.run(use_beside=True) is None  # the in-memory sample has no flat-field file
+    assert any("without a flat-field" in m for m in notifications)
+
+    # a file that is no model, and no model at all
+    (tmp_path / "junk.sedmodel").write_bytes(b"not a zip")
+    pr._model_path.value = tmp_path / "junk.sedmodel"
+    assert pr.run() is None
+    assert any("junk.sedmodel" in m and "not a napari-sedclassify model file" in m for m in notifications)
+    assert pr.export_keep_list() is None
+    assert any("classify a scan before" in m for m in notifications)
+
+    # centring without a flat-field warns, and still works
+    job = ce.run()
+    qtbot.waitUntil(lambda: job.done, timeout=60000)
+    assert job.outcome == "done"
+    assert any("No flat-field loaded for sample" in m for m in notifications)

@@ -1,0 +1,92 @@
+"""The napari reader in a real viewer: lazy open, one scan-space layer, the integrated image
+computed in a thread worker, errors as notifications."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_sedclassify._napari.layers import SCAN_KEY
+from napari_sedclassify._napari.reader import INTEGRATING, get_reader
+
+PLUGIN = "napari-sedclassify"
+
+
+def _mib_frame_sums(path, header_bytes, shape, dtype, scan_shape):
+    """Total counts per frame straight from the file with numpy (no reader code)."""
+    frames = np.memmap(path, dtype=[("h", f"V{header_bytes}"), ("px", dtype, shape)], mode="r")["px"]
+    return frames.reshape(len(frames), -1).sum(axis=1, dtype=np.int64).reshape(scan_shape)
+
+
+def test_get_reader_accepts_scans_and_refuses_the_rest(realdata, tmp_path):
+    import tifffile
+
+    assert callable(get_reader(str(realdata / "merlin" / "001_4x2_6bit.mib")))
+    assert callable(get_reader(str(realdata / "merlin" / "001_4x2_6bit.hdr")))
+    assert callable(get_reader(str(realdata / "blockfile" / "test2.blo")))
+    assert callable(get_reader([str(realdata / "emd" / "Si100_4D.emd")]))
+    tifffile.imwrite(tmp_path / "photo.tif", np.zeros((32, 32), np.uint8))  # a 2D image: napari's own reader
+    (tmp_path / "notes.txt").write_text("hello")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    import h5py
+
+    with h5py.File(tmp_path / "model.h5", "w") as f:
+        f["weights"] = np.zeros((3, 3))
+    for path in (tmp_path / "photo.tif", tmp_path / "notes.txt", folder, tmp_path / "model.h5"):
+        assert get_reader(str(path)) is None, path
+    two = [str(realdata / "blockfile" / "test2.blo")] * 2
+    assert get_reader(two) is None
+
+
+def test_open_mib_in_viewer_fills_the_integrated_image_in_the_background(make_napari_viewer, qtbot, realdata):
+    path = realdata / "merlin" / "001_4x2_6bit.mib"
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert len(layers) == 1 and len(viewer.layers) == 1
+    layer = layers[0]
+    scan = layer.metadata[SCAN_KEY]
+    assert scan.scan_shape == (2, 4) and layer.data.shape == (2, 4)
+    # Right after opening, the layer holds the placeholder: the image is computed off the UI
+    # thread and only delivered through the event loop, which has not run yet.
+    assert layer.metadata[INTEGRATING] is True
+    assert not np.any(layer.data)
+    qtbot.waitUntil(lambda: INTEGRATING not in layer.metadata, timeout=30000)
+    expected = _mib_frame_sums(path, 384, (256, 256), "u1", (2, 4))
+    np.testing.assert_array_equal(layer.data, expected)
+    assert layer.contrast_limits == [float(expected.min()), float(expected.max())]
+
+
+def test_missing_positions_are_nan_in_the_image(make_napari_viewer, qtbot, tmp_path):
+    rng = np.random.default_rng(5)
+    frames = rng.poisson(3.0, size=(30, 16, 16)).astype(np.uint16)
+    np.save(tmp_path / "stack.npy", frames)
+    (tmp_path / "stack.json").write_text(json.dumps({"scan_shape": [5, 7], "geometry": {"scan_step_nm": 30.0}}))
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "stack.npy"), plugin=PLUGIN)
+    qtbot.waitUntil(lambda: INTEGRATING not in layer.metadata, timeout=30000)
+    image = np.asarray(layer.data).ravel()
+    np.testing.assert_array_equal(image[:30], frames.reshape(30, -1).sum(axis=1))
+    assert np.isnan(image[30:]).all()
+    np.testing.assert_allclose(layer.scale, (30.0, 30.0))
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [("cut.mib", "cut", "truncated last frame"), ("dtype.mib", "dtype", "unknown pixel dtype")],
+)
+def test_errors_are_notifications_naming_file_and_problem(make_napari_viewer, realdata, tmp_path, name, content, problem):
+    from napari.utils.notifications import notification_manager
+
+    data = (realdata / "merlin" / "Single_9_Frame_CounterDepth_12_Rows_256.mib").read_bytes()
+    broken = data[:-100] if content == "cut" else data.replace(b",U16,", b",X16,")
+    path = tmp_path / name
+    path.write_bytes(broken)
+    viewer = make_napari_viewer()
+    before = len(notification_manager.records)
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert layers == [] and len(viewer.layers) == 0
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any(str(path) in m and problem in m for m in messages), messages
