@@ -112,8 +112,9 @@ def bench_api(npy: Path, mib: Path):
     return rows, scan
 
 
-def bench_viewer(paths, scan_shape):
-    """viewer.open through the plugin against viewer.add_image of the same placeholder image."""
+def bench_viewer(path, scan_shape):
+    """viewer.open through the plugin against viewer.add_image of the same placeholder image,
+    in a fresh viewer; then the wait for the integrated image (peak extra anonymous memory)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -124,20 +125,20 @@ def bench_viewer(paths, scan_shape):
     viewer.layers.clear()
     _, *baseline = timed(lambda: viewer.add_image(np.zeros(scan_shape, np.float32), contrast_limits=(0, 1)))
     viewer.layers.clear()
-    rows = [("napari: viewer.add_image(zeros of the scan shape)  [baseline]", *baseline, None, None)]
-    for path in paths:
-        evict(path)
-        layers, t, r, a = timed(lambda: viewer.open(str(path), plugin="napari-sedclassify"))
-        layer = layers[0]
-        t0 = time.perf_counter()
-        while INTEGRATING in layer.metadata:
-            QApplication.processEvents()
-            time.sleep(0.01)
-        t_image = time.perf_counter() - t0 + t
-        rows.append((f"{path.suffix[1:]}: viewer.open (layer added, image pending)", t, r, a, t / baseline[0], t_image))
-        viewer.layers.clear()
+    evict(path)
+    layers, t, r, a = timed(lambda: viewer.open(str(path), plugin="napari-sedclassify"))
+    layer = layers[0]
+    t0, anon0, peak = time.perf_counter(), rss_mb()[1] - a, 0.0
+    while INTEGRATING in layer.metadata:
+        QApplication.processEvents()
+        peak = max(peak, rss_mb()[1] - anon0)
+        time.sleep(0.05)
+    t_image = time.perf_counter() - t0 + t
     viewer.close()
-    return rows
+    return [
+        ("napari: viewer.add_image(zeros of the scan shape)  [baseline]", *baseline, None, None),
+        (f"{path.suffix[1:]}: viewer.open (layer added, image pending)", t, r, a, t / baseline[0], (t_image, peak)),
+    ]
 
 
 def _row(what, t, r, a, ratio, extra=""):
@@ -174,8 +175,10 @@ def main(argv=None):
             t_sum = time.perf_counter() - t0
             del base
             print(f"{'numpy: sum of every frame of the .npy memmap':<64} {t_sum:9.4f}")
-            for *row, t_image in bench_viewer([npy, mib], scan.scan_shape):
-                extra = f"   image in {t_image:.1f} s = {t_image / t_sum:.1f}x numpy sum" if t_image else ""
+            for *row, image in bench_viewer(npy, scan.scan_shape) + bench_viewer(mib, scan.scan_shape):
+                extra = ""
+                if image:
+                    extra = f"   image in {image[0]:.1f} s = {image[0] / t_sum:.1f}x numpy sum, peak +anon {image[1]:.0f} MB"
                 _row(*row, extra)
     finally:
         for p in folder.iterdir():

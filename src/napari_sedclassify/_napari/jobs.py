@@ -9,6 +9,7 @@ bounded rate however often the engine reports.
 from __future__ import annotations
 
 import threading
+import traceback
 
 from magicgui.widgets import Container, Label, PushButton
 
@@ -28,6 +29,7 @@ class BackgroundJob:
         self.cancel_event = threading.Event()
         self.worker = None
         self.error = None
+        self.traceback = None  # of the error, when the work raised
         self.done = False  # True once finished, whatever the outcome
         self.outcome = None  # "done", "cancelled" or "failed"
         self._work = work
@@ -43,7 +45,13 @@ class BackgroundJob:
 
     # worker thread -------------------------------------------------------------------
     def _run(self):
-        return self._work(self._report, self.cancel_event.is_set)
+        # Errors come back as a value: shown once, by us, as a clear notification (napari's
+        # worker would otherwise also relay the raw traceback and re-raise it in the event loop).
+        try:
+            return True, self._work(self._report, self.cancel_event.is_set)
+        except Exception as exc:
+            self.traceback = traceback.format_exc()
+            return False, exc
 
     def _report(self, done, total=None, info=None):
         with self._lock:
@@ -57,7 +65,6 @@ class BackgroundJob:
         self._bar = progress(total=0, desc=self.description)
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.returned.connect(self._returned)
-        self.worker.errored.connect(self._errored)
         self.worker.finished.connect(self._finished)
         self._timer.start()
         self.worker.start()
@@ -80,10 +87,14 @@ class BackgroundJob:
         if self._on_progress is not None:
             self._on_progress(items)
 
-    def _returned(self, result):
+    def _returned(self, returned):
         from napari.utils.notifications import show_error, show_info
 
+        ok, result = returned
         self._poll()
+        if not ok:
+            self._failed(result)
+            return
         if self.cancel_event.is_set():
             self.outcome = "cancelled"
             show_info(f"{self.description}: cancelled")
@@ -97,7 +108,7 @@ class BackgroundJob:
             self.error, self.outcome = exc, "failed"
             show_error(f"{self.description}: {exc}")
 
-    def _errored(self, exc):
+    def _failed(self, exc):
         from napari.utils.notifications import show_error, show_info
 
         self.error = exc

@@ -41,10 +41,10 @@ def predict_features(model_path, scan_features, *, progress=None, cancel=None) -
     return {"class_map": pred.class_map, "probabilities": pred.probabilities, "class_ids": list(pred.class_ids)}
 
 
-def run(kind: str, func, *args, progress=None, cancel=None, **kwargs):
+def run(model_kind: str, func, /, *args, progress=None, cancel=None, **kwargs):
     """``func(*args, progress=, cancel=, **kwargs)``: in a spawned child for TensorFlow model
     kinds, else right here (the caller's worker thread)."""
-    if kind in TF_KINDS:
+    if model_kind in TF_KINDS:
         from ..models.tf_process import run_in_process
 
         return run_in_process(func, *args, progress=progress, cancel=cancel, **kwargs)

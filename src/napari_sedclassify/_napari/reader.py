@@ -1,10 +1,11 @@
 """napari reader contribution: opens a scan lazily and shows its integrated image.
 
 Opening never reads the scan: the reader returns one image layer in scan space holding a
-placeholder (zeros) and carrying the lazy Scan, and starts a thread worker that computes the
-total-intensity image chunk by chunk with a progress bar. When it is done, the layer (found in
-the current viewer by the identity of its Scan) gets the image and its contrast limits, and
-loses the ``INTEGRATING`` mark in its metadata. Errors become napari notifications.
+placeholder (zeros) and carrying the lazy Scan. Once napari has added the layer (the next turn
+of the Qt event loop), a thread worker computes the total-intensity image chunk by chunk with
+a progress bar; when it is done, the layer (found in the current viewer by the identity of its
+Scan) gets the image and its contrast limits, and loses the ``INTEGRATING`` mark in its
+metadata. Errors become napari notifications.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from .layers import SCAN_KEY, scan_layer_data
 
 #: layer.metadata key, True while the integrated image is still being computed.
 INTEGRATING = "sedclassify_integrating"
-#: How long the finished image waits for its layer to appear in the viewer (s).
-_WAIT_FOR_LAYER_S = 10.0
 _workers: set = set()
 
 
@@ -37,6 +36,7 @@ def get_reader(path):
 def read_scan(path):
     """Open ``path`` lazily: one image layer (placeholder) carrying the Scan; the image follows."""
     from napari.utils.notifications import show_error
+    from qtpy.QtCore import QTimer
 
     from ..io import open_scan
 
@@ -51,7 +51,8 @@ def read_scan(path):
     data, kwargs, kind = scan_layer_data(scan, np.zeros(scan.scan_shape, dtype=np.float32))
     kwargs["metadata"][INTEGRATING] = True
     kwargs["contrast_limits"] = (0.0, 1.0)
-    integrate_in_background(scan, kwargs["name"])
+    # starts when control is back in the event loop: after napari has added the layer
+    QTimer.singleShot(0, partial(integrate_in_background, scan, kwargs["name"]))
     return [(data, kwargs, kind)]
 
 
@@ -77,7 +78,7 @@ def integrate_in_background(scan, name: str):
         out = np.full(image.shape, np.nan)
         for start in range(0, len(blocks), per_batch):
             batch = blocks[start : start + per_batch]
-            for (i, j), part in zip(batch, dask.compute(*[image.blocks[b] for b in batch])):
+            for (i, j), part in zip(batch, dask.compute(*[image.blocks[b] for b in batch], scheduler="threads")):
                 out[edges[0][i] : edges[0][i + 1], edges[1][j] : edges[1][j + 1]] = part
                 yield
         return out
@@ -91,18 +92,21 @@ def integrate_in_background(scan, name: str):
     return worker
 
 
-def _fill_layer(scan, image, waited_s: float = 0.0):
-    """Put ``image`` into the layer carrying ``scan`` (retrying while it is not yet added)."""
+def _fill_layer(scan, image, tries: int = 20):
+    """Put ``image`` into the layer carrying ``scan``.
+
+    The layer is normally in the viewer by now (the worker starts after napari adds it); if
+    it is not yet, look again a few times (every 100 ms); a layer removed meanwhile gets nothing.
+    """
     import napari
     from qtpy.QtCore import QTimer
 
     viewer = napari.current_viewer()
-    layer = None
-    if viewer is not None:
-        layer = next((ly for ly in viewer.layers if ly.metadata.get(SCAN_KEY) is scan), None)
+    layers = viewer.layers if viewer is not None else []
+    layer = next((ly for ly in layers if ly.metadata.get(SCAN_KEY) is scan), None)
     if layer is None:
-        if viewer is not None and waited_s < _WAIT_FOR_LAYER_S:
-            QTimer.singleShot(100, partial(_fill_layer, scan, image, waited_s + 0.1))
+        if viewer is not None and tries > 0:
+            QTimer.singleShot(100, partial(_fill_layer, scan, image, tries - 1))
         return
     layer.data = image
     finite = image[np.isfinite(image)]

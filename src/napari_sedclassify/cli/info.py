@@ -70,21 +70,20 @@ def run(args):
         return 0
     g = info["geometry"]
     lines = [
-        f"file            {info['file']}",
-        f"format          {info['format']}",
-        f"scan            {info['scan_shape'][0]} x {info['scan_shape'][1]} positions "
-        f"({scan.metadata.get('scan_shape_from', 'file')})",
-        f"detector        {info['detector_shape'][0]} x {info['detector_shape'][1]} px",
-        f"dtype           {info['dtype']} (on disk {info['dtype_on_disk']})",
-        f"size            {info['size_gb']} GB as {info['n_chunks']} chunks of {info['chunks']} "
-        f"({info['chunk_mb']} MB)",
-        f"missing frames  {info['missing_frames']}",
-        f"geometry        pixel {g['pixel_size_um']} µm, camera length {g['camera_length_mm']} mm, "
-        f"{g['voltage_kv']} kV, scan step {g['scan_step_nm']} nm",
+        ("file", info["file"]),
+        ("format", info["format"]),
+        ("scan", f"{info['scan_shape'][0]} x {info['scan_shape'][1]} positions "
+                 f"({scan.metadata.get('scan_shape_from', 'file')})"),
+        ("detector", f"{info['detector_shape'][0]} x {info['detector_shape'][1]} px"),
+        ("dtype", f"{info['dtype']} (on disk {info['dtype_on_disk']})"),
+        ("size", f"{info['size_gb']} GB as {info['n_chunks']} chunks of {info['chunks']} ({info['chunk_mb']} MB)"),
+        ("missing frames", info["missing_frames"]),
+        ("geometry", f"pixel {g['pixel_size_um']} µm, camera length {g['camera_length_mm']} mm, "
+                     f"{g['voltage_kv']} kV, scan step {g['scan_step_nm']} nm"),
     ]
     skip = {"scan_shape_from", "hdr", "blockfile_header", "attributes"}
-    for key, value in info["metadata"].items():
-        if key not in skip:
-            lines.append(f"{key:<15} {value}")
+    lines += [(key, value) for key, value in info["metadata"].items() if key not in skip]
+    width = max(len(key) for key, _ in lines) + 2
+    lines = [f"{key:<{width}}{value}" for key, value in lines]
     print("\n".join(lines))
     return 0

@@ -1,6 +1,7 @@
 """Readers for 4D scans. ``open_scan(path)`` picks the format from the path and returns a lazy Scan.
 
-One module per format (mib, blockfile, hdf5, mat, npy, zarr_store, tiff); each defines
+One module per format (mib, blockfile, hdf5, mat, npy, zarr_store, tiff, and reduced for the
+files ``sedclassify reduce`` writes); each defines
 ``probe(path) -> bool`` (cheap: does this look like a scan?) and ``read(path, scan_shape, *,
 dataset, missing_at, chunk_frames) -> Scan``. No napari or Qt here.
 """
@@ -128,20 +129,23 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
 
 
 def _check_readable(scan):
-    """Read one recorded frame now, so an undecodable or NaN-only file fails at open, not later."""
+    """Read a recorded frame now, so an undecodable or NaN-only file fails at open, not later.
+
+    Float data whose first frame has no finite value are checked further (middle, last frame).
+    """
     import numpy as np
+    from dask.local import get_sync
 
     recorded = np.flatnonzero(~scan.missing.ravel())
     if recorded.size == 0:
         raise ScanFormatError(f"{scan.source}: no recorded frame in the scan")
     sx = scan.scan_shape[1]
     picks = sorted({int(recorded[0]), int(recorded[recorded.size // 2]), int(recorded[-1])})
-    for k, flat in enumerate(picks):
-        frame = np.asarray(scan.data[flat // sx, flat % sx].compute())
+    for flat in picks:
+        # the synchronous scheduler as a function: no thread pool, no import of dask.distributed
+        frame = np.asarray(scan.data[flat // sx, flat % sx].compute(scheduler=get_sync))
         if frame.dtype.kind != "f" or np.isfinite(frame).any():
             return
-        if k == 0 and len(picks) == 1:
-            break
     raise ScanFormatError(
         f"{scan.source}: NaN-only data: frames {picks} (first, middle, last recorded) hold no finite value"
     )

@@ -61,26 +61,21 @@ class FrameSource:
 
 
 class StackFrames(FrameSource):
-    """Frames of a 3D array-like (N, det_y, det_x) that ``opener()`` returns (a memmap, a zarr or
-    HDF5 dataset, an array in memory); ``transform`` maps a read block to display orientation."""
+    """Frames of a 3D array-like (N, det_y, det_x) that ``opener()`` returns: a memmap, a zarr or
+    HDF5 dataset, an adapter that transposes MATLAB frames, an array in memory."""
 
-    def __init__(self, opener, shape, dtype, path, transform=None):
+    def __init__(self, opener, shape, dtype, path):
         self.opener = opener
-        self.transform = transform
         self.path = str(path)
         self.n_frames = int(shape[0])
-        frame = np.empty((0,) + tuple(shape[1:]), dtype=dtype)
-        self.frame_shape = tuple(int(s) for s in (transform(frame) if transform else frame).shape[1:])
+        self.frame_shape = tuple(int(s) for s in shape[1:])
         self.dtype = native(dtype)
 
     def _open(self):
         return self.opener()
 
     def _read(self, array, start, stop):
-        block = np.asarray(array[start:stop])
-        if self.transform is not None:
-            block = self.transform(block)
-        return to_native(block)
+        return to_native(np.asarray(array[start:stop]))
 
 
 def native(dtype) -> np.dtype:

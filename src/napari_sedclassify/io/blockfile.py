@@ -91,6 +91,15 @@ def _frame_index(path, offset: int) -> int | None:
     return int.from_bytes(prefix[2:], "little")
 
 
+def _serial_date(days: float) -> str | None:
+    """ISO time of a serial date (days since 1899-12-30, as Delphi and Excel count)."""
+    from datetime import datetime, timedelta
+
+    if not 0 < days < 2e5:
+        return None
+    return (datetime(1899, 12, 30) + timedelta(days=days)).isoformat(timespec="seconds")
+
+
 def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     """Open a blockfile lazily as a Scan (scan shape from its header)."""
     path = Path(path)
@@ -131,7 +140,7 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
         "dtype_on_disk": "|u1",
         "n_frames_in_file": n,
         "scan_shape_from": "header (NX, NY)" if scan_shape is None else how,
-        "acquisition_time_serial_days": h["Acquisition_time"],
+        "timestamp_first": _serial_date(h["Acquisition_time"]),
         "calibration": "from the header: scan step SX (nm), beam energy (V), camera length (0.1 mm), "
         "pattern scale SDP (px per cm on the camera)",
         "blockfile_header": h,

@@ -77,9 +77,16 @@ def choose_dataset(path, found, dataset, kind: str = "dataset") -> str:
 
 
 def _is_emd(f) -> bool:
-    return "emd_group_type" in f.attrs or "version_major" in f.attrs or any(
-        "emd_group_type" in f[k].attrs for k in f.keys() if hasattr(f[k], "attrs")
-    )
+    """An EMD file: emdfile marks its root, EMD 0.x (Prismatic, old py4DSTEM) its top groups."""
+    if "emd_group_type" in f.attrs or "version_major" in f.attrs:
+        return True
+    for key in f.keys():
+        try:
+            if "emd_group_type" in f[key].attrs:
+                return True
+        except (KeyError, OSError):  # a dangling external link
+            continue
+    return False
 
 
 def _emd_datacubes(f, found):
@@ -234,13 +241,13 @@ def _emd_calibration(f, name):
     return out
 
 
-def geometry_from_q(detector_shape, q_per_px_invA=None, voltage_kv=None, scan_step_nm=None, **known):
+def geometry_from_q(detector_shape, q_per_px_invA=None, voltage_kv=None, scan_step_nm=None):
     """Geometry whose px -> 1/Å conversion reproduces a file's reciprocal calibration.
 
     A file that gives q per px (1/Å) but no camera length: with the 55 µm pixel and the voltage
     (the file's, else the default), the camera length L = p / (λ q) gives the same q per px.
     """
-    geometry = Geometry(detector_shape=detector_shape, scan_step_nm=scan_step_nm, **known)
+    geometry = Geometry(detector_shape=detector_shape, scan_step_nm=scan_step_nm)
     if voltage_kv:
         geometry = geometry.replace(voltage_kv=voltage_kv)
     if q_per_px_invA:

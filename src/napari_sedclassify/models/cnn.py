@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from . import Cancelled
-from ._common import check_cancel, class_weights
+from ._common import check_cancel, class_weights, stratified_subsample
 
 
 def import_keras():
@@ -51,10 +51,10 @@ def build_cnn(input_shape, n_classes: int, filters=(16, 32, 64), dropout=0.25, d
     return model
 
 
-def _callback(progress, cancel, max_epochs):
+def _cancel_callback(cancel):
     keras = import_keras()
 
-    class ProgressAndCancel(keras.callbacks.Callback):
+    class CancelWithinEpoch(keras.callbacks.Callback):
         cancelled = False
 
         def on_train_batch_end(self, batch, logs=None):
@@ -62,12 +62,7 @@ def _callback(progress, cancel, max_epochs):
                 self.cancelled = True
                 self.model.stop_training = True
 
-        def on_epoch_end(self, epoch, logs=None):
-            if progress is not None:
-                progress(epoch + 1, {**{k: float(v) for k, v in (logs or {}).items()},
-                                     "max_epochs": int(max_epochs)})
-
-    return ProgressAndCancel()
+    return CancelWithinEpoch()
 
 
 class CNNClassifier(ClassifierMixin, BaseEstimator):
@@ -76,11 +71,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     filters: channels of the three conv pairs (six conv layers). dropout: after every pooling
     and the dense layer. dense_units: width of the dense layer. learning_rate: Adam step.
     batch_size, max_epochs, patience: training loop; early stopping on val_loss (loss when no
-    validation data). class_weight: "balanced" (default), a {class: weight} dict or None.
+    validation data), best weights kept. samples_per_epoch: crops drawn per epoch (None = all).
+    class_weight: "balanced" (default), a {class: weight} dict or None.
     """
 
-    def __init__(self, filters=(16, 32, 64), dropout=0.25, dense_units=32, learning_rate=1e-3,
-                 batch_size=128, max_epochs=40, patience=5, class_weight="balanced", random_state=0):
+    def __init__(self, filters=(8, 16, 32), dropout=0.25, dense_units=32, learning_rate=1e-3,
+                 batch_size=128, max_epochs=30, patience=4, samples_per_epoch=8000, class_weight="balanced",
+                 random_state=0):
         self.filters = filters
         self.dropout = dropout
         self.dense_units = dense_units
@@ -88,6 +85,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.patience = patience
+        self.samples_per_epoch = samples_per_epoch
         self.class_weight = class_weight
         self.random_state = random_state
 
@@ -99,13 +97,16 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, *, validation_data=None, progress=None, cancel=None):
         """Train on crops X (n, h, w), labels y (n,). validation_data: (X_val, y_val).
 
-        progress(epoch, logs) after every epoch (loss, accuracy, val_loss, val_accuracy,
-        max_epochs); cancel() returning True stops within a batch with
+        Every epoch sees a fresh stratified draw of ``samples_per_epoch`` training crops (all of
+        them when None), so an epoch costs the same whatever the data set size while every crop
+        is used over the epochs. progress(epoch, logs) after every epoch (loss, accuracy,
+        val_loss, val_accuracy, max_epochs); cancel() returning True stops within a batch with
         :class:`~napari_sedclassify.models.Cancelled`.
         """
         keras = import_keras()
         check_cancel(cancel)
         keras.utils.set_random_seed(int(self.random_state))
+        rng = np.random.default_rng(self.random_state)
         X = self._images(X)
         y = np.asarray(y)
         self.classes_ = np.unique(y)
@@ -118,19 +119,36 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         val = None
         if validation_data is not None:
             val = (self._images(validation_data[0]), np.searchsorted(self.classes_, np.asarray(validation_data[1])))
-        monitor = "val_loss" if val is not None else "loss"
-        stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=int(self.patience),
-                                                restore_best_weights=True)
-        reporter = _callback(progress, cancel, self.max_epochs)
-        hist = model.fit(X, yi, validation_data=val, epochs=int(self.max_epochs), batch_size=int(self.batch_size),
-                         class_weight={i: cw[c] for i, c in enumerate(self.classes_.tolist())},
-                         callbacks=[stopper, reporter], verbose=0, shuffle=True)
-        if reporter.cancelled:
-            raise Cancelled("training cancelled")
+        stopper = _cancel_callback(cancel)
+        weights = {i: cw[c] for i, c in enumerate(self.classes_.tolist())}
+        best, best_weights, waited = np.inf, None, 0
+        self.history_ = []
+        for epoch in range(1, int(self.max_epochs) + 1):
+            idx = (np.arange(len(y)) if self.samples_per_epoch is None
+                   else stratified_subsample(y, int(self.samples_per_epoch), rng))
+            h = model.fit(X[idx], yi[idx], epochs=1, batch_size=int(self.batch_size), class_weight=weights,
+                          callbacks=[stopper], verbose=0, shuffle=True)
+            if stopper.cancelled:
+                raise Cancelled("training cancelled")
+            logs = {k: float(v[-1]) for k, v in h.history.items()}
+            monitor = logs["loss"]
+            if val is not None:
+                val_loss, val_acc = model.evaluate(val[0], val[1], batch_size=512, verbose=0)
+                logs.update(val_loss=float(val_loss), val_accuracy=float(val_acc))
+                monitor = logs["val_loss"]
+            self.history_.append(logs)
+            if progress is not None:
+                progress(epoch, {**logs, "max_epochs": int(self.max_epochs)})
+            if monitor < best - 1e-4:
+                best, best_weights, waited = monitor, model.get_weights(), 0
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        if best_weights is not None:
+            model.set_weights(best_weights)
         self.model_ = model
-        n = len(hist.history.get("loss", []))
-        self.history_ = [{k: float(v[i]) for k, v in hist.history.items()} for i in range(n)]
-        self.n_epochs_ = n
+        self.n_epochs_ = len(self.history_)
         return self
 
     def predict_proba(self, X, batch_size: int = 512):

@@ -65,7 +65,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, memory
     n = int(workers or os.cpu_count() or 1)
     if n < 1:
         raise ValueError(f"--workers must be >= 0, got {workers}")
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                            memory_limit=memory_limit, silence_logs=logging.ERROR)
     try:
         with Client(cluster) as client:

@@ -34,7 +34,7 @@ def correct_frames(raw, corr, dark, use_dark, saturation, out):
             for x in range(kx):
                 v = out[i, y, x]
                 r = np.float32(raw[i, y, x])
-                if r >= sat and corr[y, x] == corr[y, x]:
+                if r >= sat and np.isfinite(r) and corr[y, x] == corr[y, x]:
                     out[i, y, x] = r
                 elif not np.isfinite(v):
                     out[i, y, x] = _NAN32
@@ -187,16 +187,19 @@ def _kasa(pts, use, npts, res):
 
 
 @njit(nogil=True, cache=True)
-def _circle(frame, cy0, cx0, half, level, py, px, wy, wx, res):
+def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, res):
     """Circle through the points where the beam's edge crosses ``level`` along rows and columns
-    (linear interpolation between neighbouring ordinary pixels, physical px), fitted with one
-    round of outlier rejection. Wide and masked pixels take no part. Writes (cy, cx, R)."""
+    (linear interpolation between neighbouring ordinary pixels, physical px; only crossings that
+    fall outwards from the index-px estimate (cy0, cx0)), starting from those within 30 % of the
+    expected radius r0 and refitted without the points off the circle. Wide and masked pixels take no part. Writes (cy, cx, R) physical px."""
     ky, kx = frame.shape
     y0 = max(0, int(round(cy0)) - half)
     y1 = min(ky, int(round(cy0)) + half + 1)
     x0 = max(0, int(round(cx0)) - half)
     x1 = min(kx, int(round(cx0)) + half + 1)
     pts = np.empty((4 * (y1 - y0 + x1 - x0) + 8, 2))
+    cyp = np.interp(cy0, np.arange(ky + 1) - 0.5, ey)
+    cxp = np.interp(cx0, np.arange(kx + 1) - 0.5, ex)
     n = 0
     for y in range(y0, y1):
         if wy[y] != 1.0:
@@ -206,7 +209,8 @@ def _circle(frame, cy0, cx0, half, level, py, px, wy, wx, res):
             b = frame[y, x + 1]
             if wx[x] != 1.0 or wx[x + 1] != 1.0 or not (a == a and b == b):
                 continue
-            if (a - level) * (b - level) < 0 and n < pts.shape[0]:
+            # an edge falls outwards: the pixel nearer the centre is the brighter one
+            if (a - level) * (b - level) < 0 and (a > b) == (px[x] + px[x + 1] > 2 * cxp) and n < pts.shape[0]:
                 pts[n, 0] = py[y]
                 pts[n, 1] = px[x] + (level - a) / (b - a) * (px[x + 1] - px[x])
                 n += 1
@@ -218,26 +222,108 @@ def _circle(frame, cy0, cx0, half, level, py, px, wy, wx, res):
             b = frame[y + 1, x]
             if wy[y] != 1.0 or wy[y + 1] != 1.0 or not (a == a and b == b):
                 continue
-            if (a - level) * (b - level) < 0 and n < pts.shape[0]:
+            if (a - level) * (b - level) < 0 and (a > b) == (py[y] + py[y + 1] > 2 * cyp) and n < pts.shape[0]:
                 pts[n, 0] = py[y] + (level - a) / (b - a) * (py[y + 1] - py[y])
                 pts[n, 1] = px[x]
                 n += 1
     if n < 6:
         return False
-    use = np.ones(n, np.bool_)
-    if not _kasa(pts, use, n, res):
-        return False
-    d = np.empty(n)
-    for k in range(n):
-        d[k] = abs(math.hypot(pts[k, 0] - res[0], pts[k, 1] - res[1]) - res[2])
-    tol = max(0.3, 4.0 * 1.4826 * np.median(d))
+    use = np.empty(n, np.bool_)  # start from the points near the expected radius
     kept = 0
     for k in range(n):
-        use[k] = d[k] <= tol
+        use[k] = abs(math.hypot(pts[k, 0] - cyp, pts[k, 1] - cxp) - r0) < max(1.0, 0.3 * r0)
         kept += use[k]
-    if kept < 6:
+    if kept < 6 or not _kasa(pts, use, n, res):
         return False
-    return _kasa(pts, use, n, res)
+    d = np.empty(n)
+    for _ in range(4):  # drop points off the circle (hot pixels, Bragg spots), refit
+        for k in range(n):
+            d[k] = abs(math.hypot(pts[k, 0] - res[0], pts[k, 1] - res[1]) - res[2])
+        tol = max(0.3, 4.0 * 1.4826 * np.median(d[use]))
+        kept = 0
+        changed = False
+        for k in range(n):
+            u = d[k] <= tol
+            changed |= u != use[k]
+            use[k] = u
+            kept += u
+        if kept < 6:
+            return False
+        if not _kasa(pts, use, n, res):
+            return False
+        if not changed:
+            break
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _spread(yv, xv, vv, n, cy, cx, bin_px, nb, s1, s2, c):
+    """Sum over radial bins (about (cy, cx)) of the squared deviations from each bin's mean."""
+    s1[:] = 0.0
+    s2[:] = 0.0
+    c[:] = 0.0
+    for k in range(n):
+        b = int(math.hypot(yv[k] - cy, xv[k] - cx) / bin_px)
+        if b < nb:
+            s1[b] += vv[k]
+            s2[b] += vv[k] * vv[k]
+            c[b] += 1.0
+    t = 0.0
+    for b in range(nb):
+        if c[b] > 0:
+            t += s2[b] - s1[b] * s1[b] / c[b]
+    return t
+
+
+@njit(nogil=True, cache=True)
+def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
+    """Centre (physical px) about which the ordinary, valid pixels of the window are most nearly
+    circularly symmetric (least spread within 0.5-px radial bins): a grid search of +-1.5 px, then
+    +-0.2 px. For beams on a quad's wide pixels, where too little edge is left for a circle fit."""
+    ky, kx = frame.shape
+    iy = int(round(np.interp(cy0, ey, np.arange(ky + 1) - 0.5)))
+    ix = int(round(np.interp(cx0, ex, np.arange(kx + 1) - 0.5)))
+    y0 = max(0, iy - half)
+    y1 = min(ky, iy + half + 1)
+    x0 = max(0, ix - half)
+    x1 = min(kx, ix + half + 1)
+    m = (y1 - y0) * (x1 - x0)
+    yv = np.empty(m)
+    xv = np.empty(m)
+    vv = np.empty(m)
+    n = 0
+    for y in range(y0, y1):
+        if wy[y] != 1.0:
+            continue
+        for x in range(x0, x1):
+            v = frame[y, x]
+            if wx[x] == 1.0 and v == v:
+                yv[n] = py[y]
+                xv[n] = px[x]
+                vv[n] = v
+                n += 1
+    if n < 12:
+        return False
+    nb = int(2 * half * 1.5 / 0.5) + 2
+    s1 = np.empty(nb)
+    s2 = np.empty(nb)
+    c = np.empty(nb)
+    by = cy0
+    bx = cx0
+    for step, reach in ((0.2, 7), (0.04, 5)):
+        best = np.inf
+        gy = by
+        gx = bx
+        for a in range(-reach, reach + 1):
+            for b in range(-reach, reach + 1):
+                t = _spread(yv, xv, vv, n, gy + a * step, gx + b * step, 0.5, nb, s1, s2, c)
+                if t < best:
+                    best = t
+                    by = gy + a * step
+                    bx = gx + b * step
+    res[0] = by
+    res[1] = bx
+    return True
 
 
 @njit(nogil=True, cache=True)
@@ -308,12 +394,25 @@ def find_centres(frames, b, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey
             continue
         r = math.sqrt(res[2] / math.pi)
         level = res[4] + 0.5 * (res[3] - res[4])
-        for _ in range(2):  # the edge's circle refines the centre of mass
-            if not _circle(frames[i], cy, cx, max(int(1.6 * r) + 3, 5), level, py, px, wy, wx, circ):
-                break
-            cy = np.interp(circ[0], ey, iy_edges)
-            cx = np.interp(circ[1], ex, ix_edges)
-            r = circ[2]
+        h = max(int(1.6 * r) + 3, 5)
+        wide = False
+        d = int(0.5 * r) + 1
+        for y in range(max(0, int(round(cy)) - d), min(ky, int(round(cy)) + d + 1)):
+            wide |= wy[y] != 1.0
+        for x in range(max(0, int(round(cx)) - d), min(kx, int(round(cx)) + d + 1)):
+            wide |= wx[x] != 1.0
+        if wide:  # wide pixels cut the beam's middle: symmetry of the ordinary pixels around them
+            if _symmetric(frames[i], np.interp(cy, iy_edges, ey), np.interp(cx, ix_edges, ex), h,
+                          py, px, wy, wx, ey, ex, circ):
+                cy = np.interp(circ[0], ey, iy_edges)
+                cx = np.interp(circ[1], ex, ix_edges)
+        else:
+            for _ in range(2):  # the edge's circle refines the centre of mass
+                if not _circle(frames[i], cy, cx, r, h, level, py, px, wy, wx, ey, ex, circ):
+                    break
+                cy = np.interp(circ[0], ey, iy_edges)
+                cx = np.interp(circ[1], ex, ix_edges)
+                r = circ[2]
         centres[i, 0] = cy
         centres[i, 1] = cx
         found[i] = True

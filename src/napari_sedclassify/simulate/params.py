@@ -62,8 +62,8 @@ class SessionParams:
     dose_e_per_A2: float = 2.0  # e-/Å² per scan point
     beam_diameter_nm: float = 55.0  # nm, parallel beam (50-60 nm in the paper)
     beam_edge_nm: float = 2.0  # nm, soft edge (Gaussian sigma) of the beam disc on the sample
-    beam_halo_fraction: float = 0.1  # of the electrons in a Gaussian halo around the disc (aberrations)
-    beam_halo_nm: float = 35.0  # nm, sigma of that halo
+    beam_halo_fraction: float = 0.15  # of the electrons in a Gaussian halo around the disc (aberrations)
+    beam_halo_nm: float = 40.0  # nm, sigma of that halo
     scan_step_nm: float = 30.0  # nm between scan points (≈39 % overlap of 55-nm discs)
     # beam on the detector
     beam_offset_px: tuple[float, float] = (1.6, -2.3)  # px, direct beam at scan centre minus detector centre
@@ -87,10 +87,13 @@ class SessionParams:
 
     @property
     def descan_matrix(self) -> np.ndarray:
-        """2x2 px/nm: (d centre_y, d centre_x) = M @ (d beam_y, d beam_x), on the 512-px detector."""
+        """2x2 px/nm: (d centre_y, d centre_x) = M @ (d beam_y, d beam_x), on the 512-px detector.
+
+        The beam shift turned by ``descan_angle_deg`` (from +x towards +y) and scaled.
+        """
         a = math.radians(self.descan_angle_deg)
         c, s = math.cos(a), math.sin(a)
-        return self.descan_px_per_nm * np.array([[c, -s], [s, c]])
+        return self.descan_px_per_nm * np.array([[c, s], [-s, c]])
 
     @property
     def resolved_gain_seed(self) -> int:
@@ -104,7 +107,7 @@ def session_params(session="A", base: SessionParams | None = None) -> SessionPar
     """The parameters of a named session.
 
     "A" is the paper's alignment (the defaults). Any other name gives a session that differs slightly
-    and deterministically (from the CRC-32 of the name): camera length 2-4 % off (the geometry still
+    and deterministically (from the CRC-32 of the name): camera length 1.5-3 % off (the geometry still
     reports the nominal 900 mm), beam base position a few px off, descan direction turned by 20-45°,
     descan strength ±10 %, dose ±5-15 % and its own detector gain map.
     A :class:`SessionParams` is returned unchanged.
@@ -119,10 +122,10 @@ def session_params(session="A", base: SessionParams | None = None) -> SessionPar
         return base
     rng = np.random.default_rng(session_seed(name))
     sign = rng.choice([-1.0, 1.0], size=3)
-    dy, dx = rng.normal(0.0, 3.0, size=2)
+    dy, dx = (float(v) for v in rng.normal(0.0, 3.0, size=2))
     return replace(
         base,
-        camera_length_mm=base.camera_length_mm * (1 + sign[0] * rng.uniform(0.02, 0.04)),
+        camera_length_mm=base.camera_length_mm * (1 + sign[0] * rng.uniform(0.015, 0.03)),
         beam_offset_px=(base.beam_offset_px[0] + dy, base.beam_offset_px[1] + dx),
         descan_angle_deg=base.descan_angle_deg + sign[1] * rng.uniform(20.0, 45.0),
         descan_px_per_nm=base.descan_px_per_nm * rng.uniform(0.9, 1.1),
@@ -154,7 +157,7 @@ class SimParams:
     thickness_texture: float = 0.08  # relative smooth random thickness variation (sigma)
     texture_length_nm: float = 60.0  # correlation length of that variation
     # crystalline ice contaminants
-    crystals_per_um2: float = 3.0
+    crystals_per_um2: float = 4.0
     min_crystals: int = 1
     crystal_size_nm: tuple[float, float] = (50.0, 200.0)
     crystal_in_ice: float = 0.85  # probability that a crystal sits in a hole

@@ -1,0 +1,87 @@
+"""``sedclassify reduce SCAN --classes amorphous_ice (--model M | --labels L) --out FILE``:
+keep only the frames of the chosen classes, losslessly compressed, with their positions, the
+class map and provenance (see pipeline/reduce.py and docs/live-and-reduce.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from . import CLIError
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "reduce",
+        help="write only the frames of chosen classes (e.g. amorphous ice), losslessly compressed",
+        description="Classify a scan with a model (or take a class map) and write only the frames of the chosen "
+                    "classes, with their scan positions, the class map and provenance, to one HDF5 file that "
+                    "reads back with the project's reader (sedclassify info, napari).",
+    )
+    p.add_argument("scan", metavar="SCAN", help="scan file")
+    p.add_argument("--classes", nargs="+", default=["amorphous_ice"], metavar="CLASS",
+                   help="class names or ids to keep (default: amorphous_ice)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="MODEL", help="model file (.sedmodel) that classifies the scan")
+    src.add_argument("--labels", metavar="L", help="class map of the scan (.npy or .tif, 0 = unlabeled)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file (.h5)")
+    p.add_argument("--compression", choices=("bslz4", "terse", "none"), default="bslz4",
+                   help="bslz4: HDF5 Bitshuffle-LZ4 (default); terse: TERSE/PROLIX per frame (pyterse); none")
+    p.add_argument("--flatfield", metavar="F", help="flat-field acquisition for the model's preprocessing")
+    p.add_argument("--scan-shape", nargs=2, type=int, metavar=("SY", "SX"), help="scan rows and columns")
+    p.add_argument("--dataset", help="array to read in files that hold several (HDF5, MATLAB, zarr)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args):
+    from tqdm import tqdm
+
+    from ..classes import ClassTable
+    from ..io import open_scan
+    from ..io.atomic import check_target
+    from ..pipeline.reduce import class_ids, reduce_scan
+
+    if not str(args.out).lower().endswith((".h5", ".hdf5")):
+        raise CLIError(f"{args.out}: a reduced scan is written as HDF5: give a name ending in .h5")
+    check_target(args.out, args.force)  # fail before any work
+    scan = open_scan(args.scan, args.scan_shape, dataset=args.dataset)
+    probabilities = None
+    if args.model:
+        from ..pipeline.predict import as_model, predict_scan
+
+        model = as_model(args.model)
+        table = model.classes
+        class_ids(args.classes, table)
+        with tqdm(total=scan.n_frames, unit="frame", desc="classify", file=sys.stderr) as bar:
+            pred = predict_scan(model, scan, flatfield=args.flatfield,
+                                progress=lambda d, t: bar.update(d - bar.n))
+        class_map, probabilities = pred.class_map, pred.probabilities
+        how = {"class_map_from": "model", "model": str(args.model), "model_kind": model.kind,
+               "flatfield": args.flatfield, "class_ids_of_probabilities": pred.class_ids}
+    else:
+        from ..labels import load_class_map
+
+        table = ClassTable.default()
+        class_map = load_class_map(args.labels, scan.scan_shape)
+        how = {"class_map_from": "labels", "labels": str(args.labels)}
+    with tqdm(unit="frame", desc="reduce", file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = reduce_scan(scan, class_map, args.out, classes=args.classes, class_table=table,
+                             compression=args.compression, probabilities=probabilities, provenance=how,
+                             force=args.force, progress=progress)
+    d = report.to_dict()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"kept {d['n_kept']} of {d['n_frames']} frames ({100 * d['kept_fraction']:.1f} %: "
+          f"{', '.join(d['classes'])}) -> {d['path']}")
+    print(f"size {d['bytes_file'] / 1e6:.2f} MB for a {d['bytes_scan'] / 1e6:.2f} MB scan: "
+          f"{d['size_ratio']:.1f}x smaller ({d['compression']} compression {d['compression_ratio']:.2f}x), "
+          f"{d['seconds']:.2f} s ({d['mb_per_s']:.0f} MB/s)")
+    return 0

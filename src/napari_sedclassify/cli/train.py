@@ -1,0 +1,112 @@
+"""``sedclassify train``: train an FCNN, SVM or CNN on labeled scans and save a model file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import CLIError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a classifier (fcnn, svm, cnn) on labeled scans",
+        description=(
+            "Preprocess the scans, train a classifier on their labels (2D class maps on the scan grid, "
+            ".npy or .tif; 0 = unlabeled, 1 carbon, 2 amorphous_ice, 3 crystalline_ice, 4 mixed) and save "
+            "one model file (.sedmodel). 10%% of the labeled frames are held out for validation; "
+            "--holdout N also keeps the last N scans out of training and reports their metrics."
+        ),
+    )
+    p.add_argument("--scans", nargs="+", required=True, metavar="SCAN", help="scan files")
+    p.add_argument("--labels", nargs="+", required=True, metavar="LABELS",
+                   help="one class map per scan (.npy or .tif), in the same order")
+    p.add_argument("--model", choices=["fcnn", "svm", "cnn"], default="fcnn", help="classifier (default fcnn)")
+    p.add_argument("--out", required=True, metavar="MODEL", help="model file to write (e.g. model.sedmodel)")
+    p.add_argument("--flatfield", nargs="+", metavar="F",
+                   help="flat-field file(s): one for all scans or one per scan")
+    p.add_argument("--seed", type=int, default=0, help="random seed: split, augmentation, weights (default 0)")
+    p.add_argument("--epochs", type=int, metavar="N", help="most training epochs (fcnn, cnn)")
+    p.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="keep the last N scans out of training and evaluate on them (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="fraction of labeled frames for validation (default 0.1)")
+    p.add_argument("--no-augment", action="store_true", help="no training-time augmentation")
+    p.add_argument("--no-normalise", action="store_true", help="no per-frame intensity normalisation")
+    p.add_argument("--search", action="store_true", help="svm: tune C and gamma with RandomizedSearchCV")
+    crop = p.add_mutually_exclusive_group()
+    crop.add_argument("--crop-radius-A", type=float, metavar="D",
+                      help="cnn: crop radius as the spacing at its edge in Å (default 2.7)")
+    crop.add_argument("--crop-radius-px", type=float, metavar="PX", help="cnn: crop radius in detector px")
+    p.add_argument("--json", action="store_true", help="print the training summary and metrics as JSON")
+    p.set_defaults(func=run)
+
+
+def model_settings(args) -> tuple[dict, dict]:
+    """(recipe changes, estimator params) from the common options."""
+    from ..models.features import Augmentation
+
+    recipe = {}
+    if args.no_augment:
+        recipe["augmentation"] = Augmentation(copies=0)
+    if args.no_normalise:
+        recipe["normalise"] = False
+    if getattr(args, "crop_radius_px", None) is not None:
+        recipe.update(crop_radius_px=args.crop_radius_px, crop_radius_A=None)
+    elif getattr(args, "crop_radius_A", None) is not None:
+        recipe["crop_radius_A"] = args.crop_radius_A
+    params = {}
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
+        if args.model == "svm":
+            raise CLIError("--epochs applies to fcnn and cnn; an svm has no epochs")
+        params["max_epochs"] = args.epochs
+    if args.search:
+        if args.model != "svm":
+            raise CLIError("--search applies to --model svm")
+        params["search"] = True
+    return recipe, params
+
+
+def run(args) -> int:
+    from ..models.metrics import format_table
+    from ..pipeline.train import default_recipe, train_to_file
+    from ._bars import Bars
+
+    if len(args.labels) != len(args.scans):
+        raise CLIError(f"{len(args.scans)} scans but {len(args.labels)} label files: give one label file per scan")
+    if not 0 <= args.holdout < len(args.scans):
+        raise CLIError(f"--holdout must leave at least one training scan (0..{len(args.scans) - 1}), "
+                       f"got {args.holdout}")
+    if not 0 <= args.val_fraction < 1:
+        raise CLIError(f"--val-fraction must lie in [0, 1), got {args.val_fraction}")
+    for f in list(args.scans) + list(args.labels) + list(args.flatfield or []):
+        if not Path(f).exists():
+            raise CLIError(f"{f}: no such file")
+    out = Path(args.out)
+    if out.exists() and out.is_dir():
+        raise CLIError(f"{out}: is a folder; give a model file name such as model.sedmodel")
+    changes, params = model_settings(args)
+    n = len(args.scans)
+    with Bars() as bars:
+        summary = train_to_file(
+            args.scans, args.labels, out, model=args.model, recipe=default_recipe(args.model, **changes),
+            params=params, holdout=list(range(n - args.holdout, n)), val_fraction=args.val_fraction,
+            seed=args.seed, flatfield=args.flatfield, progress=bars.epoch, preprocess_progress=bars.scan,
+        )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    t = summary["training"]
+    print(f"{args.model} trained on {t['n_train_frames']} labeled frames ({t['n_train_inputs']} with augmentation), "
+          f"{t['n_validation_frames']} for validation, {t['epochs']} epoch(s), {t['fit_time_s']:.1f} s")
+    if "validation" in summary["metrics"]:
+        print()
+        print(format_table(summary["metrics"]["validation"], "== validation frames"))
+    for name, m in summary["metrics"].get("holdout", {}).items():
+        print()
+        print(format_table(m, f"== held-out scan {name}"))
+    print(f"\nmodel written to {summary['path']}")
+    return 0

@@ -1,0 +1,133 @@
+"""A simulated acquisition: frames of a scan written to disk one by one at a steady rate, the way
+a detector's software writes them, so live mode can be tested and shown without a microscope.
+
+- ``kind="mib"``: one growing Merlin ``.mib`` file (ASCII frame header + big-endian U16 pixels per
+  frame) with its ``.hdr`` (frames in acquisition, frames per trigger = one scan row), written
+  before the first frame;
+- ``kind="folder"``: one ``.npy`` file per frame (``frame_000000.npy``...) in a folder, each
+  written under a temporary name and renamed, as acquisition software does.
+
+Frames are written so that ``io.open_scan`` reads back exactly the scan's frames (the Merlin
+reader shows rows flipped, so rows are stored flipped).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: Bytes of a single-chip Merlin frame header (a quad's is 768).
+MIB_HEADER_BYTES = 384
+
+
+def mib_header(number: int, shape, dtype="U16", timestamp_ns: int = 0) -> bytes:
+    """The ASCII header of Merlin frame ``number`` (1-based), NUL-padded to 384 bytes."""
+    h, w = shape
+    t = time.gmtime(timestamp_ns // 10**9)
+    coarse = time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{(timestamp_ns // 1000) % 10**6:06d}"
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{timestamp_ns % 10**9:09d}Z"
+    depth = {"U08": 6, "U16": 12, "U32": 24}[dtype]
+    fields = ["MQ1", f"{number:06d}", f"{MIB_HEADER_BYTES:05d}", "01", f"{w:04d}", f"{h:04d}", dtype, "   1x1",
+              "01", coarse, "0.001000", "0", "0", "0", "2.000000E+0", "5.110000E+2"] + ["0.000000E+0"] * 6 + \
+             ["3RX", "MQ1A", iso, "1000000ns", str(depth), ""]
+    text = ",".join(fields).encode("latin-1")
+    if len(text) > MIB_HEADER_BYTES:
+        raise ValueError("Merlin frame header too long")
+    return text + b"\0" * (MIB_HEADER_BYTES - len(text))
+
+
+def mib_hdr(n_frames: int, frames_per_row: int) -> bytes:
+    """A minimal Merlin acquisition header (.hdr) giving the frame count and the scan row length."""
+    lines = ["HDR,\t", "Counter Depth (number):\t12", f"Frames in Acquisition (Number):\t{n_frames}",
+             f"Frames per Trigger (Number):\t{frames_per_row}", "End\t"]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+
+def mib_frame_bytes(frame: np.ndarray, number: int, timestamp_ns: int = 0) -> bytes:
+    """One frame as stored in a .mib file: header, then big-endian U16 pixels, rows flipped."""
+    frame = np.asarray(frame)
+    if frame.dtype.kind not in "ui" or frame.max(initial=0) > 65535:
+        raise ValueError("the Merlin writer stores 16-bit unsigned counts")
+    return mib_header(number, frame.shape, "U16", timestamp_ns) + frame[::-1].astype(">u2").tobytes()
+
+
+class Acquisition(threading.Thread):
+    """Writes the frames of ``scan`` (a Scan) to ``path`` at ``rate_hz`` frames per second.
+
+    kind: "mib" (path is the .mib file) or "folder" (path is the folder). chunk_bytes: a frame is
+    written in pieces of this size (a reader must never take a partial frame). start(), then
+    join(); ``written`` counts the frames on disk, ``first_written_at`` / ``finished_at`` are
+    ``time.perf_counter()`` stamps. stop() ends it early.
+    """
+
+    def __init__(self, scan, path, rate_hz: float = 200.0, kind: str = "mib", chunk_bytes: int = 1 << 14):
+        super().__init__(daemon=True, name="simulated-acquisition")
+        if kind not in ("mib", "folder"):
+            raise ValueError(f"kind must be 'mib' or 'folder', not {kind!r}")
+        self.scan = scan
+        self.path = Path(path)
+        self.rate_hz = float(rate_hz)
+        self.kind = kind
+        self.chunk_bytes = int(chunk_bytes)
+        self.written = 0
+        self.first_written_at = None
+        self.finished_at = None
+        self.error = None
+        self._halt = threading.Event()
+
+    def stop(self):
+        self._halt.set()
+
+    def run(self):
+        try:
+            self._run()
+        except BaseException as exc:  # reported to whoever joins
+            self.error = exc
+        finally:
+            self.finished_at = time.perf_counter()
+
+    def _frames(self):
+        sy, sx = self.scan.scan_shape
+        for iy in range(sy):
+            row = np.asarray(self.scan.data[iy].compute(scheduler="synchronous"))
+            yield from row
+
+    def _run(self):
+        sy, sx = self.scan.scan_shape
+        n = sy * sx
+        if self.kind == "mib":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.with_suffix(".hdr").write_bytes(mib_hdr(n, sx))
+            out = open(self.path, "wb")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            out = None
+        t0 = time.perf_counter()
+        try:
+            for k, frame in enumerate(self._frames()):
+                due = t0 + k / self.rate_hz
+                while not self._halt.is_set() and time.perf_counter() < due:
+                    time.sleep(min(0.002, max(0.0, due - time.perf_counter())))
+                if self._halt.is_set():
+                    return
+                if self.kind == "mib":
+                    blob = mib_frame_bytes(frame, k + 1, time.time_ns())
+                    for s in range(0, len(blob), self.chunk_bytes):
+                        out.write(blob[s:s + self.chunk_bytes])
+                        out.flush()
+                else:
+                    final = self.path / f"frame_{k:06d}.npy"
+                    tmp = self.path / f".frame_{k:06d}.npy.part"
+                    with open(tmp, "wb") as f:
+                        np.save(f, frame)
+                    os.replace(tmp, final)
+                self.written = k + 1
+                if k == 0:
+                    self.first_written_at = time.perf_counter()
+        finally:
+            if out is not None:
+                out.close()

@@ -1,0 +1,142 @@
+"""Direct-beam centres (saturation, hot pixels, Bragg spots, no beam) and the descan fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sedclassify.processing import CentreFinder, FlatField, FrameRunner, find_centre, fit_descan
+
+
+def beam_frame(rng, centre, shape=(256, 256), radius=5.0, electrons=4e5, bg=0.5, saturation=4095):
+    """Poisson frame of a flat disc (soft edge, sampled 4x4 per pixel) with a halo, saturated."""
+    sub = 4
+    yy, xx = np.indices((shape[0] * sub, shape[1] * sub))
+    r = np.hypot((yy + 0.5) / sub - 0.5 - centre[0], (xx + 0.5) / sub - 0.5 - centre[1])
+    disc = (r < radius).reshape(shape[0], sub, shape[1], sub).mean(axis=(1, 3))
+    disc *= electrons / disc.sum()
+    yy, xx = np.indices(shape)
+    rr = np.hypot(yy - centre[0], xx - centre[1])
+    lam = disc + 300 * (1 + (rr / 6) ** 2) ** -1.5 + bg
+    return np.minimum(rng.poisson(lam), saturation).astype(np.uint16)
+
+
+def centres_of(frames, flatfield=None, **kw):
+    part = FrameRunner([], flatfield, CentreFinder(**kw)).run_chunk(np.asarray(frames))
+    return part.values["centre"], part.values["beam_found"], part.values["beam_radius_px"]
+
+
+def test_saturated_beam_subpixel():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(60, 190, (12, 2))
+    frames = np.array([beam_frame(rng, c) for c in true])
+    assert (frames == 4095).sum(axis=(1, 2)).min() > 40  # flat-topped: saturated cores
+    c, found, radius = centres_of(frames)
+    assert found.all()
+    err = np.hypot(*(c - true).T)
+    assert np.sqrt(np.mean(err**2)) < 0.1
+    np.testing.assert_allclose(radius, 5.0, atol=0.8)
+
+
+def test_hot_pixels_and_bragg_spots_do_not_pull_the_centre():
+    rng = np.random.default_rng(1)
+    true = np.array([[120.3, 131.7], [140.8, 99.2], [101.1, 150.6]])
+    frames = np.array([beam_frame(rng, c) for c in true]).astype(np.float32)
+    for f, (cy, cx) in zip(frames, true):
+        iy, ix = int(cy), int(cx)
+        f[iy + 6, ix - 4] = 60000  # unmasked hot pixels right beside the beam
+        f[iy - 5, ix + 7] = 30000
+        f[iy + 2, ix + 9] = 65535
+        yy, xx = np.indices(f.shape)
+        for dy, dx in ((0, 40), (35, -20), (-38, -18)):  # strong Bragg spots of a crystal
+            f += 1500 * np.exp(-((yy - cy - dy) ** 2 + (xx - cx - dx) ** 2) / 2.0)
+        f[5:9, 200:204] = 4095  # a cluster of full counters far away
+    c, found, _ = centres_of(frames)
+    assert found.all()
+    assert np.hypot(*(c - true).T).max() < 0.15
+
+
+def test_masked_pixels_inside_the_beam_are_ignored():
+    rng = np.random.default_rng(2)
+    true = (128.4, 127.6)
+    frame = beam_frame(rng, true)
+    mask = np.zeros(frame.shape, bool)
+    mask[126:130, 124:127] = True  # dead pixels under the beam
+    frame[mask] = 0
+    ff = FlatField(np.ones(frame.shape, np.float32), mask)
+    c = find_centre(frame, ff)
+    assert np.hypot(c[0] - true[0], c[1] - true[1]) < 0.15
+
+
+def test_frames_without_beam_are_flagged_not_centred():
+    rng = np.random.default_rng(3)
+    shape = (256, 256)
+    frames = np.stack([
+        np.zeros(shape),  # all zeros
+        rng.poisson(0.3, shape),  # blanked: stray background only
+        np.full(shape, np.nan),  # no data
+        rng.poisson(2.0, shape) + 4095 * (rng.random(shape) < 2e-5),  # blanked, with a hot pixel
+        beam_frame(rng, (100.5, 150.5)),
+    ]).astype(np.float32)
+    c, found, radius = centres_of(frames)
+    np.testing.assert_array_equal(found, [False, False, False, False, True])
+    assert np.isnan(c[:4]).all() and np.isnan(radius[:4]).all()
+    assert np.hypot(c[4, 0] - 100.5, c[4, 1] - 150.5) < 0.1
+
+
+def test_inf_pixels_and_an_edge_beam():
+    rng = np.random.default_rng(4)
+    f = beam_frame(rng, (3.5, 200.0)).astype(np.float32)  # beam half off the detector
+    f[100, 100] = np.inf
+    f[101, 100] = -np.inf
+    c = find_centre(f)
+    assert c is not None and np.isfinite(c).all()
+    assert abs(c[1] - 200.0) < 0.3 and abs(c[0] - 3.5) < 1.5
+
+
+def test_descan_fit_plane_outliers_and_residuals():
+    rng = np.random.default_rng(5)
+    sy, sx = 30, 40
+    iy, ix = np.mgrid[:sy, :sx]
+    slope = np.array([[0.47, -0.17], [0.17, 0.47]])
+    truth = np.stack([250 + slope[0, 0] * iy + slope[0, 1] * ix + 0.002 * (ix - 20) ** 2,
+                      240 + slope[1, 0] * iy + slope[1, 1] * ix], axis=-1)
+    meas = truth + rng.normal(0, 0.15, truth.shape)
+    bad = rng.random((sy, sx)) < 0.03
+    meas[bad] += rng.choice([-1, 1], (bad.sum(), 2)) * rng.uniform(5, 30, (bad.sum(), 2))  # mis-centred
+    meas[0, :5] = np.nan  # frames without beam
+    fit = fit_descan(meas)
+    assert fit.smooth.n_rejected >= bad.sum()
+    assert not fit.smooth.inliers[bad].any()
+    assert fit.smooth.rms_px == pytest.approx(0.15 * np.sqrt(2), rel=0.25)
+    np.testing.assert_allclose(fit.plane.slope_px_per_step(), slope, atol=0.01)
+    fitted = fit.fitted()
+    assert np.isfinite(fitted).all()  # frames without beam get a centre too
+    assert np.sqrt(np.mean(np.sum((fitted - truth) ** 2, -1))) < 0.06
+    assert fit.plane.rms_px > fit.smooth.rms_px  # the curvature is only in the smooth model
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_descan(np.full((4, 4, 2), np.nan))
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    sim = pytest.importorskip("napari_sedclassify.simulate")
+    return sim.simulate_scan(scan_shape=(20, 20), detector_px=512, seed=11)
+
+
+def test_simulated_scan_centres_and_descan(simulated):
+    """The simulator's Medipix quad: saturated beam, hot/dead pixels, wide chip-edge pixels under the
+    beam, crystals, jitter; centres within 0.3 px RMS of the truth, the fit recovers the descan."""
+    from napari_sedclassify.pipeline.preprocess import preprocess
+
+    sim = simulated
+    res = preprocess(sim.scan, None, FlatField.from_flood(sim.flatfield))
+    assert res.beam_found.all()
+    err = np.hypot(*(res.centres - sim.centres).reshape(-1, 2).T)
+    assert np.sqrt(np.mean(err**2)) < 0.3
+    assert np.median(err) < 0.2
+    truth_slope = np.array(sim.metadata["descan"]["px_per_scan_step"])
+    np.testing.assert_allclose(res.descan.plane.slope_px_per_step(), truth_slope, atol=0.03)
+    jitter = sim.metadata["descan"]["jitter_px"]
+    fit_err = np.hypot(*(res.centres_fitted - sim.centres).reshape(-1, 2).T)
+    assert np.sqrt(np.mean(fit_err**2)) < 2.0 * jitter * np.sqrt(2)

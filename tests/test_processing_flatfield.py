@@ -1,0 +1,118 @@
+"""Flat-field: gain map, dead/hot pixels, dark frame, saturation, files, bad pixels in the scan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sedclassify.processing import FlatField, detect_bad_pixels, load_flatfield
+
+
+def quad_flood(rng, n=20, k=128, counts=500.0, edge=2.5):
+    """Flood frames of a small Medipix quad: 7 % gain spread, wide pixels along the chip cross
+    (edge x and edge^2 the area), 5 dead and 3 hot pixels."""
+    gain = rng.normal(1.0, 0.07, (k, k))
+    w = np.ones(k)
+    w[k // 2 - 1: k // 2 + 1] = edge
+    area = np.outer(w, w)
+    dead = [(3, 4), (50, 60), (k - 38, 10), (k - 8, k - 8), (7, k - 28)]
+    hot = [(20, 30), (k - 58, k - 48), (k - 28, 5)]
+    lam = counts * gain * area
+    for p in dead:
+        lam[p] = 0
+    frames = rng.poisson(lam, (n, k, k)).astype(np.float64)
+    for p in hot:
+        frames[(slice(None),) + p] += 40000
+    return frames.astype(np.uint16), gain * area, dead, hot
+
+
+def test_gain_map_dead_hot_and_wide_pixels():
+    rng = np.random.default_rng(0)
+    flood, response, dead, hot = quad_flood(rng)
+    ff = FlatField.from_flood(flood)
+    assert ff.n_dead == len(dead) and ff.n_hot == len(hot)
+    assert all(ff.mask[p] for p in dead + hot)
+    assert ff.mask.sum() == len(dead) + len(hot)  # the wide (2.5x, 6.25x) pixels stay
+    good = ~ff.mask
+    assert np.nanmean(ff.gain) == pytest.approx(1.0, abs=1e-6)
+    assert np.isnan(ff.gain[ff.mask]).all()
+    rel = ff.gain[good] / (response[good] / response[good].mean())
+    assert np.std(rel) < 0.02  # 20 x 500 counts per pixel: ~1 % Poisson
+    # a uniform exposure through the same detector comes out flat
+    scene = rng.poisson(200.0 * response).astype(np.uint16)
+    corrected = ff.apply(scene)
+    assert np.isnan(corrected[ff.mask]).all()
+    assert np.nanstd(corrected) / np.nanmean(corrected) < 0.08  # Poisson of 200 counts, not the gain
+
+
+def test_dark_frame_is_subtracted():
+    rng = np.random.default_rng(1)
+    k = 64
+    dark = np.full((k, k), 30.0)
+    gain = rng.normal(1.0, 0.05, (k, k))
+    flood = rng.poisson(dark + 1000 * gain, (10, k, k))
+    ff = FlatField.from_flood(flood, dark=dark)
+    frame = rng.poisson(dark + 300 * gain).astype(np.float32)
+    out = ff.apply(frame)
+    assert np.nanmean(out) == pytest.approx(300 * gain.mean() / np.mean(gain), rel=0.02)
+
+
+def test_saturated_pixels_keep_their_counter_value():
+    k = 32
+    ff = FlatField.from_response(np.full((k, k), 1.0) * np.linspace(0.5, 2.0, k)[None, :])
+    frame = np.full((k, k), 4095, np.uint16)
+    frame[:, :4] = 100
+    out = ff.with_saturation(4095).apply(frame)
+    np.testing.assert_array_equal(out[:, 4:], 4095)  # a full counter is not gain-corrected
+    assert not np.allclose(out[:, :4], 100)  # ordinary pixels are
+    assert not np.allclose(ff.apply(frame)[:, 4:], 4095)  # without a saturation level, all are
+
+
+def test_load_flatfield_from_files(tmp_path):
+    rng = np.random.default_rng(2)
+    flood, _, dead, hot = quad_flood(rng, n=5, k=64)
+    np.save(tmp_path / "flood.npy", flood)
+    ff = load_flatfield(tmp_path / "flood.npy")
+    assert ff.shape == (64, 64) and ff.source.endswith("flood.npy")
+    np.save(tmp_path / "gain.npy", np.nanmean(flood, axis=0))  # a 2D gain map
+    ff2 = load_flatfield(tmp_path / "gain.npy")
+    np.testing.assert_array_equal(ff.mask, ff2.mask)
+    np.testing.assert_allclose(ff.gain, ff2.gain, rtol=1e-5)
+    np.savez(tmp_path / "flood.npz", flood=flood)
+    np.testing.assert_array_equal(load_flatfield(tmp_path / "flood.npz").mask, ff.mask)
+    np.save(tmp_path / "bad.npy", np.zeros(5))
+    with pytest.raises(ValueError, match="bad.npy"):
+        load_flatfield(tmp_path / "bad.npy")
+    with pytest.raises(FileNotFoundError, match="nothing.npy"):
+        load_flatfield(tmp_path / "nothing.npy")
+    np.save(tmp_path / "zeros.npy", np.zeros((3, 8, 8)))
+    with pytest.raises(ValueError, match="no positive response"):
+        load_flatfield(tmp_path / "zeros.npy")
+
+
+def test_load_flatfield_written_by_the_simulator(tmp_path):
+    sim = pytest.importorskip("napari_sedclassify.simulate")
+    path = tmp_path / "flat.npy"
+    sim.simulate_flatfield(path, detector_px=128, n_frames=4, seed=3)
+    ff = load_flatfield(path)
+    assert ff.shape == (128, 128)
+    assert ff.n_dead >= 1  # the simulated detector has dead pixels
+    assert not ff.mask[63:65, :].all()  # its wide chip-edge pixels are not masked
+
+
+def test_bad_pixels_found_in_the_scan_but_not_the_beam_or_spots():
+    rng = np.random.default_rng(4)
+    m, k = 32, 96
+    yy, xx = np.indices((k, k))
+    sample = np.empty((m, k, k), np.float32)
+    for i in range(m):
+        cy, cx = 48 + rng.uniform(-10, 10, 2)
+        lam = 4000.0 * (np.hypot(yy - cy, xx - cx) < 4) + 0.5
+        sy, sx = rng.integers(5, 90, 2)
+        lam[sy, sx] += 500  # a one-frame Bragg spot
+        sample[i] = np.minimum(rng.poisson(lam), 4095)
+    sample[:, 10, 70] += 50  # a hot pixel in every frame
+    sample[:, 80, 20] = 0  # not dead: its neighbours barely count either
+    bad = detect_bad_pixels(sample)
+    assert bad[10, 70]
+    assert bad.sum() == 1

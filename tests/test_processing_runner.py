@@ -1,0 +1,145 @@
+"""The frame runner: one pass, the same results from a frame, a stack, dask, a cluster, a stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sedclassify import Geometry, Scan
+from napari_sedclassify.processing import (
+    Cancelled,
+    CentralCrop,
+    CentreFinder,
+    FlatField,
+    FrameProcessor,
+    FrameRunner,
+    Output,
+    RadialProfile,
+    VirtualDetectors,
+)
+
+
+def beam_stack(n=24, k=96, seed=0):
+    """Frames with a saturated beam moving over the detector and a diffuse ring, uint16."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((k, k))
+    out = np.empty((n, k, k), np.uint16)
+    true = np.empty((n, 2))
+    for i in range(n):
+        true[i] = 48 + rng.uniform(-8, 8, 2)
+        r = np.hypot(yy - true[i, 0], xx - true[i, 1])
+        lam = 8000.0 * np.clip(4.5 - r, 0, 1) + 30 * np.exp(-0.5 * ((r - 25) / 4) ** 2) + 1
+        out[i] = np.minimum(rng.poisson(lam), 4095)
+    return out, true
+
+
+class BrightestPixel(FrameProcessor):
+    """A user's processor: the brightest valid pixel of each frame (needs no centre)."""
+
+    needs_centres = False
+
+    def outputs(self):
+        return {"brightest": Output((), "float32", np.nan)}
+
+    def process_chunk(self, frames, centres, mask):
+        return {"brightest": np.nanmax(frames.reshape(len(frames), -1), axis=1)}
+
+
+def make_runner(k=96):
+    mask = np.zeros((k, k), bool)
+    mask[10:14, 60:70] = True
+    ff = FlatField(np.full((k, k), 1.25, np.float32), mask).with_saturation(4095)
+    procs = [RadialProfile(60), VirtualDetectors({"bf": (0, 6), "adf": (10, np.inf)}), CentralCrop(16, 2),
+             BrightestPixel()]
+    return FrameRunner(procs, ff, CentreFinder())
+
+
+def assert_same(a: dict, b: dict):
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_one_pass_fuses_processors_and_finds_centres():
+    frames, true = beam_stack()
+    runner = make_runner()
+    out = runner.run(frames)
+    assert set(out) == {"centre", "beam_found", "beam_radius_px", "ria", "ria_counts", "total", "bf", "adf",
+                        "crop", "brightest"}
+    assert out["beam_found"].all()
+    assert np.hypot(*(out["centre"] - true).T).max() < 0.2
+    assert out["ria"].shape == (24, 60) and out["crop"].shape == (24, 16, 16)
+    np.testing.assert_allclose(out["brightest"], 4095.0)  # saturated pixels keep the counter value
+    corr = runner.flatfield.apply(frames)
+    np.testing.assert_allclose(out["total"], np.nansum(corr, axis=(1, 2)), rtol=1e-5)
+    assert (out["bf"] + out["adf"] < out["total"]).all()  # 6 <= r < 10 in neither
+    # the crop's middle is the frame's centre: its brightest 2x2 block sits there
+    mid = out["crop"][:, 7:9, 7:9].mean(axis=(1, 2))
+    assert (mid >= out["crop"].max(axis=(1, 2)) * 0.9).all()
+
+
+def test_same_results_from_frame_stack_dask_and_stream():
+    import dask.array as da
+
+    frames, _ = beam_stack()
+    runner = make_runner()
+    ref = runner.run(frames, workers=1)
+    assert_same(ref, runner.run(frames, workers=2, chunk_frames=5))
+    scan4d = frames.reshape(4, 6, 96, 96)
+    odd = da.from_array(scan4d, chunks=(3, 4, 96, 48))  # splits scan rows, columns and the detector
+    assert_same(ref, runner.run(odd))
+    assert_same(ref, runner.run(Scan(scan4d, Geometry((96, 96)))))
+    chunks = [(np.arange(i, min(24, i + 7)), frames[i:i + 7]) for i in (14, 0, 21, 7)]  # any order
+    assert_same(ref, runner.run_stream(chunks, n_frames=24))
+    one = runner.run_chunk(frames[5])
+    for k, v in one.values.items():
+        np.testing.assert_array_equal(v[0], ref[k][5], err_msg=k)
+
+
+def test_merge_is_order_free_and_idempotent():
+    frames, _ = beam_stack(n=12)
+    runner = make_runner()
+    parts = [runner.run_chunk(frames[i:i + 4], np.arange(i, i + 4)) for i in (8, 0, 4)]
+    store = runner.allocate(12)
+    assert np.isnan(store["ria"]).all() and not store["beam_found"].any()
+    for p in parts + parts[:1]:
+        runner.merge(store, p)
+    assert_same(store, runner.run(frames))
+
+
+def test_given_centres_replace_the_finder():
+    frames, true = beam_stack(n=6)
+    runner = FrameRunner([RadialProfile(60)], None, CentreFinder())
+    out = runner.run(frames, centres=true)
+    assert set(out) == {"ria", "ria_counts"}
+    ref = FrameRunner([RadialProfile(60)]).run_chunk(frames, centres=true)
+    np.testing.assert_array_equal(out["ria"], ref.values["ria"])
+    with pytest.raises(ValueError, match="no centres"):
+        FrameRunner([RadialProfile(60)]).run_chunk(frames)
+
+
+def test_progress_and_cancel():
+    frames, _ = beam_stack()
+    runner = make_runner()
+    seen = []
+    runner.run(frames, chunk_frames=4, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (24, 24) and all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
+    with pytest.raises(Cancelled):
+        runner.run(frames, chunk_frames=4, workers=1, cancel=lambda: True)
+
+
+def test_dask_distributed_workers_read_their_own_frames(tmp_path):
+    """On a LocalCluster of two worker processes, reading the .npy through the project's reader."""
+    distributed = pytest.importorskip("distributed")
+    from napari_sedclassify.io import open_scan
+
+    frames, _ = beam_stack()
+    np.save(tmp_path / "scan.npy", frames.reshape(4, 6, 96, 96))
+    scan = open_scan(tmp_path / "scan.npy", chunk_frames=6)
+    runner = make_runner()
+    ref = runner.run(frames)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        out = runner.run(scan, client=client)
+        assert len(client.scheduler_info()["workers"]) == 2
+    assert_same(ref, out)
