@@ -44,14 +44,17 @@ def radial_profile(frame, centre, bad, n_bins):
     return s / np.maximum(c, 1)
 
 
-def ring_peak(profile, lo, hi):
+def ring_peak(profile, lo, hi, half=None):
     """Sub-px radius of the maximum of a 1-px-bin ``profile`` within [lo, hi).
 
-    Parabola through the top 3 bins; bin k holds radii [k, k+1), so its centre is k + 0.5.
+    Least-squares parabola through the ``half`` bins either side of the highest one (default: about
+    a third of the ring's width at 512 px, scaled with the radius); bin k holds radii [k, k+1).
     """
     k = lo + int(np.argmax(profile[lo:hi]))
-    a, b, c = profile[k - 1 : k + 2]
-    return k + 0.5 + 0.5 * (a - c) / (a - 2 * b + c)
+    half = half or max(1, int(round(k / 22)))
+    x = np.arange(k - half, k + half + 1)
+    c2, c1, _ = np.polyfit(x - k, profile[x], 2)
+    return k + 0.5 - c1 / (2 * c2)
 
 
 def ice_ring_radius(sim, n_frames=12):
@@ -64,6 +67,12 @@ def ice_ring_radius(sim, n_frames=12):
         [radial_profile(sim.scan.frame(iy, ix), sim.centres[iy, ix], bad, n // 2) for iy, ix in pts], axis=0
     )
     return prof, pts
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """The napari sample scan (24x24 points, 256 px), simulated once for this module."""
+    return sample_scan()
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +166,8 @@ def test_dead_pixels_zero_and_chip_cross_in_summed_frame(small_set):
     assert ratio == pytest.approx(width, rel=0.05)
 
 
-def test_counts_saturate_at_4095():
-    sim = sample_scan()
+def test_counts_saturate_at_4095(sample):
+    sim = sample
     frames = np.asarray(sim.scan.data)
     assert frames.dtype == np.uint16
     assert frames.max() == 4095
@@ -182,8 +191,8 @@ def test_all_four_classes_occur(small_set):
     assert found == {CARBON, AMORPHOUS_ICE, CRYSTALLINE_ICE, MIXED}
 
 
-def test_sample_scan_is_small_complete_and_in_memory():
-    sim = sample_scan()
+def test_sample_scan_is_small_complete_and_in_memory(sample):
+    sim = sample
     assert sim.scan.scan_shape == (24, 24) and sim.scan.detector_shape == (256, 256)
     assert sim.path is None and sim.flatfield.shape[1:] == (256, 256) and sim.flatfield.dtype == np.uint16
     assert set(np.unique(sim.truth).tolist()) == {CARBON, AMORPHOUS_ICE, CRYSTALLINE_ICE, MIXED}
@@ -191,14 +200,14 @@ def test_sample_scan_is_small_complete_and_in_memory():
     assert sim.geometry.scan_step_nm == 30.0
 
 
-def test_overview_carbon_darker_than_ice_and_registered():
+def test_overview_carbon_darker_than_ice_and_registered(sample):
     """Sampling the overview at the scan points through the affine: carbon darker than ice, crystals dark."""
     from scipy.ndimage import map_coordinates
 
-    sim = sample_scan()
+    sim = sample
     inv = np.linalg.inv(sim.overview_to_scan)
     iy, ix = np.indices(sim.truth.shape)
-    pts = np.stack([iy.ravel(), ix.ravel(), np.ones(iy.size)]) 
+    pts = np.stack([iy.ravel(), ix.ravel(), np.ones(iy.size)])
     oy, ox, _ = inv @ pts
     assert sim.overview.shape[0] > 3 * sim.truth.shape[0]  # higher resolution than the scan grid
     vals = map_coordinates(sim.overview, [oy, ox], order=1).reshape(sim.truth.shape)

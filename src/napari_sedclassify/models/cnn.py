@@ -46,7 +46,6 @@ def build_cnn(input_shape, n_classes: int, filters=(16, 32, 64), dropout=0.25, d
         model.add(layers.Dropout(dropout))
     model.add(layers.Flatten())
     model.add(layers.Dense(int(dense_units), activation="relu"))
-    model.add(layers.Dropout(dropout))
     model.add(layers.Dense(int(n_classes), activation="softmax"))
     return model
 
@@ -72,11 +71,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     and the dense layer. dense_units: width of the dense layer. learning_rate: Adam step.
     batch_size, max_epochs, patience: training loop; early stopping on val_loss (loss when no
     validation data), best weights kept. samples_per_epoch: crops drawn per epoch (None = all).
-    class_weight: "balanced" (default), a {class: weight} dict or None.
+    class_weight: "sqrt" (default: square root of the balanced weights; full "balanced"
+    weights made training swing towards the rare classes), "balanced", a dict or None.
     """
 
-    def __init__(self, filters=(8, 16, 32), dropout=0.25, dense_units=32, learning_rate=1e-3,
-                 batch_size=128, max_epochs=30, patience=4, samples_per_epoch=8000, class_weight="balanced",
+    def __init__(self, filters=(8, 16, 32), dropout=0.1, dense_units=32, learning_rate=1e-3,
+                 batch_size=128, max_epochs=30, patience=4, samples_per_epoch=8000, class_weight="sqrt",
                  random_state=0):
         self.filters = filters
         self.dropout = dropout

@@ -213,3 +213,48 @@ def plot_overlay(integrated, class_map, path, classes: ClassTable | None = None,
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(bottom=0.12)
     _save(fig, path)
+
+
+def plot_fig6(rows, path, classes: ClassTable | None = None, title: str = "") -> None:
+    """The paper's Fig. 6 for several models and test scans: one row per (label, integrated
+    image, true map, predicted map, metrics) with the integrated image, true classes,
+    predictions, differences (red) and the row-normalised confusion matrix."""
+    from matplotlib.patches import Patch
+
+    classes = classes or ClassTable.default()
+    cmap, norm = class_colormap(classes)
+    names = [classes.names[i].replace("_", " ") for i in classes.ids]
+    fig = _figure(figsize=(14.0, 2.9 * len(rows)))
+    for r, (label, integrated, true_map, pred_map, metrics) in enumerate(rows):
+        true_map, pred_map = np.asarray(true_map), np.asarray(pred_map)
+        wrong = (true_map > 0) & (pred_map > 0) & (true_map != pred_map)
+        diff = np.ones(true_map.shape + (4,))
+        diff[wrong] = (0.85, 0.1, 0.1, 1)
+        cm = np.asarray(metrics["confusion_normalised"])
+        panels = [("integrated image", integrated, {"cmap": "gray"}),
+                  ("true classes", true_map, {"cmap": cmap, "norm": norm, "interpolation": "nearest"}),
+                  ("predicted", pred_map, {"cmap": cmap, "norm": norm, "interpolation": "nearest"}),
+                  (f"differences: {int(wrong.sum())}", diff, {}),
+                  (f"weighted F1 {metrics['weighted']['f1']:.3f}", cm, {"cmap": "Blues", "vmin": 0, "vmax": 1})]
+        for c, (name, img, kw) in enumerate(panels):
+            ax = fig.add_subplot(len(rows), 5, 5 * r + c + 1)
+            ax.imshow(img, **kw)
+            ax.set_title(name, fontsize=9)
+            if c == 4:
+                for i in range(len(names)):
+                    for j in range(len(names)):
+                        ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if cm[i, j] > 0.5 else "black")
+                ax.set_xticks(range(len(names)), [n[:6] for n in names], fontsize=7)
+                ax.set_yticks(range(len(names)), [n[:6] for n in names], fontsize=7)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=10)
+    handles = [Patch(color=classes.colours[i], label=classes.names[i].replace("_", " ")) for i in classes.ids]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(bottom=0.5 / (2.9 * len(rows)) + 0.02, hspace=0.3)
+    _save(fig, path)

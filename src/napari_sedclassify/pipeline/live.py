@@ -456,7 +456,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
           flatfield=None, geometry: Geometry | None = None, metadata: dict | None = None,
           calibration_frames: int | None = None, max_chunk: int = 32, poll_s: float = 0.002,
           timeout_s: float | None = 10.0, write_every_s: float = 1.0, force: bool = False,
-          state: LiveClassMap | None = None, stop: threading.Event | None = None) -> LiveResult:
+          state: LiveClassMap | None = None, cancel: Callable | None = None) -> LiveResult:
     """Classify the frames of ``source`` (a path for :func:`open_source`, or a source) as they arrive.
 
     model: SedModel or model file. keep: classes whose positions go into the keep-list.
@@ -466,8 +466,9 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     max_chunk: most frames classified together when several are waiting. timeout_s: stop when no
     new frame arrived for this long (None: wait forever). out_dir: where the class map and
     keep-list go (atomically, every write_every_s and at the end; existing ones only with
-    ``force``). state: a LiveClassMap to fill (a widget may hold it); stop: an Event that ends the run.
-    Returns a LiveResult; Ctrl-C ends the run the same way as ``stop`` (outputs written) and re-raises.
+    ``force``). state: a LiveClassMap to fill (a widget may hold it); cancel() -> True ends the run
+    (status "stopped"). Returns a LiveResult; Ctrl-C ends the run the same way (outputs written) and
+    re-raises.
     """
     from .predict import as_model
     from .reduce import class_ids as ids_of
@@ -480,10 +481,10 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     if paths is not None:
         for p in paths.values():
             check_target(p, force)
-    stop = stop or threading.Event()
+    stopped = cancel if cancel is not None else (lambda: False)
     wait_start = time.perf_counter()
     while not src.ready():  # the acquisition has not started writing yet
-        if stop.is_set() or (timeout_s is not None and time.perf_counter() - wait_start > timeout_s):
+        if stopped() or (timeout_s is not None and time.perf_counter() - wait_start > timeout_s):
             raise TimeoutError(f"{getattr(src, 'path', source)}: no frame arrived within {timeout_s} s")
         time.sleep(poll_s)
     sy, sx = src.scan_shape
@@ -511,7 +512,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
 
     try:
         while True:
-            if stop.is_set():
+            if stopped():
                 status = "stopped"
                 break
             batch = src.poll(max_chunk)

@@ -199,7 +199,9 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
 
     # a sample of frames: bad pixels the flat-field did not catch, and the beam radius
     sample_idx = _sample(missing, params.bad_pixel_sample)
-    sample = np.asarray(scan.frames()[sample_idx].compute()) if len(sample_idx) else np.zeros((0,) + det)
+    # frame by frame: dask then reads just those frames, not the chunks around them
+    sample = np.stack([scan.frame(*divmod(int(i), sx)) for i in sample_idx]) if len(sample_idx) \
+        else np.zeros((0,) + det)
     saturation = _saturation(scan, sample, params.saturation_counts)
     ff = ff.with_saturation(saturation)
     n_scan_bad = 0
@@ -384,7 +386,8 @@ def _write_zarr(path: Path, arrays: dict, attrs: dict):
         grp = g
         for p in parents:
             grp = grp.require_group(p)
-        grp.create_array(name, data=np.asarray(v))
+        make = grp.create_array if hasattr(grp, "create_array") else grp.create_dataset  # zarr 3 / 2
+        make(name, data=np.asarray(v))
     g.attrs.update(attrs)
 
 
@@ -398,11 +401,10 @@ def _read_zarr(path: Path):
     arrays = {}
 
     def walk(grp, prefix):
-        for name, item in grp.members():
-            if isinstance(item, zarr.Group):
-                walk(item, f"{prefix}{name}/")
-            else:
-                arrays[f"{prefix}{name}"] = item[...]
+        for name in grp.array_keys():
+            arrays[f"{prefix}{name}"] = grp[name][...]
+        for name in grp.group_keys():
+            walk(grp[name], f"{prefix}{name}/")
 
     walk(g, "")
     return arrays, dict(g.attrs)

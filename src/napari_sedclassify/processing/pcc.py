@@ -93,7 +93,6 @@ def frame_features(scan, bin: int = 8, flatfield=None, progress=None, cancel=Non
     from .runner import FrameRunner
 
     runner = FrameRunner([FrameBinning(scan.detector_shape, bin)], flatfield)
-    zeros = np.zeros((scan.n_frames, 2))
-    out = runner.run(scan, centres=zeros, progress=progress, cancel=cancel, client=client)["binned"]
+    out = runner.run(scan, progress=progress, cancel=cancel, client=client)["binned"]
     out[scan.missing.ravel()] = np.nan
     return out.reshape(scan.scan_shape + out.shape[1:])

@@ -50,7 +50,8 @@ class Output:
 
 
 class FrameProcessor:
-    """Base class of per-frame computations. Subclasses set ``outputs()`` and ``process_chunk``."""
+    """Base class of per-frame computations. Subclasses set ``outputs()`` and ``process_chunk``;
+    ``needs_centres = False`` lets a runner without centres (or centre finder) run them."""
 
     needs_centres = True
 
@@ -140,7 +141,9 @@ class FrameRunner:
         if index.size != n:
             raise ValueError(f"{n} frames but {index.size} indices")
         if centres is None and self.centring is None:
-            raise ValueError("no centres given and no centre finder set")
+            if any(p.needs_centres for p in self.processors):
+                raise ValueError("no centres given and no centre finder set")
+            centres = np.full((n, 2), np.nan)  # none of the processors uses them
         _, corr, dark, use_dark, mask, saturation = self._prepare(frames.shape[1:])
         specs = self.outputs() if centres is None else {
             k: v for p in self.processors for k, v in p.outputs().items()}

@@ -109,7 +109,7 @@ def virtual_image(scan, inner_px: float = 0.0, outer_px: float | None = None, ce
     def _block(block, block_info=None):
         (y0, y1), (x0, x1) = block_info[0]["array-location"][:2]
         b = np.asarray(block)
-        c = np.zeros((b.shape[0] * b.shape[1], 2)) if centres is None else centres[y0:y1, x0:x1].reshape(-1, 2)
+        c = None if centres is None else centres[y0:y1, x0:x1].reshape(-1, 2)
         part = runner.run_chunk(b.reshape((-1, ky, kx)), centres=c)
         return part.values[key].reshape(b.shape[:2])
 

@@ -67,31 +67,37 @@ def radial_tables(lambda_L_over_p, params, tail_px, r_max, step=0.05) -> RadialT
     return RadialTables(step, carbon.astype(np.float32), ice.astype(np.float32), tail.astype(np.float32))
 
 
-def direct_beam(detector: Detector, centre, radius_px: float, psf_px: float, substep: float = 0.2):
-    """The direct-beam disc integrated over the pixels it falls on.
+class DirectBeam:
+    """The direct-beam disc (radius px, blurred by the detector PSF) integrated over the pixels.
 
-    centre: (y, x) physical px. Returns (rows, cols, weights): index slices of a box and the fraction
-    of the beam's electrons each pixel of it receives (sums to <= 1; less off the detector edge).
+    The disc is sampled on a fine grid of offsets (``substep`` px) fixed relative to the beam centre,
+    so its weights are computed once; per frame only the pixel each sample falls on changes.
     """
-    h = radius_px + 4 * psf_px + 1
-    n = int(np.ceil(h / substep))
-    off = (np.arange(-n, n) + 0.5) * substep
-    ys, xs = centre[0] + off, centre[1] + off
-    w = erfc((np.hypot(off[:, None], off[None, :]) - radius_px) / (np.sqrt(2) * psf_px))
-    w /= w.sum()
-    iy = np.floor(detector.to_index(ys) + 0.5).astype(np.int64)
-    ix = np.floor(detector.to_index(xs) + 0.5).astype(np.int64)
-    oky = (ys >= 0) & (ys < detector.physical_size)
-    okx = (xs >= 0) & (xs < detector.physical_size)
-    if not oky.any() or not okx.any():
-        return slice(0, 0), slice(0, 0), np.zeros((0, 0))
-    y0, y1 = iy[oky].min(), iy[oky].max() + 1
-    x0, x1 = ix[okx].min(), ix[okx].max() + 1
-    ly, lx = iy - y0, ix - x0
-    w = w[np.ix_(oky, okx)]
-    flat = (ly[oky][:, None] * (x1 - x0) + lx[okx][None, :]).ravel()
-    box = np.bincount(flat, weights=w.ravel(), minlength=(y1 - y0) * (x1 - x0))
-    return slice(int(y0), int(y1)), slice(int(x0), int(x1)), box.reshape(y1 - y0, x1 - x0)
+
+    def __init__(self, radius_px: float, psf_px: float, substep: float = 0.2):
+        n = int(np.ceil((radius_px + 4 * psf_px + 1) / substep))
+        self.offsets = (np.arange(-n, n) + 0.5) * substep
+        w = erfc((np.hypot(self.offsets[:, None], self.offsets[None, :]) - radius_px) / (np.sqrt(2) * psf_px))
+        self.weights = w / w.sum()
+
+    def __call__(self, detector: Detector, centre):
+        """(rows, cols, fractions): index slices of a box and the fraction of the beam's electrons
+        each of its pixels receives (sums to <= 1; less when the beam is cut by the detector edge)."""
+        ys, xs = centre[0] + self.offsets, centre[1] + self.offsets
+        size = detector.physical_size
+        oky = np.flatnonzero((ys >= 0) & (ys < size))
+        okx = np.flatnonzero((xs >= 0) & (xs < size))
+        if not oky.size or not okx.size:
+            return slice(0, 0), slice(0, 0), np.zeros((0, 0))
+        sy = slice(oky[0], oky[-1] + 1)
+        sx = slice(okx[0], okx[-1] + 1)
+        iy = np.floor(detector.to_index(ys[sy]) + 0.5).astype(np.int64)
+        ix = np.floor(detector.to_index(xs[sx]) + 0.5).astype(np.int64)
+        y0, x0 = iy[0], ix[0]
+        h, w = iy[-1] - y0 + 1, ix[-1] - x0 + 1
+        flat = ((iy - y0)[:, None] * w + (ix - x0)[None, :]).ravel()
+        box = np.bincount(flat, weights=self.weights[sy, sx].ravel(), minlength=h * w)
+        return slice(int(y0), int(y0 + h)), slice(int(x0), int(x0 + w)), box.reshape(h, w)
 
 
 def bragg_spots(crystal, params, lambda_L_over_p):

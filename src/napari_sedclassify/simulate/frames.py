@@ -22,7 +22,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from .detector import Detector
-from .diffraction import RadialTables, bragg_spots, direct_beam, radial_tables, render_spots
+from .diffraction import DirectBeam, RadialTables, bragg_spots, radial_tables, render_spots
 from .params import SessionParams, SimParams, detector_scale, session_seed
 from .sample import BeamContent
 
@@ -42,6 +42,7 @@ class ScanModel:
     content: BeamContent
     centres: np.ndarray
     spots: list  # per crystal: (radius px, azimuth rad, weight)
+    beam: DirectBeam
     n_electrons: float
     session: SessionParams
     params: SimParams
@@ -81,7 +82,7 @@ class ScanModel:
         lam *= det.efficiency
         lam = lam.ravel()
 
-        rows, cols, w = direct_beam(det, (cy, cx), s.beam_radius_px / b, s.psf_sigma_px / b)
+        rows, cols, w = self.beam(det, (cy, cx))
         if w.size:
             beam = lam.reshape(det.shape)
             beam[rows, cols] += (w * (direct * (1 - s.beam_tail_fraction))).astype(np.float32) * det.efficiency[
@@ -90,9 +91,9 @@ class ScanModel:
 
         for k, (radius, az, weight) in enumerate(self.spots):
             t_k = self.content.crystal_nm[iy, ix, k]
-            if t_k <= 0:
-                continue
             electrons = scattered_per_tau * p.bragg_fraction * t_k / p.ice_mfp_nm
+            if electrons * weight.max() < 0.01:  # crystal (practically) outside the beam
+                continue
             ys, xs = cy + radius * np.sin(az), cx + radius * np.cos(az)
             flat, val = render_spots(det, ys, xs, electrons * weight, p.spot_sigma_px / b)
             np.add.at(lam, flat, (val * det.efficiency.ravel()[flat]).astype(np.float32))
@@ -162,6 +163,7 @@ def scan_model(content: BeamContent, crystals, session, params, detector, seed) 
         content=content,
         centres=centres,
         spots=spots,
+        beam=DirectBeam(session.beam_radius_px / b, session.psf_sigma_px / b),
         n_electrons=session.electrons_per_frame,
         session=session,
         params=params,

@@ -74,88 +74,23 @@ def make_sample(scan_shape, session: SessionParams, params: SimParams, rng) -> S
     sy, sx = scan_shape
     k = int(params.sample_grid_per_step)
     pixel_nm = session.scan_step_nm / k
-    beam_px = max(0.5 * session.beam_diameter_nm + 4 * session.beam_edge_nm, 3 * session.beam_halo_nm) / pixel_nm
-    margin = int(np.ceil(max(beam_px + 2, (params.overview_margin_steps + 1) * k * 1.5)))
-    ny, nx = (sy - 1) * k + 2 * margin + 1, (sx - 1) * k + 2 * margin + 1
-    yy, xx = np.mgrid[:ny, :nx].astype(np.float64) * pixel_nm
-    y0 = x0 = margin * pixel_nm  # nm of scan point (0, 0)
+    beam_nm = max(0.5 * session.beam_diameter_nm + 4 * session.beam_edge_nm, 3 * session.beam_halo_nm)
+    margin = int(np.ceil(max(beam_nm / pixel_nm + 2, (params.overview_margin_steps + 1) * k * 1.5)))
+    shape = ((sy - 1) * k + 2 * margin + 1, (sx - 1) * k + 2 * margin + 1)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64) * pixel_nm
+    origin = margin * pixel_nm  # nm of scan point (0, 0) on both axes
     extent = ((sy - 1) * session.scan_step_nm, (sx - 1) * session.scan_step_nm)
 
-    # holes on a square lattice; the offset is drawn until the scan area shows a hole edge
-    diameter = rng.uniform(*params.hole_diameter_nm)
-    period = diameter + rng.uniform(*params.hole_spacing_nm)
-    radius_fn = _rough_radius(rng, amplitude=params.hole_edge_roughness)
-
-    def rho_at(y, x, off):
-        """Distance from the nearest hole centre relative to that hole's (rough) radius."""
-        cy = np.round((y - off[0]) / period) * period + off[0]
-        cx = np.round((x - off[1]) / period) * period + off[1]
-        return np.hypot(y - cy, x - cx) / (0.5 * diameter * radius_fn(np.arctan2(y - cy, x - cx)))
-
-    sy_nm, sx_nm = np.meshgrid(
-        np.linspace(y0, y0 + extent[0], 2 * sy), np.linspace(x0, x0 + extent[1], 2 * sx), indexing="ij"
-    )
-    lo, hi = params.ice_area_fraction
-    best = None
-    for _ in range(200):
-        off = rng.uniform(0, period, size=2)
-        frac = float((rho_at(sy_nm, sx_nm, off) < 1).mean())
-        score = 0.0 if lo <= frac <= hi else min(abs(frac - lo), abs(frac - hi))
-        if best is None or score < best[0]:
-            best = (score, off)
-        if score == 0.0:
-            break
-    rho = rho_at(yy, xx, best[1])
+    rho = _holes(yy, xx, origin, extent, scan_shape, params, rng)
     hole = rho < 1.0
-
-    tex_px = params.texture_length_nm / pixel_nm
-    tex = params.thickness_texture
-    t_c, t_e = rng.uniform(*params.ice_centre_nm), rng.uniform(*params.ice_edge_nm)
-    ice_hole = t_c + (t_e - t_c) * np.clip(rho, 0, 1) ** params.ice_profile_power
-    ice_over = rng.uniform(*params.ice_over_carbon_nm)
-    ice_nm = np.where(hole, ice_hole, ice_over) * (1 + tex * _texture(rng, (ny, nx), tex_px))
-    carbon_t = rng.uniform(*params.carbon_nm)
-    carbon_nm = np.where(hole, 0.0, carbon_t * (1 + 0.5 * tex * _texture(rng, (ny, nx), tex_px)))
-    ice_nm = np.clip(ice_nm, 0.0, None)
-
-    # crystals: mostly in the holes, within the scan area (plus a little margin)
+    carbon_nm, ice_nm = _film_and_ice(rho, pixel_nm, params, rng)
     area_um2 = (extent[0] + session.scan_step_nm) * (extent[1] + session.scan_step_nm) * 1e-6
     n_cryst = max(params.min_crystals, int(rng.poisson(params.crystals_per_um2 * area_um2)))
-    crystal_nm = np.zeros((ny, nx))
-    crystal_id = np.full((ny, nx), -1, dtype=np.int16)
-    crystals = []
-    n_refl = len(params.bragg_d_A)
-    for c in range(n_cryst):
-        want_ice = rng.random() < params.crystal_in_ice
-        for _ in range(100):
-            cyn = y0 + rng.uniform(-0.05, 1.05) * extent[0]
-            cxn = x0 + rng.uniform(-0.05, 1.05) * extent[1]
-            iy, ix = int(round(cyn / pixel_nm)), int(round(cxn / pixel_nm))
-            if hole[iy, ix] == want_ice:
-                break
-        size = rng.uniform(*params.crystal_size_nm)
-        a = 0.5 * size
-        b = a * rng.uniform(*params.crystal_aspect)
-        theta = rng.uniform(0, np.pi)
-        rough = _rough_radius(rng, amplitude=0.06)
-        h = int(np.ceil(0.6 * size / pixel_nm)) + 1
-        box = (slice(max(iy - h, 0), iy + h + 1), slice(max(ix - h, 0), ix + h + 1))
-        dy, dx = yy[box] - cyn, xx[box] - cxn
-        u = (dy * np.cos(theta) + dx * np.sin(theta)) / a
-        v = (-dy * np.sin(theta) + dx * np.cos(theta)) / b
-        r = np.hypot(u, v) / rough(np.arctan2(v, u))
-        height = size * rng.uniform(*params.crystal_height_ratio)
-        dome = np.where(r < 1.0, height * np.sqrt(np.clip(1 - r**2, 0, 1)), 0.0)
-        on = dome > crystal_nm[box]
-        crystal_nm[box] = np.where(on, dome, crystal_nm[box])
-        crystal_id[box][on] = c
-        # which reflection sets are excited, and how strongly (fixed per crystal)
-        excited = rng.random(n_refl) < params.bragg_excited
-        excited[int(rng.integers(0, 3))] = True  # at least one of the strong low-angle sets
-        w = np.asarray(params.bragg_intensity)[:, None] * rng.uniform(0.2, 1.0, size=(n_refl, 1))
-        w = w * excited[:, None] * np.tile(rng.uniform(0.5, 1.0, size=(n_refl, 3)), 2)  # Friedel pairs k, k+3 equal
-        azimuth = rng.uniform(0.0, 60.0, size=n_refl)  # each excited set at its own azimuth
-        crystals.append(Crystal((cyn, cxn), size, float(rng.uniform(0, 60.0)), w / w.sum(), azimuth))
+    crystal_nm = np.zeros(shape)
+    crystal_id = np.full(shape, -1, dtype=np.int16)
+    crystals = [
+        _add_crystal(c, yy, xx, hole, origin, extent, crystal_nm, crystal_id, params, rng) for c in range(n_cryst)
+    ]
     crystal_nm[crystal_id < 0] = 0.0
 
     material = np.where(hole, AMORPHOUS_ICE, CARBON).astype(np.uint8)
@@ -171,6 +106,87 @@ def make_sample(scan_shape, session: SessionParams, params: SimParams, rng) -> S
         crystal_id=crystal_id,
         crystals=crystals,
     )
+
+
+def _holes(yy, xx, origin, extent, scan_shape, params: SimParams, rng) -> np.ndarray:
+    """Distance (relative to the hole radius) from the nearest hole centre of a square hole lattice.
+
+    The lattice offset is drawn until the scan area shows a hole edge (``ice_area_fraction`` in holes).
+    """
+    diameter = rng.uniform(*params.hole_diameter_nm)
+    period = diameter + rng.uniform(*params.hole_spacing_nm)
+    radius_fn = _rough_radius(rng, amplitude=params.hole_edge_roughness)
+
+    def rho_at(y, x, off):
+        cy = np.round((y - off[0]) / period) * period + off[0]
+        cx = np.round((x - off[1]) / period) * period + off[1]
+        return np.hypot(y - cy, x - cx) / (0.5 * diameter * radius_fn(np.arctan2(y - cy, x - cx)))
+
+    sy, sx = scan_shape
+    ys, xs = np.meshgrid(
+        np.linspace(origin, origin + extent[0], 2 * sy), np.linspace(origin, origin + extent[1], 2 * sx), indexing="ij"
+    )
+    lo, hi = params.ice_area_fraction
+    best = None
+    for _ in range(200):
+        off = rng.uniform(0, period, size=2)
+        frac = float((rho_at(ys, xs, off) < 1).mean())
+        score = 0.0 if lo <= frac <= hi else min(abs(frac - lo), abs(frac - hi))
+        if best is None or score < best[0]:
+            best = (score, off)
+        if score == 0.0:
+            break
+    return rho_at(yy, xx, best[1])
+
+
+def _film_and_ice(rho, pixel_nm, params: SimParams, rng):
+    """Carbon film and vitreous ice thickness (nm): meniscus in the holes, thin ice over carbon."""
+    hole = rho < 1.0
+    tex_px = params.texture_length_nm / pixel_nm
+    tex = params.thickness_texture
+    t_c, t_e = rng.uniform(*params.ice_centre_nm), rng.uniform(*params.ice_edge_nm)
+    ice_hole = t_c + (t_e - t_c) * np.clip(rho, 0, 1) ** params.ice_profile_power
+    ice_over = rng.uniform(*params.ice_over_carbon_nm)
+    ice_nm = np.where(hole, ice_hole, ice_over) * (1 + tex * _texture(rng, rho.shape, tex_px))
+    carbon_t = rng.uniform(*params.carbon_nm)
+    carbon_nm = np.where(hole, 0.0, carbon_t * (1 + 0.5 * tex * _texture(rng, rho.shape, tex_px)))
+    return carbon_nm, np.clip(ice_nm, 0.0, None)
+
+
+def _add_crystal(c, yy, xx, hole, origin, extent, crystal_nm, crystal_id, params: SimParams, rng) -> Crystal:
+    """Draw crystal ``c`` (mostly in a hole, near the scan area) into the thickness and id maps."""
+    pixel_nm = yy[1, 0] - yy[0, 0]
+    want_ice = rng.random() < params.crystal_in_ice
+    for _ in range(100):
+        cyn = origin + rng.uniform(-0.05, 1.05) * extent[0]
+        cxn = origin + rng.uniform(-0.05, 1.05) * extent[1]
+        iy, ix = int(round(cyn / pixel_nm)), int(round(cxn / pixel_nm))
+        if hole[iy, ix] == want_ice:
+            break
+    size = rng.uniform(*params.crystal_size_nm)
+    a = 0.5 * size
+    b = a * rng.uniform(*params.crystal_aspect)
+    theta = rng.uniform(0, np.pi)
+    rough = _rough_radius(rng, amplitude=0.06)
+    h = int(np.ceil(0.6 * size / pixel_nm)) + 1
+    box = (slice(max(iy - h, 0), iy + h + 1), slice(max(ix - h, 0), ix + h + 1))
+    dy, dx = yy[box] - cyn, xx[box] - cxn
+    u = (dy * np.cos(theta) + dx * np.sin(theta)) / a
+    v = (-dy * np.sin(theta) + dx * np.cos(theta)) / b
+    r = np.hypot(u, v) / rough(np.arctan2(v, u))
+    height = size * rng.uniform(*params.crystal_height_ratio)
+    dome = np.where(r < 1.0, height * np.sqrt(np.clip(1 - r**2, 0, 1)), 0.0)
+    on = dome > crystal_nm[box]
+    crystal_nm[box] = np.where(on, dome, crystal_nm[box])
+    crystal_id[box][on] = c
+    # which reflection sets are excited, how strongly and at which azimuth (fixed per crystal)
+    n_refl = len(params.bragg_d_A)
+    excited = rng.random(n_refl) < params.bragg_excited
+    excited[int(rng.integers(0, 3))] = True  # at least one of the strong low-angle sets
+    w = np.asarray(params.bragg_intensity)[:, None] * rng.uniform(0.2, 1.0, size=(n_refl, 1))
+    w = w * excited[:, None] * np.tile(rng.uniform(0.5, 1.0, size=(n_refl, 3)), 2)  # Friedel pairs k, k+3
+    azimuth = rng.uniform(0.0, 60.0, size=n_refl)
+    return Crystal((cyn, cxn), size, float(rng.uniform(0, 60.0)), w / w.sum(), azimuth)
 
 
 def beam_kernel(session: SessionParams, pixel_nm: float, halo: bool = True) -> np.ndarray:
@@ -222,12 +238,15 @@ def beam_content(sample: Sample, scan_shape, session: SessionParams) -> BeamCont
         [under_beam((sample.material == c).astype(np.float64), disc) for c in (CARBON, AMORPHOUS_ICE, CRYSTALLINE_ICE)],
         axis=-1,
     )
+    fractions = np.clip(fractions, 0.0, 1.0)  # FFT round-off
     fractions /= fractions.sum(-1, keepdims=True)
     beam = beam_kernel(session, sample.pixel_nm)
-    thickness = np.stack([under_beam(t, beam) for t in (sample.carbon_nm, sample.ice_nm, sample.crystal_nm)], axis=-1)
+    thickness = np.stack(
+        [under_beam(t, beam) for t in (sample.carbon_nm, sample.ice_nm, sample.crystal_nm)], axis=-1
+    ).clip(0.0, None)
     crystal_nm = np.zeros((sy, sx, len(sample.crystals)))
     for c in range(len(sample.crystals)):
-        crystal_nm[..., c] = under_beam(np.where(sample.crystal_id == c, sample.crystal_nm, 0.0), beam)
+        crystal_nm[..., c] = under_beam(np.where(sample.crystal_id == c, sample.crystal_nm, 0.0), beam).clip(0.0)
     return BeamContent(fractions, thickness, crystal_nm)
 
 

@@ -1,0 +1,132 @@
+"""Live widget: follow an acquisition (a growing Merlin .mib file or a folder of frame files),
+classify each frame as it arrives and show the running class map as a Labels layer.
+
+``pipeline.live.watch`` runs in a thread worker and fills a ``LiveClassMap``; a QTimer on the
+UI thread redraws the layer when the state has changed (at most every ``REFRESH_MS``), so the
+acquisition rate never sets the redraw rate.
+"""
+
+from __future__ import annotations
+
+from magicgui.widgets import Container, FileEdit, LineEdit, Select, SpinBox
+
+from ...classes import ClassTable
+from ..jobs import BackgroundJob, JobButtons, wrapped_label
+from ..palette import class_colormap, display_name, legend_html
+
+#: Redraw interval of the live layer (ms).
+REFRESH_MS = 200
+LAYER_NAME = "live classes"
+
+
+class LiveWidget(Container):
+    """Start / stop live classification and show its running class map."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self._viewer = napari_viewer
+        self._model_path = FileEdit(label="model file", mode="r", filter="*.sedmodel")
+        self._input = LineEdit(label="input (.mib or folder)")
+        self._rows = SpinBox(label="scan rows (0: from .hdr)", min=0, max=100000, value=0)
+        self._cols = SpinBox(label="scan columns", min=0, max=100000, value=0)
+        self._flatfield = FileEdit(label="flat-field", mode="r", filter="*.npy *.npz *.h5 *.mib")
+        self._calibration = FileEdit(label="geometry of scan", mode="r")
+        self._calibration.tooltip = ("a scan file whose geometry (pixel size, camera length, voltage) applies to the "
+                                     "live frames; empty: what the live file says")
+        table = ClassTable.default()
+        self._keep = Select(label="keep classes", choices=[(display_name(table.names[i]), i) for i in table.ids],
+                            value=[2])
+        self._keep.native.setMaximumHeight(80)
+        self._out = FileEdit(label="write to folder", mode="d")
+        self._jobs = JobButtons("Start watching", self.start)
+        self._jobs.cancel_button.text = "Stop"
+        self._summary = wrapped_label()
+        self.extend([self._model_path, self._input, self._rows, self._cols, self._flatfield, self._calibration,
+                     self._keep, self._out, self._jobs, self._summary])
+        self.state = None  # the LiveClassMap of the current run, set from the worker thread
+        self.result = None
+        self.layer = None
+        self._shown_version = -1
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer()
+        self._timer.setInterval(REFRESH_MS)
+        self._timer.timeout.connect(self.refresh)
+
+    def start(self):
+        from ...pipeline.live import LiveClassMap, open_source, watch
+        from ...pipeline.predict import as_model
+
+        model_path = str(self._model_path.value or "")
+        if not model_path.endswith(".sedmodel"):
+            self._jobs.status.value = "choose a model file (.sedmodel)"
+            return
+        source_path = self._input.value.strip()
+        if not source_path:
+            self._jobs.status.value = "give the .mib file or folder to follow"
+            return
+        shape = (self._rows.value, self._cols.value) if self._rows.value and self._cols.value else None
+        flat, calibration, out = (_path(w) for w in (self._flatfield, self._calibration, self._out))
+        keep = list(self._keep.value)
+        self.state, self.result, self._shown_version = None, None, -1
+
+        def work(report, cancelled):
+            import time
+
+            model = as_model(model_path)
+            geometry, metadata = None, None
+            if calibration:
+                from ...io import open_scan
+
+                ref = open_scan(calibration)
+                geometry = ref.geometry
+                metadata = {k: ref.metadata[k] for k in ("edge_pixel_width",) if k in ref.metadata}
+            src = open_source(source_path, shape)
+            while not src.ready():
+                if cancelled():
+                    return None
+                time.sleep(0.01)
+            sy, sx = src.scan_shape
+            state = LiveClassMap((sy, sx), model.classes.ids, keep, model.classes.names)
+            state.subscribe(lambda s: report(s.n_done, s.n_positions))
+            self.state = state
+            return watch(model, src, out_dir=out, keep=keep, flatfield=flat, geometry=geometry, metadata=metadata,
+                         state=state, cancel=cancelled, force=True, timeout_s=30.0)
+
+        def returned(result):
+            self.result = result
+            self.refresh()
+
+        def finished():
+            self._timer.stop()
+            self.refresh()
+
+        self._timer.start()
+        return self._jobs.launch(BackgroundJob("live classification", work, on_returned=returned,
+                                               on_finished=finished))
+
+    def refresh(self):
+        """Redraw the live layer and the summary if the state changed since the last redraw."""
+        state = self.state
+        if state is None or state.version == self._shown_version:
+            return
+        snap = state.snapshot()
+        self._shown_version = snap["version"]
+        table = ClassTable(state.class_names, ClassTable.default().colours) if state.class_names else None
+        if self.layer is None or self.layer not in self._viewer.layers:
+            self.layer = self._viewer.add_labels(snap["class_map"], name=LAYER_NAME, opacity=0.6)
+            self.layer.colormap = class_colormap(table)
+        else:
+            self.layer.data = snap["class_map"]
+        counts = {c: int((snap["class_map"] == c).sum()) for c in state.class_ids}
+        lat = snap["latency"]
+        line = f"{snap['status']}: {lat.get('frames', 0)} of {state.n_positions} frames, kept {int(snap['keep'].sum())}"
+        if "median_ms" in lat:
+            line += f", latency {lat['median_ms']:.1f} ms (p95 {lat['p95_ms']:.1f})"
+        self._summary.value = line + "<br>" + legend_html(table, counts)
+
+
+def _path(widget) -> str | None:
+    """The path a FileEdit holds, None when empty."""
+    value = str(widget.value or "")
+    return None if value in ("", ".") else value

@@ -1,0 +1,203 @@
+"""Live mode: frames classified as a background writer produces them; the final class map equals
+the batch result on the finished file."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from napari_sedclassify.cli import main
+from napari_sedclassify.io import ScanFormatError, open_scan
+from napari_sedclassify.pipeline.acquisition import Acquisition, mib_frame_bytes
+from napari_sedclassify.pipeline.live import LiveClassMap, MibSource, watch
+from napari_sedclassify.pipeline.predict import predict_scan
+
+RATE_HZ = 250.0  # frames per second of the simulated detector
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 10x10 scan to acquire (128 px detector) and an FCNN trained on two other scans of the session
+    whose preprocessing plan does not depend on a sample of the scan (beam radius, saturation given,
+    bad pixels from the flat-field), so live and batch runs use the same plan."""
+    from napari_sedclassify.models.persistence import save_model
+    from napari_sedclassify.pipeline.train import train_model
+    from napari_sedclassify.processing import PreprocessParams
+    from napari_sedclassify.simulate import simulate_scan
+
+    d = tmp_path_factory.mktemp("live")
+    train = [simulate_scan(d / f"t{i}.npy", scan_shape=(8, 8), detector_px=128, seed=40 + i) for i in (0, 1)]
+    sim = simulate_scan(d / "acq.npy", scan_shape=(10, 10), detector_px=128, seed=42)
+    flat = str(sim.flatfield_path)
+    pinned = PreprocessParams(beam_radius_px=3.5, saturation_counts=4095, detect_bad_pixels=False)
+    model = train_model([t.scan.source for t in train], [t.truth for t in train], model="fcnn", flatfield=flat,
+                        preprocess_params=pinned)
+    save_model(model, d / "fcnn.sedmodel")
+    return {"dir": d, "sim": sim, "flat": flat, "model": model, "model_path": str(d / "fcnn.sedmodel")}
+
+
+def _batch(setup, path):
+    """The batch result on the same frames, with the simulated detector's calibration (the frame
+    files do not carry it) and no more metadata than the live frames have."""
+    scan = open_scan(path, (10, 10))
+    scan.geometry = setup["sim"].geometry
+    scan.metadata.pop("edge_pixel_width", None)
+    return predict_scan(setup["model"], scan, flatfield=setup["flat"])
+
+
+@pytest.mark.parametrize("kind", ["mib", "folder"])
+def test_live_keeps_up_and_ends_with_the_batch_class_map(setup, tmp_path, kind):
+    sim = setup["sim"]
+    target = tmp_path / ("acq.mib" if kind == "mib" else "frames")
+    state = LiveClassMap(sim.scan.scan_shape, setup["model"].classes.ids, [2], setup["model"].classes.names)
+    updates = []
+    state.subscribe(lambda s: updates.append((time.perf_counter(), s.n_done)))
+    writer = Acquisition(sim.scan, target, rate_hz=RATE_HZ, kind=kind)
+    writer.start()
+    result = watch(setup["model"], target, scan_shape=(10, 10), out_dir=tmp_path / "out", flatfield=setup["flat"],
+                   geometry=sim.geometry, state=state, timeout_s=20)
+    writer.join()
+    assert writer.error is None and writer.written == 100
+    assert result.status == "complete" and state.n_done == 100
+    # live: frames were classified while the detector was still writing
+    first_classified = next(t for t, n in updates if n > 0)
+    assert first_classified < writer.finished_at
+    batch = _batch(setup, target if kind == "mib" else sim.scan.source)
+    assert np.array_equal(state.class_map(), batch.class_map)
+    np.testing.assert_allclose(state.probabilities(), batch.probabilities, rtol=0, atol=1e-6)
+    # files: running class map and keep-list
+    out = result.files
+    assert np.array_equal(np.load(out["class_map"]), batch.class_map)
+    keep = json.loads(open(out["keep"]).read())
+    assert keep["status"] == "complete" and keep["frames_done"] == 100
+    assert keep["kept_positions"] == np.argwhere(batch.class_map == 2).tolist()
+    lat = result.to_dict()["latency"]
+    assert lat["frames"] == 100 and lat["calibration_frames"] == 48
+    assert 0 < lat["median_ms"] <= lat["max_ms"]
+
+
+def test_stops_on_timeout_with_a_partial_class_map(setup, tmp_path):
+    sim = setup["sim"]
+    target = tmp_path / "acq.mib"
+    writer = Acquisition(sim.scan, target, rate_hz=RATE_HZ)
+    writer.start()
+    while writer.written < 60:
+        time.sleep(0.005)
+    writer.stop()  # the acquisition is interrupted after 60+ frames
+    writer.join()
+    n = writer.written
+    result = watch(setup["model_path"], target, out_dir=tmp_path, flatfield=setup["flat"], geometry=sim.geometry,
+                   timeout_s=0.5)
+    assert result.status == "timeout"
+    assert result.state.n_done == n and (result.state.class_map().ravel()[n:] == 0).all()
+    assert (result.state.class_map().ravel()[:n] > 0).all()
+    keep = json.loads((tmp_path / "acq_keep.json").read_text())
+    assert keep["status"] == "timeout" and keep["frames_done"] == n
+    with pytest.raises(FileExistsError, match="--force"):  # outputs of a run are not overwritten silently
+        watch(setup["model_path"], target, out_dir=tmp_path, timeout_s=0.5)
+
+
+def test_mib_source_reads_only_whole_frames(setup, tmp_path):
+    frames = np.asarray(setup["sim"].scan.frames()[:3])
+    path = tmp_path / "a.mib"
+    src = MibSource(path, scan_shape=(1, 3))
+    assert src.poll() is None  # nothing written yet
+    blobs = [mib_frame_bytes(f, i + 1) for i, f in enumerate(frames)]
+    with open(path, "wb") as f:
+        f.write(blobs[0][:200])  # part of the header
+        f.flush()
+        assert src.poll() is None
+        f.write(blobs[0][200:-10])  # all but the last pixels
+        f.flush()
+        assert src.poll() is None
+        f.write(blobs[0][-10:] + blobs[1])
+        f.flush()
+        got = src.poll()
+        assert got.index.tolist() == [0, 1] and np.array_equal(got.frames, frames[:2])
+        f.write(b"XQ1," + blobs[2][4:])  # a damaged frame header
+        f.flush()
+        with pytest.raises(ScanFormatError, match="frame 2"):
+            src.poll()
+
+
+def test_state_is_safe_to_read_while_updated(setup):
+    state = LiveClassMap((10, 10), [1, 2, 3, 4], [2])
+    seen = []
+    unsubscribe = state.subscribe(lambda s: seen.append(s.version))
+
+    def writer():
+        for k in range(100):
+            state.update([k], [1 + k % 4], np.eye(4, dtype=np.float32)[k % 4][None], [0.001])
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while t.is_alive():
+        snap = state.snapshot()
+        # a snapshot is consistent: exactly the done positions have a class
+        assert np.array_equal(snap["done"], snap["class_map"] > 0)
+    t.join()
+    unsubscribe()
+    state.update([0], [3], np.zeros((1, 4), np.float32), [0.001])
+    assert len(seen) == 100
+    assert state.n_done == 100 and state.keep().sum() == 25
+    assert state.keep_positions().tolist() == np.argwhere(state.class_map() == 2).tolist()
+
+
+def test_cli_watch(setup, tmp_path, capsys):
+    sim = setup["sim"]
+    target = tmp_path / "acq.mib"
+    writer = Acquisition(sim.scan, target, rate_hz=RATE_HZ)
+    writer.start()
+    code = main(["watch", setup["model_path"], "--input", str(target), "--out", str(tmp_path / "out"),
+                 "--flatfield", setup["flat"], "--calibration", sim.scan.source, "--timeout", "20", "--json"])
+    writer.join()
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "complete" and summary["frames"] == 100
+    scan = open_scan(target)  # scan shape from the .hdr, as watch found it
+    scan.geometry = sim.geometry
+    scan.metadata["edge_pixel_width"] = sim.scan.metadata["edge_pixel_width"]
+    batch = predict_scan(setup["model"], scan, flatfield=setup["flat"])
+    assert np.array_equal(np.load(tmp_path / "out" / "acq_live_classes.npy"), batch.class_map)
+    assert summary["kept"] == int((batch.class_map == 2).sum())
+
+
+def test_napari_live_layer_follows_the_acquisition(setup, tmp_path, make_napari_viewer, qtbot):
+    from napari_sedclassify._napari.widgets.live import LAYER_NAME, LiveWidget
+    from napari_sedclassify.models.persistence import load_model
+
+    sim = setup["sim"]
+    viewer = make_napari_viewer()
+    widget = LiveWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    target = tmp_path / "acq.mib"
+    widget._model_path.value = setup["model_path"]
+    widget._input.value = str(target)
+    widget._flatfield.value = setup["flat"]
+    widget._calibration.value = sim.scan.source
+    drawn = []  # frames shown by the layer at each redraw
+    load_model(setup["model_path"])  # libraries imported: the widget starts watching at once
+    job = widget.start()
+    writer = Acquisition(sim.scan, target, rate_hz=25)  # 4 s of acquisition
+    writer.start()
+    original_refresh = widget.refresh
+
+    def refresh():
+        original_refresh()
+        if widget.layer is not None:
+            drawn.append(int((widget.layer.data > 0).sum()))
+
+    widget._timer.timeout.disconnect()
+    widget._timer.timeout.connect(refresh)
+    qtbot.waitUntil(lambda: job.done, timeout=60_000)
+    writer.join()
+    assert job.outcome == "done" and widget.result.status == "complete"
+    layer = viewer.layers[LAYER_NAME]
+    assert np.array_equal(layer.data, widget.state.class_map())
+    assert (layer.data > 0).all()
+    assert any(0 < n < 100 for n in drawn), drawn  # the layer showed a partial class map while frames arrived
+    assert "complete: 100 of 100 frames" in widget._summary.value

@@ -1,0 +1,280 @@
+"""Features, FCNN, SVM, metrics, model files and training on tiny simulated scans (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from models_helpers import majority_f1, tiny_features, tiny_simulated
+from napari_sedclassify.geometry import Geometry
+from napari_sedclassify.models import Cancelled
+from napari_sedclassify.models.features import Augmentation, FeatureRecipe, crop_features, ria_features
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Four session-A scans (three to train, one held out) and one session-B scan."""
+    sims = tiny_simulated([0, 1, 2, 3]) + tiny_simulated([10], session="B")
+    return tiny_features(sims), [s.truth for s in sims]
+
+
+# ---- features -------------------------------------------------------------------------------
+
+
+def test_ria_features_are_exact_bin_means_and_session_invariant():
+    g = Geometry(detector_shape=(256, 256), pixel_size_um=110.0)
+    radii = np.arange(180) + 0.5
+    ramp = 2.0 * radii + 5.0  # bin k = [k, k + 1) px holds 2 (k + 0.5) + 5
+    recipe = FeatureRecipe(normalise=False, n_bins=20, augmentation=Augmentation(copies=0))
+    edges = recipe.ria_edges_px(g)
+    f = ria_features(ramp[None], radii, recipe, g)[0]
+    # the exact mean of the piecewise-constant profile over each feature bin
+    exact = [ramp[np.floor(np.linspace(a, b, 200001)[:-1]).astype(int)].mean() for a, b in zip(edges[:-1], edges[1:])]
+    np.testing.assert_allclose(f, exact, rtol=1e-4)
+    # normalisation removes any dose / global gain factor
+    norm = FeatureRecipe(n_bins=20)
+    a = ria_features(ramp[None], radii, norm, g)
+    b = ria_features(3.7 * ramp[None], radii, norm, g)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # empty bins (NaN) inside the range are bridged; an all-NaN profile stays NaN
+    holey = ramp.copy()
+    holey[60:63] = np.nan
+    np.testing.assert_allclose(ria_features(holey[None], radii, recipe, g)[0], f, rtol=1e-3)
+    assert np.isnan(ria_features(np.full((1, 180), np.nan), radii, recipe, g)).all()
+
+
+def test_ria_radial_scaling_moves_a_ring_like_a_camera_length_change():
+    g = Geometry(detector_shape=(256, 256), pixel_size_um=110.0)
+    radii = np.arange(180) + 0.5
+    ring_px = g.d_A_to_radius_px(3.7)
+    ria = 1.0 + 50 * np.exp(-0.5 * ((radii - ring_px) / 2.0) ** 2)
+    recipe = FeatureRecipe(normalise=False, n_bins=400, q_min_invA=0.2, q_max_invA=0.35)
+    centres = 0.5 * (recipe.ria_edges_px(g)[1:] + recipe.ria_edges_px(g)[:-1])
+    aug = {"scale": np.array([1.0, 1.04]), "jitter": np.zeros(2), "intensity": np.ones(2)}
+    f = ria_features(np.stack([ria, ria]), radii, recipe, g, aug)
+    w = f - 1.0
+    peak = (w * centres).sum(axis=1) / w.sum(axis=1)  # ring centroids (px)
+    # sampling the profile at 1.04 r puts the ring at r / 1.04
+    assert abs(peak[0] - ring_px) < 0.05
+    assert abs(peak[1] - ring_px / 1.04) < 0.05
+
+
+def test_crop_features_resample_normalise_and_shift():
+    recipe = FeatureRecipe(kind="crop", crop_size=24)
+    yy, xx = np.mgrid[:60, :60]
+    crop = 1.0 + 100.0 * (((yy - 29.5) ** 2 + (xx - 29.5) ** 2) < 9)
+    out = crop_features(np.stack([crop, 5 * crop]), 30.0, recipe)
+    assert out.shape == (2, 24, 24)
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)  # dose-invariant
+    # a 3 px centre error moves the beam by 3 / 60 * 24 = 1.2 output px
+    aug = {"scale": np.ones(1), "jitter": np.array([3.0]), "angle": np.array([0.0]), "intensity": np.ones(1)}
+    moved = crop_features(crop[None], 30.0, recipe.replace(normalise=False), aug)[0]
+    still = crop_features(crop[None], 30.0, recipe.replace(normalise=False))[0]
+    com = [np.sum((img - 1) * np.arange(24)[None, :]) / (img - 1).sum() for img in (moved, still)]
+    assert com[1] - com[0] == pytest.approx(1.2, abs=0.2)
+
+
+def test_crop_layout_clips_to_the_frame_and_works_in_angstrom():
+    recipe = FeatureRecipe(kind="crop")
+    g512 = Geometry(detector_shape=(512, 512))
+    half, b = recipe.crop_layout(g512)
+    assert abs(g512.radius_px_to_d_A(half) - 2.7) < 0.05 and (2 * half) % b == 0
+    g256 = Geometry(detector_shape=(256, 256), pixel_size_um=110.0)
+    half256, b256 = recipe.crop_layout(g256)
+    assert abs(g256.radius_px_to_d_A(half256) - 2.7) < 0.1
+    small = Geometry(detector_shape=(256, 256))  # 55 µm px: 2.7 Å lies outside the frame
+    half_small, _ = recipe.crop_layout(small)
+    assert half_small <= 126
+    with pytest.raises(ValueError, match="not calibrated"):
+        recipe.crop_layout(Geometry(detector_shape=(256, 256), camera_length_mm=None))
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+
+def test_metrics_match_scikit_learn(tmp_path):
+    from sklearn import metrics as skm
+
+    from napari_sedclassify.models.metrics import evaluate, format_table, plot_confusion, plot_maps
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 5, (20, 20))
+    pred = np.where(rng.random((20, 20)) < 0.7, truth, rng.integers(1, 5, (20, 20)))
+    m = evaluate(truth, pred)
+    keep = truth > 0
+    t, p = truth[keep], pred[keep]
+    prec, rec, f1, _ = skm.precision_recall_fscore_support(t, p, average="weighted", labels=[1, 2, 3, 4])
+    assert m["weighted"]["precision"] == pytest.approx(prec)
+    assert m["weighted"]["recall"] == pytest.approx(rec)
+    assert m["weighted"]["f1"] == pytest.approx(f1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(t, p))
+    jac = skm.jaccard_score(t, p, average=None, labels=[1, 2, 3, 4])
+    assert [m["per_class"][c]["jaccard"] for c in m["per_class"]] == pytest.approx(list(jac))
+    assert m["confusion"] == skm.confusion_matrix(t, p, labels=[1, 2, 3, 4]).tolist()
+    assert m["n_excluded"] == int((~keep).sum())
+    np.testing.assert_allclose(np.sum(m["confusion_normalised"], axis=1), 1.0, atol=1e-3)
+    table = format_table(m)
+    assert "crystalline_ice" in table and f"{m['weighted']['f1']:.3f}" in table
+    json.dumps(m)
+    plot_confusion(m, tmp_path / "cm.png")
+    plot_maps(truth, pred, tmp_path / "maps.png", integrated=rng.random((20, 20)))
+    for f in ("cm.png", "maps.png"):
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- training and estimators ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fcnn", "svm"])
+def test_models_learn_on_tiny_scans_and_round_trip(tiny, kind, tmp_path):
+    from napari_sedclassify.models.persistence import load_model, read_metadata, save_model
+
+    feats, truths = tiny
+    epochs = []
+    model = train_model(feats, truths, kind, progress=lambda e, logs: epochs.append((e, logs)))
+    assert epochs and all("max_epochs" in lg for _, lg in epochs)
+    for name in ("A_3", "B_10"):
+        f1 = model.metrics["holdout"][name]["weighted"]["f1"]
+        assert f1 > 0.8 and f1 > majority_f1(truths[[f.name for f in feats].index(name)]) + 0.2, (name, f1)
+    est = model.estimator
+    assert set(est.classes_) <= {1, 2, 3, 4} and "random_state" in est.get_params()
+    X = feats[3].inputs(model.recipe)
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(est.predict(X), est.classes_[proba.argmax(1)])
+
+    path = save_model(model, tmp_path / f"{kind}.sedmodel")
+    meta = read_metadata(path)
+    assert meta["kind"] == kind and meta["recipe"]["axis"] == "q"
+    assert meta["classes"]["names"]["2"] == "amorphous_ice" and meta["geometry"]["detector_shape"] == [128, 128]
+    assert "scikit-learn" in meta["versions"] and meta["training"]["n_train_frames"] > 0
+    assert set(zipfile.ZipFile(path).namelist()) == {"model.json", "estimator.skops"}
+    loaded = load_model(path)
+    np.testing.assert_array_equal(loaded.predict_proba(X), proba)
+    assert loaded.recipe == model.recipe and loaded.classes == model.classes
+
+
+def train_model(feats, truths, kind, **kw):
+    from napari_sedclassify.models.training import train
+
+    return train(feats, truths, kind=kind, holdout=[3, 4], seed=0, **kw)
+
+
+def test_training_is_reproducible_and_splits_by_scan(tiny):
+    feats, truths = tiny
+    a = train_model(feats, truths, "fcnn", params={"max_epochs": 30})
+    b = train_model(feats, truths, "fcnn", params={"max_epochs": 30})
+    X = feats[3].inputs(a.recipe)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    t = a.training
+    labeled = sum(int((truths[i] > 0).sum()) for i in range(3))
+    assert t["n_train_frames"] + t["n_validation_frames"] == labeled
+    assert t["n_validation_frames"] == pytest.approx(0.1 * labeled, abs=4)
+    assert t["n_train_inputs"] == 2 * t["n_train_frames"]  # one augmented copy
+    assert [s["role"] for s in t["scans"]] == ["train"] * 3 + ["holdout"] * 2
+
+
+def test_training_cancels(tiny):
+    feats, truths = tiny
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Cancelled):
+        train_model(feats, truths, "fcnn", cancel=cancel)
+
+
+def test_bad_labels_are_refused_with_clear_errors(tiny):
+    feats, truths = tiny
+    with pytest.raises(ValueError, match=r"labels for A_0: shape \(15, 16\) does not match the scan grid 16x16"):
+        train_model(feats, [truths[0][:15]] + truths[1:], "fcnn")
+    bad = truths[0].astype(np.int64).copy()
+    bad[0, 0] = 9
+    with pytest.raises(ValueError, match=r"unknown class ids \[9\]"):
+        train_model(feats, [bad] + truths[1:], "fcnn")
+    with pytest.raises(ValueError, match="fewer than two classes"):
+        train_model(feats, [np.ones_like(t) for t in truths], "svm")
+
+
+def test_svm_randomized_search(tiny):
+    feats, truths = tiny
+    model = train_model(feats, truths, "svm", params={"search": True, "n_iter": 4, "search_samples": 300})
+    assert set(model.training["search_results"]["best_params"]) == {"C", "gamma"}
+    assert model.metrics["holdout"]["A_3"]["weighted"]["f1"] > 0.8
+
+
+# ---- model files: safety and compatibility ---------------------------------------------------
+
+
+def _swap_member(src, dst, member, data):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.namelist():
+            zout.writestr(item, data if item == member else zin.read(item))
+
+
+def test_untrusted_or_foreign_model_files_are_refused(tiny, tmp_path):
+    import os
+
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from napari_sedclassify.models.persistence import ModelFileError, load_model, save_model
+
+    feats, truths = tiny
+    good = save_model(train_model(feats, truths, "svm"), tmp_path / "good.sedmodel")
+    evil = Pipeline([("run", FunctionTransformer(os.system))])
+    _swap_member(good, tmp_path / "evil.sedmodel", "estimator.skops", sio.dumps(evil))
+    with pytest.raises(ModelFileError, match=r"evil.sedmodel: refused to load.*(posix|os)\.system"):
+        load_model(tmp_path / "evil.sedmodel")
+    (tmp_path / "junk.sedmodel").write_bytes(b"not a zip at all")
+    with pytest.raises(ModelFileError, match="junk.sedmodel: not a napari-sedclassify model file"):
+        load_model(tmp_path / "junk.sedmodel")
+    meta = json.loads(zipfile.ZipFile(good).read("model.json"))
+    meta["format_version"] = 99
+    _swap_member(good, tmp_path / "future.sedmodel", "model.json", json.dumps(meta))
+    with pytest.raises(ModelFileError, match="newer than this"):
+        load_model(tmp_path / "future.sedmodel")
+
+
+def test_incompatible_geometry_is_a_clear_error(tiny, tmp_path):
+    from napari_sedclassify.models.inference import predict_scan
+    from napari_sedclassify.models.persistence import IncompatibleModelError, load_model, save_model
+    from napari_sedclassify.models.training import ScanFeatures
+
+    feats, truths = tiny
+    path = save_model(train_model(feats, truths, "fcnn", params={"max_epochs": 5}), tmp_path / "m.sedmodel")
+    model = load_model(path)
+    f = feats[3]
+    uncalibrated = ScanFeatures(f.name, f.geometry.replace(camera_length_mm=None), f.missing, f.ria, f.radii_px)
+    with pytest.raises(IncompatibleModelError, match=r"m\.sedmodel cannot be applied to A_3: .*camera length"):
+        predict_scan(model, uncalibrated)
+    far = ScanFeatures(f.name, f.geometry.replace(camera_length_mm=3000.0), f.missing, f.ria, f.radii_px)
+    with pytest.raises(IncompatibleModelError, match=r"needs q up to 0\.6 Å⁻¹, .* detector reaches 64 px"):
+        predict_scan(model, far)
+    px_model = train_model(feats, truths, "fcnn", recipe=FeatureRecipe(axis="px", r_min_px=5, r_max_px=60),
+                           params={"max_epochs": 5})
+    other = ScanFeatures(f.name, f.geometry.replace(pixel_size_um=110.0), f.missing, f.ria, f.radii_px)
+    with pytest.raises(IncompatibleModelError, match="pixel size 110.0 µm, model trained with 220.0 µm"):
+        predict_scan(px_model, other)
+
+
+def test_predictions_cover_the_scan_and_skip_missing_frames(tiny):
+    from napari_sedclassify.models.inference import predict_scan
+    from napari_sedclassify.models.training import ScanFeatures
+
+    feats, truths = tiny
+    model = train_model(feats, truths, "svm")
+    f = feats[3]
+    missing = np.zeros(f.scan_shape, bool)
+    missing[0, :5] = True
+    pred = predict_scan(model, ScanFeatures(f.name, f.geometry, missing, f.ria, f.radii_px))
+    assert pred.class_map.shape == f.scan_shape and pred.probabilities.shape == f.scan_shape + (4,)
+    assert (pred.class_map[0, :5] == 0).all() and np.isnan(pred.probabilities[0, :5]).all()
+    assert (pred.class_map[~missing] > 0).all()
+    np.testing.assert_allclose(np.nansum(pred.probabilities[~missing], axis=-1), 1.0, atol=1e-5)
