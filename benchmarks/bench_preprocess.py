@@ -120,6 +120,25 @@ def pyfai_fixed(frames, mask, nbins: int):
     return best
 
 
+def pcc_timings(nbins: int = 363) -> dict:
+    """PCC on RIA-sized features: build (standardise once) and one row, for 40x40 and 256x256
+    scans; baseline: the row taken from np.corrcoef of the whole 40x40 scan."""
+    from napari_sedclassify.processing import PCC
+
+    rng = np.random.default_rng(2)
+    out = {}
+    for side in (40, 256):
+        f = rng.normal(size=(side, side, nbins)).astype(np.float32)
+        t0 = time.perf_counter()
+        pcc = PCC(f)
+        t1 = time.perf_counter()
+        rows, _ = timed(lambda: pcc.row((side // 2, side // 3)), 5)
+        out[f"{side}x{side}"] = {"build_s": t1 - t0, "row_ms": rows * 1e3}
+    f = rng.normal(size=(1600, nbins))
+    out["40x40_corrcoef_row_ms"] = timed(lambda: np.corrcoef(f)[820], 3)[0] * 1e3
+    return out
+
+
 PEAK_CHILD = """
 import json, resource, sys, threading, time, tracemalloc
 import numpy as np
@@ -210,6 +229,7 @@ def main(argv=None) -> dict:
         except ImportError:
             results["pyfai_fixed_centre_fps"] = None
 
+        results["pcc"] = pcc_timings(nbins)
         child = PEAK_CHILD.format(bench_dir=str(Path(__file__).resolve().parent), path=str(path), n=args.frames)
         out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
         results["peak_memory"] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -239,6 +259,10 @@ def main(argv=None) -> dict:
         print(f"  ratios: engine/numpy {q['engine_vs_numpy']:.1f}x, engine/pyFAI(fixed) "
               f"{q['engine_vs_pyfai_fixed'] or float('nan'):.1f}x, engine/np.sum {q['engine_vs_stream_sum']:.2f}, "
               f"scaling {q['engine_scaling']:.2f}x")
+        pc = r["pcc"]
+        print(f"  PCC row: 40x40 {pc['40x40']['row_ms']:.2f} ms (+{pc['40x40']['build_s'] * 1e3:.0f} ms once; "
+              f"np.corrcoef row {pc['40x40_corrcoef_row_ms']:.0f} ms), 256x256 {pc['256x256']['row_ms']:.1f} ms "
+              f"(+{pc['256x256']['build_s']:.2f} s once)")
         pm = r["peak_memory"]
         print(f"  preprocess() of all {args.frames} frames in a fresh process: {pm['seconds']:.1f} s, "
               f"anonymous memory {pm['anon_before_mib']:.0f} -> peak {pm['anon_peak_mib']:.0f} MiB, "

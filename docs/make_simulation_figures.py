@@ -81,7 +81,7 @@ def main(seed: int) -> None:
             ax.set_axis_off()
         fig.suptitle("Simulated frames, log10(1 + counts); dotted circle: d = 3.7 Å about the true centre",
                      fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
         fig.savefig(OUT / "sim_frames_per_class.png", dpi=110)
         plt.close(fig)
 

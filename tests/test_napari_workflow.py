@@ -240,7 +240,7 @@ def test_cnn_trains_and_predicts_in_a_child_while_the_canvas_draws(make_napari_v
 
     tr._data.value = [c for c in tr._data.choices if labels.name in c]
     tr._model.value = "cnn"
-    tr._epochs.value, tr._patience.value, tr._crop.value, tr._augment.value = 8, 8, 32, 0
+    tr._epochs.value, tr._patience.value, tr._crop.value, tr._augment.value = 15, 15, 32, 0
     before = len(draws)
     job = tr.run()
     wait(qtbot, job, 240000)

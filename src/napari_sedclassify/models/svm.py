@@ -11,6 +11,8 @@ Importing this module imports scikit-learn.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
@@ -84,8 +86,13 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
             progress(step, {"stage": "fit", "max_epochs": steps, "n_support": int(svc.n_support_.sum())})
         check_cancel(cancel)
         if validation_data is not None:
+            # The SVC is frozen, so the folds only split the validation frames among the
+            # calibrators; one calibrator (ensemble=False) keeps prediction to one SVC pass.
             Xv = scaler.transform(np.asarray(validation_data[0], dtype=np.float32))
-            calibrated = CalibratedClassifierCV(FrozenEstimator(svc), method="sigmoid").fit(Xv, validation_data[1])
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+                calibrated = CalibratedClassifierCV(FrozenEstimator(svc), method="sigmoid", ensemble=False).fit(
+                    Xv, validation_data[1])
         else:
             calibrated = CalibratedClassifierCV(
                 SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], class_weight=cw),

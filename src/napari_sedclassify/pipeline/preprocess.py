@@ -163,7 +163,8 @@ class PreprocessResult:
             virtual={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("virtual/")},
             mask=arrays["mask"], missing=arrays["missing"],
             params=PreprocessParams.from_dict(json.loads(attrs["params"])),
-            resolved=json.loads(attrs["resolved"]), geometry=Geometry.from_dict(json.loads(attrs["geometry"])),
+            resolved={k: (float(v) if v in ("inf", "nan") else v) for k, v in json.loads(attrs["resolved"]).items()},
+            geometry=Geometry.from_dict(json.loads(attrs["geometry"])),
             provenance=json.loads(attrs["provenance"]),
         )
 

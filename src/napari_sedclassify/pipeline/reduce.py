@@ -149,6 +149,9 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
     index = np.flatnonzero(keep.ravel())
     sy, sx = scan.scan_shape
     frame_bytes = int(np.prod(scan.detector_shape)) * dtype.itemsize
+    _h5()  # imports outside the timing
+    if compression == "terse":
+        import pyterse  # noqa: F401
     t0 = time.perf_counter()
     out = Path(out)
     with atomic_output(out, force=force) as tmp:

@@ -11,7 +11,7 @@ index px. With ``edge_pixel_width`` 1 both coordinates are the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -93,10 +93,15 @@ def grid_for(scan_or_shape, edge_pixel_width: float | None = None) -> PixelGrid:
     return PixelGrid(shape, float(edge_pixel_width or 1.0))
 
 
+@lru_cache(maxsize=16)
+def _uniform(shape: tuple) -> PixelGrid:
+    return PixelGrid(shape)
+
+
 def grid_of(grid: PixelGrid | None, shape) -> PixelGrid:
     """grid, checked against the frame shape; a uniform grid when None."""
     if grid is None:
-        return PixelGrid(tuple(shape))
+        return _uniform(tuple(int(s) for s in shape))
     if tuple(grid.shape) != tuple(shape):
         raise ValueError(f"pixel grid {grid.shape} does not match frames {tuple(shape)}")
     return grid

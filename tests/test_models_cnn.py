@@ -1,0 +1,137 @@
+"""The CNN (Keras 3 on TensorFlow) on tiny simulated scans, its model file in safe mode, and the
+spawned-process runner the napari widgets use for TensorFlow work."""
+
+from __future__ import annotations
+
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+from models_helpers import majority_f1, tiny_features, tiny_simulated, write_tiny_scans
+
+#: Small and fast: about a second per epoch on 2 cores.
+FAST = {"filters": (4, 8, 8), "max_epochs": 6, "patience": 3, "samples_per_epoch": 600, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    sims = tiny_simulated([0, 1, 2])
+    return tiny_features(sims, kinds=("cnn",)), [s.truth for s in sims]
+
+
+@pytest.fixture(scope="module")
+def cnn(tiny):
+    from napari_sedclassify.models.training import train
+
+    feats, truths = tiny
+    epochs = []
+    model = train(feats, truths, kind="cnn", params=FAST, holdout=[2], seed=0,
+                  progress=lambda e, logs: epochs.append((e, logs)))
+    return model, epochs
+
+
+def test_cnn_learns_from_central_crops(tiny, cnn):
+    feats, truths = tiny
+    model, epochs = cnn
+    assert model.recipe.kind == "crop" and model.training["epochs"] == len(epochs) >= 1
+    assert {"loss", "val_loss", "val_accuracy", "max_epochs"} <= set(epochs[0][1])
+    f1 = model.metrics["holdout"]["A_2"]["weighted"]["f1"]
+    assert f1 > 0.8 and f1 > majority_f1(truths[2]) + 0.2, f1
+    X = feats[2].inputs(model.recipe)
+    assert X.shape == (256, 48, 48)
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    est = model.estimator
+    assert est.get_params()["filters"] == (4, 8, 8)
+    # six convolution layers, each pair followed by pooling and dropout
+    kinds = [type(layer).__name__ for layer in est.model_.layers]
+    assert kinds.count("Conv2D") == 6 and kinds.count("MaxPooling2D") == 3 and kinds.count("Dropout") == 3
+
+
+def test_cnn_model_file_round_trip_and_safe_mode(tiny, cnn, tmp_path):
+    from napari_sedclassify.models.cnn import import_keras
+    from napari_sedclassify.models.persistence import ModelFileError, load_model, read_metadata, save_model
+
+    feats, _ = tiny
+    model, _ = cnn
+    path = save_model(model, tmp_path / "cnn.sedmodel")
+    assert set(zipfile.ZipFile(path).namelist()) == {"model.json", "estimator.keras"}
+    meta = read_metadata(path)
+    assert meta["recipe"]["kind"] == "crop" and meta["recipe"]["crop_radius_A"] == 2.7 and "keras" in meta["versions"]
+    X = feats[2].inputs(model.recipe)
+    np.testing.assert_array_equal(load_model(path).predict_proba(X), model.predict_proba(X))
+
+    # a network holding Python code (a Lambda layer) is refused in safe mode
+    keras = import_keras()
+    evil = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)])
+    evil.save(tmp_path / "evil.keras")
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp_path / "evil.sedmodel", "w") as zout:
+        zout.writestr("model.json", zin.read("model.json"))
+        zout.write(tmp_path / "evil.keras", "estimator.keras")
+    with pytest.raises(ModelFileError, match="evil.sedmodel: the Keras network .* refused"):
+        load_model(tmp_path / "evil.sedmodel")
+
+
+def _square(x, progress=None, cancel=None):
+    for i in range(3):
+        progress(i + 1, {"loss": 1.0 / (i + 1), "max_epochs": 3})
+    return x * x
+
+
+def _wait_for_cancel(progress=None, cancel=None):
+    import time
+
+    progress(1, {"max_epochs": 1})
+    while not cancel():
+        time.sleep(0.05)
+    from napari_sedclassify.models import Cancelled
+
+    raise Cancelled("stopped by the parent")
+
+
+def _fail(progress=None, cancel=None):
+    raise ValueError("bad input in the child")
+
+
+def test_process_runner_passes_progress_results_errors_and_cancel():
+    from napari_sedclassify.models import Cancelled
+    from napari_sedclassify.models.tf_process import WorkerProcessError, run_in_process
+
+    seen = []
+    assert run_in_process(_square, 7, progress=lambda e, logs: seen.append((e, logs["loss"]))) == 49
+    assert seen == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    with pytest.raises(WorkerProcessError, match="ValueError: bad input in the child"):
+        run_in_process(_fail)
+    started = threading.Event()
+    with pytest.raises(Cancelled, match="stopped by the parent"):
+        run_in_process(_wait_for_cancel, progress=lambda e, logs: started.set(), cancel=started.is_set)
+
+
+def _train_then_predict(scans, labels, out, flatfield, progress=None, cancel=None):
+    """In the child: train a CNN model file, then predict the last scan with it."""
+    from napari_sedclassify.pipeline.predict import predict_scan
+    from napari_sedclassify.pipeline.train import train_to_file
+
+    summary = train_to_file(scans, labels, out, model="cnn", params=FAST, flatfield=flatfield, seed=1,
+                            progress=progress, cancel=cancel)
+    pred = predict_scan(summary["path"], scans[-1], flatfield=flatfield)
+    return summary, pred.probabilities
+
+
+def test_cnn_trains_in_a_spawned_process_like_in_process(tmp_path):
+    """Train a CNN through the runner (as the napari widget does); the child's predictions equal
+    this process's predictions with the model file it wrote."""
+    from napari_sedclassify.models.tf_process import run_in_process
+    from napari_sedclassify.pipeline.predict import predict_scan
+
+    files = write_tiny_scans(tmp_path, [0, 1])
+    scans, labels, flat = [str(f[0]) for f in files], [str(f[1]) for f in files], str(files[0][2])
+    epochs = []
+    summary, child = run_in_process(_train_then_predict, scans, labels, str(tmp_path / "cnn.sedmodel"), flat,
+                                    progress=lambda e, logs: epochs.append(e))
+    assert epochs == list(range(1, summary["training"]["epochs"] + 1))
+    here = predict_scan(summary["path"], scans[-1], flatfield=flat).probabilities
+    np.testing.assert_allclose(child, here, atol=1e-6)
+    assert np.isfinite(here).all()
