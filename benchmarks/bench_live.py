@@ -1,7 +1,7 @@
 """Live mode: per-frame latency while a simulated Merlin detector writes a .mib file at a steady
 rate (512x512 U16 frames), and whether classification keeps up.
 
-For each rate: a background thread writes a 16x16 simulated scan (256 frames) frame by frame;
+For each rate: a background thread writes 1024 simulated frames (a 16x64 scan) frame by frame;
 ``watch`` follows the file and classifies each frame (flat-field, centre, RIA, FCNN). Reported:
 latency per frame (from the moment its last byte is on disk to its class being known) after the
 calibration (the first 48 frames set the plan), the calibration wait, the lag at the end (time
@@ -41,7 +41,10 @@ def main():
     work = Path(args.workdir)
     data = make_data(work)
     model = load_model(data["model"])
-    scan = open_scan(work / "base16.npy")
+    from napari_sedclassify.scan import Scan
+
+    big = open_scan(work / "scan64.npy")
+    scan = Scan(big.data[:16], big.geometry, source=big.source)
     frames = np.asarray(scan.frames()[:64])
 
     clf = FrameClassifier.calibrate(model, frames[:48], scan.geometry, flatfield=data["flat"],

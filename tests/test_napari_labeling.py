@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from napari_sedclassify import Geometry, Scan
+from napari_sedclassify._napari.layers import scan_layer_data
 from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON, CRYSTALLINE_ICE, MIXED, ClassTable
 from napari_sedclassify.labels import Region, class_map_from_regions, load_class_map
-from napari_sedclassify._napari.layers import scan_layer_data
 
 
 @pytest.fixture
@@ -111,3 +111,34 @@ def test_nothing_to_label_gives_clear_messages(make_napari_viewer, notifications
     assert widget._unit.value == "steps"  # no nm without a known scan step
     assert widget.make_class_map() is None
     assert any("draw regions first" in m for m in notifications)
+
+
+def test_overview_registered_onto_the_scan_and_ellipses(make_napari_viewer, tmp_path, notifications):
+    """An overview 4x finer than the scan, registered with its overview -> scan affine, lies on the
+    scan points; an ellipse drawn over it labels the points inside it."""
+    viewer = make_napari_viewer()
+    scan_layer = add_scan(viewer, blank_scan((16, 16)))
+    overview = viewer.add_image(np.random.default_rng(1).random((72, 72)), name="overview")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Labels")
+    affine = np.array([[0.25, 0.0, -1.0], [0.0, 0.25, -2.0], [0.0, 0.0, 1.0]])
+    np.savetxt(tmp_path / "overview_to_scan.csv", affine, delimiter=",")
+    widget._overview.value = overview
+    widget._affine_path.value = tmp_path / "overview_to_scan.csv"
+    assert widget.register_overview() is overview
+    for p in ([0.0, 0.0], [40.0, 12.0], [71.0, 71.0]):
+        scan_xy = affine[:2, :2] @ p + affine[:2, 2]
+        np.testing.assert_allclose(overview.data_to_world(p), scan_layer.data_to_world(scan_xy), atol=1e-9)
+    np.save(tmp_path / "bad.npy", np.eye(2))
+    widget._affine_path.value = tmp_path / "bad.npy"
+    assert widget.register_overview() is None
+    assert any("must be 3x3" in m for m in notifications)
+
+    shapes = widget.regions_layer()
+    shapes.add_ellipses([np.array([[8.0, 8.0], [4.2, 3.2]])])  # centre (8, 8), radii 4.2 x 3.2 steps
+    widget._unit.value = "steps"
+    widget._beam.value, widget._border.value = 0.0, 0.0
+    cm = widget.make_class_map().data
+    yy, xx = np.mgrid[:16, :16]
+    inside = ((yy - 8) / 4.2) ** 2 + ((xx - 8) / 3.2) ** 2 < 0.97  # off the outline (64-gon)
+    outside = ((yy - 8) / 4.2) ** 2 + ((xx - 8) / 3.2) ** 2 > 1.0
+    assert np.all(cm[inside] == AMORPHOUS_ICE) and np.all(cm[outside] == CARBON)

@@ -264,8 +264,11 @@ def test_cnn_trains_and_predicts_in_a_child_while_the_canvas_draws(make_napari_v
     assert "tensorflow" not in sys.modules and "keras" not in sys.modules
 
 
-def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, tmp_path, notifications):
+def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, tmp_path, notifications, disk_scan):
     from napari_sedclassify._napari.layers import scan_layer_data
+    from napari_sedclassify.models.persistence import save_model
+    from napari_sedclassify.models.training import train
+    from napari_sedclassify.pipeline.train import default_recipe, scan_features
     from napari_sedclassify.processing.virtual import virtual_image
 
     sim, _ = sample
@@ -293,6 +296,18 @@ def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, tmp_
     assert any("junk.sedmodel" in m and "not a napari-sedclassify model file" in m for m in notifications)
     assert pr.export_keep_list() is None
     assert any("classify a scan before" in m for m in notifications)
+
+    # a model made for the sample's detector, applied to a scan from a much smaller one
+    recipe = default_recipe("fcnn")
+    features, _ = scan_features(sim.scan, recipe, name="sample")
+    model = train([features], [sim.truth], kind="fcnn", recipe=recipe, params={"max_epochs": 3})
+    save_model(model, tmp_path / "sample.sedmodel")
+    data, kwargs, _ = scan_layer_data(disk_scan, np.asarray(virtual_image(disk_scan).compute()))
+    small = viewer.add_image(data, **kwargs)
+    pr._scan.value = small
+    pr._model_path.value = tmp_path / "sample.sedmodel"
+    assert pr.run() is None
+    assert any("sample.sedmodel cannot be applied to disk_scan" in m and "reaches 32 px" in m for m in notifications)
 
     # centring without a flat-field warns, and still works
     job = ce.run()

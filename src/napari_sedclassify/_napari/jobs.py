@@ -130,9 +130,32 @@ class BackgroundJob:
 
 
 def wrapped_label(value: str = "") -> Label:
-    """A magicgui Label whose text wraps to the dock's width."""
+    """A magicgui Label whose text wraps to the dock's width and whose height follows its text
+    (Qt does not re-measure a wrapped label nested in magicgui containers by itself)."""
+    from qtpy.QtCore import QEvent, QObject, QTimer
+
+    class _FitHeight(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Resize:
+                obj.setMinimumHeight(obj.heightForWidth(event.size().width()))
+            return False
+
     label = Label(value=value)
-    label.native.setWordWrap(True)
+    native = label.native
+    native.setWordWrap(True)
+    label._fit_height = _FitHeight(native)
+    native.installEventFilter(label._fit_height)
+
+    def fit():
+        try:
+            native.setMinimumHeight(native.heightForWidth(max(native.width(), 50)))
+        except RuntimeError:  # deleted with its viewer meanwhile
+            pass
+
+    def refit(_value=None):
+        QTimer.singleShot(0, fit)
+
+    label.changed.connect(refit)
     return label
 
 

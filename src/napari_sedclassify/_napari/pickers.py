@@ -27,6 +27,6 @@ def follow_layers(viewer, *combos) -> None:
 
 def scan_picker(viewer, label: str = "scan") -> ComboBox:
     """A combobox of the layers that carry a scan."""
-    combo = ComboBox(label=label, choices=lambda _w=None: [(l.name, l) for l in scan_layers(viewer)])
+    combo = ComboBox(label=label, choices=lambda _w=None: [(layer.name, layer) for layer in scan_layers(viewer)])
     follow_layers(viewer, combo)
     return combo

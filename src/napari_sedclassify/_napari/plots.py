@@ -27,3 +27,26 @@ def moving_average(y, window: int):
     den = np.convolve(valid.astype(np.float64), kernel, mode="same")
     with np.errstate(invalid="ignore", divide="ignore"):
         return num / den
+
+
+def insert_before(container, before, qwidget) -> None:
+    """Insert a plain Qt widget (e.g. a plot canvas) into a magicgui ``container`` just above its
+    widget ``before`` (all magicgui widgets must already be in the container)."""
+    layout = container.native.layout()
+    target = before.native
+    for i in range(layout.count()):
+        w = layout.itemAt(i).widget()
+        if w is not None and (w is target or w.isAncestorOf(target)):
+            layout.insertWidget(i, qwidget)
+            return
+    layout.addWidget(qwidget)
+
+
+def form(*widgets):
+    """A labeled group of settings (label column + value column), to sit in a widget whose other
+    items (buttons, plots, texts) span the full width."""
+    from magicgui.widgets import Container
+
+    group = Container(widgets=list(widgets), labels=True)
+    group.margins = (0, 0, 0, 0)
+    return group

@@ -13,13 +13,14 @@ them (``fcnn``, ``svm``, ``cnn``, ``persistence``), and only when those are impo
 
 from __future__ import annotations
 
+# Raised when a cancel callable asked a long job (preprocessing, training, prediction) to stop:
+# the preprocessing engine's class, so one ``except Cancelled`` catches both.
+from ..processing.runner import Cancelled
+
 #: Model kinds and the feature kind each one eats.
 MODEL_KINDS = {"fcnn": "ria", "svm": "ria", "cnn": "crop"}
 
-
-#: Raised when a cancel callable asked a long job (preprocessing, training, prediction) to stop;
-#: the same class as the preprocessing engine's, so one ``except Cancelled`` catches both.
-from ..processing.runner import Cancelled  # noqa: E402
+__all__ = ["MODEL_KINDS", "Cancelled", "make_estimator"]
 
 
 def make_estimator(kind: str, **params):

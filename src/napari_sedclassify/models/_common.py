@@ -32,10 +32,11 @@ def check_cancel(cancel) -> None:
         raise Cancelled("training cancelled")
 
 
-def stratified_subsample(y, n_max: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of at most ``n_max`` samples keeping the class proportions (all when fewer)."""
+def stratified_subsample(y, n_max: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Indices of at most ``n_max`` samples keeping the class proportions (all when fewer or
+    when n_max is None)."""
     y = np.asarray(y)
-    if len(y) <= n_max:
+    if n_max is None or len(y) <= n_max:
         return np.arange(len(y))
     keep = []
     for c in np.unique(y):

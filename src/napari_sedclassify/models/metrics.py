@@ -256,5 +256,6 @@ def plot_fig6(rows, path, classes: ClassTable | None = None, title: str = "") ->
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(bottom=0.5 / (2.9 * len(rows)) + 0.02, hspace=0.3)
+    height = 2.9 * len(rows)
+    fig.subplots_adjust(bottom=0.5 / height + 0.02, top=1 - 0.55 / height, hspace=0.3)
     _save(fig, path)

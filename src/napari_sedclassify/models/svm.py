@@ -29,7 +29,8 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
 
     C, gamma: SVC settings (gamma "scale" = 1 / (n_features * var)).
     search: tune C and gamma with RandomizedSearchCV (n_iter draws, 3-fold, weighted F1) on at
-    most search_samples frames. max_train_samples: frames used to fit (stratified subsample).
+    most search_samples frames. max_train_samples: frames used to fit (stratified subsample;
+    None = all).
     class_weight: "balanced" (default), a {class: weight} dict or None.
     """
 
@@ -99,7 +100,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
                 method="sigmoid", cv=3, ensemble=False,
             ).fit(Xs[idx], y[idx])
         self.pipeline_ = Pipeline([("scale", scaler), ("svm", calibrated)])
-        logs = {"stage": "calibrate", "max_epochs": steps}
+        logs = {"stage": "calibrate", "max_epochs": steps, "n_support": int(svc.n_support_.sum())}
         if validation_data is not None:
             logs["val_accuracy"] = float(np.mean(self.predict(validation_data[0]) == np.asarray(validation_data[1])))
         self.history_ = [logs]

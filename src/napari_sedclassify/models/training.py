@@ -20,14 +20,6 @@ from . import MODEL_KINDS, make_estimator
 from ._common import check_cancel
 from .features import FeatureRecipe, crop_features, ria_features
 
-#: Estimator settings used unless overridden; chosen to train a 15-scan 40x40 set in minutes.
-DEFAULT_PARAMS = {
-    "fcnn": {},
-    "svm": {},
-    "cnn": {},
-}
-
-
 @dataclass
 class ScanFeatures:
     """Raw per-frame features of one scan, as preprocessing produced them.
@@ -188,7 +180,7 @@ def train(
     X_va, y_va = inputs(va) if len(va) else (None, None)
     t_features = time.perf_counter() - t0
 
-    settings = {**DEFAULT_PARAMS[kind], **(params or {})}
+    settings = dict(params or {})
     settings.setdefault("random_state", seed)
     estimator = make_estimator(kind, **settings)
     estimator.fit(X_tr, y_tr, validation_data=(X_va, y_va) if X_va is not None else None,
@@ -209,7 +201,7 @@ def train(
         "augmented_copies": int(recipe.augmentation.copies),
         "val_fraction": float(val_fraction),
         "class_counts": {classes.names[int(c)]: int(n) for c, n in zip(*np.unique(y[tr], return_counts=True))},
-        "class_weight": settings.get("class_weight", "balanced"),
+        "class_weight": estimator.get_params().get("class_weight"),
         "params": {k: v for k, v in estimator.get_params().items()},
         "history": getattr(estimator, "history_", []),
         "epochs": len(getattr(estimator, "history_", [])),

@@ -120,12 +120,11 @@ def run_demo(
 
     # 1. the data set
     t0 = time.perf_counter()
-    sim_progress = None
-    if frames_progress is not None:
-        done = [0]
+    done = [0]
 
-        def sim_progress(k):
-            done[0] += k
+    def sim_progress(k):
+        done[0] += k
+        if frames_progress is not None:
             frames_progress(0, 1, done[0], 17 * sy * sx)
 
     ds = ensure_dataset(cache, (sy, sx), detector_px, seed, progress=sim_progress, log=log)

@@ -30,6 +30,7 @@ import os
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -454,7 +455,8 @@ def write_outputs(state: LiveClassMap, paths: dict, extra: dict | None = None) -
 
 def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=None, keep=("amorphous_ice",),
           flatfield=None, geometry: Geometry | None = None, metadata: dict | None = None,
-          calibration_frames: int | None = None, max_chunk: int = 32, poll_s: float = 0.002,
+          calibration_frames: int | None = None, max_chunk: int = 32, threads: int | None = None,
+          poll_s: float = 0.002,
           timeout_s: float | None = 10.0, write_every_s: float = 1.0, force: bool = False,
           state: LiveClassMap | None = None, cancel: Callable | None = None) -> LiveResult:
     """Classify the frames of ``source`` (a path for :func:`open_source`, or a source) as they arrive.
@@ -463,7 +465,8 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     geometry: calibration of the live frames (default: what the source says, as the batch reader
     would). metadata: scan metadata for the plan (e.g. ``edge_pixel_width``). calibration_frames:
     frames that set the plan (default: the recipe's bad_pixel_sample, at most the scan).
-    max_chunk: most frames classified together when several are waiting. timeout_s: stop when no
+    max_chunk: most frames classified together when several are waiting; threads: how many chunks
+    are classified at once (default: one per core). timeout_s: stop when no
     new frame arrived for this long (None: wait forever). out_dir: where the class map and
     keep-list go (atomically, every write_every_s and at the end; existing ones only with
     ``force``). state: a LiveClassMap to fill (a widget may hold it); cancel() -> True ends the run
@@ -503,19 +506,32 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     status = "running"
     state.set_status("calibrating")
 
+    threads = max(1, int(threads or os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+
+    def run_one(frames, index, seen):
+        ids, proba = classifier.classify(frames, index)
+        state.update(index, ids, proba, np.full(len(ids), time.perf_counter() - seen))
+
     def run_batches(batches):
+        """Classify the waiting frames, split over the threads (the kernels release the GIL)."""
+        pieces = []
         for b in batches:
-            for s in range(0, len(b.index), max_chunk):
-                ids, proba = classifier.classify(b.frames[s:s + max_chunk], b.index[s:s + max_chunk])
-                now = time.perf_counter()
-                state.update(b.index[s:s + max_chunk], ids, proba, np.full(len(ids), now - b.seen))
+            step = max(1, min(max_chunk, -(-len(b.index) // threads)))
+            pieces += [(b.frames[s:s + step], b.index[s:s + step], b.seen) for s in range(0, len(b.index), step)]
+        if pool is None or len(pieces) == 1:
+            for piece in pieces:
+                run_one(*piece)
+        else:
+            for f in [pool.submit(run_one, *piece) for piece in pieces]:
+                f.result()
 
     try:
         while True:
             if stopped():
                 status = "stopped"
                 break
-            batch = src.poll(max_chunk)
+            batch = src.poll(max_chunk * threads)
             if batch is None:
                 if state.n_done == n_total:
                     status = "complete"
@@ -560,6 +576,9 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     except BaseException as exc:
         state.set_status("error", str(exc))
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown()
     state.set_status(status, {"complete": "", "stopped": "stopped", "timeout": f"no new frame for {timeout_s} s"}[status])
     plan = classifier.plan if classifier is not None else {}
     files = {}

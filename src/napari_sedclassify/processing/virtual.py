@@ -49,7 +49,8 @@ class VirtualDetectors(FrameProcessor):
         if centres is None:
             centres = np.full((n, 2), np.nan)
         g = grid_of(self.grid, frames.shape[1:])
-        annular_sums(frames, g.to_physical(centres), g.centres(0), g.centres(1), r_in, r_out, total, sums)
+        centres = np.ascontiguousarray(centres, dtype=np.float64)
+        annular_sums(frames, g.to_physical(centres), centres, g.centres(0), g.centres(1), r_in, r_out, total, sums)
         out = {"total": total}
         for j, k in enumerate(names):
             out[k] = sums[:, j]

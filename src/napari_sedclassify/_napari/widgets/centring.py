@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import Container, FloatSpinBox, Label, RadioButtons, SpinBox
+from magicgui.widgets import Container, FloatSpinBox, RadioButtons, SpinBox
 
+from ..jobs import JobButtons, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
-from ..plots import plot_canvas
+from ..plots import form, plot_canvas
 from ..preprocessing import preprocess_job
-from ..jobs import JobButtons, wrapped_label
 from ..state import preprocess_of, set_layer
 
 CHOICES = [("per-frame centres", "per_frame"), ("fitted descan centres", "fitted")]
@@ -20,7 +20,7 @@ class CentringWidget(Container):
     layers; choose whether RIAs and crops use per-frame or fitted centres."""
 
     def __init__(self, napari_viewer):
-        super().__init__()
+        super().__init__(labels=False)
         self._viewer = napari_viewer
         self._scan = scan_picker(napari_viewer)
         self._centring = RadioButtons(label="use", choices=CHOICES, value="per_frame")
@@ -28,7 +28,7 @@ class CentringWidget(Container):
         self._degree = SpinBox(label="descan fit degree", value=3, min=1, max=6)
         self._jobs = JobButtons("Find centres", self.run)
         self._summary = wrapped_label("")
-        self.extend([self._scan, self._centring, self._beam, self._degree, self._jobs, self._summary])
+        self.extend([form(self._scan, self._centring, self._beam, self._degree), self._jobs, self._summary])
         self.figure, self.canvas = plot_canvas(4.0, 1.9, min_height=170)
         self.native.layout().addWidget(self.canvas)
         self._centring.changed.connect(self._centring_changed)

@@ -8,15 +8,15 @@ Only the one frame shown is read from the lazy scan.
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, Label
+from magicgui.widgets import CheckBox, Container
 
+from ..frame_info import frame_details
+from ..jobs import wrapped_label
 from ..layers import find_scan
 from ..palette import display_name
 from ..pickers import scan_picker
 from ..plots import plot_canvas
 from ..state import active_scan_layer, flatfield_of, labels_layers_for, scan_index_at
-from ..frame_info import frame_details
-from ..jobs import wrapped_label
 
 MARKER_LAYER = "diffraction point"
 
@@ -27,17 +27,20 @@ class DiffractionView(Container):
     def __init__(self, napari_viewer):
         from qtpy.QtCore import QTimer
 
-        super().__init__()
+        super().__init__(layout="horizontal", labels=False)
         self._viewer = napari_viewer
         self._scan = scan_picker(napari_viewer)
         self._follow = CheckBox(text="follow the cursor", value=True)
         self._log = CheckBox(text="log scale RIA", value=True)
         self._info = wrapped_label("Move over or click the integrated image.")
-        self.extend([self._scan, self._follow, self._log, self._info])
-        self.figure, self.canvas = plot_canvas(4.0, 6.4, min_height=420)
-        self.native.layout().addWidget(self.canvas)
-        self._ax_frame = self.figure.add_subplot(2, 1, 1)
-        self._ax_ria = self.figure.add_subplot(2, 1, 2)
+        controls = Container(widgets=[self._scan, self._follow, self._log, self._info], labels=False)
+        controls.native.setMaximumWidth(260)
+        controls.native.layout().addStretch(1)
+        self.append(controls)
+        self.figure, self.canvas = plot_canvas(7.0, 2.8, min_height=240)
+        self.native.layout().addWidget(self.canvas, 1)
+        self._ax_frame = self.figure.add_subplot(1, 2, 1)
+        self._ax_ria = self.figure.add_subplot(1, 2, 2)
         self.point = None  # (scan layer, iy, ix) on display
         self._pending = None
         self._timer = QTimer()

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, PushButton
+from magicgui.widgets import Container, FileEdit, PushButton
 
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
-from ..plots import plot_canvas
+from ..plots import form, plot_canvas
 from ..state import FLATFIELD_KEY, flatfield_of
 
 #: Layer metadata key under which sample data may hand over its flood stack (N, ky, kx).
@@ -37,7 +37,7 @@ class FlatFieldWidget(Container):
     """Load a flat-field (a flood stack, one flood frame or a gain map) for the selected scan."""
 
     def __init__(self, napari_viewer):
-        super().__init__()
+        super().__init__(labels=False)
         self._viewer = napari_viewer
         self._scan = scan_picker(napari_viewer)
         self._path = FileEdit(label="flat-field file", mode="r", filter="*.npy *.npz *.h5 *.hdf5 *.mib *.tif *.tiff")
@@ -45,7 +45,7 @@ class FlatFieldWidget(Container):
         self._beside = PushButton(text="Use the scan's own flat-field")
         self._beside.changed.connect(lambda _=None: self.run(use_beside=True))
         self._summary = wrapped_label("No flat-field loaded: frames are used as recorded.")
-        self.extend([self._scan, self._path, self._jobs, self._beside, self._summary])
+        self.extend([form(self._scan, self._path), self._jobs, self._beside, self._summary])
         self.figure, self.canvas = plot_canvas(4.0, 3.4, min_height=260)
         self.native.layout().addWidget(self.canvas)
         self._scan.changed.connect(lambda _=None: self.show_flatfield())

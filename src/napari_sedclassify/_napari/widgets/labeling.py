@@ -10,7 +10,8 @@ from ...labels import class_map_from_regions, length_in_steps, load_class_map, s
 from ..jobs import wrapped_label
 from ..layers import find_scan
 from ..palette import class_colormap, display_name, legend_html
-from ..pickers import scan_picker
+from ..pickers import follow_layers, scan_picker
+from ..plots import form
 from ..regions import CLASS_FEATURE, regions_from_shapes
 from ..state import LABELS_OF_KEY, scan_layer_spatial, set_layer
 
@@ -35,7 +36,7 @@ class LabelingWidget(Container):
     """
 
     def __init__(self, napari_viewer, table: ClassTable | None = None):
-        super().__init__()
+        super().__init__(labels=False)
         self._viewer = napari_viewer
         self.table = table or ClassTable.default()
         self._scan = scan_picker(napari_viewer)
@@ -52,24 +53,28 @@ class LabelingWidget(Container):
         self._save = PushButton(text="Save labels")
         self._load_path = FileEdit(label="load from", mode="r", filter="*.npy *.tif *.tiff")
         self._load = PushButton(text="Load labels")
+        self._overview = ComboBox(label="overview image", choices=self._overview_choices, nullable=True)
+        self._affine_path = FileEdit(label="overview -> scan affine", mode="r", filter="*.npy *.txt *.csv")
+        self._register = PushButton(text="Register overview onto the scan")
         self._status = wrapped_label("")
         self.extend(
             [
-                self._scan,
-                self._class,
+                form(self._scan, self._class),
                 self._draw,
-                self._unit,
-                self._beam,
-                self._border,
+                form(self._unit, self._beam, self._border),
                 self._make,
                 self._legend,
-                self._save_path,
+                form(self._save_path),
                 self._save,
-                self._load_path,
+                form(self._load_path),
                 self._load,
+                form(self._overview, self._affine_path),
+                self._register,
                 self._status,
             ]
         )
+        follow_layers(napari_viewer, self._overview)
+        self._register.changed.connect(lambda _=None: self.register_overview())
         self._class.changed.connect(self._class_changed)
         self._draw.changed.connect(lambda _=None: self.regions_layer())
         self._make.changed.connect(lambda _=None: self.make_class_map())
@@ -235,6 +240,48 @@ class LabelingWidget(Container):
             self._notify(f"Labels: {exc}")
             return None
         return self.show_class_map(scan_layer, class_map)
+
+    # overview --------------------------------------------------------------------------
+    def _overview_choices(self, _w=None):
+        import napari
+
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, napari.layers.Image) and find_scan(layer) is None and layer.ndim == 2
+        ]
+
+    def register_overview(self, affine=None):
+        """Place the chosen overview image on the scan grid with a 3x3 overview -> scan affine
+        (acting on (row, col, 1); from the file chosen, or given), so that regions can be drawn
+        over it. Returns the overview layer."""
+        scan_layer, overview = self._scan.value, self._overview.value
+        try:
+            if scan_layer is None or overview is None:
+                raise ValueError("choose a scan and an overview image layer")
+            if affine is None:
+                path = self._affine_path.value
+                if str(path) in ("", "."):
+                    raise ValueError("choose the file of the overview -> scan affine (3x3, .npy or text)")
+                suffix = str(path).lower().rsplit(".", 1)[-1]
+                if suffix == "npy":
+                    affine = np.load(path)
+                else:
+                    affine = np.loadtxt(path, delimiter="," if suffix == "csv" else None)
+            affine = np.asarray(affine, dtype=np.float64)
+            if affine.shape != (3, 3):
+                raise ValueError(f"the overview -> scan affine must be 3x3, got shape {affine.shape}")
+        except (OSError, ValueError) as exc:
+            self._notify(f"Overview: {exc}")
+            return None
+        scan_to_world = np.eye(3)
+        scan_to_world[[0, 1], [0, 1]] = scan_layer.scale[-2:]
+        scan_to_world[:2, 2] = scan_layer.translate[-2:]
+        overview.scale = (1.0, 1.0)
+        overview.translate = (0.0, 0.0)
+        overview.affine = scan_to_world @ affine
+        self._status.value = f"{overview.name} registered onto {scan_layer.name}"
+        return overview
 
     def _notify(self, message):
         from napari.utils.notifications import show_error

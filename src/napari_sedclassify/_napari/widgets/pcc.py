@@ -9,6 +9,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
+from ..plots import form
 from ..state import flatfield_of, preprocess_of, scan_index_at, set_layer
 
 RIA = "ria"
@@ -27,7 +28,7 @@ class PCCWidget(Container):
     """
 
     def __init__(self, napari_viewer):
-        super().__init__()
+        super().__init__(labels=False)
         self._viewer = napari_viewer
         self._scan = scan_picker(napari_viewer)
         self._features = ComboBox(
@@ -37,7 +38,7 @@ class PCCWidget(Container):
         self._follow = CheckBox(text="correlate the clicked point", value=True)
         self._jobs = JobButtons("Prepare features", self.prepare)
         self._summary = wrapped_label("Click a point of the integrated image.")
-        self.extend([self._scan, self._features, self._bin, self._follow, self._jobs, self._summary])
+        self.extend([form(self._scan, self._features, self._bin), self._follow, self._jobs, self._summary])
         self._cache = {}  # (layer name, features, bin, result id) -> PCC
         napari_viewer.mouse_drag_callbacks.append(self._on_press)
         self.native.destroyed.connect(self._disconnect)

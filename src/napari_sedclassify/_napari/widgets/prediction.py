@@ -25,6 +25,7 @@ from ..model_jobs import (
 )
 from ..palette import class_colormap, display_name, legend_html
 from ..pickers import scan_picker
+from ..plots import form
 from ..state import flatfield_of, preprocess_of, set_layer
 
 
@@ -58,7 +59,7 @@ class PredictionWidget(Container):
     """Classify the selected scan with a model file; show and export the result."""
 
     def __init__(self, napari_viewer):
-        super().__init__()
+        super().__init__(labels=False)
         self._viewer = napari_viewer
         self.table = ClassTable.default()  # the classes of the last model used
         self._scan = scan_picker(napari_viewer)
@@ -72,8 +73,8 @@ class PredictionWidget(Container):
         self._keep_path = FileEdit(label="keep-list to", mode="w", filter="*.csv")
         self._keep_export = PushButton(text="Export keep-list (CSV)")
         self.extend(
-            [self._scan, self._model_path, self._jobs, self._summary, self._export_path, self._export, self._keep,
-             self._keep_path, self._keep_export]
+            [form(self._scan, self._model_path), self._jobs, self._summary, form(self._export_path), self._export,
+             form(self._keep, self._keep_path), self._keep_export]
         )
         self.prediction = None  # {"layer", "class_map", "probabilities", "class_ids", "table"}
         self._cache = {}  # (scan layer name, preprocessing params, flat-field id) -> PreprocessResult

@@ -13,7 +13,7 @@ from ..jobs import JobButtons, wrapped_label
 from ..layers import find_scan
 from ..palette import display_name
 from ..pickers import follow_layers, scan_picker
-from ..plots import moving_average, plot_canvas
+from ..plots import form, moving_average, plot_canvas
 from ..preprocessing import preprocess_job
 from ..state import labels_layers_for, preprocess_of, scan_layer_spatial
 
@@ -46,7 +46,7 @@ class RIAWidget(Container):
     """Plot RIAs: of points picked on the scan, or per labeled class (mean ± standard deviation)."""
 
     def __init__(self, napari_viewer, table: ClassTable | None = None):
-        super().__init__()
+        super().__init__(labels=False)
         self._viewer = napari_viewer
         self.table = table or ClassTable.default()
         self._scan = scan_picker(napari_viewer)
@@ -61,8 +61,8 @@ class RIAWidget(Container):
         self._axis = ComboBox(label="x axis", choices=[("radius (px)", "px"), ("q (1/Å)", "q")], value="px")
         self._summary = wrapped_label()
         self.extend(
-            [self._scan, self._jobs, self._mode, self._pick, self._labels, self._log, self._smooth, self._axis,
-             self._summary]
+            [form(self._scan), self._jobs, form(self._mode), self._pick,
+             form(self._labels, self._smooth, self._axis), self._log, self._summary]
         )
         self.figure, self.canvas = plot_canvas(4.0, 3.2, min_height=280)
         self.native.layout().addWidget(self.canvas)
@@ -74,7 +74,7 @@ class RIAWidget(Container):
 
     def _labels_choices(self, _w=None):
         layer = self._scan.value
-        return [(l.name, l) for l in labels_layers_for(self._viewer, layer)] if layer is not None else []
+        return [(lab.name, lab) for lab in labels_layers_for(self._viewer, layer)] if layer is not None else []
 
     def run(self):
         """Compute RIAs (one preprocessing pass) of the selected scan; returns the job."""

@@ -28,7 +28,7 @@ from magicgui.widgets import (
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan, scan_layers
 from ..model_jobs import features_for, run, train_features_to_file
-from ..plots import plot_canvas
+from ..plots import form, insert_before, plot_canvas
 from ..state import flatfield_of, labels_layers_for, preprocess_of
 
 MODEL_CHOICES = [("FCNN on RIAs", "fcnn"), ("SVM on RIAs", "svm"), ("CNN on central crops", "cnn")]
@@ -68,11 +68,15 @@ class TrainingWidget(Container):
     """Pick labeled scans, a model type and its main settings; train in the background."""
 
     def __init__(self, napari_viewer):
-        super().__init__()
+        from qtpy.QtCore import Qt
+
+        super().__init__(labels=False)
         self._viewer = napari_viewer
         self._files = []  # LabeledScan read from files
         self._data = Select(label="labeled scans", choices=self._data_choices)
         self._data.native.setMaximumHeight(90)
+        self._data.native.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self._data.native.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self._scan_file = FileEdit(label="scan file", mode="r")
         self._labels_file = FileEdit(label="its labels", mode="r", filter="*.npy *.tif *.tiff")
         self._add = PushButton(text="Add scan file + labels")
@@ -83,12 +87,13 @@ class TrainingWidget(Container):
         self._rate = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4)
         self._patience = SpinBox(label="early-stop patience", value=10, min=1, max=500)
         self._C = FloatSpinBox(label="C", value=10.0, min=1e-3, max=1e6)
-        self._gamma = LineEdit(label="gamma ('scale' or a number)", value="scale")
+        self._gamma = LineEdit(label="gamma", value="scale", tooltip="RBF width: 'scale', 'auto' or a number")
         self._search = CheckBox(text="search C and gamma (slower)", value=False)
         self._batch = SpinBox(label="batch size", value=128, min=1, max=4096)
         self._crop = SpinBox(label="crop size (px)", value=48, min=8, max=256)
         self._val = FloatSpinBox(label="validation fraction", value=0.1, min=0.0, max=0.5, step=0.05)
-        self._augment = SpinBox(label="augmented copies", value=1, min=0, max=10)
+        self._augment = SpinBox(label="augmented copies", value=1, min=0, max=10,
+                                tooltip="copies of every training frame with centre jitter, dose and radial scaling")
         self._seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self._jobs = JobButtons("Train", self.run)
         self._metrics = wrapped_label()
@@ -96,14 +101,14 @@ class TrainingWidget(Container):
         self._save = PushButton(text="Save model")
         self.extend(
             [
-                self._data, self._scan_file, self._labels_file, self._add, self._model,
-                self._hidden, self._epochs, self._rate, self._patience, self._C, self._gamma, self._search,
-                self._batch, self._crop, self._val, self._augment, self._seed, self._jobs,
+                form(self._data, self._scan_file, self._labels_file), self._add,
+                form(self._model, self._hidden, self._epochs, self._rate, self._patience, self._C, self._gamma,
+                     self._batch, self._crop, self._val, self._augment, self._seed),
+                self._search, self._jobs, self._metrics, form(self._save_path), self._save,
             ]
         )
-        self.figure, self.canvas = plot_canvas(4.0, 4.6, min_height=380)
-        self.native.layout().addWidget(self.canvas)
-        self.extend([self._metrics, self._save_path, self._save])
+        self.figure, self.canvas = plot_canvas(4.0, 4.6, min_height=400)
+        insert_before(self, self._metrics, self.canvas)
         self._ax_loss = self._ax_cm = None
         self.history = []
         self.result = None  # {"path", "kind", "training", "metrics"} of the last model trained

@@ -25,6 +25,7 @@ class WorkflowWidget(Container):
     """Flat-field -> centring -> RIA -> PCC -> labels -> training -> prediction, as tabs."""
 
     def __init__(self, napari_viewer):
+        from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QScrollArea, QTabWidget
 
         super().__init__()
@@ -49,15 +50,18 @@ class WorkflowWidget(Container):
             ("7 Predict", self.prediction),
         ]
         for title, widget in steps:
+            widget.native.layout().addStretch(1)  # controls at the top, not spread out
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
             scroll.setWidget(widget.native)
             self.tabs.addTab(scroll, title)
         self.native.layout().addWidget(self.tabs)
+        self.native.setMinimumWidth(max(440, self.tabs.tabBar().sizeHint().width() + 12))
         self.diffraction = DiffractionView(napari_viewer)
         window = getattr(napari_viewer, "window", None)
         if window is not None:
-            window.add_dock_widget(self.diffraction, name="Diffraction view", area="left")
+            window.add_dock_widget(self.diffraction, name="Diffraction view", area="bottom")
 
     def show_step(self, index: int):
         """Bring tab ``index`` (0 = flat-field ... 6 = prediction) to the front."""
