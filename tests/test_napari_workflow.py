@@ -212,6 +212,7 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, sample, tmp_pat
     assert predicted.data[int(first["row"]), int(first["col"])] == AMORPHOUS_ICE
     assert float(first["y_nm"]) == 30.0 * int(first["row"])
     assert not [m for m in notifications if "error" in m.lower() or "could not" in m.lower()]
+    assert not [layer.name for layer in viewer.layers if layer.name.endswith("]")]  # results update, not pile up
 
 
 def test_cnn_trains_and_predicts_in_a_child_while_the_canvas_draws(make_napari_viewer, qtbot, sample, tmp_path):
@@ -314,3 +315,36 @@ def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, tmp_
     qtbot.waitUntil(lambda: job.done, timeout=60000)
     assert job.outcome == "done"
     assert any("No flat-field loaded for sample" in m for m in notifications)
+
+
+def test_cancel_stops_preprocessing_and_training(make_napari_viewer, qtbot, sample, notifications):
+    from napari_sedclassify._napari.layers import scan_layer_data
+    from napari_sedclassify._napari.widgets.labeling import labels_layer_name
+    from napari_sedclassify.processing.virtual import virtual_image
+
+    sim, _ = sample
+    viewer = make_napari_viewer()
+    data, kwargs, _ = scan_layer_data(sim.scan, np.asarray(virtual_image(sim.scan).compute()), name="sample")
+    scan_layer = viewer.add_image(data, **kwargs)
+    viewer.add_labels(sim.truth, name=labels_layer_name(scan_layer), scale=scan_layer.scale)
+    _, ce = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Centring")
+    _, tr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Training")
+
+    job = ce.run()
+    assert ce._jobs.cancel_button.enabled and not ce._jobs.run_button.enabled
+    ce._jobs.cancel_button.clicked.emit()  # what pressing Cancel does
+    qtbot.waitUntil(lambda: job.done, timeout=60000)
+    assert job.outcome == "cancelled" and ce._jobs.status.value == "cancelled"
+    assert "sedclassify_preprocess" not in scan_layer.metadata
+    assert ce._jobs.run_button.enabled and not ce._jobs.cancel_button.enabled
+    assert any("cancelled" in m for m in notifications)
+
+    tr._data.value = list(tr._data.choices)
+    tr._model.value = "fcnn"
+    tr._epochs.value, tr._patience.value = 5000, 500
+    job = tr.run()
+    qtbot.waitUntil(lambda: len(tr.history) >= 3, timeout=60000)  # training is under way
+    tr._jobs.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: job.done, timeout=30000)
+    assert job.outcome == "cancelled" and tr.result is None
+    assert len(tr.history) < 5000

@@ -137,7 +137,7 @@ def wrapped_label(value: str = "") -> Label:
     class _FitHeight(QObject):
         def eventFilter(self, obj, event):
             if event.type() == QEvent.Type.Resize:
-                obj.setMinimumHeight(obj.heightForWidth(event.size().width()))
+                obj.setMinimumHeight(max(0, obj.heightForWidth(event.size().width())))
             return False
 
     label = Label(value=value)
@@ -148,7 +148,7 @@ def wrapped_label(value: str = "") -> Label:
 
     def fit():
         try:
-            native.setMinimumHeight(native.heightForWidth(max(native.width(), 50)))
+            native.setMinimumHeight(max(0, native.heightForWidth(max(native.width(), 50))))
         except RuntimeError:  # deleted with its viewer meanwhile
             pass
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .jobs import BackgroundJob
 from .layers import find_scan
-from .state import PREPROCESS_KEY, flatfield_of
+from .state import PREPROCESS_KEY, flatfield_of, set_state
 
 
 def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
@@ -28,7 +28,7 @@ def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
         return preprocess(scan, params, flatfield, progress=report, cancel=cancelled)
 
     def done(result):
-        layer.metadata[PREPROCESS_KEY] = result
+        set_state(layer, PREPROCESS_KEY, result)
         if on_done is not None:
             on_done(result)
 

@@ -17,6 +17,12 @@ PREPROCESS_KEY = "sedclassify_preprocess"
 LABELS_OF_KEY = "sedclassify_labels_of"  # on a Labels layer: the name of its scan layer
 
 
+def set_state(layer, key: str, value) -> None:
+    """Keep ``value`` under ``key`` in the layer's metadata, announcing it (layer.events.metadata)
+    so that views of the scan (e.g. the diffraction view) refresh."""
+    layer.metadata = {**layer.metadata, key: value}
+
+
 def flatfield_of(layer):
     return None if layer is None else layer.metadata.get(FLATFIELD_KEY)
 
@@ -81,13 +87,15 @@ def active_scan_layer(viewer):
 
 def set_layer(viewer, name: str, data, kind: str = "image", like=None, **kwargs):
     """Update the data of layer ``name`` if it exists (same kind), else add it on the grid of ``like``."""
-    if name in viewer.layers and type(viewer.layers[name]).__name__.lower() == kind:
-        layer = viewer.layers[name]
-        layer.data = data
+    import napari
+
+    existing = viewer.layers[name] if name in viewer.layers else None
+    if existing is not None and isinstance(existing, getattr(napari.layers, kind.capitalize())):
+        existing.data = data
         for key in ("colormap", "contrast_limits", "metadata"):
             if key in kwargs:
-                setattr(layer, key, kwargs[key])
-        return layer
+                setattr(existing, key, kwargs[key])
+        return existing
     if like is not None:
         kwargs = {**scan_layer_spatial(like), **kwargs}
     return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)

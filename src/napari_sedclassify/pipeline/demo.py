@@ -292,14 +292,14 @@ def report_markdown(report: dict) -> str:
         "## Per model",
         "",
         "| model | epochs | training frames (with augmentation) | training time | validation F1 | "
-        "F1 same session | F1 other session | loss |",
+        "F1 same session | F1 other session | other - same |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for k, r in res.items():
         f1a, f1b = r["set1"]["weighted"]["f1"], r["set2"]["weighted"]["f1"]
         val = r["validation"]["f1"] if r.get("validation") else float("nan")
         lines.append(f"| {k.upper()} | {r['epochs']} | {r['n_train_frames']} ({r['n_train_inputs']}) | "
-                     f"{r['train_s']:.0f} s | {val:.3f} | {f1a:.3f} | {f1b:.3f} | {100 * (f1a - f1b):+.1f} points |")
+                     f"{r['train_s']:.0f} s | {val:.3f} | {f1a:.3f} | {f1b:.3f} | {100 * (f1b - f1a):+.1f} points |")
     lines += ["", "## Per class (F1 / Jaccard = the paper's TP/(TP+FP+FN))", ""]
     classes = list(next(iter(res.values()))["set1"]["per_class"])
     lines.append("| model, test scan | " + " | ".join(c.replace("_", " ") for c in classes) + " |")

@@ -102,21 +102,22 @@ def write_prediction(pred: ScanPrediction, out_dir, classes) -> dict:
     """Write into ``out_dir``, atomically: ``<name>_classes.npy`` and ``.tif`` (uint8 class map),
     ``<name>_probabilities.npy`` (sy, sx, k float32) with ``<name>_probabilities.json`` (the class
     ids and names of its last axis) and ``<name>_overlay.png``; returns {kind: path}."""
-    from ..labels import save_class_map
     from ..models._atomic import atomic_path, write_text
     from ..models.metrics import plot_overlay
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / pred.name
-    paths = {
-        "class_map_npy": save_class_map(f"{stem}_classes.npy", pred.class_map),
-        "class_map_tif": save_class_map(f"{stem}_classes.tif", pred.class_map),
-    }
-    with atomic_path(f"{stem}_probabilities.npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, pred.probabilities.astype(np.float32))
-    paths["probabilities"] = Path(f"{stem}_probabilities.npy")
+    paths = {"class_map_npy": Path(f"{stem}_classes.npy"), "class_map_tif": Path(f"{stem}_classes.tif"),
+             "probabilities": Path(f"{stem}_probabilities.npy")}
+    for key, array in (("class_map_npy", pred.class_map.astype(np.uint8)),
+                       ("probabilities", pred.probabilities.astype(np.float32))):
+        with atomic_path(paths[key]) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, array)
+    import tifffile
+
+    with atomic_path(paths["class_map_tif"]) as tmp:
+        tifffile.imwrite(tmp, pred.class_map.astype(np.uint8))
     paths["probabilities_classes"] = write_text(
         f"{stem}_probabilities.json",
         json.dumps({"axis_2_class_ids": pred.class_ids,

@@ -25,30 +25,24 @@ def correct_frames(raw, corr, dark, use_dark, saturation, out):
     sat = np.float32(saturation)
     for i in range(n):
         for y in range(ky):
-            if use_dark:
-                for x in range(kx):
-                    out[i, y, x] = (np.float32(raw[i, y, x]) - dark[y, x]) * corr[y, x]
-            else:
-                for x in range(kx):
-                    out[i, y, x] = np.float32(raw[i, y, x]) * corr[y, x]
-            for x in range(kx):
-                v = out[i, y, x]
+            for x in range(kx):  # selects only: vectorises
                 r = np.float32(raw[i, y, x])
-                if r >= sat and np.isfinite(r) and corr[y, x] == corr[y, x]:
-                    out[i, y, x] = r
-                elif not np.isfinite(v):
-                    out[i, y, x] = _NAN32
+                c = corr[y, x]
+                v = (r - dark[y, x]) * c if use_dark else r * c
+                v = r if (r >= sat and r - r == 0 and c == c) else v
+                out[i, y, x] = v if v - v == 0 else _NAN32
 
 
 @njit(nogil=True, cache=True)
-def bin_sums(frame, b, out):
-    """Sum of the finite pixels of each b x b block of one frame into out (ceil(ky/b), ceil(kx/b))."""
+def bin_sums(frame, b, row_step, out):
+    """Sum of the finite pixels of each b x b block of one frame into out (ceil(ky/b), ceil(kx/b)),
+    reading every row_step-th row of each block (a beam wider than row_step px is still seen)."""
     ky, kx = frame.shape
     nby, nbx = out.shape
     acc = np.zeros(kx, np.float32)
     for yb in range(nby):
         acc[:] = 0
-        for y in range(yb * b, min(ky, (yb + 1) * b)):
+        for y in range(yb * b, min(ky, (yb + 1) * b), row_step):
             for x in range(kx):
                 v = frame[y, x]
                 acc[x] += v if v == v else np.float32(0)
@@ -327,11 +321,43 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
 
 
 @njit(nogil=True, cache=True)
-def find_centres(frames, b, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, centres, found, radius):
-    """Direct-beam centre (index px) of each frame: coarse maximum of b x b block sums (3x3
-    blocks), an iterated thresholded centre of mass (physical px: pixel centres py, px, widths
-    wy, wx, edges ey, ex) in a window grown to 2.5 beam radii, then a circle fitted to the
-    beam's half-height edge (where it has enough ordinary pixels)."""
+def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at):
+    """Iterate the thresholded centre of mass from index (cy, cx), growing the window to 2.5 beam
+    radii, until it stops moving; the index centre goes to at[0], at[1]. False: no beam."""
+    iy_edges = np.arange(frame.shape[0] + 1) - 0.5
+    ix_edges = np.arange(frame.shape[1] + 1) - 0.5
+    half = half0
+    ok = False
+    for _ in range(6):
+        if not _refine(frame, cy, cx, half, k_peak, min_snr, py, px, wy, wx, res):
+            return False
+        ok = True
+        r = math.sqrt(res[2] / math.pi)
+        ny = np.interp(res[0], ey, iy_edges)
+        nx = np.interp(res[1], ex, ix_edges)
+        moved = abs(ny - cy) + abs(nx - cx)
+        cy = ny
+        cx = nx
+        want = int(2.5 * r) + 3
+        if want > half and half < half_max:
+            half = min(want, half_max)
+            continue
+        if moved < 0.01:
+            break
+    at[0] = cy
+    at[1] = cx
+    return ok
+
+
+@njit(nogil=True, cache=True)
+def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, centres, found,
+                 radius):
+    """Direct-beam centre (index px) of each frame: an iterated thresholded centre of mass
+    (physical px: pixel centres py, px, widths wy, wx, edges ey, ex) in a window grown to 2.5 beam
+    radii, started from the previous frame's centre (the descan moves the beam little between
+    neighbours) and, when the beam is not there, from the coarse maximum of b x b block sums
+    (3x3 blocks); then a circle fitted to the beam's half-height edge (where it has enough
+    ordinary pixels)."""
     n, ky, kx = frames.shape
     iy_edges = np.arange(ky + 1) - 0.5
     ix_edges = np.arange(kx + 1) - 0.5
@@ -340,58 +366,54 @@ def find_centres(frames, b, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey
     blocks = np.empty((nby, nbx), np.float32)
     res = np.empty(5, np.float64)
     circ = np.empty(3, np.float64)
+    at = np.empty(2, np.float64)
+    prev = np.full(3, np.nan)  # previous frame's centre (index px) and area above threshold
     for i in range(n):
         centres[i, 0] = np.nan
         centres[i, 1] = np.nan
         found[i] = False
         radius[i] = np.nan
-        bin_sums(frames[i], b, blocks)
-        best = 0.0
-        by = -1
-        bx = -1
-        for yb in range(nby):
-            for xb in range(nbx):
-                s = 0.0
-                for yy in range(max(0, yb - 1), min(nby, yb + 2)):
-                    for xx in range(max(0, xb - 1), min(nbx, xb + 2)):
-                        s += blocks[yy, xx]
-                if s > best:
-                    best = s
-                    by = yb
-                    bx = xb
-        if by < 0:
-            continue
-        # brightest block of the 3x3 neighbourhood: the beam sits there
-        best = -1.0
-        cy = 0.0
-        cx = 0.0
-        for yy in range(max(0, by - 1), min(nby, by + 2)):
-            for xx in range(max(0, bx - 1), min(nbx, bx + 2)):
-                if blocks[yy, xx] > best:
-                    best = blocks[yy, xx]
-                    cy = yy * b + 0.5 * (b - 1)
-                    cx = xx * b + 0.5 * (b - 1)
-        half = half0
         ok = False
-        for _ in range(6):
-            if not _refine(frames[i], cy, cx, half, k_peak, min_snr, py, px, wy, wx, res):
-                ok = False
-                break
-            ok = True
-            r = math.sqrt(res[2] / math.pi)
-            ny = np.interp(res[0], ey, iy_edges)
-            nx = np.interp(res[1], ex, ix_edges)
-            moved = abs(ny - cy) + abs(nx - cx)
-            cy = ny
-            cx = nx
-            want = int(2.5 * r) + 3
-            if want > half and half < half_max:
-                half = min(want, half_max)
-                continue
-            if moved < 0.01:
-                break
+        if np.isfinite(prev[0]):
+            ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, py, px, wy, wx,
+                           ey, ex, res, at) and 0.5 * prev[2] <= res[2] <= 2.0 * prev[2]
         if not ok:
+            bin_sums(frames[i], b, row_step, blocks)
+            best = 0.0
+            by = -1
+            bx = -1
+            for yb in range(nby):
+                for xb in range(nbx):
+                    s = 0.0
+                    for yy in range(max(0, yb - 1), min(nby, yb + 2)):
+                        for xx in range(max(0, xb - 1), min(nbx, xb + 2)):
+                            s += blocks[yy, xx]
+                    if s > best:
+                        best = s
+                        by = yb
+                        bx = xb
+            if by < 0:
+                prev[0] = np.nan
+                continue
+            # brightest block of the 3x3 neighbourhood: the beam sits there
+            best = -1.0
+            cy = 0.0
+            cx = 0.0
+            for yy in range(max(0, by - 1), min(nby, by + 2)):
+                for xx in range(max(0, bx - 1), min(nbx, bx + 2)):
+                    if blocks[yy, xx] > best:
+                        best = blocks[yy, xx]
+                        cy = yy * b + 0.5 * (b - 1)
+                        cx = xx * b + 0.5 * (b - 1)
+            ok = _converge(frames[i], cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at)
+        if not ok:
+            prev[0] = np.nan
             continue
+        cy = at[0]
+        cx = at[1]
+        prev[0] = cy
+        prev[1] = cx
+        prev[2] = res[2]
         r = math.sqrt(res[2] / math.pi)
         level = res[4] + 0.5 * (res[3] - res[4])
         h = max(int(1.6 * r) + 3, 5)
@@ -434,7 +456,9 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
     dx2 = np.empty(kx, np.float64)
     idx = np.empty(kx, np.int32)
     vals = np.empty(kx, np.float32)
-    acc = np.zeros((nbins + 1, 2), np.float64)  # (sum, count); row nbins collects the rest
+    # (sum, count) per bin and per pixel parity: neighbouring pixels, often in the same bin, then
+    # update different memory and do not wait for each other; row 2 nbins (+1) collects the rest
+    acc = np.zeros((2 * nbins + 2, 2), np.float64)
     for i in range(n):
         cy = centres[i, 0]
         cx = centres[i, 1]
@@ -452,15 +476,15 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
                 v = row[x]
                 t = (math.sqrt(dy2 + dx2[x]) - r_min) * inv
                 ok = (v == v) and t >= 0.0 and t < nbins
-                idx[x] = np.int32(t) if ok else nbins
+                idx[x] = 2 * (np.int32(t) if ok else nbins) + (x & 1)
                 vals[x] = v if ok else np.float32(0)
             for x in range(kx):
                 k = idx[x]
                 acc[k, 0] += vals[x]
                 acc[k, 1] += 1.0
         for k in range(nbins):
-            sums[i, k] = acc[k, 0]
-            counts[i, k] = acc[k, 1]
+            sums[i, k] = acc[2 * k, 0] + acc[2 * k + 1, 0]
+            counts[i, k] = acc[2 * k, 1] + acc[2 * k + 1, 1]
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})

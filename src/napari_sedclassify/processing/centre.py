@@ -57,7 +57,8 @@ class CentreFinder(FrameProcessor):
         found = np.empty(n, np.bool_)
         radius = np.empty(n, np.float32)
         g = grid_of(self.grid, (ky, kx))
-        find_centres(frames, b, half0, half_max, self.k_peak, self.min_snr, g.centres(0), g.centres(1),
+        step = 2 if self.beam_radius_px is not None and self.beam_radius_px >= 2 else 1  # coarse search rows
+        find_centres(frames, b, step, half0, half_max, self.k_peak, self.min_snr, g.centres(0), g.centres(1),
                      g.widths(0), g.widths(1), g.edges(0), g.edges(1), c, found, radius)
         return {"centre": c, "beam_found": found, "beam_radius_px": radius}
 

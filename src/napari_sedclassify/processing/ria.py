@@ -9,8 +9,9 @@ from both the sum and the count. The value is the mean per bin (NaN for an empty
 number of pixels averaged.
 
 Speed: a compiled kernel walks each frame row by row, computes the bin indices of a row
-(vectorised), then accumulates (sum, count) pairs; no per-frame distance maps or index arrays
-are allocated, so moving the centre costs nothing.
+(vectorised), then accumulates (sum, count) pairs, into two interleaved sets (even and odd
+pixels) so that neighbouring pixels of one bin do not wait on each other's memory updates; no
+per-frame distance maps or index arrays are allocated, so moving the centre costs nothing.
 """
 
 from __future__ import annotations

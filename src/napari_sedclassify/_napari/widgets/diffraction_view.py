@@ -48,6 +48,9 @@ class DiffractionView(Container):
         self._timer.setInterval(40)  # frames are read at most every 40 ms while the cursor moves
         self._timer.timeout.connect(self._show_pending)
         self._log.changed.connect(lambda _=None: self.redraw())
+        for layer in napari_viewer.layers:
+            layer.events.metadata.connect(self._on_state)
+        napari_viewer.layers.events.inserted.connect(lambda e: e.value.events.metadata.connect(self._on_state))
         napari_viewer.mouse_move_callbacks.append(self._on_move)
         napari_viewer.mouse_drag_callbacks.append(self._on_press)
         self.native.destroyed.connect(self._disconnect)
@@ -59,6 +62,14 @@ class DiffractionView(Container):
         ):
             if cb in callbacks:
                 callbacks.remove(cb)
+
+    def _on_state(self, event):
+        """A flat-field or centring result arrived for the scan on display: show it."""
+        if self.point is not None and event.source == self.point[0]:  # == sees through napari's plugin proxies
+            try:
+                self.show_point(*self.point)
+            except RuntimeError:  # this view was deleted with its viewer
+                pass
 
     def _layer(self):
         return self._scan.value or active_scan_layer(self._viewer)

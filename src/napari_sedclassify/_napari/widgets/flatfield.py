@@ -12,7 +12,7 @@ from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
 from ..plots import form, plot_canvas
-from ..state import FLATFIELD_KEY, flatfield_of
+from ..state import FLATFIELD_KEY, flatfield_of, set_state
 
 #: Layer metadata key under which sample data may hand over its flood stack (N, ky, kx).
 FLOOD_KEY = "sedclassify_flood"
@@ -85,7 +85,7 @@ class FlatFieldWidget(Container):
             return flatfield
 
         def done(flatfield):
-            layer.metadata[FLATFIELD_KEY] = flatfield
+            set_state(layer, FLATFIELD_KEY, flatfield)
             self.show_flatfield()
 
         return self._jobs.launch(BackgroundJob(f"Flat-field for {layer.name}", work, on_returned=done))

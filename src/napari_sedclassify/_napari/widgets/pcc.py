@@ -16,6 +16,13 @@ RIA = "ria"
 FRAMES = "frames"
 
 
+def ria_outside_beam(result):
+    """RIA bins from the annular dark-field inner radius outwards: the diffraction of the sample,
+    without the direct beam whose intensity would otherwise dominate every correlation."""
+    keep = np.asarray(result.radii_px) >= float(result.resolved["adf_inner_px"])
+    return np.asarray(result.ria)[..., keep]
+
+
 def pcc_layer_name(scan_layer) -> str:
     return f"{scan_layer.name} PCC"
 
@@ -23,8 +30,9 @@ def pcc_layer_name(scan_layer) -> str:
 class PCCWidget(Container):
     """Pearson correlation of one scan point with all others, following clicks on the scan.
 
-    The standardised features of a scan are prepared once (RIAs from preprocessing, or binned
-    frames computed in the background); each click is then one matrix-vector product.
+    The standardised features of a scan are prepared once (RIAs from preprocessing outside the
+    direct beam, or binned frames computed in the background); each click is then one
+    matrix-vector product.
     """
 
     def __init__(self, napari_viewer):
@@ -74,7 +82,7 @@ class PCCWidget(Container):
                 show_error("PCC on RIAs: compute the RIAs first (Centring or RIA widget), or use binned frames.")
                 return None
             try:
-                self._cache[key] = PCC(result.ria, result.missing | ~result.beam_found)
+                self._cache[key] = PCC(ria_outside_beam(result), result.missing | ~result.beam_found)
             except ValueError as exc:
                 show_error(f"PCC: {exc}")
                 return None
