@@ -45,6 +45,7 @@ def settle(seconds=0.5):
 
 
 def shot(viewer, name):
+    settle()
     viewer.reset_view()
     settle()
     path = OUT / f"guide_{name}.png"

@@ -278,3 +278,28 @@ def test_predictions_cover_the_scan_and_skip_missing_frames(tiny):
     assert (pred.class_map[0, :5] == 0).all() and np.isnan(pred.probabilities[0, :5]).all()
     assert (pred.class_map[~missing] > 0).all()
     np.testing.assert_allclose(np.nansum(pred.probabilities[~missing], axis=-1), 1.0, atol=1e-5)
+
+
+def test_precomputed_preprocessing_is_checked_against_the_model(tiny):
+    from napari_sedclassify.models.persistence import IncompatibleModelError
+    from napari_sedclassify.pipeline.predict import predict_scan
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.pipeline.train import preprocess_params_for
+    from napari_sedclassify.processing import FlatField, PreprocessParams
+
+    feats, truths = tiny
+    model = train_model(feats, truths, "fcnn", preprocess=PreprocessParams().to_dict(), params={"max_epochs": 20})
+    (sim,) = tiny_simulated([5])
+    ff = FlatField.from_flood(sim.flatfield)
+    own = predict_scan(model, sim.scan, flatfield=ff, name="s5")
+    done = preprocess(sim.scan, preprocess_params_for([model.recipe], sim.scan.geometry), flatfield=ff)
+    again = predict_scan(model, sim.scan, name="s5", result=done)
+    np.testing.assert_array_equal(again.class_map, own.class_map)
+    assert np.mean(own.class_map == sim.truth) > 0.8
+    fitted = preprocess(sim.scan, PreprocessParams(centring="fitted"), flatfield=ff)
+    with pytest.raises(IncompatibleModelError, match=r"centring = 'fitted' \(model: 'per_frame'\)"):
+        predict_scan(model, sim.scan, result=fitted)
+    short = preprocess(sim.scan, PreprocessParams(ria_r_max_px=40), flatfield=ff)
+    need = 0.6 * sim.scan.geometry.lambda_L_over_p
+    with pytest.raises(IncompatibleModelError, match=f"RIA stops at 40 px, the model reads it to {need:.0f} px"):
+        predict_scan(model, sim.scan, result=short)

@@ -185,6 +185,7 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, sample, tmp_pat
     assert ticks >= 3 and gap < 3.0, (ticks, gap)
     assert len(tr.history) >= 2 and np.isfinite(tr.history[-1]["val_loss"])
     assert "weighted" in tr._metrics.value
+    assert any(ax.get_title() == "validation confusion matrix" for ax in tr.figure.axes)
     tr._save_path.value = tmp_path / "fcnn_model"
     saved = tr.save_model()
     assert saved.name == "fcnn_model.sedmodel" and saved.exists()
@@ -348,3 +349,36 @@ def test_cancel_stops_preprocessing_and_training(make_napari_viewer, qtbot, samp
     qtbot.waitUntil(lambda: job.done, timeout=30000)
     assert job.outcome == "cancelled" and tr.result is None
     assert len(tr.history) < 5000
+
+
+def test_open_scan_from_the_workflow(make_napari_viewer, tmp_path, notifications, disk_scan):
+    np.save(tmp_path / "scan.npy", np.asarray(disk_scan.data.compute()))
+    viewer = make_napari_viewer()
+    _, wf = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Workflow (all steps)")
+    layers = wf.open_scan(tmp_path / "scan.npy")
+    assert len(layers) == 1 and layers[0].metadata["sedclassify_scan"].scan_shape == (4, 5)
+    assert wf.centring._scan.value is not None  # the steps see the new scan
+    (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    assert wf.open_scan(tmp_path / "broken.npy") == []
+    assert any("broken.npy" in m for m in notifications)
+
+
+def test_training_data_from_files(make_napari_viewer, tmp_path, notifications, disk_scan):
+    from napari_sedclassify.labels import save_class_map
+
+    np.save(tmp_path / "scan.npy", np.asarray(disk_scan.data.compute()))
+    labels = np.ones((4, 5), np.uint8)
+    labels[:, :2] = AMORPHOUS_ICE
+    save_class_map(tmp_path / "scan_labels.tif", labels)
+    np.save(tmp_path / "other_labels.npy", np.ones((3, 3), np.uint8))
+    viewer = make_napari_viewer()
+    _, tr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Training")
+    tr._scan_file.value, tr._labels_file.value = tmp_path / "scan.npy", tmp_path / "scan_labels.tif"
+    item = tr.add_files()
+    assert "file: scan" in tr._data.choices and "file: scan" in tr._data.value
+    (chosen,) = tr.labeled_scans()
+    assert chosen is item and chosen.scan.scan_shape == (4, 5)
+    np.testing.assert_array_equal(chosen.class_map, labels)
+    tr._labels_file.value = tmp_path / "other_labels.npy"
+    assert tr.add_files() is None
+    assert any("other_labels.npy" in m and "does not match the scan shape" in m for m in notifications)

@@ -60,6 +60,19 @@ def assert_same(a: dict, b: dict):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def assert_close(a: dict, b: dict):
+    """Chunked differently: the centre search of a frame starts from the centre of the frame before
+    it in the same batch, so centres may differ in the last digits, and a pixel at a bin edge may
+    change bin."""
+    assert set(a) == set(b)
+    np.testing.assert_allclose(a["centre"], b["centre"], atol=1e-3)
+    np.testing.assert_array_equal(a["beam_found"], b["beam_found"])
+    assert np.abs(a["ria_counts"].astype(int) - b["ria_counts"]).max() <= 2
+    for k in ("ria", "total", "bf", "adf", "brightest", "beam_radius_px"):
+        np.testing.assert_allclose(a[k], b[k], rtol=0.02, err_msg=k)
+    assert np.mean(a["crop"] == b["crop"]) > 0.99
+
+
 def test_one_pass_fuses_processors_and_finds_centres():
     frames, true = beam_stack()
     runner = make_runner()
@@ -83,17 +96,17 @@ def test_same_results_from_frame_stack_dask_and_stream():
 
     frames, _ = beam_stack()
     runner = make_runner()
-    ref = runner.run(frames, workers=1)
-    assert_same(ref, runner.run(frames, workers=2, chunk_frames=5))
+    ref = runner.run(frames, workers=1, chunk_frames=6)
+    assert_same(ref, runner.run(frames, workers=2, chunk_frames=6))  # threads: the same chunks
     scan4d = frames.reshape(4, 6, 96, 96)
+    assert_same(ref, runner.run(Scan(scan4d, Geometry((96, 96)))))  # one scan row per dask block
     odd = da.from_array(scan4d, chunks=(3, 4, 96, 48))  # splits scan rows, columns and the detector
-    assert_same(ref, runner.run(odd))
-    assert_same(ref, runner.run(Scan(scan4d, Geometry((96, 96)))))
+    assert_close(ref, runner.run(odd))
+    assert_close(ref, runner.run(frames, chunk_frames=5))
     chunks = [(np.arange(i, min(24, i + 7)), frames[i:i + 7]) for i in (14, 0, 21, 7)]  # any order
-    assert_same(ref, runner.run_stream(chunks, n_frames=24))
+    assert_close(ref, runner.run_stream(chunks, n_frames=24))
     one = runner.run_chunk(frames[5])
-    for k, v in one.values.items():
-        np.testing.assert_array_equal(v[0], ref[k][5], err_msg=k)
+    assert_close({k: v[5:6] for k, v in ref.items()}, one.values)
 
 
 def test_merge_is_order_free_and_idempotent():
@@ -104,7 +117,7 @@ def test_merge_is_order_free_and_idempotent():
     assert np.isnan(store["ria"]).all() and not store["beam_found"].any()
     for p in parts + parts[:1]:
         runner.merge(store, p)
-    assert_same(store, runner.run(frames))
+    assert_same(store, runner.run(frames, chunk_frames=4))
 
 
 def test_given_centres_replace_the_finder():
@@ -137,7 +150,7 @@ def test_dask_distributed_workers_read_their_own_frames(tmp_path):
     np.save(tmp_path / "scan.npy", frames.reshape(4, 6, 96, 96))
     scan = open_scan(tmp_path / "scan.npy", chunk_frames=6)
     runner = make_runner()
-    ref = runner.run(frames)
+    ref = runner.run(scan)  # threads here, the same blocks
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=40) as cluster, distributed.Client(cluster) as client:
         out = runner.run(scan, client=client)

@@ -8,6 +8,7 @@ bounded rate however often the engine reports.
 
 from __future__ import annotations
 
+import logging
 import threading
 import traceback
 
@@ -29,7 +30,7 @@ class BackgroundJob:
         self.cancel_event = threading.Event()
         self.worker = None
         self.error = None
-        self.traceback = None  # of the error, when the work raised
+        self.traceback = None  # of the error, logged (the notification gives the message)
         self.done = False  # True once finished, whatever the outcome
         self.outcome = None  # "done", "cancelled" or "failed"
         self._work = work
@@ -105,8 +106,8 @@ class BackgroundJob:
         try:
             self._on_returned(result)
         except Exception as exc:  # showing a result must not take the viewer down
-            self.error, self.outcome = exc, "failed"
-            show_error(f"{self.description}: {exc}")
+            self.traceback = traceback.format_exc()
+            self._failed(exc)
 
     def _failed(self, exc):
         from napari.utils.notifications import show_error, show_info
@@ -117,6 +118,7 @@ class BackgroundJob:
             show_info(f"{self.description}: cancelled")
         else:
             self.outcome = "failed"
+            logging.getLogger("napari_sedclassify").warning("%s failed:\n%s", self.description, self.traceback)
             show_error(f"{self.description}: {exc}")
 
     def _finished(self):

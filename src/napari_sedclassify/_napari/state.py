@@ -15,6 +15,7 @@ from .layers import find_scan, scan_layers
 FLATFIELD_KEY = "sedclassify_flatfield"
 PREPROCESS_KEY = "sedclassify_preprocess"
 LABELS_OF_KEY = "sedclassify_labels_of"  # on a Labels layer: the name of its scan layer
+FLOOD_KEY = "sedclassify_flood"  # flood frames (N, ky, kx) that came with a scan (sample data)
 
 
 def set_state(layer, key: str, value) -> None:

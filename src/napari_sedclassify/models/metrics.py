@@ -6,17 +6,16 @@ the usual fraction of correctly classified points (equal to the support-weighted
 is what the paper's Table 1 shows as weighted accuracy).
 
 Points labeled 0 (unlabeled) or predicted 0 (missing frame, not classified) are left out and
-counted in ``n_excluded``. numpy only; matplotlib is imported by the plotting functions.
+counted in ``n_excluded``. The metrics are a JSON-ready dict. numpy only; matplotlib is
+imported by the plotting functions.
 """
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from ..classes import ClassTable
-from ._atomic import atomic_path, write_text
+from ._atomic import atomic_path
 
 _METRICS = ("precision", "recall", "f1", "jaccard")
 
@@ -105,10 +104,6 @@ def format_table(metrics: dict, title: str | None = None) -> str:
     for nm, row in zip(names, metrics["confusion"]):
         lines.append(f"{nm:<{w}}" + "".join(f"{v:>{cw}d}" for v in row))
     return "\n".join(lines)
-
-
-def write_json(metrics: dict, path) -> None:
-    write_text(path, json.dumps(metrics, indent=2))
 
 
 # ---- plots ----------------------------------------------------------------------------------
@@ -257,5 +252,5 @@ def plot_fig6(rows, path, classes: ClassTable | None = None, title: str = "") ->
     if title:
         fig.suptitle(title, fontsize=11)
     height = 2.9 * len(rows)
-    fig.subplots_adjust(bottom=0.5 / height + 0.02, top=1 - 0.55 / height, hspace=0.3)
+    fig.subplots_adjust(bottom=0.5 / height + 0.02, top=1 - 0.85 / height, hspace=0.3)
     _save(fig, path)

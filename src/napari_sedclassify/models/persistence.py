@@ -79,7 +79,7 @@ class SedModel:
 
     @property
     def name(self) -> str:
-        return self.source or f"{self.kind} model"
+        return self.source or f"(unsaved {self.kind} model)"
 
     def predict_proba(self, X) -> np.ndarray:
         return self.estimator.predict_proba(X)

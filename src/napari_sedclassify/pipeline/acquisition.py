@@ -61,10 +61,12 @@ class Acquisition(threading.Thread):
     kind: "mib" (path is the .mib file) or "folder" (path is the folder). chunk_bytes: a frame is
     written in pieces of this size (a reader must never take a partial frame). start(), then
     join(); ``written`` counts the frames on disk, ``first_written_at`` / ``finished_at`` are
-    ``time.perf_counter()`` stamps. stop() ends it early.
+    ``time.perf_counter()`` stamps. stop() ends it early. hold(k) -> True keeps frame k back
+    (the acquisition pauses, the rate resumes from there).
     """
 
-    def __init__(self, scan, path, rate_hz: float = 200.0, kind: str = "mib", chunk_bytes: int = 1 << 14):
+    def __init__(self, scan, path, rate_hz: float = 200.0, kind: str = "mib", chunk_bytes: int = 1 << 14,
+                 hold=None):
         super().__init__(daemon=True, name="simulated-acquisition")
         if kind not in ("mib", "folder"):
             raise ValueError(f"kind must be 'mib' or 'folder', not {kind!r}")
@@ -73,6 +75,7 @@ class Acquisition(threading.Thread):
         self.rate_hz = float(rate_hz)
         self.kind = kind
         self.chunk_bytes = int(chunk_bytes)
+        self.hold = hold
         self.written = 0
         self.first_written_at = None
         self.finished_at = None
@@ -109,6 +112,10 @@ class Acquisition(threading.Thread):
         t0 = time.perf_counter()
         try:
             for k, frame in enumerate(self._frames()):
+                if self.hold is not None and self.hold(k):
+                    while self.hold(k) and not self._halt.is_set():
+                        time.sleep(0.002)
+                    t0 = time.perf_counter() - k / self.rate_hz
                 due = t0 + k / self.rate_hz
                 while not self._halt.is_set() and time.perf_counter() < due:
                     time.sleep(min(0.002, max(0.0, due - time.perf_counter())))

@@ -42,27 +42,41 @@ def as_model(model):
     return model
 
 
-def check_preprocess(model, params) -> None:
-    """Raise IncompatibleModelError when precomputed preprocessing differs from what the
-    model was trained with in a way that changes its features (centring, RIA bins)."""
+def check_preprocess(model, result, geometry) -> None:
+    """Raise IncompatibleModelError when a precomputed PreprocessResult cannot give ``model``
+    its features as in training: other centring or RIA bins, a profile that stops short of the
+    model's q range, or crops missing or laid out differently."""
     from ..models.persistence import IncompatibleModelError
 
     trained = model.preprocess or {}
-    given = params.to_dict() if hasattr(params, "to_dict") else dict(params)
-    keys = ("centring", "ria_bin_px", "ria_r_min_px", "use_flatfield")
-    diff = [f"{k} = {given.get(k)!r} (model: {trained.get(k)!r})" for k in keys
-            if k in trained and given.get(k) != trained.get(k)]
-    if diff:
-        raise IncompatibleModelError(f"model {model.name}: the preprocessing differs from the model's recipe: "
-                                     + ", ".join(diff))
+    given = result.params.to_dict()
+    problems = [f"{k} = {given.get(k)!r} (model: {trained[k]!r})"
+                for k in ("centring", "ria_bin_px", "ria_r_min_px", "use_flatfield")
+                if k in trained and given.get(k) != trained[k]]
+    recipe = model.recipe
+    if recipe.kind == "ria":
+        need = float(recipe.ria_edges_px(geometry)[-1])
+        have = float(result.radii_px[-1]) + 0.5 * result.resolved.get("ria_bin_px", 1.0) if len(result.radii_px) else 0.0
+        if have < need:
+            problems.append(f"RIA stops at {have:.0f} px, the model reads it to {need:.0f} px")
+    else:
+        half, b = recipe.crop_layout(geometry)
+        got = (result.resolved.get("crop_half_px"), result.resolved.get("crop_bin"))
+        if result.crops is None or got != (half, b):
+            problems.append(f"crops (half size, binning) = {got}, the model needs ({half}, {b})")
+    if problems:
+        raise IncompatibleModelError(f"model {model.name}: the preprocessing result differs from the model's "
+                                     "recipe: " + "; ".join(problems))
 
 
-def predict_scan(model, scan, *, flatfield=None, name=None, progress: Callable | None = None,
+def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progress: Callable | None = None,
                  cancel: Callable | None = None) -> ScanPrediction:
     """Classify every frame of ``scan`` (Scan or path) with ``model`` (SedModel or path).
 
-    Raises IncompatibleModelError (naming the model file and the mismatch) before any work
-    when the scan's geometry does not suit the model. progress(done, total) counts frames.
+    result: a PreprocessResult of this scan made earlier (e.g. by ``sedclassify preprocess``),
+    used instead of preprocessing again after :func:`check_preprocess`. Raises
+    IncompatibleModelError (naming the model file and the mismatch) before any work when the
+    scan's geometry does not suit the model. progress(done, total) counts frames.
     """
     from ..models.inference import predict_scan as predict_features
     from ..models.training import ScanFeatures
@@ -72,9 +86,12 @@ def predict_scan(model, scan, *, flatfield=None, name=None, progress: Callable |
     (scan,) = open_scans([scan])
     name = name or scan_name(scan)
     model.check_geometry(scan.geometry, name if scan.source is None else str(scan.source))
-    params = preprocess_params_for([model.recipe], scan.geometry, _base_params(model))
     t0 = time.perf_counter()
-    result = preprocess(scan, params, flatfield=_one_flatfield(flatfield), progress=progress, cancel=cancel)
+    if result is None:
+        params = preprocess_params_for([model.recipe], scan.geometry, _base_params(model))
+        result = preprocess(scan, params, flatfield=_one_flatfield(flatfield), progress=progress, cancel=cancel)
+    else:
+        check_preprocess(model, result, scan.geometry)
     feats = ScanFeatures.from_preprocess(result, scan.geometry, name, crop_radius_px=result.resolved.get("crop_half_px"))
     t1 = time.perf_counter()
     pred = predict_features(model, feats, cancel=cancel)

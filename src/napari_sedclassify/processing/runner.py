@@ -305,7 +305,9 @@ class FrameRunner:
 
         if client is not None:
             return self._run_distributed(tasks(), n, centres, progress, cancel, client, store)
-        loaders = ((index, (lambda b=blk: np.asarray(b.compute(scheduler="sync")))) for index, blk in tasks())
+        from dask.local import get_sync  # a scheduler function: naming "sync" imports distributed
+
+        loaders = ((index, (lambda b=blk: np.asarray(b.compute(scheduler=get_sync)))) for index, blk in tasks())
         return self._run_tasks(loaders, n, centres, centres is None, progress, cancel, workers, store)
 
     def _run_distributed(self, tasks, n, centres, progress, cancel, client, store):

@@ -33,6 +33,7 @@ class CentringWidget(Container):
         self.native.layout().addWidget(self.canvas)
         self._centring.changed.connect(self._centring_changed)
         self._scan.changed.connect(lambda _=None: self.show_result())
+        self.show_result()
 
     def params(self):
         from ...processing import PreprocessParams
@@ -64,6 +65,7 @@ class CentringWidget(Container):
         layer = layer or self._scan.value
         result = preprocess_of(layer)
         self.figure.clear()
+        self.canvas.setVisible(result is not None)
         if result is None:
             self._summary.value = ""
             self.canvas.draw_idle()

@@ -12,10 +12,7 @@ from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
 from ..plots import form, plot_canvas
-from ..state import FLATFIELD_KEY, flatfield_of, set_state
-
-#: Layer metadata key under which sample data may hand over its flood stack (N, ky, kx).
-FLOOD_KEY = "sedclassify_flood"
+from ..state import FLATFIELD_KEY, FLOOD_KEY, flatfield_of, set_state
 
 
 def flatfield_beside(layer):
@@ -94,6 +91,7 @@ class FlatFieldWidget(Container):
         """Gain map of the selected scan's flat-field with dead (blue) and hot (red) pixels."""
         flatfield = flatfield_of(self._scan.value)
         self.figure.clear()
+        self.canvas.setVisible(flatfield is not None)
         if flatfield is None:
             self._summary.value = "No flat-field loaded: frames are used as recorded."
             self.canvas.draw_idle()

@@ -3,9 +3,10 @@ diffraction view docked beside the canvas."""
 
 from __future__ import annotations
 
-from magicgui.widgets import Container
+from magicgui.widgets import Container, FileEdit, PushButton
 
 from ..jobs import wrapped_label
+from ..plots import form
 from .centring import CentringWidget
 from .diffraction_view import DiffractionView
 from .flatfield import FlatFieldWidget
@@ -16,8 +17,8 @@ from .ria import RIAWidget
 from .training import TrainingWidget
 
 INTRO = (
-    "Open a scan (File > Open, or File > Open Sample > SED classify), then go through the tabs "
-    "from left to right. Hover or click the integrated image to see a frame in the diffraction view."
+    "Open a scan (here, File > Open, or File > Open Sample > SED classify), then go through the "
+    "tabs from left to right. Hover or click the integrated image to see a frame in the diffraction view."
 )
 
 
@@ -28,7 +29,7 @@ class WorkflowWidget(Container):
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QScrollArea, QTabWidget
 
-        super().__init__()
+        super().__init__(labels=False)
         self._viewer = napari_viewer
         self.flatfield = FlatFieldWidget(napari_viewer)
         self.centring = CentringWidget(napari_viewer)
@@ -39,6 +40,10 @@ class WorkflowWidget(Container):
         self.prediction = PredictionWidget(napari_viewer)
         self.training.on_trained.append(self.prediction.use_model)
         self.append(wrapped_label(INTRO))
+        self._scan_file = FileEdit(label="scan file", mode="r")
+        open_button = PushButton(text="Open scan")
+        open_button.changed.connect(lambda _=None: self.open_scan())
+        self.extend([form(self._scan_file), open_button])
         self.tabs = QTabWidget()
         steps = [
             ("1 Flat-field", self.flatfield),
@@ -62,6 +67,21 @@ class WorkflowWidget(Container):
         window = getattr(napari_viewer, "window", None)
         if window is not None:
             window.add_dock_widget(self.diffraction, name="Diffraction view", area="bottom")
+
+    def open_scan(self, path=None):
+        """Open a scan file with this plugin's reader (its integrated image becomes a layer);
+        returns the new layers. A folder works for formats stored as folders (zarr)."""
+        from napari.utils.notifications import show_error
+
+        path = path or self._scan_file.value
+        if str(path) in ("", "."):
+            show_error("Open scan: choose a scan file first.")
+            return []
+        try:
+            return self._viewer.open(str(path), plugin="napari-sedclassify")
+        except Exception as exc:  # the reader names the file and the problem
+            show_error(f"Open scan: {exc}")
+            return []
 
     def show_step(self, index: int):
         """Bring tab ``index`` (0 = flat-field ... 6 = prediction) to the front."""
