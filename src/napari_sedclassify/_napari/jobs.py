@@ -89,7 +89,7 @@ class BackgroundJob:
             self._on_progress(items)
 
     def _returned(self, returned):
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         ok, result = returned
         self._poll()

@@ -40,12 +40,9 @@ class Augmentation:
     intensity_range: tuple = (0.5, 2.0)
     radial_scale: float = 0.04
 
-    @property
-    def enabled(self) -> bool:
-        return self.copies > 0
-
     def draw(self, n: int, rng: np.random.Generator) -> dict:
-        """Random parameters for ``n`` frames: radial scale, jitter (px) and intensity factor."""
+        """Random parameters for ``n`` frames: radial scale, centre jitter (px) and its direction
+        (rad), intensity factor."""
         lo, hi = self.intensity_range
         return {
             "scale": 1.0 + rng.uniform(-self.radial_scale, self.radial_scale, n),

@@ -324,7 +324,7 @@ class FrameRunner:
             return client.compute(dask.delayed(_run_block)(runner, blk, index, c))
 
         tasks = iter(tasks)
-        queue = as_completed([submit(*t) for t, _ in zip(tasks, range(window))])
+        queue = as_completed([submit(*t) for _, t in zip(range(window), tasks)])
         for fut in queue:
             part = fut.result()
             fut.release()
