@@ -22,8 +22,6 @@ No napari or Qt here.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,9 +175,9 @@ def save_class_map(path, class_map) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".tif", ".tiff"):
         raise ValueError(f"{path}: save labels as .npy or .tif")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    from .io.atomic import atomic_output
+
+    with atomic_output(path, force=True) as tmp:
         if suffix == ".npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, arr)
@@ -187,11 +185,6 @@ def save_class_map(path, class_map) -> Path:
             import tifffile
 
             tifffile.imwrite(tmp, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -44,9 +44,10 @@ class ScanFeatures:
 
     @classmethod
     def from_preprocess(cls, result, geometry: Geometry, name: str, crop_radius_px: float | None = None):
-        """From a ``PreprocessResult`` (``.ria``, ``.radii_px``, ``.crops``, ``.missing``)."""
-        if crop_radius_px is None and getattr(result, "crops", None) is not None:
-            crop_radius_px = getattr(result.params, "crop_radius_px", None)
+        """From a ``PreprocessResult`` (``.ria``, ``.radii_px``, ``.crops``, ``.missing``; the crop
+        radius defaults to the half size preprocessing resolved)."""
+        if crop_radius_px is None and result.crops is not None:
+            crop_radius_px = result.resolved.get("crop_half_px")
         return cls(name=name, geometry=geometry, missing=np.asarray(result.missing, dtype=bool),
                    ria=result.ria, radii_px=result.radii_px, crops=result.crops, crop_radius_px=crop_radius_px)
 

@@ -315,13 +315,14 @@ class FrameRunner:
         from distributed import as_completed
 
         store = self.allocate(n, centres is None) if store is None else store
-        runner = client.scatter(self, broadcast=True)
+        # part of the graph, not scattered: a worker that dies takes no irreplaceable data with it
+        runner = dask.delayed(self, pure=True)
         window = 4 * max(1, len(client.scheduler_info().get("workers", {})) or 1)
         done = 0
 
         def submit(index, blk):
             c = None if centres is None else centres[index]
-            return client.compute(dask.delayed(_run_block)(runner, blk, index, c))
+            return client.compute(dask.delayed(_run_block)(runner, blk, index, c), retries=3)
 
         tasks = iter(tasks)
         queue = as_completed([submit(*t) for _, t in zip(range(window), tasks)])
