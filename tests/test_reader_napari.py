@@ -41,7 +41,7 @@ def test_get_reader_accepts_scans_and_refuses_the_rest(realdata, tmp_path):
     assert get_reader(two) is None
 
 
-def test_open_mib_in_viewer_fills_the_integrated_image_in_the_background(make_napari_viewer, qtbot, realdata):
+def test_open_mib_in_viewer_fills_the_integrated_image_in_the_background(realdata, make_napari_viewer, qtbot):
     path = realdata / "merlin" / "001_4x2_6bit.mib"
     viewer = make_napari_viewer()
     layers = viewer.open(str(path), plugin=PLUGIN)
@@ -77,7 +77,7 @@ def test_missing_positions_are_nan_in_the_image(make_napari_viewer, qtbot, tmp_p
     "name, content, problem",
     [("cut.mib", "cut", "truncated last frame"), ("dtype.mib", "dtype", "unknown pixel dtype")],
 )
-def test_errors_are_notifications_naming_file_and_problem(make_napari_viewer, realdata, tmp_path, name, content, problem):
+def test_errors_are_notifications_naming_file_and_problem(realdata, make_napari_viewer, tmp_path, name, content, problem):
     from napari.utils.notifications import notification_manager
 
     data = (realdata / "merlin" / "Single_9_Frame_CounterDepth_12_Rows_256.mib").read_bytes()

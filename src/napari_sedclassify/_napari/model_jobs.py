@@ -54,23 +54,9 @@ def run(model_kind: str, func, /, *args, progress=None, cancel=None, **kwargs):
 def model_card(path):
     """A model file's description as a SedModel without its estimator (reads model.json only,
     so no TensorFlow is imported): kind, recipe, preprocessing, classes, geometry, metrics."""
-    from ..classes import ClassTable
-    from ..geometry import Geometry
-    from ..models.features import FeatureRecipe
-    from ..models.persistence import SedModel, read_metadata
+    from ..models.persistence import model_from_metadata, read_metadata
 
-    meta = read_metadata(path)
-    return SedModel(
-        kind=meta["kind"],
-        estimator=None,
-        recipe=FeatureRecipe.from_dict(meta["recipe"]),
-        preprocess=meta.get("preprocess", {}),
-        classes=ClassTable.from_dict(meta["classes"]),
-        geometry=Geometry.from_dict(meta["geometry"]),
-        training=meta.get("training", {}),
-        metrics=meta.get("metrics", {}),
-        source=str(path),
-    )
+    return model_from_metadata(read_metadata(path), path)
 
 
 def preprocess_params_for_model(card, geometry):

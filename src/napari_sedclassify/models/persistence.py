@@ -210,6 +210,23 @@ def read_metadata(path) -> dict:
     return meta
 
 
+def model_from_metadata(meta: dict, path, estimator=None) -> SedModel:
+    """A SedModel from a model file's metadata; estimator None gives a description only (no
+    TensorFlow or scikit-learn is imported): kind, recipe, preprocessing, classes, geometry, metrics."""
+    return SedModel(
+        kind=meta["kind"],
+        estimator=estimator,
+        recipe=FeatureRecipe.from_dict(meta["recipe"]),
+        preprocess=meta.get("preprocess", {}),
+        classes=ClassTable.from_dict(meta["classes"]),
+        geometry=Geometry.from_dict(meta["geometry"]),
+        training=meta.get("training", {}),
+        metrics=meta.get("metrics", {}),
+        versions=meta.get("versions", {}),
+        source=str(path),
+    )
+
+
 def _load_skops(path: Path, data: bytes):
     import skops.io as sio
 
@@ -263,15 +280,4 @@ def load_model(path) -> SedModel:
         estimator.model_ = _load_keras(path, data)
     else:
         estimator.pipeline_ = _load_skops(path, data)
-    return SedModel(
-        kind=kind,
-        estimator=estimator,
-        recipe=FeatureRecipe.from_dict(meta["recipe"]),
-        preprocess=meta.get("preprocess", {}),
-        classes=ClassTable.from_dict(meta["classes"]),
-        geometry=Geometry.from_dict(meta["geometry"]),
-        training=meta.get("training", {}),
-        metrics=meta.get("metrics", {}),
-        versions=meta.get("versions", {}),
-        source=str(path),
-    )
+    return model_from_metadata(meta, path, estimator)
