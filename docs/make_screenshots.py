@@ -93,11 +93,11 @@ def main():
     # 1 flat-field
     wf.flatfield._path.value = work / "flatfield_A.npy"
     wait(wf.flatfield.run())
-    wf.show_step(0)
+    wf.show_step(1)
     shot(viewer, "flatfield")
 
     # 2 centring
-    wf.show_step(1)
+    wf.show_step(2)
     wait(wf.centring.run())
     shot(viewer, "centring")
     for name in ("centre x (px)", "centre y (px)", "descan residual (px)"):
@@ -108,7 +108,7 @@ def main():
     shot(viewer, "diffraction")
 
     # 3 RIA per class of the true labels, smoothed log (the paper's Fig. 5c)
-    wf.show_step(2)
+    wf.show_step(3)
     wf.ria._labels.value = viewer.layers["truth"]
     wf.ria._smooth.value = 13
     wf.ria._axis.value = "q"
@@ -116,14 +116,14 @@ def main():
     shot(viewer, "ria")
 
     # 4 PCC of a clicked ice point
-    wf.show_step(3)
+    wf.show_step(4)
     ice = tuple(int(v) for v in np.argwhere(sim.truth == AMORPHOUS_ICE)[len(np.argwhere(sim.truth == 2)) // 2])
     wf.pcc.correlate(*ice)
     shot(viewer, "pcc")
     viewer.layers[f"{scan_layer.name} PCC"].visible = False
 
     # 5 labels: regions drawn per class, mixed border of the beam's width, carbon elsewhere
-    wf.show_step(4)
+    wf.show_step(5)
     lab = wf.labeling
     for cid, polygon in ice_outlines(sim.truth):
         lab._class.value = cid
@@ -134,7 +134,7 @@ def main():
     shot(viewer, "labels")
 
     # 6 training: an FCNN on the RIAs, in the background, with live curves
-    wf.show_step(5)
+    wf.show_step(6)
     tr = wf.training
     tr._data.value = [c for c in tr._data.choices if c.startswith(scan_layer.name) and "labels" in c]
     tr._model.value = "fcnn"
@@ -144,7 +144,7 @@ def main():
     shot(viewer, "training")
 
     # 7 prediction with the model just trained
-    wf.show_step(6)
+    wf.show_step(7)
     viewer.layers[f"{scan_layer.name} labels"].visible = False
     viewer.layers[f"{scan_layer.name} regions"].visible = False
     wait(wf.prediction.run())

@@ -39,3 +39,18 @@ def disk_scan():
             bg = 5.0 if ix < 2 else 2.0
             data[iy, ix] = rng.poisson(beam + bg)
     return Scan(data, Geometry(detector_shape=(k, k), scan_step_nm=30.0), source="disk_scan")
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def keep(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)

@@ -13,7 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_sedclassify.io import ScanFormatError, open_scan
+from napari_sedclassify.errors import ScanFormatError
+from napari_sedclassify.io import open_scan
 
 # MANIFEST table: file -> (frames, frame array shape, dtype on disk, sum of all frames, max)
 MERLIN = {

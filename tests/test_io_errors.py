@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_sedclassify.io import ScanFormatError, open_scan
+from napari_sedclassify.errors import ScanFormatError
+from napari_sedclassify.io import open_scan
 
 
 def mib_bytes(frames: np.ndarray, pixel_type: str = "U16", exposure_ns: int = 1_000_000) -> bytes:
@@ -131,7 +132,8 @@ def test_blockfile_damage(realdata, tmp_path):
 
 def test_raw_with_unsupported_counter_depth(realdata, tmp_path):
     data = (realdata / "merlin" / "Single_1_Frame_CounterDepth_1_Rows_256RAW.mib").read_bytes()
-    _fails(_write(tmp_path / "raw6.mib", data.replace(b"ns,1,", b"ns,6,")), "RAW (R64)", "6-bit")
+    # 1-, 6- and 12-bit RAW are read (tests/test_mib_raw.py); 24-bit RAW (two 12-bit halves) is not
+    _fails(_write(tmp_path / "raw24.mib", data.replace(b"ns,1,", b"ns,24,")), "RAW (R64)", "24-bit")
 
 
 def test_hdf5_without_a_scan_or_with_a_missing_data_file(realdata, tmp_path):

@@ -154,3 +154,16 @@ def test_bad_label_files_name_the_file_and_the_problem(tmp_path):
         load_class_map(tmp_path / "nothere.npy")
     with pytest.raises(ValueError, match=r"out\.png"):
         save_class_map(tmp_path / "out.png", np.zeros((3, 3)))
+
+
+def test_zero_based_class_maps_are_recognised_and_shifted():
+    from napari_sedclassify.labels import from_zero_based, looks_zero_based
+
+    zero_based = np.array([[0, 0, 1], [3, 2, 0]])  # 0 = carbon ... 3 = mixed
+    assert looks_zero_based(zero_based)
+    np.testing.assert_array_equal(from_zero_based(zero_based), zero_based + 1)
+    assert from_zero_based(zero_based).dtype == np.uint8
+    assert not looks_zero_based(np.array([[1, 2], [4, 3]]))  # 1-based with mixed
+    assert not looks_zero_based(np.array([[1, 2], [3, 1]]))  # 1-based, fully labeled: no 0
+    assert not looks_zero_based(np.zeros((2, 2), np.uint8))  # all unlabeled: nothing to shift
+    assert not looks_zero_based(np.array([[0, 5]]))

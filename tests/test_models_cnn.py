@@ -22,7 +22,8 @@ def _cnn_checks(tmp, progress=None, cancel=None):
     from pathlib import Path
 
     from napari_sedclassify.models.cnn import import_keras
-    from napari_sedclassify.models.persistence import ModelFileError, load_model, read_metadata, save_model
+    from napari_sedclassify.errors import ModelFileError
+    from napari_sedclassify.models.persistence import load_model, read_metadata, save_model
     from napari_sedclassify.models.training import train
 
     tmp_path = Path(tmp)
@@ -85,7 +86,7 @@ def _wait_for_cancel(progress=None, cancel=None):
     progress(1, {"max_epochs": 1})
     while not cancel():
         time.sleep(0.05)
-    from napari_sedclassify.models import Cancelled
+    from napari_sedclassify.errors import Cancelled
 
     raise Cancelled("stopped by the parent")
 
@@ -95,7 +96,7 @@ def _fail(progress=None, cancel=None):
 
 
 def test_process_runner_passes_progress_results_errors_and_cancel():
-    from napari_sedclassify.models import Cancelled
+    from napari_sedclassify.errors import Cancelled
     from napari_sedclassify.models.tf_process import WorkerProcessError, run_in_process
 
     seen = []

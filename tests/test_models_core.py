@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from models_helpers import majority_f1, tiny_features, tiny_simulated
+from napari_sedclassify.errors import Cancelled
 from napari_sedclassify.geometry import Geometry
-from napari_sedclassify.models import Cancelled
 from napari_sedclassify.models.features import Augmentation, FeatureRecipe, crop_features, ria_features
 
 
@@ -224,7 +224,8 @@ def test_untrusted_or_foreign_model_files_are_refused(tiny, tmp_path):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from napari_sedclassify.models.persistence import ModelFileError, load_model, save_model
+    from napari_sedclassify.errors import ModelFileError
+    from napari_sedclassify.models.persistence import load_model, save_model
 
     feats, truths = tiny
     good = save_model(train_model(feats, truths, "svm"), tmp_path / "good.sedmodel")
@@ -244,7 +245,8 @@ def test_untrusted_or_foreign_model_files_are_refused(tiny, tmp_path):
 
 def test_incompatible_geometry_is_a_clear_error(tiny, tmp_path):
     from napari_sedclassify.models.inference import predict_scan
-    from napari_sedclassify.models.persistence import IncompatibleModelError, load_model, save_model
+    from napari_sedclassify.errors import IncompatibleModelError
+    from napari_sedclassify.models.persistence import load_model, save_model
     from napari_sedclassify.models.training import ScanFeatures
 
     feats, truths = tiny
@@ -281,7 +283,7 @@ def test_predictions_cover_the_scan_and_skip_missing_frames(tiny):
 
 
 def test_precomputed_preprocessing_is_checked_against_the_model(tiny):
-    from napari_sedclassify.models.persistence import IncompatibleModelError
+    from napari_sedclassify.errors import IncompatibleModelError
     from napari_sedclassify.pipeline.predict import predict_scan
     from napari_sedclassify.pipeline.preprocess import preprocess
     from napari_sedclassify.pipeline.train import preprocess_params_for
@@ -303,3 +305,18 @@ def test_precomputed_preprocessing_is_checked_against_the_model(tiny):
     need = 0.6 * sim.scan.geometry.lambda_L_over_p
     with pytest.raises(IncompatibleModelError, match=f"RIA stops at 40 px, the model reads it to {need:.0f} px"):
         predict_scan(model, sim.scan, result=short)
+
+
+def test_metrics_with_no_labeled_point_and_absent_classes():
+    from napari_sedclassify.models.metrics import confusion_matrix, evaluate
+
+    m = evaluate(np.zeros((3, 3), int), np.ones((3, 3), int))  # nothing labeled: zeros, not an error
+    assert m["n"] == 0 and m["n_excluded"] == 9 and m["accuracy"] == 0.0 and m["weighted"]["f1"] == 0.0
+    assert m["confusion"] == [[0] * 4] * 4
+    truth = np.array([1, 1, 2, 2, 0])
+    pred = np.array([1, 2, 2, 2, 3])
+    m = evaluate(truth, pred)
+    assert m["per_class"]["crystalline_ice"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "jaccard": 0.0,
+                                                 "support": 0}
+    assert m["macro"]["recall"] == pytest.approx((0.5 + 1.0) / 2)  # over the classes present only
+    assert confusion_matrix([1, 2, 9], [1, 1, 1], [1, 2]).tolist() == [[1, 0], [1, 0]]  # 9: not a class, left out

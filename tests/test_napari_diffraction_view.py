@@ -57,22 +57,24 @@ def test_one_frame_read_per_point_with_centre_mask_and_ria(make_napari_viewer, q
     frames.reads.clear()
     view.show_point(view._scan.value, 2, 3)  # the layer as the widget sees it (napari proxies it)
     assert len(frames.reads) == 1  # the 4D scan stays lazy: only that frame was read
-    cy, cx = (float(np.ravel(v)[0]) for v in view._ax_frame.lines[0].get_data()[::-1])  # marker at (x, y)
+    cy, cx = view.frame_view.centre  # the cyan cross
     assert abs(cy - 31.0) < 0.3 and abs(cx - 32.5) < 0.3
-    ria_line = view._ax_ria.lines[0]
-    radii, ria = ria_line.get_data()
+    radii, ria = view.ria_view.x, view.ria_view.y
     ring = ria[np.argmin(abs(radii - 20.0))]
     assert ring > 5 * ria[np.argmin(abs(radii - 12.0))]  # the ring at 20 px stands out
-    assert view._ax_ria.get_yscale() == "log"
+    assert view.ria_view.log
     view._log.value = False
-    assert view._ax_ria.get_yscale() == "linear"
+    assert not view.ria_view.log
 
     # a flat-field with masked pixels: they are excluded and drawn over the frame
     mask = np.zeros((64, 64), bool)
     mask[10, 10:15] = True
     layer.metadata = {**layer.metadata, "sedclassify_flatfield": FlatField(np.ones((64, 64)), mask)}
     assert "5 masked px" in view._info.value  # the view refreshed itself on the new flat-field
-    assert len(view._ax_frame.images) == 2  # frame + masked-pixel overlay
+    from napari_sedclassify._napari.light_plots import MASK_RGBA
+
+    assert (view.frame_view.rgba[10, 10:15] == MASK_RGBA).all()  # masked pixels drawn green
+    assert not (view.frame_view.rgba[11, 10:15] == MASK_RGBA).all(axis=-1).any()
 
     # hovering: several moves in a row show only where the cursor stopped
     frames.reads.clear()
@@ -80,9 +82,96 @@ def test_one_frame_read_per_point_with_centre_mask_and_ria(make_napari_viewer, q
         view._on_move(viewer, type("E", (), {"position": layer.data_to_world(point)})())
     qtbot.waitUntil(lambda: view.point[1:] == (4, 5), timeout=5000)
     assert len(frames.reads) == 1
-    assert view._ax_frame.get_title().endswith("(4, 5)")
+    assert view.frame_view.title.endswith("(4, 5)")
 
     # a missing frame: said so, no centre, no crash
     view.show_point(layer, 5, 6)
     assert "missing frame" in view._info.value
-    assert "no beam found" in view._ax_ria.texts[0].get_text()
+    assert "no beam found" in view.ria_view.message
+
+
+def test_frame_view_shows_the_stored_ria_on_a_quad_with_wide_edge_pixels():
+    """On the simulator's 512 px quad (edge pixels 2.5 pitches wide) the frame view's centre and
+    RIA are the preprocessing results', not a recomputation on a uniform pixel grid."""
+    from types import SimpleNamespace
+
+    from napari_sedclassify._napari.frame_info import frame_details
+    from napari_sedclassify._napari.state import FLATFIELD_KEY, PREPROCESS_KEY
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.simulate import simulate_scan
+
+    sim = simulate_scan(scan_shape=(4, 5), seed=1)
+    assert sim.scan.metadata["edge_pixel_width"] == 2.5 and sim.scan.detector_shape == (512, 512)
+    flatfield = FlatField.from_flood(sim.flatfield)
+    layer = SimpleNamespace(metadata={"sedclassify_scan": sim.scan, FLATFIELD_KEY: flatfield})
+
+    before = frame_details(layer, 2, 3)  # no results yet: the frame alone, through preprocess
+    assert before.centre_kind == "found in this frame"
+    assert np.allclose(before.centre, sim.centres[2, 3], atol=0.5)
+
+    result = preprocess(sim.scan, {"workers": 1}, flatfield)
+    assert result.resolved["edge_pixel_width"] == 2.5
+    layer.metadata[PREPROCESS_KEY] = result
+    for iy, ix in ((0, 0), (2, 3), (3, 4)):
+        details = frame_details(layer, iy, ix)
+        assert details.centre_kind == "per-frame"
+        assert np.allclose(details.centre, result.centres_used[iy, ix], atol=1e-9)
+        np.testing.assert_allclose(details.radii, result.radii_px, atol=1e-6)
+        np.testing.assert_allclose(details.ria, result.ria[iy, ix], atol=1e-6, equal_nan=True)
+
+
+def _hover(view, viewer, layer, point):
+    view._on_move(viewer, type("E", (), {"position": layer.data_to_world(point)})())
+
+
+def test_view_follows_the_scan_under_the_cursor_with_its_own_labels(make_napari_viewer, qtbot):
+    """Two scans side by side: hovering B shows B's frame and B's labels, never A's; a frame
+    is read off the UI thread once, then comes from the view's cache."""
+    import time
+
+    from napari_sedclassify._napari.state import LABELS_OF_KEY
+
+    scan_a, frames_a = beam_scan()
+    scan_b, frames_b = beam_scan()
+    scan_b.source = "scan_B.npy"
+    viewer = make_napari_viewer()
+    data, kwargs, _ = scan_layer_data(scan_a, np.zeros(scan_a.scan_shape))
+    layer_a = viewer.add_image(data, **kwargs)
+    data, kwargs, _ = scan_layer_data(scan_b, np.zeros(scan_b.scan_shape))
+    assert kwargs["name"] == "scan_B"  # no ".npy" in layer names
+    layer_b = viewer.add_image(data, translate=(0.0, 300.0), **kwargs)  # B to the right of A
+    labels_a = np.full(scan_a.scan_shape, 2, np.uint8)  # A: amorphous ice everywhere
+    viewer.add_labels(labels_a, name="A labels", scale=layer_a.scale, metadata={LABELS_OF_KEY: layer_a.name})
+    labels_b = np.full(scan_b.scan_shape, 1, np.uint8)  # B: carbon everywhere
+    viewer.add_labels(labels_b, name="B labels", scale=layer_b.scale, translate=layer_b.translate,
+                      metadata={LABELS_OF_KEY: layer_b.name})
+    _, view = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Diffraction view")
+
+    _hover(view, viewer, layer_a, (1, 2))
+    qtbot.waitUntil(lambda: view.point is not None and view.point[1:] == (1, 2), timeout=5000)
+    assert view.point[0] == layer_a and "A labels: amorphous ice" in view._info.value
+    assert view.frame_view.title == "beam_scan (1, 2)"
+
+    frames_a.reads.clear()
+    frames_b.reads.clear()
+    _hover(view, viewer, layer_b, (3, 4))
+    qtbot.waitUntil(lambda: view.point[0] == layer_b, timeout=5000)
+    assert view.point[1:] == (3, 4)
+    assert view.frame_view.title == "scan_B (3, 4)"
+    assert "B labels: carbon" in view._info.value and "A labels" not in view._info.value
+    assert view._scan.value == layer_b  # the list says which scan is shown
+    assert len(frames_b.reads) == 1 and not frames_a.reads
+
+    # each mouse move is cheap (the frame is read in a worker, later); going back reads nothing
+    times = []
+    for point in [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)] * 3:
+        t0 = time.perf_counter()
+        _hover(view, viewer, layer_b, point)
+        times.append(time.perf_counter() - t0)
+        qtbot.wait(5)
+    assert max(times) < 0.05, times
+    qtbot.waitUntil(lambda: view.point[1:] == (5, 5) and view._worker is None, timeout=5000)
+    frames_b.reads.clear()
+    _hover(view, viewer, layer_b, (3, 4))
+    qtbot.waitUntil(lambda: view.point[1:] == (3, 4), timeout=5000)
+    assert not frames_b.reads  # from the cache

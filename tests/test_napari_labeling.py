@@ -12,20 +12,6 @@ from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON, CRYSTALLINE_ICE, M
 from napari_sedclassify.labels import Region, class_map_from_regions, load_class_map
 
 
-@pytest.fixture
-def notifications():
-    """Messages of the napari notifications shown during a test."""
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-
-    def keep(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
-
 
 def blank_scan(shape=(16, 18), step=30.0):
     data = np.zeros(shape + (8, 8), np.uint16)

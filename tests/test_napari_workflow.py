@@ -28,19 +28,6 @@ def sample(tmp_path_factory):
     return sim, folder / "flood.npy"
 
 
-@pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-
-    def keep(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
-
 
 class Ticker:
     """A 20 ms QTimer on the UI thread; records when it ticks while a job's worker runs (until
@@ -143,7 +130,7 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, sample, tmp_pat
     # 3 RIA per labeled class (here the sample's truth): the ice ring stands out of carbon's profile
     wf.ria._labels.value = viewer.layers["truth"]
     assert wf.ria.plot() == 4
-    from napari_sedclassify._napari.widgets.ria import class_statistics
+    from napari_sedclassify.processing.ria import class_statistics
 
     stats = class_statistics(result.ria, sim.truth, result.beam_found, log=True, smooth=1)
     ring = int(np.argmin(abs(result.radii_px - sim.geometry.d_A_to_radius_px(3.7))))
@@ -267,7 +254,7 @@ def test_cnn_trains_and_predicts_in_a_child_while_the_canvas_draws(make_napari_v
 
 
 def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, tmp_path, notifications, disk_scan):
-    from napari_sedclassify._napari.layers import scan_layer_data
+    from napari_sedclassify._napari.layers import find_scan, scan_layer_data
     from napari_sedclassify.models.persistence import save_model
     from napari_sedclassify.models.training import train
     from napari_sedclassify.pipeline.train import default_recipe, scan_features
@@ -308,6 +295,12 @@ def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, tmp_
     small = viewer.add_image(data, **kwargs)
     pr._scan.value = small
     pr._model_path.value = tmp_path / "sample.sedmodel"
+    assert pr.run() is None
+    # its pixel size is assumed (not in the data) on another detector: the q axes cannot be matched
+    assert any("sample.sedmodel cannot be applied to disk_scan" in m and "pixel 55 µm (assumed)" in m
+               and "--pixel-size" in m for m in notifications)
+    # stated, the q axis is known, and the model's q range is beyond this detector's edge
+    find_scan(small).geometry = disk_scan.geometry.with_values("user", pixel_size_um=55.0)
     assert pr.run() is None
     assert any("sample.sedmodel cannot be applied to disk_scan" in m and "reaches 32 px" in m for m in notifications)
 

@@ -121,3 +121,41 @@ def test_wheel_contains_manifest_and_validates(tmp_path):
     assert str(target) in where.stdout
     res = _npe2("validate", "napari-sedclassify", "--imports", env=env)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_metadata_for_pypi_and_the_napari_hub():
+    """One version (the package's __version__, read by setuptools and CITATION.cff); the CNN is an
+    extra and TensorFlow no base dependency; one Qt binding; absolute URLs in the README (PyPI and
+    the napari hub show it away from the repository); a support URL."""
+    import re
+    import tomllib
+    from importlib.metadata import metadata
+
+    import yaml
+
+    from napari_sedclassify import __version__
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and project["dynamic"] == ["version"]
+    assert metadata("napari-sedclassify")["Version"] == __version__
+    assert project["requires-python"] == ">=3.11"
+    assert not [d for d in project["dependencies"] if re.match(r"(tensorflow|keras)", d)]
+    assert any(d.startswith("zarr>=3") for d in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert {re.split(r"[<>=;]", d)[0] for d in extras["cnn"]} == {"tensorflow-cpu", "tensorflow", "keras"}
+    assert set(extras["cnn"]) <= set(extras["all"])  # the README's set-up (.[all,testing]) installs the CNN
+    qt = [d for d in extras["all"] if d.startswith("napari[")]
+    assert qt == ["napari[pyqt6]"]
+    assert "User Support" in project["urls"]
+
+    readme = (REPO / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert targets and all(t.startswith("https://") for t in targets), [t for t in targets if "://" not in t]
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", readme)
+    assert images and all(t.startswith("https://raw.githubusercontent.com/") for t in images)
+
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["version"] == __version__ and cff["authors"]
+    paper = cff["preferred-citation"]
+    assert paper["authors"][0]["family-names"] == "Matinyan"
+    assert (paper["volume"], paper["start"], paper["end"], paper["year"]) == (79, 360, 368, 2023)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from napari_sedclassify import Scan
+from napari_sedclassify.errors import Cancelled
 from napari_sedclassify.pipeline.preprocess import PreprocessResult, preprocess
-from napari_sedclassify.processing import Cancelled, FlatField, PreprocessParams, virtual_image
+from napari_sedclassify.processing import FlatField, PreprocessParams, virtual_image
 
 simulate = pytest.importorskip("napari_sedclassify.simulate")
 

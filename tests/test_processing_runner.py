@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_sedclassify import Geometry, Scan
+from napari_sedclassify.errors import Cancelled
 from napari_sedclassify.processing import (
-    Cancelled,
     CentralCrop,
     CentreFinder,
     FlatField,

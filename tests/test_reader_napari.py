@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_sedclassify._napari.layers import SCAN_KEY
-from napari_sedclassify._napari.reader import INTEGRATING, get_reader
+from napari_sedclassify._napari.reader import INTEGRATING, get_reader, read_scan
 
 PLUGIN = "napari-sedclassify"
 
@@ -35,8 +35,15 @@ def test_get_reader_accepts_scans_and_refuses_the_rest(realdata, tmp_path):
 
     with h5py.File(tmp_path / "model.h5", "w") as f:
         f["weights"] = np.zeros((3, 3))
-    for path in (tmp_path / "photo.tif", tmp_path / "notes.txt", folder, tmp_path / "model.h5"):
+    for path in (tmp_path / "notes.txt", folder):
         assert get_reader(str(path)) is None, path
+    # a plain 2D image in a format both read: napari's own image reader (this plugin may be the
+    # preferred reader for .tif, and plain images must still open as before)
+    layers = get_reader(str(tmp_path / "photo.tif"))(str(tmp_path / "photo.tif"))
+    assert layers[0][0].shape == (32, 32) and get_reader(str(tmp_path / "photo.tif")) is not read_scan
+    # an HDF5 file that is no scan: a reader that says why (and adds nothing), not a silent None
+    refusal = get_reader(str(tmp_path / "model.h5"))
+    assert refusal is not None and refusal is not read_scan
     two = [str(realdata / "blockfile" / "test2.blo")] * 2
     assert get_reader(two) is None
 

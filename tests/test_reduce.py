@@ -15,10 +15,11 @@ import pytest
 
 from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON, CRYSTALLINE_ICE
 from napari_sedclassify.cli import main
+from napari_sedclassify.errors import Cancelled
 from napari_sedclassify.io import format_of, open_scan
+from napari_sedclassify.io import reduced as reduced_mod
 from napari_sedclassify.io.reduced import read_kept
-from napari_sedclassify.pipeline import reduce as reduce_mod
-from napari_sedclassify.pipeline.reduce import Cancelled, reduce_scan
+from napari_sedclassify.pipeline.reduce import reduce_scan, write_keep_list
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,21 @@ def test_round_trip_is_exact(sim, tmp_path, compression):
     assert np.array_equal(np.asarray(frames), full[keep])
 
 
+def test_keep_list_csv(tmp_path):
+    from napari_sedclassify.classes import ClassTable
+
+    class_map = np.array([[AMORPHOUS_ICE, CARBON, 0], [CRYSTALLINE_ICE, AMORPHOUS_ICE, CARBON]], np.uint8)
+    confidence = np.full(class_map.shape, 0.5)
+    confidence[1, 1] = 0.875
+    path = tmp_path / "keep.csv"
+    n = write_keep_list(path, class_map, confidence, [AMORPHOUS_ICE, CRYSTALLINE_ICE], ClassTable.default(), 30.0)
+    rows = path.read_text().splitlines()
+    assert n == 3 and len(rows) == 4
+    assert rows[0] == "frame_index,row,col,y_nm,x_nm,class_id,class,confidence"
+    assert rows[1] == f"0,0,0,0,0,{AMORPHOUS_ICE},amorphous_ice,0.5000"
+    assert rows[3] == f"4,1,1,30,30,{AMORPHOUS_ICE},amorphous_ice,0.8750"
+
+
 def test_refuses_to_overwrite_without_force(sim, tmp_path):
     out = tmp_path / "r.h5"
     reduce_scan(sim.scan, sim.truth, out, classes=["carbon"])
@@ -89,14 +105,14 @@ def test_cancel_leaves_no_file(sim, tmp_path):
 
 
 def test_terse_round_trip_is_verified(sim, tmp_path, monkeypatch):
-    real = reduce_mod.terse_decode
+    real = reduced_mod.terse_decode
 
     def lossy(blob, shape, dtype):  # a decoder that loses one pixel, as pyterse's default mode does
         frame = real(blob, shape, dtype).copy()
         frame[-1, -1] += 1
         return frame
 
-    monkeypatch.setattr(reduce_mod, "terse_decode", lossy)
+    monkeypatch.setattr(reduced_mod, "terse_decode", lossy)
     with pytest.raises(ValueError, match="round trip failed"):
         reduce_scan(sim.scan, sim.truth, tmp_path / "t.h5", classes=["carbon"], compression="terse")
     assert os.listdir(tmp_path) == []

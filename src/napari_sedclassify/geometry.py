@@ -7,7 +7,18 @@ geometry from integrator).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+
+#: The calibration values a Geometry holds besides the detector shape.
+CALIBRATION_FIELDS = ("pixel_size_um", "camera_length_mm", "voltage_kv", "scan_step_nm")
+#: The values that set the q axis (px -> Å⁻¹).
+Q_FIELDS = ("pixel_size_um", "camera_length_mm", "voltage_kv")
+#: Where a calibration value came from: the scan file, the user (command line, napari),
+#: fitted from the data (``sedclassify calibrate``), or assumed (a default nobody stated).
+ORIGINS = ("file", "user", "fitted", "assumed")
+#: What users type to set each value (command line flag, unit).
+FLAGS = {"pixel_size_um": ("--pixel-size", "µm"), "camera_length_mm": ("--camera-length", "mm"),
+         "voltage_kv": ("--voltage", "kV"), "scan_step_nm": ("--scan-step", "nm")}
 
 # CODATA constants (SI)
 _H = 6.62607015e-34  # J s
@@ -31,6 +42,9 @@ class Geometry:
     camera_length_mm: effective camera length (mm), None when unknown.
     voltage_kv: accelerating voltage (kV), None when unknown.
     scan_step_nm: distance between scan points (nm), None when unknown.
+    origins: where each calibration value came from, as ((name, origin), ...) with origin one
+        of ORIGINS; a value not listed is "assumed" (or "unknown" when None). Not part of
+        equality: two geometries with the same numbers are the same geometry.
     """
 
     detector_shape: tuple[int, int] = (512, 512)
@@ -38,9 +52,55 @@ class Geometry:
     camera_length_mm: float | None = 900.0
     voltage_kv: float | None = 200.0
     scan_step_nm: float | None = None
+    origins: tuple = field(default=(), compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "detector_shape", tuple(int(s) for s in self.detector_shape))
+        origins = dict(self.origins.items() if isinstance(self.origins, dict) else self.origins)
+        for name, origin in origins.items():
+            if name not in CALIBRATION_FIELDS or origin not in ORIGINS:
+                raise ValueError(f"bad geometry origin {name!r}: {origin!r} (names {CALIBRATION_FIELDS}, "
+                                 f"origins {ORIGINS})")
+        # "assumed" is what an unlisted value is: keep the tuple canonical
+        object.__setattr__(self, "origins", tuple(sorted((k, v) for k, v in origins.items() if v != "assumed")))
+
+    # ---- where the values came from ----------------------------------------------------------
+
+    def origin(self, name: str) -> str:
+        """"file", "user", "fitted" or "assumed" for a calibration value; "unknown" when it is None."""
+        if getattr(self, name) is None:
+            return "unknown"
+        return dict(self.origins).get(name, "assumed")
+
+    def marked(self, origin: str, *names: str) -> "Geometry":
+        """The same values with ``names`` (default: every value that is set) marked as ``origin``."""
+        names = names or tuple(n for n in CALIBRATION_FIELDS if getattr(self, n) is not None)
+        return replace(self, origins={**dict(self.origins), **{n: origin for n in names}})
+
+    def with_values(self, origin: str, **values) -> "Geometry":
+        """Set calibration values (None entries are ignored) and mark them as coming from ``origin``."""
+        values = {k: float(v) for k, v in values.items() if v is not None}
+        unknown = sorted(set(values) - set(CALIBRATION_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown geometry values: {', '.join(unknown)}")
+        for k, v in values.items():
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{FLAGS[k][0].lstrip('-').replace('-', ' ')} must be a positive number, got {v}")
+        return replace(self, **values).marked(origin, *values) if values else self
+
+    def assumed(self, names=Q_FIELDS) -> list[str]:
+        """The values among ``names`` that nobody stated (defaults)."""
+        return [n for n in names if self.origin(n) == "assumed"]
+
+    def describe(self) -> str:
+        """One line for users, e.g. "pixel 55 µm (assumed), camera length 900 mm (file), ..."."""
+        labels = {"pixel_size_um": "pixel", "camera_length_mm": "camera length", "voltage_kv": "voltage",
+                  "scan_step_nm": "scan step"}
+        parts = []
+        for n in CALIBRATION_FIELDS:
+            v = getattr(self, n)
+            parts.append(f"{labels[n]} " + ("unknown" if v is None else f"{v:g} {FLAGS[n][1]} ({self.origin(n)})"))
+        return ", ".join(parts)
 
     @property
     def calibrated(self) -> bool:
@@ -81,9 +141,14 @@ class Geometry:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["detector_shape"] = list(self.detector_shape)
+        d["origins"] = {n: self.origin(n) for n in CALIBRATION_FIELDS if getattr(self, n) is not None}
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Geometry":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+    def from_dict(cls, d: dict, origin: str = "file") -> "Geometry":
+        """From ``to_dict`` output. Values the dict states without an ``origins`` entry (files
+        written before origins existed, a scan's sidecar) are marked ``origin``."""
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "origins"}
+        stated = dict(d.get("origins") or {})
+        origins = {k: stated.get(k, origin) for k in CALIBRATION_FIELDS if known.get(k) is not None}
+        return cls(**known, origins=origins)

@@ -188,6 +188,27 @@ def save_class_map(path, class_map) -> Path:
     return path
 
 
+def looks_zero_based(class_map, n_classes: int = MIXED) -> bool:
+    """True when a class map looks written with 0-based class ids (0 = carbon ... n_classes - 1 =
+    mixed) rather than this package's 1-based ones (0 = unlabeled, 1 = carbon ... 4 = mixed): it
+    holds 0 and at least one other id, and none above n_classes - 1 (no "mixed" = 4). A 1-based map
+    that leaves points unlabeled and has no mixed points looks the same, so callers should say
+    what they concluded and let the user choose."""
+    arr = np.asarray(class_map)
+    if arr.size == 0:
+        return False
+    ids = np.unique(arr)
+    return bool(ids[0] == 0 and ids.size >= 2 and ids[-1] <= n_classes - 1)
+
+
+def from_zero_based(class_map) -> np.ndarray:
+    """A 0-based class map (0 = carbon ...) in this package's ids (1 = carbon ...), uint8."""
+    arr = np.asarray(class_map)
+    if arr.size and int(arr.max()) >= 255:
+        raise ValueError("a 0-based class map with ids up to 254 only can be shifted by one")
+    return (arr.astype(np.int64) + 1).astype(np.uint8)
+
+
 def load_class_map(path, scan_shape=None) -> np.ndarray:
     """Read a class map (``.npy`` or ``.tif``) as uint8; checks it is 2D, holds integer class
     ids in 0..255 and, when ``scan_shape`` is given, matches it."""

@@ -10,6 +10,17 @@ import numpy as np
 from .geometry import Geometry
 
 
+def parse_scan_shape(scan_shape) -> tuple[int, int]:
+    """(scan_y, scan_x) as two positive integers; ValueError saying what is wrong otherwise."""
+    try:
+        sy, sx = (int(v) for v in scan_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"wrong scan shape {scan_shape!r}: expected (scan_y, scan_x)") from None
+    if sy < 1 or sx < 1:
+        raise ValueError(f"wrong scan shape {sy}x{sx}: both sides must be at least 1")
+    return sy, sx
+
+
 @dataclass
 class Scan:
     """A 4D scan held lazily as a dask array.
@@ -70,8 +81,11 @@ class Scan:
         return self.data.reshape((self.n_frames,) + self.detector_shape)
 
     def frame(self, iy: int, ix: int) -> np.ndarray:
-        """One frame as a numpy array (reads only that frame)."""
-        return np.asarray(self.data[iy, ix].compute())
+        """One frame as a numpy array (reads only that frame, in this thread: a scheduler function,
+        since the default or a named scheduler makes dask import dask.distributed)."""
+        from dask.local import get_sync
+
+        return np.asarray(self.data[iy, ix].compute(scheduler=get_sync))
 
     def __repr__(self) -> str:
         return (

@@ -1,8 +1,10 @@
 """What the diffraction view shows for one scan point: the frame (gain-corrected when a
 flat-field is loaded), its masked pixels, its centre and its RIA about that centre.
 
-Reads only that one frame from the lazy scan. The centre comes from the centring results
-(per-frame or fitted, as chosen) when they exist, else it is found in this frame.
+Reads only that one frame from the lazy scan. Centre and RIA are the stored preprocessing
+results (``ria[iy, ix]``, what the classifiers read) when the scan has them; before that, the
+frame alone goes through ``preprocess`` (default parameters, centre found in this frame), so the
+same pixel grid, flat-field and saturation rules apply.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .layers import find_scan
-from .state import centres_of, flatfield_of, preprocess_of
+from .state import flatfield_of, preprocess_of
 
 
 @dataclass
@@ -41,7 +43,7 @@ def detector_mask(layer):
 
 def frame_details(layer, iy: int, ix: int) -> FrameDetails:
     """FrameDetails of scan point (iy, ix) of the scan ``layer`` carries."""
-    from ..processing import FlatField, find_centre, radial_profile
+    from ..processing import FlatField
 
     scan = find_scan(layer)
     raw = scan.frame(iy, ix)
@@ -50,14 +52,28 @@ def frame_details(layer, iy: int, ix: int) -> FrameDetails:
     if mask is not None:
         flatfield = (flatfield or FlatField.identity(scan.detector_shape)).with_mask(mask)
     frame = flatfield.apply(raw) if flatfield is not None else raw.astype(np.float32)
-    centres = centres_of(layer)
-    centre, kind = None, "found in this frame"
-    if centres is not None and np.all(np.isfinite(centres[iy, ix])):
-        centre = tuple(float(c) for c in centres[iy, ix])
-        kind = "fitted descan" if preprocess_of(layer).params.centring == "fitted" else "per-frame"
-    elif not scan.missing[iy, ix]:
-        centre = find_centre(raw, flatfield)
-    radii = ria = None
-    if centre is not None:
-        radii, ria, _ = radial_profile(raw, centre, flatfield=flatfield)
-    return FrameDetails(frame, mask, centre, kind, radii, ria)
+    result, at = preprocess_of(layer), (iy, ix)
+    if result is not None and tuple(result.scan_shape) == tuple(scan.scan_shape):
+        kind = "fitted descan" if result.params.centring == "fitted" else "per-frame"
+    else:
+        kind, at = "found in this frame", (0, 0)
+        result = None if scan.missing[iy, ix] else _preprocess_alone(scan, raw, flatfield)
+    centre = None if result is None else result.centres_used[at]
+    if centre is None or not np.all(np.isfinite(centre)):
+        return FrameDetails(frame, mask, None, kind, None, None)
+    return FrameDetails(frame, mask, tuple(float(c) for c in centre), kind, np.asarray(result.radii_px),
+                        np.asarray(result.ria[at]))
+
+
+def _preprocess_alone(scan, raw, flatfield):
+    """The PreprocessResult of the frame ``raw`` of ``scan`` preprocessed on its own (default
+    parameters), or None when it has no beam to set the radii from."""
+    from ..pipeline.preprocess import preprocess
+    from ..processing import PreprocessParams
+    from ..scan import Scan
+
+    alone = Scan(raw[None, None], scan.geometry, metadata=scan.metadata, source=scan.source)
+    try:
+        return preprocess(alone, PreprocessParams(workers=1), flatfield)
+    except ValueError:
+        return None

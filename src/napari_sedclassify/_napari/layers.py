@@ -5,11 +5,22 @@ from __future__ import annotations
 SCAN_KEY = "sedclassify_scan"
 
 
+def scan_layer_name(source) -> str:
+    """A layer name for a scan file: its name without the folder and the format's ending
+    ("/data/scan_A.npy" -> "scan_A", "run.zarr/" -> "run")."""
+    if not source:
+        return "scan"
+    from pathlib import PurePath
+
+    path = PurePath(str(source).rstrip("/\\"))
+    return path.stem if path.suffix and path.stem else path.name or "scan"
+
+
 def scan_layer_data(scan, image, name: str | None = None):
     """LayerData tuple for the integrated image of ``scan`` in scan space (nm scale when known)."""
     step = scan.geometry.scan_step_nm
     kwargs = {
-        "name": name or (scan.source and scan.source.split("/")[-1]) or "scan",
+        "name": name or scan_layer_name(scan.source),
         "metadata": {SCAN_KEY: scan},
         "colormap": "gray",
     }

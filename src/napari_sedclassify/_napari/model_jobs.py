@@ -16,7 +16,6 @@ import numpy as np
 #: Model kinds whose estimator imports TensorFlow.
 TF_KINDS = ("cnn",)
 
-CROP_KEYS = ("crop_radius_px", "crop_d_A", "crop_bin")
 
 
 def train_features_to_file(scan_features, class_maps, out, *, progress=None, cancel=None, **kwargs) -> dict:
@@ -41,11 +40,78 @@ def predict_features(model_path, scan_features, *, progress=None, cancel=None) -
     return {"class_map": pred.class_map, "probabilities": pred.probabilities, "class_ids": list(pred.class_ids)}
 
 
+def watch_in_child(model_path, source_path, scan_shape=None, *, progress=None, cancel=None, **kwargs) -> dict:
+    """``pipeline.live.watch`` of a model file on a live source, meant for the spawned child
+    (TensorFlow models: the Live widget must not load them in napari's process). Every change of
+    the child's running state goes to the parent as a ``progress(n, message)`` call that
+    :func:`live_relay` applies to the parent's LiveClassMap; kwargs go to ``watch``. Returns
+    {"status", "files", "plan", "seconds"} (the parent rebuilds its LiveResult around its state)."""
+    import time
+
+    from ..models.persistence import load_model
+    from ..pipeline.live import LiveClassMap, open_source, watch
+
+    sent = [0]
+
+    def send(**message):
+        if progress is not None:
+            sent[0] += 1
+            progress(sent[0], message)
+
+    class Forwarded(LiveClassMap):
+        def update(self, index, class_ids, probabilities, latencies_s):
+            super().update(index, class_ids, probabilities, latencies_s)
+            send(event="update", index=np.asarray(index), class_ids=np.asarray(class_ids),
+                 probabilities=np.asarray(probabilities), latencies=np.asarray(latencies_s))
+
+        def set_status(self, status, message=""):
+            super().set_status(status, message)
+            send(event="status", status=status, message=str(message))
+
+        def mark_calibrated(self):
+            super().mark_calibrated()
+            send(event="calibrated")
+
+    model = load_model(model_path)
+    stopped = cancel if cancel is not None else (lambda: False)
+    src = open_source(source_path, scan_shape)
+    while not src.ready():
+        if stopped():
+            return {"status": "stopped", "files": {}, "plan": {}, "seconds": 0.0}
+        time.sleep(0.01)
+    keep = kwargs.pop("keep", ())
+    from ..pipeline.reduce import class_ids as ids_of
+
+    state = Forwarded(src.scan_shape, model.classes.ids, ids_of(keep, model.classes) if keep else [],
+                      model.classes.names)
+    result = watch(model, src, keep=keep, state=state, cancel=cancel, **kwargs)
+    return {"status": result.status, "files": result.files, "plan": result.plan, "seconds": result.seconds}
+
+
+def live_relay(state):
+    """A ``progress`` callback that applies :func:`watch_in_child`'s messages to ``state`` (a
+    LiveClassMap of the same scan shape and classes, in the parent)."""
+
+    def relay(_n, message):
+        event = message.get("event")
+        if event == "update":
+            state.update(message["index"], message["class_ids"], message["probabilities"], message["latencies"])
+        elif event == "status":
+            state.set_status(message["status"], message.get("message", ""))
+        elif event == "calibrated":
+            state.mark_calibrated()
+
+    return relay
+
+
 def run(model_kind: str, func, /, *args, progress=None, cancel=None, **kwargs):
     """``func(*args, progress=, cancel=, **kwargs)``: in a spawned child for TensorFlow model
     kinds, else right here (the caller's worker thread)."""
     if model_kind in TF_KINDS:
         from ..models.tf_process import run_in_process
+        from ..optional import require_cnn
+
+        require_cnn()  # the pip command, not a traceback from the child
 
         return run_in_process(func, *args, progress=progress, cancel=cancel, **kwargs)
     return func(*args, progress=progress, cancel=cancel, **kwargs)
@@ -57,16 +123,6 @@ def model_card(path):
     from ..models.persistence import model_from_metadata, read_metadata
 
     return model_from_metadata(read_metadata(path), path)
-
-
-def preprocess_params_for_model(card, geometry):
-    """The PreprocessParams that give ``card``'s recipe its features on ``geometry``: the
-    model's own preprocessing, with crops laid out for this detector."""
-    from ..pipeline.train import preprocess_params_for
-    from ..processing import PreprocessParams
-
-    base = PreprocessParams.from_dict({k: v for k, v in (card.preprocess or {}).items() if k not in CROP_KEYS})
-    return preprocess_params_for([card.recipe], geometry, base)
 
 
 def features_for(layer_result, scan, name, flatfield, params, progress=None, cancel=None):

@@ -26,7 +26,11 @@ def follow_layers(viewer, *combos) -> None:
 
 
 def scan_picker(viewer, label: str = "scan") -> ComboBox:
-    """A combobox of the layers that carry a scan."""
+    """A combobox of the layers that carry a scan (every widget has one: it also puts units in the
+    viewer's status bar over scans)."""
+    from .status import install_status_units
+
     combo = ComboBox(label=label, choices=lambda _w=None: [(layer.name, layer) for layer in scan_layers(viewer)])
     follow_layers(viewer, combo)
+    install_status_units(viewer)
     return combo

@@ -14,21 +14,6 @@ def plot_canvas(width: float = 4.0, height: float = 3.0, min_height: int = 220):
     return figure, canvas
 
 
-def moving_average(y, window: int):
-    """Moving average over ``window`` bins (same length, edges averaged over what exists)."""
-    import numpy as np
-
-    y = np.asarray(y, dtype=np.float64)
-    if window <= 1:
-        return y
-    kernel = np.ones(window)
-    valid = np.isfinite(y)
-    num = np.convolve(np.where(valid, y, 0.0), kernel, mode="same")
-    den = np.convolve(valid.astype(np.float64), kernel, mode="same")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
-
-
 def insert_before(container, before, qwidget) -> None:
     """Insert a plain Qt widget (e.g. a plot canvas) into a magicgui ``container`` just above its
     widget ``before`` (all magicgui widgets must already be in the container)."""

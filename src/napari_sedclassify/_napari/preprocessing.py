@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .jobs import BackgroundJob
 from .layers import find_scan
-from .state import PREPROCESS_KEY, flatfield_of, set_state
+from .state import PREPROCESS_INPUTS_KEY, PREPROCESS_KEY, flatfield_of, set_state
 
 
 def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
@@ -27,7 +27,10 @@ def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
     def work(report, cancelled):
         return preprocess(scan, params, flatfield, progress=report, cancel=cancelled)
 
+    geometry = scan.geometry
+
     def done(result):
+        layer.metadata[PREPROCESS_INPUTS_KEY] = {"flatfield": flatfield, "geometry": geometry}
         set_state(layer, PREPROCESS_KEY, result)
         if on_done is not None:
             on_done(result)

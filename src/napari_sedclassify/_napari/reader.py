@@ -19,18 +19,130 @@ from .layers import SCAN_KEY, scan_layer_data
 
 #: layer.metadata key, True while the integrated image is still being computed.
 INTEGRATING = "sedclassify_integrating"
+PLUGIN = "napari-sedclassify"
+#: File patterns napari's own reader claims too: for these napari asks "Choose reader" on every
+#: File > Open unless a reader preference is set (:func:`prefer_this_reader`).
+SHARED_PATTERNS = ("*.npy", "*.tif", "*.tiff", "*.h5", "*.hdf5", "*.hdf", "*.zarr")
 _workers: set = set()
 
 
 def get_reader(path):
-    """Return a reader for ``path`` if it looks like a scan, else None (napari tries others)."""
-    from ..io import can_open
+    """The reader for ``path``: this plugin's scan reader when it is a scan; napari's own image
+    reader for a plain image in a format both read (a 2D .npy or .tif), so that files still open
+    as before when this plugin is the preferred reader; for a file of a scan format that is
+    damaged or not a scan (a text file named .npy, an HDF5 file without a 3D/4D dataset), a
+    reader that says why and adds nothing; None for anything else (napari tries others)."""
+    from pathlib import Path
+
+    from ..io import can_open, format_of
 
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
-    return read_scan if can_open(path) else None
+    if can_open(path):
+        return read_scan
+    try:
+        fmt = format_of(path) if Path(path).exists() else None
+    except Exception:  # an unreadable path is not ours
+        fmt = None
+    if fmt is None:
+        return None
+    reason = why_not_a_scan(path, fmt)
+    if reason == PLAIN_IMAGE:
+        return _napari_image_reader(path)
+    return read_scan if reason is None else partial(refuse, reason)
+
+
+#: :func:`why_not_a_scan` of a readable file that is a plain image, not a scan.
+PLAIN_IMAGE = ""
+
+
+def why_not_a_scan(path, fmt: str) -> str | None:
+    """Why ``path`` (a file of format ``fmt`` whose quick probe failed) cannot be opened as a scan;
+    PLAIN_IMAGE ("") when it is a readable plain image (a 2D .npy or TIFF) that napari's own
+    reader shows; None when it opens as a scan after all."""
+    import numpy as np
+
+    from ..io import open_scan
+
+    if fmt == "npy":
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if not head.startswith(b"\x93NUMPY"):
+            text = head and all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+            return (f"{path}: not a NumPy .npy file: it begins with {head[:12]!r} instead of the .npy signature"
+                    + (" (it looks like a text file renamed .npy)" if text else ""))
+        try:
+            shape = np.load(path, mmap_mode="r").shape
+        except Exception as exc:
+            return f"{path}: damaged .npy file ({exc})"
+        if len(shape) not in (3, 4):
+            return PLAIN_IMAGE  # a plain array: napari's own reader shows it as an image
+    if fmt == "tiff":
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                ndim = len(tif.series[0].shape)
+        except Exception as exc:
+            return f"{path}: damaged TIFF file ({exc})"
+        if ndim < 3:
+            return PLAIN_IMAGE
+    try:
+        open_scan(path)
+    except Exception as exc:
+        message = str(exc)
+        return message if str(path) in message else f"{path}: {message}"
+    return None
+
+
+def refuse(reason, path):
+    """A reader that adds nothing and says why (a napari error notification)."""
+    from napari.utils.notifications import show_error
+
+    show_error(reason)
+    return [(None,)]
+
+
+def _napari_image_reader(path):
+    """napari's own image reader for ``path`` (what File > Open would use without this plugin)."""
+    try:
+        from napari_builtins.io._read import napari_get_reader
+    except ImportError:  # a napari without its builtins: napari tries other readers
+        return None
+    return napari_get_reader(str(path))
+
+
+def prefer_this_reader(enable: bool = True) -> list[str]:
+    """Make File > Open (and ``viewer.open(path)``) use this plugin for the file patterns napari's
+    own reader claims too, without asking "Choose reader" each time; plain images in those formats
+    still open as before (the plugin hands them to napari's reader). Only patterns without a
+    preference are set (a choice the user made stays); ``enable=False`` removes this plugin's.
+    Saved in napari's settings. Returns the patterns changed."""
+    from napari.settings import get_settings
+
+    settings = get_settings().plugins
+    prefs = dict(settings.extension2reader)
+    changed = []
+    for pattern in SHARED_PATTERNS:
+        if enable and pattern not in prefs:
+            prefs[pattern] = PLUGIN
+            changed.append(pattern)
+        elif not enable and prefs.get(pattern) == PLUGIN:
+            del prefs[pattern]
+            changed.append(pattern)
+    if changed:
+        settings.extension2reader = prefs
+    return changed
+
+
+def this_reader_preferred() -> bool:
+    """True when every shared pattern opens with this plugin (see :func:`prefer_this_reader`)."""
+    from napari.settings import get_settings
+
+    prefs = get_settings().plugins.extension2reader
+    return all(prefs.get(p) == PLUGIN for p in SHARED_PATTERNS)
 
 
 def read_scan(path):
@@ -53,7 +165,39 @@ def read_scan(path):
     kwargs["contrast_limits"] = (0.0, 1.0)
     # starts when control is back in the event loop: after napari has added the layer
     QTimer.singleShot(0, partial(integrate_in_background, scan, kwargs["name"]))
+    QTimer.singleShot(0, partial(show_geometry_fields, scan))
+    QTimer.singleShot(0, _status_units)
     return [(data, kwargs, kind)]
+
+
+def _status_units():
+    import napari
+
+    from .status import install_status_units
+
+    install_status_units(napari.current_viewer())
+
+
+def show_geometry_fields(scan):
+    """When the file leaves calibration values assumed (or the scan step unknown), dock the Scan
+    geometry widget, unless it or the Workflow (whose tab 0 it is) is docked already."""
+    import napari
+
+    from ..geometry import CALIBRATION_FIELDS
+
+    g = scan.geometry
+    if not (g.assumed(CALIBRATION_FIELDS) or not g.scan_step_nm):
+        return None
+    viewer = napari.current_viewer()
+    window = getattr(viewer, "window", None)
+    try:
+        docked = list(window.dock_widgets.values())
+    except Exception:  # no window (headless ViewerModel), or closed meanwhile
+        return None
+    if any(type(w).__name__ in ("GeometryWidget", "WorkflowWidget") for w in docked):
+        return None
+    _, widget = window.add_plugin_dock_widget(PLUGIN, "Scan geometry")
+    return widget
 
 
 def integrate_in_background(scan, name: str):

@@ -15,6 +15,10 @@ from .layers import find_scan, scan_layers
 FLATFIELD_KEY = "sedclassify_flatfield"
 PREPROCESS_KEY = "sedclassify_preprocess"
 LABELS_OF_KEY = "sedclassify_labels_of"  # on a Labels layer: the name of its scan layer
+PREDICTION_OF_KEY = "sedclassify_prediction_of"  # on a predicted class map: the name of its scan layer
+DERIVED_KEY = "sedclassify_derived_from"  # on a layer computed from a scan (centres, PCC...): its scan layer name
+PREPROCESS_INPUTS_KEY = "sedclassify_preprocess_inputs"  # what the stored preprocessing result was made from
+CALIBRATION_KEY = "sedclassify_calibration"  # the fitted camera length (pipeline.calibrate.CalibrationResult)
 FLOOD_KEY = "sedclassify_flood"  # flood frames (N, ky, kx) that came with a scan (sample data)
 
 
@@ -32,11 +36,23 @@ def preprocess_of(layer):
     return None if layer is None else layer.metadata.get(PREPROCESS_KEY)
 
 
-def centres_of(layer):
-    """(scan_y, scan_x, 2) centres (cy, cx) px the RIAs were computed about (per-frame or
-    fitted, as chosen in the centring widget), or None before centring."""
+def preprocess_current(layer, params=None):
+    """The stored preprocessing result of ``layer`` when it still holds: made from the scan's current
+    flat-field and geometry and, when ``params`` (PreprocessParams) is given, with those parameters;
+    else None (a result stored without a record of its inputs counts as current)."""
     result = preprocess_of(layer)
-    return None if result is None else np.asarray(result.centres_used)
+    if result is None:
+        return None
+    if params is not None and result.params.to_dict() != params.to_dict():
+        return None
+    inputs = layer.metadata.get(PREPROCESS_INPUTS_KEY)
+    if inputs is not None:
+        scan = find_scan(layer)
+        if inputs.get("flatfield") is not flatfield_of(layer):
+            return None
+        if scan is not None and inputs.get("geometry") != scan.geometry:
+            return None
+    return result
 
 
 def scan_index_at(layer, world_position):
@@ -52,20 +68,54 @@ def scan_index_at(layer, world_position):
     return None
 
 
-def labels_layers_for(viewer, scan_layer):
-    """Labels layers on the scan grid of ``scan_layer``: those made for it first, then any of its shape."""
+def clicked_point(layer, event):
+    """For a napari mouse-drag callback (``index = yield from clicked_point(layer, event)``): the
+    scan point (iy, ix) of ``layer`` under a click, None when the mouse was dragged or off the scan."""
+    index = scan_index_at(layer, event.position)
+    yield
+    while event.type == "mouse_move":
+        index = None
+        yield
+    return index
+
+
+def labels_layers_for(viewer, scan_layer, predictions: bool = False):
+    """Labels layers on the scan grid of ``scan_layer``: those made for it first, then untagged ones
+    of its shape (e.g. a class map opened from a file). Layers made for another scan (its labels,
+    its predictions) are left out; predicted class maps only when ``predictions``."""
     import napari
 
     scan = find_scan(scan_layer)
     if scan is None:
         return []
-    same = [
-        layer
-        for layer in viewer.layers
-        if isinstance(layer, napari.layers.Labels) and tuple(layer.data.shape) == tuple(scan.scan_shape)
-    ]
-    tagged = [layer for layer in same if layer.metadata.get(LABELS_OF_KEY) == scan_layer.name]
-    return tagged + [layer for layer in same if layer not in tagged]
+    tagged, untagged = [], []
+    for layer in viewer.layers:
+        if not isinstance(layer, napari.layers.Labels) or tuple(layer.data.shape) != tuple(scan.scan_shape):
+            continue
+        owner = layer.metadata.get(LABELS_OF_KEY)
+        predicted_for = layer.metadata.get(PREDICTION_OF_KEY)
+        if predicted_for is not None:
+            if predictions and predicted_for == scan_layer.name:
+                tagged.append(layer)
+        elif owner == scan_layer.name:
+            tagged.append(layer)
+        elif owner is None:
+            untagged.append(layer)
+    return tagged + untagged
+
+
+def scan_layer_at(viewer, world_position):
+    """(scan layer, (iy, ix)) of the topmost visible scan layer under ``world_position``, or
+    (None, None) when the cursor is over no scan."""
+    if world_position is None:
+        return None, None
+    for layer in reversed(list(scan_layers(viewer))):
+        if not layer.visible:
+            continue
+        index = scan_index_at(layer, world_position)
+        if index is not None:
+            return layer, index
+    return None, None
 
 
 def scan_layer_spatial(layer) -> dict:
@@ -90,6 +140,8 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, **kwargs)
     """Update the data of layer ``name`` if it exists (same kind), else add it on the grid of ``like``."""
     import napari
 
+    if like is not None:  # remember which scan it was computed from (e.g. not an overview candidate)
+        kwargs["metadata"] = {DERIVED_KEY: like.name, **(kwargs.get("metadata") or {})}
     existing = viewer.layers[name] if name in viewer.layers else None
     if existing is not None and isinstance(existing, getattr(napari.layers, kind.capitalize())):
         existing.data = data

@@ -9,17 +9,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
 from .. import __version__
+from ..optional import MissingOptionalDependency
 
 #: Subcommand modules, in the order shown by ``--help``.
 SUBCOMMANDS = [
     "simulate",
     "info",
     "preprocess",
+    "calibrate",
     "train",
     "evaluate",
     "predict",
+    "propose",
     "demo",
     "watch",
     "reduce",
@@ -52,14 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from ..pipeline import tally
+
     try:
-        return int(args.func(args) or 0)
+        with tally.recording() as frames:
+            rc = int(args.func(args) or 0)
+        if rc == 0:
+            print(_speed_line(args.command, time.perf_counter() - t0, sum(frames.values())), file=sys.stderr)
+        return rc
     except CLIError as exc:
+        print(f"sedclassify {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MissingOptionalDependency as exc:  # e.g. the CNN without TensorFlow: the pip command
         print(f"sedclassify {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, OSError) as exc:
@@ -68,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sedclassify {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _speed_line(command: str, seconds: float, frames: int) -> str:
+    """The closing line of every command: wall time from the start of ``main`` and frames/s."""
+    line = f"sedclassify {command}: {seconds:.2f} s"
+    if frames:
+        line += f", {frames} frames, {frames / max(seconds, 1e-9):.0f} frames/s"
+    return line
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from . import CLIError
+from ._executor import add_executor_options, executor
+from ._scan_options import add_scan_options, open_scans_from_args
 
 
 def register(subparsers) -> None:
@@ -20,25 +22,41 @@ def register(subparsers) -> None:
             "<scan>_overlay.png (integrated image with the class map)."
         ),
     )
-    p.add_argument("model", metavar="MODEL", help="model file (.sedmodel)")
+    p.add_argument("model", metavar="MODEL", help="model file (.sedmodel), or 'builtin' for the model shipped with "
+                   "the package (docs/models.md: its training domain)")
     p.add_argument("scans", nargs="+", metavar="SCAN", help="scan files")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--flatfield", nargs="+", metavar="F", help="flat-field file(s): one for all scans or one per scan")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run on this dask.distributed scheduler (e.g. tcp://host:8786) instead of a local cluster")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes of the local dask cluster (default: one per core; 0 = no cluster)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument("--uncertain-below", type=float, metavar="P",
+                   help="mark frames whose most probable class has a probability below P (0-1) as uncertain: "
+                        "class 0 (not classified) in the class map, so keep-lists and reductions made from it "
+                        "leave them out, and listed in <scan>_uncertain.npy (bool); trades recall for precision")
+    p.add_argument("--hspy", action="store_true",
+                   help="also write <scan>_classes.hspy, _probabilities.hspy, _confidence.hspy and _ria.hspy: "
+                        "HyperSpy signals with the scan axes in nm and q in 1/Å (needs the formats extra: "
+                        'pip install "napari-sedclassify[formats]")')
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    add_scan_options(p)
+    add_executor_options(p)
     p.set_defaults(func=run)
+
+
+def _model_files(model) -> list:
+    """The model file to check for existence: none for the built-in model."""
+    from ..models.persistence import is_builtin
+
+    return [] if is_builtin(model) else [model]
 
 
 def run(args) -> int:
     from ..pipeline.batch import batch_predict, tqdm_progress
 
-    for f in [args.model] + list(args.scans) + list(args.flatfield or []):
+    for f in _model_files(args.model) + list(args.scans) + list(args.flatfield or []):
         if not Path(f).exists():
             raise CLIError(f"{f}: no such file")
+    if args.uncertain_below is not None and not 0.0 <= args.uncertain_below <= 1.0:
+        raise CLIError(f"--uncertain-below is a probability between 0 and 1, got {args.uncertain_below}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: exists and is not a folder")
@@ -46,16 +64,21 @@ def run(args) -> int:
     if len(set(stems)) != len(stems):
         raise CLIError("two scans share a file name; their outputs would overwrite each other: "
                        + ", ".join(sorted({s for s in stems if stems.count(s) > 1})))
+    from ..pipeline.predict import check_model_libraries
+
+    check_model_libraries(args.model)  # a CNN without TensorFlow: the pip command, before any work
+    scans = open_scans_from_args(args.scans, args)
     progress, bar = tqdm_progress("classify")
-    with bar:
-        results = batch_predict(args.model, args.scans, out, flatfield=args.flatfield, scheduler=args.scheduler,
-                                workers=args.workers, force=args.force, progress=progress)
+    with bar, executor(args, sum(s.n_frames for s in scans)) as client:
+        results = batch_predict(args.model, scans, out, flatfield=args.flatfield, client=client, force=args.force,
+                                progress=progress, uncertain_below=args.uncertain_below, hspy=args.hspy)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
             counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
-            print(f"{r['name']}: {counts}" + (f", not classified {r['unclassified']}" if r["unclassified"] else ""))
+            print(f"{r['name']}: {counts}" + (f", not classified {r['unclassified']}" if r["unclassified"] else "")
+                  + (f" (uncertain {r['uncertain']})" if "uncertain" in r else ""))
             for f in r["files"].values():
                 print(f"  {f}")
     return 0

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from . import CLIError
+from ._executor import add_executor_options, executor
+from ._scan_options import add_scan_options, open_scan_from_args
 
 
 def register(subparsers) -> None:
@@ -24,27 +26,21 @@ def register(subparsers) -> None:
     p.add_argument("scan", metavar="SCAN", help="scan file (any format `sedclassify info` reads)")
     p.add_argument("--flatfield", metavar="F", help="flat-field: flood stack (N, ky, kx) or 2D gain map")
     p.add_argument("--out", metavar="FILE", help="results file, .h5 or .zarr (default: SCAN_preprocessed.h5)")
-    p.add_argument("--scan-shape", type=int, nargs=2, metavar=("SY", "SX"),
-                   help="scan shape when the file does not say it")
     p.add_argument("--centring", choices=("per_frame", "fitted"), default="per_frame",
                    help="centre each frame on its own measured centre (default) or on the descan fit")
     p.add_argument("--crop-radius", type=float, metavar="PX", help="also keep central crops of this radius (px)")
     p.add_argument("--crop-bin", type=int, default=1, metavar="B", help="bin crops B x B (default 1)")
     p.add_argument("--bin-width", type=float, default=1.0, metavar="PX", help="RIA bin width in px (default 1)")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run on this dask.distributed scheduler (e.g. tcp://host:8786) instead of a local cluster")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes of the local dask cluster (default: one per core; 0 = threads here)")
     p.add_argument("--force", action="store_true", help="overwrite an existing results file")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
+    add_scan_options(p)
+    add_executor_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..io import open_scan
-    from ..pipeline.batch import dask_client
     from ..pipeline.preprocess import preprocess
     from ..processing import PreprocessParams, load_flatfield
 
@@ -54,9 +50,7 @@ def run(args) -> int:
         raise CLIError(f"{out}: the results file must end in .h5 or .zarr")
     if out.exists() and not args.force:
         raise CLIError(f"{out}: exists (use --force to overwrite)")
-    if args.workers is not None and args.workers < 0:
-        raise CLIError(f"--workers must be at least 0, got {args.workers}")
-    scan = open_scan(scan_path, scan_shape=tuple(args.scan_shape) if args.scan_shape else None)
+    scan = open_scan_from_args(scan_path, args)
     flatfield = load_flatfield(args.flatfield) if args.flatfield else None
     params = PreprocessParams(centring=args.centring, crop_radius_px=args.crop_radius, crop_bin=args.crop_bin,
                               ria_bin_px=args.bin_width)
@@ -66,7 +60,7 @@ def run(args) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        with dask_client(args.scheduler, args.workers) as client:
+        with executor(args, scan.n_frames) as client:
             result = preprocess(scan, params, flatfield, progress=progress, client=client)
     result.save(out)
     summary = {

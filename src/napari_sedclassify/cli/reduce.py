@@ -8,6 +8,8 @@ import json
 import sys
 
 from . import CLIError
+from ._executor import add_executor_options, executor
+from ._scan_options import add_scan_options, open_scan_from_args
 
 
 def register(subparsers):
@@ -28,10 +30,11 @@ def register(subparsers):
     p.add_argument("--compression", choices=("bslz4", "terse", "none"), default="bslz4",
                    help="bslz4: HDF5 Bitshuffle-LZ4 (default); terse: TERSE/PROLIX per frame (pyterse); none")
     p.add_argument("--flatfield", metavar="F", help="flat-field acquisition for the model's preprocessing")
-    p.add_argument("--scan-shape", nargs=2, type=int, metavar=("SY", "SX"), help="scan rows and columns")
     p.add_argument("--dataset", help="array to read in files that hold several (HDF5, MATLAB, zarr)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_scan_options(p)
+    add_executor_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -40,14 +43,13 @@ def run(args):
     from tqdm import tqdm
 
     from ..classes import ClassTable
-    from ..io import open_scan
     from ..io.atomic import check_target
     from ..pipeline.reduce import class_ids, reduce_scan
 
     if not str(args.out).lower().endswith((".h5", ".hdf5")):
         raise CLIError(f"{args.out}: a reduced scan is written as HDF5: give a name ending in .h5")
     check_target(args.out, args.force)  # fail before any work
-    scan = open_scan(args.scan, args.scan_shape, dataset=args.dataset)
+    scan = open_scan_from_args(args.scan, args, dataset=args.dataset)
     probabilities = None
     if args.model:
         from ..pipeline.predict import as_model, predict_scan
@@ -55,7 +57,8 @@ def run(args):
         model = as_model(args.model)
         table = model.classes
         class_ids(args.classes, table)
-        with tqdm(total=scan.n_frames, unit="frame", desc="classify", file=sys.stderr) as bar:
+        with tqdm(total=scan.n_frames, unit="frame", desc="classify", file=sys.stderr) as bar, \
+                executor(args, scan.n_frames):
             pred = predict_scan(model, scan, flatfield=args.flatfield,
                                 progress=lambda d, t: bar.update(d - bar.n))
         class_map, probabilities = pred.class_map, pred.probabilities

@@ -29,6 +29,12 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--demo", action="store_true",
                    help="write the demo set instead: 16 scans of session A and 1 of session B")
+    p.add_argument("--session-grid", nargs="+", metavar="AXIS=V1,V2",
+                   help="write --scans scans of every session of a grid instead, e.g. convergence=0,0.5 "
+                        "ice=1,2.5 dose=0.3,1,3 camera=0.94,1.08 descan=1,2 (convergence in mrad; the others "
+                        "are factors on session --session's values; 'camera' scales the true camera length, "
+                        "the files keep the nominal one); each session also gets its own gain map and "
+                        "alignment. See docs/simulation.md")
     p.add_argument("--json", action="store_true", help="print the data set description as JSON")
     p.set_defaults(func=run)
 
@@ -36,7 +42,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..simulate import demo_dataset, simulate_dataset
+    from ..simulate import demo_dataset, simulate_dataset, simulate_session_grid
+    from ..simulate.grid import parse_grid_spec, session_grid
 
     if args.scans < 1:
         raise CLIError(f"--scans must be at least 1, got {args.scans}")
@@ -49,12 +56,27 @@ def run(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"{out_dir}: exists and is not a folder")
     n_scans = 17 if args.demo else args.scans
+    grid = None
+    if args.session_grid:
+        if args.demo:
+            raise CLIError("give --demo or --session-grid, not both")
+        try:
+            grid = parse_grid_spec(args.session_grid)
+            n_scans *= len(session_grid(args.session, **grid))
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     with tqdm(total=n_scans * sy * sx, unit="frame", desc="simulate", file=sys.stderr) as bar:
         kwargs = dict(scan_shape=(sy, sx), detector_px=args.detector, seed=args.seed, progress=bar.update)
         if args.demo:
             dataset = demo_dataset(out_dir, **kwargs)
+        elif grid is not None:
+            dataset = simulate_session_grid(out_dir, n_scans=args.scans, base=args.session, **grid, **kwargs)
         else:
             dataset = simulate_dataset(out_dir, n_scans=args.scans, session=args.session, **kwargs)
+    from ..pipeline import tally
+
+    for entry in dataset["scans"]:
+        tally.report(str(out_dir / entry["scan"]), sy * sx)
     if args.json:
         print(json.dumps(dataset, indent=2))
     else:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from . import CLIError
+from ._executor import add_executor_options, executor
+from ._scan_options import add_scan_options, open_scans_from_args
 
 
 def register(subparsers) -> None:
@@ -22,7 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--scans", nargs="+", required=True, metavar="SCAN", help="scan files")
     p.add_argument("--labels", nargs="+", required=True, metavar="LABELS",
                    help="one class map per scan (.npy or .tif), in the same order")
-    p.add_argument("--model", choices=["fcnn", "svm", "cnn"], default="fcnn", help="classifier (default fcnn)")
+    p.add_argument("--model", choices=["fcnn", "svm", "cnn"], default="fcnn",
+                   help='classifier (default fcnn); cnn needs TensorFlow: pip install "napari-sedclassify[cnn]"')
     p.add_argument("--out", required=True, metavar="MODEL", help="model file to write (e.g. model.sedmodel)")
     p.add_argument("--flatfield", nargs="+", metavar="F",
                    help="flat-field file(s): one for all scans or one per scan")
@@ -33,6 +36,11 @@ def register(subparsers) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                    help="fraction of labeled frames for validation (default 0.1)")
     p.add_argument("--no-augment", action="store_true", help="no training-time augmentation")
+    p.add_argument("--session-robust", action="store_true",
+                   help="fcnn, svm: the recipe measured to hold across sessions (scan context, "
+                        "convergence-blur and dose-noise augmentation, square-root class weights; docs/models.md). "
+                        "Its radial-scaling augmentation is ±3 %% when every scan's camera length was fitted "
+                        "(sedclassify calibrate), else ±12 %%. Its models classify whole scans, not live frames")
     p.add_argument("--no-normalise", action="store_true", help="no per-frame intensity normalisation")
     p.add_argument("--search", action="store_true", help="svm: tune C and gamma with RandomizedSearchCV")
     crop = p.add_mutually_exclusive_group()
@@ -40,6 +48,8 @@ def register(subparsers) -> None:
                       help="cnn: crop radius as the spacing at its edge in Å (default 2.7)")
     crop.add_argument("--crop-radius-px", type=float, metavar="PX", help="cnn: crop radius in detector px")
     p.add_argument("--json", action="store_true", help="print the training summary and metrics as JSON")
+    add_scan_options(p)
+    add_executor_options(p)
     p.set_defaults(func=run)
 
 
@@ -48,6 +58,19 @@ def model_settings(args) -> tuple[dict, dict]:
     from ..models.features import Augmentation
 
     recipe = {}
+    params = {}
+    if getattr(args, "session_robust", False):
+        if args.model == "cnn":
+            raise CLIError("--session-robust applies to the RIA models (fcnn, svm)")
+        if args.no_augment or args.no_normalise:
+            raise CLIError("--session-robust sets its own normalisation and augmentation: leave out "
+                           "--no-augment and --no-normalise")
+        from ..models.features import SESSION_ROBUST_PARAMS, session_robust_recipe
+
+        robust = session_robust_recipe(camera_length_fitted=getattr(args, "_all_fitted", False))
+        recipe.update(background=robust.background, scan_context=robust.scan_context,
+                      augmentation=robust.augmentation)
+        params.update(SESSION_ROBUST_PARAMS)
     if args.no_augment:
         recipe["augmentation"] = Augmentation(copies=0)
     if args.no_normalise:
@@ -56,7 +79,6 @@ def model_settings(args) -> tuple[dict, dict]:
         recipe.update(crop_radius_px=args.crop_radius_px, crop_radius_A=None)
     elif getattr(args, "crop_radius_A", None) is not None:
         recipe["crop_radius_A"] = args.crop_radius_A
-    params = {}
     if args.epochs is not None:
         if args.epochs < 1:
             raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
@@ -88,11 +110,13 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise CLIError(f"{out}: is a folder; give a model file name such as model.sedmodel")
-    changes, params = model_settings(args)
     n = len(args.scans)
-    with Bars() as bars:
+    scans = open_scans_from_args(args.scans, args)
+    args._all_fitted = all(s.geometry.origin("camera_length_mm") == "fitted" for s in scans)
+    changes, params = model_settings(args)
+    with Bars() as bars, executor(args, sum(s.n_frames for s in scans)):
         summary = train_to_file(
-            args.scans, args.labels, out, model=args.model, recipe=default_recipe(args.model, **changes),
+            scans, args.labels, out, model=args.model, recipe=default_recipe(args.model, **changes),
             params=params, holdout=list(range(n - args.holdout, n)), val_fraction=args.val_fraction,
             seed=args.seed, flatfield=args.flatfield, progress=bars.epoch, preprocess_progress=bars.scan,
         )

@@ -1,5 +1,7 @@
-"""``sedclassify watch MODEL --input PATH``: classify frames as they arrive (a growing Merlin .mib
-file, or a folder where frame files land), keep a running class map and keep-list."""
+"""``sedclassify watch MODEL (--input PATH | --merlin HOST:PORT)``: classify frames as they arrive
+(a growing Merlin .mib file, a folder where frame files land, or a Merlin detector's TCP data
+stream), keep a running class map and keep-list, and optionally write the kept frames to a
+reduced file as they arrive (``--reduce``)."""
 
 from __future__ import annotations
 
@@ -8,22 +10,40 @@ import sys
 import time
 
 from . import CLIError
+from ._scan_options import add_scan_options, geometry_values
 
 
 def register(subparsers):
     p = subparsers.add_parser(
         "watch",
         help="classify frames live as the detector writes them; keep a running class map and keep-list",
-        description="Follow a Merlin .mib file being written (or a folder where frame files land), classify each "
+        description="Follow a Merlin .mib file being written (or a folder where frame files land, or a Merlin "
+                    "detector's TCP data stream with --merlin), classify each "
                     "frame as it arrives with MODEL, and write <name>_live_classes.npy, "
                     "<name>_live_probabilities.npy and <name>_keep.json to --out (atomically, updated while "
-                    "the scan runs). Stops when the scan is complete, after --timeout seconds without a new "
-                    "frame, or on Ctrl-C.",
+                    "the scan runs); with --reduce, write the frames of the --keep classes to a reduced HDF5 "
+                    "file as they arrive. Stops when the scan is complete, when a stream's acquisition ends, "
+                    "after --timeout seconds without a new frame, or on Ctrl-C.",
     )
-    p.add_argument("model", metavar="MODEL", help="model file (.sedmodel)")
-    p.add_argument("--input", required=True, metavar="PATH", help="growing .mib file, or folder of frame files")
-    p.add_argument("--scan-shape", nargs=2, type=int, metavar=("SY", "SX"),
-                   help="scan rows and columns (needed unless the .hdr says it)")
+    p.add_argument("model", metavar="MODEL", help="model file (.sedmodel), or 'builtin' for the model shipped with "
+                   "the package")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="PATH", help="growing .mib file, or folder of frame files")
+    src.add_argument("--merlin", metavar="HOST:PORT",
+                     help="a Merlin detector's TCP data stream (Merlin's data port, 6342 by default), received "
+                          "passively: arm and trigger the acquisition in the Merlin software (needs the live extra: "
+                          'pip install "napari-sedclassify[live]")')
+    src.add_argument("--dectris", metavar="HOST[:PORT]",
+                     help="a DECTRIS detector's zmq stream: not supported yet (see docs/live-and-reduce.md)")
+    p.add_argument("--merlin-control", type=int, metavar="PORT",
+                   help="the Merlin control port (6341): read the counter depth and frame size from it")
+    p.add_argument("--name", metavar="NAME",
+                   help="stem of the output files (default: the input file's name, or merlin for a stream)")
+    p.add_argument("--reduce", metavar="OUT.h5",
+                   help="write the frames of the --keep classes to this reduced HDF5 file as they arrive (built as "
+                        "OUT.partial.h5, renamed when the scan is complete)")
+    p.add_argument("--compression", choices=("bslz4", "none"), default="bslz4",
+                   help="compression of the frames written by --reduce (default bslz4)")
     p.add_argument("--out", metavar="DIR", help="folder for the class map and keep-list (default: none written)")
     p.add_argument("--keep", nargs="+", default=["amorphous_ice"], metavar="CLASS",
                    help="classes whose positions go into the keep-list (default: amorphous_ice)")
@@ -31,9 +51,10 @@ def register(subparsers):
     p.add_argument("--calibration", metavar="SCAN",
                    help="a scan file whose geometry (pixel size, camera length, voltage) applies to the live frames")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                   help="stop after S seconds without a new frame (default 30)")
+                   help="stop after S seconds without a new frame, or without the detector armed (default 30)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_scan_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -45,6 +66,13 @@ def run(args):
     from ..pipeline.predict import as_model
     from ..pipeline.reduce import class_ids
 
+    from ..pipeline.predict import check_model_libraries
+
+    if args.merlin:  # the stream receiver is the live extra: the pip command, before any work
+        from ..optional import require_live
+
+        require_live("merlin")
+    check_model_libraries(args.model)  # a CNN without TensorFlow: the pip command, before any work
     model = as_model(args.model)
     keep = class_ids(args.keep, model.classes)
     geometry = metadata = None
@@ -54,8 +82,28 @@ def run(args):
         ref = open_scan(args.calibration)
         geometry = ref.geometry
         metadata = {k: ref.metadata[k] for k in ("edge_pixel_width",) if k in ref.metadata}
+    if args.reduce:
+        from ..io.atomic import check_target
+        from ..pipeline.reduce import partial_path
+
+        if not str(args.reduce).lower().endswith((".h5", ".hdf5")):
+            raise CLIError(f"{args.reduce}: a reduced scan is written as HDF5: give a name ending in .h5")
+        check_target(args.reduce, args.force)  # fail before waiting for the acquisition
+        if partial_path(args.reduce).exists() and not args.force:
+            raise CLIError(f"{partial_path(args.reduce)}: a partial file of an earlier live run is there; "
+                           "not overwritten (use --force to replace it)")
+    if args.dectris:
+        raise CLIError("--dectris: the DECTRIS zmq stream is not supported yet; LiberTEM-live's receiver "
+                       "(libertem-dectris) is installed by the live extra, but no source reads it here")
     try:
-        source = open_source(args.input, args.scan_shape)
+        if args.merlin:
+            from ..pipeline.live import MerlinStreamSource, parse_host_port
+
+            host, port = parse_host_port(args.merlin, 6342)
+            source = MerlinStreamSource(host, port, args.scan_shape, control_port=args.merlin_control,
+                                        name=args.name or "merlin")
+        else:
+            source = open_source(args.input, args.scan_shape)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
@@ -76,10 +124,15 @@ def run(args):
 
     try:
         watch_ready(source, args.timeout)  # the state needs the scan shape, which the .hdr may give
-        result = watch(model, source, out_dir=args.out, keep=keep, flatfield=args.flatfield, geometry=geometry,
-                       metadata=metadata, timeout_s=args.timeout, force=args.force, state=make_state())
+        if geometry_values(args):
+            geometry = (geometry or source.geometry()).with_values("user", **geometry_values(args))
+        result = watch(model, source, out_dir=args.out, name=args.name, keep=keep, flatfield=args.flatfield,
+                       geometry=geometry, metadata=metadata, timeout_s=args.timeout, force=args.force,
+                       state=make_state(), reduce_to=args.reduce, compression=args.compression)
     finally:
         bar.close()
+        if hasattr(source, "close"):
+            source.close()
     d = result.to_dict()
     if args.json:
         print(json.dumps(d, indent=2))
@@ -91,15 +144,26 @@ def run(args):
         print(f"latency per frame: median {lat['median_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms, "
               f"max {lat['max_ms']:.1f} ms (the first {lat['calibration_frames']} frames waited "
               f"{lat['calibration_mean_ms']:.0f} ms for the calibration)")
-    for f in d["files"].values():
-        print(f"wrote {f}")
+    if "stream" in d:
+        st = d["stream"]
+        print(f"stream: {st['frames_received']} frames received of {st['frames_announced']} announced, "
+              f"{st['frames_dropped']} dropped" + (f", {st['receive_rate_hz']:.0f} frames/s" if "receive_rate_hz" in st else ""))
+    red = d.get("reduced")
+    for key, f in d["files"].items():
+        if key == "reduced" and red and red["status"] != "complete":
+            print(f"left {f} ({red['kept_frames']} kept frames; status {red['status']}: the scan is not complete)")
+        else:
+            print(f"wrote {f}")
     return 0
 
 
 def watch_ready(source, timeout_s):
-    """Wait until the source has its first frame header (or folder), up to ``timeout_s``."""
+    """Wait until the source has its first frame header (or folder, or the stream is armed), up to
+    ``timeout_s``."""
     t0 = time.perf_counter()
     while not source.ready():
         if time.perf_counter() - t0 > timeout_s:
+            if hasattr(source, "close"):
+                source.close()
             raise CLIError(f"{source.path}: nothing arrived within {timeout_s:g} s")
         time.sleep(0.01)

@@ -1,7 +1,7 @@
 """Readers for 4D scans. ``open_scan(path)`` picks the format from the path and returns a lazy Scan.
 
-One module per format (mib, blockfile, hdf5, mat, npy, zarr_store, tiff, and reduced for the
-files ``sedclassify reduce`` writes); each defines
+One module per format (mib, blockfile, hdf5, mat, npy, zarr_store, tiff, hyperspy for what
+rosettasciio reads, and reduced for the files ``sedclassify reduce`` writes); each defines
 ``probe(path) -> bool`` (cheap: does this look like a scan?) and ``read(path, scan_shape, *,
 dataset, missing_at, chunk_frames) -> Scan``. No napari or Qt here.
 """
@@ -11,9 +11,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-
-class ScanFormatError(ValueError):
-    """A file that cannot be read as a scan; the message names the file and the problem."""
+from ..errors import ScanFormatError
 
 
 #: File name endings and the module that reads them.
@@ -26,11 +24,16 @@ SUFFIXES = {
     ".hdf": "hdf5",
     ".emd": "hdf5",
     ".nxs": "hdf5",
+    ".hspy": "hdf5",  # HyperSpy / pyxem (HDF5): Experiments/<title>/data
     ".mat": "mat",
     ".npy": "npy",
     ".zarr": "zarr_store",
     ".tif": "tiff",
     ".tiff": "tiff",
+    # through rosettasciio (the ``formats`` extra): io/hyperspy.py
+    ".dm3": "hyperspy",
+    ".dm4": "hyperspy",
+    ".tvips": "hyperspy",
 }
 
 #: Leading bytes of files whose name does not say their format.
@@ -54,6 +57,7 @@ def format_of(path) -> str | None:
     """Name of the reader module for ``path`` (a file or a folder), or None when none applies."""
     path = Path(path)
     if path.is_dir():
+        from .mib import mib_files
         from .tiff import tiff_files
         from .zarr_store import is_zarr
 
@@ -61,6 +65,8 @@ def format_of(path) -> str | None:
             return "zarr_store"
         if tiff_files(path):
             return "tiff"
+        if mib_files(path):  # Merlin's "one file per frame"
+            return "mib"
         return None
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is not None:
@@ -92,7 +98,8 @@ def can_open(path) -> bool:
         return False
 
 
-def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=None, **kwargs):
+def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=None, geometry=None,
+              **kwargs):
     """Open ``path`` lazily as a :class:`~napari_sedclassify.scan.Scan`.
 
     scan_shape: (scan_y, scan_x) when the file does not say it, or to override it. With fewer
@@ -102,6 +109,10 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
     missing_at: "end" (an interrupted acquisition) or "start" (frames lost at the start) for
         the positions without a frame.
     chunk_frames: frames per dask chunk (default: about 32 MB of whole frames).
+    geometry: calibration values the user gives ({"camera_length_mm": ..., "pixel_size_um": ...,
+        "voltage_kv": ..., "scan_step_nm": ...}; None entries ignored). They win over the file and
+        over a calibration sidecar (``sedclassify calibrate --write``), whose values come next;
+        what neither says stays marked "assumed" in ``scan.geometry``.
 
     Raises FileNotFoundError, or ScanFormatError naming the file and the problem.
     """
@@ -112,7 +123,7 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
     if fmt is None:
         if path.is_dir():
             raise ScanFormatError(
-                f"{path}: a directory that is not a scan (no zarr array, no TIFF frames)"
+                f"{path}: a directory that is not a scan (no zarr array, no TIFF or .mib frames)"
             )
         raise ScanFormatError(f"{path}: unknown scan format '{path.suffix or path.name}'")
     if path.is_file() and path.stat().st_size == 0:
@@ -125,6 +136,10 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
         options["dataset"] = dataset
     scan = reader.read(path, scan_shape, **options)
     _check_readable(scan)
+    from .sidecar import read_calibration
+
+    scan.geometry = scan.geometry.with_values("fitted", **read_calibration(path))
+    scan.geometry = scan.geometry.with_values("user", **(geometry or {}))
     return scan
 
 

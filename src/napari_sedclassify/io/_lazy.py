@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from . import ScanFormatError
+from ..errors import ScanFormatError
+from ..scan import parse_scan_shape
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,31 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 32 * 2**20
 
 
-class FrameSource:
+class _Handled:
+    """Holds a file handle opened on first use and dropped when pickled (each dask worker opens its own)."""
+
+    path: str
+
+    def _with_handle(self, opener, read, what: str):
+        """read(handle), opening the handle with opener() first; read errors become a
+        ScanFormatError naming the file and ``what``."""
+        handle = self.__dict__.get("_handle")
+        if handle is None:
+            handle = self._handle = opener()
+        try:
+            return read(handle)
+        except ScanFormatError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ScanFormatError(f"{self.path}: cannot read {what} ({exc})") from exc
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_handle", None)
+        return state
+
+
+class FrameSource(_Handled):
     """A flat stack of frames in a file, opened lazily and read-only.
 
     Subclasses set ``path``, ``n_frames``, ``frame_shape``, ``dtype`` (native, as returned) and
@@ -44,20 +69,7 @@ class FrameSource:
         raise NotImplementedError
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        handle = self.__dict__.get("_handle")
-        if handle is None:
-            handle = self._handle = self._open()
-        try:
-            return self._read(handle, start, stop)
-        except ScanFormatError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ScanFormatError(f"{self.path}: cannot read frames {start}..{stop - 1} ({exc})") from exc
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_handle", None)
-        return state
+        return self._with_handle(self._open, lambda h: self._read(h, start, stop), f"frames {start}..{stop - 1}")
 
 
 class StackFrames(FrameSource):
@@ -157,7 +169,7 @@ class FrameGrid:
         return out
 
 
-class Lazy4D:
+class Lazy4D(_Handled):
     """A 4D array in a file (scan_y, scan_x, det_y, det_x), opened lazily, read in native byte order.
 
     opener: a picklable callable returning the array-like (an h5py dataset, a memmap...).
@@ -171,20 +183,7 @@ class Lazy4D:
         self.path = str(path)
 
     def __getitem__(self, key):
-        handle = self.__dict__.get("_handle")
-        if handle is None:
-            handle = self._handle = self.opener()
-        try:
-            return to_native(np.asarray(handle[key]))
-        except ScanFormatError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ScanFormatError(f"{self.path}: cannot read {key} ({exc})") from exc
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_handle", None)
-        return state
+        return self._with_handle(self.opener, lambda h: to_native(np.asarray(h[key])), str(key))
 
 
 def _indices(k, n: int) -> np.ndarray:
@@ -283,9 +282,6 @@ def resolve_scan_shape(path, n_frames: int, scan_shape=None, hint=None, missing_
 
 def _check_shape(scan_shape, path) -> tuple[int, int]:
     try:
-        sy, sx = (int(s) for s in scan_shape)
-    except (TypeError, ValueError):
-        raise ScanFormatError(f"{path}: wrong scan shape {scan_shape!r}: expected (scan_y, scan_x)") from None
-    if sy < 1 or sx < 1:
-        raise ScanFormatError(f"{path}: wrong scan shape {sy}x{sx}: both sides must be at least 1")
-    return sy, sx
+        return parse_scan_shape(scan_shape)
+    except ValueError as exc:
+        raise ScanFormatError(f"{path}: {exc}") from None

@@ -4,7 +4,12 @@ Readers of the target see the old file or the complete new one, never a half-wri
 exception or Ctrl-C removes the temporary file, and a process killed outright (SIGKILL, power
 loss) leaves only a hidden ``.<name>.<pid>-<random>.part<suffix>`` file that the next run for the
 same target removes (:func:`remove_stale`), since the process that wrote it no longer exists.
-Existing targets are replaced only with ``force=True`` (the CLI's ``--force``).
+Existing targets are replaced only with ``force=True`` (the CLI's ``--force``). After the rename
+the folder is flushed too (where the platform allows), so the new name survives a power loss.
+
+The package's one atomic writer: model files, figures, class maps, reports and live outputs all
+go through :func:`atomic_output` (or :func:`atomic_path` / :func:`write_text` / :func:`write_json`
+/ :func:`write_npy`, which replace an existing file).
 """
 
 from __future__ import annotations
@@ -35,13 +40,25 @@ def _temp_name(path: Path) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists. psutil asks the system without signalling it: on Windows
+    ``os.kill(pid, 0)`` would terminate the process."""
+    import psutil
+
+    return psutil.pid_exists(pid)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk; a no-op where folders cannot be opened (Windows)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_stale(path) -> list[Path]:
@@ -64,8 +81,8 @@ def atomic_output(path, *, force: bool = False):
     """Yield a temporary path in the target's folder; on success it replaces ``path``.
 
     Refuses an existing ``path`` unless ``force``. The data are flushed to disk (fsync) before
-    the rename. On any exception (KeyboardInterrupt included) the temporary file is removed and
-    ``path`` is untouched.
+    the rename, and the folder after it. On any exception (KeyboardInterrupt included) the
+    temporary file is removed and ``path`` is untouched.
     """
     path = check_target(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,9 +100,23 @@ def atomic_output(path, *, force: bool = False):
         if path.exists() and not force:  # appeared while we were writing
             raise FileExistsError(f"{path}: appeared while writing; not overwritten (use --force)")
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_path(path):
+    """:func:`atomic_output` that replaces an existing ``path`` (``force=True``): yields a temporary
+    path in the target's folder that replaces ``path`` on success."""
+    return atomic_output(path, force=True)
+
+
+def write_text(path, text: str, *, force: bool = True) -> Path:
+    """Write ``text`` atomically."""
+    with atomic_output(path, force=force) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def write_json(path, obj, *, force: bool = True) -> Path:

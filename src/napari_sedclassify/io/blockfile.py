@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from . import ScanFormatError
 from ._lazy import FrameSource, file_token, grid_dask, resolve_scan_shape
 
 HEADER = np.dtype(
@@ -134,7 +134,8 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
         camera_length_mm=h["Camera_length"] / 10 if h["Camera_length"] else Geometry.camera_length_mm,
         voltage_kv=h["Beam_energy"] / 1000 if h["Beam_energy"] else Geometry.voltage_kv,
         scan_step_nm=h["SX"] or None,
-    )
+    ).marked("file", *[n for n, key in (("pixel_size_um", "SDP"), ("camera_length_mm", "Camera_length"),
+                                        ("voltage_kv", "Beam_energy"), ("scan_step_nm", "SX")) if h[key]])
     metadata = {
         "format": "NanoMegas blockfile",
         "dtype_on_disk": "|u1",

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ScanFormatError
 from ..geometry import Geometry, electron_wavelength_A
 from ..scan import Scan
-from . import ScanFormatError
 from ._lazy import FrameSource, Lazy4D, array_dask, check_pixel_dtype, file_token, grid_dask, native, resolve_scan_shape
+from .hyperspy import hspy_calibration
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +254,9 @@ def geometry_from_q(detector_shape, q_per_px_invA=None, voltage_kv=None, scan_st
     if q_per_px_invA:
         lam = electron_wavelength_A(geometry.voltage_kv)
         camera_mm = geometry.pixel_size_um * 1e-3 / (lam * q_per_px_invA)
-        geometry = geometry.replace(camera_length_mm=camera_mm)
-    return geometry
+        geometry = geometry.replace(camera_length_mm=camera_mm).marked("file", "pixel_size_um", "camera_length_mm")
+    stated = [n for n, v in (("voltage_kv", voltage_kv), ("scan_step_nm", scan_step_nm)) if v]
+    return geometry.marked("file", *stated) if stated else geometry  # marked() without names marks all
 
 
 def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=None) -> Scan:
@@ -285,6 +287,10 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
         dtype = check_pixel_dtype(ds.dtype, path)
         metadata.update(dataset=name, dtype_on_disk=dtype.str, hdf5_chunks=ds.chunks, compression=ds.compression)
         calibration = _emd_calibration(f, name) if emd else {}
+        # HyperSpy / pyxem .hspy: Experiments/<title>/data beside its axis-N groups (nm, 1/Å or mrad)
+        hspy = None if emd else hspy_calibration(ds.parent, ds.shape[-2:])
+        if hspy is not None:
+            metadata["format"] = "HyperSpy (HDF5)"
         if ds.ndim == 4:
             if scan_shape is not None and tuple(scan_shape) != ds.shape[:2]:
                 raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: {name} is a {ds.shape[0]}x{ds.shape[1]} scan")
@@ -301,6 +307,9 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
         metadata["q_per_px_invA"] = calibration["q_per_px_invA"]
         metadata["calibration"] = "scan step and 1/Å per px from the file; camera length derived for a 55 µm pixel"
     geometry = geometry_from_q(tuple(data.shape[2:]), **calibration)
+    if hspy is not None:
+        geometry, notes = hspy
+        metadata.update(notes)
     return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
 
 
@@ -320,5 +329,5 @@ def _read_arina(path, f, names, scan_shape, missing_at, chunk_frames) -> Scan:
         "calibration": "pixel size, beam energy (and detector distance when set) from the master file",
         **meta,
     }
-    geometry = Geometry(detector_shape=frame_shape, **calibration)
+    geometry = Geometry(detector_shape=frame_shape, **calibration).marked("file", *calibration)
     return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from . import ScanFormatError
 from ._lazy import Lazy4D, StackFrames, array_dask, check_pixel_dtype, file_token, grid_dask, resolve_scan_shape
 from .hdf5 import _h5py, choose_dataset
 

@@ -3,8 +3,13 @@
 A ``.mib`` file is a run of frames, each an ASCII header (``MQ1,<frame>,<header bytes>,<chips>,
 <width>,<height>,<pixel type>,...``; width before height) followed by the pixels, no padding.
 Pixel types: U08 (1- and 6-bit counters), U16 (12-bit), U32 (24-bit), all big-endian, and R64
-(RAW: 1 bit per pixel packed in 64-bit words; a quad detector reads out 1024x256, chip after
-chip, re-tiled here into 512x512). Frames are memory-mapped; 8-bit frames are read without a copy.
+(RAW, as read out: 64-bit big-endian words, pixel j of a word in its bits from the least
+significant end: 64 pixels of 1 bit, 8 of 6 bits in one byte each, or 4 of 12 bits in two bytes
+each; a quad detector reads out 1024x256, chip after chip, re-tiled here into 512x512 as Merlin
+assembles processed frames; LiberTEM's MIB decoders, MIT, are the reference for this layout).
+Frames are memory-mapped; 8-bit frames are read without a copy. A folder of ``.mib`` files (one
+file per frame, or a few frames each, as Merlin's "one file per frame" saving writes them) is
+one scan, its files taken in the natural order of their names (``scan_2`` before ``scan_10``).
 
 Frames are shown with their rows flipped (detector row 0 at the bottom), the orientation in
 which Merlin displays them and in which the chip labels of its test pattern read correctly.
@@ -19,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from . import ScanFormatError
 from ._lazy import FrameSource, file_token, grid_dask, native, resolve_scan_shape, to_native
 
 log = logging.getLogger(__name__)
@@ -38,15 +44,37 @@ PROBE_FRAMES = 1024
 FLYBACK_NS = 5_000
 
 _PIXEL_TYPES = {"U08": ">u1", "U16": ">u2", "U32": ">u4", "U64": ">u8", "R64": "R64"}
+#: RAW (R64) counter depths read here, and the bits each pixel takes in the 64-bit words.
+RAW_BITS = {1: 1, 6: 8, 12: 16}
 _FIELDS = ("frame number", "header length", "chip count", "width", "height")
 
 
 def probe(path) -> bool:
     path = Path(path)
+    if path.is_dir():
+        files = mib_files(path)
+        if not files:
+            return False
+        path = files[0]
     if path.suffix.lower() == ".hdr":
         path = path.with_suffix(".mib")
     with open(path, "rb") as f:
         return f.read(4) == b"MQ1,"
+
+
+def _natural(name: str):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def mib_files(folder) -> list[Path]:
+    """The .mib files of a folder (not hidden ones) in natural order (``scan_2`` before ``scan_10``)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    files = [Path(e.path) for e in entries
+             if e.name.lower().endswith(".mib") and not e.name.startswith(".") and e.is_file()]
+    return sorted(files, key=lambda p: _natural(p.name))
 
 
 class FrameHeader:
@@ -54,7 +82,7 @@ class FrameHeader:
 
     def __init__(self, raw: bytes, path):
         self.path = path
-        text = raw.decode("latin-1")
+        text = raw.decode("latin-1").rstrip("\x00")
         fields = text.split(",")
         if not text.startswith("MQ1,") or len(fields) < 11:
             raise ScanFormatError(f"{path}: corrupted frame header: does not start with 'MQ1,' ({raw[:16]!r})")
@@ -89,13 +117,25 @@ class FrameHeader:
         self.exposure_s = self._exposure(fields, ext)
         depth = fields[ext + 3].strip() if self.iso_field else ""
         self.counter_depth = int(depth) if depth.isdigit() else None
+        #: whether the frame header states the counter depth (RAW files need it; else the .hdr's)
+        self.depth_stated = self.counter_depth is not None
         if self.counter_depth is None:
             self.counter_depth = {"U16": 12, "U32": 24, "R64": 1}.get(self.pixel_type)
-        if self.raw and self.counter_depth != 1:
+        self._check_raw_depth()
+
+    def _check_raw_depth(self):
+        if self.raw and self.counter_depth not in RAW_BITS:
             raise ScanFormatError(
-                f"{path}: RAW (R64) frames with a {self.counter_depth}-bit counter are not supported; "
-                "only 1-bit RAW files are (or save the acquisition in processed mode)"
+                f"{self.path}: RAW (R64) frames with a {self.counter_depth}-bit counter are not supported; "
+                "1-, 6- and 12-bit RAW files are (or save the acquisition in processed mode)"
             )
+
+    def use_hdr_depth(self, hdr: dict) -> None:
+        """A RAW frame header without the counter depth: take the .hdr's (``Counter Depth (number)``)."""
+        depth = _hdr_int(hdr, "Counter Depth (number)")
+        if self.raw and not self.depth_stated and depth:
+            self.counter_depth = depth
+            self._check_raw_depth()
 
     def _timestamp(self, fields) -> str | None:
         if self.iso_field is not None and fields[self.iso_field].endswith("Z"):
@@ -135,10 +175,43 @@ class FrameHeader:
     def pixel_bytes(self) -> int:
         n = self.width * self.height
         if self.raw:
-            if n % 64:
-                raise ScanFormatError(f"{self.path}: RAW frame {self.width}x{self.height} is not whole 64-bit words")
-            return n // 8
+            bits = n * RAW_BITS[self.counter_depth]
+            if bits % 64:
+                raise ScanFormatError(f"{self.path}: RAW frame {self.width}x{self.height} of {self.counter_depth}-bit "
+                                      "pixels is not whole 64-bit words")
+            return bits // 8
         return n * np.dtype(_PIXEL_TYPES[self.pixel_type]).itemsize
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The pixels' dtype as returned (native byte order)."""
+        if self.raw:
+            return np.dtype(np.uint16 if self.counter_depth == 12 else np.uint8)
+        return native(_PIXEL_TYPES[self.pixel_type])
+
+    @property
+    def disk_description(self) -> str:
+        """The pixel type on disk, for the metadata."""
+        if not self.raw:
+            return np.dtype(_PIXEL_TYPES[self.pixel_type]).str
+        if self.counter_depth == 1:
+            return "R64 (1 bit per pixel, packed)"
+        return f"R64 ({self.counter_depth}-bit counters, {RAW_BITS[self.counter_depth] // 8} byte(s) per pixel in 64-bit words)"
+
+    def pixels_dtype(self) -> np.dtype:
+        """Structured dtype of one frame on disk: header, pixels."""
+        rows, cols = self.disk_shape
+        if self.raw:
+            pixels = ("px", ">u8", (self.pixel_bytes // 8,))
+        else:
+            pixels = ("px", _PIXEL_TYPES[self.pixel_type], (rows, cols))
+        return np.dtype([("hdr", f"V{self.header_bytes}"), pixels])
+
+    def decode(self, block: np.ndarray) -> np.ndarray:
+        """Pixels of frames as stored (k, ...) -> frames (k, rows, cols), native, display orientation."""
+        if self.raw:
+            block = unpack_raw(block, self.disk_shape, self.quad_raw, self.counter_depth)
+        return to_native(block[:, ::-1])
 
     @property
     def frame_bytes(self) -> int:
@@ -151,42 +224,69 @@ class MibFrames(FrameSource):
     def __init__(self, path, header: FrameHeader, n_frames: int):
         self.path = str(path)
         self.n_frames = int(n_frames)
-        self.header_bytes = header.header_bytes
-        self.disk_shape = header.disk_shape
-        self.pixel_type = header.pixel_type
-        self.quad_raw = header.quad_raw
+        self.header = header
         self.frame_shape = header.frame_shape
-        self.dtype = np.dtype(np.uint8) if header.raw else native(_PIXEL_TYPES[header.pixel_type])
+        self.dtype = header.dtype
 
     def _open(self):
-        rows, cols = self.disk_shape
-        if self.pixel_type == "R64":
-            pixels = ("px", ">u8", (rows * cols // 64,))
-        else:
-            pixels = ("px", _PIXEL_TYPES[self.pixel_type], (rows, cols))
-        dtype = np.dtype([("hdr", f"V{self.header_bytes}"), pixels])
-        return np.memmap(self.path, dtype=dtype, mode="r", shape=(self.n_frames,))["px"]
+        return np.memmap(self.path, dtype=self.header.pixels_dtype(), mode="r", shape=(self.n_frames,))["px"]
 
     def _read(self, pixels, start, stop):
-        block = pixels[start:stop]
-        if self.pixel_type == "R64":
-            block = unpack_raw(block, self.disk_shape, self.quad_raw)
-        return to_native(block[:, ::-1])
+        return self.header.decode(pixels[start:stop])
 
 
-def unpack_raw(words: np.ndarray, disk_shape, quad: bool) -> np.ndarray:
-    """RAW 1-bit frames (k, n_words) of big-endian 64-bit words -> uint8 0/1 (k, rows, cols).
+class MibFolderFrames(FrameSource):
+    """The frames of a folder of .mib files (one file per frame, or several frames each), in order."""
 
-    Pixel j of a frame is bit j (least significant first) of its 64-bit words read big-endian.
-    A quad frame (rows=256, cols=1024: chips side by side as read out) is re-tiled so that it
-    equals the frame Merlin assembles itself (checked against processed files of the same
-    test pattern): the last two chips form the top half in reverse order, the first two the
-    bottom half rotated by 180 degrees.
+    def __init__(self, folder, files, counts, header: FrameHeader):
+        self.path = str(folder)
+        self.files = [str(f) for f in files]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.n_frames = int(self.starts[-1])
+        self.header = header
+        self.frame_shape = header.frame_shape
+        self.dtype = header.dtype
+
+    def _open(self):
+        return self.header.pixels_dtype()
+
+    def _read(self, dtype, start, stop):
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces, i = [], first
+        while i < len(self.files) and self.starts[i] < stop:
+            lo, hi = max(start, int(self.starts[i])) - int(self.starts[i]), min(stop, int(self.starts[i + 1])) - int(self.starts[i])
+            with open(self.files[i], "rb") as f:
+                block = np.fromfile(f, dtype=dtype, count=hi - lo, offset=lo * dtype.itemsize)
+            if len(block) != hi - lo:
+                raise ScanFormatError(f"{self.files[i]}: truncated last frame (expected {hi - lo} frames from frame {lo})")
+            pieces.append(self.header.decode(block["px"]))
+            i += 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def unpack_raw(words: np.ndarray, disk_shape, quad: bool, depth: int = 1) -> np.ndarray:
+    """RAW frames (k, n_words) of big-endian 64-bit words -> pixels (k, rows, cols): uint8 for 1-bit
+    (0/1) and 6-bit counters, uint16 for 12-bit.
+
+    Each 64-bit word (big-endian) holds 64 1-bit, 8 6-bit (one byte each) or 4 12-bit (two bytes
+    each) pixels, pixel j of the word in bits j*b.. counting from the least significant end (b = 1,
+    8, 16): the layout LiberTEM's decoders (``decode_r1_swap``, ``decode_r6_swap``,
+    ``decode_r12_swap``) read. A quad frame (rows=256, cols=1024: chips side by side as read out)
+    is re-tiled so that it equals the frame Merlin assembles itself (checked against processed
+    files of the same test pattern): the last two chips form the top half in reverse order, the
+    first two the bottom half rotated by 180 degrees.
     """
     rows, cols = disk_shape
     k = words.shape[0]
-    as_bytes = np.ascontiguousarray(words).astype("<u8").view(np.uint8)
-    bits = np.unpackbits(as_bytes, axis=-1, bitorder="little").reshape(k, rows, cols)
+    as_bytes = np.ascontiguousarray(words).astype("<u8").view(np.uint8)  # each word's bytes, least significant first
+    if depth == 1:
+        bits = np.unpackbits(as_bytes, axis=-1, bitorder="little").reshape(k, rows, cols)
+    elif depth == 6:
+        bits = as_bytes.reshape(k, rows, cols)
+    elif depth == 12:
+        bits = to_native(as_bytes.view("<u2")).reshape(k, rows, cols)
+    else:
+        raise ValueError(f"RAW counter depth {depth} is not decoded here (1, 6 or 12)")
     if not quad:
         return bits
     c = rows
@@ -297,15 +397,9 @@ def _check_layout(path, header: FrameHeader, size: int) -> int:
     return n
 
 
-def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
-    """Open a Merlin .mib (or its .hdr) lazily as a Scan."""
-    path = Path(path)
-    if path.suffix.lower() == ".hdr":
-        hdr_path, path = path, path.with_suffix(".mib")
-        if not path.exists():
-            raise ScanFormatError(f"{hdr_path}: no frame file beside this header ({path.name} not found)")
-    else:
-        hdr_path = path.with_suffix(".hdr")
+def _first_header(path, hdr: dict) -> FrameHeader:
+    """The first frame header of a .mib file (the counter depth of RAW frames from ``hdr`` when the
+    frame header does not state it)."""
     size = os.path.getsize(path)
     if size == 0:
         raise ScanFormatError(f"{path}: empty file")
@@ -314,13 +408,29 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     header = FrameHeader(first[:384], path)
     if header.header_bytes > 384:
         header = FrameHeader(first[: header.header_bytes], path)
+    header.use_hdr_depth(hdr)
     if size < header.frame_bytes:
         raise ScanFormatError(
             f"{path}: truncated last frame: {size} bytes, less than one frame of {header.frame_bytes}"
         )
-    n = _check_layout(path, header, size)
+    return header
 
+
+def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
+    """Open a Merlin .mib (or its .hdr, or a folder of .mib files) lazily as a Scan."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_folder(path, scan_shape, missing_at, chunk_frames)
+    if path.suffix.lower() == ".hdr":
+        hdr_path, path = path, path.with_suffix(".mib")
+        if not path.exists():
+            raise ScanFormatError(f"{hdr_path}: no frame file beside this header ({path.name} not found)")
+    else:
+        hdr_path = path.with_suffix(".hdr")
     hdr = read_hdr(hdr_path) if hdr_path.exists() else {}
+    header = _first_header(path, hdr)
+    n = _check_layout(path, header, os.path.getsize(path))
+
     hint = hdr_scan_shape(hdr) if scan_shape is None else None
     timestamps = None
     if scan_shape is None and hint is None:
@@ -334,7 +444,7 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     data, missing = grid_dask(source, shape, first=first_index, chunk_frames=chunk_frames, name=f"mib-{file_token(path)}")
     metadata = {
         "format": "Merlin .mib",
-        "dtype_on_disk": "R64 (1 bit per pixel, packed)" if header.raw else np.dtype(_PIXEL_TYPES[header.pixel_type]).str,
+        "dtype_on_disk": header.disk_description,
         "counter_depth": header.counter_depth,
         "chips": header.assembly,
         "exposure_s": header.exposure_s,
@@ -349,7 +459,8 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
         metadata["frame_period_s"] = float(np.median(np.diff(timestamps))) * 1e-9
     if hdr:
         metadata["hdr"] = hdr
-    geometry = Geometry(detector_shape=header.frame_shape, pixel_size_um=PIXEL_SIZE_UM)
+    # the pitch is the Medipix3's own; camera length, voltage and scan step stay assumed
+    geometry = Geometry(detector_shape=header.frame_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
     return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
 
 
@@ -360,4 +471,86 @@ def _last_timestamp(path, header: FrameHeader, n: int) -> str | None:
     try:
         return FrameHeader(raw, path).timestamp
     except ScanFormatError:
+        return None
+
+
+def _folder_hdr(folder, files) -> dict:
+    """The acquisition header of a folder of .mib files: its only .hdr, or the one named like its files."""
+    hdrs = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".hdr" and not p.name.startswith("."))
+    if len(hdrs) > 1:
+        prefix = re.sub(r"[_-]?\d+$", "", files[0].stem)
+        hdrs = [p for p in hdrs if p.stem == prefix] or []
+    return read_hdr(hdrs[0]) if len(hdrs) == 1 else {}
+
+
+def _read_folder(folder: Path, scan_shape, missing_at, chunk_frames) -> Scan:
+    """A folder of .mib files (Merlin's "one file per frame"): one scan, files in natural name order."""
+    files = mib_files(folder)
+    if not files:
+        raise ScanFormatError(f"{folder}: a directory that is not a scan (no .mib files in it)")
+    hdr = _folder_hdr(folder, files)
+    header = _first_header(files[0], hdr)
+    step = header.frame_bytes
+    counts = []
+    for f in files:
+        n, extra = divmod(os.path.getsize(f), step)
+        if n == 0 or extra:
+            what = "empty file" if n == extra == 0 else (
+                f"truncated last frame: {n} whole frames of {step} bytes and {extra} bytes more" if n else
+                f"truncated last frame: {extra} bytes, less than one frame of {step}")
+            raise ScanFormatError(f"{f}: {what} (frames of {files[0].name}: {header.width}x{header.height} "
+                                  f"{header.pixel_type})")
+        counts.append(n)
+    for f in (files[0], files[-1]):
+        with open(f, "rb") as fh:
+            if fh.read(4) != b"MQ1,":
+                raise ScanFormatError(f"{f}: corrupted frame header: does not start with 'MQ1,'")
+    total = sum(counts)
+    hint = hdr_scan_shape(hdr) if scan_shape is None else None
+    timestamps = None
+    if scan_shape is None and hint is None and header.timestamp is not None and max(counts) == 1:
+        timestamps = _folder_timestamps(files[:PROBE_FRAMES], header)
+        period = row_length_from_timestamps(timestamps)
+        if period:
+            hint = ((-(-total // period), period), "frame timestamps (line flyback)")
+    shape, how, first_index = resolve_scan_shape(folder, total, scan_shape, hint, missing_at)
+    source = MibFolderFrames(folder, files, counts, header)
+    token = file_token(files[-1]) + file_token(folder)
+    data, missing = grid_dask(source, shape, first=first_index, chunk_frames=chunk_frames,
+                              name=f"mibdir-{token}-{len(files)}")
+    metadata = {
+        "format": "Merlin .mib (folder, one file per frame)" if max(counts) == 1 else "Merlin .mib (folder of files)",
+        "dtype_on_disk": header.disk_description,
+        "counter_depth": header.counter_depth,
+        "chips": header.assembly,
+        "exposure_s": header.exposure_s,
+        "timestamp_first": header.timestamp,
+        "timestamp_last": _last_timestamp(files[-1], header, counts[-1]),
+        "n_frames_in_file": total,
+        "n_files": len(files),
+        "first_file": files[0].name,
+        "last_file": files[-1].name,
+        "scan_shape_from": how,
+        "orientation": "rows flipped: detector row 0 at the bottom, as Merlin displays frames",
+        "calibration": "pixel size 55 µm (Medipix3); camera length, voltage and scan step not in the files",
+    }
+    if timestamps is not None and len(timestamps) > 1:
+        metadata["frame_period_s"] = float(np.median(np.diff(timestamps))) * 1e-9
+    if hdr:
+        metadata["hdr"] = hdr
+    geometry = Geometry(detector_shape=header.frame_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
+    return Scan(data, geometry, missing=missing, metadata=metadata, source=str(folder))
+
+
+def _folder_timestamps(files, header: FrameHeader) -> np.ndarray | None:
+    """Timestamps (ns) of the first frame of each file, from their headers; None if unreadable."""
+    index = header.iso_field if header.timestamp.endswith("Z") else 9
+    stamps = []
+    try:
+        for f in files:
+            with open(f, "rb") as fh:
+                stamps.append(fh.read(header.header_bytes).split(b",")[index].decode("ascii").rstrip("Z")
+                              .replace(" ", "T"))
+        return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
+    except (OSError, IndexError, ValueError, UnicodeDecodeError):
         return None

@@ -9,34 +9,42 @@ scan grid: kept positions read their frame, every other position is marked in ``
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
 from ..classes import ClassTable
+from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from . import ScanFormatError
 from ._lazy import FrameSource, _indices, file_token, frame_chunks
+from .hdf5 import _h5py
 
 FORMAT = "napari-sedclassify/reduced"
 
 
-def _h5py():
-    import h5py
-    import hdf5plugin  # noqa: F401  (Bitshuffle filter)
-
-    return h5py
+def _open_file(path):
+    """The reduced file open for reading. A live reduction (``watch --reduce``) builds its file in
+    HDF5's SWMR mode; killed mid-run it stays marked as open for writing, and is then opened as an
+    SWMR reader (consistent: it holds what its last commit wrote)."""
+    h5py = _h5py()
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "already open for write" not in str(exc):
+            raise
+        return h5py.File(path, "r", swmr=True)
 
 
 def is_reduced(path) -> bool:
-    """True when ``path`` is an HDF5 file written by ``sedclassify reduce``."""
+    """True when ``path`` is an HDF5 file written by ``sedclassify reduce`` (or ``watch --reduce``)."""
     try:
         h5py = _h5py()
         if not h5py.is_hdf5(path):
             return False
-        with h5py.File(path, "r") as f:
+        with _open_file(path) as f:
             fmt = f.attrs.get("format")
         return (fmt.decode() if isinstance(fmt, bytes) else fmt) == FORMAT
     except (OSError, ValueError):
@@ -57,13 +65,11 @@ class ReducedFrames(FrameSource):
         self.terse = bool(terse)
 
     def _open(self):
-        return _h5py().File(self.path, "r")["frames_terse" if self.terse else "frames"]
+        return _open_file(self.path)["frames_terse" if self.terse else "frames"]
 
     def _read(self, ds, start, stop):
         if not self.terse:
             return np.asarray(ds[start:stop])
-        from ..pipeline.reduce import terse_decode
-
         out = np.empty((stop - start,) + self.frame_shape, self.dtype)
         for j, blob in enumerate(ds[start:stop]):
             out[j] = terse_decode(blob, self.frame_shape, self.dtype)
@@ -115,6 +121,47 @@ class KeptStack:
         return block[0] if isinstance(key[0], (int, np.integer)) else block
 
 
+def terse_encode(frame: np.ndarray) -> bytes:
+    """One frame as a TERSE/PROLIX stream, verified: decoding it must give ``frame`` exactly.
+
+    pyterse's default ("small") mode loses pixels in the last partial block of a frame; it is
+    switched off here, and the round trip is checked anyway: a mismatch raises ValueError.
+    """
+    import pyterse
+
+    frame = np.ascontiguousarray(frame)
+    t = pyterse.Terse()
+    t.set_small(False)
+    t.push_back(frame)
+    buf = io.BytesIO()
+    t.write(buf)
+    blob = buf.getvalue()
+    back = terse_decode(blob, frame.shape, frame.dtype)
+    if not np.array_equal(back, frame):
+        bad = int(np.count_nonzero(back != frame))
+        raise ValueError(f"TERSE round trip failed: {bad} of {frame.size} pixels differ after decoding "
+                         f"(pyterse {version_of('pyterse')}); use --compression bslz4")
+    return blob
+
+
+def terse_decode(blob, shape, dtype) -> np.ndarray:
+    """Decode one TERSE/PROLIX stream to a frame of ``shape`` and ``dtype``."""
+    import pyterse
+
+    data = pyterse.Terse(io.BytesIO(bytes(blob))).prolix()
+    return np.asarray(data).reshape(shape).astype(dtype, copy=False)
+
+
+def version_of(name: str) -> str | None:
+    """The installed version of distribution ``name``, None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def _attrs(f) -> dict:
     return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
@@ -124,9 +171,8 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     import dask.array as da
 
     path = Path(path)
-    h5py = _h5py()
     try:
-        with h5py.File(path, "r") as f:
+        with _open_file(path) as f:
             attrs = _attrs(f)
             if attrs.get("format") != FORMAT:
                 raise ScanFormatError(f"{path}: not a reduced scan (format {attrs.get('format')!r})")
@@ -138,6 +184,11 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
             kept = f["kept"][()]
             source_missing = f["missing"][()]
             probabilities = f["probabilities"][()] if "probabilities" in f else None
+            live = None
+            if "live_status" in f:  # written on the fly: what the last commit made part of the file
+                live = {"status": f["live_status"][()].decode(), "committed": int(f["live_committed"][()]),
+                        "report": json.loads(f["live_report"][()].decode() or "{}")}
+                index = index[:live["committed"]]
     except OSError as exc:
         raise ScanFormatError(f"{path}: not a readable reduced scan ({exc})") from exc
     sy, sx = (int(s) for s in attrs["scan_shape"])
@@ -147,6 +198,8 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     dtype = np.dtype(attrs["dtype"])
     number = np.full(sy * sx, -1, np.int64)
     number[index] = np.arange(index.size)
+    if live is not None:  # the kept positions are those whose frame is committed
+        kept = (number >= 0).reshape(sy, sx)
     source = ReducedFrames(path, index.size, (ky, kx), dtype, terse)
     grid = SparseGrid(source, number.reshape(sy, sx))
     rows, cols = frame_chunks((sy, sx), ky * kx * dtype.itemsize, chunk_frames)
@@ -169,6 +222,9 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     }
     if probabilities is not None:
         metadata["probabilities"] = probabilities
+    if live is not None:
+        metadata["status"] = "complete" if live["status"] == "complete" else "partial"
+        metadata["live"] = live
     geometry = Geometry.from_dict({**json.loads(attrs["geometry"]), "detector_shape": (ky, kx)})
     return Scan(data, geometry, missing=~kept, metadata=metadata, source=str(path))
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from . import ScanFormatError
 from ._lazy import FrameSource, check_pixel_dtype, file_token, grid_dask, native, resolve_scan_shape, to_native
 
 _TIFF = (".tif", ".tiff")

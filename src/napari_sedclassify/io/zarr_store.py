@@ -9,11 +9,12 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from . import ScanFormatError
 from ._lazy import Lazy4D, StackFrames, array_dask, check_pixel_dtype, file_token, grid_dask, resolve_scan_shape
 from .hdf5 import choose_dataset
+from .hyperspy import hspy_calibration
 
 _MARKERS = ("zarr.json", ".zarray", ".zgroup")
 
@@ -81,6 +82,11 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
     geometry = Geometry(detector_shape=node.shape[-2:])
     if isinstance(attrs.get("geometry"), dict):
         geometry = Geometry.from_dict({**attrs["geometry"], "detector_shape": node.shape[-2:]})
+    if name and "/" in name:  # HyperSpy / pyxem .zspy: Experiments/<title>/data beside its axis-N groups
+        hspy = hspy_calibration(zarr.open(str(path), mode="r")[name.rsplit("/", 1)[0]], node.shape[-2:])
+        if hspy is not None:
+            geometry = hspy[0]
+            metadata.update(hspy[1], format="HyperSpy (zarr)")
     metadata.update(scan_shape_from=how, attributes=attrs)
     return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Cancelled
+from ..errors import Cancelled
 
 
 def class_weights(y, class_weight) -> dict:

@@ -16,7 +16,7 @@ import os
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import Cancelled
+from ..errors import Cancelled
 from ._common import check_cancel, class_weights, stratified_subsample
 
 
@@ -103,7 +103,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         them when None), so an epoch costs the same whatever the data set size while every crop
         is used over the epochs. progress(epoch, logs) after every epoch (loss, accuracy,
         val_loss, val_accuracy, max_epochs); cancel() returning True stops within a batch with
-        :class:`~napari_sedclassify.models.Cancelled`.
+        :class:`~napari_sedclassify.errors.Cancelled`.
         """
         keras = import_keras()
         check_cancel(cancel)

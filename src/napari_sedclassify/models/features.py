@@ -17,12 +17,15 @@ Only numpy and scipy here; the estimators never see anything but the arrays made
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 #: px kept between a crop and the detector edge when the wanted radius does not fit.
 _CROP_MARGIN_PX = 2
+#: Background models of :class:`FeatureRecipe` (``background``).
+BACKGROUNDS = ("none", "poly")
 
 
 @dataclass(frozen=True)
@@ -33,23 +36,40 @@ class Augmentation:
     centre_jitter_px: largest simulated centre error (detector px).
     intensity_range: (low, high) dose/gain factor, drawn log-uniformly.
     radial_scale: largest relative radial scaling (0.04 = ±4 %, a camera length change).
+    blur_q_invA: largest radius (Å⁻¹ of q) of a uniform disc every RIA is blurred by, as a
+        convergent beam blurs the rings (a convergence semi-angle α draws a disc of α/λ in q:
+        0.5 mrad at 200 kV is 0.02 Å⁻¹); 0 = off.
+    dose_range: (low, high) factor on the dose, drawn log-uniformly: a factor f < 1 adds the
+        counting noise of a dose f times lower to every 1-px RIA bin (Poisson thinning: variance
+        x (1/f - 1) / n for a bin of mean x counts over n pixels), which is what a lower dose does
+        after normalisation; factors >= 1 add nothing. (1, 1) = off.
     """
 
     copies: int = 1
     centre_jitter_px: float = 1.0
     intensity_range: tuple = (0.5, 2.0)
     radial_scale: float = 0.04
+    blur_q_invA: float = 0.0
+    dose_range: tuple = (1.0, 1.0)
 
     def draw(self, n: int, rng: np.random.Generator) -> dict:
         """Random parameters for ``n`` frames: radial scale, centre jitter (px) and its direction
-        (rad), intensity factor."""
+        (rad), intensity factor, and the radius (Å⁻¹) of a convergent-beam disc blur (uniform in
+        [0, ``blur_q_invA``]; drawn only when that is set, so older recipes draw the same numbers)."""
         lo, hi = self.intensity_range
-        return {
+        out = {
             "scale": 1.0 + rng.uniform(-self.radial_scale, self.radial_scale, n),
             "jitter": rng.uniform(0.0, self.centre_jitter_px, n),
             "angle": rng.uniform(0.0, 2 * np.pi, n),
             "intensity": np.exp(rng.uniform(np.log(lo), np.log(hi), n)),
         }
+        if self.blur_q_invA > 0:
+            out["blur_q"] = rng.uniform(0.0, self.blur_q_invA, n)
+        lo, hi = self.dose_range
+        if lo < 1.0:
+            out["dose"] = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+            out["noise_seed"] = int(rng.integers(2**62))
+        return out
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,19 @@ class FeatureRecipe:
         used when the geometry is calibrated; crop_radius_px otherwise (or when given).
     crop_size: side of the CNN input (px after binning/resampling).
     augmentation: training-time augmentation.
+    background: "none", or "poly": after the log normalisation, subtract from every RIA the
+        least-squares polynomial of degree ``background_degree`` in log q (log r on the px
+        axis) over the feature range: the smooth falling background, whose level and slope change
+        with ice thickness (plural and inelastic scattering) and dose, goes; the rings stay.
+    standardise: then divide every RIA by its own standard deviation over the bins (ring
+        contrast relative to the profile's own variation; removes a thickness-dependent scale).
+    scan_context: number of q bands (0 = none) whose level relative to the scan's own median
+        profile is appended to every RIA's features: log(frame band mean / scan median band mean).
+        Normalising each frame by its own median removes the dose but also how much the frame
+        scatters; relative to its scan (one dose, one gain) that stays, and it tells a carbon
+        point under thick ice (full carbon signal plus ice) from a mixed point at a hole edge
+        (less carbon), which the profile's shape alone cannot. Needs whole scans (the reference
+        is the median over the scan's recorded frames), so not for live classification.
     """
 
     kind: str = "ria"
@@ -80,6 +113,10 @@ class FeatureRecipe:
     crop_radius_px: float | None = None
     crop_size: int = 48
     augmentation: Augmentation = field(default_factory=Augmentation)
+    background: str = "none"
+    background_degree: int = 2
+    standardise: bool = False
+    scan_context: int = 0
 
     def __post_init__(self):
         if self.kind not in ("ria", "crop"):
@@ -88,10 +125,17 @@ class FeatureRecipe:
             raise ValueError(f"RIA axis must be 'q' or 'px', not {self.axis!r}")
         if self.crop_radius_A is None and self.crop_radius_px is None and self.kind == "crop":
             raise ValueError("a crop recipe needs crop_radius_A or crop_radius_px")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, not {self.background!r}")
+        if (self.background != "none" or self.standardise) and (self.kind != "ria" or not self.normalise):
+            raise ValueError("background removal and standardisation work on normalised RIA features")
+        if self.scan_context and (self.kind != "ria" or not 0 < self.scan_context <= self.n_bins):
+            raise ValueError(f"scan_context needs RIA features and 1..n_bins bands, got {self.scan_context}")
         aug = self.augmentation
         if isinstance(aug, dict):
             aug = Augmentation(**aug)
-        object.__setattr__(self, "augmentation", replace(aug, intensity_range=tuple(aug.intensity_range)))
+        object.__setattr__(self, "augmentation", replace(aug, intensity_range=tuple(aug.intensity_range),
+                                                         dose_range=tuple(aug.dose_range)))
 
     def replace(self, **changes) -> "FeatureRecipe":
         return replace(self, **changes)
@@ -99,6 +143,7 @@ class FeatureRecipe:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["augmentation"]["intensity_range"] = list(self.augmentation.intensity_range)
+        d["augmentation"]["dose_range"] = list(self.augmentation.dose_range)
         return d
 
     @classmethod
@@ -123,6 +168,32 @@ class FeatureRecipe:
             lo, hi = self.r_min_px, self.r_max_px
         return np.linspace(lo, hi, self.n_bins + 1)
 
+    def for_geometries(self, geometries) -> "FeatureRecipe":
+        """This recipe with its RIA range narrowed to what every detector of ``geometries`` reaches
+        (the radius of the largest circle inside the frame about its centre), keeping the bin
+        width: a model trained on them never asks for q (or px) its training frames did not hold."""
+        geometries = list(geometries)
+        if self.kind != "ria" or not geometries:
+            return self
+        if self.axis == "q":
+            for g in geometries:
+                if not g.calibrated:
+                    raise ValueError("RIA features on a q axis need the camera length and voltage of every scan")
+            reach = min(float(g.radius_px_to_q_invA(reach_px(g))) for g in geometries)
+            lo, hi, key = self.q_min_invA, self.q_max_invA, "q_max_invA"
+            reach = math.floor(reach * 1000) / 1000
+            unit = "Å⁻¹"
+        else:
+            reach = float(min(reach_px(g) for g in geometries))
+            lo, hi, key, unit = self.r_min_px, self.r_max_px, "r_max_px", "px"
+        if reach >= hi:
+            return self
+        if reach < 2 * lo:
+            raise ValueError(f"the detector reaches only {reach:g} {unit} from the centre, too little for RIA "
+                             f"features from {lo:g} {unit}: check the pixel size and camera length")
+        n_bins = max(8, int(round(self.n_bins * (reach - lo) / (hi - lo))))
+        return replace(self, **{key: reach, "n_bins": n_bins})
+
     def wanted_crop_radius_px(self, geometry) -> float:
         """The crop radius (px) the recipe asks for on this geometry, before clipping."""
         if self.crop_radius_px is not None:
@@ -143,6 +214,11 @@ class FeatureRecipe:
         b = max(1, (2 * half) // self.crop_size)
         half = max(b, (half // b) * b)
         return half, b
+
+
+def reach_px(geometry) -> float:
+    """Radius (px) of the largest circle about the detector centre that the frame holds."""
+    return min(geometry.detector_shape) / 2.0
 
 
 # ---- RIA features ---------------------------------------------------------------------------
@@ -173,17 +249,46 @@ def _interp_rows(cum: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return a + frac * (b - a)
 
 
-def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | None = None) -> np.ndarray:
+def scan_reference(ria, radii_px, recipe: FeatureRecipe, geometry, valid=None) -> np.ndarray:
+    """The scan's reference for ``recipe.scan_context``: the median over its frames (``valid``,
+    default all with a profile) of the raw bin means on the recipe's bins, (n_bins,)."""
+    ria = np.asarray(ria, dtype=np.float64).reshape(-1, np.shape(radii_px)[0])
+    ok = ~np.isnan(ria).all(axis=1) if valid is None else np.asarray(valid, bool).ravel() & ~np.isnan(ria).all(axis=1)
+    if not ok.any():
+        return np.full(recipe.n_bins, np.nan)
+    raw = replace(recipe, normalise=False, background="none", standardise=False, scan_context=0)
+    with np.errstate(all="ignore"):
+        return np.nanmedian(ria_features(ria[ok], radii_px, raw, geometry), axis=0).astype(np.float64)
+
+
+def _context(feats: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    """log(band mean / reference band mean) for k equal bands of bins: (n, k)."""
+    bands = np.array_split(np.arange(feats.shape[1]), k)
+    cols = []
+    for b in bands:
+        ref = float(np.mean(reference[b]))
+        ref = ref if ref > 0 else 1e-9
+        cols.append(np.log(np.maximum(feats[:, b].mean(axis=1), 1e-3 * ref) / ref))
+    return np.stack(cols, axis=1)
+
+
+def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | None = None,
+                 reference=None) -> np.ndarray:
     """RIA features (n, n_bins) float32 from raw RIAs (n, nb) on 1-px-like uniform bins.
 
     ria: mean intensity per radial bin (NaN where a bin is empty); radii_px: the bins' centres
     (px, uniform spacing). Each feature is the mean of the profile over one recipe bin (an exact
     average of the piecewise-constant profile, so no noise is lost by resampling). ``aug`` (from
     :meth:`Augmentation.draw`, one entry per frame) scales the radius, blurs by a centre error and
-    multiplies the intensity. Rows whose profile is all NaN come back as NaN.
+    multiplies the intensity. Rows whose profile is all NaN come back as NaN. reference: the
+    scan's :func:`scan_reference`, needed (and only used) when ``recipe.scan_context`` is set: the
+    band levels relative to it are appended (before the intensity factor, which a scan's frames
+    share, so it cancels).
     """
     ria = np.asarray(ria, dtype=np.float64)
     radii_px = np.asarray(radii_px, dtype=np.float64)
+    if aug is not None and aug.get("dose") is not None:
+        ria = _thinned(ria, radii_px, geometry, np.asarray(aug["dose"]), aug["noise_seed"])
     n, nb = ria.shape
     width = float(radii_px[1] - radii_px[0]) if nb > 1 else 1.0
     start = float(radii_px[0]) - width / 2
@@ -195,20 +300,103 @@ def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | Non
     if aug is not None:
         edges = edges * np.asarray(aug["scale"])[:, None]
     edges = np.broadcast_to(edges, (n, edges.shape[1]))
-    if aug is not None and np.any(aug["jitter"] > 0):
-        # A centre error of δ px spreads radius r over r + δ cos φ: average over φ.
-        phis = np.linspace(0, np.pi, 7)
-        jit = np.asarray(aug["jitter"])[:, None]
-        vals = np.mean([_interp_rows(cum, (edges + jit * np.cos(p) - start) / width) for p in phis], axis=0)
+    shifts = _radial_shifts(aug, geometry, n)
+    if shifts:
+        # Each frame's profile averaged over radial shifts u (weights w): a centre error of δ px
+        # spreads radius r over r + δ cos φ, a convergent beam's disc of radius a over r + ρ cos φ
+        # (ρ, φ uniform in the disc); averaging the cumulative profile at the shifted bin edges
+        # gives the bin means of the blurred profile.
+        if len({w for _, w in shifts}) == 1:  # equal weights (centre jitter alone): a plain mean
+            vals = np.mean([_interp_rows(cum, (edges + u - start) / width) for u, _ in shifts], axis=0)
+        else:
+            vals = sum(w * _interp_rows(cum, (edges + u - start) / width) for u, w in shifts)
     else:
         vals = _interp_rows(cum, (edges - start) / width)
     feats = np.diff(vals, axis=1) / np.diff(edges, axis=1)
+    context = None
+    if recipe.scan_context:
+        if reference is None:
+            raise ValueError("this recipe compares every frame with its scan (scan_context): give the scan's "
+                             "reference profile (scan_reference)")
+        context = _context(feats, np.asarray(reference, dtype=np.float64), int(recipe.scan_context))
     if aug is not None:
         feats = feats * np.asarray(aug["intensity"])[:, None]
     if recipe.normalise:
         feats = _normalise_rows(feats)
+    if recipe.background != "none":
+        feats = feats - feats @ _background_projector(recipe).T
+    if recipe.standardise:
+        feats = _standardise_rows(feats)
+    if context is not None:
+        feats = np.concatenate([feats, context], axis=1)
     feats[empty] = np.nan
     return feats.astype(np.float32)
+
+
+def _pixels_per_bin(radii_px: np.ndarray, geometry) -> np.ndarray:
+    """About how many detector pixels a 1-px-wide ring at each radius holds when centred on the
+    detector (the arc inside the frame: full circles inside the inscribed circle, less towards the
+    corners)."""
+    h = min(geometry.detector_shape) / 2.0
+    r = np.maximum(np.asarray(radii_px, dtype=np.float64), 0.5)
+    inside = np.clip(1.0 - (4.0 / np.pi) * np.arccos(np.clip(h / r, -1.0, 1.0)), 0.0, 1.0)
+    return np.maximum(2 * np.pi * r * inside, 1.0)
+
+
+def _thinned(ria, radii_px, geometry, dose, seed) -> np.ndarray:
+    """RIAs (counts per pixel) with the extra counting noise of a dose ``dose`` times lower (< 1)."""
+    extra = np.clip(1.0 / np.asarray(dose, dtype=np.float64) - 1.0, 0.0, None)[:, None]
+    if not np.any(extra > 0):
+        return ria
+    sd = np.sqrt(np.clip(np.nan_to_num(ria, nan=0.0), 0.0, None) * extra / _pixels_per_bin(radii_px, geometry)[None])
+    return ria + sd * np.random.default_rng(seed).standard_normal(ria.shape)
+
+
+def _radial_shifts(aug: dict | None, geometry, n: int) -> list:
+    """[(shift (n, 1) px, weight)] whose weighted average blurs each profile as ``aug`` says
+    (centre jitter, convergent-beam disc); empty when nothing blurs."""
+    if aug is None:
+        return []
+    jit = np.asarray(aug["jitter"], dtype=np.float64)[:, None]
+    blur = aug.get("blur_q")
+    parts = []
+    if np.any(jit > 0):
+        # δ cos φ, φ uniform: 7 equally spaced azimuths over half a turn
+        parts.append([(jit * np.cos(p), 1.0 / 7) for p in np.linspace(0, np.pi, 7)])
+    if blur is not None and np.any(np.asarray(blur) > 0):
+        a = np.asarray(geometry.q_invA_to_radius_px(np.asarray(blur, dtype=np.float64)))[:, None]
+        # ρ cos φ over a uniform disc of radius a has the semicircle density ∝ sqrt(a² - u²):
+        # Gauss-Chebyshev nodes of the second kind
+        m = 7
+        k = np.arange(1, m + 1)
+        x, w = np.cos(k * np.pi / (m + 1)), np.sin(k * np.pi / (m + 1)) ** 2
+        parts.append([(a * xi, wi / w.sum()) for xi, wi in zip(x, w)])
+    if not parts:
+        return []
+    if len(parts) == 1:
+        return parts[0]
+    return [(u1 + u2, w1 * w2) for u1, w1 in parts[0] for u2, w2 in parts[1]]
+
+
+def _background_projector(recipe: FeatureRecipe) -> np.ndarray:
+    """(n_bins, n_bins) projection onto polynomials of degree ``background_degree`` in log q (or
+    log r) at the feature bins' centres: ``y @ P.T`` is each row's least-squares smooth trend."""
+    if recipe.axis == "q":
+        edges = np.linspace(recipe.q_min_invA, recipe.q_max_invA, recipe.n_bins + 1)
+    else:
+        edges = np.linspace(recipe.r_min_px, recipe.r_max_px, recipe.n_bins + 1)
+    x = np.log(0.5 * (edges[1:] + edges[:-1]))
+    x = (x - x.mean()) / (x.std() or 1.0)
+    V = np.vander(x, int(recipe.background_degree) + 1, increasing=True)
+    Q, _ = np.linalg.qr(V)
+    return Q @ Q.T
+
+
+def _standardise_rows(x: np.ndarray) -> np.ndarray:
+    """Every row minus its mean, divided by its standard deviation (rows without spread: centred)."""
+    x = x - x.mean(axis=1, keepdims=True)
+    sd = x.std(axis=1, keepdims=True)
+    return x / np.where(sd > 0, sd, 1.0)
 
 
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
@@ -264,3 +452,20 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
         scale = np.where(scale > 0, scale, np.where(fallback > 0, fallback, 1.0))
         out = np.log1p(np.maximum(out, 0) / scale[:, None, None])
     return out.astype(np.float32)
+
+
+#: Estimator settings that go with :func:`session_robust_recipe`: square-root balanced class
+#: weights (full balancing pushes every doubtful frame of another session into the rare "mixed").
+SESSION_ROBUST_PARAMS = {"class_weight": "sqrt"}
+
+
+def session_robust_recipe(camera_length_fitted: bool = True, **changes) -> FeatureRecipe:
+    """The RIA recipe measured to generalise across sessions (docs/models.md, docs/results.md):
+    log-median normalisation, six band levels relative to the scan's median profile (scan
+    context), and augmentation with a convergent-beam disc blur up to 0.035 Å⁻¹ (0.9 mrad at 200 kV), the
+    counting noise of 0.2-1x the dose, centre jitter and radial scaling: ±3 % when the camera
+    length of every scan was fitted (``sedclassify calibrate``), ±12 % when only nominal values
+    are known (the microscope's camera length can be 10 % off)."""
+    aug = Augmentation(copies=1, centre_jitter_px=1.0, intensity_range=(0.5, 2.0),
+                       radial_scale=0.03 if camera_length_fitted else 0.12, blur_q_invA=0.035, dose_range=(0.2, 1.0))
+    return FeatureRecipe(kind="ria", scan_context=6, augmentation=aug).replace(**changes)

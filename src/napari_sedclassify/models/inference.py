@@ -9,6 +9,10 @@ import numpy as np
 from ._common import check_cancel
 
 
+#: Fewest recorded frames a scan-context model (``FeatureRecipe.scan_context``) classifies at once.
+MIN_CONTEXT_FRAMES = 64
+
+
 @dataclass
 class Prediction:
     """class_map: uint8 (sy, sx) class ids, 0 where a frame is missing or could not be
@@ -24,6 +28,13 @@ def predict_scan(model, scan_features, batch_frames: int = 4096, cancel=None) ->
     """Classify every recorded frame of ``scan_features`` (a ``ScanFeatures``) with ``model``
     (a ``SedModel``), ``batch_frames`` frames at a time."""
     model.check_geometry(scan_features.geometry, scan_features.name)
+    if model.recipe.kind == "ria" and model.recipe.scan_context and (~scan_features.missing).sum() < MIN_CONTEXT_FRAMES:
+        from ..errors import IncompatibleModelError
+
+        raise IncompatibleModelError(
+            f"model {model.name} compares every frame with the median of its scan (scan_context), which needs a "
+            f"whole scan (at least {MIN_CONTEXT_FRAMES} frames); {scan_features.name} has "
+            f"{int((~scan_features.missing).sum())}: classify whole scans (sedclassify predict), not frame by frame")
     sy, sx = scan_features.scan_shape
     ids = list(model.classes.ids)
     proba = np.full((sy * sx, len(ids)), np.nan, dtype=np.float32)
@@ -42,3 +53,25 @@ def predict_scan(model, scan_features, batch_frames: int = 4096, cancel=None) ->
     done = np.isfinite(proba).all(axis=1)
     class_map[done] = np.asarray(ids, dtype=np.uint8)[np.argmax(proba[done], axis=1)]
     return Prediction(class_map.reshape(sy, sx), proba.reshape(sy, sx, len(ids)), ids)
+
+
+def uncertain_mask(probabilities, threshold: float) -> np.ndarray:
+    """bool (sy, sx): classified frames whose most probable class has a probability below
+    ``threshold`` (0-1). Frames not classified (NaN probabilities) are not marked."""
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the uncertainty threshold is a probability between 0 and 1, got {threshold}")
+    p = np.asarray(probabilities, dtype=np.float32)
+    done = np.isfinite(p).all(axis=-1)
+    top = np.where(done, np.nanmax(np.where(np.isfinite(p), p, -np.inf), axis=-1), np.inf)
+    return done & (top < threshold)
+
+
+def mark_uncertain(class_map, probabilities, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(class map with uncertain frames set to 0 = "not classified", the uncertain mask): frames whose
+    most probable class is below ``threshold`` drop out of the class map, and so out of every
+    keep-list and reduction made from it; selection then trades recall for precision."""
+    mask = uncertain_mask(probabilities, threshold)
+    out = np.array(class_map, copy=True)
+    out[mask] = 0
+    return out, mask

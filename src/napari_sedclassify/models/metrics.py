@@ -6,8 +6,11 @@ the usual fraction of correctly classified points (equal to the support-weighted
 is what the paper's Table 1 shows as weighted accuracy).
 
 Points labeled 0 (unlabeled) or predicted 0 (missing frame, not classified) are left out and
-counted in ``n_excluded``. The metrics are a JSON-ready dict. numpy only; matplotlib is
-imported by the plotting functions.
+counted in ``n_excluded``. The metrics are a JSON-ready dict. The numbers come from
+``sklearn.metrics`` (confusion matrix, precision/recall/F1, Jaccard) and the confusion plot from
+its ``ConfusionMatrixDisplay``; what is kept here is what it lacks: leaving out class 0, macro
+averages over the classes present, the JSON layout, the text table and the map figures.
+scikit-learn and matplotlib are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -15,20 +18,22 @@ from __future__ import annotations
 import numpy as np
 
 from ..classes import ClassTable
-from ._atomic import atomic_path
+from ..io.atomic import atomic_path
 
 _METRICS = ("precision", "recall", "f1", "jaccard")
 
 
 def confusion_matrix(y_true, y_pred, labels) -> np.ndarray:
-    """Counts (k, k): rows are true classes, columns predicted classes, in ``labels`` order."""
+    """Counts (k, k): rows are true classes, columns predicted classes, in ``labels`` order; points
+    whose true or predicted value is not in ``labels`` are left out."""
+    from sklearn import metrics as skm
+
     labels = np.asarray(labels)
-    index = {int(c): i for i, c in enumerate(labels.tolist())}
-    k = len(labels)
-    t = np.array([index.get(int(v), -1) for v in np.asarray(y_true).ravel()])
-    p = np.array([index.get(int(v), -1) for v in np.asarray(y_pred).ravel()])
-    ok = (t >= 0) & (p >= 0)
-    return np.bincount(t[ok] * k + p[ok], minlength=k * k).reshape(k, k)
+    t, p = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    ok = np.isin(t, labels) & np.isin(p, labels)
+    if not ok.any():  # scikit-learn refuses a matrix without any true label
+        return np.zeros((len(labels), len(labels)), dtype=np.int64)
+    return skm.confusion_matrix(t[ok], p[ok], labels=labels)
 
 
 def _ratio(a, b):
@@ -42,30 +47,34 @@ def evaluate(y_true, y_pred, classes: ClassTable | None = None) -> dict:
     Returns a JSON-ready dict: ``classes`` (ids and names), ``n`` (points compared),
     ``n_excluded``, ``confusion`` (counts) and ``confusion_normalised`` (rows sum to 1),
     ``per_class`` {name: precision, recall, f1, jaccard, support}, ``weighted`` (averages
-    weighted by support, plus ``accuracy``), ``macro`` and ``accuracy``.
+    weighted by support, plus ``accuracy``), ``macro`` (over the classes present) and ``accuracy``.
     """
+    from sklearn import metrics as skm
+
     classes = classes or ClassTable.default()
     y_true = np.asarray(y_true).ravel()
     y_pred = np.asarray(y_pred).ravel()
     if y_true.shape != y_pred.shape:
         raise ValueError(f"true and predicted labels differ in size: {y_true.size} vs {y_pred.size}")
     keep = (y_true > 0) & (y_pred > 0)
-    ids = classes.ids
-    cm = confusion_matrix(y_true[keep], y_pred[keep], ids)
-    tp = np.diag(cm).astype(float)
+    ids = list(classes.ids)
+    t, p = y_true[keep], y_pred[keep]
+    cm = confusion_matrix(t, p, ids)
     support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    precision = _ratio(tp, predicted)
-    recall = _ratio(tp, support)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    jaccard = _ratio(tp, support + predicted - tp)
     n = int(cm.sum())
+    zeros = np.zeros(len(ids))
+    if n:
+        precision, recall, f1, _ = skm.precision_recall_fscore_support(t, p, labels=ids, average=None,
+                                                                       zero_division=0)
+        jaccard = skm.jaccard_score(t, p, labels=ids, average=None, zero_division=0)
+        accuracy = float(skm.accuracy_score(t, p))
+    else:
+        precision, recall, f1, jaccard, accuracy = zeros, zeros, zeros, zeros, 0.0
     per = {"precision": precision, "recall": recall, "f1": f1, "jaccard": jaccard}
     names = [classes.names[i] for i in ids]
     weighted = {m: float(np.sum(per[m] * support) / n) if n else 0.0 for m in _METRICS}
     present = support > 0
     macro = {m: float(per[m][present].mean()) if present.any() else 0.0 for m in _METRICS}
-    accuracy = float(tp.sum() / n) if n else 0.0
     weighted["accuracy"] = accuracy
     return {
         "classes": [{"id": int(i), "name": nm} for i, nm in zip(ids, names)],
@@ -131,23 +140,25 @@ def class_colormap(classes: ClassTable):
 
 
 def plot_confusion(metrics: dict, path, title: str = "") -> None:
-    """Confusion matrix: colour = fraction of each true class, text = count and fraction."""
+    """Confusion matrix (scikit-learn's ConfusionMatrixDisplay): colour = fraction of each true
+    class, text = count and fraction."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     names = [c["name"].replace("_", " ") for c in metrics["classes"]]
     counts = np.asarray(metrics["confusion"])
     norm = np.asarray(metrics["confusion_normalised"])
     fig = _figure(figsize=(4.6, 4.0))
     ax = fig.add_subplot()
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{counts[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    disp = ConfusionMatrixDisplay(norm, display_labels=names)
+    disp.plot(ax=ax, cmap="Blues", colorbar=True, xticks_rotation=30, values_format=".2f",
+              im_kw={"vmin": 0, "vmax": 1}, text_kw={"fontsize": 8})
+    for (i, j), text in np.ndenumerate(disp.text_):
+        text.set_text(f"{counts[i, j]}\n{norm[i, j]:.2f}")
+        text.set_color("white" if norm[i, j] > 0.5 else "black")  # on the fixed 0..1 colour scale
+    ax.tick_params(labelsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"weighted F1 {metrics['weighted']['f1']:.3f}", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
     _save(fig, path)
 
 
@@ -253,4 +264,78 @@ def plot_fig6(rows, path, classes: ClassTable | None = None, title: str = "") ->
         fig.suptitle(title, fontsize=11)
     height = 2.9 * len(rows)
     fig.subplots_adjust(bottom=0.5 / height + 0.02, top=1 - 0.85 / height, hspace=0.3)
+    _save(fig, path)
+
+
+def reliability(y_true, probabilities, class_ids, n_bins: int = 10) -> dict:
+    """How well the top-class probabilities are calibrated.
+
+    y_true: true class ids (any shape, 0 = unlabeled, left out); probabilities: (..., k) for
+    ``class_ids`` (NaN rows = not classified, left out). Frames are binned by the probability of
+    their most probable class (``n_bins`` equal bins over 0-1); per bin: count, mean confidence,
+    accuracy. ``ece``: expected calibration error (the count-weighted mean |accuracy - confidence|);
+    ``mce``: its largest bin value. Also, per threshold t in ``curve``: the fraction of frames kept
+    (top probability >= t), the accuracy among them, and the amorphous-ice precision when class 2
+    is among ``class_ids``, which is what ``--uncertain-below t`` trades.
+    """
+    y = np.asarray(y_true).ravel()
+    p = np.asarray(probabilities, dtype=np.float64).reshape(y.size, -1)
+    ok = (y > 0) & np.isfinite(p).all(axis=1)
+    y, p = y[ok], p[ok]
+    ids = np.asarray(class_ids)
+    pred = ids[np.argmax(p, axis=1)] if len(p) else np.zeros(0, dtype=ids.dtype)
+    conf = p.max(axis=1) if len(p) else np.zeros(0)
+    right = pred == y
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        sel = which == b
+        n = int(sel.sum())
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": n,
+                     "confidence": float(conf[sel].mean()) if n else None,
+                     "accuracy": float(right[sel].mean()) if n else None})
+    gaps = [(b["count"], abs(b["accuracy"] - b["confidence"])) for b in bins if b["count"]]
+    total = sum(c for c, _ in gaps)
+    curve = []
+    for t in (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
+        keep = conf >= t
+        row = {"threshold": t, "kept": float(keep.mean()) if len(keep) else 0.0,
+               "accuracy": float(right[keep].mean()) if keep.any() else None}
+        if 2 in ids:
+            sel = keep & (pred == 2)
+            row["amorphous_ice_precision"] = float((y[sel] == 2).mean()) if sel.any() else None
+            row["amorphous_ice_recall"] = float(((pred == 2) & keep & (y == 2)).sum() / max((y == 2).sum(), 1))
+        curve.append(row)
+    return {"n": int(len(y)), "bins": bins, "ece": float(sum(c * g for c, g in gaps) / total) if total else None,
+            "mce": float(max(g for _, g in gaps)) if gaps else None, "curve": curve}
+
+
+def plot_reliability(curves: dict, path, title: str = "") -> None:
+    """Reliability diagram: accuracy against confidence per bin for each {label: reliability()}
+    (the diagonal is perfect calibration), with the frame counts per bin below."""
+    fig = _figure(figsize=(8.4, 4.0))
+    ax, axh = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+    for label, r in curves.items():
+        pts = [(b["confidence"], b["accuracy"]) for b in r["bins"] if b["count"]]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, marker="o", ms=4, label=f"{label} (ECE {r['ece']:.3f})")
+        centres = [(b["low"] + b["high"]) / 2 for b in r["bins"]]
+        axh.plot(centres, [max(b["count"], 0.5) for b in r["bins"]], marker=".", label=label)
+    ax.set_xlabel("confidence (probability of the predicted class)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="upper left")
+    axh.set_yscale("log")
+    axh.set_xlabel("confidence")
+    axh.set_ylabel("frames per bin")
+    axh.set_xlim(0, 1)
+    for a in (ax, axh):
+        a.tick_params(labelsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     _save(fig, path)

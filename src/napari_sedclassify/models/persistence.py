@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import ClassTable
+from ..errors import IncompatibleModelError, ModelFileError
 from ..geometry import Geometry
-from ._atomic import atomic_path
+from ..io.atomic import atomic_path
+from ..jsonutil import jsonable
 from .features import FeatureRecipe
 
 FORMAT = "napari-sedclassify-model"
@@ -37,22 +39,15 @@ SUFFIX = ".sedmodel"
 
 #: Types beyond skops' defaults (which cover scikit-learn estimators and numpy) that a model
 #: file may contain. Reviewed: each is a plain scikit-learn state container whose loading runs
-#: no user code: Adam/SGD optimiser state of MLPClassifier, and the per-class sigmoid
-#: calibrators of CalibratedClassifierCV.
+#: no user code: Adam/SGD optimiser state of MLPClassifier, the per-class sigmoid
+#: calibrators of CalibratedClassifierCV (SVM) and its temperature scaling (FCNN: one float).
 TRUSTED_TYPES = [
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
+    "sklearn.calibration._TemperatureScaling",
 ]
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be read or is refused (unknown format, untrusted content)."""
-
-
-class IncompatibleModelError(ValueError):
-    """A model applied to a scan (or features) it was not made for; the message says why."""
 
 
 @dataclass
@@ -63,7 +58,11 @@ class SedModel:
     features are made. preprocess: PreprocessParams as a dict (centring, RIA bins...).
     classes: class table. geometry: detector geometry of the training scans. training: summary
     (scans, counts, split, seed, history, time). metrics: evaluation results. versions:
-    library versions at training time. source: the file it was loaded from.
+    library versions at training time. source: the file it was loaded from. domain: the model
+    card's training domain (the built-in model's: voltage, q range, radial sampling, detector
+    sizes, calibration origins it accepts, the sessions it was trained on); scans outside it are
+    refused by :meth:`check_geometry`. Empty for models trained by users (their training scans'
+    geometry is the check).
     """
 
     kind: str
@@ -76,9 +75,12 @@ class SedModel:
     metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     source: str | None = None
+    domain: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
+        if self.source and (is_builtin(self.source) or Path(self.source) == builtin_model_path()):
+            return f"'{BUILTIN}' (the built-in model)"
         return self.source or f"(unsaved {self.kind} model)"
 
     def predict_proba(self, X) -> np.ndarray:
@@ -89,11 +91,64 @@ class SedModel:
 
     def check_geometry(self, geometry: Geometry, scan_name: str = "the scan") -> None:
         """Raise :class:`IncompatibleModelError` when the recipe cannot run on ``geometry``."""
-        problems = _geometry_problems(self.recipe, self.geometry, geometry)
+        problems = _domain_problems(self.domain, geometry) or _geometry_problems(self.recipe, self.geometry, geometry)
         if problems:
             raise IncompatibleModelError(
                 f"model {self.name} cannot be applied to {scan_name}: " + "; ".join(problems)
             )
+
+
+#: The name that stands for the model shipped inside the package (``sedclassify predict builtin``).
+BUILTIN = "builtin"
+
+
+def builtin_model_path() -> Path:
+    """The built-in model's file inside the package (``scripts/train_builtin.py`` writes it)."""
+    return Path(__file__).resolve().parent / "data" / "builtin.sedmodel"
+
+
+def is_builtin(name) -> bool:
+    """True for the name of the built-in model ("builtin", any case)."""
+    return isinstance(name, str) and name.strip().lower() == BUILTIN
+
+
+def resolve_model_path(path) -> Path:
+    """The file of a model name: "builtin" is the built-in model's file, anything else a path."""
+    return builtin_model_path() if is_builtin(path) else Path(path)
+
+
+def _domain_problems(domain: dict, scan: Geometry) -> list[str]:
+    """Why ``scan`` lies outside a model card's training ``domain`` (empty when inside or when the
+    model states no domain): calibration values that were assumed, or not from an accepted origin,
+    a voltage or radial sampling (λL/p, px per Å⁻¹) or detector size it was not trained on."""
+    if not domain:
+        return []
+    out = []
+    origins = domain.get("calibration_origins")
+    for name, label, flag in (("camera_length_mm", "camera length", "--camera-length MM"),
+                              ("voltage_kv", "voltage", "--voltage KV"), ("pixel_size_um", "pixel size", "--pixel-size UM")):
+        origin = scan.origin(name)
+        if origin in ("assumed", "unknown") or (origins and origin not in origins):
+            out.append(f"the scan's {label} is {origin} ({getattr(scan, name)}); this model only reads scans whose "
+                       f"{label} is known: give it ({flag})"
+                       + (" or fit it with `sedclassify calibrate`" if name == "camera_length_mm" else ""))
+    if out:
+        return out
+    lo, hi = domain.get("voltage_kv", (None, None))
+    if lo is not None and not (lo - 1.0 <= scan.voltage_kv <= hi + 1.0):
+        out.append(f"the scan was recorded at {scan.voltage_kv:g} kV but the model was trained on "
+                   f"{lo:g}{'' if lo == hi else f'-{hi:g}'} kV data only")
+    lo, hi = domain.get("lambda_L_over_p_px_A", (None, None))
+    if lo is not None and not lo <= scan.lambda_L_over_p <= hi:
+        out.append(f"the radial sampling λL/p of this scan is {scan.lambda_L_over_p:.0f} px·Å (px per Å⁻¹), outside "
+                   f"the {lo:g}-{hi:g} px·Å the model was trained on (camera length, pixel size and voltage set it)")
+    lo, hi = domain.get("detector_px", (None, None))
+    if lo is not None and not lo <= min(scan.detector_shape) <= max(scan.detector_shape) <= hi:
+        out.append(f"the detector has {scan.detector_shape[0]}x{scan.detector_shape[1]} px, outside the "
+                   f"{lo}-{hi} px the model was trained on")
+    if out:
+        out[-1] += "; train a model on labeled scans of this session instead (sedclassify train)"
+    return out
 
 
 def _same_optics(a: Geometry, b: Geometry) -> list[str]:
@@ -108,15 +163,57 @@ def _same_optics(a: Geometry, b: Geometry) -> list[str]:
     return out
 
 
+def assumed_problems(trained: Geometry, scan: Geometry, what: str = "the model's training scans had") -> list[str]:
+    """Why ``scan``'s q axis cannot be matched to ``trained``'s when values were assumed: an
+    assumed value (a default nobody stated) must equal the other side's, and an assumed pixel size
+    only holds for the same detector size. Empty when they can be matched."""
+    from ..geometry import FLAGS, Q_FIELDS
+
+    bad = []
+    for name in Q_FIELDS:
+        if "assumed" not in (trained.origin(name), scan.origin(name)):
+            continue
+        a, b = getattr(trained, name), getattr(scan, name)
+        differ = a is None or b is None or abs(a - b) > 1e-6 * abs(a)
+        if name == "pixel_size_um":
+            differ = differ or tuple(trained.detector_shape) != tuple(scan.detector_shape)
+        if differ:
+            bad.append(name)
+    if not bad:
+        return []
+    flags = ", ".join(f"{FLAGS[n][0]} {FLAGS[n][1].replace('µ', 'U').upper()}" for n in bad)
+    return [f"the q axes cannot be matched: this scan has {_geometry_text(scan)} on a "
+            f"{scan.detector_shape[0]}x{scan.detector_shape[1]} px detector, {what} {_geometry_text(trained)} on "
+            f"{trained.detector_shape[0]}x{trained.detector_shape[1]} px; values marked assumed were not in the files. "
+            f"Give the true values ({flags}) when training and here"
+            + ("; the camera length can be fitted with `sedclassify calibrate`" if "camera_length_mm" in bad else "")]
+
+
+def _flags():
+    from ..geometry import FLAGS
+
+    return [FLAGS[n] for n in ("pixel_size_um", "camera_length_mm", "voltage_kv")]
+
+
+def _geometry_text(g: Geometry) -> str:
+    return ", ".join(f"{label} {getattr(g, n):g} {unit} ({g.origin(n)})" for n, label, unit in
+                     (("pixel_size_um", "pixel", "µm"), ("camera_length_mm", "camera length", "mm"),
+                      ("voltage_kv", "voltage", "kV")) if getattr(g, n) is not None)
+
+
 def _geometry_problems(recipe: FeatureRecipe, trained: Geometry, scan: Geometry) -> list[str]:
+    assumed = assumed_problems(trained, scan)
+    if assumed:
+        return assumed
     reach = min(scan.detector_shape) / 2
     if recipe.kind == "ria" and recipe.axis == "q":
         if not scan.calibrated:
             return ["the model's RIA axis is q (Å⁻¹) but the scan's camera length or voltage is unknown"]
         need = scan.q_invA_to_radius_px(recipe.q_max_invA)
-        if need > 1.05 * reach:
+        if need > 1.02 * reach:
             return [f"the model needs q up to {recipe.q_max_invA} Å⁻¹, {need:.0f} px from the centre on this "
-                    f"detector, but the detector reaches {reach:.0f} px"]
+                    f"detector, but the detector reaches {reach:.0f} px ({scan.radius_px_to_q_invA(reach):.3f} Å⁻¹ "
+                    f"with {_geometry_text(scan)}); if a value is wrong, set it ({', '.join(f[0] for f in _flags())})"]
         return []
     if recipe.kind == "ria":
         return _same_optics(trained, scan)
@@ -149,18 +246,6 @@ def library_versions(kind: str) -> dict:
     return out
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def save_model(model: SedModel, path) -> Path:
     """Write ``model`` to ``path`` (a ``.sedmodel`` zip) atomically; returns the path."""
     path = Path(path)
@@ -169,15 +254,17 @@ def save_model(model: SedModel, path) -> Path:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": model.kind,
-        "estimator": {"params": _jsonable(est.get_params()), "classes": _jsonable(est.classes_)},
+        "estimator": {"params": jsonable(est.get_params()), "classes": jsonable(est.classes_)},
         "recipe": model.recipe.to_dict(),
-        "preprocess": _jsonable(model.preprocess),
+        "preprocess": jsonable(model.preprocess),
         "classes": model.classes.to_dict(),
         "geometry": model.geometry.to_dict(),
-        "training": _jsonable(model.training),
-        "metrics": _jsonable(model.metrics),
+        "training": jsonable(model.training),
+        "metrics": jsonable(model.metrics),
         "versions": model.versions or library_versions(model.kind),
     }
+    if model.domain:
+        meta["domain"] = jsonable(model.domain)
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("model.json", json.dumps(meta, indent=2))
         if model.kind == "cnn":
@@ -193,8 +280,9 @@ def save_model(model: SedModel, path) -> Path:
 
 
 def read_metadata(path) -> dict:
-    """The ``model.json`` of a model file (no estimator loaded, nothing heavy imported)."""
-    path = Path(path)
+    """The ``model.json`` of a model file (no estimator loaded, nothing heavy imported); "builtin"
+    reads the built-in model's."""
+    path = resolve_model_path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
     try:
@@ -224,6 +312,7 @@ def model_from_metadata(meta: dict, path, estimator=None) -> SedModel:
         metrics=meta.get("metrics", {}),
         versions=meta.get("versions", {}),
         source=str(path),
+        domain=meta.get("domain", {}),
     )
 
 
@@ -256,11 +345,12 @@ def _load_keras(path: Path, data: bytes):
 
 
 def load_model(path) -> SedModel:
-    """Read a model file written by :func:`save_model`; raises :class:`ModelFileError` when the
-    file is not a model file or holds content outside the trusted list."""
+    """Read a model file written by :func:`save_model` ("builtin": the built-in model); raises
+    :class:`ModelFileError` when the file is not a model file or holds content outside the trusted
+    list."""
     from . import make_estimator
 
-    path = Path(path)
+    path = resolve_model_path(path)
     meta = read_metadata(path)
     kind = meta["kind"]
     params = dict(meta["estimator"]["params"])

@@ -49,7 +49,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         """Train on X (n, f), y (n,). validation_data (X_val, y_val) calibrates the probabilities.
 
         progress(step, logs) is called after the search (if any) and after fitting; cancel()
-        returning True between steps stops with :class:`~napari_sedclassify.models.Cancelled`.
+        returning True between steps stops with :class:`~napari_sedclassify.errors.Cancelled`.
         """
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y)
@@ -95,10 +95,15 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
                 calibrated = CalibratedClassifierCV(FrozenEstimator(svc), method="sigmoid", ensemble=False).fit(
                     Xv, validation_data[1])
         else:
+            # class weights as sample weights: the calibrator's folds re-encode the labels, which a
+            # class_weight dict keyed by class id would no longer match
+            weights = None if cw is None else np.array([cw[c] for c in y[idx]], dtype=np.float64) \
+                if isinstance(cw, dict) else None
             calibrated = CalibratedClassifierCV(
-                SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], class_weight=cw),
+                SVC(kernel="rbf", C=params["C"], gamma=params["gamma"],
+                    class_weight=cw if not isinstance(cw, dict) else None),
                 method="sigmoid", cv=3, ensemble=False,
-            ).fit(Xs[idx], y[idx])
+            ).fit(Xs[idx], y[idx], sample_weight=weights)
         self.pipeline_ = Pipeline([("scale", scaler), ("svm", calibrated)])
         logs = {"stage": "calibrate", "max_epochs": steps, "n_support": int(svc.n_support_.sum())}
         if validation_data is not None:

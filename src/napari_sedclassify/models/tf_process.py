@@ -1,82 +1,134 @@
-"""Run a job (CNN training or prediction) in a spawned child process.
+"""Run a job (CNN training or prediction) in a separate child process.
 
 Importing TensorFlow in a process that renders a napari canvas on software OpenGL segfaults
-(notes: napari-headless.md), so the napari widgets run TensorFlow work in a child started
-with the ``spawn`` method (a fresh interpreter: no Qt, no OpenGL, no inherited threads).
-The job is any importable function ``func(*args, progress=..., cancel=..., **kwargs)``; in
-the child, ``progress(epoch, logs)`` messages travel back through a queue and are delivered
-to the caller's ``progress`` in the calling thread; the caller's ``cancel()`` is polled and
-forwarded as an Event the child's ``cancel()`` reads. Arguments and the result must pickle
-(arrays, paths, dicts); pass file paths for large data.
+(notes: napari-headless.md), so the napari widgets run TensorFlow work in a child: a fresh
+interpreter (no Qt, no OpenGL, no inherited threads) started as ``python -m
+napari_sedclassify.models._tf_child``. Unlike ``multiprocessing``'s spawn, this never imports
+the parent's ``__main__`` in the child, so a script that starts napari without an
+``if __name__ == "__main__":`` guard is not run a second time (a second viewer, a crash), and
+notebooks and the napari console work alike. The job is any importable function (not one
+defined in ``__main__``) ``func(*args, progress=..., cancel=..., **kwargs)``; in the child,
+``progress(epoch, logs)`` messages travel back through a pipe and are delivered to the caller's
+``progress`` in the calling thread; the caller's ``cancel()`` is polled and forwarded (the child's
+``cancel()`` then returns True; it does too when the parent goes away). Arguments and the result
+must pickle (arrays, paths, dicts); pass file paths for large data.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import pickle
 import queue as queue_module
-import traceback
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
-from . import Cancelled
+from ..errors import Cancelled
 
 
 class WorkerProcessError(RuntimeError):
     """The child raised (the message carries its traceback) or died without a result."""
 
 
-def _child(func, args, kwargs, messages, stop):
-    def progress(epoch, logs=None):
-        messages.put(("progress", epoch, dict(logs or {})))
+def _child_command() -> list[str]:
+    return [sys.executable, "-m", "napari_sedclassify.models._tf_child"]
+
+
+def _child_env() -> dict:
+    """The parent's environment, with this package importable in the child whatever the install."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds napari_sedclassify
+    env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    return env
+
+
+def _read_messages(stream, out: queue_module.Queue) -> None:
+    """Thread: frames from the child's message pipe into ``out``; ("eof",) at its end."""
+    from ._tf_child import read_frame_bytes
 
     try:
-        result = func(*args, progress=progress, cancel=stop.is_set, **kwargs)
-    except Cancelled as exc:
-        messages.put(("cancelled", str(exc)))
-    except BaseException as exc:  # everything goes back to the parent
-        messages.put(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-    else:
-        messages.put(("result", result))
+        while True:
+            data = read_frame_bytes(stream)
+            if data is None:
+                break
+            try:
+                out.put(pickle.loads(data))
+            except Exception as exc:  # e.g. a result of a class this process cannot import
+                out.put(("error", f"the child's message could not be read: {type(exc).__name__}: {exc}", ""))
+    finally:
+        out.put(("eof",))
 
 
 def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1, **kwargs):
-    """Call ``func(*args, progress=..., cancel=..., **kwargs)`` in a spawned child and return
-    its result. Raises :class:`~napari_sedclassify.models.Cancelled` when cancelled, and
+    """Call ``func(*args, progress=..., cancel=..., **kwargs)`` in a child process and return
+    its result. Raises :class:`~napari_sedclassify.errors.Cancelled` when cancelled, and
     :class:`WorkerProcessError` (with the child's traceback) when the child fails or dies."""
-    ctx = multiprocessing.get_context("spawn")
-    messages = ctx.Queue()
-    stop = ctx.Event()
-    proc = ctx.Process(target=_child, args=(func, args, kwargs, messages, stop), daemon=True)
-    proc.start()
+    from ._tf_child import write_frame
+
+    name = getattr(func, "__name__", func)
+    if getattr(func, "__module__", None) == "__main__":
+        raise ValueError(f"{name} is defined in __main__: the worker process runs functions it can import; "
+                         "define it in a module")
+    job = pickle.dumps((func, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)  # fails here, not in the child
+    proc = subprocess.Popen(_child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(),
+                            cwd=os.getcwd())
+    messages: queue_module.Queue = queue_module.Queue()
+    reader = threading.Thread(target=_read_messages, args=(proc.stdout, messages), daemon=True,
+                              name=f"messages of {name}")
+    reader.start()
     outcome = None
+    cancel_sent = False
+
+    def send_cancel():
+        nonlocal cancel_sent
+        if not cancel_sent:
+            cancel_sent = True
+            try:
+                proc.stdin.write(b"C")
+                proc.stdin.flush()
+            except OSError:  # the child has gone already
+                pass
+
     try:
+        try:
+            write_frame(proc.stdin, {"sys_path": list(sys.path)})
+            proc.stdin.write(len(job).to_bytes(8, "big") + job)
+            proc.stdin.flush()
+        except OSError:  # the child died at start; its exit code says more below
+            pass
         while outcome is None:
             if cancel is not None and cancel():
-                stop.set()
+                send_cancel()
             try:
                 msg = messages.get(timeout=poll_s)
             except queue_module.Empty:
-                if not proc.is_alive():
-                    try:  # a last message may still be in the pipe
-                        msg = messages.get(timeout=1.0)
-                    except queue_module.Empty:
-                        raise WorkerProcessError(
-                            f"the worker process for {getattr(func, '__name__', func)} died without a result "
-                            f"(exit code {proc.exitcode})"
-                        ) from None
-                else:
-                    continue
+                continue
             if msg[0] == "progress":
                 if progress is not None:
                     progress(msg[1], msg[2])
+            elif msg[0] == "eof":
+                try:
+                    code = proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise WorkerProcessError(f"the worker process for {name} died without a result (exit code {code})")
             else:
                 outcome = msg
     finally:
         if outcome is None:
-            stop.set()
-        proc.join(timeout=30)
-        if proc.is_alive():
+            send_cancel()
+        try:
+            proc.stdin.close()  # the end of stdin also tells the child to stop
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.join()
-        messages.close()
+            proc.wait()
+        reader.join(timeout=5)
+        proc.stdout.close()
     if outcome[0] == "cancelled":
         raise Cancelled(outcome[1])
     if outcome[0] == "error":

@@ -9,7 +9,7 @@ CLI, in a napari worker thread and in a spawned child process.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,7 +18,7 @@ from ..classes import ClassTable
 from ..geometry import Geometry
 from . import MODEL_KINDS, make_estimator
 from ._common import check_cancel
-from .features import FeatureRecipe, crop_features, ria_features
+from .features import FeatureRecipe, crop_features, ria_features, scan_reference
 
 @dataclass
 class ScanFeatures:
@@ -37,6 +37,7 @@ class ScanFeatures:
     radii_px: np.ndarray | None = None
     crops: np.ndarray | None = None
     crop_radius_px: float | None = None
+    _references: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def scan_shape(self) -> tuple[int, int]:
@@ -51,6 +52,18 @@ class ScanFeatures:
         return cls(name=name, geometry=geometry, missing=np.asarray(result.missing, dtype=bool),
                    ria=result.ria, radii_px=result.radii_px, crops=result.crops, crop_radius_px=crop_radius_px)
 
+    def reference(self, recipe: FeatureRecipe):
+        """The scan's reference profile for ``recipe.scan_context`` (median over its recorded
+        frames; computed once per recipe), or None when the recipe does not use one."""
+        if recipe.kind != "ria" or not recipe.scan_context:
+            return None
+        key = (recipe.axis, recipe.q_min_invA, recipe.q_max_invA, recipe.r_min_px, recipe.r_max_px, recipe.n_bins,
+               repr(self.geometry))
+        if key not in self._references:
+            self._references[key] = scan_reference(self.ria, self.radii_px, recipe, self.geometry,
+                                                   valid=~np.asarray(self.missing, bool).ravel())
+        return self._references[key]
+
     def inputs(self, recipe: FeatureRecipe, index=None, aug: dict | None = None) -> np.ndarray:
         """Model inputs for the frames at flat ``index`` (all frames when None)."""
         n = self.missing.size
@@ -59,7 +72,7 @@ class ScanFeatures:
             if self.ria is None:
                 raise ValueError(f"{self.name}: no RIAs were computed, but the model works on RIAs")
             ria = np.asarray(self.ria).reshape(n, -1)[index]
-            return ria_features(ria, self.radii_px, recipe, self.geometry, aug)
+            return ria_features(ria, self.radii_px, recipe, self.geometry, aug, reference=self.reference(recipe))
         if self.crops is None:
             raise ValueError(f"{self.name}: no crops were computed, but the model works on central crops")
         crops = np.asarray(self.crops)
@@ -83,6 +96,22 @@ def check_class_map(class_map, scan: ScanFeatures, classes: ClassTable, what: st
         raise ValueError(f"{what} for {scan.name}: unknown class ids {unknown} (known: 0 = unlabeled, "
                          + ", ".join(f"{i} = {classes.names[i]}" for i in classes.ids) + ")")
     return cm.astype(np.int64)
+
+
+def _recipe_for_training(recipe: FeatureRecipe, scans: Sequence[ScanFeatures]) -> FeatureRecipe:
+    """The same geometry checks as prediction, between the scans of one training run, and the
+    recipe narrowed to the RIA range every scan reaches (recorded in the model)."""
+    from .persistence import IncompatibleModelError, assumed_problems
+
+    first = scans[0]
+    for s in scans[1:]:
+        problems = assumed_problems(first.geometry, s.geometry, what=f"the first training scan {first.name} has")
+        if problems:
+            raise IncompatibleModelError(f"training scan {s.name}: " + "; ".join(problems))
+    try:
+        return recipe.for_geometries([s.geometry for s in scans])
+    except ValueError as exc:
+        raise ValueError(f"training scans {', '.join(s.name for s in scans)}: {exc}") from None
 
 
 def _split(y: np.ndarray, val_fraction: float, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -129,6 +158,10 @@ def train(
     kind = kind.lower()
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    if kind == "cnn":  # before any work
+        from ..optional import require_cnn
+
+        require_cnn()
     classes = classes or ClassTable.default()
     recipe = recipe or FeatureRecipe(kind=MODEL_KINDS[kind])
     if recipe.kind != MODEL_KINDS[kind]:
@@ -142,6 +175,7 @@ def train(
     train_ids = [i for i in range(len(scans)) if i not in holdout]
     if not train_ids:
         raise ValueError("no scans left for training after the hold-out")
+    recipe = _recipe_for_training(recipe, [scans[i] for i in train_ids] + [scans[i] for i in holdout])
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
 

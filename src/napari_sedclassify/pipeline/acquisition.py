@@ -22,37 +22,72 @@ import numpy as np
 
 #: Bytes of a single-chip Merlin frame header (a quad's is 768).
 MIB_HEADER_BYTES = 384
+#: Bytes of a quad (2x2 chips) Merlin frame header.
+MIB_QUAD_HEADER_BYTES = 768
+#: A Merlin acquisition header (.hdr) is padded with spaces after ``End\t`` to this size.
+MIB_HDR_BYTES = 2048
 
 
-def mib_header(number: int, shape, dtype="U16", timestamp_ns: int = 0) -> bytes:
-    """The ASCII header of Merlin frame ``number`` (1-based), NUL-padded to 384 bytes."""
+def mib_header(number: int, shape, dtype="U16", timestamp_ns: int = 0, chips: int = 1) -> bytes:
+    """The ASCII header of Merlin frame ``number`` (1-based), NUL-padded to 384 bytes (768 for a
+    quad: ``chips=4``, assembled 2x2 frames)."""
+    if chips not in (1, 4):
+        raise ValueError(f"chips must be 1 (single chip) or 4 (quad), not {chips}")
     h, w = shape
+    size = MIB_HEADER_BYTES if chips == 1 else MIB_QUAD_HEADER_BYTES
     t = time.gmtime(timestamp_ns // 10**9)
     coarse = time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{(timestamp_ns // 1000) % 10**6:06d}"
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{timestamp_ns % 10**9:09d}Z"
     depth = {"U08": 6, "U16": 12, "U32": 24}[dtype]
-    fields = ["MQ1", f"{number:06d}", f"{MIB_HEADER_BYTES:05d}", "01", f"{w:04d}", f"{h:04d}", dtype, "   1x1",
-              "01", coarse, "0.001000", "0", "0", "0", "2.000000E+0", "5.110000E+2"] + ["0.000000E+0"] * 6 + \
-             ["3RX", "MQ1A", iso, "1000000ns", str(depth), ""]
+    fields = ["MQ1", f"{number:06d}", f"{size:05d}", f"{chips:02d}", f"{w:04d}", f"{h:04d}", dtype,
+              "   1x1" if chips == 1 else "   2x2", "01" if chips == 1 else "0F", coarse, "0.001000", "0", "0",
+              "0", "2.000000E+0", "5.110000E+2"] + ["0.000000E+0"] * 6 + ["3RX", "MQ1A", iso, "1000000ns",
+                                                                         str(depth), ""]
     text = ",".join(fields).encode("latin-1")
-    if len(text) > MIB_HEADER_BYTES:
+    if len(text) > size:
         raise ValueError("Merlin frame header too long")
-    return text + b"\0" * (MIB_HEADER_BYTES - len(text))
+    return text + b"\0" * (size - len(text))
 
 
-def mib_hdr(n_frames: int, frames_per_row: int) -> bytes:
-    """A minimal Merlin acquisition header (.hdr) giving the frame count and the scan row length."""
-    lines = ["HDR,\t", "Counter Depth (number):\t12", f"Frames in Acquisition (Number):\t{n_frames}",
-             f"Frames per Trigger (Number):\t{frames_per_row}", "End\t"]
-    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+def mib_hdr(n_frames: int, frames_per_row: int, chips: int = 1, counter_depth: int = 12) -> bytes:
+    """A Merlin acquisition header (.hdr) giving the frame count and the scan row length, laid out
+    as Merlin writes it: CRLF lines, ``End\t`` padded with spaces to 2048 bytes, no newline after
+    it (LiberTEM-live's simulator reads it line by line and refuses a blank last line)."""
+    lines = ["HDR,\t", "Time and Date Stamp (day, mnth, yr, hr, min, s):\t" + time.strftime("%d/%m/%Y %H:%M:%S"),
+             "Chip ID:\t" + ",".join(["W0_A0"] * chips), "Chip Type (Medipix 3.0, Medipix 3.1, Medipix 3RX):\t3RX",
+             "Assembly Size (NX1, 2X2):\t" + ("   1x1" if chips == 1 else "   2x2"),
+             "Chip Mode  (SPM, CSM, CM, CSCM):\tSPM", f"Counter Depth (number):\t{counter_depth}",
+             f"Frames in Acquisition (Number):\t{n_frames}", f"Frames per Trigger (Number):\t{frames_per_row}"]
+    text = ("\r\n".join(lines) + "\r\nEnd\t").encode("latin-1")
+    return text + b" " * max(0, MIB_HDR_BYTES - len(text))
 
 
-def mib_frame_bytes(frame: np.ndarray, number: int, timestamp_ns: int = 0) -> bytes:
+def mib_frame_bytes(frame: np.ndarray, number: int, timestamp_ns: int = 0, chips: int = 1) -> bytes:
     """One frame as stored in a .mib file: header, then big-endian U16 pixels, rows flipped."""
     frame = np.asarray(frame)
     if frame.dtype.kind not in "ui" or frame.max(initial=0) > 65535:
         raise ValueError("the Merlin writer stores 16-bit unsigned counts")
-    return mib_header(number, frame.shape, "U16", timestamp_ns) + frame[::-1].astype(">u2").tobytes()
+    return mib_header(number, frame.shape, "U16", timestamp_ns, chips) + frame[::-1].astype(">u2").tobytes()
+
+
+def write_mib(path, frames, scan_shape, *, chips: int = 1, frame_period_ns: int = 1_000_000) -> Path:
+    """Write ``frames`` (an iterable of (ky, kx) integer frames in scan order, e.g. a Scan's rows
+    flattened) as a Merlin ``.mib`` file with its ``.hdr``, 12-bit (U16), single chip or quad
+    (``chips=4``, assembled 2x2 frames, 768-byte headers), the way ``io.open_scan`` reads them back
+    (rows flipped on disk). Returns the .mib path."""
+    path = Path(path).with_suffix(".mib")
+    sy, sx = (int(s) for s in scan_shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".hdr").write_bytes(mib_hdr(sy * sx, sx, chips))
+    t0 = time.time_ns()
+    n = 0
+    with open(path, "wb") as out:
+        for k, frame in enumerate(frames):
+            out.write(mib_frame_bytes(frame, k + 1, t0 + k * frame_period_ns, chips))
+            n = k + 1
+    if n != sy * sx:
+        raise ValueError(f"{path}: {n} frames written for a {sy}x{sx} scan")
+    return path
 
 
 class Acquisition(threading.Thread):

@@ -2,12 +2,18 @@
 
 Where the work runs (:func:`dask_client`):
 
-- default: a ``LocalCluster`` sized to the machine (one single-threaded worker process per core,
-  the machine's memory shared between them);
+- default (``workers`` None or 0): no cluster, threads in this process. The compiled kernels
+  release the GIL, so the threads use every core; on one machine this is as fast as a local
+  cluster and has no start-up (docs/performance.md);
+- ``workers=N``: a ``LocalCluster`` of N single-threaded worker processes, the machine's memory
+  shared between them;
 - ``scheduler="tcp://host:8786"``: any running dask.distributed cluster (users who outgrow one
   machine add workers, nothing else changes). Scan files must be reachable under the same path
-  from the workers and from this process (a shared file system);
-- ``workers=0``: no cluster, threads in this process (the single-process run).
+  from the workers and from this process (a shared file system).
+
+:func:`use_client` makes a client the default of ``pipeline.preprocess.preprocess`` for the
+pipeline functions that take no client argument (training, evaluation): the CLI's
+``--scheduler`` / ``--workers`` reach every command that way.
 
 How the work is split: each scan is preprocessed by ``FrameRunner.run(..., client=...)``: one
 task per chunk of frames (about 32 MB), each task carrying only the file path and the frame
@@ -22,11 +28,9 @@ per scan) runs here on the gathered features.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,17 +39,39 @@ from ..io.atomic import check_target
 #: Files ``pipeline.predict.write_prediction`` writes for a scan named NAME.
 PREDICTION_FILES = ("{}_classes.npy", "{}_classes.tif", "{}_probabilities.npy", "{}_probabilities.json",
                     "{}_overlay.png")
+#: Files ``io.hyperspy.export_hyperspy`` writes for a scan named NAME (``batch_predict(hspy=True)``).
+HSPY_FILES = ("{}_classes.hspy", "{}_probabilities.hspy", "{}_confidence.hspy", "{}_ria.hspy")
+
+
+_default_client = None
+
+
+def current_client():
+    """The client set by :func:`use_client`, or None (threads in this process)."""
+    return _default_client
+
+
+@contextmanager
+def use_client(client):
+    """Inside, ``preprocess`` (and everything that calls it) runs on ``client`` unless given one."""
+    global _default_client
+    previous, _default_client = _default_client, client
+    try:
+        yield client
+    finally:
+        _default_client = previous
 
 
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None, memory_limit="auto"):
-    """A dask.distributed Client for a batch run, or None for an in-process run (``workers=0``).
+    """A dask.distributed Client for a batch run, or None for an in-process run (the default).
 
     scheduler: address of a running scheduler (wins over ``workers``). workers: worker processes
-    of the local cluster (default: one per core), each single-threaded; memory_limit per worker
-    ("auto": the machine's memory divided between them). The local cluster is closed on exit.
+    of a local cluster, each single-threaded (None or 0: no cluster, threads in this process);
+    memory_limit per worker ("auto": the machine's memory divided between them). The local
+    cluster is closed on exit.
     """
-    if scheduler is None and workers == 0:
+    if scheduler is None and not workers:
         yield None
         return
     import logging
@@ -62,7 +88,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, memory
         finally:
             client.close()
         return
-    n = int(workers or os.cpu_count() or 1)
+    n = int(workers)
     if n < 1:
         raise ValueError(f"--workers must be >= 0, got {workers}")
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -147,59 +173,49 @@ def _check_names(names: list[str]) -> None:
 
 def predict_one(model, scan, *, flatfield=None, client=None, chunk_frames: int | None = None,
                 progress: Callable | None = None, cancel: Callable | None = None):
-    """Classify one scan with ``model`` (a SedModel) on ``client`` (None: threads here).
+    """Classify one scan with ``model`` (a SedModel) on ``client`` (None: threads here): exactly
+    ``pipeline.predict.predict_scan``. Returns a ``pipeline.predict.ScanPrediction``."""
+    from .predict import predict_scan
 
-    The same steps as ``pipeline.predict.predict_scan`` (the model's preprocessing recipe, then its
-    estimator on the gathered features), with the per-frame work on the cluster. Returns a
-    ``pipeline.predict.ScanPrediction``.
-    """
-    import time
-
-    from ..models.inference import predict_scan as predict_features
-    from ..models.training import ScanFeatures
-    from .predict import ScanPrediction, _base_params
-    from .preprocess import preprocess
-    from .train import preprocess_params_for, scan_name
-
-    name = scan_name(scan)
-    model.check_geometry(scan.geometry, str(scan.source or name))
-    params = preprocess_params_for([model.recipe], scan.geometry, _base_params(model))
-    if chunk_frames is not None:
-        params = replace(params, chunk_frames=int(chunk_frames))
-    t0 = time.perf_counter()
-    result = preprocess(scan, params, flatfield=flatfield, progress=progress, cancel=cancel, client=client)
-    feats = ScanFeatures.from_preprocess(result, scan.geometry, name, crop_radius_px=result.resolved.get("crop_half_px"))
-    t1 = time.perf_counter()
-    pred = predict_features(model, feats, cancel=cancel)
-    return ScanPrediction(name=name, class_map=pred.class_map, probabilities=pred.probabilities,
-                          class_ids=pred.class_ids, integrated=result.virtual["total"],
-                          timings={"preprocess_s": t1 - t0, "predict_s": time.perf_counter() - t1},
-                          source=scan.source)
+    return predict_scan(model, scan, flatfield=flatfield, client=client, chunk_frames=chunk_frames,
+                        progress=progress, cancel=cancel)
 
 
 def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | None = None,
                   workers: int | None = None, client=None, force: bool = False, chunk_frames: int | None = None,
-                  concurrent: int = 2, progress: Callable | None = None, cancel: Callable | None = None) -> list[dict]:
+                  concurrent: int = 2, progress: Callable | None = None, cancel: Callable | None = None,
+                  uncertain_below: float | None = None, hspy: bool = False) -> list[dict]:
     """Classify every scan (paths or file-backed Scans) with ``model`` (SedModel or model file) and
     write ``<name>_classes.npy/.tif``, ``_probabilities.npy/.json``, ``_overlay.png`` per scan into
-    ``out_dir`` (atomically; existing ones only with ``force``).
+    ``out_dir`` (atomically; existing ones only with ``force``). uncertain_below: frames whose most
+    probable class is below this probability become 0 in the class map and are listed in
+    ``<name>_uncertain.npy`` (``pipeline.predict.with_uncertain``). hspy: also write the class map,
+    probabilities, confidence and RIAs as HyperSpy signals, ``<name>_{classes,probabilities,
+    confidence,ria}.hspy`` (``io.hyperspy.export_hyperspy``; needs the ``formats`` extra).
 
     client: an existing Client (else one from ``scheduler``/``workers``, see :func:`dask_client`).
     flatfield: None, one for all scans or one per scan (FlatField or path). chunk_frames: frames
     per task (default: the reader's chunks, about 32 MB). progress(done, total) counts frames over
     all scans. Returns one dict per scan: name, source, files, counts, unclassified, timings.
     """
-    from .predict import as_model, write_prediction
+    from .predict import as_model, prediction_entry, with_uncertain, write_prediction
     from .train import flatfields_for, scan_name
 
     model = as_model(model)
     out_dir = Path(out_dir)
+    if uncertain_below is not None and not 0.0 <= float(uncertain_below) <= 1.0:
+        raise ValueError(f"the uncertainty threshold is a probability between 0 and 1, got {uncertain_below}")
+    if hspy:
+        from ..optional import require_formats
+
+        require_formats("Writing HyperSpy files (--hspy)")
     with _maybe_client(client, scheduler, workers) as cl:
         opened = _open(scans, cl)
         names = [scan_name(s) for s in opened]
         _check_names(names)
         for name in names:
-            for pattern in PREDICTION_FILES:
+            for pattern in PREDICTION_FILES + (("{}_uncertain.npy",) if uncertain_below is not None else ()) + (
+                    HSPY_FILES if hspy else ()):
                 check_target(out_dir / pattern.format(name), force)
         ffs = flatfields_for(flatfield, len(opened))
         bar = Progress([s.n_frames for s in opened], progress)
@@ -207,11 +223,14 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
         def job(i, cancelled):
             pred = predict_one(model, opened[i], flatfield=ffs[i], client=cl, chunk_frames=chunk_frames,
                                progress=bar.for_scan(i), cancel=cancelled)
+            pred = with_uncertain(pred, uncertain_below)
             files = write_prediction(pred, out_dir, model.classes)
+            if hspy:
+                from ..io.hyperspy import export_hyperspy
+
+                files.update(export_hyperspy(pred, out_dir, classes=model.classes, force=True))
             bar.finish(i)
-            return {"name": pred.name, "source": pred.source, "files": files,
-                    "counts": {model.classes.names[c]: int((pred.class_map == c).sum()) for c in pred.class_ids},
-                    "unclassified": int((pred.class_map == 0).sum()), "timings": pred.timings}
+            return prediction_entry(pred, files, model.classes)
 
         return run_scans(job, len(opened), concurrent=concurrent if cl is not None else 1, cancel=cancel)
 
@@ -252,6 +271,8 @@ def batch_preprocess(scans, outputs, *, params=None, flatfield=None, scheduler: 
 
 @contextmanager
 def _maybe_client(client, scheduler, workers):
+    if client is None and scheduler is None and not workers:
+        client = current_client()
     if client is not None:
         yield client
         return

@@ -1,14 +1,20 @@
 """The paper's experiment end to end on simulated data (``sedclassify demo``).
 
-16 scans of session "A" and 1 of session "B" (the simulator's demo set, generated once and
+Scans of session "A" and 1 of session "B" (the simulator's demo set, generated once and
 reused from a cache folder); every scan is preprocessed once (flat-field, centring, RIAs and
-central crops in one pass); FCNN, SVM and CNN train on 15 session-A scans and are tested on
-the 16th (the paper's data set 1) and on the session-B scan (its data set 2). The report
-(Markdown + JSON + PNG figures) sets the results beside the paper's Table 1.
+central crops in one pass); FCNN, SVM and CNN train on the session-A scans but the last and are
+tested on the last one (the paper's data set 1) and on the session-B scan (its data set 2). The
+report (Markdown + JSON + PNG figures) sets the results beside the paper's Table 1.
 
-The default detector is 256x256 px (the simulator keeps the rings' relative positions), so the
-whole demo stays well within 15 minutes on 2 cores and needs about 3.5 GB of disk;
-``detector_px=512`` is the paper's size (about 14 GB, several times slower to simulate).
+Two sizes (:data:`QUICK`, the default, and :data:`FULL`):
+
+- quick: 5 + 1 scans of 40x40 points on a 128x128 px detector (the simulator keeps the rings'
+  relative positions), the CNN trained for 6 short epochs: a few minutes on 2 cores, 0.3 GB;
+- full (``full=True``, ``sedclassify demo --full``): the paper's 16 + 1 scans, 256x256 px, the
+  CNN trained in full (30 epochs of 8000 crops): 6-20 minutes on 2 cores, 3.5 GB.
+
+``detector_px=512`` is the paper's detector size (about 14 GB for the full set, several times
+slower to simulate).
 """
 
 from __future__ import annotations
@@ -22,12 +28,19 @@ import numpy as np
 
 from ..classes import ClassTable
 from ..models import MODEL_KINDS
-from ..models._atomic import write_text
+from ..io.atomic import write_text
 from .train import default_recipe, preprocess_params_for
 
-DEFAULT_DETECTOR_PX = 256
+#: The default demo: 5 session-A scans (4 to train on, 1 held out) and the session-B scan on a
+#: 128 px detector; the CNN trains for 6 epochs of 1500 crops and its prediction time is one
+#: call after a warm-up (median of 3 for the others).
+QUICK = {"detector_px": 128, "n_session_a": 5, "cnn": {"max_epochs": 6, "samples_per_epoch": 1500},
+         "cnn_predict_repeats": 1}
+#: The full replication: the paper's 16 + 1 scans on a 256 px detector, the CNN trained in full.
+FULL = {"detector_px": 256, "n_session_a": 16, "cnn": {}, "cnn_predict_repeats": 3}
+DEFAULT_DETECTOR_PX = QUICK["detector_px"]
 DEFAULT_SCAN_SHAPE = (40, 40)
-TEST_SAME_SESSION = "scan_A_15"
+TEST_SAME_SESSION = "scan_A_15"  # the full set's held-out session-A scan (the last one: see _test_names)
 TEST_OTHER_SESSION = "scan_B_00"
 
 #: The paper's Table 1 (Matinyan et al. 2023): seconds per 1600 frames and weighted metrics
@@ -50,7 +63,8 @@ def _log(log, msg):
         log(msg)
 
 
-def ensure_dataset(cache: Path, scan_shape, detector_px: int, seed: int, progress=None, log=None) -> dict:
+def ensure_dataset(cache: Path, scan_shape, detector_px: int, seed: int, progress=None, log=None,
+                   n_session_a: int = 16) -> dict:
     """The demo set in ``cache``: reused when its dataset.json matches and every file is there,
     otherwise simulated (about a minute on 2 cores at 256 px)."""
     from ..simulate import demo_dataset, load_dataset
@@ -58,15 +72,21 @@ def ensure_dataset(cache: Path, scan_shape, detector_px: int, seed: int, progres
     try:
         ds = load_dataset(cache)
         same = (list(ds["scan_shape"]) == list(scan_shape) and int(ds["detector_px"]) == int(detector_px)
-                and int(ds["seed"]) == int(seed) and len(ds["scans"]) == 17)
+                and int(ds["seed"]) == int(seed) and len(ds["scans"]) == n_session_a + 1)
         if same and all(Path(e[k]).exists() for e in ds["scans"] for k in ("scan", "truth", "flatfield")):
             _log(log, f"reusing the simulated demo set in {cache}")
             return ds
     except (FileNotFoundError, ValueError, KeyError):
         pass
-    _log(log, f"simulating the demo set (16 scans of session A, 1 of session B) into {cache}")
-    demo_dataset(cache, scan_shape=tuple(scan_shape), detector_px=int(detector_px), seed=int(seed), progress=progress)
+    _log(log, f"simulating the demo set ({n_session_a} scans of session A, 1 of session B) into {cache}")
+    demo_dataset(cache, scan_shape=tuple(scan_shape), detector_px=int(detector_px), seed=int(seed), progress=progress,
+                 n_session_a=n_session_a)
     return load_dataset(cache)
+
+
+def _test_names(n_session_a: int) -> tuple[str, str]:
+    """The held-out scans: the last session-A scan (data set 1) and the session-B scan (data set 2)."""
+    return f"scan_A_{n_session_a - 1:02d}", TEST_OTHER_SESSION
 
 
 def _predict_seconds(model, X, repeats: int = 3) -> float:
@@ -84,9 +104,12 @@ def run_demo(
     out_dir,
     *,
     scan_shape=DEFAULT_SCAN_SHAPE,
-    detector_px: int = DEFAULT_DETECTOR_PX,
+    detector_px: int | None = None,
     models=("fcnn", "svm", "cnn"),
     seed: int = 0,
+    full: bool = False,
+    n_session_a: int | None = None,
+    cnn_params: dict | None = None,
     cache_dir=None,
     log: Callable | None = print,
     frames_progress: Callable | None = None,
@@ -95,7 +118,10 @@ def run_demo(
 ) -> dict:
     """Run the paper's experiment and write the report into ``out_dir``; returns the report dict.
 
-    cache_dir: where the simulated set lives (default ``out_dir/cache/demo_<sy>x<sx>_<px>px_seed<seed>``).
+    full: the full replication (:data:`FULL`) instead of the quick demo (:data:`QUICK`);
+    detector_px, n_session_a (session-A scans, the last one held out) and cnn_params (CNN
+    estimator settings) override the chosen preset.
+    cache_dir: where the simulated set lives (default ``out_dir/cache/demo_<sy>x<sx>_<px>px[_<n>scans]_seed<seed>``).
     frames_progress(i, n, done, total): simulation and preprocessing progress in frames (i = step);
     epoch_progress(kind, epoch, logs): training progress. cancel() -> True stops.
     """
@@ -114,8 +140,14 @@ def run_demo(
     out_dir = Path(out_dir)
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
+    preset = FULL if full else QUICK
+    detector_px = int(detector_px if detector_px is not None else preset["detector_px"])
+    n_a = int(n_session_a if n_session_a is not None else preset["n_session_a"])
+    cnn_params = dict(preset["cnn"] if cnn_params is None else cnn_params)
+    test_same, test_other = _test_names(n_a)
     sy, sx = (int(v) for v in scan_shape)
-    cache = Path(cache_dir) if cache_dir else out_dir / "cache" / f"demo_{sy}x{sx}_{int(detector_px)}px_seed{seed}"
+    n_scans = "" if n_a == 16 else f"_{n_a + 1}scans"  # the full set keeps its earlier cache name
+    cache = Path(cache_dir) if cache_dir else out_dir / "cache" / f"demo_{sy}x{sx}_{detector_px}px{n_scans}_seed{seed}"
     classes = ClassTable.default()
 
     # 1. the data set
@@ -125,9 +157,9 @@ def run_demo(
     def sim_progress(k):
         done[0] += k
         if frames_progress is not None:
-            frames_progress(0, 1, done[0], 17 * sy * sx)
+            frames_progress(0, 1, done[0], (n_a + 1) * sy * sx)
 
-    ds = ensure_dataset(cache, (sy, sx), detector_px, seed, progress=sim_progress, log=log)
+    ds = ensure_dataset(cache, (sy, sx), detector_px, seed, progress=sim_progress, log=log, n_session_a=n_a)
     t_dataset = time.perf_counter() - t0
 
     # 2. preprocessing: one pass per scan serves every model
@@ -151,18 +183,19 @@ def run_demo(
         integrated.append(res.virtual["total"])
     pre_params = res.params.to_dict()
     names = [f.name for f in feats]
-    test_ids = [names.index(TEST_SAME_SESSION), names.index(TEST_OTHER_SESSION)]
+    test_ids = [names.index(test_same), names.index(test_other)]
     per_1600 = 1600.0 / n_frames
     preprocess_1600 = float(np.median(t_pre)) * per_1600
 
     # 3. train, save, predict, evaluate
     results, rows = {}, []
     for kind in models:
-        _log(log, f"training {kind.upper()} on the 15 training scans of session A")
+        _log(log, f"training {kind.upper()} on the {len(names) - 2} training scans of session A")
         recipe = recipes[kind]
         progress = None if epoch_progress is None else (lambda k: lambda e, lg: epoch_progress(k, e, lg))(kind)
         t = time.perf_counter()
         model = train(feats, truths, kind=kind, recipe=recipe, holdout=test_ids, seed=seed,
+                      params=cnn_params if kind == "cnn" and cnn_params else None,
                       preprocess=preprocess_params_for([recipe], feats[0].geometry).to_dict(),
                       progress=progress, cancel=cancel)
         t_train = time.perf_counter() - t
@@ -171,7 +204,8 @@ def run_demo(
         t = time.perf_counter()
         X = test.inputs(recipe)
         t_inputs = (time.perf_counter() - t) * 1600.0 / len(X)
-        t_predict = _predict_seconds(model, X) * 1600.0 / len(X)
+        repeats = preset["cnn_predict_repeats"] if kind == "cnn" else 3
+        t_predict = _predict_seconds(model, X, repeats) * 1600.0 / len(X)
         res_kind = {"model_file": str(path.relative_to(out_dir)), "train_s": round(t_train, 2),
                     "epochs": model.training["epochs"], "n_train_frames": model.training["n_train_frames"],
                     "n_train_inputs": model.training["n_train_inputs"],
@@ -205,6 +239,7 @@ def run_demo(
                            f"(weighted F1 {results[best][label]['weighted']['f1']:.3f})")
     report = {
         "settings": {"scan_shape": [sy, sx], "detector_px": int(detector_px), "seed": int(seed), "models": models,
+                     "preset": "full" if full else "quick", "cnn_params": cnn_params,
                      "train_scans": [n for i, n in enumerate(names) if i not in test_ids],
                      "test_same_session": names[test_ids[0]], "test_other_session": names[test_ids[1]],
                      "cache": str(cache), "preprocess": pre_params},
@@ -279,12 +314,19 @@ def report_markdown(report: dict) -> str:
         f"(session A, the paper's data set 1) and {s['test_other_session']} (session B: camera length, dose, "
         "descan and detector gain differ, the paper's data set 2).",
         "",
+    ]
+    if s.get("preset") == "quick":
+        lines += [f"This is the quick demo (fewer and smaller scans than the paper's, the CNN trained briefly: "
+                  f"{s.get('cnn_params')}); `sedclassify demo --full` runs the full replication (16 + 1 scans, "
+                  "256 px detector, full CNN training).", ""]
+    lines += [
         "## Table 1, the paper beside this run",
         "",
         "Speed rows are seconds per 1600 frames on this machine. Row 1 is the preprocessing pass (flat-field, "
         "per-frame centring, RIA, central crop and virtual images fused in one pass over the frames) plus "
         "turning its output into model inputs; row 2 is the model's `predict_proba` on those inputs "
-        "(median of 3 after a warm-up). Metrics are weighted by class support; accuracy is the fraction "
+        f"(median of 3 after a warm-up{'; the CNN: one call' if s.get('preset') == 'quick' else ''}). "
+        "Metrics are weighted by class support; accuracy is the fraction "
         "of correctly classified points (the paper's weighted accuracy equals weighted recall).",
         "",
         table1_markdown(report),

@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,8 +40,9 @@ import numpy as np
 from ..geometry import Geometry
 from ..io.atomic import check_target, write_json, write_npy
 
-#: Statuses of a live run, in the order they happen.
-STATUSES = ("waiting", "calibrating", "running", "complete", "stopped", "timeout", "error")
+#: Statuses of a live run, in the order they happen ("incomplete": a detector stream ended with
+#: positions never received).
+STATUSES = ("waiting", "calibrating", "running", "complete", "incomplete", "stopped", "timeout", "error")
 
 
 # ---- the running state ---------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class LiveClassMap:
 
     def latency_stats(self) -> dict:
         """Per-frame latency (ms) of the frames classified after the calibration (mean, median,
-        p95, max), the mean of those that waited for it, and frames/s since the start."""
+        p95, p99, max), the mean of those that waited for it, and frames/s since the start."""
         with self._lock:
             lat = np.asarray(self._latencies) * 1e3
             k = self._steady_from
@@ -165,7 +166,8 @@ class LiveClassMap:
         steady = lat[k:]
         if steady.size:
             out.update(mean_ms=round(float(steady.mean()), 3), median_ms=round(float(np.median(steady)), 3),
-                       p95_ms=round(float(np.percentile(steady, 95)), 3), max_ms=round(float(steady.max()), 3))
+                       p95_ms=round(float(np.percentile(steady, 95)), 3),
+                       p99_ms=round(float(np.percentile(steady, 99)), 3), max_ms=round(float(steady.max()), 3))
         return out
 
     def snapshot(self) -> dict:
@@ -195,50 +197,52 @@ class FrameClassifier:
 
     @classmethod
     def calibrate(cls, model, frames, geometry: Geometry, *, flatfield=None, metadata: dict | None = None):
-        """Set the plan with ``preprocess`` on ``frames`` (the first frames of the scan), as a batch
-        run sets it on its sample: saturation level, extra bad pixels, beam radius, radii."""
-        from ..models.training import ScanFeatures  # noqa: F401  (fail early if models are unusable)
-        from ..processing import CentralCrop, CentreFinder, FlatField, FrameRunner, RadialProfile, load_flatfield
-        from ..processing.pixels import grid_for
-        from ..scan import Scan
-        from .predict import _base_params
-        from .preprocess import preprocess
-        from .train import preprocess_params_for
+        """Build the model's PreprocessPlan from ``frames`` (the first frames of the scan), as a batch
+        run builds it from the same calibration sample: saturation level, extra bad pixels, beam
+        radius, radii."""
+        from ..processing import FlatField, FrameRunner, PreprocessPlan, load_flatfield
+        from .predict import params_for_model
 
         frames = np.asarray(frames)
         model.check_geometry(geometry, "the live frames")
-        params = preprocess_params_for([model.recipe], geometry, _base_params(model))
-        params = replace(params, centring="per_frame", workers=1, chunk_frames=None)
+        params = replace(params_for_model(model, geometry), centring="per_frame", workers=1, chunk_frames=None)
         ff = None
         if flatfield is not None and params.use_flatfield:
             ff = flatfield if isinstance(flatfield, FlatField) else load_flatfield(flatfield)
-        calib = Scan(frames[None], geometry, metadata=dict(metadata or {}), source="live calibration")
-        result = preprocess(calib, params, flatfield=ff)
-        r = result.resolved
-        base = ff if ff is not None else FlatField.identity(tuple(geometry.detector_shape))
-        ff_used = base.with_saturation(r["saturation_counts"]).with_mask(result.mask)
-        grid = grid_for(tuple(geometry.detector_shape), r["edge_pixel_width"])
-        prof = RadialProfile(r["ria_nbins"], r["ria_bin_px"], r["ria_r_min_px"], grid)
-        procs = [prof]
-        if r["crop_half_px"] is not None:
-            procs.append(CentralCrop(r["crop_half_px"], r["crop_bin"]))
-        runner = FrameRunner(procs, ff_used, CentreFinder(r["beam_radius_px"], grid=grid))
-        plan = {"calibration_frames": int(len(frames)), "masked_pixels": int(result.mask.sum()),
+        # the same plan a batch run builds from the same first frames (its calibration sample)
+        plan_ = PreprocessPlan.build(params, geometry, metadata, frames[:params.bad_pixel_sample], ff)
+        procs = plan_.processors(virtual=False)
+        runner = FrameRunner(procs, plan_.corrections(ff), plan_.centre_finder())
+        r = plan_.resolved
+        plan = {"calibration_frames": plan_.calibration_frames, "masked_pixels": int(plan_.corrections(ff).mask.sum()),
                 "model_centring": (model.preprocess or {}).get("centring", "per_frame"), **r}
-        return cls(model, runner, geometry, prof.radii_px, r["crop_half_px"], plan)
+        return cls(model, runner, geometry, procs[0].radii_px, r["crop_half_px"], plan)
 
     def classify(self, frames, index=None):
-        from ..models.inference import predict_scan as predict_features
-        from ..models.training import ScanFeatures
+        return self.predict(self.features(frames, index))
 
+    def features(self, frames, index=None) -> dict:
+        """The model's features of raw frames (n, ky, kx): {"ria": (n, nb), "crop": ... or None}.
+        The frame kernels release the GIL: chunks of frames can be prepared in several threads."""
         frames = np.asarray(frames)
         if frames.ndim == 2:
             frames = frames[None]
-        n = frames.shape[0]
-        part = self.runner.run_chunk(frames, index)
-        crops = part.values.get("crop")
+        values = self.runner.run_chunk(frames, index).values
+        return {"ria": values["ria"], "crop": values.get("crop")}
+
+    def predict(self, features):
+        """Class ids (n,) and probabilities (n, k) from :meth:`features` output, or from a list of
+        them taken together (one call of the model for all: its fixed cost per call is paid once)."""
+        from ..models.inference import predict_scan as predict_features
+        from ..models.training import ScanFeatures
+
+        if isinstance(features, (list, tuple)):
+            features = {"ria": np.concatenate([f["ria"] for f in features]),
+                        "crop": None if features[0]["crop"] is None else np.concatenate([f["crop"] for f in features])}
+        ria, crops = features["ria"], features["crop"]
+        n = ria.shape[0]
         feats = ScanFeatures(name="live", geometry=self.geometry, missing=np.zeros((1, n), bool),
-                             ria=part.values["ria"][None], radii_px=self.radii_px,
+                             ria=ria[None], radii_px=self.radii_px,
                              crops=None if crops is None else crops[None], crop_radius_px=self.crop_radius_px)
         pred = predict_features(self.model, feats)
         return pred.class_map[0], pred.probabilities[0]
@@ -248,11 +252,11 @@ class FrameClassifier:
 @dataclass
 class FrameBatch:
     """Frames that just became available: flat scan indices (n,), frames (n, ky, kx), and the
-    ``time.perf_counter()`` at which they were seen complete."""
+    ``time.perf_counter()`` at which they were seen complete (one value, or one per frame)."""
 
     index: np.ndarray
     frames: np.ndarray
-    seen: float
+    seen: float | np.ndarray
 
 
 class MibSource:
@@ -300,13 +304,13 @@ class MibSource:
     def geometry(self) -> Geometry:
         from ..io.mib import PIXEL_SIZE_UM
 
-        return Geometry(detector_shape=self.header.frame_shape, pixel_size_um=PIXEL_SIZE_UM)
+        return Geometry(detector_shape=self.header.frame_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
 
     def ready(self) -> bool:
         return self.header is not None or self._read_header()
 
     def poll(self, max_frames: int = 64) -> FrameBatch | None:
-        from ..io import ScanFormatError
+        from ..errors import ScanFormatError
         from ..io.mib import MibFrames
 
         if not self.ready():
@@ -402,9 +406,335 @@ class FolderSource:
         return batch
 
 
+# ---- detector network streams ----------------------------------------------------------------------
+def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """``"host:port"``, ``"host"`` or ``":port"`` -> (host, port)."""
+    text = str(text).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, ""
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        return host, int(port) if port else int(default_port)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected HOST:PORT") from None
+
+
+def merlin_control_get(host: str, port: int, names=("COUNTERDEPTH", "IMAGEX", "IMAGEY"),
+                       timeout_s: float = 2.0) -> dict:
+    """Read settings from a Merlin control server (``MPX,<length>,GET,<NAME>,0`` commands on the
+    control port, 6341 by default): {name: value string}. Raises OSError when it does not answer."""
+    import socket
+
+    out = {}
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as s:
+        for name in names:
+            body = f"GET,{name},0"
+            s.sendall(f"MPX,{len(body) + 1:010d},{body}".encode("ascii"))
+            resp = s.recv(4096).decode("ascii", "replace")
+            parts = resp.split(",")  # MPX, length, GET, NAME, value, status
+            if len(parts) >= 6 and parts[2] == "GET" and parts[5].strip() == "0":
+                out[name] = parts[4]
+    return out
+
+
+def _qd_sequences(blob: bytes, n: int):
+    """Frame numbers (1-based, from each frame's header) of a libertem_qd_mpx frame stack, read
+    from its serialized handle (bincode: slot size and index, then each frame's metadata: MPX
+    length, frame number, ...); None when the bytes are not laid out as expected (another version
+    of the receiver), and frames are then numbered in order of arrival."""
+    import struct
+
+    try:
+        off = 16
+        (count,) = struct.unpack_from("<Q", blob, off)
+        off += 8
+        if count != n:
+            return None
+        seqs = np.empty(n, np.int64)
+        for j in range(n):
+            _, seqs[j] = struct.unpack_from("<QI", blob, off)
+            off += 12 + 2 + 1 + 16 + 4 + 4 + 1  # data offset, chips, sizes, dtype, layout, chip select
+            (length,) = struct.unpack_from("<Q", blob, off)
+            off += 8 + length + 8 + 1 + 4 + 4  # timestamp, shutter time, counter, colour mode, gain
+            tag = blob[off]
+            off += 1
+            if tag == 1:  # MQ1A: extended timestamp, shutter ns, counter depth
+                (length,) = struct.unpack_from("<Q", blob, off)
+                off += 8 + length + 8 + 1
+            elif tag != 0:
+                return None
+        (offsets,) = struct.unpack_from("<Q", blob, off)
+        if offsets != n or off + 8 + 8 * n + 8 != len(blob):
+            return None
+        return seqs
+    except (struct.error, IndexError):
+        return None
+
+
+class MerlinStreamSource:
+    """Frames from a Quantum Detectors Merlin data stream (TCP; the Merlin software's data port,
+    6342 by default, or LiberTEM-live's simulator ``libertem-live-mib-sim``), received by
+    ``libertem_qd_mpx.QdConnection`` (the ``live`` extra) in passive mode.
+
+    ``ready()`` connects on its first call and starts a receiver thread that waits for the
+    detector to be armed (by the acquisition software; nothing is triggered from here), then
+    takes frame stacks out of the receiver's shared memory, decodes them into frames (rows flipped,
+    as the project's .mib reader shows them) and releases them; ``poll()`` hands over the frames
+    waiting. Each frame is placed at scan position ``frame number - 1`` (the number in its Merlin
+    header): a frame lost on the way leaves its position unclassified and is counted in
+    ``stats()["frames_dropped"]``. At most ``max_buffered_frames`` decoded frames wait for the
+    classifier; beyond that, stacks stay in shared memory (``num_slots`` stacks of up to
+    ``frame_stack_size`` frames) and then the TCP stream itself is held back, as a slow reader of a
+    real detector would be (Merlin then drops frames, which shows as ``frames_dropped``).
+
+    scan_shape: (sy, sx); default the acquisition header's ScanX/ScanY, else its frames per trigger
+    as the row length. control_port: the Merlin control port; when given, the counter depth and
+    frame size are read from it (metadata). name: stem of the output files.
+    """
+
+    kind = "merlin"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6342, scan_shape=None, *, control_port=None,
+                 name: str = "merlin", frame_stack_size: int = 16, num_slots: int = 256,
+                 max_buffered_frames: int = 1024, bytes_per_frame: int = 256 * 256 * 2):
+        from ..optional import require_live
+
+        require_live("merlin")
+        self.host, self.port = str(host), int(port)
+        self.control_port = None if control_port is None else int(control_port)
+        self.name = name
+        self.path = f"merlin://{self.host}:{self.port}"
+        self._scan_shape = None if scan_shape is None else tuple(int(s) for s in scan_shape)
+        self.frame_stack_size = int(frame_stack_size)
+        self.num_slots = int(num_slots)
+        self.max_buffered_frames = int(max_buffered_frames)
+        self.bytes_per_frame = int(bytes_per_frame)
+        self.metadata = {"format": "Merlin TCP stream (live)", "stream": f"{self.host}:{self.port}"}
+        self.detector_shape = None
+        self.dtype = None
+        self.done = 0
+        self.header = None
+        self._cond = threading.Condition()
+        self._queue: list[FrameBatch] = []
+        self._buffered = 0
+        self._stop = threading.Event()
+        self._armed = threading.Event()
+        self._ended = threading.Event()
+        self._thread = None
+        self.error: BaseException | None = None
+        self._stats = {"frames_announced": None, "frames_received": 0, "frames_dropped": 0, "frames_outside_scan": 0,
+                       "frame_stacks": 0, "max_buffered_frames": 0, "first_frame_at": None, "last_frame_at": None,
+                       "frame_numbers_from": None}
+
+    # -- lifecycle
+    def _start(self):
+        if self.control_port is not None:
+            try:
+                settings = merlin_control_get(self.host, self.control_port)
+            except OSError as exc:
+                raise ConnectionError(f"Merlin control port {self.host}:{self.control_port} does not answer: {exc}") from exc
+            self.metadata["merlin_settings"] = settings
+            if str(settings.get("COUNTERDEPTH", "")).isdigit():
+                self.metadata["counter_depth"] = int(settings["COUNTERDEPTH"])
+        self._thread = threading.Thread(target=self._receive, daemon=True, name="merlin-receiver")
+        self._thread.start()
+
+    def ready(self) -> bool:
+        if self._thread is None:
+            self._start()
+        if self.error is not None and not self._armed.is_set():
+            raise self.error
+        return self._armed.is_set()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop receiving and release the connection (waits up to ``timeout_s`` for the receiver:
+        a stack read in progress ends when data or the end of the acquisition arrives)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def finished(self) -> bool:
+        """True when no more frames will come (the acquisition ended or the receiver stopped) and
+        every received frame was handed over."""
+        with self._cond:
+            return self._ended.is_set() and not self._queue
+
+    # -- what the acquisition header says
+    @property
+    def scan_shape(self):
+        if self._scan_shape is None:
+            if self.header is None:
+                raise ValueError(f"{self.path}: scan shape unknown until the detector is armed: give --scan-shape SY SX")
+            shape = self.header.get("nav_shape")
+            total, per_row = self.header["frames_in_acquisition"], self.header["frames_per_trigger"]
+            if shape is None and per_row and total and 1 < per_row < total:
+                shape = (-(-total // per_row), per_row)
+            if shape is None:
+                raise ValueError(f"{self.path}: the acquisition header does not give the scan shape "
+                                 f"({total} frames, {per_row} per trigger): give --scan-shape SY SX")
+            self._scan_shape = tuple(int(s) for s in shape)
+        return self._scan_shape
+
+    def geometry(self) -> Geometry:
+        from ..io.mib import PIXEL_SIZE_UM
+
+        return Geometry(detector_shape=self.detector_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
+
+    def stats(self) -> dict:
+        """Counters of the stream: frames the acquisition header announced, received, dropped (gaps
+        in the frame numbers), outside the scan, frame stacks, most frames waiting for the
+        classifier, receive rate (frames/s between the first and the last frame)."""
+        with self._cond:
+            s = dict(self._stats)
+            s["frames_waiting"] = self._buffered
+        t0, t1 = s.pop("first_frame_at"), s.pop("last_frame_at")
+        if t0 is not None and t1 is not None and t1 > t0 and s["frames_received"] > 1:
+            s["receive_rate_hz"] = round((s["frames_received"] - 1) / (t1 - t0), 1)
+        return s
+
+    # -- the receiver thread
+    def _receive(self):
+        import tempfile
+
+        import libertem_qd_mpx as qd
+
+        handle_dir = tempfile.mkdtemp(prefix="sedclassify-qd-")
+        conn = cam = None
+        try:
+            conn = qd.QdConnection(data_host=self.host, data_port=self.port, frame_stack_size=self.frame_stack_size,
+                                   shm_handle_path=os.path.join(handle_dir, "qd-shm"), drain=False,
+                                   num_slots=self.num_slots, bytes_per_frame=self.bytes_per_frame,
+                                   recovery_strategy="immediate_reconnect")
+            conn.start_passive()
+            acq = None
+            while acq is None and not self._stop.is_set():
+                acq = conn.wait_for_arm(timeout=0.2)
+            if acq is None:
+                return
+            total = int(acq.frames_in_acquisition())
+            self.header = {"frames_in_acquisition": total, "frames_per_trigger": int(acq.frames_per_trigger()),
+                           "nav_shape": acq.nav_shape(), "detector_shape": tuple(acq.detector_shape())}
+            self.detector_shape = tuple(int(s) for s in acq.detector_shape())
+            self._stats["frames_announced"] = total
+            self.metadata["acquisition_header"] = {k: (list(v) if isinstance(v, tuple) else v)
+                                                   for k, v in self.header.items()}
+            cam = qd.CamClient(conn.get_socket_path())
+            self._armed.set()
+            expected = 1
+            while not self._stop.is_set():
+                with self._cond:  # the classifier is behind: leave the stacks in shared memory
+                    while self._buffered >= self.max_buffered_frames and not self._stop.is_set():
+                        self._cond.wait(0.05)
+                if self._stop.is_set():
+                    break
+                stack = conn.get_next_stack(max_size=self.frame_stack_size)
+                if stack is None:  # the acquisition is over
+                    break
+                seen = time.perf_counter()
+                n = len(stack)
+                if self.dtype is None:
+                    self.dtype = np.dtype(stack.get_dtype_string())
+                    self.detector_shape = tuple(int(s) for s in stack.get_shape())
+                    self.metadata.setdefault("counter_depth", {1: 6, 2: 12, 4: 24}.get(self.dtype.itemsize))
+                frames = np.empty((n,) + self.detector_shape, self.dtype)
+                cam.decode_range_into_buffer(stack, frames, 0, n)
+                seqs = _qd_sequences(stack.serialize(), n)
+                cam.done(stack)
+                if self._stats["frame_numbers_from"] is None:
+                    self._stats["frame_numbers_from"] = "frame headers" if seqs is not None else "arrival order"
+                if seqs is None:
+                    seqs = np.arange(expected, expected + n)
+                gaps = int(seqs[0] - expected) + int(np.clip(np.diff(seqs) - 1, 0, None).sum())
+                expected = int(seqs[-1]) + 1
+                index = seqs - 1
+                inside = (index >= 0) & (index < self._n_positions())
+                if not inside.all():
+                    index, frames = index[inside], frames[inside]
+                batch = FrameBatch(index, frames[:, ::-1], np.full(len(index), seen))
+                with self._cond:
+                    st = self._stats
+                    st["frames_received"] += n
+                    st["frames_dropped"] += max(gaps, 0)
+                    st["frames_outside_scan"] += int(n - inside.sum())
+                    st["frame_stacks"] += 1
+                    st["first_frame_at"] = st["first_frame_at"] or seen
+                    st["last_frame_at"] = seen
+                    if len(batch.index):
+                        self._queue.append(batch)
+                        self._buffered += len(batch.index)
+                    st["max_buffered_frames"] = max(st["max_buffered_frames"], self._buffered)
+                    self._cond.notify_all()
+            if not self._stop.is_set():  # frames announced but never sent: lost at the end
+                with self._cond:
+                    announced = self._stats["frames_announced"] or 0
+                    self._stats["frames_dropped"] += max(0, announced - (expected - 1))
+        except BaseException as exc:  # reported by ready() / poll()
+            self.error = exc
+        finally:
+            for obj in (cam, conn):
+                if obj is not None:
+                    try:
+                        obj.close()
+                    except Exception:
+                        pass
+            import shutil
+
+            shutil.rmtree(handle_dir, ignore_errors=True)
+            self._ended.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _n_positions(self) -> int:
+        try:
+            sy, sx = self.scan_shape
+        except ValueError:
+            return np.iinfo(np.int64).max
+        return sy * sx
+
+    def poll(self, max_frames: int = 64) -> FrameBatch | None:
+        if not self.ready():
+            return None
+        with self._cond:
+            if not self._queue:
+                if self.error is not None:
+                    raise self.error
+                return None
+            got, n = [], 0
+            while self._queue and n < max_frames:
+                b = self._queue[0]
+                take = min(len(b.index), max_frames - n)
+                if take == len(b.index):
+                    got.append(self._queue.pop(0))
+                else:
+                    got.append(FrameBatch(b.index[:take], b.frames[:take], b.seen[:take]))
+                    self._queue[0] = FrameBatch(b.index[take:], b.frames[take:], b.seen[take:])
+                n += take
+            self._buffered -= n
+            self._cond.notify_all()
+        self.done += n
+        if len(got) == 1:
+            return got[0]
+        return FrameBatch(np.concatenate([b.index for b in got]), np.concatenate([b.frames for b in got]),
+                          np.concatenate([b.seen for b in got]))
+
+
 def open_source(path, scan_shape=None):
-    """A frame source for ``path``: a growing .mib file (``.mib``/``.hdr``), else a folder of frame
-    files (which may not exist yet)."""
+    """A frame source for ``path``: ``merlin://HOST:PORT`` (a Merlin data stream, the ``live``
+    extra), a growing .mib file (``.mib``/``.hdr``), else a folder of frame files (which may not
+    exist yet)."""
+    if str(path).startswith("merlin://"):
+        host, port = parse_host_port(str(path)[len("merlin://"):], 6342)
+        return MerlinStreamSource(host, port, scan_shape)
     path = Path(path)
     if path.suffix.lower() in (".mib", ".hdr"):
         return MibSource(path.with_suffix(".mib"), scan_shape)
@@ -416,21 +746,29 @@ def open_source(path, scan_shape=None):
 # ---- the engine --------------------------------------------------------------------------------------
 @dataclass
 class LiveResult:
-    """How a live run ended: status ("complete", "stopped", "timeout"), the state, files written,
-    the plan used, and seconds from the first frame seen to the end."""
+    """How a live run ended: status ("complete", "incomplete", "stopped", "timeout"), the state,
+    files written, the plan used, seconds from the first frame seen to the end, the counters of a
+    detector stream (frames received, dropped...) and the reduced file written (or left partial)."""
 
     status: str
     state: LiveClassMap
     files: dict
     plan: dict
     seconds: float
+    source_stats: dict = field(default_factory=dict)
+    reduced: dict | None = None
 
     def to_dict(self) -> dict:
         s = self.state
-        return {"status": self.status, "frames": s.n_done, "positions": s.n_positions,
-                "kept": int(s.keep().sum()), "kept_classes": [s.class_names.get(i, str(i)) for i in s.keep_ids],
-                "latency": s.latency_stats(), "seconds": round(self.seconds, 3), "files": self.files,
-                "plan": _plain(self.plan)}
+        d = {"status": self.status, "frames": s.n_done, "positions": s.n_positions,
+             "kept": int(s.keep().sum()), "kept_classes": [s.class_names.get(i, str(i)) for i in s.keep_ids],
+             "latency": s.latency_stats(), "seconds": round(self.seconds, 3), "files": self.files,
+             "plan": _plain(self.plan)}
+        if self.source_stats:
+            d["stream"] = dict(self.source_stats)
+        if self.reduced is not None:
+            d["reduced"] = dict(self.reduced)
+        return d
 
 
 def output_paths(out_dir, name: str) -> dict:
@@ -458,38 +796,63 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
           calibration_frames: int | None = None, max_chunk: int = 32, threads: int | None = None,
           poll_s: float = 0.002,
           timeout_s: float | None = 10.0, write_every_s: float = 1.0, force: bool = False,
-          state: LiveClassMap | None = None, cancel: Callable | None = None) -> LiveResult:
+          state: LiveClassMap | None = None, cancel: Callable | None = None, reduce_to=None,
+          compression: str = "bslz4") -> LiveResult:
     """Classify the frames of ``source`` (a path for :func:`open_source`, or a source) as they arrive.
 
     model: SedModel or model file. keep: classes whose positions go into the keep-list.
     geometry: calibration of the live frames (default: what the source says, as the batch reader
     would). metadata: scan metadata for the plan (e.g. ``edge_pixel_width``). calibration_frames:
     frames that set the plan (default: the recipe's bad_pixel_sample, at most the scan).
-    max_chunk: most frames classified together when several are waiting; threads: how many chunks
-    are classified at once (default: one per core). timeout_s: stop when no
+    max_chunk: most frames in one chunk of feature extraction; threads: how many chunks are
+    prepared at once (default: one per core); the frames waiting (up to 4 chunks per thread) then
+    go through the model in one call. timeout_s: stop when no
     new frame arrived for this long (None: wait forever). out_dir: where the class map and
     keep-list go (atomically, every write_every_s and at the end; existing ones only with
     ``force``). state: a LiveClassMap to fill (a widget may hold it); cancel() -> True ends the run
-    (status "stopped"). Returns a LiveResult; Ctrl-C ends the run the same way (outputs written) and
-    re-raises.
+    (status "stopped"). reduce_to: an HDF5 file that receives the frames of the ``keep`` classes as
+    they are classified (:class:`~napari_sedclassify.pipeline.reduce.StreamingReducer`: built at
+    ``<stem>.partial.h5``, committed with the outputs, renamed to ``reduce_to`` when the run is
+    complete; compression "bslz4" or "none"). A source with ``finished`` (a detector stream) ends
+    the run when its acquisition is over ("incomplete" when positions were never received); a
+    source with ``close()`` is closed at the end. Returns a LiveResult; Ctrl-C ends the run the
+    same way (outputs written) and re-raises.
     """
     from .predict import as_model
     from .reduce import class_ids as ids_of
+    from .train import _is_path
 
+    model_arg = model
     model = as_model(model)
     src = open_source(source, scan_shape) if isinstance(source, (str, os.PathLike)) else source
-    name = name or Path(getattr(src, "path", "live")).stem
+    name = name or getattr(src, "name", None) or Path(getattr(src, "path", "live")).stem
     keep_ids = ids_of(keep, model.classes) if keep else []
     paths = output_paths(out_dir, name) if out_dir is not None else None
     if paths is not None:
         for p in paths.values():
             check_target(p, force)
+    if reduce_to is not None:
+        from .reduce import partial_path
+
+        if not keep_ids:
+            raise ValueError("reduction on the fly keeps the frames of the --keep classes: give at least one")
+        if compression not in ("bslz4", "none"):
+            raise ValueError(f"on-the-fly reduction writes bslz4 or none, not {compression!r}")
+        check_target(reduce_to, force)
+        if partial_path(reduce_to).exists() and not force:
+            raise FileExistsError(f"{partial_path(reduce_to)}: a partial file of an earlier live run is there; "
+                                  "not overwritten (use --force to replace it)")
     stopped = cancel if cancel is not None else (lambda: False)
     wait_start = time.perf_counter()
-    while not src.ready():  # the acquisition has not started writing yet
-        if stopped() or (timeout_s is not None and time.perf_counter() - wait_start > timeout_s):
-            raise TimeoutError(f"{getattr(src, 'path', source)}: no frame arrived within {timeout_s} s")
-        time.sleep(poll_s)
+    try:
+        while not src.ready():  # the acquisition has not started writing yet (or the detector is not armed)
+            if stopped() or (timeout_s is not None and time.perf_counter() - wait_start > timeout_s):
+                raise TimeoutError(f"{getattr(src, 'path', source)}: no frame arrived within {timeout_s} s")
+            time.sleep(poll_s)
+    except BaseException:
+        if hasattr(src, "close"):
+            src.close()
+        raise
     sy, sx = src.scan_shape
     if state is None:
         state = LiveClassMap((sy, sx), model.classes.ids, keep_ids, model.classes.names)
@@ -508,33 +871,79 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
 
     threads = max(1, int(threads or os.cpu_count() or 1))
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
-
-    def run_one(frames, index, seen):
-        ids, proba = classifier.classify(frames, index)
-        state.update(index, ids, proba, np.full(len(ids), time.perf_counter() - seen))
+    # frames taken at once: when classification is behind, larger batches pay the model's fixed
+    # cost per call less often; when it keeps up, batches hold what arrived since the last one
+    max_poll = max_chunk * threads * 4
 
     def run_batches(batches):
-        """Classify the waiting frames, split over the threads (the kernels release the GIL)."""
+        """Classify the waiting frames: their features in chunks split over the threads (the
+        kernels release the GIL), then the model once for all of them; then hand the kept ones to
+        the reduction."""
         pieces = []
         for b in batches:
             step = max(1, min(max_chunk, -(-len(b.index) // threads)))
-            pieces += [(b.frames[s:s + step], b.index[s:s + step], b.seen) for s in range(0, len(b.index), step)]
+            pieces += [(b.frames[s:s + step], b.index[s:s + step], b.seen if np.ndim(b.seen) == 0 else b.seen[s:s + step])
+                       for s in range(0, len(b.index), step)]
         if pool is None or len(pieces) == 1:
-            for piece in pieces:
-                run_one(*piece)
+            feats = [classifier.features(frames, index) for frames, index, _ in pieces]
         else:
-            for f in [pool.submit(run_one, *piece) for piece in pieces]:
-                f.result()
+            feats = list(pool.map(lambda piece: classifier.features(piece[0], piece[1]), pieces))
+        ids, proba = classifier.predict(feats)
+        index = np.concatenate([p[1] for p in pieces])
+        seen = np.concatenate([np.broadcast_to(p[2], (len(p[1]),)) for p in pieces])
+        state.update(index, ids, proba, time.perf_counter() - seen)
+        if reduce_to is not None:
+            reduce_batches(batches)
+
+    reducer = None
+
+    def reduce_batches(batches):
+        nonlocal reducer
+        classes = state.class_map().reshape(-1)
+        for b in batches:
+            if reducer is None:
+                from .reduce import StreamingReducer
+
+                reducer = StreamingReducer(
+                    reduce_to, scan_shape=(sy, sx), detector_shape=b.frames.shape[1:], dtype=b.frames.dtype,
+                    geometry=classifier.geometry, class_table=model.classes, keep_ids=keep_ids,
+                    class_ids=state.class_ids, compression=compression, force=force,
+                    input_info={"source": str(getattr(src, "path", source)), "format": src.metadata.get("format")},
+                    provenance={"class_map_from": "model", "model": str(model_arg) if _is_path(model_arg) else model.name,
+                                "model_kind": model.kind, "flatfield": None if flatfield is None else str(flatfield),
+                                "class_ids_of_probabilities": state.class_ids})
+            kept = np.isin(classes[b.index], keep_ids)
+            if kept.any():
+                reducer.add(b.index[kept], b.frames[kept])
+
+    def commit(final_status=None):
+        snap = state.snapshot()
+        report = {"status": final_status or "partial", "frames_done": int(snap["done"].sum()),
+                  "latency": snap["latency"], "plan": _plain(classifier.plan) if classifier else None,
+                  **({"stream": src.stats()} if hasattr(src, "stats") else {})}
+        if final_status is None:
+            reducer.commit(snap["class_map"], snap["done"], snap["probabilities"], report=report)
+            return None
+        return reducer.finish(snap["class_map"], snap["done"], snap["probabilities"], status=final_status, report=report)
+
+    def extra():
+        out = {"plan": _plain(classifier.plan) if classifier else None}
+        if hasattr(src, "stats"):
+            out["stream"] = src.stats()
+        return out
 
     try:
         while True:
             if stopped():
                 status = "stopped"
                 break
-            batch = src.poll(max_chunk * threads)
+            batch = src.poll(max_poll)
             if batch is None:
                 if state.n_done == n_total:
                     status = "complete"
+                    break
+                if getattr(src, "finished", False) and classifier is not None:
+                    status = "incomplete"  # a stream's acquisition ended with positions never received
                     break
                 if timeout_s is not None and time.perf_counter() - last_frame > timeout_s:
                     status = "timeout"
@@ -542,7 +951,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                 time.sleep(poll_s)
             else:
                 last_frame = time.perf_counter()
-                t_first = t_first or batch.seen
+                t_first = t_first or float(np.min(batch.seen))
                 if classifier is None:
                     pending.append(batch)
                     if sum(len(b.index) for b in pending) < want:
@@ -557,8 +966,11 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                     pending = []
                 else:
                     run_batches([batch])
-                if paths is not None and time.perf_counter() - last_write > write_every_s:
-                    write_outputs(state, paths, {"plan": _plain(classifier.plan) if classifier else None})
+                if (paths is not None or reducer is not None) and time.perf_counter() - last_write > write_every_s:
+                    if paths is not None:
+                        write_outputs(state, paths, extra())
+                    if reducer is not None:
+                        commit()
                     last_write = time.perf_counter()
         if classifier is None and pending:  # ended before enough frames: calibrate on what came
             calib = np.concatenate([b.frames for b in pending])
@@ -571,21 +983,41 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         status = "stopped"
         state.set_status(status, "interrupted (Ctrl-C)")
         if paths is not None:
-            write_outputs(state, paths, {"plan": _plain(classifier.plan) if classifier else None})
+            write_outputs(state, paths, extra())
+        if reducer is not None:
+            commit("stopped")
         raise
     except BaseException as exc:
         state.set_status("error", str(exc))
+        if reducer is not None:
+            try:
+                commit("error")
+            except Exception:  # the partial file keeps what its last commit wrote
+                reducer.close()
         raise
     finally:
         if pool is not None:
             pool.shutdown()
-    state.set_status(status, {"complete": "", "stopped": "stopped", "timeout": f"no new frame for {timeout_s} s"}[status])
+        if hasattr(src, "close"):
+            src.close()
+    stats = src.stats() if hasattr(src, "stats") else {}
+    messages = {"complete": "", "stopped": "stopped", "timeout": f"no new frame for {timeout_s} s",
+                "incomplete": f"the acquisition ended with {state.n_done} of {n_total} positions received"
+                              + (f" ({stats['frames_dropped']} frames dropped)" if stats.get("frames_dropped") else "")}
+    state.set_status(status, messages[status])
     plan = classifier.plan if classifier is not None else {}
     files = {}
     if paths is not None:
-        write_outputs(state, paths, {"plan": _plain(plan)})
+        write_outputs(state, paths, extra())
         files = {k: str(v) for k, v in paths.items()}
-    return LiveResult(status, state, files, plan, time.perf_counter() - (t_first or wait_start))
+    reduced = None
+    if reducer is not None:
+        left = commit(status)
+        reduced = {"path": str(left), "status": status, "kept_frames": reducer.n_committed}
+        files["reduced"] = str(left)
+    elif reduce_to is not None:  # no frame arrived: nothing to reduce
+        reduced = {"path": None, "status": status, "kept_frames": 0}
+    return LiveResult(status, state, files, plan, time.perf_counter() - (t_first or wait_start), stats, reduced)
 
 
 def _plain(d: dict) -> dict:

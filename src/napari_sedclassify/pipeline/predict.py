@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,12 @@ from .train import _is_path, flatfields_for, open_scans, preprocess_params_for, 
 class ScanPrediction:
     """The result for one scan. class_map: uint8 (sy, sx), 0 = missing / not classified.
     probabilities: float32 (sy, sx, k) for ``class_ids``. integrated: (sy, sx) total counts.
-    timings: seconds for preprocessing (features) and for the model's prediction."""
+    timings: seconds for preprocessing (features) and for the model's prediction.
+    uncertain: None, or bool (sy, sx) frames left out of the class map (set to 0) because their
+    most probable class was below a probability threshold (:func:`with_uncertain`).
+    geometry: the scan's Geometry (scan step, q axis); ria: (sy, sx, nbins) float32 radial
+    intensity averages with ria_radii_px (nbins,) their bin centres: what the HyperSpy export
+    (``io.hyperspy.export_hyperspy``) writes besides the class map."""
 
     name: str
     class_map: np.ndarray
@@ -31,6 +36,35 @@ class ScanPrediction:
     integrated: np.ndarray
     timings: dict = field(default_factory=dict)
     source: str | None = None
+    uncertain: np.ndarray | None = None
+    geometry: object | None = None
+    ria: np.ndarray | None = None
+    ria_radii_px: np.ndarray | None = None
+
+
+def with_uncertain(pred: ScanPrediction, threshold: float | None) -> ScanPrediction:
+    """``pred`` with the frames whose most probable class is below ``threshold`` marked uncertain:
+    0 ("not classified") in the class map, so no keep-list or reduction made from it keeps them,
+    and listed in ``uncertain``. None: ``pred`` unchanged."""
+    if threshold is None:
+        return pred
+    from dataclasses import replace
+
+    from ..models.inference import mark_uncertain
+
+    class_map, mask = mark_uncertain(pred.class_map, pred.probabilities, threshold)
+    return replace(pred, class_map=class_map, uncertain=mask)
+
+
+def prediction_entry(pred: ScanPrediction, files: dict, classes) -> dict:
+    """The summary of one written prediction: name, source, files, counts per class, frames not
+    classified (and of those, uncertain ones when marked), timings."""
+    entry = {"name": pred.name, "source": pred.source, "files": files,
+             "counts": {classes.names[c]: int((pred.class_map == c).sum()) for c in pred.class_ids},
+             "unclassified": int((pred.class_map == 0).sum()), "timings": pred.timings}
+    if pred.uncertain is not None:
+        entry["uncertain"] = int(pred.uncertain.sum())
+    return entry
 
 
 def as_model(model):
@@ -42,11 +76,27 @@ def as_model(model):
     return model
 
 
+def check_model_libraries(model) -> None:
+    """Raise :class:`~napari_sedclassify.optional.MissingOptionalDependency` (its message gives the
+    pip command) when ``model`` (SedModel or model file) needs libraries that are not installed (a
+    CNN without TensorFlow). Reads the file's model.json only: call it before starting work."""
+    if _is_path(model):
+        from ..models.persistence import read_metadata
+
+        kind = read_metadata(model).get("kind")
+    else:
+        kind = model.kind
+    if kind == "cnn":
+        from ..optional import require_cnn
+
+        require_cnn(f"The CNN model {model if _is_path(model) else model.name}")
+
+
 def check_preprocess(model, result, geometry) -> None:
     """Raise IncompatibleModelError when a precomputed PreprocessResult cannot give ``model``
     its features as in training: other centring or RIA bins, a profile that stops short of the
     model's q range, or crops missing or laid out differently."""
-    from ..models.persistence import IncompatibleModelError
+    from ..errors import IncompatibleModelError
 
     trained = model.preprocess or {}
     given = result.params.to_dict()
@@ -70,13 +120,15 @@ def check_preprocess(model, result, geometry) -> None:
 
 
 def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progress: Callable | None = None,
-                 cancel: Callable | None = None) -> ScanPrediction:
+                 cancel: Callable | None = None, client=None, chunk_frames: int | None = None) -> ScanPrediction:
     """Classify every frame of ``scan`` (Scan or path) with ``model`` (SedModel or path).
 
     result: a PreprocessResult of this scan made earlier (e.g. by ``sedclassify preprocess``),
     used instead of preprocessing again after :func:`check_preprocess`. Raises
     IncompatibleModelError (naming the model file and the mismatch) before any work when the
-    scan's geometry does not suit the model. progress(done, total) counts frames.
+    scan's geometry does not suit the model. progress(done, total) counts frames. client: a
+    dask.distributed Client for the per-frame work (None: threads here); chunk_frames: frames per
+    task. The CLI, batch runs, napari and evaluation all classify through here.
     """
     from ..models.inference import predict_scan as predict_features
     from ..models.training import ScanFeatures
@@ -88,8 +140,11 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
     model.check_geometry(scan.geometry, name if scan.source is None else str(scan.source))
     t0 = time.perf_counter()
     if result is None:
-        params = preprocess_params_for([model.recipe], scan.geometry, _base_params(model))
-        result = preprocess(scan, params, flatfield=_one_flatfield(flatfield), progress=progress, cancel=cancel)
+        params = params_for_model(model, scan.geometry)
+        if chunk_frames is not None:
+            params = replace(params, chunk_frames=int(chunk_frames))
+        result = preprocess(scan, params, flatfield=_one_flatfield(flatfield), progress=progress, cancel=cancel,
+                            client=client)
     else:
         check_preprocess(model, result, scan.geometry)
     feats = ScanFeatures.from_preprocess(result, scan.geometry, name, crop_radius_px=result.resolved.get("crop_half_px"))
@@ -98,17 +153,18 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
     t2 = time.perf_counter()
     return ScanPrediction(name=name, class_map=pred.class_map, probabilities=pred.probabilities,
                           class_ids=pred.class_ids, integrated=result.virtual["total"],
-                          timings={"preprocess_s": t1 - t0, "predict_s": t2 - t1}, source=scan.source)
+                          timings={"preprocess_s": t1 - t0, "predict_s": t2 - t1}, source=scan.source,
+                          geometry=scan.geometry, ria=result.ria, ria_radii_px=result.radii_px)
 
 
-def _base_params(model):
+def params_for_model(model, geometry):
+    """The one place where a model's preprocessing is set for a scan: the model's own parameters
+    (centring, RIA bins, bad pixels...) with crops laid out for this detector when it reads crops.
+    ``model``: a SedModel or a model card (anything with ``.preprocess`` and ``.recipe``)."""
     from ..processing import PreprocessParams
 
-    d = dict(model.preprocess or {})
-    d.pop("crop_radius_px", None)
-    d.pop("crop_d_A", None)
-    d.pop("crop_bin", None)
-    return PreprocessParams.from_dict(d)
+    own = {k: v for k, v in (model.preprocess or {}).items() if k not in ("crop_radius_px", "crop_d_A", "crop_bin")}
+    return preprocess_params_for([model.recipe], geometry, PreprocessParams.from_dict(own))
 
 
 def _one_flatfield(flatfield):
@@ -118,8 +174,10 @@ def _one_flatfield(flatfield):
 def write_prediction(pred: ScanPrediction, out_dir, classes) -> dict:
     """Write into ``out_dir``, atomically: ``<name>_classes.npy`` and ``.tif`` (uint8 class map),
     ``<name>_probabilities.npy`` (sy, sx, k float32) with ``<name>_probabilities.json`` (the class
-    ids and names of its last axis) and ``<name>_overlay.png``; returns {kind: path}."""
-    from ..models._atomic import atomic_path, write_text
+    ids and names of its last axis) and ``<name>_overlay.png``; with frames marked uncertain
+    (:func:`with_uncertain`) also ``<name>_uncertain.npy`` (bool (sy, sx), True = left out of the
+    class map as uncertain); returns {kind: path}."""
+    from ..io.atomic import atomic_path, write_text
     from ..models.metrics import plot_overlay
 
     out_dir = Path(out_dir)
@@ -143,14 +201,20 @@ def write_prediction(pred: ScanPrediction, out_dir, classes) -> dict:
     plot_overlay(pred.integrated, pred.class_map, f"{stem}_overlay.png", classes,
                  title=f"{pred.name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
     paths["overlay"] = Path(f"{stem}_overlay.png")
+    if pred.uncertain is not None:
+        paths["uncertain"] = Path(f"{stem}_uncertain.npy")
+        with atomic_path(paths["uncertain"]) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(pred.uncertain, dtype=bool))
     return {k: str(v) for k, v in paths.items()}
 
 
 def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, cancel=None,
-                     scan_progress: Callable | None = None) -> list[dict]:
+                     scan_progress: Callable | None = None, uncertain_below: float | None = None) -> list[dict]:
     """Predict every scan (paths or Scans) and write its outputs into ``out_dir``; returns one
     dict per scan: name, files, class counts, timings. progress(epoch-like scan index, logs)
-    after each scan; scan_progress(i, n, done, total) while a scan is preprocessed."""
+    after each scan; scan_progress(i, n, done, total) while a scan is preprocessed.
+    uncertain_below: mark frames whose most probable class is below this probability as
+    uncertain (class 0 and ``<name>_uncertain.npy``, see :func:`with_uncertain`)."""
     model = as_model(model)
     scans = list(scans)
     ffs = flatfields_for(flatfield, len(scans))
@@ -159,12 +223,10 @@ def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, ca
         report = None
         if scan_progress is not None:
             report = (lambda k: lambda done, total: scan_progress(k, len(scans), done, total))(i)
-        pred = predict_scan(model, scan, flatfield=ff, progress=report, cancel=cancel)
+        pred = with_uncertain(predict_scan(model, scan, flatfield=ff, progress=report, cancel=cancel),
+                              uncertain_below)
         files = write_prediction(pred, out_dir, model.classes)
-        entry = {"name": pred.name, "source": pred.source, "files": files,
-                 "counts": {model.classes.names[c]: int((pred.class_map == c).sum()) for c in pred.class_ids},
-                 "unclassified": int((pred.class_map == 0).sum()), "timings": pred.timings}
-        out.append(entry)
+        out.append(prediction_entry(pred, files, model.classes))
         if progress is not None:
             progress(i + 1, {"scan": pred.name, "max_epochs": len(scans)})
     return out

@@ -19,28 +19,28 @@ from typing import Callable
 import numpy as np
 
 from .. import __version__
+from ..errors import Cancelled
 from ..geometry import Geometry
+from ..jsonutil import jsonable
 from ..processing import (
-    CentralCrop,
-    CentreFinder,
+    PCC,
     DescanFit,
     FlatField,
     FrameRunner,
     PreprocessParams,
-    RadialProfile,
-    VirtualDetectors,
-    detect_bad_pixels,
+    PreprocessPlan,
+    calibration_sample_index,
     fit_descan,
     load_flatfield,
 )
 from ..processing.descan import DescanModel
-from ..processing.pixels import PixelGrid, grid_for
-from ..processing.runner import Cancelled
+from ..processing.pixels import PixelGrid
+from . import tally
 
 FORMAT = "napari-sedclassify/preprocess"
 FORMAT_VERSION = 1
 
-__all__ = ["Cancelled", "PreprocessResult", "preprocess"]
+__all__ = ["PreprocessResult", "preprocess"]
 
 
 @dataclass
@@ -79,6 +79,12 @@ class PreprocessResult:
         return tuple(self.missing.shape)
 
     @property
+    def plan(self) -> PreprocessPlan | None:
+        """The plan every frame was processed with (None in files written before plans existed)."""
+        d = (self.provenance or {}).get("plan")
+        return None if d is None else PreprocessPlan.from_dict(d)
+
+    @property
     def centres_used(self) -> np.ndarray:
         """The centres the RIAs, crops and BF/ADF were computed about."""
         return self.centres_fitted if self.params.centring == "fitted" else self.centres
@@ -87,6 +93,13 @@ class PreprocessResult:
     def q_invA(self) -> np.ndarray | None:
         """Bin centres in Å⁻¹ (q = 1/d) when the geometry is calibrated, else None."""
         return self.geometry.radius_px_to_q_invA(self.radii_px) if self.geometry.calibrated else None
+
+    def pcc(self) -> PCC:
+        """PCC features of the scan: the RIA bins from the annular dark-field inner radius outwards
+        (the sample's diffraction without the direct beam, whose intensity would otherwise dominate
+        every correlation); missing frames and frames without a beam are left out."""
+        keep = np.asarray(self.radii_px) >= float(self.resolved["adf_inner_px"])
+        return PCC(np.asarray(self.ria)[..., keep], self.missing | ~self.beam_found)
 
     # -- files ------------------------------------------------------------------------------
     def _arrays(self) -> dict:
@@ -108,10 +121,10 @@ class PreprocessResult:
     def _attrs(self) -> dict:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "params": json.dumps(self.params.to_dict()), "resolved": json.dumps(_jsonable(self.resolved)),
+            "params": json.dumps(self.params.to_dict()), "resolved": json.dumps(jsonable(self.resolved)),
             "geometry": json.dumps(self.geometry.to_dict()),
-            "descan": json.dumps(None if self.descan is None else _jsonable(self.descan.to_dict())),
-            "provenance": json.dumps(_jsonable(self.provenance)),
+            "descan": json.dumps(None if self.descan is None else jsonable(self.descan.to_dict())),
+            "provenance": json.dumps(jsonable(self.provenance)),
         }
 
     def save(self, path) -> Path:
@@ -163,7 +176,8 @@ class PreprocessResult:
             virtual={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("virtual/")},
             mask=arrays["mask"], missing=arrays["missing"],
             params=PreprocessParams.from_dict(json.loads(attrs["params"])),
-            resolved={k: (float(v) if v in ("inf", "nan") else v) for k, v in json.loads(attrs["resolved"]).items()},
+            resolved={k: (float(v) if v in ("inf", "-inf", "nan") else v)
+                      for k, v in json.loads(attrs["resolved"]).items()},
             geometry=Geometry.from_dict(json.loads(attrs["geometry"])),
             provenance=json.loads(attrs["provenance"]),
         )
@@ -176,9 +190,14 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
 
     flatfield: FlatField, or a path for ``load_flatfield``, or None. progress(done, total)
     frames (a fitted-centring run counts every frame twice); cancel() -> True stops with
-    ``Cancelled``. client: a dask.distributed Client to run on (default: threads here).
+    ``Cancelled``. client: a dask.distributed Client to run on (default: the one
+    ``pipeline.batch.use_client`` set, else threads in this process).
     """
     t0 = time.time()
+    if client is None:
+        from .batch import current_client
+
+        client = current_client()
     if isinstance(scan, (str, os.PathLike)):
         from ..io import open_scan
 
@@ -192,42 +211,22 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
         if ff.shape != det:
             raise ValueError(f"flat-field {ff.source or ''} {ff.shape} does not match the detector {det} "
                              f"of {scan.source or 'the scan'}")
-    ff_used = ff
-    ff = ff if ff is not None else FlatField.identity(det)
     n = scan.n_frames
     sy, sx = scan.scan_shape
     missing = np.asarray(scan.missing, bool)
 
-    # a sample of frames: bad pixels the flat-field did not catch, and the beam radius
-    sample_idx = _sample(missing, params.bad_pixel_sample)
-    # frame by frame: dask then reads just those frames, not the chunks around them
-    sample = np.stack([scan.frame(*divmod(int(i), sx)) for i in sample_idx]) if len(sample_idx) \
-        else np.zeros((0,) + det)
-    saturation = _saturation(scan, sample, params.saturation_counts)
-    ff = ff.with_saturation(saturation)
-    n_scan_bad = 0
-    if params.detect_bad_pixels and len(sample_idx) >= 3:
-        extra = detect_bad_pixels(ff.apply(sample), hot_ratio=params.hot_ratio) & ~ff.mask
-        n_scan_bad = int(extra.sum())
-        ff = ff.with_mask(extra)
-    grid = grid_for(scan, params.edge_pixel_width)
-    finder = CentreFinder(params.beam_radius_px, grid=grid)
-    beam_radius = params.beam_radius_px
-    if beam_radius is None and len(sample_idx):
-        part = FrameRunner([], ff, finder).run_chunk(sample)
-        radii = part.values["beam_radius_px"][part.values["beam_found"]]
-        beam_radius = float(np.median(radii)) if radii.size else None
-        finder = CentreFinder(beam_radius, grid=grid)
+    # the plan, from the calibration sample (the first recorded frames): saturation level, bad
+    # pixels the flat-field did not catch, beam radius, every radius in px
+    sample_idx = calibration_sample_index(missing, params.bad_pixel_sample)
+    sample = _read_frames(scan, sample_idx) if len(sample_idx) else np.zeros((0,) + det)
+    plan = PreprocessPlan.build(params, geometry, scan.metadata, sample, ff)
     _check(cancel)
-    resolved = params.resolve(geometry, beam_radius)
-
-    resolved["edge_pixel_width"] = grid.edge_pixel_width
-    resolved["saturation_counts"] = saturation
-    prof = RadialProfile(resolved["ria_nbins"], resolved["ria_bin_px"], resolved["ria_r_min_px"], grid)
-    procs = [prof, VirtualDetectors({"bf": (0.0, resolved["bf_radius_px"]),
-                                     "adf": (resolved["adf_inner_px"], resolved["adf_outer_px"])}, grid)]
-    if resolved["crop_half_px"] is not None:
-        procs.append(CentralCrop(resolved["crop_half_px"], resolved["crop_bin"]))
+    ff_used, ff = ff, plan.corrections(ff)
+    finder = plan.centre_finder()
+    procs = plan.processors()
+    prof = procs[0]
+    resolved = dict(plan.resolved)
+    grid = plan.grid
     run_kw = dict(cancel=cancel, client=client, workers=params.workers)
     data = scan.data
     if params.chunk_frames:
@@ -270,8 +269,9 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
                   "geometry": geometry.to_dict()},
         "flatfield": None if ff_used is None else {"source": ff_used.source, "dead": ff_used.n_dead,
                                                    "hot": ff_used.n_hot, "dark": ff_used.dark is not None},
-        "bad_pixels": {"masked": int(ff.mask.sum()), "found_in_scan": n_scan_bad,
-                       "sample_frames": int(len(sample_idx))},
+        "bad_pixels": {"masked": int(ff.mask.sum()), "found_in_scan": len(plan.bad_pixels),
+                       "sample_frames": plan.calibration_frames},
+        "plan": plan.to_dict(),
         "parameters": params.to_dict(),
         "resolved": resolved,
         "beam_found": int(found.sum()),
@@ -281,6 +281,7 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
         "duration_s": round(elapsed, 3),
         "frames_per_s": round(passes * n / elapsed, 1) if elapsed > 0 else None,
     }
+    tally.report(scan.source or scan, n)
     return PreprocessResult(
         centres=centres, centres_fitted=fitted, beam_found=found, beam_radius_px=radius, descan=descan,
         ria=out["ria"].reshape(sy, sx, nb), ria_counts=out["ria_counts"].reshape(sy, sx, nb),
@@ -291,31 +292,17 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     )
 
 
-def _saturation(scan, sample: np.ndarray, given: float | None) -> float | None:
-    """Raw counts of a full counter: given, else the metadata's, else the sample's maximum when on
-    average at least 4 pixels per frame sit at it (a flat-topped beam), else None."""
-    if given is not None:
-        return float(given)
-    md = scan.metadata or {}
-    for meta in (md, md.get("session_params") or {}):
-        for key in ("saturation_counts", "counter_max"):
-            if meta.get(key) is not None:
-                return float(meta[key])
-    if md.get("counter_depth"):
-        return float(2 ** int(md["counter_depth"]) - 1)
-    if sample.size and sample.dtype.kind in "ui":
-        top = sample.max()
-        if top >= 15 and np.count_nonzero(sample == top) >= 4 * len(sample):
-            return float(top)
-    return None
+def _read_frames(scan, flat_index) -> np.ndarray:
+    """The frames at these flat scan indices (m, ky, kx), read straight from the reader in one
+    synchronous dask pass, with no thread pool and no distributed scheduler (a scheduler function,
+    not a name). A selection fuses into a read of its frame alone; samples that share a chunk
+    share one read of it."""
+    import dask
+    from dask.local import get_sync
 
-
-def _sample(missing: np.ndarray, m: int) -> np.ndarray:
-    """Up to m flat indices of recorded frames, evenly spread over the scan."""
-    rec = np.flatnonzero(~missing.ravel())
-    if rec.size <= m:
-        return rec
-    return rec[np.linspace(0, rec.size - 1, m).round().astype(int)]
+    sx = scan.scan_shape[1]
+    parts = [scan.data[i // sx, i % sx] for i in (int(j) for j in flat_index)]
+    return np.stack(dask.compute(*parts, scheduler=get_sync))
 
 
 def _check(cancel):
@@ -327,23 +314,6 @@ def _versions() -> dict:
     import numba
 
     return {"numpy": np.__version__, "numba": numba.__version__}
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if np.isfinite(x) else repr(x)  # JSON has no inf/NaN: "inf", "nan"
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 # -- storage ----------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ chunk and writes one HDF5 file holding
 - attributes: format, geometry, class table, kept classes, compression and provenance (input
   file, how the class map was made, versions, time, sizes).
 
+``write_keep_list`` writes the kept positions alone as CSV (the napari keep-list export).
+
 The file is written atomically (:mod:`napari_sedclassify.io.atomic`) and reads back with
 ``io.open_scan`` as a Scan on the original grid whose dropped positions are marked missing
 (:mod:`napari_sedclassify.io.reduced`).
@@ -21,7 +23,6 @@ The file is written atomically (:mod:`napari_sedclassify.io.atomic`) and reads b
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -33,15 +34,14 @@ import numpy as np
 
 from .. import __version__
 from ..classes import ClassTable
+from ..errors import Cancelled
 from ..io.atomic import atomic_output
+from ..io.reduced import FORMAT, terse_encode, version_of
+from ..jsonutil import jsonable
+from . import tally
 
-FORMAT = "napari-sedclassify/reduced"
 FORMAT_VERSION = 1
 COMPRESSIONS = ("bslz4", "terse", "none")
-
-
-class Cancelled(Exception):
-    """The reduction was stopped by its cancel callable; no output was written."""
 
 
 @dataclass
@@ -121,6 +121,24 @@ def kept_positions(class_map, ids, missing=None) -> np.ndarray:
     return keep
 
 
+def write_keep_list(path, class_map, confidence, keep_ids, table: ClassTable, scan_step_nm=None) -> int:
+    """CSV (atomic) of the scan positions whose class is in ``keep_ids``: flat frame index,
+    row, column, position (nm, when the step is known), class id and name, confidence.
+    Returns the number of positions written."""
+    import csv
+
+    rows, cols = np.nonzero(kept_positions(class_map, keep_ids))
+    with atomic_output(path, force=True) as tmp, open(tmp, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["frame_index", "row", "col", "y_nm", "x_nm", "class_id", "class", "confidence"])
+        for r, c in zip(rows, cols):
+            cid = int(class_map[r, c])
+            y_nm, x_nm = ("", "") if not scan_step_nm else (f"{r * scan_step_nm:g}", f"{c * scan_step_nm:g}")
+            out.writerow([int(r * class_map.shape[1] + c), int(r), int(c), y_nm, x_nm, cid,
+                          table.names.get(cid, str(cid)), f"{float(confidence[r, c]):.4f}"])
+    return len(rows)
+
+
 def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table: ClassTable | None = None,
                 compression: str = "bslz4", probabilities=None, provenance: dict | None = None,
                 force: bool = False, progress: Callable | None = None,
@@ -149,7 +167,8 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
     index = np.flatnonzero(keep.ravel())
     sy, sx = scan.scan_shape
     frame_bytes = int(np.prod(scan.detector_shape)) * dtype.itemsize
-    _h5()  # imports outside the timing
+    import h5py  # noqa: F401  (imports outside the timing)
+    import hdf5plugin  # noqa: F401
     if compression == "terse":
         import pyterse  # noqa: F401
     t0 = time.perf_counter()
@@ -158,6 +177,7 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
         stored = _write(tmp, scan, index, class_map, keep, missing, ids, table, compression, probabilities,
                         provenance or {}, progress, cancel)
         size = os.path.getsize(tmp)
+    tally.report(scan.source or scan, int((~missing).sum()))
     return ReduceReport(
         path=str(out), compression=compression, classes=[table.names[i] for i in ids],
         n_frames=int((~missing).sum()), n_kept=int(index.size), bytes_scan=int((~missing).sum()) * frame_bytes,
@@ -166,17 +186,10 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
     )
 
 
-def _h5():
-    import h5py
-    import hdf5plugin  # noqa: F401  (registers the Bitshuffle filter)
-
-    return h5py
-
-
 def _write(path, scan, index, class_map, keep, missing, ids, table, compression, probabilities, provenance,
            progress, cancel) -> int:
     """Write the reduced file at ``path``; returns the bytes the stored frames take."""
-    h5py = _h5()
+    import h5py
     import hdf5plugin
 
     sy, sx = scan.scan_shape
@@ -216,19 +229,25 @@ def _write(path, scan, index, class_map, keep, missing, ids, table, compression,
         f.create_dataset("missing", data=missing)
         if probabilities is not None:
             f.create_dataset("probabilities", data=np.asarray(probabilities, np.float32))
-        f.attrs.update({
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "scan_shape": [sy, sx],
-            "detector_shape": [ky, kx],
-            "dtype": np.dtype(scan.dtype).str,
-            "compression": compression,
-            "kept_classes": json.dumps({str(i): table.names[i] for i in ids}),
-            "class_table": json.dumps(table.to_dict()),
-            "geometry": json.dumps(scan.geometry.to_dict()),
-            "provenance": json.dumps(_provenance(scan, compression, provenance), default=str),
-        })
+        f.attrs.update(_file_attrs((sy, sx), (ky, kx), scan.dtype, compression, ids, table, scan.geometry,
+                                   _provenance(scan, compression, provenance)))
     return stored
+
+
+def _file_attrs(scan_shape, detector_shape, dtype, compression, ids, table, geometry, provenance) -> dict:
+    """The attributes of a reduced file (the same for ``reduce_scan`` and a live reduction)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "scan_shape": [int(s) for s in scan_shape],
+        "detector_shape": [int(s) for s in detector_shape],
+        "dtype": np.dtype(dtype).str,
+        "compression": compression,
+        "kept_classes": json.dumps({str(i): table.names[i] for i in ids}),
+        "class_table": json.dumps(table.to_dict()),
+        "geometry": json.dumps(geometry.to_dict()),
+        "provenance": json.dumps(jsonable(provenance)),
+    }
 
 
 def _kept_blocks(scan, index):
@@ -236,6 +255,8 @@ def _kept_blocks(scan, index):
     the scan at a time (bounded memory), read with the synchronous scheduler."""
     if index.size == 0:
         return
+    from dask.local import get_sync  # a scheduler function: naming "synchronous" imports distributed
+
     data = scan.data
     sx = scan.scan_shape[1]
     row_edges = np.cumsum((0,) + data.chunks[0])
@@ -247,51 +268,11 @@ def _kept_blocks(scan, index):
             sel = index[(iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1)]
             if sel.size == 0:
                 continue
-            block = np.asarray(data[y0:y1, x0:x1].compute(scheduler="synchronous"))
+            block = np.asarray(data[y0:y1, x0:x1].compute(scheduler=get_sync))
             ly, lx = np.divmod(sel, sx)
             frames = block[ly - y0, lx - x0]
             yield first, frames, sel
             first += sel.size
-
-
-def terse_encode(frame: np.ndarray) -> bytes:
-    """One frame as a TERSE/PROLIX stream, verified: decoding it must give ``frame`` exactly.
-
-    pyterse's default ("small") mode loses pixels in the last partial block of a frame; it is
-    switched off here, and the round trip is checked anyway: a mismatch raises ValueError.
-    """
-    import pyterse
-
-    frame = np.ascontiguousarray(frame)
-    t = pyterse.Terse()
-    t.set_small(False)
-    t.push_back(frame)
-    buf = io.BytesIO()
-    t.write(buf)
-    blob = buf.getvalue()
-    back = terse_decode(blob, frame.shape, frame.dtype)
-    if not np.array_equal(back, frame):
-        bad = int(np.count_nonzero(back != frame))
-        raise ValueError(f"TERSE round trip failed: {bad} of {frame.size} pixels differ after decoding "
-                         f"(pyterse {_version('pyterse')}); use --compression bslz4")
-    return blob
-
-
-def terse_decode(blob, shape, dtype) -> np.ndarray:
-    """Decode one TERSE/PROLIX stream to a frame of ``shape`` and ``dtype``."""
-    import pyterse
-
-    data = pyterse.Terse(io.BytesIO(bytes(blob))).prolix()
-    return np.asarray(data).reshape(shape).astype(dtype, copy=False)
-
-
-def _version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def _provenance(scan, compression, extra: dict) -> dict:
@@ -301,6 +282,12 @@ def _provenance(scan, compression, extra: dict) -> dict:
     if src and os.path.exists(src):
         st = os.stat(src)
         info.update(size_bytes=st.st_size, mtime=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(st.st_mtime)))
+    return _provenance_of(info, compression, extra)
+
+
+def _provenance_of(info: dict, compression: str, extra: dict) -> dict:
+    """Provenance of a reduced file: its input (``info``), ``extra`` entries (how the class map was
+    made), the compression and its settings, software versions, time."""
     settings = {"bslz4": "hdf5plugin Bitshuffle(cname='lz4'), chunks of one frame",
                 "terse": "pyterse set_small(False), one TRPX stream per frame, round trip verified",
                 "none": "no compression, chunks of one frame"}[compression]
@@ -308,8 +295,150 @@ def _provenance(scan, compression, extra: dict) -> dict:
         "input": info,
         **extra,
         "compression": {"name": compression, "settings": settings},
-        "software": {"napari-sedclassify": __version__, "h5py": _version("h5py"),
-                     "hdf5plugin": _version("hdf5plugin"),
-                     **({"pyterse": _version("pyterse")} if compression == "terse" else {})},
+        "software": {"napari-sedclassify": __version__, "h5py": version_of("h5py"),
+                     "hdf5plugin": version_of("hdf5plugin"),
+                     **({"pyterse": version_of("pyterse")} if compression == "terse" else {})},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+# ---- reduction on the fly (live mode) ----------------------------------------------------------------
+#: Status values of a reduced file written on the fly ("complete" only once renamed to its target).
+LIVE_REPORT_BYTES = 1 << 16
+
+
+def partial_path(out) -> Path:
+    """Where a live reduction to ``out`` is built: ``<stem>.partial<suffix>`` beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.partial{out.suffix}")
+
+
+class StreamingReducer:
+    """Write the kept frames of a live run to a reduced file as they arrive, in bounded memory.
+
+    The file has the layout of :func:`reduce_scan`'s (same datasets, attributes and compression:
+    Bitshuffle-LZ4 or none, one frame per chunk; TERSE is not offered on the fly) and is built at
+    :func:`partial_path` in HDF5's single-writer/multiple-reader (SWMR) mode, which keeps the file
+    consistent on disk at every moment. :meth:`add` appends kept frames (in scan order);
+    :meth:`commit` writes the kept positions, class map, probabilities and counters and flushes:
+    a run killed at any point leaves the partial file, which ``io.open_scan`` opens with the frames
+    of the last commit (``scan.metadata["status"]`` is "partial"). :meth:`finish` commits, closes
+    and, when the run is complete, flushes the file to disk and renames it to ``out`` (atomically);
+    a run that ends otherwise (stopped, timeout, frames lost, error) leaves the partial file with
+    that status. Memory: the frames being written and the kept indices (8 bytes per kept frame).
+    """
+
+    def __init__(self, out, *, scan_shape, detector_shape, dtype, geometry, class_table: ClassTable, keep_ids,
+                 class_ids, compression: str = "bslz4", provenance: dict | None = None, input_info: dict | None = None,
+                 force: bool = False):
+        import h5py
+        import hdf5plugin
+
+        from ..io.atomic import check_target
+
+        if compression not in ("bslz4", "none"):
+            raise ValueError(f"on-the-fly reduction writes bslz4 or none, not {compression!r} "
+                             "(reduce the finished scan with sedclassify reduce --compression terse)")
+        self.out = check_target(out, force)
+        self.path = partial_path(self.out)
+        if self.path.exists():
+            if not force:
+                raise FileExistsError(f"{self.path}: a partial file of an earlier live run is there; not "
+                                      "overwritten (use --force to replace it)")
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        sy, sx = (int(s) for s in scan_shape)
+        ky, kx = (int(s) for s in detector_shape)
+        self.scan_shape = (sy, sx)
+        self.ids = sorted(int(i) for i in keep_ids)
+        self.compression = compression
+        self.force = force
+        self._index: list[np.ndarray] = []
+        self.n_written = 0
+        self.n_committed = 0
+        self.status = "partial"
+        filt = dict(hdf5plugin.Bitshuffle(cname="lz4")) if compression == "bslz4" else {}
+        f = self._f = h5py.File(self.path, "w", libver="latest")
+        self._frames = f.create_dataset("frames", shape=(0, ky, kx), maxshape=(None, ky, kx), dtype=dtype,
+                                        chunks=(1, ky, kx), **filt)
+        self._positions = f.create_dataset("positions", shape=(0, 2), maxshape=(None, 2), dtype=np.int32,
+                                           chunks=(4096, 2))
+        self._idx = f.create_dataset("index", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+        self._class_map = f.create_dataset("class_map", shape=(sy, sx), dtype=np.uint8)
+        self._kept = f.create_dataset("kept", shape=(sy, sx), dtype=bool)
+        self._missing = f.create_dataset("missing", data=np.ones((sy, sx), bool))
+        self._proba = f.create_dataset("probabilities", data=np.full((sy, sx, len(class_ids)), np.nan, np.float32))
+        self._status = f.create_dataset("live_status", data=np.bytes_("partial"), dtype="S16")
+        self._committed = f.create_dataset("live_committed", data=np.int64(0))
+        self._report = f.create_dataset("live_report", data=np.bytes_("{}"), dtype=f"S{LIVE_REPORT_BYTES}")
+        info = {"scan_shape": [sy, sx], "detector_shape": [ky, kx], "dtype": str(np.dtype(dtype)),
+                **(input_info or {})}
+        f.attrs.update(_file_attrs((sy, sx), (ky, kx), dtype, compression, self.ids, class_table, geometry,
+                                   _provenance_of(info, compression, {"reduced": "on the fly (sedclassify watch "
+                                                                      "--reduce)", **(provenance or {})})))
+        f.attrs["class_ids_of_probabilities"] = json.dumps([int(c) for c in class_ids])
+        f.swmr_mode = True
+
+    def add(self, index, frames) -> None:
+        """Append kept ``frames`` (n, ky, kx) at flat scan ``index`` (n,), in scan order."""
+        index = np.asarray(index, np.int64).ravel()
+        if index.size == 0:
+            return
+        k = self.n_written
+        self._frames.resize(k + index.size, axis=0)
+        self._frames[k:k + index.size] = np.asarray(frames)
+        self._index.append(index)
+        self.n_written = k + index.size
+
+    def commit(self, class_map, done, probabilities, *, status: str = "partial", report: dict | None = None) -> None:
+        """Make the frames added so far part of the file: kept positions, class map, probabilities,
+        counters and status, then flush (the frames first, the index that points at them last)."""
+        index = np.concatenate(self._index) if self._index else np.zeros(0, np.int64)
+        self._index = [index]
+        k = int(index.size)
+        sx = self.scan_shape[1]
+        self._frames.flush()
+        new = slice(self.n_committed, k)
+        self._positions.resize(k, axis=0)
+        self._idx.resize(k, axis=0)
+        if k > self.n_committed:
+            iy, ix = np.divmod(index[new], sx)
+            self._positions[new] = np.stack([iy, ix], axis=1).astype(np.int32)
+            self._idx[new] = index[new]
+        self._class_map[...] = np.asarray(class_map, np.uint8)
+        kept = np.zeros(self.scan_shape[0] * sx, bool)
+        kept[index] = True
+        self._kept[...] = kept.reshape(self.scan_shape)
+        self._missing[...] = ~np.asarray(done, bool)
+        self._proba[...] = np.asarray(probabilities, np.float32)
+        text = json.dumps(jsonable(report or {}))[:LIVE_REPORT_BYTES]
+        self._report[()] = np.bytes_(text)
+        self._committed[()] = k
+        self._status[()] = np.bytes_(status)
+        self.n_committed = k
+        self.status = status
+        self._f.flush()
+
+    def finish(self, class_map, done, probabilities, *, status: str, report: dict | None = None) -> Path:
+        """Commit with ``status`` and close; a complete run's file is flushed to disk and renamed to
+        the target. Returns the path of the file left."""
+        self.commit(class_map, done, probabilities, status=status, report=report)
+        self.close()
+        if status != "complete":
+            return self.path
+        from ..io.atomic import fsync_folder
+
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.out.exists() and not self.force:
+            raise FileExistsError(f"{self.out}: appeared while writing; the reduced scan stays at {self.path}")
+        os.replace(self.path, self.out)
+        fsync_folder(self.out.parent)
+        return self.out
+
+    def close(self) -> None:
+        if self._f is not None and self._f.id.valid:
+            self._f.close()

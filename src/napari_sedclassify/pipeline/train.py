@@ -130,6 +130,10 @@ def train_model(
     PreprocessParams (or dict). progress(epoch, logs) during training; preprocess_progress(i,
     n_scans, done, total) while scans are preprocessed; cancel() -> True stops either.
     """
+    if str(model).lower() == "cnn":  # say so before preprocessing, not after
+        from ..optional import require_cnn
+
+        require_cnn()
     recipe = recipe or default_recipe(model)
     scans = open_scans(scans)
     maps = load_labels(labels, scans)

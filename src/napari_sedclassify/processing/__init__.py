@@ -11,13 +11,13 @@ from .crop import CentralCrop, FrameBinning
 from .descan import DescanFit, fit_descan
 from .flatfield import FlatField, detect_bad_pixels, load_flatfield
 from .params import PreprocessParams
+from .plan import PreprocessPlan, calibration_sample_index
 from .pcc import PCC, frame_features, pcc_matrix, pcc_row
 from .ria import RadialProfile, radial_profile
-from .runner import Cancelled, ChunkResult, FrameProcessor, FrameRunner, Output
+from .runner import ChunkResult, FrameProcessor, FrameRunner, Output
 from .virtual import VirtualDetectors, virtual_image
 
 __all__ = [
-    "Cancelled",
     "CentralCrop",
     "CentreFinder",
     "ChunkResult",
@@ -29,8 +29,10 @@ __all__ = [
     "Output",
     "PCC",
     "PreprocessParams",
+    "PreprocessPlan",
     "RadialProfile",
     "VirtualDetectors",
+    "calibration_sample_index",
     "detect_bad_pixels",
     "find_centre",
     "fit_descan",

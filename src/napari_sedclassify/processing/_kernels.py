@@ -4,14 +4,52 @@ Conventions shared by every kernel: frames are float32 (n, ky, kx) after flat-fi
 NaN marks a pixel to exclude (masked, or not finite in the raw data); pixel centres sit at
 integer coordinates; a centre is (cy, cx) px, NaN when the frame has no beam. Kernels release
 the GIL, so threads run them in parallel. Imported lazily: importing numba costs ~0.5 s.
+
+Every kernel is cached on disk (``cache=True``): compiled once per signature, then loaded from
+the cache in every later process (dask workers included). Numba writes the cache next to this
+file (``__pycache__``), or in the user's cache folder when the installed package is read-only;
+when neither is writable, :func:`_ensure_cache_dir` points ``NUMBA_CACHE_DIR`` at a folder in the
+temporary directory, so nothing is compiled again on every run.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
+import tempfile
 
 import numpy as np
-from numba import njit
+
+
+def _writable(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+def _ensure_cache_dir() -> None:
+    """Give numba a writable cache folder when neither of its own choices is (see the module
+    docstring); a ``NUMBA_CACHE_DIR`` the user set wins."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if _writable(here) or _writable(os.path.join(xdg, "numba")):
+        return
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    folder = os.path.join(tempfile.gettempdir(), f"napari-sedclassify-numba-{uid}")
+    os.environ["NUMBA_CACHE_DIR"] = folder
+    if "numba" in sys.modules:  # numba read its settings at import: tell it directly
+        sys.modules["numba"].config.CACHE_DIR = folder
+
+
+_ensure_cache_dir()
+
+from numba import njit  # noqa: E402  (after the cache folder is settled)
 
 _NAN32 = np.float32(np.nan)
 
@@ -322,41 +360,88 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
 
 @njit(nogil=True, cache=True)
 def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at):
-    """Iterate the thresholded centre of mass from index (cy, cx), growing the window to 2.5 beam
-    radii, until it stops moving; the index centre goes to at[0], at[1]. False: no beam."""
+    """Iterate the thresholded centre of mass from index (cy, cx), the window sized to 2.5 beam
+    radii, until the window (its integer position and size, all that ``_refine`` depends on) stops
+    changing; the index centre goes to at[0], at[1]. False: no beam.
+
+    The result is the centre of mass in the final window, so it depends on the frame alone, not on
+    where the search started (a warm start from a neighbour and a cold start agree to the bit); a
+    two-window cycle ends in the lower-left of the two."""
     iy_edges = np.arange(frame.shape[0] + 1) - 0.5
     ix_edges = np.arange(frame.shape[1] + 1) - 0.5
     half = half0
-    ok = False
-    for _ in range(6):
-        if not _refine(frame, cy, cx, half, k_peak, min_snr, py, px, wy, wx, res):
+    wy0 = int(round(cy))
+    wx0 = int(round(cx))
+    py0 = -1  # the window before (2-cycle detection)
+    px0 = -1
+    ph0 = -1
+    for _ in range(12):
+        if not _refine(frame, wy0, wx0, half, k_peak, min_snr, py, px, wy, wx, res):
             return False
-        ok = True
         r = math.sqrt(res[2] / math.pi)
-        ny = np.interp(res[0], ey, iy_edges)
-        nx = np.interp(res[1], ex, ix_edges)
-        moved = abs(ny - cy) + abs(nx - cx)
-        cy = ny
-        cx = nx
-        want = int(2.5 * r) + 3
-        if want > half and half < half_max:
-            half = min(want, half_max)
-            continue
-        if moved < 0.01:
+        cy = np.interp(res[0], ey, iy_edges)
+        cx = np.interp(res[1], ex, ix_edges)
+        ny = int(round(cy))
+        nx = int(round(cx))
+        nh = min(max(int(2.5 * r) + 3, half0), half_max)
+        if ny == wy0 and nx == wx0 and nh == half:
+            # fixed point: (cy, cx) is the centre of mass of this very window. A centre within a
+            # hair of a pixel boundary can be a fixed point of the neighbouring window too: take
+            # the lower of the two, whichever the search reached first. Likewise a window one px
+            # smaller can hold the same beam at a fixed point: take the smallest such window.
+            while half > half0:
+                keep0, keep1, keep2, keep3, keep4 = res[0], res[1], res[2], res[3], res[4]
+                if _refine(frame, wy0, wx0, half - 1, k_peak, min_snr, py, px, wy, wx, res):
+                    ty2 = np.interp(res[0], ey, iy_edges)
+                    tx2 = np.interp(res[1], ex, ix_edges)
+                    th = min(max(int(2.5 * math.sqrt(res[2] / math.pi)) + 3, half0), half_max)
+                    if int(round(ty2)) == wy0 and int(round(tx2)) == wx0 and th == half - 1:
+                        half, cy, cx = th, ty2, tx2
+                        continue
+                res[0], res[1], res[2], res[3], res[4] = keep0, keep1, keep2, keep3, keep4
+                break
+            for axis in range(2):
+                c = cy if axis == 0 else cx
+                w = wy0 if axis == 0 else wx0
+                if abs(abs(c - w) - 0.5) > 0.02 or c > w:
+                    continue
+                ty = wy0 - 1 if axis == 0 else wy0
+                tx = wx0 - 1 if axis == 1 else wx0
+                keep0, keep1, keep2, keep3, keep4 = res[0], res[1], res[2], res[3], res[4]
+                if _refine(frame, ty, tx, half, k_peak, min_snr, py, px, wy, wx, res):
+                    ty2 = np.interp(res[0], ey, iy_edges)
+                    tx2 = np.interp(res[1], ex, ix_edges)
+                    th = min(max(int(2.5 * math.sqrt(res[2] / math.pi)) + 3, half0), half_max)
+                    if int(round(ty2)) == ty and int(round(tx2)) == tx and th == half:
+                        wy0, wx0, cy, cx = ty, tx, ty2, tx2
+                        continue
+                res[0], res[1], res[2], res[3], res[4] = keep0, keep1, keep2, keep3, keep4
             break
+        if ny == py0 and nx == px0 and nh == ph0:
+            # two windows alternate: settle on the lower-left one, whichever came first
+            if (ny, nx, nh) < (wy0, wx0, half):
+                wy0, wx0, half = ny, nx, nh
+            if not _refine(frame, wy0, wx0, half, k_peak, min_snr, py, px, wy, wx, res):
+                return False
+            cy = np.interp(res[0], ey, iy_edges)
+            cx = np.interp(res[1], ex, ix_edges)
+            break
+        py0, px0, ph0 = wy0, wx0, half
+        wy0, wx0, half = ny, nx, nh
     at[0] = cy
     at[1] = cx
-    return ok
+    return True
 
 
 @njit(nogil=True, cache=True)
 def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, centres, found,
-                 radius):
+                 radius, warm):
     """Direct-beam centre (index px) of each frame: an iterated thresholded centre of mass
     (physical px: pixel centres py, px, widths wy, wx, edges ey, ex) in a window grown to 2.5 beam
-    radii, started from the previous frame's centre (the descan moves the beam little between
-    neighbours) and, when the beam is not there, from the coarse maximum of b x b block sums
-    (3x3 blocks); then a circle fitted to the beam's half-height edge (where it has enough
+    radii, started (``warm``) from the previous frame's centre (the descan moves the beam little
+    between neighbours) and, when the beam is not there or not ``warm``, from the coarse maximum
+    of b x b block sums (3x3 blocks): without ``warm`` each frame's centre depends on that frame
+    alone, whatever chunk it travels in (batch and live agree exactly); then a circle fitted to the beam's half-height edge (where it has enough
     ordinary pixels)."""
     n, ky, kx = frames.shape
     iy_edges = np.arange(ky + 1) - 0.5
@@ -374,7 +459,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
         found[i] = False
         radius[i] = np.nan
         ok = False
-        if np.isfinite(prev[0]):
+        if warm and np.isfinite(prev[0]):
             ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, py, px, wy, wx,
                            ey, ex, res, at) and 0.5 * prev[2] <= res[2] <= 2.0 * prev[2]
         if not ok:

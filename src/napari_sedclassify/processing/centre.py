@@ -26,18 +26,22 @@ class CentreFinder(FrameProcessor):
     beam_radius_px: expected radius (sets the first search window; None = start at 16 px and
     grow to fit). coarse_bin: block size of the coarse search (px). min_snr: beam detection
     threshold. k_peak: rank of the pixel taken as the beam's peak. grid: where the pixels are
-    (wide chip-edge pixels); default all equal.
+    (wide chip-edge pixels); default all equal. warm_start: start each frame's search from the
+    previous frame's centre (about 5x faster than a coarse search per frame). Either way a frame's
+    centre is the centre of mass of the window it settles in, a function of the frame alone: the
+    same to the bit whatever chunk the frame travels in (batch, live, the frame view).
     """
 
     needs_centres = False
 
     def __init__(self, beam_radius_px: float | None = None, coarse_bin: int | None = None,
-                 min_snr: float = 10.0, k_peak: int = 9, grid: PixelGrid | None = None):
+                 min_snr: float = 10.0, k_peak: int = 9, grid: PixelGrid | None = None, warm_start: bool = True):
         self.beam_radius_px = beam_radius_px
         self.grid = grid
         self.coarse_bin = coarse_bin
         self.min_snr = float(min_snr)
         self.k_peak = int(k_peak)
+        self.warm_start = bool(warm_start)
 
     def outputs(self):
         return {
@@ -59,7 +63,7 @@ class CentreFinder(FrameProcessor):
         g = grid_of(self.grid, (ky, kx))
         step = 2 if self.beam_radius_px is not None and self.beam_radius_px >= 2 else 1  # coarse search rows
         find_centres(frames, b, step, half0, half_max, self.k_peak, self.min_snr, g.centres(0), g.centres(1),
-                     g.widths(0), g.widths(1), g.edges(0), g.edges(1), c, found, radius)
+                     g.widths(0), g.widths(1), g.edges(0), g.edges(1), c, found, radius, self.warm_start)
         return {"centre": c, "beam_found": found, "beam_radius_px": radius}
 
 

@@ -177,8 +177,14 @@ def _read_stack(path: Path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz"):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        signature = b"\x93NUMPY" if suffix == ".npy" else b"PK"
+        if not head.startswith(signature):  # else np.load would try pickle and talk of allow_pickle
+            raise ValueError(f"{path}: not a NumPy {suffix} file (it begins with {head!r}, not the {suffix} "
+                             "signature; a text file renamed?)")
         try:
-            arr = np.load(path, mmap_mode="r" if suffix == ".npy" else None)
+            arr = np.load(path, mmap_mode="r" if suffix == ".npy" else None, allow_pickle=False)
         except Exception as exc:
             raise ValueError(f"{path}: not a readable NumPy file ({exc})") from exc
         if suffix == ".npz":

@@ -39,7 +39,8 @@ class PreprocessParams:
         outer None = whole frame. bf_d_A / adf_inner_d_A / adf_outer_d_A: the same in Å.
     use_flatfield: apply the flat-field when one is given.
     detect_bad_pixels: add hot/dead pixels found in a sample of the scan's frames to the mask.
-    bad_pixel_sample: how many frames that sample holds.
+    bad_pixel_sample: how many frames that sample holds: the first recorded frames of the scan,
+        what a live run has seen when it starts classifying (so both build the same plan).
     hot_ratio: a pixel is hot when its median over the sample exceeds this many times the
         median of its neighbours (and is significant); dead when it never counts where its
         neighbours do.

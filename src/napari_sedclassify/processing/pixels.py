@@ -58,25 +58,21 @@ class PixelGrid:
 
     def to_physical(self, centres) -> np.ndarray:
         """(..., 2) index px (cy, cx) -> physical px (NaN stays NaN)."""
-        c = np.asarray(centres, dtype=np.float64)
-        if self.uniform:
-            return c.copy()
-        out = np.empty_like(c)
-        for axis in (0, 1):
-            n = self.shape[axis]
-            out[..., axis] = np.interp(c[..., axis], np.arange(n + 1) - 0.5, self.edges(axis))
-        out[np.isnan(c)] = np.nan
-        return out
+        return self._convert(centres, to_physical=True)
 
     def to_index(self, centres) -> np.ndarray:
         """(..., 2) physical px -> index px (NaN stays NaN)."""
+        return self._convert(centres, to_physical=False)
+
+    def _convert(self, centres, to_physical: bool) -> np.ndarray:
         c = np.asarray(centres, dtype=np.float64)
         if self.uniform:
             return c.copy()
         out = np.empty_like(c)
         for axis in (0, 1):
-            n = self.shape[axis]
-            out[..., axis] = np.interp(c[..., axis], self.edges(axis), np.arange(n + 1) - 0.5)
+            index = np.arange(self.shape[axis] + 1) - 0.5
+            xp, fp = (index, self.edges(axis)) if to_physical else (self.edges(axis), index)
+            out[..., axis] = np.interp(c[..., axis], xp, fp)
         out[np.isnan(c)] = np.nan
         return out
 

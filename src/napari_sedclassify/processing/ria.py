@@ -50,10 +50,6 @@ class RadialProfile(FrameProcessor):
         """Bin centres (px)."""
         return self.r_min + (np.arange(self.nbins) + 0.5) * self.bin_px
 
-    @property
-    def edges_px(self) -> np.ndarray:
-        return self.r_min + np.arange(self.nbins + 1) * self.bin_px
-
     def outputs(self):
         return {
             "ria": Output((self.nbins,), "float32", np.nan),
@@ -91,3 +87,36 @@ def radial_profile(frame, centre, bin_px: float = 1.0, r_min: float = 0.0, r_max
     prof = RadialProfile(nbins, bin_px, r_min)
     part = FrameRunner([prof], flatfield).run_chunk(frame[None], centres=np.asarray(centre, float)[None])
     return prof.radii_px, part.values["ria"][0], part.values["ria_counts"][0]
+
+
+def moving_average(y, window: int) -> np.ndarray:
+    """Moving average over ``window`` bins (same length, edges averaged over what exists)."""
+    y = np.asarray(y, dtype=np.float64)
+    if window <= 1:
+        return y
+    kernel = np.ones(window)
+    valid = np.isfinite(y)
+    num = np.convolve(np.where(valid, y, 0.0), kernel, mode="same")
+    den = np.convolve(valid.astype(np.float64), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+def class_statistics(ria, class_map, usable, log: bool, smooth: int) -> dict:
+    """{class id: (mean, spread, frames)} of the RIAs (sy, sx, nbins) of each class of
+    ``class_map`` (usable frames only, class 0 left out); on log10 of the RIA when ``log``; each
+    curve a moving average over ``smooth`` bins."""
+    import warnings
+
+    out = {}
+    values = np.log10(np.where(ria > 0, ria, np.nan)) if log else np.asarray(ria, dtype=np.float64)
+    for cid in np.unique(class_map[usable]):
+        if cid == 0:
+            continue
+        rows = values[(class_map == cid) & usable]
+        with warnings.catch_warnings():  # all-NaN bins (beyond the frame) stay NaN quietly
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(rows, axis=0)
+            spread = np.nanstd(rows, axis=0)
+        out[int(cid)] = (moving_average(mean, smooth), moving_average(spread, smooth), len(rows))
+    return out

@@ -30,15 +30,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..errors import Cancelled
 from .flatfield import FlatField, native
 
 #: Frames corrected at a time inside run_chunk: 8 x 1 MB float32 frames (512 x 512) stay in
 #: the cache; the centre finder starts each frame from its predecessor's centre within a batch.
 BATCH = 8
-
-
-class Cancelled(Exception):
-    """Raised when the ``cancel`` callable returned True: the work stopped early."""
 
 
 @dataclass(frozen=True)

@@ -57,18 +57,6 @@ class VirtualDetectors(FrameProcessor):
         return out
 
 
-def annular_mask(detector_shape, centre, inner_px: float = 0.0, outer_px: float | None = None):
-    """Boolean detector mask of the annulus inner_px <= r < outer_px about centre (cy, cx) px."""
-    ky, kx = detector_shape
-    cy, cx = centre
-    yy, xx = np.ogrid[:ky, :kx]
-    r2 = (yy - cy) ** 2 + (xx - cx) ** 2
-    m = r2 >= inner_px**2
-    if outer_px is not None:
-        m &= r2 < outer_px**2
-    return m
-
-
 def virtual_image(scan, inner_px: float = 0.0, outer_px: float | None = None, centre=None, *,
                   centres=None, inner_d_A: float | None = None, outer_d_A: float | None = None,
                   flatfield=None):

@@ -35,6 +35,7 @@ def _scan_entry(out_dir: Path, name, session, seed, flat_seed, scan_shape, detec
         progress=progress,
     )
     files = sidecar_paths(path)
+    session = session_params(session).name
     return {
         "name": name,
         "session": session,
@@ -50,11 +51,17 @@ def _scan_entry(out_dir: Path, name, session, seed, flat_seed, scan_shape, detec
     }
 
 
-def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress) -> dict:
-    """plan: [(name, session, scan seed)]; one flat-field per session (noise seeded by ``seed``)."""
+def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress, extra=None) -> dict:
+    """plan: [(name, session name or SessionParams, scan seed)]; one flat-field per session (noise
+    seeded by ``seed``). extra: more entries for dataset.json (e.g. a session grid)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sessions = sorted({s for _, s, _ in plan})
+    params = {}
+    for _, s, _ in plan:
+        sp = session_params(s)
+        if params.setdefault(sp.name, sp) != sp:
+            raise ValueError(f"two different sessions are both named {sp.name!r}")
+    sessions = sorted(params)
     scans = [
         _scan_entry(out_dir, name, s, scan_seed, seed, scan_shape, detector_px, progress)
         for name, s, scan_seed in plan
@@ -66,8 +73,9 @@ def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress)
         "scan_shape": [int(v) for v in scan_shape],
         "detector_px": int(detector_px),
         "class_names": {str(k): v for k, v in table.names.items()},
-        "sessions": {s: session_params(s).to_dict() for s in sessions},
+        "sessions": {s: params[s].to_dict() for s in sessions},
         "scans": scans,
+        **(extra or {}),
     }
     save_json(out_dir / DATASET_FILE, dataset)
     return dataset
@@ -88,10 +96,14 @@ def simulate_dataset(
     return _write_dataset(Path(out_dir), plan, scan_shape, detector_px, seed, progress)
 
 
-def demo_dataset(out_dir, *, scan_shape=(40, 40), detector_px: int = 512, seed: int = 0, progress=None) -> dict:
+def demo_dataset(out_dir, *, scan_shape=(40, 40), detector_px: int = 512, seed: int = 0, progress=None,
+                 n_session_a: int = 16) -> dict:
     """The paper's layout: 16 scans of session "A" (seeds seed..seed+15) and 1 of session "B"
-    (seed + 16, a different area), like its data sets 1 (same session) and 2 (another session)."""
-    plan = [(f"scan_A_{i:02d}", "A", seed + i) for i in range(16)] + [("scan_B_00", "B", seed + 16)]
+    (seed + 16, a different area), like its data sets 1 (same session) and 2 (another session).
+    n_session_a: fewer (or more) session-A scans, e.g. for the quick demo; the B scan keeps seed + 16."""
+    if n_session_a < 2:
+        raise ValueError(f"the demo set needs at least 2 scans of session A, got {n_session_a}")
+    plan = [(f"scan_A_{i:02d}", "A", seed + i) for i in range(n_session_a)] + [("scan_B_00", "B", seed + 16)]
     return _write_dataset(Path(out_dir), plan, scan_shape, detector_px, seed, progress)
 
 

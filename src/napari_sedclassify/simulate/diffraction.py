@@ -45,26 +45,90 @@ class RadialTables:
     """Expected counts per physical px² per electron on a fine radius grid (r = index * step px).
 
     carbon / ice: per electron scattered by that material; tail: per direct-beam electron (halo).
+    plural: None, or per electron scattered more than once, the profiles of two scatterings
+    (carbon-carbon, carbon-ice, ice-ice; see :func:`plural_profiles`).
     """
 
     step: float
     carbon: np.ndarray
     ice: np.ndarray
     tail: np.ndarray
+    plural: tuple | None = None
 
     def index(self, r):
         return (r * (1.0 / self.step) + 0.5).astype(np.int32)
 
 
-def radial_tables(lambda_L_over_p, params, tail_px, r_max, step=0.05) -> RadialTables:
-    """Tables of the material profiles and the beam halo up to ``r_max`` px."""
+def radial_tables(lambda_L_over_p, params, tail_px, r_max, step=0.05, blur_px: float = 0.0,
+                  plural: bool = False) -> RadialTables:
+    """Tables of the material profiles and the beam halo up to ``r_max`` px.
+
+    blur_px: radius (px) of the convergent beam's disc: every table is averaged over it (each
+    scattered electron keeps the direction spread of the incident beam). plural: add the
+    two-scattering profiles for :class:`RadialTables`.plural.
+    """
     r = np.arange(int(np.ceil(r_max / step)) + 2) * step
     q = r / lambda_L_over_p
     per_px2 = 1.0 / lambda_L_over_p**2  # Å⁻² of q-space per px²
     carbon = profile_density(q, params.carbon_peaks, params.carbon_background) * per_px2
     ice = profile_density(q, params.ice_peaks, params.ice_background) * per_px2
     tail = _falloff(r, tail_px) / (2 * np.pi * tail_px**2)
-    return RadialTables(step, carbon.astype(np.float32), ice.astype(np.float32), tail.astype(np.float32))
+    tables = [carbon, ice, tail]
+    if plural:
+        tables += [np.interp(q, *plural_profiles(params, k), right=0.0) * per_px2 for k in ("cc", "ci", "ii")]
+    if blur_px > 0:
+        tables = [disc_average(t, step, blur_px) for t in tables]
+    tables = [t.astype(np.float32) for t in tables]
+    return RadialTables(step, *tables[:3], plural=tuple(tables[3:]) if plural else None)
+
+
+def disc_average(table: np.ndarray, step: float, radius_px: float, n_u: int = 12, n_phi: int = 48) -> np.ndarray:
+    """A radial function (samples at r = index * step px) convolved with a uniform disc of
+    ``radius_px``, normalised (a 2D average over the disc about every point).
+
+    Quadrature over the disc: Gauss-Legendre in the area coordinate u = (ρ/a)² and equally spaced
+    azimuths (periodic, so spectrally accurate); values beyond the table are 0.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    r = np.arange(table.size) * step
+    x, w = np.polynomial.legendre.leggauss(n_u)
+    u, w = 0.5 * (x + 1.0), 0.5 * w
+    cos_phi = np.cos((np.arange(n_phi) + 0.5) * (2 * np.pi / n_phi))
+    out = np.zeros_like(table)
+    for uk, wk in zip(u, w):
+        rho = radius_px * np.sqrt(uk)
+        for c in cos_phi:
+            d = np.sqrt(np.maximum(r * r + rho * rho + 2.0 * r * rho * c, 0.0))
+            out += (wk / n_phi) * np.interp(d, r, table, right=0.0)
+    return out
+
+
+_PLURAL_CACHE: dict = {}
+
+
+def plural_profiles(params, kind: str):
+    """(q Å⁻¹, density per Å⁻² of q-space) of an electron scattered twice, normalised to 1 over the
+    plane: the 2D self- or cross-convolution of the single-scattering profiles ("cc" carbon twice,
+    "ci" carbon then ice, "ii" ice twice), through Hankel transforms (F(k) = 2π∫ f J0(2πkq) q dq).
+    """
+    from scipy.special import j0
+
+    key = (kind, repr(params.carbon_peaks), repr(params.carbon_background), repr(params.ice_peaks),
+           repr(params.ice_background))
+    if key in _PLURAL_CACHE:
+        return _PLURAL_CACHE[key]
+    dq, q_max, dk, k_max = 0.004, 4.0, 0.04, 50.0
+    q = (np.arange(int(round(q_max / dq))) + 0.5) * dq
+    k = (np.arange(int(round(k_max / dk))) + 0.5) * dk
+    kern = j0(2 * np.pi * np.outer(k, q))  # (nk, nq)
+    f = {"c": profile_density(q, params.carbon_peaks, params.carbon_background),
+         "i": profile_density(q, params.ice_peaks, params.ice_background)}
+    ft = {m: 2 * np.pi * kern @ (v * q * dq) for m, v in f.items()}
+    prof = 2 * np.pi * (kern.T @ (ft[kind[0]] * ft[kind[1]] * k * dk))
+    prof = np.clip(prof, 0.0, None)
+    prof /= np.sum(2 * np.pi * q * prof * dq)
+    _PLURAL_CACHE[key] = (q, prof)
+    return q, prof
 
 
 class DirectBeam:

@@ -10,6 +10,11 @@ thicknesses under the beam:
 - plus uniform stray counts; then detector efficiency (gain x pixel area, dead = 0), hot pixels,
   Poisson counting and 12-bit saturation.
 
+Session options: with ``plural_scattering`` only N τ e^-τ electrons scatter once (rings, spots) and
+the rest of the scattered ones draw the two-scattering profiles; with ``convergence_mrad`` the
+direct beam is a disc of hypot(beam radius, α L/p) px and every radial table is averaged over a
+disc of α L/p px (spots get the same second moment).
+
 Each frame draws its noise from its own seed (scan seed, session, detector size, iy, ix), so frames
 are identical whatever order or chunks they are generated in.
 """
@@ -48,6 +53,8 @@ class ScanModel:
     params: SimParams
     scale: float  # reference px per detector px
     seed: int
+    spot_sigma_px: float | None = None  # detector px; None: params.spot_sigma_px / scale
+    spot_half: int = 3  # spots are drawn over (2 half + 1)² pixels
 
     @property
     def scan_shape(self) -> tuple[int, int]:
@@ -67,12 +74,21 @@ class ScanModel:
         n = self.n_electrons
         scattered_per_tau = n * -np.expm1(-tau) / tau if tau > 0 else n
         direct = n * np.exp(-tau)
+        plural = self.tables.plural is not None and tau > 0
+        if plural:  # only electrons scattered once keep the rings (Poisson in τ: N τ e^-τ)
+            scattered_per_tau = direct
         table = (
             self.tables.carbon * np.float32(scattered_per_tau * tau_c)
             + self.tables.ice * np.float32(scattered_per_tau * (tau_i + (1 - p.bragg_fraction) * tau_x))
             + self.tables.tail * np.float32(direct * s.beam_tail_fraction)
             + np.float32(s.stray_counts_per_px * b * b)
         )
+        if plural:  # the rest (scattered twice or more) share the two-scattering profiles
+            n_plural = n * (-np.expm1(-tau) - tau * np.exp(-tau))
+            a_c, a_i = tau_c / tau, (tau_i + tau_x) / tau
+            cc, ci, ii = self.tables.plural
+            table = table + (cc * np.float32(n_plural * a_c * a_c) + ci * np.float32(n_plural * 2 * a_c * a_i)
+                             + ii * np.float32(n_plural * a_i * a_i))
         cy, cx = self.centres[iy, ix]
         pc = det.centres.astype(np.float32)
         dy2 = (pc - np.float32(cy)) ** 2
@@ -95,7 +111,8 @@ class ScanModel:
             if electrons * weight.max() < 0.01:  # crystal (practically) outside the beam
                 continue
             ys, xs = cy + radius * np.sin(az), cx + radius * np.cos(az)
-            flat, val = render_spots(det, ys, xs, electrons * weight, p.spot_sigma_px / b)
+            sigma = p.spot_sigma_px / b if self.spot_sigma_px is None else self.spot_sigma_px
+            flat, val = render_spots(det, ys, xs, electrons * weight, sigma, self.spot_half)
             np.add.at(lam, flat, (val * det.efficiency.ravel()[flat]).astype(np.float32))
         return lam
 
@@ -145,7 +162,7 @@ def true_geometry(session: SessionParams, detector_px: int) -> Geometry:
         camera_length_mm=session.camera_length_mm,
         voltage_kv=session.voltage_kv,
         scan_step_nm=session.scan_step_nm,
-    )
+    ).marked("fitted")  # the truth: what a perfect calibration would find
 
 
 def scan_model(content: BeamContent, crystals, session, params, detector, seed) -> ScanModel:
@@ -154,19 +171,28 @@ def scan_model(content: BeamContent, crystals, session, params, detector, seed) 
     b = detector_scale(n)
     geom = true_geometry(session, n)
     lam_L_p = geom.lambda_L_over_p
-    tables = radial_tables(lam_L_p, params, session.beam_tail_px / b, r_max=detector.physical_size * 1.5)
+    # a convergent beam: a disc of α L/p px (true camera length) that every direction is spread over
+    blur = session.convergence_px(n)
+    tables = radial_tables(lam_L_p, params, session.beam_tail_px / b, r_max=detector.physical_size * 1.5,
+                           blur_px=blur, plural=session.plural_scattering)
     spots = [bragg_spots(c, params, lam_L_p) for c in crystals]
     centres = beam_centres(content.fractions.shape[:2], session, detector, seed)
+    spot_sigma, spot_half = None, 3
+    if blur > 0:  # Bragg discs, drawn as Gaussians with the disc's second moment (σ² = a²/4)
+        spot_sigma = float(np.hypot(params.spot_sigma_px / b, blur / 2))
+        spot_half = max(3, int(np.ceil(3.5 * spot_sigma)))
     return ScanModel(
         detector=detector,
         tables=tables,
         content=content,
         centres=centres,
         spots=spots,
-        beam=DirectBeam(session.beam_radius_px / b, session.psf_sigma_px / b),
+        beam=DirectBeam(float(np.hypot(session.beam_radius_px / b, blur)), session.psf_sigma_px / b),
         n_electrons=session.electrons_per_frame,
         session=session,
         params=params,
         scale=b,
         seed=seed,
+        spot_sigma_px=spot_sigma,
+        spot_half=spot_half,
     )

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from ..jsonutil import jsonable
+
 #: Detector width (px) for which the px-valued parameters are given.
 REFERENCE_DETECTOR_PX = 512
 
@@ -78,6 +80,18 @@ class SessionParams:
     stray_counts_per_px: float = 0.01  # counts/px/frame of uniform stray background
     # image mode
     overview_rotation_deg: float = 2.5  # rotation between image-mode overview and scan axes
+    # what else real sessions vary (defaults: the original model, byte-identical output)
+    convergence_mrad: float = 0.0  # beam convergence semi-angle (mrad): a larger direct-beam disc
+    #   (radius hypot(beam_radius_px, α L/p)) and every ring, spot and halo blurred by that disc
+    ice_thickness_scale: float = 1.0  # multiplies the vitreous-ice thickness (holes and over carbon)
+    plural_scattering: bool = False  # electrons scattered more than once (Poisson in τ) go into a broad,
+    #   ring-less profile (self-convolution of the single-scattering one): thick ice, weaker rings
+
+    def __post_init__(self):
+        if not (math.isfinite(self.convergence_mrad) and self.convergence_mrad >= 0):
+            raise ValueError(f"convergence_mrad must be >= 0, got {self.convergence_mrad}")
+        if not (math.isfinite(self.ice_thickness_scale) and self.ice_thickness_scale >= 0):
+            raise ValueError(f"ice_thickness_scale must be >= 0, got {self.ice_thickness_scale}")
 
     @property
     def electrons_per_frame(self) -> float:
@@ -99,8 +113,24 @@ class SessionParams:
     def resolved_gain_seed(self) -> int:
         return session_seed(self.name) if self.gain_seed is None else int(self.gain_seed)
 
+    def convergence_px(self, detector_px: int = REFERENCE_DETECTOR_PX) -> float:
+        """Radius (detector px) of the disc the convergence semi-angle draws at the true camera length."""
+        pixel_um = self.pixel_size_um * detector_scale(detector_px)
+        return self.convergence_mrad * 1e-3 * (self.camera_length_mm * 1e-3) / (pixel_um * 1e-6)
+
     def to_dict(self) -> dict:
-        return _jsonable(asdict(self))
+        """All values as JSON; the session variables added later (convergence, ice thickness scale,
+        plural scattering) only when they differ from their defaults, so files of default sessions
+        stay byte-identical to those written before they existed."""
+        d = jsonable(asdict(self))
+        for name, default in _LATER_DEFAULTS.items():
+            if d.get(name) == default:
+                d.pop(name, None)
+        return d
+
+
+#: Session fields added after files were first written, with the defaults that reproduce them.
+_LATER_DEFAULTS = {"convergence_mrad": 0.0, "ice_thickness_scale": 1.0, "plural_scattering": False}
 
 
 def session_params(session="A", base: SessionParams | None = None) -> SessionParams:
@@ -190,14 +220,4 @@ class SimParams:
     overview_shading: float = 0.05  # relative illumination gradient across the overview
 
     def to_dict(self) -> dict:
-        return _jsonable(asdict(self))
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+        return jsonable(asdict(self))

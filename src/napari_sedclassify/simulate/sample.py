@@ -84,6 +84,8 @@ def make_sample(scan_shape, session: SessionParams, params: SimParams, rng) -> S
     rho = _holes(yy, xx, origin, extent, scan_shape, params, rng)
     hole = rho < 1.0
     carbon_nm, ice_nm = _film_and_ice(rho, pixel_nm, params, rng)
+    if session.ice_thickness_scale != 1.0:  # a session with thicker (or thinner) ice
+        ice_nm = ice_nm * session.ice_thickness_scale
     area_um2 = (extent[0] + session.scan_step_nm) * (extent[1] + session.scan_step_nm) * 1e-6
     n_cryst = max(params.min_crystals, int(rng.poisson(params.crystals_per_um2 * area_um2)))
     crystal_nm = np.zeros(shape)

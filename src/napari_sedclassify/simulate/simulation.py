@@ -12,7 +12,7 @@ import numpy as np
 from .. import __version__
 from ..classes import ClassTable
 from ..geometry import Geometry
-from ..scan import Scan
+from ..scan import Scan, parse_scan_shape
 from .detector import flood_frames, make_detector
 from .frames import scan_model, true_geometry
 from .overview import render_overview
@@ -72,16 +72,6 @@ def _check_name(session: str) -> str:
     return session
 
 
-def _check_scan_shape(scan_shape) -> tuple[int, int]:
-    try:
-        sy, sx = (int(v) for v in scan_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"scan shape must be two integers (scan_y, scan_x), got {scan_shape!r}") from None
-    if sy < 1 or sx < 1:
-        raise ValueError(f"scan shape must be positive, got {scan_shape!r}")
-    return sy, sx
-
-
 def sidecar_paths(out_path) -> dict:
     """Paths of the files written beside a scan ``<stem>.npy``."""
     p = Path(out_path)
@@ -139,7 +129,7 @@ def _flat_meta(sess: SessionParams, detector_px, n_frames, seed) -> dict:
         pixel_size_um=sess.pixel_size_um * detector_scale(detector_px),
         camera_length_mm=sess.nominal_camera_length_mm,
         voltage_kv=sess.voltage_kv,
-    )
+    ).marked("file")
     return {
         "format": "napari-sedclassify simulated flat-field",
         "geometry": geom.to_dict(),
@@ -179,7 +169,7 @@ def simulate_scan(
     sess = session_params(session)
     _check_name(sess.name)
     params = params or SimParams()
-    sy, sx = _check_scan_shape(scan_shape)
+    sy, sx = parse_scan_shape(scan_shape)
     n = int(detector_px)
     detector_scale(n)
     seed = int(seed)
@@ -200,7 +190,7 @@ def simulate_scan(
         camera_length_mm=sess.nominal_camera_length_mm,
         voltage_kv=sess.voltage_kv,
         scan_step_nm=sess.scan_step_nm,
-    )
+    ).marked("file")  # what the microscope reports (the nominal camera length)
     meta = _scan_meta(sess, params, geometry, model, sample, (sy, sx), n, seed, affine)
 
     if out_path is None:

@@ -79,13 +79,18 @@ class CentringWidget(Container):
         maps = {
             f"{layer.name} centre x (px)": (centres[..., 1], "viridis", False),
             f"{layer.name} centre y (px)": (centres[..., 0], "viridis", False),
-            f"{layer.name} descan residual (px)": (residual, "magma", True),
+            f"{layer.name} descan residual (px)": (residual, "magma", False),
         }
+        # added hidden, below the integrated image: they must not cover it (tick them to look)
         for name, (data, cmap, visible) in maps.items():
             finite = data[np.isfinite(data)]
             limits = (float(finite.min()), float(finite.max()) + 1e-6) if finite.size else (0.0, 1.0)
+            existed = name in self._viewer.layers
             new = set_layer(self._viewer, name, data, like=layer, colormap=cmap, contrast_limits=limits)
-            new.visible = visible
+            if not existed:
+                new.visible = visible
+                layers = self._viewer.layers
+                layers.move(layers.index(new), layers.index(layer))
         self._viewer.layers.selection.active = layer
         for ax_i, (title, (data, cmap, _)) in enumerate(maps.items()):
             ax = self.figure.add_subplot(1, 3, ax_i + 1)

@@ -6,17 +6,58 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
 
 from ...classes import CARBON, MIXED, ClassTable
-from ...labels import class_map_from_regions, length_in_steps, load_class_map, save_class_map
+from ...labels import (
+    class_map_from_regions,
+    from_zero_based,
+    length_in_steps,
+    load_class_map,
+    looks_zero_based,
+    save_class_map,
+)
 from ..jobs import wrapped_label
 from ..layers import find_scan
 from ..palette import class_colormap, display_name, legend_html
 from ..pickers import follow_layers, scan_picker
 from ..plots import form
 from ..regions import CLASS_FEATURE, regions_from_shapes
-from ..state import LABELS_OF_KEY, scan_layer_spatial, set_layer
+from ..state import DERIVED_KEY, LABELS_OF_KEY, PREDICTION_OF_KEY, scan_layer_spatial, set_layer
 
 #: Default beam diameter (nm) when the scan does not say it: the paper's 50-60 nm beam.
 DEFAULT_BEAM_NM = 55.0
+#: Beam diameter and border (scan steps) when the scan step is unknown: one step, the usual layout
+#: of a narrow-beam scan (beam about as wide as the step).
+DEFAULT_BEAM_STEPS = 1.0
+#: How class ids in a labels file are read.
+ID_CHOICES = [
+    ("auto (0-based files detected)", "auto"),
+    ("1-based: 0 = unlabeled, 1 = carbon", "one"),
+    ("0-based: 0 = carbon", "zero"),
+]
+
+
+def read_class_map(path, scan_shape=None, ids: str = "auto"):
+    """(class map in this package's ids, note): a labels file read as ``ids`` says ("one": as
+    stored; "zero": shifted by one; "auto": shifted when it looks 0-based). ``note`` says what was
+    concluded and how to choose otherwise ("" when the file was read as stored without doubt)."""
+    from pathlib import Path
+
+    from ...classes import ClassTable
+
+    class_map = load_class_map(path, scan_shape)
+    if ids == "one":
+        return class_map, ""
+    name = Path(str(path)).name
+    names = ClassTable.default().names
+    order = ", ".join(f"{k - 1} = {display_name(names[k])}" for k in sorted(names) if k)
+    if ids == "zero":
+        return from_zero_based(class_map), f"{name}: read as 0-based ({order}) and shifted by one."
+    if looks_zero_based(class_map):
+        return from_zero_based(class_map), (
+            f"{name} holds class ids {int(class_map.min())}..{int(class_map.max())} and no 4 (mixed): read as "
+            f"0-based ({order}) and shifted by one. If 0 means 'unlabeled' in this file, choose "
+            "'class ids in file: 1-based' and load it again."
+        )
+    return class_map, ""
 
 
 def regions_layer_name(scan_layer) -> str:
@@ -52,6 +93,7 @@ class LabelingWidget(Container):
         self._save_path = FileEdit(label="save to", mode="w", filter="*.npy *.tif *.tiff")
         self._save = PushButton(text="Save labels")
         self._load_path = FileEdit(label="load from", mode="r", filter="*.npy *.tif *.tiff")
+        self._ids = ComboBox(label="class ids in file", choices=ID_CHOICES, value="auto")
         self._load = PushButton(text="Load labels")
         self._overview = ComboBox(label="overview image", choices=self._overview_choices, nullable=True)
         self._affine_path = FileEdit(label="overview -> scan affine", mode="r", filter="*.npy *.txt *.csv")
@@ -66,7 +108,7 @@ class LabelingWidget(Container):
                 self._legend,
                 form(self._save_path),
                 self._save,
-                form(self._load_path),
+                form(self._load_path, self._ids),
                 self._load,
                 form(self._overview, self._affine_path),
                 self._register,
@@ -83,6 +125,10 @@ class LabelingWidget(Container):
         self._scan.changed.connect(self._scan_changed)
         self._unit_prev = self._unit.value
         self._unit.changed.connect(self._unit_changed)
+        self._steps_by_default = False  # lengths put in steps because the step was unknown
+        for layer in napari_viewer.layers:
+            layer.events.metadata.connect(self._scan_state)
+        napari_viewer.layers.events.inserted.connect(lambda e: e.value.events.metadata.connect(self._scan_state))
         self._scan_changed()
 
     # lengths -------------------------------------------------------------------------
@@ -94,11 +140,36 @@ class LabelingWidget(Container):
         scan = find_scan(self._scan.value)
         if scan is None:
             return
-        if not scan.geometry.scan_step_nm and self._unit.value == "nm":
-            self._unit.value = "steps"  # nm needs a known step
         beam_nm = scan.metadata.get("beam_diameter_nm", DEFAULT_BEAM_NM) if scan.metadata else DEFAULT_BEAM_NM
-        if self._unit.value == "nm":
+        step = scan.geometry.scan_step_nm
+        if not step:
+            if self._unit.value == "nm":  # nm needs a known step; 55 nm must not become 55 steps
+                self._unit.value = "steps"
+                self._beam.value = self._border.value = DEFAULT_BEAM_STEPS
+            self._status.value = (
+                f"The scan step of {self._scan.value.name} is unknown, so lengths are in scan steps (beam "
+                f"diameter and border {DEFAULT_BEAM_STEPS:g} step unless you change them). To give them in nm "
+                "(beam about 55 nm), set the scan step under 'Scan geometry' and Apply."
+            )
+        elif self._unit.value == "nm" or self._steps_by_default:
+            if self._unit.value != "nm":
+                self._unit.value = "nm"
             self._beam.value = self._border.value = float(beam_nm)
+            if self._status.value.startswith("The scan step of"):
+                self._status.value = ""
+        self._steps_by_default = not step
+
+    def _scan_state(self, event):
+        """The scan's layer changed state: when its scan step became known (or unknown), the
+        lengths follow (values the user typed are left alone otherwise)."""
+        if self._scan.value is None or event.source != self._scan.value:
+            return
+        scan = find_scan(self._scan.value)
+        if scan is not None and (not scan.geometry.scan_step_nm) != self._steps_by_default:
+            try:
+                self._scan_changed()
+            except RuntimeError:  # deleted with its viewer
+                pass
 
     def _unit_changed(self, unit):
         step = self._step_nm()
@@ -235,21 +306,36 @@ class LabelingWidget(Container):
             self._notify("Labels: open the scan the labels belong to first.")
             return None
         try:
-            class_map = load_class_map(self._load_path.value, scan.scan_shape)
+            class_map, note = read_class_map(self._load_path.value, scan.scan_shape, self._ids.value)
         except (OSError, ValueError) as exc:
             self._notify(f"Labels: {exc}")
             return None
-        return self.show_class_map(scan_layer, class_map)
+        layer = self.show_class_map(scan_layer, class_map)
+        self._status.value = note or f"loaded {self._load_path.value.name}"
+        if note:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Labels: {note}")
+        return layer
 
     # overview --------------------------------------------------------------------------
     def _overview_choices(self, _w=None):
         import napari
 
-        return [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, napari.layers.Image) and find_scan(layer) is None and layer.ndim == 2
-        ]
+        scans = [find_scan(layer) for layer in self._viewer.layers]
+        grids = {tuple(scan.scan_shape) for scan in scans if scan is not None}
+        out = []
+        for layer in self._viewer.layers:
+            if not isinstance(layer, napari.layers.Image) or layer.ndim != 2 or find_scan(layer) is not None:
+                continue
+            meta = layer.metadata
+            if any(key in meta for key in (DERIVED_KEY, LABELS_OF_KEY, PREDICTION_OF_KEY)) or "pcc_point" in meta:
+                continue  # centre, residual, PCC, confidence, virtual images: made from a scan
+            linear = np.asarray(layer.affine.affine_matrix)[:-1, :-1]
+            if tuple(layer.data.shape[-2:]) in grids and np.allclose(linear, np.diag(np.diag(linear))):
+                continue  # an image on a scan's own grid, not an image-mode overview to register
+            out.append((layer.name, layer))
+        return out
 
     def register_overview(self, affine=None):
         """Place the chosen overview image on the scan grid with a 3x3 overview -> scan affine

@@ -1,6 +1,10 @@
 """Live widget: follow an acquisition (a growing Merlin .mib file or a folder of frame files),
 classify each frame as it arrives and show the running class map as a Labels layer.
 
+FCNN and SVM models classify in the worker thread; a CNN model (TensorFlow) classifies in a
+spawned child process (``_napari/model_jobs.watch_in_child``) whose running state is relayed to
+this process, so TensorFlow never loads next to napari's canvas.
+
 ``pipeline.live.watch`` runs in a thread worker and fills a ``LiveClassMap``; a QTimer on the
 UI thread redraws the layer when the state has changed (at most every ``REFRESH_MS``), so the
 acquisition rate never sets the redraw rate.
@@ -54,13 +58,24 @@ class LiveWidget(Container):
         self._timer.timeout.connect(self.refresh)
 
     def start(self):
-        from ...pipeline.live import LiveClassMap, open_source, watch
+        from ...pipeline.live import LiveClassMap, LiveResult, open_source, watch
         from ...pipeline.predict import as_model
+        from ..model_jobs import TF_KINDS, model_card
 
         model_path = str(self._model_path.value or "")
         if not model_path.endswith(".sedmodel"):
             self._jobs.status.value = "choose a model file (.sedmodel)"
             return
+        try:  # model.json only: a CNN model's network (TensorFlow) never loads in napari's process
+            card = model_card(model_path)
+            if card.kind in TF_KINDS:
+                from ...optional import require_cnn
+
+                require_cnn(f"The CNN model {model_path}")
+        except (OSError, ValueError, ImportError) as exc:
+            self._jobs.status.value = str(exc)
+            return
+        in_child = card.kind in TF_KINDS
         source_path = self._input.value.strip()
         if not source_path:
             self._jobs.status.value = "give the .mib file or folder to follow"
@@ -73,7 +88,7 @@ class LiveWidget(Container):
         def work(report, cancelled):
             import time
 
-            model = as_model(model_path)
+            model = card if in_child else as_model(model_path)
             geometry, metadata = None, None
             if calibration:
                 from ...io import open_scan
@@ -90,8 +105,17 @@ class LiveWidget(Container):
             state = LiveClassMap((sy, sx), model.classes.ids, keep, model.classes.names)
             state.subscribe(lambda s: report(s.n_done, s.n_positions))
             self.state = state
-            return watch(model, src, out_dir=out, keep=keep, flatfield=flat, geometry=geometry, metadata=metadata,
-                         state=state, cancel=cancelled, force=True, timeout_s=30.0)
+            options = dict(out_dir=out, keep=keep, flatfield=flat, geometry=geometry, metadata=metadata,
+                           force=True, timeout_s=30.0)
+            if not in_child:
+                return watch(model, src, state=state, cancel=cancelled, **options)
+            # TensorFlow model: classify in a spawned child; its state changes update ours
+            from ...models.tf_process import run_in_process
+            from ..model_jobs import live_relay, watch_in_child
+
+            out_ = run_in_process(watch_in_child, model_path, source_path, (sy, sx), progress=live_relay(state),
+                                  cancel=cancelled, **options)
+            return LiveResult(out_["status"], state, out_["files"], out_["plan"], out_["seconds"])
 
         def returned(result):
             self.result = result

@@ -10,17 +10,10 @@ from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
 from ..plots import form
-from ..state import flatfield_of, preprocess_of, scan_index_at, set_layer
+from ..state import clicked_point, flatfield_of, preprocess_of, scan_layer_at, set_layer
 
 RIA = "ria"
 FRAMES = "frames"
-
-
-def ria_outside_beam(result):
-    """RIA bins from the annular dark-field inner radius outwards: the diffraction of the sample,
-    without the direct beam whose intensity would otherwise dominate every correlation."""
-    keep = np.asarray(result.radii_px) >= float(result.resolved["adf_inner_px"])
-    return np.asarray(result.ria)[..., keep]
 
 
 def pcc_layer_name(scan_layer) -> str:
@@ -82,7 +75,7 @@ class PCCWidget(Container):
                 show_error("PCC on RIAs: compute the RIAs first (Centring or RIA widget), or use binned frames.")
                 return None
             try:
-                self._cache[key] = PCC(ria_outside_beam(result), result.missing | ~result.beam_found)
+                self._cache[key] = result.pcc()
             except ValueError as exc:
                 show_error(f"PCC: {exc}")
                 return None
@@ -107,14 +100,14 @@ class PCCWidget(Container):
         active = viewer.layers.selection.active
         if getattr(active, "mode", "pan_zoom") != "pan_zoom":  # drawing or painting, not picking
             return
-        layer = self._scan.value
-        index = scan_index_at(layer, event.position)
-        dragged = False
-        yield
-        while event.type == "mouse_move":
-            dragged = True
-            yield
-        if index is not None and not dragged:
+        under, _ = scan_layer_at(viewer, event.position)  # the scan clicked on, with several open
+        if under is not None and under != self._scan.value:
+            try:
+                self._scan.value = under
+            except ValueError:  # not listed (yet)
+                pass
+        index = yield from clicked_point(self._scan.value, event)
+        if index is not None:
             self.correlate(*index)
 
     def correlate(self, iy: int, ix: int):

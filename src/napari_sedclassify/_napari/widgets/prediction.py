@@ -6,13 +6,13 @@ CNN models are loaded and run in a spawned child process (``_napari/model_jobs.p
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, PushButton, Select
 
 from ...classes import ClassTable
+from ...pipeline.predict import params_for_model
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
 from ..model_jobs import (
@@ -20,13 +20,12 @@ from ..model_jobs import (
     features_for,
     model_card,
     predict_features,
-    preprocess_params_for_model,
     run,
 )
 from ..palette import class_colormap, display_name, legend_html
 from ..pickers import scan_picker
 from ..plots import form
-from ..state import flatfield_of, preprocess_of, set_layer
+from ..state import PREDICTION_OF_KEY, flatfield_of, preprocess_of, set_layer
 
 
 def classes_layer_name(scan_layer) -> str:
@@ -37,22 +36,19 @@ def confidence_layer_name(scan_layer) -> str:
     return f"{scan_layer.name} confidence"
 
 
-def write_keep_list(path, class_map, confidence, keep_ids, table: ClassTable, scan_step_nm=None) -> int:
-    """CSV (atomic) of the scan positions whose class is in ``keep_ids``: flat frame index,
-    row, column, position (nm, when the step is known), class id and name, confidence.
-    Returns the number of positions written."""
-    from ...io.atomic import atomic_output
+def geometry_fix_hint(scan) -> str:
+    """How to set the calibration values of ``scan`` that were assumed, or "" when none was."""
+    if scan is None:
+        return ""
+    from ...geometry import FLAGS, Q_FIELDS
 
-    rows, cols = np.nonzero(np.isin(class_map, list(keep_ids)))
-    with atomic_output(path, force=True) as tmp, open(tmp, "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["frame_index", "row", "col", "y_nm", "x_nm", "class_id", "class", "confidence"])
-        for r, c in zip(rows, cols):
-            cid = int(class_map[r, c])
-            y_nm, x_nm = ("", "") if not scan_step_nm else (f"{r * scan_step_nm:g}", f"{c * scan_step_nm:g}")
-            out.writerow([int(r * class_map.shape[1] + c), int(r), int(c), y_nm, x_nm, cid,
-                          table.names.get(cid, str(cid)), f"{float(confidence[r, c]):.4f}"])
-    return len(rows)
+    names = {"pixel_size_um": "pixel size", "camera_length_mm": "camera length", "voltage_kv": "voltage"}
+    assumed = [n for n in Q_FIELDS if scan.geometry.origin(n) == "assumed"]
+    if not assumed:
+        return ""
+    values = ", ".join(f"{names[n]} {getattr(scan.geometry, n):g} {FLAGS[n][1]}" for n in assumed)
+    return (f"{values} assumed (the file does not say); set the true values under 'Scan geometry' "
+            "(the Workflow's tab 0 Scan, or Plugins > SED classify > Scan geometry), Apply, and classify again.")
 
 
 class PredictionWidget(Container):
@@ -101,9 +97,15 @@ class PredictionWidget(Container):
             if str(path) in ("", "."):
                 raise ValueError("choose a model file (.sedmodel), e.g. one saved by the Training widget")
             card = model_card(path)
+            if card.kind == "cnn":
+                from ...optional import require_cnn
+
+                require_cnn(f"The CNN model {path}")
             card.check_geometry(scan.geometry, layer.name)
-            params = preprocess_params_for_model(card, scan.geometry)
-        except (OSError, ValueError) as exc:  # ModelFileError and IncompatibleModelError are ValueErrors
+            params = params_for_model(card, scan.geometry)
+        except (OSError, ValueError, ImportError) as exc:  # ModelFileError and IncompatibleModelError are
+            # ValueErrors; ImportError: a CNN model without TensorFlow installed (the message has the pip command)
+            self.refuse(layer, exc)
             show_error(f"Prediction: {exc}")
             return None
         flatfield = flatfield_of(layer)
@@ -120,15 +122,45 @@ class PredictionWidget(Container):
             self._cache[key] = result
             self.show_prediction(layer, out, card.classes)
 
-        return self._jobs.launch(BackgroundJob(f"Classifying {layer.name} ({card.kind.upper()})", work,
-                                               on_returned=done))
+        job = BackgroundJob(f"Classifying {layer.name} ({card.kind.upper()})", work, on_returned=done)
+
+        def finished():
+            if job.outcome == "failed":  # no stale class map next to the reason
+                self.refuse(layer, job.error, prefix="failed")
+
+        job._on_finished = finished
+        return self._jobs.launch(job)
+
+    def refuse(self, layer, reason, prefix: str = "refused"):
+        """Say in place why ``layer`` was not classified (and how to fix it when the scan's
+        geometry was assumed), and clear the result shown for it: no "done", no old class map."""
+        import html
+
+        from ...errors import IncompatibleModelError
+
+        self.clear_result(layer)
+        text = f"<b>{prefix}</b>: {html.escape(str(reason), quote=False)}"
+        fix = geometry_fix_hint(find_scan(layer)) if isinstance(reason, IncompatibleModelError) else ""
+        if fix:
+            text += f"<br><b>fix</b>: {html.escape(fix, quote=False)}"
+        self._jobs.status.value = text
+
+    def clear_result(self, layer=None):
+        """Remove the class map, confidence and counts shown for ``layer`` (any scan when None)."""
+        if layer is not None:
+            for name in (classes_layer_name(layer), confidence_layer_name(layer)):
+                if name in self._viewer.layers:
+                    self._viewer.layers.remove(name)
+        if self.prediction is not None and (layer is None or self.prediction["layer"] == layer):
+            self.prediction = None
+        self._summary.value = ""
 
     def show_prediction(self, layer, out, table: ClassTable):
         class_map = np.asarray(out["class_map"], dtype=np.uint8)
         confidence = confidence_map(out["probabilities"])
         self.table = table
         set_layer(self._viewer, classes_layer_name(layer), class_map, kind="labels", like=layer,
-                  colormap=class_colormap(table), opacity=0.6)
+                  colormap=class_colormap(table), opacity=0.6, metadata={PREDICTION_OF_KEY: layer.name})
         n = max(1, len(out["class_ids"]))
         set_layer(self._viewer, confidence_layer_name(layer), confidence, like=layer, colormap="inferno",
                   contrast_limits=(1.0 / n, 1.0), visible=False)
@@ -159,6 +191,8 @@ class PredictionWidget(Container):
 
     def export_keep_list(self):
         from napari.utils.notifications import show_error
+
+        from ...pipeline.reduce import write_keep_list
 
         if self.prediction is None:
             show_error("Prediction: classify a scan before exporting a keep-list.")

@@ -3,19 +3,18 @@ spread), like the paper's Fig. 5; optionally the smoothed logarithm (its Fig. 5c
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, RadioButtons, SpinBox
 
 from ...classes import ClassTable
+from ...processing.ria import class_statistics, moving_average
 from ..jobs import JobButtons, wrapped_label
 from ..layers import find_scan
 from ..palette import display_name
 from ..pickers import follow_layers, scan_picker
-from ..plots import form, moving_average, plot_canvas
+from ..plots import form, plot_canvas
 from ..preprocessing import preprocess_job
-from ..state import labels_layers_for, preprocess_of, scan_layer_spatial
+from ..state import labels_layers_for, preprocess_current, preprocess_of, scan_layer_spatial
 
 POINTS = "points"
 CLASSES = "classes"
@@ -23,23 +22,6 @@ CLASSES = "classes"
 
 def points_layer_name(scan_layer) -> str:
     return f"{scan_layer.name} RIA points"
-
-
-def class_statistics(ria, class_map, usable, log: bool, smooth: int):
-    """{class id: (mean, spread)} over the frames of each class (usable ones only); on log10 of
-    the RIA when ``log``; each curve a moving average over ``smooth`` bins."""
-    out = {}
-    values = np.log10(np.where(ria > 0, ria, np.nan)) if log else np.asarray(ria, dtype=np.float64)
-    for cid in np.unique(class_map[usable]):
-        if cid == 0:
-            continue
-        rows = values[(class_map == cid) & usable]
-        with warnings.catch_warnings():  # all-NaN bins (beyond the frame) stay NaN quietly
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(rows, axis=0)
-            spread = np.nanstd(rows, axis=0)
-        out[int(cid)] = (moving_average(mean, smooth), moving_average(spread, smooth), len(rows))
-    return out
 
 
 class RIAWidget(Container):
@@ -60,8 +42,10 @@ class RIAWidget(Container):
         self._smooth = SpinBox(label="moving average (bins)", value=1, min=1, max=51)
         self._axis = ComboBox(label="x axis", choices=[("radius (px)", "px"), ("q (1/Å)", "q")], value="px")
         self._summary = wrapped_label()
+        self._calibrate = JobButtons("Fit camera length (ice ring at 3.7 Å)", self.calibrate)
+        self.calibration_info = wrapped_label()
         self.extend(
-            [form(self._scan), self._jobs, form(self._mode), self._pick,
+            [form(self._scan), self._jobs, self._calibrate, self.calibration_info, form(self._mode), self._pick,
              form(self._labels, self._smooth, self._axis), self._log, self._summary]
         )
         self.figure, self.canvas = plot_canvas(4.0, 3.2, min_height=280)
@@ -72,12 +56,48 @@ class RIAWidget(Container):
         self._pick.changed.connect(lambda _=None: self.points_layer())
         self._viewer.layers.events.inserted.connect(self._watch_points)
 
+    def calibrate(self):
+        """Fit the effective camera length from the amorphous-ice ring (``pipeline.calibrate``) in
+        the background; the scan's geometry takes it (marked fitted) and the diffraction view
+        draws the fitted ring."""
+        from ..jobs import BackgroundJob
+        from ..state import CALIBRATION_KEY, flatfield_of, set_state
+        from .geometry import apply_geometry
+
+        layer = self._scan.value
+        if layer is None:
+            self._calibrate.status.value = "Open a scan first."
+            return None
+        scan = find_scan(layer)
+        flatfield = flatfield_of(layer)
+
+        def work(report, cancelled):
+            from ...pipeline.calibrate import calibrate
+
+            return calibrate(scan, "ice", flatfield, progress=report, cancel=cancelled)
+
+        def done(result):
+            note = apply_geometry(self._viewer, layer, result.geometry)
+            set_state(layer, CALIBRATION_KEY, result)
+            self.calibration_info.value = (
+                f"Camera length {result.camera_length_mm:.1f} ± {result.camera_length_sd_mm:.1f} mm (fitted from "
+                f"{result.frames_used} ice frames; was {result.nominal_camera_length_mm:g} mm, "
+                f"{result.nominal_origin})." + (f" {note}." if note else ""))
+            self.plot()
+
+        return self._calibrate.launch(BackgroundJob(f"Fitting the camera length of {layer.name}", work,
+                                                    on_returned=done))
+
     def _labels_choices(self, _w=None):
         layer = self._scan.value
-        return [(lab.name, lab) for lab in labels_layers_for(self._viewer, layer)] if layer is not None else []
+        if layer is None:
+            return []
+        return [(lab.name, lab) for lab in labels_layers_for(self._viewer, layer, predictions=True)]
 
     def run(self):
-        """Compute RIAs (one preprocessing pass) of the selected scan; returns the job."""
+        """Compute RIAs (one preprocessing pass) of the selected scan; returns the job, or the
+        stored result when the centring step already made it from the same flat-field and
+        geometry (nothing is recomputed then)."""
         from napari.utils.notifications import show_error
 
         from ...processing import PreprocessParams
@@ -86,6 +106,11 @@ class RIAWidget(Container):
         if find_scan(layer) is None:
             show_error("RIA: open a scan first (File > Open or File > Open Sample).")
             return None
+        current = preprocess_current(layer)
+        if current is not None:
+            self.plot()
+            self._jobs.status.value = "RIAs of the centring pass (same flat-field and geometry): nothing to recompute"
+            return current
         previous = preprocess_of(layer)
         params = previous.params if previous is not None else PreprocessParams()
         return self._jobs.launch(preprocess_job(layer, params, on_done=lambda _r: self.plot()))

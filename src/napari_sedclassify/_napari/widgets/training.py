@@ -145,18 +145,23 @@ class TrainingWidget(Container):
         """Open the chosen scan file and labels file as one more training scan."""
         from napari.utils.notifications import show_error
 
+        from napari.utils.notifications import show_warning
+
         from ...io import open_scan
-        from ...labels import load_class_map
+        from .labeling import read_class_map
 
         scan_path, labels_path = self._scan_file.value, self._labels_file.value
         try:
             if str(scan_path) in ("", ".") or str(labels_path) in ("", "."):
                 raise ValueError("choose a scan file and its labels file")
             scan = open_scan(scan_path)
-            class_map = load_class_map(labels_path, scan.scan_shape)
+            class_map, note = read_class_map(labels_path, scan.scan_shape)
         except (OSError, ValueError) as exc:
             show_error(f"Training data: {exc}")
             return None
+        if note:  # a 0-based labels file, shifted: say so (Labels > Load labels reads it as stored on request)
+            self._jobs.status.value = note
+            show_warning(f"Training data: {note}")
         item = LabeledScan(Path(scan_path).stem, scan, class_map)
         self._files.append(item)
         self._refresh_data()
@@ -186,6 +191,13 @@ class TrainingWidget(Container):
         for w in (self._hidden, self._epochs, self._rate, self._patience, self._C, self._gamma, self._search,
                   self._batch, self._crop):
             w.visible = w in shown
+        from ...optional import cnn_available, cnn_message
+
+        hint = cnn_message()
+        if kind == "cnn" and not cnn_available():  # say it when chosen, not after preprocessing
+            self._metrics.value = hint
+        elif self._metrics.value == hint:
+            self._metrics.value = ""
         if kind == "cnn" and self._epochs.value > 100:
             self._epochs.value, self._patience.value = 40, 5
         elif kind == "fcnn" and self._epochs.value < 100:
@@ -231,7 +243,11 @@ class TrainingWidget(Container):
             if not data:
                 raise ValueError("choose at least one labeled scan (a scan with a Labels layer, or files)")
             kind, recipe, params = self._model.value, self.recipe(), self.estimator_params()
-        except ValueError as exc:
+            if kind == "cnn":
+                from ...optional import require_cnn
+
+                require_cnn()
+        except (ValueError, ImportError) as exc:  # ImportError: the CNN's libraries missing (pip command)
             show_error(f"Training: {exc}")
             return None
         val_fraction, seed = float(self._val.value), int(self._seed.value)
@@ -304,9 +320,9 @@ class TrainingWidget(Container):
         ax.set_xlabel("epoch", fontsize=7)
         ax.set_ylabel("loss", fontsize=7)
         ax.tick_params(labelsize=6)
-        if self.history:
+        if ax.get_legend_handles_labels()[0]:  # an SVM has no loss curves: no empty legend (and its warning)
             ax.legend(fontsize=6, frameon=False, loc="upper right")
-        else:
+        elif not self.history:
             ax.set_title("loss curves appear here during training", fontsize=7)
         if validation:
             self._draw_confusion(self.figure.add_subplot(2, 1, 2), validation)

@@ -6,6 +6,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton
 
 from ..layers import find_scan, scan_layers
+from ..state import DERIVED_KEY
 
 
 class VirtualImageWidget(Container):
@@ -48,7 +49,8 @@ class VirtualImageWidget(Container):
             return np.asarray(virtual_image(scan, inner, outer).compute())
 
         def done(img):
-            self._viewer.add_image(img, name=name, scale=layer.scale, units=layer.units, colormap="gray")
+            self._viewer.add_image(img, name=name, scale=layer.scale, translate=layer.translate, units=layer.units,
+                                   colormap="gray", metadata={DERIVED_KEY: layer.name})
 
         worker = compute()
         worker.returned.connect(done)

@@ -3,13 +3,14 @@ diffraction view docked beside the canvas."""
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, FileEdit, PushButton
+from magicgui.widgets import CheckBox, Container, FileEdit, PushButton
 
 from ..jobs import wrapped_label
 from ..plots import form
 from .centring import CentringWidget
 from .diffraction_view import DiffractionView
 from .flatfield import FlatFieldWidget
+from .geometry import GeometryWidget
 from .labeling import LabelingWidget
 from .pcc import PCCWidget
 from .prediction import PredictionWidget
@@ -17,8 +18,9 @@ from .ria import RIAWidget
 from .training import TrainingWidget
 
 INTRO = (
-    "Open a scan (here, File > Open, or File > Open Sample > SED classify), then go through the "
-    "tabs from left to right. Hover or click the integrated image to see a frame in the diffraction view."
+    "Open a scan (here, File > Open, or File > Open Sample > SED classify), check its geometry (tab 0), "
+    "then go through the tabs from left to right. Hover or click the integrated image to see a frame in "
+    "the diffraction view."
 )
 
 
@@ -31,6 +33,7 @@ class WorkflowWidget(Container):
 
         super().__init__(labels=False)
         self._viewer = napari_viewer
+        self.geometry = GeometryWidget(napari_viewer)
         self.flatfield = FlatFieldWidget(napari_viewer)
         self.centring = CentringWidget(napari_viewer)
         self.ria = RIAWidget(napari_viewer)
@@ -43,9 +46,19 @@ class WorkflowWidget(Container):
         self._scan_file = FileEdit(label="scan file", mode="r")
         open_button = PushButton(text="Open scan")
         open_button.changed.connect(lambda _=None: self.open_scan())
-        self.extend([form(self._scan_file), open_button])
+        from ..reader import prefer_this_reader, this_reader_preferred
+
+        prefer_this_reader(True)  # file patterns without a preference: no "Choose reader" on each File > Open
+        self._prefer = CheckBox(
+            text="File > Open reads .npy/.tif/.h5/.zarr scans with SED classify", value=this_reader_preferred(),
+            tooltip="napari's reader preference for these file types (Preferences > Plugins); plain images "
+            "in them still open as images. Untick to give the choice back to napari.",
+        )
+        self._prefer.changed.connect(lambda on: prefer_this_reader(bool(on)))
+        self.extend([form(self._scan_file), open_button, self._prefer])
         self.tabs = QTabWidget()
         steps = [
+            ("0 Scan", self.geometry),
             ("1 Flat-field", self.flatfield),
             ("2 Centring", self.centring),
             ("3 RIA", self.ria),
@@ -67,6 +80,19 @@ class WorkflowWidget(Container):
         window = getattr(napari_viewer, "window", None)
         if window is not None:
             window.add_dock_widget(self.diffraction, name="Diffraction view", area="bottom")
+        napari_viewer.layers.events.inserted.connect(self._inserted)
+
+    def _inserted(self, event):
+        """A scan whose geometry the file does not fully state: bring its fields (tab 0) forward."""
+        from ...geometry import CALIBRATION_FIELDS
+        from ..layers import find_scan
+
+        scan = find_scan(event.value)
+        if scan is not None and (scan.geometry.assumed(CALIBRATION_FIELDS) or not scan.geometry.scan_step_nm):
+            try:
+                self.show_step(0)
+            except RuntimeError:  # deleted with its viewer
+                pass
 
     def open_scan(self, path=None):
         """Open a scan file with this plugin's reader (its integrated image becomes a layer);
@@ -84,5 +110,5 @@ class WorkflowWidget(Container):
             return []
 
     def show_step(self, index: int):
-        """Bring tab ``index`` (0 = flat-field ... 6 = prediction) to the front."""
+        """Bring tab ``index`` (0 = scan geometry, 1 = flat-field ... 7 = prediction) to the front."""
         self.tabs.setCurrentIndex(index)

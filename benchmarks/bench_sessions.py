@@ -1,0 +1,311 @@
+"""Leave-one-session-out (LOSO) evaluation on a grid of simulated sessions, the feature ablation
+and the reliability diagram (issue 18).
+
+Seven sessions that differ in everything a real session changes at once: beam convergence
+(0-0.8 mrad), ice thickness (0.6-2.2x, with plural scattering), dose (0.3-3x), the true camera
+length (0.90-1.10x while the files keep reporting the nominal 900 mm), descan strength, detector
+size (128 or 256 px), and each its own gain map, beam position and descan direction. Every
+session holds ``--scans`` scans (20x20 points, other sample areas in every session). Scans are
+simulated once into --workdir and preprocessed once (RIAs cached as .npz); the models then
+train on the scans of six sessions and are tested on every scan of the seventh, for each
+session in turn. Reported per held-out session: weighted F1 and amorphous-ice precision, mean ±
+sd over its scans; and the mean ± sd over sessions and the best-worst spread.
+
+    python benchmarks/bench_sessions.py [--workdir DIR] [--models fcnn,svm] [--ablation]
+                                        [--reliability docs/images/sessions_reliability.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from napari_sedclassify.geometry import Geometry
+from napari_sedclassify.models.features import Augmentation, FeatureRecipe
+from napari_sedclassify.models.training import ScanFeatures
+
+#: (convergence mrad, ice thickness factor, dose factor, true camera length factor, descan factor,
+#: detector px) of each session of the grid.
+SESSIONS = [
+    (0.0, 1.0, 1.0, 1.00, 1.0, 256),
+    (0.3, 1.6, 0.3, 0.92, 1.2, 256),
+    (0.6, 0.7, 3.0, 1.08, 0.8, 128),
+    (0.15, 2.2, 1.5, 1.04, 1.0, 256),
+    (0.45, 1.0, 0.5, 0.95, 1.5, 128),
+    (0.8, 1.3, 2.0, 0.90, 1.0, 256),
+    (0.0, 0.6, 0.7, 1.10, 1.0, 128),
+]
+SCAN_SHAPE = (20, 20)
+AMORPHOUS = 2
+
+
+def session_list(spec=SESSIONS):
+    """[(SessionParams, detector_px)] for the grid rows ``spec``."""
+    from napari_sedclassify.simulate import session_grid
+
+    out = []
+    for c, ice, dose, cam, descan, det in spec:
+        (s,) = session_grid("A", convergence=(c,), ice=(ice,), dose=(dose,), camera=(cam,), descan=(descan,))
+        out.append((s, int(det)))
+    return out
+
+
+def _cache_one(path: Path, cache: Path, flats: dict) -> None:
+    from napari_sedclassify.io import open_scan
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.pipeline.train import default_recipe, preprocess_params_for
+    from napari_sedclassify.processing import load_flatfield
+    from napari_sedclassify.simulate import load_simulated
+
+    sim = load_simulated(path)
+    scan = open_scan(path)
+    ff = flats.setdefault(str(sim.flatfield_path), load_flatfield(sim.flatfield_path))
+    params = preprocess_params_for([default_recipe("fcnn")], scan.geometry)
+    r = preprocess(scan, params, flatfield=ff)
+    radius = r.beam_radius_px[r.beam_found]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, ria=r.ria, radii_px=r.radii_px, missing=r.missing, truth=sim.truth,
+             beam_radius_px=float(np.median(radius)) if radius.size else np.nan,
+             geometry=json.dumps(scan.geometry.to_dict()),
+             true_geometry=json.dumps(sim.metadata["true_geometry"]), session=sim.session)
+
+
+def ensure_features(workdir, spec=SESSIONS, n_scans: int = 4, scan_shape=SCAN_SHAPE, seed: int = 1000,
+                    log=print) -> list[dict]:
+    """Simulate and preprocess (once; cached in ``workdir``) ``n_scans`` scans of every session of
+    ``spec``; session k's scan i has seed ``seed + 100 k + i`` (other sample areas in every session).
+    Returns one dict per scan: name, session, features (ScanFeatures), truth, beam_radius_px,
+    true_geometry."""
+    from napari_sedclassify.simulate import simulate_scan
+
+    workdir = Path(workdir)
+    out = []
+    for k, (sess, det) in enumerate(session_list(spec)):
+        for i in range(n_scans):
+            name = f"scan_{sess.name}_{i:02d}"
+            path = workdir / "scans" / f"{det}px" / f"{name}.npy"
+            cache = workdir / "features" / f"{det}px_{scan_shape[0]}x{scan_shape[1]}" / f"{name}.npz"
+            if not cache.exists():
+                t0 = time.perf_counter()
+                if not path.with_suffix(".json").exists():
+                    simulate_scan(path, scan_shape=scan_shape, detector_px=det, session=sess, seed=seed + 100 * k + i)
+                _cache_one(path, cache, {})
+                path.unlink()  # the frames are not needed again; the sidecars stay
+                if log:
+                    log(f"  {name} ({det} px): {time.perf_counter() - t0:.1f} s")
+            z = np.load(cache)
+            geom = Geometry.from_dict(json.loads(str(z["geometry"])))
+            feats = ScanFeatures(name, geom, z["missing"], z["ria"], z["radii_px"])
+            out.append({"name": name, "session": str(z["session"]), "features": feats, "truth": z["truth"],
+                        "beam_radius_px": float(z["beam_radius_px"]),
+                        "true_geometry": Geometry.from_dict(json.loads(str(z["true_geometry"])))})
+    return out
+
+
+def _train(scans, kind, recipe, params=None, seed=0):
+    from napari_sedclassify.models.training import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train([s["features"] for s in scans], [s["truth"] for s in scans], kind=kind, recipe=recipe,
+                     params=params, seed=seed)
+
+
+def _score(model, scan) -> dict:
+    from napari_sedclassify.models.inference import predict_scan
+    from napari_sedclassify.models.metrics import evaluate
+
+    pred = predict_scan(model, scan["features"])
+    m = evaluate(scan["truth"], pred.class_map, model.classes)
+    name = model.classes.names[AMORPHOUS]
+    return {"f1": m["weighted"]["f1"], "ice_precision": m["per_class"][name]["precision"],
+            "ice_f1": m["per_class"][name]["f1"], "proba": pred.probabilities, "class_map": pred.class_map}
+
+
+def loso(scans, kind, recipe, params=None, seed=0, log=None) -> dict:
+    """{held-out session: [per-scan scores]} training on all other sessions each time."""
+    sessions = list(dict.fromkeys(s["session"] for s in scans))
+    out = {}
+    for held in sessions:
+        train_scans = [s for s in scans if s["session"] != held]
+        model = _train(train_scans, kind, recipe, params, seed)
+        out[held] = [dict(_score(model, s), name=s["name"], truth=s["truth"]) for s in scans if s["session"] == held]
+        if log:
+            f1 = [r["f1"] for r in out[held]]
+            log(f"    {kind} held out {held}: F1 {np.mean(f1):.3f} ± {np.std(f1, ddof=1):.3f}")
+    return out
+
+
+def summarise(result: dict) -> dict:
+    """Per session mean ± sd of weighted F1 and amorphous-ice precision, and over sessions."""
+    rows = {}
+    for s, scores in result.items():
+        f1 = np.array([r["f1"] for r in scores])
+        p = np.array([r["ice_precision"] for r in scores])
+        rows[s] = {"f1": (f1.mean(), f1.std(ddof=1)), "ice_precision": (p.mean(), p.std(ddof=1)), "n": len(f1)}
+    means = np.array([r["f1"][0] for r in rows.values()])
+    prec = np.array([r["ice_precision"][0] for r in rows.values()])
+    return {"sessions": rows, "f1_mean": float(means.mean()), "f1_sd": float(means.std(ddof=1)),
+            "f1_min": float(means.min()), "spread": float(means.max() - means.min()),
+            "ice_precision_mean": float(prec.mean()), "ice_precision_sd": float(prec.std(ddof=1))}
+
+
+def with_fitted_camera_length(scans, log=None) -> list[dict]:
+    """The scans with their geometry's camera length fitted from the amorphous-ice ring of their own
+    RIAs (``pipeline.calibrate.calibrate_ria``, what ``sedclassify calibrate`` does after its
+    preprocessing), as a user would after running ``sedclassify calibrate`` on every scan."""
+    from dataclasses import replace
+
+    from napari_sedclassify.pipeline.calibrate import calibrate_ria
+
+    out = []
+    for s in scans:
+        f = s["features"]
+        valid = ~f.missing & np.isfinite(f.ria).any(axis=-1)
+        cal = calibrate_ria(f.ria, f.radii_px, valid, f.geometry, inner_px=3 * s["beam_radius_px"] + 2)
+        if log:
+            log(f"  {s['name']}: camera length {cal.camera_length_mm:.1f} mm (true "
+                f"{s['true_geometry'].camera_length_mm:.1f})")
+        out.append(dict(s, features=replace(f, geometry=cal.geometry), fitted_camera_length_mm=cal.camera_length_mm))
+    return out
+
+
+def replace_aug(recipe: FeatureRecipe, **changes) -> Augmentation:
+    from dataclasses import replace
+
+    return replace(recipe.augmentation, **changes)
+
+
+def robust_recipe(**changes) -> FeatureRecipe:
+    """``models.features.session_robust_recipe`` for scans whose camera length was fitted."""
+    from napari_sedclassify.models.features import session_robust_recipe
+
+    return session_robust_recipe(camera_length_fitted=True, **changes)
+
+
+from napari_sedclassify.models.features import SESSION_ROBUST_PARAMS as ROBUST_PARAMS  # noqa: E402
+
+#: Ablation: (fitted camera length?, recipe, estimator params); each row removes one measure.
+ABLATION = {
+    "all measures (the session-robust recipe)": (True, robust_recipe(), ROBUST_PARAMS),
+    "camera length not fitted (nominal), radial scaling ±12 % instead": (
+        False, robust_recipe(augmentation=replace_aug(robust_recipe(), radial_scale=0.12)), ROBUST_PARAMS),
+    "camera length not fitted, radial scaling ±3 %": (False, robust_recipe(), ROBUST_PARAMS),
+    "with background removal (quadratic in log q)": (True, robust_recipe(background="poly"), ROBUST_PARAMS),
+    "no scan context": (True, robust_recipe(scan_context=0), ROBUST_PARAMS),
+    "no convergence blur augmentation": (True, robust_recipe(augmentation=replace_aug(robust_recipe(), blur_q_invA=0.0)),
+                                         ROBUST_PARAMS),
+    "no dose-noise augmentation": (True, robust_recipe(augmentation=replace_aug(robust_recipe(), dose_range=(1.0, 1.0))),
+                                   ROBUST_PARAMS),
+    "balanced class weights instead of their square root": (True, robust_recipe(), {}),
+    "none: the default recipe, nominal camera length": (False, FeatureRecipe(), {}),
+}
+
+
+def describe(spec=SESSIONS) -> dict:
+    """{session name: "convergence, ice, dose, camera length, descan, detector" text}."""
+    out = {}
+    for (sess, det), (c, ice, dose, cam, descan, _) in zip(session_list(spec), spec):
+        out[sess.name] = (f"{c:g} mrad, ice {ice:g}x, dose {dose:g}x, camera length {cam:g}x, descan {descan:g}x, "
+                          f"{det} px")
+    return out
+
+
+def _cell(mean_sd) -> str:
+    return f"{mean_sd[0]:.3f} ± {mean_sd[1]:.3f}"
+
+
+def main_table(results: dict, log=print) -> None:
+    """Markdown: per held-out session, per model, weighted F1 and amorphous-ice precision."""
+    kinds = list(results)
+    names = describe()
+    summ = {k: summarise(results[k]) for k in kinds}
+    log("| held-out session | " + " | ".join(f"{k.upper()} weighted F1 | {k.upper()} amorphous-ice precision"
+                                           for k in kinds) + " |")
+    log("|---|" + "---|---|" * len(kinds))
+    for s in results[kinds[0]]:
+        log(f"| {names.get(s, s)} | " + " | ".join(
+            f"{_cell(summ[k]['sessions'][s]['f1'])} | {_cell(summ[k]['sessions'][s]['ice_precision'])}" for k in kinds)
+            + " |")
+    log("| mean ± sd over sessions (best - worst) | " + " | ".join(
+        f"{summ[k]['f1_mean']:.3f} ± {summ[k]['f1_sd']:.3f} ({summ[k]['spread']:.3f}) | "
+        f"{summ[k]['ice_precision_mean']:.3f} ± {summ[k]['ice_precision_sd']:.3f}" for k in kinds) + " |")
+
+
+def reliability_of(result: dict) -> dict:
+    from napari_sedclassify.models.metrics import reliability
+
+    truths = np.concatenate([r["truth"].ravel() for rows in result.values() for r in rows])
+    proba = np.concatenate([r["proba"].reshape(-1, r["proba"].shape[-1]) for rows in result.values() for r in rows])
+    return reliability(truths, proba, [1, 2, 3, 4])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default="/tmp/sedclassify-bench-sessions")
+    ap.add_argument("--scans", type=int, default=4, help="scans per session (default 4)")
+    ap.add_argument("--models", default="fcnn,svm", help="models (cnn is not supported here: RIA models only)")
+    ap.add_argument("--ablation", action="store_true", help="also the ablation (each measure removed in turn)")
+    ap.add_argument("--ablation-models", default="svm", help="models for the ablation (default svm)")
+    ap.add_argument("--ablation-rows", help="only these ablation rows (comma-separated indices from 0)")
+    ap.add_argument("--skip-main", action="store_true", help="only the ablation")
+    ap.add_argument("--reliability", metavar="PNG", help="write the reliability diagram here")
+    ap.add_argument("--json", metavar="FILE", help="write every number as JSON")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    scans = ensure_features(args.workdir, n_scans=args.scans)
+    fitted = with_fitted_camera_length(scans, log=print)
+    print(f"{len(scans)} scans of {len(SESSIONS)} sessions ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    results = {}
+    for kind in [] if args.skip_main else args.models.split(","):
+        results[kind] = loso(fitted, kind, robust_recipe(), ROBUST_PARAMS, log=print)
+    out = {"sessions": describe()}
+    rel = {}
+    if results:
+        print("\nleave-one-session-out, session-robust recipe, camera length fitted per scan\n")
+        main_table(results)
+        out["main"] = {k: summarise(v) for k, v in results.items()}
+        rel = {k.upper(): reliability_of(v) for k, v in results.items()}
+        out["reliability"] = rel
+    print("\nconfidence (pooled held-out frames): expected calibration error, and what --uncertain-below keeps")
+    for k, r in rel.items():
+        print(f"{k}: ECE {r['ece']:.3f}, MCE {r['mce']:.3f}")
+        for row in r["curve"]:
+            print(f"   below {row['threshold']:.2f} uncertain: kept {row['kept']:.3f}, accuracy {row['accuracy']:.3f}, "
+                  f"amorphous-ice precision {row['amorphous_ice_precision']:.3f}, recall {row['amorphous_ice_recall']:.3f}")
+    if args.reliability and rel:
+        from napari_sedclassify.models.metrics import plot_reliability
+
+        plot_reliability(rel, args.reliability, title="Held-out sessions (leave-one-session-out), temperature-scaled "
+                         "FCNN and sigmoid-calibrated SVM")
+        print(f"wrote {args.reliability}")
+    if args.ablation:
+        out["ablation"] = {}
+        kinds = args.ablation_models.split(",")
+        print("\nablation: mean weighted F1 over held-out sessions ± sd, worst session, best - worst\n")
+        print("| variant | " + " | ".join(f"{k.upper()}: mean ± sd (worst; spread)" for k in kinds) + " |")
+        print("|---|" + "---|" * len(kinds))
+        rows = list(ABLATION.items())
+        if args.ablation_rows:
+            rows = [rows[int(i)] for i in args.ablation_rows.split(",")]
+        for name, (fit, recipe, params) in rows:
+            cells = []
+            for kind in kinds:
+                s = summarise(loso(fitted if fit else scans, kind, recipe, params))
+                out["ablation"].setdefault(name, {})[kind] = s
+                cells.append(f"{s['f1_mean']:.3f} ± {s['f1_sd']:.3f} ({s['f1_min']:.3f}; {s['spread']:.3f})")
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    if args.json:
+        from napari_sedclassify.jsonutil import jsonable
+
+        Path(args.json).write_text(json.dumps(jsonable(out), indent=1))
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""``sedclassify calibrate SCAN``: fit the effective camera length from the amorphous-ice ring
+(3.70 Å), gold rings or a d-spacing the user knows; ``--write`` stores it beside the scan."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from . import CLIError
+from ._scan_options import add_scan_options, open_scan_from_args
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit the effective camera length from the amorphous-ice ring (or gold rings, or a known d-spacing)",
+        description=(
+            "Preprocess the scan (flat-field, centres, radial averages on the detector's pixel grid), pick the "
+            "frames whose radial average shows the ring, and fit background + ring to their mean profile. "
+            "Prints the camera length with its uncertainty; --write stores it in SCAN.sedclassify.json, "
+            "where every other command (and napari) picks it up, marked 'fitted'."
+        ),
+    )
+    p.add_argument("scan", metavar="SCAN", help="scan file (any format `sedclassify info` reads)")
+    p.add_argument("--flatfield", metavar="F", help="flat-field: flood stack (N, ky, kx) or 2D gain map")
+    p.add_argument("--ring", default="ice", metavar="ice|gold|D_A",
+                   help="what to fit: 'ice' (vitreous ice, 3.70 Å, default), 'gold' (Au 2.355, 2.039, 1.442, "
+                        "1.230 Å) or d-spacings in Å (e.g. 3.7 or 2.355,2.039)")
+    p.add_argument("--search", type=float, default=0.15, metavar="FRACTION",
+                   help="search the ring within this fraction of where the scan's camera length puts it "
+                        "(default 0.15 = ±15 %%)")
+    p.add_argument("--edge-pixel-width", type=float, metavar="PITCHES",
+                   help="width of the wide pixels along the chip boundaries of a Medipix3 quad, in pixel pitches "
+                        "(default: the file's metadata, else 1 = all pixels equal)")
+    p.add_argument("--max-frames", type=int, default=4096, metavar="N",
+                   help="larger scans are calibrated on an evenly spaced subset of N positions (default 4096)")
+    p.add_argument("--dataset", help="array to read in files that hold several (HDF5, MATLAB, zarr)")
+    p.add_argument("--write", action="store_true",
+                   help="store the fitted camera length beside the scan (SCAN.sedclassify.json) for other commands")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_scan_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..io.sidecar import write_calibration
+    from ..pipeline.calibrate import calibrate, parse_ring
+    from ..processing import PreprocessParams, load_flatfield
+
+    try:
+        parse_ring(args.ring)
+    except ValueError as exc:
+        raise CLIError(f"--ring: {exc}") from None
+    if not 0 < args.search < 0.9:
+        raise CLIError(f"--search must be between 0 and 0.9, got {args.search}")
+    if args.max_frames < 16:
+        raise CLIError(f"--max-frames must be at least 16, got {args.max_frames}")
+    if args.edge_pixel_width is not None and not args.edge_pixel_width >= 1:
+        raise CLIError(f"--edge-pixel-width must be at least 1 pitch, got {args.edge_pixel_width}")
+    scan_path = Path(args.scan)
+    scan = open_scan_from_args(scan_path, args, dataset=args.dataset)
+    flatfield = load_flatfield(args.flatfield) if args.flatfield else None
+    params = PreprocessParams(edge_pixel_width=args.edge_pixel_width)
+    n = min(scan.n_frames, args.max_frames)
+    with tqdm(total=n, unit="frame", desc="calibrate", file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        cal = calibrate(scan, args.ring, flatfield, params, search=args.search, max_frames=args.max_frames,
+                        progress=progress)
+    out = cal.to_dict()
+    out["scan"] = str(scan_path)
+    out["written"] = None
+    if args.write:
+        side = write_calibration(scan_path, {"camera_length_mm": cal.camera_length_mm}, cal.sidecar_details())
+        out["written"] = str(side)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    g = scan.geometry
+    if cal.ring == "ice":
+        ring = "the amorphous-ice ring at 3.7 Å"
+    elif cal.ring == "gold":
+        ring = "gold rings at " + ", ".join(f"{d:g}" for d in cal.d_A) + " Å"
+    else:
+        ring = f"the ring{'s' if len(cal.d_A) > 1 else ''} at {cal.ring}"
+    r = cal.rings[0]
+    lines = [
+        f"{scan_path}: camera length {cal.camera_length_mm:.1f} ± {cal.camera_length_sd_mm:.1f} mm, "
+        f"fitted from {ring}",
+        f"  nominal {cal.nominal_camera_length_mm:g} mm ({cal.nominal_origin}): {cal.relative_change:+.2%}",
+        f"  ring radius {r.radius_px:.2f} ± {r.radius_sd_px:.2f} px (σ {r.sigma_px:.1f} px), "
+        f"{cal.frames_used} frames used of {cal.frames_with_ring} showing it ({cal.frames_with_beam} with a beam)",
+        f"  with pixel {g.pixel_size_um:g} µm ({g.origin('pixel_size_um')}), voltage {g.voltage_kv:g} kV "
+        f"({g.origin('voltage_kv')}), edge pixels {cal.edge_pixel_width:g} pitches",
+    ]
+    if out["written"]:
+        lines.append(f"  written to {out['written']}: other commands now use it (marked fitted)")
+        user = [f for f, name in (("--pixel-size", "pixel_size_um"), ("--voltage", "voltage_kv"))
+                if g.origin(name) == "user"]
+        if user:
+            lines.append(f"  note: it holds with the {' and '.join(user)} given here; give the same to later commands")
+    else:
+        lines.append(f"  store it with --write, or give --camera-length {cal.camera_length_mm:.1f} to other commands")
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,447 @@
+"""HyperSpy, pyxem and rosettasciio: their axes' calibration, their signals as Scans, and the
+results exported as HyperSpy signals.
+
+- :func:`axes_calibration` turns a signal's axes (navigation in nm, diffraction in 1/Å or mrad)
+  and its metadata (beam energy) into Geometry values, marked "file". The HDF5 and zarr readers
+  use it for ``.hspy`` / ``.zspy`` files (:func:`hspy_axes` reads the axes from the file), so
+  those files are calibrated without HyperSpy installed.
+- :func:`scan_from_signal` wraps a HyperSpy signal (lazy or not; 2 signal dimensions, 1 or 2
+  navigation dimensions) as a :class:`~napari_sedclassify.scan.Scan` without reading it.
+- :func:`read` opens, through rosettasciio, the formats that it reads and that users asked for
+  (Gatan DM3/DM4, TVIPS; :data:`SUFFIXES`), lazily.
+- :func:`to_signals` / :func:`export_hyperspy` write the class map, probabilities, confidence and
+  radial intensity averages as HyperSpy signals, axes in nm and 1/Å.
+
+HyperSpy and rosettasciio (GPL-3.0) are the ``formats`` extra: imported only inside the functions
+that need them, which say how to install them when they are missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ScanFormatError
+from ..geometry import Geometry, electron_wavelength_A
+from ..scan import Scan
+
+log = logging.getLogger(__name__)
+
+#: File name endings read through rosettasciio (the ``formats`` extra), and its plugin for each.
+SUFFIXES = {".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".tvips": "tvips"}
+
+#: Length units -> nm.
+_LENGTH_NM = {"nm": 1.0, "a": 0.1, "angstrom": 0.1, "aa": 0.1, "um": 1e3, "micron": 1e3, "pm": 1e-3, "mm": 1e6,
+              "m": 1e9}
+#: Reciprocal length units -> 1/Å (q = 1/d, HyperSpy's and pyxem's convention).
+_RECIPROCAL_INVA = {"1/a": 1.0, "a^-1": 1.0, "a-1": 1.0, "1/angstrom": 1.0, "angstrom^-1": 1.0, "aa^-1": 1.0,
+                    "1/nm": 0.1, "nm^-1": 0.1, "nm-1": 0.1, "1/pm": 100.0}
+#: Angle units -> rad (scattering angle 2θ per px).
+_ANGLE_RAD = {"mrad": 1e-3, "rad": 1.0, "urad": 1e-6}
+
+
+def _unit(units) -> str:
+    """A unit string made comparable: '$\\AA^{-1}$', 'Å⁻¹', '1 / Å' -> 'aa^-1', 'a^-1', '1/a'."""
+    if isinstance(units, bytes):
+        units = units.decode("utf-8", "replace")
+    u = str(units or "").strip()
+    for a, b in (("$", ""), ("{", ""), ("}", ""), ("\\", ""), (" ", ""), ("⁻¹", "^-1"), ("Å", "a"), ("å", "a"),
+                 ("µ", "u"), ("μ", "u"), ("**", "^")):
+        u = u.replace(a, b)
+    return u.lower()
+
+
+def _number(value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _scale(axis) -> float | None:
+    """|scale| of an axis dict, None when missing, zero or not a number (a non-uniform axis)."""
+    try:
+        return _number(abs(float(axis.get("scale"))))
+    except (TypeError, ValueError):
+        return None
+
+
+def _split_axes(axes):
+    """(navigation, signal) axes, each in array order; ``navigate`` missing: the last two are signal."""
+    if all("navigate" in a for a in axes):
+        nav = [a for a in axes if bool(a["navigate"])]
+        sig = [a for a in axes if not bool(a["navigate"])]
+        return nav, sig
+    return list(axes[:-2]), list(axes[-2:])
+
+
+def axes_calibration(axes, metadata=None) -> tuple[dict, dict]:
+    """Geometry values a signal's axes and metadata give, and notes for the scan's metadata.
+
+    axes: dicts (name, scale, offset, units, size, navigate) in array order, as HyperSpy stores
+    them. metadata: HyperSpy's metadata as a nested dict (``Acquisition_instrument.TEM.beam_energy``
+    in keV, ``camera_length`` in mm). Returns ({"scan_step_nm", "q_per_px_invA", "voltage_kv",
+    "camera_length_mm"} for what is stated, {notes}). The scan step is the fast (x) navigation
+    axis' scale; q per px the detector x axis' (a reciprocal length, or an angle converted with
+    the beam energy, or 200 kV when it is not stated: the camera length L = p/θ that follows does
+    not depend on it).
+    """
+    nav, sig = _split_axes(list(axes))
+    tem = ((metadata or {}).get("Acquisition_instrument") or {}).get("TEM") or {}
+    values, notes = {}, {}
+    voltage = _number(tem.get("beam_energy"))
+    if voltage:
+        values["voltage_kv"] = voltage
+    steps = []
+    for axis in nav:
+        factor = _LENGTH_NM.get(_unit(axis.get("units")))
+        scale = _scale(axis) if factor else None
+        steps.append(scale * factor if scale else None)
+    if steps and steps[-1]:
+        values["scan_step_nm"] = steps[-1]
+        if len(steps) == 2 and steps[0] and not math.isclose(steps[0], steps[-1], rel_tol=1e-3):
+            notes["scan_step_nm_y"] = steps[0]
+            log.warning("navigation axes: %g nm along y, %g nm along x; the scan step is x's", steps[0], steps[-1])
+    q = []
+    for axis in sig[-2:]:
+        u = _unit(axis.get("units"))
+        scale = _scale(axis)
+        if scale is None:
+            q.append(None)
+        elif u in _RECIPROCAL_INVA:
+            q.append(scale * _RECIPROCAL_INVA[u])
+        elif u in _ANGLE_RAD:
+            lam = electron_wavelength_A(voltage or Geometry().voltage_kv)
+            q.append(scale * _ANGLE_RAD[u] / lam)
+            notes["angle_per_px_mrad"] = scale * _ANGLE_RAD[u] * 1e3
+        else:
+            q.append(None)
+    if q and q[-1]:
+        values["q_per_px_invA"] = q[-1]
+        if len(q) == 2 and q[0] and not math.isclose(q[0], q[-1], rel_tol=1e-3):
+            notes["q_per_px_invA_y"] = q[0]
+            log.warning("detector axes: %g 1/Å per px along y, %g along x; using x's", q[0], q[-1])
+    elif _number(tem.get("camera_length")):
+        values["camera_length_mm"] = _number(tem.get("camera_length"))
+    names = [str(a.get("units") or "") for a in list(nav) + list(sig)]
+    if any(names):
+        notes["axes_units"] = names
+    return values, notes
+
+
+def geometry_from_axes(detector_shape, axes, metadata=None) -> tuple[Geometry, dict]:
+    """(Geometry with what the axes and metadata state marked "file", notes for the metadata)."""
+    values, notes = axes_calibration(axes, metadata)
+    if values.get("q_per_px_invA"):
+        from .hdf5 import geometry_from_q
+
+        geometry = geometry_from_q(tuple(detector_shape), values["q_per_px_invA"], values.get("voltage_kv"),
+                                   values.get("scan_step_nm"))
+        notes["q_per_px_invA"] = values["q_per_px_invA"]
+        notes["calibration"] = ("scan step and q per px from the signal's axes; camera length derived for a "
+                                "55 µm pixel")
+    else:
+        geometry = Geometry(detector_shape=tuple(detector_shape)).with_values(
+            "file", **{k: v for k, v in values.items() if k in ("scan_step_nm", "voltage_kv", "camera_length_mm")})
+        if values:
+            notes["calibration"] = "from the signal's axes and metadata: " + ", ".join(sorted(values))
+    return geometry, notes
+
+
+# ---- .hspy / .zspy files, read without HyperSpy --------------------------------------------------
+
+_AXIS = re.compile(r"axis-(\d+)$")
+
+
+def _attrs(node) -> dict:
+    out = {}
+    for k, v in dict(node.attrs).items():
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def hspy_axes(group) -> list[dict] | None:
+    """The axes (array order) of a HyperSpy signal stored in ``group`` (``Experiments/<title>``
+    of an h5py file or a zarr store), or None when it has no ``axis-N`` entries."""
+    found = {}
+    for key in list(group.keys()):
+        m = _AXIS.match(str(key))
+        if m:
+            found[int(m.group(1))] = _attrs(group[key])
+    if not found:
+        return None
+    return [found[i] for i in sorted(found)]
+
+
+def hspy_metadata(group) -> dict:
+    """``metadata.Acquisition_instrument.TEM`` of a stored HyperSpy signal (the part used here)."""
+    try:
+        tem = _attrs(group["metadata/Acquisition_instrument/TEM"])
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return {"Acquisition_instrument": {"TEM": tem}}
+
+
+def hspy_calibration(group, detector_shape) -> tuple[Geometry, dict] | None:
+    """(Geometry, notes) from a stored HyperSpy signal's axes, or None when ``group`` is not one."""
+    axes = hspy_axes(group)
+    if axes is None:
+        return None
+    return geometry_from_axes(detector_shape, axes, hspy_metadata(group))
+
+
+# ---- HyperSpy signals and rosettasciio's readers -------------------------------------------------
+
+def _signal_axes(signal) -> list[dict]:
+    """The axes of a HyperSpy signal as dicts, in array order (navigation reversed, then signal reversed)."""
+    am = signal.axes_manager
+    out = []
+    for axis in list(am.navigation_axes)[::-1] + list(am.signal_axes)[::-1]:
+        out.append({"name": str(axis.name), "scale": float(getattr(axis, "scale", 1.0) or 1.0),
+                    "offset": float(getattr(axis, "offset", 0.0) or 0.0), "units": str(axis.units),
+                    "size": int(axis.size), "navigate": bool(axis.navigate)})
+    return out
+
+
+def scan_from_signal(signal, scan_shape=None, *, missing_at: str = "end", chunk_frames=None) -> Scan:
+    """A Scan over a HyperSpy/pyxem signal, without reading its data (a lazy signal's dask array
+    is used as it is, rechunked to whole frames; an in-memory one is wrapped).
+
+    The signal has 2 signal dimensions (the detector) and 2 navigation dimensions (the scan) or 1
+    (a stack of frames: ``scan_shape``, else a square or one row, as for other stacks). Its axes
+    give the scan step (nm) and the reciprocal calibration (1/Å or mrad per px), marked "file".
+    """
+    am = signal.axes_manager
+    metadata = signal.metadata.as_dictionary()
+    name = str((metadata.get("General") or {}).get("title") or "") or type(signal).__name__
+    if am.signal_dimension != 2:
+        raise ScanFormatError(f"{name}: a signal with {am.signal_dimension} signal dimension(s); a scan's frames "
+                              "are 2D (Signal2D, pyxem's Diffraction2D)")
+    return scan_from_parts(signal.data, _signal_axes(signal), metadata, source=None, name=name,
+                           fmt=f"HyperSpy signal ({type(signal).__name__})", scan_shape=scan_shape,
+                           missing_at=missing_at, chunk_frames=chunk_frames)
+
+
+def scan_from_parts(data, axes, metadata, *, source, name, fmt, scan_shape=None, missing_at="end",
+                    chunk_frames=None) -> Scan:
+    """A Scan from an array (numpy or dask; nav... + (det_y, det_x)), its HyperSpy axes (array order)
+    and metadata: what :func:`scan_from_signal` and :func:`read` share."""
+    import dask.array as da
+
+    from ._lazy import check_pixel_dtype, frame_chunks, native, resolve_scan_shape
+
+    nav, sig = _split_axes(axes)
+    if len(sig) != 2 or len(nav) not in (1, 2) or data.ndim != len(nav) + 2:
+        raise ScanFormatError(f"{name}: shape {tuple(data.shape)} with {len(nav)} navigation and {len(sig)} signal "
+                              "axes is not a scan (2 signal axes, 1 or 2 navigation axes)")
+    dtype = check_pixel_dtype(data.dtype, name)
+    if not isinstance(data, da.Array):
+        data = da.from_array(data, chunks=(1,) * len(nav) + tuple(data.shape[-2:]))
+    if native(dtype) != dtype:
+        data = data.astype(native(dtype))
+    detector = tuple(int(s) for s in data.shape[-2:])
+    notes = {"format": fmt, "dtype_on_disk": np.dtype(dtype).str}
+    missing = None
+    if len(nav) == 2:
+        if scan_shape is not None and tuple(int(s) for s in scan_shape) != tuple(data.shape[:2]):
+            raise ScanFormatError(f"{name}: wrong scan shape {tuple(scan_shape)}: the signal navigates a "
+                                  f"{data.shape[0]}x{data.shape[1]} scan")
+        notes["scan_shape_from"] = "navigation axes"
+        notes["n_frames_in_file"] = int(data.shape[0] * data.shape[1])
+    else:
+        n = int(data.shape[0])
+        shape, how, first = resolve_scan_shape(name, n, scan_shape, None, missing_at)
+        pad = shape[0] * shape[1] - n
+        if pad:
+            zeros = da.zeros((pad,) + detector, dtype=data.dtype, chunks=(max(1, min(pad, data.chunks[0][0])),) + detector)
+            data = da.concatenate([zeros, data] if first else [data, zeros])
+        data = data.reshape(shape + detector)
+        flat = np.ones(shape[0] * shape[1], dtype=bool)
+        flat[first:first + n] = False
+        missing = flat.reshape(shape)
+        notes.update(scan_shape_from=how, n_frames_in_file=n)
+    frame_nbytes = int(np.prod(detector)) * data.dtype.itemsize
+    rows, cols = frame_chunks(data.shape[:2], frame_nbytes, chunk_frames)
+    data = data.rechunk((rows, cols, -1, -1))
+    geometry, calibration = geometry_from_axes(detector, axes, metadata)
+    notes.update(calibration)
+    title = ((metadata or {}).get("General") or {}).get("title")
+    if title:
+        notes["title"] = str(title)
+    return Scan(data, geometry, missing=missing, metadata=notes, source=source)
+
+
+def _rsciio_reader(path):
+    from ..optional import require_formats
+
+    suffix = Path(path).suffix.lower()
+    require_formats(f"Opening {suffix} files", module="rsciio")
+    import importlib
+
+    return importlib.import_module(f"rsciio.{SUFFIXES[suffix]}").file_reader
+
+
+def probe(path) -> bool:
+    """A file rosettasciio reads here (by its name: reading a header needs the library)."""
+    from ..optional import formats_problem
+
+    return Path(path).suffix.lower() in SUFFIXES and formats_problem("rsciio") is None
+
+
+def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
+    """Open a file rosettasciio reads (DM3/DM4, TVIPS) lazily as a Scan: the first signal in it
+    with 2D frames and 1 or 2 navigation axes."""
+    path = Path(path)
+    reader = _rsciio_reader(path)
+    try:
+        signals = reader(str(path), lazy=True)
+    except Exception as exc:  # rosettasciio raises many types for a file it cannot parse
+        raise ScanFormatError(f"{path}: rosettasciio cannot read it ({type(exc).__name__}: {exc})") from exc
+    shapes = []
+    for d in signals:
+        axes = d.get("axes") or []
+        nav, sig = _split_axes(axes)
+        shapes.append(f"{tuple(d['data'].shape)} ({len(nav)} navigation, {len(sig)} signal axes)")
+        if len(sig) == 2 and len(nav) in (1, 2):
+            scan = scan_from_parts(d["data"], axes, d.get("metadata") or {}, source=str(path), name=str(path),
+                                   fmt=f"{SUFFIXES[path.suffix.lower()]} (rosettasciio)", scan_shape=scan_shape,
+                                   missing_at=missing_at, chunk_frames=chunk_frames)
+            if len(signals) > 1:
+                scan.metadata["other_signals"] = len(signals) - 1
+            return scan
+    raise ScanFormatError(f"{path}: no 4D scan or stack of 2D frames in it; signals: {'; '.join(shapes) or 'none'}")
+
+
+# ---- export ----------------------------------------------------------------------------------------
+
+def _hyperspy(what: str):
+    from ..optional import require_formats
+
+    require_formats(what)
+    import hyperspy.api as hs
+
+    return hs
+
+
+def _scan_axes(shape, step_nm):
+    """HyperSpy axis dicts for the scan grid (y, x): nm when the scan step is known, else positions."""
+    units, scale = ("nm", float(step_nm)) if step_nm else ("", 1.0)
+    return [{"name": n, "size": int(s), "scale": scale, "offset": 0.0, "units": units}
+            for n, s in zip(("y", "x"), shape)]
+
+
+def to_signals(prediction, *, result=None, geometry=None, classes=None) -> dict:
+    """HyperSpy signals of a prediction: {"classes", "probabilities", "confidence"[, "ria"]}.
+
+    prediction: a ``pipeline.predict.ScanPrediction`` (anything with ``name``, ``class_map``,
+    ``probabilities`` (sy, sx, k), ``class_ids``). result: its PreprocessResult (``ria``,
+    ``radii_px``, ``geometry``) for the RIAs; a prediction carrying ``ria`` and ``ria_radii_px``
+    serves too. geometry: the scan's Geometry (scan step, q axis); default the result's or the
+    prediction's. Scan axes are y, x in nm (positions when the scan step is unknown); the RIA's
+    signal axis is q in 1/Å (px when the geometry is not calibrated). The class table (ids, names,
+    colours) goes into each signal's ``metadata.Sedclassify``.
+    """
+    hs = _hyperspy("Exporting results as HyperSpy signals")
+    from ..classes import ClassTable
+    from ..jsonutil import jsonable
+
+    geometry = geometry or getattr(result, "geometry", None) or getattr(prediction, "geometry", None)
+    classes = classes or ClassTable.default()
+    class_map = np.asarray(prediction.class_map, dtype=np.uint8)
+    step = getattr(geometry, "scan_step_nm", None)
+    table = {"class_ids": [int(i) for i in prediction.class_ids],
+             "class_names": [classes.names.get(int(i), str(i)) for i in prediction.class_ids],
+             "class_table": classes.to_dict(), "unclassified_id": 0,
+             "scan_step_origin": geometry.origin("scan_step_nm") if geometry is not None else "unknown",
+             "geometry": jsonable(geometry.to_dict()) if geometry is not None else None}
+    name = str(prediction.name)
+
+    def signal(kind, data, cls, axes, title, quantity):
+        s = cls(data, axes=axes)
+        s.metadata.General.title = f"{name} {title}"
+        s.metadata.set_item("Signal.quantity", quantity)
+        s.metadata.set_item("Sedclassify", {**table, "kind": kind, "scan": name,
+                                            "source": str(getattr(prediction, "source", "") or "")})
+        return s
+
+    grid = _scan_axes(class_map.shape, step)
+    out = {"classes": signal("classes", class_map, hs.signals.Signal2D, [dict(a) for a in grid], "class map",
+                             "class id")}
+    probs = np.asarray(prediction.probabilities, dtype=np.float32)
+    class_axis = {"name": "class", "size": int(probs.shape[-1]), "scale": 1.0, "offset": 0.0, "units": ""}
+    out["probabilities"] = signal("probabilities", probs, hs.signals.Signal1D,
+                                  [dict(a, navigate=True) for a in grid] + [class_axis], "class probabilities",
+                                  "probability")
+    confidence = probs.max(axis=-1) if probs.shape[-1] else np.zeros(class_map.shape, np.float32)
+    out["confidence"] = signal("confidence", confidence.astype(np.float32), hs.signals.Signal2D,
+                               [dict(a) for a in grid], "confidence (highest class probability)", "probability")
+    ria = getattr(result, "ria", None) if result is not None else getattr(prediction, "ria", None)
+    radii = getattr(result, "radii_px", None) if result is not None else getattr(prediction, "ria_radii_px", None)
+    if ria is not None and radii is not None and len(radii):
+        radii = np.asarray(radii, dtype=float)
+        dr = float(radii[1] - radii[0]) if len(radii) > 1 else 1.0
+        if geometry is not None and geometry.calibrated:
+            q0, q1 = geometry.radius_px_to_q_invA(radii[0]), geometry.radius_px_to_q_invA(radii[0] + dr)
+            q_axis = {"name": "q", "size": len(radii), "offset": float(q0), "scale": float(q1 - q0), "units": "1/Å"}
+        else:
+            q_axis = {"name": "r", "size": len(radii), "offset": float(radii[0]), "scale": dr, "units": "px"}
+        out["ria"] = signal("ria", np.asarray(ria, dtype=np.float32), hs.signals.Signal1D,
+                            [dict(a, navigate=True) for a in grid] + [q_axis], "radial intensity average",
+                            "mean counts per px")
+    return out
+
+
+def export_hyperspy(prediction, out_dir, *, result=None, geometry=None, classes=None, force: bool = True) -> dict:
+    """Write :func:`to_signals` as ``<out_dir>/<name>_{classes,probabilities,confidence,ria}.hspy``
+    (atomically; an existing file only with ``force``). Returns {"hspy_<kind>": path}."""
+    from .atomic import atomic_output, check_target
+
+    signals = to_signals(prediction, result=result, geometry=geometry, classes=classes)
+    out_dir = Path(out_dir)
+    paths = {kind: out_dir / f"{prediction.name}_{kind}.hspy" for kind in signals}
+    for path in paths.values():
+        check_target(path, force)
+    for kind, s in signals.items():
+        with atomic_output(paths[kind], force=force) as tmp:
+            s.save(str(tmp), overwrite=True)
+    return {f"hspy_{kind}": str(p) for kind, p in paths.items()}
+
+
+def read_class_map(path) -> tuple[np.ndarray, dict]:
+    """(class map uint8 (sy, sx), info) from a ``<name>_classes.hspy`` written by
+    :func:`export_hyperspy`, through h5py (no HyperSpy needed). info: the ``metadata.Sedclassify``
+    entries (class ids, names, class table...) and ``scan_step_nm`` (None when the axes are not in nm)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        g = f["Experiments"][next(iter(f["Experiments"].keys()))]
+        data = np.asarray(g["data"][()], dtype=np.uint8)
+        axes = hspy_axes(g) or []
+        info = _tree(g["metadata/Sedclassify"]) if "metadata/Sedclassify" in g else {}
+    x = axes[-1] if axes else {}
+    info["scan_step_nm"] = float(x["scale"]) * _LENGTH_NM[_unit(x.get("units"))] if _unit(
+        x.get("units")) in _LENGTH_NM else None
+    return data, info
+
+
+def _tree(group) -> dict:
+    """A stored metadata group as a dict (HyperSpy keeps lists as ``_list_<name>`` datasets)."""
+    out = _attrs(group)
+    for k in group.keys():
+        node = group[k]
+        if hasattr(node, "keys"):
+            out[k] = _tree(node)
+        else:
+            values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                      for v in np.asarray(node[()]).tolist()]
+            out[k[len("_list_"):] if k.startswith("_list_") else k] = values
+    return out

@@ -1,0 +1,110 @@
+"""The child process of :func:`napari_sedclassify.models.tf_process.run_in_process`.
+
+Started as ``python -m napari_sedclassify.models._tf_child``: a fresh interpreter whose
+``__main__`` is this module, so the script, notebook or console that started napari is never
+imported (or run) again, guarded by ``if __name__ == "__main__":`` or not.
+
+Protocol (every message one frame: 8-byte big-endian length, then a pickle):
+- stdin, from the parent: a header {"sys_path", "cwd"}, then (func, args, kwargs); afterwards
+  one byte ``C`` asks to cancel, and the end of stdin (the parent went away) cancels too;
+- the original stdout, to the parent: ("progress", n, dict), then one of ("result", value),
+  ("cancelled", message) or ("error", message, traceback). Anything the job prints goes to
+  stderr, so it cannot corrupt the messages.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+import threading
+import traceback
+
+_LEN = struct.Struct(">Q")
+
+
+def write_frame(stream, obj, lock=None) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    if lock is None:
+        stream.write(_LEN.pack(len(data)) + data)
+        stream.flush()
+        return
+    with lock:
+        stream.write(_LEN.pack(len(data)) + data)
+        stream.flush()
+
+
+def read_exactly(stream, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame_bytes(stream) -> bytes | None:
+    """The bytes of the next frame, or None at the end of the stream."""
+    head = read_exactly(stream, _LEN.size)
+    if head is None:
+        return None
+    return read_exactly(stream, _LEN.unpack(head)[0])
+
+
+def main() -> int:
+    messages = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # prints (ours, TensorFlow's, C code's) -> stderr
+    sys.stdout = sys.stderr
+    lock = threading.Lock()
+    commands = sys.stdin.buffer
+    header = read_frame_bytes(commands)
+    if header is None:
+        return 2
+    header = pickle.loads(header)
+    sys.path[:0] = [p for p in header.get("sys_path", []) if p not in sys.path]  # the parent's modules
+    stop = threading.Event()
+    try:
+        job = read_frame_bytes(commands)
+        if job is None:
+            return 2
+        func, args, kwargs = pickle.loads(job)
+    except BaseException as exc:
+        write_frame(messages, ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()), lock)
+        return 1
+
+    def watch_parent():
+        while True:
+            byte = commands.read(1)
+            if not byte or byte == b"C":
+                stop.set()
+            if not byte:
+                return
+
+    threading.Thread(target=watch_parent, daemon=True, name="cancel watch").start()
+
+    def progress(n, logs=None):
+        write_frame(messages, ("progress", n, dict(logs or {})), lock)
+
+    from ..errors import Cancelled
+
+    try:
+        result = func(*args, progress=progress, cancel=stop.is_set, **kwargs)
+    except Cancelled as exc:
+        write_frame(messages, ("cancelled", str(exc)), lock)
+    except BaseException as exc:  # everything goes back to the parent
+        write_frame(messages, ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()), lock)
+    else:
+        try:
+            write_frame(messages, ("result", result), lock)
+        except Exception as exc:  # a result that does not pickle
+            write_frame(messages, ("error", f"the result could not be sent back: {type(exc).__name__}: {exc}",
+                                   traceback.format_exc()), lock)
+    messages.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

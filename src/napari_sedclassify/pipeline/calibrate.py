@@ -1,0 +1,706 @@
+"""Fit the effective camera length from a ring of known spacing: the amorphous-ice ring at 3.70 Å
+(q = 0.27 Å⁻¹), the rings of a gold standard, or any d-spacing the user knows.
+
+The scan is preprocessed by :func:`napari_sedclassify.pipeline.preprocess.preprocess` (flat-field,
+bad pixels, per-frame centres, RIAs in physical px on the detector's pixel grid, so the wide
+chip-edge pixels of a Medipix quad do not pull the ring inwards). Then, on the RIAs alone
+(:func:`calibrate_ria`, which the napari widgets can call on a result they already hold):
+
+1. **Search window.** With the scan's geometry (nominal camera length L0, voltage, pixel size) the
+   ring d sits at r0 = λ L0 / (p d) px; the ring is searched for within ±``search`` (15 %) of that,
+   and the background fitted over a margin either side.
+2. **Frames that show the ring.** Each frame's RIA, normalised to its mean over the window, is
+   fitted at every trial radius by a quadratic background plus a Gaussian ring of the expected
+   width (linear least squares, all frames at once). A frame shows the ring when the ring's
+   amplitude is significant (t >= 5); its prominence is that amplitude over the background under
+   it. The frames above the split between the two groups of prominence (Otsu's threshold on its
+   logarithm) and within a factor 2 of the most prominent (the 90th percentile) are used: in a
+   holey-carbon scan the vitreous-ice frames, not carbon (whose weak, broad feature near 3.8 Å
+   would pull the ring inwards) or frames of thin ice. Frames dominated by Bragg spots (narrow
+   in r, unlike the ring) are left out first.
+3. **Fit.** Their trimmed mean profile (10 % each side: Bragg spots of crystalline ice drop out)
+   is fitted by least squares, weighted by its standard error per bin, with background x ring:
+   a smooth falling background, exp(polynomial in log r) (a power law with curvature), plus one
+   Gaussian per ring at r_k = s r0_k (one common scale s, free amplitudes and widths). The
+   background under the ring is modelled, so the ring's centre is unbiased although the maximum
+   of background + ring sits slightly inside it. The window is then re-centred on the ring found
+   (±3.5 ring widths, at least ±15 %, at most ±40 %) and the fit repeated.
+4. **Result.** L = s L0, with an uncertainty combining the fit's statistical error, a bootstrap
+   over the frames used, and the spread over background orders and window widths.
+
+The fitted value holds for the pixel size and voltage it was fitted with (it is the effective
+camera length λL/p needs). :class:`CalibrationResult` says which were assumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CalibrationError
+from ..geometry import FLAGS, Geometry
+
+__all__ = ["CalibrationError", "CalibrationResult", "RING_SETS", "calibrate", "calibrate_ria", "parse_ring"]
+
+#: Named ring sets: d-spacings (Å) and the relative Gaussian width (σ/r) expected for frame selection.
+RING_SETS = {
+    "ice": ((3.70,), 0.08),  # first ring of vitreous ice, q = 0.27 Å⁻¹
+    "gold": ((2.355, 2.039, 1.442, 1.230), 0.02),  # Au (111), (200), (220), (311)
+}
+#: Relative width (σ/r) of the template for a user's d-spacing.
+USER_RING_WIDTH = 0.04
+#: A frame shows the ring when its amplitude is this many standard errors above zero.
+T_MIN = 5.0
+#: Frames whose radial profile departs from its running median by more than this fraction of the
+#: ring's amplitude (or twice the median departure, if more) are dominated by Bragg spots: left out.
+SPOT_LIMIT = 0.35
+#: Frames within this factor of the 90th percentile of ring prominence are used.
+PROMINENCE_FRACTION = 0.5
+#: Relative uncertainty always added: the largest bias seen on simulated scans with a near-parallel
+#: beam (0.06 %; 0.4 % with a 1-mrad convergent beam, which the beam-blur term covers).
+SYSTEMATIC_FLOOR = 0.0005
+#: Amorphous ice's first ring is about 8 % of its radius wide (σ = 0.022 Å⁻¹ at 0.27 Å⁻¹), more
+#: with a convergent beam; a "ring" found where ice should be that is more than ICE_WIDTH_RANGE
+#: times narrower or broader than that is something else (carbon's broad feature, a Bragg spot).
+ICE_RELATIVE_WIDTH = 0.022 * 3.70
+ICE_WIDTH_RANGE = (0.5, 1.5)
+#: Vitreous ice scatters more at its 3.7-Å ring than at 2.1 Å (its second ring); amorphous carbon,
+#: whose rings are at 2.13 and 1.21 Å with only a weak feature near 3.8 Å, the other way round.
+ICE_OVER_2P1_MIN = 1.0
+
+
+@dataclass
+class RingFit:
+    """One fitted ring: its spacing, radius (physical px), Gaussian width (px), amplitude and the
+    background under it (both in units of the frames' mean over the window)."""
+
+    d_A: float
+    radius_px: float
+    radius_sd_px: float
+    sigma_px: float
+    amplitude: float
+    background: float
+
+    @property
+    def prominence(self) -> float:
+        return self.amplitude / self.background if self.background > 0 else math.inf
+
+    def to_dict(self) -> dict:
+        return {"d_A": self.d_A, "radius_px": self.radius_px, "radius_sd_px": self.radius_sd_px,
+                "sigma_px": self.sigma_px, "relative_width": self.sigma_px / self.radius_px,
+                "amplitude": self.amplitude, "background": self.background, "prominence": self.prominence}
+
+
+@dataclass
+class CalibrationResult:
+    """The fitted effective camera length and how it was found.
+
+    camera_length_mm / camera_length_sd_mm: the fit and its standard uncertainty (statistical,
+    frame bootstrap and model choice combined; each also in ``uncertainty_mm``).
+    nominal_camera_length_mm / nominal_origin: the starting value and where it came from ("file",
+    "user", "fitted", "assumed"). rings: the fitted rings. frames_used: how many frames' RIAs
+    were averaged, of frames_with_ring (significant ring) and frames_with_beam. selected: (sy, sx)
+    bool map of the frames used. window_px: the radial range fitted (physical px). profile: radii
+    (px), mean normalised RIA, its standard error and the fitted model over the window (for plots).
+    geometry: the scan's geometry with the fitted camera length marked "fitted".
+    """
+
+    camera_length_mm: float
+    camera_length_sd_mm: float
+    nominal_camera_length_mm: float
+    nominal_origin: str
+    ring: str
+    d_A: tuple
+    rings: list
+    frames_used: int
+    frames_with_ring: int
+    frames_with_beam: int
+    selected: np.ndarray
+    window_px: tuple
+    search: float
+    geometry: Geometry
+    edge_pixel_width: float = 1.0
+    uncertainty_mm: dict = field(default_factory=dict)
+    profile: dict = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def relative_change(self) -> float:
+        """Fitted / nominal - 1."""
+        return self.camera_length_mm / self.nominal_camera_length_mm - 1.0
+
+    @property
+    def ring_radius_px(self) -> float:
+        return self.rings[0].radius_px
+
+    def to_dict(self) -> dict:
+        g = self.geometry
+        return {
+            "scan": self.source,
+            "camera_length_mm": self.camera_length_mm,
+            "camera_length_sd_mm": self.camera_length_sd_mm,
+            "relative_change": self.relative_change,
+            "nominal_camera_length_mm": self.nominal_camera_length_mm,
+            "nominal_origin": self.nominal_origin,
+            "ring": self.ring,
+            "d_A": list(self.d_A),
+            "ring_radius_px": self.ring_radius_px,
+            "ring_radius_sd_px": self.rings[0].radius_sd_px,
+            "rings": [r.to_dict() for r in self.rings],
+            "frames_used": self.frames_used,
+            "frames_with_ring": self.frames_with_ring,
+            "frames_with_beam": self.frames_with_beam,
+            "window_px": list(self.window_px),
+            "search": self.search,
+            "pixel_size_um": g.pixel_size_um,
+            "pixel_size_origin": g.origin("pixel_size_um"),
+            "voltage_kv": g.voltage_kv,
+            "voltage_origin": g.origin("voltage_kv"),
+            "edge_pixel_width": self.edge_pixel_width,
+            "uncertainty_mm": dict(self.uncertainty_mm),
+        }
+
+    def sidecar_details(self) -> dict:
+        """What ``io.sidecar.write_calibration`` keeps beside the value."""
+        d = self.to_dict()
+        keep = ("camera_length_sd_mm", "nominal_camera_length_mm", "nominal_origin", "ring", "d_A",
+                "ring_radius_px", "ring_radius_sd_px", "frames_used", "pixel_size_um", "pixel_size_origin",
+                "voltage_kv", "voltage_origin", "edge_pixel_width", "uncertainty_mm")
+        return {"method": "sedclassify calibrate", **{k: d[k] for k in keep}}
+
+
+def parse_ring(ring) -> tuple[str, tuple, float]:
+    """(name, d-spacings in Å, relative template width) from "ice", "gold", a number or numbers
+    ("3.7", "2.355,2.039", 3.7, [2.355, 2.039])."""
+    if isinstance(ring, str) and ring.strip().lower() in RING_SETS:
+        name = ring.strip().lower()
+        d, width = RING_SETS[name]
+        return name, tuple(d), width
+    try:
+        if isinstance(ring, str):
+            d = tuple(float(v) for v in ring.split(",") if v.strip())
+        elif np.ndim(ring) == 0:
+            d = (float(ring),)
+        else:
+            d = tuple(float(v) for v in ring)
+    except (TypeError, ValueError):
+        raise ValueError(f"ring {ring!r}: give 'ice', 'gold' or d-spacings in Å (e.g. 3.7 or 2.355,2.039)") from None
+    if not d or any(not (math.isfinite(v) and v > 0) for v in d):
+        raise ValueError(f"ring {ring!r}: d-spacings must be positive numbers (Å)")
+    return ",".join(f"{v:g}" for v in d) + " Å", tuple(sorted(d, reverse=True)), USER_RING_WIDTH
+
+
+# ---- the workflow -----------------------------------------------------------------------------
+
+
+def calibrate(scan, ring="ice", flatfield=None, params=None, *, search: float = 0.15, max_frames: int = 4096,
+              progress=None, cancel=None, client=None) -> CalibrationResult:
+    """Fit the effective camera length of ``scan`` (a Scan or a path) from a ring of known spacing.
+
+    ring: "ice" (3.70 Å), "gold" (2.355, 2.039, 1.442, 1.230 Å) or d-spacings in Å. flatfield,
+    params (PreprocessParams or dict), progress, cancel, client: as for ``preprocess``.
+    search: how far (relative) the camera length may be from the scan's value. max_frames: scans
+    with more frames are preprocessed on an evenly spaced subset of scan positions.
+    Raises CalibrationError when no such ring is found.
+    """
+    import os
+
+    from ..processing import PreprocessParams
+    from .preprocess import preprocess
+
+    if isinstance(scan, (str, os.PathLike)):
+        from ..io import open_scan
+
+        scan = open_scan(scan)
+    parse_ring(ring)  # fail early on a bad ring
+    _check_geometry(scan.geometry, search)
+    params = params if isinstance(params, PreprocessParams) else PreprocessParams.from_dict(params)
+    sub = _subsample(scan, max_frames)
+    try:
+        result = preprocess(sub, params, flatfield, progress=progress, cancel=cancel, client=client)
+    except ValueError as exc:
+        if "no beam radius" in str(exc):  # no sampled frame showed a direct beam
+            raise CalibrationError(_no_beam(scan)) from None
+        raise
+    valid = result.beam_found & ~result.missing
+    if not valid.any():
+        raise CalibrationError(_no_beam(scan))
+    radius = result.beam_radius_px[valid]
+    radius = float(np.nanmedian(radius)) if np.isfinite(radius).any() else None
+    cal = calibrate_ria(result.ria, result.radii_px, valid, scan.geometry, ring, counts=result.ria_counts,
+                        search=search, inner_px=float(result.resolved["adf_inner_px"]), beam_radius_px=radius,
+                        source=scan.source)
+    cal.edge_pixel_width = float(result.resolved.get("edge_pixel_width", 1.0))
+    if sub is not scan:
+        full = np.zeros(scan.scan_shape, bool)
+        full[_steps(scan, max_frames)] = cal.selected
+        cal.selected = full
+    return cal
+
+
+def _no_beam(scan) -> str:
+    return (f"{scan.source or 'scan'}: no frame shows a direct beam to centre the rings on, so no ring can be "
+            "measured (is this a diffraction scan, with the beam on the detector?)")
+
+
+def _steps(scan, max_frames):
+    sy, sx = scan.scan_shape
+    k = 1
+    while math.ceil(sy / k) * math.ceil(sx / k) > max_frames:
+        k += 1
+    return (slice(None, None, k), slice(None, None, k))
+
+
+def _subsample(scan, max_frames):
+    if max_frames is None or scan.n_frames <= max_frames:
+        return scan
+    from ..scan import Scan
+
+    sl = _steps(scan, max_frames)
+    return Scan(scan.data[sl], scan.geometry, scan.missing[sl], dict(scan.metadata), scan.source)
+
+
+def _check_geometry(geometry: Geometry, search: float):
+    if not 0 < search < 0.9:
+        raise ValueError(f"search must be between 0 and 0.9 (relative), got {search}")
+    if not geometry.calibrated:
+        missing = [FLAGS[n][0] for n in ("camera_length_mm", "voltage_kv") if getattr(geometry, n) is None]
+        raise CalibrationError(f"the scan's {' and '.join(m.lstrip('-').replace('-', ' ') for m in missing)} "
+                               f"unknown: give {' and '.join(missing)} (a starting value within "
+                               f"{search:.0%} of the truth)")
+
+
+# ---- the fit on RIAs -----------------------------------------------------------------------------
+
+
+def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, counts=None, search: float = 0.15,
+                  inner_px: float = 0.0, beam_radius_px: float | None = None, max_frames: int = 2000,
+                  source=None) -> CalibrationResult:
+    """Fit the camera length from RIAs (..., nbins) on radii_px (physical px, bin centres).
+
+    valid: (...) bool, the frames to consider (beam found, not missing). counts: pixels per bin
+    (..., nbins) to leave out bins the detector barely covers. inner_px: no bin inside this
+    radius (the direct beam). beam_radius_px: the direct beam's disc radius: the rings are blurred
+    by the same angular spread (a disc of variance a²/4 per axis), which the ring model accounts
+    for. See the module docstring for the method.
+    """
+    _check_geometry(geometry, search)
+    name, d_A, rel_width = parse_ring(ring)
+    radii = np.asarray(radii_px, dtype=np.float64)
+    ria = np.asarray(ria, dtype=np.float64)
+    shape = ria.shape[:-1]
+    ria = ria.reshape(-1, radii.size)
+    valid = np.asarray(valid, bool).reshape(-1)
+    L0 = float(geometry.camera_length_mm)
+    K0 = float(geometry.lambda_L_over_p)
+    where = _where(geometry, source)
+    a = float(beam_radius_px) if beam_radius_px is not None and np.isfinite(beam_radius_px) else 0.0
+    blur2 = a * a / 4.0
+
+    # bins the detector covers well enough (a quarter of the circle or more in most frames)
+    usable = np.isfinite(radii) & (radii > max(inner_px, 1.0))
+    if counts is not None:
+        c = np.asarray(counts).reshape(-1, radii.size)[valid]
+        if len(c):
+            usable &= np.median(c, axis=0) >= 0.25 * 2 * np.pi * radii
+    reach = float(radii[usable].max()) if usable.any() else 0.0
+    r0_all = np.array([K0 / d for d in d_A])
+    on = r0_all * (1 + search) * 1.15 <= reach
+    if not on.any():
+        raise CalibrationError(
+            f"{where}{_ring_words(name, d_A)} would lie at "
+            f"r ≈ {r0_all.min():.0f} px or beyond, but the RIA reaches {reach:.0f} px with {geometry.describe()}; "
+            f"{_hint(geometry)}")
+    d_used = tuple(d for d, o in zip(d_A, on) if o)
+    r0 = r0_all[on]
+    lo = r0.min() * (1 - search) * 0.75
+    hi = min(r0.max() * (1 + search) * 1.25, reach)
+    lo = max(lo, inner_px, 1.0)
+    win = usable & (radii >= lo) & (radii <= hi)
+    if win.sum() < 12:
+        raise CalibrationError(f"{where}only {int(win.sum())} RIA bins between {lo:.0f} and {hi:.0f} px, too few "
+                               f"to fit {_ring_words(name, d_used)}; {_hint(geometry)}")
+
+    # 1) frames that show the ring
+    idx = np.flatnonzero(valid)
+    rw = radii[win]
+    Y = ria[np.ix_(idx, np.flatnonzero(win))]
+    finite = np.isfinite(Y).all(axis=1)
+    idx, Y = idx[finite], Y[finite]
+    level = Y.mean(axis=1)
+    ok = level > 0
+    idx, Y, level = idx[ok], Y[ok], level[ok]
+    if not len(idx):
+        raise CalibrationError(f"{where}no frame has a usable radial profile between {lo:.0f} and {hi:.0f} px")
+    Yn = Y / level[:, None]
+    # Bragg spots (crystalline ice; a few large grains of a standard) are narrow in r: a running
+    # median over about one ring width removes them for the scoring, and frames that they dominate
+    # are left out (their spots would pass for a ring, and pull it)
+    from scipy.ndimage import median_filter
+
+    dr = float(np.median(np.diff(rw))) if len(rw) > 1 else 1.0
+    k = max(3, 2 * int(round(0.5 * rel_width * r0.min() / dr)) + 1)
+    Yf = median_filter(Yn, size=(1, k), mode="nearest")
+    scales = np.linspace(1 - search, 1 + search, int(round(search * 400)) + 1)
+    t, prom, best, amp = _template_scan(rw, Yf, r0, rel_width, scales)
+    ringlike = (t >= T_MIN) & (prom > 0)
+    spots = np.max(np.abs(Yn - Yf), axis=1) / np.maximum(amp, 1e-12)
+    if ringlike.any():
+        smooth = spots <= max(SPOT_LIMIT, 2.0 * float(np.median(spots[ringlike])))
+        if (ringlike & smooth).sum() >= 3:
+            ringlike &= smooth
+    n_ring = int(ringlike.sum())
+    if n_ring == 0:
+        raise CalibrationError(
+            f"{where}no frame shows {_ring_words(name, d_used)} between {r0.min() * (1 - search):.0f} and "
+            f"{r0.max() * (1 + search):.0f} px (±{search:.0%} about where {geometry.describe()} puts it): "
+            f"{_what_else(name)}; {_hint(geometry)}")
+    p90 = np.percentile(prom[ringlike], 90)
+    # the frames with the most prominent ring: above the split between the two groups of prominence
+    # (e.g. carbon with a little ice vs vitreous ice) and within a factor 2 of the top
+    cut = max(PROMINENCE_FRACTION * p90, _otsu(np.log(prom[ringlike])) if n_ring >= 8 else 0.0)
+    sel = ringlike & (prom >= cut)
+    order = np.argsort(-prom[sel])[:max_frames]
+    chosen = np.flatnonzero(sel)[order]
+    selected = np.zeros(ria.shape[0], bool)
+    selected[idx[chosen]] = True
+
+    # 2) fit the mean profile, re-centre the window on the ring found, fit again
+    all_r, all_Y = radii, ria[idx[chosen]] / level[chosen][:, None]
+    s_init = float(np.median(best[chosen]))
+    fit = _fit_window(all_r, all_Y, usable, r0, rel_width, s_init, (lo, hi), search, degree=2, blur2=blur2)
+    lo2, hi2 = _recentred(fit, r0, inner_px, reach)
+    fits = {}
+    for key, (deg, wfac) in {"main": (2, 1.0), "deg3": (3, 1.0), "deg1": (1, 1.0),
+                             "narrow": (2, 0.75), "wide": (2, 1.3)}.items():
+        lo_k, hi_k = _recentred(fit, r0, inner_px, reach, wfac)
+        try:
+            fits[key] = _fit_window(all_r, all_Y, usable, r0, rel_width, fit.scale, (lo_k, hi_k), search, deg,
+                                    blur2=blur2)
+        except CalibrationError:
+            if key == "main":
+                raise
+    main = fits["main"]
+    _check_fit(main, name, d_used, r0, search, where, geometry)
+    ice_ratio = _ice_vs_2p1(all_r, all_Y, usable, main) if name == "ice" else None
+    if ice_ratio is not None and ice_ratio < ICE_OVER_2P1_MIN:
+        raise CalibrationError(
+            f"{where}this is not the amorphous-ice ring: the frames that show a ring near 3.7 Å scatter "
+            f"{1 / ice_ratio:.1f} times more at 2.1 Å, as amorphous carbon does (vitreous ice is brighter at 3.7 Å); "
+            f"{_what_else(name)}")
+    # frame bootstrap
+    rng = np.random.default_rng(0)
+    boot = []
+    n_sel = len(chosen)
+    if n_sel >= 4:
+        for _ in range(16):
+            pick = rng.integers(0, n_sel, n_sel)
+            try:
+                boot.append(_fit_window(all_r, all_Y[pick], usable, r0, rel_width, main.scale, (lo2, hi2), search, 2,
+                                        start=main.params, blur2=blur2).scale)
+            except CalibrationError:
+                pass
+    sd_stat = main.scale_sd
+    sd_boot = float(np.std(boot, ddof=1)) if len(boot) >= 4 else 0.0
+    variants = [f.scale for k, f in fits.items() if k != "main" and abs(f.scale - main.scale) < 0.05]
+    sd_model = float(np.sqrt(np.mean((np.array(variants) - main.scale) ** 2))) if variants else 0.0
+    # the blur correction (maximum moved inwards by blur2 / 2R) is trusted to half its size
+    sd_blur = 0.5 * blur2 / (2 * (main.scale * r0[0]) ** 2)
+    sd = math.sqrt(max(sd_stat, sd_boot) ** 2 + sd_model**2 + sd_blur**2 + SYSTEMATIC_FLOOR**2)
+
+    L = main.scale * L0
+    rings = []
+    for k, d in enumerate(d_used):
+        rk = main.scale * r0[k]
+        rings.append(RingFit(d, float(rk), float(sd * r0[k]), float(main.sigmas[k]), float(main.amplitudes[k]),
+                             float(main.background_at(rk))))
+    profile = {"radii_px": main.r, "mean": main.y, "sem": main.sem, "model": main.model(main.r),
+               "background": main.background_at(main.r)}
+    return CalibrationResult(
+        camera_length_mm=float(L),
+        camera_length_sd_mm=float(sd * L0),
+        nominal_camera_length_mm=L0,
+        nominal_origin=geometry.origin("camera_length_mm"),
+        ring=name,
+        d_A=d_used,
+        rings=rings,
+        frames_used=int(n_sel),
+        frames_with_ring=n_ring,
+        frames_with_beam=int(valid.sum()),
+        selected=selected.reshape(shape),
+        window_px=(float(main.r[0]), float(main.r[-1])),
+        search=float(search),
+        geometry=geometry.with_values("fitted", camera_length_mm=float(L)),
+        uncertainty_mm={"statistical": float(sd_stat * L0), "frames_bootstrap": float(sd_boot * L0),
+                        "model": float(sd_model * L0), "beam_blur": float(sd_blur * L0),
+                        "floor": float(SYSTEMATIC_FLOOR * L0)},
+        profile=profile,
+        source=source,
+    )
+
+
+def _otsu(values) -> float:
+    """The split of ``values`` (here log prominences) that maximises the between-group variance
+    (Otsu), returned as exp(split), the threshold on the prominence itself."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(v)
+    k = np.arange(1, n)
+    c = np.cumsum(v)
+    m0 = c[:-1] / k
+    m1 = (c[-1] - c[:-1]) / (n - k)
+    between = k * (n - k) * (m0 - m1) ** 2
+    i = int(np.argmax(between))
+    return float(np.exp(0.5 * (v[i] + v[i + 1])))
+
+
+def _template_scan(r, Yn, r0, rel_width, scales):
+    """Per frame: the best t-value of a ring template over trial scales, the ring's prominence
+    (amplitude over background) there, the scale and the amplitude. Linear least squares, all
+    frames at once."""
+    x = (r - r.mean()) / (0.5 * np.ptp(r))
+    base = np.stack([np.ones_like(x), x, x * x], axis=1)
+    n = len(Yn)
+    best_t = np.full(n, -np.inf)
+    best_p = np.zeros(n)
+    best_s = np.full(n, np.nan)
+    best_a = np.zeros(n)
+    for s in scales:
+        rk = s * r0
+        sig = np.maximum(rel_width * rk, 1.0)
+        tmpl = np.exp(-0.5 * ((r[:, None] - rk[None, :]) / sig[None, :]) ** 2).sum(axis=1)
+        X = np.column_stack([base, tmpl])
+        xtx_inv = np.linalg.pinv(X.T @ X)
+        beta = xtx_inv @ (X.T @ Yn.T)  # (4, n)
+        resid = Yn.T - X @ beta
+        dof = max(len(r) - X.shape[1], 1)
+        rms = np.sqrt((resid**2).sum(axis=0) / dof)
+        se = rms * math.sqrt(max(xtx_inv[-1, -1], 1e-300))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tv = np.where(se > 0, beta[-1] / se, 0.0)
+            xr = (rk[0] - r.mean()) / (0.5 * np.ptp(r))
+            bgr = beta[0] + beta[1] * xr + beta[2] * xr * xr
+            pv = np.where(bgr > 1e-3, beta[-1] / bgr, beta[-1] / 1e-3)
+        better = tv > best_t
+        best_t[better], best_p[better], best_s[better], best_a[better] = tv[better], pv[better], s, beta[-1][better]
+    return best_t, best_p, best_s, best_a
+
+
+@dataclass
+class _Fit:
+    r: np.ndarray
+    y: np.ndarray
+    sem: np.ndarray
+    degree: int
+    r0: np.ndarray
+    r_ref: float
+    params: np.ndarray
+    scale: float
+    scale_sd: float
+    amplitudes: np.ndarray
+    sigmas: np.ndarray
+    t_values: np.ndarray
+    chi2_red: float
+    blur2: float = 0.0
+
+    def background_at(self, r):
+        return _background(self.params[: self.degree + 1], np.asarray(r, dtype=np.float64), self.r_ref)
+
+    def model(self, r):
+        return _model(self.params, np.asarray(r, dtype=np.float64), self.r0, self.degree, self.r_ref, self.blur2)
+
+
+def _background(c, r, r_ref):
+    u = np.log(r / r_ref)
+    return np.exp(np.polynomial.polynomial.polyval(u, c))
+
+
+def _model(p, r, r0, degree, r_ref, blur2=0.0):
+    """Background x rings. A ring is a Gaussian of variance σ² in r; the part ``blur2`` of that
+    variance that comes from the beam's angular spread (a 2D blur of the pattern) also carries the
+    factor sqrt((R + (r - R) w) / r), w = 1 - blur2/σ², by which blurring a ring in 2D moves its
+    maximum inwards (by blur2 / 2R), so that R stays the ring's true radius."""
+    nb, nr = degree + 1, len(r0)
+    s = p[nb]
+    amp = p[nb + 1: nb + 1 + nr]
+    sig = p[nb + 1 + nr:]
+    out = _background(p[:nb], r, r_ref)
+    for k in range(nr):
+        R = s * r0[k]
+        peak = amp[k] * np.exp(-0.5 * ((r - R) / sig[k]) ** 2)
+        if blur2 > 0:
+            w = min(max(1.0 - blur2 / sig[k] ** 2, 0.0), 1.0)
+            peak = peak * np.sqrt(np.maximum(R + (r - R) * w, 1e-9) / r)
+        out = out + peak
+    return out
+
+
+def _fit_window(radii, Y, usable, r0, rel_width, s_init, window, search, degree, start=None,
+                blur2: float = 0.0) -> _Fit:
+    """Least-squares fit of background x rings to the trimmed mean of the profiles ``Y`` (frames x
+    bins on ``radii``) over ``window`` (px). blur2: variance (px²) of the beam's angular spread."""
+    from scipy.optimize import least_squares
+
+    lo, hi = window
+    w = usable & (radii >= lo) & (radii <= hi) & np.isfinite(Y).all(axis=0)
+    r = radii[w]
+    Yw = Y[:, w]
+    n = len(Yw)
+    if len(r) < degree + 2 * len(r0) + 4:
+        raise CalibrationError(f"too few RIA bins ({len(r)}) between {lo:.0f} and {hi:.0f} px to fit the ring")
+    if n >= 10:  # trimmed mean, 10 % each side (scipy.stats.trim_mean without importing scipy.stats)
+        cut = int(0.1 * n)
+        y = np.sort(Yw, axis=0)[cut: n - cut].mean(axis=0)
+    else:
+        y = Yw.mean(axis=0)
+    if n >= 3:
+        sem = Yw.std(axis=0, ddof=1) / math.sqrt(n)
+    else:
+        sem = np.full_like(y, np.nan)
+    floor = 1e-3 * np.nanmedian(np.abs(y)) + 1e-12
+    if not np.isfinite(sem).all():
+        # too few frames for a spread: the scatter of neighbouring bins about a smooth curve
+        smooth = np.convolve(y, np.ones(5) / 5, mode="same")
+        sem = np.full_like(y, np.std((y - smooth)[2:-2]) + floor)
+    sem = np.maximum(sem, floor)
+    r_ref = float(np.sqrt(r[0] * r[-1]))
+    nr = len(r0)
+    if start is None:
+        sig0 = np.maximum(rel_width * s_init * r0, 1.0)
+        away = np.ones_like(r, bool)
+        for k in range(nr):
+            away &= np.abs(r - s_init * r0[k]) > 2.5 * sig0[k]
+        if away.sum() < degree + 3:
+            away = np.ones_like(r, bool)
+        pos = away & (y > 0)
+        u = np.log(r[pos] / r_ref)
+        c = np.polynomial.polynomial.polyfit(u, np.log(y[pos]), degree)
+        bg = _background(c, r, r_ref)
+        amp0 = np.array([max(np.interp(s_init * r0[k], r, y - bg), 0.05 * np.interp(s_init * r0[k], r, bg))
+                         for k in range(nr)])
+        p0 = np.concatenate([c, [s_init], amp0, sig0])
+    else:
+        p0 = np.array(start, dtype=np.float64)
+        if len(p0) != degree + 2 + 2 * nr:
+            raise ValueError("start parameters do not match the model")
+    n_bg = degree + 1
+    lower = np.concatenate([np.full(n_bg, -np.inf), [1 - search - 0.02], np.zeros(nr),
+                            np.maximum(0.3, 0.004 * r0)])
+    upper = np.concatenate([np.full(n_bg, np.inf), [1 + search + 0.02], np.full(nr, np.inf), 0.35 * r0])
+    span = np.where(np.isfinite(upper - lower), upper - lower, 1.0)
+    p0 = np.clip(p0, lower + 1e-6 * span, upper - 1e-6 * span)
+
+    def resid(p):
+        return (_model(p, r, r0, degree, r_ref, blur2) - y) / sem
+
+    try:
+        sol = least_squares(resid, p0, bounds=(lower, upper), x_scale="jac", max_nfev=2000)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise CalibrationError(f"the ring fit failed ({exc})") from None
+    p = sol.x
+    dof = max(len(r) - len(p), 1)
+    chi2_red = float((sol.fun**2).sum() / dof)
+    J = sol.jac
+    try:
+        cov = np.linalg.pinv(J.T @ J) * max(chi2_red, 1e-12)
+        sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    except np.linalg.LinAlgError:
+        sd = np.full(len(p), np.nan)
+    amp = p[n_bg + 1: n_bg + 1 + nr]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tv = amp / sd[n_bg + 1: n_bg + 1 + nr]
+    return _Fit(r=r, y=y, sem=sem, degree=degree, r0=np.asarray(r0, float), r_ref=r_ref, params=p,
+                scale=float(p[n_bg]), scale_sd=float(sd[n_bg]), amplitudes=amp, sigmas=p[n_bg + 1 + nr:],
+                t_values=np.nan_to_num(tv, nan=0.0), chi2_red=chi2_red, blur2=float(blur2))
+
+
+def _recentred(fit: _Fit, r0, inner_px, reach, factor=1.0):
+    """A window about the rings found: ±3.5 ring widths (at least ±15 %, at most ±40 %) of each,
+    times ``factor``, but never less than ±3 ring widths (up to ±40 %)."""
+    rk = fit.scale * np.asarray(r0)
+    rel = fit.sigmas / rk
+    half = np.maximum(np.clip(3.5 * rel, 0.15, 0.4) * factor, np.minimum(3.0 * rel, 0.4))
+    lo = max(float(np.min(rk * (1 - half))), inner_px, 1.0)
+    hi = min(float(np.max(rk * (1 + half))), reach)
+    return lo, hi
+
+
+def _ice_vs_2p1(radii, Y, usable, fit: _Fit):
+    """Mean profile at the fitted 3.7-Å ring over its maximum near 2.1 Å (vitreous ice: several;
+    amorphous carbon, whose strong ring is at 2.13 Å: well below 1); None when 2.1 Å is not on the
+    detector."""
+    R = fit.scale * fit.r0[0]
+    r21 = R * 3.70 / 2.115
+    near = usable & (np.abs(radii - R) <= max(0.5 * fit.sigmas[0], 1.0))
+    far = usable & (np.abs(radii - r21) <= 0.08 * r21)
+    if near.sum() < 1 or far.sum() < 3:
+        return None
+    with np.errstate(invalid="ignore"):
+        y = np.nanmedian(Y, axis=0)
+    v37, v21 = np.nanmean(y[near]), np.nanmax(y[far])
+    if not (np.isfinite(v37) and np.isfinite(v21)) or v21 <= 0:
+        return None
+    return float(v37 / v21)
+
+
+def _check_fit(fit: _Fit, name, d_used, r0, search, where, geometry):
+    s = fit.scale
+    edge = min(s - (1 - search), (1 + search) - s)
+    if edge < 0.004:
+        raise CalibrationError(
+            f"{where}found no {_ring_words(name, d_used)} within ±{search:.0%} of where {geometry.describe()} "
+            f"puts it (the best candidate lies at the edge of that search, {s - 1:+.1%}): the scan does not show "
+            f"it, or the camera length is further off (then give --camera-length near the right value or a wider "
+            f"--search); {_what_else(name)}; {_hint(geometry)}")
+    if not np.isfinite(fit.scale_sd) or fit.t_values[0] < T_MIN:
+        raise CalibrationError(f"{where}{_ring_words(name, d_used)} is not significant even in the frames that show "
+                               f"it best (amplitude {fit.t_values[0]:.1f} standard errors); {_what_else(name)}")
+    if name == "ice":
+        R = s * r0[0]
+        rel = float(fit.sigmas[0] / R)
+        # vitreous ice: σ ≈ 8 % of the radius, widened by the beam's angular spread (the direct beam's disc)
+        expected = math.hypot(ICE_RELATIVE_WIDTH, math.sqrt(fit.blur2) / R)
+        lo, hi = ICE_WIDTH_RANGE[0] * expected, ICE_WIDTH_RANGE[1] * expected
+        if not lo <= rel <= hi:
+            raise CalibrationError(
+                f"{where}the ring found near {_fmt_d(d_used)} is {rel:.1%} of its radius wide (σ), where vitreous ice "
+                f"with this beam would give about {expected:.1%} ({lo:.1%}-{hi:.1%} accepted): this is not the "
+                f"amorphous-ice ring (carbon's broad feature near 3.8 Å, or Bragg spots of crystalline ice); "
+                f"{_what_else(name)}")
+
+
+def _ring_words(name, d_A) -> str:
+    if name == "ice":
+        return "the amorphous-ice ring (3.7 Å)"
+    if name == "gold":
+        return f"the gold rings ({_fmt_d(d_A)})"
+    return f"a ring at {_fmt_d(d_A)}"
+
+
+def _fmt_d(d_A) -> str:
+    return ", ".join(f"{d:g}" for d in d_A) + " Å"
+
+
+def _where(geometry, source) -> str:
+    return f"{source}: " if source else ""
+
+
+def _what_else(name) -> str:
+    if name == "ice":
+        return ("calibrate on a scan that shows vitreous ice (holes of a holey-carbon grid), or on a gold "
+                "standard with --ring gold")
+    return "check the ring's d-spacing, or calibrate on a scan that shows it"
+
+
+def _hint(geometry: Geometry) -> str:
+    assumed = geometry.assumed()
+    parts = []
+    if assumed:
+        names = {"pixel_size_um": "pixel size", "camera_length_mm": "camera length", "voltage_kv": "voltage"}
+        parts.append("assumed (nobody stated them): " + ", ".join(
+            f"{names[n]} {getattr(geometry, n):g} {FLAGS[n][1]}" for n in assumed))
+        parts.append("set them with " + ", ".join(FLAGS[n][0] for n in assumed))
+    else:
+        parts.append("check the pixel size (--pixel-size), voltage (--voltage) and camera length (--camera-length)")
+    return "; ".join(parts)

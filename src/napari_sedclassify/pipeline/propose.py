@@ -1,0 +1,130 @@
+"""Class proposals before any label: cluster the frames' radial profiles, name the clusters by
+their physics.
+
+Each frame's RIA is resampled on the q axis and normalised (log of the profile over its own
+median, which removes dose and gain: ``models.features``). A Gaussian mixture on the leading
+principal components groups the frames (the number of groups chosen by BIC); each group is
+then named from what it shows, not from its index:
+
+- the amorphous-ice ring at d = 3.7 Å (q = 0.27 Å⁻¹): its height over the profile's median
+  separates vitreous ice (a strong ring) from carbon (a weak, broad one) and from the mixed
+  border in between;
+- Bragg spots: a crystal puts sharp spikes into the profile between 0.2 and 0.6 Å⁻¹ that no
+  amorphous material gives; frames with such spikes are proposed as crystalline ice whatever
+  their group.
+
+The result is a class map the user checks and corrects (in napari, a Labels layer), then
+trains from. ``sedclassify propose SCAN --out DIR`` runs it headless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..classes import ClassTable
+
+#: q (Å⁻¹) of the amorphous-ice ring (d = 3.7 Å).
+ICE_RING_Q_INVA = 1 / 3.7
+#: Range (Å⁻¹) searched for Bragg-spot spikes.
+SPOT_RANGE_Q_INVA = (0.2, 0.6)
+
+
+@dataclass
+class Proposal:
+    """class_map: uint8 (sy, sx) with the class table's ids (0 = no frame / no beam).
+    clusters: int (sy, sx) group of every frame (-1 = none). groups: per group, its size, mean
+    ice-ring height and the class it was named. ring_height, spikiness: per-frame scores."""
+
+    class_map: np.ndarray
+    clusters: np.ndarray
+    groups: list
+    ring_height: np.ndarray
+    spikiness: np.ndarray
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"groups": self.groups, **self.details}
+
+
+def _scores(feats: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ring height at 0.27 Å⁻¹, largest one-bin spike within the spot range) per frame."""
+    k = int(np.argmin(np.abs(q - ICE_RING_Q_INVA)))
+    ring = feats[:, max(0, k - 1):k + 2].mean(axis=1)
+    lo, hi = SPOT_RANGE_Q_INVA
+    sel = np.flatnonzero((q >= lo) & (q <= hi))
+    sel = sel[(sel > 0) & (sel < len(q) - 1)]
+    if sel.size == 0:
+        return ring, np.zeros(len(feats))
+    spike = feats[:, sel] - 0.5 * (feats[:, sel - 1] + feats[:, sel + 1])
+    return ring, spike.max(axis=1)
+
+
+def propose_from_features(feats: np.ndarray, q_invA: np.ndarray, valid: np.ndarray, *, classes: ClassTable | None = None,
+                          max_groups: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list, np.ndarray, np.ndarray]:
+    """Cluster normalised q-axis profiles ``feats`` (n, nb) of the frames where ``valid``; returns
+    (class ids (n,), group (n,), groups, ring height (n,), spikiness (n,))."""
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    classes = classes or ClassTable.default()
+    cid = {classes.names[i]: i for i in classes.ids}
+    n = len(feats)
+    out = np.zeros(n, dtype=np.uint8)
+    group = np.full(n, -1, dtype=int)
+    valid = valid & np.isfinite(feats).all(axis=1)
+    ring, spike = _scores(np.nan_to_num(feats), q_invA)
+    idx = np.flatnonzero(valid)
+    if idx.size < 4:
+        raise ValueError(f"only {idx.size} frames with a beam and a profile: too few to propose classes")
+    X = feats[idx]
+    X = PCA(n_components=min(5, X.shape[1], len(X) - 1), whiten=True, random_state=seed).fit_transform(X)
+    best, best_bic = None, np.inf
+    for k in range(1, min(max_groups, len(idx) // 5) + 1):
+        gm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-3).fit(X)
+        bic = gm.bic(X)
+        if bic < best_bic:
+            best, best_bic = gm, bic
+    group[idx] = best.predict(X)
+    heights = np.array([ring[idx][group[idx] == g].mean() for g in range(best.n_components)])
+    lo, hi = heights.min(), heights.max()
+    # a clear ring/no-ring contrast between groups: name them relative to each other; otherwise
+    # every group is one material, named by the ring's absolute height (log units over the median)
+    spread = hi - lo
+    groups = []
+    for g in range(best.n_components):
+        h = heights[g]
+        if spread >= 0.6:
+            t = (h - lo) / spread
+            name = "carbon" if t < 0.3 else ("amorphous_ice" if t > 0.75 else "mixed")
+        else:
+            name = "amorphous_ice" if h > 1.8 else "carbon"
+        out[idx[group[idx] == g]] = cid[name]
+        groups.append({"group": g, "frames": int((group[idx] == g).sum()), "ice_ring_height": round(float(h), 3),
+                       "class": name})
+    # Bragg spikes: far above what the amorphous frames show
+    s = spike[idx]
+    med = np.median(s)
+    mad = np.median(np.abs(s - med)) * 1.4826 + 1e-6
+    crystal = idx[(s > med + 8 * mad) & (s > 0.25)]
+    out[crystal] = cid["crystalline_ice"]
+    return out, group, groups, ring, spike
+
+
+def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 0) -> Proposal:
+    """Class proposal for a preprocessed scan (a ``PreprocessResult``) with its ``geometry``."""
+    from ..models.features import FeatureRecipe, ria_features
+
+    sy, sx = result.scan_shape
+    n = sy * sx
+    recipe = FeatureRecipe(kind="ria", axis="q").for_geometries([geometry])
+    feats = ria_features(result.ria.reshape(n, -1), result.radii_px, recipe, geometry)
+    edges = np.linspace(recipe.q_min_invA, recipe.q_max_invA, recipe.n_bins + 1)
+    q = 0.5 * (edges[1:] + edges[:-1])
+    valid = (np.asarray(result.beam_found).ravel() & ~np.asarray(result.missing).ravel())
+    ids, group, groups, ring, spike = propose_from_features(feats, q, valid, classes=classes, seed=seed)
+    details = {"q_range_invA": [recipe.q_min_invA, recipe.q_max_invA], "frames": int(valid.sum()),
+               "geometry": geometry.describe()}
+    return Proposal(class_map=ids.reshape(sy, sx), clusters=group.reshape(sy, sx), groups=groups,
+                    ring_height=ring.reshape(sy, sx), spikiness=spike.reshape(sy, sx), details=details)

@@ -1,0 +1,163 @@
+"""The preprocessing plan: everything that decides how a frame is processed, fixed once.
+
+``PreprocessPlan.build(params, detector_shape, metadata, sample, flatfield)`` resolves the
+parameters against a calibration sample (the first recorded frames of a scan): the saturation
+level, the hot/dead pixels the flat-field did not catch, the direct-beam radius, the pixel grid
+(wide chip-edge pixels), the RIA bins, crop and virtual-detector radii. The plan is frozen and
+serialisable (``to_dict``/``from_dict``: stored in every results file), and
+``plan.corrections(flatfield)`` with ``plan.processors()`` give what runs on frames, so a batch
+run, a live run and the frame view process every frame the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .flatfield import FlatField, detect_bad_pixels
+from .params import PreprocessParams
+from .pixels import PixelGrid
+
+
+@dataclass(frozen=True)
+class PreprocessPlan:
+    """params: the parameters asked for (PreprocessParams as a dict). detector_shape: (ky, kx).
+    edge_pixel_width: pitches of the wide chip-edge pixels. saturation_counts: raw counts of a
+    full counter (None: none). bad_pixels: flat indices of the pixels the calibration sample showed
+    hot or dead beyond the flat-field's own mask. beam_radius_px: direct-beam radius. resolved:
+    every radius in px (``PreprocessParams.resolve``). calibration_frames: frames the sample held."""
+
+    params: dict
+    detector_shape: tuple
+    edge_pixel_width: float
+    saturation_counts: float | None
+    bad_pixels: tuple
+    beam_radius_px: float | None
+    resolved: dict
+    calibration_frames: int = 0
+
+    @property
+    def parameters(self) -> PreprocessParams:
+        return PreprocessParams.from_dict(self.params)
+
+    @property
+    def grid(self) -> PixelGrid:
+        return PixelGrid(tuple(self.detector_shape), float(self.edge_pixel_width))
+
+    @classmethod
+    def build(cls, params, geometry, metadata: dict | None, sample, flatfield: FlatField | None = None) -> "PreprocessPlan":
+        """Resolve ``params`` (PreprocessParams or dict) for a detector of ``geometry`` from the
+        calibration ``sample`` (m, ky, kx) raw frames; ``metadata``: the scan's (counter depth,
+        saturation, edge pixel width)."""
+        from .centre import CentreFinder
+        from .runner import FrameRunner
+
+        params = params if isinstance(params, PreprocessParams) else PreprocessParams.from_dict(params)
+        det = tuple(int(s) for s in geometry.detector_shape)
+        sample = np.asarray(sample)
+        if sample.ndim != 3 or sample.shape[1:] != det:
+            sample = np.zeros((0,) + det)
+        metadata = metadata or {}
+        ff = flatfield if flatfield is not None else FlatField.identity(det)
+        saturation = saturation_of(metadata, sample, params.saturation_counts)
+        ff = ff.with_saturation(saturation)
+        bad = np.zeros(det, bool)
+        if params.detect_bad_pixels and len(sample) >= 3:
+            bad = detect_bad_pixels(ff.apply(sample), hot_ratio=params.hot_ratio) & ~ff.mask
+            ff = ff.with_mask(bad)
+        epw = params.edge_pixel_width if params.edge_pixel_width is not None else metadata.get("edge_pixel_width")
+        grid = PixelGrid(det, float(epw or 1.0))
+        beam_radius = params.beam_radius_px
+        if beam_radius is None and len(sample):
+            part = FrameRunner([], ff, CentreFinder(None, grid=grid)).run_chunk(sample)
+            radii = part.values["beam_radius_px"][part.values["beam_found"]]
+            beam_radius = float(np.median(radii)) if radii.size else None
+        resolved = params.resolve(geometry, beam_radius)
+        resolved["edge_pixel_width"] = grid.edge_pixel_width
+        resolved["saturation_counts"] = saturation
+        return cls(params=params.to_dict(), detector_shape=det, edge_pixel_width=grid.edge_pixel_width,
+                   saturation_counts=saturation, bad_pixels=tuple(int(i) for i in np.flatnonzero(bad)),
+                   beam_radius_px=beam_radius, resolved=resolved, calibration_frames=int(len(sample)))
+
+    # ---- what runs on frames ---------------------------------------------------------------------
+
+    def corrections(self, flatfield: FlatField | None = None) -> FlatField:
+        """The flat-field (identity when None) with this plan's saturation level and bad pixels."""
+        det = tuple(self.detector_shape)
+        ff = flatfield if flatfield is not None else FlatField.identity(det)
+        if ff.shape != det:
+            raise ValueError(f"flat-field {ff.source or ''} {ff.shape} does not match the plan's detector {det}")
+        bad = np.zeros(det[0] * det[1], bool)
+        bad[list(self.bad_pixels)] = True
+        return ff.with_saturation(self.saturation_counts).with_mask(bad.reshape(det) & ~ff.mask)
+
+    def centre_finder(self):
+        from .centre import CentreFinder
+
+        return CentreFinder(self.beam_radius_px, grid=self.grid)
+
+    def processors(self, virtual: bool = True) -> list:
+        """The frame processors after centring: radial profile, virtual detectors (BF/ADF), crop."""
+        from .crop import CentralCrop
+        from .ria import RadialProfile
+        from .virtual import VirtualDetectors
+
+        r, grid = self.resolved, self.grid
+        procs = [RadialProfile(r["ria_nbins"], r["ria_bin_px"], r["ria_r_min_px"], grid)]
+        if virtual:
+            procs.append(VirtualDetectors({"bf": (0.0, r["bf_radius_px"]),
+                                           "adf": (r["adf_inner_px"], r["adf_outer_px"])}, grid))
+        if r["crop_half_px"] is not None:
+            procs.append(CentralCrop(r["crop_half_px"], r["crop_bin"]))
+        return procs
+
+    # ---- files -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        from ..jsonutil import jsonable
+
+        return jsonable({"params": self.params, "detector_shape": list(self.detector_shape),
+                         "edge_pixel_width": self.edge_pixel_width, "saturation_counts": self.saturation_counts,
+                         "bad_pixels": list(self.bad_pixels), "beam_radius_px": self.beam_radius_px,
+                         "resolved": self.resolved, "calibration_frames": self.calibration_frames})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessPlan":
+        def num(v):
+            return float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan") else v
+
+        return cls(params=dict(d["params"]), detector_shape=tuple(d["detector_shape"]),
+                   edge_pixel_width=float(d["edge_pixel_width"]), saturation_counts=d.get("saturation_counts"),
+                   bad_pixels=tuple(int(i) for i in d.get("bad_pixels", ())), beam_radius_px=d.get("beam_radius_px"),
+                   resolved={k: num(v) for k, v in d["resolved"].items()},
+                   calibration_frames=int(d.get("calibration_frames", 0)))
+
+
+def saturation_of(metadata: dict, sample: np.ndarray, given: float | None) -> float | None:
+    """Raw counts of a full counter: given, else the metadata's, else the sample's maximum when on
+    average at least 4 pixels per frame sit at it (a flat-topped beam), else None."""
+    if given is not None:
+        return float(given)
+    md = metadata or {}
+    for meta in (md, md.get("session_params") or {}):
+        for key in ("saturation_counts", "counter_max"):
+            if meta.get(key) is not None:
+                return float(meta[key])
+    if md.get("counter_depth"):
+        return float(2 ** int(md["counter_depth"]) - 1)
+    if sample.size and sample.dtype.kind in "ui":
+        top = sample.max()
+        if top >= 15 and np.count_nonzero(sample == top) >= 4 * len(sample):
+            return float(top)
+    return None
+
+
+def calibration_sample_index(missing: np.ndarray, m: int) -> np.ndarray:
+    """The calibration sample: the first m recorded frames (flat indices), in acquisition order. A
+    live run sees exactly these before it classifies anything, so batch and live build the same
+    plan from the same frames."""
+    return np.flatnonzero(~np.asarray(missing, bool).ravel())[:m]
+
+
+__all__ = ["PreprocessPlan", "calibration_sample_index", "saturation_of"]

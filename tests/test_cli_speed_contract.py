@@ -1,0 +1,191 @@
+"""Speed as the user sees it (issue 13), checked without timing anything:
+
+- the commands run their frame work on threads in this process: no dask.distributed cluster or
+  client unless asked for (``--scheduler`` / ``--workers``), and ``distributed`` is not even
+  imported; nor are TensorFlow, napari or Qt for commands that do not need them;
+- every command ends with one line on stderr: its wall time and frames/s;
+- the compiled kernels are cached on disk, with a writable cache folder even when the package
+  and the home folder are read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from models_helpers import SCAN_SHAPE, write_tiny_scans
+from napari_sedclassify.cli import main
+
+SPEED_LINE = re.compile(r"^sedclassify (\w+): [\d.]+ s, (\d+) frames, \d+ frames/s$", re.M)
+HEAVY = ("distributed", "tensorflow", "keras", "napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("speed_scans")
+    return folder, write_tiny_scans(folder, [0, 1])
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """Records every dask.distributed LocalCluster or Client made while the test runs."""
+    distributed = pytest.importorskip("distributed")
+    made = []
+
+    def recorder(cls):
+        original = cls.__init__
+
+        def init(self, *args, **kwargs):
+            made.append(cls.__name__)
+            original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", init)
+
+    recorder(distributed.LocalCluster)
+    recorder(distributed.Client)
+    return made
+
+
+def test_commands_start_no_cluster_and_print_their_speed(files, tmp_path, capsys, no_cluster):
+    folder, entries = files
+    (scan0, truth0, flat), (scan1, truth1, _) = entries
+    n = SCAN_SHAPE[0] * SCAN_SHAPE[1]
+
+    assert main(["preprocess", str(scan0), "--flatfield", str(flat), "--out", str(tmp_path / "p.h5")]) == 0
+    err = capsys.readouterr().err
+    assert SPEED_LINE.findall(err) == [("preprocess", str(n))], err
+
+    model = tmp_path / "m.sedmodel"
+    assert main(["train", "--scans", str(scan0), str(scan1), "--labels", str(truth0), str(truth1), "--model", "fcnn",
+                 "--epochs", "3", "--flatfield", str(flat), "--out", str(model)]) == 0
+    assert SPEED_LINE.findall(capsys.readouterr().err) == [("train", str(2 * n))]
+
+    assert main(["predict", str(model), str(scan1), "--flatfield", str(flat), "--out", str(tmp_path / "pred")]) == 0
+    assert SPEED_LINE.findall(capsys.readouterr().err) == [("predict", str(n))]
+
+    assert main(["reduce", str(scan1), "--labels", str(truth1), "--out", str(tmp_path / "r.h5")]) == 0
+    assert SPEED_LINE.findall(capsys.readouterr().err) == [("reduce", str(n))]
+
+    assert no_cluster == []
+
+
+def test_workers_zero_and_bad_values(files, tmp_path, capsys, no_cluster):
+    folder, entries = files
+    scan0, _, flat = entries[0]
+    assert main(["preprocess", str(scan0), "--out", str(tmp_path / "p.h5"), "--workers", "0"]) == 0
+    assert main(["preprocess", str(scan0), "--out", str(tmp_path / "q.h5"), "--workers", "-1"]) == 2
+    assert "--workers must be at least 0" in capsys.readouterr().err
+    assert no_cluster == []
+
+
+def test_a_cluster_only_when_asked_or_large(monkeypatch):
+    from napari_sedclassify.cli import CLIError, _executor
+
+    args = SimpleNamespace(scheduler=None, workers=None)
+    monkeypatch.setattr(_executor.os, "cpu_count", lambda: 2)
+    assert _executor.cluster_workers(args, 10**9) == 0  # two cores: threads here, however large
+    monkeypatch.setattr(_executor.os, "cpu_count", lambda: 32)
+    assert _executor.cluster_workers(args, 1600) == 0
+    assert _executor.cluster_workers(args, _executor.AUTO_CLUSTER_FRAMES) == 32
+    assert _executor.cluster_workers(SimpleNamespace(scheduler="tcp://x:1", workers=None), 10**9) == 0
+    assert _executor.cluster_workers(SimpleNamespace(scheduler=None, workers=3), 1) == 3
+    assert _executor.cluster_workers(SimpleNamespace(scheduler=None, workers=0), 10**9) == 0
+    with pytest.raises(CLIError):
+        _executor.cluster_workers(SimpleNamespace(scheduler=None, workers=-2), 1)
+
+
+def test_cli_process_imports_nothing_heavy(files, tmp_path):
+    """In a fresh process: --help, preprocess, train (FCNN), predict, evaluate, info and reduce never
+    import dask.distributed, TensorFlow, napari or Qt."""
+    folder, entries = files
+    (scan0, truth0, flat), (scan1, truth1, _) = entries
+    runs = {
+        "help": ["--help"],
+        "preprocess": ["preprocess", str(scan0), "--flatfield", str(flat), "--out", str(tmp_path / "p.h5")],
+        "train": ["train", "--scans", str(scan0), str(scan1), "--labels", str(truth0), str(truth1), "--model",
+                  "fcnn", "--epochs", "2", "--out", str(tmp_path / "m.sedmodel")],
+        "predict": ["predict", str(tmp_path / "m.sedmodel"), str(scan1), "--out", str(tmp_path / "pred")],
+        "evaluate": ["evaluate", str(tmp_path / "m.sedmodel"), "--scans", str(scan1), "--labels", str(truth1)],
+        "info": ["info", str(scan1)],
+        "reduce": ["reduce", str(scan1), "--labels", str(truth1), "--out", str(tmp_path / "r.h5")],
+    }
+    code = (
+        "import json, sys, contextlib, io\n"
+        "from napari_sedclassify.cli import main\n"
+        f"runs = {runs!r}\n"
+        f"heavy = {HEAVY!r}\n"
+        "out = {}\n"
+        "for name, argv in runs.items():\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            rc = main(argv)\n"
+        "        except SystemExit as e:\n"
+        "            rc = e.code\n"
+        "    out[name] = [rc, sorted({m.split('.')[0] for m in sys.modules} & set(heavy))]\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {name: [0, []] for name in runs}, got
+
+
+def test_kernels_are_cached_on_disk():
+    from numba.core.caching import FunctionCache
+    from numba.core.registry import CPUDispatcher
+
+    from napari_sedclassify.processing import _kernels
+
+    kernels = [v for v in vars(_kernels).values() if isinstance(v, CPUDispatcher)]
+    assert len(kernels) > 10
+    assert all(isinstance(k._cache, FunctionCache) for k in kernels), [k.__name__ for k in kernels]
+
+
+def test_kernel_cache_folder_when_nothing_is_writable(monkeypatch, tmp_path):
+    import numba
+
+    from napari_sedclassify.processing import _kernels
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")  # recorded: restored (unset) afterwards
+    monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)
+    monkeypatch.setattr(_kernels.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(_kernels, "_writable", lambda path: False)
+    _kernels._ensure_cache_dir()
+    folder = str(tmp_path / f"napari-sedclassify-numba-{_kernels.os.getuid()}")
+    import os
+
+    assert os.environ["NUMBA_CACHE_DIR"] == folder and numba.config.CACHE_DIR == folder
+    monkeypatch.setattr(_kernels, "_writable", lambda path: True)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")
+    _kernels._ensure_cache_dir()
+    assert os.environ["NUMBA_CACHE_DIR"] == ""  # numba's own folders are fine: left alone
+
+
+def test_sample_is_read_in_one_synchronous_pass(disk_scan, monkeypatch):
+    """The calibration sample comes straight from the reader: the frames asked for, exactly."""
+    from napari_sedclassify.pipeline.preprocess import _read_frames
+
+    idx = np.array([0, 3, 7, 19])
+    got = _read_frames(disk_scan, idx)
+    ref = np.asarray(disk_scan.data).reshape((-1,) + disk_scan.detector_shape)[idx]
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_quick_demo_by_default(tmp_path, capsys):
+    """`sedclassify demo` runs the quick demo (5 + 1 scans) unless --full: every model asked for,
+    the held-out scans of both sessions, and the closing speed line (frames of all 6 scans)."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--scan-shape", "8", "8", "--detector", "64", "--models", "fcnn,svm"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    s = report["settings"]
+    assert s["preset"] == "quick" and len(s["train_scans"]) == 4
+    assert (s["test_same_session"], s["test_other_session"]) == ("scan_A_04", "scan_B_00")
+    assert set(report["models"]) == {"fcnn", "svm"}
+    assert "sedclassify demo --full" in (out / "report.md").read_text()
+    assert SPEED_LINE.findall(capsys.readouterr().err) == [("demo", str(6 * 64))]

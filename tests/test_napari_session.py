@@ -1,0 +1,277 @@
+"""The napari session as a user lives it (issue 14; napari parts of issue 12), in real viewers
+under Xvfb on tiny scans: refusals said in place with the fix and no stale result, 0-based
+label files, overview candidates, lengths without a scan step, the reader as napari's choice
+and precise reasons for refused files, the scan geometry fields, units in the status bar,
+results reused, layers that do not cover the scan, no matplotlib warnings."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_sedclassify import Geometry, Scan
+from napari_sedclassify._napari.layers import SCAN_KEY, scan_layer_data
+from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON, ClassTable
+
+PLUGIN = "napari-sedclassify"
+
+
+
+def add_scan(viewer, scan, name=None):
+    from napari_sedclassify.processing.virtual import virtual_image
+
+    data, kwargs, _ = scan_layer_data(scan, np.asarray(virtual_image(scan).compute(), np.float32), name=name)
+    return viewer.add_image(data, **kwargs)
+
+
+def beam_frames(sy, sx, k=64, seed=0):
+    """(sy, sx, k, k) uint16: a Poisson direct beam near the centre on a weak background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:k, :k]
+    beam = 200.0 * ((yy - k / 2) ** 2 + (xx - k / 2) ** 2 < 16)
+    return rng.poisson(beam + 2.0, size=(sy, sx, k, k)).astype(np.uint16)
+
+
+def wait(qtbot, job, timeout_ms=60000):
+    assert job is not None
+    qtbot.waitUntil(lambda: job.done, timeout=timeout_ms)
+    assert job.outcome == "done", job.error
+
+
+# --- prediction ---------------------------------------------------------------------------------
+
+def _model_for_a_larger_detector(path):
+    """An FCNN model file trained on a small simulated scan of the 512 px quad."""
+    from napari_sedclassify.models.persistence import save_model
+    from napari_sedclassify.models.training import train
+    from napari_sedclassify.pipeline.train import default_recipe, scan_features
+    from napari_sedclassify.simulate import simulate_scan
+
+    sim = simulate_scan(scan_shape=(8, 8), seed=2)
+    labels = np.full((8, 8), CARBON, np.uint8)
+    labels[:, :4] = AMORPHOUS_ICE
+    recipe = default_recipe("fcnn")
+    features, _ = scan_features(sim.scan, recipe, name="quad")
+    model = train([features], [labels], kind="fcnn", recipe=recipe, params={"max_epochs": 2}, val_fraction=0.4)
+    return save_model(model, path)
+
+
+def test_refused_prediction_clears_the_old_result_and_says_why_with_the_fix(make_napari_viewer, tmp_path, disk_scan):
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, disk_scan)
+    _, pr = viewer.window.add_plugin_dock_widget(PLUGIN, "Prediction")
+    # a previous prediction on show, with its counts and a "done" status
+    class_map = np.full(disk_scan.scan_shape, CARBON, np.uint8)
+    probabilities = np.full(disk_scan.scan_shape + (4,), 0.25, np.float32)
+    pr.show_prediction(layer, {"class_map": class_map, "probabilities": probabilities, "class_ids": [1, 2, 3, 4]},
+                       ClassTable.default())
+    pr._jobs.status.value = "done"
+    assert f"{layer.name} predicted classes" in viewer.layers and "carbon: 20" in pr._summary.value
+
+    pr._model_path.value = _model_for_a_larger_detector(tmp_path / "quad.sedmodel")
+    assert pr.run() is None  # refused before any work
+    status = pr._jobs.status.value
+    assert "refused" in status and "done" not in status
+    assert "quad.sedmodel cannot be applied to disk_scan" in status  # the whole reason, not cut after the path
+    assert "the q axes cannot be matched" in status and "(--pixel-size UM)" in status
+    assert "fix" in status and "Scan geometry" in status and "pixel size 55 µm" in status  # what to set
+    assert f"{layer.name} predicted classes" not in viewer.layers and f"{layer.name} confidence" not in viewer.layers
+    assert pr._summary.value == "" and pr.prediction is None
+
+    # a model file that is no model: the reason, without a geometry hint that does not apply
+    (tmp_path / "junk.sedmodel").write_bytes(b"not a zip")
+    pr._model_path.value = tmp_path / "junk.sedmodel"
+    assert pr.run() is None
+    assert "not a napari-sedclassify model file" in pr._jobs.status.value and "fix" not in pr._jobs.status.value
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+def test_zero_based_label_files_are_detected_and_shifted(make_napari_viewer, tmp_path, disk_scan, notifications):
+    from napari_sedclassify.labels import save_class_map
+
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, disk_scan)
+    _, lab = viewer.window.add_plugin_dock_widget(PLUGIN, "Labels")
+    zero_based = np.zeros((4, 5), np.uint8)  # 0 = carbon, 1 = amorphous ice, 3 = mixed
+    zero_based[:, :2] = 1
+    zero_based[:, 2] = 3
+    save_class_map(tmp_path / "zero.npy", zero_based)
+    lab._load_path.value = tmp_path / "zero.npy"
+    labels = lab.load_labels()
+    np.testing.assert_array_equal(labels.data, zero_based + 1)
+    assert "0-based" in lab._status.value and "1-based" in lab._status.value  # what was done, and the way back
+    assert any("0-based" in m for m in notifications)
+    lab._ids.value = "one"  # the user says 0 means unlabeled in this file
+    np.testing.assert_array_equal(lab.load_labels().data, zero_based)
+    # a 1-based file with mixed points is read as stored, silently
+    one_based = zero_based + 1
+    save_class_map(tmp_path / "one.npy", one_based)
+    lab._ids.value = "auto"
+    lab._load_path.value = tmp_path / "one.npy"
+    np.testing.assert_array_equal(lab.load_labels().data, one_based)
+    assert "0-based" not in lab._status.value
+    assert layer.name in lab._scan.value.name
+
+
+def test_overview_list_offers_only_overview_images(make_napari_viewer, disk_scan):
+    from napari_sedclassify._napari.state import set_layer
+
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, disk_scan)
+    _, lab = viewer.window.add_plugin_dock_widget(PLUGIN, "Labels")
+    for name in ("centre x (px)", "descan residual (px)", "PCC"):
+        set_layer(viewer, f"{layer.name} {name}", np.zeros(disk_scan.scan_shape), like=layer)
+    viewer.add_image(np.zeros(disk_scan.scan_shape), name="another map on the grid", scale=layer.scale)
+    overview = viewer.add_image(np.zeros((120, 90)), name="overview (image mode)")
+    lab._overview.reset_choices()
+    assert [c for c in lab._overview.choices if c is not None] == [overview]
+
+
+def test_lengths_without_a_scan_step_are_in_steps_until_the_step_is_set(make_napari_viewer):
+    scan = Scan(beam_frames(6, 6), Geometry(detector_shape=(64, 64)), source="no_step")
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, scan)
+    _, lab = viewer.window.add_plugin_dock_widget(PLUGIN, "Labels")
+    assert lab._unit.value == "steps"
+    assert lab._beam.value == 1.0 and lab._border.value == 1.0  # not 55 (nm) taken as 55 steps
+    assert "scan step" in lab._status.value and "unknown" in lab._status.value
+    assert lab.lengths_in_steps() == (1.0, 1.0)
+
+    _, geo = viewer.window.add_plugin_dock_widget(PLUGIN, "Scan geometry")
+    geo._scan.value = geo._scan.choices[0]
+    geo._fields["scan_step_nm"].value = 25.0
+    assert geo.apply() is not None
+    assert lab._unit.value == "nm" and lab._beam.value == 55.0
+    assert lab.lengths_in_steps() == pytest.approx((55 / 25, 55 / 25))
+    np.testing.assert_allclose(layer.scale, (25.0, 25.0))
+
+
+# --- readers ------------------------------------------------------------------------------------
+
+def test_file_open_uses_this_plugin_once_the_workflow_is_docked(make_napari_viewer, tmp_path, notifications):
+    from napari.settings import get_settings
+
+    np.save(tmp_path / "scan.npy", beam_frames(4, 5))
+    np.save(tmp_path / "picture.npy", np.arange(12.0).reshape(3, 4))
+    (tmp_path / "notes.npy").write_text("this is text, not an array\n")
+    viewer = make_napari_viewer()
+    _, wf = viewer.window.add_plugin_dock_widget(PLUGIN, "Workflow (all steps)")
+    assert get_settings().plugins.extension2reader["*.npy"] == PLUGIN and wf._prefer.value
+
+    # plugin=None is what File > Open and drag and drop do: napari's reader preferences decide (a
+    # plain viewer.open(path) in a script means plugin="napari", napari's own reader, by napari's API)
+    (scan_layer,) = viewer.open(str(tmp_path / "scan.npy"), plugin=None)  # no "Choose reader", no raw 4D image
+    assert scan_layer.metadata[SCAN_KEY].scan_shape == (4, 5) and scan_layer.name == "scan"
+    (picture,) = viewer.open(str(tmp_path / "picture.npy"), plugin=None)  # a plain array still opens as an image
+    assert SCAN_KEY not in picture.metadata and picture.data.shape == (3, 4)
+    assert viewer.open(str(tmp_path / "notes.npy"), plugin=None) == []
+    assert any("notes.npy" in m and "not a NumPy .npy file" in m and "text" in m for m in notifications), notifications
+
+    wf._prefer.value = False  # the choice goes back to napari
+    assert "*.npy" not in get_settings().plugins.extension2reader
+
+
+def test_flatfield_from_a_text_file_says_what_it_is(tmp_path):
+    from napari_sedclassify.processing import load_flatfield
+
+    (tmp_path / "flood.npy").write_text("0 1 2\n3 4 5\n")
+    with pytest.raises(ValueError) as info:
+        load_flatfield(tmp_path / "flood.npy")
+    message = str(info.value)
+    assert "flood.npy" in message and "not a NumPy .npy file" in message and "allow_pickle" not in message
+
+
+# --- scan geometry ------------------------------------------------------------------------------
+
+def test_opening_a_scan_shows_its_geometry_and_apply_updates_the_scan(make_napari_viewer, qtbot, tmp_path):
+    from napari_sedclassify._napari.reader import INTEGRATING
+    from napari_sedclassify._napari.widgets.geometry import GeometryWidget
+
+    np.save(tmp_path / "stack.npy", beam_frames(1, 24).reshape(24, 64, 64))  # 3D stack: shape not in the file
+    (tmp_path / "stack.json").write_text(json.dumps({"geometry": {"voltage_kv": 300.0}}))
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "stack.npy"), plugin=PLUGIN)
+    qtbot.waitUntil(lambda: any(isinstance(w, GeometryWidget) for w in viewer.window.dock_widgets.values()),
+                    timeout=10000)
+    geo = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, GeometryWidget))
+    qtbot.waitUntil(lambda: INTEGRATING not in layer.metadata, timeout=30000)
+    assert geo._scan.value == layer
+    assert "ASSUMED" in geo._fields["pixel_size_um"].label and "ASSUMED" in geo._fields["camera_length_mm"].label
+    assert "from the file" in geo._fields["voltage_kv"].label and geo._fields["voltage_kv"].value == 300.0
+    assert geo._fields["scan_step_nm"].value == 0.0 and "unknown" in geo._fields["scan_step_nm"].label
+    assert "does not say the scan shape" in geo._how.value  # 24 frames opened as one row
+
+    geo._fields["camera_length_mm"].value = 1200.0
+    geo._fields["scan_step_nm"].value = 40.0
+    geometry = geo.apply()
+    scan = layer.metadata[SCAN_KEY]
+    assert scan.geometry is geometry and geometry.camera_length_mm == 1200.0 and geometry.scan_step_nm == 40.0
+    assert geometry.origin("camera_length_mm") == "user" and geometry.origin("pixel_size_um") == "user"
+    assert geometry.origin("voltage_kv") == "file"  # left alone: still from the file
+    np.testing.assert_allclose(layer.scale, (40.0, 40.0))
+    assert "set by you" in geo._fields["camera_length_mm"].label
+
+    geo._sy.value, geo._sx.value = 4, 6  # the true scan shape
+    wait(qtbot, geo.reopen())
+    qtbot.waitUntil(lambda: INTEGRATING not in layer.metadata, timeout=30000)
+    new = layer.metadata[SCAN_KEY]
+    assert new.scan_shape == (4, 6) and layer.data.shape == (4, 6)
+    assert new.geometry.camera_length_mm == 1200.0 and new.geometry.origin("camera_length_mm") == "user"
+    np.testing.assert_allclose(layer.data.ravel(), beam_frames(1, 24).reshape(24, -1).sum(axis=1))
+
+
+def test_status_bar_shows_the_scan_point_in_nm(make_napari_viewer, disk_scan):
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, disk_scan)
+    no_step = add_scan(viewer, Scan(beam_frames(3, 3), Geometry(detector_shape=(64, 64)), source="nostep"))
+    no_step.translate = (0.0, 1000.0)
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Diffraction view")
+    viewer.mouse_over_canvas = True
+    viewer.layers.selection.active = layer
+    viewer.cursor.position = tuple(layer.data_to_world((2, 3)))
+    viewer.update_status_from_cursor()
+    assert "scan point (2, 3) of disk_scan at y 60 nm, x 90 nm" in viewer.status["coordinates"]
+    viewer.layers.selection.active = no_step
+    viewer.cursor.position = tuple(no_step.data_to_world((1, 2)))
+    viewer.update_status_from_cursor()
+    assert "scan point (1, 2) of nostep (scan step unknown" in viewer.status["coordinates"]
+
+
+# --- results reused, layout -----------------------------------------------------------------------
+
+def test_centring_maps_stay_hidden_below_and_rias_are_reused(make_napari_viewer, qtbot, disk_scan):
+    from napari_sedclassify._napari.state import FLATFIELD_KEY
+    from napari_sedclassify.processing import FlatField
+
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, disk_scan)
+    _, ce = viewer.window.add_plugin_dock_widget(PLUGIN, "Centring")
+    _, ria = viewer.window.add_plugin_dock_widget(PLUGIN, "RIA")
+    wait(qtbot, ce.run())
+    names = [ly.name for ly in viewer.layers]
+    for name in ("centre x (px)", "centre y (px)", "descan residual (px)"):
+        maps = viewer.layers[f"{layer.name} {name}"]
+        assert not maps.visible and names.index(maps.name) < names.index(layer.name)  # never over the image
+    assert viewer.layers[-1] == layer
+    result = layer.metadata["sedclassify_preprocess"]
+    assert ria.run() is result  # the centring pass made the RIAs: nothing recomputed
+    assert "nothing to recompute" in ria._jobs.status.value
+    # a new flat-field makes the stored RIAs stale: computed again
+    layer.metadata = {**layer.metadata, FLATFIELD_KEY: FlatField.identity(disk_scan.detector_shape)}
+    job = ria.run()
+    wait(qtbot, job)
+    assert layer.metadata["sedclassify_preprocess"] is not result
+
+
+def test_svm_training_curves_draw_without_a_legend_warning(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, tr = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
+    tr.history = [{"stage": "fit", "max_epochs": 2, "n_support": 12}, {"val_accuracy": 0.9}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr._draw_curves()
+        tr.canvas.draw()

@@ -1,0 +1,53 @@
+"""The TensorFlow worker process starts safely from a script without a main guard: the child is
+``python -m napari_sedclassify.models._tf_child``, which never imports (re-runs) the parent's
+``__main__``, unlike multiprocessing's spawn."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HELPER = '''
+def job(x, progress=None, cancel=None):
+    print("noise on stdout must not break the messages")
+    progress(1, {"half": x / 2})
+    return {"double": 2 * x}
+'''
+
+SCRIPT = '''
+# no `if __name__ == "__main__":` guard, as in many napari scripts and notebooks
+import helper
+from napari_sedclassify.models.tf_process import run_in_process
+
+print("SCRIPT RAN", flush=True)
+seen = []
+result = run_in_process(helper.job, 21, progress=lambda n, logs: seen.append((n, logs["half"])))
+print("RESULT", result["double"], seen, flush=True)
+'''
+
+
+def test_unguarded_script_is_not_run_again_in_the_worker(tmp_path):
+    (tmp_path / "helper.py").write_text(textwrap.dedent(HELPER))
+    (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT))
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    everything = done.stdout + done.stderr
+    assert everything.count("SCRIPT RAN") == 1, everything  # the child did not run the script again
+    assert "RESULT 42 [(1, 10.5)]" in done.stdout
+    assert "noise on stdout" in done.stderr  # the child's prints go to stderr, not into the message pipe
+
+
+def _defined_in_main():
+    pass
+
+
+def test_functions_from_main_are_refused_with_a_reason(monkeypatch):
+    from napari_sedclassify.models.tf_process import run_in_process
+
+    monkeypatch.setattr(_defined_in_main, "__module__", "__main__")
+    with pytest.raises(ValueError, match="defined in __main__"):
+        run_in_process(_defined_in_main)
