@@ -12,7 +12,11 @@ session in turn. Reported per held-out session: weighted F1 and amorphous-ice pr
 sd over its scans; and the mean ± sd over sessions and the best-worst spread.
 
     python benchmarks/bench_sessions.py [--workdir DIR] [--models fcnn,svm] [--ablation]
+                                        [--ablation-models svm,fcnn] [--json FILE]
                                         [--reliability docs/images/sessions_reliability.png]
+
+Camera lengths are fitted per scan from the amorphous-ice ring (``pipeline.calibrate``), as
+``sedclassify calibrate`` does; the recipe is ``models.features.session_robust_recipe``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_sedclassify.geometry import Geometry
-from napari_sedclassify.models.features import Augmentation, FeatureRecipe
+from napari_sedclassify.models.features import SESSION_ROBUST_PARAMS as ROBUST_PARAMS
+from napari_sedclassify.models.features import Augmentation, FeatureRecipe, session_robust_recipe
 from napari_sedclassify.models.training import ScanFeatures
 
 #: (convergence mrad, ice thickness factor, dose factor, true camera length factor, descan factor,
@@ -183,12 +188,7 @@ def replace_aug(recipe: FeatureRecipe, **changes) -> Augmentation:
 
 def robust_recipe(**changes) -> FeatureRecipe:
     """``models.features.session_robust_recipe`` for scans whose camera length was fitted."""
-    from napari_sedclassify.models.features import session_robust_recipe
-
     return session_robust_recipe(camera_length_fitted=True, **changes)
-
-
-from napari_sedclassify.models.features import SESSION_ROBUST_PARAMS as ROBUST_PARAMS  # noqa: E402
 
 #: Ablation: (fitted camera length?, recipe, estimator params); each row removes one measure.
 ABLATION = {

@@ -67,3 +67,26 @@ def test_proposal_then_training_that_follows_the_brush(make_napari_viewer, qtbot
 
     model = load_model(path)
     assert model.kind == "svm" and "TensorFlow" not in str(type(model.estimator))
+
+
+def test_predict_step_offers_the_builtin_model(make_napari_viewer, qtbot):
+    """The Predict step's built-in model gives a class map of the sample with no training at all."""
+    from napari_sedclassify._napari.widgets.prediction import PredictionWidget
+    from napari_sedclassify.classes import AMORPHOUS_ICE
+    from napari_sedclassify.simulate import sample_scan
+
+    truth = sample_scan().truth
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-sedclassify", "holey_carbon_scan")
+    pr = PredictionWidget(viewer)
+    viewer.window.add_dock_widget(pr)
+    pr._scan.value = viewer.layers[SCAN]
+    pr.use_builtin_model()
+    assert str(pr._model_path.value).endswith("builtin.sedmodel")
+    job = pr.run()
+    assert job is not None, pr._summary.value
+    qtbot.waitUntil(lambda: job.done, timeout=120000)
+    assert job.outcome == "done", job.error
+    class_map = pr.prediction["class_map"]
+    assert class_map.shape == truth.shape
+    assert np.mean(class_map[truth == AMORPHOUS_ICE] == AMORPHOUS_ICE) > 0.7

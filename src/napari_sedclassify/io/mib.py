@@ -455,13 +455,18 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
         "orientation": "rows flipped: detector row 0 at the bottom, as Merlin displays frames",
         "calibration": "pixel size 55 µm (Medipix3); camera length, voltage and scan step not in the file",
     }
+    return _scan(data, missing, header, metadata, timestamps, hdr, path)
+
+
+def _scan(data, missing, header, metadata, timestamps, hdr, source) -> Scan:
+    """The Scan of a .mib file or folder: frame period and .hdr into the metadata; the pitch is the
+    Medipix3's own (file), camera length, voltage and scan step stay assumed."""
     if timestamps is not None and len(timestamps) > 1:
         metadata["frame_period_s"] = float(np.median(np.diff(timestamps))) * 1e-9
     if hdr:
         metadata["hdr"] = hdr
-    # the pitch is the Medipix3's own; camera length, voltage and scan step stay assumed
     geometry = Geometry(detector_shape=header.frame_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
-    return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
+    return Scan(data, geometry, missing=missing, metadata=metadata, source=str(source))
 
 
 def _last_timestamp(path, header: FrameHeader, n: int) -> str | None:
@@ -534,12 +539,7 @@ def _read_folder(folder: Path, scan_shape, missing_at, chunk_frames) -> Scan:
         "orientation": "rows flipped: detector row 0 at the bottom, as Merlin displays frames",
         "calibration": "pixel size 55 µm (Medipix3); camera length, voltage and scan step not in the files",
     }
-    if timestamps is not None and len(timestamps) > 1:
-        metadata["frame_period_s"] = float(np.median(np.diff(timestamps))) * 1e-9
-    if hdr:
-        metadata["hdr"] = hdr
-    geometry = Geometry(detector_shape=header.frame_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
-    return Scan(data, geometry, missing=missing, metadata=metadata, source=str(folder))
+    return _scan(data, missing, header, metadata, timestamps, hdr, folder)
 
 
 def _folder_timestamps(files, header: FrameHeader) -> np.ndarray | None:

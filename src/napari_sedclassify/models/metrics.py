@@ -311,14 +311,15 @@ def reliability(y_true, probabilities, class_ids, n_bins: int = 10) -> dict:
             "mce": float(max(g for _, g in gaps)) if gaps else None, "curve": curve}
 
 
-def plot_reliability(curves: dict, path, title: str = "") -> None:
+def plot_reliability(curves: dict, path, title: str = "", min_count: int = 5) -> None:
     """Reliability diagram: accuracy against confidence per bin for each {label: reliability()}
-    (the diagonal is perfect calibration), with the frame counts per bin below."""
+    (the diagonal is perfect calibration; bins of fewer than ``min_count`` frames are left out of
+    the curve), with the frame counts per bin beside it."""
     fig = _figure(figsize=(8.4, 4.0))
     ax, axh = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
     for label, r in curves.items():
-        pts = [(b["confidence"], b["accuracy"]) for b in r["bins"] if b["count"]]
+        pts = [(b["confidence"], b["accuracy"]) for b in r["bins"] if b["count"] >= max(min_count, 1)]
         if pts:
             x, y = zip(*pts)
             ax.plot(x, y, marker="o", ms=4, label=f"{label} (ECE {r['ece']:.3f})")

@@ -60,6 +60,8 @@ class PredictionWidget(Container):
         self.table = ClassTable.default()  # the classes of the last model used
         self._scan = scan_picker(napari_viewer)
         self._model_path = FileEdit(label="model file", mode="r", filter="*.sedmodel")
+        self._builtin = PushButton(text="Use the built-in model (no training needed)")
+        self._builtin.changed.connect(lambda _=None: self.use_builtin_model())
         self._jobs = JobButtons("Classify scan", self.run)
         self._summary = wrapped_label()
         self._export_path = FileEdit(label="class map to", mode="w", filter="*.npy *.tif *.tiff")
@@ -69,7 +71,7 @@ class PredictionWidget(Container):
         self._keep_path = FileEdit(label="keep-list to", mode="w", filter="*.csv")
         self._keep_export = PushButton(text="Export keep-list (CSV)")
         self.extend(
-            [form(self._scan, self._model_path), self._jobs, self._summary, form(self._export_path), self._export,
+            [form(self._scan, self._model_path), self._builtin, self._jobs, self._summary, form(self._export_path), self._export,
              form(self._keep, self._keep_path), self._keep_export]
         )
         self.prediction = None  # {"layer", "class_map", "probabilities", "class_ids", "table"}
@@ -83,6 +85,15 @@ class PredictionWidget(Container):
     def use_model(self, path):
         """Take ``path`` as the model file (e.g. the model the training widget just made)."""
         self._model_path.value = path
+
+    def use_builtin_model(self):
+        """Take the model shipped in the package (trained on simulated sessions; its card says its
+        domain, and scans outside it are refused with the reason)."""
+        from ...models.persistence import resolve_model_path
+
+        self._model_path.value = resolve_model_path("builtin")
+        self._summary.value = ("Built-in model: an FCNN trained on simulated sessions (q 0.06-0.30 1/Å, 128-512 px, "
+                               "200 kV); give the scan's real geometry (0 Scan) or it is refused.")
 
     def run(self):
         """Classify the selected scan in the background; returns the job (None on bad input)."""
