@@ -11,7 +11,7 @@ train on the scans of six sessions and are tested on every scan of the seventh, 
 session in turn. Reported per held-out session: weighted F1 and amorphous-ice precision, mean ±
 sd over its scans; and the mean ± sd over sessions and the best-worst spread.
 
-    python benchmarks/bench_sessions.py [--workdir DIR] [--models fcnn,svm] [--ablation]
+    python benchmarks/bench_sessions.py [--workdir DIR] [--models fcnn,svm,cnn] [--ablation]
                                         [--ablation-models svm,fcnn] [--json FILE]
                                         [--reliability docs/images/sessions_reliability.png]
 
@@ -31,7 +31,12 @@ import numpy as np
 
 from napari_sedclassify.geometry import Geometry
 from napari_sedclassify.models.features import SESSION_ROBUST_PARAMS as ROBUST_PARAMS
-from napari_sedclassify.models.features import Augmentation, FeatureRecipe, session_robust_recipe
+from napari_sedclassify.models.features import (
+    Augmentation,
+    FeatureRecipe,
+    session_robust_crop_recipe,
+    session_robust_recipe,
+)
 from napari_sedclassify.models.training import ScanFeatures
 
 #: (convergence mrad, ice thickness factor, dose factor, true camera length factor, descan factor,
@@ -70,11 +75,12 @@ def _cache_one(path: Path, cache: Path, flats: dict) -> None:
     sim = load_simulated(path)
     scan = open_scan(path)
     ff = flats.setdefault(str(sim.flatfield_path), load_flatfield(sim.flatfield_path))
-    params = preprocess_params_for([default_recipe("fcnn")], scan.geometry)
+    params = preprocess_params_for([default_recipe("fcnn"), default_recipe("cnn")], scan.geometry)
     r = preprocess(scan, params, flatfield=ff)
     radius = r.beam_radius_px[r.beam_found]
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, ria=r.ria, radii_px=r.radii_px, missing=r.missing, truth=sim.truth,
+             crops=r.crops.astype(np.float32), crop_radius_px=float(r.resolved.get("crop_half_px")),
              beam_radius_px=float(np.median(radius)) if radius.size else np.nan,
              geometry=json.dumps(scan.geometry.to_dict()),
              true_geometry=json.dumps(sim.metadata["true_geometry"]), session=sim.session)
@@ -94,7 +100,7 @@ def ensure_features(workdir, spec=SESSIONS, n_scans: int = 4, scan_shape=SCAN_SH
         for i in range(n_scans):
             name = f"scan_{sess.name}_{i:02d}"
             path = workdir / "scans" / f"{det}px" / f"{name}.npy"
-            cache = workdir / "features" / f"{det}px_{scan_shape[0]}x{scan_shape[1]}" / f"{name}.npz"
+            cache = workdir / "features_v2" / f"{det}px_{scan_shape[0]}x{scan_shape[1]}" / f"{name}.npz"
             if not cache.exists():
                 t0 = time.perf_counter()
                 if not path.with_suffix(".json").exists():
@@ -105,7 +111,8 @@ def ensure_features(workdir, spec=SESSIONS, n_scans: int = 4, scan_shape=SCAN_SH
                     log(f"  {name} ({det} px): {time.perf_counter() - t0:.1f} s")
             z = np.load(cache)
             geom = Geometry.from_dict(json.loads(str(z["geometry"])))
-            feats = ScanFeatures(name, geom, z["missing"], z["ria"], z["radii_px"])
+            feats = ScanFeatures(name, geom, z["missing"], z["ria"], z["radii_px"], crops=z["crops"],
+                                 crop_radius_px=float(z["crop_radius_px"]))
             out.append({"name": name, "session": str(z["session"]), "features": feats, "truth": z["truth"],
                         "beam_radius_px": float(z["beam_radius_px"]),
                         "true_geometry": Geometry.from_dict(json.loads(str(z["true_geometry"])))})
@@ -115,10 +122,13 @@ def ensure_features(workdir, spec=SESSIONS, n_scans: int = 4, scan_shape=SCAN_SH
 def _train(scans, kind, recipe, params=None, seed=0):
     from napari_sedclassify.models.training import train
 
+    params = dict(params or {})
+    # the SVM's search across sessions: the training sessions only (never the held-out one)
+    groups = [s["session"] for s in scans] if params.get("search") == "groups" else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return train([s["features"] for s in scans], [s["truth"] for s in scans], kind=kind, recipe=recipe,
-                     params=params, seed=seed)
+                     params=params, seed=seed, groups=groups)
 
 
 def _score(model, scan) -> dict:
@@ -132,9 +142,12 @@ def _score(model, scan) -> dict:
             "ice_f1": m["per_class"][name]["f1"], "proba": pred.probabilities, "class_map": pred.class_map}
 
 
-def loso(scans, kind, recipe, params=None, seed=0, log=None) -> dict:
-    """{held-out session: [per-scan scores]} training on all other sessions each time."""
+def loso(scans, kind, recipe, params=None, seed=0, log=None, held_out=None) -> dict:
+    """{held-out session: [per-scan scores]} training on all other sessions each time.
+    held_out: only these sessions in turn (names or parts of them; default all)."""
     sessions = list(dict.fromkeys(s["session"] for s in scans))
+    if held_out:
+        sessions = [s for s in sessions if any(h in s for h in held_out)]
     out = {}
     for held in sessions:
         train_scans = [s for s in scans if s["session"] != held]
@@ -190,9 +203,50 @@ def robust_recipe(**changes) -> FeatureRecipe:
     """``models.features.session_robust_recipe`` for scans whose camera length was fitted."""
     return session_robust_recipe(camera_length_fitted=True, **changes)
 
+
+def cnn_recipe(**changes) -> FeatureRecipe:
+    """The CNN's session-robust crops (``models.features.session_robust_crop_recipe``): 2.7 Å,
+    48x48, resampled on the fitted camera length, direct beam masked below 0.06 Å⁻¹, two scan-context
+    channels against the scan's two ends, convergence-blur, dose-noise, centre-jitter, intensity
+    and ±3 % radial-scaling augmentation."""
+    return session_robust_crop_recipe(camera_length_fitted=True, **changes)
+
+
+def previous_cnn_recipe(**changes) -> FeatureRecipe:
+    """The CNN recipe of the earlier LOSO run: crops resampled on the fitted camera length, centre
+    jitter, intensity and ±3 % radial scaling only."""
+    aug = Augmentation(copies=1, centre_jitter_px=1.0, intensity_range=(0.5, 2.0), radial_scale=0.03)
+    return FeatureRecipe(kind="crop", crop_rescale=True, augmentation=aug).replace(**changes)
+
+
+#: A small CNN for the benchmark (2 shared CPU cores): half the channels, at most 8 epochs of 3000 crops in
+#: batches of 64 at a learning rate of 2e-3 (the earlier run: 6 epochs, batches of 128 at 5e-4, 141 Adam
+#: steps in all, stopped at the epoch cap in every fold inspected).
+CNN_PARAMS = {"filters": (4, 8, 16), "dense_units": 16, "max_epochs": 8, "samples_per_epoch": 3000, "patience": 3,
+              "class_weight": "sqrt", "learning_rate": 2e-3, "batch_size": 64}
+#: The earlier run's training settings (for the ablation row that repeats it).
+PREVIOUS_CNN_PARAMS = {"filters": (4, 8, 16), "dense_units": 16, "max_epochs": 6, "samples_per_epoch": 3000,
+                       "patience": 3, "class_weight": "sqrt"}
+
+
+#: The SVM's C and gamma chosen across the training sessions: a grid scored leaving out one training
+#: session at a time, the setting whose worst training session scores best (``search="groups"``).
+SVM_GROUP_SEARCH = {**ROBUST_PARAMS, "search": "groups"}
+
+
+def recipe_and_params(kind: str, svm_search: bool = False):
+    """(recipe, estimator params) of the main table for a model kind."""
+    if kind == "cnn":
+        return cnn_recipe(), CNN_PARAMS
+    if kind == "svm" and svm_search:
+        return robust_recipe(), SVM_GROUP_SEARCH
+    return robust_recipe(), ROBUST_PARAMS
+
 #: Ablation: (fitted camera length?, recipe, estimator params); each row removes one measure.
 ABLATION = {
     "all measures (the session-robust recipe)": (True, robust_recipe(), ROBUST_PARAMS),
+    "scan context against the scan's median profile instead of its two ends (the previous recipe)": (
+        True, robust_recipe(context_reference="median"), ROBUST_PARAMS),
     "camera length not fitted (nominal), radial scaling ±12 % instead": (
         False, robust_recipe(augmentation=replace_aug(robust_recipe(), radial_scale=0.12)), ROBUST_PARAMS),
     "camera length not fitted, radial scaling ±3 %": (False, robust_recipe(), ROBUST_PARAMS),
@@ -204,6 +258,29 @@ ABLATION = {
                                    ROBUST_PARAMS),
     "balanced class weights instead of their square root": (True, robust_recipe(), {}),
     "none: the default recipe, nominal camera length": (False, FeatureRecipe(), {}),
+    "SVM: C and gamma chosen across the training sessions (search=\"groups\")": (True, robust_recipe(),
+                                                                                SVM_GROUP_SEARCH),
+    "SVM: fitted on up to 12000 training inputs instead of 6000": (True, robust_recipe(),
+                                                                  {**ROBUST_PARAMS, "max_train_samples": 12000}),
+    "SVM: C, gamma and class weights (square-root balanced or none) chosen across the training sessions": (
+        True, robust_recipe(), {**SVM_GROUP_SEARCH, "search_C": (3.0, 10.0, 30.0), "search_gamma": (0.3, 1.0),
+                                "search_class_weight": ("sqrt", None)}),
+}
+
+
+#: CNN ablation: (fitted camera length?, recipe, estimator params); each row removes one measure.
+CNN_ABLATION = {
+    "all measures (session_robust_crop_recipe)": (True, cnn_recipe(), CNN_PARAMS),
+    "no scan-context channels": (True, cnn_recipe(crop_context="none"), CNN_PARAMS),
+    "no convergence-blur augmentation": (
+        True, cnn_recipe(augmentation=replace_aug(cnn_recipe(), blur_q_invA=0.0)), CNN_PARAMS),
+    "no dose-noise augmentation": (
+        True, cnn_recipe(augmentation=replace_aug(cnn_recipe(), dose_range=(1.0, 1.0))), CNN_PARAMS),
+    "direct beam not masked": (True, cnn_recipe(crop_mask_q_invA=0.0), CNN_PARAMS),
+    "crops not resampled on the fitted camera length": (True, cnn_recipe(crop_rescale=False), CNN_PARAMS),
+    "none of the new ones: the previous CNN recipe (rescaled crops, jitter, intensity, ±3 %)": (
+        True, previous_cnn_recipe(), CNN_PARAMS),
+    "all measures, the earlier training settings (PREVIOUS_CNN_PARAMS)": (True, cnn_recipe(), PREVIOUS_CNN_PARAMS),
 }
 
 
@@ -249,10 +326,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default="/tmp/sedclassify-bench-sessions")
     ap.add_argument("--scans", type=int, default=4, help="scans per session (default 4)")
-    ap.add_argument("--models", default="fcnn,svm", help="models (cnn is not supported here: RIA models only)")
+    ap.add_argument("--models", default="fcnn,svm,cnn", help="models (default fcnn,svm,cnn; the CNN is small: "
+                    "CNN_PARAMS)")
     ap.add_argument("--ablation", action="store_true", help="also the ablation (each measure removed in turn)")
     ap.add_argument("--ablation-models", default="svm", help="models for the ablation (default svm)")
-    ap.add_argument("--ablation-rows", help="only these ablation rows (comma-separated indices from 0)")
+    ap.add_argument("--ablation-rows", help="only these ablation rows (comma-separated indices from 0; of "
+                    "CNN_ABLATION for --ablation-models cnn)")
+    ap.add_argument("--ablation-held-out", help="ablation: only these held-out sessions (comma-separated parts of "
+                    "their names, e.g. c0.8-,i2.2-); default all seven")
+    ap.add_argument("--svm-search", action="store_true", help="SVM: choose C and gamma across the training "
+                    "sessions (leave one training session out; SVM_GROUP_SEARCH)")
     ap.add_argument("--skip-main", action="store_true", help="only the ablation")
     ap.add_argument("--reliability", metavar="PNG", help="write the reliability diagram here")
     ap.add_argument("--json", metavar="FILE", help="write every number as JSON")
@@ -263,7 +346,8 @@ def main():
     print(f"{len(scans)} scans of {len(SESSIONS)} sessions ready in {time.perf_counter() - t0:.0f} s", flush=True)
     results = {}
     for kind in [] if args.skip_main else args.models.split(","):
-        results[kind] = loso(fitted, kind, robust_recipe(), ROBUST_PARAMS, log=print)
+        recipe, params = recipe_and_params(kind, args.svm_search)
+        results[kind] = loso(fitted, kind, recipe, params, log=print)
     out = {"sessions": describe()}
     rel = {}
     if results:
@@ -275,14 +359,18 @@ def main():
     print("\nconfidence (pooled held-out frames): expected calibration error, and what --uncertain-below keeps")
     for k, r in rel.items():
         print(f"{k}: ECE {r['ece']:.3f}, MCE {r['mce']:.3f}")
+        def f3(v):
+            return "n/a" if v is None else f"{v:.3f}"
+
         for row in r["curve"]:
-            print(f"   below {row['threshold']:.2f} uncertain: kept {row['kept']:.3f}, accuracy {row['accuracy']:.3f}, "
-                  f"amorphous-ice precision {row['amorphous_ice_precision']:.3f}, recall {row['amorphous_ice_recall']:.3f}")
+            print(f"   below {row['threshold']:.2f} uncertain: kept {f3(row['kept'])}, accuracy {f3(row['accuracy'])}, "
+                  f"amorphous-ice precision {f3(row['amorphous_ice_precision'])}, "
+                  f"recall {f3(row['amorphous_ice_recall'])}")
     if args.reliability and rel:
         from napari_sedclassify.models.metrics import plot_reliability
 
         plot_reliability(rel, args.reliability, title="Held-out sessions (leave-one-session-out), temperature-scaled "
-                         "FCNN and sigmoid-calibrated SVM")
+                         "FCNN, sigmoid-calibrated SVM, uncalibrated CNN")
         print(f"wrote {args.reliability}")
     if args.ablation:
         out["ablation"] = {}
@@ -290,13 +378,14 @@ def main():
         print("\nablation: mean weighted F1 over held-out sessions ± sd, worst session, best - worst\n")
         print("| variant | " + " | ".join(f"{k.upper()}: mean ± sd (worst; spread)" for k in kinds) + " |")
         print("|---|" + "---|" * len(kinds))
-        rows = list(ABLATION.items())
+        rows = list((CNN_ABLATION if kinds == ["cnn"] else ABLATION).items())
         if args.ablation_rows:
             rows = [rows[int(i)] for i in args.ablation_rows.split(",")]
+        held = args.ablation_held_out.split(",") if args.ablation_held_out else None
         for name, (fit, recipe, params) in rows:
             cells = []
             for kind in kinds:
-                s = summarise(loso(fitted if fit else scans, kind, recipe, params))
+                s = summarise(loso(fitted if fit else scans, kind, recipe, params, held_out=held, log=print))
                 out["ablation"].setdefault(name, {})[kind] = s
                 cells.append(f"{s['f1_mean']:.3f} ± {s['f1_sd']:.3f} ({s['f1_min']:.3f}; {s['spread']:.3f})")
             print(f"| {name} | " + " | ".join(cells) + " |", flush=True)

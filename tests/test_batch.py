@@ -68,7 +68,8 @@ def test_batch_predict_on_two_workers_is_identical_to_single_process(data, clien
     assert seen[-1] == (3 * 64, 3 * 64)  # one progress over all scans, ending complete
     assert sorted(os.listdir(tmp_path)) == sorted(
         f"{n}_{k}" for n in ("scan2", "scan3", "scan0")
-        for k in ("classes.npy", "classes.tif", "probabilities.npy", "probabilities.json", "overlay.png"))
+        for k in ("classes.npy", "classes.tif", "probabilities.npy", "probabilities.json", "overlay.png",
+                  "keep.csv"))
 
 
 def test_tasks_carry_paths_not_pixels(data):

@@ -167,14 +167,28 @@ def test_kernel_cache_folder_when_nothing_is_writable(monkeypatch, tmp_path):
     assert os.environ["NUMBA_CACHE_DIR"] == ""  # numba's own folders are fine: left alone
 
 
-def test_sample_is_read_in_one_synchronous_pass(disk_scan, monkeypatch):
-    """The calibration sample comes straight from the reader: the frames asked for, exactly."""
-    from napari_sedclassify.pipeline.preprocess import _read_frames
+@pytest.mark.parametrize("order", ["sorted", "scattered"])
+def test_sample_is_read_straight_from_the_reader(disk_scan, tmp_path, order):
+    """The calibration sample comes straight from the reader, in this thread: the frames asked
+    for, exactly, from an in-memory scan and from a file opened with no dask at all."""
+    import subprocess
+    import sys
 
-    idx = np.array([0, 3, 7, 19])
-    got = _read_frames(disk_scan, idx)
+    idx = np.array([0, 3, 7, 19]) if order == "sorted" else np.array([19, 2, 3, 11, 0])
     ref = np.asarray(disk_scan.data).reshape((-1,) + disk_scan.detector_shape)[idx]
-    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(disk_scan.read(idx), ref)
+    path = tmp_path / "scan.npy"
+    np.save(path, np.asarray(disk_scan.data))
+    code = (
+        "import sys, numpy as np\n"
+        "from napari_sedclassify.io import open_scan\n"
+        f"scan = open_scan({str(path)!r})\n"
+        f"np.save({str(tmp_path / 'got.npy')!r}, scan.read({idx.tolist()!r}))\n"
+        "print('dask' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "opening a scan and reading frames imported dask"
+    np.testing.assert_array_equal(np.load(tmp_path / "got.npy"), ref)
 
 
 def test_quick_demo_by_default(tmp_path, capsys):

@@ -382,3 +382,33 @@ def test_cli_info_json_and_text(realdata, capsys):
     assert [line.split()[-1] for line in text.splitlines() if line.startswith("missing frames")] == ["0"]
     assert main(["info", str(realdata / "emd" / "Si100_4D.emd"), "--dataset", "nope"]) == 2
     assert "CBED_array_depth0001" in capsys.readouterr().err
+
+
+def test_npy_frames_are_read_without_a_memory_map(tmp_path):
+    """Reading every frame of a .npy scan through its frame source keeps the file's pages out of
+    the process (no memory map: a map keeps each page it touched resident, the whole file for a
+    whole pass) and gives the same frames as numpy, big-endian files included."""
+    import re
+
+    from napari_sedclassify.io import open_scan
+
+    def rss_file_kb():
+        status = open("/proc/self/status").read()
+        return int(re.search(r"RssFile:\s+(\d+) kB", status).group(1))
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 4096, size=(16, 16, 256, 256), dtype=np.uint16)  # 32 MiB
+    path = tmp_path / "scan.npy"
+    np.save(path, data)
+    scan = open_scan(path)
+    before = rss_file_kb()
+    total = 0
+    for _, rows, cols in scan.frame_source.blocks(chunk_frames=16):
+        total += int(scan.frame_source[rows, cols].sum(dtype=np.int64))
+    assert total == int(data.sum(dtype=np.int64))
+    assert rss_file_kb() - before < 8 * 1024  # kB: far below the 32 MiB read
+    big = tmp_path / "big_endian.npy"
+    np.save(big, data[:2, :3].astype(">u2"))
+    got = open_scan(big).read([0, 4, 5])
+    np.testing.assert_array_equal(got, data[:2, :3].reshape(-1, 256, 256)[[0, 4, 5]])
+    assert got.dtype == np.uint16 and got.dtype.isnative

@@ -125,3 +125,22 @@ def test_the_check_sees_upward_and_private_imports(tmp_path):
     assert any("private module napari_sedclassify.processing._kernels" in v for v in found)
     assert any("private name napari_sedclassify.io.reduced._y" in v for v in found)
     assert any("part 'misc' has no layer" in v for v in found)
+
+
+def test_engine_tests_need_no_viewer():
+    """tests/ holds the engine's tests, tests/_qt/ the widgets': no test outside tests/_qt asks for
+    a napari viewer, pytest-qt's qtbot or imports the plugin's napari layer at module level."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = {a.arg for a in node.args.args}
+                if names & {"make_napari_viewer", "qtbot", "make_napari_viewer_proxy"}:
+                    offenders.append(f"{path.name}::{node.name}")
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(f"{PACKAGE}._napari"):
+                offenders.append(f"{path.name}: imports {node.module}")
+    assert not offenders, "widget tests belong in tests/_qt: " + ", ".join(offenders)
+    assert sorted(p.name for p in (tests / "_qt").glob("test_*.py"))

@@ -1,20 +1,23 @@
-"""Live classification from a Merlin detector's own TCP data stream, with reduction on the fly.
+"""Live classification from the detectors' own data streams (Merlin TCP, DECTRIS zmq), with
+reduction on the fly.
 
-The stream comes from LiberTEM-live's simulator (``libertem-live-mib-sim``, a real Merlin TCP
+The Merlin stream comes from LiberTEM-live's simulator (``libertem-live-mib-sim``, a real Merlin TCP
 server) on loopback, replaying ``.mib`` + ``.hdr`` files that the project writes from simulated
-scans (12-bit; a single chip 256 px, and a quad 512 px). Frames are received by
-``libertem_qd_mpx`` (the ``live`` extra); these tests skip, saying why, where it is not installed.
-A DECTRIS stream is not tested: LiberTEM-live's DECTRIS simulator replays recorded zmq dumps, and
-it has no tool to make one from the project's frames.
+scans (12-bit; a single chip 256 px, and a quad 512 px); frames are received by
+``libertem_qd_mpx``. The DECTRIS stream comes from LiberTEM-live's DECTRIS simulator
+(``libertem-live-dectris-sim``: a SIMPLON REST API and a zmq PUSH socket) replaying a zmq dump that
+the project writes from the same frames (``simulate.dectris_dump.write_dectris_dump``,
+Bitshuffle-LZ4 or LZ4); frames are received by ``libertem_dectris``. Both come with the ``live``
+extra; these tests skip, saying why, where it is not installed. Simulators are started and waited
+for by ``stream_sims`` (polls until they listen, up to 120 s, with their log on failure).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,58 +25,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stream_sims import DectrisSim, MerlinSim, simulator
 
 from napari_sedclassify.optional import MissingOptionalDependency, live_available
 
-SIM = shutil.which("libertem-live-mib-sim", path=os.path.dirname(sys.executable)) or shutil.which(
-    "libertem-live-mib-sim")
+SIM = simulator("libertem-live-mib-sim")
 needs_live = pytest.mark.skipif(
     not live_available("merlin") or SIM is None,
     reason='the live extra is not installed (pip install "napari-sedclassify[live]"): no libertem_qd_mpx '
            "receiver or libertem-live-mib-sim simulator")
+DECTRIS_SIM = simulator("libertem-live-dectris-sim")
+DECTRIS_MISSING = [what for what, ok in (
+    ("libertem_dectris (receiver)", live_available("dectris")),
+    ("libertem-live-dectris-sim (simulator)", DECTRIS_SIM is not None),
+    ("flask (the simulator's REST API)", importlib.util.find_spec("flask") is not None)) if not ok]
+needs_dectris = pytest.mark.skipif(
+    bool(DECTRIS_MISSING), reason=f"the live extra is not installed (pip install \"napari-sedclassify[live]\"): "
+                                  f"missing {', '.join(DECTRIS_MISSING)}")
 SCAN = (16, 16)
 DWELL_US = 20_000  # the simulated detector sends 50 frames/s: a run lasts about 5 s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MerlinSim:
-    """``libertem-live-mib-sim HDR`` on loopback, on free ports; started in the background."""
-
-    def __init__(self, hdr, nav_shape, log, dwell_us=None):
-        self.data, self.control, self.trigger = _free_port(), _free_port(), _free_port()
-        self.log = Path(log)
-        cmd = [SIM, str(hdr), "--nav-shape", *map(str, nav_shape), "--host", "127.0.0.1",
-               "--data-port", str(self.data), "--control-port", str(self.control),
-               "--trigger-port", str(self.trigger)]
-        cmd += ["--dwelltime", str(dwell_us)] if dwell_us else ["--cached", "mem"]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-
-    def wait_listening(self, timeout_s=240.0):
-        """Wait for the three servers to listen (the data server opens its file first)."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
-            text = self.log.read_text(errors="replace")
-            if all(f"{s} listening" in text for s in ("DataSocketServer", "ControlSocketServer",
-                                                      "TriggerSocketServer")):
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the Merlin simulator exited: {text[-2000:]}")
-            time.sleep(0.2)
-        raise RuntimeError(f"the Merlin simulator did not start within {timeout_s} s")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def _scan_frames(scan):
@@ -109,6 +79,8 @@ def setup(tmp_path_factory):
     sims = {"single": MerlinSim(d / "acq.hdr", SCAN, d / "sim_single.log", DWELL_US),
             "quad": MerlinSim(d / "quad.hdr", (4, 4), d / "sim_quad.log")}
     try:
+        for s in sims.values():
+            s.launch()  # they start up while the model trains
         train = [simulate_scan(d / f"t{i}.npy", scan_shape=(8, 8), detector_px=256, seed=40 + i) for i in (0, 1)]
         flat = str(sim.flatfield_path)
         pinned = PreprocessParams(beam_radius_px=3.5, saturation_counts=4095, detect_bad_pixels=False)
@@ -116,7 +88,7 @@ def setup(tmp_path_factory):
                             preprocess_params=pinned)
         save_model(model, d / "fcnn.sedmodel")
         for s in sims.values():
-            s.wait_listening()
+            s.wait()
         yield {"dir": d, "sim": sim, "mib": mib, "flat": flat, "model": model, "model_path": str(d / "fcnn.sedmodel"),
                "sims": sims, "quad": quad, "quad_numbers": numbers}
     finally:
@@ -302,6 +274,184 @@ def test_quad_stream_frames_are_bit_identical_and_a_lost_frame_is_counted(setup)
     assert st["frames_received"] == 16 and st["frames_dropped"] == 1 and st["frames_announced"] == 17
 
 
+# ---- DECTRIS zmq stream -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dectris(setup):
+    """The same 16x16 scan written as DECTRIS zmq dumps (Bitshuffle-LZ4, and LZ4) and a 60x100
+    random-frame dump whose frame numbers skip 30, each replayed by LiberTEM-live's DECTRIS
+    simulator on loopback (armed by each test through the simulator's REST API)."""
+    if DECTRIS_MISSING:
+        pytest.skip(f'the live extra is not installed (pip install "napari-sedclassify[live]"): '
+                    f"missing {', '.join(DECTRIS_MISSING)}")
+    from napari_sedclassify.simulate.dectris_dump import write_dectris_dump
+
+    d = setup["dir"]
+    frames = np.stack(list(_scan_frames(setup["sim"].scan)))  # the frames of the .mib file, in scan order
+    write_dectris_dump(frames, d / "acq_bslz4.dump", encoding="bslz4", series=7)
+    write_dectris_dump(frames, d / "acq_lz4.dump", encoding="lz4", series=8)
+    rng = np.random.default_rng(3)
+    odd = rng.integers(0, 4096, size=(63, 60, 100), dtype=np.uint16)
+    numbers = [k for k in range(64) if k != 30]
+    write_dectris_dump(odd, d / "gap.dump", frame_numbers=numbers, series=9)
+    sims = {"bslz4": DectrisSim(d / "acq_bslz4.dump", d / "dsim_bslz4.log", dwell_us=5000),
+            "lz4": DectrisSim(d / "acq_lz4.dump", d / "dsim_lz4.log", dwell_us=5000),
+            "gap": DectrisSim(d / "gap.dump", d / "dsim_gap.log")}
+    try:
+        for s in sims.values():
+            s.launch()
+        for s in sims.values():
+            s.wait()
+        yield {"sims": sims, "frames": frames, "odd": odd, "odd_numbers": numbers}
+    finally:
+        for s in sims.values():
+            s.stop()
+
+
+@needs_dectris
+def test_class_map_from_the_dectris_stream_equals_batch_predict(setup, batch, dectris):
+    """``watch`` on the DECTRIS simulator's zmq stream (Bitshuffle-LZ4 frames, 200 frames/s), with
+    reduction on the fly: the class map equals batch ``predict_scan`` on the same frames, with the
+    same outputs and counters as the Merlin stream."""
+    import h5py
+
+    from napari_sedclassify.pipeline.live import DectrisStreamSource, watch
+
+    sim = dectris["sims"]["bslz4"]
+    src = DectrisStreamSource("127.0.0.1", sim.zmq, SCAN, name="acq")
+    assert not src.ready()  # connected, waiting for the detector to be armed
+    sim.arm()
+    out = setup["dir"] / "live_dectris"
+    result = watch(setup["model"], src, out_dir=out, flatfield=setup["flat"], geometry=setup["sim"].geometry,
+                   timeout_s=120, reduce_to=out / "ice.h5", keep=("amorphous_ice",))
+    assert result.status == "complete", result.state.message
+    assert np.array_equal(result.state.class_map(), batch.class_map)
+    np.testing.assert_allclose(result.state.probabilities(), batch.probabilities, rtol=0, atol=1e-3)
+    st = result.source_stats
+    assert st["frames_announced"] == 256 and st["frames_received"] == 256 and st["frames_dropped"] == 0
+    assert st["frame_numbers_from"] == "frame headers" and "stream_error" not in st
+    assert src.header["series"] == 7 and src.metadata["counter_depth"] == 16
+    assert np.array_equal(np.load(out / "acq_live_classes.npy"), batch.class_map)
+    assert np.load(out / "acq_live_probabilities.npy").shape == batch.probabilities.shape
+    keep = json.loads((out / "acq_keep.json").read_text())
+    assert keep["status"] == "complete" and keep["kept_positions"] == np.argwhere(batch.class_map == 2).tolist()
+    assert keep["stream"]["frames_received"] == 256 and keep["stream"]["frames_dropped"] == 0
+    kept = np.argwhere(batch.class_map == 2)
+    with h5py.File(out / "ice.h5", "r") as f:
+        assert np.array_equal(f["positions"][()], kept)
+        assert np.array_equal(f["frames"][()], dectris["frames"][kept[:, 0] * SCAN[1] + kept[:, 1]])
+        assert json.loads(f.attrs["provenance"])["input"]["source"].startswith("dectris://")
+
+
+@needs_dectris
+def test_watch_dectris_command_line_equals_batch_predict(setup, batch, dectris, tmp_path):
+    """``sedclassify watch MODEL --dectris HOST:PORT --scan-shape ...`` on an LZ4 stream, the detector
+    armed while the command waits: the class map file equals batch ``predict_scan``."""
+    sim = dectris["sims"]["lz4"]
+    cmd = [sys.executable, "-m", "napari_sedclassify.cli", "watch", setup["model_path"],
+           "--dectris", f"127.0.0.1:{sim.zmq}", "--scan-shape", *map(str, SCAN),
+           "--pixel-size", "110", "--camera-length", "900", "--voltage", "200", "--scan-step", "30",
+           "--flatfield", setup["flat"], "--out", str(tmp_path), "--timeout", "120", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sim.arm()  # the simulator holds the series until the receiver has connected
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stdout + stderr
+    summary = json.loads(stdout)
+    assert summary["status"] == "complete" and summary["stream"]["frames_dropped"] == 0
+    assert np.array_equal(np.load(tmp_path / "dectris_live_classes.npy"), batch.class_map)
+    keep = json.loads((tmp_path / "dectris_keep.json").read_text())
+    assert keep["stream"]["frames_received"] == 256
+
+
+@needs_dectris
+def test_dectris_frames_are_bit_identical_and_a_lost_frame_ends_the_series(dectris):
+    """60x100 frames (rows and columns not swapped) arrive bit-identical at the positions their frame
+    numbers give; at the frame number that skips, LiberTEM's receiver gives the series up: the
+    frames announced that never arrived are counted as dropped, with the receiver's message."""
+    from napari_sedclassify.pipeline.live import DectrisStreamSource
+
+    sim = dectris["sims"]["gap"]
+    src = DectrisStreamSource("127.0.0.1", sim.zmq, (4, 16))
+    src.ready()
+    sim.arm()
+    got, t0 = {}, time.monotonic()
+    try:
+        while not src.finished:
+            assert time.monotonic() - t0 < 120
+            b = src.poll(64)
+            if b is None:
+                time.sleep(0.01)
+                continue
+            assert b.frames.shape[1:] == (60, 100) and b.frames.dtype == np.uint16
+            got.update({int(i): np.array(f) for i, f in zip(b.index, b.frames)})
+    finally:
+        src.close()
+    st = src.stats()
+    assert st["frames_announced"] == 63  # the header announces the frames the dump holds
+    assert 0 < st["frames_received"] < 30 and st["frames_received"] == len(got)
+    assert st["frames_received"] + st["frames_dropped"] == 63
+    assert "mismatch" in st["stream_error"]
+    assert sorted(got) == list(range(len(got)))
+    for k, frame in got.items():
+        assert np.array_equal(frame, dectris["odd"][k])
+
+
+def test_dectris_source_errors_are_clear(tmp_path, capsys):
+    from napari_sedclassify.cli import main
+    from napari_sedclassify.simulate.dectris_dump import write_dectris_dump
+    from stream_sims import free_ports
+
+    if live_available("dectris"):
+        from napari_sedclassify.pipeline.live import DectrisStreamSource
+
+        with pytest.raises(ValueError, match="--scan-shape"):
+            DectrisStreamSource("127.0.0.1", 9999)
+        (port,) = free_ports(1)  # nothing listens there
+        src = DectrisStreamSource("127.0.0.1", port, (2, 2))
+        with pytest.raises(ConnectionError, match=f"cannot connect to the DECTRIS stream at 127.0.0.1:{port}"):
+            src.ready()
+        assert main(["watch", str(tmp_path / "none.sedmodel"), "--dectris", f"127.0.0.1:{port}"]) == 2
+        assert "--scan-shape" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="uint8, uint16 or uint32"):
+        write_dectris_dump(np.zeros((1, 4, 4), np.float32), tmp_path / "x.dump")
+    with pytest.raises(ValueError, match="LiberTEM's receiver decodes no other"):
+        write_dectris_dump(np.zeros((1, 4, 4), np.uint16), tmp_path / "x.dump", encoding="none")
+
+
+def test_dectris_dump_layout(tmp_path):
+    """The dump: 8-byte little-endian lengths; series header, detector configuration, four parts per
+    frame (dimage, dimage_d, data, dconfig), series end; Bitshuffle-LZ4 data with its 12-byte
+    big-endian header (total bytes, block bytes)."""
+    import struct
+
+    from napari_sedclassify.simulate.dectris_dump import write_dectris_dump
+
+    frames = np.arange(2 * 8 * 12, dtype=np.uint16).reshape(2, 8, 12)
+    path = write_dectris_dump(frames, tmp_path / "d.dump", series=5)
+    raw, msgs, off = path.read_bytes(), [], 0
+    while off < len(raw):
+        (n,) = struct.unpack_from("<q", raw, off)
+        msgs.append(raw[off + 8:off + 8 + n])
+        off += 8 + n
+    assert off == len(raw) and len(msgs) == 2 + 4 * 2 + 1
+    head, config = json.loads(msgs[0]), json.loads(msgs[1])
+    assert head == {"htype": "dheader-1.0", "header_detail": "basic", "series": 5}
+    assert (config["ntrigger"], config["nimages"], config["trigger_mode"]) == (2, 1, "exte")
+    assert (config["x_pixels_in_detector"], config["y_pixels_in_detector"], config["bit_depth_image"]) == (12, 8, 16)
+    for k in range(2):
+        dimage, dimaged, data, dconfig = msgs[2 + 4 * k:6 + 4 * k]
+        assert json.loads(dimage)["frame"] == k and json.loads(dimage)["series"] == 5
+        dd = json.loads(dimaged)
+        assert dd["shape"] == [12, 8] and dd["type"] == "uint16" and dd["encoding"] == "bs16-lz4<"
+        assert dd["size"] == len(data) and struct.unpack(">QI", data[:12])[0] == frames[k].nbytes
+        assert json.loads(dconfig)["htype"] == "dconfig-1.0"
+    assert json.loads(msgs[-1]) == {"htype": "dseries_end-1.0", "series": 5}
+
+
 # ---- without the extra --------------------------------------------------------------------------------------
 def test_missing_live_extra_gives_the_pip_command(monkeypatch, tmp_path, capsys):
     import napari_sedclassify.optional as optional
@@ -325,7 +475,7 @@ def test_live_extra_is_in_all():
     extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     names = {d.split(">")[0].split("=")[0].split(";")[0].strip() for d in extras["live"]}
-    assert names == {"libertem-live", "libertem-qd-mpx", "libertem-dectris"}
+    assert names == {"libertem-live", "libertem-qd-mpx", "libertem-dectris", "flask"}
     assert set(extras["live"]) <= set(extras["all"])
 
 

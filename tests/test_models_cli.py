@@ -64,6 +64,17 @@ def test_train_evaluate_predict(files, tmp_path, capsys):
     # the predicted map is the one `evaluate` scored
     truth = np.load(labels[3])
     assert np.mean(cm[truth > 0] == truth[truth > 0]) == pytest.approx(ev["scans"]["tiny_A_3"]["metrics"]["accuracy"])
+    # the keep-list: the same CSV as `watch` and the napari export, the amorphous-ice positions
+    import csv
+
+    with open(tmp_path / "pred" / "tiny_A_3_keep.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(int(r["row"]), int(r["col"])) for r in rows] == [tuple(ix) for ix in np.argwhere(cm == 2)]
+    assert {r["class"] for r in rows} <= {"amorphous_ice"} and len(rows) > 0
+    np.testing.assert_allclose([float(r["confidence"]) for r in rows], proba[cm == 2].max(-1), atol=1e-4)
+    code, _, err = _run(capsys, "predict", model, scans[3], "--out", tmp_path / "pred2", "--flatfield", flat,
+                        "--keep", "vitreous")
+    assert code == 2 and "--keep vitreous" in err and not (tmp_path / "pred2").exists()
 
 
 def test_cli_errors_are_one_clear_line(files, tmp_path, capsys):

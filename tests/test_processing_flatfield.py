@@ -116,3 +116,19 @@ def test_bad_pixels_found_in_the_scan_but_not_the_beam_or_spots():
     bad = detect_bad_pixels(sample)
     assert bad[10, 70]
     assert bad.sum() == 1
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (7, 9), (64, 3)])
+def test_neighbourhood_filters_equal_scipy(shape):
+    """The bad-pixel search's 5x5 median and mean (numpy alone, no scipy import at run time) equal
+    scipy.ndimage's median_filter (mode nearest) and uniform_filter, edges included."""
+    from scipy import ndimage
+
+    from napari_sedclassify.processing import flatfield
+
+    rng = np.random.default_rng(sum(shape))
+    a = rng.poisson(5.0, shape).astype(np.float32)
+    a[min(3, shape[0] - 1), 1] = 1000.0
+    np.testing.assert_array_equal(flatfield._median_5x5(a), ndimage.median_filter(a, size=5, mode="nearest"))
+    b = rng.random(shape)
+    np.testing.assert_allclose(flatfield._mean_5x5(b), ndimage.uniform_filter(b, size=5), rtol=0, atol=1e-9)

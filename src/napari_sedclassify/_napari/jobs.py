@@ -2,8 +2,12 @@
 
 The engine reports progress through plain callables called from the worker thread
 (``report(done, total, info=None)``) and polls ``cancelled()``; a QTimer on the UI thread
-picks the reports up every 100 ms, so the engine never touches Qt and the UI is updated at a
-bounded rate however often the engine reports.
+picks the reports up every ``UPDATE_MS`` (0.5 s), so the engine never touches Qt and the UI is
+updated at a bounded rate however often the engine reports. The rate matters: on a
+software-rendered desktop (Mesa llvmpipe: Xvfb, VNC, remote desktops) any change of a widget in
+napari's window re-composes the whole window with the OpenGL canvas, 50-150 ms of the event
+loop (benchmarks/bench_napari_session.py); at 10 updates a second the viewer would be busy most
+of the time.
 """
 
 from __future__ import annotations
@@ -13,6 +17,28 @@ import threading
 import traceback
 
 from magicgui.widgets import Container, Label, PushButton
+
+
+#: How often a running job's progress reaches the UI (progress bar, live plots), in ms.
+UPDATE_MS = 500
+
+
+def still_activity_indicator(viewer=None) -> bool:
+    """Stop the animation of napari's "in progress" indicator (status bar) while our jobs run; it
+    stays shown, still. napari plays an animated GIF there while any progress bar exists: on a
+    software-rendered desktop each of its frames re-composes the whole window with the OpenGL
+    canvas (about 100 ms), which kept the event loop busy most of the time a job ran (stalls of
+    85-175 ms, several a second; benchmarks/bench_napari_session.py). Returns True when stopped.
+    Uses napari's private window attributes, so it does nothing where they are not there."""
+    import napari
+
+    viewer = viewer or napari.current_viewer()
+    try:
+        movie = viewer.window._qt_window._activity_dialog._toggleButton._inProgressIndicator.movie()
+        movie.stop()
+    except (AttributeError, RuntimeError):  # another napari, a headless ViewerModel, a closed window
+        return False
+    return True
 
 
 class BackgroundJob:
@@ -41,7 +67,7 @@ class BackgroundJob:
         self._lock = threading.Lock()
         self._bar = None
         self._timer = QTimer()
-        self._timer.setInterval(100)
+        self._timer.setInterval(UPDATE_MS)
         self._timer.timeout.connect(self._poll)
 
     # worker thread -------------------------------------------------------------------
@@ -64,6 +90,7 @@ class BackgroundJob:
         from napari.utils import progress
 
         self._bar = progress(total=0, desc=self.description)
+        still_activity_indicator()  # napari starts its GIF for every new progress bar
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
@@ -182,11 +209,14 @@ class JobButtons(Container):
         user_finished = job._on_finished
 
         def finished():
-            self.run_button.enabled = True
-            self.cancel_button.enabled = False
-            self.status.value = {"done": "done", "cancelled": "cancelled"}.get(
-                job.outcome, f"failed: {job.error}"
-            )
+            try:
+                self.run_button.enabled = True
+                self.cancel_button.enabled = False
+                self.status.value = {"done": "done", "cancelled": "cancelled"}.get(
+                    job.outcome, f"failed: {job.error}"
+                )
+            except RuntimeError:  # the widget was closed (with its viewer) while the job ran
+                return
             if user_finished is not None:
                 user_finished()
 

@@ -4,8 +4,11 @@ Importing TensorFlow in a process whose napari canvas draws with Mesa's software
 (Xvfb, VNC, many remote desktops) segfaults (notes: napari-headless.md). So the widgets
 preprocess scans in their own process (no TensorFlow needed), and anything that imports
 TensorFlow (CNN training, loading a CNN model file, CNN prediction) runs in a spawned child
-through :func:`napari_sedclassify.models.tf_process.run_in_process`; FCNN and SVM
-(scikit-learn) run in the widget's worker thread. The functions here that run in the child
+through :func:`napari_sedclassify.models.tf_process.run_in_process`. Training of every model
+kind runs there too (``run(..., child=True)``): scikit-learn's FCNN and SVM hold the interpreter
+lock for long stretches, which froze the viewer's event loop for 0.5-1.4 s at a time when they
+trained in a thread of napari (benchmarks/bench_napari_session.py). FCNN and SVM prediction
+(milliseconds) stay in the widget's worker thread. The functions here that run in the child
 import no napari, Qt or magicgui; arguments and results are arrays, paths and small dicts.
 """
 
@@ -15,6 +18,10 @@ import numpy as np
 
 #: Model kinds whose estimator imports TensorFlow.
 TF_KINDS = ("cnn",)
+#: Niceness added to the child processes the viewer starts: the viewer keeps the CPU to draw
+#: (5: about a third of the parent's share of a busy core, so training still progresses while the
+#: canvas redraws continuously).
+CHILD_NICE = 5
 
 
 
@@ -104,16 +111,18 @@ def live_relay(state):
     return relay
 
 
-def run(model_kind: str, func, /, *args, progress=None, cancel=None, **kwargs):
-    """``func(*args, progress=, cancel=, **kwargs)``: in a spawned child for TensorFlow model
-    kinds, else right here (the caller's worker thread)."""
-    if model_kind in TF_KINDS:
+def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool = False, **kwargs):
+    """``func(*args, progress=, cancel=, **kwargs)``: in a spawned child (at a lower CPU priority)
+    for TensorFlow model kinds and whenever ``child`` (training), else right here (the caller's
+    worker thread). Progress and cancel cross the process boundary either way."""
+    if model_kind in TF_KINDS or child:
         from ..models.tf_process import run_in_process
-        from ..optional import require_cnn
 
-        require_cnn()  # the pip command, not a traceback from the child
+        if model_kind in TF_KINDS:
+            from ..optional import require_cnn
 
-        return run_in_process(func, *args, progress=progress, cancel=cancel, **kwargs)
+            require_cnn()  # the pip command, not a traceback from the child
+        return run_in_process(func, *args, progress=progress, cancel=cancel, child_nice=CHILD_NICE, **kwargs)
     return func(*args, progress=progress, cancel=cancel, **kwargs)
 
 

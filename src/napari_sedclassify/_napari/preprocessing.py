@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .jobs import BackgroundJob
 from .layers import find_scan
-from .state import PREPROCESS_INPUTS_KEY, PREPROCESS_KEY, flatfield_of, set_state
+from .state import announce, flatfield_of, session_of
 
 
 def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
@@ -30,8 +30,8 @@ def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
     geometry = scan.geometry
 
     def done(result):
-        layer.metadata[PREPROCESS_INPUTS_KEY] = {"flatfield": flatfield, "geometry": geometry}
-        set_state(layer, PREPROCESS_KEY, result)
+        session_of(layer).store_result(result, flatfield=flatfield, geometry=geometry)
+        announce(layer)
         if on_done is not None:
             on_done(result)
 

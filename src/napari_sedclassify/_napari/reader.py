@@ -10,7 +10,6 @@ metadata. Errors become napari notifications.
 
 from __future__ import annotations
 
-import os
 from functools import partial
 
 import numpy as np
@@ -201,39 +200,36 @@ def show_geometry_fields(scan):
 
 
 def integrate_in_background(scan, name: str):
-    """Start a thread worker computing the total-intensity image of ``scan``; returns the worker.
+    """Start a background job computing the total-intensity image of ``scan``; returns the job.
 
-    The image is computed a few dask chunks at a time (one progress step per chunk); the
-    layer carrying ``scan`` receives it on the UI thread.
+    The image is computed by the frame runner (the same executor as preprocessing: blocks read
+    straight from the file in worker threads), with progress (shown at most every 0.5 s: see
+    ``jobs.BackgroundJob``) and cancel; the layer carrying ``scan`` receives it on the UI thread.
     """
-    from napari.qt.threading import create_worker
-    from napari.utils.notifications import show_error
+    from ..errors import Cancelled
+    from .jobs import BackgroundJob
 
-    from ..processing.virtual import virtual_image
+    def work(report, cancelled):
+        # imported here, in the worker: the first import of the processing modules (numba) took
+        # up to 2 s of the event loop when done on the UI thread (benchmarks/bench_napari_session.py)
+        from ..processing.virtual import virtual_image
 
-    image = virtual_image(scan)
-    blocks = list(np.ndindex(*image.numblocks))
-    per_batch = 2 * (os.cpu_count() or 1)
-    edges = [np.cumsum((0,) + c) for c in image.chunks]
+        try:
+            return virtual_image(scan, progress=report, cancel=cancelled)
+        except Cancelled:
+            return None
+        except Exception as exc:
+            raise RuntimeError(f"{scan.source}: integrated image failed: {exc}") from exc
 
-    def work():
-        import dask
+    def returned(image_):
+        if image_ is not None:
+            _fill_layer(scan, image_)
 
-        out = np.full(image.shape, np.nan)
-        for start in range(0, len(blocks), per_batch):
-            batch = blocks[start : start + per_batch]
-            for (i, j), part in zip(batch, dask.compute(*[image.blocks[b] for b in batch], scheduler="threads")):
-                out[edges[0][i] : edges[0][i + 1], edges[1][j] : edges[1][j + 1]] = part
-                yield
-        return out
-
-    worker = create_worker(work, _progress={"total": len(blocks), "desc": f"Integrating {name}"})
-    worker.returned.connect(partial(_fill_layer, scan))
-    worker.errored.connect(lambda exc: show_error(f"{scan.source}: integrated image failed: {exc}"))
-    _workers.add(worker)
-    worker.finished.connect(lambda: _workers.discard(worker))
-    worker.start()
-    return worker
+    job = BackgroundJob(f"Integrating {name}", work, on_returned=returned)
+    _workers.add(job)
+    job._on_finished = lambda: _workers.discard(job)
+    job.start()
+    return job
 
 
 def _fill_layer(scan, image, tries: int = 20):

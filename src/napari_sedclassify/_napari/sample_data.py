@@ -20,7 +20,7 @@ def sample_scan():
     sim = simulate_sample()
     step = sim.geometry.scan_step_nm
     to_nm = np.diag([step, step, 1.0])
-    integrated = np.asarray(virtual_image(sim.scan).compute(), dtype=np.float32)
+    integrated = np.asarray(virtual_image(sim.scan), dtype=np.float32)
     colours = ClassTable.default().colours
     overview = (
         sim.overview,

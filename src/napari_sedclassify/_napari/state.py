@@ -17,42 +17,72 @@ PREPROCESS_KEY = "sedclassify_preprocess"
 LABELS_OF_KEY = "sedclassify_labels_of"  # on a Labels layer: the name of its scan layer
 PREDICTION_OF_KEY = "sedclassify_prediction_of"  # on a predicted class map: the name of its scan layer
 DERIVED_KEY = "sedclassify_derived_from"  # on a layer computed from a scan (centres, PCC...): its scan layer name
-PREPROCESS_INPUTS_KEY = "sedclassify_preprocess_inputs"  # what the stored preprocessing result was made from
 CALIBRATION_KEY = "sedclassify_calibration"  # the fitted camera length (pipeline.calibrate.CalibrationResult)
 FLOOD_KEY = "sedclassify_flood"  # flood frames (N, ky, kx) that came with a scan (sample data)
 
 
+SESSION_KEY = "sedclassify_session"  # the scan's ScanSession (pipeline/session.py)
+
+
+def session_of(layer):
+    """The Qt-free ScanSession of the scan ``layer`` carries (made on first use), or None."""
+    if layer is None:
+        return None
+    session = layer.metadata.get(SESSION_KEY)
+    if session is None:
+        scan = find_scan(layer)
+        if scan is None:
+            return None
+        from ..pipeline.session import ScanSession
+
+        session = ScanSession(scan)
+        layer.metadata[SESSION_KEY] = session
+    return session
+
+
+def announce(layer) -> None:
+    """Tell napari's listeners of the layer (layer.events.metadata: the diffraction view...) that
+    its scan's state changed."""
+    layer.metadata = dict(layer.metadata)
+
+
 def set_state(layer, key: str, value) -> None:
-    """Keep ``value`` under ``key`` in the layer's metadata, announcing it (layer.events.metadata)
-    so that views of the scan (e.g. the diffraction view) refresh."""
-    layer.metadata = {**layer.metadata, key: value}
+    """Record ``value`` for the scan of ``layer``: the flat-field, a preprocessing result and the
+    calibration go to its ScanSession; anything else to the layer's metadata; then announce it."""
+    session = session_of(layer)
+    if session is not None and key == FLATFIELD_KEY:
+        session.set_flatfield(value)
+    elif session is not None and key == PREPROCESS_KEY:
+        session.store_result(value)
+    elif session is not None and key == CALIBRATION_KEY:
+        session.set_calibration(value)
+    else:
+        layer.metadata[key] = value
+    announce(layer)
 
 
 def flatfield_of(layer):
-    return None if layer is None else layer.metadata.get(FLATFIELD_KEY)
+    session = session_of(layer)
+    return None if session is None else session.flatfield
+
+
+def calibration_of(layer):
+    session = session_of(layer)
+    return None if session is None else session.calibration
 
 
 def preprocess_of(layer):
-    return None if layer is None else layer.metadata.get(PREPROCESS_KEY)
+    """The preprocessing result stored last for the scan of ``layer`` (None before any)."""
+    session = session_of(layer)
+    return None if session is None else session.latest_result
 
 
 def preprocess_current(layer, params=None):
     """The stored preprocessing result of ``layer`` when it still holds: made from the scan's current
     flat-field and geometry and, when ``params`` (PreprocessParams) is given, with those parameters;
-    else None (a result stored without a record of its inputs counts as current)."""
-    result = preprocess_of(layer)
-    if result is None:
-        return None
-    if params is not None and result.params.to_dict() != params.to_dict():
-        return None
-    inputs = layer.metadata.get(PREPROCESS_INPUTS_KEY)
-    if inputs is not None:
-        scan = find_scan(layer)
-        if inputs.get("flatfield") is not flatfield_of(layer):
-            return None
-        if scan is not None and inputs.get("geometry") != scan.geometry:
-            return None
-    return result
+    else None."""
+    session = session_of(layer)
+    return None if session is None else session.result(params)
 
 
 def scan_index_at(layer, world_position):

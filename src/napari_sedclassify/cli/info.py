@@ -28,20 +28,22 @@ def register(subparsers):
 
 def describe(scan) -> dict:
     """A JSON-ready summary of a Scan."""
-    data = scan.data
-    chunk = tuple(int(c[0]) for c in data.chunks)
+    frames = scan.frame_source
+    sy, sx = scan.scan_shape
+    chunk = tuple(frames.chunks) + tuple(scan.detector_shape)
+    n_chunks = -(-sy // chunk[0]) * -(-sx // chunk[1])
     return {
         "file": scan.source,
         "format": scan.metadata.get("format"),
         "scan_shape": list(scan.scan_shape),
         "detector_shape": list(scan.detector_shape),
-        "shape": [int(s) for s in data.shape],
-        "dtype": str(data.dtype),
+        "shape": list(frames.shape),
+        "dtype": str(frames.dtype),
         "dtype_on_disk": scan.metadata.get("dtype_on_disk"),
         "chunks": list(chunk),
-        "n_chunks": int(np.prod(data.numblocks)),
-        "chunk_mb": round(int(np.prod(chunk)) * data.dtype.itemsize / 2**20, 2),
-        "size_gb": round(data.nbytes / 1e9, 3),
+        "n_chunks": int(n_chunks),
+        "chunk_mb": round(int(np.prod(chunk)) * frames.dtype.itemsize / 2**20, 2),
+        "size_gb": round(int(np.prod(frames.shape)) * frames.dtype.itemsize / 1e9, 3),
         "missing_frames": int(scan.missing.sum()),
         "geometry": scan.geometry.to_dict(),
         "metadata": jsonable({k: v for k, v in scan.metadata.items() if k not in ("format", "dtype_on_disk")},
@@ -55,7 +57,6 @@ def run(args):
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    g = info["geometry"]
     lines = [
         ("file", info["file"]),
         ("format", info["format"]),

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--flatfield", nargs="+", metavar="F", help="flat-field file(s): one for all scans or one per scan")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument("--keep", default="amorphous_ice", metavar="CLASSES",
+                   help="classes listed in <name>_keep.csv, the keep-list (names or ids, comma-separated; "
+                        "default amorphous_ice; the same CSV as watch and the napari export)")
     p.add_argument("--uncertain-below", type=float, metavar="P",
                    help="mark frames whose most probable class has a probability below P (0-1) as uncertain: "
                         "class 0 (not classified) in the class map, so keep-lists and reductions made from it "
@@ -67,11 +70,20 @@ def run(args) -> int:
     from ..pipeline.predict import check_model_libraries
 
     check_model_libraries(args.model)  # a CNN without TensorFlow: the pip command, before any work
+    from ..models.persistence import model_from_metadata, read_metadata, resolve_model_path
+    from ..pipeline.reduce import class_ids
+
+    path = resolve_model_path(args.model)
+    try:  # the keep-list's classes must be the model's: said before any work
+        class_ids(args.keep, model_from_metadata(read_metadata(path), path).classes)
+    except ValueError as exc:
+        raise CLIError(f"--keep {args.keep}: {exc}") from None
     scans = open_scans_from_args(args.scans, args)
     progress, bar = tqdm_progress("classify")
     with bar, executor(args, sum(s.n_frames for s in scans)) as client:
         results = batch_predict(args.model, scans, out, flatfield=args.flatfield, client=client, force=args.force,
-                                progress=progress, uncertain_below=args.uncertain_below, hspy=args.hspy)
+                                progress=progress, uncertain_below=args.uncertain_below, hspy=args.hspy,
+                                keep=[k for k in args.keep.split(",") if k.strip()])
     if args.json:
         print(json.dumps(results, indent=2))
     else:

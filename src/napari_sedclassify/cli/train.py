@@ -69,7 +69,8 @@ def model_settings(args) -> tuple[dict, dict]:
 
         robust = session_robust_recipe(camera_length_fitted=getattr(args, "_all_fitted", False))
         recipe.update(background=robust.background, scan_context=robust.scan_context,
-                      augmentation=robust.augmentation)
+                      context_reference=robust.context_reference,
+                      context_end_fraction=robust.context_end_fraction, augmentation=robust.augmentation)
         params.update(SESSION_ROBUST_PARAMS)
     if args.no_augment:
         recipe["augmentation"] = Augmentation(copies=0)

@@ -1,7 +1,7 @@
-"""``sedclassify watch MODEL (--input PATH | --merlin HOST:PORT)``: classify frames as they arrive
-(a growing Merlin .mib file, a folder where frame files land, or a Merlin detector's TCP data
-stream), keep a running class map and keep-list, and optionally write the kept frames to a
-reduced file as they arrive (``--reduce``)."""
+"""``sedclassify watch MODEL (--input PATH | --merlin HOST:PORT | --dectris HOST[:PORT])``: classify
+frames as they arrive (a growing Merlin .mib file, a folder where frame files land, a Merlin
+detector's TCP data stream or a DECTRIS detector's zmq stream), keep a running class map and
+keep-list, and optionally write the kept frames to a reduced file as they arrive (``--reduce``)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ def register(subparsers):
         "watch",
         help="classify frames live as the detector writes them; keep a running class map and keep-list",
         description="Follow a Merlin .mib file being written (or a folder where frame files land, or a Merlin "
-                    "detector's TCP data stream with --merlin), classify each "
-                    "frame as it arrives with MODEL, and write <name>_live_classes.npy, "
-                    "<name>_live_probabilities.npy and <name>_keep.json to --out (atomically, updated while "
+                    "detector's TCP data stream with --merlin, or a DECTRIS detector's zmq stream with "
+                    "--dectris), classify each frame as it arrives with MODEL, and write <name>_live_classes.npy, "
+                    "<name>_live_probabilities.npy, the keep-list <name>_keep.csv and the run's status <name>_keep.json to --out (atomically, updated while "
                     "the scan runs); with --reduce, write the frames of the --keep classes to a reduced HDF5 "
                     "file as they arrive. Stops when the scan is complete, when a stream's acquisition ends, "
                     "after --timeout seconds without a new frame, or on Ctrl-C.",
@@ -34,11 +34,13 @@ def register(subparsers):
                           "passively: arm and trigger the acquisition in the Merlin software (needs the live extra: "
                           'pip install "napari-sedclassify[live]")')
     src.add_argument("--dectris", metavar="HOST[:PORT]",
-                     help="a DECTRIS detector's zmq stream: not supported yet (see docs/live-and-reduce.md)")
+                     help="a DECTRIS detector's zmq stream (ARINA, QUADRO; the DCU's stream port, 9999 by default), "
+                          "received passively: arm the acquisition in the detector's software; needs --scan-shape "
+                          '(and the live extra: pip install "napari-sedclassify[live]")')
     p.add_argument("--merlin-control", type=int, metavar="PORT",
                    help="the Merlin control port (6341): read the counter depth and frame size from it")
     p.add_argument("--name", metavar="NAME",
-                   help="stem of the output files (default: the input file's name, or merlin for a stream)")
+                   help="stem of the output files (default: the input file's name, or merlin / dectris for a stream)")
     p.add_argument("--reduce", metavar="OUT.h5",
                    help="write the frames of the --keep classes to this reduced HDF5 file as they arrive (built as "
                         "OUT.partial.h5, renamed when the scan is complete)")
@@ -68,10 +70,13 @@ def run(args):
 
     from ..pipeline.predict import check_model_libraries
 
-    if args.merlin:  # the stream receiver is the live extra: the pip command, before any work
+    if args.merlin or args.dectris:  # the stream receiver is the live extra: the pip command, before any work
         from ..optional import require_live
 
-        require_live("merlin")
+        require_live("merlin" if args.merlin else "dectris")
+    if args.dectris and not args.scan_shape:
+        raise CLIError("--dectris: a DECTRIS series header gives the number of frames, not the scan shape: "
+                       "give --scan-shape SY SX")
     check_model_libraries(args.model)  # a CNN without TensorFlow: the pip command, before any work
     model = as_model(args.model)
     keep = class_ids(args.keep, model.classes)
@@ -92,11 +97,13 @@ def run(args):
         if partial_path(args.reduce).exists() and not args.force:
             raise CLIError(f"{partial_path(args.reduce)}: a partial file of an earlier live run is there; "
                            "not overwritten (use --force to replace it)")
-    if args.dectris:
-        raise CLIError("--dectris: the DECTRIS zmq stream is not supported yet; LiberTEM-live's receiver "
-                       "(libertem-dectris) is installed by the live extra, but no source reads it here")
     try:
-        if args.merlin:
+        if args.dectris:
+            from ..pipeline.live import DectrisStreamSource, parse_host_port
+
+            host, port = parse_host_port(args.dectris, 9999)
+            source = DectrisStreamSource(host, port, args.scan_shape, name=args.name or "dectris")
+        elif args.merlin:
             from ..pipeline.live import MerlinStreamSource, parse_host_port
 
             host, port = parse_host_port(args.merlin, 6342)
@@ -165,5 +172,9 @@ def watch_ready(source, timeout_s):
         if time.perf_counter() - t0 > timeout_s:
             if hasattr(source, "close"):
                 source.close()
+            if getattr(source, "kind", None) in ("merlin", "dectris"):
+                raise CLIError(f"{source.path}: the detector was not armed within {timeout_s:g} s (no acquisition "
+                               "header arrived): arm the acquisition in the detector's software after starting "
+                               "watch, check HOST:PORT, or give a longer --timeout")
             raise CLIError(f"{source.path}: nothing arrived within {timeout_s:g} s")
         time.sleep(0.01)

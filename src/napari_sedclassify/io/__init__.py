@@ -149,7 +149,6 @@ def _check_readable(scan):
     Float data whose first frame has no finite value are checked further (middle, last frame).
     """
     import numpy as np
-    from dask.local import get_sync
 
     recorded = np.flatnonzero(~scan.missing.ravel())
     if recorded.size == 0:
@@ -158,7 +157,7 @@ def _check_readable(scan):
     picks = sorted({int(recorded[0]), int(recorded[recorded.size // 2]), int(recorded[-1])})
     for flat in picks:
         # the synchronous scheduler as a function: no thread pool, no import of dask.distributed
-        frame = np.asarray(scan.data[flat // sx, flat % sx].compute(scheduler=get_sync))
+        frame = scan.frame(flat // sx, flat % sx)
         if frame.dtype.kind != "f" or np.isfinite(frame).any():
             return
     raise ScanFormatError(

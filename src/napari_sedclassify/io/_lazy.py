@@ -17,13 +17,9 @@ import os
 import numpy as np
 
 from ..errors import ScanFormatError
-from ..scan import parse_scan_shape
+from ..scan import ScanFrames, frame_chunks, parse_scan_shape
 
 log = logging.getLogger(__name__)
-
-#: Target size of one dask chunk of whole frames (bytes).
-CHUNK_BYTES = 32 * 2**20
-
 
 class _Handled:
     """Holds a file handle opened on first use and dropped when pickled (each dask worker opens its own)."""
@@ -194,57 +190,28 @@ def _indices(k, n: int) -> np.ndarray:
     return np.arange(n)[np.asarray(k)]
 
 
-def frame_chunks(scan_shape, frame_nbytes: int, chunk_frames: int | None = None) -> tuple[int, int]:
-    """Chunk size (rows, cols) over the scan: whole frames, about CHUNK_BYTES per chunk.
-
-    Whole scan rows per chunk when a row fits, else part of one row.
-    """
-    sy, sx = scan_shape
-    if chunk_frames is None:
-        chunk_frames = max(1, CHUNK_BYTES // max(1, frame_nbytes))
-    chunk_frames = max(1, int(chunk_frames))
-    if chunk_frames >= sx:
-        return (max(1, min(sy, chunk_frames // sx)), sx)
-    return (1, chunk_frames)
-
-
 def file_token(path) -> str:
-    """A name for dask that changes when the file does (path, size, modification time)."""
-    from dask.base import tokenize
+    """A name that changes when the file does (path, size, modification time)."""
+    import hashlib
 
     st = os.stat(path)
-    return tokenize(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    key = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
-def grid_dask(source: FrameSource, scan_shape, *, first: int = 0, chunk_frames=None, name: str):
-    """(dask array (scan_y, scan_x, det_y, det_x), missing mask) for a flat frame source."""
-    import dask.array as da
-
+def grid_frames(source: FrameSource, scan_shape, *, first: int = 0, chunk_frames=None, name: str):
+    """(ScanFrames over the scan grid, missing mask) for a flat frame source."""
     grid = FrameGrid(source, scan_shape, first)
     frame_nbytes = int(np.prod(source.frame_shape)) * source.dtype.itemsize
-    rows, cols = frame_chunks(scan_shape, frame_nbytes, chunk_frames)
-    data = da.from_array(
-        grid,
-        chunks=(rows, cols, -1, -1),
-        name=f"{name}-{first}-{scan_shape[0]}x{scan_shape[1]}-{rows}x{cols}",
-        meta=np.empty((0, 0, 0, 0), dtype=source.dtype),
-    )
-    return data, grid.missing()
+    chunks = frame_chunks(scan_shape, frame_nbytes, chunk_frames)
+    return ScanFrames(grid, chunks, name=f"{name}-{first}-{scan_shape[0]}x{scan_shape[1]}"), grid.missing()
 
 
-def array_dask(array, *, chunk_frames=None, name: str):
-    """Dask array over a 4D array-like (scan_y, scan_x, det_y, det_x) with whole-frame chunks."""
-    import dask.array as da
-
+def array_frames(array, *, chunk_frames=None, name: str):
+    """ScanFrames over a 4D array-like (scan_y, scan_x, det_y, det_x), whole-frame blocks."""
     shape = tuple(int(s) for s in array.shape)
     frame_nbytes = int(np.prod(shape[2:])) * np.dtype(array.dtype).itemsize
-    rows, cols = frame_chunks(shape[:2], frame_nbytes, chunk_frames)
-    return da.from_array(
-        array,
-        chunks=(rows, cols, -1, -1),
-        name=f"{name}-{rows}x{cols}",
-        meta=np.empty((0, 0, 0, 0), dtype=native(array.dtype)),
-    )
+    return ScanFrames(array, frame_chunks(shape[:2], frame_nbytes, chunk_frames), name=name)
 
 
 def resolve_scan_shape(path, n_frames: int, scan_shape=None, hint=None, missing_at: str = "end"):

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import FrameSource, file_token, grid_dask, resolve_scan_shape
+from ._lazy import FrameSource, file_token, grid_frames, resolve_scan_shape
 
 HEADER = np.dtype(
     [
@@ -127,7 +127,7 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     shape = (ny, nx) if scan_shape is None else scan_shape
     shape, how, first = resolve_scan_shape(path, n, shape, None, missing_at)
     source = BlockFrames(path, h["Data_offset_2"], dp, n)
-    data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=f"blo-{file_token(path)}")
+    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=f"blo-{file_token(path)}")
     geometry = Geometry(
         detector_shape=(dp, dp),
         pixel_size_um=1e6 / h["SDP"] if h["SDP"] else Geometry.pixel_size_um,

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry, electron_wavelength_A
 from ..scan import Scan
-from ._lazy import FrameSource, Lazy4D, array_dask, check_pixel_dtype, file_token, grid_dask, native, resolve_scan_shape
+from ._lazy import FrameSource, Lazy4D, array_frames, check_pixel_dtype, file_token, grid_frames, native, resolve_scan_shape
 from .hyperspy import hspy_calibration
 
 log = logging.getLogger(__name__)
@@ -295,13 +295,13 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
             if scan_shape is not None and tuple(scan_shape) != ds.shape[:2]:
                 raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: {name} is a {ds.shape[0]}x{ds.shape[1]} scan")
             array = Lazy4D(partial(_open_dataset, str(path), name), ds.shape, dtype, path)
-            data = array_dask(array, chunk_frames=chunk_frames, name=f"h5-{file_token(path)}-{name}")
+            data = array_frames(array, chunk_frames=chunk_frames, name=f"h5-{file_token(path)}-{name}")
             missing = None
             metadata.update(scan_shape_from="dataset shape", n_frames_in_file=ds.shape[0] * ds.shape[1])
         else:
             source = H5Frames([(path, name, ds.shape[0])], ds.shape[1:], dtype, path)
             shape, how, first = resolve_scan_shape(path, source.n_frames, scan_shape, None, missing_at)
-            data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=f"h5-{file_token(path)}-{name}")
+            data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=f"h5-{file_token(path)}-{name}")
             metadata.update(scan_shape_from=how, n_frames_in_file=source.n_frames)
     if calibration.get("q_per_px_invA"):
         metadata["q_per_px_invA"] = calibration["q_per_px_invA"]
@@ -319,7 +319,7 @@ def _read_arina(path, f, names, scan_shape, missing_at, chunk_frames) -> Scan:
     source = H5Frames(parts, frame_shape, dtype, path)
     meta, calibration, hint = _arina_metadata(f)
     shape, how, first = resolve_scan_shape(path, source.n_frames, scan_shape, hint, missing_at)
-    data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=f"arina-{file_token(path)}")
+    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=f"arina-{file_token(path)}")
     metadata = {
         "format": "DECTRIS NeXus (master + data files)",
         "data_files": [str(p) for p, _, _ in parts],

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import Lazy4D, StackFrames, array_dask, check_pixel_dtype, file_token, grid_dask, resolve_scan_shape
+from ._lazy import Lazy4D, StackFrames, array_frames, check_pixel_dtype, file_token, grid_frames, resolve_scan_shape
 from .hdf5 import _h5py, choose_dataset
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,14 @@ def _read_v73(path, scan_shape, dataset, missing_at, chunk_frames):
     n, frame = (mshape[0], mshape[1:]) if frames_first else (mshape[2], mshape[:2])
     source = StackFrames(partial(_open_frames, str(path), name, frames_first), (n,) + tuple(frame), dtype, path)
     shape, how, first = resolve_scan_shape(path, n, scan_shape, None, missing_at)
-    data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=token)
+    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=token)
     return data, missing, name, how, dtype
 
 
 def _fixed_grid(array, scan_shape, path, chunk_frames, token):
     if scan_shape is not None and tuple(scan_shape) != tuple(array.shape[:2]):
         raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: the variable is a {array.shape[0]}x{array.shape[1]} scan")
-    return array_dask(array, chunk_frames=chunk_frames, name=token)
+    return array_frames(array, chunk_frames=chunk_frames, name=token)
 
 
 def _walk(value, name, out):
@@ -146,7 +146,7 @@ def _read_v5(path, scan_shape, dataset, missing_at, chunk_frames):
     frames = array if _frames_first(array.shape) else np.moveaxis(array, 2, 0)
     source = StackFrames(partial(_identity, frames), frames.shape, dtype, path)
     shape, how, first = resolve_scan_shape(path, frames.shape[0], scan_shape, None, missing_at)
-    data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=token)
+    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=token)
     return data, missing, name, how, dtype
 
 

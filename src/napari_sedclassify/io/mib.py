@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import FrameSource, file_token, grid_dask, native, resolve_scan_shape, to_native
+from ._lazy import FrameSource, file_token, grid_frames, native, resolve_scan_shape, to_native
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     shape, how, first_index = resolve_scan_shape(path, n, scan_shape, hint, missing_at)
 
     source = MibFrames(path, header, n)
-    data, missing = grid_dask(source, shape, first=first_index, chunk_frames=chunk_frames, name=f"mib-{file_token(path)}")
+    data, missing = grid_frames(source, shape, first=first_index, chunk_frames=chunk_frames, name=f"mib-{file_token(path)}")
     metadata = {
         "format": "Merlin .mib",
         "dtype_on_disk": header.disk_description,
@@ -521,7 +521,7 @@ def _read_folder(folder: Path, scan_shape, missing_at, chunk_frames) -> Scan:
     shape, how, first_index = resolve_scan_shape(folder, total, scan_shape, hint, missing_at)
     source = MibFolderFrames(folder, files, counts, header)
     token = file_token(files[-1]) + file_token(folder)
-    data, missing = grid_dask(source, shape, first=first_index, chunk_frames=chunk_frames,
+    data, missing = grid_frames(source, shape, first=first_index, chunk_frames=chunk_frames,
                               name=f"mibdir-{token}-{len(files)}")
     metadata = {
         "format": "Merlin .mib (folder, one file per frame)" if max(counts) == 1 else "Merlin .mib (folder of files)",

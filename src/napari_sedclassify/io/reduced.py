@@ -18,7 +18,7 @@ import numpy as np
 from ..classes import ClassTable
 from ..errors import ScanFormatError
 from ..geometry import Geometry
-from ..scan import Scan
+from ..scan import Scan, ScanFrames
 from ._lazy import FrameSource, _indices, file_token, frame_chunks
 from .hdf5 import _h5py
 
@@ -168,8 +168,6 @@ def _attrs(f) -> dict:
 
 def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     """Open a reduced file lazily as a Scan on its original grid (dropped positions missing)."""
-    import dask.array as da
-
     path = Path(path)
     try:
         with _open_file(path) as f:
@@ -203,8 +201,7 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     source = ReducedFrames(path, index.size, (ky, kx), dtype, terse)
     grid = SparseGrid(source, number.reshape(sy, sx))
     rows, cols = frame_chunks((sy, sx), ky * kx * dtype.itemsize, chunk_frames)
-    data = da.from_array(grid, chunks=(rows, cols, -1, -1), name=f"reduced-{file_token(path)}-{rows}x{cols}",
-                         meta=np.empty((0, 0, 0, 0), dtype=dtype))
+    data = ScanFrames(grid, (rows, cols), name=f"reduced-{file_token(path)}")
     table = ClassTable.from_dict(json.loads(attrs["class_table"]))
     kept_classes = {int(k): v for k, v in json.loads(attrs["kept_classes"]).items()}
     metadata = {

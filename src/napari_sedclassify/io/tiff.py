@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import FrameSource, check_pixel_dtype, file_token, grid_dask, native, resolve_scan_shape, to_native
+from ._lazy import FrameSource, check_pixel_dtype, file_token, grid_frames, native, resolve_scan_shape, to_native
 
 _TIFF = (".tif", ".tiff")
 
@@ -127,6 +127,6 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
         raise ScanFormatError(f"{path}: corrupted header: not a readable TIFF ({exc})") from exc
     n = source.n_frames
     shape, how, first = resolve_scan_shape(path, n, scan_shape, hint, missing_at)
-    data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=f"tiff-{token}")
+    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=f"tiff-{token}")
     metadata = {"format": "TIFF stack", "dtype_on_disk": np.dtype(dtype).str, "n_frames_in_file": n, "scan_shape_from": how}
     return Scan(data, Geometry(detector_shape=source.frame_shape), missing=missing, metadata=metadata, source=str(path))

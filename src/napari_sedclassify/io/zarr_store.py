@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import Lazy4D, StackFrames, array_dask, check_pixel_dtype, file_token, grid_dask, resolve_scan_shape
+from ._lazy import Lazy4D, StackFrames, array_frames, check_pixel_dtype, file_token, grid_frames, resolve_scan_shape
 from .hdf5 import choose_dataset
 from .hyperspy import hspy_calibration
 
@@ -70,13 +70,13 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
     if node.ndim == 4:
         if scan_shape is not None and tuple(scan_shape) != tuple(node.shape[:2]):
             raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: the array is a {node.shape[0]}x{node.shape[1]} scan")
-        data = array_dask(Lazy4D(opener, node.shape, dtype, path), chunk_frames=chunk_frames, name=token)
+        data = array_frames(Lazy4D(opener, node.shape, dtype, path), chunk_frames=chunk_frames, name=token)
         missing, how = None, "array shape"
     elif node.ndim == 3:
         hint = (tuple(attrs["scan_shape"]), "zarr attribute scan_shape") if "scan_shape" in attrs else None
         source = StackFrames(opener, node.shape, dtype, path)
         shape, how, first = resolve_scan_shape(path, node.shape[0], scan_shape, hint, missing_at)
-        data, missing = grid_dask(source, shape, first=first, chunk_frames=chunk_frames, name=token)
+        data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=token)
     else:
         raise ScanFormatError(f"{path}: expected a 3D or 4D array, got shape {node.shape}")
     geometry = Geometry(detector_shape=node.shape[-2:])

@@ -5,7 +5,7 @@ Started as ``python -m napari_sedclassify.models._tf_child``: a fresh interprete
 imported (or run) again, guarded by ``if __name__ == "__main__":`` or not.
 
 Protocol (every message one frame: 8-byte big-endian length, then a pickle):
-- stdin, from the parent: a header {"sys_path", "cwd"}, then (func, args, kwargs); afterwards
+- stdin, from the parent: a header {"sys_path", "nice"}, then (func, args, kwargs); afterwards
   one byte ``C`` asks to cancel, and the end of stdin (the parent went away) cancels too;
 - the original stdout, to the parent: ("progress", n, dict), then one of ("result", value),
   ("cancelled", message) or ("error", message, traceback). Anything the job prints goes to
@@ -65,6 +65,11 @@ def main() -> int:
         return 2
     header = pickle.loads(header)
     sys.path[:0] = [p for p in header.get("sys_path", []) if p not in sys.path]  # the parent's modules
+    if header.get("nice") and hasattr(os, "nice"):
+        try:
+            os.nice(int(header["nice"]))  # lower priority: the parent's UI keeps the CPU it needs to draw
+        except OSError:
+            pass
     stop = threading.Event()
     try:
         job = read_frame_bytes(commands)

@@ -31,14 +31,20 @@ def import_keras():
 
 def build_cnn(input_shape, n_classes: int, filters=(8, 16, 32), dropout=0.1, dense_units=32,
               mean=0.0, variance=1.0):
-    """The network: input (h, w, 1) standardised by (mean, variance), 3 x [conv, conv, pool,
-    dropout], dense, softmax over ``n_classes``."""
+    """The network: input (h, w, 1), or (h, w, c) when ``input_shape`` has three entries,
+    standardised by (mean, variance) (scalars; per channel when given as sequences), 3 x [conv,
+    conv, pool, dropout], dense, softmax over ``n_classes``."""
     keras = import_keras()
     from keras import layers
 
     model = keras.Sequential(name="sedclassify_cnn")
-    model.add(keras.Input(shape=tuple(input_shape) + (1,)))
-    model.add(layers.Normalization(axis=None, mean=float(mean), variance=float(variance)))
+    shape = tuple(int(v) for v in input_shape)
+    model.add(keras.Input(shape=shape if len(shape) == 3 else shape + (1,)))
+    if np.ndim(mean) or np.ndim(variance):
+        model.add(layers.Normalization(axis=-1, mean=[float(v) for v in np.ravel(mean)],
+                                       variance=[float(v) for v in np.ravel(variance)]))
+    else:
+        model.add(layers.Normalization(axis=None, mean=float(mean), variance=float(variance)))
     for f in filters:
         model.add(layers.Conv2D(int(f), 3, padding="same", activation="relu"))
         model.add(layers.Conv2D(int(f), 3, padding="same", activation="relu"))
@@ -114,8 +120,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         yi = np.searchsorted(self.classes_, y)
         cw = class_weights(y, self.class_weight)
-        model = build_cnn(X.shape[1:3], len(self.classes_), self.filters, self.dropout, self.dense_units,
-                          mean=float(X.mean()), variance=float(X.var()) or 1.0)
+        if X.shape[-1] == 1:  # one channel: one scalar standardisation (as every earlier model)
+            shape, mean, var = X.shape[1:3], float(X.mean()), float(X.var()) or 1.0
+        else:  # scan-context channels: each channel its own
+            shape, mean = X.shape[1:], X.mean(axis=(0, 1, 2))
+            var = np.where(X.var(axis=(0, 1, 2)) > 0, X.var(axis=(0, 1, 2)), 1.0)
+        model = build_cnn(shape, len(self.classes_), self.filters, self.dropout, self.dense_units,
+                          mean=mean, variance=var)
         model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         val = None

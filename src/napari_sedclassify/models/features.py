@@ -26,6 +26,16 @@ import numpy as np
 _CROP_MARGIN_PX = 2
 #: Background models of :class:`FeatureRecipe` (``background``).
 BACKGROUNDS = ("none", "poly")
+#: Scan references of :class:`FeatureRecipe` (``context_reference``).
+CONTEXT_REFERENCES = ("median", "ends")
+#: Scan context of crop recipes (``crop_context``).
+CROP_CONTEXTS = ("none", "ends")
+#: q bands (Å⁻¹) that rank a scan's frames from carbon-like to ice-like for ``context_reference="ends"``:
+#: carbon's strong 2.13 Å ring (0.47 Å⁻¹) against vitreous ice's 3.7 Å ring (0.27 Å⁻¹); when the
+#: feature range stops short of 0.5 Å⁻¹, the ice ring against the shoulder below it.
+_CARBON_BAND_INVA = (0.44, 0.50)
+_ICE_BAND_INVA = (0.25, 0.29)
+_SHOULDER_BAND_INVA = (0.17, 0.21)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,27 @@ class FeatureRecipe:
         point under thick ice (full carbon signal plus ice) from a mixed point at a hole edge
         (less carbon), which the profile's shape alone cannot. Needs whole scans (the reference
         is the median over the scan's recorded frames), so not for live classification.
+    context_reference: what the scan context compares with. "median": the scan's median profile
+        (``scan_context`` columns). "ends": the scan's own two ends of the carbon-ice axis, the
+        median profiles of its most carbon-like and its most ice-like frames (``context_end_fraction``
+        of them each, ranked by the 2.13 Å carbon ring against the 3.7 Å ice ring); ``2 scan_context``
+        columns, the band levels relative to each end. Both ends carry the session's ice thickness,
+        dose and gain (the carbon end includes the ice over the carbon film), so a frame's place
+        between them does not move when they change, and it does not depend on how much of the scan
+        is carbon (a scan's median profile flips between carbon and ice at half coverage).
+    context_end_fraction: fraction of a scan's frames in each end for ``context_reference="ends"``.
+    crop_rescale: resample every crop so that it spans ``crop_radius_A`` on the scan's geometry as
+        the model sees it (e.g. after ``sedclassify calibrate`` fitted the camera length), not the
+        detector px preprocessing cut at the nominal value (off by rounding to the binning too).
+    crop_mask_q_invA: crops: set every input pixel at q below this (Å⁻¹) to 0 after normalisation
+        (0 = off). The direct beam's size and shape there follow the convergence, the beam current
+        and the detector's point spread, not the sample; the RIA models start at ``q_min_invA`` too.
+    crop_context: crops: "none", or "ends": two more input channels, each crop relative to its
+        scan's two ends of the carbon-ice axis (the pixel-wise medians of its most carbon-like and
+        most ice-like frames, ``context_end_fraction`` each, ranked by the crops' own radial
+        profiles; :func:`crop_reference`): log(crop / end), before the intensity factor. The crop
+        analogue of ``context_reference="ends"``: a frame's place between its scan's ends carries
+        the session's ice thickness, dose and gain with it. Needs whole scans.
     """
 
     kind: str = "ria"
@@ -117,6 +148,11 @@ class FeatureRecipe:
     background_degree: int = 2
     standardise: bool = False
     scan_context: int = 0
+    context_reference: str = "median"
+    context_end_fraction: float = 0.2
+    crop_rescale: bool = False
+    crop_mask_q_invA: float = 0.0
+    crop_context: str = "none"
 
     def __post_init__(self):
         if self.kind not in ("ria", "crop"):
@@ -129,6 +165,17 @@ class FeatureRecipe:
             raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, not {self.background!r}")
         if (self.background != "none" or self.standardise) and (self.kind != "ria" or not self.normalise):
             raise ValueError("background removal and standardisation work on normalised RIA features")
+        if self.context_reference not in CONTEXT_REFERENCES:
+            raise ValueError(f"context_reference must be one of {', '.join(CONTEXT_REFERENCES)}, "
+                             f"not {self.context_reference!r}")
+        if self.crop_context not in CROP_CONTEXTS:
+            raise ValueError(f"crop_context must be one of {', '.join(CROP_CONTEXTS)}, not {self.crop_context!r}")
+        if (self.crop_context != "none" or self.crop_mask_q_invA) and self.kind != "crop":
+            raise ValueError("crop_context and crop_mask_q_invA apply to crop recipes (the CNN)")
+        if self.crop_mask_q_invA < 0:
+            raise ValueError(f"crop_mask_q_invA must be >= 0, got {self.crop_mask_q_invA}")
+        if not 0.0 < self.context_end_fraction <= 0.5:
+            raise ValueError(f"context_end_fraction must be in (0, 0.5], got {self.context_end_fraction}")
         if self.scan_context and (self.kind != "ria" or not 0 < self.scan_context <= self.n_bins):
             raise ValueError(f"scan_context needs RIA features and 1..n_bins bands, got {self.scan_context}")
         aug = self.augmentation
@@ -251,18 +298,69 @@ def _interp_rows(cum: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
 def scan_reference(ria, radii_px, recipe: FeatureRecipe, geometry, valid=None) -> np.ndarray:
     """The scan's reference for ``recipe.scan_context``: the median over its frames (``valid``,
-    default all with a profile) of the raw bin means on the recipe's bins, (n_bins,)."""
+    default all with a profile) of the raw bin means on the recipe's bins, (n_bins,); with
+    ``context_reference="ends"`` the medians of its most carbon-like and most ice-like frames,
+    (2, n_bins) (:func:`carbon_ice_score` ranks them)."""
     ria = np.asarray(ria, dtype=np.float64).reshape(-1, np.shape(radii_px)[0])
     ok = ~np.isnan(ria).all(axis=1) if valid is None else np.asarray(valid, bool).ravel() & ~np.isnan(ria).all(axis=1)
+    ends = recipe.context_reference == "ends"
     if not ok.any():
-        return np.full(recipe.n_bins, np.nan)
+        return np.full((2, recipe.n_bins) if ends else recipe.n_bins, np.nan)
     raw = replace(recipe, normalise=False, background="none", standardise=False, scan_context=0)
     with np.errstate(all="ignore"):
-        return np.nanmedian(ria_features(ria[ok], radii_px, raw, geometry), axis=0).astype(np.float64)
+        feats = ria_features(ria[ok], radii_px, raw, geometry).astype(np.float64)
+        if not ends:
+            return np.nanmedian(feats, axis=0)
+        order = np.argsort(carbon_ice_score(feats, recipe, geometry), kind="stable")
+        k = max(1, int(round(recipe.context_end_fraction * len(order))))
+        return np.stack([np.nanmedian(feats[order[-k:]], axis=0), np.nanmedian(feats[order[:k]], axis=0)])
+
+
+def _bin_q(recipe: FeatureRecipe, geometry) -> np.ndarray | None:
+    """q (Å⁻¹) of the recipe's bin centres, or None when it cannot be known (px axis, no calibration)."""
+    if recipe.axis == "q":
+        edges = np.linspace(recipe.q_min_invA, recipe.q_max_invA, recipe.n_bins + 1)
+        return 0.5 * (edges[1:] + edges[:-1])
+    if not geometry.calibrated:
+        return None
+    edges = recipe.ria_edges_px(geometry)
+    return np.asarray(geometry.radius_px_to_q_invA(0.5 * (edges[1:] + edges[:-1])), dtype=np.float64)
+
+
+def carbon_ice_score(feats: np.ndarray, recipe: FeatureRecipe, geometry) -> np.ndarray:
+    """How carbon-like each raw profile (n, n_bins) on the recipe's bins is: the log ratio of the
+    mean level at carbon's 2.13 Å ring to that at vitreous ice's 3.7 Å ring (or, when the range
+    stops short of carbon's ring, of the shoulder below the ice ring to the ring). Dose and gain
+    cancel; only the order within a scan is used."""
+    q = _bin_q(recipe, geometry)
+
+    def band(lo, hi):
+        if q is None:  # px axis without calibration: fixed fractions of the range
+            n = feats.shape[1]
+            frac = {_CARBON_BAND_INVA: (0.75, 0.85), _ICE_BAND_INVA: (0.35, 0.45), _SHOULDER_BAND_INVA: (0.2, 0.3)}
+            a, b = frac[(lo, hi)]
+            sel = np.arange(int(a * n), max(int(b * n), int(a * n) + 1))
+        else:
+            sel = np.flatnonzero((q >= lo) & (q <= hi))
+            if sel.size == 0:
+                return None
+        return np.log(np.maximum(np.nanmean(feats[:, sel], axis=1), 1e-12))
+
+    ice = band(*_ICE_BAND_INVA)
+    carbon = band(*_CARBON_BAND_INVA)
+    if carbon is not None and ice is not None:
+        return carbon - ice
+    shoulder = band(*_SHOULDER_BAND_INVA)
+    if shoulder is not None and ice is not None:
+        return shoulder - ice
+    return np.zeros(len(feats))
 
 
 def _context(feats: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
-    """log(band mean / reference band mean) for k equal bands of bins: (n, k)."""
+    """log(band mean / reference band mean) for k equal bands of bins: (n, k); a (2, n_bins)
+    reference (the scan's two ends) gives (n, 2k), the bands against the first, then the second."""
+    if reference.ndim == 2:
+        return np.concatenate([_context(feats, r, k) for r in reference], axis=1)
     bands = np.array_split(np.arange(feats.shape[1]), k)
     cols = []
     for b in bands:
@@ -412,13 +510,22 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
 # ---- crop features --------------------------------------------------------------------------
 
 
-def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict | None = None) -> np.ndarray:
-    """CNN inputs (n, S, S) float32, S = ``recipe.crop_size``, from centred crops (n, h, w).
+def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict | None = None,
+                  wanted_radius_px: float | None = None, q_per_px: float | None = None,
+                  reference=None) -> np.ndarray:
+    """CNN inputs (n, S, S) float32, S = ``recipe.crop_size``, from centred crops (n, h, w);
+    (n, S, S, 3) with ``recipe.crop_context="ends"``.
 
-    crops: frames cut around their own centre (possibly binned), covering ``crop_radius_px``
+    crops: frames cut around their own centre (possibly binned means), covering ``crop_radius_px``
     detector px from the centre to the crop's edge. Every crop is resampled (bilinear) onto an
     S x S grid spanning the same radius; ``aug`` adds a radial scale, a centre shift (detector px)
-    and an intensity factor per frame.
+    and an intensity factor per frame, and, when drawn, the counting noise of a lower dose
+    (``dose``, Poisson thinning of the binned means) and a convergent-beam disc blur (``blur_q``,
+    Å⁻¹: the whole pattern, direct beam included, convolved with a uniform disc). wanted_radius_px:
+    the output spans this many detector px from the centre instead (the crop's edge value beyond
+    ``crop_radius_px``). q_per_px: q (Å⁻¹) per output px, needed by the blur, the centre mask
+    (``recipe.crop_mask_q_invA``) and the scan context. reference: the scan's
+    :func:`crop_reference` (2, S, S), needed by ``recipe.crop_context="ends"``.
     """
     from scipy import ndimage
 
@@ -426,15 +533,18 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
     n, h, w = crops.shape
     size = recipe.crop_size
     px_per_in = (h / (2.0 * crop_radius_px), w / (2.0 * crop_radius_px))  # input px per detector px
+    if aug is not None and aug.get("dose") is not None:
+        crops = _thinned_crops(crops, px_per_in, np.asarray(aug["dose"]), aug["noise_seed"])
     step = (h / size, w / size)  # input px per output px
     c_in = ((h - 1) / 2.0, (w - 1) / 2.0)
     c_out = (size - 1) / 2.0
-    if aug is None and (h, w) == (size, size):
+    base = 1.0 if wanted_radius_px is None else float(wanted_radius_px) / float(crop_radius_px)
+    if aug is None and (h, w) == (size, size) and base == 1.0:
         out = crops.copy()
     else:
         out = np.empty((n, size, size), dtype=np.float32)
         for i in range(n):
-            s = 1.0 if aug is None else float(aug["scale"][i])
+            s = base if aug is None else base * float(aug["scale"][i])
             dy = dx = 0.0
             if aug is not None:
                 dy = aug["jitter"][i] * np.sin(aug["angle"][i]) * px_per_in[0]
@@ -443,6 +553,19 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
             offset = (c_in[0] + dy - c_out * step[0] * s, c_in[1] + dx - c_out * step[1] * s)
             out[i] = ndimage.affine_transform(crops[i], matrix, offset=offset, output_shape=(size, size),
                                               order=1, mode="nearest")
+    needs_q = (aug is not None and aug.get("blur_q") is not None) or recipe.crop_mask_q_invA or \
+        recipe.crop_context != "none"
+    if needs_q and not q_per_px:
+        raise ValueError("this crop recipe (convergence blur, centre mask or scan context) needs the q scale of the "
+                         "crops: a calibrated geometry or crop_radius_A")
+    if aug is not None and aug.get("blur_q") is not None:
+        out = _disc_blurred(out, np.asarray(aug["blur_q"], dtype=np.float64) / float(q_per_px))
+    context = None
+    if recipe.crop_context != "none":
+        if reference is None:
+            raise ValueError("this recipe compares every crop with its scan (crop_context): give the scan's "
+                             "reference crops (crop_reference)")
+        context = _crop_context(out, np.asarray(reference, dtype=np.float32))
     if aug is not None:
         out *= np.asarray(aug["intensity"], dtype=np.float32)[:, None, None]
     if recipe.normalise:
@@ -451,7 +574,106 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
         fallback = flat.mean(axis=1)
         scale = np.where(scale > 0, scale, np.where(fallback > 0, fallback, 1.0))
         out = np.log1p(np.maximum(out, 0) / scale[:, None, None])
+    if context is not None:
+        out = np.concatenate([out[..., None], context], axis=-1)
+    if recipe.crop_mask_q_invA:
+        out[:, _crop_q(size, q_per_px) < recipe.crop_mask_q_invA] = 0.0
     return out.astype(np.float32)
+
+
+def _crop_q(size: int, q_per_px: float) -> np.ndarray:
+    """q (Å⁻¹) of every pixel of an S x S crop about its centre."""
+    c = (size - 1) / 2.0
+    y, x = np.mgrid[:size, :size]
+    return np.hypot(y - c, x - c) * float(q_per_px)
+
+
+def _thinned_crops(crops, px_per_in, dose, seed) -> np.ndarray:
+    """Crops (binned means of counts per pixel) with the counting noise of a dose ``dose`` (< 1)
+    times lower: variance x (1/f - 1) / m for a mean of m detector pixels."""
+    extra = np.clip(1.0 / np.asarray(dose, dtype=np.float64) - 1.0, 0.0, None)[:, None, None]
+    if not np.any(extra > 0):
+        return crops
+    m = 1.0 / (px_per_in[0] * px_per_in[1])  # detector px per input px
+    x = np.clip(np.nan_to_num(crops, nan=0.0), 0.0, None)
+    sd = np.sqrt(x * extra / m)
+    return (crops + sd * np.random.default_rng(seed).standard_normal(crops.shape)).astype(np.float32)
+
+
+def _disc_kernel(radius_px: float) -> np.ndarray:
+    """A uniform disc of radius ``radius_px`` (px; anti-aliased by 8x8 supersampling), sum 1."""
+    half = int(np.ceil(radius_px))
+    sub = (np.arange(8) + 0.5) / 8 - 0.5
+    g = np.arange(-half, half + 1)
+    yy = (g[:, None, None, None] + sub[None, None, :, None])
+    xx = (g[None, :, None, None] + sub[None, None, None, :])
+    k = (yy ** 2 + xx ** 2 <= radius_px ** 2).mean(axis=(2, 3))
+    return (k / k.sum()).astype(np.float32)
+
+
+def _disc_blurred(out: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
+    """Each crop convolved with a uniform disc of its own radius (px); radii under 0.5 px: a disc
+    of 0.5 px or none (the kernel is a 1 px point below 0.5)."""
+    from scipy import ndimage
+
+    res = out.copy()
+    for i, a in enumerate(radius_px):
+        if a >= 0.5:
+            res[i] = ndimage.convolve(out[i], _disc_kernel(float(a)), mode="nearest")
+    return res
+
+
+def _crop_context(out: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(n, S, S, 2): log(crop / end) against the scan's carbon end, then its ice end, both lightly
+    smoothed (Gaussian, 1 px) so that counting noise does not dominate the ratio; clipped to ±4."""
+    from scipy import ndimage
+
+    sm = ndimage.gaussian_filter(out, sigma=(0, 1.0, 1.0), mode="nearest")
+    cols = []
+    for ref in reference:
+        ref = ndimage.gaussian_filter(ref, sigma=1.0, mode="nearest")
+        floor = max(1e-3 * float(np.median(np.abs(ref))), 1e-9)
+        cols.append(np.clip(np.log(np.maximum(sm, floor) / np.maximum(ref, floor)), -4.0, 4.0))
+    return np.stack(cols, axis=-1)
+
+
+def crop_score(feats: np.ndarray, q_per_px: float, size: int | None = None) -> np.ndarray:
+    """How carbon-like each raw crop (n, S, S) is, from its own radial profile: the log ratio of the
+    mean level at carbon's 2.13 Å ring to vitreous ice's 3.7 Å ring when the crop reaches it,
+    else of the shoulder below the ice ring to the ring (as :func:`carbon_ice_score`)."""
+    size = feats.shape[1] if size is None else size
+    q = _crop_q(size, q_per_px).ravel()
+    flat = feats.reshape(len(feats), -1)
+
+    def band(lo, hi):
+        sel = (q >= lo) & (q <= hi)
+        if sel.sum() < 4:
+            return None
+        return np.log(np.maximum(np.nanmean(flat[:, sel], axis=1), 1e-12))
+
+    ice = band(*_ICE_BAND_INVA)
+    other = band(*_CARBON_BAND_INVA)
+    if other is None:
+        other = band(*_SHOULDER_BAND_INVA)
+    if ice is None or other is None:
+        return np.zeros(len(feats))
+    return other - ice
+
+
+def crop_reference(raw: np.ndarray, recipe: FeatureRecipe, q_per_px: float, score=None) -> np.ndarray:
+    """The scan's two ends for ``recipe.crop_context="ends"``: pixel-wise medians (2, S, S) of the raw
+    resampled crops ``raw`` (n, S, S: no augmentation, not normalised) of its most carbon-like and
+    its most ice-like frames, ``context_end_fraction`` each. score: carbon-likeness per frame
+    (default :func:`crop_score` of the crops)."""
+    raw = np.asarray(raw, dtype=np.float32)
+    ok = np.isfinite(raw.reshape(len(raw), -1)).all(axis=1)
+    if not ok.any():
+        return np.full((2,) + raw.shape[1:], np.nan, dtype=np.float32)
+    raw = raw[ok]
+    score = crop_score(raw, q_per_px) if score is None else np.asarray(score)[ok]
+    order = np.argsort(score, kind="stable")
+    k = max(1, int(round(recipe.context_end_fraction * len(order))))
+    return np.stack([np.median(raw[order[-k:]], axis=0), np.median(raw[order[:k]], axis=0)]).astype(np.float32)
 
 
 #: Estimator settings that go with :func:`session_robust_recipe`: square-root balanced class
@@ -461,11 +683,26 @@ SESSION_ROBUST_PARAMS = {"class_weight": "sqrt"}
 
 def session_robust_recipe(camera_length_fitted: bool = True, **changes) -> FeatureRecipe:
     """The RIA recipe measured to generalise across sessions (docs/models.md, docs/results.md):
-    log-median normalisation, six band levels relative to the scan's median profile (scan
-    context), and augmentation with a convergent-beam disc blur up to 0.035 Å⁻¹ (0.9 mrad at 200 kV), the
+    log-median normalisation, six band levels relative to each of the scan's two ends of the
+    carbon-ice axis (scan context against its most carbon-like and most ice-like frames: 12
+    columns; ``context_reference="median"`` was the earlier recipe), and augmentation with a convergent-beam disc blur up to 0.035 Å⁻¹ (0.9 mrad at 200 kV), the
     counting noise of 0.2-1x the dose, centre jitter and radial scaling: ±3 % when the camera
     length of every scan was fitted (``sedclassify calibrate``), ±12 % when only nominal values
     are known (the microscope's camera length can be 10 % off)."""
     aug = Augmentation(copies=1, centre_jitter_px=1.0, intensity_range=(0.5, 2.0),
                        radial_scale=0.03 if camera_length_fitted else 0.12, blur_q_invA=0.035, dose_range=(0.2, 1.0))
-    return FeatureRecipe(kind="ria", scan_context=6, augmentation=aug).replace(**changes)
+    return FeatureRecipe(kind="ria", scan_context=6, context_reference="ends", augmentation=aug).replace(**changes)
+
+
+def session_robust_crop_recipe(camera_length_fitted: bool = True, **changes) -> FeatureRecipe:
+    """The CNN's crop recipe for generalising across sessions (docs/results.md, the CNN ablation):
+    2.7 Å crops resampled on the scan's own (fitted) camera length (``crop_rescale``), the direct
+    beam masked below 0.06 Å⁻¹ (``crop_mask_q_invA``, where the RIA features start), two channels
+    of every crop relative to its scan's two ends of the carbon-ice axis (``crop_context="ends"``),
+    and augmentation with a convergent-beam disc blur up to 0.035 Å⁻¹, the counting noise of
+    0.2-1x the dose, centre jitter, an intensity factor and radial scaling (±3 % with fitted camera
+    lengths, ±12 % with nominal ones)."""
+    aug = Augmentation(copies=1, centre_jitter_px=1.0, intensity_range=(0.5, 2.0),
+                       radial_scale=0.03 if camera_length_fitted else 0.12, blur_q_invA=0.035, dose_range=(0.2, 1.0))
+    return FeatureRecipe(kind="crop", crop_rescale=True, crop_mask_q_invA=0.06, crop_context="ends",
+                         augmentation=aug).replace(**changes)

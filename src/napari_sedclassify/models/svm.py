@@ -29,13 +29,20 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
 
     C, gamma: SVC settings (gamma "scale" = 1 / (n_features * var)).
     search: tune C and gamma with RandomizedSearchCV (n_iter draws, 3-fold, weighted F1) on at
-    most search_samples frames. max_train_samples: frames used to fit (stratified subsample;
-    None = all).
+    most search_samples frames; "groups": instead, a grid of C (``search_C``) and gamma
+    (``search_gamma``, factors on 1 / n_features) scored leaving out one group at a time (the
+    ``groups`` given to :meth:`fit`: e.g. the session of every training frame, so that the
+    choice is made across the training sessions and never on a held-out one), keeping the
+    setting whose worst left-out group scores best (weighted F1; ties: the better mean);
+    ``search_class_weight`` (a sequence of class_weight values) adds them to the grid (None:
+    ``class_weight`` only).
+    max_train_samples: frames used to fit (stratified subsample; None = all).
     class_weight: "balanced" (default), a {class: weight} dict or None.
     """
 
     def __init__(self, C=10.0, gamma="scale", search=False, n_iter=12, search_samples=3000,
-                 max_train_samples=6000, class_weight="balanced", random_state=0):
+                 max_train_samples=6000, class_weight="balanced", random_state=0,
+                 search_C=(1.0, 3.0, 10.0, 30.0), search_gamma=(0.3, 1.0, 3.0), search_class_weight=None):
         self.C = C
         self.gamma = gamma
         self.search = search
@@ -44,9 +51,13 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         self.max_train_samples = max_train_samples
         self.class_weight = class_weight
         self.random_state = random_state
+        self.search_C = search_C
+        self.search_gamma = search_gamma
+        self.search_class_weight = search_class_weight
 
-    def fit(self, X, y, *, validation_data=None, progress=None, cancel=None):
+    def fit(self, X, y, *, validation_data=None, progress=None, cancel=None, groups=None):
         """Train on X (n, f), y (n,). validation_data (X_val, y_val) calibrates the probabilities.
+        groups (n,): the group of every frame, used by ``search="groups"`` (ignored otherwise).
 
         progress(step, logs) is called after the search (if any) and after fitting; cancel()
         returning True between steps stops with :class:`~napari_sedclassify.errors.Cancelled`.
@@ -62,7 +73,15 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         step = 0
         params = {"C": self.C, "gamma": self.gamma}
         check_cancel(cancel)
-        if self.search:
+        if self.search == "groups":
+            if groups is None or len(np.unique(groups)) < 2:
+                raise ValueError('search="groups" needs the group of every training frame, at least two groups')
+            params = self._group_search(Xs, y, np.asarray(groups), rng, cancel)
+            cw = class_weights(y, params.pop("class_weight"))
+            step += 1
+            if progress is not None:
+                progress(step, {"stage": "search", "max_epochs": steps, **self.search_results_})
+        elif self.search:
             from scipy.stats import loguniform
             from sklearn.model_selection import RandomizedSearchCV
 
@@ -112,6 +131,34 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         if progress is not None:
             progress(steps, logs)
         return self
+
+    def _group_search(self, Xs, y, groups, rng, cancel) -> dict:
+        """C, gamma (and class_weight) whose worst left-out group scores best (weighted F1), ties by
+        the mean."""
+        from sklearn.metrics import f1_score
+
+        idx = stratified_subsample(y, self.search_samples, rng)
+        Xg, yg, gg = Xs[idx], y[idx], groups[idx]
+        weightings = [self.class_weight] if self.search_class_weight is None else list(self.search_class_weight)
+        rows = []
+        for weighting in weightings:
+            for C in self.search_C:
+                for gf in self.search_gamma:
+                    gamma = float(gf) / Xs.shape[1]
+                    scores = []
+                    for g in np.unique(gg):
+                        check_cancel(cancel)
+                        tr, te = gg != g, gg == g
+                        svc = SVC(kernel="rbf", C=float(C), gamma=gamma,
+                                  class_weight=class_weights(yg[tr], weighting)).fit(Xg[tr], yg[tr])
+                        scores.append(f1_score(yg[te], svc.predict(Xg[te]), average="weighted"))
+                    rows.append({"C": float(C), "gamma": gamma, "class_weight": weighting,
+                                 "worst": float(np.min(scores)), "mean": float(np.mean(scores))})
+        best = max(rows, key=lambda r: (round(r["worst"], 3), r["mean"]))
+        chosen = {"C": best["C"], "gamma": best["gamma"], "class_weight": best["class_weight"]}
+        self.search_results_ = {"best_params": chosen, "best_worst_group_f1": best["worst"],
+                                "best_mean_group_f1": best["mean"], "grid": rows}
+        return dict(chosen)
 
     def predict_proba(self, X):
         """Class probabilities (n, n_classes), columns in the order of ``classes_``."""

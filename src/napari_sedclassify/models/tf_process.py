@@ -1,4 +1,4 @@
-"""Run a job (CNN training or prediction) in a separate child process.
+"""Run a job (training any model, CNN prediction) in a separate child process.
 
 Importing TensorFlow in a process that renders a napari canvas on software OpenGL segfaults
 (notes: napari-headless.md), so the napari widgets run TensorFlow work in a child: a fresh
@@ -12,6 +12,11 @@ defined in ``__main__``) ``func(*args, progress=..., cancel=..., **kwargs)``; in
 ``progress`` in the calling thread; the caller's ``cancel()`` is polled and forwarded (the child's
 ``cancel()`` then returns True; it does too when the parent goes away). Arguments and the result
 must pickle (arrays, paths, dicts); pass file paths for large data.
+
+Not only for TensorFlow: the napari widgets train every model kind this way, since scikit-learn
+training holds the interpreter lock for long stretches and would freeze the viewer's event loop
+if run in one of its threads; ``child_nice`` lowers the child's CPU priority so that the viewer
+(and its X server) keep the CPU they need to draw.
 """
 
 from __future__ import annotations
@@ -60,9 +65,9 @@ def _read_messages(stream, out: queue_module.Queue) -> None:
         out.put(("eof",))
 
 
-def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1, **kwargs):
+def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1, child_nice: int = 0, **kwargs):
     """Call ``func(*args, progress=..., cancel=..., **kwargs)`` in a child process and return
-    its result. Raises :class:`~napari_sedclassify.errors.Cancelled` when cancelled, and
+    its result. ``child_nice``: added to the child's niceness (lower CPU priority; POSIX only). Raises :class:`~napari_sedclassify.errors.Cancelled` when cancelled, and
     :class:`WorkerProcessError` (with the child's traceback) when the child fails or dies."""
     from ._tf_child import write_frame
 
@@ -92,7 +97,7 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
 
     try:
         try:
-            write_frame(proc.stdin, {"sys_path": list(sys.path)})
+            write_frame(proc.stdin, {"sys_path": list(sys.path), "nice": int(child_nice)})
             proc.stdin.write(len(job).to_bytes(8, "big") + job)
             proc.stdin.flush()
         except OSError:  # the child died at start; its exit code says more below

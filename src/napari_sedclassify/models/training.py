@@ -8,6 +8,7 @@ CLI, in a napari worker thread and in a spawned child process.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -18,7 +19,7 @@ from ..classes import ClassTable
 from ..geometry import Geometry
 from . import MODEL_KINDS, make_estimator
 from ._common import check_cancel
-from .features import FeatureRecipe, crop_features, ria_features, scan_reference
+from .features import FeatureRecipe, crop_features, crop_reference, ria_features, scan_reference
 
 @dataclass
 class ScanFeatures:
@@ -54,11 +55,28 @@ class ScanFeatures:
 
     def reference(self, recipe: FeatureRecipe):
         """The scan's reference profile for ``recipe.scan_context`` (median over its recorded
-        frames; computed once per recipe), or None when the recipe does not use one."""
+        frames; computed once per recipe), its two end crops for ``recipe.crop_context``, or None
+        when the recipe does not use one."""
+        if recipe.kind == "crop" and recipe.crop_context != "none":
+            key = ("crop", recipe.crop_size, recipe.crop_radius_A, recipe.crop_radius_px, recipe.crop_rescale,
+                   recipe.crop_context, recipe.context_end_fraction, repr(self.geometry))
+            if key not in self._references:
+                plain = recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0)
+                valid = np.flatnonzero(~np.asarray(self.missing, bool).ravel())
+                from .inference import MIN_CONTEXT_FRAMES
+
+                if len(valid) < MIN_CONTEXT_FRAMES:
+                    raise ValueError(
+                        f"{self.name}: this model compares every crop with its scan's two ends (crop_context), which "
+                        f"needs a whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {len(valid)}: classify "
+                        "whole scans (sedclassify predict), not frame by frame")
+                raw = self.inputs(plain, valid)
+                self._references[key] = crop_reference(raw, recipe, self.crop_q_per_px(recipe))
+            return self._references[key]
         if recipe.kind != "ria" or not recipe.scan_context:
             return None
         key = (recipe.axis, recipe.q_min_invA, recipe.q_max_invA, recipe.r_min_px, recipe.r_max_px, recipe.n_bins,
-               repr(self.geometry))
+               recipe.context_reference, recipe.context_end_fraction, repr(self.geometry))
         if key not in self._references:
             self._references[key] = scan_reference(self.ria, self.radii_px, recipe, self.geometry,
                                                    valid=~np.asarray(self.missing, bool).ravel())
@@ -77,7 +95,23 @@ class ScanFeatures:
             raise ValueError(f"{self.name}: no crops were computed, but the model works on central crops")
         crops = np.asarray(self.crops)
         crops = crops.reshape((n,) + crops.shape[2:])[index]
-        return crop_features(crops, self.crop_radius_px, recipe, aug)
+        return crop_features(crops, self.crop_radius_px, recipe, aug, wanted_radius_px=self._wanted_crop_px(recipe),
+                             q_per_px=self.crop_q_per_px(recipe), reference=self.reference(recipe))
+
+    def _wanted_crop_px(self, recipe: FeatureRecipe) -> float | None:
+        if recipe.crop_rescale and recipe.crop_radius_px is None and self.geometry.calibrated:
+            return recipe.wanted_crop_radius_px(self.geometry)
+        return None
+
+    def crop_q_per_px(self, recipe: FeatureRecipe) -> float | None:
+        """q (Å⁻¹) per px of the model's crops on this scan: from the geometry when calibrated, else
+        from the recipe's crop radius in Å (nominally), else None."""
+        if self.geometry.calibrated and self.crop_radius_px:
+            span = self._wanted_crop_px(recipe) or float(self.crop_radius_px)
+            return float(self.geometry.radius_px_to_q_invA(span)) / (recipe.crop_size / 2.0)
+        if recipe.crop_radius_A:
+            return (1.0 / float(recipe.crop_radius_A)) / (recipe.crop_size / 2.0)
+        return None
 
 
 def check_class_map(class_map, scan: ScanFeatures, classes: ClassTable, what: str = "labels") -> np.ndarray:
@@ -136,6 +170,7 @@ def train(
     params: dict | None = None,
     classes: ClassTable | None = None,
     holdout: Sequence[int] = (),
+    groups: Sequence | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
     preprocess: dict | None = None,
@@ -149,7 +184,9 @@ def train(
     training scans held out (stratified) for early stopping and calibration. recipe: features
     (default: RIA for fcnn/svm, crops for cnn). params: estimator settings. seed: split,
     augmentation and estimator initialisation. preprocess: the PreprocessParams dict used, kept
-    in the model. progress(epoch, logs), cancel() -> bool as in the estimators.
+    in the model. groups: one label per scan (e.g. its session), handed per training frame to
+    an estimator that chooses its settings across groups (the SVM's ``search="groups"``).
+    progress(epoch, logs), cancel() -> bool as in the estimators.
     """
     from .inference import predict_scan
     from .metrics import evaluate
@@ -192,34 +229,41 @@ def train(
         raise ValueError("the labels of the training scans contain fewer than two classes; label at least two")
     tr, va = _split(y, val_fraction, rng)
 
-    def inputs(sel, aug_rng=None):
-        parts, labels = [], []
+    def inputs(sel, aug_rng=None, with_owners=False):
+        parts, labels, whose = [], [], []
         for i in np.unique(owners[sel]):
             s = sel[owners[sel] == i]
             aug = recipe.augmentation.draw(len(s), aug_rng) if aug_rng is not None else None
             parts.append(scans[i].inputs(recipe, index[s], aug))
             labels.append(y[s])
-        X, yy = np.concatenate(parts), np.concatenate(labels)
+            whose.append(np.full(len(s), i))
+        X, yy, ww = np.concatenate(parts), np.concatenate(labels), np.concatenate(whose)
         ok = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
-        return X[ok], yy[ok]
+        return (X[ok], yy[ok], ww[ok]) if with_owners else (X[ok], yy[ok])
 
+    if groups is not None and len(groups) != len(scans):
+        raise ValueError(f"{len(scans)} scans but {len(groups)} groups: give one group per scan")
     check_cancel(cancel)
-    X_tr, y_tr = inputs(tr)
+    X_tr, y_tr, o_tr = inputs(tr, with_owners=True)
     copies = []
     for _ in range(recipe.augmentation.copies):
         check_cancel(cancel)
-        copies.append(inputs(tr, rng))
+        copies.append(inputs(tr, rng, with_owners=True))
     if copies:
         X_tr = np.concatenate([X_tr] + [c[0] for c in copies])
         y_tr = np.concatenate([y_tr] + [c[1] for c in copies])
+        o_tr = np.concatenate([o_tr] + [c[2] for c in copies])
     X_va, y_va = inputs(va) if len(va) else (None, None)
     t_features = time.perf_counter() - t0
 
     settings = dict(params or {})
     settings.setdefault("random_state", seed)
     estimator = make_estimator(kind, **settings)
+    fit_extra = {}
+    if groups is not None and "groups" in inspect.signature(estimator.fit).parameters:
+        fit_extra["groups"] = np.asarray([str(groups[i]) for i in o_tr])
     estimator.fit(X_tr, y_tr, validation_data=(X_va, y_va) if X_va is not None else None,
-                  progress=progress, cancel=cancel)
+                  progress=progress, cancel=cancel, **fit_extra)
     t_fit = time.perf_counter() - t0 - t_features
 
     geometry = scans[train_ids[0]].geometry

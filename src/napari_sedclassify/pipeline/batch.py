@@ -38,7 +38,7 @@ from ..io.atomic import check_target
 
 #: Files ``pipeline.predict.write_prediction`` writes for a scan named NAME.
 PREDICTION_FILES = ("{}_classes.npy", "{}_classes.tif", "{}_probabilities.npy", "{}_probabilities.json",
-                    "{}_overlay.png")
+                    "{}_overlay.png", "{}_keep.csv")
 #: Files ``io.hyperspy.export_hyperspy`` writes for a scan named NAME (``batch_predict(hspy=True)``).
 HSPY_FILES = ("{}_classes.hspy", "{}_probabilities.hspy", "{}_confidence.hspy", "{}_ria.hspy")
 
@@ -184,9 +184,11 @@ def predict_one(model, scan, *, flatfield=None, client=None, chunk_frames: int |
 def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | None = None,
                   workers: int | None = None, client=None, force: bool = False, chunk_frames: int | None = None,
                   concurrent: int = 2, progress: Callable | None = None, cancel: Callable | None = None,
-                  uncertain_below: float | None = None, hspy: bool = False) -> list[dict]:
+                  uncertain_below: float | None = None, hspy: bool = False,
+                  keep=("amorphous_ice",)) -> list[dict]:
     """Classify every scan (paths or file-backed Scans) with ``model`` (SedModel or model file) and
-    write ``<name>_classes.npy/.tif``, ``_probabilities.npy/.json``, ``_overlay.png`` per scan into
+    write ``<name>_classes.npy/.tif``, ``_probabilities.npy/.json``, ``_overlay.png`` and the
+    keep-list ``_keep.csv`` of the classes in ``keep`` per scan into
     ``out_dir`` (atomically; existing ones only with ``force``). uncertain_below: frames whose most
     probable class is below this probability become 0 in the class map and are listed in
     ``<name>_uncertain.npy`` (``pipeline.predict.with_uncertain``). hspy: also write the class map,
@@ -224,7 +226,7 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
             pred = predict_one(model, opened[i], flatfield=ffs[i], client=cl, chunk_frames=chunk_frames,
                                progress=bar.for_scan(i), cancel=cancelled)
             pred = with_uncertain(pred, uncertain_below)
-            files = write_prediction(pred, out_dir, model.classes)
+            files = write_prediction(pred, out_dir, model.classes, keep)
             if hspy:
                 from ..io.hyperspy import export_hyperspy
 

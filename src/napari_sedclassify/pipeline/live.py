@@ -20,8 +20,9 @@ always centres each frame on its own centre (a fitted descan needs the whole sca
 
 The running state is a :class:`LiveClassMap`: thread-safe, polled or subscribed to by the napari
 live layer. :func:`watch` drives it and writes ``<name>_live_classes.npy`` (class map, 0 = not
-yet classified), ``<name>_live_probabilities.npy`` and ``<name>_keep.json`` (kept positions,
-progress, latency) atomically, every ``write_every_s`` and at the end.
+yet classified), ``<name>_live_probabilities.npy``, the keep-list ``<name>_keep.csv`` (the CSV
+of ``pipeline.reduce.write_keep_list``) and ``<name>_keep.json`` (kept positions, progress,
+latency) atomically, every ``write_every_s`` and at the end.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -472,45 +472,17 @@ def _qd_sequences(blob: bytes, n: int):
         return None
 
 
-class MerlinStreamSource:
-    """Frames from a Quantum Detectors Merlin data stream (TCP; the Merlin software's data port,
-    6342 by default, or LiberTEM-live's simulator ``libertem-live-mib-sim``), received by
-    ``libertem_qd_mpx.QdConnection`` (the ``live`` extra) in passive mode.
+class StreamSource:
+    """What the detector-stream sources share: a receiver thread (``_receive``, in the subclass)
+    puts decoded frames in a queue bounded by ``max_buffered_frames``; ``ready()`` starts it on
+    its first call and is True once the detector is armed; ``poll()`` hands over the frames
+    waiting; ``finished`` is True when the acquisition ended and every frame was handed over;
+    ``stats()`` gives the counters; ``close()`` stops the receiver."""
 
-    ``ready()`` connects on its first call and starts a receiver thread that waits for the
-    detector to be armed (by the acquisition software; nothing is triggered from here), then
-    takes frame stacks out of the receiver's shared memory, decodes them into frames (rows flipped,
-    as the project's .mib reader shows them) and releases them; ``poll()`` hands over the frames
-    waiting. Each frame is placed at scan position ``frame number - 1`` (the number in its Merlin
-    header): a frame lost on the way leaves its position unclassified and is counted in
-    ``stats()["frames_dropped"]``. At most ``max_buffered_frames`` decoded frames wait for the
-    classifier; beyond that, stacks stay in shared memory (``num_slots`` stacks of up to
-    ``frame_stack_size`` frames) and then the TCP stream itself is held back, as a slow reader of a
-    real detector would be (Merlin then drops frames, which shows as ``frames_dropped``).
+    kind = "stream"
 
-    scan_shape: (sy, sx); default the acquisition header's ScanX/ScanY, else its frames per trigger
-    as the row length. control_port: the Merlin control port; when given, the counter depth and
-    frame size are read from it (metadata). name: stem of the output files.
-    """
-
-    kind = "merlin"
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 6342, scan_shape=None, *, control_port=None,
-                 name: str = "merlin", frame_stack_size: int = 16, num_slots: int = 256,
-                 max_buffered_frames: int = 1024, bytes_per_frame: int = 256 * 256 * 2):
-        from ..optional import require_live
-
-        require_live("merlin")
-        self.host, self.port = str(host), int(port)
-        self.control_port = None if control_port is None else int(control_port)
-        self.name = name
-        self.path = f"merlin://{self.host}:{self.port}"
-        self._scan_shape = None if scan_shape is None else tuple(int(s) for s in scan_shape)
-        self.frame_stack_size = int(frame_stack_size)
-        self.num_slots = int(num_slots)
+    def _init_stream(self, max_buffered_frames: int) -> None:
         self.max_buffered_frames = int(max_buffered_frames)
-        self.bytes_per_frame = int(bytes_per_frame)
-        self.metadata = {"format": "Merlin TCP stream (live)", "stream": f"{self.host}:{self.port}"}
         self.detector_shape = None
         self.dtype = None
         self.done = 0
@@ -527,18 +499,71 @@ class MerlinStreamSource:
                        "frame_stacks": 0, "max_buffered_frames": 0, "first_frame_at": None, "last_frame_at": None,
                        "frame_numbers_from": None}
 
-    # -- lifecycle
     def _start(self):
-        if self.control_port is not None:
-            try:
-                settings = merlin_control_get(self.host, self.control_port)
-            except OSError as exc:
-                raise ConnectionError(f"Merlin control port {self.host}:{self.control_port} does not answer: {exc}") from exc
-            self.metadata["merlin_settings"] = settings
-            if str(settings.get("COUNTERDEPTH", "")).isdigit():
-                self.metadata["counter_depth"] = int(settings["COUNTERDEPTH"])
-        self._thread = threading.Thread(target=self._receive, daemon=True, name="merlin-receiver")
+        self._thread = threading.Thread(target=self._receive, daemon=True, name=f"{self.kind}-receiver")
         self._thread.start()
+
+    def _wait_for_room(self) -> None:
+        """Block the receiver while the classifier is behind (frames stay in the receiver's shared
+        memory, then the detector's stream is held back)."""
+        with self._cond:
+            while self._buffered >= self.max_buffered_frames and not self._stop.is_set():
+                self._cond.wait(0.05)
+
+    def _deliver(self, index, frames, seen: float, received: int, gaps: int = 0) -> None:
+        """Queue the frames of one stack at flat scan ``index`` (frames outside the scan are
+        counted and left out) and update the counters."""
+        inside = (index >= 0) & (index < self._n_positions())
+        if not inside.all():
+            index, frames = index[inside], frames[inside]
+        batch = FrameBatch(index, frames, np.full(len(index), seen))
+        with self._cond:
+            st = self._stats
+            st["frames_received"] += received
+            st["frames_dropped"] += max(gaps, 0)
+            st["frames_outside_scan"] += int(received - inside.sum())
+            st["frame_stacks"] += 1
+            st["first_frame_at"] = st["first_frame_at"] or seen
+            st["last_frame_at"] = seen
+            if len(batch.index):
+                self._queue.append(batch)
+                self._buffered += len(batch.index)
+            st["max_buffered_frames"] = max(st["max_buffered_frames"], self._buffered)
+            self._cond.notify_all()
+
+    def _numbered(self, numbers, expected: int, n: int):
+        """(frame numbers, gaps, next expected number) of a stack of n frames: numbers from the
+        frames' headers, or in arrival order when they carry none (then noted in the stats)."""
+        if self._stats["frame_numbers_from"] is None:
+            self._stats["frame_numbers_from"] = "frame headers" if numbers is not None else "arrival order"
+        if numbers is None:
+            numbers = np.arange(expected, expected + n)
+        gaps = int(numbers[0] - expected) + int(np.clip(np.diff(numbers) - 1, 0, None).sum())
+        return numbers, gaps, int(numbers[-1]) + 1
+
+    def _count_unsent(self, received_up_to: int) -> None:
+        """At the end of a stream not stopped by us: frames announced but never received are lost."""
+        if not self._stop.is_set():
+            with self._cond:
+                announced = self._stats["frames_announced"] or 0
+                self._stats["frames_dropped"] += max(0, announced - received_up_to)
+
+    def _end_receiving(self, *objects, handle_dir=None) -> None:
+        """Close the receiver's objects, remove its shared-memory folder and say the stream ended."""
+        import shutil
+
+        for obj in objects:
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:
+                    pass
+        if handle_dir is not None:
+            shutil.rmtree(handle_dir, ignore_errors=True)
+        self._ended.set()
+        with self._cond:
+            self._cond.notify_all()
+
 
     def ready(self) -> bool:
         if self._thread is None:
@@ -569,27 +594,6 @@ class MerlinStreamSource:
         with self._cond:
             return self._ended.is_set() and not self._queue
 
-    # -- what the acquisition header says
-    @property
-    def scan_shape(self):
-        if self._scan_shape is None:
-            if self.header is None:
-                raise ValueError(f"{self.path}: scan shape unknown until the detector is armed: give --scan-shape SY SX")
-            shape = self.header.get("nav_shape")
-            total, per_row = self.header["frames_in_acquisition"], self.header["frames_per_trigger"]
-            if shape is None and per_row and total and 1 < per_row < total:
-                shape = (-(-total // per_row), per_row)
-            if shape is None:
-                raise ValueError(f"{self.path}: the acquisition header does not give the scan shape "
-                                 f"({total} frames, {per_row} per trigger): give --scan-shape SY SX")
-            self._scan_shape = tuple(int(s) for s in shape)
-        return self._scan_shape
-
-    def geometry(self) -> Geometry:
-        from ..io.mib import PIXEL_SIZE_UM
-
-        return Geometry(detector_shape=self.detector_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
-
     def stats(self) -> dict:
         """Counters of the stream: frames the acquisition header announced, received, dropped (gaps
         in the frame numbers), outside the scan, frame stacks, most frames waiting for the
@@ -601,98 +605,6 @@ class MerlinStreamSource:
         if t0 is not None and t1 is not None and t1 > t0 and s["frames_received"] > 1:
             s["receive_rate_hz"] = round((s["frames_received"] - 1) / (t1 - t0), 1)
         return s
-
-    # -- the receiver thread
-    def _receive(self):
-        import tempfile
-
-        import libertem_qd_mpx as qd
-
-        handle_dir = tempfile.mkdtemp(prefix="sedclassify-qd-")
-        conn = cam = None
-        try:
-            conn = qd.QdConnection(data_host=self.host, data_port=self.port, frame_stack_size=self.frame_stack_size,
-                                   shm_handle_path=os.path.join(handle_dir, "qd-shm"), drain=False,
-                                   num_slots=self.num_slots, bytes_per_frame=self.bytes_per_frame,
-                                   recovery_strategy="immediate_reconnect")
-            conn.start_passive()
-            acq = None
-            while acq is None and not self._stop.is_set():
-                acq = conn.wait_for_arm(timeout=0.2)
-            if acq is None:
-                return
-            total = int(acq.frames_in_acquisition())
-            self.header = {"frames_in_acquisition": total, "frames_per_trigger": int(acq.frames_per_trigger()),
-                           "nav_shape": acq.nav_shape(), "detector_shape": tuple(acq.detector_shape())}
-            self.detector_shape = tuple(int(s) for s in acq.detector_shape())
-            self._stats["frames_announced"] = total
-            self.metadata["acquisition_header"] = {k: (list(v) if isinstance(v, tuple) else v)
-                                                   for k, v in self.header.items()}
-            cam = qd.CamClient(conn.get_socket_path())
-            self._armed.set()
-            expected = 1
-            while not self._stop.is_set():
-                with self._cond:  # the classifier is behind: leave the stacks in shared memory
-                    while self._buffered >= self.max_buffered_frames and not self._stop.is_set():
-                        self._cond.wait(0.05)
-                if self._stop.is_set():
-                    break
-                stack = conn.get_next_stack(max_size=self.frame_stack_size)
-                if stack is None:  # the acquisition is over
-                    break
-                seen = time.perf_counter()
-                n = len(stack)
-                if self.dtype is None:
-                    self.dtype = np.dtype(stack.get_dtype_string())
-                    self.detector_shape = tuple(int(s) for s in stack.get_shape())
-                    self.metadata.setdefault("counter_depth", {1: 6, 2: 12, 4: 24}.get(self.dtype.itemsize))
-                frames = np.empty((n,) + self.detector_shape, self.dtype)
-                cam.decode_range_into_buffer(stack, frames, 0, n)
-                seqs = _qd_sequences(stack.serialize(), n)
-                cam.done(stack)
-                if self._stats["frame_numbers_from"] is None:
-                    self._stats["frame_numbers_from"] = "frame headers" if seqs is not None else "arrival order"
-                if seqs is None:
-                    seqs = np.arange(expected, expected + n)
-                gaps = int(seqs[0] - expected) + int(np.clip(np.diff(seqs) - 1, 0, None).sum())
-                expected = int(seqs[-1]) + 1
-                index = seqs - 1
-                inside = (index >= 0) & (index < self._n_positions())
-                if not inside.all():
-                    index, frames = index[inside], frames[inside]
-                batch = FrameBatch(index, frames[:, ::-1], np.full(len(index), seen))
-                with self._cond:
-                    st = self._stats
-                    st["frames_received"] += n
-                    st["frames_dropped"] += max(gaps, 0)
-                    st["frames_outside_scan"] += int(n - inside.sum())
-                    st["frame_stacks"] += 1
-                    st["first_frame_at"] = st["first_frame_at"] or seen
-                    st["last_frame_at"] = seen
-                    if len(batch.index):
-                        self._queue.append(batch)
-                        self._buffered += len(batch.index)
-                    st["max_buffered_frames"] = max(st["max_buffered_frames"], self._buffered)
-                    self._cond.notify_all()
-            if not self._stop.is_set():  # frames announced but never sent: lost at the end
-                with self._cond:
-                    announced = self._stats["frames_announced"] or 0
-                    self._stats["frames_dropped"] += max(0, announced - (expected - 1))
-        except BaseException as exc:  # reported by ready() / poll()
-            self.error = exc
-        finally:
-            for obj in (cam, conn):
-                if obj is not None:
-                    try:
-                        obj.close()
-                    except Exception:
-                        pass
-            import shutil
-
-            shutil.rmtree(handle_dir, ignore_errors=True)
-            self._ended.set()
-            with self._cond:
-                self._cond.notify_all()
 
     def _n_positions(self) -> int:
         try:
@@ -728,6 +640,302 @@ class MerlinStreamSource:
                           np.concatenate([b.seen for b in got]))
 
 
+class MerlinStreamSource(StreamSource):
+    """Frames from a Quantum Detectors Merlin data stream (TCP; the Merlin software's data port,
+    6342 by default, or LiberTEM-live's simulator ``libertem-live-mib-sim``), received by
+    ``libertem_qd_mpx.QdConnection`` (the ``live`` extra) in passive mode.
+
+    ``ready()`` connects on its first call and starts a receiver thread that waits for the
+    detector to be armed (by the acquisition software; nothing is triggered from here), then
+    takes frame stacks out of the receiver's shared memory, decodes them into frames (rows flipped,
+    as the project's .mib reader shows them) and releases them; ``poll()`` hands over the frames
+    waiting. Each frame is placed at scan position ``frame number - 1`` (the number in its Merlin
+    header): a frame lost on the way leaves its position unclassified and is counted in
+    ``stats()["frames_dropped"]``. At most ``max_buffered_frames`` decoded frames wait for the
+    classifier; beyond that, stacks stay in shared memory (``num_slots`` stacks of up to
+    ``frame_stack_size`` frames) and then the TCP stream itself is held back, as a slow reader of a
+    real detector would be (Merlin then drops frames, which shows as ``frames_dropped``).
+
+    scan_shape: (sy, sx); default the acquisition header's ScanX/ScanY, else its frames per trigger
+    as the row length. control_port: the Merlin control port; when given, the counter depth and
+    frame size are read from it (metadata). name: stem of the output files.
+    """
+
+    kind = "merlin"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6342, scan_shape=None, *, control_port=None,
+                 name: str = "merlin", frame_stack_size: int = 16, num_slots: int = 256,
+                 max_buffered_frames: int = 1024, bytes_per_frame: int = 256 * 256 * 2):
+        from ..optional import require_live
+
+        require_live("merlin")
+        self.host, self.port = str(host), int(port)
+        self.control_port = None if control_port is None else int(control_port)
+        self.name = name
+        self.path = f"merlin://{self.host}:{self.port}"
+        self._scan_shape = None if scan_shape is None else tuple(int(s) for s in scan_shape)
+        self.frame_stack_size = int(frame_stack_size)
+        self.num_slots = int(num_slots)
+        self.bytes_per_frame = int(bytes_per_frame)
+        self.metadata = {"format": "Merlin TCP stream (live)", "stream": f"{self.host}:{self.port}"}
+        self._init_stream(max_buffered_frames)
+
+    # -- lifecycle
+    def _start(self):
+        if self.control_port is not None:
+            try:
+                settings = merlin_control_get(self.host, self.control_port)
+            except OSError as exc:
+                raise ConnectionError(f"Merlin control port {self.host}:{self.control_port} does not answer: {exc}") from exc
+            self.metadata["merlin_settings"] = settings
+            if str(settings.get("COUNTERDEPTH", "")).isdigit():
+                self.metadata["counter_depth"] = int(settings["COUNTERDEPTH"])
+        super()._start()
+
+    # -- what the acquisition header says
+    @property
+    def scan_shape(self):
+        if self._scan_shape is None:
+            if self.header is None:
+                raise ValueError(f"{self.path}: scan shape unknown until the detector is armed: give --scan-shape SY SX")
+            shape = self.header.get("nav_shape")
+            total, per_row = self.header["frames_in_acquisition"], self.header["frames_per_trigger"]
+            if shape is None and per_row and total and 1 < per_row < total:
+                shape = (-(-total // per_row), per_row)
+            if shape is None:
+                raise ValueError(f"{self.path}: the acquisition header does not give the scan shape "
+                                 f"({total} frames, {per_row} per trigger): give --scan-shape SY SX")
+            self._scan_shape = tuple(int(s) for s in shape)
+        return self._scan_shape
+
+    def geometry(self) -> Geometry:
+        from ..io.mib import PIXEL_SIZE_UM
+
+        return Geometry(detector_shape=self.detector_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
+
+    def _receive(self):
+        import tempfile
+
+        import libertem_qd_mpx as qd
+
+        handle_dir = tempfile.mkdtemp(prefix="sedclassify-qd-")
+        conn = cam = None
+        try:
+            conn = qd.QdConnection(data_host=self.host, data_port=self.port, frame_stack_size=self.frame_stack_size,
+                                   shm_handle_path=os.path.join(handle_dir, "qd-shm"), drain=False,
+                                   num_slots=self.num_slots, bytes_per_frame=self.bytes_per_frame,
+                                   recovery_strategy="immediate_reconnect")
+            conn.start_passive()
+            acq = None
+            while acq is None and not self._stop.is_set():
+                acq = conn.wait_for_arm(timeout=0.2)
+            if acq is None:
+                return
+            total = int(acq.frames_in_acquisition())
+            self.header = {"frames_in_acquisition": total, "frames_per_trigger": int(acq.frames_per_trigger()),
+                           "nav_shape": acq.nav_shape(), "detector_shape": tuple(acq.detector_shape())}
+            self.detector_shape = tuple(int(s) for s in acq.detector_shape())
+            self._stats["frames_announced"] = total
+            self.metadata["acquisition_header"] = {k: (list(v) if isinstance(v, tuple) else v)
+                                                   for k, v in self.header.items()}
+            cam = qd.CamClient(conn.get_socket_path())
+            self._armed.set()
+            expected = 1
+            while not self._stop.is_set():
+                self._wait_for_room()  # the classifier is behind: leave the stacks in shared memory
+                if self._stop.is_set():
+                    break
+                stack = conn.get_next_stack(max_size=self.frame_stack_size)
+                if stack is None:  # the acquisition is over
+                    break
+                seen = time.perf_counter()
+                n = len(stack)
+                if self.dtype is None:
+                    self.dtype = np.dtype(stack.get_dtype_string())
+                    self.detector_shape = tuple(int(s) for s in stack.get_shape())
+                    self.metadata.setdefault("counter_depth", {1: 6, 2: 12, 4: 24}.get(self.dtype.itemsize))
+                frames = np.empty((n,) + self.detector_shape, self.dtype)
+                cam.decode_range_into_buffer(stack, frames, 0, n)
+                seqs = _qd_sequences(stack.serialize(), n)
+                cam.done(stack)
+                seqs, gaps, expected = self._numbered(seqs, expected, n)
+                self._deliver(seqs - 1, frames[:, ::-1], seen, n, gaps)
+            self._count_unsent(expected - 1)  # Merlin numbers frames from 1
+        except BaseException as exc:  # reported by ready() / poll()
+            self.error = exc
+        finally:
+            self._end_receiving(cam, conn, handle_dir=handle_dir)
+
+
+def _dectris_frame_numbers(blob: bytes, n: int):
+    """Frame numbers (from 0, each frame's ``dimage-1.0`` part) of a libertem_dectris frame stack,
+    read from its serialized handle (bincode: slot size and index, then each frame's metadata:
+    dimage (htype, series, frame, hash), dimage_d (htype, shape, type, encoding), dconfig (htype,
+    start, stop, real time), data length; then the offsets and the frame size); None when the bytes
+    are not laid out as expected (another version of the receiver), and frames are then numbered
+    in order of arrival."""
+    import struct
+
+    def string(off):
+        (length,) = struct.unpack_from("<Q", blob, off)
+        if length > 256:
+            raise ValueError("not a header string")
+        return off + 8 + length
+
+    try:
+        off = 16
+        (count,) = struct.unpack_from("<Q", blob, off)
+        off += 8
+        if count != n:
+            return None
+        numbers = np.empty(n, np.int64)
+        for j in range(n):
+            off = string(off) + 8  # htype, series
+            (numbers[j],) = struct.unpack_from("<Q", blob, off)
+            off = string(off + 8)  # hash
+            off = string(off) + 16 + 4  # dimage_d htype, shape, pixel type
+            off = string(off)  # encoding
+            off = string(off) + 24 + 8  # dconfig htype, start/stop/real time; data length
+        (offsets,) = struct.unpack_from("<Q", blob, off)
+        if offsets != n or off + 8 + 8 * n + 8 != len(blob):
+            return None
+        return numbers
+    except (struct.error, ValueError):
+        return None
+
+
+def _dectris_config(config) -> dict:
+    """The detector configuration libertem_dectris parsed from the series header (its repr:
+    ``DetectorConfig { ntrigger: 256, nimages: 1, trigger_mode: EXTE, x_pixels_in_detector: ...}``)."""
+    out = {}
+    for key, value in re.findall(r"(\w+): (\w+)", repr(config)):
+        out[key] = int(value) if value.isdigit() else value.lower()
+    return out
+
+
+class DectrisStreamSource(StreamSource):
+    """Frames from a DECTRIS detector's zmq stream (ARINA, QUADRO, EIGER2: the DCU's stream port,
+    9999 by default, or LiberTEM-live's simulator ``libertem-live-dectris-sim``), received by
+    ``libertem_dectris.DectrisConnection`` (the ``live`` extra) in passive mode.
+
+    ``ready()`` connects on its first call and starts a receiver thread that waits for a series
+    header (``dheader-1.0``: the detector was armed by the acquisition software; nothing is armed or
+    triggered from here), then takes frame stacks out of the receiver's shared memory, decodes them
+    (Bitshuffle-LZ4 or LZ4, 8/16/32 bit, as the receiver does) and releases them. Each frame goes to
+    scan position ``frame`` (the number in its ``dimage-1.0`` part, from 0). LiberTEM's receiver
+    stops a series whose frame numbers skip (a frame lost on the way): the frames announced by the
+    header (``ntrigger`` x ``nimages``) that never arrived are counted in
+    ``stats()["frames_dropped"]`` and the receiver's message is kept in ``stats()["stream_error"]``;
+    the run then ends ``incomplete``. Memory is bounded as for :class:`MerlinStreamSource`
+    (``max_buffered_frames`` decoded frames, then ``num_slots`` stacks in shared memory, then the
+    zmq stream is held back).
+
+    scan_shape: (sy, sx); needed (a DECTRIS series header gives the number of frames, not the scan's
+    rows and columns). name: stem of the output files.
+    """
+
+    kind = "dectris"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9999, scan_shape=None, *, name: str = "dectris",
+                 frame_stack_size: int = 16, num_slots: int = 256, max_buffered_frames: int = 1024,
+                 bytes_per_frame: int = 256 * 256 * 2):
+        from ..optional import require_live
+
+        require_live("dectris")
+        self.host, self.port = str(host), int(port)
+        self.name = name
+        self.path = f"dectris://{self.host}:{self.port}"
+        if scan_shape is None:
+            raise ValueError(f"{self.path}: a DECTRIS series header does not give the scan shape: "
+                             "give --scan-shape SY SX")
+        self._scan_shape = tuple(int(s) for s in scan_shape)
+        self.frame_stack_size = int(frame_stack_size)
+        self.num_slots = int(num_slots)
+        self.bytes_per_frame = int(bytes_per_frame)
+        self.metadata = {"format": "DECTRIS zmq stream (live)", "stream": f"{self.host}:{self.port}"}
+        self._init_stream(max_buffered_frames)
+
+    @property
+    def scan_shape(self):
+        return self._scan_shape
+
+    def geometry(self) -> Geometry:
+        return Geometry(detector_shape=self.detector_shape)
+
+    def _start(self):
+        import socket
+
+        try:  # zmq connects lazily and silently: say at once when nothing listens there
+            socket.create_connection((self.host, self.port), timeout=5.0).close()
+        except OSError as exc:
+            raise ConnectionError(f"cannot connect to the DECTRIS stream at {self.host}:{self.port} ({exc}): check the "
+                                  "DCU's address and its zmq stream port (9999 by default) and that its stream "
+                                  "interface is enabled (stream/api/.../config/mode = enabled)") from exc
+        super()._start()
+
+    def _receive(self):
+        import tempfile
+
+        import libertem_dectris as ld
+
+        handle_dir = tempfile.mkdtemp(prefix="sedclassify-dectris-")
+        conn = cam = None
+        try:
+            conn = ld.DectrisConnection(uri=f"tcp://{self.host}:{self.port}", frame_stack_size=self.frame_stack_size,
+                                        handle_path=os.path.join(handle_dir, "dectris-shm"),
+                                        num_slots=self.num_slots, bytes_per_frame=self.bytes_per_frame)
+            conn.start_passive()
+            armed = None
+            while armed is None and not self._stop.is_set():
+                armed = conn.wait_for_arm(timeout=0.2)
+            if armed is None:
+                return
+            config, series = armed
+            total = int(config.get_num_frames())
+            cfg = _dectris_config(config)
+            self.header = {"frames_in_acquisition": total, "series": int(series), **cfg}
+            if cfg.get("y_pixels_in_detector") and cfg.get("x_pixels_in_detector"):
+                self.detector_shape = (cfg["y_pixels_in_detector"], cfg["x_pixels_in_detector"])
+            if cfg.get("bit_depth_image"):
+                self.metadata["counter_depth"] = cfg["bit_depth_image"]
+            self._stats["frames_announced"] = total
+            self.metadata["acquisition_header"] = dict(self.header)
+            cam = ld.CamClient(conn.get_socket_path())
+            self._armed.set()
+            expected = 0
+            while not self._stop.is_set():
+                self._wait_for_room()
+                if self._stop.is_set():
+                    break
+                try:
+                    stack = conn.get_next_stack(max_size=self.frame_stack_size)
+                except Exception as exc:  # the receiver gave up on this series (e.g. a frame number skipped)
+                    with self._cond:
+                        self._stats["stream_error"] = str(exc)
+                    break
+                if stack is None:  # the series is over
+                    break
+                seen = time.perf_counter()
+                n = len(stack)
+                if self.dtype is None:
+                    self.dtype = np.dtype(stack.get_dtype_string())
+                    self.detector_shape = tuple(int(s) for s in reversed(stack.get_shape()))  # DECTRIS: [x, y]
+                    self.metadata.setdefault("counter_depth", 8 * self.dtype.itemsize)
+                frames = np.empty((n,) + self.detector_shape, self.dtype)
+                cam.decode_range_into_buffer(stack, frames, 0, n)
+                numbers = _dectris_frame_numbers(stack.serialize(), n)
+                cam.done(stack)
+                numbers, gaps, expected = self._numbered(numbers, expected, n)
+                if frames.dtype.byteorder == ">":
+                    frames = frames.astype(frames.dtype.newbyteorder("="))
+                self._deliver(numbers, frames, seen, n, gaps)
+            self._count_unsent(expected)  # DECTRIS numbers frames from 0
+        except BaseException as exc:  # reported by ready() / poll()
+            self.error = exc
+        finally:
+            self._end_receiving(cam, conn, handle_dir=handle_dir)
+
+
 def open_source(path, scan_shape=None):
     """A frame source for ``path``: ``merlin://HOST:PORT`` (a Merlin data stream, the ``live``
     extra), a growing .mib file (``.mib``/``.hdr``), else a folder of frame files (which may not
@@ -735,6 +943,9 @@ def open_source(path, scan_shape=None):
     if str(path).startswith("merlin://"):
         host, port = parse_host_port(str(path)[len("merlin://"):], 6342)
         return MerlinStreamSource(host, port, scan_shape)
+    if str(path).startswith("dectris://"):
+        host, port = parse_host_port(str(path)[len("dectris://"):], 9999)
+        return DectrisStreamSource(host, port, scan_shape)
     path = Path(path)
     if path.suffix.lower() in (".mib", ".hdr"):
         return MibSource(path.with_suffix(".mib"), scan_shape)
@@ -775,14 +986,22 @@ def output_paths(out_dir, name: str) -> dict:
     out_dir = Path(out_dir)
     return {"class_map": out_dir / f"{name}_live_classes.npy",
             "probabilities": out_dir / f"{name}_live_probabilities.npy",
-            "keep": out_dir / f"{name}_keep.json"}
+            "keep": out_dir / f"{name}_keep.json", "keep_list": out_dir / f"{name}_keep.csv"}
 
 
-def write_outputs(state: LiveClassMap, paths: dict, extra: dict | None = None) -> None:
-    """Write the class map, probabilities and keep-list atomically (replacing earlier versions)."""
+def write_outputs(state: LiveClassMap, paths: dict, extra: dict | None = None, scan_step_nm=None) -> None:
+    """Write the class map, probabilities, the keep-list (the CSV of ``sedclassify predict`` and
+    the napari export) and the run's status with its kept positions (JSON) atomically, replacing
+    earlier versions."""
+    from .reduce import write_keep_list
+
     snap = state.snapshot()
     write_npy(paths["class_map"], snap["class_map"])
     write_npy(paths["probabilities"], snap["probabilities"])
+    with np.errstate(invalid="ignore"):
+        confidence = np.nan_to_num(np.nanmax(snap["probabilities"], axis=-1, initial=0.0), nan=0.0)
+    write_keep_list(paths["keep_list"], snap["class_map"], confidence, state.keep_ids, state.class_names,
+                    scan_step_nm)
     keep = {"scan_shape": list(state.scan_shape), "status": snap["status"], "message": snap["message"],
             "frames_done": int(snap["done"].sum()), "positions": state.n_positions,
             "kept_classes": {str(i): state.class_names.get(i, str(i)) for i in state.keep_ids},
@@ -870,7 +1089,6 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     state.set_status("calibrating")
 
     threads = max(1, int(threads or os.cpu_count() or 1))
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
     # frames taken at once: when classification is behind, larger batches pay the model's fixed
     # cost per call less often; when it keeps up, batches hold what arrived since the last one
     max_poll = max_chunk * threads * 4
@@ -884,10 +1102,8 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
             step = max(1, min(max_chunk, -(-len(b.index) // threads)))
             pieces += [(b.frames[s:s + step], b.index[s:s + step], b.seen if np.ndim(b.seen) == 0 else b.seen[s:s + step])
                        for s in range(0, len(b.index), step)]
-        if pool is None or len(pieces) == 1:
-            feats = [classifier.features(frames, index) for frames, index, _ in pieces]
-        else:
-            feats = list(pool.map(lambda piece: classifier.features(piece[0], piece[1]), pieces))
+        parts = classifier.runner.map_chunks([(index, frames) for frames, index, _ in pieces], threads)
+        feats = [{"ria": part.values["ria"], "crop": part.values.get("crop")} for part in parts]
         ids, proba = classifier.predict(feats)
         index = np.concatenate([p[1] for p in pieces])
         seen = np.concatenate([np.broadcast_to(p[2], (len(p[1]),)) for p in pieces])
@@ -925,6 +1141,9 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
             reducer.commit(snap["class_map"], snap["done"], snap["probabilities"], report=report)
             return None
         return reducer.finish(snap["class_map"], snap["done"], snap["probabilities"], status=final_status, report=report)
+
+    def step_nm():
+        return None if classifier is None else classifier.geometry.scan_step_nm
 
     def extra():
         out = {"plan": _plain(classifier.plan) if classifier else None}
@@ -968,7 +1187,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                     run_batches([batch])
                 if (paths is not None or reducer is not None) and time.perf_counter() - last_write > write_every_s:
                     if paths is not None:
-                        write_outputs(state, paths, extra())
+                        write_outputs(state, paths, extra(), step_nm())
                     if reducer is not None:
                         commit()
                     last_write = time.perf_counter()
@@ -983,7 +1202,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         status = "stopped"
         state.set_status(status, "interrupted (Ctrl-C)")
         if paths is not None:
-            write_outputs(state, paths, extra())
+            write_outputs(state, paths, extra(), step_nm())
         if reducer is not None:
             commit("stopped")
         raise
@@ -996,8 +1215,6 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                 reducer.close()
         raise
     finally:
-        if pool is not None:
-            pool.shutdown()
         if hasattr(src, "close"):
             src.close()
     stats = src.stats() if hasattr(src, "stats") else {}
@@ -1008,7 +1225,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     plan = classifier.plan if classifier is not None else {}
     files = {}
     if paths is not None:
-        write_outputs(state, paths, extra())
+        write_outputs(state, paths, extra(), step_nm())
         files = {k: str(v) for k, v in paths.items()}
     reduced = None
     if reducer is not None:

@@ -171,10 +171,12 @@ def _one_flatfield(flatfield):
     return flatfields_for(flatfield, 1)[0]
 
 
-def write_prediction(pred: ScanPrediction, out_dir, classes) -> dict:
+def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ice",)) -> dict:
     """Write into ``out_dir``, atomically: ``<name>_classes.npy`` and ``.tif`` (uint8 class map),
     ``<name>_probabilities.npy`` (sy, sx, k float32) with ``<name>_probabilities.json`` (the class
-    ids and names of its last axis) and ``<name>_overlay.png``; with frames marked uncertain
+    ids and names of its last axis), ``<name>_overlay.png`` and ``<name>_keep.csv``, the keep-list
+    of the classes in ``keep`` (names or ids; the format ``watch`` and the napari export write,
+    ``pipeline.reduce.write_keep_list``); with frames marked uncertain
     (:func:`with_uncertain`) also ``<name>_uncertain.npy`` (bool (sy, sx), True = left out of the
     class map as uncertain); returns {kind: path}."""
     from ..io.atomic import atomic_path, write_text
@@ -201,6 +203,16 @@ def write_prediction(pred: ScanPrediction, out_dir, classes) -> dict:
     plot_overlay(pred.integrated, pred.class_map, f"{stem}_overlay.png", classes,
                  title=f"{pred.name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
     paths["overlay"] = Path(f"{stem}_overlay.png")
+    from .reduce import class_ids, write_keep_list
+
+    known = {str(i) for i in classes.ids} | set(classes.names.values())
+    keep = [k for k in ([keep] if isinstance(keep, (str, int)) else keep) if str(k) in known or "," in str(k)]
+    if keep:  # a model whose classes have none of them (a custom class table) gets no keep-list
+        paths["keep_list"] = Path(f"{stem}_keep.csv")
+        with np.errstate(invalid="ignore"):
+            confidence = np.nan_to_num(np.nanmax(pred.probabilities, axis=-1, initial=0.0), nan=0.0)
+        write_keep_list(paths["keep_list"], pred.class_map, confidence, class_ids(keep, classes), classes,
+                        pred.geometry.scan_step_nm if pred.geometry is not None else None)
     if pred.uncertain is not None:
         paths["uncertain"] = Path(f"{stem}_uncertain.npy")
         with atomic_path(paths["uncertain"]) as tmp, open(tmp, "wb") as fh:

@@ -218,7 +218,7 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     # the plan, from the calibration sample (the first recorded frames): saturation level, bad
     # pixels the flat-field did not catch, beam radius, every radius in px
     sample_idx = calibration_sample_index(missing, params.bad_pixel_sample)
-    sample = _read_frames(scan, sample_idx) if len(sample_idx) else np.zeros((0,) + det)
+    sample = scan.read(sample_idx) if len(sample_idx) else np.zeros((0,) + det)
     plan = PreprocessPlan.build(params, geometry, scan.metadata, sample, ff)
     _check(cancel)
     ff_used, ff = ff, plan.corrections(ff)
@@ -227,11 +227,8 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     prof = procs[0]
     resolved = dict(plan.resolved)
     grid = plan.grid
-    run_kw = dict(cancel=cancel, client=client, workers=params.workers)
-    data = scan.data
-    if params.chunk_frames:
-        rows = max(1, params.chunk_frames // sx)
-        data = data.rechunk({0: rows, 1: -1} if params.chunk_frames >= sx else {0: 1, 1: params.chunk_frames})
+    run_kw = dict(cancel=cancel, client=client, workers=params.workers, chunk_frames=params.chunk_frames)
+    data = scan.frame_source
     passes = 2 if params.centring == "fitted" else 1
     report = (lambda k: (lambda d, t: progress(k * n + d, passes * n))) if progress else (lambda k: None)
 
@@ -290,19 +287,6 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
         mask=ff.mask.copy(), missing=missing.copy(), params=params, resolved=resolved, geometry=geometry,
         provenance=provenance,
     )
-
-
-def _read_frames(scan, flat_index) -> np.ndarray:
-    """The frames at these flat scan indices (m, ky, kx), read straight from the reader in one
-    synchronous dask pass, with no thread pool and no distributed scheduler (a scheduler function,
-    not a name). A selection fuses into a read of its frame alone; samples that share a chunk
-    share one read of it."""
-    import dask
-    from dask.local import get_sync
-
-    sx = scan.scan_shape[1]
-    parts = [scan.data[i // sx, i % sx] for i in (int(j) for j in flat_index)]
-    return np.stack(dask.compute(*parts, scheduler=get_sync))
 
 
 def _check(cancel):

@@ -121,12 +121,14 @@ def kept_positions(class_map, ids, missing=None) -> np.ndarray:
     return keep
 
 
-def write_keep_list(path, class_map, confidence, keep_ids, table: ClassTable, scan_step_nm=None) -> int:
-    """CSV (atomic) of the scan positions whose class is in ``keep_ids``: flat frame index,
-    row, column, position (nm, when the step is known), class id and name, confidence.
-    Returns the number of positions written."""
+def write_keep_list(path, class_map, confidence, keep_ids, table, scan_step_nm=None) -> int:
+    """The keep-list (one format for ``sedclassify predict``, ``watch`` and the napari export):
+    CSV (atomic) of the scan positions whose class is in ``keep_ids``: flat frame index, row,
+    column, position (nm, when the step is known), class id and name, confidence (the class's
+    probability). table: a ClassTable or {id: name}. Returns the number of positions written."""
     import csv
 
+    names = table.names if hasattr(table, "names") else dict(table)
     rows, cols = np.nonzero(kept_positions(class_map, keep_ids))
     with atomic_output(path, force=True) as tmp, open(tmp, "w", newline="") as fh:
         out = csv.writer(fh)
@@ -135,7 +137,7 @@ def write_keep_list(path, class_map, confidence, keep_ids, table: ClassTable, sc
             cid = int(class_map[r, c])
             y_nm, x_nm = ("", "") if not scan_step_nm else (f"{r * scan_step_nm:g}", f"{c * scan_step_nm:g}")
             out.writerow([int(r * class_map.shape[1] + c), int(r), int(c), y_nm, x_nm, cid,
-                          table.names.get(cid, str(cid)), f"{float(confidence[r, c]):.4f}"])
+                          names.get(cid, str(cid)), f"{float(confidence[r, c]):.4f}"])
     return len(rows)
 
 

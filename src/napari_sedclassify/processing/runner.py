@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import Cancelled
+from ..scan import ScanFrames, frame_chunks
 from .flatfield import FlatField, native
 
 #: Frames corrected at a time inside run_chunk: 8 x 1 MB float32 frames (512 x 512) stay in
@@ -194,12 +195,16 @@ class FrameRunner:
         progress(done_frames, total_frames); cancel() -> True stops with Cancelled.
         client: a dask.distributed Client (each worker reads its own blocks).
         """
-        if hasattr(source, "data") and hasattr(source, "scan_shape"):  # a Scan
-            source = source.data
+        source = getattr(source, "frame_source", source)  # a Scan: its frames
         with_c = centres is None
         if centres is not None:
             centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+        if isinstance(source, ScanFrames):
+            return self._run_frames(source, centres, progress, cancel, client, workers, chunk_frames, store)
         if hasattr(source, "dask") or (hasattr(source, "chunks") and hasattr(source, "to_delayed")):
+            if chunk_frames:
+                source = ScanFrames(_as_4d(source)).to_dask()
+                source = source.rechunk(_chunking(source.shape[:2], chunk_frames))
             return self._run_dask(source, centres, progress, cancel, client, workers, store)
         if isinstance(source, np.ndarray):
             if source.ndim == 2:
@@ -210,6 +215,17 @@ class FrameRunner:
             tasks = ((np.arange(s, min(n, s + chunk)), stack[s: s + chunk]) for s in range(0, n, chunk))
             return self._run_tasks(tasks, n, centres, with_c, progress, cancel, workers, store)
         return self.run_stream(source, centres=centres, progress=progress, cancel=cancel, store=store)
+
+    def map_chunks(self, chunks, workers: int | None = None) -> list[ChunkResult]:
+        """The threads executor on chunks at hand: ``run_chunk`` of each (index, frames), split over
+        ``workers`` threads (the kernels release the GIL); results in the order given. Live runs
+        use it for the frames that arrived since their last batch."""
+        chunks = list(chunks)
+        workers = int(workers or os.cpu_count() or 1)
+        if workers == 1 or len(chunks) <= 1:
+            return [self.run_chunk(frames, index) for index, frames in chunks]
+        with ThreadPoolExecutor(min(workers, len(chunks))) as pool:
+            return list(pool.map(lambda chunk: self.run_chunk(chunk[1], chunk[0]), chunks))
 
     def run_stream(self, chunks: Iterable, *, n_frames: int | None = None, centres=None, progress=None,
                    cancel=None, store: dict | None = None) -> dict[str, np.ndarray]:
@@ -277,11 +293,20 @@ class FrameRunner:
                     raise Cancelled(f"stopped after {done} of {n} frames")
         return store
 
+    def _run_frames(self, frames: ScanFrames, centres, progress, cancel, client, workers, chunk_frames, store):
+        """A frame source: blocks read in the worker threads straight from the reader (no dask),
+        or, with a client, dask tasks that each worker reads itself."""
+        if client is not None or frames.array is frames.to_dask_if_made():
+            data = frames.to_dask()
+            if chunk_frames:
+                data = data.rechunk(_chunking(frames.shape[:2], chunk_frames))
+            return self._run_dask(data, centres, progress, cancel, client, workers, store)
+        n = frames.shape[0] * frames.shape[1]
+        loaders = ((index, (lambda r=rows, c=cols: frames[r, c])) for index, rows, cols in frames.blocks(chunk_frames))
+        return self._run_tasks(loaders, n, centres, centres is None, progress, cancel, workers, store)
+
     def _run_dask(self, data, centres, progress, cancel, client, workers, store):
-        if data.ndim == 2:
-            data = data[None]
-        if data.ndim == 3:
-            data = data[None]
+        data = _as_4d(data)
         if data.ndim != 4:
             raise ValueError(f"expected a dask array of frames, got {data.ndim} dimensions")
         if len(data.chunks[2]) > 1 or len(data.chunks[3]) > 1:
@@ -338,6 +363,18 @@ class FrameRunner:
             if nxt is not None:
                 queue.add(submit(*nxt))
         return store
+
+
+def _as_4d(data):
+    """Frames (ky, kx) or (N, ky, kx) as a (1, N, ky, kx) scan; a scan as it is."""
+    while data.ndim < 4:
+        data = data[None]
+    return data
+
+
+def _chunking(scan_shape, chunk_frames: int) -> dict:
+    rows, cols = frame_chunks(scan_shape, 1, chunk_frames)
+    return {0: rows, 1: cols, 2: -1, 3: -1}
 
 
 def _run_block(runner: FrameRunner, block, index, centres):

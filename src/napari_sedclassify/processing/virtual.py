@@ -59,8 +59,9 @@ class VirtualDetectors(FrameProcessor):
 
 def virtual_image(scan, inner_px: float = 0.0, outer_px: float | None = None, centre=None, *,
                   centres=None, inner_d_A: float | None = None, outer_d_A: float | None = None,
-                  flatfield=None):
-    """Lazy virtual image (scan_y, scan_x) float64: sum of counts in an annulus per frame.
+                  flatfield=None, progress=None, cancel=None, client=None, workers=None) -> np.ndarray:
+    """Virtual image (scan_y, scan_x) float64: sum of counts in an annulus per frame, computed
+    by the frame runner over the scan's frames (threads here, or a dask.distributed ``client``).
 
     inner_px=0, outer_px=None gives the total intensity (integrated image); a small outer
     radius gives bright field; inner radius beyond the direct beam gives annular dark field.
@@ -68,10 +69,9 @@ def virtual_image(scan, inner_px: float = 0.0, outer_px: float | None = None, ce
     centres: (scan_y, scan_x, 2) per-frame centres instead (NaN: that frame is NaN).
     inner_d_A / outer_d_A: radii as the lattice spacing (Å) seen there (needs a calibrated
     geometry; replaces inner_px / outer_px). flatfield: a FlatField applied first (its masked
-    pixels excluded). Missing frames are NaN.
+    pixels excluded). Missing frames are NaN. progress(done, total) frames; cancel() -> True
+    stops with Cancelled.
     """
-    import dask.array as da
-
     g = scan.geometry
     if inner_d_A is not None or outer_d_A is not None:
         if not g.calibrated:
@@ -91,18 +91,8 @@ def virtual_image(scan, inner_px: float = 0.0, outer_px: float | None = None, ce
         centres = np.broadcast_to(np.array([cy, cx], np.float64), (sy, sx, 2))
     key = "total" if whole else "annulus"
     runner = FrameRunner([VirtualDetectors(annuli, grid_for(scan))], flatfield)
-    data = scan.data
-    if len(data.chunks[2]) > 1 or len(data.chunks[3]) > 1:
-        data = data.rechunk({2: -1, 3: -1})
-
-    def _block(block, block_info=None):
-        (y0, y1), (x0, x1) = block_info[0]["array-location"][:2]
-        b = np.asarray(block)
-        c = None if centres is None else centres[y0:y1, x0:x1].reshape(-1, 2)
-        part = runner.run_chunk(b.reshape((-1, ky, kx)), centres=c)
-        return part.values[key].reshape(b.shape[:2])
-
-    img = data.map_blocks(_block, drop_axis=(2, 3), dtype=np.float64, chunks=data.chunks[:2])
-    if scan.missing.any():
-        img = da.where(da.from_array(scan.missing, chunks=data.chunks[:2]), np.nan, img)
+    given = None if centres is None else np.ascontiguousarray(centres).reshape(-1, 2)
+    out = runner.run(scan, centres=given, progress=progress, cancel=cancel, client=client, workers=workers)
+    img = out[key].reshape(sy, sx).astype(np.float64)
+    img[scan.missing] = np.nan
     return img

@@ -3,15 +3,19 @@ centre, its masked pixels and its RIA, in a dock with its own canvas.
 
 Scan-space layers share the main canvas; the frame lives here, so the two spaces never fight.
 The view follows the scan under the cursor (the topmost visible scan layer there), so with
-several scans open it always shows a frame of the scan the cursor is on. Only the one frame
-shown is read from the lazy scan: while the cursor moves, at most one frame every 40 ms, read
-and prepared in a worker thread (the event loop never waits for the file); the last frames
-shown are kept, so going back to a point costs nothing.
+several scans open it always shows a frame of the scan the cursor is on. Frames are read from
+the lazy scan and prepared (gain, centre, RIA, colours) in one background thread, never on the
+UI thread: the point under the cursor first (the latest request wins, so a fast sweep does not
+queue up reads), then, while the cursor rests, the points around it, the way the cursor is
+going first (``prefetch_radius``). Prepared frames are kept (``CACHE_SIZE``): a point already
+prepared shows at once, in the mouse-move callback itself.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,7 +28,7 @@ from ..palette import display_name
 from ..pickers import scan_picker
 from ..light_plots import CurvePlot, FrameImage, frame_rgba
 from ..state import (
-    CALIBRATION_KEY,
+    calibration_of,
     active_scan_layer,
     clicked_point,
     flatfield_of,
@@ -34,8 +38,10 @@ from ..state import (
 )
 
 MARKER_LAYER = "diffraction point"
-#: Frames kept ready for display (a few hundred kB each at 256x256).
-CACHE_SIZE = 64
+#: Frames kept ready for display (an RGBA image and the mask: 1.3 MB each at 512x512).
+CACHE_SIZE = 96
+#: Points around the one shown that are prepared ahead (Chebyshev distance, in scan steps).
+PREFETCH_RADIUS = 2
 
 
 def prepared_frame(layer, iy: int, ix: int):
@@ -47,15 +53,98 @@ def prepared_frame(layer, iy: int, ix: int):
     vmax = float(np.log1p(np.percentile(finite, 99.9))) if finite.size else 1.0
     with np.errstate(invalid="ignore"):
         image = np.log1p(np.clip(frame, 0, None))
-    return details, frame_rgba(image, max(vmax, 1e-6), details.mask)
+    rgba = frame_rgba(image, max(vmax, 1e-6), details.mask)
+    return replace(details, frame=None), rgba  # the counts are drawn into rgba: not kept in the cache
+
+
+class FrameLoader:
+    """One daemon thread that prepares frames (:func:`prepared_frame`): the latest ``want`` first
+    (an older one not yet started is dropped), then the ``prefetch`` list in order. Results come
+    back on the UI thread through the Qt signal ``relay.ready`` as (item, urgent, prepared, error)."""
+
+    def __init__(self):
+        from qtpy.QtCore import QObject, Signal
+
+        class Relay(QObject):
+            ready = Signal(object)
+
+        self.relay = Relay()
+        self._cond = threading.Condition()
+        self._wanted = None
+        self._prefetch = []
+        self._busy = False
+        self._working = False
+        self._closed = False
+        self._thread = None
+
+    def _start(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="diffraction view frames")
+            self._thread.start()
+
+    def want(self, item):
+        """Prepare ``item`` = (layer, iy, ix, state, snapshot) next; drops the prefetch list."""
+        with self._cond:
+            self._wanted, self._prefetch = item, []
+            self._start()
+            self._cond.notify()
+
+    def prefetch(self, items):
+        with self._cond:
+            self._prefetch = list(items)
+            if self._prefetch:
+                self._start()
+                self._cond.notify()
+
+    @property
+    def busy(self) -> bool:
+        """A requested (not prefetched) frame is waiting or being prepared."""
+        with self._cond:
+            return self._wanted is not None or self._busy
+
+    @property
+    def idle(self) -> bool:
+        """Nothing requested, nothing to prefetch, nothing being prepared."""
+        with self._cond:
+            return self._wanted is None and not self._prefetch and not self._working
+
+    def close(self):
+        with self._cond:
+            self._closed = True
+            self._wanted, self._prefetch = None, []
+            self._cond.notify()
+
+    def _loop(self):
+        while True:
+            with self._cond:
+                while not self._closed and self._wanted is None and not self._prefetch:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                urgent = self._wanted is not None
+                item = self._wanted if urgent else self._prefetch.pop(0)
+                self._wanted = None
+                self._busy, self._working = urgent, True
+            _layer, iy, ix, _state, snapshot = item
+            try:
+                prepared, error = prepared_frame(snapshot, iy, ix), None
+            except Exception as exc:  # shown for a requested point; a failed prefetch is forgotten
+                prepared, error = None, exc
+            try:
+                self.relay.ready.emit((item, urgent, prepared, error))
+            except RuntimeError:  # the view was deleted meanwhile
+                return
+            finally:
+                with self._cond:
+                    self._busy = self._working = False
+            if self._closed:
+                return
 
 
 class DiffractionView(Container):
     """Frame + centre marker + masked pixels, and its radial intensity average (RIA)."""
 
     def __init__(self, napari_viewer):
-        from qtpy.QtCore import QTimer
-
         super().__init__(layout="horizontal", labels=False)
         self._viewer = napari_viewer
         self._scan = scan_picker(napari_viewer, label="shown")
@@ -76,12 +165,11 @@ class DiffractionView(Container):
         self.native.setMinimumHeight(240)
         self._cache = OrderedDict()  # (scan id, iy, ix) -> (scan, flat-field, result, prepared frame)
         self.point = None  # (scan layer, iy, ix) on display
-        self._pending = None  # (scan layer, iy, ix) waiting to be shown
-        self._worker = None  # the worker reading a frame, while one runs
-        self._timer = QTimer()
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(40)  # frames are read at most every 40 ms while the cursor moves
-        self._timer.timeout.connect(self._show_pending)
+        self._pending = None  # (scan layer, iy, ix, mark) waiting to be shown
+        self._previous = None  # the point shown before self.point (the way the cursor goes)
+        self.prefetch_radius = PREFETCH_RADIUS
+        self._loader = FrameLoader()
+        self._loader.relay.ready.connect(self._prepared)
         self._log.changed.connect(lambda _=None: self.redraw())
         self._scan.changed.connect(self._picked)
         for layer in napari_viewer.layers:
@@ -91,11 +179,13 @@ class DiffractionView(Container):
         napari_viewer.mouse_drag_callbacks.append(self._on_press)
         self.native.destroyed.connect(self._disconnect)
 
+    @property
+    def loading(self) -> bool:
+        """A requested frame is still being read and prepared."""
+        return self._pending is not None or self._loader.busy
+
     def _disconnect(self, *_):
-        try:
-            self._timer.stop()
-        except RuntimeError:  # already deleted with the application
-            pass
+        self._loader.close()
         for callbacks, cb in (
             (self._viewer.mouse_move_callbacks, self._on_move),
             (self._viewer.mouse_drag_callbacks, self._on_press),
@@ -107,7 +197,7 @@ class DiffractionView(Container):
         """A flat-field, centring result or geometry arrived for the scan on display: show it."""
         if self.point is not None and event.source == self.point[0]:  # == sees through napari's plugin proxies
             try:
-                self.show_point(*self.point)
+                self.request(*self.point)
             except RuntimeError:  # this view was deleted with its viewer
                 pass
 
@@ -119,27 +209,26 @@ class DiffractionView(Container):
         iy, ix = self.point[1:] if self.point is not None else (0, 0)
         if scan is not None:
             sy, sx = scan.scan_shape
-            self.show_point(layer, min(iy, sy - 1), min(ix, sx - 1))
+            self.request(layer, min(iy, sy - 1), min(ix, sx - 1))
 
     def _layer(self):
         return self._scan.value or active_scan_layer(self._viewer)
 
     # mouse ---------------------------------------------------------------------------
     def _on_move(self, viewer, event):
-        """Cheap on every mouse move: find the scan point under the cursor and queue it."""
+        """On every mouse move: find the scan point under the cursor; show it now when its frame
+        is prepared, else ask the loader thread for it (nothing is read here)."""
         if not self._follow.value:
             return
         layer, index = scan_layer_at(self._viewer, event.position)
         if layer is None:
             return
         wanted = (layer, *index)
-        if self._pending is not None and self._same(self._pending, wanted):
+        if self._pending is not None and self._same(self._pending[:3], wanted):
             return
         if self._pending is None and self.point is not None and self._same(self.point, wanted):
             return
-        self._pending = wanted
-        if not self._timer.isActive():
-            self._timer.start()
+        self.request(*wanted)
 
     @staticmethod
     def _same(a, b):
@@ -151,48 +240,71 @@ class DiffractionView(Container):
         layer = layer or self._layer()
         index = yield from clicked_point(layer, event)
         if index is not None:
-            self._pending = None
-            self.show_point(layer, *index, mark=True)
+            self.request(layer, *index, mark=True)
 
-    def _show_pending(self):
-        """Show the queued point: at once when its frame is ready, else read it in a worker."""
-        if self._pending is None or self._worker is not None:
-            return  # a frame is being read: the latest queued point follows when it is done
-        layer, iy, ix = self._pending
-        self._pending = None
+    def request(self, layer, iy: int, ix: int, mark: bool = False):
+        """Show scan point (iy, ix) of ``layer``: at once when its frame is prepared, else as soon
+        as the loader thread has prepared it (a later request replaces this one)."""
         if find_scan(layer) is None:
             return
+        iy, ix = int(iy), int(ix)
         ready = self._cached(layer, iy, ix)
         if ready is not None:
+            self._pending = None
             self._show(layer, iy, ix, ready)
+            if mark:
+                self._mark(layer, iy, ix)
+            self._prefetch_around(layer, iy, ix)
             return
-        self._read_in_worker(layer, iy, ix)
+        self._pending = (layer, iy, ix, mark)
+        self._loader.want(self._item(layer, iy, ix))
 
-    def _read_in_worker(self, layer, iy, ix):
-        from napari.qt.threading import create_worker
+    @classmethod
+    def _item(cls, layer, iy, ix):
+        snapshot = SimpleNamespace(metadata=dict(layer.metadata))  # the thread never touches the layer
+        return (layer, iy, ix, cls._state(layer), snapshot)
 
-        state = self._state(layer)
-        snapshot = SimpleNamespace(metadata=dict(layer.metadata))  # the worker never touches the layer
-        worker = create_worker(prepared_frame, snapshot, iy, ix, _start_thread=False)
-
-        def returned(prepared):
-            self._remember(layer, iy, ix, state, prepared)
-            if self._pending is None:  # the cursor has not moved on meanwhile
+    def _prepared(self, payload):
+        """UI thread: a frame came back from the loader thread."""
+        (layer, iy, ix, state, _), urgent, prepared, error = payload
+        pending = self._pending
+        is_pending = pending is not None and self._same(pending[:3], (layer, iy, ix))
+        if error is not None:
+            if is_pending:
+                self._pending = None
+                self._info.value = f"could not read point ({iy}, {ix}) of {layer.name}: {error}"
+            return
+        if any(a is not b for a, b in zip(state, self._state(layer))):  # the scan's state changed meanwhile
+            if is_pending:
+                self._loader.want(self._item(layer, iy, ix))
+            return
+        self._remember(layer, iy, ix, state, prepared)
+        if is_pending:
+            self._pending = None
+            try:
                 self._show(layer, iy, ix, prepared)
+            except RuntimeError:  # deleted with its viewer
+                return
+            if pending[3]:
+                self._mark(layer, iy, ix)
+            self._prefetch_around(layer, iy, ix)
 
-        def errored(exc):
-            self._info.value = f"could not read point ({iy}, {ix}) of {layer.name}: {exc}"
-
-        def finished():
-            self._worker = None
-            if self._pending is not None:
-                self._timer.start()
-
-        worker.returned.connect(returned)
-        worker.errored.connect(errored)
-        worker.finished.connect(finished)
-        self._worker = worker
-        worker.start()
+    def _prefetch_around(self, layer, iy, ix):
+        """Queue the points around (iy, ix) not yet prepared, those the cursor heads for first."""
+        r = int(self.prefetch_radius)
+        scan = find_scan(layer)
+        if r <= 0 or scan is None:
+            return
+        sy, sx = scan.scan_shape
+        dy = dx = 0
+        if self._previous is not None and self._previous[0] == layer:
+            dy, dx = int(np.sign(iy - self._previous[1])), int(np.sign(ix - self._previous[2]))
+        around = [(iy + a, ix + b) for a in range(-r, r + 1) for b in range(-r, r + 1) if (a, b) != (0, 0)]
+        # ahead first (along the last move), then the nearest
+        around.sort(key=lambda p: (-((p[0] - iy) * dy + (p[1] - ix) * dx), max(abs(p[0] - iy), abs(p[1] - ix))))
+        items = [self._item(layer, y, x) for y, x in around
+                 if 0 <= y < sy and 0 <= x < sx and self._cached(layer, y, x, touch=False) is None]
+        self._loader.prefetch(items[: CACHE_SIZE // 2])
 
     # frames kept ready ---------------------------------------------------------------
     @staticmethod
@@ -201,12 +313,13 @@ class DiffractionView(Container):
         scan = find_scan(layer)
         return scan, getattr(scan, "geometry", None), flatfield_of(layer), preprocess_of(layer)
 
-    def _cached(self, layer, iy, ix):
+    def _cached(self, layer, iy, ix, touch: bool = True):
         state = self._state(layer)
         item = self._cache.get((id(state[0]), iy, ix))
         if item is None or any(a is not b for a, b in zip(item[0], state)):
             return None
-        self._cache.move_to_end((id(state[0]), iy, ix))
+        if touch:
+            self._cache.move_to_end((id(state[0]), iy, ix))
         return item[1]
 
     def _remember(self, layer, iy, ix, state, prepared):
@@ -236,6 +349,8 @@ class DiffractionView(Container):
             self._mark(layer, iy, ix)
 
     def _show(self, layer, iy, ix, prepared):
+        if self.point is not None and not self._same(self.point, (layer, iy, ix)):
+            self._previous = self.point
         self.point = (layer, int(iy), int(ix))
         if self._scan.value != layer:
             with self._scan.changed.blocked():
@@ -276,13 +391,13 @@ class DiffractionView(Container):
     def redraw(self):
         """Draw the point on display again (after a change of options or state)."""
         if self.point is not None:
-            self.show_point(*self.point)
+            self.request(*self.point)
 
     def _draw(self, prepared):
         details, rgba = prepared
         layer, iy, ix = self.point
         scan = find_scan(layer)
-        calibration = layer.metadata.get(CALIBRATION_KEY)
+        calibration = calibration_of(layer)
         rings = () if calibration is None else [scan.geometry.d_A_to_radius_px(d) for d in calibration.d_A]
         self.frame_view.set_frame(rgba, details.centre, f"{layer.name} ({iy}, {ix})", rings_px=rings)
         if details.ria is not None:

@@ -7,7 +7,6 @@ changed too (the file is opened again with them).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +19,11 @@ from ..pickers import scan_picker
 from ..plots import form
 from ..state import (
     DERIVED_KEY,
-    FLATFIELD_KEY,
     LABELS_OF_KEY,
     PREDICTION_OF_KEY,
-    PREPROCESS_INPUTS_KEY,
-    PREPROCESS_KEY,
+    SESSION_KEY,
     flatfield_of,
-    preprocess_of,
+    session_of,
     set_state,
 )
 
@@ -75,7 +72,9 @@ def apply_geometry(viewer, scan_layer, geometry) -> str:
     Announces the change (layer.events.metadata). Returns a sentence saying what changed."""
     scan = find_scan(scan_layer)
     old = scan.geometry
-    scan.geometry = geometry
+    session = session_of(scan_layer)
+    had_result = session.latest_result is not None
+    dropped = session.set_geometry(geometry)  # the scan takes it; results follow or are dropped
     notes = []
     step = geometry.scan_step_nm
     if step and step != old.scan_step_nm:
@@ -90,19 +89,10 @@ def apply_geometry(viewer, scan_layer, geometry) -> str:
                 pass
         notes.append(f"the scan's layers are now in nm ({step:g} nm per step)")
     q_changed = any(getattr(old, n) != getattr(geometry, n) for n in Q_FIELDS)
-    result = preprocess_of(scan_layer)
-    if result is not None and q_changed:
-        in_angstrom = [f.name for f in dataclasses.fields(result.params)
-                       if (f.name.endswith("_d_A") or f.name.endswith("_invA")) and getattr(result.params, f.name)]
-        if in_angstrom:
-            scan_layer.metadata.pop(PREPROCESS_KEY, None)
-            scan_layer.metadata.pop(PREPROCESS_INPUTS_KEY, None)
+    if had_result and q_changed:
+        if dropped:
             notes.append("the centring/RIA results were made for the old q axis: run Find centres again")
         else:
-            scan_layer.metadata[PREPROCESS_KEY] = dataclasses.replace(result, geometry=geometry)
-            inputs = scan_layer.metadata.get(PREPROCESS_INPUTS_KEY)
-            if inputs is not None:
-                scan_layer.metadata[PREPROCESS_INPUTS_KEY] = {**inputs, "geometry": geometry}
             notes.append("the RIAs (in px) stay; their q axis follows")
     set_state(scan_layer, GEOMETRY_KEY, (geometry, geometry.origins))
     return "; ".join(notes)
@@ -277,13 +267,14 @@ class GeometryWidget(Container):
         from ..reader import INTEGRATING, integrate_in_background
 
         old = find_scan(layer)
-        meta = {k: v for k, v in layer.metadata.items() if k not in (PREPROCESS_KEY, PREPROCESS_INPUTS_KEY)}
-        if flatfield_of(layer) is not None and tuple(new.detector_shape) != tuple(old.detector_shape):
-            meta.pop(FLATFIELD_KEY, None)
+        flatfield = flatfield_of(layer)
+        meta = {k: v for k, v in layer.metadata.items() if k != SESSION_KEY}  # a new scan: a new session
         meta[SCAN_KEY] = new
         meta[INTEGRATING] = True
         layer.data = np.zeros(new.scan_shape, dtype=np.float32)
         layer.metadata = meta
+        if flatfield is not None and tuple(new.detector_shape) == tuple(old.detector_shape):
+            session_of(layer).set_flatfield(flatfield)
         step = new.geometry.scan_step_nm
         if step:
             layer.scale = (step, step)

@@ -1,5 +1,7 @@
-"""Live widget: follow an acquisition (a growing Merlin .mib file or a folder of frame files),
-classify each frame as it arrives and show the running class map as a Labels layer.
+"""Live widget: follow an acquisition (a growing Merlin .mib file or a folder of frame files, a
+Merlin detector's TCP data stream, or a DECTRIS detector's zmq stream: the sources of
+``sedclassify watch``), classify each frame as it arrives and show the running class map as a
+Labels layer.
 
 FCNN and SVM models classify in the worker thread; a CNN model (TensorFlow) classifies in a
 spawned child process (``_napari/model_jobs.watch_in_child``) whose running state is relayed to
@@ -12,7 +14,7 @@ acquisition rate never sets the redraw rate.
 
 from __future__ import annotations
 
-from magicgui.widgets import Container, FileEdit, LineEdit, Select, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, Select, SpinBox
 
 from ...classes import ClassTable
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
@@ -21,6 +23,11 @@ from ..palette import class_colormap, display_name, legend_html
 #: Redraw interval of the live layer (ms).
 REFRESH_MS = 200
 LAYER_NAME = "live classes"
+#: Sources of frames, as ``sedclassify watch`` offers them: (label, kind).
+SOURCES = [("file or folder (--input)", "file"), ("Merlin TCP stream (--merlin)", "merlin"),
+           ("DECTRIS zmq stream (--dectris)", "dectris")]
+_INPUT_LABELS = {"file": "input (.mib or folder)", "merlin": "data host:port (6342)",
+                 "dectris": "stream host:port (9999)"}
 
 
 class LiveWidget(Container):
@@ -30,7 +37,12 @@ class LiveWidget(Container):
         super().__init__()
         self._viewer = napari_viewer
         self._model_path = FileEdit(label="model file", mode="r", filter="*.sedmodel")
-        self._input = LineEdit(label="input (.mib or folder)")
+        self._source = ComboBox(label="source", choices=SOURCES, value="file")
+        self._input = LineEdit(label=_INPUT_LABELS["file"])
+        self._control_port = SpinBox(label="Merlin control port (0: none)", min=0, max=65535, value=0)
+        self._control_port.tooltip = "Merlin's control port (6341): the counter depth and frame size are read from it"
+        self._control_port.visible = False
+        self._source.changed.connect(self._source_changed)
         self._rows = SpinBox(label="scan rows (0: from .hdr)", min=0, max=100000, value=0)
         self._cols = SpinBox(label="scan columns", min=0, max=100000, value=0)
         self._flatfield = FileEdit(label="flat-field", mode="r", filter="*.npy *.npz *.h5 *.mib")
@@ -45,8 +57,8 @@ class LiveWidget(Container):
         self._jobs = JobButtons("Start watching", self.start)
         self._jobs.cancel_button.text = "Stop"
         self._summary = wrapped_label()
-        self.extend([self._model_path, self._input, self._rows, self._cols, self._flatfield, self._calibration,
-                     self._keep, self._out, self._jobs, self._summary])
+        self.extend([self._model_path, self._source, self._input, self._control_port, self._rows, self._cols,
+                     self._flatfield, self._calibration, self._keep, self._out, self._jobs, self._summary])
         self.state = None  # the LiveClassMap of the current run, set from the worker thread
         self.result = None
         self.layer = None
@@ -57,8 +69,28 @@ class LiveWidget(Container):
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
 
+    def _source_changed(self, kind=None):
+        kind = kind or self._source.value
+        self._input.label = _INPUT_LABELS[kind]
+        self._control_port.visible = kind == "merlin"
+        self._rows.label = "scan rows (0: from .hdr)" if kind == "file" else (
+            "scan rows (0: from the header)" if kind == "merlin" else "scan rows (needed)")
+
+    def _make_source(self, kind: str, text: str, shape):
+        """The frame source the widget's fields describe (raises ValueError, ImportError with the
+        pip command, as the command line does)."""
+        from ...pipeline.live import DectrisStreamSource, MerlinStreamSource, open_source, parse_host_port
+
+        if kind == "merlin":
+            host, port = parse_host_port(text, 6342)
+            return MerlinStreamSource(host, port, shape, control_port=self._control_port.value or None)
+        if kind == "dectris":
+            host, port = parse_host_port(text, 9999)
+            return DectrisStreamSource(host, port, shape)
+        return open_source(text, shape)
+
     def start(self):
-        from ...pipeline.live import LiveClassMap, LiveResult, open_source, watch
+        from ...pipeline.live import LiveClassMap, LiveResult, watch
         from ...pipeline.predict import as_model
         from ..model_jobs import TF_KINDS, model_card
 
@@ -76,11 +108,22 @@ class LiveWidget(Container):
             self._jobs.status.value = str(exc)
             return
         in_child = card.kind in TF_KINDS
+        kind = self._source.value
         source_path = self._input.value.strip()
         if not source_path:
-            self._jobs.status.value = "give the .mib file or folder to follow"
+            self._jobs.status.value = ("give the .mib file or folder to follow" if kind == "file" else
+                                       "give the stream's host:port")
             return
         shape = (self._rows.value, self._cols.value) if self._rows.value and self._cols.value else None
+        if kind != "file" and in_child:
+            self._jobs.status.value = ("a CNN model classifies in a child process, which follows files and folders "
+                                       "only: use an FCNN or SVM model for a detector stream, or sedclassify watch")
+            return
+        try:  # missing receiver (pip command), no scan shape for DECTRIS: said before starting
+            src = self._make_source(kind, source_path, shape)
+        except (ValueError, ImportError) as exc:
+            self._jobs.status.value = str(exc)
+            return
         flat, calibration, out = (_path(w) for w in (self._flatfield, self._calibration, self._out))
         keep = list(self._keep.value)
         self.state, self.result, self._shown_version = None, None, -1
@@ -96,11 +139,15 @@ class LiveWidget(Container):
                 ref = open_scan(calibration)
                 geometry = ref.geometry
                 metadata = {k: ref.metadata[k] for k in ("edge_pixel_width",) if k in ref.metadata}
-            src = open_source(source_path, shape)
-            while not src.ready():
-                if cancelled():
-                    return None
-                time.sleep(0.01)
+            try:
+                while not src.ready():  # a stream: until the detector is armed
+                    if cancelled():
+                        return None
+                    time.sleep(0.01)
+            except BaseException:
+                if hasattr(src, "close"):
+                    src.close()
+                raise
             sy, sx = src.scan_shape
             state = LiveClassMap((sy, sx), model.classes.ids, keep, model.classes.names)
             state.subscribe(lambda s: report(s.n_done, s.n_positions))

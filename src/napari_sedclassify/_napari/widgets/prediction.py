@@ -1,6 +1,11 @@
 """Prediction widget: apply a model file to a scan; class map + confidence layers over the
 integrated image, counts per class, export of the class map and of a keep-list (CSV).
 
+Frames whose most probable class is below the "uncertain below" probability are left out of the
+class map (class 0, as ``pipeline.predict.with_uncertain`` does for ``sedclassify predict
+--uncertain-below``), so out of the export and the keep-list; the Labels layer shows them in
+their own colour (label ``UNCERTAIN_LABEL``, grey) so they are not mistaken for unscanned points.
+
 CNN models are loaded and run in a spawned child process (``_napari/model_jobs.py``).
 """
 
@@ -9,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, PushButton, Select
+from magicgui.widgets import Container, FileEdit, FloatSpinBox, PushButton, Select
 
 from ...classes import ClassTable
 from ...pipeline.predict import params_for_model
@@ -26,6 +31,11 @@ from ..palette import class_colormap, display_name, legend_html
 from ..pickers import scan_picker
 from ..plots import form
 from ..state import PREDICTION_OF_KEY, flatfield_of, preprocess_of, set_layer
+
+
+#: Label value of uncertain frames in the predicted-classes layer (its data only: exports hold 0).
+UNCERTAIN_LABEL = 255
+UNCERTAIN_COLOUR = "#b0b0b0ff"
 
 
 def classes_layer_name(scan_layer) -> str:
@@ -62,6 +72,10 @@ class PredictionWidget(Container):
         self._model_path = FileEdit(label="model file", mode="r", filter="*.sedmodel")
         self._builtin = PushButton(text="Use the built-in model (no training needed)")
         self._builtin.changed.connect(lambda _=None: self.use_builtin_model())
+        self._uncertain = FloatSpinBox(
+            label="uncertain below", value=0.0, min=0.0, max=1.0, step=0.05,
+            tooltip="frames whose most probable class has a (calibrated) probability below this are marked "
+            "uncertain: grey in the class map, class 0 in exports, never in the keep-list (0 = off)")
         self._jobs = JobButtons("Classify scan", self.run)
         self._summary = wrapped_label()
         self._export_path = FileEdit(label="class map to", mode="w", filter="*.npy *.tif *.tiff")
@@ -71,12 +85,13 @@ class PredictionWidget(Container):
         self._keep_path = FileEdit(label="keep-list to", mode="w", filter="*.csv")
         self._keep_export = PushButton(text="Export keep-list (CSV)")
         self.extend(
-            [form(self._scan, self._model_path), self._builtin, self._jobs, self._summary, form(self._export_path), self._export,
+            [form(self._scan, self._model_path, self._uncertain), self._builtin, self._jobs, self._summary, form(self._export_path), self._export,
              form(self._keep, self._keep_path), self._keep_export]
         )
         self.prediction = None  # {"layer", "class_map", "probabilities", "class_ids", "table"}
         self._cache = {}  # (scan layer name, preprocessing params, flat-field id) -> PreprocessResult
         self._export.changed.connect(lambda _=None: self.export_class_map())
+        self._uncertain.changed.connect(lambda _=None: self._rethreshold())
         self._keep_export.changed.connect(lambda _=None: self.export_keep_list())
 
     def _keep_choices(self, _w=None):
@@ -167,24 +182,47 @@ class PredictionWidget(Container):
         self._summary.value = ""
 
     def show_prediction(self, layer, out, table: ClassTable):
-        class_map = np.asarray(out["class_map"], dtype=np.uint8)
-        confidence = confidence_map(out["probabilities"])
+        from ...models.inference import mark_uncertain
+
+        predicted = np.asarray(out["class_map"], dtype=np.uint8)
+        probabilities = np.asarray(out["probabilities"])
+        confidence = confidence_map(probabilities)
+        threshold = float(self._uncertain.value)
+        uncertain = np.zeros(predicted.shape, bool)
+        class_map = predicted
+        if threshold > 0:
+            class_map, uncertain = mark_uncertain(predicted, probabilities, threshold)
         self.table = table
-        set_layer(self._viewer, classes_layer_name(layer), class_map, kind="labels", like=layer,
-                  colormap=class_colormap(table), opacity=0.6, metadata={PREDICTION_OF_KEY: layer.name})
+        shown = np.where(uncertain, UNCERTAIN_LABEL, class_map).astype(np.uint8)
+        colormap = class_colormap(table)
+        colormap = type(colormap)(color_dict={**colormap.color_dict, UNCERTAIN_LABEL: UNCERTAIN_COLOUR})
+        set_layer(self._viewer, classes_layer_name(layer), shown, kind="labels", like=layer,
+                  colormap=colormap, opacity=0.6, metadata={PREDICTION_OF_KEY: layer.name})
         n = max(1, len(out["class_ids"]))
         set_layer(self._viewer, confidence_layer_name(layer), confidence, like=layer, colormap="inferno",
                   contrast_limits=(1.0 / n, 1.0), visible=False)
         self._viewer.layers.selection.active = layer
-        self.prediction = {"layer": layer, "class_map": class_map, "confidence": confidence, "table": table}
+        self.prediction = {"layer": layer, "class_map": class_map, "confidence": confidence, "table": table,
+                           "uncertain": uncertain, "out": out}
         counts = {c: int((class_map == c).sum()) for c in table.ids}
-        unclassified = int((class_map == 0).sum())
+        unclassified = int((predicted == 0).sum())
         self._summary.value = legend_html(table, counts) + (
             f"<br>{unclassified} positions not classified (missing or no beam)" if unclassified else ""
-        )
+        ) + (f'<br><span style="background-color:{UNCERTAIN_COLOUR[:7]}; color:{UNCERTAIN_COLOUR[:7]}">'
+             f"&#9632;&#9632;</span>&nbsp;{int(uncertain.sum())} uncertain (probability below {threshold:g}): "
+             "left out of the class map and the keep-list" if threshold > 0 else "")
         self._keep.reset_choices()
         if not self._keep.value:
             self._keep.value = [c for c in table.ids if table.names[c] == "amorphous_ice"]
+
+    def _rethreshold(self):
+        """The threshold changed: mark the frames of the prediction on show again (no new run)."""
+        if self.prediction is None:
+            return
+        try:
+            self.show_prediction(self.prediction["layer"], self.prediction["out"], self.prediction["table"])
+        except (KeyError, RuntimeError):  # its layer was removed meanwhile
+            self.prediction = None
 
     def export_class_map(self):
         from napari.utils.notifications import show_error

@@ -1,8 +1,9 @@
 """Training widget: labeled scans (open layers or files) -> a trained model, with live loss
 curves, the validation metrics and confusion matrix, and a model file to save.
 
-FCNN and SVM train in the worker thread; the CNN trains in a spawned child process (see
-``_napari/model_jobs.py``: TensorFlow must not load next to napari's OpenGL canvas).
+Every model trains in a spawned child process (see ``_napari/model_jobs.py``): TensorFlow must
+not load next to napari's OpenGL canvas, and scikit-learn's training would hold the interpreter
+lock of the viewer's process for long stretches. Progress (loss curves) and Cancel cross over.
 """
 
 from __future__ import annotations
@@ -278,17 +279,26 @@ class TrainingWidget(Container):
 
             return run(kind, train_features_to_file, feats, maps, str(out), kind=kind, recipe=recipe,
                        params=params, val_fraction=val_fraction, seed=seed,
-                       preprocess=jobs[0][1].to_dict(), progress=epoch, cancel=cancelled)
+                       preprocess=jobs[0][1].to_dict(), progress=epoch, cancel=cancelled, child=True)
 
         job = BackgroundJob(f"Training a {kind.upper()} model", work, on_returned=self._trained,
                             on_progress=self._progress)
         return self._jobs.launch(job)
 
+    #: Live loss curves are redrawn at most this often (s): a matplotlib redraw is 0.1-0.4 s of the
+    #: event loop on a software-rendered desktop (benchmarks/bench_napari_session.py).
+    CURVES_EVERY_S = 2.0
+
     def _progress(self, items):
+        import time
+
         new = [info for _, _, info in items if info is not None]
         if new:
             self.history.extend(new)
-            self._draw_curves()
+            now = time.monotonic()
+            if now - getattr(self, "_drawn_at", 0.0) >= self.CURVES_EVERY_S:
+                self._drawn_at = now
+                self._draw_curves()
 
     def _trained(self, result):
         self.result = result

@@ -46,7 +46,7 @@ class VirtualImageWidget(Container):
 
         @thread_worker
         def compute():
-            return np.asarray(virtual_image(scan, inner, outer).compute())
+            return np.asarray(virtual_image(scan, inner, outer))
 
         def done(img):
             self._viewer.add_image(img, name=name, scale=layer.scale, translate=layer.translate, units=layer.units,

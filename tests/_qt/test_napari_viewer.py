@@ -10,7 +10,7 @@ from napari_sedclassify.processing.virtual import virtual_image
 
 def test_virtual_image_widget_adds_layer(make_napari_viewer, qtbot, disk_scan):
     viewer = make_napari_viewer()
-    data, kwargs, _ = scan_layer_data(disk_scan, np.asarray(virtual_image(disk_scan).compute()))
+    data, kwargs, _ = scan_layer_data(disk_scan, np.asarray(virtual_image(disk_scan)))
     viewer.add_image(data, **kwargs)
     dock, widget = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Virtual image")
     widget._inner.value = 0.0

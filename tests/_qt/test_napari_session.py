@@ -14,6 +14,7 @@ import pytest
 
 from napari_sedclassify import Geometry, Scan
 from napari_sedclassify._napari.layers import SCAN_KEY, scan_layer_data
+from napari_sedclassify._napari.state import preprocess_of
 from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON, ClassTable
 
 PLUGIN = "napari-sedclassify"
@@ -23,7 +24,7 @@ PLUGIN = "napari-sedclassify"
 def add_scan(viewer, scan, name=None):
     from napari_sedclassify.processing.virtual import virtual_image
 
-    data, kwargs, _ = scan_layer_data(scan, np.asarray(virtual_image(scan).compute(), np.float32), name=name)
+    data, kwargs, _ = scan_layer_data(scan, np.asarray(virtual_image(scan), np.float32), name=name)
     return viewer.add_image(data, **kwargs)
 
 
@@ -175,6 +176,28 @@ def test_file_open_uses_this_plugin_once_the_workflow_is_docked(make_napari_view
     assert "*.npy" not in get_settings().plugins.extension2reader
 
 
+def test_file_open_and_drag_and_drop_read_scans_without_asking(make_napari_viewer, tmp_path, monkeypatch):
+    """napari's own routes, not viewer.open: File > Open (QtViewer._qt_open) and a drop of files
+    (_open_from_list_of_urls_data) open a 4D .npy with this plugin and never show "Choose reader"."""
+    import napari._qt.qt_viewer as qt_viewer_module
+    from qtpy.QtCore import QUrl
+
+    asked = []
+    monkeypatch.setattr(qt_viewer_module, "handle_gui_reading", lambda *a, **k: asked.append(a))
+    np.save(tmp_path / "scan_a.npy", beam_frames(4, 5))
+    np.save(tmp_path / "scan_b.npy", beam_frames(3, 4, seed=1))
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Workflow (all steps)")
+    qt = viewer.window._qt_viewer
+    qt._qt_open([str(tmp_path / "scan_a.npy")], stack=False)  # File > Open
+    qt._open_from_list_of_urls_data([QUrl.fromLocalFile(str(tmp_path / "scan_b.npy"))], stack=False,
+                                    choose_plugin=False)  # drag and drop
+    assert not asked  # no reader dialog
+    scans = {layer.name: layer.metadata[SCAN_KEY].scan_shape for layer in viewer.layers if SCAN_KEY in layer.metadata}
+    assert scans == {"scan_a": (4, 5), "scan_b": (3, 4)}  # scans, not raw 4D images
+    assert len(viewer.layers) == 2
+
+
 def test_flatfield_from_a_text_file_says_what_it_is(tmp_path):
     from napari_sedclassify.processing import load_flatfield
 
@@ -244,7 +267,7 @@ def test_status_bar_shows_the_scan_point_in_nm(make_napari_viewer, disk_scan):
 # --- results reused, layout -----------------------------------------------------------------------
 
 def test_centring_maps_stay_hidden_below_and_rias_are_reused(make_napari_viewer, qtbot, disk_scan):
-    from napari_sedclassify._napari.state import FLATFIELD_KEY
+    from napari_sedclassify._napari.state import FLATFIELD_KEY, set_state
     from napari_sedclassify.processing import FlatField
 
     viewer = make_napari_viewer()
@@ -257,14 +280,14 @@ def test_centring_maps_stay_hidden_below_and_rias_are_reused(make_napari_viewer,
         maps = viewer.layers[f"{layer.name} {name}"]
         assert not maps.visible and names.index(maps.name) < names.index(layer.name)  # never over the image
     assert viewer.layers[-1] == layer
-    result = layer.metadata["sedclassify_preprocess"]
+    result = preprocess_of(layer)
     assert ria.run() is result  # the centring pass made the RIAs: nothing recomputed
     assert "nothing to recompute" in ria._jobs.status.value
     # a new flat-field makes the stored RIAs stale: computed again
-    layer.metadata = {**layer.metadata, FLATFIELD_KEY: FlatField.identity(disk_scan.detector_shape)}
+    set_state(layer, FLATFIELD_KEY, FlatField.identity(disk_scan.detector_shape))
     job = ria.run()
     wait(qtbot, job)
-    assert layer.metadata["sedclassify_preprocess"] is not result
+    assert preprocess_of(layer) is not result
 
 
 def test_svm_training_curves_draw_without_a_legend_warning(make_napari_viewer):
@@ -275,3 +298,44 @@ def test_svm_training_curves_draw_without_a_legend_warning(make_napari_viewer):
         warnings.simplefilter("error")
         tr._draw_curves()
         tr.canvas.draw()
+
+
+def test_uncertain_frames_are_grey_in_the_class_map_and_left_out_of_the_keep_list(make_napari_viewer, tmp_path,
+                                                                                     disk_scan):
+    import csv
+
+    from napari_sedclassify._napari.widgets.prediction import UNCERTAIN_LABEL
+    from napari_sedclassify.models.inference import uncertain_mask
+
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, disk_scan)
+    _, pr = viewer.window.add_plugin_dock_widget(PLUGIN, "Prediction")
+    rng = np.random.default_rng(5)
+    probabilities = rng.dirichlet(np.full(4, 0.6), size=disk_scan.scan_shape).astype(np.float32)
+    probabilities[0, 0] = np.nan  # a missing frame: not classified, not "uncertain"
+    class_map = np.where(np.isfinite(probabilities).all(-1), probabilities.argmax(-1) + 1, 0).astype(np.uint8)
+    out = {"class_map": class_map, "probabilities": probabilities, "class_ids": [1, 2, 3, 4]}
+    low = uncertain_mask(probabilities, 0.6)
+    assert 0 < low.sum() < low.size - 1  # some frames of each kind
+
+    pr._uncertain.value = 0.6
+    pr.show_prediction(layer, out, ClassTable.default())
+    shown = viewer.layers[f"{layer.name} predicted classes"]
+    assert (np.asarray(shown.data)[low] == UNCERTAIN_LABEL).all()  # drawn distinctly...
+    assert (np.asarray(shown.data)[~low] == class_map[~low]).all()
+    colour = shown.colormap.map(np.array([UNCERTAIN_LABEL]))[0]
+    assert colour[3] > 0 and not np.allclose(colour, shown.colormap.map(np.array([0]))[0])  # ...visible, not as 0
+    assert (pr.prediction["class_map"][low] == 0).all()  # class 0 in exports
+    assert f"{int(low.sum())} uncertain (probability below 0.6)" in pr._summary.value
+
+    pr._keep.value = [1, 2, 3, 4]  # keep every class: only the uncertain (and unclassified) frames drop out
+    pr._keep_path.value = tmp_path / "keep.csv"
+    pr.export_keep_list()
+    with open(tmp_path / "keep.csv") as fh:
+        kept = {(int(r["row"]), int(r["col"])) for r in csv.DictReader(fh)}
+    expected = {tuple(p) for p in np.argwhere(~low & (class_map > 0))}
+    assert kept == expected
+
+    pr._uncertain.value = 0.0  # off: the prediction on show is marked again, nothing uncertain
+    assert UNCERTAIN_LABEL not in np.asarray(viewer.layers[f"{layer.name} predicted classes"].data)
+    assert (pr.prediction["class_map"] == class_map).all() and "uncertain" not in pr._summary.value

@@ -7,6 +7,7 @@ import numpy as np
 
 from napari_sedclassify import Geometry, Scan
 from napari_sedclassify._napari.layers import scan_layer_data
+from napari_sedclassify._napari.state import FLATFIELD_KEY, set_state
 from napari_sedclassify.processing import FlatField
 
 
@@ -21,6 +22,10 @@ class CountingFrames:
     def __getitem__(self, index):
         self.reads.append(index)
         return self.data[index]
+
+    def points(self):
+        """(iy, ix) of each read, in order (dask reads with slices or integers)."""
+        return [tuple(int(getattr(i, "start", i)) for i in index[:2]) for index in self.reads]
 
 
 def beam_scan(missing_point=None):
@@ -53,6 +58,8 @@ def test_one_frame_read_per_point_with_centre_mask_and_ria(make_napari_viewer, q
     data, kwargs, _ = scan_layer_data(scan, np.zeros(scan.scan_shape))
     layer = viewer.add_image(data, **kwargs)
     _, view = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Diffraction view")
+    view.prefetch_radius = 0  # reads ahead: see test_points_around_the_cursor_are_prepared_ahead
+    qtbot.waitUntil(lambda: view._loader.idle, timeout=5000)
 
     frames.reads.clear()
     view.show_point(view._scan.value, 2, 3)  # the layer as the widget sees it (napari proxies it)
@@ -69,19 +76,24 @@ def test_one_frame_read_per_point_with_centre_mask_and_ria(make_napari_viewer, q
     # a flat-field with masked pixels: they are excluded and drawn over the frame
     mask = np.zeros((64, 64), bool)
     mask[10, 10:15] = True
-    layer.metadata = {**layer.metadata, "sedclassify_flatfield": FlatField(np.ones((64, 64)), mask)}
-    assert "5 masked px" in view._info.value  # the view refreshed itself on the new flat-field
+    set_state(layer, FLATFIELD_KEY, FlatField(np.ones((64, 64)), mask))
+    # the view refreshes itself on the new flat-field (prepared in its thread, not in the event loop)
+    qtbot.waitUntil(lambda: "5 masked px" in view._info.value, timeout=5000)
     from napari_sedclassify._napari.light_plots import MASK_RGBA
 
     assert (view.frame_view.rgba[10, 10:15] == MASK_RGBA).all()  # masked pixels drawn green
     assert not (view.frame_view.rgba[11, 10:15] == MASK_RGBA).all(axis=-1).any()
 
-    # hovering: several moves in a row show only where the cursor stopped
+    # hovering: several moves in a row show only where the cursor stopped; the latest request
+    # replaces one not yet started, so a sweep does not queue reads (no reads ahead here)
+    view.prefetch_radius = 0
+    qtbot.waitUntil(lambda: not view.loading, timeout=5000)
     frames.reads.clear()
     for point in ((0, 0), (1, 1), (4, 5)):
         view._on_move(viewer, type("E", (), {"position": layer.data_to_world(point)})())
     qtbot.waitUntil(lambda: view.point[1:] == (4, 5), timeout=5000)
-    assert len(frames.reads) == 1
+    read = frames.points()
+    assert read[-1] == (4, 5) and (1, 1) not in read and len(read) <= 2, read
     assert view.frame_view.title.endswith("(4, 5)")
 
     # a missing frame: said so, no centre, no crash
@@ -96,14 +108,15 @@ def test_frame_view_shows_the_stored_ria_on_a_quad_with_wide_edge_pixels():
     from types import SimpleNamespace
 
     from napari_sedclassify._napari.frame_info import frame_details
-    from napari_sedclassify._napari.state import FLATFIELD_KEY, PREPROCESS_KEY
+    from napari_sedclassify._napari.state import session_of
     from napari_sedclassify.pipeline.preprocess import preprocess
     from napari_sedclassify.simulate import simulate_scan
 
     sim = simulate_scan(scan_shape=(4, 5), seed=1)
     assert sim.scan.metadata["edge_pixel_width"] == 2.5 and sim.scan.detector_shape == (512, 512)
     flatfield = FlatField.from_flood(sim.flatfield)
-    layer = SimpleNamespace(metadata={"sedclassify_scan": sim.scan, FLATFIELD_KEY: flatfield})
+    layer = SimpleNamespace(metadata={"sedclassify_scan": sim.scan})
+    session_of(layer).set_flatfield(flatfield)
 
     before = frame_details(layer, 2, 3)  # no results yet: the frame alone, through preprocess
     assert before.centre_kind == "found in this frame"
@@ -111,7 +124,7 @@ def test_frame_view_shows_the_stored_ria_on_a_quad_with_wide_edge_pixels():
 
     result = preprocess(sim.scan, {"workers": 1}, flatfield)
     assert result.resolved["edge_pixel_width"] == 2.5
-    layer.metadata[PREPROCESS_KEY] = result
+    session_of(layer).store_result(result)
     for iy, ix in ((0, 0), (2, 3), (3, 4)):
         details = frame_details(layer, iy, ix)
         assert details.centre_kind == "per-frame"
@@ -146,12 +159,14 @@ def test_view_follows_the_scan_under_the_cursor_with_its_own_labels(make_napari_
     viewer.add_labels(labels_b, name="B labels", scale=layer_b.scale, translate=layer_b.translate,
                       metadata={LABELS_OF_KEY: layer_b.name})
     _, view = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Diffraction view")
+    view.prefetch_radius = 0  # reads ahead: see test_points_around_the_cursor_are_prepared_ahead
 
     _hover(view, viewer, layer_a, (1, 2))
     qtbot.waitUntil(lambda: view.point is not None and view.point[1:] == (1, 2), timeout=5000)
     assert view.point[0] == layer_a and "A labels: amorphous ice" in view._info.value
     assert view.frame_view.title == "beam_scan (1, 2)"
 
+    qtbot.waitUntil(lambda: view._loader.idle, timeout=5000)
     frames_a.reads.clear()
     frames_b.reads.clear()
     _hover(view, viewer, layer_b, (3, 4))
@@ -170,8 +185,36 @@ def test_view_follows_the_scan_under_the_cursor_with_its_own_labels(make_napari_
         times.append(time.perf_counter() - t0)
         qtbot.wait(5)
     assert max(times) < 0.05, times
-    qtbot.waitUntil(lambda: view.point[1:] == (5, 5) and view._worker is None, timeout=5000)
+    qtbot.waitUntil(lambda: view.point[1:] == (5, 5) and not view.loading, timeout=5000)
     frames_b.reads.clear()
     _hover(view, viewer, layer_b, (3, 4))
     qtbot.waitUntil(lambda: view.point[1:] == (3, 4), timeout=5000)
     assert not frames_b.reads  # from the cache
+
+
+def test_points_around_the_cursor_are_prepared_ahead(make_napari_viewer, qtbot):
+    """Resting on a point prepares its neighbours in the view's thread (the way the cursor went
+    first); moving there then shows the frame within the mouse-move callback, reading nothing."""
+    scan, frames = beam_scan()
+    viewer = make_napari_viewer()
+    data, kwargs, _ = scan_layer_data(scan, np.zeros(scan.scan_shape))
+    layer = viewer.add_image(data, **kwargs)
+    _, view = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Diffraction view")
+    view.prefetch_radius = 1
+    _hover(view, viewer, layer, (2, 2))
+    qtbot.waitUntil(lambda: view.point is not None and view.point[1:] == (2, 2) and view._loader.idle, timeout=20000)
+    read = frames.points()
+    around = {(y, x) for y in (1, 2, 3) for x in (1, 2, 3)}
+    assert around <= set(read) and len(read) == len(set(read)), read  # (2, 2) and its 8 neighbours, once each
+    frames.reads.clear()
+    _hover(view, viewer, layer, (2, 3))  # moving right: only the column ahead is new
+    qtbot.waitUntil(lambda: view.point[1:] == (2, 3) and view._loader.idle, timeout=20000)
+    read = frames.points()
+    assert set(read) == {(1, 4), (2, 4), (3, 4)} and len(read) == 3, read  # the rest was prepared already
+
+    frames.reads.clear()
+    _hover(view, viewer, layer, (2, 4))
+    assert view.point[1:] == (2, 4) and view.frame_view.title == "beam_scan (2, 4)"  # shown at once
+    assert not view.loading
+    qtbot.waitUntil(lambda: view._loader.idle, timeout=20000)
+    assert (2, 4) not in frames.points()

@@ -1,0 +1,162 @@
+"""How `sedclassify preprocess` holds up with scan size and frame size, as a user runs it.
+
+Two scans, each written once into --dir and reused (the frames are realistic: saturated direct
+beam drifting with the scan, two diffuse rings, falling background, Poisson counts, 12-bit):
+
+- large: --large-side^2 frames of 512x512 uint16 (default 128x128 = 16,384 frames, 8.6 GB: more
+  than this machine's page cache keeps comfortably). Unique frames are expensive to simulate, so
+  --unique distinct frames (default 1024) are written again with their beam shifted by whole
+  pixels, the scan's descan;
+- small: --small-side^2 frames of --small-px x --small-px (default 100x100 frames of 192x192,
+  ARINA-like).
+
+For each, in the same run: the `sedclassify preprocess` command (a subprocess, as a user runs it:
+wall time from start to end, minus the bare interpreter start-up `python -c pass`; frames/s; its
+peak resident memory from the kernel's accounting of the child) and the `np.sum` streaming limit
+over the same file (a subprocess reading it once, after the command: what the disk and page
+cache allow), printed as ratios.
+
+    python benchmarks/bench_scale.py [--large-side 128] [--small-side 100] [--skip-large] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_preprocess import write_scan  # noqa: E402
+
+SEDCLASSIFY = [sys.executable, "-m", "napari_sedclassify.cli"]
+
+
+def frame_model(px: int, cy: float, cx: float, rng) -> np.ndarray:
+    """One 12-bit frame of px x px: saturated beam (r = px/100 + 3), rings at 0.22 and 0.38 px."""
+    yy, xx = np.indices((px, px), dtype=np.float32)
+    r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    rb = px / 100 + 3
+    lam = (6000.0 * np.clip(rb + 0.5 - r, 0, 1) + 300 * (1 + (r / 6) ** 2) ** -1.5
+           + 3.0 * np.exp(-0.5 * ((r - 0.22 * px) / 12) ** 2) + 1.5 * np.exp(-0.5 * ((r - 0.38 * px) / 20) ** 2) + 0.05)
+    return np.minimum(rng.poisson(lam), 4095).astype(np.uint16)
+
+
+def write_small(path: Path, side: int, px: int) -> None:
+    rng = np.random.default_rng(px)
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(side * side, px, px))
+    for i in range(side * side):
+        iy, ix = divmod(i, side)
+        arr[i] = frame_model(px, px / 2 - 0.5 + 6 * (iy / side - 0.5), px / 2 - 1 + 6 * (ix / side - 0.5), rng)
+    arr.flush()
+    del arr
+
+
+def write_large(path: Path, side: int, unique: int, folder: Path) -> None:
+    """side^2 frames of 512x512: ``unique`` simulated frames, repeated with the beam rolled by whole
+    pixels along the scan (the descan), written row by row into a memory-mapped .npy."""
+    seed_file = folder / f"unique{unique}.npy"
+    if not seed_file.exists():
+        write_scan(seed_file, unique, seed=7)
+    seeds = np.load(seed_file, mmap_mode="r")
+    n = side * side
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(n, 512, 512))
+    for i in range(n):
+        iy, ix = divmod(i, side)
+        arr[i] = np.roll(seeds[i % unique], (iy * 8 // side - 4, ix * 8 // side - 4), axis=(0, 1))
+        if i % 2048 == 2047:
+            arr.flush()
+    arr.flush()
+    del arr
+
+
+def ensure(path: Path, make) -> Path:
+    if not path.exists():
+        t0 = time.perf_counter()
+        tmp = path.with_name(f".{path.stem}.tmp.npy")
+        make(tmp)
+        os.replace(tmp, path)
+        print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+def run_child(argv) -> tuple[float, float, float]:
+    """Wall s, CPU s and peak RSS (MB) of one subprocess; the RSS from wait4's rusage."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))} failed:\n{err[-3000:]}{out[-1000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def np_sum_child(path: Path) -> float:
+    code = ("import sys, time, numpy as np\n"
+            "a = np.load(sys.argv[1], mmap_mode='r'); t = time.perf_counter(); s = 0\n"
+            "for i in range(0, a.shape[0], 64): s += int(a[i:i+64].sum(dtype=np.uint64))\n"
+            "print(time.perf_counter() - t)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def measure(path: Path, n: int, out_dir: Path) -> dict:
+    startup = min(run_child([sys.executable, "-c", "pass"])[0] for _ in range(3))
+    out = out_dir / f"{path.stem}_results.h5"
+    shutil.rmtree(out, ignore_errors=True)
+    out.unlink(missing_ok=True)
+    run_child(SEDCLASSIFY + ["preprocess", str(path), "--out", str(out)])  # warms numba's cache and the page cache
+    out.unlink(missing_ok=True)
+    wall, cpu, rss = run_child(SEDCLASSIFY + ["preprocess", str(path), "--out", str(out)])
+    stream = np_sum_child(path)
+    return {"frames": n, "file_gb": path.stat().st_size / 1e9, "startup_s": startup, "wall_s": wall, "cpu_s": cpu,
+            "peak_rss_mb": rss, "frames_per_s": n / (wall - startup), "np_sum_s": stream,
+            "np_sum_frames_per_s": n / stream, "vs_np_sum": stream / (wall - startup),
+            "load_average": os.getloadavg()[0]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", default="/tmp/sedclassify-bench-scale")
+    ap.add_argument("--large-side", type=int, default=128)
+    ap.add_argument("--unique", type=int, default=1024)
+    ap.add_argument("--small-side", type=int, default=100)
+    ap.add_argument("--small-px", type=int, default=192)
+    ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {"cores": os.cpu_count()}
+    s, px = args.small_side, args.small_px
+    small = ensure(folder / f"small{s}x{s}_{px}px.npy", lambda p: write_small(p, s, px))
+    results["small"] = measure(small, s * s, folder)
+    if not args.skip_large:
+        side = args.large_side
+        large = ensure(folder / f"large{side}x{side}.npy", lambda p: write_large(p, side, args.unique, folder))
+        results["large"] = measure(large, side * side, folder)
+    print(f"{'scan':<34}{'frames':>8}{'GB':>7}{'wall s':>8}{'fr/s':>8}{'peak MB':>9}{'np.sum fr/s':>13}{'ratio':>7}")
+    for key, label in (("small", f"{s}x{s} frames of {px}x{px}"), ("large", f"{args.large_side}x{args.large_side} of 512x512")):
+        r = results.get(key)
+        if r:
+            print(f"{label:<34}{r['frames']:>8}{r['file_gb']:>7.2f}{r['wall_s']:>8.2f}{r['frames_per_s']:>8.0f}"
+                  f"{r['peak_rss_mb']:>9.0f}{r['np_sum_frames_per_s']:>13.0f}{r['vs_np_sum']:>7.2f}")
+    print(f"(python -c pass: {results['small']['startup_s']:.3f} s, subtracted; load average "
+          f"{os.getloadavg()[0]:.1f}; ratio = command frames/s over np.sum frames/s)")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The workflow's state for one scan, with no napari and no Qt: what the widgets observe.
+
+A :class:`ScanSession` holds the scan, its flat-field, its camera-length calibration and the
+preprocessing results, each kept under the inputs it was made from (parameters, flat-field,
+geometry): a result stays available while those inputs hold and is never recomputed for them;
+a different flat-field or geometry makes ``result()`` answer None until the matching result is
+stored. Observers subscribe a callback that receives the name of what changed ("flatfield",
+"geometry", "result", "calibration"), as napari-animation's ``Animation`` is observed by its Qt
+widgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Callable
+
+from ..jsonutil import jsonable
+
+#: Parameters given in Å or 1/Å: a result made with them follows the q axis, so a geometry
+#: change with other camera length, pixel size or voltage makes it stale.
+_Q_SUFFIXES = ("_d_A", "_invA")
+
+
+class ScanSession:
+    """Everything the workflow knows about one scan (see the module's text)."""
+
+    def __init__(self, scan):
+        self.scan = scan
+        self.flatfield = None
+        self.calibration = None
+        self._results: dict[tuple, object] = {}
+        self._latest: tuple | None = None
+        self._observers: list[Callable[[str], None]] = []
+
+    # -- observing ----------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """callback(what) after every change; returns the function that unsubscribes it."""
+        self._observers.append(callback)
+        return lambda: self._observers.remove(callback) if callback in self._observers else None
+
+    def _changed(self, what: str) -> None:
+        for callback in list(self._observers):
+            callback(what)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def set_flatfield(self, flatfield) -> None:
+        self.flatfield = flatfield
+        self._changed("flatfield")
+
+    def set_calibration(self, calibration) -> None:
+        self.calibration = calibration
+        self._changed("calibration")
+
+    def set_geometry(self, geometry) -> list[str]:
+        """Give the scan a new geometry. Results in px carry over with the new q axis; results
+        with radii in Å or 1/Å are dropped when the q axis changed (what was dropped is returned,
+        as the parameter names that made them q-dependent)."""
+        old = self.scan.geometry
+        self.scan.geometry = geometry
+        q_changed = _q_of(old) != _q_of(geometry)
+        dropped: list[str] = []
+        kept = {}
+        for (params_key, ff_id, _), result in self._results.items():
+            in_q = [f.name for f in dataclasses.fields(result.params)
+                    if f.name.endswith(_Q_SUFFIXES) and getattr(result.params, f.name)]
+            if q_changed and in_q:
+                dropped.extend(in_q)
+                continue
+            kept[(params_key, ff_id, _geometry_key(geometry))] = dataclasses.replace(result, geometry=geometry)
+        latest_params = None if self._latest is None else self._latest[:2]
+        self._results = kept
+        self._latest = next((k for k in kept if k[:2] == latest_params), None)
+        self._changed("geometry")
+        return sorted(set(dropped))
+
+    # -- results --------------------------------------------------------------------------------
+    def store_result(self, result, flatfield=None, geometry=None) -> None:
+        """Keep a preprocessing result, made from ``flatfield`` and ``geometry`` (default: the
+        session's current ones)."""
+        flatfield = self.flatfield if flatfield is None else flatfield
+        geometry = self.scan.geometry if geometry is None else geometry
+        key = (_params_key(result.params), id(flatfield) if flatfield is not None else None, _geometry_key(geometry))
+        self._results[key] = result
+        self._latest = key
+        self._changed("result")
+
+    def result(self, params=None):
+        """The result made from the current flat-field and geometry (and from ``params``, a
+        PreprocessParams, when given); the latest such one; None when there is none."""
+        ff_id = id(self.flatfield) if self.flatfield is not None else None
+        geometry = _geometry_key(self.scan.geometry)
+        if params is not None:
+            return self._results.get((_params_key(params), ff_id, geometry))
+        if self._latest is not None and self._latest[1:] == (ff_id, geometry):
+            return self._results[self._latest]
+        return next((r for k, r in reversed(self._results.items()) if k[1:] == (ff_id, geometry)), None)
+
+    @property
+    def latest_result(self):
+        """The result stored last, whatever it was made from (None before any)."""
+        return None if self._latest is None else self._results[self._latest]
+
+    def clear_results(self) -> None:
+        self._results.clear()
+        self._latest = None
+        self._changed("result")
+
+
+def _params_key(params) -> str:
+    return json.dumps(jsonable(params.to_dict()), sort_keys=True)
+
+
+def _geometry_key(geometry) -> str:
+    """The geometry's values (not where they came from: a value confirmed by the user is the same value)."""
+    values = {f.name: getattr(geometry, f.name) for f in dataclasses.fields(geometry) if f.compare}
+    return json.dumps(jsonable(values), sort_keys=True)
+
+
+def _q_of(geometry) -> tuple:
+    from ..geometry import Q_FIELDS
+
+    return tuple(getattr(geometry, name) for name in Q_FIELDS)

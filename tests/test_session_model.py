@@ -1,0 +1,53 @@
+"""The Qt-free session model the widgets observe (pipeline/session.py): results kept under the
+inputs they were made from, reused and never recomputed, stale when an input changes, events."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_sedclassify.pipeline.preprocess import preprocess
+from napari_sedclassify.pipeline.session import ScanSession
+from napari_sedclassify.processing import FlatField, PreprocessParams
+
+
+def test_results_follow_their_inputs(disk_scan):
+    session = ScanSession(disk_scan)
+    seen = []
+    session.subscribe(seen.append)
+    assert session.result() is None and session.latest_result is None
+    params = PreprocessParams(workers=1)
+    first = preprocess(disk_scan, params)
+    session.store_result(first)
+    assert session.result() is first and session.result(params) is first
+    assert session.result(PreprocessParams(workers=1, ria_bin_px=2.0)) is None  # other parameters: not made
+    flat = FlatField.identity(disk_scan.detector_shape)
+    session.set_flatfield(flat)
+    assert session.result() is None and session.latest_result is first  # made without it: stale, kept
+    second = preprocess(disk_scan, params, flat)
+    session.store_result(second)
+    assert session.result() is second
+    session.set_flatfield(None)  # back to the first inputs: the first result again, nothing recomputed
+    assert session.result() is first and session.result(params) is first
+    assert seen == ["result", "flatfield", "result", "flatfield"]
+
+
+def test_geometry_change_carries_px_results_and_drops_those_in_angstrom(disk_scan):
+    calibrated = disk_scan.geometry.with_values("user", pixel_size_um=55.0, camera_length_mm=900.0, voltage_kv=200.0)
+    disk_scan.geometry = calibrated
+    session = ScanSession(disk_scan)
+    in_px = preprocess(disk_scan, PreprocessParams(workers=1))
+    session.store_result(in_px)
+    seen = []
+    session.subscribe(seen.append)
+    longer = calibrated.with_values("fitted", camera_length_mm=950.0)
+    assert session.set_geometry(longer) == []
+    assert disk_scan.geometry == longer
+    carried = session.result()
+    assert carried is not None and carried.geometry == longer
+    np.testing.assert_array_equal(carried.ria, in_px.ria)  # the RIAs in px stay, their q axis follows
+    in_angstrom = preprocess(disk_scan, PreprocessParams(workers=1, bf_d_A=20.0))
+    session.store_result(in_angstrom)
+    assert session.set_geometry(calibrated) == ["bf_d_A"]
+    assert session.result(in_angstrom.params) is None  # made for the old q axis: dropped
+    assert session.result(in_px.params) is not None
+    assert seen == ["geometry", "result", "geometry"]
