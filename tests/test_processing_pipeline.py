@@ -152,3 +152,16 @@ def test_virtual_image_about_per_frame_centres_and_in_angstrom(sim):
                             centres=res.centres)
     np.testing.assert_array_equal(ring, ring_px)
     assert (ring < total).all() and (ring > 0).all()
+
+
+def test_a_scan_without_a_direct_beam_is_refused_naming_the_file(realdata, tmp_path, capsys):
+    """The real Merlin test pattern (no beam on the detector): the command refuses it in one line
+    that names the file and says what is missing, and writes nothing."""
+    from napari_sedclassify.cli import main
+
+    path = realdata / "merlin" / "001_4x2_6bit.mib"
+    out = tmp_path / "r.h5"
+    assert main(["preprocess", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: no direct beam found in the first frames" in err
+    assert not out.exists()

@@ -219,7 +219,11 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     # pixels the flat-field did not catch, beam radius, every radius in px
     sample_idx = calibration_sample_index(missing, params.bad_pixel_sample)
     sample = scan.read(sample_idx) if len(sample_idx) else np.zeros((0,) + det)
-    plan = PreprocessPlan.build(params, geometry, scan.metadata, sample, ff)
+    try:
+        plan = PreprocessPlan.build(params, geometry, scan.metadata, sample, ff)
+    except ValueError as exc:  # say which scan: a batch of files, a widget with several scans open
+        name = scan.source or "the scan"
+        raise ValueError(str(exc) if str(exc).startswith(str(name)) else f"{name}: {exc}") from None
     _check(cancel)
     ff_used, ff = ff, plan.corrections(ff)
     finder = plan.centre_finder()

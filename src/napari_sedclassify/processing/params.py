@@ -136,8 +136,10 @@ class PreprocessParams:
         adf_out = px(self.adf_outer_px, self.adf_outer_d_A, "ADF outer radius")
         if bf is None or adf_in is None:
             if rb is None or not math.isfinite(rb):
-                raise ValueError("no beam radius to set the BF/ADF radii from: give bf_radius_px and "
-                                 "adf_inner_px, or beam_radius_px")
+                raise ValueError("no direct beam found in the first frames (the calibration sample), so no beam "
+                                 "radius to set the BF/ADF radii from: is this a diffraction scan with the "
+                                 "beam on the detector? (In Python, give bf_radius_px and adf_inner_px, or "
+                                 "beam_radius_px.)")
             bf = 1.25 * rb + 1.0 if bf is None else bf
             adf_in = 2.0 * rb + 2.0 if adf_in is None else adf_in
         adf_out = math.inf if adf_out is None else adf_out
