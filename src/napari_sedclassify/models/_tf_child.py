@@ -112,4 +112,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stderr.flush()
+    # No interpreter finalization: the cancel-watch thread is blocked reading stdin, and finalizing
+    # under it ends in "Fatal Python error: could not acquire lock for <stdin>" on stderr.
+    os._exit(code)
