@@ -132,6 +132,12 @@ def test_fcnn_temperature_scaling_keeps_the_classes_and_saves_safely(tmp_path):
     two = FCNNClassifier(max_epochs=5).fit(X, (y > 2) + 1, validation_data=(Xv, (yv > 2) + 1))
     p = two.predict_proba(Xv)
     assert np.allclose(p.sum(axis=1), 1) and 0.02 < p[:, 1].mean() < 0.98  # two classes: Platt scaling
+    # validation frames that miss one of the trained classes (a small labeled region): the raw
+    # softmax, not an error
+    keep = yv != yv.max()
+    partial = FCNNClassifier(max_epochs=5).fit(X, y, validation_data=(Xv[keep], yv[keep]))
+    assert partial.history_[-1]["temperature"] is None  # not calibrated
+    assert partial.predict_proba(Xv).shape == (len(Xv), len(np.unique(y)))
 
 
 def test_uncertain_mark_and_files(tmp_path):

@@ -121,8 +121,10 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
         if self.calibration not in (None, "none", "temperature"):
             raise ValueError(f"calibration must be 'temperature' or None, not {self.calibration!r}")
         counts = np.unique(yv, return_counts=True)[1] if validation_data is not None else np.zeros(0)
-        # the calibrator splits the validation frames in 5 stratified folds: every class needs 5 of them
-        if self.calibration == "temperature" and len(counts) > 1 and counts.min() >= 5:
+        # the calibrator splits the validation frames in 5 stratified folds: every class of the
+        # network needs 5 of them there (a class missing from the validation frames: raw softmax)
+        if (self.calibration == "temperature" and len(counts) == len(mlp.classes_) > 1
+                and counts.min() >= 5):
             calibrated = _temperature_scaled(mlp, Xv, yv)
             self.pipeline_ = Pipeline([("scale", scaler), ("mlp", calibrated)])
             beta = getattr(calibrated.calibrated_classifiers_[0].calibrators[0], "beta_", None)
