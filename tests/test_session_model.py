@@ -51,3 +51,37 @@ def test_geometry_change_carries_px_results_and_drops_those_in_angstrom(disk_sca
     assert session.result(in_angstrom.params) is None  # made for the old q axis: dropped
     assert session.result(in_px.params) is not None
     assert seen == ["geometry", "result", "geometry"]
+
+
+def test_prediction_holds_while_its_preprocessing_holds(disk_scan):
+    """A prediction is kept with the model file and the preprocessing result it came from: it is the
+    session's prediction while that result holds, and goes stale (kept for the record, not served)
+    when the flat-field or the geometry changes; going back to the old inputs serves it again."""
+    session = ScanSession(disk_scan)
+    seen = []
+    session.subscribe(seen.append)
+    labels = np.zeros(disk_scan.scan_shape, np.uint8)
+    labels[0] = 2
+    session.set_labels(labels)
+    assert session.labels is labels
+    user = preprocess(disk_scan, PreprocessParams(workers=1))
+    session.store_result(user)
+    models = PreprocessParams(workers=1, ria_bin_px=2.0)  # the model's own preprocessing
+    made = preprocess(disk_scan, models)
+    prediction = {"class_map": np.ones(disk_scan.scan_shape, np.uint8)}
+    session.store_prediction(prediction, "/models/a.sedmodel", made)
+    assert session.prediction is prediction and session.stale_prediction is None
+    assert session.model == "/models/a.sedmodel"
+    assert session.latest_result is user  # the model's pass is kept for reuse, not shown as the user's
+    assert session.result(models) is made  # reused by the next classification, not recomputed
+    flat = FlatField.identity(disk_scan.detector_shape)
+    session.set_flatfield(flat)
+    assert session.prediction is None and session.stale_prediction is prediction
+    session.set_flatfield(None)
+    assert session.prediction is prediction
+    longer = disk_scan.geometry.with_values("user", camera_length_mm=disk_scan.geometry.camera_length_mm * 1.1)
+    session.set_geometry(longer)  # a new q axis: a model applies another plan, so the prediction is stale
+    assert session.prediction is None and session.stale_prediction is prediction
+    session.clear_prediction()
+    assert session.stale_prediction is None
+    assert seen == ["labels", "result", "prediction", "flatfield", "flatfield", "geometry", "prediction"]

@@ -53,14 +53,9 @@ class ClassTable:
         raise KeyError(f"unknown class '{name}' (known: {', '.join(self.names.values())})")
 
     def to_dict(self) -> dict:
-        return {
-            "names": {str(k): v for k, v in self.names.items()},
-            "colours": {str(k): v for k, v in self.colours.items()},
-        }
+        return {"names": {str(k): v for k, v in self.names.items()},
+                "colours": {str(k): v for k, v in self.colours.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassTable":
-        return cls(
-            {int(k): v for k, v in d["names"].items()},
-            {int(k): v for k, v in d.get("colours", {}).items()},
-        )
+        return cls({int(k): v for k, v in d["names"].items()}, {int(k): v for k, v in d.get("colours", {}).items()})

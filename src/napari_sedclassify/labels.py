@@ -116,16 +116,8 @@ def paint_regions(regions, scan_shape, rest: int = CARBON, margin: int = 0, supe
     return grid
 
 
-def class_map_from_regions(
-    regions,
-    scan_shape,
-    *,
-    beam_diameter: float = 1.0,
-    border: float = 1.0,
-    rest: int = CARBON,
-    mixed: int = MIXED,
-    supersample: int = SUPERSAMPLE,
-) -> np.ndarray:
+def class_map_from_regions(regions, scan_shape, *, beam_diameter: float = 1.0, border: float = 1.0, rest: int = CARBON,
+                           mixed: int = MIXED, supersample: int = SUPERSAMPLE) -> np.ndarray:
     """Class map (scan_y, scan_x) uint8 from class regions (see the module docstring).
 
     regions: iterable of :class:`Region` in scan coordinates (steps), painted in order.
@@ -216,19 +208,15 @@ def load_class_map(path, scan_shape=None) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such labels file")
     suffix = path.suffix.lower()
+    if suffix not in (".npy", ".tif", ".tiff"):
+        raise ValueError(f"{path}: labels must be a .npy or .tif file")
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
-        elif suffix in (".tif", ".tiff"):
+        else:
             import tifffile
 
             arr = tifffile.imread(path)
-        else:
-            raise ValueError(f"{path}: labels must be a .npy or .tif file")
-    except ValueError as exc:
-        if str(path) in str(exc):
-            raise
-        raise ValueError(f"{path}: not a readable labels file ({exc})") from exc
     except Exception as exc:  # tifffile raises its own errors for damaged files
         raise ValueError(f"{path}: not a readable labels file ({exc})") from exc
     arr = np.asarray(arr)
@@ -239,7 +227,5 @@ def load_class_map(path, scan_shape=None) -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise ValueError(f"{path}: class ids must lie in 0..255, got {arr.min()}..{arr.max()}")
     if scan_shape is not None and tuple(arr.shape) != tuple(scan_shape):
-        raise ValueError(
-            f"{path}: labels shape {tuple(arr.shape)} does not match the scan shape {tuple(scan_shape)}"
-        )
+        raise ValueError(f"{path}: labels shape {tuple(arr.shape)} does not match the scan shape {tuple(scan_shape)}")
     return arr.astype(np.uint8)

@@ -149,10 +149,8 @@ class Scan:
                  metadata: dict | None = None, source: str | None = None):
         self.source = source
         if not hasattr(frames, "shape") or len(frames.shape) != 4:
-            raise ValueError(
-                f"{source or 'scan'}: expected a 4D array (scan_y, scan_x, det_y, det_x), "
-                f"got shape {tuple(getattr(frames, 'shape', ()))}"
-            )
+            raise ValueError(f"{source or 'scan'}: expected a 4D array (scan_y, scan_x, det_y, det_x), "
+                             f"got shape {tuple(getattr(frames, 'shape', ()))}")
         self.frame_source = frames if isinstance(frames, ScanFrames) else ScanFrames(frames)
         self.geometry = geometry if geometry is not None else Geometry()
         self.metadata = {} if metadata is None else metadata
@@ -160,10 +158,8 @@ class Scan:
             missing = np.zeros(self.scan_shape, dtype=bool)
         self.missing = np.asarray(missing, dtype=bool)
         if self.missing.shape != self.scan_shape:
-            raise ValueError(
-                f"{self.source or 'scan'}: missing-frame mask shape {self.missing.shape} "
-                f"does not match scan shape {self.scan_shape}"
-            )
+            raise ValueError(f"{self.source or 'scan'}: missing-frame mask shape {self.missing.shape} "
+                             f"does not match scan shape {self.scan_shape}")
         if tuple(self.geometry.detector_shape) != self.detector_shape:
             self.geometry = self.geometry.replace(detector_shape=self.detector_shape)
 
@@ -201,7 +197,5 @@ class Scan:
         return self.frame_source.read(flat_index)
 
     def __repr__(self) -> str:
-        return (
-            f"Scan(scan_shape={self.scan_shape}, detector_shape={self.detector_shape}, "
-            f"dtype={self.dtype}, missing={int(self.missing.sum())}, source={self.source!r})"
-        )
+        return (f"Scan(scan_shape={self.scan_shape}, detector_shape={self.detector_shape}, "
+                f"dtype={self.dtype}, missing={int(self.missing.sum())}, source={self.source!r})")

@@ -67,8 +67,11 @@ def test_refused_prediction_clears_the_old_result_and_says_why_with_the_fix(make
     # a previous prediction on show, with its counts and a "done" status
     class_map = np.full(disk_scan.scan_shape, CARBON, np.uint8)
     probabilities = np.full(disk_scan.scan_shape + (4,), 0.25, np.float32)
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.processing import PreprocessParams
+
     pr.show_prediction(layer, {"class_map": class_map, "probabilities": probabilities, "class_ids": [1, 2, 3, 4]},
-                       ClassTable.default())
+                       ClassTable.default(), preprocess(disk_scan, PreprocessParams(workers=1)), "m.sedmodel")
     pr._jobs.status.value = "done"
     assert f"{layer.name} predicted classes" in viewer.layers and "carbon: 20" in pr._summary.value
 
@@ -319,7 +322,11 @@ def test_uncertain_frames_are_grey_in_the_class_map_and_left_out_of_the_keep_lis
     assert 0 < low.sum() < low.size - 1  # some frames of each kind
 
     pr._uncertain.value = 0.6
-    pr.show_prediction(layer, out, ClassTable.default())
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.processing import PreprocessParams
+
+    made = preprocess(disk_scan, PreprocessParams(workers=1))
+    pr.show_prediction(layer, out, ClassTable.default(), made, tmp_path / "m.sedmodel")
     shown = viewer.layers[f"{layer.name} predicted classes"]
     assert (np.asarray(shown.data)[low] == UNCERTAIN_LABEL).all()  # drawn distinctly...
     assert (np.asarray(shown.data)[~low] == class_map[~low]).all()
@@ -339,3 +346,48 @@ def test_uncertain_frames_are_grey_in_the_class_map_and_left_out_of_the_keep_lis
     pr._uncertain.value = 0.0  # off: the prediction on show is marked again, nothing uncertain
     assert UNCERTAIN_LABEL not in np.asarray(viewer.layers[f"{layer.name} predicted classes"].data)
     assert (pr.prediction["class_map"] == class_map).all() and "uncertain" not in pr._summary.value
+
+
+def test_a_prediction_goes_stale_when_its_flatfield_changes(make_napari_viewer, tmp_path, disk_scan, notifications):
+    """The class map on show belongs to the flat-field and geometry it was made with: a new flat-field
+    marks it stale in place and its keep-list export is refused with the reason, not written from
+    the old result."""
+    from napari_sedclassify._napari.state import FLATFIELD_KEY, session_of, set_state
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.processing import FlatField, PreprocessParams
+
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, disk_scan)
+    _, pr = viewer.window.add_plugin_dock_widget(PLUGIN, "Prediction")
+    probabilities = np.random.default_rng(1).dirichlet(np.ones(4), size=disk_scan.scan_shape).astype(np.float32)
+    out = {"class_map": (probabilities.argmax(-1) + 1).astype(np.uint8), "probabilities": probabilities,
+           "class_ids": [1, 2, 3, 4]}
+    made = preprocess(disk_scan, PreprocessParams(workers=1))
+    pr.show_prediction(layer, out, ClassTable.default(), made, tmp_path / "m.sedmodel")
+    session = session_of(layer)
+    assert pr.prediction is not None and session.model == str(tmp_path / "m.sedmodel")
+    pr._keep.value = [2]
+    pr._keep_path.value = tmp_path / "keep.csv"
+    assert pr.export_keep_list() is not None
+
+    set_state(layer, FLATFIELD_KEY, FlatField.identity(disk_scan.detector_shape))
+    assert pr.prediction is None and "stale" in pr._summary.value
+    (tmp_path / "keep.csv").unlink()
+    assert pr.export_keep_list() is None and not (tmp_path / "keep.csv").exists()
+    assert any("stale" in n for n in notifications)
+
+
+def test_docking_the_workflow_prepares_the_first_layers_off_the_event_loop(make_napari_viewer):
+    """What the first scan and class-map layers would build in the event loop (napari's unit
+    registry, the numba functions of a direct label colour map) is built in a thread when the
+    Workflow is docked, and the long-lived objects are frozen out of the garbage collector's walks."""
+    import gc
+
+    from napari_sedclassify._napari import reader
+
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Workflow (all steps)")
+    assert reader._warming is not None
+    reader._warming.join(180)
+    assert not reader._warming.is_alive()
+    assert gc.get_freeze_count() > 10000

@@ -25,6 +25,40 @@ SHARED_PATTERNS = ("*.npy", "*.tif", "*.tiff", "*.h5", "*.hdf5", "*.hdf", "*.zar
 _workers: set = set()
 
 
+def warm_up() -> None:
+    """Build, once and in a daemon thread, what the first scan and class-map layers would otherwise
+    build in the event loop: napari's unit registry (pint parses its definitions and the scan's
+    units: 0.3-0.9 s here), the numba functions napari compiles for the first Labels layer with a
+    direct colour map (1-2 s on the UI thread when a prediction was first shown) and the engine's
+    processing modules (numba's cached kernels)."""
+    global _warming
+    if _warming is None:
+        import gc
+        import threading
+
+        def work():
+            from napari.layers import Labels
+            from napari.utils._units import get_unit_registry
+
+            from .. import processing  # noqa: F401
+            from ..classes import ClassTable
+            from .palette import class_colormap
+
+            registry = get_unit_registry()
+            registry("nm"), registry("pixel")
+            Labels(np.zeros((2, 2), np.uint8), colormap=class_colormap(ClassTable.default()))
+            # napari, Qt and the engine leave ~450,000 long-lived objects that every full
+            # collection of the cyclic garbage collector walks: 0.3-0.45 s of the event loop
+            # each time, at unpredictable moments (measured under Xvfb). Frozen, they are skipped.
+            gc.freeze()
+
+        _warming = threading.Thread(target=work, name="sedclassify-warm-up", daemon=True)
+        _warming.start()
+
+
+_warming = None
+
+
 def get_reader(path):
     """The reader for ``path``: this plugin's scan reader when it is a scan; napari's own image
     reader for a plain image in a format both read (a 2D .npy or .tif), so that files still open
@@ -39,6 +73,7 @@ def get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
+    warm_up()
     if can_open(path):
         return read_scan
     try:

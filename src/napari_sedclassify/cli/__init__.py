@@ -15,43 +15,29 @@ from .. import __version__
 from ..optional import MissingOptionalDependency
 
 #: Subcommand modules, in the order shown by ``--help``.
-SUBCOMMANDS = [
-    "simulate",
-    "info",
-    "preprocess",
-    "calibrate",
-    "train",
-    "evaluate",
-    "predict",
-    "propose",
-    "demo",
-    "watch",
-    "reduce",
-]
+SUBCOMMANDS = ["simulate", "info", "preprocess", "calibrate", "train", "evaluate", "predict", "propose", "demo",
+               "watch", "reduce"]
 
 
 class CLIError(Exception):
     """An error for the user: printed as one clear line, exit status 2."""
 
 
+def add_command(subparsers, name: str, run, help: str, description: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, which calls ``run(args)``."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    p.set_defaults(func=run)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sedclassify",
-        description=(
-            "Classify narrow-beam electron diffraction scans (carbon, amorphous ice, "
-            "crystalline ice, mixed): simulate, read, preprocess, train, predict, reduce."
-        ),
-    )
+    parser = argparse.ArgumentParser(prog="sedclassify", description=(
+        "Classify narrow-beam electron diffraction scans (carbon, amorphous ice, "
+        "crystalline ice, mixed): simulate, read, preprocess, train, predict, reduce."))
     parser.add_argument("--version", action="version", version=f"sedclassify {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:  # a subcommand not written yet
-            if exc.name == f"{__name__}.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
@@ -70,13 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if rc == 0:
             print(_speed_line(args.command, time.perf_counter() - t0, sum(frames.values())), file=sys.stderr)
         return rc
-    except CLIError as exc:
-        print(f"sedclassify {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except MissingOptionalDependency as exc:  # e.g. the CNN without TensorFlow: the pip command
-        print(f"sedclassify {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    # MissingOptionalDependency: e.g. the CNN without TensorFlow, its message gives the pip command
+    except (CLIError, MissingOptionalDependency, FileNotFoundError, ValueError, OSError) as exc:
         print(f"sedclassify {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -90,7 +71,3 @@ def _speed_line(command: str, seconds: float, frames: int) -> str:
     if frames:
         line += f", {frames} frames, {frames / max(seconds, 1e-9):.0f} frames/s"
     return line
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

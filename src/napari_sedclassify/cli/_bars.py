@@ -1,46 +1,60 @@
-"""tqdm progress bars (on stderr) for the model commands: frames while scans are
-preprocessed, epochs while a model trains."""
+"""tqdm progress bars (on stderr) for the commands: frames while scans are simulated,
+preprocessed or classified, epochs while a model trains."""
 
 from __future__ import annotations
 
 import sys
+import threading
 
 
 class Bars:
-    """Callbacks for ``preprocess_progress(i, n, done, total)`` / ``scan_progress`` (frames over
-    all scans) and ``progress(epoch, logs)`` (training epochs). Use as a context manager."""
+    """Callbacks for ``progress(done, total)`` (:meth:`frames`), ``preprocess_progress(i, n, done,
+    total)`` / ``scan_progress`` (:meth:`scan`: frames over all scans) and ``progress(epoch, logs)``
+    (:meth:`epoch`: training epochs). One bar at a time: a bar of another kind or description
+    replaces the one shown. Thread-safe. Use as a context manager."""
 
     def __init__(self, frames_desc: str = "preprocess", epochs_desc: str = "train"):
         self.frames_desc, self.epochs_desc = frames_desc, epochs_desc
-        self.frames = self.epochs = None
+        self.bar = self.key = None
+        self._lock = threading.Lock()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        for bar in (self.frames, self.epochs):
-            if bar is not None:
-                bar.close()
+        self.close()
 
-    def scan(self, i: int, n: int, done: int, total: int) -> None:
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _show(self, unit: str, desc: str, total, n: int, postfix=None) -> None:
         from tqdm import tqdm
 
-        if self.frames is None:
-            self.frames = tqdm(total=n * total, unit="frame", desc=self.frames_desc, file=sys.stderr)
-        self.frames.n = i * total + done
-        self.frames.refresh()
+        with self._lock:
+            if self.bar is None or self.key != (unit, desc):
+                self.close()
+                self.key = (unit, desc)
+                self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr)
+            self.bar.total = total
+            self.bar.n = n
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+            self.bar.refresh()
 
-    def epoch(self, epoch: int, logs: dict) -> None:
-        from tqdm import tqdm
+    def frames(self, done: int, total: int) -> None:
+        self.scan(0, 1, done, total)
 
-        if self.frames is not None:
-            self.frames.close()
-            self.frames = None
-        if self.epochs is None:
-            self.epochs = tqdm(total=int(logs.get("max_epochs", 0)) or None, unit="epoch", desc=self.epochs_desc,
-                               file=sys.stderr)
-        self.epochs.n = int(epoch)
+    def scan(self, i: int, n: int, done: int, total: int, desc: str | None = None) -> None:
+        self._show("frame", desc or self.frames_desc, n * total, i * total + done)
+
+    def epoch(self, epoch: int, logs: dict, desc: str | None = None) -> None:
         shown = {k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "val_loss", "val_accuracy")}
-        if shown:
-            self.epochs.set_postfix(shown, refresh=False)
-        self.epochs.refresh()
+        self._show("epoch", desc or self.epochs_desc, int(logs.get("max_epochs", 0)) or None, int(epoch), shown)
+
+    def log(self, msg: str) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        tqdm.write(msg, file=sys.stderr)

@@ -43,21 +43,15 @@ def cluster_workers(args, n_frames: int = 0) -> int:
             raise CLIError(f"--workers must be at least 0, got {workers}")
         return int(workers)
     cores = os.cpu_count() or 1
-    if getattr(args, "scheduler", None) is None and n_frames >= AUTO_CLUSTER_FRAMES and cores >= AUTO_CLUSTER_CORES:
-        return cores
-    return 0
+    big = getattr(args, "scheduler", None) is None and n_frames >= AUTO_CLUSTER_FRAMES and cores >= AUTO_CLUSTER_CORES
+    return cores if big else 0
 
 
 @contextmanager
 def executor(args, n_frames: int = 0):
     """The dask.distributed Client the options ask for (made the pipeline's default inside), or
     None: threads in this process. n_frames: the frames the command will process."""
-    scheduler = getattr(args, "scheduler", None)
-    workers = cluster_workers(args, n_frames)
-    if scheduler is None and workers == 0:
-        yield None
-        return
     from ..pipeline.batch import dask_client, use_client
 
-    with dask_client(scheduler, workers) as client, use_client(client):
+    with dask_client(getattr(args, "scheduler", None), cluster_workers(args, n_frames)) as client, use_client(client):
         yield client

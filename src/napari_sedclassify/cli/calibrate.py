@@ -3,27 +3,20 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
-from . import CLIError
-from ._scan_options import add_scan_options, open_scan_from_args
+from . import CLIError, add_command
+from ._scan_options import add_scan_argument, add_scan_options, json_printed, open_scan_from_args
 
 
 def register(subparsers):
-    p = subparsers.add_parser(
-        "calibrate",
-        help="fit the effective camera length from the amorphous-ice ring (or gold rings, or a known d-spacing)",
-        description=(
-            "Preprocess the scan (flat-field, centres, radial averages on the detector's pixel grid), pick the "
-            "frames whose radial average shows the ring, and fit background + ring to their mean profile. "
-            "Prints the camera length with its uncertainty; --write stores it in SCAN.sedclassify.json, "
-            "where every other command (and napari) picks it up, marked 'fitted'."
-        ),
-    )
-    p.add_argument("scan", metavar="SCAN", help="scan file (any format `sedclassify info` reads)")
-    p.add_argument("--flatfield", metavar="F", help="flat-field: flood stack (N, ky, kx) or 2D gain map")
+    p = add_command(subparsers, "calibrate", run,
+                    "fit the effective camera length from the amorphous-ice ring (or gold rings, or a known d-spacing)",
+                    "Preprocess the scan (flat-field, centres, radial averages on the detector's pixel grid), pick "
+                    "the frames whose radial average shows the ring, and fit background + ring to their mean profile. "
+                    "Prints the camera length with its uncertainty; --write stores it in SCAN.sedclassify.json, where "
+                    "every other command (and napari) picks it up, marked 'fitted'.")
+    add_scan_argument(p)
     p.add_argument("--ring", default="ice", metavar="ice|gold|D_A",
                    help="what to fit: 'ice' (vitreous ice, 3.70 Å, default), 'gold' (Au 2.355, 2.039, 1.442, "
                         "1.230 Å) or d-spacings in Å (e.g. 3.7 or 2.355,2.039)")
@@ -35,21 +28,18 @@ def register(subparsers):
                         "(default: the file's metadata, else 1 = all pixels equal)")
     p.add_argument("--max-frames", type=int, default=4096, metavar="N",
                    help="larger scans are calibrated on an evenly spaced subset of N positions (default 4096)")
-    p.add_argument("--dataset", help="array to read in files that hold several (HDF5, MATLAB, zarr)")
     p.add_argument("--write", action="store_true",
                    help="store the fitted camera length beside the scan (SCAN.sedclassify.json) for other commands")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_scan_options(p)
-    p.set_defaults(func=run)
+    add_scan_options(p, dataset=True)
     return p
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from ..io.sidecar import write_calibration
     from ..pipeline.calibrate import calibrate, parse_ring
-    from ..processing import PreprocessParams, load_flatfield
+    from ..processing import PreprocessParams
+    from ._bars import Bars
 
     try:
         parse_ring(args.ring)
@@ -63,32 +53,19 @@ def run(args) -> int:
         raise CLIError(f"--edge-pixel-width must be at least 1 pitch, got {args.edge_pixel_width}")
     scan_path = Path(args.scan)
     scan = open_scan_from_args(scan_path, args, dataset=args.dataset)
-    flatfield = load_flatfield(args.flatfield) if args.flatfield else None
     params = PreprocessParams(edge_pixel_width=args.edge_pixel_width)
-    n = min(scan.n_frames, args.max_frames)
-    with tqdm(total=n, unit="frame", desc="calibrate", file=sys.stderr) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
-        cal = calibrate(scan, args.ring, flatfield, params, search=args.search, max_frames=args.max_frames,
-                        progress=progress)
-    out = cal.to_dict()
-    out["scan"] = str(scan_path)
-    out["written"] = None
-    if args.write:
-        side = write_calibration(scan_path, {"camera_length_mm": cal.camera_length_mm}, cal.sidecar_details())
-        out["written"] = str(side)
-    if args.json:
-        print(json.dumps(out, indent=2))
+    with Bars(frames_desc="calibrate") as bars:
+        cal = calibrate(scan, args.ring, args.flatfield, params, search=args.search, max_frames=args.max_frames,
+                        progress=bars.frames)
+    side = (write_calibration(scan_path, {"camera_length_mm": cal.camera_length_mm}, cal.sidecar_details())
+            if args.write else None)
+    out = {**cal.to_dict(), "scan": str(scan_path), "written": str(side) if side else None}
+    if json_printed(args, out):
         return 0
     g = scan.geometry
-    if cal.ring == "ice":
-        ring = "the amorphous-ice ring at 3.7 Å"
-    elif cal.ring == "gold":
-        ring = "gold rings at " + ", ".join(f"{d:g}" for d in cal.d_A) + " Å"
-    else:
-        ring = f"the ring{'s' if len(cal.d_A) > 1 else ''} at {cal.ring}"
+    ring = {"ice": "the amorphous-ice ring at 3.7 Å",
+            "gold": "gold rings at " + ", ".join(f"{d:g}" for d in cal.d_A) + " Å"}.get(
+        cal.ring, f"the ring{'s' if len(cal.d_A) > 1 else ''} at {cal.ring}")
     r = cal.rings[0]
     lines = [
         f"{scan_path}: camera length {cal.camera_length_mm:.1f} ± {cal.camera_length_sd_mm:.1f} mm, "

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from ..jsonutil import jsonable
-from ._scan_options import add_scan_options, open_scan_from_args
+from . import add_command
+from ._scan_options import add_scan_options, json_printed, open_scan_from_args
 
 
 def register(subparsers):
-    p = subparsers.add_parser(
-        "info",
-        help="show format, shape, dtype, chunking, metadata, geometry and missing frames of a scan file",
-        description="Open a scan lazily and describe it (reads one frame to check that it decodes).",
-    )
+    p = add_command(subparsers, "info", run,
+                    "show format, shape, dtype, chunking, metadata, geometry and missing frames of a scan file",
+                    "Open a scan lazily and describe it (reads one frame to check that it decodes).")
     p.add_argument("file", help="scan file or folder (.mib/.hdr, .blo, .h5/.emd/.nxs, .hspy/.zspy, .mat, .npy, .zarr, .tif; "
                                   ".dm3/.dm4/.tvips with the formats extra)")
-    p.add_argument("--dataset", help="array to read in files that hold several (HDF5, MATLAB, zarr)")
     p.add_argument("--missing-at", choices=("end", "start"), default="end", help="where positions without a frame are")
     p.add_argument("--json", action="store_true", help="print JSON")
-    add_scan_options(p)
-    p.set_defaults(func=run)
+    add_scan_options(p, dataset=True)
     return p
 
 
@@ -54,8 +49,7 @@ def describe(scan) -> dict:
 def run(args):
     scan = open_scan_from_args(args.file, args, dataset=args.dataset, missing_at=args.missing_at)
     info = describe(scan)
-    if args.json:
-        print(json.dumps(info, indent=2))
+    if json_printed(args, info):
         return 0
     lines = [
         ("file", info["file"]),

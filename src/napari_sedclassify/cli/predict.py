@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from . import CLIError
-from ._executor import add_executor_options, executor
-from ._scan_options import add_scan_options, open_scans_from_args
+from . import CLIError, add_command
+from ._executor import executor
+from ._scan_options import (add_model_argument, add_scan_options, check_files, json_printed, open_scans_from_args,
+                            out_folder)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predict",
-        help="classify scans with a trained model",
-        description=(
-            "Classify every frame of each scan with a model file. Per scan, DIR receives "
-            "<scan>_classes.npy and <scan>_classes.tif (class map, uint8: 0 = not classified, "
-            "1 carbon, 2 amorphous_ice, 3 crystalline_ice, 4 mixed), <scan>_probabilities.npy "
-            "(scan_y, scan_x, classes) with <scan>_probabilities.json naming its classes, and "
-            "<scan>_overlay.png (integrated image with the class map)."
-        ),
-    )
-    p.add_argument("model", metavar="MODEL", help="model file (.sedmodel), or 'builtin' for the model shipped with "
-                   "the package (docs/models.md: its training domain)")
+    p = add_command(subparsers, "predict", run, "classify scans with a trained model",
+                    "Classify every frame of each scan with a model file. Per scan, DIR receives <scan>_classes.npy "
+                    "and <scan>_classes.tif (class map, uint8: 0 = not classified, 1 carbon, 2 amorphous_ice, 3 "
+                    "crystalline_ice, 4 mixed), <scan>_probabilities.npy (scan_y, scan_x, classes) with "
+                    "<scan>_probabilities.json naming its classes, and <scan>_overlay.png (integrated image with the "
+                    "class map).")
+    add_model_argument(p)
     p.add_argument("scans", nargs="+", metavar="SCAN", help="scan files")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--flatfield", nargs="+", metavar="F", help="flat-field file(s): one for all scans or one per scan")
@@ -40,36 +34,21 @@ def register(subparsers) -> None:
                         "HyperSpy signals with the scan axes in nm and q in 1/Å (needs the formats extra: "
                         'pip install "napari-sedclassify[formats]")')
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
-    add_scan_options(p)
-    add_executor_options(p)
-    p.set_defaults(func=run)
-
-
-def _model_files(model) -> list:
-    """The model file to check for existence: none for the built-in model."""
-    from ..models.persistence import is_builtin
-
-    return [] if is_builtin(model) else [model]
+    add_scan_options(p, executor=True)
 
 
 def run(args) -> int:
-    from ..pipeline.batch import batch_predict, tqdm_progress
+    from ..pipeline.batch import batch_predict
+    from ._bars import Bars
 
-    for f in _model_files(args.model) + list(args.scans) + list(args.flatfield or []):
-        if not Path(f).exists():
-            raise CLIError(f"{f}: no such file")
+    check_files(args.scans, args.flatfield, model=args.model)
     if args.uncertain_below is not None and not 0.0 <= args.uncertain_below <= 1.0:
         raise CLIError(f"--uncertain-below is a probability between 0 and 1, got {args.uncertain_below}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"{out}: exists and is not a folder")
+    out = out_folder(args.out)
     stems = [Path(s).stem for s in args.scans]
     if len(set(stems)) != len(stems):
         raise CLIError("two scans share a file name; their outputs would overwrite each other: "
                        + ", ".join(sorted({s for s in stems if stems.count(s) > 1})))
-    from ..pipeline.predict import check_model_libraries
-
-    check_model_libraries(args.model)  # a CNN without TensorFlow: the pip command, before any work
     from ..models.persistence import model_from_metadata, read_metadata, resolve_model_path
     from ..pipeline.reduce import class_ids
 
@@ -79,14 +58,11 @@ def run(args) -> int:
     except ValueError as exc:
         raise CLIError(f"--keep {args.keep}: {exc}") from None
     scans = open_scans_from_args(args.scans, args)
-    progress, bar = tqdm_progress("classify")
-    with bar, executor(args, sum(s.n_frames for s in scans)) as client:
+    with Bars(frames_desc="classify") as bars, executor(args, sum(s.n_frames for s in scans)) as client:
         results = batch_predict(args.model, scans, out, flatfield=args.flatfield, client=client, force=args.force,
-                                progress=progress, uncertain_below=args.uncertain_below, hspy=args.hspy,
+                                progress=bars.frames, uncertain_below=args.uncertain_below, hspy=args.hspy,
                                 keep=[k for k in args.keep.split(",") if k.strip()])
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
+    if not json_printed(args, results):
         for r in results:
             counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
             print(f"{r['name']}: {counts}" + (f", not classified {r['unclassified']}" if r["unclassified"] else "")

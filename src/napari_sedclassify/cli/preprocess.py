@@ -3,28 +3,20 @@ of a scan, written to one results file with provenance."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
-from . import CLIError
-from ._executor import add_executor_options, executor
-from ._scan_options import add_scan_options, open_scan_from_args
+from . import CLIError, add_command
+from ._executor import executor
+from ._scan_options import add_scan_argument, add_scan_options, json_printed, open_scan_from_args
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "preprocess",
-        help="centre, radially average and image a scan into one results file",
-        description=(
-            "Flat-field correct every frame, find its direct-beam centre, fit the descan, compute "
-            "radial intensity averages (RIAs), virtual images (total, bright field, annular dark "
-            "field), the pixel mask and optionally central crops; write them with provenance to one "
-            "HDF5 (.h5) or zarr (.zarr) file."
-        ),
-    )
-    p.add_argument("scan", metavar="SCAN", help="scan file (any format `sedclassify info` reads)")
-    p.add_argument("--flatfield", metavar="F", help="flat-field: flood stack (N, ky, kx) or 2D gain map")
+    p = add_command(subparsers, "preprocess", run, "centre, radially average and image a scan into one results file",
+                    "Flat-field correct every frame, find its direct-beam centre, fit the descan, compute radial "
+                    "intensity averages (RIAs), virtual images (total, bright field, annular dark field), the pixel "
+                    "mask and optionally central crops; write them with provenance to one HDF5 (.h5) or zarr (.zarr) "
+                    "file.")
+    add_scan_argument(p)
     p.add_argument("--out", metavar="FILE", help="results file, .h5 or .zarr (default: SCAN_preprocessed.h5)")
     p.add_argument("--centring", choices=("per_frame", "fitted"), default="per_frame",
                    help="centre each frame on its own measured centre (default) or on the descan fit")
@@ -33,16 +25,13 @@ def register(subparsers) -> None:
     p.add_argument("--bin-width", type=float, default=1.0, metavar="PX", help="RIA bin width in px (default 1)")
     p.add_argument("--force", action="store_true", help="overwrite an existing results file")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
-    add_scan_options(p)
-    add_executor_options(p)
-    p.set_defaults(func=run)
+    add_scan_options(p, executor=True)
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from ..pipeline.preprocess import preprocess
     from ..processing import PreprocessParams, load_flatfield
+    from ._bars import Bars
 
     scan_path = Path(args.scan)
     out = Path(args.out) if args.out else scan_path.with_name(f"{scan_path.stem}_preprocessed.h5")
@@ -54,14 +43,8 @@ def run(args) -> int:
     flatfield = load_flatfield(args.flatfield) if args.flatfield else None
     params = PreprocessParams(centring=args.centring, crop_radius_px=args.crop_radius, crop_bin=args.crop_bin,
                               ria_bin_px=args.bin_width)
-    passes = 2 if args.centring == "fitted" else 1
-    with tqdm(total=passes * scan.n_frames, unit="frame", desc="preprocess", file=sys.stderr) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
-        with executor(args, scan.n_frames) as client:
-            result = preprocess(scan, params, flatfield, progress=progress, client=client)
+    with Bars() as bars, executor(args, scan.n_frames) as client:
+        result = preprocess(scan, params, flatfield, progress=bars.frames, client=client)
     result.save(out)
     summary = {
         "out": str(out),
@@ -74,9 +57,7 @@ def run(args) -> int:
         "descan_residual_rms_px": None if result.descan is None else result.descan.residual_rms_px,
         "frames_per_s": result.provenance["frames_per_s"],
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
+    if not json_printed(args, summary):
         print(f"{out}: {summary['frames']} frames, beam found in {summary['beam_found']}, "
               f"{summary['masked_pixels']} masked pixels, {summary['ria_bins']} RIA bins, "
               f"descan residual {summary['descan_residual_rms_px'] or float('nan'):.2f} px RMS, "

@@ -3,26 +3,21 @@ frames' radial profiles (see pipeline/propose.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from . import CLIError
-from ._scan_options import add_scan_options, open_scan_from_args
+from . import add_command
+from ._scan_options import add_scan_options, json_printed, open_scan_from_args, out_folder
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "propose",
-        help="propose a class map without labels (clusters of the radial profiles, named by their physics)",
-        description=(
-            "Preprocess the scan, cluster its frames' radial profiles on the q axis and name each cluster "
-            "from its diffraction (amorphous-ice ring at 3.7 Å, Bragg spots). DIR receives "
-            "<scan>_proposal.npy (uint8 class map: 0 = no frame, 1 carbon, 2 amorphous_ice, 3 crystalline_ice, "
-            "4 mixed; usable as --labels after checking), <scan>_proposal.json (the clusters and their scores) "
-            "and <scan>_proposal.png. The q axis needs the camera length: check `sedclassify info` or fit it "
-            "with `sedclassify calibrate`."
-        ),
-    )
+    p = add_command(subparsers, "propose", run,
+                    "propose a class map without labels (clusters of the radial profiles, named by their physics)",
+                    "Preprocess the scan, cluster its frames' radial profiles on the q axis and name each cluster "
+                    "from its diffraction (amorphous-ice ring at 3.7 Å, Bragg spots). DIR receives "
+                    "<scan>_proposal.npy (uint8 class map: 0 = no frame, 1 carbon, 2 amorphous_ice, 3 "
+                    "crystalline_ice, 4 mixed; usable as --labels after checking), <scan>_proposal.json (the clusters "
+                    "and their scores) and <scan>_proposal.png. The q axis needs the camera length: check "
+                    "`sedclassify info` or fit it with `sedclassify calibrate`.")
     p.add_argument("scan", metavar="SCAN", help="scan file")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--flatfield", metavar="F", help="flat-field acquisition of the session")
@@ -30,7 +25,6 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--json", action="store_true", help="print the clusters as JSON")
     add_scan_options(p)
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:
@@ -43,9 +37,7 @@ def run(args) -> int:
     from ..pipeline.propose import propose
 
     scan = open_scan_from_args(args.scan, args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"{out}: exists and is not a folder")
+    out = out_folder(args.out)
     stem = out / Path(args.scan).stem
     targets = [Path(f"{stem}_proposal{ext}") for ext in (".npy", ".json", ".png")]
     for t in targets:
@@ -63,9 +55,7 @@ def run(args) -> int:
     if scan.geometry.assumed():
         print(f"note: {', '.join(scan.geometry.assumed())} assumed ({scan.geometry.describe()}); the cluster names "
               "rely on the q axis: give the true values or run `sedclassify calibrate`")
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
+    if not json_printed(args, doc):
         for g in prop.groups:
             print(f"cluster {g['group']}: {g['frames']} frames, ice-ring height {g['ice_ring_height']:.2f} -> {g['class']}")
         print(", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -4,12 +4,9 @@ class map and provenance (see pipeline/reduce.py and docs/live-and-reduce.md).""
 
 from __future__ import annotations
 
-import json
-import sys
-
 from . import CLIError
-from ._executor import add_executor_options, executor
-from ._scan_options import add_scan_options, open_scan_from_args
+from ._executor import executor
+from ._scan_options import add_scan_argument, add_scan_options, json_printed, open_scan_from_args
 
 
 def register(subparsers):
@@ -20,7 +17,7 @@ def register(subparsers):
                     "classes, with their scan positions, the class map and provenance, to one HDF5 file that "
                     "reads back with the project's reader (sedclassify info, napari).",
     )
-    p.add_argument("scan", metavar="SCAN", help="scan file")
+    add_scan_argument(p)
     p.add_argument("--classes", nargs="+", default=["amorphous_ice"], metavar="CLASS",
                    help="class names or ids to keep (default: amorphous_ice)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -29,22 +26,18 @@ def register(subparsers):
     p.add_argument("--out", required=True, metavar="FILE", help="output file (.h5)")
     p.add_argument("--compression", choices=("bslz4", "terse", "none"), default="bslz4",
                    help="bslz4: HDF5 Bitshuffle-LZ4 (default); terse: TERSE/PROLIX per frame (pyterse); none")
-    p.add_argument("--flatfield", metavar="F", help="flat-field acquisition for the model's preprocessing")
-    p.add_argument("--dataset", help="array to read in files that hold several (HDF5, MATLAB, zarr)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_scan_options(p)
-    add_executor_options(p)
+    add_scan_options(p, dataset=True, executor=True)
     p.set_defaults(func=run)
     return p
 
 
 def run(args):
-    from tqdm import tqdm
-
     from ..classes import ClassTable
     from ..io.atomic import check_target
     from ..pipeline.reduce import class_ids, reduce_scan
+    from ._bars import Bars
 
     if not str(args.out).lower().endswith((".h5", ".hdf5")):
         raise CLIError(f"{args.out}: a reduced scan is written as HDF5: give a name ending in .h5")
@@ -57,10 +50,8 @@ def run(args):
         model = as_model(args.model)
         table = model.classes
         class_ids(args.classes, table)
-        with tqdm(total=scan.n_frames, unit="frame", desc="classify", file=sys.stderr) as bar, \
-                executor(args, scan.n_frames):
-            pred = predict_scan(model, scan, flatfield=args.flatfield,
-                                progress=lambda d, t: bar.update(d - bar.n))
+        with Bars(frames_desc="classify") as bars, executor(args, scan.n_frames):
+            pred = predict_scan(model, scan, flatfield=args.flatfield, progress=bars.frames)
         class_map, probabilities = pred.class_map, pred.probabilities
         how = {"class_map_from": "model", "model": str(args.model), "model_kind": model.kind,
                "flatfield": args.flatfield, "class_ids_of_probabilities": pred.class_ids}
@@ -70,17 +61,12 @@ def run(args):
         table = ClassTable.default()
         class_map = load_class_map(args.labels, scan.scan_shape)
         how = {"class_map_from": "labels", "labels": str(args.labels)}
-    with tqdm(unit="frame", desc="reduce", file=sys.stderr) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with Bars(frames_desc="reduce") as bars:
         report = reduce_scan(scan, class_map, args.out, classes=args.classes, class_table=table,
                              compression=args.compression, probabilities=probabilities, provenance=how,
-                             force=args.force, progress=progress)
+                             force=args.force, progress=bars.frames)
     d = report.to_dict()
-    if args.json:
-        print(json.dumps(d, indent=2))
+    if json_printed(args, d):
         return 0
     print(f"kept {d['n_kept']} of {d['n_frames']} frames ({100 * d['kept_fraction']:.1f} %: "
           f"{', '.join(d['classes'])}) -> {d['path']}")

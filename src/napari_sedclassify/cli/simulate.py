@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-from . import CLIError
+from . import CLIError, add_command
+from ._scan_options import json_printed, out_folder, simulation_shape
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "simulate",
-        help="write simulated holey-carbon / vitreous-ice scans",
-        description=(
-            "Write simulated narrow-beam diffraction scans (4D uint16 .npy) with their true class map, "
-            "true beam centres, image-mode overview and the session's flat-field, plus dataset.json. "
-            "Deterministic per seed."
-        ),
-    )
+    p = add_command(subparsers, "simulate", run, "write simulated holey-carbon / vitreous-ice scans",
+                    "Write simulated narrow-beam diffraction scans (4D uint16 .npy) with their true class map, true "
+                    "beam centres, image-mode overview and the session's flat-field, plus dataset.json. Deterministic "
+                    "per seed.")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (created if missing)")
     p.add_argument("--scans", type=int, default=1, metavar="N", help="number of scans (default 1)")
     p.add_argument("--session", default="A", metavar="NAME",
@@ -36,7 +30,6 @@ def register(subparsers) -> None:
                         "the files keep the nominal one); each session also gets its own gain map and "
                         "alignment. See docs/simulation.md")
     p.add_argument("--json", action="store_true", help="print the data set description as JSON")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:
@@ -47,14 +40,8 @@ def run(args) -> int:
 
     if args.scans < 1:
         raise CLIError(f"--scans must be at least 1, got {args.scans}")
-    if args.detector < 16 or args.detector % 2:
-        raise CLIError(f"--detector must be an even number of px >= 16, got {args.detector}")
-    sy, sx = args.scan_shape
-    if sy < 1 or sx < 1:
-        raise CLIError(f"--scan-shape must be positive, got {sy} {sx}")
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CLIError(f"{out_dir}: exists and is not a folder")
+    sy, sx = simulation_shape(args, 16, 1)
+    out_dir = out_folder(args.out_dir)
     n_scans = 17 if args.demo else args.scans
     grid = None
     if args.session_grid:
@@ -77,9 +64,7 @@ def run(args) -> int:
 
     for entry in dataset["scans"]:
         tally.report(str(out_dir / entry["scan"]), sy * sx)
-    if args.json:
-        print(json.dumps(dataset, indent=2))
-    else:
+    if not json_printed(args, dataset):
         for entry in dataset["scans"]:
             print(f"{out_dir / entry['scan']}  session {entry['session']}  seed {entry['seed']}")
         print(f"{out_dir / 'dataset.json'}")

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from . import CLIError
-from ._executor import add_executor_options, executor
-from ._scan_options import add_scan_options, open_scans_from_args
+from . import CLIError, add_command
+from ._executor import executor
+from ._scan_options import add_scan_options, check_files, json_printed, open_scans_from_args
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a classifier (fcnn, svm, cnn) on labeled scans",
-        description=(
-            "Preprocess the scans, train a classifier on their labels (2D class maps on the scan grid, "
-            ".npy or .tif; 0 = unlabeled, 1 carbon, 2 amorphous_ice, 3 crystalline_ice, 4 mixed) and save "
-            "one model file (.sedmodel). 10%% of the labeled frames are held out for validation; "
-            "--holdout N also keeps the last N scans out of training and reports their metrics."
-        ),
-    )
+    p = add_command(subparsers, "train", run, "train a classifier (fcnn, svm, cnn) on labeled scans",
+                    "Preprocess the scans, train a classifier on their labels (2D class maps on the scan grid, .npy "
+                    "or .tif; 0 = unlabeled, 1 carbon, 2 amorphous_ice, 3 crystalline_ice, 4 mixed) and save one "
+                    "model file (.sedmodel). 10%% of the labeled frames are held out for validation; --holdout N also "
+                    "keeps the last N scans out of training and reports their metrics.")
     p.add_argument("--scans", nargs="+", required=True, metavar="SCAN", help="scan files")
     p.add_argument("--labels", nargs="+", required=True, metavar="LABELS",
                    help="one class map per scan (.npy or .tif), in the same order")
@@ -48,9 +42,7 @@ def register(subparsers) -> None:
                       help="cnn: crop radius as the spacing at its edge in Å (default 2.7)")
     crop.add_argument("--crop-radius-px", type=float, metavar="PX", help="cnn: crop radius in detector px")
     p.add_argument("--json", action="store_true", help="print the training summary and metrics as JSON")
-    add_scan_options(p)
-    add_executor_options(p)
-    p.set_defaults(func=run)
+    add_scan_options(p, executor=True)
 
 
 def model_settings(args) -> tuple[dict, dict]:
@@ -105,9 +97,7 @@ def run(args) -> int:
                        f"got {args.holdout}")
     if not 0 <= args.val_fraction < 1:
         raise CLIError(f"--val-fraction must lie in [0, 1), got {args.val_fraction}")
-    for f in list(args.scans) + list(args.labels) + list(args.flatfield or []):
-        if not Path(f).exists():
-            raise CLIError(f"{f}: no such file")
+    check_files(args.scans, args.labels, args.flatfield)
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise CLIError(f"{out}: is a folder; give a model file name such as model.sedmodel")
@@ -121,17 +111,14 @@ def run(args) -> int:
             params=params, holdout=list(range(n - args.holdout, n)), val_fraction=args.val_fraction,
             seed=args.seed, flatfield=args.flatfield, progress=bars.epoch, preprocess_progress=bars.scan,
         )
-    if args.json:
-        print(json.dumps(summary, indent=2))
+    if json_printed(args, summary):
         return 0
     t = summary["training"]
     print(f"{args.model} trained on {t['n_train_frames']} labeled frames ({t['n_train_inputs']} with augmentation), "
           f"{t['n_validation_frames']} for validation, {t['epochs']} epoch(s), {t['fit_time_s']:.1f} s")
     if "validation" in summary["metrics"]:
-        print()
-        print(format_table(summary["metrics"]["validation"], "== validation frames"))
+        print("\n" + format_table(summary["metrics"]["validation"], "== validation frames"))
     for name, m in summary["metrics"].get("holdout", {}).items():
-        print()
-        print(format_table(m, f"== held-out scan {name}"))
+        print("\n" + format_table(m, f"== held-out scan {name}"))
     print(f"\nmodel written to {summary['path']}")
     return 0

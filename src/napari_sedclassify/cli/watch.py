@@ -5,12 +5,10 @@ keep-list, and optionally write the kept frames to a reduced file as they arrive
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 
 from . import CLIError
-from ._scan_options import add_scan_options, geometry_values
+from ._scan_options import add_model_argument, add_scan_options, geometry_values, json_printed
 
 
 def register(subparsers):
@@ -25,8 +23,7 @@ def register(subparsers):
                     "file as they arrive. Stops when the scan is complete, when a stream's acquisition ends, "
                     "after --timeout seconds without a new frame, or on Ctrl-C.",
     )
-    p.add_argument("model", metavar="MODEL", help="model file (.sedmodel), or 'builtin' for the model shipped with "
-                   "the package")
+    add_model_argument(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", metavar="PATH", help="growing .mib file, or folder of frame files")
     src.add_argument("--merlin", metavar="HOST:PORT",
@@ -64,19 +61,20 @@ def register(subparsers):
 def run(args):
     from tqdm import tqdm
 
-    from ..pipeline.live import LiveClassMap, open_source, watch
-    from ..pipeline.predict import as_model
-    from ..pipeline.reduce import class_ids
+    from ..pipeline.live import LiveClassMap, open_source, wait_ready, watch
+    from ..pipeline.predict import as_model, check_model_libraries
+    from ..pipeline.reduce import check_live_target, class_ids
 
-    from ..pipeline.predict import check_model_libraries
-
-    if args.merlin or args.dectris:  # the stream receiver is the live extra: the pip command, before any work
-        from ..optional import require_live
-
-        require_live("merlin" if args.merlin else "dectris")
-    if args.dectris and not args.scan_shape:
-        raise CLIError("--dectris: a DECTRIS series header gives the number of frames, not the scan shape: "
-                       "give --scan-shape SY SX")
+    try:  # before any work: the stream receiver's pip command, the scan shape a DECTRIS stream needs
+        if args.merlin:
+            source = open_source(f"merlin://{args.merlin}", args.scan_shape, control_port=args.merlin_control,
+                                 name=args.name or "merlin")
+        elif args.dectris:
+            source = open_source(f"dectris://{args.dectris}", args.scan_shape, name=args.name or "dectris")
+        else:
+            source = open_source(args.input, args.scan_shape)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     check_model_libraries(args.model)  # a CNN without TensorFlow: the pip command, before any work
     model = as_model(args.model)
     keep = class_ids(args.keep, model.classes)
@@ -88,61 +86,33 @@ def run(args):
         geometry = ref.geometry
         metadata = {k: ref.metadata[k] for k in ("edge_pixel_width",) if k in ref.metadata}
     if args.reduce:
-        from ..io.atomic import check_target
-        from ..pipeline.reduce import partial_path
-
         if not str(args.reduce).lower().endswith((".h5", ".hdf5")):
             raise CLIError(f"{args.reduce}: a reduced scan is written as HDF5: give a name ending in .h5")
-        check_target(args.reduce, args.force)  # fail before waiting for the acquisition
-        if partial_path(args.reduce).exists() and not args.force:
-            raise CLIError(f"{partial_path(args.reduce)}: a partial file of an earlier live run is there; "
-                           "not overwritten (use --force to replace it)")
-    try:
-        if args.dectris:
-            from ..pipeline.live import DectrisStreamSource, parse_host_port
-
-            host, port = parse_host_port(args.dectris, 9999)
-            source = DectrisStreamSource(host, port, args.scan_shape, name=args.name or "dectris")
-        elif args.merlin:
-            from ..pipeline.live import MerlinStreamSource, parse_host_port
-
-            host, port = parse_host_port(args.merlin, 6342)
-            source = MerlinStreamSource(host, port, args.scan_shape, control_port=args.merlin_control,
-                                        name=args.name or "merlin")
-        else:
-            source = open_source(args.input, args.scan_shape)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        check_live_target(args.reduce, args.compression, args.force)  # fail before waiting for the acquisition
     bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
 
     def on_update(state):
-        if bar.total != state.n_positions:
-            bar.total = state.n_positions
+        bar.total = state.n_positions
         bar.update(state.n_done - bar.n)
         lat = state.latency_stats()
         if "median_ms" in lat:
             bar.set_postfix_str(f"latency {lat['median_ms']:.1f} ms", refresh=False)
 
-    def make_state():
-        sy, sx = source.scan_shape
-        state = LiveClassMap((sy, sx), model.classes.ids, keep, model.classes.names)
-        state.subscribe(on_update)
-        return state
-
     try:
-        watch_ready(source, args.timeout)  # the state needs the scan shape, which the .hdr may give
+        wait_ready(source, args.timeout)  # the state needs the scan shape, which the .hdr may give
         if geometry_values(args):
             geometry = (geometry or source.geometry()).with_values("user", **geometry_values(args))
+        state = LiveClassMap(source.scan_shape, model.classes.ids, keep, model.classes.names)
+        state.subscribe(on_update)
         result = watch(model, source, out_dir=args.out, name=args.name, keep=keep, flatfield=args.flatfield,
                        geometry=geometry, metadata=metadata, timeout_s=args.timeout, force=args.force,
-                       state=make_state(), reduce_to=args.reduce, compression=args.compression)
+                       state=state, reduce_to=args.reduce, compression=args.compression)
     finally:
         bar.close()
         if hasattr(source, "close"):
             source.close()
     d = result.to_dict()
-    if args.json:
-        print(json.dumps(d, indent=2))
+    if json_printed(args, d):
         return 0
     lat = d["latency"]
     print(f"{d['status']}: {d['frames']} of {d['positions']} frames classified, {d['kept']} kept "
@@ -163,18 +133,3 @@ def run(args):
             print(f"wrote {f}")
     return 0
 
-
-def watch_ready(source, timeout_s):
-    """Wait until the source has its first frame header (or folder, or the stream is armed), up to
-    ``timeout_s``."""
-    t0 = time.perf_counter()
-    while not source.ready():
-        if time.perf_counter() - t0 > timeout_s:
-            if hasattr(source, "close"):
-                source.close()
-            if getattr(source, "kind", None) in ("merlin", "dectris"):
-                raise CLIError(f"{source.path}: the detector was not armed within {timeout_s:g} s (no acquisition "
-                               "header arrived): arm the acquisition in the detector's software after starting "
-                               "watch, check HOST:PORT, or give a longer --timeout")
-            raise CLIError(f"{source.path}: nothing arrived within {timeout_s:g} s")
-        time.sleep(0.01)

@@ -16,24 +16,15 @@ from ..errors import ScanFormatError
 
 #: File name endings and the module that reads them.
 SUFFIXES = {
-    ".mib": "mib",
-    ".hdr": "mib",
+    **dict.fromkeys((".mib", ".hdr"), "mib"),
     ".blo": "blockfile",
-    ".h5": "hdf5",
-    ".hdf5": "hdf5",
-    ".hdf": "hdf5",
-    ".emd": "hdf5",
-    ".nxs": "hdf5",
-    ".hspy": "hdf5",  # HyperSpy / pyxem (HDF5): Experiments/<title>/data
+    # .hspy: HyperSpy / pyxem (HDF5): Experiments/<title>/data
+    **dict.fromkeys((".h5", ".hdf5", ".hdf", ".emd", ".nxs", ".hspy"), "hdf5"),
     ".mat": "mat",
     ".npy": "npy",
     ".zarr": "zarr_store",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-    # through rosettasciio (the ``formats`` extra): io/hyperspy.py
-    ".dm3": "hyperspy",
-    ".dm4": "hyperspy",
-    ".tvips": "hyperspy",
+    **dict.fromkeys((".tif", ".tiff"), "tiff"),
+    **dict.fromkeys((".dm3", ".dm4", ".tvips"), "hyperspy"),  # through rosettasciio (the ``formats`` extra)
 }
 
 #: Leading bytes of files whose name does not say their format.
@@ -42,10 +33,7 @@ _MAGIC = [
     (b"IMGBLO", "blockfile"),
     (b"\x89HDF\r\n\x1a\n", "hdf5"),
     (b"\x93NUMPY", "npy"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"II+\x00", "tiff"),
-    (b"MM\x00+", "tiff"),
+    *((magic, "tiff") for magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")),  # classic and BigTIFF
     (b"MATLAB", "mat"),
 ]
 
@@ -69,19 +57,14 @@ def format_of(path) -> str | None:
             return "mib"
         return None
     fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is not None:
-        return _reduced_or(fmt, path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return None
-    return _reduced_or(next((name for magic, name in _MAGIC if head.startswith(magic)), None), path)
-
-
-def _reduced_or(fmt, path):
-    """``"reduced"`` for an HDF5 file written by ``sedclassify reduce``, else ``fmt``."""
-    from .reduced import is_reduced
+    if fmt is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError:
+            return None
+        fmt = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    from .reduced import is_reduced  # an HDF5 file written by ``sedclassify reduce``
 
     return "reduced" if fmt == "hdf5" and path.is_file() and is_reduced(path) else fmt
 
@@ -91,9 +74,7 @@ def can_open(path) -> bool:
     try:
         path = Path(path)
         fmt = format_of(path) if path.exists() else None
-        if fmt is None:
-            return False
-        return bool(importlib.import_module(f".{fmt}", __name__).probe(path))
+        return fmt is not None and bool(importlib.import_module(f".{fmt}", __name__).probe(path))
     except Exception:  # a probe never raises: anything odd means "not for us"
         return False
 
@@ -102,17 +83,14 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
               **kwargs):
     """Open ``path`` lazily as a :class:`~napari_sedclassify.scan.Scan`.
 
-    scan_shape: (scan_y, scan_x) when the file does not say it, or to override it. With fewer
-        frames than positions, the grid is padded and the positions without a frame are marked
-        in ``scan.missing``.
+    scan_shape: (scan_y, scan_x) when the file does not say it, or to override it. Positions
+        without a frame (fewer frames than positions) are marked in ``scan.missing``.
     dataset: which array to read in files that hold several (HDF5, MATLAB, zarr).
-    missing_at: "end" (an interrupted acquisition) or "start" (frames lost at the start) for
-        the positions without a frame.
+    missing_at: where the positions without a frame are: "end" (an interrupted acquisition) or "start".
     chunk_frames: frames per dask chunk (default: about 32 MB of whole frames).
     geometry: calibration values the user gives ({"camera_length_mm": ..., "pixel_size_um": ...,
-        "voltage_kv": ..., "scan_step_nm": ...}; None entries ignored). They win over the file and
-        over a calibration sidecar (``sedclassify calibrate --write``), whose values come next;
-        what neither says stays marked "assumed" in ``scan.geometry``.
+        "voltage_kv": ..., "scan_step_nm": ...}; None entries ignored). They win over a calibration
+        sidecar (``sedclassify calibrate --write``), which wins over the file; the rest is "assumed".
 
     Raises FileNotFoundError, or ScanFormatError naming the file and the problem.
     """
@@ -122,9 +100,7 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
     fmt = format_of(path)
     if fmt is None:
         if path.is_dir():
-            raise ScanFormatError(
-                f"{path}: a directory that is not a scan (no zarr array, no TIFF or .mib frames)"
-            )
+            raise ScanFormatError(f"{path}: a directory that is not a scan (no zarr array, no TIFF or .mib frames)")
         raise ScanFormatError(f"{path}: unknown scan format '{path.suffix or path.name}'")
     if path.is_file() and path.stat().st_size == 0:
         raise ScanFormatError(f"{path}: empty file")
@@ -144,10 +120,8 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
 
 
 def _check_readable(scan):
-    """Read a recorded frame now, so an undecodable or NaN-only file fails at open, not later.
-
-    Float data whose first frame has no finite value are checked further (middle, last frame).
-    """
+    """Read a recorded frame now, so an undecodable or NaN-only file fails at open, not later
+    (float data without a finite value in the first frame: the middle and last ones too)."""
     import numpy as np
 
     recorded = np.flatnonzero(~scan.missing.ravel())

@@ -1,11 +1,9 @@
 """Lazy building blocks shared by the readers: frame sources, the scan grid, chunking.
 
-A *frame source* reads a flat run of detector frames (N, det_y, det_x) from a file, in native
-byte order and display orientation. :class:`FrameGrid` lays such a source out on the scan grid
-(scan_y, scan_x, det_y, det_x), with positions that have no frame (an interrupted acquisition,
-the paper's data set whose first entries are missing) reading as zeros and marked missing.
-Files are opened on first read, in each process, and never pickled with their handles, so a
-scan can travel to dask workers.
+A *frame source* reads a flat run of frames (N, det_y, det_x) from a file, native byte order,
+display orientation. :class:`FrameGrid` lays it out on the scan grid; positions without a frame
+read as zeros and are marked missing. Files are opened on first read, in each process, and never
+pickled with their handles.
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 
 import numpy as np
 
@@ -48,15 +47,15 @@ class _Handled:
 class FrameSource(_Handled):
     """A flat stack of frames in a file, opened lazily and read-only.
 
-    Subclasses set ``path``, ``n_frames``, ``frame_shape``, ``dtype`` (native, as returned) and
-    implement ``_open()`` (returns a handle) and ``_read(handle, start, stop)`` (returns
-    frames ``start:stop`` as an array (k, det_y, det_x) of ``dtype``).
+    Subclasses implement ``_open()`` (returns a handle) and ``_read(handle, start, stop)`` (returns
+    frames ``start:stop`` as an array (k, det_y, det_x) of ``dtype``, native, as returned).
     """
 
-    path: str
-    n_frames: int
-    frame_shape: tuple[int, int]
-    dtype: np.dtype
+    def __init__(self, path, n_frames: int, frame_shape, dtype):
+        self.path = str(path)
+        self.n_frames = int(n_frames)
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.dtype = native(dtype)
 
     def _open(self):
         raise NotImplementedError
@@ -68,16 +67,26 @@ class FrameSource(_Handled):
         return self._with_handle(self._open, lambda h: self._read(h, start, stop), f"frames {start}..{stop - 1}")
 
 
+class PartsFrames(FrameSource):
+    """Frames stored in consecutive parts (files, datasets): subclasses set ``starts``, each part's first
+    frame and the total, and implement ``_read_part(handle, part, lo, hi)`` (its frames lo:hi)."""
+
+    starts: np.ndarray
+
+    def _read(self, handle, start, stop):
+        first, last = np.searchsorted(self.starts, start, side="right") - 1, np.searchsorted(self.starts, stop)
+        pieces = [self._read_part(handle, i, max(start, self.starts[i]) - self.starts[i],
+                                  min(stop, self.starts[i + 1]) - self.starts[i]) for i in range(first, last)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
 class StackFrames(FrameSource):
     """Frames of a 3D array-like (N, det_y, det_x) that ``opener()`` returns: a memmap, a zarr or
     HDF5 dataset, an adapter that transposes MATLAB frames, an array in memory."""
 
     def __init__(self, opener, shape, dtype, path):
+        super().__init__(path, shape[0], shape[1:], dtype)
         self.opener = opener
-        self.path = str(path)
-        self.n_frames = int(shape[0])
-        self.frame_shape = tuple(int(s) for s in shape[1:])
-        self.dtype = native(dtype)
 
     def _open(self):
         return self.opener()
@@ -107,11 +116,8 @@ def check_pixel_dtype(dtype, path) -> np.dtype:
 
 
 class FrameGrid:
-    """A frame source seen as a 4D array (scan_y, scan_x, det_y, det_x), for ``dask.array.from_array``.
-
-    first: grid index (row-major) of the source's frame 0; positions before it and after its
-    last frame have no frame and read as zeros.
-    """
+    """A frame source seen as a 4D array (scan_y, scan_x, det_y, det_x). first: grid index (row-major)
+    of the source's frame 0; positions before it and after its last frame read as zeros."""
 
     def __init__(self, source: FrameSource, scan_shape, first: int = 0):
         self.source = source
@@ -131,45 +137,33 @@ class FrameGrid:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (4 - len(key))
         ys, xs = (_indices(k, n) for k, n in zip(key[:2], self.scan_shape))
-        det_key = tuple(key[2:])
-        block = self._read_positions(ys, xs)
-        block = block[(slice(None), slice(None)) + det_key]
+        block = self._read_positions(ys, xs)[(slice(None), slice(None)) + tuple(key[2:])]
         drop = tuple(i for i in (0, 1) if isinstance(key[i], (int, np.integer)))
         return block.reshape([s for i, s in enumerate(block.shape) if i not in drop]) if drop else block
 
     def _read_positions(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         sx, n = self.scan_shape[1], self.source.n_frames
-        frame = self.source.frame_shape
+        shape = (len(ys), len(xs)) + self.source.frame_shape
         if len(ys) == 0 or len(xs) == 0:
-            return np.zeros((len(ys), len(xs)) + frame, dtype=self.dtype)
-        contiguous_x = len(xs) == xs[-1] - xs[0] + 1 and np.all(np.diff(xs) == 1)
-        contiguous_y = len(ys) == ys[-1] - ys[0] + 1 and np.all(np.diff(ys) == 1)
+            return np.zeros(shape, dtype=self.dtype)
+        runs = np.split(np.arange(len(xs)), np.flatnonzero(np.diff(xs) != 1) + 1)  # of consecutive x
         start = ys[0] * sx + xs[0] - self.first
-        if contiguous_y and contiguous_x and (len(xs) == sx or len(ys) == 1):
-            stop = start + len(ys) * len(xs)
-            if start >= 0 and stop <= n:  # all recorded: one read, zero-copy where the source allows
-                return self.source.read(start, stop).reshape((len(ys), len(xs)) + frame)
-        out = np.zeros((len(ys), len(xs)) + frame, dtype=self.dtype)
-        if contiguous_x:
-            for j, y in enumerate(ys):
-                a = y * sx + xs[0] - self.first
-                lo, hi = max(a, 0), min(a + len(xs), n)
+        whole_rows = len(xs) == sx and np.all(np.diff(ys) == 1)
+        if len(runs) == 1 and (len(ys) == 1 or whole_rows) and start >= 0 and start + len(ys) * len(xs) <= n:
+            return self.source.read(start, start + len(ys) * len(xs)).reshape(shape)  # one read, zero-copy if it can
+        out = np.zeros(shape, dtype=self.dtype)  # a read per run and row; positions without a frame stay 0
+        for j, y in enumerate(ys):
+            for run in runs:
+                a = y * sx + xs[run[0]] - self.first
+                lo, hi = max(a, 0), min(a + len(run), n)
                 if lo < hi:
-                    out[j, lo - a : hi - a] = self.source.read(lo, hi)
-        else:
-            for j, y in enumerate(ys):
-                for i, x in enumerate(xs):
-                    f = y * sx + x - self.first
-                    if 0 <= f < n:
-                        out[j, i] = self.source.read(f, f + 1)[0]
+                    out[j, run[0] + lo - a : run[0] + hi - a] = self.source.read(lo, hi)
         return out
 
 
 class Lazy4D(_Handled):
-    """A 4D array in a file (scan_y, scan_x, det_y, det_x), opened lazily, read in native byte order.
-
-    opener: a picklable callable returning the array-like (an h5py dataset, a memmap...).
-    """
+    """A 4D array in a file (scan_y, scan_x, det_y, det_x), opened lazily, read in native byte order;
+    opener: a picklable callable returning the array-like (an h5py dataset, a memmap...)."""
 
     def __init__(self, opener, shape, dtype, path):
         self.opener = opener
@@ -199,28 +193,50 @@ def file_token(path) -> str:
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
-def grid_frames(source: FrameSource, scan_shape, *, first: int = 0, chunk_frames=None, name: str):
-    """(ScanFrames over the scan grid, missing mask) for a flat frame source."""
-    grid = FrameGrid(source, scan_shape, first)
+def natural_key(name: str):
+    """Sort key of a file name in natural order (``scan_2`` before ``scan_10``)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def grid_frames(source: FrameSource, path, scan_shape=None, *, hint=None, missing_at="end", chunk_frames=None,
+                name: str):
+    """(ScanFrames over the scan grid, missing mask, how the scan shape was found) for a flat frame
+    source, laid out on the grid :func:`resolve_scan_shape` finds."""
+    shape, how, first = resolve_scan_shape(path, source.n_frames, scan_shape, hint, missing_at)
+    grid = FrameGrid(source, shape, first)
     frame_nbytes = int(np.prod(source.frame_shape)) * source.dtype.itemsize
-    chunks = frame_chunks(scan_shape, frame_nbytes, chunk_frames)
-    return ScanFrames(grid, chunks, name=f"{name}-{first}-{scan_shape[0]}x{scan_shape[1]}"), grid.missing()
+    chunks = frame_chunks(shape, frame_nbytes, chunk_frames)
+    return ScanFrames(grid, chunks, name=f"{name}-{first}-{shape[0]}x{shape[1]}"), grid.missing(), how
 
 
-def array_frames(array, *, chunk_frames=None, name: str):
-    """ScanFrames over a 4D array-like (scan_y, scan_x, det_y, det_x), whole-frame blocks."""
-    shape = tuple(int(s) for s in array.shape)
-    frame_nbytes = int(np.prod(shape[2:])) * np.dtype(array.dtype).itemsize
-    return ScanFrames(array, frame_chunks(shape[:2], frame_nbytes, chunk_frames), name=name)
+def array_frames(path, shape, dtype, opener=None, *, source=None, scan_shape=None, hint=None, missing_at="end",
+                 chunk_frames=None, name: str, kind: str = "array"):
+    """(ScanFrames, missing mask or None, how the scan shape was found) for a 4D scan (its own grid) or
+    a 3D stack of frames (laid out by :func:`grid_frames`) in a file. opener: a picklable callable
+    returning the array-like; source: a FrameSource of its frames to read instead; kind: the array's
+    name in the metadata ("<kind> shape") and in the error for a wrong ``scan_shape``."""
+    if len(shape) == 3:
+        source = source or StackFrames(opener, shape, dtype, path)
+        return grid_frames(source, path, scan_shape, hint=hint, missing_at=missing_at, chunk_frames=chunk_frames,
+                           name=name)
+    if len(shape) != 4:
+        raise ScanFormatError(f"{path}: expected a 3D (N, y, x) or 4D (sy, sx, y, x) array, got shape {tuple(shape)}")
+    shape = tuple(int(s) for s in shape)
+    if scan_shape is not None and tuple(scan_shape) != shape[:2]:
+        raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: the {kind} is a "
+                              f"{shape[0]}x{shape[1]} scan")
+    if source is not None:
+        return grid_frames(source, path, shape[:2], chunk_frames=chunk_frames, name=name)[0], None, f"{kind} shape"
+    chunks = frame_chunks(shape[:2], int(np.prod(shape[2:])) * np.dtype(dtype).itemsize, chunk_frames)
+    return ScanFrames(Lazy4D(opener, shape, dtype, path), chunks, name=name), None, f"{kind} shape"
 
 
 def resolve_scan_shape(path, n_frames: int, scan_shape=None, hint=None, missing_at: str = "end"):
     """Scan shape (scan_y, scan_x), how it was found, and the grid index of the first frame.
 
-    scan_shape: given by the user (wins). hint: (shape, how) read from the file's metadata.
-    Otherwise a square grid when n_frames is a square number, else one scan row.
-    Fewer frames than positions pads the grid; ``missing_at`` says whether the missing
-    positions are at the "end" (interrupted acquisition) or the "start".
+    scan_shape: given by the user (wins). hint: (shape, how) from the file's metadata. Otherwise a
+    square grid when n_frames is a square number, else one scan row. Fewer frames than positions
+    pads the grid at the "end" (an interrupted acquisition) or the "start" (``missing_at``).
     """
     if missing_at not in ("end", "start"):
         raise ValueError(f"missing_at must be 'end' or 'start', not {missing_at!r}")
@@ -228,7 +244,10 @@ def resolve_scan_shape(path, n_frames: int, scan_shape=None, hint=None, missing_
         raise ScanFormatError(f"{path}: empty file (no frames)")
     how = "given"
     if scan_shape is not None:
-        shape = _check_shape(scan_shape, path)
+        try:
+            shape = parse_scan_shape(scan_shape)
+        except ValueError as exc:
+            raise ScanFormatError(f"{path}: {exc}") from None
         if shape[0] * shape[1] < n_frames:
             raise ScanFormatError(
                 f"{path}: wrong scan shape {shape[0]}x{shape[1]}: {shape[0] * shape[1]} positions "
@@ -245,10 +264,3 @@ def resolve_scan_shape(path, n_frames: int, scan_shape=None, hint=None, missing_
             log.warning("%s: %d frames and no scan shape in the file: opened as one row", path, n_frames)
     first = shape[0] * shape[1] - n_frames if missing_at == "start" else 0
     return shape, how, first
-
-
-def _check_shape(scan_shape, path) -> tuple[int, int]:
-    try:
-        return parse_scan_shape(scan_shape)
-    except ValueError as exc:
-        raise ScanFormatError(f"{path}: {exc}") from None

@@ -1,15 +1,9 @@
-"""Atomic outputs: write to a temporary file beside the target, then ``os.replace``.
+"""The package's one atomic writer: write to a temporary file beside the target, then ``os.replace``.
 
-Readers of the target see the old file or the complete new one, never a half-written one: an
-exception or Ctrl-C removes the temporary file, and a process killed outright (SIGKILL, power
-loss) leaves only a hidden ``.<name>.<pid>-<random>.part<suffix>`` file that the next run for the
-same target removes (:func:`remove_stale`), since the process that wrote it no longer exists.
-Existing targets are replaced only with ``force=True`` (the CLI's ``--force``). After the rename
-the folder is flushed too (where the platform allows), so the new name survives a power loss.
-
-The package's one atomic writer: model files, figures, class maps, reports and live outputs all
-go through :func:`atomic_output` (or :func:`atomic_path` / :func:`write_text` / :func:`write_json`
-/ :func:`write_npy`, which replace an existing file).
+Readers see the old file or the complete new one. An exception or Ctrl-C removes the temporary
+file; a process killed outright leaves a hidden ``.<name>.<pid>-<random>.part<suffix>`` file that
+the next run for the same target removes (:func:`remove_stale`). Existing targets are replaced
+only with ``force=True`` (the CLI's ``--force``). The folder is flushed after the rename.
 """
 
 from __future__ import annotations
@@ -35,18 +29,6 @@ def check_target(path, force: bool = False) -> Path:
     return path
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}{_PART}{path.suffix}")
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists. psutil asks the system without signalling it: on Windows
-    ``os.kill(pid, 0)`` would terminate the process."""
-    import psutil
-
-    return psutil.pid_exists(pid)
-
-
 def fsync_folder(folder: Path) -> None:
     """Flush a folder's entries (a rename) to disk; a no-op where folders cannot be opened (Windows)."""
     try:
@@ -63,14 +45,13 @@ def fsync_folder(folder: Path) -> None:
 
 def remove_stale(path) -> list[Path]:
     """Remove temporary files of ``path`` left by killed runs (their process is gone)."""
+    import psutil  # asks without signalling: on Windows os.kill(pid, 0) would terminate the process
+
     path = Path(path)
     removed = []
-    if not path.parent.is_dir():
-        return removed
     for tmp in path.parent.glob(f".{path.name}.*{_PART}{path.suffix}"):
-        tag = tmp.name[len(path.name) + 2:].split(_PART)[0]
-        pid = tag.split("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        pid = tmp.name[len(path.name) + 2:].split("-")[0]  # .<name>.<pid>-<random>.part<suffix>
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -78,16 +59,13 @@ def remove_stale(path) -> list[Path]:
 
 @contextmanager
 def atomic_output(path, *, force: bool = False):
-    """Yield a temporary path in the target's folder; on success it replaces ``path``.
-
-    Refuses an existing ``path`` unless ``force``. The data are flushed to disk (fsync) before
-    the rename, and the folder after it. On any exception (KeyboardInterrupt included) the
-    temporary file is removed and ``path`` is untouched.
-    """
+    """Yield a temporary path in the target's folder; on success it replaces ``path`` (refused when it
+    exists, unless ``force``), flushed to disk before the rename and the folder after it. On any
+    exception (KeyboardInterrupt included) the temporary file is removed, ``path`` is untouched."""
     path = check_target(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    tmp = _temp_name(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}{_PART}{path.suffix}")
     try:
         yield tmp
         if not tmp.exists():
@@ -107,8 +85,7 @@ def atomic_output(path, *, force: bool = False):
 
 
 def atomic_path(path):
-    """:func:`atomic_output` that replaces an existing ``path`` (``force=True``): yields a temporary
-    path in the target's folder that replaces ``path`` on success."""
+    """:func:`atomic_output` that replaces an existing ``path`` (``force=True``)."""
     return atomic_output(path, force=True)
 
 
@@ -121,9 +98,7 @@ def write_text(path, text: str, *, force: bool = True) -> Path:
 
 def write_json(path, obj, *, force: bool = True) -> Path:
     """Write ``obj`` as indented JSON atomically."""
-    with atomic_output(path, force=force) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    return Path(path)
+    return write_text(path, json.dumps(obj, indent=2) + "\n", force=force)
 
 
 def write_npy(path, array, *, force: bool = True) -> Path:

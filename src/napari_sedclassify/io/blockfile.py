@@ -3,9 +3,8 @@
 Little-endian header starting ``IMGBLO``: scan size (NX, NY), pattern size DP_SZ, scan step
 (nm), beam energy (V), camera length (0.1 mm), pattern scale (100 x px per cm), then a note,
 a virtual bright-field image (NX*NY bytes at Data_offset_1) and the patterns at Data_offset_2:
-each a 6-byte prefix (``AA 55`` + uint32 frame index) and DP_SZ x DP_SZ uint8. Memory-mapped,
-read without a copy. A file that ends early (an interrupted scan) leaves the last positions
-missing.
+each a 6-byte prefix (``AA 55`` + uint32 frame index) and DP_SZ x DP_SZ uint8, memory-mapped. A
+file that ends early (an interrupted scan) leaves the last positions missing.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import FrameSource, file_token, grid_frames, resolve_scan_shape
+from ._lazy import FrameSource, file_token, grid_frames
 
 HEADER = np.dtype(
     [
@@ -51,11 +50,8 @@ class BlockFrames(FrameSource):
     """The patterns of a blockfile through a structured memmap (prefix, pixels)."""
 
     def __init__(self, path, offset: int, size: int, n_frames: int):
-        self.path = str(path)
+        super().__init__(path, n_frames, (size, size), np.uint8)
         self.offset = int(offset)
-        self.frame_shape = (int(size), int(size))
-        self.n_frames = int(n_frames)
-        self.dtype = np.dtype(np.uint8)
 
     def _open(self):
         dtype = np.dtype([("prefix", "V6"), ("px", "u1", self.frame_shape)])
@@ -86,18 +82,14 @@ def _frame_index(path, offset: int) -> int | None:
     with open(path, "rb") as f:
         f.seek(offset)
         prefix = f.read(6)
-    if prefix[:2] != PREFIX:
-        return None
-    return int.from_bytes(prefix[2:], "little")
+    return int.from_bytes(prefix[2:], "little") if prefix[:2] == PREFIX else None
 
 
 def _serial_date(days: float) -> str | None:
     """ISO time of a serial date (days since 1899-12-30, as Delphi and Excel count)."""
     from datetime import datetime, timedelta
 
-    if not 0 < days < 2e5:
-        return None
-    return (datetime(1899, 12, 30) + timedelta(days=days)).isoformat(timespec="seconds")
+    return (datetime(1899, 12, 30) + timedelta(days=days)).isoformat(timespec="seconds") if 0 < days < 2e5 else None
 
 
 def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
@@ -124,18 +116,13 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
                 f"{path}: corrupted data: pattern {k} does not start with AA 55 and its index "
                 f"(found {index}); the header's sizes may be wrong"
             )
-    shape = (ny, nx) if scan_shape is None else scan_shape
-    shape, how, first = resolve_scan_shape(path, n, shape, None, missing_at)
     source = BlockFrames(path, h["Data_offset_2"], dp, n)
-    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=f"blo-{file_token(path)}")
-    geometry = Geometry(
-        detector_shape=(dp, dp),
-        pixel_size_um=1e6 / h["SDP"] if h["SDP"] else Geometry.pixel_size_um,
-        camera_length_mm=h["Camera_length"] / 10 if h["Camera_length"] else Geometry.camera_length_mm,
-        voltage_kv=h["Beam_energy"] / 1000 if h["Beam_energy"] else Geometry.voltage_kv,
-        scan_step_nm=h["SX"] or None,
-    ).marked("file", *[n for n, key in (("pixel_size_um", "SDP"), ("camera_length_mm", "Camera_length"),
-                                        ("voltage_kv", "Beam_energy"), ("scan_step_nm", "SX")) if h[key]])
+    data, missing, how = grid_frames(source, path, (ny, nx) if scan_shape is None else scan_shape,
+                                     missing_at=missing_at, chunk_frames=chunk_frames, name=f"blo-{file_token(path)}")
+    geometry = Geometry(detector_shape=(dp, dp)).with_values(  # what the header states (zero: not stated)
+        "file", pixel_size_um=1e6 / h["SDP"] if h["SDP"] else None,
+        camera_length_mm=h["Camera_length"] / 10 if h["Camera_length"] else None,
+        voltage_kv=h["Beam_energy"] / 1000 if h["Beam_energy"] else None, scan_step_nm=h["SX"] if h["SX"] > 0 else None)
     metadata = {
         "format": "NanoMegas blockfile",
         "dtype_on_disk": "|u1",

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry, electron_wavelength_A
 from ..scan import Scan
-from ._lazy import FrameSource, Lazy4D, array_frames, check_pixel_dtype, file_token, grid_frames, native, resolve_scan_shape
+from ._lazy import PartsFrames, array_frames, check_pixel_dtype, file_token, grid_frames, to_native
 from .hyperspy import hspy_calibration
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,9 @@ def candidates(group) -> list[tuple[str, tuple, np.dtype]]:
     found = []
 
     def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4) and obj.dtype.kind in "uifb":
-            if min(obj.shape[-2:]) >= 2 and obj.size > 0:
-                found.append((name, tuple(obj.shape), obj.dtype))
+        if (isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4) and obj.dtype.kind in "uifb"
+                and min(obj.shape[-2:]) >= 2 and obj.size > 0):
+            found.append((name, tuple(obj.shape), obj.dtype))
 
     group.visititems(visit)
     return found
@@ -92,37 +92,23 @@ def _is_emd(f) -> bool:
 
 def _emd_datacubes(f, found):
     """The 4D candidates of an EMD file that sit in an EMD data group (py4DSTEM, Prismatic)."""
-    cubes = []
-    for name, shape, dtype in found:
-        parent = f[name].parent
-        if len(shape) == 4 and "emd_group_type" in parent.attrs:
-            cubes.append((name, shape, dtype))
-    return sorted(cubes)
+    return sorted(c for c in found if len(c[1]) == 4 and "emd_group_type" in f[c[0]].parent.attrs)
 
 
-class H5Frames(FrameSource):
+class H5Frames(PartsFrames):
     """Frames of one or more 3D HDF5 datasets (N_i, det_y, det_x), one after the other."""
 
     def __init__(self, parts, frame_shape, dtype, path):
         self.parts = [(str(p), str(n), int(k)) for p, n, k in parts]
-        self.path = str(path)
-        self.n_frames = sum(k for _, _, k in self.parts)
-        self.frame_shape = tuple(int(s) for s in frame_shape)
-        self.dtype = native(dtype)
+        self.starts = np.cumsum([0] + [k for _, _, k in self.parts])
+        super().__init__(path, self.starts[-1], frame_shape, dtype)
 
     def _open(self):
         h5py = _h5py()
         return [h5py.File(p, "r")[n] for p, n, _ in self.parts]
 
-    def _read(self, datasets, start, stop):
-        pieces, offset = [], 0
-        for ds, (_, _, k) in zip(datasets, self.parts):
-            lo, hi = max(start - offset, 0), min(stop - offset, k)
-            if lo < hi:
-                pieces.append(np.asarray(ds[lo:hi]))
-            offset += k
-        block = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        return block.astype(self.dtype, copy=False)
+    def _read_part(self, datasets, i, lo, hi):
+        return to_native(np.asarray(datasets[i][lo:hi]))
 
 
 def _open_dataset(path, name):
@@ -131,10 +117,7 @@ def _open_dataset(path, name):
 
 def _arina_links(f) -> list[str]:
     """Names of the data_NNNNNN entries of a DECTRIS NeXus master file, in order."""
-    if "entry/data" not in f:
-        return []
-    group = f["entry/data"]
-    return sorted(k for k in group.keys() if _ARINA_DATA.match(k))
+    return sorted(k for k in f["entry/data"].keys() if _ARINA_DATA.match(k)) if "entry/data" in f else []
 
 
 def _arina_parts(path, f, names):
@@ -160,9 +143,9 @@ def _arina_parts(path, f, names):
     return parts, frame_shape, dtype
 
 
-def _value(f, name, default=None):
+def _value(f, name):
     if name not in f:
-        return default
+        return None
     v = f[name][()]
     if isinstance(v, bytes):
         return v.decode("utf-8", "replace")
@@ -182,16 +165,11 @@ def _arina_metadata(f):
         "n_images": _value(f, spec + "nimages"),
         "n_triggers": _value(f, spec + "ntrigger"),
     }
-    pixel_m = _value(f, det + "x_pixel_size")
-    energy_ev = _value(f, spec + "photon_energy")
+    pixel_m, energy_ev = _value(f, det + "x_pixel_size"), _value(f, spec + "photon_energy")
     distance_m = _value(f, det + "detector_distance")
-    geometry = {}
-    if pixel_m:
-        geometry["pixel_size_um"] = float(pixel_m) * 1e6
-    if energy_ev:
-        geometry["voltage_kv"] = float(energy_ev) / 1000
-    if distance_m:
-        geometry["camera_length_mm"] = float(distance_m) * 1000
+    geometry = {"pixel_size_um": float(pixel_m) * 1e6 if pixel_m else None,  # None: not stated
+                "voltage_kv": float(energy_ev) / 1000 if energy_ev else None,
+                "camera_length_mm": float(distance_m) * 1000 if distance_m else None}
     hint = None
     if (meta["n_images"] or 0) > 1 and (meta["n_triggers"] or 0) > 1:
         hint = ((int(meta["n_triggers"]), int(meta["n_images"])), "one trigger per scan row (ntrigger x nimages)")
@@ -243,20 +221,14 @@ def _emd_calibration(f, name):
 
 
 def geometry_from_q(detector_shape, q_per_px_invA=None, voltage_kv=None, scan_step_nm=None):
-    """Geometry whose px -> 1/Å conversion reproduces a file's reciprocal calibration.
-
-    A file that gives q per px (1/Å) but no camera length: with the 55 µm pixel and the voltage
-    (the file's, else the default), the camera length L = p / (λ q) gives the same q per px.
-    """
-    geometry = Geometry(detector_shape=detector_shape, scan_step_nm=scan_step_nm)
-    if voltage_kv:
-        geometry = geometry.replace(voltage_kv=voltage_kv)
+    """Geometry whose px -> 1/Å conversion reproduces a file's q per px (1/Å): with the 55 µm pixel and
+    the voltage (the file's, else the default), the camera length L = p / (λ q)."""
+    geometry = Geometry(detector_shape=detector_shape).with_values("file", voltage_kv=voltage_kv or None,
+                                                                    scan_step_nm=scan_step_nm or None)
     if q_per_px_invA:
-        lam = electron_wavelength_A(geometry.voltage_kv)
-        camera_mm = geometry.pixel_size_um * 1e-3 / (lam * q_per_px_invA)
-        geometry = geometry.replace(camera_length_mm=camera_mm).marked("file", "pixel_size_um", "camera_length_mm")
-    stated = [n for n, v in (("voltage_kv", voltage_kv), ("scan_step_nm", scan_step_nm)) if v]
-    return geometry.marked("file", *stated) if stated else geometry  # marked() without names marks all
+        camera_mm = geometry.pixel_size_um * 1e-3 / (electron_wavelength_A(geometry.voltage_kv) * q_per_px_invA)
+        geometry = geometry.with_values("file", camera_length_mm=camera_mm).marked("file", "pixel_size_um")
+    return geometry
 
 
 def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=None) -> Scan:
@@ -291,18 +263,10 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
         hspy = None if emd else hspy_calibration(ds.parent, ds.shape[-2:])
         if hspy is not None:
             metadata["format"] = "HyperSpy (HDF5)"
-        if ds.ndim == 4:
-            if scan_shape is not None and tuple(scan_shape) != ds.shape[:2]:
-                raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: {name} is a {ds.shape[0]}x{ds.shape[1]} scan")
-            array = Lazy4D(partial(_open_dataset, str(path), name), ds.shape, dtype, path)
-            data = array_frames(array, chunk_frames=chunk_frames, name=f"h5-{file_token(path)}-{name}")
-            missing = None
-            metadata.update(scan_shape_from="dataset shape", n_frames_in_file=ds.shape[0] * ds.shape[1])
-        else:
-            source = H5Frames([(path, name, ds.shape[0])], ds.shape[1:], dtype, path)
-            shape, how, first = resolve_scan_shape(path, source.n_frames, scan_shape, None, missing_at)
-            data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=f"h5-{file_token(path)}-{name}")
-            metadata.update(scan_shape_from=how, n_frames_in_file=source.n_frames)
+        data, missing, how = array_frames(path, ds.shape, dtype, partial(_open_dataset, str(path), name),
+                                          scan_shape=scan_shape, missing_at=missing_at, chunk_frames=chunk_frames,
+                                          name=f"h5-{file_token(path)}-{name}", kind="dataset")
+        metadata.update(scan_shape_from=how, n_frames_in_file=int(np.prod(ds.shape[:-2])))
     if calibration.get("q_per_px_invA"):
         metadata["q_per_px_invA"] = calibration["q_per_px_invA"]
         metadata["calibration"] = "scan step and 1/Å per px from the file; camera length derived for a 55 µm pixel"
@@ -318,8 +282,8 @@ def _read_arina(path, f, names, scan_shape, missing_at, chunk_frames) -> Scan:
     dtype = check_pixel_dtype(dtype, path)
     source = H5Frames(parts, frame_shape, dtype, path)
     meta, calibration, hint = _arina_metadata(f)
-    shape, how, first = resolve_scan_shape(path, source.n_frames, scan_shape, hint, missing_at)
-    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=f"arina-{file_token(path)}")
+    data, missing, how = grid_frames(source, path, scan_shape, hint=hint, missing_at=missing_at,
+                                     chunk_frames=chunk_frames, name=f"arina-{file_token(path)}")
     metadata = {
         "format": "DECTRIS NeXus (master + data files)",
         "data_files": [str(p) for p, _, _ in parts],
@@ -329,5 +293,5 @@ def _read_arina(path, f, names, scan_shape, missing_at, chunk_frames) -> Scan:
         "calibration": "pixel size, beam energy (and detector distance when set) from the master file",
         **meta,
     }
-    geometry = Geometry(detector_shape=frame_shape, **calibration).marked("file", *calibration)
+    geometry = Geometry(detector_shape=frame_shape).with_values("file", **calibration)
     return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))

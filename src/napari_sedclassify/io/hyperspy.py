@@ -1,19 +1,12 @@
-"""HyperSpy, pyxem and rosettasciio: their axes' calibration, their signals as Scans, and the
-results exported as HyperSpy signals.
+"""HyperSpy, pyxem and rosettasciio: axes calibration, signals as Scans, results as signals.
 
-- :func:`axes_calibration` turns a signal's axes (navigation in nm, diffraction in 1/Å or mrad)
-  and its metadata (beam energy) into Geometry values, marked "file". The HDF5 and zarr readers
-  use it for ``.hspy`` / ``.zspy`` files (:func:`hspy_axes` reads the axes from the file), so
-  those files are calibrated without HyperSpy installed.
-- :func:`scan_from_signal` wraps a HyperSpy signal (lazy or not; 2 signal dimensions, 1 or 2
-  navigation dimensions) as a :class:`~napari_sedclassify.scan.Scan` without reading it.
-- :func:`read` opens, through rosettasciio, the formats that it reads and that users asked for
-  (Gatan DM3/DM4, TVIPS; :data:`SUFFIXES`), lazily.
-- :func:`to_signals` / :func:`export_hyperspy` write the class map, probabilities, confidence and
-  radial intensity averages as HyperSpy signals, axes in nm and 1/Å.
+- :func:`axes_calibration`: a signal's axes (nm; 1/Å or mrad) and beam energy as Geometry values;
+  the HDF5 and zarr readers use it for ``.hspy`` / ``.zspy`` files without HyperSpy installed.
+- :func:`scan_from_signal`: a HyperSpy signal (lazy or not) as a Scan, without reading it.
+- :func:`read`: the formats of :data:`SUFFIXES` (DM3/DM4, TVIPS), lazily, through rosettasciio.
+- :func:`to_signals` / :func:`export_hyperspy`: class map, probabilities, confidence and RIAs.
 
-HyperSpy and rosettasciio (GPL-3.0) are the ``formats`` extra: imported only inside the functions
-that need them, which say how to install them when they are missing.
+HyperSpy and rosettasciio (GPL-3.0, the ``formats`` extra) are imported only where needed.
 """
 
 from __future__ import annotations
@@ -55,28 +48,19 @@ def _unit(units) -> str:
     return u.lower()
 
 
-def _number(value):
+def _number(value, absolute: bool = False):
+    """``value`` (``abs(value)``) as a positive finite float, else None (missing, zero, not a number)."""
     try:
-        value = float(value)
+        value = abs(float(value)) if absolute else float(value)
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) and value > 0 else None
 
 
-def _scale(axis) -> float | None:
-    """|scale| of an axis dict, None when missing, zero or not a number (a non-uniform axis)."""
-    try:
-        return _number(abs(float(axis.get("scale"))))
-    except (TypeError, ValueError):
-        return None
-
-
 def _split_axes(axes):
     """(navigation, signal) axes, each in array order; ``navigate`` missing: the last two are signal."""
     if all("navigate" in a for a in axes):
-        nav = [a for a in axes if bool(a["navigate"])]
-        sig = [a for a in axes if not bool(a["navigate"])]
-        return nav, sig
+        return [a for a in axes if a["navigate"]], [a for a in axes if not a["navigate"]]
     return list(axes[:-2]), list(axes[-2:])
 
 
@@ -84,12 +68,10 @@ def axes_calibration(axes, metadata=None) -> tuple[dict, dict]:
     """Geometry values a signal's axes and metadata give, and notes for the scan's metadata.
 
     axes: dicts (name, scale, offset, units, size, navigate) in array order, as HyperSpy stores
-    them. metadata: HyperSpy's metadata as a nested dict (``Acquisition_instrument.TEM.beam_energy``
-    in keV, ``camera_length`` in mm). Returns ({"scan_step_nm", "q_per_px_invA", "voltage_kv",
-    "camera_length_mm"} for what is stated, {notes}). The scan step is the fast (x) navigation
-    axis' scale; q per px the detector x axis' (a reciprocal length, or an angle converted with
-    the beam energy, or 200 kV when it is not stated: the camera length L = p/θ that follows does
-    not depend on it).
+    them. metadata: HyperSpy's as a nested dict (``Acquisition_instrument.TEM.beam_energy`` in keV,
+    ``camera_length`` in mm). Returns ({"scan_step_nm", "q_per_px_invA", "voltage_kv",
+    "camera_length_mm"} for what is stated, {notes}): the scan step from the fast (x) navigation
+    axis, q per px from the detector x axis (an angle converted with the beam energy, else 200 kV).
     """
     nav, sig = _split_axes(list(axes))
     tem = ((metadata or {}).get("Acquisition_instrument") or {}).get("TEM") or {}
@@ -100,33 +82,23 @@ def axes_calibration(axes, metadata=None) -> tuple[dict, dict]:
     steps = []
     for axis in nav:
         factor = _LENGTH_NM.get(_unit(axis.get("units")))
-        scale = _scale(axis) if factor else None
+        scale = _number(axis.get("scale"), absolute=True) if factor else None
         steps.append(scale * factor if scale else None)
-    if steps and steps[-1]:
-        values["scan_step_nm"] = steps[-1]
-        if len(steps) == 2 and steps[0] and not math.isclose(steps[0], steps[-1], rel_tol=1e-3):
-            notes["scan_step_nm_y"] = steps[0]
-            log.warning("navigation axes: %g nm along y, %g nm along x; the scan step is x's", steps[0], steps[-1])
+    _x_value(steps, "scan_step_nm", values, notes,
+             "navigation axes: %g nm along y, %g nm along x; the scan step is x's")
     q = []
     for axis in sig[-2:]:
         u = _unit(axis.get("units"))
-        scale = _scale(axis)
-        if scale is None:
-            q.append(None)
-        elif u in _RECIPROCAL_INVA:
-            q.append(scale * _RECIPROCAL_INVA[u])
-        elif u in _ANGLE_RAD:
+        scale = _number(axis.get("scale"), absolute=True)
+        if scale is not None and u in _ANGLE_RAD:
             lam = electron_wavelength_A(voltage or Geometry().voltage_kv)
             q.append(scale * _ANGLE_RAD[u] / lam)
             notes["angle_per_px_mrad"] = scale * _ANGLE_RAD[u] * 1e3
         else:
-            q.append(None)
-    if q and q[-1]:
-        values["q_per_px_invA"] = q[-1]
-        if len(q) == 2 and q[0] and not math.isclose(q[0], q[-1], rel_tol=1e-3):
-            notes["q_per_px_invA_y"] = q[0]
-            log.warning("detector axes: %g 1/Å per px along y, %g along x; using x's", q[0], q[-1])
-    elif _number(tem.get("camera_length")):
+            q.append(scale * _RECIPROCAL_INVA[u] if scale is not None and u in _RECIPROCAL_INVA else None)
+    stated_q = _x_value(q, "q_per_px_invA", values, notes,
+                        "detector axes: %g 1/Å per px along y, %g along x; using x's")
+    if not stated_q and _number(tem.get("camera_length")):
         values["camera_length_mm"] = _number(tem.get("camera_length"))
     names = [str(a.get("units") or "") for a in list(nav) + list(sig)]
     if any(names):
@@ -134,22 +106,31 @@ def axes_calibration(axes, metadata=None) -> tuple[dict, dict]:
     return values, notes
 
 
+def _x_value(per_axis, key, values, notes, warning) -> bool:
+    """values[key] = the x (last) axis' value when stated; the y one into notes[key + "_y"] (and
+    ``warning`` logged) when they differ. Whether x's was stated."""
+    if not (per_axis and per_axis[-1]):
+        return False
+    values[key] = per_axis[-1]
+    if len(per_axis) == 2 and per_axis[0] and not math.isclose(per_axis[0], per_axis[-1], rel_tol=1e-3):
+        notes[key + "_y"] = per_axis[0]
+        log.warning(warning, per_axis[0], per_axis[-1])
+    return True
+
+
 def geometry_from_axes(detector_shape, axes, metadata=None) -> tuple[Geometry, dict]:
     """(Geometry with what the axes and metadata state marked "file", notes for the metadata)."""
-    values, notes = axes_calibration(axes, metadata)
-    if values.get("q_per_px_invA"):
-        from .hdf5 import geometry_from_q
+    from .hdf5 import geometry_from_q
 
-        geometry = geometry_from_q(tuple(detector_shape), values["q_per_px_invA"], values.get("voltage_kv"),
-                                   values.get("scan_step_nm"))
-        notes["q_per_px_invA"] = values["q_per_px_invA"]
-        notes["calibration"] = ("scan step and q per px from the signal's axes; camera length derived for a "
-                                "55 µm pixel")
-    else:
-        geometry = Geometry(detector_shape=tuple(detector_shape)).with_values(
-            "file", **{k: v for k, v in values.items() if k in ("scan_step_nm", "voltage_kv", "camera_length_mm")})
-        if values:
-            notes["calibration"] = "from the signal's axes and metadata: " + ", ".join(sorted(values))
+    values, notes = axes_calibration(axes, metadata)
+    q = values.get("q_per_px_invA")
+    geometry = geometry_from_q(tuple(detector_shape), q, values.get("voltage_kv"), values.get("scan_step_nm"))
+    geometry = geometry.with_values("file", camera_length_mm=values.get("camera_length_mm"))
+    if q:
+        notes["q_per_px_invA"] = q
+        notes["calibration"] = "scan step and q per px from the signal's axes; camera length derived for a 55 µm pixel"
+    elif values:
+        notes["calibration"] = "from the signal's axes and metadata: " + ", ".join(sorted(values))
     return geometry, notes
 
 
@@ -158,67 +139,45 @@ def geometry_from_axes(detector_shape, axes, metadata=None) -> tuple[Geometry, d
 _AXIS = re.compile(r"axis-(\d+)$")
 
 
+def _plain(value):
+    """A stored value as Python: bytes decoded, numpy scalars as Python scalars."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _attrs(node) -> dict:
-    out = {}
-    for k, v in dict(node.attrs).items():
-        if isinstance(v, bytes):
-            v = v.decode("utf-8", "replace")
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out[k] = v
-    return out
+    return {k: _plain(v) for k, v in dict(node.attrs).items()}
 
 
 def hspy_axes(group) -> list[dict] | None:
     """The axes (array order) of a HyperSpy signal stored in ``group`` (``Experiments/<title>``
     of an h5py file or a zarr store), or None when it has no ``axis-N`` entries."""
-    found = {}
-    for key in list(group.keys()):
-        m = _AXIS.match(str(key))
-        if m:
-            found[int(m.group(1))] = _attrs(group[key])
-    if not found:
-        return None
-    return [found[i] for i in sorted(found)]
-
-
-def hspy_metadata(group) -> dict:
-    """``metadata.Acquisition_instrument.TEM`` of a stored HyperSpy signal (the part used here)."""
-    try:
-        tem = _attrs(group["metadata/Acquisition_instrument/TEM"])
-    except (KeyError, TypeError, ValueError):
-        return {}
-    return {"Acquisition_instrument": {"TEM": tem}}
+    found = {int(m.group(1)): _attrs(group[key]) for key in list(group.keys()) if (m := _AXIS.match(str(key)))}
+    return [found[i] for i in sorted(found)] or None
 
 
 def hspy_calibration(group, detector_shape) -> tuple[Geometry, dict] | None:
-    """(Geometry, notes) from a stored HyperSpy signal's axes, or None when ``group`` is not one."""
+    """(Geometry, notes) from a stored HyperSpy signal's axes and ``metadata.Acquisition_instrument.TEM``,
+    or None when ``group`` is not one."""
     axes = hspy_axes(group)
     if axes is None:
         return None
-    return geometry_from_axes(detector_shape, axes, hspy_metadata(group))
+    try:
+        metadata = {"Acquisition_instrument": {"TEM": _attrs(group["metadata/Acquisition_instrument/TEM"])}}
+    except (KeyError, TypeError, ValueError):
+        metadata = {}
+    return geometry_from_axes(detector_shape, axes, metadata)
 
 
 # ---- HyperSpy signals and rosettasciio's readers -------------------------------------------------
 
-def _signal_axes(signal) -> list[dict]:
-    """The axes of a HyperSpy signal as dicts, in array order (navigation reversed, then signal reversed)."""
-    am = signal.axes_manager
-    out = []
-    for axis in list(am.navigation_axes)[::-1] + list(am.signal_axes)[::-1]:
-        out.append({"name": str(axis.name), "scale": float(getattr(axis, "scale", 1.0) or 1.0),
-                    "offset": float(getattr(axis, "offset", 0.0) or 0.0), "units": str(axis.units),
-                    "size": int(axis.size), "navigate": bool(axis.navigate)})
-    return out
-
-
 def scan_from_signal(signal, scan_shape=None, *, missing_at: str = "end", chunk_frames=None) -> Scan:
     """A Scan over a HyperSpy/pyxem signal, without reading its data (a lazy signal's dask array
-    is used as it is, rechunked to whole frames; an in-memory one is wrapped).
+    rechunked to whole frames; an in-memory one wrapped).
 
-    The signal has 2 signal dimensions (the detector) and 2 navigation dimensions (the scan) or 1
-    (a stack of frames: ``scan_shape``, else a square or one row, as for other stacks). Its axes
-    give the scan step (nm) and the reciprocal calibration (1/Å or mrad per px), marked "file".
+    2 signal dimensions (the detector); 2 navigation dimensions (the scan) or 1 (a stack of frames,
+    shaped as other stacks are). Its axes give the scan step and the reciprocal calibration ("file").
     """
     am = signal.axes_manager
     metadata = signal.metadata.as_dictionary()
@@ -226,7 +185,8 @@ def scan_from_signal(signal, scan_shape=None, *, missing_at: str = "end", chunk_
     if am.signal_dimension != 2:
         raise ScanFormatError(f"{name}: a signal with {am.signal_dimension} signal dimension(s); a scan's frames "
                               "are 2D (Signal2D, pyxem's Diffraction2D)")
-    return scan_from_parts(signal.data, _signal_axes(signal), metadata, source=None, name=name,
+    axes = list(am.as_dictionary().values())  # array order, as the readers give them
+    return scan_from_parts(signal.data, axes, metadata, source=None, name=name,
                            fmt=f"HyperSpy signal ({type(signal).__name__})", scan_shape=scan_shape,
                            missing_at=missing_at, chunk_frames=chunk_frames)
 
@@ -265,9 +225,8 @@ def scan_from_parts(data, axes, metadata, *, source, name, fmt, scan_shape=None,
             zeros = da.zeros((pad,) + detector, dtype=data.dtype, chunks=(max(1, min(pad, data.chunks[0][0])),) + detector)
             data = da.concatenate([zeros, data] if first else [data, zeros])
         data = data.reshape(shape + detector)
-        flat = np.ones(shape[0] * shape[1], dtype=bool)
-        flat[first:first + n] = False
-        missing = flat.reshape(shape)
+        index = np.arange(shape[0] * shape[1]).reshape(shape)
+        missing = (index < first) | (index >= first + n)
         notes.update(scan_shape_from=how, n_frames_in_file=n)
     frame_nbytes = int(np.prod(detector)) * data.dtype.itemsize
     rows, cols = frame_chunks(data.shape[:2], frame_nbytes, chunk_frames)
@@ -280,16 +239,6 @@ def scan_from_parts(data, axes, metadata, *, source, name, fmt, scan_shape=None,
     return Scan(data, geometry, missing=missing, metadata=notes, source=source)
 
 
-def _rsciio_reader(path):
-    from ..optional import require_formats
-
-    suffix = Path(path).suffix.lower()
-    require_formats(f"Opening {suffix} files", module="rsciio")
-    import importlib
-
-    return importlib.import_module(f"rsciio.{SUFFIXES[suffix]}").file_reader
-
-
 def probe(path) -> bool:
     """A file rosettasciio reads here (by its name: reading a header needs the library)."""
     from ..optional import formats_problem
@@ -300,8 +249,13 @@ def probe(path) -> bool:
 def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     """Open a file rosettasciio reads (DM3/DM4, TVIPS) lazily as a Scan: the first signal in it
     with 2D frames and 1 or 2 navigation axes."""
+    import importlib
+
+    from ..optional import require_formats
+
     path = Path(path)
-    reader = _rsciio_reader(path)
+    require_formats(f"Opening {path.suffix.lower()} files", module="rsciio")
+    reader = importlib.import_module(f"rsciio.{SUFFIXES[path.suffix.lower()]}").file_reader
     try:
         signals = reader(str(path), lazy=True)
     except Exception as exc:  # rosettasciio raises many types for a file it cannot parse
@@ -323,36 +277,21 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
 
 # ---- export ----------------------------------------------------------------------------------------
 
-def _hyperspy(what: str):
-    from ..optional import require_formats
-
-    require_formats(what)
-    import hyperspy.api as hs
-
-    return hs
-
-
-def _scan_axes(shape, step_nm):
-    """HyperSpy axis dicts for the scan grid (y, x): nm when the scan step is known, else positions."""
-    units, scale = ("nm", float(step_nm)) if step_nm else ("", 1.0)
-    return [{"name": n, "size": int(s), "scale": scale, "offset": 0.0, "units": units}
-            for n, s in zip(("y", "x"), shape)]
-
-
 def to_signals(prediction, *, result=None, geometry=None, classes=None) -> dict:
     """HyperSpy signals of a prediction: {"classes", "probabilities", "confidence"[, "ria"]}.
 
-    prediction: a ``pipeline.predict.ScanPrediction`` (anything with ``name``, ``class_map``,
-    ``probabilities`` (sy, sx, k), ``class_ids``). result: its PreprocessResult (``ria``,
-    ``radii_px``, ``geometry``) for the RIAs; a prediction carrying ``ria`` and ``ria_radii_px``
-    serves too. geometry: the scan's Geometry (scan step, q axis); default the result's or the
-    prediction's. Scan axes are y, x in nm (positions when the scan step is unknown); the RIA's
-    signal axis is q in 1/Å (px when the geometry is not calibrated). The class table (ids, names,
-    colours) goes into each signal's ``metadata.Sedclassify``.
+    prediction: a ``pipeline.predict.ScanPrediction`` (``name``, ``class_map``, ``probabilities``
+    (sy, sx, k), ``class_ids``; ``ria`` and ``ria_radii_px`` when ``result`` is not given). result:
+    its PreprocessResult, for the RIAs. geometry: default the result's or the prediction's. Scan axes
+    in nm (positions when the scan step is unknown), the RIA's in 1/Å (px when not calibrated); the
+    class table goes into each signal's ``metadata.Sedclassify``.
     """
-    hs = _hyperspy("Exporting results as HyperSpy signals")
     from ..classes import ClassTable
     from ..jsonutil import jsonable
+    from ..optional import require_formats
+
+    require_formats("Exporting results as HyperSpy signals")
+    import hyperspy.api as hs
 
     geometry = geometry or getattr(result, "geometry", None) or getattr(prediction, "geometry", None)
     classes = classes or ClassTable.default()
@@ -364,26 +303,30 @@ def to_signals(prediction, *, result=None, geometry=None, classes=None) -> dict:
              "scan_step_origin": geometry.origin("scan_step_nm") if geometry is not None else "unknown",
              "geometry": jsonable(geometry.to_dict()) if geometry is not None else None}
     name = str(prediction.name)
+    # the scan grid (y, x): nm when the scan step is known, else positions
+    units, scale = ("nm", float(step)) if step else ("", 1.0)
+    grid = [{"name": n, "size": int(s), "scale": scale, "offset": 0.0, "units": units}
+            for n, s in zip(("y", "x"), class_map.shape)]
 
-    def signal(kind, data, cls, axes, title, quantity):
-        s = cls(data, axes=axes)
+    def signal(kind, data, title, quantity, axis=None):
+        """A Signal2D over the scan grid, or with ``axis`` a Signal1D along it at each position."""
+        if axis is None:
+            s = hs.signals.Signal2D(data, axes=[dict(a) for a in grid])
+        else:
+            s = hs.signals.Signal1D(data, axes=[dict(a, navigate=True) for a in grid] + [axis])
         s.metadata.General.title = f"{name} {title}"
         s.metadata.set_item("Signal.quantity", quantity)
         s.metadata.set_item("Sedclassify", {**table, "kind": kind, "scan": name,
                                             "source": str(getattr(prediction, "source", "") or "")})
         return s
 
-    grid = _scan_axes(class_map.shape, step)
-    out = {"classes": signal("classes", class_map, hs.signals.Signal2D, [dict(a) for a in grid], "class map",
-                             "class id")}
+    out = {"classes": signal("classes", class_map, "class map", "class id")}
     probs = np.asarray(prediction.probabilities, dtype=np.float32)
     class_axis = {"name": "class", "size": int(probs.shape[-1]), "scale": 1.0, "offset": 0.0, "units": ""}
-    out["probabilities"] = signal("probabilities", probs, hs.signals.Signal1D,
-                                  [dict(a, navigate=True) for a in grid] + [class_axis], "class probabilities",
-                                  "probability")
+    out["probabilities"] = signal("probabilities", probs, "class probabilities", "probability", class_axis)
     confidence = probs.max(axis=-1) if probs.shape[-1] else np.zeros(class_map.shape, np.float32)
-    out["confidence"] = signal("confidence", confidence.astype(np.float32), hs.signals.Signal2D,
-                               [dict(a) for a in grid], "confidence (highest class probability)", "probability")
+    out["confidence"] = signal("confidence", confidence.astype(np.float32), "confidence (highest class probability)",
+                               "probability")
     ria = getattr(result, "ria", None) if result is not None else getattr(prediction, "ria", None)
     radii = getattr(result, "radii_px", None) if result is not None else getattr(prediction, "ria_radii_px", None)
     if ria is not None and radii is not None and len(radii):
@@ -394,9 +337,8 @@ def to_signals(prediction, *, result=None, geometry=None, classes=None) -> dict:
             q_axis = {"name": "q", "size": len(radii), "offset": float(q0), "scale": float(q1 - q0), "units": "1/Å"}
         else:
             q_axis = {"name": "r", "size": len(radii), "offset": float(radii[0]), "scale": dr, "units": "px"}
-        out["ria"] = signal("ria", np.asarray(ria, dtype=np.float32), hs.signals.Signal1D,
-                            [dict(a, navigate=True) for a in grid] + [q_axis], "radial intensity average",
-                            "mean counts per px")
+        out["ria"] = signal("ria", np.asarray(ria, dtype=np.float32), "radial intensity average",
+                            "mean counts per px", q_axis)
     return out
 
 
@@ -427,9 +369,8 @@ def read_class_map(path) -> tuple[np.ndarray, dict]:
         data = np.asarray(g["data"][()], dtype=np.uint8)
         axes = hspy_axes(g) or []
         info = _tree(g["metadata/Sedclassify"]) if "metadata/Sedclassify" in g else {}
-    x = axes[-1] if axes else {}
-    info["scan_step_nm"] = float(x["scale"]) * _LENGTH_NM[_unit(x.get("units"))] if _unit(
-        x.get("units")) in _LENGTH_NM else None
+    factor = _LENGTH_NM.get(_unit(axes[-1].get("units"))) if axes else None
+    info["scan_step_nm"] = float(axes[-1]["scale"]) * factor if factor else None
     return data, info
 
 
@@ -441,7 +382,5 @@ def _tree(group) -> dict:
         if hasattr(node, "keys"):
             out[k] = _tree(node)
         else:
-            values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                      for v in np.asarray(node[()]).tolist()]
-            out[k[len("_list_"):] if k.startswith("_list_") else k] = values
+            out[k.removeprefix("_list_")] = [_plain(v) for v in np.asarray(node[()]).tolist()]
     return out

@@ -1,13 +1,9 @@
-"""MATLAB ``.mat`` files (the paper's data were MATLAB structure files).
+"""MATLAB ``.mat`` files: v7.3 (HDF5) read lazily, v5 (and v4) into memory by ``scipy.io.loadmat``
+(noted in the metadata and logged). Arrays may sit inside structures (``dataset="data.frames"``).
 
-v7.3 files are HDF5 and are read lazily; v5 (and v4) files are read into memory by
-``scipy.io.loadmat`` (noted in the metadata, with a logged warning: save with ``-v7.3`` for
-lazy reading). Arrays may sit inside structures (``dataset="data.frames"`` picks one).
-
-Dimension order is MATLAB's, frames along the first two dimensions (so that each frame is
-contiguous in the file): ``frames(det_y, det_x, n)`` or ``scan(det_y, det_x, scan_y, scan_x)``.
-A 3D array whose last two sizes match and differ from the first, ``(n, det_y, det_x)``, is
-read as a stack along its first dimension.
+Dimensions in MATLAB's order, frames first (each frame contiguous in the file): ``frames(det_y,
+det_x, n)`` or ``scan(det_y, det_x, scan_y, scan_x)``; a 3D array whose last two sizes match and
+differ from the first is a stack ``(n, det_y, det_x)``.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import Lazy4D, StackFrames, array_frames, check_pixel_dtype, file_token, grid_frames, resolve_scan_shape
+from ._lazy import array_frames, check_pixel_dtype, file_token
 from .hdf5 import _h5py, choose_dataset
 
 log = logging.getLogger(__name__)
@@ -45,49 +41,32 @@ def _h5_candidates(f):
     """Numeric 3D/4D variables of a v7.3 file: (name, MATLAB shape, dtype)."""
     from .hdf5 import candidates
 
-    out = []
-    for name, shape, dtype in candidates(f):
-        if name.startswith("#refs#") or f[name].attrs.get("MATLAB_class", b"double") in (b"char", b"cell"):
-            continue
-        out.append((name, shape[::-1], dtype))
-    return out
+    return [(name, shape[::-1], dtype) for name, shape, dtype in candidates(f)
+            if not name.startswith("#refs#") and f[name].attrs.get("MATLAB_class", b"double") not in (b"char", b"cell")]
 
 
-class _MatFrames:
-    """Frames (k, det_y, det_x) of a v7.3 3D variable stored transposed in HDF5."""
+class _Permuted:
+    """A v7.3 variable (stored in HDF5 with its dimensions reversed) seen with its axes in the order
+    read here: view axis i is the HDF5 dataset's axis ``order[i]``."""
 
-    def __init__(self, dataset, frames_first: bool):
+    def __init__(self, dataset, order):
         self.dataset = dataset
-        self.frames_first = frames_first
-
-    def __getitem__(self, s):
-        if self.frames_first:  # MATLAB (n, y, x) -> HDF5 (x, y, n)
-            return np.asarray(self.dataset[:, :, s]).transpose(2, 1, 0)
-        return np.asarray(self.dataset[s]).transpose(0, 2, 1)  # MATLAB (y, x, n) -> HDF5 (n, x, y)
-
-
-class _Mat4D:
-    """A v7.3 4D variable MATLAB (det_y, det_x, scan_y, scan_x) = HDF5 (scan_x, scan_y, det_x, det_y)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
+        self.order = tuple(order)
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (4 - len(key))
-        sx, sy, kx, ky = self.dataset.shape
+        key = key + (slice(None),) * (len(self.order) - len(key))
         ints = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
-        key = tuple(slice(k % n, k % n + 1) if i in ints else k for i, (k, n) in enumerate(zip(key, (sy, sx, ky, kx))))
-        block = np.asarray(self.dataset[key[1], key[0], key[3], key[2]]).transpose(1, 0, 3, 2)
+        stored = [slice(None)] * len(self.order)
+        for i, (k, axis) in enumerate(zip(key, self.order)):
+            n = self.dataset.shape[axis]
+            stored[axis] = slice(k % n, k % n + 1) if i in ints else k
+        block = np.asarray(self.dataset[tuple(stored)]).transpose(self.order)
         return block.squeeze(axis=ints) if ints else block
 
 
-def _open_frames(path, name, frames_first):
-    return _MatFrames(_h5py().File(path, "r")[name], frames_first)
-
-
-def _open_4d(path, name):
-    return _Mat4D(_h5py().File(path, "r")[name])
+def _open_permuted(path, name, order):
+    return _Permuted(_h5py().File(path, "r")[name], order)
 
 
 def _read_v73(path, scan_shape, dataset, missing_at, chunk_frames):
@@ -96,23 +75,14 @@ def _read_v73(path, scan_shape, dataset, missing_at, chunk_frames):
         name = choose_dataset(path, found, None if dataset is None else str(dataset).replace(".", "/"), kind="variable")
         mshape = next(shape for n, shape, _ in found if n == name)
         dtype = check_pixel_dtype(f[name].dtype, path)
-    token = f"mat-{file_token(path)}-{name}"
-    if len(mshape) == 4:
-        ky, kx, sy, sx = mshape
-        data = _fixed_grid(Lazy4D(partial(_open_4d, str(path), name), (sy, sx, ky, kx), dtype, path), scan_shape, path, chunk_frames, token)
-        return data, None, name, "variable shape", dtype
-    frames_first = _frames_first(mshape)
-    n, frame = (mshape[0], mshape[1:]) if frames_first else (mshape[2], mshape[:2])
-    source = StackFrames(partial(_open_frames, str(path), name, frames_first), (n,) + tuple(frame), dtype, path)
-    shape, how, first = resolve_scan_shape(path, n, scan_shape, None, missing_at)
-    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=token)
+    # MATLAB (det_y, det_x, scan_y, scan_x) = HDF5 (scan_x, scan_y, det_x, det_y); stacks of frames
+    # MATLAB (n, y, x) = HDF5 (x, y, n) or MATLAB (y, x, n) = HDF5 (n, x, y)
+    order = (1, 0, 3, 2) if len(mshape) == 4 else (2, 1, 0) if _frames_first(mshape) else (0, 2, 1)
+    shape = tuple(mshape[::-1][i] for i in order)
+    data, missing, how = array_frames(path, shape, dtype, partial(_open_permuted, str(path), name, order),
+                                      scan_shape=scan_shape, missing_at=missing_at, chunk_frames=chunk_frames,
+                                      name=f"mat-{file_token(path)}-{name}", kind="variable")
     return data, missing, name, how, dtype
-
-
-def _fixed_grid(array, scan_shape, path, chunk_frames, token):
-    if scan_shape is not None and tuple(scan_shape) != tuple(array.shape[:2]):
-        raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: the variable is a {array.shape[0]}x{array.shape[1]} scan")
-    return array_frames(array, chunk_frames=chunk_frames, name=token)
 
 
 def _walk(value, name, out):
@@ -139,19 +109,14 @@ def _read_v5(path, scan_shape, dataset, missing_at, chunk_frames):
     array = arrays[name]
     dtype = check_pixel_dtype(array.dtype, path)
     log.warning("%s: MATLAB v5 file read into memory (%.1f MB); save with -v7.3 for lazy reading", path, array.nbytes / 1e6)
-    token = f"mat-{file_token(path)}-{name}"
     if array.ndim == 4:
-        data = _fixed_grid(array.transpose(2, 3, 0, 1), scan_shape, path, chunk_frames, token)
-        return data, None, name, "variable shape", dtype
-    frames = array if _frames_first(array.shape) else np.moveaxis(array, 2, 0)
-    source = StackFrames(partial(_identity, frames), frames.shape, dtype, path)
-    shape, how, first = resolve_scan_shape(path, frames.shape[0], scan_shape, None, missing_at)
-    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=token)
+        array = array.transpose(2, 3, 0, 1)
+    elif not _frames_first(array.shape):
+        array = np.moveaxis(array, 2, 0)
+    data, missing, how = array_frames(path, array.shape, dtype, partial(np.asarray, array), scan_shape=scan_shape,
+                                      missing_at=missing_at, chunk_frames=chunk_frames,
+                                      name=f"mat-{file_token(path)}-{name}", kind="variable")
     return data, missing, name, how, dtype
-
-
-def _identity(value):
-    return value
 
 
 def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=None) -> Scan:

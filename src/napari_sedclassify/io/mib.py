@@ -1,23 +1,14 @@
 """Quantum Detectors Merlin (Medipix3) ``.mib`` files, with their optional ``.hdr``.
 
 A ``.mib`` file is a run of frames, each an ASCII header (``MQ1,<frame>,<header bytes>,<chips>,
-<width>,<height>,<pixel type>,...``; width before height) followed by the pixels, no padding.
-Pixel types: U08 (1- and 6-bit counters), U16 (12-bit), U32 (24-bit), all big-endian, and R64
-(RAW, as read out: 64-bit big-endian words, pixel j of a word in its bits from the least
-significant end: 64 pixels of 1 bit, 8 of 6 bits in one byte each, or 4 of 12 bits in two bytes
-each; a quad detector reads out 1024x256, chip after chip, re-tiled here into 512x512 as Merlin
-assembles processed frames; LiberTEM's MIB decoders, MIT, are the reference for this layout).
-Frames are memory-mapped; 8-bit frames are read without a copy. A folder of ``.mib`` files (one
-file per frame, or a few frames each, as Merlin's "one file per frame" saving writes them) is
-one scan, its files taken in the natural order of their names (``scan_2`` before ``scan_10``).
+<width>,<height>,<pixel type>,...``) followed by the pixels: U08, U16, U32 (big-endian), or R64
+(RAW, as read out: see :func:`unpack_raw`). Frames are memory-mapped (8-bit ones read without a
+copy) and shown rows flipped (detector row 0 at the bottom), as Merlin displays them. A folder of
+``.mib`` files (Merlin's "one file per frame") is one scan, files in natural name order.
 
-Frames are shown with their rows flipped (detector row 0 at the bottom), the orientation in
-which Merlin displays them and in which the chip labels of its test pattern read correctly.
-
-Scan shape, in this order: the user's; the ``.hdr`` (Frames per Trigger = one scan row, when
-there are several rows); the frame timestamps (a longer gap after each row: the line flyback);
-a square grid; one row. Fewer frames than positions (an interrupted acquisition) leaves the
-last positions missing.
+Scan shape, in this order: the user's; the ``.hdr`` (Frames per Trigger = one scan row); the frame
+timestamps (a longer gap after each row: the line flyback); a square grid; one row. Fewer frames
+than positions leaves the last positions missing.
 """
 
 from __future__ import annotations
@@ -32,7 +23,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import FrameSource, file_token, grid_frames, native, resolve_scan_shape, to_native
+from ._lazy import FrameSource, PartsFrames, file_token, grid_frames, native, natural_key, to_native
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +53,6 @@ def probe(path) -> bool:
         return f.read(4) == b"MQ1,"
 
 
-def _natural(name: str):
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
 def mib_files(folder) -> list[Path]:
     """The .mib files of a folder (not hidden ones) in natural order (``scan_2`` before ``scan_10``)."""
     try:
@@ -74,7 +61,7 @@ def mib_files(folder) -> list[Path]:
         return []
     files = [Path(e.path) for e in entries
              if e.name.lower().endswith(".mib") and not e.name.startswith(".") and e.is_file()]
-    return sorted(files, key=lambda p: _natural(p.name))
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 class FrameHeader:
@@ -94,7 +81,6 @@ class FrameHeader:
                 raise ScanFormatError(
                     f"{path}: corrupted frame header: {name} is {value.strip()!r}, not a number"
                 ) from None
-        self.fields = fields
         self.header_bytes = values["header length"]
         self.chips = values["chip count"]
         self.width, self.height = values["width"], values["height"]
@@ -167,9 +153,7 @@ class FrameHeader:
     @property
     def frame_shape(self) -> tuple[int, int]:
         """Frame as returned: (rows, cols) px; a quad RAW frame re-tiled to 2x2 chips."""
-        if self.quad_raw:
-            return (2 * self.height, 2 * self.height)
-        return self.disk_shape
+        return (2 * self.height, 2 * self.height) if self.quad_raw else self.disk_shape
 
     @property
     def pixel_bytes(self) -> int:
@@ -200,12 +184,9 @@ class FrameHeader:
 
     def pixels_dtype(self) -> np.dtype:
         """Structured dtype of one frame on disk: header, pixels."""
-        rows, cols = self.disk_shape
         if self.raw:
-            pixels = ("px", ">u8", (self.pixel_bytes // 8,))
-        else:
-            pixels = ("px", _PIXEL_TYPES[self.pixel_type], (rows, cols))
-        return np.dtype([("hdr", f"V{self.header_bytes}"), pixels])
+            return np.dtype([("hdr", f"V{self.header_bytes}"), ("px", ">u8", (self.pixel_bytes // 8,))])
+        return np.dtype([("hdr", f"V{self.header_bytes}"), ("px", _PIXEL_TYPES[self.pixel_type], self.disk_shape)])
 
     def decode(self, block: np.ndarray) -> np.ndarray:
         """Pixels of frames as stored (k, ...) -> frames (k, rows, cols), native, display orientation."""
@@ -222,11 +203,8 @@ class MibFrames(FrameSource):
     """The frames of a .mib file through a numpy memmap (structured: header, pixels)."""
 
     def __init__(self, path, header: FrameHeader, n_frames: int):
-        self.path = str(path)
-        self.n_frames = int(n_frames)
+        super().__init__(path, n_frames, header.frame_shape, header.dtype)
         self.header = header
-        self.frame_shape = header.frame_shape
-        self.dtype = header.dtype
 
     def _open(self):
         return np.memmap(self.path, dtype=self.header.pixels_dtype(), mode="r", shape=(self.n_frames,))["px"]
@@ -235,46 +213,34 @@ class MibFrames(FrameSource):
         return self.header.decode(pixels[start:stop])
 
 
-class MibFolderFrames(FrameSource):
+class MibFolderFrames(PartsFrames):
     """The frames of a folder of .mib files (one file per frame, or several frames each), in order."""
 
     def __init__(self, folder, files, counts, header: FrameHeader):
-        self.path = str(folder)
         self.files = [str(f) for f in files]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.n_frames = int(self.starts[-1])
+        super().__init__(folder, self.starts[-1], header.frame_shape, header.dtype)
         self.header = header
-        self.frame_shape = header.frame_shape
-        self.dtype = header.dtype
 
     def _open(self):
         return self.header.pixels_dtype()
 
-    def _read(self, dtype, start, stop):
-        first = int(np.searchsorted(self.starts, start, side="right")) - 1
-        pieces, i = [], first
-        while i < len(self.files) and self.starts[i] < stop:
-            lo, hi = max(start, int(self.starts[i])) - int(self.starts[i]), min(stop, int(self.starts[i + 1])) - int(self.starts[i])
-            with open(self.files[i], "rb") as f:
-                block = np.fromfile(f, dtype=dtype, count=hi - lo, offset=lo * dtype.itemsize)
-            if len(block) != hi - lo:
-                raise ScanFormatError(f"{self.files[i]}: truncated last frame (expected {hi - lo} frames from frame {lo})")
-            pieces.append(self.header.decode(block["px"]))
-            i += 1
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    def _read_part(self, dtype, i, lo, hi):
+        with open(self.files[i], "rb") as f:
+            block = np.fromfile(f, dtype=dtype, count=hi - lo, offset=lo * dtype.itemsize)
+        if len(block) != hi - lo:
+            raise ScanFormatError(f"{self.files[i]}: truncated last frame (expected {hi - lo} frames from frame {lo})")
+        return self.header.decode(block["px"])
 
 
 def unpack_raw(words: np.ndarray, disk_shape, quad: bool, depth: int = 1) -> np.ndarray:
     """RAW frames (k, n_words) of big-endian 64-bit words -> pixels (k, rows, cols): uint8 for 1-bit
     (0/1) and 6-bit counters, uint16 for 12-bit.
 
-    Each 64-bit word (big-endian) holds 64 1-bit, 8 6-bit (one byte each) or 4 12-bit (two bytes
-    each) pixels, pixel j of the word in bits j*b.. counting from the least significant end (b = 1,
-    8, 16): the layout LiberTEM's decoders (``decode_r1_swap``, ``decode_r6_swap``,
-    ``decode_r12_swap``) read. A quad frame (rows=256, cols=1024: chips side by side as read out)
-    is re-tiled so that it equals the frame Merlin assembles itself (checked against processed
-    files of the same test pattern): the last two chips form the top half in reverse order, the
-    first two the bottom half rotated by 180 degrees.
+    Each word holds 64 1-bit, 8 6-bit (a byte each) or 4 12-bit (two bytes each) pixels, pixel j in
+    bits j*b.. from the least significant end, as LiberTEM's decoders (MIT) read them. A quad frame
+    (256x1024, chips side by side) is re-tiled as Merlin assembles it: the last two chips form the
+    top half in reverse order, the first two the bottom half rotated by 180 degrees.
     """
     rows, cols = disk_shape
     k = words.shape[0]
@@ -334,13 +300,10 @@ def hdr_scan_shape(hdr: dict):
 
 
 def frame_timestamps(path, header: FrameHeader, n_frames: int, count: int = PROBE_FRAMES) -> np.ndarray | None:
-    """Timestamps (ns, int64) of the first ``count`` frames, from their headers; None if absent.
-
-    Reads only the headers (small random reads, no read-ahead of the pixels between them).
-    """
+    """Timestamps (ns, int64) of the first ``count`` frames, from their headers alone (small random
+    reads, no read-ahead of the pixels between them); None if absent."""
     if header.timestamp is None:
         return None
-    index = header.iso_field if header.timestamp.endswith("Z") else 9
     fd = os.open(path, os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):
@@ -348,6 +311,24 @@ def frame_timestamps(path, header: FrameHeader, n_frames: int, count: int = PROB
         heads = [os.pread(fd, header.header_bytes, i * header.frame_bytes) for i in range(min(n_frames, count))]
     finally:
         os.close(fd)
+    return _parse_timestamps(heads, header)
+
+
+def _folder_timestamps(files, header: FrameHeader) -> np.ndarray | None:
+    """Timestamps (ns) of the first frame of each file, from their headers; None if unreadable."""
+    heads = []
+    try:
+        for f in files:
+            with open(f, "rb") as fh:
+                heads.append(fh.read(header.header_bytes))
+    except OSError:
+        return None
+    return _parse_timestamps(heads, header)
+
+
+def _parse_timestamps(heads, header: FrameHeader) -> np.ndarray | None:
+    """Timestamps (ns, int64) in frame headers laid out as ``header``; None when one is unreadable."""
+    index = header.iso_field if header.timestamp.endswith("Z") else 9
     try:
         stamps = [h.split(b",")[index].decode("ascii").rstrip("Z").replace(" ", "T") for h in heads]
         return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
@@ -369,39 +350,42 @@ def row_length_from_timestamps(t_ns: np.ndarray) -> int | None:
     return period
 
 
-def _check_layout(path, header: FrameHeader, size: int) -> int:
+def _whole_frames(path, header: FrameHeader, note: str = "") -> int:
+    """Number of frames in a file of frames laid out as ``header``; raises when it ends mid-frame."""
+    step = header.frame_bytes
+    n, extra = divmod(os.path.getsize(path), step)
+    if n == 0 or extra:
+        what = "empty file" if n == extra == 0 else (
+            f"truncated last frame: {n} whole frames of {step} bytes and {extra} bytes more" if n else
+            f"truncated last frame: {extra} bytes, less than one frame of {step}")
+        raise ScanFormatError(f"{path}: {what}{note}")
+    return n
+
+
+def _check_layout(path, header: FrameHeader) -> int:
     """Number of whole frames; raises when the header and the data size disagree."""
     step = header.frame_bytes
     with open(path, "rb") as f:
-        if size > step:
-            f.seek(step)
-            if f.read(4) != b"MQ1,":
-                f.seek(0)
-                head = f.read(min(size, 64 * 2**20))
-                found = head.find(b"MQ1,", 4)
-                where = f"the next frame header is at byte {found}" if found > 0 else "no second frame header"
-                raise ScanFormatError(
-                    f"{path}: header disagrees with the data size: it says {header.width}x{header.height} "
-                    f"{header.pixel_type} frames of {step} bytes with their header, but {where}"
-                )
-        n, extra = divmod(size, step)
-        if extra:
+        f.seek(step)
+        if f.read(4) not in (b"MQ1,", b""):  # b"": a single frame
+            f.seek(0)
+            found = f.read(64 * 2**20).find(b"MQ1,", 4)
+            where = f"the next frame header is at byte {found}" if found > 0 else "no second frame header"
             raise ScanFormatError(
-                f"{path}: truncated last frame: {n} whole frames of {step} bytes and {extra} bytes more"
+                f"{path}: header disagrees with the data size: it says {header.width}x{header.height} "
+                f"{header.pixel_type} frames of {step} bytes with their header, but {where}"
             )
+        n = _whole_frames(path, header)
         f.seek((n - 1) * step)
         if f.read(4) != b"MQ1,":
-            raise ScanFormatError(
-                f"{path}: corrupted frame header: frame {n - 1} (last) does not start with 'MQ1,'"
-            )
+            raise ScanFormatError(f"{path}: corrupted frame header: frame {n - 1} (last) does not start with 'MQ1,'")
     return n
 
 
 def _first_header(path, hdr: dict) -> FrameHeader:
     """The first frame header of a .mib file (the counter depth of RAW frames from ``hdr`` when the
     frame header does not state it)."""
-    size = os.path.getsize(path)
-    if size == 0:
+    if os.path.getsize(path) == 0:
         raise ScanFormatError(f"{path}: empty file")
     with open(path, "rb") as f:
         first = f.read(2048)
@@ -409,10 +393,6 @@ def _first_header(path, hdr: dict) -> FrameHeader:
     if header.header_bytes > 384:
         header = FrameHeader(first[: header.header_bytes], path)
     header.use_hdr_depth(hdr)
-    if size < header.frame_bytes:
-        raise ScanFormatError(
-            f"{path}: truncated last frame: {size} bytes, less than one frame of {header.frame_bytes}"
-        )
     return header
 
 
@@ -429,44 +409,46 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
         hdr_path = path.with_suffix(".hdr")
     hdr = read_hdr(hdr_path) if hdr_path.exists() else {}
     header = _first_header(path, hdr)
-    n = _check_layout(path, header, os.path.getsize(path))
+    n = _check_layout(path, header)
+    return _scan(MibFrames(path, header, n), hdr, lambda: frame_timestamps(path, header, n),
+                 (scan_shape, missing_at, chunk_frames), f"mib-{file_token(path)}", "Merlin .mib",
+                 _last_timestamp(path, header, n))
 
+
+def _scan(source, hdr, timestamps, options, name, fmt, last, **extra) -> Scan:
+    """The Scan of a .mib file or folder. Scan shape: the user's, the .hdr's, or the line flyback in
+    ``timestamps()``, else :func:`resolve_scan_shape`'s. The pitch is the Medipix3's own (file);
+    camera length, voltage and scan step stay assumed."""
+    scan_shape, missing_at, chunk_frames = options
+    header, n = source.header, source.n_frames
+    files = "files" if isinstance(source, MibFolderFrames) else "file"
     hint = hdr_scan_shape(hdr) if scan_shape is None else None
-    timestamps = None
-    if scan_shape is None and hint is None:
-        timestamps = frame_timestamps(path, header, n)
-        period = row_length_from_timestamps(timestamps)
-        if period:
-            hint = ((-(-n // period), period), "frame timestamps (line flyback)")
-    shape, how, first_index = resolve_scan_shape(path, n, scan_shape, hint, missing_at)
-
-    source = MibFrames(path, header, n)
-    data, missing = grid_frames(source, shape, first=first_index, chunk_frames=chunk_frames, name=f"mib-{file_token(path)}")
+    stamps = timestamps() if scan_shape is None and hint is None else None
+    period = row_length_from_timestamps(stamps)
+    if period:
+        hint = ((-(-n // period), period), "frame timestamps (line flyback)")
+    data, missing, how = grid_frames(source, source.path, scan_shape, hint=hint, missing_at=missing_at,
+                                     chunk_frames=chunk_frames, name=name)
     metadata = {
-        "format": "Merlin .mib",
+        "format": fmt,
         "dtype_on_disk": header.disk_description,
         "counter_depth": header.counter_depth,
         "chips": header.assembly,
         "exposure_s": header.exposure_s,
         "timestamp_first": header.timestamp,
-        "timestamp_last": _last_timestamp(path, header, n),
+        "timestamp_last": last,
         "n_frames_in_file": n,
+        **extra,
         "scan_shape_from": how,
         "orientation": "rows flipped: detector row 0 at the bottom, as Merlin displays frames",
-        "calibration": "pixel size 55 µm (Medipix3); camera length, voltage and scan step not in the file",
+        "calibration": f"pixel size 55 µm (Medipix3); camera length, voltage and scan step not in the {files}",
     }
-    return _scan(data, missing, header, metadata, timestamps, hdr, path)
-
-
-def _scan(data, missing, header, metadata, timestamps, hdr, source) -> Scan:
-    """The Scan of a .mib file or folder: frame period and .hdr into the metadata; the pitch is the
-    Medipix3's own (file), camera length, voltage and scan step stay assumed."""
-    if timestamps is not None and len(timestamps) > 1:
-        metadata["frame_period_s"] = float(np.median(np.diff(timestamps))) * 1e-9
+    if stamps is not None and len(stamps) > 1:
+        metadata["frame_period_s"] = float(np.median(np.diff(stamps))) * 1e-9
     if hdr:
         metadata["hdr"] = hdr
     geometry = Geometry(detector_shape=header.frame_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
-    return Scan(data, geometry, missing=missing, metadata=metadata, source=str(source))
+    return Scan(data, geometry, missing=missing, metadata=metadata, source=source.path)
 
 
 def _last_timestamp(path, header: FrameHeader, n: int) -> str | None:
@@ -484,7 +466,7 @@ def _folder_hdr(folder, files) -> dict:
     hdrs = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".hdr" and not p.name.startswith("."))
     if len(hdrs) > 1:
         prefix = re.sub(r"[_-]?\d+$", "", files[0].stem)
-        hdrs = [p for p in hdrs if p.stem == prefix] or []
+        hdrs = [p for p in hdrs if p.stem == prefix]
     return read_hdr(hdrs[0]) if len(hdrs) == 1 else {}
 
 
@@ -495,62 +477,20 @@ def _read_folder(folder: Path, scan_shape, missing_at, chunk_frames) -> Scan:
         raise ScanFormatError(f"{folder}: a directory that is not a scan (no .mib files in it)")
     hdr = _folder_hdr(folder, files)
     header = _first_header(files[0], hdr)
-    step = header.frame_bytes
-    counts = []
-    for f in files:
-        n, extra = divmod(os.path.getsize(f), step)
-        if n == 0 or extra:
-            what = "empty file" if n == extra == 0 else (
-                f"truncated last frame: {n} whole frames of {step} bytes and {extra} bytes more" if n else
-                f"truncated last frame: {extra} bytes, less than one frame of {step}")
-            raise ScanFormatError(f"{f}: {what} (frames of {files[0].name}: {header.width}x{header.height} "
-                                  f"{header.pixel_type})")
-        counts.append(n)
+    note = f" (frames of {files[0].name}: {header.width}x{header.height} {header.pixel_type})"
+    counts = [_whole_frames(f, header, note) for f in files]
     for f in (files[0], files[-1]):
         with open(f, "rb") as fh:
             if fh.read(4) != b"MQ1,":
                 raise ScanFormatError(f"{f}: corrupted frame header: does not start with 'MQ1,'")
-    total = sum(counts)
-    hint = hdr_scan_shape(hdr) if scan_shape is None else None
-    timestamps = None
-    if scan_shape is None and hint is None and header.timestamp is not None and max(counts) == 1:
-        timestamps = _folder_timestamps(files[:PROBE_FRAMES], header)
-        period = row_length_from_timestamps(timestamps)
-        if period:
-            hint = ((-(-total // period), period), "frame timestamps (line flyback)")
-    shape, how, first_index = resolve_scan_shape(folder, total, scan_shape, hint, missing_at)
-    source = MibFolderFrames(folder, files, counts, header)
+    one_each = max(counts) == 1
+
+    def timestamps():
+        return _folder_timestamps(files[:PROBE_FRAMES], header) if header.timestamp is not None and one_each else None
+
     token = file_token(files[-1]) + file_token(folder)
-    data, missing = grid_frames(source, shape, first=first_index, chunk_frames=chunk_frames,
-                              name=f"mibdir-{token}-{len(files)}")
-    metadata = {
-        "format": "Merlin .mib (folder, one file per frame)" if max(counts) == 1 else "Merlin .mib (folder of files)",
-        "dtype_on_disk": header.disk_description,
-        "counter_depth": header.counter_depth,
-        "chips": header.assembly,
-        "exposure_s": header.exposure_s,
-        "timestamp_first": header.timestamp,
-        "timestamp_last": _last_timestamp(files[-1], header, counts[-1]),
-        "n_frames_in_file": total,
-        "n_files": len(files),
-        "first_file": files[0].name,
-        "last_file": files[-1].name,
-        "scan_shape_from": how,
-        "orientation": "rows flipped: detector row 0 at the bottom, as Merlin displays frames",
-        "calibration": "pixel size 55 µm (Medipix3); camera length, voltage and scan step not in the files",
-    }
-    return _scan(data, missing, header, metadata, timestamps, hdr, folder)
-
-
-def _folder_timestamps(files, header: FrameHeader) -> np.ndarray | None:
-    """Timestamps (ns) of the first frame of each file, from their headers; None if unreadable."""
-    index = header.iso_field if header.timestamp.endswith("Z") else 9
-    stamps = []
-    try:
-        for f in files:
-            with open(f, "rb") as fh:
-                stamps.append(fh.read(header.header_bytes).split(b",")[index].decode("ascii").rstrip("Z")
-                              .replace(" ", "T"))
-        return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
-    except (OSError, IndexError, ValueError, UnicodeDecodeError):
-        return None
+    return _scan(MibFolderFrames(folder, files, counts, header), hdr, timestamps,
+                 (scan_shape, missing_at, chunk_frames), f"mibdir-{token}-{len(files)}",
+                 "Merlin .mib (folder, one file per frame)" if one_each else "Merlin .mib (folder of files)",
+                 _last_timestamp(files[-1], header, counts[-1]), n_files=len(files), first_file=files[0].name,
+                 last_file=files[-1].name)

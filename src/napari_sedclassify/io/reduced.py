@@ -19,7 +19,7 @@ from ..classes import ClassTable
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan, ScanFrames
-from ._lazy import FrameSource, _indices, file_token, frame_chunks
+from ._lazy import FrameGrid, FrameSource, file_token, frame_chunks
 from .hdf5 import _h5py
 
 FORMAT = "napari-sedclassify/reduced"
@@ -76,49 +76,22 @@ class ReducedFrames(FrameSource):
         return out
 
 
-class SparseGrid:
+class SparseGrid(FrameGrid):
     """Kept frames laid out on the scan grid (scan_y, scan_x, ky, kx) for ``dask.array.from_array``:
     ``number`` (sy, sx) int64 gives each position's frame in the source, -1 where none (zeros)."""
 
     def __init__(self, source: FrameSource, number: np.ndarray):
-        self.source = source
         self.number = np.asarray(number, np.int64)
-        self.shape = tuple(self.number.shape) + tuple(source.frame_shape)
-        self.dtype = source.dtype
-        self.ndim = 4
+        super().__init__(source, self.number.shape)
 
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (4 - len(key))
-        ys, xs = (_indices(k, n) for k, n in zip(key[:2], self.number.shape))
+    def _read_positions(self, ys, xs):
         num = self.number[np.ix_(ys, xs)]
         block = np.zeros(num.shape + self.source.frame_shape, self.dtype)
         have = num >= 0
         if have.any():
             lo, hi = int(num[have].min()), int(num[have].max()) + 1  # kept frames are in scan order
-            frames = self.source.read(lo, hi)
-            block[have] = frames[num[have] - lo]
-        block = block[(slice(None), slice(None)) + tuple(key[2:])]
-        drop = tuple(i for i in (0, 1) if isinstance(key[i], (int, np.integer)))
-        return block.reshape([s for i, s in enumerate(block.shape) if i not in drop]) if drop else block
-
-
-class KeptStack:
-    """The kept frames as an array-like (K, ky, kx) for ``dask.array.from_array``."""
-
-    def __init__(self, source: FrameSource):
-        self.source = source
-        self.shape = (source.n_frames,) + source.frame_shape
-        self.dtype = source.dtype
-        self.ndim = 3
-
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        rows = _indices(key[0], self.shape[0])
-        block = self.source.read(int(rows.min()), int(rows.max()) + 1)[rows - rows.min()] if rows.size else \
-            np.zeros((0,) + self.source.frame_shape, self.dtype)
-        block = block[(slice(None),) + tuple(key[1:])]
-        return block[0] if isinstance(key[0], (int, np.integer)) else block
+            block[have] = self.source.read(lo, hi)[num[have] - lo]
+        return block
 
 
 def terse_encode(frame: np.ndarray) -> bytes:
@@ -162,31 +135,22 @@ def version_of(name: str) -> str | None:
         return None
 
 
-def _attrs(f) -> dict:
-    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-
-
 def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     """Open a reduced file lazily as a Scan on its original grid (dropped positions missing)."""
     path = Path(path)
     try:
         with _open_file(path) as f:
-            attrs = _attrs(f)
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             if attrs.get("format") != FORMAT:
                 raise ScanFormatError(f"{path}: not a reduced scan (format {attrs.get('format')!r})")
             terse = "frames_terse" in f
             if not terse and "frames" not in f:
                 raise ScanFormatError(f"{path}: reduced scan without a frames dataset")
-            index = f["index"][()]
-            class_map = f["class_map"][()]
-            kept = f["kept"][()]
-            source_missing = f["missing"][()]
-            probabilities = f["probabilities"][()] if "probabilities" in f else None
+            arrays = {k: f[k][()] for k in ("index", "class_map", "kept", "missing", "probabilities") if k in f}
             live = None
             if "live_status" in f:  # written on the fly: what the last commit made part of the file
                 live = {"status": f["live_status"][()].decode(), "committed": int(f["live_committed"][()]),
                         "report": json.loads(f["live_report"][()].decode() or "{}")}
-                index = index[:live["committed"]]
     except OSError as exc:
         raise ScanFormatError(f"{path}: not a readable reduced scan ({exc})") from exc
     sy, sx = (int(s) for s in attrs["scan_shape"])
@@ -194,31 +158,29 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     if scan_shape is not None and tuple(int(s) for s in scan_shape) != (sy, sx):
         raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: the reduced scan is {sy}x{sx}")
     dtype = np.dtype(attrs["dtype"])
+    index = arrays["index"] if live is None else arrays["index"][:live["committed"]]
     number = np.full(sy * sx, -1, np.int64)
     number[index] = np.arange(index.size)
-    if live is not None:  # the kept positions are those whose frame is committed
-        kept = (number >= 0).reshape(sy, sx)
-    source = ReducedFrames(path, index.size, (ky, kx), dtype, terse)
-    grid = SparseGrid(source, number.reshape(sy, sx))
-    rows, cols = frame_chunks((sy, sx), ky * kx * dtype.itemsize, chunk_frames)
-    data = ScanFrames(grid, (rows, cols), name=f"reduced-{file_token(path)}")
-    table = ClassTable.from_dict(json.loads(attrs["class_table"]))
-    kept_classes = {int(k): v for k, v in json.loads(attrs["kept_classes"]).items()}
+    # written on the fly: the kept positions are those whose frame is committed
+    kept = arrays["kept"] if live is None else (number >= 0).reshape(sy, sx)
+    grid = SparseGrid(ReducedFrames(path, index.size, (ky, kx), dtype, terse), number.reshape(sy, sx))
+    data = ScanFrames(grid, frame_chunks((sy, sx), ky * kx * dtype.itemsize, chunk_frames),
+                      name=f"reduced-{file_token(path)}")
     metadata = {
         "format": "napari-sedclassify reduced scan",
         "compression": attrs["compression"],
-        "kept_classes": kept_classes,
-        "class_table": table.to_dict(),
-        "class_map": class_map,
+        "kept_classes": {int(k): v for k, v in json.loads(attrs["kept_classes"]).items()},
+        "class_table": ClassTable.from_dict(json.loads(attrs["class_table"])).to_dict(),
+        "class_map": arrays["class_map"],
         "kept": kept,
         "positions": np.stack(np.divmod(index, sx), axis=1),
         "n_kept": int(index.size),
-        "source_missing": source_missing,
+        "source_missing": arrays["missing"],
         "provenance": json.loads(attrs["provenance"]),
         "dtype_on_disk": dtype.str,
     }
-    if probabilities is not None:
-        metadata["probabilities"] = probabilities
+    if "probabilities" in arrays:
+        metadata["probabilities"] = arrays["probabilities"]
     if live is not None:
         metadata["status"] = "complete" if live["status"] == "complete" else "partial"
         metadata["live"] = live
@@ -232,10 +194,9 @@ def read_kept(path):
     import dask.array as da
 
     scan = read(path)
-    source = ReducedFrames(scan.source, scan.metadata["n_kept"], scan.detector_shape, scan.dtype,
-                           scan.metadata["compression"] == "terse")
+    source = scan.frame_source.array.source  # the kept frames behind the scan's grid
     frame_nbytes = int(np.prod(scan.detector_shape)) * np.dtype(scan.dtype).itemsize
     chunk = max(1, frame_chunks((1, max(source.n_frames, 1)), frame_nbytes)[1])
-    frames = da.from_array(KeptStack(source), chunks=(chunk, -1, -1), name=f"reduced-kept-{file_token(scan.source)}",
-                           meta=np.empty((0, 0, 0), dtype=scan.dtype))
-    return frames, scan.metadata["positions"]
+    frames = da.from_array(FrameGrid(source, (1, source.n_frames)), chunks=(1, chunk, -1, -1),
+                           name=f"reduced-kept-{file_token(scan.source)}", meta=np.empty((0, 0, 0, 0), scan.dtype))
+    return frames[0], scan.metadata["positions"]

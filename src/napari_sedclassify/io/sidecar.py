@@ -1,8 +1,7 @@
 """The calibration sidecar: ``<scan file name>.sedclassify.json`` beside a scan.
 
-``sedclassify calibrate SCAN --write`` stores the values it fitted there (camera length, with
-its uncertainty and how it was found); ``open_scan`` reads them back, marked "fitted", so every
-other command and napari use them. Values the user gives (command line, napari) win over both
+``sedclassify calibrate SCAN --write`` stores the values it fitted there (with uncertainty and
+provenance); ``open_scan`` reads them back, marked "fitted". Values the user gives win over both
 the sidecar and the file.
 """
 
@@ -47,12 +46,10 @@ def write_calibration(scan_path, values: dict, details: dict | None = None) -> P
     if unknown:
         raise ValueError(f"unknown calibration values: {', '.join(unknown)}")
     side = calibration_path(scan_path)
-    old = {}
-    if side.is_file():
-        try:
-            old = json.loads(side.read_text())
-        except (OSError, ValueError):
-            old = {}
+    try:
+        old = json.loads(side.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: replaced
+        old = {}
     doc = {"format": FORMAT, "scan": Path(scan_path).name,
            "geometry": {**(old.get("geometry") or {}), **{k: float(v) for k, v in values.items()}},
            "details": {**(old.get("details") or {}), **(details or {})}}

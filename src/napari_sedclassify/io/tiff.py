@@ -7,7 +7,6 @@ shape; frames are in row-major scan order.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +14,15 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import FrameSource, check_pixel_dtype, file_token, grid_frames, native, resolve_scan_shape, to_native
+from ._lazy import FrameSource, check_pixel_dtype, file_token, grid_frames, natural_key, to_native
 
 _TIFF = (".tif", ".tiff")
-
-
-def _natural(name: str):
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 def tiff_files(folder) -> list[Path]:
     """The TIFF files of a folder in natural order (frame_2 before frame_10)."""
     files = [p for p in Path(folder).iterdir() if p.suffix.lower() in _TIFF and p.is_file()]
-    return sorted(files, key=lambda p: _natural(p.name))
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _series(path):
@@ -53,12 +48,6 @@ def probe(path) -> bool:
 class TiffFrames(FrameSource):
     """Pages of a multi-page TIFF as frames."""
 
-    def __init__(self, path, n_frames, frame_shape, dtype):
-        self.path = str(path)
-        self.n_frames = int(n_frames)
-        self.frame_shape = tuple(int(s) for s in frame_shape)
-        self.dtype = native(dtype)
-
     def _open(self):
         import tifffile
 
@@ -78,11 +67,8 @@ class TiffFolderFrames(FrameSource):
     """One frame per TIFF file of a folder."""
 
     def __init__(self, files, frame_shape, dtype, path):
+        super().__init__(path, len(files), frame_shape, dtype)
         self.files = [str(f) for f in files]
-        self.path = str(path)
-        self.n_frames = len(self.files)
-        self.frame_shape = tuple(int(s) for s in frame_shape)
-        self.dtype = native(dtype)
 
     def _open(self):
         import tifffile
@@ -125,8 +111,8 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
         raise
     except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error...
         raise ScanFormatError(f"{path}: corrupted header: not a readable TIFF ({exc})") from exc
-    n = source.n_frames
-    shape, how, first = resolve_scan_shape(path, n, scan_shape, hint, missing_at)
-    data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=f"tiff-{token}")
-    metadata = {"format": "TIFF stack", "dtype_on_disk": np.dtype(dtype).str, "n_frames_in_file": n, "scan_shape_from": how}
+    data, missing, how = grid_frames(source, path, scan_shape, hint=hint, missing_at=missing_at,
+                                     chunk_frames=chunk_frames, name=f"tiff-{token}")
+    metadata = {"format": "TIFF stack", "dtype_on_disk": np.dtype(dtype).str, "n_frames_in_file": source.n_frames,
+                "scan_shape_from": how}
     return Scan(data, Geometry(detector_shape=source.frame_shape), missing=missing, metadata=metadata, source=str(path))

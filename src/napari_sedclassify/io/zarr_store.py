@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import Lazy4D, StackFrames, array_frames, check_pixel_dtype, file_token, grid_frames, resolve_scan_shape
+from ._lazy import array_frames, check_pixel_dtype, file_token
 from .hdf5 import choose_dataset
 from .hyperspy import hspy_calibration
 
@@ -20,7 +20,7 @@ _MARKERS = ("zarr.json", ".zarray", ".zgroup")
 
 
 def is_zarr(path) -> bool:
-    return any((Path(path) / m).exists() for m in _MARKERS)
+    return _marker(path) is not None
 
 
 def probe(path) -> bool:
@@ -31,11 +31,9 @@ def probe(path) -> bool:
 
 
 def _candidates(group):
-    found = []
-    for name, node in group.members(max_depth=None):
-        if hasattr(node, "ndim") and node.ndim in (3, 4) and node.dtype.kind in "uifb" and min(node.shape[-2:]) >= 2:
-            found.append((name, tuple(node.shape), node.dtype))
-    return sorted(found)
+    return sorted((name, tuple(node.shape), node.dtype) for name, node in group.members(max_depth=None)
+                  if hasattr(node, "ndim") and node.ndim in (3, 4) and node.dtype.kind in "uifb"
+                  and min(node.shape[-2:]) >= 2)
 
 
 def _open(path, name=None):
@@ -63,22 +61,12 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
     elif dataset is not None:
         raise ScanFormatError(f"{path}: holds a single array; dataset={dataset!r} does not apply")
     dtype = check_pixel_dtype(node.dtype, path)
-    opener = partial(_open, str(path), name)
     token = f"zarr-{file_token(path / _marker(path))}-{name}"
     attrs = dict(node.attrs)
     metadata = {"format": "zarr", "dataset": name, "dtype_on_disk": dtype.str, "zarr_chunks": tuple(node.chunks)}
-    if node.ndim == 4:
-        if scan_shape is not None and tuple(scan_shape) != tuple(node.shape[:2]):
-            raise ScanFormatError(f"{path}: wrong scan shape {tuple(scan_shape)}: the array is a {node.shape[0]}x{node.shape[1]} scan")
-        data = array_frames(Lazy4D(opener, node.shape, dtype, path), chunk_frames=chunk_frames, name=token)
-        missing, how = None, "array shape"
-    elif node.ndim == 3:
-        hint = (tuple(attrs["scan_shape"]), "zarr attribute scan_shape") if "scan_shape" in attrs else None
-        source = StackFrames(opener, node.shape, dtype, path)
-        shape, how, first = resolve_scan_shape(path, node.shape[0], scan_shape, hint, missing_at)
-        data, missing = grid_frames(source, shape, first=first, chunk_frames=chunk_frames, name=token)
-    else:
-        raise ScanFormatError(f"{path}: expected a 3D or 4D array, got shape {node.shape}")
+    hint = (tuple(attrs["scan_shape"]), "zarr attribute scan_shape") if "scan_shape" in attrs else None
+    data, missing, how = array_frames(path, node.shape, dtype, partial(_open, str(path), name), scan_shape=scan_shape,
+                                      hint=hint, missing_at=missing_at, chunk_frames=chunk_frames, name=token)
     geometry = Geometry(detector_shape=node.shape[-2:])
     if isinstance(attrs.get("geometry"), dict):
         geometry = Geometry.from_dict({**attrs["geometry"], "detector_shape": node.shape[-2:]})
@@ -91,5 +79,5 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
     return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
 
 
-def _marker(path) -> str:
-    return next(m for m in _MARKERS if (Path(path) / m).exists())
+def _marker(path) -> str | None:
+    return next((m for m in _MARKERS if (Path(path) / m).exists()), None)

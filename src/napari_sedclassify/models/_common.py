@@ -1,4 +1,4 @@
-"""Small helpers shared by the estimators (numpy only)."""
+"""Small helpers shared by the estimators (numpy only; scikit-learn is imported inside ``calibrated``)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,51 @@ def sample_weights(y, class_weight) -> np.ndarray:
 def check_cancel(cancel) -> None:
     if cancel is not None and cancel():
         raise Cancelled("training cancelled")
+
+
+class ProbaClassifier:
+    """``predict_proba`` through the fitted ``pipeline_``; ``predict``: the most probable of ``classes_``."""
+
+    def predict_proba(self, X):
+        """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
+        return self.pipeline_.predict_proba(np.asarray(X, dtype=np.float32))
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def calibrated(estimator, X, y, method: str = "sigmoid"):
+    """The fitted ``estimator``, frozen, calibrated on (X, y) by scikit-learn's CalibratedClassifierCV
+    with one calibrator (ensemble=False: prediction stays one pass of the estimator)."""
+    import warnings
+
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return CalibratedClassifierCV(FrozenEstimator(estimator), method=method, ensemble=False).fit(X, y)
+
+
+def fit_epochs(run_epoch, max_epochs, patience, get_state, history: list, progress=None, cancel=None):
+    """Train by ``run_epoch() -> logs`` (appended to ``history``) until ``max_epochs``, or ``patience``
+    epochs without a better val_loss (loss without validation data); returns ``get_state()`` of the
+    best epoch. progress(epoch, logs + max_epochs) after every epoch; cancel() as in check_cancel."""
+    best, best_state, waited = np.inf, None, 0
+    for epoch in range(1, int(max_epochs) + 1):
+        check_cancel(cancel)
+        logs = run_epoch()
+        history.append(logs)
+        if progress is not None:
+            progress(epoch, {**logs, "max_epochs": int(max_epochs)})
+        monitor = logs.get("val_loss", logs["loss"])
+        if monitor < best - 1e-4:
+            best, best_state, waited = monitor, get_state(), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    return best_state
 
 
 def stratified_subsample(y, n_max: int | None, rng: np.random.Generator) -> np.ndarray:

@@ -1,8 +1,7 @@
 """The child process of :func:`napari_sedclassify.models.tf_process.run_in_process`.
 
 Started as ``python -m napari_sedclassify.models._tf_child``: a fresh interpreter whose
-``__main__`` is this module, so the script, notebook or console that started napari is never
-imported (or run) again, guarded by ``if __name__ == "__main__":`` or not.
+``__main__`` is this module, so the script that started napari is never imported again.
 
 Protocol (every message one frame: 8-byte big-endian length, then a pickle):
 - stdin, from the parent: a header {"sys_path", "nice"}, then (func, args, kwargs); afterwards
@@ -14,6 +13,8 @@ Protocol (every message one frame: 8-byte big-endian length, then a pickle):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import pickle
 import struct
@@ -26,39 +27,27 @@ _LEN = struct.Struct(">Q")
 
 def write_frame(stream, obj, lock=None) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    if lock is None:
+    with lock or contextlib.nullcontext():
         stream.write(_LEN.pack(len(data)) + data)
         stream.flush()
-        return
-    with lock:
-        stream.write(_LEN.pack(len(data)) + data)
-        stream.flush()
-
-
-def read_exactly(stream, n: int) -> bytes | None:
-    chunks, left = [], n
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 def read_frame_bytes(stream) -> bytes | None:
-    """The bytes of the next frame, or None at the end of the stream."""
-    head = read_exactly(stream, _LEN.size)
-    if head is None:
+    """The bytes of the next frame, or None at the end of the stream (a buffered stream, whose
+    read(n) returns n bytes unless the stream ends first)."""
+    head = stream.read(_LEN.size)
+    if len(head) < _LEN.size:
         return None
-    return read_exactly(stream, _LEN.unpack(head)[0])
+    n = _LEN.unpack(head)[0]
+    data = stream.read(n)
+    return data if len(data) == n else None
 
 
 def main() -> int:
     messages = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # prints (ours, TensorFlow's, C code's) -> stderr
     sys.stdout = sys.stderr
-    lock = threading.Lock()
+    send = functools.partial(write_frame, messages, lock=threading.Lock())
     commands = sys.stdin.buffer
     header = read_frame_bytes(commands)
     if header is None:
@@ -66,18 +55,20 @@ def main() -> int:
     header = pickle.loads(header)
     sys.path[:0] = [p for p in header.get("sys_path", []) if p not in sys.path]  # the parent's modules
     if header.get("nice") and hasattr(os, "nice"):
-        try:
-            os.nice(int(header["nice"]))  # lower priority: the parent's UI keeps the CPU it needs to draw
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # lower priority: the parent's UI keeps the CPU it needs to draw
+            os.nice(int(header["nice"]))
     stop = threading.Event()
+
+    def error(exc, what=""):
+        send(("error", f"{what}{type(exc).__name__}: {exc}", traceback.format_exc()))
+
     try:
         job = read_frame_bytes(commands)
         if job is None:
             return 2
         func, args, kwargs = pickle.loads(job)
     except BaseException as exc:
-        write_frame(messages, ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()), lock)
+        error(exc)
         return 1
 
     def watch_parent():
@@ -91,22 +82,21 @@ def main() -> int:
     threading.Thread(target=watch_parent, daemon=True, name="cancel watch").start()
 
     def progress(n, logs=None):
-        write_frame(messages, ("progress", n, dict(logs or {})), lock)
+        send(("progress", n, dict(logs or {})))
 
     from ..errors import Cancelled
 
     try:
         result = func(*args, progress=progress, cancel=stop.is_set, **kwargs)
     except Cancelled as exc:
-        write_frame(messages, ("cancelled", str(exc)), lock)
+        send(("cancelled", str(exc)))
     except BaseException as exc:  # everything goes back to the parent
-        write_frame(messages, ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()), lock)
+        error(exc)
     else:
         try:
-            write_frame(messages, ("result", result), lock)
+            send(("result", result))
         except Exception as exc:  # a result that does not pickle
-            write_frame(messages, ("error", f"the result could not be sent back: {type(exc).__name__}: {exc}",
-                                   traceback.format_exc()), lock)
+            error(exc, "the result could not be sent back: ")
     messages.close()
     return 0
 

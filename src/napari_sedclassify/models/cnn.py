@@ -2,11 +2,9 @@
 pair followed by 2x2 max pooling and dropout, a small dense layer and softmax; Adam,
 cross-entropy, early stopping on the validation loss (best weights kept).
 
-Everything here is a plain function of arrays or an estimator without global state, so it runs
-the same in a spawned child process (see ``tf_process``): importing TensorFlow next to a napari
-canvas on software OpenGL crashes, so the napari widgets train and predict in a child.
-TensorFlow uses a GPU when one is visible; nothing here asks for a device.
-Importing this module imports scikit-learn (not TensorFlow: that happens in ``fit``/loading).
+No global state, so it runs the same in a child process (``tf_process``: the napari widgets
+train and predict there). TensorFlow uses a GPU when one is visible. Importing this module
+imports scikit-learn (TensorFlow only in ``fit`` and loading).
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import Cancelled
-from ._common import check_cancel, class_weights, stratified_subsample
+from ._common import ProbaClassifier, check_cancel, class_weights, fit_epochs, stratified_subsample
 
 
 def import_keras():
@@ -70,17 +68,15 @@ def _cancel_callback(cancel):
     return CancelWithinEpoch()
 
 
-class CNNClassifier(ClassifierMixin, BaseEstimator):
+class CNNClassifier(ProbaClassifier, ClassifierMixin, BaseEstimator):
     """Convolutional network on 2D crops X (n, h, w) (or (n, h, w, 1)).
 
-    filters: channels of the three conv pairs (six conv layers). dropout: rate after every
-    pooling (0.1: at 0.25, and with class weights, the network predicted very differently with
-    and without dropout, i.e. in training and in use). dense_units: width of the dense layer.
-    learning_rate: Adam step.
-    batch_size, max_epochs, patience: training loop; early stopping on val_loss (loss when no
-    validation data), best weights kept. samples_per_epoch: crops drawn per epoch (None = all).
-    class_weight: "sqrt" (default: square root of the balanced weights; full "balanced"
-    weights made training swing towards the rare classes), "balanced", a dict or None.
+    filters: channels of the three conv pairs. dropout: rate after every pooling (at 0.25, with
+    class weights, the network predicted very differently in training and in use).
+    dense_units: width of the dense layer. learning_rate: Adam step. batch_size, max_epochs,
+    patience: as :func:`~._common.fit_epochs`. samples_per_epoch: crops drawn per epoch (None = all).
+    class_weight: "sqrt" (default; full "balanced" weights made training swing towards the rare
+    classes), "balanced", a dict or None.
     """
 
     def __init__(self, filters=(8, 16, 32), dropout=0.1, dense_units=32, learning_rate=5e-4,
@@ -105,11 +101,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, *, validation_data=None, progress=None, cancel=None):
         """Train on crops X (n, h, w), labels y (n,). validation_data: (X_val, y_val).
 
-        Every epoch sees a fresh stratified draw of ``samples_per_epoch`` training crops (all of
-        them when None), so an epoch costs the same whatever the data set size while every crop
-        is used over the epochs. progress(epoch, logs) after every epoch (loss, accuracy,
-        val_loss, val_accuracy, max_epochs); cancel() returning True stops within a batch with
-        :class:`~napari_sedclassify.errors.Cancelled`.
+        Every epoch sees a fresh stratified draw of ``samples_per_epoch`` training crops, so it
+        costs the same whatever the data set size. progress(epoch, logs) after every epoch;
+        cancel() returning True stops within a batch with :class:`~napari_sedclassify.errors.Cancelled`.
         """
         keras = import_keras()
         check_cancel(cancel)
@@ -134,9 +128,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             val = (self._images(validation_data[0]), np.searchsorted(self.classes_, np.asarray(validation_data[1])))
         stopper = _cancel_callback(cancel)
         weights = {i: cw[c] for i, c in enumerate(self.classes_.tolist())}
-        best, best_weights, waited = np.inf, None, 0
-        self.history_ = []
-        for epoch in range(1, int(self.max_epochs) + 1):
+
+        def run_epoch():
             idx = (np.arange(len(y)) if self.samples_per_epoch is None
                    else stratified_subsample(y, int(self.samples_per_epoch), rng))
             h = model.fit(X[idx], yi[idx], epochs=1, batch_size=int(self.batch_size), class_weight=weights,
@@ -144,24 +137,17 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             if stopper.cancelled:
                 raise Cancelled("training cancelled")
             logs = {k: float(v[-1]) for k, v in h.history.items()}
-            monitor = logs["loss"]
             if val is not None:
                 val_loss, val_acc = model.evaluate(val[0], val[1], batch_size=512, verbose=0)
                 logs.update(val_loss=float(val_loss), val_accuracy=float(val_acc))
-                monitor = logs["val_loss"]
-            self.history_.append(logs)
-            if progress is not None:
-                progress(epoch, {**logs, "max_epochs": int(self.max_epochs)})
-            if monitor < best - 1e-4:
-                best, best_weights, waited = monitor, model.get_weights(), 0
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
+            return logs
+
+        self.history_ = []
+        best_weights = fit_epochs(run_epoch, self.max_epochs, self.patience, model.get_weights, self.history_,
+                                  progress, cancel)
         if best_weights is not None:
             model.set_weights(best_weights)
         self.model_ = model
-        self.n_epochs_ = len(self.history_)
         return self
 
     def predict_proba(self, X, batch_size: int = 512):
@@ -170,6 +156,3 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if len(X) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         return np.asarray(self.model_.predict(X, batch_size=batch_size, verbose=0))
-
-    def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

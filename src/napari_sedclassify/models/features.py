@@ -1,18 +1,9 @@
 """Feature recipes: from preprocessed RIAs and crops to model inputs that survive session changes.
 
 A session change (another day at the microscope) alters the dose, the detector gain and the
-camera length by a few per cent. The recipe removes what it can and trains through the rest:
-
-- RIA features are resampled on a q axis (Å⁻¹) from the geometry, so a known camera length
-  change moves nothing; each profile is averaged into ``n_bins`` bins between ``q_min_invA`` and
-  ``q_max_invA`` (``axis="px"`` keeps detector pixels instead).
-- ``normalise``: each profile (or crop) is divided by its own robust scale (median) and log-
-  transformed, which removes dose and global gain.
-- Training-time augmentation (:class:`Augmentation`) simulates what cannot be removed: a
-  centre error (jitter), an intensity factor, and a small radial scaling (an uncalibrated camera
-  length change).
-
-Only numpy and scipy here; the estimators never see anything but the arrays made here.
+camera length by a few per cent. The recipe removes what it can (RIAs resampled on a q axis from
+the geometry; every profile or crop divided by its own median and log-transformed) and trains
+through the rest (:class:`Augmentation`). Only numpy and scipy here.
 """
 
 from __future__ import annotations
@@ -46,13 +37,10 @@ class Augmentation:
     centre_jitter_px: largest simulated centre error (detector px).
     intensity_range: (low, high) dose/gain factor, drawn log-uniformly.
     radial_scale: largest relative radial scaling (0.04 = ±4 %, a camera length change).
-    blur_q_invA: largest radius (Å⁻¹ of q) of a uniform disc every RIA is blurred by, as a
-        convergent beam blurs the rings (a convergence semi-angle α draws a disc of α/λ in q:
-        0.5 mrad at 200 kV is 0.02 Å⁻¹); 0 = off.
-    dose_range: (low, high) factor on the dose, drawn log-uniformly: a factor f < 1 adds the
-        counting noise of a dose f times lower to every 1-px RIA bin (Poisson thinning: variance
-        x (1/f - 1) / n for a bin of mean x counts over n pixels), which is what a lower dose does
-        after normalisation; factors >= 1 add nothing. (1, 1) = off.
+    blur_q_invA: largest radius (Å⁻¹) of the uniform disc a convergent beam blurs the rings by
+        (semi-angle α: α/λ; 0.5 mrad at 200 kV is 0.02 Å⁻¹); 0 = off.
+    dose_range: (low, high) dose factor, drawn log-uniformly: f < 1 adds the counting noise of a
+        dose f times lower (Poisson thinning); (1, 1) = off.
     """
 
     copies: int = 1
@@ -63,9 +51,8 @@ class Augmentation:
     dose_range: tuple = (1.0, 1.0)
 
     def draw(self, n: int, rng: np.random.Generator) -> dict:
-        """Random parameters for ``n`` frames: radial scale, centre jitter (px) and its direction
-        (rad), intensity factor, and the radius (Å⁻¹) of a convergent-beam disc blur (uniform in
-        [0, ``blur_q_invA``]; drawn only when that is set, so older recipes draw the same numbers)."""
+        """Random parameters for ``n`` frames: radial scale, centre jitter (px) and direction (rad),
+        intensity factor; blur radius (Å⁻¹) and dose only when set (older recipes draw the same numbers)."""
         lo, hi = self.intensity_range
         out = {
             "scale": 1.0 + rng.uniform(-self.radial_scale, self.radial_scale, n),
@@ -84,7 +71,7 @@ class Augmentation:
 
 @dataclass(frozen=True)
 class FeatureRecipe:
-    """How a model's inputs are made from a preprocessed scan.
+    """How a model's inputs are made from a preprocessed scan (why each option: docs/models.md).
 
     kind: "ria" (FCNN, SVM: one vector per frame) or "crop" (CNN: one 2D image per frame).
     normalise: divide each profile/crop by its own median and take the log.
@@ -96,40 +83,23 @@ class FeatureRecipe:
         used when the geometry is calibrated; crop_radius_px otherwise (or when given).
     crop_size: side of the CNN input (px after binning/resampling).
     augmentation: training-time augmentation.
-    background: "none", or "poly": after the log normalisation, subtract from every RIA the
-        least-squares polynomial of degree ``background_degree`` in log q (log r on the px
-        axis) over the feature range: the smooth falling background, whose level and slope change
-        with ice thickness (plural and inelastic scattering) and dose, goes; the rings stay.
-    standardise: then divide every RIA by its own standard deviation over the bins (ring
-        contrast relative to the profile's own variation; removes a thickness-dependent scale).
-    scan_context: number of q bands (0 = none) whose level relative to the scan's own median
-        profile is appended to every RIA's features: log(frame band mean / scan median band mean).
-        Normalising each frame by its own median removes the dose but also how much the frame
-        scatters; relative to its scan (one dose, one gain) that stays, and it tells a carbon
-        point under thick ice (full carbon signal plus ice) from a mixed point at a hole edge
-        (less carbon), which the profile's shape alone cannot. Needs whole scans (the reference
-        is the median over the scan's recorded frames), so not for live classification.
-    context_reference: what the scan context compares with. "median": the scan's median profile
-        (``scan_context`` columns). "ends": the scan's own two ends of the carbon-ice axis, the
-        median profiles of its most carbon-like and its most ice-like frames (``context_end_fraction``
-        of them each, ranked by the 2.13 Å carbon ring against the 3.7 Å ice ring); ``2 scan_context``
-        columns, the band levels relative to each end. Both ends carry the session's ice thickness,
-        dose and gain (the carbon end includes the ice over the carbon film), so a frame's place
-        between them does not move when they change, and it does not depend on how much of the scan
-        is carbon (a scan's median profile flips between carbon and ice at half coverage).
+    background: "none", or "poly": after the log normalisation, subtract from every RIA its
+        least-squares polynomial of degree ``background_degree`` in log q (log r on the px axis).
+    standardise: then divide every RIA by its own standard deviation over the bins.
+    scan_context: number of q bands (0 = none) whose level relative to the scan's reference is
+        appended to every RIA's features: log(frame band mean / reference band mean). Needs
+        whole scans, so not for live classification.
+    context_reference: the reference: "median", the scan's median profile (``scan_context``
+        columns), or "ends", the median profiles of its most carbon-like and most ice-like frames
+        (``context_end_fraction`` each, by the 2.13 Å carbon ring against the 3.7 Å ice ring;
+        ``2 scan_context`` columns).
     context_end_fraction: fraction of a scan's frames in each end for ``context_reference="ends"``.
     crop_rescale: resample every crop so that it spans ``crop_radius_A`` on the scan's geometry as
-        the model sees it (e.g. after ``sedclassify calibrate`` fitted the camera length), not the
-        detector px preprocessing cut at the nominal value (off by rounding to the binning too).
+        the model sees it (e.g. a fitted camera length), not the px preprocessing cut.
     crop_mask_q_invA: crops: set every input pixel at q below this (Å⁻¹) to 0 after normalisation
-        (0 = off). The direct beam's size and shape there follow the convergence, the beam current
-        and the detector's point spread, not the sample; the RIA models start at ``q_min_invA`` too.
-    crop_context: crops: "none", or "ends": two more input channels, each crop relative to its
-        scan's two ends of the carbon-ice axis (the pixel-wise medians of its most carbon-like and
-        most ice-like frames, ``context_end_fraction`` each, ranked by the crops' own radial
-        profiles; :func:`crop_reference`): log(crop / end), before the intensity factor. The crop
-        analogue of ``context_reference="ends"``: a frame's place between its scan's ends carries
-        the session's ice thickness, dose and gain with it. Needs whole scans.
+        (0 = off): the direct beam there follows the optics and the detector, not the sample.
+    crop_context: crops: "none", or "ends": two more input channels, log(crop / end) against the
+        scan's two ends (:func:`crop_reference`). Needs whole scans.
     """
 
     kind: str = "ria"
@@ -161,15 +131,12 @@ class FeatureRecipe:
             raise ValueError(f"RIA axis must be 'q' or 'px', not {self.axis!r}")
         if self.crop_radius_A is None and self.crop_radius_px is None and self.kind == "crop":
             raise ValueError("a crop recipe needs crop_radius_A or crop_radius_px")
-        if self.background not in BACKGROUNDS:
-            raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, not {self.background!r}")
+        for name, choices in (("background", BACKGROUNDS), ("context_reference", CONTEXT_REFERENCES),
+                              ("crop_context", CROP_CONTEXTS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
         if (self.background != "none" or self.standardise) and (self.kind != "ria" or not self.normalise):
             raise ValueError("background removal and standardisation work on normalised RIA features")
-        if self.context_reference not in CONTEXT_REFERENCES:
-            raise ValueError(f"context_reference must be one of {', '.join(CONTEXT_REFERENCES)}, "
-                             f"not {self.context_reference!r}")
-        if self.crop_context not in CROP_CONTEXTS:
-            raise ValueError(f"crop_context must be one of {', '.join(CROP_CONTEXTS)}, not {self.crop_context!r}")
         if (self.crop_context != "none" or self.crop_mask_q_invA) and self.kind != "crop":
             raise ValueError("crop_context and crop_mask_q_invA apply to crop recipes (the CNN)")
         if self.crop_mask_q_invA < 0:
@@ -189,30 +156,29 @@ class FeatureRecipe:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["augmentation"]["intensity_range"] = list(self.augmentation.intensity_range)
-        d["augmentation"]["dose_range"] = list(self.augmentation.dose_range)
+        d["augmentation"].update(intensity_range=list(self.augmentation.intensity_range),
+                                 dose_range=list(self.augmentation.dose_range))
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureRecipe":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        if "augmentation" in known:
-            known["augmentation"] = Augmentation(**known["augmentation"])
-        return cls(**known)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})  # __post_init__ reads augmentation
 
     # ---- geometry ---------------------------------------------------------------------------
 
+    def axis_edges(self) -> np.ndarray:
+        """Edges of the ``n_bins`` RIA feature bins on the recipe's axis (Å⁻¹ or px)."""
+        lo, hi = (self.q_min_invA, self.q_max_invA) if self.axis == "q" else (self.r_min_px, self.r_max_px)
+        return np.linspace(lo, hi, self.n_bins + 1)
+
     def ria_edges_px(self, geometry) -> np.ndarray:
         """Edges (px) of the ``n_bins`` RIA feature bins for a scan with this geometry."""
-        if self.axis == "q":
-            if not geometry.calibrated:
-                raise ValueError(
-                    "this model uses a q axis (Å⁻¹) but the scan's geometry is not calibrated "
-                    "(camera length or voltage unknown)"
-                )
-            lo, hi = geometry.q_invA_to_radius_px(self.q_min_invA), geometry.q_invA_to_radius_px(self.q_max_invA)
-        else:
-            lo, hi = self.r_min_px, self.r_max_px
+        if self.axis == "px":
+            return self.axis_edges()
+        if not geometry.calibrated:
+            raise ValueError("this model uses a q axis (Å⁻¹) but the scan's geometry is not calibrated "
+                             "(camera length or voltage unknown)")
+        lo, hi = geometry.q_invA_to_radius_px(self.q_min_invA), geometry.q_invA_to_radius_px(self.q_max_invA)
         return np.linspace(lo, hi, self.n_bins + 1)
 
     def for_geometries(self, geometries) -> "FeatureRecipe":
@@ -223,15 +189,14 @@ class FeatureRecipe:
         if self.kind != "ria" or not geometries:
             return self
         if self.axis == "q":
-            for g in geometries:
-                if not g.calibrated:
-                    raise ValueError("RIA features on a q axis need the camera length and voltage of every scan")
-            reach = min(float(g.radius_px_to_q_invA(reach_px(g))) for g in geometries)
+            if not all(g.calibrated for g in geometries):
+                raise ValueError("RIA features on a q axis need the camera length and voltage of every scan")
+            reach = min(float(g.radius_px_to_q_invA(min(g.detector_shape) / 2.0)) for g in geometries)
             lo, hi, key = self.q_min_invA, self.q_max_invA, "q_max_invA"
             reach = math.floor(reach * 1000) / 1000
             unit = "Å⁻¹"
         else:
-            reach = float(min(reach_px(g) for g in geometries))
+            reach = float(min(min(g.detector_shape) / 2.0 for g in geometries))
             lo, hi, key, unit = self.r_min_px, self.r_max_px, "r_max_px", "px"
         if reach >= hi:
             return self
@@ -246,10 +211,8 @@ class FeatureRecipe:
         if self.crop_radius_px is not None:
             return float(self.crop_radius_px)
         if not geometry.calibrated:
-            raise ValueError(
-                f"the crop radius is set as {self.crop_radius_A} Å but the scan's geometry is not "
-                "calibrated; give crop_radius_px instead"
-            )
+            raise ValueError(f"the crop radius is set as {self.crop_radius_A} Å but the scan's geometry is not "
+                             "calibrated; give crop_radius_px instead")
         return float(geometry.d_A_to_radius_px(self.crop_radius_A))
 
     def crop_layout(self, geometry) -> tuple[int, int]:
@@ -261,11 +224,6 @@ class FeatureRecipe:
         b = max(1, (2 * half) // self.crop_size)
         half = max(b, (half // b) * b)
         return half, b
-
-
-def reach_px(geometry) -> float:
-    """Radius (px) of the largest circle about the detector centre that the frame holds."""
-    return min(geometry.detector_shape) / 2.0
 
 
 # ---- RIA features ---------------------------------------------------------------------------
@@ -297,10 +255,9 @@ def _interp_rows(cum: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
 
 def scan_reference(ria, radii_px, recipe: FeatureRecipe, geometry, valid=None) -> np.ndarray:
-    """The scan's reference for ``recipe.scan_context``: the median over its frames (``valid``,
-    default all with a profile) of the raw bin means on the recipe's bins, (n_bins,); with
-    ``context_reference="ends"`` the medians of its most carbon-like and most ice-like frames,
-    (2, n_bins) (:func:`carbon_ice_score` ranks them)."""
+    """The scan's reference for ``recipe.scan_context``: the median of the raw bin means over its frames
+    (``valid``, default all with a profile), (n_bins,); with ``context_reference="ends"`` the medians of
+    its most carbon-like and most ice-like frames (:func:`carbon_ice_score`), (2, n_bins)."""
     ria = np.asarray(ria, dtype=np.float64).reshape(-1, np.shape(radii_px)[0])
     ok = ~np.isnan(ria).all(axis=1) if valid is None else np.asarray(valid, bool).ravel() & ~np.isnan(ria).all(axis=1)
     ends = recipe.context_reference == "ends"
@@ -311,15 +268,21 @@ def scan_reference(ria, radii_px, recipe: FeatureRecipe, geometry, valid=None) -
         feats = ria_features(ria[ok], radii_px, raw, geometry).astype(np.float64)
         if not ends:
             return np.nanmedian(feats, axis=0)
-        order = np.argsort(carbon_ice_score(feats, recipe, geometry), kind="stable")
-        k = max(1, int(round(recipe.context_end_fraction * len(order))))
-        return np.stack([np.nanmedian(feats[order[-k:]], axis=0), np.nanmedian(feats[order[:k]], axis=0)])
+        return _ends(feats, carbon_ice_score(feats, recipe, geometry), recipe.context_end_fraction, np.nanmedian)
+
+
+def _ends(values, score, fraction: float, median=np.median) -> np.ndarray:
+    """(2, ...): the medians of the ``fraction`` of ``values`` with the highest ``score`` (the carbon
+    end), then of those with the lowest (the ice end)."""
+    order = np.argsort(score, kind="stable")
+    k = max(1, int(round(fraction * len(order))))
+    return np.stack([median(values[order[-k:]], axis=0), median(values[order[:k]], axis=0)])
 
 
 def _bin_q(recipe: FeatureRecipe, geometry) -> np.ndarray | None:
     """q (Å⁻¹) of the recipe's bin centres, or None when it cannot be known (px axis, no calibration)."""
     if recipe.axis == "q":
-        edges = np.linspace(recipe.q_min_invA, recipe.q_max_invA, recipe.n_bins + 1)
+        edges = recipe.axis_edges()
         return 0.5 * (edges[1:] + edges[:-1])
     if not geometry.calibrated:
         return None
@@ -328,32 +291,35 @@ def _bin_q(recipe: FeatureRecipe, geometry) -> np.ndarray | None:
 
 
 def carbon_ice_score(feats: np.ndarray, recipe: FeatureRecipe, geometry) -> np.ndarray:
-    """How carbon-like each raw profile (n, n_bins) on the recipe's bins is: the log ratio of the
-    mean level at carbon's 2.13 Å ring to that at vitreous ice's 3.7 Å ring (or, when the range
-    stops short of carbon's ring, of the shoulder below the ice ring to the ring). Dose and gain
-    cancel; only the order within a scan is used."""
+    """How carbon-like each raw profile (n, n_bins) on the recipe's bins is: the log ratio of the mean
+    level at carbon's 2.13 Å ring to vitreous ice's 3.7 Å ring (:func:`_carbon_minus_ice`); dose
+    and gain cancel."""
     q = _bin_q(recipe, geometry)
 
-    def band(lo, hi):
+    def columns(band):
         if q is None:  # px axis without calibration: fixed fractions of the range
             n = feats.shape[1]
             frac = {_CARBON_BAND_INVA: (0.75, 0.85), _ICE_BAND_INVA: (0.35, 0.45), _SHOULDER_BAND_INVA: (0.2, 0.3)}
-            a, b = frac[(lo, hi)]
-            sel = np.arange(int(a * n), max(int(b * n), int(a * n) + 1))
-        else:
-            sel = np.flatnonzero((q >= lo) & (q <= hi))
-            if sel.size == 0:
-                return None
-        return np.log(np.maximum(np.nanmean(feats[:, sel], axis=1), 1e-12))
+            a, b = frac[band]
+            return np.arange(int(a * n), max(int(b * n), int(a * n) + 1))
+        sel = np.flatnonzero((q >= band[0]) & (q <= band[1]))
+        return sel if sel.size else None
 
-    ice = band(*_ICE_BAND_INVA)
-    carbon = band(*_CARBON_BAND_INVA)
-    if carbon is not None and ice is not None:
-        return carbon - ice
-    shoulder = band(*_SHOULDER_BAND_INVA)
-    if shoulder is not None and ice is not None:
-        return shoulder - ice
-    return np.zeros(len(feats))
+    return _carbon_minus_ice(feats, columns)
+
+
+def _carbon_minus_ice(values: np.ndarray, columns) -> np.ndarray:
+    """Per row of ``values`` (n, m): the log ratio of the mean level at carbon's ring to that at the
+    ice ring, or of the shoulder below the ice ring to the ring when carbon's is out of reach;
+    zeros when neither can be told. columns(band): the columns of a q band, None when out of reach."""
+    def level(band):
+        sel = columns(band)
+        return None if sel is None else np.log(np.maximum(np.nanmean(values[:, sel], axis=1), 1e-12))
+
+    ice, other = level(_ICE_BAND_INVA), level(_CARBON_BAND_INVA)
+    if other is None:
+        other = level(_SHOULDER_BAND_INVA)
+    return np.zeros(len(values)) if ice is None or other is None else other - ice
 
 
 def _context(feats: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
@@ -374,19 +340,16 @@ def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | Non
                  reference=None) -> np.ndarray:
     """RIA features (n, n_bins) float32 from raw RIAs (n, nb) on 1-px-like uniform bins.
 
-    ria: mean intensity per radial bin (NaN where a bin is empty); radii_px: the bins' centres
-    (px, uniform spacing). Each feature is the mean of the profile over one recipe bin (an exact
-    average of the piecewise-constant profile, so no noise is lost by resampling). ``aug`` (from
-    :meth:`Augmentation.draw`, one entry per frame) scales the radius, blurs by a centre error and
-    multiplies the intensity. Rows whose profile is all NaN come back as NaN. reference: the
-    scan's :func:`scan_reference`, needed (and only used) when ``recipe.scan_context`` is set: the
-    band levels relative to it are appended (before the intensity factor, which a scan's frames
-    share, so it cancels).
+    ria: mean intensity per radial bin (NaN where empty; all-NaN rows come back NaN); radii_px:
+    the bins' centres (px, uniform). Each feature is the exact mean of the piecewise-constant
+    profile over one recipe bin. ``aug`` (:meth:`Augmentation.draw`) scales the radius, blurs and
+    adds noise, multiplies the intensity. reference: the scan's :func:`scan_reference`, needed when
+    ``recipe.scan_context`` is set (the band levels are taken before the intensity factor).
     """
     ria = np.asarray(ria, dtype=np.float64)
     radii_px = np.asarray(radii_px, dtype=np.float64)
     if aug is not None and aug.get("dose") is not None:
-        ria = _thinned(ria, radii_px, geometry, np.asarray(aug["dose"]), aug["noise_seed"])
+        ria = _thinned(ria, aug["dose"], _pixels_per_bin(radii_px, geometry)[None], aug["noise_seed"])
     n, nb = ria.shape
     width = float(radii_px[1] - radii_px[0]) if nb > 1 else 1.0
     start = float(radii_px[0]) - width / 2
@@ -398,7 +361,7 @@ def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | Non
     if aug is not None:
         edges = edges * np.asarray(aug["scale"])[:, None]
     edges = np.broadcast_to(edges, (n, edges.shape[1]))
-    shifts = _radial_shifts(aug, geometry, n)
+    shifts = _radial_shifts(aug, geometry)
     if shifts:
         # Each frame's profile averaged over radial shifts u (weights w): a centre error of δ px
         # spreads radius r over r + δ cos φ, a convergent beam's disc of radius a over r + ρ cos φ
@@ -432,25 +395,25 @@ def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | Non
 
 
 def _pixels_per_bin(radii_px: np.ndarray, geometry) -> np.ndarray:
-    """About how many detector pixels a 1-px-wide ring at each radius holds when centred on the
-    detector (the arc inside the frame: full circles inside the inscribed circle, less towards the
-    corners)."""
+    """About how many detector pixels a 1-px-wide ring at each radius holds about the detector centre
+    (the arc inside the frame)."""
     h = min(geometry.detector_shape) / 2.0
     r = np.maximum(np.asarray(radii_px, dtype=np.float64), 0.5)
     inside = np.clip(1.0 - (4.0 / np.pi) * np.arccos(np.clip(h / r, -1.0, 1.0)), 0.0, 1.0)
     return np.maximum(2 * np.pi * r * inside, 1.0)
 
 
-def _thinned(ria, radii_px, geometry, dose, seed) -> np.ndarray:
-    """RIAs (counts per pixel) with the extra counting noise of a dose ``dose`` times lower (< 1)."""
-    extra = np.clip(1.0 / np.asarray(dose, dtype=np.float64) - 1.0, 0.0, None)[:, None]
+def _thinned(x: np.ndarray, dose, pixels, seed) -> np.ndarray:
+    """Rows of x (means of counts over ``pixels`` detector px, broadcast against x) with the extra
+    counting noise of a dose ``dose`` (one factor < 1 per row) times lower: variance x (1/f - 1) / pixels."""
+    extra = np.clip(1.0 / np.asarray(dose, dtype=np.float64) - 1.0, 0.0, None).reshape((-1,) + (1,) * (x.ndim - 1))
     if not np.any(extra > 0):
-        return ria
-    sd = np.sqrt(np.clip(np.nan_to_num(ria, nan=0.0), 0.0, None) * extra / _pixels_per_bin(radii_px, geometry)[None])
-    return ria + sd * np.random.default_rng(seed).standard_normal(ria.shape)
+        return x
+    sd = np.sqrt(np.clip(np.nan_to_num(x, nan=0.0), 0.0, None) * extra / pixels)
+    return (x + sd * np.random.default_rng(seed).standard_normal(x.shape)).astype(x.dtype)
 
 
-def _radial_shifts(aug: dict | None, geometry, n: int) -> list:
+def _radial_shifts(aug: dict | None, geometry) -> list:
     """[(shift (n, 1) px, weight)] whose weighted average blurs each profile as ``aug`` says
     (centre jitter, convergent-beam disc); empty when nothing blurs."""
     if aug is None:
@@ -469,20 +432,15 @@ def _radial_shifts(aug: dict | None, geometry, n: int) -> list:
         k = np.arange(1, m + 1)
         x, w = np.cos(k * np.pi / (m + 1)), np.sin(k * np.pi / (m + 1)) ** 2
         parts.append([(a * xi, wi / w.sum()) for xi, wi in zip(x, w)])
-    if not parts:
-        return []
-    if len(parts) == 1:
-        return parts[0]
+    if len(parts) < 2:
+        return parts[0] if parts else []
     return [(u1 + u2, w1 * w2) for u1, w1 in parts[0] for u2, w2 in parts[1]]
 
 
 def _background_projector(recipe: FeatureRecipe) -> np.ndarray:
     """(n_bins, n_bins) projection onto polynomials of degree ``background_degree`` in log q (or
     log r) at the feature bins' centres: ``y @ P.T`` is each row's least-squares smooth trend."""
-    if recipe.axis == "q":
-        edges = np.linspace(recipe.q_min_invA, recipe.q_max_invA, recipe.n_bins + 1)
-    else:
-        edges = np.linspace(recipe.r_min_px, recipe.r_max_px, recipe.n_bins + 1)
+    edges = recipe.axis_edges()
     x = np.log(0.5 * (edges[1:] + edges[:-1]))
     x = (x - x.mean()) / (x.std() or 1.0)
     V = np.vander(x, int(recipe.background_degree) + 1, increasing=True)
@@ -499,12 +457,15 @@ def _standardise_rows(x: np.ndarray) -> np.ndarray:
 
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
     """Divide every row by its own median (robust dose/gain scale) and take the log."""
-    flat = x.reshape(len(x), -1)
-    scale = np.median(flat, axis=1)
-    fallback = np.mean(np.abs(flat), axis=1)
-    scale = np.where(scale > 0, scale, np.where(fallback > 0, fallback, 1.0))
     shape = (len(x),) + (1,) * (x.ndim - 1)
-    return np.log(np.maximum(x / scale.reshape(shape), 1e-3))
+    return np.log(np.maximum(x / _row_scale(x, np.abs(x)).reshape(shape), 1e-3))
+
+
+def _row_scale(x: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Every row's median, or the mean of ``fallback`` (the same shape) where that is not positive, else 1."""
+    scale = np.median(x.reshape(len(x), -1), axis=1)
+    fallback = np.mean(fallback.reshape(len(x), -1), axis=1)
+    return np.where(scale > 0, scale, np.where(fallback > 0, fallback, 1.0))
 
 
 # ---- crop features --------------------------------------------------------------------------
@@ -516,16 +477,12 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
     """CNN inputs (n, S, S) float32, S = ``recipe.crop_size``, from centred crops (n, h, w);
     (n, S, S, 3) with ``recipe.crop_context="ends"``.
 
-    crops: frames cut around their own centre (possibly binned means), covering ``crop_radius_px``
-    detector px from the centre to the crop's edge. Every crop is resampled (bilinear) onto an
-    S x S grid spanning the same radius; ``aug`` adds a radial scale, a centre shift (detector px)
-    and an intensity factor per frame, and, when drawn, the counting noise of a lower dose
-    (``dose``, Poisson thinning of the binned means) and a convergent-beam disc blur (``blur_q``,
-    Å⁻¹: the whole pattern, direct beam included, convolved with a uniform disc). wanted_radius_px:
-    the output spans this many detector px from the centre instead (the crop's edge value beyond
-    ``crop_radius_px``). q_per_px: q (Å⁻¹) per output px, needed by the blur, the centre mask
-    (``recipe.crop_mask_q_invA``) and the scan context. reference: the scan's
-    :func:`crop_reference` (2, S, S), needed by ``recipe.crop_context="ends"``.
+    crops: frames cut around their own centre (possibly binned means), reaching ``crop_radius_px``
+    detector px from the centre to the edge, resampled (bilinear) onto S x S over the same radius,
+    or over ``wanted_radius_px`` when given. ``aug`` adds per frame a radial scale, a centre shift,
+    an intensity factor and, when drawn, lower-dose noise and a disc blur (``blur_q``, Å⁻¹).
+    q_per_px: q (Å⁻¹) per output px, needed by the blur, the centre mask and the scan context.
+    reference: the scan's :func:`crop_reference` (2, S, S), needed by ``crop_context="ends"``.
     """
     from scipy import ndimage
 
@@ -534,7 +491,8 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
     size = recipe.crop_size
     px_per_in = (h / (2.0 * crop_radius_px), w / (2.0 * crop_radius_px))  # input px per detector px
     if aug is not None and aug.get("dose") is not None:
-        crops = _thinned_crops(crops, px_per_in, np.asarray(aug["dose"]), aug["noise_seed"])
+        # binned means: 1 / (px_per_in[0] px_per_in[1]) detector px per input px
+        crops = _thinned(crops, aug["dose"], 1.0 / (px_per_in[0] * px_per_in[1]), aug["noise_seed"])
     step = (h / size, w / size)  # input px per output px
     c_in = ((h - 1) / 2.0, (w - 1) / 2.0)
     c_out = (size - 1) / 2.0
@@ -553,13 +511,12 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
             offset = (c_in[0] + dy - c_out * step[0] * s, c_in[1] + dx - c_out * step[1] * s)
             out[i] = ndimage.affine_transform(crops[i], matrix, offset=offset, output_shape=(size, size),
                                               order=1, mode="nearest")
-    needs_q = (aug is not None and aug.get("blur_q") is not None) or recipe.crop_mask_q_invA or \
-        recipe.crop_context != "none"
-    if needs_q and not q_per_px:
+    blur = None if aug is None else aug.get("blur_q")
+    if (blur is not None or recipe.crop_mask_q_invA or recipe.crop_context != "none") and not q_per_px:
         raise ValueError("this crop recipe (convergence blur, centre mask or scan context) needs the q scale of the "
                          "crops: a calibrated geometry or crop_radius_A")
-    if aug is not None and aug.get("blur_q") is not None:
-        out = _disc_blurred(out, np.asarray(aug["blur_q"], dtype=np.float64) / float(q_per_px))
+    if blur is not None:
+        out = _disc_blurred(out, np.asarray(blur, dtype=np.float64) / float(q_per_px))
     context = None
     if recipe.crop_context != "none":
         if reference is None:
@@ -569,11 +526,7 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
     if aug is not None:
         out *= np.asarray(aug["intensity"], dtype=np.float32)[:, None, None]
     if recipe.normalise:
-        flat = out.reshape(n, -1)
-        scale = np.median(flat, axis=1)
-        fallback = flat.mean(axis=1)
-        scale = np.where(scale > 0, scale, np.where(fallback > 0, fallback, 1.0))
-        out = np.log1p(np.maximum(out, 0) / scale[:, None, None])
+        out = np.log1p(np.maximum(out, 0) / _row_scale(out, out)[:, None, None])
     if context is not None:
         out = np.concatenate([out[..., None], context], axis=-1)
     if recipe.crop_mask_q_invA:
@@ -586,18 +539,6 @@ def _crop_q(size: int, q_per_px: float) -> np.ndarray:
     c = (size - 1) / 2.0
     y, x = np.mgrid[:size, :size]
     return np.hypot(y - c, x - c) * float(q_per_px)
-
-
-def _thinned_crops(crops, px_per_in, dose, seed) -> np.ndarray:
-    """Crops (binned means of counts per pixel) with the counting noise of a dose ``dose`` (< 1)
-    times lower: variance x (1/f - 1) / m for a mean of m detector pixels."""
-    extra = np.clip(1.0 / np.asarray(dose, dtype=np.float64) - 1.0, 0.0, None)[:, None, None]
-    if not np.any(extra > 0):
-        return crops
-    m = 1.0 / (px_per_in[0] * px_per_in[1])  # detector px per input px
-    x = np.clip(np.nan_to_num(crops, nan=0.0), 0.0, None)
-    sd = np.sqrt(x * extra / m)
-    return (crops + sd * np.random.default_rng(seed).standard_normal(crops.shape)).astype(np.float32)
 
 
 def _disc_kernel(radius_px: float) -> np.ndarray:
@@ -637,43 +578,27 @@ def _crop_context(out: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.stack(cols, axis=-1)
 
 
-def crop_score(feats: np.ndarray, q_per_px: float, size: int | None = None) -> np.ndarray:
-    """How carbon-like each raw crop (n, S, S) is, from its own radial profile: the log ratio of the
-    mean level at carbon's 2.13 Å ring to vitreous ice's 3.7 Å ring when the crop reaches it,
-    else of the shoulder below the ice ring to the ring (as :func:`carbon_ice_score`)."""
-    size = feats.shape[1] if size is None else size
-    q = _crop_q(size, q_per_px).ravel()
-    flat = feats.reshape(len(feats), -1)
+def crop_score(feats: np.ndarray, q_per_px: float) -> np.ndarray:
+    """How carbon-like each raw crop (n, S, S) is, from its own radial profile (as
+    :func:`carbon_ice_score`)."""
+    q = _crop_q(feats.shape[1], q_per_px).ravel()
 
-    def band(lo, hi):
-        sel = (q >= lo) & (q <= hi)
-        if sel.sum() < 4:
-            return None
-        return np.log(np.maximum(np.nanmean(flat[:, sel], axis=1), 1e-12))
+    def columns(band):
+        sel = np.flatnonzero((q >= band[0]) & (q <= band[1]))
+        return sel if sel.size >= 4 else None
 
-    ice = band(*_ICE_BAND_INVA)
-    other = band(*_CARBON_BAND_INVA)
-    if other is None:
-        other = band(*_SHOULDER_BAND_INVA)
-    if ice is None or other is None:
-        return np.zeros(len(feats))
-    return other - ice
+    return _carbon_minus_ice(feats.reshape(len(feats), -1), columns)
 
 
-def crop_reference(raw: np.ndarray, recipe: FeatureRecipe, q_per_px: float, score=None) -> np.ndarray:
+def crop_reference(raw: np.ndarray, recipe: FeatureRecipe, q_per_px: float) -> np.ndarray:
     """The scan's two ends for ``recipe.crop_context="ends"``: pixel-wise medians (2, S, S) of the raw
     resampled crops ``raw`` (n, S, S: no augmentation, not normalised) of its most carbon-like and
-    its most ice-like frames, ``context_end_fraction`` each. score: carbon-likeness per frame
-    (default :func:`crop_score` of the crops)."""
+    its most ice-like frames (:func:`crop_score`), ``context_end_fraction`` each."""
     raw = np.asarray(raw, dtype=np.float32)
-    ok = np.isfinite(raw.reshape(len(raw), -1)).all(axis=1)
-    if not ok.any():
+    raw = raw[np.isfinite(raw.reshape(len(raw), -1)).all(axis=1)]
+    if not len(raw):
         return np.full((2,) + raw.shape[1:], np.nan, dtype=np.float32)
-    raw = raw[ok]
-    score = crop_score(raw, q_per_px) if score is None else np.asarray(score)[ok]
-    order = np.argsort(score, kind="stable")
-    k = max(1, int(round(recipe.context_end_fraction * len(order))))
-    return np.stack([np.median(raw[order[-k:]], axis=0), np.median(raw[order[:k]], axis=0)]).astype(np.float32)
+    return _ends(raw, crop_score(raw, q_per_px), recipe.context_end_fraction).astype(np.float32)
 
 
 #: Estimator settings that go with :func:`session_robust_recipe`: square-root balanced class
@@ -683,26 +608,24 @@ SESSION_ROBUST_PARAMS = {"class_weight": "sqrt"}
 
 def session_robust_recipe(camera_length_fitted: bool = True, **changes) -> FeatureRecipe:
     """The RIA recipe measured to generalise across sessions (docs/models.md, docs/results.md):
-    log-median normalisation, six band levels relative to each of the scan's two ends of the
-    carbon-ice axis (scan context against its most carbon-like and most ice-like frames: 12
-    columns; ``context_reference="median"`` was the earlier recipe), and augmentation with a convergent-beam disc blur up to 0.035 Å⁻¹ (0.9 mrad at 200 kV), the
-    counting noise of 0.2-1x the dose, centre jitter and radial scaling: ±3 % when the camera
-    length of every scan was fitted (``sedclassify calibrate``), ±12 % when only nominal values
-    are known (the microscope's camera length can be 10 % off)."""
-    aug = Augmentation(copies=1, centre_jitter_px=1.0, intensity_range=(0.5, 2.0),
-                       radial_scale=0.03 if camera_length_fitted else 0.12, blur_q_invA=0.035, dose_range=(0.2, 1.0))
-    return FeatureRecipe(kind="ria", scan_context=6, context_reference="ends", augmentation=aug).replace(**changes)
+    log-median normalisation, six band levels relative to each of the scan's two ends (12
+    columns), augmentation with disc blur, lower-dose noise and radial scaling (±3 % when the camera
+    length of every scan was fitted, ±12 % for nominal values)."""
+    return FeatureRecipe(kind="ria", scan_context=6, context_reference="ends",
+                         augmentation=_session_robust_augmentation(camera_length_fitted)).replace(**changes)
+
+
+def _session_robust_augmentation(camera_length_fitted: bool) -> Augmentation:
+    """A convergent-beam disc blur up to 0.035 Å⁻¹ (0.9 mrad at 200 kV), the counting noise of 0.2-1x
+    the dose, centre jitter, an intensity factor, radial scaling of ±3 % (±12 %: nominal values)."""
+    return Augmentation(copies=1, centre_jitter_px=1.0, intensity_range=(0.5, 2.0),
+                        radial_scale=0.03 if camera_length_fitted else 0.12, blur_q_invA=0.035, dose_range=(0.2, 1.0))
 
 
 def session_robust_crop_recipe(camera_length_fitted: bool = True, **changes) -> FeatureRecipe:
     """The CNN's crop recipe for generalising across sessions (docs/results.md, the CNN ablation):
-    2.7 Å crops resampled on the scan's own (fitted) camera length (``crop_rescale``), the direct
-    beam masked below 0.06 Å⁻¹ (``crop_mask_q_invA``, where the RIA features start), two channels
-    of every crop relative to its scan's two ends of the carbon-ice axis (``crop_context="ends"``),
-    and augmentation with a convergent-beam disc blur up to 0.035 Å⁻¹, the counting noise of
-    0.2-1x the dose, centre jitter, an intensity factor and radial scaling (±3 % with fitted camera
-    lengths, ±12 % with nominal ones)."""
-    aug = Augmentation(copies=1, centre_jitter_px=1.0, intensity_range=(0.5, 2.0),
-                       radial_scale=0.03 if camera_length_fitted else 0.12, blur_q_invA=0.035, dose_range=(0.2, 1.0))
+    2.7 Å crops resampled on the scan's own camera length, the direct beam masked below 0.06 Å⁻¹
+    (where the RIA features start), two channels relative to the scan's two ends, and the
+    augmentation of :func:`session_robust_recipe`."""
     return FeatureRecipe(kind="crop", crop_rescale=True, crop_mask_q_invA=0.06, crop_context="ends",
-                         augmentation=aug).replace(**changes)
+                         augmentation=_session_robust_augmentation(camera_length_fitted)).replace(**changes)

@@ -63,14 +63,12 @@ def uncertain_mask(probabilities, threshold: float) -> np.ndarray:
         raise ValueError(f"the uncertainty threshold is a probability between 0 and 1, got {threshold}")
     p = np.asarray(probabilities, dtype=np.float32)
     done = np.isfinite(p).all(axis=-1)
-    top = np.where(done, np.nanmax(np.where(np.isfinite(p), p, -np.inf), axis=-1), np.inf)
-    return done & (top < threshold)
+    return done & (np.max(np.where(done[..., None], p, np.inf), axis=-1) < threshold)
 
 
 def mark_uncertain(class_map, probabilities, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(class map with uncertain frames set to 0 = "not classified", the uncertain mask): frames whose
-    most probable class is below ``threshold`` drop out of the class map, and so out of every
-    keep-list and reduction made from it; selection then trades recall for precision."""
+    """(class map with the :func:`uncertain_mask` frames set to 0 = "not classified", the mask): they
+    drop out of every keep-list and reduction made from it (recall traded for precision)."""
     mask = uncertain_mask(probabilities, threshold)
     out = np.array(class_map, copy=True)
     out[mask] = 0

@@ -1,16 +1,10 @@
-"""Evaluation of class maps: confusion matrix, precision, recall, F1, accuracy, Jaccard.
+"""Evaluation of class maps (numbers from ``sklearn.metrics``), tables and figures.
 
-The paper (its section 2.6) calls TP / (TP + FP + FN) the per-class "accuracy"; that is the
-Jaccard index (intersection over union), reported here as ``jaccard``. ``accuracy`` here is
-the usual fraction of correctly classified points (equal to the support-weighted recall, which
-is what the paper's Table 1 shows as weighted accuracy).
-
-Points labeled 0 (unlabeled) or predicted 0 (missing frame, not classified) are left out and
-counted in ``n_excluded``. The metrics are a JSON-ready dict. The numbers come from
-``sklearn.metrics`` (confusion matrix, precision/recall/F1, Jaccard) and the confusion plot from
-its ``ConfusionMatrixDisplay``; what is kept here is what it lacks: leaving out class 0, macro
-averages over the classes present, the JSON layout, the text table and the map figures.
-scikit-learn and matplotlib are imported inside the functions.
+The paper's per-class "accuracy" TP / (TP + FP + FN) (its section 2.6) is the Jaccard index,
+``jaccard`` here; ``accuracy`` is the fraction of correctly classified points (the
+support-weighted recall, the paper's Table 1 weighted accuracy). Points labeled 0 (unlabeled) or
+predicted 0 (not classified) are left out and counted in ``n_excluded``. scikit-learn and
+matplotlib are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -36,11 +30,6 @@ def confusion_matrix(y_true, y_pred, labels) -> np.ndarray:
     return skm.confusion_matrix(t[ok], p[ok], labels=labels)
 
 
-def _ratio(a, b):
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
-
-
 def evaluate(y_true, y_pred, classes: ClassTable | None = None) -> dict:
     """Metrics of predicted against true class ids (any matching shapes, e.g. two class maps).
 
@@ -62,15 +51,11 @@ def evaluate(y_true, y_pred, classes: ClassTable | None = None) -> dict:
     cm = confusion_matrix(t, p, ids)
     support = cm.sum(axis=1)
     n = int(cm.sum())
-    zeros = np.zeros(len(ids))
-    if n:
-        precision, recall, f1, _ = skm.precision_recall_fscore_support(t, p, labels=ids, average=None,
-                                                                       zero_division=0)
-        jaccard = skm.jaccard_score(t, p, labels=ids, average=None, zero_division=0)
+    per, accuracy = dict.fromkeys(_METRICS, np.zeros(len(ids))), 0.0
+    if n:  # scikit-learn refuses empty inputs
+        prf = skm.precision_recall_fscore_support(t, p, labels=ids, average=None, zero_division=0)[:3]
+        per = dict(zip(_METRICS, (*prf, skm.jaccard_score(t, p, labels=ids, average=None, zero_division=0))))
         accuracy = float(skm.accuracy_score(t, p))
-    else:
-        precision, recall, f1, jaccard, accuracy = zeros, zeros, zeros, zeros, 0.0
-    per = {"precision": precision, "recall": recall, "f1": f1, "jaccard": jaccard}
     names = [classes.names[i] for i in ids]
     weighted = {m: float(np.sum(per[m] * support) / n) if n else 0.0 for m in _METRICS}
     present = support > 0
@@ -81,7 +66,8 @@ def evaluate(y_true, y_pred, classes: ClassTable | None = None) -> dict:
         "n": n,
         "n_excluded": int((~keep).sum()),
         "confusion": cm.tolist(),
-        "confusion_normalised": _ratio(cm, support[:, None]).round(4).tolist(),
+        "confusion_normalised": np.divide(cm, support[:, None], out=np.zeros(cm.shape),
+                                          where=support[:, None] > 0).round(4).tolist(),
         "per_class": {
             nm: {**{m: float(per[m][j]) for m in _METRICS}, "support": int(support[j])} for j, nm in enumerate(names)
         },
@@ -98,13 +84,9 @@ def format_table(metrics: dict, title: str | None = None) -> str:
     lines = [title] if title else []
     head = f"{'class':<{w}}{'precision':>10}{'recall':>8}{'F1':>8}{'Jaccard':>9}{'support':>9}"
     lines += [head, "-" * len(head)]
-    for nm in names:
-        m = metrics["per_class"][nm]
-        lines.append(f"{nm:<{w}}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['jaccard']:>9.3f}"
-                     f"{m['support']:>9d}")
-    wt = metrics["weighted"]
-    lines.append(f"{'weighted':<{w}}{wt['precision']:>10.3f}{wt['recall']:>8.3f}{wt['f1']:>8.3f}"
-                 f"{wt['jaccard']:>9.3f}{metrics['n']:>9d}")
+    rows = [(nm, metrics["per_class"][nm], metrics["per_class"][nm]["support"]) for nm in names]
+    for nm, m, n in rows + [("weighted", metrics["weighted"], metrics["n"])]:
+        lines.append(f"{nm:<{w}}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['jaccard']:>9.3f}{n:>9d}")
     lines.append(f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} points"
                  + (f" ({metrics['n_excluded']} unlabeled or unclassified left out)" if metrics["n_excluded"] else ""))
     lines += ["", "confusion matrix (rows: true, columns: predicted)"]
@@ -128,6 +110,19 @@ def _figure(*args, **kwargs):
 def _save(fig, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
+
+
+def _legend_and_save(fig, path, classes: ClassTable, title: str, fontsize: int = 8, **adjust) -> None:
+    """The class colours as a legend under the panels and the title above them; then
+    ``fig.subplots_adjust(**adjust)`` and save."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=classes.colours[i], label=classes.names[i].replace("_", " ")) for i in classes.ids]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=fontsize, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=fontsize + 2)
+    fig.subplots_adjust(**adjust)
+    _save(fig, path)
 
 
 def class_colormap(classes: ClassTable):
@@ -156,16 +151,13 @@ def plot_confusion(metrics: dict, path, title: str = "") -> None:
         text.set_text(f"{counts[i, j]}\n{norm[i, j]:.2f}")
         text.set_color("white" if norm[i, j] > 0.5 else "black")  # on the fixed 0..1 colour scale
     ax.tick_params(labelsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set(xlabel="predicted", ylabel="true")
     ax.set_title(title or f"weighted F1 {metrics['weighted']['f1']:.3f}", fontsize=9)
     _save(fig, path)
 
 
 def plot_maps(true_map, pred_map, path, classes: ClassTable | None = None, integrated=None, title: str = "") -> None:
     """The paper's Fig. 6 layout: integrated image, true classes, predictions, differences (red)."""
-    from matplotlib.patches import Patch
-
     classes = classes or ClassTable.default()
     cmap, norm = class_colormap(classes)
     true_map, pred_map = np.asarray(true_map), np.asarray(pred_map)
@@ -173,60 +165,39 @@ def plot_maps(true_map, pred_map, path, classes: ClassTable | None = None, integ
     diff = np.zeros(true_map.shape + (4,))
     diff[(true_map > 0) & ~wrong] = (0.85, 0.85, 0.85, 1)
     diff[wrong] = (0.85, 0.1, 0.1, 1)
-    panels = ([("integrated image", integrated)] if integrated is not None else []) + [
-        ("true classes", true_map), ("predicted", pred_map),
-        (f"differences ({int(wrong.sum())} of {int(((true_map > 0) & (pred_map > 0)).sum())})", diff)]
+    class_kw = {"cmap": cmap, "norm": norm, "interpolation": "nearest"}
+    panels = ([("integrated image", integrated, {"cmap": "gray"})] if integrated is not None else []) + [
+        ("true classes", true_map, class_kw), ("predicted", pred_map, class_kw),
+        (f"differences ({int(wrong.sum())} of {int(((true_map > 0) & (pred_map > 0)).sum())})", diff, {})]
     fig = _figure(figsize=(3.0 * len(panels), 3.4))
-    for k, (name, img) in enumerate(panels):
+    for k, (name, img, kw) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
-        if name == "integrated image":
-            ax.imshow(img, cmap="gray")
-        elif img.ndim == 3:
-            ax.imshow(img)
-        else:
-            ax.imshow(img, cmap=cmap, norm=norm, interpolation="nearest")
+        ax.imshow(img, **kw)
         ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    handles = [Patch(color=classes.colours[i], label=classes.names[i].replace("_", " ")) for i in classes.ids]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(bottom=0.12)
-    _save(fig, path)
+        ax.set(xticks=[], yticks=[])
+    _legend_and_save(fig, path, classes, title, bottom=0.12)
 
 
 def plot_overlay(integrated, class_map, path, classes: ClassTable | None = None, title: str = "",
                  alpha: float = 0.45) -> None:
     """The integrated image of a scan with its class map laid over it, and a legend."""
-    from matplotlib.patches import Patch
-
     classes = classes or ClassTable.default()
     cmap, norm = class_colormap(classes)
     fig = _figure(figsize=(8.0, 4.2))
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    ax1.imshow(integrated, cmap="gray")
-    ax1.set_title("integrated image", fontsize=9)
-    ax2.imshow(integrated, cmap="gray")
-    ax2.imshow(np.asarray(class_map), cmap=cmap, norm=norm, alpha=alpha, interpolation="nearest")
-    ax2.set_title("predicted classes", fontsize=9)
-    for ax in (ax1, ax2):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    handles = [Patch(color=classes.colours[i], label=classes.names[i].replace("_", " ")) for i in classes.ids]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(bottom=0.12)
-    _save(fig, path)
+    for k, name in enumerate(("integrated image", "predicted classes")):
+        ax = fig.add_subplot(1, 2, k + 1)
+        ax.imshow(integrated, cmap="gray")
+        if k:
+            ax.imshow(np.asarray(class_map), cmap=cmap, norm=norm, alpha=alpha, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set(xticks=[], yticks=[])
+    _legend_and_save(fig, path, classes, title, bottom=0.12)
 
 
 def plot_fig6(rows, path, classes: ClassTable | None = None, title: str = "") -> None:
     """The paper's Fig. 6 for several models and test scans: one row per (label, integrated
     image, true map, predicted map, metrics) with the integrated image, true classes,
     predictions, differences (red) and the row-normalised confusion matrix."""
-    from matplotlib.patches import Patch
-
     classes = classes or ClassTable.default()
     cmap, norm = class_colormap(classes)
     names = [classes.names[i].replace("_", " ") for i in classes.ids]
@@ -237,9 +208,9 @@ def plot_fig6(rows, path, classes: ClassTable | None = None, title: str = "") ->
         diff = np.ones(true_map.shape + (4,))
         diff[wrong] = (0.85, 0.1, 0.1, 1)
         cm = np.asarray(metrics["confusion_normalised"])
-        panels = [("integrated image", integrated, {"cmap": "gray"}),
-                  ("true classes", true_map, {"cmap": cmap, "norm": norm, "interpolation": "nearest"}),
-                  ("predicted", pred_map, {"cmap": cmap, "norm": norm, "interpolation": "nearest"}),
+        class_kw = {"cmap": cmap, "norm": norm, "interpolation": "nearest"}
+        panels = [("integrated image", integrated, {"cmap": "gray"}), ("true classes", true_map, class_kw),
+                  ("predicted", pred_map, class_kw),
                   (f"differences: {int(wrong.sum())}", diff, {}),
                   (f"weighted F1 {metrics['weighted']['f1']:.3f}", cm, {"cmap": "Blues", "vmin": 0, "vmax": 1})]
         for c, (name, img, kw) in enumerate(panels):
@@ -247,36 +218,27 @@ def plot_fig6(rows, path, classes: ClassTable | None = None, title: str = "") ->
             ax.imshow(img, **kw)
             ax.set_title(name, fontsize=9)
             if c == 4:
-                for i in range(len(names)):
-                    for j in range(len(names)):
-                        ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                                color="white" if cm[i, j] > 0.5 else "black")
+                for (i, j), v in np.ndenumerate(cm):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if v > 0.5 else "black")
                 ax.set_xticks(range(len(names)), [n[:6] for n in names], fontsize=7)
                 ax.set_yticks(range(len(names)), [n[:6] for n in names], fontsize=7)
             else:
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax.set(xticks=[], yticks=[])
             if c == 0:
                 ax.set_ylabel(label, fontsize=10)
-    handles = [Patch(color=classes.colours[i], label=classes.names[i].replace("_", " ")) for i in classes.ids]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=11)
     height = 2.9 * len(rows)
-    fig.subplots_adjust(bottom=0.5 / height + 0.02, top=1 - 0.85 / height, hspace=0.3)
-    _save(fig, path)
+    _legend_and_save(fig, path, classes, title, 9, bottom=0.5 / height + 0.02, top=1 - 0.85 / height, hspace=0.3)
 
 
 def reliability(y_true, probabilities, class_ids, n_bins: int = 10) -> dict:
     """How well the top-class probabilities are calibrated.
 
     y_true: true class ids (any shape, 0 = unlabeled, left out); probabilities: (..., k) for
-    ``class_ids`` (NaN rows = not classified, left out). Frames are binned by the probability of
-    their most probable class (``n_bins`` equal bins over 0-1); per bin: count, mean confidence,
-    accuracy. ``ece``: expected calibration error (the count-weighted mean |accuracy - confidence|);
-    ``mce``: its largest bin value. Also, per threshold t in ``curve``: the fraction of frames kept
-    (top probability >= t), the accuracy among them, and the amorphous-ice precision when class 2
-    is among ``class_ids``, which is what ``--uncertain-below t`` trades.
+    ``class_ids`` (NaN rows left out). ``bins``: count, mean confidence and accuracy per bin of
+    top-class probability; ``ece``: their count-weighted mean |accuracy - confidence|, ``mce``:
+    its largest bin value. ``curve``: per threshold t, the fraction of frames kept (top probability
+    >= t), their accuracy and amorphous-ice (class 2) precision and recall (``--uncertain-below t``).
     """
     y = np.asarray(y_true).ravel()
     p = np.asarray(probabilities, dtype=np.float64).reshape(y.size, -1)
@@ -312,9 +274,8 @@ def reliability(y_true, probabilities, class_ids, n_bins: int = 10) -> dict:
 
 
 def plot_reliability(curves: dict, path, title: str = "", min_count: int = 5) -> None:
-    """Reliability diagram: accuracy against confidence per bin for each {label: reliability()}
-    (the diagonal is perfect calibration; bins of fewer than ``min_count`` frames are left out of
-    the curve), with the frame counts per bin beside it."""
+    """Reliability diagram: accuracy against confidence per bin (of ``min_count`` frames or more) for
+    each {label: reliability()}, with the frame counts per bin beside it."""
     fig = _figure(figsize=(8.4, 4.0))
     ax, axh = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
@@ -325,15 +286,9 @@ def plot_reliability(curves: dict, path, title: str = "", min_count: int = 5) ->
             ax.plot(x, y, marker="o", ms=4, label=f"{label} (ECE {r['ece']:.3f})")
         centres = [(b["low"] + b["high"]) / 2 for b in r["bins"]]
         axh.plot(centres, [max(b["count"], 0.5) for b in r["bins"]], marker=".", label=label)
-    ax.set_xlabel("confidence (probability of the predicted class)")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
+    ax.set(xlabel="confidence (probability of the predicted class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(fontsize=7, loc="upper left")
-    axh.set_yscale("log")
-    axh.set_xlabel("confidence")
-    axh.set_ylabel("frames per bin")
-    axh.set_xlim(0, 1)
+    axh.set(yscale="log", xlabel="confidence", ylabel="frames per bin", xlim=(0, 1))
     for a in (ax, axh):
         a.tick_params(labelsize=8)
     if title:

@@ -1,22 +1,15 @@
-"""Model files: one ``.sedmodel`` file per trained model, loaded without running stored code.
+"""Model files: one ``.sedmodel`` zip per trained model, written atomically, loaded without running stored code.
 
-A model file is a zip archive holding
-
-- ``model.json``: format name and version, model kind, estimator parameters and classes, the
-  feature recipe, the preprocessing parameters, the class table (names, colours), the detector
-  geometry of the training scans, the training summary, the metrics and the library versions;
-- ``estimator.skops`` (FCNN, SVM: the fitted scikit-learn pipeline, written by skops and loaded
-  with an explicit, reviewed list of trusted types; never pickle) or ``estimator.keras``
-  (CNN: a Keras 3 file loaded with ``safe_mode=True``, which refuses stored Python code such
-  as Lambda layers).
-
-Files are written atomically (a temporary file in the same folder, then ``os.replace``), so
-an interrupted save never leaves a half-written model. Importing this module imports neither
-scikit-learn nor TensorFlow.
+It holds ``model.json`` (format and version, kind, estimator parameters and classes, recipe,
+preprocessing, class table, training geometry, training summary, metrics, library versions) and
+``estimator.skops`` (FCNN, SVM: the scikit-learn pipeline, loaded by skops with a reviewed list
+of trusted types; never pickle) or ``estimator.keras`` (CNN: loaded with ``safe_mode=True``,
+which refuses stored Python code). Importing this module imports neither scikit-learn nor TensorFlow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import tempfile
@@ -28,14 +21,13 @@ import numpy as np
 
 from ..classes import ClassTable
 from ..errors import IncompatibleModelError, ModelFileError
-from ..geometry import Geometry
+from ..geometry import FLAGS, Q_FIELDS, Geometry
 from ..io.atomic import atomic_path
 from ..jsonutil import jsonable
 from .features import FeatureRecipe
 
 FORMAT = "napari-sedclassify-model"
 FORMAT_VERSION = 1
-SUFFIX = ".sedmodel"
 
 #: Types beyond skops' defaults (which cover scikit-learn estimators and numpy) that a model
 #: file may contain. Reviewed: each is a plain scikit-learn state container whose loading runs
@@ -55,14 +47,11 @@ class SedModel:
     """A trained model: estimator + everything needed to apply it again the same way.
 
     kind: "fcnn", "svm" or "cnn". estimator: fitted, scikit-learn contract. recipe: how the
-    features are made. preprocess: PreprocessParams as a dict (centring, RIA bins...).
-    classes: class table. geometry: detector geometry of the training scans. training: summary
-    (scans, counts, split, seed, history, time). metrics: evaluation results. versions:
-    library versions at training time. source: the file it was loaded from. domain: the model
-    card's training domain (the built-in model's: voltage, q range, radial sampling, detector
-    sizes, calibration origins it accepts, the sessions it was trained on); scans outside it are
-    refused by :meth:`check_geometry`. Empty for models trained by users (their training scans'
-    geometry is the check).
+    features are made. preprocess: PreprocessParams as a dict. classes: class table. geometry:
+    of the training scans. training: summary. metrics: evaluation results. versions: library
+    versions at training time. source: the file it was loaded from. domain: the model card's
+    training domain (the built-in model's voltage, radial sampling, detector sizes, calibration
+    origins), outside which :meth:`check_geometry` refuses scans; empty for users' models.
     """
 
     kind: str
@@ -93,9 +82,7 @@ class SedModel:
         """Raise :class:`IncompatibleModelError` when the recipe cannot run on ``geometry``."""
         problems = _domain_problems(self.domain, geometry) or _geometry_problems(self.recipe, self.geometry, geometry)
         if problems:
-            raise IncompatibleModelError(
-                f"model {self.name} cannot be applied to {scan_name}: " + "; ".join(problems)
-            )
+            raise IncompatibleModelError(f"model {self.name} cannot be applied to {scan_name}: " + "; ".join(problems))
 
 
 #: The name that stands for the model shipped inside the package (``sedclassify predict builtin``).
@@ -125,12 +112,12 @@ def _domain_problems(domain: dict, scan: Geometry) -> list[str]:
         return []
     out = []
     origins = domain.get("calibration_origins")
-    for name, label, flag in (("camera_length_mm", "camera length", "--camera-length MM"),
-                              ("voltage_kv", "voltage", "--voltage KV"), ("pixel_size_um", "pixel size", "--pixel-size UM")):
+    for name, label in (("camera_length_mm", "camera length"), ("voltage_kv", "voltage"),
+                        ("pixel_size_um", "pixel size")):
         origin = scan.origin(name)
         if origin in ("assumed", "unknown") or (origins and origin not in origins):
             out.append(f"the scan's {label} is {origin} ({getattr(scan, name)}); this model only reads scans whose "
-                       f"{label} is known: give it ({flag})"
+                       f"{label} is known: give it ({_flag(name)})"
                        + (" or fit it with `sedclassify calibrate`" if name == "camera_length_mm" else ""))
     if out:
         return out
@@ -140,22 +127,30 @@ def _domain_problems(domain: dict, scan: Geometry) -> list[str]:
                    f"{lo:g}{'' if lo == hi else f'-{hi:g}'} kV data only")
     lo, hi = domain.get("lambda_L_over_p_px_A", (None, None))
     if lo is not None and not lo <= scan.lambda_L_over_p <= hi:
-        out.append(f"the radial sampling λL/p of this scan is {scan.lambda_L_over_p:.0f} px·Å (px per Å⁻¹), outside "
-                   f"the {lo:g}-{hi:g} px·Å the model was trained on (camera length, pixel size and voltage set it)")
+        out.append(f"the radial sampling λL/p of this scan is {scan.lambda_L_over_p:.0f} px·Å (px per Å⁻¹), "
+                   f"outside the {lo:g}-{hi:g} px·Å the model was trained on (camera length, pixel size and "
+                   "voltage set it)")
     lo, hi = domain.get("detector_px", (None, None))
     if lo is not None and not lo <= min(scan.detector_shape) <= max(scan.detector_shape) <= hi:
-        out.append(f"the detector has {scan.detector_shape[0]}x{scan.detector_shape[1]} px, outside the "
-                   f"{lo}-{hi} px the model was trained on")
+        out.append(f"the detector has {_px(scan)} px, outside the {lo}-{hi} px the model was trained on")
     if out:
         out[-1] += "; train a model on labeled scans of this session instead (sedclassify train)"
     return out
 
 
+def _flag(name: str) -> str:
+    """The command line flag that sets a calibration value, with its unit: "--pixel-size UM"."""
+    return f"{FLAGS[name][0]} {FLAGS[name][1].replace('µ', 'U').upper()}"
+
+
+def _px(g: Geometry) -> str:
+    return f"{g.detector_shape[0]}x{g.detector_shape[1]}"
+
+
 def _same_optics(a: Geometry, b: Geometry) -> list[str]:
     out = []
     if tuple(a.detector_shape) != tuple(b.detector_shape):
-        out.append(f"detector {b.detector_shape[0]}x{b.detector_shape[1]} px, model trained on "
-                   f"{a.detector_shape[0]}x{a.detector_shape[1]} px")
+        out.append(f"detector {_px(b)} px, model trained on {_px(a)} px")
     if abs(a.pixel_size_um - b.pixel_size_um) > 1e-6 * a.pixel_size_um:
         out.append(f"pixel size {b.pixel_size_um} µm, model trained with {a.pixel_size_um} µm")
     if a.camera_length_mm and b.camera_length_mm and abs(b.camera_length_mm / a.camera_length_mm - 1) > 0.01:
@@ -167,8 +162,6 @@ def assumed_problems(trained: Geometry, scan: Geometry, what: str = "the model's
     """Why ``scan``'s q axis cannot be matched to ``trained``'s when values were assumed: an
     assumed value (a default nobody stated) must equal the other side's, and an assumed pixel size
     only holds for the same detector size. Empty when they can be matched."""
-    from ..geometry import FLAGS, Q_FIELDS
-
     bad = []
     for name in Q_FIELDS:
         if "assumed" not in (trained.origin(name), scan.origin(name)):
@@ -181,24 +174,16 @@ def assumed_problems(trained: Geometry, scan: Geometry, what: str = "the model's
             bad.append(name)
     if not bad:
         return []
-    flags = ", ".join(f"{FLAGS[n][0]} {FLAGS[n][1].replace('µ', 'U').upper()}" for n in bad)
-    return [f"the q axes cannot be matched: this scan has {_geometry_text(scan)} on a "
-            f"{scan.detector_shape[0]}x{scan.detector_shape[1]} px detector, {what} {_geometry_text(trained)} on "
-            f"{trained.detector_shape[0]}x{trained.detector_shape[1]} px; values marked assumed were not in the files. "
-            f"Give the true values ({flags}) when training and here"
+    return [f"the q axes cannot be matched: this scan has {_geometry_text(scan)} on a {_px(scan)} px detector, "
+            f"{what} {_geometry_text(trained)} on {_px(trained)} px; values marked assumed were not in the files. "
+            f"Give the true values ({', '.join(_flag(n) for n in bad)}) when training and here"
             + ("; the camera length can be fitted with `sedclassify calibrate`" if "camera_length_mm" in bad else "")]
 
 
-def _flags():
-    from ..geometry import FLAGS
-
-    return [FLAGS[n] for n in ("pixel_size_um", "camera_length_mm", "voltage_kv")]
-
-
 def _geometry_text(g: Geometry) -> str:
-    return ", ".join(f"{label} {getattr(g, n):g} {unit} ({g.origin(n)})" for n, label, unit in
-                     (("pixel_size_um", "pixel", "µm"), ("camera_length_mm", "camera length", "mm"),
-                      ("voltage_kv", "voltage", "kV")) if getattr(g, n) is not None)
+    labels = {"pixel_size_um": "pixel", "camera_length_mm": "camera length", "voltage_kv": "voltage"}
+    return ", ".join(f"{labels[n]} {getattr(g, n):g} {FLAGS[n][1]} ({g.origin(n)})" for n in Q_FIELDS
+                     if getattr(g, n) is not None)
 
 
 def _geometry_problems(recipe: FeatureRecipe, trained: Geometry, scan: Geometry) -> list[str]:
@@ -213,11 +198,10 @@ def _geometry_problems(recipe: FeatureRecipe, trained: Geometry, scan: Geometry)
         if need > 1.02 * reach:
             return [f"the model needs q up to {recipe.q_max_invA} Å⁻¹, {need:.0f} px from the centre on this "
                     f"detector, but the detector reaches {reach:.0f} px ({scan.radius_px_to_q_invA(reach):.3f} Å⁻¹ "
-                    f"with {_geometry_text(scan)}); if a value is wrong, set it ({', '.join(f[0] for f in _flags())})"]
+                    f"with {_geometry_text(scan)}); if a value is wrong, set it "
+                    f"({', '.join(FLAGS[n][0] for n in Q_FIELDS)})"]
         return []
-    if recipe.kind == "ria":
-        return _same_optics(trained, scan)
-    if recipe.crop_radius_px is not None:
+    if recipe.kind == "ria" or recipe.crop_radius_px is not None:  # on the px axis
         return _same_optics(trained, scan)
     if not scan.calibrated:
         return [f"the model's crop is set as {recipe.crop_radius_A} Å but the scan's camera length or voltage is "
@@ -239,10 +223,8 @@ def library_versions(kind: str) -> dict:
     out = {"napari-sedclassify": __version__, "python": platform.python_version(), "numpy": np.__version__}
     names = ["scikit-learn", "skops"] + (["keras", "tensorflow", "tensorflow-cpu"] if kind == "cnn" else [])
     for name in names:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -301,19 +283,10 @@ def read_metadata(path) -> dict:
 def model_from_metadata(meta: dict, path, estimator=None) -> SedModel:
     """A SedModel from a model file's metadata; estimator None gives a description only (no
     TensorFlow or scikit-learn is imported): kind, recipe, preprocessing, classes, geometry, metrics."""
-    return SedModel(
-        kind=meta["kind"],
-        estimator=estimator,
-        recipe=FeatureRecipe.from_dict(meta["recipe"]),
-        preprocess=meta.get("preprocess", {}),
-        classes=ClassTable.from_dict(meta["classes"]),
-        geometry=Geometry.from_dict(meta["geometry"]),
-        training=meta.get("training", {}),
-        metrics=meta.get("metrics", {}),
-        versions=meta.get("versions", {}),
-        source=str(path),
-        domain=meta.get("domain", {}),
-    )
+    return SedModel(kind=meta["kind"], estimator=estimator, recipe=FeatureRecipe.from_dict(meta["recipe"]),
+                    classes=ClassTable.from_dict(meta["classes"]), geometry=Geometry.from_dict(meta["geometry"]),
+                    source=str(path),
+                    **{k: meta.get(k, {}) for k in ("preprocess", "training", "metrics", "versions", "domain")})
 
 
 def _load_skops(path: Path, data: bytes):
@@ -346,8 +319,7 @@ def _load_keras(path: Path, data: bytes):
 
 def load_model(path) -> SedModel:
     """Read a model file written by :func:`save_model` ("builtin": the built-in model); raises
-    :class:`ModelFileError` when the file is not a model file or holds content outside the trusted
-    list."""
+    :class:`ModelFileError` for anything else or content outside the trusted list."""
     from . import make_estimator
 
     path = resolve_model_path(path)

@@ -1,41 +1,34 @@
 """SVM with an RBF kernel on RIA features (scikit-learn), probabilities by sigmoid calibration.
 
-``SVC(probability=True)`` is deprecated in scikit-learn 1.9; probabilities come instead from
-``CalibratedClassifierCV`` fitted on the validation split around the already trained SVC
-(``FrozenEstimator``), or by 3-fold cross-validation when no validation data are given.
-A kernel SVM costs O(n²) to train and its prediction grows with the support vectors, so at
-most ``max_train_samples`` frames (stratified) are used: that keeps prediction of 1600 frames
-well under 0.5 s. ``search=True`` runs ``RandomizedSearchCV`` over C and gamma first.
-Importing this module imports scikit-learn.
+``SVC(probability=True)`` is deprecated in scikit-learn 1.9: the trained SVC is calibrated on the
+validation split instead (3-fold cross-validation without one). Training costs O(n²) and
+prediction grows with the support vectors, so at most ``max_train_samples`` frames are used
+(1600 frames predicted well under 0.5 s). Importing this module imports scikit-learn.
 """
 
 from __future__ import annotations
 
-import warnings
+import itertools
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from ._common import check_cancel, class_weights, stratified_subsample
+from ._common import ProbaClassifier, calibrated, check_cancel, class_weights, sample_weights, stratified_subsample
 
 
-class SVMClassifier(ClassifierMixin, BaseEstimator):
+class SVMClassifier(ProbaClassifier, ClassifierMixin, BaseEstimator):
     """RBF support vector machine on feature vectors (n, n_features).
 
     C, gamma: SVC settings (gamma "scale" = 1 / (n_features * var)).
     search: tune C and gamma with RandomizedSearchCV (n_iter draws, 3-fold, weighted F1) on at
-    most search_samples frames; "groups": instead, a grid of C (``search_C``) and gamma
-    (``search_gamma``, factors on 1 / n_features) scored leaving out one group at a time (the
-    ``groups`` given to :meth:`fit`: e.g. the session of every training frame, so that the
-    choice is made across the training sessions and never on a held-out one), keeping the
-    setting whose worst left-out group scores best (weighted F1; ties: the better mean);
-    ``search_class_weight`` (a sequence of class_weight values) adds them to the grid (None:
-    ``class_weight`` only).
+    most search_samples frames; "groups": a grid of C (``search_C``), gamma (``search_gamma``,
+    factors on 1 / n_features) and class weights (``search_class_weight``; None: ``class_weight``)
+    scored leaving out one of the ``groups`` given to :meth:`fit` at a time (e.g. the training
+    sessions), keeping the setting whose worst left-out group scores best.
     max_train_samples: frames used to fit (stratified subsample; None = all).
     class_weight: "balanced" (default), a {class: weight} dict or None.
     """
@@ -70,7 +63,6 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         Xs = scaler.transform(X)
         cw = class_weights(y, self.class_weight)
         steps = 2 + bool(self.search)
-        step = 0
         params = {"C": self.C, "gamma": self.gamma}
         check_cancel(cancel)
         if self.search == "groups":
@@ -78,9 +70,6 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError('search="groups" needs the group of every training frame, at least two groups')
             params = self._group_search(Xs, y, np.asarray(groups), rng, cancel)
             cw = class_weights(y, params.pop("class_weight"))
-            step += 1
-            if progress is not None:
-                progress(step, {"stage": "search", "max_epochs": steps, **self.search_results_})
         elif self.search:
             from scipy.stats import loguniform
             from sklearn.model_selection import RandomizedSearchCV
@@ -94,36 +83,26 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
             params = dict(search.best_params_)
             self.search_results_ = {"best_params": {k: float(v) for k, v in params.items()},
                                     "best_f1_weighted": float(search.best_score_)}
-            step += 1
+        if self.search:
             if progress is not None:
-                progress(step, {"stage": "search", "max_epochs": steps, **self.search_results_})
+                progress(1, {"stage": "search", "max_epochs": steps, **self.search_results_})
             check_cancel(cancel)
         self.best_params_ = params
         idx = stratified_subsample(y, self.max_train_samples, rng)
         svc = SVC(kernel="rbf", C=params["C"], gamma=params["gamma"], class_weight=cw).fit(Xs[idx], y[idx])
-        step += 1
         if progress is not None:
-            progress(step, {"stage": "fit", "max_epochs": steps, "n_support": int(svc.n_support_.sum())})
+            progress(steps - 1, {"stage": "fit", "max_epochs": steps, "n_support": int(svc.n_support_.sum())})
         check_cancel(cancel)
         if validation_data is not None:
-            # The SVC is frozen, so the folds only split the validation frames among the
-            # calibrators; one calibrator (ensemble=False) keeps prediction to one SVC pass.
-            Xv = scaler.transform(np.asarray(validation_data[0], dtype=np.float32))
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-                calibrated = CalibratedClassifierCV(FrozenEstimator(svc), method="sigmoid", ensemble=False).fit(
-                    Xv, validation_data[1])
+            calibrated_svm = calibrated(svc, scaler.transform(np.asarray(validation_data[0], dtype=np.float32)),
+                                        validation_data[1])
         else:
-            # class weights as sample weights: the calibrator's folds re-encode the labels, which a
-            # class_weight dict keyed by class id would no longer match
-            weights = None if cw is None else np.array([cw[c] for c in y[idx]], dtype=np.float64) \
-                if isinstance(cw, dict) else None
-            calibrated = CalibratedClassifierCV(
-                SVC(kernel="rbf", C=params["C"], gamma=params["gamma"],
-                    class_weight=cw if not isinstance(cw, dict) else None),
-                method="sigmoid", cv=3, ensemble=False,
-            ).fit(Xs[idx], y[idx], sample_weight=weights)
-        self.pipeline_ = Pipeline([("scale", scaler), ("svm", calibrated)])
+            # 3-fold calibration with the class weights as sample weights: the calibrator's folds
+            # re-encode the labels, which a class_weight dict keyed by class id would no longer match
+            calibrated_svm = CalibratedClassifierCV(
+                SVC(kernel="rbf", C=params["C"], gamma=params["gamma"]), method="sigmoid", cv=3, ensemble=False,
+            ).fit(Xs[idx], y[idx], sample_weight=sample_weights(y[idx], cw))
+        self.pipeline_ = Pipeline([("scale", scaler), ("svm", calibrated_svm)])
         logs = {"stage": "calibrate", "max_epochs": steps, "n_support": int(svc.n_support_.sum())}
         if validation_data is not None:
             logs["val_accuracy"] = float(np.mean(self.predict(validation_data[0]) == np.asarray(validation_data[1])))
@@ -141,28 +120,19 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         Xg, yg, gg = Xs[idx], y[idx], groups[idx]
         weightings = [self.class_weight] if self.search_class_weight is None else list(self.search_class_weight)
         rows = []
-        for weighting in weightings:
-            for C in self.search_C:
-                for gf in self.search_gamma:
-                    gamma = float(gf) / Xs.shape[1]
-                    scores = []
-                    for g in np.unique(gg):
-                        check_cancel(cancel)
-                        tr, te = gg != g, gg == g
-                        svc = SVC(kernel="rbf", C=float(C), gamma=gamma,
-                                  class_weight=class_weights(yg[tr], weighting)).fit(Xg[tr], yg[tr])
-                        scores.append(f1_score(yg[te], svc.predict(Xg[te]), average="weighted"))
-                    rows.append({"C": float(C), "gamma": gamma, "class_weight": weighting,
-                                 "worst": float(np.min(scores)), "mean": float(np.mean(scores))})
+        for weighting, C, gf in itertools.product(weightings, self.search_C, self.search_gamma):
+            gamma = float(gf) / Xs.shape[1]
+            scores = []
+            for g in np.unique(gg):
+                check_cancel(cancel)
+                tr, te = gg != g, gg == g
+                svc = SVC(kernel="rbf", C=float(C), gamma=gamma,
+                          class_weight=class_weights(yg[tr], weighting)).fit(Xg[tr], yg[tr])
+                scores.append(f1_score(yg[te], svc.predict(Xg[te]), average="weighted"))
+            rows.append({"C": float(C), "gamma": gamma, "class_weight": weighting,
+                         "worst": float(np.min(scores)), "mean": float(np.mean(scores))})
         best = max(rows, key=lambda r: (round(r["worst"], 3), r["mean"]))
         chosen = {"C": best["C"], "gamma": best["gamma"], "class_weight": best["class_weight"]}
         self.search_results_ = {"best_params": chosen, "best_worst_group_f1": best["worst"],
                                 "best_mean_group_f1": best["mean"], "grid": rows}
         return dict(chosen)
-
-    def predict_proba(self, X):
-        """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
-        return self.pipeline_.predict_proba(np.asarray(X, dtype=np.float32))
-
-    def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

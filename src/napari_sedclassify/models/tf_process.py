@@ -1,26 +1,17 @@
-"""Run a job (training any model, CNN prediction) in a separate child process.
+"""Run a job (training any model, CNN prediction) in a child process: :func:`run_in_process`.
 
 Importing TensorFlow in a process that renders a napari canvas on software OpenGL segfaults
-(notes: napari-headless.md), so the napari widgets run TensorFlow work in a child: a fresh
+(notes: napari-headless.md), and scikit-learn training holds the interpreter lock for long
+stretches (the viewer's event loop would freeze), so the napari widgets run such jobs in a fresh
 interpreter (no Qt, no OpenGL, no inherited threads) started as ``python -m
-napari_sedclassify.models._tf_child``. Unlike ``multiprocessing``'s spawn, this never imports
-the parent's ``__main__`` in the child, so a script that starts napari without an
-``if __name__ == "__main__":`` guard is not run a second time (a second viewer, a crash), and
-notebooks and the napari console work alike. The job is any importable function (not one
-defined in ``__main__``) ``func(*args, progress=..., cancel=..., **kwargs)``; in the child,
-``progress(epoch, logs)`` messages travel back through a pipe and are delivered to the caller's
-``progress`` in the calling thread; the caller's ``cancel()`` is polled and forwarded (the child's
-``cancel()`` then returns True; it does too when the parent goes away). Arguments and the result
-must pickle (arrays, paths, dicts); pass file paths for large data.
-
-Not only for TensorFlow: the napari widgets train every model kind this way, since scikit-learn
-training holds the interpreter lock for long stretches and would freeze the viewer's event loop
-if run in one of its threads; ``child_nice`` lowers the child's CPU priority so that the viewer
-(and its X server) keep the CPU they need to draw.
+napari_sedclassify.models._tf_child``. Unlike ``multiprocessing``'s spawn, this never imports the
+parent's ``__main__``: a script that starts napari without an ``if __name__ == "__main__":``
+guard is not run a second time, and notebooks and the napari console work alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import queue as queue_module
@@ -34,10 +25,6 @@ from ..errors import Cancelled
 
 class WorkerProcessError(RuntimeError):
     """The child raised (the message carries its traceback) or died without a result."""
-
-
-def _child_command() -> list[str]:
-    return [sys.executable, "-m", "napari_sedclassify.models._tf_child"]
 
 
 def _child_env() -> dict:
@@ -66,8 +53,13 @@ def _read_messages(stream, out: queue_module.Queue) -> None:
 
 
 def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1, child_nice: int = 0, **kwargs):
-    """Call ``func(*args, progress=..., cancel=..., **kwargs)`` in a child process and return
-    its result. ``child_nice``: added to the child's niceness (lower CPU priority; POSIX only). Raises :class:`~napari_sedclassify.errors.Cancelled` when cancelled, and
+    """Call ``func(*args, progress=..., cancel=..., **kwargs)`` in a child process and return its
+    result. ``func`` must be importable (not defined in ``__main__``); arguments and result must
+    pickle (pass file paths for large data). The child's ``progress(epoch, logs)`` calls reach
+    ``progress`` in the calling thread; ``cancel()`` is polled and forwarded (the child's
+    ``cancel()`` then returns True, as it does when the parent goes away). ``child_nice``: added to
+    the child's niceness (lower CPU priority, so that the viewer keeps the CPU it needs to draw;
+    POSIX only). Raises :class:`~napari_sedclassify.errors.Cancelled` when cancelled, and
     :class:`WorkerProcessError` (with the child's traceback) when the child fails or dies."""
     from ._tf_child import write_frame
 
@@ -76,8 +68,8 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
         raise ValueError(f"{name} is defined in __main__: the worker process runs functions it can import; "
                          "define it in a module")
     job = pickle.dumps((func, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)  # fails here, not in the child
-    proc = subprocess.Popen(_child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(),
-                            cwd=os.getcwd())
+    proc = subprocess.Popen([sys.executable, "-m", "napari_sedclassify.models._tf_child"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=_child_env(), cwd=os.getcwd())
     messages: queue_module.Queue = queue_module.Queue()
     reader = threading.Thread(target=_read_messages, args=(proc.stdout, messages), daemon=True,
                               name=f"messages of {name}")
@@ -89,19 +81,15 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
         nonlocal cancel_sent
         if not cancel_sent:
             cancel_sent = True
-            try:
+            with contextlib.suppress(OSError):  # the child has gone already
                 proc.stdin.write(b"C")
                 proc.stdin.flush()
-            except OSError:  # the child has gone already
-                pass
 
     try:
-        try:
+        with contextlib.suppress(OSError):  # the child died at start; its exit code says more below
             write_frame(proc.stdin, {"sys_path": list(sys.path), "nice": int(child_nice)})
             proc.stdin.write(len(job).to_bytes(8, "big") + job)
             proc.stdin.flush()
-        except OSError:  # the child died at start; its exit code says more below
-            pass
         while outcome is None:
             if cancel is not None and cancel():
                 send_cancel()
@@ -123,10 +111,8 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
     finally:
         if outcome is None:
             send_cancel()
-        try:
+        with contextlib.suppress(OSError):
             proc.stdin.close()  # the end of stdin also tells the child to stop
-        except OSError:
-            pass
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

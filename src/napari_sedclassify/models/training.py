@@ -1,9 +1,6 @@
 """Training from labeled scans: scan-level hold-out, 90/10 train/validation split, class
-weights, augmentation, a seed, progress and cancellation.
-
-Works on arrays (:class:`ScanFeatures`, what preprocessing gives per scan) and class maps
-(2D integer images on the scan grid, 0 = unlabeled), so the same function runs in the
-CLI, in a napari worker thread and in a spawned child process.
+weights, augmentation, a seed, progress and cancellation. Works on arrays (:class:`ScanFeatures`
+and class maps, 0 = unlabeled), so it runs the same in the CLI, napari and a child process.
 """
 
 from __future__ import annotations
@@ -17,9 +14,9 @@ import numpy as np
 
 from ..classes import ClassTable
 from ..geometry import Geometry
-from . import MODEL_KINDS, make_estimator
+from . import MODEL_KINDS, check_kind, make_estimator
 from ._common import check_cancel
-from .features import FeatureRecipe, crop_features, crop_reference, ria_features, scan_reference
+from .features import Augmentation, FeatureRecipe, crop_features, crop_reference, ria_features, scan_reference
 
 @dataclass
 class ScanFeatures:
@@ -57,29 +54,26 @@ class ScanFeatures:
         """The scan's reference profile for ``recipe.scan_context`` (median over its recorded
         frames; computed once per recipe), its two end crops for ``recipe.crop_context``, or None
         when the recipe does not use one."""
-        if recipe.kind == "crop" and recipe.crop_context != "none":
-            key = ("crop", recipe.crop_size, recipe.crop_radius_A, recipe.crop_radius_px, recipe.crop_rescale,
-                   recipe.crop_context, recipe.context_end_fraction, repr(self.geometry))
-            if key not in self._references:
-                plain = recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0)
-                valid = np.flatnonzero(~np.asarray(self.missing, bool).ravel())
-                from .inference import MIN_CONTEXT_FRAMES
-
-                if len(valid) < MIN_CONTEXT_FRAMES:
-                    raise ValueError(
-                        f"{self.name}: this model compares every crop with its scan's two ends (crop_context), which "
-                        f"needs a whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {len(valid)}: classify "
-                        "whole scans (sedclassify predict), not frame by frame")
-                raw = self.inputs(plain, valid)
-                self._references[key] = crop_reference(raw, recipe, self.crop_q_per_px(recipe))
-            return self._references[key]
-        if recipe.kind != "ria" or not recipe.scan_context:
+        crops = recipe.kind == "crop" and recipe.crop_context != "none"
+        if not crops and (recipe.kind != "ria" or not recipe.scan_context):
             return None
-        key = (recipe.axis, recipe.q_min_invA, recipe.q_max_invA, recipe.r_min_px, recipe.r_max_px, recipe.n_bins,
-               recipe.context_reference, recipe.context_end_fraction, repr(self.geometry))
-        if key not in self._references:
-            self._references[key] = scan_reference(self.ria, self.radii_px, recipe, self.geometry,
-                                                   valid=~np.asarray(self.missing, bool).ravel())
+        key = (recipe.replace(augmentation=Augmentation(copies=0)), repr(self.geometry))
+        if key in self._references:
+            return self._references[key]
+        valid = ~np.asarray(self.missing, bool).ravel()
+        if not crops:
+            self._references[key] = scan_reference(self.ria, self.radii_px, recipe, self.geometry, valid=valid)
+            return self._references[key]
+        from .inference import MIN_CONTEXT_FRAMES
+
+        if valid.sum() < MIN_CONTEXT_FRAMES:
+            raise ValueError(
+                f"{self.name}: this model compares every crop with its scan's two ends (crop_context), which "
+                f"needs a whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {valid.sum()}: classify "
+                "whole scans (sedclassify predict), not frame by frame")
+        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0),
+                          np.flatnonzero(valid))
+        self._references[key] = crop_reference(raw, recipe, self.crop_q_per_px(recipe))
         return self._references[key]
 
     def inputs(self, recipe: FeatureRecipe, index=None, aug: dict | None = None) -> np.ndarray:
@@ -180,25 +174,18 @@ def train(
     """Train a model of ``kind`` on labeled scans and return a :class:`~.persistence.SedModel`.
 
     scans, class_maps: one class map per scan (0 = unlabeled). holdout: indices of scans kept
-    out of training and evaluated at the end (scan-level hold-out). val_fraction: frames of the
-    training scans held out (stratified) for early stopping and calibration. recipe: features
-    (default: RIA for fcnn/svm, crops for cnn). params: estimator settings. seed: split,
-    augmentation and estimator initialisation. preprocess: the PreprocessParams dict used, kept
-    in the model. groups: one label per scan (e.g. its session), handed per training frame to
-    an estimator that chooses its settings across groups (the SVM's ``search="groups"``).
-    progress(epoch, logs), cancel() -> bool as in the estimators.
+    out of training and evaluated at the end. val_fraction: frames of the training scans held out
+    (stratified) for early stopping and calibration. recipe: features (default: RIA for
+    fcnn/svm, crops for cnn). params: estimator settings. seed: split, augmentation and
+    estimator initialisation. preprocess: the PreprocessParams dict, kept in the model. groups:
+    one label per scan (e.g. its session) for the SVM's ``search="groups"``. progress(epoch,
+    logs), cancel() -> bool as in the estimators.
     """
     from .inference import predict_scan
     from .metrics import evaluate
     from .persistence import SedModel, library_versions
 
-    kind = kind.lower()
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
-    if kind == "cnn":  # before any work
-        from ..optional import require_cnn
-
-        require_cnn()
+    kind = check_kind(kind)  # before any work
     classes = classes or ClassTable.default()
     recipe = recipe or FeatureRecipe(kind=MODEL_KINDS[kind])
     if recipe.kind != MODEL_KINDS[kind]:
@@ -217,43 +204,34 @@ def train(
     t0 = time.perf_counter()
 
     # labeled, recorded frames of the training scans
-    owners, index, y = [], [], []
-    for i in train_ids:
-        flat = maps[i].ravel()
-        ok = np.flatnonzero((flat > 0) & ~scans[i].missing.ravel())
-        owners.append(np.full(len(ok), i))
-        index.append(ok)
-        y.append(flat[ok])
-    owners, index, y = np.concatenate(owners), np.concatenate(index), np.concatenate(y)
+    index = [np.flatnonzero((maps[i].ravel() > 0) & ~scans[i].missing.ravel()) for i in train_ids]
+    owners = np.concatenate([np.full(len(ok), i) for i, ok in zip(train_ids, index)])
+    y = np.concatenate([maps[i].ravel()[ok] for i, ok in zip(train_ids, index)])
+    index = np.concatenate(index)
     if len(np.unique(y)) < 2:
         raise ValueError("the labels of the training scans contain fewer than two classes; label at least two")
     tr, va = _split(y, val_fraction, rng)
 
-    def inputs(sel, aug_rng=None, with_owners=False):
-        parts, labels, whose = [], [], []
+    def inputs(sel, aug_rng=None):
+        """Inputs, labels and scan indices of the frames ``sel`` (augmented when given aug_rng)."""
+        parts, order = [], []
         for i in np.unique(owners[sel]):
             s = sel[owners[sel] == i]
             aug = recipe.augmentation.draw(len(s), aug_rng) if aug_rng is not None else None
             parts.append(scans[i].inputs(recipe, index[s], aug))
-            labels.append(y[s])
-            whose.append(np.full(len(s), i))
-        X, yy, ww = np.concatenate(parts), np.concatenate(labels), np.concatenate(whose)
+            order.append(s)
+        X, order = np.concatenate(parts), np.concatenate(order)
         ok = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
-        return (X[ok], yy[ok], ww[ok]) if with_owners else (X[ok], yy[ok])
+        return X[ok], y[order][ok], owners[order][ok]
 
     if groups is not None and len(groups) != len(scans):
         raise ValueError(f"{len(scans)} scans but {len(groups)} groups: give one group per scan")
-    check_cancel(cancel)
-    X_tr, y_tr, o_tr = inputs(tr, with_owners=True)
-    copies = []
-    for _ in range(recipe.augmentation.copies):
+    parts = []
+    for copy in range(1 + recipe.augmentation.copies):  # the frames, then their augmented copies
         check_cancel(cancel)
-        copies.append(inputs(tr, rng, with_owners=True))
-    if copies:
-        X_tr = np.concatenate([X_tr] + [c[0] for c in copies])
-        y_tr = np.concatenate([y_tr] + [c[1] for c in copies])
-        o_tr = np.concatenate([o_tr] + [c[2] for c in copies])
-    X_va, y_va = inputs(va) if len(va) else (None, None)
+        parts.append(inputs(tr, rng if copy else None))
+    X_tr, y_tr, o_tr = (np.concatenate(p) for p in zip(*parts))
+    X_va, y_va = inputs(va)[:2] if len(va) else (None, None)
     t_features = time.perf_counter() - t0
 
     settings = dict(params or {})
@@ -281,7 +259,7 @@ def train(
         "val_fraction": float(val_fraction),
         "class_counts": {classes.names[int(c)]: int(n) for c, n in zip(*np.unique(y[tr], return_counts=True))},
         "class_weight": estimator.get_params().get("class_weight"),
-        "params": {k: v for k, v in estimator.get_params().items()},
+        "params": estimator.get_params(),
         "history": getattr(estimator, "history_", []),
         "epochs": len(getattr(estimator, "history_", [])),
         "feature_time_s": round(t_features, 3),

@@ -121,32 +121,18 @@ class Acquisition(threading.Thread):
         self._halt.set()
 
     def run(self):
-        try:
-            self._run()
-        except BaseException as exc:  # reported to whoever joins
-            self.error = exc
-        finally:
-            self.finished_at = time.perf_counter()
-
-    def _frames(self):
         sy, sx = self.scan.scan_shape
-        for iy in range(sy):
-            row = np.asarray(self.scan.data[iy].compute(scheduler="synchronous"))
-            yield from row
-
-    def _run(self):
-        sy, sx = self.scan.scan_shape
-        n = sy * sx
-        if self.kind == "mib":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.with_suffix(".hdr").write_bytes(mib_hdr(n, sx))
-            out = open(self.path, "wb")
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            out = None
-        t0 = time.perf_counter()
+        out = None
         try:
-            for k, frame in enumerate(self._frames()):
+            if self.kind == "mib":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.with_suffix(".hdr").write_bytes(mib_hdr(sy * sx, sx))
+                out = open(self.path, "wb")
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            frames = (frame for iy in range(sy) for frame in self.scan.frame_source[iy])
+            for k, frame in enumerate(frames):
                 if self.hold is not None and self.hold(k):
                     while self.hold(k) and not self._halt.is_set():
                         time.sleep(0.002)
@@ -161,15 +147,16 @@ class Acquisition(threading.Thread):
                     for s in range(0, len(blob), self.chunk_bytes):
                         out.write(blob[s:s + self.chunk_bytes])
                         out.flush()
-                else:
-                    final = self.path / f"frame_{k:06d}.npy"
-                    tmp = self.path / f".frame_{k:06d}.npy.part"
-                    with open(tmp, "wb") as f:
-                        np.save(f, frame)
-                    os.replace(tmp, final)
+                else:  # written under a hidden name, then renamed
+                    tmp = self.path / f".frame_{k:06d}.part.npy"
+                    np.save(tmp, frame)
+                    os.replace(tmp, self.path / f"frame_{k:06d}.npy")
                 self.written = k + 1
                 if k == 0:
                     self.first_written_at = time.perf_counter()
+        except BaseException as exc:  # reported to whoever joins
+            self.error = exc
         finally:
             if out is not None:
                 out.close()
+            self.finished_at = time.perf_counter()

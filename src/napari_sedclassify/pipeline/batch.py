@@ -1,15 +1,9 @@
 """Batch runs over many scans on dask.distributed: preprocess or predict, with one progress bar.
 
-Where the work runs (:func:`dask_client`):
-
-- default (``workers`` None or 0): no cluster, threads in this process. The compiled kernels
-  release the GIL, so the threads use every core; on one machine this is as fast as a local
-  cluster and has no start-up (docs/performance.md);
-- ``workers=N``: a ``LocalCluster`` of N single-threaded worker processes, the machine's memory
-  shared between them;
-- ``scheduler="tcp://host:8786"``: any running dask.distributed cluster (users who outgrow one
-  machine add workers, nothing else changes). Scan files must be reachable under the same path
-  from the workers and from this process (a shared file system).
+Where the work runs: :func:`dask_client`. By default threads in this process: the compiled
+kernels release the GIL, so on one machine this is as fast as a local cluster, without its
+start-up (docs/performance.md). On a cluster, scan files must be reachable under the same path
+from the workers and from this process (a shared file system).
 
 :func:`use_client` makes a client the default of ``pipeline.preprocess.preprocess`` for the
 pipeline functions that take no client argument (training, evaluation): the CLI's
@@ -66,8 +60,8 @@ def use_client(client):
 def dask_client(scheduler: str | None = None, workers: int | None = None, memory_limit="auto"):
     """A dask.distributed Client for a batch run, or None for an in-process run (the default).
 
-    scheduler: address of a running scheduler (wins over ``workers``). workers: worker processes
-    of a local cluster, each single-threaded (None or 0: no cluster, threads in this process);
+    scheduler: address of a running scheduler such as "tcp://host:8786" (wins over ``workers``).
+    workers: worker processes of a local cluster, each single-threaded (None or 0: no cluster);
     memory_limit per worker ("auto": the machine's memory divided between them). The local
     cluster is closed on exit.
     """
@@ -83,21 +77,15 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, memory
             client = Client(scheduler, timeout="20s")
         except OSError as exc:
             raise OSError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from exc
-        try:
+        with client:
             yield client
-        finally:
-            client.close()
         return
     n = int(workers)
     if n < 1:
         raise ValueError(f"--workers must be >= 0, got {workers}")
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           memory_limit=memory_limit, silence_logs=logging.ERROR)
-    try:
-        with Client(cluster) as client:
-            yield client
-    finally:
-        cluster.close()
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      memory_limit=memory_limit, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
 
 
 class Progress:
@@ -124,8 +112,6 @@ class Progress:
         return report
 
     def finish(self, i: int) -> None:
-        with self._lock:
-            self._done[i] = self._total[i]
         self.for_scan(i)(self._total[i], self._total[i])
 
 
@@ -156,29 +142,15 @@ def _open(scans, client):
     from .train import open_scans
 
     opened = open_scans(scans)
-    if client is not None:
-        for s in opened:
-            if s.source is None:
-                raise ValueError("a scan held in memory cannot be sent to a dask cluster: give scan files")
+    if client is not None and any(s.source is None for s in opened):
+        raise ValueError("a scan held in memory cannot be sent to a dask cluster: give scan files")
     return opened
 
 
 def _check_names(names: list[str]) -> None:
-    seen = set()
-    for n in names:
-        if n in seen:
-            raise ValueError(f"two scans are both named '{n}': their outputs would overwrite each other")
-        seen.add(n)
-
-
-def predict_one(model, scan, *, flatfield=None, client=None, chunk_frames: int | None = None,
-                progress: Callable | None = None, cancel: Callable | None = None):
-    """Classify one scan with ``model`` (a SedModel) on ``client`` (None: threads here): exactly
-    ``pipeline.predict.predict_scan``. Returns a ``pipeline.predict.ScanPrediction``."""
-    from .predict import predict_scan
-
-    return predict_scan(model, scan, flatfield=flatfield, client=client, chunk_frames=chunk_frames,
-                        progress=progress, cancel=cancel)
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:
+        raise ValueError(f"two scans are both named '{twice[0]}': their outputs would overwrite each other")
 
 
 def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | None = None,
@@ -187,20 +159,17 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
                   uncertain_below: float | None = None, hspy: bool = False,
                   keep=("amorphous_ice",)) -> list[dict]:
     """Classify every scan (paths or file-backed Scans) with ``model`` (SedModel or model file) and
-    write ``<name>_classes.npy/.tif``, ``_probabilities.npy/.json``, ``_overlay.png`` and the
-    keep-list ``_keep.csv`` of the classes in ``keep`` per scan into
-    ``out_dir`` (atomically; existing ones only with ``force``). uncertain_below: frames whose most
-    probable class is below this probability become 0 in the class map and are listed in
-    ``<name>_uncertain.npy`` (``pipeline.predict.with_uncertain``). hspy: also write the class map,
-    probabilities, confidence and RIAs as HyperSpy signals, ``<name>_{classes,probabilities,
-    confidence,ria}.hspy`` (``io.hyperspy.export_hyperspy``; needs the ``formats`` extra).
+    write into ``out_dir`` what ``pipeline.predict.write_prediction`` writes per scan, with the
+    keep-list of the classes in ``keep`` (atomically; existing files only with ``force``).
+    uncertain_below: see ``pipeline.predict.with_uncertain``. hspy: also the HyperSpy signals of
+    ``io.hyperspy.export_hyperspy`` (needs the ``formats`` extra).
 
     client: an existing Client (else one from ``scheduler``/``workers``, see :func:`dask_client`).
     flatfield: None, one for all scans or one per scan (FlatField or path). chunk_frames: frames
     per task (default: the reader's chunks, about 32 MB). progress(done, total) counts frames over
     all scans. Returns one dict per scan: name, source, files, counts, unclassified, timings.
     """
-    from .predict import as_model, prediction_entry, with_uncertain, write_prediction
+    from .predict import as_model, predict_scan, prediction_entry, with_uncertain, write_prediction
     from .train import flatfields_for, scan_name
 
     model = as_model(model)
@@ -223,8 +192,8 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
         bar = Progress([s.n_frames for s in opened], progress)
 
         def job(i, cancelled):
-            pred = predict_one(model, opened[i], flatfield=ffs[i], client=cl, chunk_frames=chunk_frames,
-                               progress=bar.for_scan(i), cancel=cancelled)
+            pred = predict_scan(model, opened[i], flatfield=ffs[i], client=cl, chunk_frames=chunk_frames,
+                                progress=bar.for_scan(i), cancel=cancelled)
             pred = with_uncertain(pred, uncertain_below)
             files = write_prediction(pred, out_dir, model.classes, keep)
             if hspy:
@@ -280,19 +249,3 @@ def _maybe_client(client, scheduler, workers):
         return
     with dask_client(scheduler, workers) as cl:
         yield cl
-
-
-def tqdm_progress(desc: str, unit: str = "frame"):
-    """A ``progress(done, total)`` callable drawing one tqdm bar on stderr, and the bar (close it)."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
-    lock = threading.Lock()
-
-    def progress(done, total):
-        with lock:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-    return progress, bar

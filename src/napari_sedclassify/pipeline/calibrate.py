@@ -205,18 +205,12 @@ def calibrate(scan, ring="ice", flatfield=None, params=None, *, search: float = 
     with more frames are preprocessed on an evenly spaced subset of scan positions.
     Raises CalibrationError when no such ring is found.
     """
-    import os
-
-    from ..processing import PreprocessParams
     from .preprocess import preprocess
+    from .train import open_scans
 
-    if isinstance(scan, (str, os.PathLike)):
-        from ..io import open_scan
-
-        scan = open_scan(scan)
+    (scan,) = open_scans([scan])
     parse_ring(ring)  # fail early on a bad ring
     _check_geometry(scan.geometry, search)
-    params = params if isinstance(params, PreprocessParams) else PreprocessParams.from_dict(params)
     sub = _subsample(scan, max_frames)
     try:
         result = preprocess(sub, params, flatfield, progress=progress, cancel=cancel, client=client)
@@ -295,7 +289,7 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
     valid = np.asarray(valid, bool).reshape(-1)
     L0 = float(geometry.camera_length_mm)
     K0 = float(geometry.lambda_L_over_p)
-    where = _where(geometry, source)
+    where = f"{source}: " if source else ""
     a = float(beam_radius_px) if beam_radius_px is not None and np.isfinite(beam_radius_px) else 0.0
     blur2 = a * a / 4.0
 
@@ -315,9 +309,8 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
             f"{_hint(geometry)}")
     d_used = tuple(d for d, o in zip(d_A, on) if o)
     r0 = r0_all[on]
-    lo = r0.min() * (1 - search) * 0.75
+    lo = max(r0.min() * (1 - search) * 0.75, inner_px, 1.0)
     hi = min(r0.max() * (1 + search) * 1.25, reach)
-    lo = max(lo, inner_px, 1.0)
     win = usable & (radii >= lo) & (radii <= hi)
     if win.sum() < 12:
         raise CalibrationError(f"{where}only {int(win.sum())} RIA bins between {lo:.0f} and {hi:.0f} px, too few "
@@ -411,11 +404,9 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
     sd = math.sqrt(max(sd_stat, sd_boot) ** 2 + sd_model**2 + sd_blur**2 + SYSTEMATIC_FLOOR**2)
 
     L = main.scale * L0
-    rings = []
-    for k, d in enumerate(d_used):
-        rk = main.scale * r0[k]
-        rings.append(RingFit(d, float(rk), float(sd * r0[k]), float(main.sigmas[k]), float(main.amplitudes[k]),
-                             float(main.background_at(rk))))
+    rings = [RingFit(d, float(main.scale * r0[k]), float(sd * r0[k]), float(main.sigmas[k]),
+                     float(main.amplitudes[k]), float(main.background_at(main.scale * r0[k])))
+             for k, d in enumerate(d_used)]
     profile = {"radii_px": main.r, "mean": main.y, "sem": main.sem, "model": main.model(main.r),
                "background": main.background_at(main.r)}
     return CalibrationResult(
@@ -462,10 +453,7 @@ def _template_scan(r, Yn, r0, rel_width, scales):
     x = (r - r.mean()) / (0.5 * np.ptp(r))
     base = np.stack([np.ones_like(x), x, x * x], axis=1)
     n = len(Yn)
-    best_t = np.full(n, -np.inf)
-    best_p = np.zeros(n)
-    best_s = np.full(n, np.nan)
-    best_a = np.zeros(n)
+    best_t, best_p, best_s, best_a = np.full(n, -np.inf), np.zeros(n), np.full(n, np.nan), np.zeros(n)
     for s in scales:
         rk = s * r0
         sig = np.maximum(rel_width * rk, 1.0)
@@ -549,15 +537,9 @@ def _fit_window(radii, Y, usable, r0, rel_width, s_init, window, search, degree,
     n = len(Yw)
     if len(r) < degree + 2 * len(r0) + 4:
         raise CalibrationError(f"too few RIA bins ({len(r)}) between {lo:.0f} and {hi:.0f} px to fit the ring")
-    if n >= 10:  # trimmed mean, 10 % each side (scipy.stats.trim_mean without importing scipy.stats)
-        cut = int(0.1 * n)
-        y = np.sort(Yw, axis=0)[cut: n - cut].mean(axis=0)
-    else:
-        y = Yw.mean(axis=0)
-    if n >= 3:
-        sem = Yw.std(axis=0, ddof=1) / math.sqrt(n)
-    else:
-        sem = np.full_like(y, np.nan)
+    cut = int(0.1 * n) if n >= 10 else 0  # trimmed mean, 10 % each side
+    y = np.sort(Yw, axis=0)[cut: n - cut].mean(axis=0) if cut else Yw.mean(axis=0)
+    sem = Yw.std(axis=0, ddof=1) / math.sqrt(n) if n >= 3 else np.full_like(y, np.nan)
     floor = 1e-3 * np.nanmedian(np.abs(y)) + 1e-12
     if not np.isfinite(sem).all():
         # too few frames for a spread: the scatter of neighbouring bins about a smooth curve
@@ -568,9 +550,7 @@ def _fit_window(radii, Y, usable, r0, rel_width, s_init, window, search, degree,
     nr = len(r0)
     if start is None:
         sig0 = np.maximum(rel_width * s_init * r0, 1.0)
-        away = np.ones_like(r, bool)
-        for k in range(nr):
-            away &= np.abs(r - s_init * r0[k]) > 2.5 * sig0[k]
+        away = (np.abs(r[:, None] - s_init * r0[None, :]) > 2.5 * sig0[None, :]).all(axis=1)
         if away.sum() < degree + 3:
             away = np.ones_like(r, bool)
         pos = away & (y > 0)
@@ -682,10 +662,6 @@ def _fmt_d(d_A) -> str:
     return ", ".join(f"{d:g}" for d in d_A) + " Å"
 
 
-def _where(geometry, source) -> str:
-    return f"{source}: " if source else ""
-
-
 def _what_else(name) -> str:
     if name == "ice":
         return ("calibrate on a scan that shows vitreous ice (holes of a holey-carbon grid), or on a gold "
@@ -695,12 +671,9 @@ def _what_else(name) -> str:
 
 def _hint(geometry: Geometry) -> str:
     assumed = geometry.assumed()
-    parts = []
-    if assumed:
-        names = {"pixel_size_um": "pixel size", "camera_length_mm": "camera length", "voltage_kv": "voltage"}
-        parts.append("assumed (nobody stated them): " + ", ".join(
-            f"{names[n]} {getattr(geometry, n):g} {FLAGS[n][1]}" for n in assumed))
-        parts.append("set them with " + ", ".join(FLAGS[n][0] for n in assumed))
-    else:
-        parts.append("check the pixel size (--pixel-size), voltage (--voltage) and camera length (--camera-length)")
-    return "; ".join(parts)
+    if not assumed:
+        return "check the pixel size (--pixel-size), voltage (--voltage) and camera length (--camera-length)"
+    names = {"pixel_size_um": "pixel size", "camera_length_mm": "camera length", "voltage_kv": "voltage"}
+    return ("assumed (nobody stated them): " + ", ".join(f"{names[n]} {getattr(geometry, n):g} {FLAGS[n][1]}"
+                                                         for n in assumed)
+            + "; set them with " + ", ".join(FLAGS[n][0] for n in assumed))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+import timeit
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +30,7 @@ import numpy as np
 from ..classes import ClassTable
 from ..models import MODEL_KINDS
 from ..io.atomic import write_text
-from .train import default_recipe, preprocess_params_for
+from .train import default_recipe, preprocess_params_for, scan_features, scan_report
 
 #: The default demo: 5 session-A scans (4 to train on, 1 held out) and the session-B scan on a
 #: 128 px detector; the CNN trains for 6 epochs of 1500 crops and its prediction time is one
@@ -38,9 +39,8 @@ QUICK = {"detector_px": 128, "n_session_a": 5, "cnn": {"max_epochs": 6, "samples
          "cnn_predict_repeats": 1}
 #: The full replication: the paper's 16 + 1 scans on a 256 px detector, the CNN trained in full.
 FULL = {"detector_px": 256, "n_session_a": 16, "cnn": {}, "cnn_predict_repeats": 3}
-DEFAULT_DETECTOR_PX = QUICK["detector_px"]
 DEFAULT_SCAN_SHAPE = (40, 40)
-TEST_SAME_SESSION = "scan_A_15"  # the full set's held-out session-A scan (the last one: see _test_names)
+#: The held-out scans: the last session-A scan (data set 1; scan_A_15 in the full set) and this one (data set 2).
 TEST_OTHER_SESSION = "scan_B_00"
 
 #: The paper's Table 1 (Matinyan et al. 2023): seconds per 1600 frames and weighted metrics
@@ -58,64 +58,38 @@ PAPER_TABLE1 = {
 }
 
 
-def _log(log, msg):
-    if log is not None:
-        log(msg)
-
-
 def ensure_dataset(cache: Path, scan_shape, detector_px: int, seed: int, progress=None, log=None,
                    n_session_a: int = 16) -> dict:
     """The demo set in ``cache``: reused when its dataset.json matches and every file is there,
     otherwise simulated (about a minute on 2 cores at 256 px)."""
     from ..simulate import demo_dataset, load_dataset
 
+    log = log or (lambda msg: None)
     try:
         ds = load_dataset(cache)
         same = (list(ds["scan_shape"]) == list(scan_shape) and int(ds["detector_px"]) == int(detector_px)
                 and int(ds["seed"]) == int(seed) and len(ds["scans"]) == n_session_a + 1)
         if same and all(Path(e[k]).exists() for e in ds["scans"] for k in ("scan", "truth", "flatfield")):
-            _log(log, f"reusing the simulated demo set in {cache}")
+            log(f"reusing the simulated demo set in {cache}")
             return ds
     except (FileNotFoundError, ValueError, KeyError):
         pass
-    _log(log, f"simulating the demo set ({n_session_a} scans of session A, 1 of session B) into {cache}")
+    log(f"simulating the demo set ({n_session_a} scans of session A, 1 of session B) into {cache}")
     demo_dataset(cache, scan_shape=tuple(scan_shape), detector_px=int(detector_px), seed=int(seed), progress=progress,
                  n_session_a=n_session_a)
     return load_dataset(cache)
 
 
-def _test_names(n_session_a: int) -> tuple[str, str]:
-    """The held-out scans: the last session-A scan (data set 1) and the session-B scan (data set 2)."""
-    return f"scan_A_{n_session_a - 1:02d}", TEST_OTHER_SESSION
-
-
 def _predict_seconds(model, X, repeats: int = 3) -> float:
     """Median wall time (s) of ``predict_proba`` on X after one warm-up call."""
     model.predict_proba(X)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model.predict_proba(X)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median(timeit.repeat(lambda: model.predict_proba(X), repeat=repeats, number=1)))
 
 
-def run_demo(
-    out_dir,
-    *,
-    scan_shape=DEFAULT_SCAN_SHAPE,
-    detector_px: int | None = None,
-    models=("fcnn", "svm", "cnn"),
-    seed: int = 0,
-    full: bool = False,
-    n_session_a: int | None = None,
-    cnn_params: dict | None = None,
-    cache_dir=None,
-    log: Callable | None = print,
-    frames_progress: Callable | None = None,
-    epoch_progress: Callable | None = None,
-    cancel: Callable | None = None,
-) -> dict:
+def run_demo(out_dir, *, scan_shape=DEFAULT_SCAN_SHAPE, detector_px: int | None = None, models=("fcnn", "svm", "cnn"),
+             seed: int = 0, full: bool = False, n_session_a: int | None = None, cnn_params: dict | None = None,
+             cache_dir=None, log: Callable | None = print, frames_progress: Callable | None = None,
+             epoch_progress: Callable | None = None, cancel: Callable | None = None) -> dict:
     """Run the paper's experiment and write the report into ``out_dir``; returns the report dict.
 
     full: the full replication (:data:`FULL`) instead of the quick demo (:data:`QUICK`);
@@ -128,11 +102,12 @@ def run_demo(
     from ..io import open_scan
     from ..models.inference import predict_scan
     from ..models.persistence import save_model
-    from ..models.training import ScanFeatures, train
+    from ..models.training import train
     from ..processing import load_flatfield
-    from .preprocess import preprocess
+    from .evaluate import plot_scan
 
     t_start = time.perf_counter()
+    log = log or (lambda msg: None)
     models = [m.lower() for m in models]
     bad = [m for m in models if m not in MODEL_KINDS]
     if bad or not models:
@@ -144,7 +119,6 @@ def run_demo(
     detector_px = int(detector_px if detector_px is not None else preset["detector_px"])
     n_a = int(n_session_a if n_session_a is not None else preset["n_session_a"])
     cnn_params = dict(preset["cnn"] if cnn_params is None else cnn_params)
-    test_same, test_other = _test_names(n_a)
     sy, sx = (int(v) for v in scan_shape)
     n_scans = "" if n_a == 16 else f"_{n_a + 1}scans"  # the full set keeps its earlier cache name
     cache = Path(cache_dir) if cache_dir else out_dir / "cache" / f"demo_{sy}x{sx}_{detector_px}px{n_scans}_seed{seed}"
@@ -152,12 +126,13 @@ def run_demo(
 
     # 1. the data set
     t0 = time.perf_counter()
-    done = [0]
+    done = 0
 
     def sim_progress(k):
-        done[0] += k
+        nonlocal done
+        done += k
         if frames_progress is not None:
-            frames_progress(0, 1, done[0], (n_a + 1) * sy * sx)
+            frames_progress(0, 1, done, (n_a + 1) * sy * sx)
 
     ds = ensure_dataset(cache, (sy, sx), detector_px, seed, progress=sim_progress, log=log, n_session_a=n_a)
     t_dataset = time.perf_counter() - t0
@@ -167,30 +142,25 @@ def run_demo(
     entries = ds["scans"]
     n_frames = sy * sx
     feats, truths, integrated, t_pre = [], [], [], []
-    flats = {}
-    _log(log, f"preprocessing {len(entries)} scans ({n_frames} frames of {detector_px}x{detector_px} px each)")
+    log(f"preprocessing {len(entries)} scans ({n_frames} frames of {detector_px}x{detector_px} px each)")
     for i, e in enumerate(entries):
         scan = open_scan(e["scan"])
-        ff = flats.setdefault(str(e["flatfield"]), load_flatfield(e["flatfield"]))
-        params = preprocess_params_for(list(recipes.values()), scan.geometry)
-        report = None if frames_progress is None else (lambda k: lambda d, t: frames_progress(k, len(entries), d, t))(i)
+        ff = load_flatfield(e["flatfield"])
         t = time.perf_counter()
-        res = preprocess(scan, params, flatfield=ff, progress=report, cancel=cancel)
+        f, res = scan_features(scan, list(recipes.values()), name=e["name"], flatfield=ff, cancel=cancel,
+                               progress=scan_report(frames_progress, i, len(entries)))
         t_pre.append(time.perf_counter() - t)
-        feats.append(ScanFeatures.from_preprocess(res, scan.geometry, e["name"],
-                                                  crop_radius_px=res.resolved.get("crop_half_px")))
+        feats.append(f)
         truths.append(np.load(e["truth"]))
         integrated.append(res.virtual["total"])
-    pre_params = res.params.to_dict()
     names = [f.name for f in feats]
-    test_ids = [names.index(test_same), names.index(test_other)]
-    per_1600 = 1600.0 / n_frames
-    preprocess_1600 = float(np.median(t_pre)) * per_1600
+    test_ids = [names.index(f"scan_A_{n_a - 1:02d}"), names.index(TEST_OTHER_SESSION)]  # data sets 1 and 2
+    preprocess_1600 = float(np.median(t_pre)) * 1600.0 / n_frames
 
     # 3. train, save, predict, evaluate
-    results, rows = {}, []
+    results, rows, maps = {}, [], {}
     for kind in models:
-        _log(log, f"training {kind.upper()} on the {len(names) - 2} training scans of session A")
+        log(f"training {kind.upper()} on the {len(names) - 2} training scans of session A")
         recipe = recipes[kind]
         progress = None if epoch_progress is None else (lambda k: lambda e, lg: epoch_progress(k, e, lg))(kind)
         t = time.perf_counter()
@@ -200,9 +170,8 @@ def run_demo(
                       progress=progress, cancel=cancel)
         t_train = time.perf_counter() - t
         path = save_model(model, out_dir / "models" / f"{kind}.sedmodel")
-        test = feats[test_ids[0]]
         t = time.perf_counter()
-        X = test.inputs(recipe)
+        X = feats[test_ids[0]].inputs(recipe)
         t_inputs = (time.perf_counter() - t) * 1600.0 / len(X)
         repeats = preset["cnn_predict_repeats"] if kind == "cnn" else 3
         t_predict = _predict_seconds(model, X, repeats) * 1600.0 / len(X)
@@ -218,14 +187,14 @@ def run_demo(
             m = model.metrics["holdout"][names[idx]]
             res_kind[label] = {"scan": names[idx], "weighted": m["weighted"], "per_class": m["per_class"],
                                "confusion": m["confusion"], "confusion_normalised": m["confusion_normalised"]}
-            results.setdefault("_maps", {})[(kind, label)] = pred.class_map
+            maps[(kind, label)] = pred.class_map
             session = "same session" if label == "set1" else "other session"
             rows.append((f"{kind.upper()}, {names[idx]}\n({session})", integrated[idx], truths[idx], pred.class_map, m))
-            _figures_for(kind, names[idx], m, truths[idx], pred.class_map, integrated[idx], figures, classes)
+            plot_scan(figures, f"{kind}_{names[idx]}", kind, names[idx], m, truths[idx], pred.class_map,
+                      integrated[idx], classes)
         results[kind] = res_kind
-        _log(log, f"  {kind.upper()}: weighted F1 {res_kind['set1']['weighted']['f1']:.3f} (same session), "
+        log(f"  {kind.upper()}: weighted F1 {res_kind['set1']['weighted']['f1']:.3f} (same session), "
                   f"{res_kind['set2']['weighted']['f1']:.3f} (other session); trained in {t_train:.0f} s")
-    maps = results.pop("_maps")
 
     # 4. figures and report
     from ..models.metrics import plot_fig6, plot_overlay
@@ -242,27 +211,19 @@ def run_demo(
                      "preset": "full" if full else "quick", "cnn_params": cnn_params,
                      "train_scans": [n for i, n in enumerate(names) if i not in test_ids],
                      "test_same_session": names[test_ids[0]], "test_other_session": names[test_ids[1]],
-                     "cache": str(cache), "preprocess": pre_params},
+                     "cache": str(cache), "preprocess": res.params.to_dict()},
         "timings_s": {"dataset": round(t_dataset, 1), "preprocess_per_scan_median": round(float(np.median(t_pre)), 3),
-                      "preprocess_per_1600_frames": round(preprocess_1600, 3)},
+                      "preprocess_per_1600_frames": round(preprocess_1600, 3),
+                      "total": round(time.perf_counter() - t_start, 1)},
         "models": results,
         "best_model": best,
         "paper_table1": {k: PAPER_TABLE1[k] for k in models},
         "figures": sorted(str(p.relative_to(out_dir)) for p in figures.glob("*.png")),
     }
-    report["timings_s"]["total"] = round(time.perf_counter() - t_start, 1)
     write_text(out_dir / "report.json", json.dumps(report, indent=2))
     write_text(out_dir / "report.md", report_markdown(report))
-    _log(log, f"report: {out_dir / 'report.md'} ({report['timings_s']['total']:.0f} s in all)")
+    log(f"report: {out_dir / 'report.md'} ({report['timings_s']['total']:.0f} s in all)")
     return report
-
-
-def _figures_for(kind, name, metrics, truth, pred, integrated, figures: Path, classes) -> None:
-    from ..models.metrics import plot_confusion, plot_maps
-
-    title = f"{kind.upper()} on {name}: weighted F1 {metrics['weighted']['f1']:.3f}"
-    plot_confusion(metrics, figures / f"{kind}_{name}_confusion.png", title=title)
-    plot_maps(truth, pred, figures / f"{kind}_{name}_maps.png", classes, integrated=integrated, title=title)
 
 
 def _fmt_s(v) -> str:
@@ -276,22 +237,17 @@ def table1_markdown(report: dict) -> str:
     models = report["settings"]["models"]
     res, paper = report["models"], report["paper_table1"]
     head = "| | " + " | ".join(f"{k.upper()} paper | {k.upper()} ours" for k in models) + " |"
-    sep = "|---" * (1 + 2 * len(models)) + "|"
-    lines = [head, sep]
-    row = ["1a RIA calculation (1600 frames)"]
-    for k in models:
-        ria = MODEL_KINDS[k] == "ria"
-        row += [_fmt_s(paper[k]["features_s"]) if ria else "NA", _fmt_s(res[k]["features_s_per_1600"]) if ria else "NA"]
-    lines.append("| " + " | ".join(row) + " |")
-    row = ["1b ROI selection and dimensionality match (1600 frames)"]
-    for k in models:
-        crop = MODEL_KINDS[k] == "crop"
-        row += [_fmt_s(paper[k]["features_s"]) if crop else "NA", _fmt_s(res[k]["features_s_per_1600"]) if crop else "NA"]
-    lines.append("| " + " | ".join(row) + " |")
-    row = ["2 Prediction (1600 frames)"]
-    for k in models:
-        row += [_fmt_s(paper[k]["predict_s"]), _fmt_s(res[k]["predict_s_per_1600"])]
-    lines.append("| " + " | ".join(row) + " |")
+    lines = [head, "|---" * (1 + 2 * len(models)) + "|"]
+    # speed rows: (title, the paper's key, ours, the model inputs they apply to; None: all)
+    for title, theirs, ours, inputs in (("1a RIA calculation", "features_s", "features_s_per_1600", "ria"),
+                                        ("1b ROI selection and dimensionality match", "features_s",
+                                         "features_s_per_1600", "crop"),
+                                        ("2 Prediction", "predict_s", "predict_s_per_1600", None)):
+        row = [f"{title} (1600 frames)"]
+        for k in models:
+            shown = inputs in (None, MODEL_KINDS[k])
+            row += [_fmt_s(paper[k][theirs] if shown else None), _fmt_s(res[k][ours] if shown else None)]
+        lines.append("| " + " | ".join(row) + " |")
     for label, name in (("set1", "data set 1 (same session)"), ("set2", "data set 2 (other session)")):
         for metric in ("precision", "recall", "accuracy", "f1"):
             row = [f"{metric.capitalize() if metric != 'f1' else 'F1 score'}, {name}"]

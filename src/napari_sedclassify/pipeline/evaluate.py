@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .predict import ScanPrediction, as_model, predict_scan
-from .train import flatfields_for, load_labels, open_scans
+from .train import flatfields_for, load_labels, open_scans, scan_report
 
 
 @dataclass
@@ -44,23 +44,31 @@ class Evaluation:
 
     def plot(self, out_dir) -> list[str]:
         """Confusion matrix and maps per scan (and pooled confusion) as PNGs in ``out_dir``."""
-        from ..models.metrics import plot_confusion, plot_maps
+        from ..models.metrics import plot_confusion
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for p, truth in zip(self.predictions, self.truths):
-            m = self.per_scan[p.name]
-            title = f"{self.model.kind.upper()} on {p.name}: weighted F1 {m['weighted']['f1']:.3f}"
-            plot_confusion(m, out_dir / f"{p.name}_confusion.png", title=title)
-            plot_maps(truth, p.class_map, out_dir / f"{p.name}_maps.png", self.model.classes,
-                      integrated=p.integrated, title=title)
-            written += [str(out_dir / f"{p.name}_confusion.png"), str(out_dir / f"{p.name}_maps.png")]
+            written += plot_scan(out_dir, p.name, self.model.kind, p.name, self.per_scan[p.name], truth, p.class_map,
+                                 p.integrated, self.model.classes)
         if len(self.predictions) > 1:
             plot_confusion(self.pooled, out_dir / "all_confusion.png",
                            title=f"{self.model.kind.upper()}, all scans: weighted F1 {self.pooled['weighted']['f1']:.3f}")
             written.append(str(out_dir / "all_confusion.png"))
         return written
+
+
+def plot_scan(out_dir, stem, kind, name, metrics, truth, class_map, integrated, classes) -> list[str]:
+    """``<stem>_confusion.png`` and ``<stem>_maps.png`` (the paper's Fig. 6 maps) of model ``kind`` on
+    scan ``name`` in ``out_dir``; returns their paths."""
+    from ..models.metrics import plot_confusion, plot_maps
+
+    title = f"{kind.upper()} on {name}: weighted F1 {metrics['weighted']['f1']:.3f}"
+    files = [Path(out_dir) / f"{stem}_confusion.png", Path(out_dir) / f"{stem}_maps.png"]
+    plot_confusion(metrics, files[0], title=title)
+    plot_maps(truth, class_map, files[1], classes, integrated=integrated, title=title)
+    return [str(f) for f in files]
 
 
 def evaluate_model(model, scans, labels, *, flatfield=None, progress: Callable | None = None,
@@ -77,10 +85,7 @@ def evaluate_model(model, scans, labels, *, flatfield=None, progress: Callable |
     preds: list[ScanPrediction] = []
     per_scan = {}
     for i, (scan, truth, ff) in enumerate(zip(scans, truths, ffs)):
-        report = None
-        if scan_progress is not None:
-            report = (lambda k: lambda done, total: scan_progress(k, len(scans), done, total))(i)
-        p = predict_scan(model, scan, flatfield=ff, progress=report, cancel=cancel)
+        p = predict_scan(model, scan, flatfield=ff, progress=scan_report(scan_progress, i, len(scans)), cancel=cancel)
         if p.name in per_scan:
             p.name = f"{p.name}_{i + 1}"
         preds.append(p)

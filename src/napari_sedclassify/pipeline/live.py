@@ -1,14 +1,12 @@
 """Live mode: classify frames as they arrive, keep a running class map and keep-list.
 
-Sources of frames (:func:`open_source`):
-
-- a Merlin ``.mib`` file still being written (:class:`MibSource`): the file size is followed,
-  only whole frames (header + pixels) are read, each frame header is checked; the scan shape
-  comes from ``scan_shape`` or the ``.hdr`` written before the acquisition;
-- a folder where frame files land (:class:`FolderSource`): ``.npy``, ``.tif``/``.tiff`` or
-  ``.mib`` files with one or more frames each, taken in the natural order of their names (the
-  order acquisition software numbers them); a file that cannot be read completely yet is
-  retried at the next poll.
+Sources of frames (:func:`open_source`): a Merlin ``.mib`` file still being written
+(:class:`MibSource`: only whole frames are read, each frame header is checked; the scan shape
+comes from ``scan_shape`` or the ``.hdr`` written before the acquisition); a folder where frame
+files land (:class:`FolderSource`: ``.npy``, ``.tif``/``.tiff`` or ``.mib`` files of one or more
+frames, taken in the natural order of their names, the order acquisition software numbers them;
+a file not readable completely yet is retried at the next poll); a Merlin or DECTRIS detector
+stream (:class:`MerlinStreamSource`, :class:`DectrisStreamSource`).
 
 Classification (:class:`FrameClassifier`) runs the model's own preprocessing recipe per frame:
 flat-field, centre, RIA (and central crop for a CNN), then the model. Its plan (bad pixels the
@@ -29,9 +27,12 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -83,16 +84,11 @@ class LiveClassMap:
         with self._lock:
             return int(self._done.sum())
 
-    @property
-    def complete(self) -> bool:
-        return self.n_done == self.n_positions
-
     def update(self, index, class_ids, probabilities, latencies_s) -> None:
         """Record classes (n,) and probabilities (n, k) of the frames at flat ``index`` (n,)."""
         index = np.asarray(index, np.int64).ravel()
         with self._lock:
-            flat = self._class_map.reshape(-1)
-            flat[index] = class_ids
+            self._class_map.reshape(-1)[index] = class_ids
             self._proba.reshape(-1, len(self.class_ids))[index] = probabilities
             self._done.reshape(-1)[index] = True
             self._latencies.extend(float(v) for v in np.ravel(latencies_s))
@@ -127,17 +123,18 @@ class LiveClassMap:
         for cb in subs:
             cb(self)
 
-    def class_map(self) -> np.ndarray:
+    def _copy(self, array: np.ndarray) -> np.ndarray:
         with self._lock:
-            return self._class_map.copy()
+            return array.copy()
+
+    def class_map(self) -> np.ndarray:
+        return self._copy(self._class_map)
 
     def probabilities(self) -> np.ndarray:
-        with self._lock:
-            return self._proba.copy()
+        return self._copy(self._proba)
 
     def done(self) -> np.ndarray:
-        with self._lock:
-            return self._done.copy()
+        return self._copy(self._done)
 
     def keep(self) -> np.ndarray:
         """bool (sy, sx): classified positions whose class is kept."""
@@ -219,32 +216,22 @@ class FrameClassifier:
         return cls(model, runner, geometry, procs[0].radii_px, r["crop_half_px"], plan)
 
     def classify(self, frames, index=None):
-        return self.predict(self.features(frames, index))
+        """Class ids (n,) and probabilities (n, k) of raw frames (n, ky, kx) at flat ``index``."""
+        return self.classify_chunks([(index, frames)])
 
-    def features(self, frames, index=None) -> dict:
-        """The model's features of raw frames (n, ky, kx): {"ria": (n, nb), "crop": ... or None}.
-        The frame kernels release the GIL: chunks of frames can be prepared in several threads."""
-        frames = np.asarray(frames)
-        if frames.ndim == 2:
-            frames = frames[None]
-        values = self.runner.run_chunk(frames, index).values
-        return {"ria": values["ria"], "crop": values.get("crop")}
-
-    def predict(self, features):
-        """Class ids (n,) and probabilities (n, k) from :meth:`features` output, or from a list of
-        them taken together (one call of the model for all: its fixed cost per call is paid once)."""
-        from ..models.inference import predict_scan as predict_features
+    def classify_chunks(self, chunks, threads: int = 1):
+        """:meth:`classify` of several chunks [(index, frames)]: their features in ``threads`` threads
+        (the frame kernels release the GIL), then one call of the model for all (its fixed cost per
+        call is paid once)."""
+        from ..models.inference import predict_scan
         from ..models.training import ScanFeatures
 
-        if isinstance(features, (list, tuple)):
-            features = {"ria": np.concatenate([f["ria"] for f in features]),
-                        "crop": None if features[0]["crop"] is None else np.concatenate([f["crop"] for f in features])}
-        ria, crops = features["ria"], features["crop"]
-        n = ria.shape[0]
-        feats = ScanFeatures(name="live", geometry=self.geometry, missing=np.zeros((1, n), bool),
-                             ria=ria[None], radii_px=self.radii_px,
-                             crops=None if crops is None else crops[None], crop_radius_px=self.crop_radius_px)
-        pred = predict_features(self.model, feats)
+        values = [part.values for part in self.runner.map_chunks(chunks, threads)]
+        ria = np.concatenate([v["ria"] for v in values])
+        crops = None if values[0].get("crop") is None else np.concatenate([v["crop"] for v in values])[None]
+        feats = ScanFeatures(name="live", geometry=self.geometry, missing=np.zeros((1, len(ria)), bool),
+                             ria=ria[None], radii_px=self.radii_px, crops=crops, crop_radius_px=self.crop_radius_px)
+        pred = predict_scan(self.model, feats)
         return pred.class_map[0], pred.probabilities[0]
 
 
@@ -259,7 +246,23 @@ class FrameBatch:
     seen: float | np.ndarray
 
 
-class MibSource:
+class _FileSource:
+    """What the file sources share: ``poll()`` hands over the frames ``_next(max_frames, left)``
+    read (at most ``max_frames`` of the ``left`` positions, or None) at the next scan positions."""
+
+    def poll(self, max_frames: int = 64) -> FrameBatch | None:
+        if not self.ready():
+            return None
+        seen = time.perf_counter()
+        frames = self._next(max_frames, self.scan_shape[0] * self.scan_shape[1] - self.done)
+        if frames is None:
+            return None
+        batch = FrameBatch(np.arange(self.done, self.done + len(frames)), frames, seen)
+        self.done += len(frames)
+        return batch
+
+
+class MibSource(_FileSource):
     """Whole frames of a Merlin .mib file that is still being written."""
 
     def __init__(self, path, scan_shape=None):
@@ -285,13 +288,12 @@ class MibSource:
         from ..io.mib import FrameHeader
 
         try:
-            size = os.path.getsize(self.path)
+            with open(self.path, "rb") as f:
+                head = f.read(2048)
         except FileNotFoundError:
             return False
-        if size < 384:
+        if len(head) < 384:
             return False
-        with open(self.path, "rb") as f:
-            head = f.read(2048)
         header = FrameHeader(head[:384], self.path)
         if header.header_bytes > len(head):
             return False
@@ -309,30 +311,19 @@ class MibSource:
     def ready(self) -> bool:
         return self.header is not None or self._read_header()
 
-    def poll(self, max_frames: int = 64) -> FrameBatch | None:
+    def _next(self, max_frames: int, left: int):
         from ..errors import ScanFormatError
         from ..io.mib import MibFrames
 
-        if not self.ready():
-            return None
-        seen = time.perf_counter()
         step = self.header.frame_bytes
-        n_total = self.scan_shape[0] * self.scan_shape[1]
-        available = min(os.path.getsize(self.path) // step, n_total)
-        if available <= self.done:
+        stop = min(os.path.getsize(self.path) // step, self.done + min(max_frames, left))
+        if stop <= self.done:
             return None
-        stop = min(available, self.done + max_frames)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
+        with open(self.path, "rb") as fh:
             for k in range(self.done, stop):
-                if os.pread(fd, 4, k * step) != b"MQ1,":
+                if os.pread(fh.fileno(), 4, k * step) != b"MQ1,":
                     raise ScanFormatError(f"{self.path}: corrupted frame header: frame {k} does not start with 'MQ1,'")
-        finally:
-            os.close(fd)
-        frames = np.array(MibFrames(self.path, self.header, stop).read(self.done, stop))
-        batch = FrameBatch(np.arange(self.done, stop), frames, seen)
-        self.done = stop
-        return batch
+        return np.array(MibFrames(self.path, self.header, stop).read(self.done, stop))
 
 
 _NUMBER = re.compile(r"(\d+)")
@@ -343,7 +334,7 @@ def _natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in _NUMBER.split(name)]
 
 
-class FolderSource:
+class FolderSource(_FileSource):
     """Frame files landing in a folder (one or more frames each), taken in natural name order."""
 
     def __init__(self, folder, scan_shape):
@@ -379,17 +370,13 @@ class FolderSource:
         arr = np.array(arr)
         return arr[None] if arr.ndim == 2 else arr.reshape((-1,) + arr.shape[-2:])
 
-    def poll(self, max_frames: int = 64) -> FrameBatch | None:
-        if not self.ready():
-            return None
-        seen = time.perf_counter()
+    def _next(self, max_frames: int, left: int):
         names = sorted((e.name for e in os.scandir(self.path)
                         if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(_FRAME_SUFFIXES)
                         and e.name not in self.taken), key=_natural_key)
-        got = []
-        n_total = self.scan_shape[0] * self.scan_shape[1]
+        got, n = [], 0
         for name in names:
-            if self.done + sum(len(g) for g in got) >= n_total or sum(len(g) for g in got) >= max_frames:
+            if n >= min(max_frames, left):
                 break
             try:
                 frames = self._read(self.path / name)
@@ -397,13 +384,12 @@ class FolderSource:
                 break
             self.taken.add(name)
             got.append(frames)
+            n += len(frames)
         if not got:
             return None
-        frames = np.concatenate(got)[: n_total - self.done]
+        frames = np.concatenate(got)[:left]
         self._detector = tuple(frames.shape[1:])
-        batch = FrameBatch(np.arange(self.done, self.done + len(frames)), frames, seen)
-        self.done += len(frames)
-        return batch
+        return frames
 
 
 # ---- detector network streams ----------------------------------------------------------------------
@@ -438,51 +424,102 @@ def merlin_control_get(host: str, port: int, names=("COUNTERDEPTH", "IMAGEX", "I
     return out
 
 
-def _qd_sequences(blob: bytes, n: int):
-    """Frame numbers (1-based, from each frame's header) of a libertem_qd_mpx frame stack, read
-    from its serialized handle (bincode: slot size and index, then each frame's metadata: MPX
-    length, frame number, ...); None when the bytes are not laid out as expected (another version
-    of the receiver), and frames are then numbered in order of arrival."""
-    import struct
-
+def _stack_numbers(blob: bytes, n: int, frame_number):
+    """Frame numbers of a stack of n frames of a LiberTEM-live receiver, read from its serialized
+    handle (bincode: slot size and index, the frame count, each frame's metadata, then the offsets
+    and the frame size); ``frame_number(blob, offset)`` reads one frame's metadata -> (number, next
+    offset). None when the bytes are not laid out as expected (another version of the receiver),
+    and frames are then numbered in order of arrival."""
     try:
-        off = 16
-        (count,) = struct.unpack_from("<Q", blob, off)
-        off += 8
+        (count,) = struct.unpack_from("<Q", blob, 16)
         if count != n:
             return None
-        seqs = np.empty(n, np.int64)
+        numbers = np.empty(n, np.int64)
+        off = 24
         for j in range(n):
-            _, seqs[j] = struct.unpack_from("<QI", blob, off)
-            off += 12 + 2 + 1 + 16 + 4 + 4 + 1  # data offset, chips, sizes, dtype, layout, chip select
-            (length,) = struct.unpack_from("<Q", blob, off)
-            off += 8 + length + 8 + 1 + 4 + 4  # timestamp, shutter time, counter, colour mode, gain
-            tag = blob[off]
-            off += 1
-            if tag == 1:  # MQ1A: extended timestamp, shutter ns, counter depth
-                (length,) = struct.unpack_from("<Q", blob, off)
-                off += 8 + length + 8 + 1
-            elif tag != 0:
-                return None
+            numbers[j], off = frame_number(blob, off)
         (offsets,) = struct.unpack_from("<Q", blob, off)
         if offsets != n or off + 8 + 8 * n + 8 != len(blob):
             return None
-        return seqs
-    except (struct.error, IndexError):
+        return numbers
+    except (struct.error, IndexError, ValueError):
         return None
 
 
+def _string_end(blob: bytes, off: int) -> int:
+    """Where the (u64 length, bytes) header string at ``off`` ends; at most 256 bytes."""
+    (length,) = struct.unpack_from("<Q", blob, off)
+    if length > 256:
+        raise ValueError("not a header string")
+    return off + 8 + length
+
+
+def _qd_frame_number(blob: bytes, off: int):
+    """A frame of a libertem_qd_mpx stack: MPX length, frame number (from 1, its Merlin header), ..."""
+    _, number = struct.unpack_from("<QI", blob, off)
+    off += 12 + 2 + 1 + 16 + 4 + 4 + 1  # data offset, chips, sizes, dtype, layout, chip select
+    off = _string_end(blob, off) + 8 + 1 + 4 + 4  # timestamp, shutter time, counter, colour mode, gain
+    tag = blob[off]
+    if tag == 1:  # MQ1A: extended timestamp, shutter ns, counter depth
+        return number, _string_end(blob, off + 1) + 8 + 1
+    if tag != 0:
+        raise ValueError("unknown frame header tag")
+    return number, off + 1
+
+
+def _dectris_frame_number(blob: bytes, off: int):
+    """A frame of a libertem_dectris stack: dimage (htype, series, frame from 0, hash), dimage_d
+    (htype, shape, type, encoding), dconfig (htype, start, stop, real time), data length."""
+    off = _string_end(blob, off) + 8  # htype, series
+    (number,) = struct.unpack_from("<Q", blob, off)
+    off = _string_end(blob, off + 8)  # hash
+    off = _string_end(blob, off) + 16 + 4  # dimage_d htype, shape, pixel type
+    off = _string_end(blob, off)  # encoding
+    return number, _string_end(blob, off) + 24 + 8  # dconfig htype, start/stop/real time; data length
+
+
+#: Frame numbers of a libertem_qd_mpx stack (Merlin numbers frames from 1), or None.
+_qd_sequences = partial(_stack_numbers, frame_number=_qd_frame_number)
+#: Frame numbers of a libertem_dectris stack (DECTRIS numbers frames from 0), or None.
+_dectris_frame_numbers = partial(_stack_numbers, frame_number=_dectris_frame_number)
+
+
 class StreamSource:
-    """What the detector-stream sources share: a receiver thread (``_receive``, in the subclass)
-    puts decoded frames in a queue bounded by ``max_buffered_frames``; ``ready()`` starts it on
-    its first call and is True once the detector is armed; ``poll()`` hands over the frames
-    waiting; ``finished`` is True when the acquisition ended and every frame was handed over;
-    ``stats()`` gives the counters; ``close()`` stops the receiver."""
+    """A detector stream received by LiberTEM-live's receiver (the ``live`` extra) in passive mode.
+
+    ``ready()`` connects on its first call, starts a receiver thread and is True once the
+    acquisition software armed the detector (nothing is armed or triggered from here); the thread
+    takes frame stacks out of the receiver's shared memory, decodes and releases them. ``poll()``
+    hands over the frames waiting; ``finished`` is True when the acquisition ended and every frame
+    was handed over; ``stats()`` gives the counters; ``close()`` stops the receiver. A frame goes
+    to the scan position its number (in its own header) gives: one lost on the way leaves its
+    position unclassified and counts in ``stats()["frames_dropped"]``. Memory is bounded: at most
+    ``max_buffered_frames`` decoded frames wait for the classifier, then ``num_slots`` stacks of up
+    to ``frame_stack_size`` frames stay in shared memory, then the stream itself is held back, as a
+    slow reader of a real detector would be. name: stem of the output files.
+
+    A subclass sets ``kind``, ``stream_format``, ``first_number`` (the scan's first frame number)
+    and ``_frame_numbers(blob, n)``, and implements ``_connect(handle_dir)`` -> (receiver module,
+    connection), ``_armed_by(armed)`` -> frames announced, and ``_first_stack(stack)``.
+    """
 
     kind = "stream"
+    first_number = 0
 
-    def _init_stream(self, max_buffered_frames: int) -> None:
+    def __init__(self, host: str, port: int, scan_shape=None, *, name: str, frame_stack_size: int = 16,
+                 num_slots: int = 256, max_buffered_frames: int = 1024, bytes_per_frame: int = 256 * 256 * 2):
+        from ..optional import require_live
+
+        require_live(self.kind)
+        self.host, self.port = str(host), int(port)
+        self.name = name
+        self.path = f"{self.kind}://{self.host}:{self.port}"
+        self._scan_shape = None if scan_shape is None else tuple(int(s) for s in scan_shape)
+        self.frame_stack_size = int(frame_stack_size)
+        self.num_slots = int(num_slots)
+        self.bytes_per_frame = int(bytes_per_frame)
         self.max_buffered_frames = int(max_buffered_frames)
+        self.metadata = {"format": self.stream_format, "stream": f"{self.host}:{self.port}"}
         self.detector_shape = None
         self.dtype = None
         self.done = 0
@@ -499,21 +536,93 @@ class StreamSource:
                        "frame_stacks": 0, "max_buffered_frames": 0, "first_frame_at": None, "last_frame_at": None,
                        "frame_numbers_from": None}
 
+    @property
+    def scan_shape(self):
+        return self._scan_shape
+
+    def geometry(self) -> Geometry:
+        return Geometry(detector_shape=self.detector_shape)
+
     def _start(self):
         self._thread = threading.Thread(target=self._receive, daemon=True, name=f"{self.kind}-receiver")
         self._thread.start()
 
-    def _wait_for_room(self) -> None:
-        """Block the receiver while the classifier is behind (frames stay in the receiver's shared
-        memory, then the detector's stream is held back)."""
-        with self._cond:
-            while self._buffered >= self.max_buffered_frames and not self._stop.is_set():
-                self._cond.wait(0.05)
+    def _next_stack(self, conn):
+        return conn.get_next_stack(max_size=self.frame_stack_size)
 
-    def _deliver(self, index, frames, seen: float, received: int, gaps: int = 0) -> None:
-        """Queue the frames of one stack at flat scan ``index`` (frames outside the scan are
-        counted and left out) and update the counters."""
-        inside = (index >= 0) & (index < self._n_positions())
+    def _scan_frames(self, frames):
+        """Decoded frames as the project's readers show them."""
+        return frames
+
+    def _receive(self):
+        import shutil
+        import tempfile
+
+        handle_dir = tempfile.mkdtemp(prefix=f"sedclassify-{self.kind}-")
+        conn = cam = None
+        try:
+            receiver, conn = self._connect(handle_dir)
+            conn.start_passive()
+            armed = None
+            while armed is None and not self._stop.is_set():
+                armed = conn.wait_for_arm(timeout=0.2)
+            if armed is None:
+                return
+            self._stats["frames_announced"] = self._armed_by(armed)
+            cam = receiver.CamClient(conn.get_socket_path())
+            self._armed.set()
+            expected = self.first_number
+            while not self._stop.is_set():
+                with self._cond:  # the classifier is behind: stacks stay in shared memory, then the stream waits
+                    while self._buffered >= self.max_buffered_frames and not self._stop.is_set():
+                        self._cond.wait(0.05)
+                if self._stop.is_set():
+                    break
+                stack = self._next_stack(conn)
+                if stack is None:  # the acquisition is over
+                    break
+                seen = time.perf_counter()
+                n = len(stack)
+                if self.dtype is None:
+                    self._first_stack(stack)
+                frames = np.empty((n,) + self.detector_shape, self.dtype)
+                cam.decode_range_into_buffer(stack, frames, 0, n)
+                numbers = self._frame_numbers(stack.serialize(), n)
+                cam.done(stack)
+                expected = self._deliver(numbers, expected, self._scan_frames(frames), seen)
+            if not self._stop.is_set():  # the stream ended by itself: frames announced, never received, are lost
+                with self._cond:
+                    announced = self._stats["frames_announced"] or 0
+                    self._stats["frames_dropped"] += max(0, announced - (expected - self.first_number))
+        except BaseException as exc:  # reported by ready() / poll()
+            self.error = exc
+        finally:
+            for obj in (cam, conn):
+                if obj is not None:
+                    with suppress(Exception):
+                        obj.close()
+            shutil.rmtree(handle_dir, ignore_errors=True)
+            self._ended.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _deliver(self, numbers, expected: int, frames, seen: float) -> int:
+        """Queue one stack of frames at the scan positions their ``numbers`` give (from the frames'
+        headers; None: in order of arrival, then noted in the stats) and update the counters: gaps
+        in the numbers are dropped frames, frames outside the scan are counted and left out.
+        Returns the next number expected."""
+        received = len(frames)
+        if self._stats["frame_numbers_from"] is None:
+            self._stats["frame_numbers_from"] = "frame headers" if numbers is not None else "arrival order"
+        if numbers is None:
+            numbers = np.arange(expected, expected + received)
+        gaps = int(numbers[0] - expected) + int(np.clip(np.diff(numbers) - 1, 0, None).sum())
+        index = numbers - self.first_number
+        try:
+            n_positions = self.scan_shape[0] * self.scan_shape[1]
+        except ValueError:  # the scan shape is not known: no frame is outside it
+            n_positions = np.iinfo(np.int64).max
+        inside = (index >= 0) & (index < n_positions)
         if not inside.all():
             index, frames = index[inside], frames[inside]
         batch = FrameBatch(index, frames, np.full(len(index), seen))
@@ -530,40 +639,7 @@ class StreamSource:
                 self._buffered += len(batch.index)
             st["max_buffered_frames"] = max(st["max_buffered_frames"], self._buffered)
             self._cond.notify_all()
-
-    def _numbered(self, numbers, expected: int, n: int):
-        """(frame numbers, gaps, next expected number) of a stack of n frames: numbers from the
-        frames' headers, or in arrival order when they carry none (then noted in the stats)."""
-        if self._stats["frame_numbers_from"] is None:
-            self._stats["frame_numbers_from"] = "frame headers" if numbers is not None else "arrival order"
-        if numbers is None:
-            numbers = np.arange(expected, expected + n)
-        gaps = int(numbers[0] - expected) + int(np.clip(np.diff(numbers) - 1, 0, None).sum())
-        return numbers, gaps, int(numbers[-1]) + 1
-
-    def _count_unsent(self, received_up_to: int) -> None:
-        """At the end of a stream not stopped by us: frames announced but never received are lost."""
-        if not self._stop.is_set():
-            with self._cond:
-                announced = self._stats["frames_announced"] or 0
-                self._stats["frames_dropped"] += max(0, announced - received_up_to)
-
-    def _end_receiving(self, *objects, handle_dir=None) -> None:
-        """Close the receiver's objects, remove its shared-memory folder and say the stream ended."""
-        import shutil
-
-        for obj in objects:
-            if obj is not None:
-                try:
-                    obj.close()
-                except Exception:
-                    pass
-        if handle_dir is not None:
-            shutil.rmtree(handle_dir, ignore_errors=True)
-        self._ended.set()
-        with self._cond:
-            self._cond.notify_all()
-
+        return int(numbers[-1]) + 1
 
     def ready(self) -> bool:
         if self._thread is None:
@@ -580,12 +656,6 @@ class StreamSource:
             self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     @property
     def finished(self) -> bool:
@@ -606,13 +676,6 @@ class StreamSource:
             s["receive_rate_hz"] = round((s["frames_received"] - 1) / (t1 - t0), 1)
         return s
 
-    def _n_positions(self) -> int:
-        try:
-            sy, sx = self.scan_shape
-        except ValueError:
-            return np.iinfo(np.int64).max
-        return sy * sx
-
     def poll(self, max_frames: int = 64) -> FrameBatch | None:
         if not self.ready():
             return None
@@ -623,13 +686,11 @@ class StreamSource:
                 return None
             got, n = [], 0
             while self._queue and n < max_frames:
-                b = self._queue[0]
+                b = self._queue.pop(0)
                 take = min(len(b.index), max_frames - n)
-                if take == len(b.index):
-                    got.append(self._queue.pop(0))
-                else:
-                    got.append(FrameBatch(b.index[:take], b.frames[:take], b.seen[:take]))
-                    self._queue[0] = FrameBatch(b.index[take:], b.frames[take:], b.seen[take:])
+                if take < len(b.index):  # the rest stays first in the queue
+                    self._queue.insert(0, FrameBatch(b.index[take:], b.frames[take:], b.seen[take:]))
+                got.append(FrameBatch(b.index[:take], b.frames[:take], b.seen[:take]))
                 n += take
             self._buffered -= n
             self._cond.notify_all()
@@ -643,44 +704,27 @@ class StreamSource:
 class MerlinStreamSource(StreamSource):
     """Frames from a Quantum Detectors Merlin data stream (TCP; the Merlin software's data port,
     6342 by default, or LiberTEM-live's simulator ``libertem-live-mib-sim``), received by
-    ``libertem_qd_mpx.QdConnection`` (the ``live`` extra) in passive mode.
-
-    ``ready()`` connects on its first call and starts a receiver thread that waits for the
-    detector to be armed (by the acquisition software; nothing is triggered from here), then
-    takes frame stacks out of the receiver's shared memory, decodes them into frames (rows flipped,
-    as the project's .mib reader shows them) and releases them; ``poll()`` hands over the frames
-    waiting. Each frame is placed at scan position ``frame number - 1`` (the number in its Merlin
-    header): a frame lost on the way leaves its position unclassified and is counted in
-    ``stats()["frames_dropped"]``. At most ``max_buffered_frames`` decoded frames wait for the
-    classifier; beyond that, stacks stay in shared memory (``num_slots`` stacks of up to
-    ``frame_stack_size`` frames) and then the TCP stream itself is held back, as a slow reader of a
-    real detector would be (Merlin then drops frames, which shows as ``frames_dropped``).
+    ``libertem_qd_mpx.QdConnection`` as :class:`StreamSource` says. Frames are decoded with their
+    rows flipped, as the project's .mib reader shows them, and each goes to scan position ``frame
+    number - 1`` (the number in its Merlin header); a slow reader makes Merlin drop frames, which
+    shows as ``frames_dropped``.
 
     scan_shape: (sy, sx); default the acquisition header's ScanX/ScanY, else its frames per trigger
     as the row length. control_port: the Merlin control port; when given, the counter depth and
-    frame size are read from it (metadata). name: stem of the output files.
+    frame size are read from it (metadata). options: frame_stack_size, num_slots,
+    max_buffered_frames, bytes_per_frame (:class:`StreamSource`).
     """
 
     kind = "merlin"
+    stream_format = "Merlin TCP stream (live)"
+    first_number = 1
+    _frame_numbers = _qd_sequences
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6342, scan_shape=None, *, control_port=None,
-                 name: str = "merlin", frame_stack_size: int = 16, num_slots: int = 256,
-                 max_buffered_frames: int = 1024, bytes_per_frame: int = 256 * 256 * 2):
-        from ..optional import require_live
-
-        require_live("merlin")
-        self.host, self.port = str(host), int(port)
+                 name: str = "merlin", **options):
+        super().__init__(host, port, scan_shape, name=name, **options)
         self.control_port = None if control_port is None else int(control_port)
-        self.name = name
-        self.path = f"merlin://{self.host}:{self.port}"
-        self._scan_shape = None if scan_shape is None else tuple(int(s) for s in scan_shape)
-        self.frame_stack_size = int(frame_stack_size)
-        self.num_slots = int(num_slots)
-        self.bytes_per_frame = int(bytes_per_frame)
-        self.metadata = {"format": "Merlin TCP stream (live)", "stream": f"{self.host}:{self.port}"}
-        self._init_stream(max_buffered_frames)
 
-    # -- lifecycle
     def _start(self):
         if self.control_port is not None:
             try:
@@ -692,7 +736,6 @@ class MerlinStreamSource(StreamSource):
                 self.metadata["counter_depth"] = int(settings["COUNTERDEPTH"])
         super()._start()
 
-    # -- what the acquisition header says
     @property
     def scan_shape(self):
         if self._scan_shape is None:
@@ -713,154 +756,57 @@ class MerlinStreamSource(StreamSource):
 
         return Geometry(detector_shape=self.detector_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
 
-    def _receive(self):
-        import tempfile
-
+    def _connect(self, handle_dir):
         import libertem_qd_mpx as qd
 
-        handle_dir = tempfile.mkdtemp(prefix="sedclassify-qd-")
-        conn = cam = None
-        try:
-            conn = qd.QdConnection(data_host=self.host, data_port=self.port, frame_stack_size=self.frame_stack_size,
+        return qd, qd.QdConnection(data_host=self.host, data_port=self.port, frame_stack_size=self.frame_stack_size,
                                    shm_handle_path=os.path.join(handle_dir, "qd-shm"), drain=False,
                                    num_slots=self.num_slots, bytes_per_frame=self.bytes_per_frame,
                                    recovery_strategy="immediate_reconnect")
-            conn.start_passive()
-            acq = None
-            while acq is None and not self._stop.is_set():
-                acq = conn.wait_for_arm(timeout=0.2)
-            if acq is None:
-                return
-            total = int(acq.frames_in_acquisition())
-            self.header = {"frames_in_acquisition": total, "frames_per_trigger": int(acq.frames_per_trigger()),
-                           "nav_shape": acq.nav_shape(), "detector_shape": tuple(acq.detector_shape())}
-            self.detector_shape = tuple(int(s) for s in acq.detector_shape())
-            self._stats["frames_announced"] = total
-            self.metadata["acquisition_header"] = {k: (list(v) if isinstance(v, tuple) else v)
-                                                   for k, v in self.header.items()}
-            cam = qd.CamClient(conn.get_socket_path())
-            self._armed.set()
-            expected = 1
-            while not self._stop.is_set():
-                self._wait_for_room()  # the classifier is behind: leave the stacks in shared memory
-                if self._stop.is_set():
-                    break
-                stack = conn.get_next_stack(max_size=self.frame_stack_size)
-                if stack is None:  # the acquisition is over
-                    break
-                seen = time.perf_counter()
-                n = len(stack)
-                if self.dtype is None:
-                    self.dtype = np.dtype(stack.get_dtype_string())
-                    self.detector_shape = tuple(int(s) for s in stack.get_shape())
-                    self.metadata.setdefault("counter_depth", {1: 6, 2: 12, 4: 24}.get(self.dtype.itemsize))
-                frames = np.empty((n,) + self.detector_shape, self.dtype)
-                cam.decode_range_into_buffer(stack, frames, 0, n)
-                seqs = _qd_sequences(stack.serialize(), n)
-                cam.done(stack)
-                seqs, gaps, expected = self._numbered(seqs, expected, n)
-                self._deliver(seqs - 1, frames[:, ::-1], seen, n, gaps)
-            self._count_unsent(expected - 1)  # Merlin numbers frames from 1
-        except BaseException as exc:  # reported by ready() / poll()
-            self.error = exc
-        finally:
-            self._end_receiving(cam, conn, handle_dir=handle_dir)
 
+    def _armed_by(self, acq) -> int:
+        self.header = {"frames_in_acquisition": int(acq.frames_in_acquisition()),
+                       "frames_per_trigger": int(acq.frames_per_trigger()), "nav_shape": acq.nav_shape(),
+                       "detector_shape": tuple(acq.detector_shape())}
+        self.detector_shape = tuple(int(s) for s in acq.detector_shape())
+        self.metadata["acquisition_header"] = {k: (list(v) if isinstance(v, tuple) else v)
+                                               for k, v in self.header.items()}
+        return self.header["frames_in_acquisition"]
 
-def _dectris_frame_numbers(blob: bytes, n: int):
-    """Frame numbers (from 0, each frame's ``dimage-1.0`` part) of a libertem_dectris frame stack,
-    read from its serialized handle (bincode: slot size and index, then each frame's metadata:
-    dimage (htype, series, frame, hash), dimage_d (htype, shape, type, encoding), dconfig (htype,
-    start, stop, real time), data length; then the offsets and the frame size); None when the bytes
-    are not laid out as expected (another version of the receiver), and frames are then numbered
-    in order of arrival."""
-    import struct
+    def _first_stack(self, stack):
+        self.dtype = np.dtype(stack.get_dtype_string())
+        self.detector_shape = tuple(int(s) for s in stack.get_shape())
+        self.metadata.setdefault("counter_depth", {1: 6, 2: 12, 4: 24}.get(self.dtype.itemsize))
 
-    def string(off):
-        (length,) = struct.unpack_from("<Q", blob, off)
-        if length > 256:
-            raise ValueError("not a header string")
-        return off + 8 + length
-
-    try:
-        off = 16
-        (count,) = struct.unpack_from("<Q", blob, off)
-        off += 8
-        if count != n:
-            return None
-        numbers = np.empty(n, np.int64)
-        for j in range(n):
-            off = string(off) + 8  # htype, series
-            (numbers[j],) = struct.unpack_from("<Q", blob, off)
-            off = string(off + 8)  # hash
-            off = string(off) + 16 + 4  # dimage_d htype, shape, pixel type
-            off = string(off)  # encoding
-            off = string(off) + 24 + 8  # dconfig htype, start/stop/real time; data length
-        (offsets,) = struct.unpack_from("<Q", blob, off)
-        if offsets != n or off + 8 + 8 * n + 8 != len(blob):
-            return None
-        return numbers
-    except (struct.error, ValueError):
-        return None
-
-
-def _dectris_config(config) -> dict:
-    """The detector configuration libertem_dectris parsed from the series header (its repr:
-    ``DetectorConfig { ntrigger: 256, nimages: 1, trigger_mode: EXTE, x_pixels_in_detector: ...}``)."""
-    out = {}
-    for key, value in re.findall(r"(\w+): (\w+)", repr(config)):
-        out[key] = int(value) if value.isdigit() else value.lower()
-    return out
+    def _scan_frames(self, frames):
+        return frames[:, ::-1]
 
 
 class DectrisStreamSource(StreamSource):
     """Frames from a DECTRIS detector's zmq stream (ARINA, QUADRO, EIGER2: the DCU's stream port,
     9999 by default, or LiberTEM-live's simulator ``libertem-live-dectris-sim``), received by
-    ``libertem_dectris.DectrisConnection`` (the ``live`` extra) in passive mode.
-
-    ``ready()`` connects on its first call and starts a receiver thread that waits for a series
-    header (``dheader-1.0``: the detector was armed by the acquisition software; nothing is armed or
-    triggered from here), then takes frame stacks out of the receiver's shared memory, decodes them
-    (Bitshuffle-LZ4 or LZ4, 8/16/32 bit, as the receiver does) and releases them. Each frame goes to
-    scan position ``frame`` (the number in its ``dimage-1.0`` part, from 0). LiberTEM's receiver
-    stops a series whose frame numbers skip (a frame lost on the way): the frames announced by the
-    header (``ntrigger`` x ``nimages``) that never arrived are counted in
-    ``stats()["frames_dropped"]`` and the receiver's message is kept in ``stats()["stream_error"]``;
-    the run then ends ``incomplete``. Memory is bounded as for :class:`MerlinStreamSource`
-    (``max_buffered_frames`` decoded frames, then ``num_slots`` stacks in shared memory, then the
-    zmq stream is held back).
+    ``libertem_dectris.DectrisConnection`` as :class:`StreamSource` says: armed means a series
+    header (``dheader-1.0``) arrived; frames (Bitshuffle-LZ4 or LZ4, 8/16/32 bit) are decoded as
+    the receiver does and each goes to scan position ``frame`` (the number in its ``dimage-1.0``
+    part, from 0). LiberTEM's receiver stops a series whose frame numbers skip (a frame lost on the
+    way): the frames announced by the header (``ntrigger`` x ``nimages``) that never arrived are
+    counted in ``stats()["frames_dropped"]``, the receiver's message is kept in
+    ``stats()["stream_error"]`` and the run then ends ``incomplete``.
 
     scan_shape: (sy, sx); needed (a DECTRIS series header gives the number of frames, not the scan's
-    rows and columns). name: stem of the output files.
+    rows and columns). options: as for :class:`MerlinStreamSource`.
     """
 
     kind = "dectris"
+    stream_format = "DECTRIS zmq stream (live)"
+    _frame_numbers = _dectris_frame_numbers
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9999, scan_shape=None, *, name: str = "dectris",
-                 frame_stack_size: int = 16, num_slots: int = 256, max_buffered_frames: int = 1024,
-                 bytes_per_frame: int = 256 * 256 * 2):
-        from ..optional import require_live
-
-        require_live("dectris")
-        self.host, self.port = str(host), int(port)
-        self.name = name
-        self.path = f"dectris://{self.host}:{self.port}"
+                 **options):
+        super().__init__(host, port, scan_shape, name=name, **options)
         if scan_shape is None:
             raise ValueError(f"{self.path}: a DECTRIS series header does not give the scan shape: "
                              "give --scan-shape SY SX")
-        self._scan_shape = tuple(int(s) for s in scan_shape)
-        self.frame_stack_size = int(frame_stack_size)
-        self.num_slots = int(num_slots)
-        self.bytes_per_frame = int(bytes_per_frame)
-        self.metadata = {"format": "DECTRIS zmq stream (live)", "stream": f"{self.host}:{self.port}"}
-        self._init_stream(max_buffered_frames)
-
-    @property
-    def scan_shape(self):
-        return self._scan_shape
-
-    def geometry(self) -> Geometry:
-        return Geometry(detector_shape=self.detector_shape)
 
     def _start(self):
         import socket
@@ -873,85 +819,79 @@ class DectrisStreamSource(StreamSource):
                                   "interface is enabled (stream/api/.../config/mode = enabled)") from exc
         super()._start()
 
-    def _receive(self):
-        import tempfile
-
+    def _connect(self, handle_dir):
         import libertem_dectris as ld
 
-        handle_dir = tempfile.mkdtemp(prefix="sedclassify-dectris-")
-        conn = cam = None
-        try:
-            conn = ld.DectrisConnection(uri=f"tcp://{self.host}:{self.port}", frame_stack_size=self.frame_stack_size,
+        return ld, ld.DectrisConnection(uri=f"tcp://{self.host}:{self.port}", frame_stack_size=self.frame_stack_size,
                                         handle_path=os.path.join(handle_dir, "dectris-shm"),
                                         num_slots=self.num_slots, bytes_per_frame=self.bytes_per_frame)
-            conn.start_passive()
-            armed = None
-            while armed is None and not self._stop.is_set():
-                armed = conn.wait_for_arm(timeout=0.2)
-            if armed is None:
-                return
-            config, series = armed
-            total = int(config.get_num_frames())
-            cfg = _dectris_config(config)
-            self.header = {"frames_in_acquisition": total, "series": int(series), **cfg}
-            if cfg.get("y_pixels_in_detector") and cfg.get("x_pixels_in_detector"):
-                self.detector_shape = (cfg["y_pixels_in_detector"], cfg["x_pixels_in_detector"])
-            if cfg.get("bit_depth_image"):
-                self.metadata["counter_depth"] = cfg["bit_depth_image"]
-            self._stats["frames_announced"] = total
-            self.metadata["acquisition_header"] = dict(self.header)
-            cam = ld.CamClient(conn.get_socket_path())
-            self._armed.set()
-            expected = 0
-            while not self._stop.is_set():
-                self._wait_for_room()
-                if self._stop.is_set():
-                    break
-                try:
-                    stack = conn.get_next_stack(max_size=self.frame_stack_size)
-                except Exception as exc:  # the receiver gave up on this series (e.g. a frame number skipped)
-                    with self._cond:
-                        self._stats["stream_error"] = str(exc)
-                    break
-                if stack is None:  # the series is over
-                    break
-                seen = time.perf_counter()
-                n = len(stack)
-                if self.dtype is None:
-                    self.dtype = np.dtype(stack.get_dtype_string())
-                    self.detector_shape = tuple(int(s) for s in reversed(stack.get_shape()))  # DECTRIS: [x, y]
-                    self.metadata.setdefault("counter_depth", 8 * self.dtype.itemsize)
-                frames = np.empty((n,) + self.detector_shape, self.dtype)
-                cam.decode_range_into_buffer(stack, frames, 0, n)
-                numbers = _dectris_frame_numbers(stack.serialize(), n)
-                cam.done(stack)
-                numbers, gaps, expected = self._numbered(numbers, expected, n)
-                if frames.dtype.byteorder == ">":
-                    frames = frames.astype(frames.dtype.newbyteorder("="))
-                self._deliver(numbers, frames, seen, n, gaps)
-            self._count_unsent(expected)  # DECTRIS numbers frames from 0
-        except BaseException as exc:  # reported by ready() / poll()
-            self.error = exc
-        finally:
-            self._end_receiving(cam, conn, handle_dir=handle_dir)
+
+    def _armed_by(self, armed) -> int:
+        config, series = armed
+        total = int(config.get_num_frames())
+        # the detector configuration the receiver parsed from the series header, from its repr:
+        # DetectorConfig { ntrigger: 256, nimages: 1, trigger_mode: EXTE, x_pixels_in_detector: ...}
+        cfg = {k: int(v) if v.isdigit() else v.lower() for k, v in re.findall(r"(\w+): (\w+)", repr(config))}
+        self.header = {"frames_in_acquisition": total, "series": int(series), **cfg}
+        if cfg.get("y_pixels_in_detector") and cfg.get("x_pixels_in_detector"):
+            self.detector_shape = (cfg["y_pixels_in_detector"], cfg["x_pixels_in_detector"])
+        if cfg.get("bit_depth_image"):
+            self.metadata["counter_depth"] = cfg["bit_depth_image"]
+        self.metadata["acquisition_header"] = dict(self.header)
+        return total
+
+    def _next_stack(self, conn):
+        try:
+            return super()._next_stack(conn)
+        except Exception as exc:  # the receiver gave up on this series (e.g. a frame number skipped)
+            with self._cond:
+                self._stats["stream_error"] = str(exc)
+            return None
+
+    def _first_stack(self, stack):
+        self.dtype = np.dtype(stack.get_dtype_string())
+        self.detector_shape = tuple(int(s) for s in reversed(stack.get_shape()))  # DECTRIS: [x, y]
+        self.metadata.setdefault("counter_depth", 8 * self.dtype.itemsize)
+
+    def _scan_frames(self, frames):
+        return frames.astype(frames.dtype.newbyteorder("=")) if frames.dtype.byteorder == ">" else frames
 
 
-def open_source(path, scan_shape=None):
-    """A frame source for ``path``: ``merlin://HOST:PORT`` (a Merlin data stream, the ``live``
-    extra), a growing .mib file (``.mib``/``.hdr``), else a folder of frame files (which may not
-    exist yet)."""
-    if str(path).startswith("merlin://"):
-        host, port = parse_host_port(str(path)[len("merlin://"):], 6342)
-        return MerlinStreamSource(host, port, scan_shape)
-    if str(path).startswith("dectris://"):
-        host, port = parse_host_port(str(path)[len("dectris://"):], 9999)
-        return DectrisStreamSource(host, port, scan_shape)
+def open_source(path, scan_shape=None, **stream_options):
+    """A frame source for ``path``: ``merlin://HOST[:PORT]`` or ``dectris://HOST[:PORT]`` (a detector
+    stream, the ``live`` extra; ``stream_options`` go to its source), a growing .mib file
+    (``.mib``/``.hdr``), else a folder of frame files (which may not exist yet)."""
+    for cls, default_port in ((MerlinStreamSource, 6342), (DectrisStreamSource, 9999)):
+        if str(path).startswith(f"{cls.kind}://"):
+            host, port = parse_host_port(str(path)[len(cls.kind) + 3:], default_port)
+            return cls(host, port, scan_shape, **stream_options)
     path = Path(path)
     if path.suffix.lower() in (".mib", ".hdr"):
         return MibSource(path.with_suffix(".mib"), scan_shape)
     if path.is_dir() or not path.exists():  # a folder, possibly not created yet
         return FolderSource(path, scan_shape)
     raise ValueError(f"{path}: live input must be a folder of frame files or a Merlin .mib file")
+
+
+def wait_ready(src, timeout_s: float | None = None, cancel: Callable | None = None, poll_s: float = 0.01) -> None:
+    """Wait until ``src`` is ready (a .mib file's first frame header, the folder, a stream's detector
+    armed); after ``timeout_s`` s (None: no limit), or once ``cancel()`` is True, close it and raise
+    TimeoutError."""
+    t0 = time.perf_counter()
+    try:
+        while not src.ready():
+            if (cancel is not None and cancel()) or (timeout_s is not None and time.perf_counter() - t0 > timeout_s):
+                within = "" if timeout_s is None else f" within {timeout_s:g} s"
+                if isinstance(src, StreamSource):
+                    raise TimeoutError(f"{src.path}: the detector was not armed{within} (no acquisition header "
+                                       "arrived): arm the acquisition in the detector's software after starting "
+                                       "watch, check HOST:PORT, or give a longer --timeout")
+                raise TimeoutError(f"{getattr(src, 'path', src)}: no frame arrived{within}")
+            time.sleep(poll_s)
+    except BaseException:
+        if hasattr(src, "close"):
+            src.close()
+        raise
 
 
 # ---- the engine --------------------------------------------------------------------------------------
@@ -1013,8 +953,7 @@ def write_outputs(state: LiveClassMap, paths: dict, extra: dict | None = None, s
 def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=None, keep=("amorphous_ice",),
           flatfield=None, geometry: Geometry | None = None, metadata: dict | None = None,
           calibration_frames: int | None = None, max_chunk: int = 32, threads: int | None = None,
-          poll_s: float = 0.002,
-          timeout_s: float | None = 10.0, write_every_s: float = 1.0, force: bool = False,
+          poll_s: float = 0.002, timeout_s: float | None = 10.0, write_every_s: float = 1.0, force: bool = False,
           state: LiveClassMap | None = None, cancel: Callable | None = None, reduce_to=None,
           compression: str = "bslz4") -> LiveResult:
     """Classify the frames of ``source`` (a path for :func:`open_source`, or a source) as they arrive.
@@ -1025,12 +964,12 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     frames that set the plan (default: the recipe's bad_pixel_sample, at most the scan).
     max_chunk: most frames in one chunk of feature extraction; threads: how many chunks are
     prepared at once (default: one per core); the frames waiting (up to 4 chunks per thread) then
-    go through the model in one call. timeout_s: stop when no
-    new frame arrived for this long (None: wait forever). out_dir: where the class map and
-    keep-list go (atomically, every write_every_s and at the end; existing ones only with
-    ``force``). state: a LiveClassMap to fill (a widget may hold it); cancel() -> True ends the run
-    (status "stopped"). reduce_to: an HDF5 file that receives the frames of the ``keep`` classes as
-    they are classified (:class:`~napari_sedclassify.pipeline.reduce.StreamingReducer`: built at
+    go through the model in one call. timeout_s: stop when no new frame arrived for this long
+    (None: wait forever). out_dir: where the class map and keep-list go (atomically, every
+    write_every_s and at the end; existing ones only with ``force``). state: a LiveClassMap to
+    fill (a widget may hold it); cancel() -> True ends the run (status "stopped"). reduce_to: an
+    HDF5 file that receives the frames of the ``keep`` classes as they are classified
+    (:class:`~napari_sedclassify.pipeline.reduce.StreamingReducer`: built at
     ``<stem>.partial.h5``, committed with the outputs, renamed to ``reduce_to`` when the run is
     complete; compression "bslz4" or "none"). A source with ``finished`` (a detector stream) ends
     the run when its acquisition is over ("incomplete" when positions were never received); a
@@ -1038,7 +977,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     same way (outputs written) and re-raises.
     """
     from .predict import as_model
-    from .reduce import class_ids as ids_of
+    from .reduce import check_live_target, class_ids as ids_of
     from .train import _is_path
 
     model_arg = model
@@ -1047,31 +986,15 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     name = name or getattr(src, "name", None) or Path(getattr(src, "path", "live")).stem
     keep_ids = ids_of(keep, model.classes) if keep else []
     paths = output_paths(out_dir, name) if out_dir is not None else None
-    if paths is not None:
-        for p in paths.values():
-            check_target(p, force)
+    for p in (paths or {}).values():
+        check_target(p, force)
     if reduce_to is not None:
-        from .reduce import partial_path
-
         if not keep_ids:
             raise ValueError("reduction on the fly keeps the frames of the --keep classes: give at least one")
-        if compression not in ("bslz4", "none"):
-            raise ValueError(f"on-the-fly reduction writes bslz4 or none, not {compression!r}")
-        check_target(reduce_to, force)
-        if partial_path(reduce_to).exists() and not force:
-            raise FileExistsError(f"{partial_path(reduce_to)}: a partial file of an earlier live run is there; "
-                                  "not overwritten (use --force to replace it)")
+        check_live_target(reduce_to, compression, force)
     stopped = cancel if cancel is not None else (lambda: False)
     wait_start = time.perf_counter()
-    try:
-        while not src.ready():  # the acquisition has not started writing yet (or the detector is not armed)
-            if stopped() or (timeout_s is not None and time.perf_counter() - wait_start > timeout_s):
-                raise TimeoutError(f"{getattr(src, 'path', source)}: no frame arrived within {timeout_s} s")
-            time.sleep(poll_s)
-    except BaseException:
-        if hasattr(src, "close"):
-            src.close()
-        raise
+    wait_ready(src, timeout_s, stopped, poll_s)
     sy, sx = src.scan_shape
     if state is None:
         state = LiveClassMap((sy, sx), model.classes.ids, keep_ids, model.classes.names)
@@ -1081,8 +1004,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     want = calibration_frames or (model.preprocess or {}).get("bad_pixel_sample", 48)
     want = max(1, min(int(want), n_total))
     pending: list[FrameBatch] = []
-    classifier = None
-    t_first = None
+    classifier = reducer = t_first = None
     last_frame = time.perf_counter()
     last_write = 0.0
     status = "running"
@@ -1093,28 +1015,25 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     # cost per call less often; when it keeps up, batches hold what arrived since the last one
     max_poll = max_chunk * threads * 4
 
+    def calibrate():
+        """The classifier, its plan set by the first frames (those waiting, up to ``want``)."""
+        return FrameClassifier.calibrate(model, np.concatenate([b.frames for b in pending])[:want],
+                                         geometry or src.geometry(), flatfield=flatfield,
+                                         metadata={**src.metadata, **(metadata or {})})
+
     def run_batches(batches):
-        """Classify the waiting frames: their features in chunks split over the threads (the
-        kernels release the GIL), then the model once for all of them; then hand the kept ones to
+        """Classify the waiting frames, in chunks split over the threads; then hand the kept ones to
         the reduction."""
-        pieces = []
+        nonlocal reducer
+        chunks = []
         for b in batches:
             step = max(1, min(max_chunk, -(-len(b.index) // threads)))
-            pieces += [(b.frames[s:s + step], b.index[s:s + step], b.seen if np.ndim(b.seen) == 0 else b.seen[s:s + step])
-                       for s in range(0, len(b.index), step)]
-        parts = classifier.runner.map_chunks([(index, frames) for frames, index, _ in pieces], threads)
-        feats = [{"ria": part.values["ria"], "crop": part.values.get("crop")} for part in parts]
-        ids, proba = classifier.predict(feats)
-        index = np.concatenate([p[1] for p in pieces])
-        seen = np.concatenate([np.broadcast_to(p[2], (len(p[1]),)) for p in pieces])
-        state.update(index, ids, proba, time.perf_counter() - seen)
-        if reduce_to is not None:
-            reduce_batches(batches)
-
-    reducer = None
-
-    def reduce_batches(batches):
-        nonlocal reducer
+            chunks += [(b.index[s:s + step], b.frames[s:s + step]) for s in range(0, len(b.index), step)]
+        ids, proba = classifier.classify_chunks(chunks, threads)
+        seen = np.concatenate([np.broadcast_to(b.seen, (len(b.index),)) for b in batches])
+        state.update(np.concatenate([b.index for b in batches]), ids, proba, time.perf_counter() - seen)
+        if reduce_to is None:
+            return
         classes = state.class_map().reshape(-1)
         for b in batches:
             if reducer is None:
@@ -1132,24 +1051,22 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
             if kept.any():
                 reducer.add(b.index[kept], b.frames[kept])
 
-    def commit(final_status=None):
+    def commit(final_status=None, outputs=True):
+        """Write the outputs and commit the reduced file (``final_status``: finish it); returns the
+        path of the reduced file a finished run left."""
+        extra = {"plan": _plain(classifier.plan) if classifier else None,
+                 **({"stream": src.stats()} if hasattr(src, "stats") else {})}
+        if outputs and paths is not None:
+            write_outputs(state, paths, extra, None if classifier is None else classifier.geometry.scan_step_nm)
+        if reducer is None:
+            return None
         snap = state.snapshot()
         report = {"status": final_status or "partial", "frames_done": int(snap["done"].sum()),
-                  "latency": snap["latency"], "plan": _plain(classifier.plan) if classifier else None,
-                  **({"stream": src.stats()} if hasattr(src, "stats") else {})}
+                  "latency": snap["latency"], **extra}
+        arrays = (snap["class_map"], snap["done"], snap["probabilities"])
         if final_status is None:
-            reducer.commit(snap["class_map"], snap["done"], snap["probabilities"], report=report)
-            return None
-        return reducer.finish(snap["class_map"], snap["done"], snap["probabilities"], status=final_status, report=report)
-
-    def step_nm():
-        return None if classifier is None else classifier.geometry.scan_step_nm
-
-    def extra():
-        out = {"plan": _plain(classifier.plan) if classifier else None}
-        if hasattr(src, "stats"):
-            out["stream"] = src.stats()
-        return out
+            return reducer.commit(*arrays, report=report)
+        return reducer.finish(*arrays, status=final_status, report=report)
 
     try:
         while True:
@@ -1168,49 +1085,38 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                     status = "timeout"
                     break
                 time.sleep(poll_s)
+                continue
+            last_frame = time.perf_counter()
+            t_first = t_first or float(np.min(batch.seen))
+            if classifier is not None:
+                run_batches([batch])
             else:
-                last_frame = time.perf_counter()
-                t_first = t_first or float(np.min(batch.seen))
-                if classifier is None:
-                    pending.append(batch)
-                    if sum(len(b.index) for b in pending) < want:
-                        continue
-                    calib = np.concatenate([b.frames for b in pending])[:want]
-                    classifier = FrameClassifier.calibrate(
-                        model, calib, geometry or src.geometry(),
-                        flatfield=flatfield, metadata={**src.metadata, **(metadata or {})})
-                    state.set_status("running")
-                    run_batches(pending)
-                    state.mark_calibrated()
-                    pending = []
-                else:
-                    run_batches([batch])
-                if (paths is not None or reducer is not None) and time.perf_counter() - last_write > write_every_s:
-                    if paths is not None:
-                        write_outputs(state, paths, extra(), step_nm())
-                    if reducer is not None:
-                        commit()
-                    last_write = time.perf_counter()
+                pending.append(batch)
+                if sum(len(b.index) for b in pending) < want:
+                    continue
+                classifier = calibrate()
+                state.set_status("running")
+                run_batches(pending)
+                state.mark_calibrated()
+                pending = []
+            if (paths is not None or reducer is not None) and time.perf_counter() - last_write > write_every_s:
+                commit()
+                last_write = time.perf_counter()
         if classifier is None and pending:  # ended before enough frames: calibrate on what came
-            calib = np.concatenate([b.frames for b in pending])
-            classifier = FrameClassifier.calibrate(model, calib, geometry or src.geometry(), flatfield=flatfield,
-                                                   metadata={**src.metadata, **(metadata or {})})
+            classifier = calibrate()
             run_batches(pending)
             if state.n_done == n_total:
                 status = "complete"
     except KeyboardInterrupt:
         status = "stopped"
         state.set_status(status, "interrupted (Ctrl-C)")
-        if paths is not None:
-            write_outputs(state, paths, extra(), step_nm())
-        if reducer is not None:
-            commit("stopped")
+        commit("stopped")
         raise
     except BaseException as exc:
         state.set_status("error", str(exc))
         if reducer is not None:
             try:
-                commit("error")
+                commit("error", outputs=False)
             except Exception:  # the partial file keeps what its last commit wrote
                 reducer.close()
         raise
@@ -1222,27 +1128,20 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                 "incomplete": f"the acquisition ended with {state.n_done} of {n_total} positions received"
                               + (f" ({stats['frames_dropped']} frames dropped)" if stats.get("frames_dropped") else "")}
     state.set_status(status, messages[status])
-    plan = classifier.plan if classifier is not None else {}
-    files = {}
-    if paths is not None:
-        write_outputs(state, paths, extra(), step_nm())
-        files = {k: str(v) for k, v in paths.items()}
+    left = commit(status)
+    files = {k: str(v) for k, v in (paths or {}).items()}
     reduced = None
     if reducer is not None:
-        left = commit(status)
         reduced = {"path": str(left), "status": status, "kept_frames": reducer.n_committed}
         files["reduced"] = str(left)
     elif reduce_to is not None:  # no frame arrived: nothing to reduce
         reduced = {"path": None, "status": status, "kept_frames": 0}
-    return LiveResult(status, state, files, plan, time.perf_counter() - (t_first or wait_start), stats, reduced)
+    return LiveResult(status, state, files, classifier.plan if classifier is not None else {},
+                      time.perf_counter() - (t_first or wait_start), stats, reduced)
 
 
 def _plain(d: dict) -> dict:
     """The JSON-safe entries of a plan: strings, None and finite numbers."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (np.integer, np.floating)):
-            v = v.item()
-        if v is None or isinstance(v, str) or (isinstance(v, (int, float)) and np.isfinite(v)):
-            out[k] = v
-    return out
+    d = {k: v.item() if isinstance(v, (np.integer, np.floating)) else v for k, v in d.items()}
+    return {k: v for k, v in d.items()
+            if v is None or isinstance(v, str) or (isinstance(v, (int, float)) and np.isfinite(v))}

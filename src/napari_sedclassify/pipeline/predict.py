@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .train import _is_path, flatfields_for, open_scans, preprocess_params_for, scan_name
+from .train import _is_path, flatfields_for, open_scans, preprocess_params_for, scan_name, scan_report
 
 
 @dataclass
@@ -48,8 +48,6 @@ def with_uncertain(pred: ScanPrediction, threshold: float | None) -> ScanPredict
     and listed in ``uncertain``. None: ``pred`` unchanged."""
     if threshold is None:
         return pred
-    from dataclasses import replace
-
     from ..models.inference import mark_uncertain
 
     class_map, mask = mark_uncertain(pred.class_map, pred.probabilities, threshold)
@@ -80,13 +78,9 @@ def check_model_libraries(model) -> None:
     """Raise :class:`~napari_sedclassify.optional.MissingOptionalDependency` (its message gives the
     pip command) when ``model`` (SedModel or model file) needs libraries that are not installed (a
     CNN without TensorFlow). Reads the file's model.json only: call it before starting work."""
-    if _is_path(model):
-        from ..models.persistence import read_metadata
+    from ..models.persistence import read_metadata
 
-        kind = read_metadata(model).get("kind")
-    else:
-        kind = model.kind
-    if kind == "cnn":
+    if (read_metadata(model).get("kind") if _is_path(model) else model.kind) == "cnn":
         from ..optional import require_cnn
 
         require_cnn(f"The CNN model {model if _is_path(model) else model.name}")
@@ -143,7 +137,7 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
         params = params_for_model(model, scan.geometry)
         if chunk_frames is not None:
             params = replace(params, chunk_frames=int(chunk_frames))
-        result = preprocess(scan, params, flatfield=_one_flatfield(flatfield), progress=progress, cancel=cancel,
+        result = preprocess(scan, params, flatfield=flatfields_for(flatfield, 1)[0], progress=progress, cancel=cancel,
                             client=client)
     else:
         check_preprocess(model, result, scan.geometry)
@@ -161,14 +155,8 @@ def params_for_model(model, geometry):
     """The one place where a model's preprocessing is set for a scan: the model's own parameters
     (centring, RIA bins, bad pixels...) with crops laid out for this detector when it reads crops.
     ``model``: a SedModel or a model card (anything with ``.preprocess`` and ``.recipe``)."""
-    from ..processing import PreprocessParams
-
     own = {k: v for k, v in (model.preprocess or {}).items() if k not in ("crop_radius_px", "crop_d_A", "crop_bin")}
-    return preprocess_params_for([model.recipe], geometry, PreprocessParams.from_dict(own))
-
-
-def _one_flatfield(flatfield):
-    return flatfields_for(flatfield, 1)[0]
+    return preprocess_params_for([model.recipe], geometry, own)
 
 
 def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ice",)) -> dict:
@@ -179,18 +167,15 @@ def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ic
     ``pipeline.reduce.write_keep_list``); with frames marked uncertain
     (:func:`with_uncertain`) also ``<name>_uncertain.npy`` (bool (sy, sx), True = left out of the
     class map as uncertain); returns {kind: path}."""
-    from ..io.atomic import atomic_path, write_text
+    from ..io.atomic import atomic_path, write_npy, write_text
     from ..models.metrics import plot_overlay
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / pred.name
-    paths = {"class_map_npy": Path(f"{stem}_classes.npy"), "class_map_tif": Path(f"{stem}_classes.tif"),
-             "probabilities": Path(f"{stem}_probabilities.npy")}
-    for key, array in (("class_map_npy", pred.class_map.astype(np.uint8)),
-                       ("probabilities", pred.probabilities.astype(np.float32))):
-        with atomic_path(paths[key]) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, array)
+    paths = {"class_map_npy": write_npy(f"{stem}_classes.npy", pred.class_map.astype(np.uint8)),
+             "class_map_tif": Path(f"{stem}_classes.tif"),
+             "probabilities": write_npy(f"{stem}_probabilities.npy", pred.probabilities.astype(np.float32))}
     import tifffile
 
     with atomic_path(paths["class_map_tif"]) as tmp:
@@ -214,9 +199,7 @@ def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ic
         write_keep_list(paths["keep_list"], pred.class_map, confidence, class_ids(keep, classes), classes,
                         pred.geometry.scan_step_nm if pred.geometry is not None else None)
     if pred.uncertain is not None:
-        paths["uncertain"] = Path(f"{stem}_uncertain.npy")
-        with atomic_path(paths["uncertain"]) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(pred.uncertain, dtype=bool))
+        paths["uncertain"] = write_npy(f"{stem}_uncertain.npy", np.asarray(pred.uncertain, dtype=bool))
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -232,13 +215,10 @@ def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, ca
     ffs = flatfields_for(flatfield, len(scans))
     out = []
     for i, (scan, ff) in enumerate(zip(scans, ffs)):
-        report = None
-        if scan_progress is not None:
-            report = (lambda k: lambda done, total: scan_progress(k, len(scans), done, total))(i)
-        pred = with_uncertain(predict_scan(model, scan, flatfield=ff, progress=report, cancel=cancel),
-                              uncertain_below)
-        files = write_prediction(pred, out_dir, model.classes)
-        out.append(prediction_entry(pred, files, model.classes))
+        pred = predict_scan(model, scan, flatfield=ff, progress=scan_report(scan_progress, i, len(scans)),
+                            cancel=cancel)
+        pred = with_uncertain(pred, uncertain_below)
+        out.append(prediction_entry(pred, write_prediction(pred, out_dir, model.classes), model.classes))
         if progress is not None:
             progress(i + 1, {"scan": pred.name, "max_epochs": len(scans)})
     return out

@@ -22,17 +22,8 @@ from .. import __version__
 from ..errors import Cancelled
 from ..geometry import Geometry
 from ..jsonutil import jsonable
-from ..processing import (
-    PCC,
-    DescanFit,
-    FlatField,
-    FrameRunner,
-    PreprocessParams,
-    PreprocessPlan,
-    calibration_sample_index,
-    fit_descan,
-    load_flatfield,
-)
+from ..processing import (PCC, DescanFit, FlatField, FrameRunner, PreprocessParams, PreprocessPlan,
+                          calibration_sample_index, fit_descan, load_flatfield)
 from ..processing.descan import DescanModel
 from ..processing.pixels import PixelGrid
 from . import tally
@@ -41,6 +32,9 @@ FORMAT = "napari-sedclassify/preprocess"
 FORMAT_VERSION = 1
 
 __all__ = ["PreprocessResult", "preprocess"]
+#: The arrays of a PreprocessResult stored under their own names.
+_ARRAYS = ("centres", "centres_fitted", "beam_found", "beam_radius_px", "ria", "ria_counts", "radii_px", "mask",
+           "missing")
 
 
 @dataclass
@@ -103,11 +97,7 @@ class PreprocessResult:
 
     # -- files ------------------------------------------------------------------------------
     def _arrays(self) -> dict:
-        a = {
-            "centres": self.centres, "centres_fitted": self.centres_fitted, "beam_found": self.beam_found,
-            "beam_radius_px": self.beam_radius_px, "ria": self.ria, "ria_counts": self.ria_counts,
-            "radii_px": self.radii_px, "mask": self.mask, "missing": self.missing,
-        }
+        a = {k: getattr(self, k) for k in _ARRAYS}
         for k, v in self.virtual.items():
             a[f"virtual/{k}"] = v
         if self.crops is not None:
@@ -131,15 +121,11 @@ class PreprocessResult:
         """Write to ``path`` (.h5/.hdf5: HDF5, .zarr: zarr) atomically: a temporary file in the same
         folder, then renamed over the target."""
         path = Path(path)
-        kind = _kind(path)
+        write = _write_h5 if _kind(path) == "h5" else _write_zarr
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            if kind == "h5":
-                _write_h5(tmp, self._arrays(), self._attrs())
-                os.replace(tmp, path)
-            else:
-                _write_zarr(tmp, self._arrays(), self._attrs())
-                _replace_dir(tmp, path)
+            write(tmp, self._arrays(), self._attrs())
+            _replace(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
@@ -151,8 +137,7 @@ class PreprocessResult:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
-        kind = _kind(path)
-        arrays, attrs = _read_h5(path) if kind == "h5" else _read_zarr(path)
+        arrays, attrs = _read_h5(path) if _kind(path) == "h5" else _read_zarr(path)
         if attrs.get("format") != FORMAT:
             raise ValueError(f"{path}: not a preprocessing result (format {attrs.get('format')!r})")
         if int(attrs.get("format_version", 0)) > FORMAT_VERSION:
@@ -170,11 +155,8 @@ class PreprocessResult:
             grid = None if epw is None else PixelGrid(tuple(arrays["mask"].shape), float(epw))
             descan = DescanFit(models["plane"], models["smooth"], arrays["descan/residuals"], d["model"], grid)
         return cls(
-            centres=arrays["centres"], centres_fitted=arrays["centres_fitted"], beam_found=arrays["beam_found"],
-            beam_radius_px=arrays["beam_radius_px"], descan=descan, ria=arrays["ria"],
-            ria_counts=arrays["ria_counts"], radii_px=arrays["radii_px"], crops=arrays.get("crops"),
+            **{k: arrays[k] for k in _ARRAYS}, descan=descan, crops=arrays.get("crops"),
             virtual={k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("virtual/")},
-            mask=arrays["mask"], missing=arrays["missing"],
             params=PreprocessParams.from_dict(json.loads(attrs["params"])),
             resolved={k: (float(v) if v in ("inf", "-inf", "nan") else v)
                       for k, v in json.loads(attrs["resolved"]).items()},
@@ -193,15 +175,14 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     ``Cancelled``. client: a dask.distributed Client to run on (default: the one
     ``pipeline.batch.use_client`` set, else threads in this process).
     """
+    import numba
+
+    from .batch import current_client
+    from .train import open_scans
+
     t0 = time.time()
-    if client is None:
-        from .batch import current_client
-
-        client = current_client()
-    if isinstance(scan, (str, os.PathLike)):
-        from ..io import open_scan
-
-        scan = open_scan(scan)
+    client = client if client is not None else current_client()
+    (scan,) = open_scans([scan])
     params = params if isinstance(params, PreprocessParams) else PreprocessParams.from_dict(params)
     geometry = scan.geometry
     det = scan.detector_shape
@@ -224,44 +205,37 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     except ValueError as exc:  # say which scan: a batch of files, a widget with several scans open
         name = scan.source or "the scan"
         raise ValueError(str(exc) if str(exc).startswith(str(name)) else f"{name}: {exc}") from None
-    _check(cancel)
+    if cancel is not None and cancel():
+        raise Cancelled("preprocessing stopped")
     ff_used, ff = ff, plan.corrections(ff)
-    finder = plan.centre_finder()
     procs = plan.processors()
-    prof = procs[0]
     resolved = dict(plan.resolved)
-    grid = plan.grid
     run_kw = dict(cancel=cancel, client=client, workers=params.workers, chunk_frames=params.chunk_frames)
     data = scan.frame_source
     passes = 2 if params.centring == "fitted" else 1
     report = (lambda k: (lambda d, t: progress(k * n + d, passes * n))) if progress else (lambda k: None)
-
-    if passes == 1:
-        out = FrameRunner(procs, ff, finder).run(data, progress=report(0), **run_kw)
-        centres = out["centre"].reshape(sy, sx, 2)
-    else:
-        out = FrameRunner([], ff, finder).run(data, progress=report(0), **run_kw)
-        centres = out["centre"].reshape(sy, sx, 2)
+    # fitted centring: the first pass only finds the centres
+    out = FrameRunner(procs if passes == 1 else [], ff, plan.centre_finder()).run(data, progress=report(0), **run_kw)
+    centres = out["centre"].reshape(sy, sx, 2)
     found = out["beam_found"].reshape(sy, sx) & ~missing
     centres[~found] = np.nan
     descan = None
     fitted = np.full((sy, sx, 2), np.nan)
     try:
-        descan = fit_descan(centres, found, params.descan_degree, params.descan_clip_sigma, grid=grid)
+        descan = fit_descan(centres, found, params.descan_degree, params.descan_clip_sigma, grid=plan.grid)
         fitted = descan.fitted()
     except ValueError:
         if params.centring == "fitted":
             raise ValueError(f"{scan.source or 'scan'}: fitted centring needs a descan fit, but fewer than 3 "
                              "frames have a beam") from None
     if passes == 2:
-        out2 = FrameRunner(procs, ff).run(data, centres=fitted.reshape(-1, 2), progress=report(1), **run_kw)
-        out.update(out2)
+        out.update(FrameRunner(procs, ff).run(data, centres=fitted.reshape(-1, 2), progress=report(1), **run_kw))
     gone = missing.ravel()
     for k, spec in FrameRunner(procs).outputs().items():
         out[k][gone] = spec.fill
     radius = out["beam_radius_px"].reshape(sy, sx)
     radius[~found] = np.nan
-    nb = prof.nbins
+    nb = procs[0].nbins
     crops = out.get("crop")
     elapsed = time.time() - t0
     provenance = {
@@ -277,7 +251,7 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
         "resolved": resolved,
         "beam_found": int(found.sum()),
         "version": __version__,
-        "libraries": _versions(),
+        "libraries": {"numpy": np.__version__, "numba": numba.__version__},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
         "duration_s": round(elapsed, 3),
         "frames_per_s": round(passes * n / elapsed, 1) if elapsed > 0 else None,
@@ -286,22 +260,11 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     return PreprocessResult(
         centres=centres, centres_fitted=fitted, beam_found=found, beam_radius_px=radius, descan=descan,
         ria=out["ria"].reshape(sy, sx, nb), ria_counts=out["ria_counts"].reshape(sy, sx, nb),
-        radii_px=prof.radii_px, crops=None if crops is None else crops.reshape((sy, sx) + crops.shape[1:]),
+        radii_px=procs[0].radii_px, crops=None if crops is None else crops.reshape((sy, sx) + crops.shape[1:]),
         virtual={k: out[k].reshape(sy, sx) for k in ("total", "bf", "adf")},
         mask=ff.mask.copy(), missing=missing.copy(), params=params, resolved=resolved, geometry=geometry,
         provenance=provenance,
     )
-
-
-def _check(cancel):
-    if cancel is not None and cancel():
-        raise Cancelled("preprocessing stopped")
-
-
-def _versions() -> dict:
-    import numba
-
-    return {"numpy": np.__version__, "numba": numba.__version__}
 
 
 # -- storage ----------------------------------------------------------------------------------------
@@ -341,12 +304,7 @@ def _write_zarr(path: Path, arrays: dict, attrs: dict):
 
     g = zarr.open_group(str(path), mode="w")
     for k, v in arrays.items():
-        *parents, name = k.split("/")
-        grp = g
-        for p in parents:
-            grp = grp.require_group(p)
-        make = grp.create_array if hasattr(grp, "create_array") else grp.create_dataset  # zarr 3 / 2
-        make(name, data=np.asarray(v))
+        g.create_array(k, data=np.asarray(v))  # "virtual/total": the group virtual is made with it
     g.attrs.update(attrs)
 
 
@@ -357,24 +315,17 @@ def _read_zarr(path: Path):
         g = zarr.open_group(str(path), mode="r")
     except Exception as exc:
         raise ValueError(f"{path}: not a readable zarr group ({exc})") from exc
-    arrays = {}
-
-    def walk(grp, prefix):
-        for name in grp.array_keys():
-            arrays[f"{prefix}{name}"] = grp[name][...]
-        for name in grp.group_keys():
-            walk(grp[name], f"{prefix}{name}/")
-
-    walk(g, "")
+    arrays = {name: a[...] for name, a in g.members(max_depth=None) if isinstance(a, zarr.Array)}
     return arrays, dict(g.attrs)
 
 
-def _replace_dir(tmp: Path, path: Path):
-    """Put folder tmp at path; an existing target is swapped out, then removed."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
+def _replace(tmp: Path, path: Path):
+    """Put tmp at path: a file over a file atomically; otherwise (a zarr folder) an existing target
+    is swapped out, then removed."""
+    if not (path.exists() and (tmp.is_dir() or path.is_dir())):
         os.replace(tmp, path)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, path)
+        return
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old) if old.is_dir() else old.unlink()

@@ -80,12 +80,8 @@ def propose_from_features(feats: np.ndarray, q_invA: np.ndarray, valid: np.ndarr
         raise ValueError(f"only {idx.size} frames with a beam and a profile: too few to propose classes")
     X = feats[idx]
     X = PCA(n_components=min(5, X.shape[1], len(X) - 1), whiten=True, random_state=seed).fit_transform(X)
-    best, best_bic = None, np.inf
-    for k in range(1, min(max_groups, len(idx) // 5) + 1):
-        gm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-3).fit(X)
-        bic = gm.bic(X)
-        if bic < best_bic:
-            best, best_bic = gm, bic
+    best = min((GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-3).fit(X)
+                for k in range(1, min(max_groups, len(idx) // 5) + 1)), key=lambda gm: gm.bic(X))  # by BIC
     group[idx] = best.predict(X)
     heights = np.array([ring[idx][group[idx] == g].mean() for g in range(best.n_components)])
     lo, hi = heights.min(), heights.max()
@@ -120,7 +116,7 @@ def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 
     n = sy * sx
     recipe = FeatureRecipe(kind="ria", axis="q").for_geometries([geometry])
     feats = ria_features(result.ria.reshape(n, -1), result.radii_px, recipe, geometry)
-    edges = np.linspace(recipe.q_min_invA, recipe.q_max_invA, recipe.n_bins + 1)
+    edges = recipe.axis_edges()
     q = 0.5 * (edges[1:] + edges[:-1])
     valid = (np.asarray(result.beam_found).ravel() & ~np.asarray(result.missing).ravel())
     ids, group, groups, ring, spike = propose_from_features(feats, q, valid, classes=classes, seed=seed)

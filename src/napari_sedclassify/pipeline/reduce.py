@@ -35,7 +35,7 @@ import numpy as np
 from .. import __version__
 from ..classes import ClassTable
 from ..errors import Cancelled
-from ..io.atomic import atomic_output
+from ..io.atomic import atomic_output, check_target, fsync_folder
 from ..io.reduced import FORMAT, terse_encode, version_of
 from ..jsonutil import jsonable
 from . import tally
@@ -90,20 +90,16 @@ def class_ids(classes, table: ClassTable) -> list[int]:
     if isinstance(classes, (str, int, np.integer)):
         classes = [classes]
     ids = []
-    for c in classes:
-        for part in str(c).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if part.isdigit():
-                if int(part) not in table.names:
-                    raise ValueError(f"unknown class id {part} (known: {_known(table)})")
-                ids.append(int(part))
-            else:
-                try:
-                    ids.append(table.id_of(part))
-                except KeyError:
-                    raise ValueError(f"unknown class '{part}' (known: {_known(table)})") from None
+    for part in filter(None, (p.strip() for c in classes for p in str(c).split(","))):
+        if part.isdigit():
+            if int(part) not in table.names:
+                raise ValueError(f"unknown class id {part} (known: {_known(table)})")
+            ids.append(int(part))
+        else:
+            try:
+                ids.append(table.id_of(part))
+            except KeyError:
+                raise ValueError(f"unknown class '{part}' (known: {_known(table)})") from None
     if not ids:
         raise ValueError("no class to keep: give at least one class name")
     return sorted(set(ids))
@@ -167,37 +163,15 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
     missing = np.asarray(scan.missing, bool)
     keep = kept_positions(class_map, ids, missing)
     index = np.flatnonzero(keep.ravel())
-    sy, sx = scan.scan_shape
-    frame_bytes = int(np.prod(scan.detector_shape)) * dtype.itemsize
-    import h5py  # noqa: F401  (imports outside the timing)
-    import hdf5plugin  # noqa: F401
+    (sy, sx), (ky, kx), k = scan.scan_shape, scan.detector_shape, int(index.size)
+    frame_bytes = ky * kx * dtype.itemsize
+    import h5py  # (imports outside the timing)
+    import hdf5plugin
     if compression == "terse":
         import pyterse  # noqa: F401
     t0 = time.perf_counter()
     out = Path(out)
-    with atomic_output(out, force=force) as tmp:
-        stored = _write(tmp, scan, index, class_map, keep, missing, ids, table, compression, probabilities,
-                        provenance or {}, progress, cancel)
-        size = os.path.getsize(tmp)
-    tally.report(scan.source or scan, int((~missing).sum()))
-    return ReduceReport(
-        path=str(out), compression=compression, classes=[table.names[i] for i in ids],
-        n_frames=int((~missing).sum()), n_kept=int(index.size), bytes_scan=int((~missing).sum()) * frame_bytes,
-        bytes_kept=int(index.size) * frame_bytes, bytes_frames_stored=int(stored), bytes_file=int(size),
-        seconds=time.perf_counter() - t0,
-    )
-
-
-def _write(path, scan, index, class_map, keep, missing, ids, table, compression, probabilities, provenance,
-           progress, cancel) -> int:
-    """Write the reduced file at ``path``; returns the bytes the stored frames take."""
-    import h5py
-    import hdf5plugin
-
-    sy, sx = scan.scan_shape
-    ky, kx = scan.detector_shape
-    k = int(index.size)
-    with h5py.File(path, "w") as f:
+    with atomic_output(out, force=force) as tmp, h5py.File(tmp, "w") as f:
         if compression == "terse":
             frames = f.create_dataset("frames_terse", shape=(k,), dtype=h5py.vlen_dtype(np.uint8))
         else:
@@ -205,12 +179,13 @@ def _write(path, scan, index, class_map, keep, missing, ids, table, compression,
             frames = f.create_dataset("frames", shape=(k, ky, kx), dtype=scan.dtype,
                                       chunks=(1, ky, kx) if k else None, **filt)
         stored = 0
-        done = 0
         if progress is not None:
             progress(0, k)
-        for first, block, pos in _kept_blocks(scan, index):
+        step = scan.frame_source.chunks[0] * scan.frame_source.chunks[1]  # a block of the scan at a time
+        for first in range(0, k, step):
             if cancel is not None and cancel():
-                raise Cancelled(f"stopped after {done} of {k} frames")
+                raise Cancelled(f"stopped after {first} of {k} frames")
+            block = scan.read(index[first:first + step])
             if compression == "terse":
                 for j, frame in enumerate(block):
                     blob = terse_encode(frame)
@@ -218,26 +193,46 @@ def _write(path, scan, index, class_map, keep, missing, ids, table, compression,
                     stored += len(blob)
             else:
                 frames[first:first + len(block)] = block
-            done += len(block)
             if progress is not None:
-                progress(done, k)
+                progress(first + len(block), k)
         if compression != "terse":
             stored = frames.id.get_storage_size()
-        iy, ix = np.divmod(index, sx)
-        f.create_dataset("positions", data=np.stack([iy, ix], axis=1).astype(np.int32).reshape(k, 2))
+        f.create_dataset("positions", data=np.stack(np.divmod(index, sx), axis=1).astype(np.int32))
         f.create_dataset("index", data=index.astype(np.int64))
         f.create_dataset("class_map", data=np.asarray(class_map, np.uint8))
         f.create_dataset("kept", data=keep)
         f.create_dataset("missing", data=missing)
         if probabilities is not None:
             f.create_dataset("probabilities", data=np.asarray(probabilities, np.float32))
-        f.attrs.update(_file_attrs((sy, sx), (ky, kx), scan.dtype, compression, ids, table, scan.geometry,
-                                   _provenance(scan, compression, provenance)))
-    return stored
+        src = scan.source
+        info = {"source": src, "scan_shape": [sy, sx], "detector_shape": [ky, kx], "dtype": str(scan.dtype),
+                "missing_frames": int(missing.sum())}
+        if src and os.path.exists(src):
+            st = os.stat(src)
+            info.update(size_bytes=st.st_size, mtime=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(st.st_mtime)))
+        f.attrs.update(_file_attrs((sy, sx), (ky, kx), scan.dtype, compression, ids, table, scan.geometry, info,
+                                   provenance or {}))
+    n_frames = int((~missing).sum())
+    tally.report(scan.source or scan, n_frames)
+    return ReduceReport(
+        path=str(out), compression=compression, classes=[table.names[i] for i in ids], n_frames=n_frames,
+        n_kept=k, bytes_scan=n_frames * frame_bytes, bytes_kept=k * frame_bytes, bytes_frames_stored=int(stored),
+        bytes_file=os.path.getsize(out), seconds=time.perf_counter() - t0,
+    )
 
 
-def _file_attrs(scan_shape, detector_shape, dtype, compression, ids, table, geometry, provenance) -> dict:
-    """The attributes of a reduced file (the same for ``reduce_scan`` and a live reduction)."""
+def _file_attrs(scan_shape, detector_shape, dtype, compression, ids, table, geometry, info, extra) -> dict:
+    """The attributes of a reduced file (the same for ``reduce_scan`` and a live reduction). Its
+    provenance: the input (``info``), ``extra`` entries (how the class map was made), the
+    compression and its settings, software versions, time."""
+    settings = {"bslz4": "hdf5plugin Bitshuffle(cname='lz4'), chunks of one frame",
+                "terse": "pyterse set_small(False), one TRPX stream per frame, round trip verified",
+                "none": "no compression, chunks of one frame"}[compression]
+    provenance = {"input": info, **extra, "compression": {"name": compression, "settings": settings},
+                  "software": {"napari-sedclassify": __version__, "h5py": version_of("h5py"),
+                               "hdf5plugin": version_of("hdf5plugin"),
+                               **({"pyterse": version_of("pyterse")} if compression == "terse" else {})},
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -252,60 +247,8 @@ def _file_attrs(scan_shape, detector_shape, dtype, compression, ids, table, geom
     }
 
 
-def _kept_blocks(scan, index):
-    """(first kept number, frames (n, ky, kx), flat indices) for the kept frames, one dask chunk of
-    the scan at a time (bounded memory), read with the synchronous scheduler."""
-    if index.size == 0:
-        return
-    from dask.local import get_sync  # a scheduler function: naming "synchronous" imports distributed
-
-    data = scan.data
-    sx = scan.scan_shape[1]
-    row_edges = np.cumsum((0,) + data.chunks[0])
-    col_edges = np.cumsum((0,) + data.chunks[1])
-    iy, ix = np.divmod(index, sx)
-    first = 0
-    for y0, y1 in zip(row_edges[:-1], row_edges[1:]):
-        for x0, x1 in zip(col_edges[:-1], col_edges[1:]):
-            sel = index[(iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1)]
-            if sel.size == 0:
-                continue
-            block = np.asarray(data[y0:y1, x0:x1].compute(scheduler=get_sync))
-            ly, lx = np.divmod(sel, sx)
-            frames = block[ly - y0, lx - x0]
-            yield first, frames, sel
-            first += sel.size
-
-
-def _provenance(scan, compression, extra: dict) -> dict:
-    src = scan.source
-    info = {"source": src, "scan_shape": list(scan.scan_shape), "detector_shape": list(scan.detector_shape),
-            "dtype": str(scan.dtype), "missing_frames": int(np.asarray(scan.missing).sum())}
-    if src and os.path.exists(src):
-        st = os.stat(src)
-        info.update(size_bytes=st.st_size, mtime=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(st.st_mtime)))
-    return _provenance_of(info, compression, extra)
-
-
-def _provenance_of(info: dict, compression: str, extra: dict) -> dict:
-    """Provenance of a reduced file: its input (``info``), ``extra`` entries (how the class map was
-    made), the compression and its settings, software versions, time."""
-    settings = {"bslz4": "hdf5plugin Bitshuffle(cname='lz4'), chunks of one frame",
-                "terse": "pyterse set_small(False), one TRPX stream per frame, round trip verified",
-                "none": "no compression, chunks of one frame"}[compression]
-    return {
-        "input": info,
-        **extra,
-        "compression": {"name": compression, "settings": settings},
-        "software": {"napari-sedclassify": __version__, "h5py": version_of("h5py"),
-                     "hdf5plugin": version_of("hdf5plugin"),
-                     **({"pyterse": version_of("pyterse")} if compression == "terse" else {})},
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 # ---- reduction on the fly (live mode) ----------------------------------------------------------------
-#: Status values of a reduced file written on the fly ("complete" only once renamed to its target).
+#: Bytes kept for the JSON report of a reduced file written on the fly (longer reports are cut).
 LIVE_REPORT_BYTES = 1 << 16
 
 
@@ -313,6 +256,19 @@ def partial_path(out) -> Path:
     """Where a live reduction to ``out`` is built: ``<stem>.partial<suffix>`` beside it."""
     out = Path(out)
     return out.with_name(f"{out.stem}.partial{out.suffix}")
+
+
+def check_live_target(out, compression: str = "bslz4", force: bool = False) -> Path:
+    """Refuse a live reduction to ``out`` before any work: a compression other than bslz4 or none,
+    an existing ``out`` or partial file (unless ``force``). Returns ``out`` as a Path."""
+    if compression not in ("bslz4", "none"):
+        raise ValueError(f"on-the-fly reduction writes bslz4 or none, not {compression!r} "
+                         "(reduce the finished scan with sedclassify reduce --compression terse)")
+    out = check_target(out, force)
+    if partial_path(out).exists() and not force:
+        raise FileExistsError(f"{partial_path(out)}: a partial file of an earlier live run is there; not "
+                              "overwritten (use --force to replace it)")
+    return out
 
 
 class StreamingReducer:
@@ -336,27 +292,16 @@ class StreamingReducer:
         import h5py
         import hdf5plugin
 
-        from ..io.atomic import check_target
-
-        if compression not in ("bslz4", "none"):
-            raise ValueError(f"on-the-fly reduction writes bslz4 or none, not {compression!r} "
-                             "(reduce the finished scan with sedclassify reduce --compression terse)")
-        self.out = check_target(out, force)
+        self.out = check_live_target(out, compression, force)
         self.path = partial_path(self.out)
-        if self.path.exists():
-            if not force:
-                raise FileExistsError(f"{self.path}: a partial file of an earlier live run is there; not "
-                                      "overwritten (use --force to replace it)")
-            self.path.unlink()
+        self.path.unlink(missing_ok=True)  # an earlier run's, with force
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sy, sx = (int(s) for s in scan_shape)
         ky, kx = (int(s) for s in detector_shape)
         self.scan_shape = (sy, sx)
         self.ids = sorted(int(i) for i in keep_ids)
-        self.compression = compression
         self.force = force
         self._index: list[np.ndarray] = []
-        self.n_written = 0
         self.n_committed = 0
         self.status = "partial"
         filt = dict(hdf5plugin.Bitshuffle(cname="lz4")) if compression == "bslz4" else {}
@@ -375,9 +320,8 @@ class StreamingReducer:
         self._report = f.create_dataset("live_report", data=np.bytes_("{}"), dtype=f"S{LIVE_REPORT_BYTES}")
         info = {"scan_shape": [sy, sx], "detector_shape": [ky, kx], "dtype": str(np.dtype(dtype)),
                 **(input_info or {})}
-        f.attrs.update(_file_attrs((sy, sx), (ky, kx), dtype, compression, self.ids, class_table, geometry,
-                                   _provenance_of(info, compression, {"reduced": "on the fly (sedclassify watch "
-                                                                      "--reduce)", **(provenance or {})})))
+        f.attrs.update(_file_attrs((sy, sx), (ky, kx), dtype, compression, self.ids, class_table, geometry, info,
+                                   {"reduced": "on the fly (sedclassify watch --reduce)", **(provenance or {})}))
         f.attrs["class_ids_of_probabilities"] = json.dumps([int(c) for c in class_ids])
         f.swmr_mode = True
 
@@ -386,11 +330,10 @@ class StreamingReducer:
         index = np.asarray(index, np.int64).ravel()
         if index.size == 0:
             return
-        k = self.n_written
+        k = self._frames.shape[0]
         self._frames.resize(k + index.size, axis=0)
         self._frames[k:k + index.size] = np.asarray(frames)
         self._index.append(index)
-        self.n_written = k + index.size
 
     def commit(self, class_map, done, probabilities, *, status: str = "partial", report: dict | None = None) -> None:
         """Make the frames added so far part of the file: kept positions, class map, probabilities,
@@ -404,8 +347,7 @@ class StreamingReducer:
         self._positions.resize(k, axis=0)
         self._idx.resize(k, axis=0)
         if k > self.n_committed:
-            iy, ix = np.divmod(index[new], sx)
-            self._positions[new] = np.stack([iy, ix], axis=1).astype(np.int32)
+            self._positions[new] = np.stack(np.divmod(index[new], sx), axis=1).astype(np.int32)
             self._idx[new] = index[new]
         self._class_map[...] = np.asarray(class_map, np.uint8)
         kept = np.zeros(self.scan_shape[0] * sx, bool)
@@ -413,8 +355,7 @@ class StreamingReducer:
         self._kept[...] = kept.reshape(self.scan_shape)
         self._missing[...] = ~np.asarray(done, bool)
         self._proba[...] = np.asarray(probabilities, np.float32)
-        text = json.dumps(jsonable(report or {}))[:LIVE_REPORT_BYTES]
-        self._report[()] = np.bytes_(text)
+        self._report[()] = np.bytes_(json.dumps(jsonable(report or {}))[:LIVE_REPORT_BYTES])
         self._committed[()] = k
         self._status[()] = np.bytes_(status)
         self.n_committed = k
@@ -428,13 +369,8 @@ class StreamingReducer:
         self.close()
         if status != "complete":
             return self.path
-        from ..io.atomic import fsync_folder
-
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open(self.path, "rb") as fh:
+            os.fsync(fh.fileno())
         if self.out.exists() and not self.force:
             raise FileExistsError(f"{self.out}: appeared while writing; the reduced scan stays at {self.path}")
         os.replace(self.path, self.out)

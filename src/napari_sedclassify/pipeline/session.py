@@ -4,9 +4,11 @@ A :class:`ScanSession` holds the scan, its flat-field, its camera-length calibra
 preprocessing results, each kept under the inputs it was made from (parameters, flat-field,
 geometry): a result stays available while those inputs hold and is never recomputed for them;
 a different flat-field or geometry makes ``result()`` answer None until the matching result is
-stored. Observers subscribe a callback that receives the name of what changed ("flatfield",
-"geometry", "result", "calibration"), as napari-animation's ``Animation`` is observed by its Qt
-widgets.
+stored. It also holds the scan's labels, the model chosen for it and the latest prediction,
+which goes stale (``prediction`` None, ``stale_prediction`` kept for the record) as soon as the
+preprocessing result it was made from no longer holds. Observers subscribe a callback that
+receives the name of what changed ("flatfield", "geometry", "result", "calibration", "labels",
+"model", "prediction"), as napari-animation's ``Animation`` is observed by its Qt widgets.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ class ScanSession:
         self.scan = scan
         self.flatfield = None
         self.calibration = None
+        self.labels = None  # (scan_y, scan_x) class ids, 0 = unlabeled
+        self.model = None  # path of the model file chosen for this scan
+        self._prediction = None  # (prediction, model path, params, result)
         self._results: dict[tuple, object] = {}
         self._latest: tuple | None = None
         self._observers: list[Callable[[str], None]] = []
@@ -75,15 +80,21 @@ class ScanSession:
         return sorted(set(dropped))
 
     # -- results --------------------------------------------------------------------------------
-    def store_result(self, result, flatfield=None, geometry=None) -> None:
+    def store_result(self, result, flatfield=None, geometry=None, latest: bool = True) -> None:
         """Keep a preprocessing result, made from ``flatfield`` and ``geometry`` (default: the
-        session's current ones)."""
+        session's current ones); ``latest=False`` keeps it for reuse only (a model's own pass), and
+        the latest result stays the one the user's preprocessing made."""
+        key = self._keep(result, flatfield, geometry)
+        if latest:
+            self._latest = key
+        self._changed("result")
+
+    def _keep(self, result, flatfield=None, geometry=None) -> tuple:
         flatfield = self.flatfield if flatfield is None else flatfield
         geometry = self.scan.geometry if geometry is None else geometry
         key = (_params_key(result.params), id(flatfield) if flatfield is not None else None, _geometry_key(geometry))
         self._results[key] = result
-        self._latest = key
-        self._changed("result")
+        return key
 
     def result(self, params=None):
         """The result made from the current flat-field and geometry (and from ``params``, a
@@ -105,6 +116,45 @@ class ScanSession:
         self._results.clear()
         self._latest = None
         self._changed("result")
+
+    # -- labels, model, prediction --------------------------------------------------------------
+    def set_labels(self, class_map) -> None:
+        """The scan's labels (class ids on the scan grid, 0 = unlabeled), painted or loaded."""
+        self.labels = class_map
+        self._changed("labels")
+
+    def set_model(self, path) -> None:
+        """The model file chosen for this scan (the one trained for it, or picked to classify it)."""
+        self.model = None if path is None else str(path)
+        self._changed("model")
+
+    def store_prediction(self, prediction, model, result) -> None:
+        """Keep what the model file ``model`` predicted from the preprocessing ``result`` (kept too, for
+        reuse, not as the latest result); the model becomes the session's model."""
+        self._keep(result)
+        self.model = str(model)
+        self._prediction = (prediction, str(model), result.params, result)
+        self._changed("prediction")
+
+    @property
+    def prediction(self):
+        """The latest prediction while the preprocessing result it came from still holds (same
+        flat-field and geometry), else None."""
+        if self._prediction is None:
+            return None
+        prediction, _, params, result = self._prediction
+        return prediction if self.result(params) is result else None
+
+    @property
+    def stale_prediction(self):
+        """The latest prediction when it no longer holds (its inputs changed), else None."""
+        if self._prediction is None or self.prediction is not None:
+            return None
+        return self._prediction[0]
+
+    def clear_prediction(self) -> None:
+        self._prediction = None
+        self._changed("prediction")
 
 
 def _params_key(params) -> str:

@@ -34,25 +34,25 @@ def scan_name(scan, index: int = 0) -> str:
     return Path(scan.source).stem if getattr(scan, "source", None) else f"scan {index + 1}"
 
 
+def scan_report(scan_progress: Callable | None, i: int, n: int) -> Callable | None:
+    """``scan_progress(i, n, done, total)`` as the ``progress(done, total)`` of scan i of n."""
+    return None if scan_progress is None else (lambda done, total: scan_progress(i, n, done, total))
+
+
 def load_labels(labels, scans) -> list[np.ndarray]:
     """One class map per scan: paths (.npy/.tif) are read and checked against the scan grid."""
     from ..labels import load_class_map
 
     if len(labels) != len(scans):
         raise ValueError(f"{len(scans)} scans but {len(labels)} label images: give one label image per scan")
-    out = []
-    for lab, scan in zip(labels, scans):
-        if _is_path(lab):
-            out.append(load_class_map(lab, scan.scan_shape))
-        else:
-            out.append(np.asarray(lab))
-    return out
+    return [load_class_map(lab, scan.scan_shape) if _is_path(lab) else np.asarray(lab)
+            for lab, scan in zip(labels, scans)]
 
 
 def flatfields_for(flatfield, n: int) -> list:
     """One flat-field (FlatField, path or None) per scan from None, one value, or a list of n."""
-    if flatfield is None or _is_path(flatfield) or not isinstance(flatfield, (list, tuple)):
-        return [_load_flatfield(flatfield)] * n
+    if not isinstance(flatfield, (list, tuple)):
+        flatfield = [flatfield]
     if len(flatfield) == 1:
         return [_load_flatfield(flatfield[0])] * n
     if len(flatfield) != n:
@@ -74,9 +74,7 @@ def preprocess_params_for(recipes: Sequence[FeatureRecipe], geometry, base=None)
     (half size and binning from the crop recipe) only when a recipe needs them."""
     from ..processing import PreprocessParams
 
-    base = base if base is not None else PreprocessParams()
-    if not isinstance(base, PreprocessParams):
-        base = PreprocessParams.from_dict(base)
+    base = base if isinstance(base, PreprocessParams) else PreprocessParams.from_dict(base)
     crop = [r for r in recipes if r.kind == "crop"]
     if not crop:
         return replace(base, crop_radius_px=None, crop_d_A=None)
@@ -105,23 +103,10 @@ def default_recipe(kind: str, **changes) -> FeatureRecipe:
     return FeatureRecipe(kind=MODEL_KINDS[kind], **changes)
 
 
-def train_model(
-    scans,
-    labels,
-    *,
-    model: str = "fcnn",
-    recipe: FeatureRecipe | None = None,
-    params: dict | None = None,
-    holdout: Sequence[int] = (),
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    flatfield=None,
-    preprocess_params=None,
-    classes=None,
-    progress: Callable | None = None,
-    preprocess_progress: Callable | None = None,
-    cancel: Callable | None = None,
-):
+def train_model(scans, labels, *, model: str = "fcnn", recipe: FeatureRecipe | None = None, params: dict | None = None,
+                holdout: Sequence[int] = (), val_fraction: float = 0.1, seed: int = 0, flatfield=None,
+                preprocess_params=None, classes=None, progress: Callable | None = None,
+                preprocess_progress: Callable | None = None, cancel: Callable | None = None):
     """Preprocess ``scans`` (paths or Scans), read ``labels`` (paths or arrays, 0 = unlabeled)
     and train a ``model`` ("fcnn", "svm", "cnn"); returns a SedModel (not saved).
 
@@ -140,11 +125,8 @@ def train_model(
     ffs = flatfields_for(flatfield, len(scans))
     feats, pp = [], None
     for i, (scan, ff) in enumerate(zip(scans, ffs)):
-        report = None
-        if preprocess_progress is not None:
-            report = (lambda k: lambda done, total: preprocess_progress(k, len(scans), done, total))(i)
-        f, result = scan_features(scan, recipe, name=scan_name(scan, i), flatfield=ff,
-                                  base_params=preprocess_params, progress=report, cancel=cancel)
+        f, result = scan_features(scan, recipe, name=scan_name(scan, i), flatfield=ff, base_params=preprocess_params,
+                                  progress=scan_report(preprocess_progress, i, len(scans)), cancel=cancel)
         feats.append(f)
         pp = pp or result.params.to_dict()
     from ..models.training import train

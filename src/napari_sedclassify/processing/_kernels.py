@@ -92,6 +92,13 @@ def bin_sums(frame, b, row_step, out):
 
 
 @njit(nogil=True, cache=True)
+def _span(c, half, n):
+    """[lo, hi) of the 2 half + 1 px about index round(c), clipped to 0..n."""
+    i = int(round(c))
+    return max(0, i - half), min(n, i + half + 1)
+
+
+@njit(nogil=True, cache=True)
 def _refine(frame, cy0, cx0, half, k_peak, min_snr, py, px, wy, wx, res):
     """Centre of mass of the beam disc in a (2 half + 1)^2 window about index (cy0, cx0).
 
@@ -102,23 +109,14 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, py, px, wy, wx, res):
     Writes (cy, cx) physical px, the area above threshold, peak, bg to res; returns False when
     no beam stands out.
     """
-    ky, kx = frame.shape
-    y0 = max(0, int(round(cy0)) - half)
-    y1 = min(ky, int(round(cy0)) + half + 1)
-    x0 = max(0, int(round(cx0)) - half)
-    x1 = min(kx, int(round(cx0)) + half + 1)
+    y0, y1 = _span(cy0, half, frame.shape[0])
+    x0, x1 = _span(cx0, half, frame.shape[1])
     if y1 - y0 < 3 or x1 - x0 < 3:
         return False
     border = np.empty(2 * (y1 - y0) + 2 * (x1 - x0), np.float32)
     nb = 0
     for y in range(y0, y1):
-        for x in (x0, x1 - 1):
-            v = frame[y, x]
-            if v == v:
-                border[nb] = v
-                nb += 1
-    for x in range(x0 + 1, x1 - 1):
-        for y in (y0, y1 - 1):
+        for x in range(x0, x1, 1 if y == y0 or y == y1 - 1 else x1 - 1 - x0):  # the window's edge pixels
             v = frame[y, x]
             if v == v:
                 border[nb] = v
@@ -219,45 +217,41 @@ def _kasa(pts, use, npts, res):
 
 
 @njit(nogil=True, cache=True)
+def _crossings(frame, i0, i1, j0, j1, level, pi, pj, wi, wj, cj, pts, n, swap):
+    """Add to pts[n:] the points (physical px) where ``level`` falls between the neighbours
+    frame[i, j], frame[i, j + 1] of the window, both ordinary pixels, the brighter one nearer the
+    centre cj (an edge falling outwards); (pi, interpolated pj) per point, reversed with ``swap``
+    (frame transposed). Returns the new n."""
+    for i in range(i0, i1):
+        if wi[i] != 1.0:
+            continue
+        for j in range(j0, j1 - 1):
+            a = frame[i, j]
+            b = frame[i, j + 1]
+            if wj[j] != 1.0 or wj[j + 1] != 1.0 or not (a == a and b == b):
+                continue
+            if (a - level) * (b - level) < 0 and (a > b) == (pj[j] + pj[j + 1] > 2 * cj) and n < pts.shape[0]:
+                pts[n, swap] = pi[i]
+                pts[n, 1 - swap] = pj[j] + (level - a) / (b - a) * (pj[j + 1] - pj[j])
+                n += 1
+    return n
+
+
+@njit(nogil=True, cache=True)
 def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, res):
     """Circle through the points where the beam's edge crosses ``level`` along rows and columns
     (linear interpolation between neighbouring ordinary pixels, physical px; only crossings that
     fall outwards from the index-px estimate (cy0, cx0)), starting from those within 30 % of the
-    expected radius r0 and refitted without the points off the circle. Wide and masked pixels take no part. Writes (cy, cx, R) physical px."""
+    expected radius r0 and refitted without the points off the circle. Wide and masked pixels take
+    no part. Writes (cy, cx, R) physical px."""
     ky, kx = frame.shape
-    y0 = max(0, int(round(cy0)) - half)
-    y1 = min(ky, int(round(cy0)) + half + 1)
-    x0 = max(0, int(round(cx0)) - half)
-    x1 = min(kx, int(round(cx0)) + half + 1)
+    y0, y1 = _span(cy0, half, ky)
+    x0, x1 = _span(cx0, half, kx)
     pts = np.empty((4 * (y1 - y0 + x1 - x0) + 8, 2))
     cyp = np.interp(cy0, np.arange(ky + 1) - 0.5, ey)
     cxp = np.interp(cx0, np.arange(kx + 1) - 0.5, ex)
-    n = 0
-    for y in range(y0, y1):
-        if wy[y] != 1.0:
-            continue
-        for x in range(x0, x1 - 1):
-            a = frame[y, x]
-            b = frame[y, x + 1]
-            if wx[x] != 1.0 or wx[x + 1] != 1.0 or not (a == a and b == b):
-                continue
-            # an edge falls outwards: the pixel nearer the centre is the brighter one
-            if (a - level) * (b - level) < 0 and (a > b) == (px[x] + px[x + 1] > 2 * cxp) and n < pts.shape[0]:
-                pts[n, 0] = py[y]
-                pts[n, 1] = px[x] + (level - a) / (b - a) * (px[x + 1] - px[x])
-                n += 1
-    for x in range(x0, x1):
-        if wx[x] != 1.0:
-            continue
-        for y in range(y0, y1 - 1):
-            a = frame[y, x]
-            b = frame[y + 1, x]
-            if wy[y] != 1.0 or wy[y + 1] != 1.0 or not (a == a and b == b):
-                continue
-            if (a - level) * (b - level) < 0 and (a > b) == (py[y] + py[y + 1] > 2 * cyp) and n < pts.shape[0]:
-                pts[n, 0] = py[y] + (level - a) / (b - a) * (py[y + 1] - py[y])
-                pts[n, 1] = px[x]
-                n += 1
+    n = _crossings(frame, y0, y1, x0, x1, level, py, px, wy, wx, cxp, pts, 0, 0)  # along rows
+    n = _crossings(frame.T, x0, x1, y0, y1, level, px, py, wx, wy, cyp, pts, n, 1)  # along columns
     if n < 6:
         return False
     use = np.empty(n, np.bool_)  # start from the points near the expected radius
@@ -313,12 +307,8 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
     circularly symmetric (least spread within 0.5-px radial bins): a grid search of +-1.5 px, then
     +-0.2 px. For beams on a quad's wide pixels, where too little edge is left for a circle fit."""
     ky, kx = frame.shape
-    iy = int(round(np.interp(cy0, ey, np.arange(ky + 1) - 0.5)))
-    ix = int(round(np.interp(cx0, ex, np.arange(kx + 1) - 0.5)))
-    y0 = max(0, iy - half)
-    y1 = min(ky, iy + half + 1)
-    x0 = max(0, ix - half)
-    x1 = min(kx, ix + half + 1)
+    y0, y1 = _span(np.interp(cy0, ey, np.arange(ky + 1) - 0.5), half, ky)
+    x0, x1 = _span(np.interp(cx0, ex, np.arange(kx + 1) - 0.5), half, kx)
     m = (y1 - y0) * (x1 - x0)
     yv = np.empty(m)
     xv = np.empty(m)
@@ -359,6 +349,21 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
 
 
 @njit(nogil=True, cache=True)
+def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at):
+    """Whether the window of ``half`` about index (iy, ix) is a fixed point of the centre of mass
+    (which then goes to res, its index centre to at); res is left as it was when not."""
+    keep = res.copy()
+    if _refine(frame, iy, ix, half, k_peak, min_snr, py, px, wy, wx, res):
+        at[0] = np.interp(res[0], ey, np.arange(frame.shape[0] + 1) - 0.5)
+        at[1] = np.interp(res[1], ex, np.arange(frame.shape[1] + 1) - 0.5)
+        th = min(max(int(2.5 * math.sqrt(res[2] / math.pi)) + 3, half0), half_max)
+        if int(round(at[0])) == iy and int(round(at[1])) == ix and th == half:
+            return True
+    res[:] = keep
+    return False
+
+
+@njit(nogil=True, cache=True)
 def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at):
     """Iterate the thresholded centre of mass from index (cy, cx), the window sized to 2.5 beam
     radii, until the window (its integer position and size, all that ``_refine`` depends on) stops
@@ -389,17 +394,9 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, e
             # hair of a pixel boundary can be a fixed point of the neighbouring window too: take
             # the lower of the two, whichever the search reached first. Likewise a window one px
             # smaller can hold the same beam at a fixed point: take the smallest such window.
-            while half > half0:
-                keep0, keep1, keep2, keep3, keep4 = res[0], res[1], res[2], res[3], res[4]
-                if _refine(frame, wy0, wx0, half - 1, k_peak, min_snr, py, px, wy, wx, res):
-                    ty2 = np.interp(res[0], ey, iy_edges)
-                    tx2 = np.interp(res[1], ex, ix_edges)
-                    th = min(max(int(2.5 * math.sqrt(res[2] / math.pi)) + 3, half0), half_max)
-                    if int(round(ty2)) == wy0 and int(round(tx2)) == wx0 and th == half - 1:
-                        half, cy, cx = th, ty2, tx2
-                        continue
-                res[0], res[1], res[2], res[3], res[4] = keep0, keep1, keep2, keep3, keep4
-                break
+            while half > half0 and _fixed(frame, wy0, wx0, half - 1, half0, half_max, k_peak, min_snr,
+                                          py, px, wy, wx, ey, ex, res, at):
+                half, cy, cx = half - 1, at[0], at[1]
             for axis in range(2):
                 c = cy if axis == 0 else cx
                 w = wy0 if axis == 0 else wx0
@@ -407,15 +404,8 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, e
                     continue
                 ty = wy0 - 1 if axis == 0 else wy0
                 tx = wx0 - 1 if axis == 1 else wx0
-                keep0, keep1, keep2, keep3, keep4 = res[0], res[1], res[2], res[3], res[4]
-                if _refine(frame, ty, tx, half, k_peak, min_snr, py, px, wy, wx, res):
-                    ty2 = np.interp(res[0], ey, iy_edges)
-                    tx2 = np.interp(res[1], ex, ix_edges)
-                    th = min(max(int(2.5 * math.sqrt(res[2] / math.pi)) + 3, half0), half_max)
-                    if int(round(ty2)) == ty and int(round(tx2)) == tx and th == half:
-                        wy0, wx0, cy, cx = ty, tx, ty2, tx2
-                        continue
-                res[0], res[1], res[2], res[3], res[4] = keep0, keep1, keep2, keep3, keep4
+                if _fixed(frame, ty, tx, half, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at):
+                    wy0, wx0, cy, cx = ty, tx, at[0], at[1]
             break
         if ny == py0 and nx == px0 and nh == ph0:
             # two windows alternate: settle on the lower-left one, whichever came first
@@ -441,8 +431,8 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
     radii, started (``warm``) from the previous frame's centre (the descan moves the beam little
     between neighbours) and, when the beam is not there or not ``warm``, from the coarse maximum
     of b x b block sums (3x3 blocks): without ``warm`` each frame's centre depends on that frame
-    alone, whatever chunk it travels in (batch and live agree exactly); then a circle fitted to the beam's half-height edge (where it has enough
-    ordinary pixels)."""
+    alone, whatever chunk it travels in (batch and live agree exactly); then a circle fitted to the
+    beam's half-height edge (where it has enough ordinary pixels)."""
     n, ky, kx = frames.shape
     iy_edges = np.arange(ky + 1) - 0.5
     ix_edges = np.arange(kx + 1) - 0.5
@@ -502,12 +492,10 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
         r = math.sqrt(res[2] / math.pi)
         level = res[4] + 0.5 * (res[3] - res[4])
         h = max(int(1.6 * r) + 3, 5)
-        wide = False
         d = int(0.5 * r) + 1
-        for y in range(max(0, int(round(cy)) - d), min(ky, int(round(cy)) + d + 1)):
-            wide |= wy[y] != 1.0
-        for x in range(max(0, int(round(cx)) - d), min(kx, int(round(cx)) + d + 1)):
-            wide |= wx[x] != 1.0
+        y0, y1 = _span(cy, d, ky)
+        x0, x1 = _span(cx, d, kx)
+        wide = (wy[y0:y1] != 1.0).any() or (wx[x0:x1] != 1.0).any()
         if wide:  # wide pixels cut the beam's middle: symmetry of the ordinary pixels around them
             if _symmetric(frames[i], np.interp(cy, iy_edges, ey), np.interp(cx, ix_edges, ex), h,
                           py, px, wy, wx, ey, ex, circ):
@@ -634,13 +622,24 @@ def annular_sums(frames, centres, centres_idx, py, px, r_in, r_out, total, sums)
 
 
 @njit(nogil=True, cache=True)
+def _block_mean(frame, y0, x0, b, empty):
+    """Mean of the finite pixels of the b x b block at (y0, x0) within the frame; ``empty`` when none."""
+    s = np.float32(0)
+    c = 0
+    for y in range(max(y0, 0), min(y0 + b, frame.shape[0])):
+        for x in range(max(x0, 0), min(x0 + b, frame.shape[1])):
+            v = frame[y, x]
+            if v == v:
+                s += v
+                c += 1
+    return s / c if c > 0 else empty
+
+
+@njit(nogil=True, cache=True)
 def central_crops(frames, centres, half, b, out):
     """Crop of 2 half x 2 half px starting at round(c - half + 0.5), binned b x b (mean of the finite
     pixels, 0 where none or beyond the detector); all NaN when the centre is NaN."""
-    n, ky, kx = frames.shape
-    h = out.shape[1]
-    w = out.shape[2]
-    for i in range(n):
+    for i in range(frames.shape[0]):
         cy = centres[i, 0]
         cx = centres[i, 1]
         if not (np.isfinite(cy) and np.isfinite(cx)):
@@ -648,38 +647,15 @@ def central_crops(frames, centres, half, b, out):
             continue
         y0 = int(math.floor(cy - half + 1.0))
         x0 = int(math.floor(cx - half + 1.0))
-        for yb in range(h):
-            for xb in range(w):
-                s = np.float32(0)
-                c = 0
-                for y in range(y0 + yb * b, y0 + (yb + 1) * b):
-                    if y < 0 or y >= ky:
-                        continue
-                    for x in range(x0 + xb * b, x0 + (xb + 1) * b):
-                        if x < 0 or x >= kx:
-                            continue
-                        v = frames[i, y, x]
-                        if v == v:
-                            s += v
-                            c += 1
-                out[i, yb, xb] = s / c if c > 0 else np.float32(0)
+        for yb in range(out.shape[1]):
+            for xb in range(out.shape[2]):
+                out[i, yb, xb] = _block_mean(frames[i], y0 + yb * b, x0 + xb * b, b, np.float32(0))
 
 
 @njit(nogil=True, cache=True)
 def bin_means(frames, b, out):
     """b x b block means of the finite pixels (NaN where a block has none); out (n, ky//b, kx//b)."""
-    n = frames.shape[0]
-    h = out.shape[1]
-    w = out.shape[2]
-    for i in range(n):
-        for yb in range(h):
-            for xb in range(w):
-                s = np.float32(0)
-                c = 0
-                for y in range(yb * b, (yb + 1) * b):
-                    for x in range(xb * b, (xb + 1) * b):
-                        v = frames[i, y, x]
-                        if v == v:
-                            s += v
-                            c += 1
-                out[i, yb, xb] = s / c if c > 0 else _NAN32
+    for i in range(frames.shape[0]):
+        for yb in range(out.shape[1]):
+            for xb in range(out.shape[2]):
+                out[i, yb, xb] = _block_mean(frames[i], yb * b, xb * b, b, _NAN32)

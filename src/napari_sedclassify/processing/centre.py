@@ -1,14 +1,11 @@
 """Direct-beam centre of each frame, to sub-pixel precision.
 
-Per frame: sums of b x b pixel blocks locate the beam coarsely (the brightest 3x3 group of
-blocks: the direct beam carries far more electrons than any Bragg spot or hot pixel); then a
-thresholded centre of mass refines it in a window of about 2.5 beam radii, iterated until it
-stops moving. The threshold sits half-way between the window's border median (background) and
-its 9th-brightest pixel (so a few unmasked hot pixels cannot set the peak), and weights are
-clipped at that peak, so a saturated flat-topped (4095) beam, hot pixels and Bragg spots weaker
-than half the beam do not pull the centre. Masked pixels (NaN) are ignored. A frame in which
-no disc stands out of the background by ``min_snr`` Poisson sigmas (blanked beam, all zeros,
-all NaN) gets a NaN centre and beam_found False.
+Per frame: sums of b x b pixel blocks locate the beam coarsely (the direct beam carries far more
+electrons than any Bragg spot or hot pixel); then a thresholded centre of mass (see the kernels)
+refines it in a window of about 2.5 beam radii, iterated until it stops moving, and a circle
+fitted to the beam's edge. Masked pixels (NaN) are ignored. A frame in which no disc stands out
+of the background by ``min_snr`` Poisson sigmas (blanked beam, all zeros, all NaN) gets a NaN
+centre and beam_found False.
 """
 
 from __future__ import annotations
@@ -46,11 +43,8 @@ class CentreFinder(FrameProcessor):
         self.warm_start = bool(warm_start)
 
     def outputs(self):
-        return {
-            "centre": Output((2,), "float64", np.nan),
-            "beam_found": Output((), "bool", False),
-            "beam_radius_px": Output((), "float32", np.nan),
-        }
+        return {"centre": Output((2,), "float64", np.nan), "beam_found": Output((), "bool", False),
+                "beam_radius_px": Output((), "float32", np.nan)}
 
     def process_chunk(self, frames, centres=None, mask=None):
         from ._kernels import find_centres

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _design(iy, ix, shape, degree):
-    """Polynomial terms iy^a ix^b (a + b <= degree) on coordinates scaled to [-1, 1]."""
+def _design(shape, degree):
+    """Polynomial terms iy^a ix^b (a + b <= degree) at every scan position (iy, ix), on coordinates
+    scaled to [-1, 1]: ((sy, sx, n_terms), terms)."""
     sy, sx = shape
+    iy, ix = np.mgrid[:sy, :sx].astype(float)
     u = 2.0 * iy / max(sy - 1, 1) - 1.0
     v = 2.0 * ix / max(sx - 1, 1) - 1.0
     terms = [(a, d - a) for d in range(degree + 1) for a in range(d, -1, -1)]
@@ -40,9 +42,7 @@ class DescanModel:
 
     def evaluate(self, scan_shape=None) -> np.ndarray:
         """Centres (sy, sx, 2) the model gives at every scan position."""
-        sy, sx = self.inliers.shape if scan_shape is None else scan_shape
-        iy, ix = np.mgrid[:sy, :sx]
-        a, _ = _design(iy.astype(float), ix.astype(float), (sy, sx), self.degree)
+        a, _ = _design(self.inliers.shape if scan_shape is None else scan_shape, self.degree)
         return a @ self.coef
 
     def slope_px_per_step(self) -> np.ndarray:
@@ -88,9 +88,7 @@ class DescanFit:
 
 
 def _fit(centres, valid, degree, clip_sigma, max_iter=20) -> DescanModel:
-    sy, sx = valid.shape
-    iy, ix = np.mgrid[:sy, :sx]
-    a_all, terms = _design(iy.astype(float), ix.astype(float), (sy, sx), degree)
+    a_all, terms = _design(valid.shape, degree)
     a = a_all[valid]
     y = centres[valid]
     keep = np.ones(len(y), bool)
@@ -104,7 +102,7 @@ def _fit(centres, valid, degree, clip_sigma, max_iter=20) -> DescanModel:
         if new.sum() < len(terms) or np.array_equal(new, keep):
             break
         keep = new
-    inliers = np.zeros((sy, sx), bool)
+    inliers = np.zeros(valid.shape, bool)
     inliers[valid] = keep
     r = y[keep] - a[keep] @ coef
     rms_yx = tuple(float(v) for v in np.sqrt(np.mean(r**2, axis=0))) if len(r) else (np.nan, np.nan)

@@ -131,6 +131,11 @@ class FlatField:
             c = np.where(self.mask, np.nan, 1.0 / self.gain.astype(np.float64))
         return c.astype(np.float32)
 
+    def kernel_args(self) -> tuple:
+        """(correction, dark, use_dark, saturation level): the kernel ``correct_frames``'s arguments."""
+        dark = self.dark if self.dark is not None else np.zeros(self.shape, np.float32)
+        return self.correction(), dark, self.dark is not None, self.saturation_level
+
     def apply(self, frames) -> np.ndarray:
         """Gain-corrected float32 copy of frames (..., ky, kx); masked and non-finite pixels NaN."""
         from ._kernels import correct_frames
@@ -140,8 +145,7 @@ class FlatField:
             raise ValueError(f"frames {frames.shape[-2:]} do not match the flat-field {self.shape}")
         stack = native(frames.reshape((-1,) + self.shape))
         out = np.empty(stack.shape, np.float32)
-        dark = self.dark if self.dark is not None else np.zeros(self.shape, np.float32)
-        correct_frames(stack, self.correction(), dark, self.dark is not None, self.saturation_level, out)
+        correct_frames(stack, *self.kernel_args(), out)
         return out.reshape(frames.shape)
 
 
@@ -184,14 +188,9 @@ def load_flatfield(path, dark=None, **kwargs) -> FlatField:
         d = _read_stack(Path(dark))
         dark = np.mean(np.asarray(d, dtype=np.float64).reshape((-1,) + d.shape[-2:]), axis=0)
     try:
-        if len(stack.shape) == 2:
-            ff = FlatField.from_response(np.asarray(stack, dtype=np.float64) - (0 if dark is None else dark),
-                                         dark=dark, source=str(path), **kwargs)
-        else:
-            ff = FlatField.from_flood(stack, dark=dark, source=str(path), **kwargs)
+        return FlatField.from_flood(stack, dark=dark, source=str(path), **kwargs)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    return ff
 
 
 def _read_stack(path: Path):

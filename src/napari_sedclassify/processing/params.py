@@ -95,8 +95,7 @@ class PreprocessParams:
     @classmethod
     def from_dict(cls, d: dict | None) -> "PreprocessParams":
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown preprocessing parameters: {', '.join(unknown)}")
         return cls(**d)
@@ -153,15 +152,7 @@ class PreprocessParams:
                 raise ValueError(f"crop radius must be at least 1 px, got {crop}")
             if (2 * crop_half) % self.crop_bin:
                 raise ValueError(f"crop size {2 * crop_half} px does not divide by crop_bin {self.crop_bin}")
-        return {
-            "ria_r_min_px": r_min,
-            "ria_bin_px": float(bin_px),
-            "ria_r_max_px": float(r_min + nbins * bin_px),
-            "ria_nbins": nbins,
-            "crop_half_px": crop_half,
-            "crop_bin": self.crop_bin,
-            "bf_radius_px": float(bf),
-            "adf_inner_px": float(adf_in),
-            "adf_outer_px": float(adf_out),
-            "beam_radius_px": None if rb is None else float(rb),
-        }
+        return {"ria_r_min_px": r_min, "ria_bin_px": float(bin_px), "ria_r_max_px": float(r_min + nbins * bin_px),
+                "ria_nbins": nbins, "crop_half_px": crop_half, "crop_bin": self.crop_bin, "bf_radius_px": float(bf),
+                "adf_inner_px": float(adf_in), "adf_outer_px": float(adf_out),
+                "beam_radius_px": None if rb is None else float(rb)}

@@ -11,7 +11,7 @@ run, a live run and the frame view process every frame the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -38,15 +38,12 @@ class PreprocessPlan:
     calibration_frames: int = 0
 
     @property
-    def parameters(self) -> PreprocessParams:
-        return PreprocessParams.from_dict(self.params)
-
-    @property
     def grid(self) -> PixelGrid:
         return PixelGrid(tuple(self.detector_shape), float(self.edge_pixel_width))
 
     @classmethod
-    def build(cls, params, geometry, metadata: dict | None, sample, flatfield: FlatField | None = None) -> "PreprocessPlan":
+    def build(cls, params, geometry, metadata: dict | None, sample,
+              flatfield: FlatField | None = None) -> "PreprocessPlan":
         """Resolve ``params`` (PreprocessParams or dict) for a detector of ``geometry`` from the
         calibration ``sample`` (m, ky, kx) raw frames; ``metadata``: the scan's (counter depth,
         saturation, edge pixel width)."""
@@ -117,10 +114,7 @@ class PreprocessPlan:
     def to_dict(self) -> dict:
         from ..jsonutil import jsonable
 
-        return jsonable({"params": self.params, "detector_shape": list(self.detector_shape),
-                         "edge_pixel_width": self.edge_pixel_width, "saturation_counts": self.saturation_counts,
-                         "bad_pixels": list(self.bad_pixels), "beam_radius_px": self.beam_radius_px,
-                         "resolved": self.resolved, "calibration_frames": self.calibration_frames})
+        return jsonable(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessPlan":

@@ -6,12 +6,8 @@ lies in [r_min + k bin_px, r_min + (k+1) bin_px). The distance is computed exact
 from the sub-pixel centre for every pixel, so there is no centre quantisation: the bin of every
 pixel is the one a brute-force computation gives. Masked and non-finite pixels are excluded
 from both the sum and the count. The value is the mean per bin (NaN for an empty bin), with the
-number of pixels averaged.
-
-Speed: a compiled kernel walks each frame row by row, computes the bin indices of a row
-(vectorised), then accumulates (sum, count) pairs, into two interleaved sets (even and odd
-pixels) so that neighbouring pixels of one bin do not wait on each other's memory updates; no
-per-frame distance maps or index arrays are allocated, so moving the centre costs nothing.
+number of pixels averaged. The compiled kernel (``radial_sums``) allocates no per-frame distance
+maps, so moving the centre costs nothing.
 """
 
 from __future__ import annotations
@@ -22,10 +18,6 @@ import numpy as np
 
 from .pixels import PixelGrid, grid_of
 from .runner import FrameProcessor, Output
-
-
-def count_dtype(nbins_max_pixels: float) -> str:
-    return "uint16" if nbins_max_pixels < 65535 else "uint32"
 
 
 class RadialProfile(FrameProcessor):
@@ -43,7 +35,7 @@ class RadialProfile(FrameProcessor):
         r_out = self.r_min + self.nbins * self.bin_px
         # most pixels one annulus can hold: its area widened by a pixel diagonal
         most = math.pi * (self.bin_px + 1.5) * (2 * r_out + 1.5)
-        self.counts_dtype = count_dtype(most)
+        self.counts_dtype = "uint16" if most < 65535 else "uint32"
 
     @property
     def radii_px(self) -> np.ndarray:
@@ -51,10 +43,8 @@ class RadialProfile(FrameProcessor):
         return self.r_min + (np.arange(self.nbins) + 0.5) * self.bin_px
 
     def outputs(self):
-        return {
-            "ria": Output((self.nbins,), "float32", np.nan),
-            "ria_counts": Output((self.nbins,), self.counts_dtype, 0),
-        }
+        return {"ria": Output((self.nbins,), "float32", np.nan),
+                "ria_counts": Output((self.nbins,), self.counts_dtype, 0)}
 
     def process_chunk(self, frames, centres, mask=None):
         from ._kernels import radial_sums

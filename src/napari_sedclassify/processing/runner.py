@@ -90,7 +90,7 @@ class FrameRunner:
 
     # -- setup ----------------------------------------------------------------------------
     def _prepare(self, detector_shape):
-        """Correction multiplier, dark and mask for this detector (cached)."""
+        """(shape, mask, the arguments of ``correct_frames``) for this detector (cached)."""
         detector_shape = tuple(detector_shape)
         if self._prepared is not None and self._prepared[0] == detector_shape:
             return self._prepared
@@ -99,17 +99,16 @@ class FrameRunner:
             raise ValueError(f"flat-field {ff.shape} does not match the detector {detector_shape}")
         if self._extra_mask is not None:
             ff = ff.with_mask(self._extra_mask)
-        dark = ff.dark if ff.dark is not None else np.zeros(detector_shape, np.float32)
-        self._prepared = (detector_shape, ff.correction(), dark, ff.dark is not None, ff.mask, ff.saturation_level)
+        self._prepared = (detector_shape, ff.mask, *ff.kernel_args())
         return self._prepared
 
     def mask(self, detector_shape) -> np.ndarray:
         """(ky, kx) bool, True = excluded from every result."""
-        return self._prepare(detector_shape)[4]
+        return self._prepare(detector_shape)[1]
 
-    def outputs(self) -> dict[str, Output]:
+    def outputs(self, with_centring: bool = True) -> dict[str, Output]:
         out = {}
-        for p in ([self.centring] if self.centring is not None else []) + self.processors:
+        for p in ([self.centring] if with_centring and self.centring is not None else []) + self.processors:
             for name, spec in p.outputs().items():
                 if name in out:
                     raise ValueError(f"two processors both produce '{name}'")
@@ -143,16 +142,15 @@ class FrameRunner:
             if any(p.needs_centres for p in self.processors):
                 raise ValueError("no centres given and no centre finder set")
             centres = np.full((n, 2), np.nan)  # none of the processors uses them
-        _, corr, dark, use_dark, mask, saturation = self._prepare(frames.shape[1:])
-        specs = self.outputs() if centres is None else {
-            k: v for p in self.processors for k, v in p.outputs().items()}
+        _, mask, *correction = self._prepare(frames.shape[1:])
+        specs = self.outputs(with_centring=centres is None)
         values = {name: np.empty((n,) + tuple(s.shape), dtype=s.dtype) for name, s in specs.items()}
         given = None if centres is None else np.asarray(centres, dtype=np.float64).reshape(n, 2)
         buf = np.empty((min(BATCH, n),) + frames.shape[1:], np.float32)
         for s in range(0, n, BATCH):
             e = min(n, s + BATCH)
             f = buf[: e - s]
-            correct_frames(frames[s:e], corr, dark, use_dark, saturation, f)
+            correct_frames(frames[s:e], *correction, f)
             if given is None:
                 got = self.centring.process_chunk(f, None, mask)
                 for name, v in got.items():
@@ -168,9 +166,8 @@ class FrameRunner:
     def allocate(self, n_frames: int, with_centring: bool = True) -> dict[str, np.ndarray]:
         """Arrays (n_frames, ...) for every output, filled with each output's fill value.
         Large ones (> 1 GiB, e.g. crops of a big scan) live in a temporary memory-mapped file."""
-        specs = self.outputs() if with_centring else {k: v for p in self.processors for k, v in p.outputs().items()}
         store = {}
-        for name, s in specs.items():
+        for name, s in self.outputs(with_centring).items():
             shape = (int(n_frames),) + tuple(s.shape)
             nbytes = int(np.prod(shape)) * np.dtype(s.dtype).itemsize
             store[name] = _big_empty(shape, s.dtype) if nbytes > 2**30 else np.empty(shape, s.dtype)
@@ -196,16 +193,12 @@ class FrameRunner:
         client: a dask.distributed Client (each worker reads its own blocks).
         """
         source = getattr(source, "frame_source", source)  # a Scan: its frames
-        with_c = centres is None
         if centres is not None:
             centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
         if isinstance(source, ScanFrames):
             return self._run_frames(source, centres, progress, cancel, client, workers, chunk_frames, store)
         if hasattr(source, "dask") or (hasattr(source, "chunks") and hasattr(source, "to_delayed")):
-            if chunk_frames:
-                source = ScanFrames(_as_4d(source)).to_dask()
-                source = source.rechunk(_chunking(source.shape[:2], chunk_frames))
-            return self._run_dask(source, centres, progress, cancel, client, workers, store)
+            return self._run_dask(source, centres, progress, cancel, client, workers, store, chunk_frames)
         if isinstance(source, np.ndarray):
             if source.ndim == 2:
                 source = source[None]
@@ -213,7 +206,7 @@ class FrameRunner:
             n = stack.shape[0]
             chunk = int(chunk_frames or 32)
             tasks = ((np.arange(s, min(n, s + chunk)), stack[s: s + chunk]) for s in range(0, n, chunk))
-            return self._run_tasks(tasks, n, centres, with_c, progress, cancel, workers, store)
+            return self._run_tasks(tasks, n, centres, progress, cancel, workers, store)
         return self.run_stream(source, centres=centres, progress=progress, cancel=cancel, store=store)
 
     def map_chunks(self, chunks, workers: int | None = None) -> list[ChunkResult]:
@@ -235,7 +228,8 @@ class FrameRunner:
         parts = []
         done = 0
         for index, frames in chunks:
-            _check_cancel(cancel)
+            if cancel is not None and cancel():
+                raise Cancelled("stopped")
             index = np.asarray(index, dtype=np.int64).ravel()
             c = None if centres is None else centres[index]
             part = self.run_chunk(frames, index, c)
@@ -253,9 +247,9 @@ class FrameRunner:
                 self.merge(store, p)
         return store
 
-    def _run_tasks(self, tasks, n, centres, with_c, progress, cancel, workers, store):
+    def _run_tasks(self, tasks, n, centres, progress, cancel, workers, store):
         """Run (index, frames-or-loader) tasks in a thread pool, at most 2 per worker in flight."""
-        store = self.allocate(n, with_c) if store is None else store
+        store = self.allocate(n, centres is None) if store is None else store
         workers = int(workers or os.cpu_count() or 1)
         done = 0
         if progress is not None:
@@ -263,8 +257,7 @@ class FrameRunner:
 
         def one(index, frames):
             frames = frames() if callable(frames) else frames
-            c = None if centres is None else centres[index]
-            return self.run_chunk(frames.reshape((-1,) + frames.shape[-2:]), index, c)
+            return _run_block(self, frames, index, None if centres is None else centres[index])
 
         with ThreadPoolExecutor(workers) as pool:
             pending = set()
@@ -281,35 +274,41 @@ class FrameRunner:
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    part = fut.result()
-                    self.merge(store, part)
-                    done += len(part)
-                if progress is not None:
-                    progress(done, n)
-                if cancel is not None and cancel():
-                    for fut in pending:
-                        fut.cancel()
-                    raise Cancelled(f"stopped after {done} of {n} frames")
+                done = self._merge_done(store, [fut.result() for fut in finished], done, n, progress, cancel, pending)
         return store
+
+    def _merge_done(self, store, parts, done, n, progress, cancel, pending) -> int:
+        """Merge finished parts, report progress; on cancel, cancel the ``pending`` futures and
+        raise Cancelled. Returns the frames done."""
+        for part in parts:
+            self.merge(store, part)
+            done += len(part)
+        if progress is not None:
+            progress(done, n)
+        if cancel is not None and cancel():
+            for fut in pending:
+                fut.cancel()
+            raise Cancelled(f"stopped after {done} of {n} frames")
+        return done
 
     def _run_frames(self, frames: ScanFrames, centres, progress, cancel, client, workers, chunk_frames, store):
         """A frame source: blocks read in the worker threads straight from the reader (no dask),
         or, with a client, dask tasks that each worker reads itself."""
         if client is not None or frames.array is frames.to_dask_if_made():
-            data = frames.to_dask()
-            if chunk_frames:
-                data = data.rechunk(_chunking(frames.shape[:2], chunk_frames))
-            return self._run_dask(data, centres, progress, cancel, client, workers, store)
+            return self._run_dask(frames.to_dask(), centres, progress, cancel, client, workers, store, chunk_frames)
         n = frames.shape[0] * frames.shape[1]
         loaders = ((index, (lambda r=rows, c=cols: frames[r, c])) for index, rows, cols in frames.blocks(chunk_frames))
-        return self._run_tasks(loaders, n, centres, centres is None, progress, cancel, workers, store)
+        return self._run_tasks(loaders, n, centres, progress, cancel, workers, store)
 
-    def _run_dask(self, data, centres, progress, cancel, client, workers, store):
-        data = _as_4d(data)
+    def _run_dask(self, data, centres, progress, cancel, client, workers, store, chunk_frames=None):
+        while data.ndim < 4:  # frames (ky, kx) or (N, ky, kx): a (1, N, ky, kx) scan
+            data = data[None]
         if data.ndim != 4:
             raise ValueError(f"expected a dask array of frames, got {data.ndim} dimensions")
-        if len(data.chunks[2]) > 1 or len(data.chunks[3]) > 1:
+        if chunk_frames:
+            rows, cols = frame_chunks(data.shape[:2], 1, chunk_frames)
+            data = data.rechunk({0: rows, 1: cols, 2: -1, 3: -1})
+        elif len(data.chunks[2]) > 1 or len(data.chunks[3]) > 1:
             data = data.rechunk({2: -1, 3: -1})
         sy, sx = data.shape[:2]
         n = sy * sx
@@ -330,7 +329,7 @@ class FrameRunner:
         from dask.local import get_sync  # a scheduler function: naming "sync" imports distributed
 
         loaders = ((index, (lambda b=blk: np.asarray(b.compute(scheduler=get_sync)))) for index, blk in tasks())
-        return self._run_tasks(loaders, n, centres, centres is None, progress, cancel, workers, store)
+        return self._run_tasks(loaders, n, centres, progress, cancel, workers, store)
 
     def _run_distributed(self, tasks, n, centres, progress, cancel, client, store):
         import dask
@@ -351,40 +350,16 @@ class FrameRunner:
         for fut in queue:
             part = fut.result()
             fut.release()
-            self.merge(store, part)
-            done += len(part)
-            if progress is not None:
-                progress(done, n)
-            if cancel is not None and cancel():
-                for f in queue.futures:
-                    f.cancel()
-                raise Cancelled(f"stopped after {done} of {n} frames")
+            done = self._merge_done(store, [part], done, n, progress, cancel, queue.futures)
             nxt = next(tasks, None)
             if nxt is not None:
                 queue.add(submit(*nxt))
         return store
 
 
-def _as_4d(data):
-    """Frames (ky, kx) or (N, ky, kx) as a (1, N, ky, kx) scan; a scan as it is."""
-    while data.ndim < 4:
-        data = data[None]
-    return data
-
-
-def _chunking(scan_shape, chunk_frames: int) -> dict:
-    rows, cols = frame_chunks(scan_shape, 1, chunk_frames)
-    return {0: rows, 1: cols, 2: -1, 3: -1}
-
-
 def _run_block(runner: FrameRunner, block, index, centres):
     block = np.asarray(block)
     return runner.run_chunk(block.reshape((-1,) + block.shape[-2:]), index, centres)
-
-
-def _check_cancel(cancel):
-    if cancel is not None and cancel():
-        raise Cancelled("stopped")
 
 
 def _big_empty(shape, dtype):

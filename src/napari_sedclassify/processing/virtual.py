@@ -51,10 +51,7 @@ class VirtualDetectors(FrameProcessor):
         g = grid_of(self.grid, frames.shape[1:])
         centres = np.ascontiguousarray(centres, dtype=np.float64)
         annular_sums(frames, g.to_physical(centres), centres, g.centres(0), g.centres(1), r_in, r_out, total, sums)
-        out = {"total": total}
-        for j, k in enumerate(names):
-            out[k] = sums[:, j]
-        return out
+        return {"total": total, **{k: sums[:, j] for j, k in enumerate(names)}}
 
 
 def virtual_image(scan, inner_px: float = 0.0, outer_px: float | None = None, centre=None, *,

@@ -13,19 +13,7 @@ from .params import MATERIALS, SessionParams, SimParams, session_params
 from .simulation import SimulatedScan, load_simulated, simulate_flatfield, simulate_scan
 
 __all__ = [
-    "GRID_AXES",
-    "MATERIALS",
-    "SessionParams",
-    "SimParams",
-    "SimulatedScan",
-    "demo_dataset",
-    "load_dataset",
-    "load_simulated",
-    "sample_scan",
-    "session_grid",
-    "session_params",
-    "simulate_dataset",
-    "simulate_flatfield",
-    "simulate_scan",
-    "simulate_session_grid",
+    "GRID_AXES", "MATERIALS", "SessionParams", "SimParams", "SimulatedScan", "demo_dataset", "load_dataset",
+    "load_simulated", "sample_scan", "session_grid", "session_params", "simulate_dataset", "simulate_flatfield",
+    "simulate_scan", "simulate_session_grid"
 ]

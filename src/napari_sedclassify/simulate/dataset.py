@@ -16,6 +16,8 @@ DATASET_FORMAT = "napari-sedclassify simulated dataset"
 SAMPLE_SCAN_SHAPE = (24, 24)
 SAMPLE_DETECTOR_PX = 256
 SAMPLE_SEED = 1
+#: The files of each scan entry of dataset.json.
+_ENTRY_FILES = ("scan", "metadata", "truth", "truth_tif", "centres", "overview", "fractions", "flatfield")
 
 
 def sample_scan() -> SimulatedScan:
@@ -25,30 +27,11 @@ def sample_scan() -> SimulatedScan:
 
 def _scan_entry(out_dir: Path, name, session, seed, flat_seed, scan_shape, detector_px, progress) -> dict:
     path = out_dir / f"{name}.npy"
-    simulate_scan(
-        path,
-        scan_shape=scan_shape,
-        detector_px=detector_px,
-        session=session,
-        seed=seed,
-        flatfield_seed=flat_seed,
-        progress=progress,
-    )
-    files = sidecar_paths(path)
-    session = session_params(session).name
-    return {
-        "name": name,
-        "session": session,
-        "seed": seed,
-        "scan": files["scan"].name,
-        "metadata": files["metadata"].name,
-        "truth": files["truth"].name,
-        "truth_tif": files["truth_tif"].name,
-        "centres": files["centres"].name,
-        "overview": files["overview"].name,
-        "fractions": files["fractions"].name,
-        "flatfield": flatfield_name(session),
-    }
+    simulate_scan(path, scan_shape=scan_shape, detector_px=detector_px, session=session, seed=seed,
+                  flatfield_seed=flat_seed, progress=progress)
+    files = {**sidecar_paths(path), "flatfield": Path(flatfield_name(session_params(session).name))}
+    return {"name": name, "session": session_params(session).name, "seed": seed,
+            **{k: files[k].name for k in _ENTRY_FILES}}
 
 
 def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress, extra=None) -> dict:
@@ -61,11 +44,8 @@ def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress,
         sp = session_params(s)
         if params.setdefault(sp.name, sp) != sp:
             raise ValueError(f"two different sessions are both named {sp.name!r}")
-    sessions = sorted(params)
-    scans = [
-        _scan_entry(out_dir, name, s, scan_seed, seed, scan_shape, detector_px, progress)
-        for name, s, scan_seed in plan
-    ]
+    scans = [_scan_entry(out_dir, name, s, scan_seed, seed, scan_shape, detector_px, progress)
+             for name, s, scan_seed in plan]
     table = ClassTable.default()
     dataset = {
         "format": DATASET_FORMAT,
@@ -73,7 +53,7 @@ def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress,
         "scan_shape": [int(v) for v in scan_shape],
         "detector_px": int(detector_px),
         "class_names": {str(k): v for k, v in table.names.items()},
-        "sessions": {s: params[s].to_dict() for s in sessions},
+        "sessions": {s: params[s].to_dict() for s in sorted(params)},
         "scans": scans,
         **(extra or {}),
     }
@@ -81,9 +61,8 @@ def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress,
     return dataset
 
 
-def simulate_dataset(
-    out_dir, *, n_scans: int, session="A", scan_shape=(40, 40), detector_px: int = 512, seed: int = 0, progress=None
-) -> dict:
+def simulate_dataset(out_dir, *, n_scans: int, session="A", scan_shape=(40, 40), detector_px: int = 512,
+                     seed: int = 0, progress=None) -> dict:
     """Write ``n_scans`` scans of one session into ``out_dir`` plus ``dataset.json``; returns its content.
 
     Scan i is ``scan_<session>_<i>.npy`` with seed ``seed + i`` (the same seeds in another session
@@ -117,9 +96,7 @@ def load_dataset(path) -> dict:
     data = json.loads(path.read_text())
     if data.get("format") != DATASET_FORMAT:
         raise ValueError(f"{path}: not a simulated data set description")
-    root = path.parent
-    keys = ("scan", "metadata", "truth", "truth_tif", "centres", "overview", "fractions", "flatfield")
     for entry in data["scans"]:
-        for k in keys:
-            entry[k] = root / entry[k]
+        for k in _ENTRY_FILES:
+            entry[k] = path.parent / entry[k]
     return data

@@ -20,14 +20,6 @@ import numpy as np
 from .params import HARDWARE_SEED, SessionParams, detector_scale
 
 
-def pixel_widths(detector_px: int, edge_pixel_width: float) -> np.ndarray:
-    """Width (pitches) of each pixel along one axis: 1, except the two pixels at the chip boundary."""
-    w = np.ones(detector_px)
-    half = detector_px // 2
-    w[half - 1 : half + 1] = edge_pixel_width
-    return w
-
-
 @dataclass
 class Detector:
     """One session's detector at one size.
@@ -88,9 +80,10 @@ def make_detector(session: SessionParams, detector_px: int) -> Detector:
     """
     n = int(detector_px)
     b = detector_scale(n)
-    # a pixel of a smaller detector spans b reference pitches; its edge pixel keeps the same extra width
-    edge_width = 1.0 + (session.edge_pixel_width - 1.0) / b
-    widths = pixel_widths(n, edge_width)
+    # pixel widths (pitches): 1, except the two at the chip boundary; a pixel of a smaller detector
+    # spans b reference pitches, and its edge pixel keeps the same extra width
+    widths = np.ones(n)
+    widths[n // 2 - 1: n // 2 + 1] = 1.0 + (session.edge_pixel_width - 1.0) / b
     edges = np.concatenate([[0.0], np.cumsum(widths)])
     area = np.outer(widths, widths)
 
@@ -113,16 +106,7 @@ def make_detector(session: SessionParams, detector_px: int) -> Detector:
 
     efficiency = (gain * area).astype(np.float32)
     efficiency.ravel()[dead] = 0.0
-    return Detector(
-        detector_px=n,
-        edges=edges,
-        gain=gain,
-        dead=dead.reshape(n, n),
-        hot_index=hot_index,
-        hot_rate=hot_rate,
-        efficiency=efficiency,
-        counter_max=int(session.counter_max),
-    )
+    return Detector(n, edges, gain, dead.reshape(n, n), hot_index, hot_rate, efficiency, int(session.counter_max))
 
 
 def poisson_counts(lam: np.ndarray, rng: np.random.Generator, cut: float = 10.0) -> np.ndarray:

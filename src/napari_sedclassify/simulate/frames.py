@@ -101,9 +101,8 @@ class ScanModel:
         rows, cols, w = self.beam(det, (cy, cx))
         if w.size:
             beam = lam.reshape(det.shape)
-            beam[rows, cols] += (w * (direct * (1 - s.beam_tail_fraction))).astype(np.float32) * det.efficiency[
-                rows, cols
-            ]
+            beam[rows, cols] += ((w * (direct * (1 - s.beam_tail_fraction))).astype(np.float32)
+                                 * det.efficiency[rows, cols])
 
         for k, (radius, az, weight) in enumerate(self.spots):
             t_k = self.content.crystal_nm[iy, ix, k]
@@ -118,11 +117,8 @@ class ScanModel:
 
     def frame(self, iy: int, ix: int) -> np.ndarray:
         """Frame (iy, ix) as counted by the detector: (n, n) uint16."""
-        rng = np.random.Generator(
-            np.random.SFC64(
-                [self.seed, session_seed(self.session.name), self.detector.detector_px, iy, ix, _FRAME_TAG]
-            )
-        )
+        rng = np.random.Generator(np.random.SFC64([self.seed, session_seed(self.session.name),
+                                                   self.detector.detector_px, iy, ix, _FRAME_TAG]))
         return self.detector.read(self.expected(iy, ix), rng)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
@@ -143,34 +139,30 @@ def beam_centres(scan_shape, session: SessionParams, detector: Detector, seed: i
     scan_offset = rng.normal(0.0, session.scan_offset_px, size=2)
     jitter = rng.normal(0.0, session.jitter_px, size=(sy, sx, 2))
     base = detector.physical_size / 2 + (np.asarray(session.beam_offset_px) + scan_offset) / b
-    yy, xx = np.meshgrid(
-        (np.arange(sy) - (sy - 1) / 2) * session.scan_step_nm,
-        (np.arange(sx) - (sx - 1) / 2) * session.scan_step_nm,
-        indexing="ij",
-    )
-    shift_nm = np.stack([yy, xx], axis=-1)
-    drift = shift_nm @ session.descan_matrix.T
+    yy, xx = np.meshgrid((np.arange(sy) - (sy - 1) / 2) * session.scan_step_nm,
+                         (np.arange(sx) - (sx - 1) / 2) * session.scan_step_nm, indexing="ij")
+    drift = np.stack([yy, xx], axis=-1) @ session.descan_matrix.T
     return base + (drift + jitter) / b
 
 
-def true_geometry(session: SessionParams, detector_px: int) -> Geometry:
-    """The geometry the patterns are drawn with (effective camera length, scaled pixel size)."""
-    b = detector_scale(detector_px)
+def true_geometry(session: SessionParams, detector_px: int, nominal: bool = False) -> Geometry:
+    """The geometry the patterns are drawn with (effective camera length, scaled pixel size), marked
+    "fitted": what a perfect calibration would find. nominal: what the microscope reports instead
+    (the nominal camera length), marked "file"."""
     return Geometry(
         detector_shape=(detector_px, detector_px),
-        pixel_size_um=session.pixel_size_um * b,
-        camera_length_mm=session.camera_length_mm,
+        pixel_size_um=session.pixel_size_um * detector_scale(detector_px),
+        camera_length_mm=session.nominal_camera_length_mm if nominal else session.camera_length_mm,
         voltage_kv=session.voltage_kv,
         scan_step_nm=session.scan_step_nm,
-    ).marked("fitted")  # the truth: what a perfect calibration would find
+    ).marked("file" if nominal else "fitted")
 
 
 def scan_model(content: BeamContent, crystals, session, params, detector, seed) -> ScanModel:
     """Precompute tables, spot lists and centres for a scan."""
     n = detector.detector_px
     b = detector_scale(n)
-    geom = true_geometry(session, n)
-    lam_L_p = geom.lambda_L_over_p
+    lam_L_p = true_geometry(session, n).lambda_L_over_p
     # a convergent beam: a disc of α L/p px (true camera length) that every direction is spread over
     blur = session.convergence_px(n)
     tables = radial_tables(lam_L_p, params, session.beam_tail_px / b, r_max=detector.physical_size * 1.5,
@@ -181,18 +173,6 @@ def scan_model(content: BeamContent, crystals, session, params, detector, seed) 
     if blur > 0:  # Bragg discs, drawn as Gaussians with the disc's second moment (σ² = a²/4)
         spot_sigma = float(np.hypot(params.spot_sigma_px / b, blur / 2))
         spot_half = max(3, int(np.ceil(3.5 * spot_sigma)))
-    return ScanModel(
-        detector=detector,
-        tables=tables,
-        content=content,
-        centres=centres,
-        spots=spots,
-        beam=DirectBeam(float(np.hypot(session.beam_radius_px / b, blur)), session.psf_sigma_px / b),
-        n_electrons=session.electrons_per_frame,
-        session=session,
-        params=params,
-        scale=b,
-        seed=seed,
-        spot_sigma_px=spot_sigma,
-        spot_half=spot_half,
-    )
+    beam = DirectBeam(float(np.hypot(session.beam_radius_px / b, blur)), session.psf_sigma_px / b)
+    return ScanModel(detector, tables, content, centres, spots, beam, session.electrons_per_frame, session, params,
+                     b, seed, spot_sigma_px=spot_sigma, spot_half=spot_half)

@@ -52,17 +52,10 @@ def session_grid(base="A", *, convergence=(0.0,), ice=(1.0,), dose=(1.0,), camer
     for combo in itertools.product(*axes.values()):
         v = dict(zip(axes, combo))
         name = grid_session_name(v)
-        s = replace(
-            base,
-            name=name,
-            gain_seed=None,  # its own gain map, from the name
-            convergence_mrad=v["convergence"],
-            ice_thickness_scale=v["ice"],
-            dose_e_per_A2=base.dose_e_per_A2 * v["dose"],
-            camera_length_mm=base.camera_length_mm * v["camera"],
-            descan_px_per_nm=base.descan_px_per_nm * v["descan"],
-            plural_scattering=bool(plural_scattering),
-        )
+        s = replace(base, name=name, gain_seed=None,  # its own gain map, from the name
+                    convergence_mrad=v["convergence"], ice_thickness_scale=v["ice"],
+                    dose_e_per_A2=base.dose_e_per_A2 * v["dose"], camera_length_mm=base.camera_length_mm * v["camera"],
+                    descan_px_per_nm=base.descan_px_per_nm * v["descan"], plural_scattering=bool(plural_scattering))
         if vary_alignment:
             other = session_params(name, base)
             s = replace(s, beam_offset_px=other.beam_offset_px, descan_angle_deg=other.descan_angle_deg,

@@ -35,9 +35,8 @@ def render_overview(sample: Sample, scan_shape, session: SessionParams, params: 
     """(overview float32 counts, 3x3 overview->scan affine)."""
     shape, affine = overview_transform(scan_shape, session, params)
     mfp = params.image_mfp_nm
-    transmission = np.exp(
-        -(sample.carbon_nm / mfp["carbon"] + sample.ice_nm / mfp["ice"] + sample.crystal_nm / mfp["crystal"])
-    )
+    transmission = np.exp(-(sample.carbon_nm / mfp["carbon"] + sample.ice_nm / mfp["ice"]
+                            + sample.crystal_nm / mfp["crystal"]))
     oy, ox = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
     scan_y = affine[0, 0] * oy + affine[0, 1] * ox + affine[0, 2]
     scan_x = affine[1, 0] * oy + affine[1, 1] * ox + affine[1, 2]

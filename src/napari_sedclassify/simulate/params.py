@@ -88,10 +88,9 @@ class SessionParams:
     #   ring-less profile (self-convolution of the single-scattering one): thick ice, weaker rings
 
     def __post_init__(self):
-        if not (math.isfinite(self.convergence_mrad) and self.convergence_mrad >= 0):
-            raise ValueError(f"convergence_mrad must be >= 0, got {self.convergence_mrad}")
-        if not (math.isfinite(self.ice_thickness_scale) and self.ice_thickness_scale >= 0):
-            raise ValueError(f"ice_thickness_scale must be >= 0, got {self.ice_thickness_scale}")
+        for name in ("convergence_mrad", "ice_thickness_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def electrons_per_frame(self) -> float:
@@ -213,9 +212,8 @@ class SimParams:
     overview_per_step: int = 4  # overview px per scan step
     overview_margin_steps: float = 3.0  # overview extends this far beyond the scan area
     overview_counts: float = 400.0  # counts/px through vacuum
-    image_mfp_nm: dict = field(
-        default_factory=lambda: {"carbon": 45.0, "ice": 300.0, "crystal": 110.0}
-    )  # nm, image-mode attenuation (mass-thickness and diffraction contrast)
+    # nm, image-mode attenuation (mass-thickness and diffraction contrast)
+    image_mfp_nm: dict = field(default_factory=lambda: {"carbon": 45.0, "ice": 300.0, "crystal": 110.0})
     overview_blur_px: float = 0.8
     overview_shading: float = 0.05  # relative illumination gradient across the overview
 

@@ -62,9 +62,7 @@ def _rough_radius(rng, n_orders=5, amplitude=0.015):
     ph = rng.uniform(0, 2 * np.pi, size=n_orders)
 
     def radius(phi):
-        return 1.0 + np.sum(a[:, None] * np.cos(k[:, None] * phi.ravel()[None] + ph[:, None]), 0).reshape(
-            phi.shape
-        )
+        return 1.0 + np.sum(a[:, None] * np.cos(k[:, None] * phi.ravel()[None] + ph[:, None]), 0).reshape(phi.shape)
 
     return radius
 
@@ -90,24 +88,14 @@ def make_sample(scan_shape, session: SessionParams, params: SimParams, rng) -> S
     n_cryst = max(params.min_crystals, int(rng.poisson(params.crystals_per_um2 * area_um2)))
     crystal_nm = np.zeros(shape)
     crystal_id = np.full(shape, -1, dtype=np.int16)
-    crystals = [
-        _add_crystal(c, yy, xx, hole, origin, extent, crystal_nm, crystal_id, params, rng) for c in range(n_cryst)
-    ]
+    crystals = [_add_crystal(c, yy, xx, hole, origin, extent, crystal_nm, crystal_id, params, rng)
+                for c in range(n_cryst)]
     crystal_nm[crystal_id < 0] = 0.0
 
     material = np.where(hole, AMORPHOUS_ICE, CARBON).astype(np.uint8)
     material[crystal_id >= 0] = CRYSTALLINE_ICE
-    return Sample(
-        pixel_nm=pixel_nm,
-        margin_px=margin,
-        step_px=k,
-        carbon_nm=carbon_nm.astype(np.float32),
-        ice_nm=ice_nm.astype(np.float32),
-        crystal_nm=crystal_nm.astype(np.float32),
-        material=material,
-        crystal_id=crystal_id,
-        crystals=crystals,
-    )
+    return Sample(pixel_nm, margin, k, *(t.astype(np.float32) for t in (carbon_nm, ice_nm, crystal_nm)),
+                  material, crystal_id, crystals)
 
 
 def _holes(yy, xx, origin, extent, scan_shape, params: SimParams, rng) -> np.ndarray:
@@ -125,9 +113,8 @@ def _holes(yy, xx, origin, extent, scan_shape, params: SimParams, rng) -> np.nda
         return np.hypot(y - cy, x - cx) / (0.5 * diameter * radius_fn(np.arctan2(y - cy, x - cx)))
 
     sy, sx = scan_shape
-    ys, xs = np.meshgrid(
-        np.linspace(origin, origin + extent[0], 2 * sy), np.linspace(origin, origin + extent[1], 2 * sx), indexing="ij"
-    )
+    ys, xs = np.meshgrid(np.linspace(origin, origin + extent[0], 2 * sy),
+                         np.linspace(origin, origin + extent[1], 2 * sx), indexing="ij")
     lo, hi = params.ice_area_fraction
     best = None
     for _ in range(200):
@@ -232,23 +219,18 @@ def beam_content(sample: Sample, scan_shape, session: SessionParams) -> BeamCont
     rows = m + np.arange(sy) * k
     cols = m + np.arange(sx) * k
 
-    def under_beam(img, kern):
-        return _convolve_at(img, kern, rows, cols)
-
     disc = beam_kernel(session, sample.pixel_nm, halo=False)
-    fractions = np.stack(
-        [under_beam((sample.material == c).astype(np.float64), disc) for c in (CARBON, AMORPHOUS_ICE, CRYSTALLINE_ICE)],
-        axis=-1,
-    )
+    fractions = np.stack([_convolve_at((sample.material == c).astype(np.float64), disc, rows, cols)
+                          for c in (CARBON, AMORPHOUS_ICE, CRYSTALLINE_ICE)], axis=-1)
     fractions = np.clip(fractions, 0.0, 1.0)  # FFT round-off
     fractions /= fractions.sum(-1, keepdims=True)
     beam = beam_kernel(session, sample.pixel_nm)
-    thickness = np.stack(
-        [under_beam(t, beam) for t in (sample.carbon_nm, sample.ice_nm, sample.crystal_nm)], axis=-1
-    ).clip(0.0, None)
+    maps = (sample.carbon_nm, sample.ice_nm, sample.crystal_nm)
+    thickness = np.stack([_convolve_at(t, beam, rows, cols) for t in maps], axis=-1).clip(0.0, None)
     crystal_nm = np.zeros((sy, sx, len(sample.crystals)))
     for c in range(len(sample.crystals)):
-        crystal_nm[..., c] = under_beam(np.where(sample.crystal_id == c, sample.crystal_nm, 0.0), beam).clip(0.0)
+        crystal = np.where(sample.crystal_id == c, sample.crystal_nm, 0.0)
+        crystal_nm[..., c] = _convolve_at(crystal, beam, rows, cols).clip(0.0)
     return BeamContent(fractions, thickness, crystal_nm)
 
 

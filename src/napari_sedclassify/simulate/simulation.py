@@ -12,13 +12,14 @@ import numpy as np
 from .. import __version__
 from ..classes import ClassTable
 from ..geometry import Geometry
+from ..io.atomic import write_npy
 from ..scan import Scan, parse_scan_shape
 from .detector import flood_frames, make_detector
 from .frames import scan_model, true_geometry
 from .overview import render_overview
 from .params import MATERIALS, SessionParams, SimParams, detector_scale, session_params, session_seed
 from .sample import beam_content, class_map, make_sample
-from .writer import NpyStreamWriter, save_json, save_npy, save_tif
+from .writer import NpyStreamWriter, save_json, save_tif
 
 _SAMPLE_TAG = 0x5A3
 _OVERVIEW_TAG = 0x0E1
@@ -76,30 +77,17 @@ def sidecar_paths(out_path) -> dict:
     """Paths of the files written beside a scan ``<stem>.npy``."""
     p = Path(out_path)
     stem = p.with_suffix("")
-    return {
-        "scan": p,
-        "metadata": p.with_suffix(".json"),
-        "truth": Path(f"{stem}_truth.npy"),
-        "truth_tif": Path(f"{stem}_truth.tif"),
-        "centres": Path(f"{stem}_centres.npy"),
-        "overview": Path(f"{stem}_overview.npy"),
-        "fractions": Path(f"{stem}_fractions.npy"),
-        "thickness": Path(f"{stem}_thickness.npy"),
-    }
+    return {"scan": p, "metadata": p.with_suffix(".json"), "truth": Path(f"{stem}_truth.npy"),
+            "truth_tif": Path(f"{stem}_truth.tif"),
+            **{k: Path(f"{stem}_{k}.npy") for k in ("centres", "overview", "fractions", "thickness")}}
 
 
 def flatfield_name(session: str) -> str:
     return f"flatfield_{_check_name(session)}.npy"
 
 
-def simulate_flatfield(
-    out_path=None,
-    *,
-    detector_px: int = 512,
-    session="A",
-    n_frames: int = 20,
-    seed: int = 0,
-) -> np.ndarray:
+def simulate_flatfield(out_path=None, *, detector_px: int = 512, session="A", n_frames: int = 20,
+                       seed: int = 0) -> np.ndarray:
     """Flat-field acquisition of a session: (n_frames, ky, kx) uint16 uniform flood frames.
 
     The frames go through the session's detector (gain map, dead and hot pixels, wide edge pixels,
@@ -117,19 +105,13 @@ def simulate_flatfield(
         path = Path(out_path)
         if path.suffix.lower() != ".npy":
             path = path / flatfield_name(sess.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_npy(path, frames)
+        write_npy(path, frames)
         save_json(path.with_suffix(".json"), _flat_meta(sess, det.detector_px, n_frames, seed))
     return frames
 
 
 def _flat_meta(sess: SessionParams, detector_px, n_frames, seed) -> dict:
-    geom = Geometry(
-        detector_shape=(detector_px, detector_px),
-        pixel_size_um=sess.pixel_size_um * detector_scale(detector_px),
-        camera_length_mm=sess.nominal_camera_length_mm,
-        voltage_kv=sess.voltage_kv,
-    ).marked("file")
+    geom = true_geometry(sess, detector_px, nominal=True).replace(scan_step_nm=None)
     return {
         "format": "napari-sedclassify simulated flat-field",
         "geometry": geom.to_dict(),
@@ -141,18 +123,9 @@ def _flat_meta(sess: SessionParams, detector_px, n_frames, seed) -> dict:
     }
 
 
-def simulate_scan(
-    out_path=None,
-    *,
-    scan_shape=(40, 40),
-    detector_px: int = 512,
-    session="A",
-    seed: int = 0,
-    params: SimParams | None = None,
-    flatfield_seed: int | None = None,
-    flatfield_frames: int = 20,
-    progress=None,
-) -> SimulatedScan:
+def simulate_scan(out_path=None, *, scan_shape=(40, 40), detector_px: int = 512, session="A", seed: int = 0,
+                  params: SimParams | None = None, flatfield_seed: int | None = None, flatfield_frames: int = 20,
+                  progress=None) -> SimulatedScan:
     """Simulate a holey-carbon / vitreous-ice scan.
 
     out_path: None keeps everything in memory (small scans); a ``.npy`` path streams the frames to
@@ -181,16 +154,9 @@ def simulate_scan(
     detector = make_detector(sess, n)
     model = scan_model(content, sample.crystals, sess, params, detector, seed)
     centres = model.index_centres()
-    overview, affine = render_overview(
-        sample, (sy, sx), sess, params, np.random.default_rng([seed, sy, sx, session_seed(sess.name), _OVERVIEW_TAG])
-    )
-    geometry = Geometry(
-        detector_shape=(n, n),
-        pixel_size_um=sess.pixel_size_um * detector_scale(n),
-        camera_length_mm=sess.nominal_camera_length_mm,
-        voltage_kv=sess.voltage_kv,
-        scan_step_nm=sess.scan_step_nm,
-    ).marked("file")  # what the microscope reports (the nominal camera length)
+    overview, affine = render_overview(sample, (sy, sx), sess, params,
+                                       np.random.default_rng([seed, sy, sx, session_seed(sess.name), _OVERVIEW_TAG]))
+    geometry = true_geometry(sess, n, nominal=True)  # what the microscope reports
     meta = _scan_meta(sess, params, geometry, model, sample, (sy, sx), n, seed, affine)
 
     if out_path is None:
@@ -200,26 +166,12 @@ def simulate_scan(
             if progress:
                 progress((y1 - y0) * sx)
         flat = simulate_flatfield(None, detector_px=n, session=sess, n_frames=flatfield_frames, seed=flatfield_seed)
-        scan = Scan(frames, geometry, metadata=meta, source=None)
-        return SimulatedScan(
-            scan=scan,
-            truth=truth,
-            centres=centres,
-            overview=overview,
-            overview_to_scan=affine,
-            fractions=content.fractions,
-            thickness=content.thickness,
-            geometry=geometry,
-            session=sess.name,
-            seed=seed,
-            metadata=meta,
-            flatfield=flat,
-        )
+        return SimulatedScan(Scan(frames, geometry, metadata=meta), truth, centres, overview, affine,
+                             content.fractions, content.thickness, geometry, sess.name, seed, meta, flatfield=flat)
 
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".npy":
         raise ValueError(f"{out_path}: a simulated scan is written as .npy; give a path ending in .npy")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     paths = sidecar_paths(out_path)
     flat_path = out_path.parent / flatfield_name(sess.name)
     meta["files"] = {k: p.name for k, p in paths.items()}
@@ -229,12 +181,12 @@ def simulate_scan(
             w.write(model.rows(y0, y1))
             if progress:
                 progress((y1 - y0) * sx)
-    save_npy(paths["truth"], truth)
+    write_npy(paths["truth"], truth)
     save_tif(paths["truth_tif"], truth)
-    save_npy(paths["centres"], centres)
-    save_npy(paths["overview"], overview)
-    save_npy(paths["fractions"], content.fractions.astype(np.float32))
-    save_npy(paths["thickness"], content.thickness.astype(np.float32))
+    write_npy(paths["centres"], centres)
+    write_npy(paths["overview"], overview)
+    write_npy(paths["fractions"], content.fractions.astype(np.float32))
+    write_npy(paths["thickness"], content.thickness.astype(np.float32))
     flat_meta = _flat_meta(sess, n, flatfield_frames, flatfield_seed)
     if not _same_json(flat_path.with_suffix(".json"), flat_meta) or not flat_path.exists():
         simulate_flatfield(flat_path, detector_px=n, session=sess, n_frames=flatfield_frames, seed=flatfield_seed)
@@ -256,21 +208,10 @@ def load_simulated(path) -> SimulatedScan:
     scan = open_scan(path)
     flat = path.parent / meta["files"]["flatfield"]
     thickness = np.load(paths["thickness"]) if paths["thickness"].exists() else None
-    return SimulatedScan(
-        scan=scan,
-        truth=np.load(paths["truth"]),
-        centres=np.load(paths["centres"]),
-        overview=np.load(paths["overview"]),
-        overview_to_scan=np.asarray(meta["overview_to_scan"], dtype=np.float64),
-        fractions=np.load(paths["fractions"]),
-        thickness=thickness,
-        geometry=scan.geometry,
-        session=meta["session"],
-        seed=int(meta["seed"]),
-        metadata=meta,
-        flatfield_path=flat if flat.exists() else None,
-        path=path,
-    )
+    return SimulatedScan(scan, *(np.load(paths[k]) for k in ("truth", "centres", "overview")),
+                         np.asarray(meta["overview_to_scan"], dtype=np.float64), np.load(paths["fractions"]),
+                         thickness, scan.geometry, meta["session"], int(meta["seed"]), meta,
+                         flatfield_path=flat if flat.exists() else None, path=path)
 
 
 def _same_json(path: Path, obj: dict) -> bool:
@@ -306,10 +247,8 @@ def _scan_meta(sess, params, geometry, model, sample, scan_shape, n, seed, affin
         "class_names": {str(k): v for k, v in table.names.items()},
         "class_colours": {str(k): v for k, v in table.colours.items()},
         "materials": list(MATERIALS),
-        "mixed_rule": (
-            f"a scan point is the material covering >= {params.mixed_threshold:g} of the beam disc "
-            f"({sess.beam_diameter_nm:g} nm), otherwise mixed"
-        ),
+        "mixed_rule": f"a scan point is the material covering >= {params.mixed_threshold:g} of the beam disc "
+                      f"({sess.beam_diameter_nm:g} nm), otherwise mixed",
         "electrons_per_frame": sess.electrons_per_frame,
         "descan": {
             "centre_px": [float(v) for v in centre_idx],
@@ -320,15 +259,8 @@ def _scan_meta(sess, params, geometry, model, sample, scan_shape, n, seed, affin
         "edge_pixel_width": 1.0 + (sess.edge_pixel_width - 1.0) / b,
         "overview_to_scan": affine.tolist(),
         "overview_px_per_step": params.overview_per_step,
-        "crystals": [
-            {
-                "centre_nm": [float(c.centre_nm[0] - sample.margin_px * sample.pixel_nm),
-                              float(c.centre_nm[1] - sample.margin_px * sample.pixel_nm)],
-                "size_nm": float(c.size_nm),
-                "rotation_deg": float(c.rotation_deg),
-            }
-            for c in sample.crystals
-        ],
+        "crystals": [{"centre_nm": [float(v - sample.margin_px * sample.pixel_nm) for v in c.centre_nm],
+                      "size_nm": float(c.size_nm), "rotation_deg": float(c.rotation_deg)} for c in sample.crystals],
         "session_params": sess.to_dict(),
         "sim_params": params.to_dict(),
         "files": {},

@@ -1,40 +1,18 @@
-"""Atomic writes: every file goes to a temporary name in its folder, then ``os.replace``."""
+"""The simulator's files, each written atomically by :mod:`napari_sedclassify.io.atomic`."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path``."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def save_npy(path, array) -> None:
-    with atomic_path(path) as tmp:
-        np.save(tmp, np.asarray(array))
+from ..io.atomic import atomic_path, write_text
 
 
 def save_json(path, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def save_tif(path, array) -> None:
@@ -55,16 +33,12 @@ class NpyStreamWriter:
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
-        self._tmp = _tmp_name(self.path)
         self._written = 0
 
     def __enter__(self):
-        self._f = open(self._tmp, "wb")
-        header = {
-            "descr": np.lib.format.dtype_to_descr(self.dtype),
-            "fortran_order": False,
-            "shape": self.shape,
-        }
+        self._stack = contextlib.ExitStack()
+        self._f = self._stack.enter_context(open(self._stack.enter_context(atomic_path(self.path)), "wb"))
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
         np.lib.format.write_array_header_1_0(self._f, header)
         return self
 
@@ -74,12 +48,9 @@ class NpyStreamWriter:
         self._written += chunk.size
 
     def __exit__(self, exc_type, exc, tb):
-        self._f.close()
         total = int(np.prod(self.shape))
-        if exc_type is None and self._written == total:
-            os.replace(self._tmp, self.path)
-            return False
-        self._tmp.unlink(missing_ok=True)
-        if exc_type is None:
-            raise ValueError(f"{self.path}: wrote {self._written} of {total} values")
-        return False
+        if exc_type is None and self._written != total:
+            exc = ValueError(f"{self.path}: wrote {self._written} of {total} values")
+            self._stack.__exit__(ValueError, exc, None)  # the partial file is removed
+            raise exc
+        return self._stack.__exit__(exc_type, exc, tb)

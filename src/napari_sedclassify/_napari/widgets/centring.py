@@ -29,7 +29,7 @@ class CentringWidget(Container):
         self._jobs = JobButtons("Find centres", self.run)
         self._summary = wrapped_label("")
         self.extend([form(self._scan, self._centring, self._beam, self._degree), self._jobs, self._summary])
-        self.figure, self.canvas = plot_canvas(4.0, 1.9, min_height=170)
+        self.canvas = plot_canvas(4.0, 1.9, min_height=170)
         self.native.layout().addWidget(self.canvas)
         self._centring.changed.connect(self._centring_changed)
         self._scan.changed.connect(lambda _=None: self.show_result())
@@ -64,7 +64,7 @@ class CentringWidget(Container):
         """Layers and the small overview figure of the centring result of ``layer``."""
         layer = layer or self._scan.value
         result = preprocess_of(layer)
-        self.figure.clear()
+        figure = self.canvas.new_figure()
         self.canvas.setVisible(result is not None)
         if result is None:
             self._summary.value = ""
@@ -93,12 +93,12 @@ class CentringWidget(Container):
                 layers.move(layers.index(new), layers.index(layer))
         self._viewer.layers.selection.active = layer
         for ax_i, (title, (data, cmap, _)) in enumerate(maps.items()):
-            ax = self.figure.add_subplot(1, 3, ax_i + 1)
+            ax = figure.add_subplot(1, 3, ax_i + 1)
             im = ax.imshow(data, cmap=cmap, interpolation="nearest")
             ax.set_title(title.replace(f"{layer.name} ", ""), fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
-            self.figure.colorbar(im, ax=ax, shrink=0.7).ax.tick_params(labelsize=6)
+            figure.colorbar(im, ax=ax, shrink=0.7).ax.tick_params(labelsize=6)
         self.canvas.draw_idle()
         found = int(result.beam_found.sum())
         rms = f"{result.descan.residual_rms_px:.2f} px" if result.descan is not None else "no fit"

@@ -43,7 +43,7 @@ class FlatFieldWidget(Container):
         self._beside.changed.connect(lambda _=None: self.run(use_beside=True))
         self._summary = wrapped_label("No flat-field loaded: frames are used as recorded.")
         self.extend([form(self._scan, self._path), self._jobs, self._beside, self._summary])
-        self.figure, self.canvas = plot_canvas(4.0, 3.4, min_height=260)
+        self.canvas = plot_canvas(4.0, 3.4, min_height=260)
         self.native.layout().addWidget(self.canvas)
         self._scan.changed.connect(lambda _=None: self.show_flatfield())
         self.show_flatfield()
@@ -90,17 +90,17 @@ class FlatFieldWidget(Container):
     def show_flatfield(self):
         """Gain map of the selected scan's flat-field with dead (blue) and hot (red) pixels."""
         flatfield = flatfield_of(self._scan.value)
-        self.figure.clear()
+        figure = self.canvas.new_figure()
         self.canvas.setVisible(flatfield is not None)
         if flatfield is None:
             self._summary.value = "No flat-field loaded: frames are used as recorded."
             self.canvas.draw_idle()
             return
-        ax = self.figure.add_subplot(1, 1, 1)
+        ax = figure.add_subplot(1, 1, 1)
         gain = np.asarray(flatfield.gain, dtype=np.float64)
         lo, hi = np.nanpercentile(gain, [1, 99])
         im = ax.imshow(gain, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        self.figure.colorbar(im, ax=ax, shrink=0.8, label="gain")
+        figure.colorbar(im, ax=ax, shrink=0.8, label="gain")
         ys, xs = np.nonzero(flatfield.mask)
         ax.plot(xs, ys, "s", ms=4, mfc="none", mec="#ff3030", mew=0.8)  # circled: single px are tiny
         ax.set_xticks([])

@@ -20,7 +20,7 @@ from ..palette import class_colormap, display_name, legend_html
 from ..pickers import follow_layers, scan_picker
 from ..plots import form
 from ..regions import CLASS_FEATURE, regions_from_shapes
-from ..state import DERIVED_KEY, LABELS_OF_KEY, PREDICTION_OF_KEY, scan_layer_spatial, set_layer
+from ..state import DERIVED_KEY, LABELS_OF_KEY, PREDICTION_OF_KEY, scan_layer_spatial, session_of, set_layer
 
 #: Default beam diameter (nm) when the scan does not say it: the paper's 50-60 nm beam.
 DEFAULT_BEAM_NM = 55.0
@@ -276,6 +276,7 @@ class LabelingWidget(Container):
             opacity=0.6,
             metadata={LABELS_OF_KEY: scan_layer.name},
         )
+        session_of(scan_layer).set_labels(layer.data)
         counts = dict(zip(*np.unique(layer.data, return_counts=True)))
         self._legend.value = legend_html(self.table, {c: counts.get(c, 0) for c in self.table.ids})
         return layer

@@ -30,7 +30,7 @@ from ..model_jobs import (
 from ..palette import class_colormap, display_name, legend_html
 from ..pickers import scan_picker
 from ..plots import form
-from ..state import PREDICTION_OF_KEY, flatfield_of, preprocess_of, set_layer
+from ..state import PREDICTION_OF_KEY, flatfield_of, session_of, set_layer
 
 
 #: Label value of uncertain frames in the predicted-classes layer (its data only: exports hold 0).
@@ -88,11 +88,26 @@ class PredictionWidget(Container):
             [form(self._scan, self._model_path, self._uncertain), self._builtin, self._jobs, self._summary, form(self._export_path), self._export,
              form(self._keep, self._keep_path), self._keep_export]
         )
-        self.prediction = None  # {"layer", "class_map", "probabilities", "class_ids", "table"}
-        self._cache = {}  # (scan layer name, preprocessing params, flat-field id) -> PreprocessResult
+        self._shown = None  # the scan layer whose prediction is on show
+        self._watched = set()  # ids of the ScanSessions observed for stale predictions
         self._export.changed.connect(lambda _=None: self.export_class_map())
         self._uncertain.changed.connect(lambda _=None: self._rethreshold())
         self._keep_export.changed.connect(lambda _=None: self.export_keep_list())
+
+    @property
+    def prediction(self):
+        """The prediction on show, from its scan's session ({"layer", "class_map", "confidence",
+        "table", "uncertain", "out", "model", "result"}); None when there is none or it went stale."""
+        session = session_of(self._shown)
+        return None if session is None else session.prediction
+
+    def _session_changed(self, session, what):
+        """Mark the prediction on show stale as soon as the flat-field, geometry or preprocessing
+        it was made from changes (its export is refused until the scan is classified again)."""
+        if what in ("flatfield", "geometry", "result") and session is session_of(self._shown) \
+                and session.stale_prediction is not None:
+            self._summary.value = ("<b>stale</b>: the flat-field, geometry or preprocessing of this scan changed "
+                                   "since this class map was made; classify again.")
 
     def _keep_choices(self, _w=None):
         return [(display_name(self.table.names[c]), c) for c in self.table.ids]
@@ -135,8 +150,8 @@ class PredictionWidget(Container):
             show_error(f"Prediction: {exc}")
             return None
         flatfield = flatfield_of(layer)
-        key = (layer.name, repr(params.to_dict()), id(flatfield))
-        previous = self._cache.get(key) or preprocess_of(layer)
+        session = session_of(layer)
+        previous = session.result(params)  # made with these parameters, this flat-field and geometry
 
         def work(report, cancelled):
             feats, result = features_for(previous, scan, layer.name, flatfield, params, report, cancelled)
@@ -145,8 +160,7 @@ class PredictionWidget(Container):
 
         def done(returned):
             out, result = returned
-            self._cache[key] = result
-            self.show_prediction(layer, out, card.classes)
+            self.show_prediction(layer, out, card.classes, result, path)
 
         job = BackgroundJob(f"Classifying {layer.name} ({card.kind.upper()})", work, on_returned=done)
 
@@ -177,11 +191,14 @@ class PredictionWidget(Container):
             for name in (classes_layer_name(layer), confidence_layer_name(layer)):
                 if name in self._viewer.layers:
                     self._viewer.layers.remove(name)
-        if self.prediction is not None and (layer is None or self.prediction["layer"] == layer):
-            self.prediction = None
+        if self._shown is not None and (layer is None or self._shown == layer):
+            session_of(self._shown).clear_prediction()
+            self._shown = None
         self._summary.value = ""
 
-    def show_prediction(self, layer, out, table: ClassTable):
+    def show_prediction(self, layer, out, table: ClassTable, result, model):
+        """Show what ``model`` predicted for the scan of ``layer`` from the preprocessing ``result``,
+        and keep it in the scan's session."""
         from ...models.inference import mark_uncertain
 
         predicted = np.asarray(out["class_map"], dtype=np.uint8)
@@ -202,8 +219,14 @@ class PredictionWidget(Container):
         set_layer(self._viewer, confidence_layer_name(layer), confidence, like=layer, colormap="inferno",
                   contrast_limits=(1.0 / n, 1.0), visible=False)
         self._viewer.layers.selection.active = layer
-        self.prediction = {"layer": layer, "class_map": class_map, "confidence": confidence, "table": table,
-                           "uncertain": uncertain, "out": out}
+        self._shown = layer
+        session = session_of(layer)
+        if id(session) not in self._watched:
+            self._watched.add(id(session))
+            session.subscribe(lambda what: self._session_changed(session, what))
+        session.store_prediction(
+            {"layer": layer, "class_map": class_map, "confidence": confidence, "table": table,
+             "uncertain": uncertain, "out": out, "model": model, "result": result}, model, result)
         counts = {c: int((class_map == c).sum()) for c in table.ids}
         unclassified = int((predicted == 0).sum())
         self._summary.value = legend_html(table, counts) + (
@@ -217,12 +240,19 @@ class PredictionWidget(Container):
 
     def _rethreshold(self):
         """The threshold changed: mark the frames of the prediction on show again (no new run)."""
-        if self.prediction is None:
+        p = self.prediction
+        if p is None:
             return
         try:
-            self.show_prediction(self.prediction["layer"], self.prediction["out"], self.prediction["table"])
+            self.show_prediction(p["layer"], p["out"], p["table"], p["result"], p["model"])
         except (KeyError, RuntimeError):  # its layer was removed meanwhile
-            self.prediction = None
+            self._shown = None
+
+    def _nothing_to_export(self) -> str:
+        session = session_of(self._shown)
+        if session is not None and session.stale_prediction is not None:
+            return "the class map on show is stale (its flat-field, geometry or preprocessing changed): classify again"
+        return "classify a scan"
 
     def export_class_map(self):
         from napari.utils.notifications import show_error
@@ -230,7 +260,7 @@ class PredictionWidget(Container):
         from ...labels import save_class_map
 
         if self.prediction is None:
-            show_error("Prediction: classify a scan before exporting its class map.")
+            show_error(f"Prediction: {self._nothing_to_export()} before exporting its class map.")
             return None
         try:
             return save_class_map(self._export_path.value, self.prediction["class_map"])
@@ -244,7 +274,7 @@ class PredictionWidget(Container):
         from ...pipeline.reduce import write_keep_list
 
         if self.prediction is None:
-            show_error("Prediction: classify a scan before exporting a keep-list.")
+            show_error(f"Prediction: {self._nothing_to_export()} before exporting a keep-list.")
             return None
         path = Path(self._keep_path.value)
         if str(path) in ("", ".") or not self._keep.value:

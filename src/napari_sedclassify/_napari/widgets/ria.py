@@ -48,7 +48,7 @@ class RIAWidget(Container):
             [form(self._scan), self._jobs, self._calibrate, self.calibration_info, form(self._mode), self._pick,
              form(self._labels, self._smooth, self._axis), self._log, self._summary]
         )
-        self.figure, self.canvas = plot_canvas(4.0, 3.2, min_height=280)
+        self.canvas = plot_canvas(4.0, 3.2, min_height=280)
         self.native.layout().addWidget(self.canvas)
         follow_layers(napari_viewer, self._labels)
         for w in (self._scan, self._mode, self._labels, self._log, self._smooth, self._axis):
@@ -158,8 +158,7 @@ class RIAWidget(Container):
         """Redraw the plot for the current choices; returns the number of curves drawn."""
         layer = self._scan.value
         result = preprocess_of(layer)
-        self.figure.clear()
-        ax = self.figure.add_subplot(1, 1, 1)
+        ax = self.canvas.new_figure().add_subplot(1, 1, 1)
         n = 0
         if result is None:
             self._summary.value = "Compute RIAs first (here or in the Centring widget)."

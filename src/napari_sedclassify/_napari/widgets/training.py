@@ -30,7 +30,7 @@ from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan, scan_layers
 from ..model_jobs import features_for, run, train_features_to_file
 from ..plots import form, insert_before, plot_canvas
-from ..state import flatfield_of, labels_layers_for, preprocess_of
+from ..state import labels_layers_for, preprocess_of, session_of
 
 MODEL_CHOICES = [("FCNN on RIAs", "fcnn"), ("SVM on RIAs", "svm"), ("CNN on central crops", "cnn")]
 
@@ -108,7 +108,7 @@ class TrainingWidget(Container):
                 self._search, self._jobs, self._metrics, form(self._save_path), self._save,
             ]
         )
-        self.figure, self.canvas = plot_canvas(4.0, 4.6, min_height=400)
+        self.canvas = plot_canvas(4.0, 4.6, min_height=400)
         insert_before(self, self._metrics, self.canvas)
         self._ax_loss = self._ax_cm = None
         self.history = []
@@ -176,7 +176,7 @@ class TrainingWidget(Container):
             if key in layers:
                 layer, labels = layers[key]
                 out.append(
-                    LabeledScan(layer.name, find_scan(layer), np.asarray(labels.data), flatfield_of(layer), layer)
+                    LabeledScan(layer.name, find_scan(layer), np.asarray(labels.data), session_of(layer).flatfield, layer)
                 )
             elif key.startswith("file: "):
                 out.extend(s for s in self._files if f"file: {s.name}" == key)
@@ -257,10 +257,12 @@ class TrainingWidget(Container):
         self.result = None
         self._draw_curves()
         jobs = []
-        for item in data:
-            previous = preprocess_of(item.layer) if item.layer is not None else None
-            base = previous.params if previous is not None else PreprocessParams()
-            jobs.append((item, preprocess_params_for([recipe], item.scan.geometry, base), previous))
+        for item in data:  # the parameters of the user's last preprocessing, what the recipe needs on top
+            session = session_of(item.layer)
+            latest = preprocess_of(item.layer) if session is not None else None
+            pp = preprocess_params_for([recipe], item.scan.geometry, latest.params if latest else PreprocessParams())
+            jobs.append((item, pp, None if session is None else session.result(pp)))
+        made = []  # (layer, result) of new preprocessing passes: kept in the scans' sessions for reuse
 
         def work(report, cancelled):
             feats, maps = [], []
@@ -271,6 +273,8 @@ class TrainingWidget(Container):
                     report(k * n + done, len(jobs) * n)
 
                 f, result = features_for(previous, item.scan, item.name, item.flatfield, pp, frames, cancelled)
+                if item.layer is not None and result is not previous:
+                    made.append((item.layer, result, item.flatfield))
                 feats.append(f)
                 maps.append(item.class_map)
 
@@ -281,7 +285,15 @@ class TrainingWidget(Container):
                        params=params, val_fraction=val_fraction, seed=seed,
                        preprocess=jobs[0][1].to_dict(), progress=epoch, cancel=cancelled, child=True)
 
-        job = BackgroundJob(f"Training a {kind.upper()} model", work, on_returned=self._trained,
+        def trained(result):
+            for layer, made_result, flatfield in made:
+                session_of(layer).store_result(made_result, flatfield=flatfield, latest=False)
+            for item in data:
+                if item.layer is not None:
+                    session_of(item.layer).set_model(result["path"])
+            self._trained(result)
+
+        job = BackgroundJob(f"Training a {kind.upper()} model", work, on_returned=trained,
                             on_progress=self._progress)
         return self._jobs.launch(job)
 
@@ -313,8 +325,8 @@ class TrainingWidget(Container):
             callback(result["path"])
 
     def _draw_curves(self, validation=None):
-        self.figure.clear()
-        ax = self.figure.add_subplot(2, 1, 1) if validation else self.figure.add_subplot(1, 1, 1)
+        figure = self.canvas.new_figure()
+        ax = figure.add_subplot(2, 1, 1) if validation else figure.add_subplot(1, 1, 1)
         epochs = np.arange(1, len(self.history) + 1)
         for key, style in (("loss", "-"), ("val_loss", "--")):
             values = [h.get(key, np.nan) for h in self.history]
@@ -335,7 +347,7 @@ class TrainingWidget(Container):
         elif not self.history:
             ax.set_title("loss curves appear here during training", fontsize=7)
         if validation:
-            self._draw_confusion(self.figure.add_subplot(2, 1, 2), validation)
+            self._draw_confusion(figure.add_subplot(2, 1, 2), validation)
         self.canvas.draw_idle()
 
     @staticmethod

@@ -46,7 +46,9 @@ class WorkflowWidget(Container):
         self._scan_file = FileEdit(label="scan file", mode="r")
         open_button = PushButton(text="Open scan")
         open_button.changed.connect(lambda _=None: self.open_scan())
-        from ..reader import prefer_this_reader, this_reader_preferred
+        from ..reader import prefer_this_reader, this_reader_preferred, warm_up
+
+        warm_up()  # napari's unit registry and the kernels, before the first scan is opened
 
         prefer_this_reader(True)  # file patterns without a preference: no "Choose reader" on each File > Open
         self._prefer = CheckBox(
