@@ -1,4 +1,4 @@
-"""Light Qt views for what must redraw on every mouse move: a detector frame and one curve.
+"""Light Qt views for what must redraw on every mouse move: a detector frame, one curve, text.
 
 A matplotlib figure redraw (layout, ticks, text) takes 0.1-0.3 s on a software-rendered desktop,
 far too slow to follow the cursor. These widgets paint with QPainter: the frame is an RGBA image
@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 from qtpy.QtCore import QPointF, QRectF, Qt
-from qtpy.QtGui import QColor, QFont, QImage, QPainter, QPen, QPolygonF
+from qtpy.QtGui import QColor, QFont, QImage, QPainter, QPalette, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 MASK_RGBA = (0, 255, 51, 255)  # masked pixels: green
@@ -202,5 +202,37 @@ class CurvePlot(QWidget):
             painter.setPen(QPen(self.colour, 1.3))
             painter.setClipRect(box)
             painter.drawPolyline(QPolygonF([px(a, b) for a, b in zip(x.tolist(), y.tolist())]))
+        finally:
+            painter.end()
+
+
+class TextLines(QWidget):
+    """Plain text (lines separated by "<br>" or newlines, wrapped to the width) painted with
+    QPainter in a fixed height: a new ``value`` repaints this widget only. A QLabel's new text
+    re-lays out its dock: 25-30 ms of the event loop per mouse move on a software-rendered desktop
+    (benchmarks/bench_napari_session.py)."""
+
+    def __init__(self, value: str = "", lines: int = 9, parent=None):
+        super().__init__(parent)
+        self._value = str(value)
+        self.setFixedHeight(lines * self.fontMetrics().lineSpacing() + 4)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    @value.setter
+    def value(self, text) -> None:
+        if str(text) != self._value:
+            self._value = str(text)
+            self.update()
+
+    def paintEvent(self, _event):
+        painter = QPainter(self)
+        try:
+            painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+            flags = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap
+            painter.drawText(QRectF(self.rect()).adjusted(2, 2, -2, -2), int(flags), self._value.replace("<br>", "\n"))
         finally:
             painter.end()

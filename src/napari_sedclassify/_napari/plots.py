@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 
 DPI = 90
+_rendering: set = set()  # threads rendering a figure now
+
+
+@atexit.register
+def _finish_rendering() -> None:
+    """Let the figures being rendered finish before the interpreter and Qt are torn down (a
+    thread emitting to a Qt object during the teardown crashed the process at exit)."""
+    for thread in list(_rendering):
+        thread.join(10.0)
 
 
 def plot_canvas(width: float = 4.0, height: float = 3.0, min_height: int = 220):
@@ -46,8 +56,10 @@ def plot_canvas(width: float = 4.0, height: float = 3.0, min_height: int = 220):
         def draw_idle(self) -> None:
             """Render ``self.figure`` in a thread and show it when done."""
             self._generation += 1
-            threading.Thread(target=self._render, args=(self.figure, self._generation), daemon=True,
-                             name="sedclassify-figure").start()
+            thread = threading.Thread(target=self._render, args=(self.figure, self._generation), daemon=True,
+                                      name="sedclassify-figure")
+            _rendering.add(thread)
+            thread.start()
 
         def draw(self) -> None:
             """Render ``self.figure`` now, in the calling thread."""
@@ -65,6 +77,8 @@ def plot_canvas(width: float = 4.0, height: float = 3.0, min_height: int = 220):
                 self._relay.rendered.emit(self._rgba(figure, generation))
             except RuntimeError:  # the widget was deleted meanwhile
                 pass
+            finally:
+                _rendering.discard(threading.current_thread())
 
         def _show(self, payload):
             generation, w, h, rgba = payload

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, RadioButtons, SpinBox
+from napari.utils.notifications import show_error
 
 from ..jobs import JobButtons, wrapped_label
 from ..layers import find_scan
@@ -46,8 +47,6 @@ class CentringWidget(Container):
 
     def run(self):
         """Preprocess the selected scan in a thread worker; returns the job."""
-        from napari.utils.notifications import show_error
-
         layer = self._scan.value
         if find_scan(layer) is None:
             show_error("Centring: open a scan first (File > Open or File > Open Sample).")

@@ -20,13 +20,13 @@ from types import SimpleNamespace
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container
+from napari.utils.notifications import show_error
 
 from ..frame_info import frame_details
-from ..jobs import wrapped_label
 from ..layers import find_scan
 from ..palette import display_name
 from ..pickers import scan_picker
-from ..light_plots import CurvePlot, FrameImage, frame_rgba
+from ..light_plots import CurvePlot, FrameImage, TextLines, frame_rgba
 from ..state import (
     calibration_of,
     active_scan_layer,
@@ -151,8 +151,9 @@ class DiffractionView(Container):
         self._scan.tooltip = "the scan shown: the one under the cursor (or clicked)"
         self._follow = CheckBox(text="follow the cursor", value=True)
         self._log = CheckBox(text="log scale RIA", value=True)
-        self._info = wrapped_label("Move over or click the integrated image.")
-        controls = Container(widgets=[self._scan, self._follow, self._log, self._info], labels=False)
+        self._info = TextLines("Move over or click the integrated image.")
+        controls = Container(widgets=[self._scan, self._follow, self._log], labels=False)
+        controls.native.layout().addWidget(self._info)
         controls.native.setMaximumWidth(260)
         controls.native.layout().addStretch(1)
         self.append(controls)
@@ -330,8 +331,6 @@ class DiffractionView(Container):
     # drawing -------------------------------------------------------------------------
     def show_point(self, layer, iy: int, ix: int, mark: bool = False):
         """Show the frame of scan point (iy, ix) of ``layer`` now; ``mark`` also marks it on the scan."""
-        from napari.utils.notifications import show_error
-
         if find_scan(layer) is None:
             return
         iy, ix = int(iy), int(ix)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, PushButton
+from napari.utils.notifications import show_error
 
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
@@ -50,8 +51,6 @@ class FlatFieldWidget(Container):
 
     def run(self, use_beside: bool = False):
         """Load the chosen file (or the scan's own flat-field) in the background; returns the job."""
-        from napari.utils.notifications import show_error
-
         from ...processing import FlatField, load_flatfield
 
         layer = self._scan.value

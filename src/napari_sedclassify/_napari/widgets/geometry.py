@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, SpinBox
+from napari.utils.notifications import show_error
 
 from ...geometry import CALIBRATION_FIELDS, Q_FIELDS
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
@@ -209,8 +210,6 @@ class GeometryWidget(Container):
         """Store the values shown in the selected scan: changed ones, and assumed ones (seen and
         applied), become "user" values; values from the file that were left alone keep their
         origin. Returns the new Geometry (None on error)."""
-        from napari.utils.notifications import show_error
-
         layer = self._scan.value
         scan = find_scan(layer)
         if scan is None:
@@ -242,8 +241,6 @@ class GeometryWidget(Container):
     def reopen(self):
         """Open the scan's file again with the scan shape, dataset and missing-frame side chosen
         (in the background); the layer gets the new scan and its integrated image. Returns the job."""
-        from napari.utils.notifications import show_error
-
         from ...io import open_scan
 
         layer = self._scan.value

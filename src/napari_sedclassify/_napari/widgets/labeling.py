@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+from napari.utils.notifications import show_error, show_warning
 
 from ...classes import CARBON, MIXED, ClassTable
 from ...labels import (
@@ -174,8 +175,6 @@ class LabelingWidget(Container):
     def _unit_changed(self, unit):
         step = self._step_nm()
         if unit == "nm" and not step:
-            from napari.utils.notifications import show_warning
-
             show_warning("The scan step (nm) is unknown: lengths stay in scan steps.")
             self._unit.value = "steps"
             return
@@ -314,8 +313,6 @@ class LabelingWidget(Container):
         layer = self.show_class_map(scan_layer, class_map)
         self._status.value = note or f"loaded {self._load_path.value.name}"
         if note:
-            from napari.utils.notifications import show_warning
-
             show_warning(f"Labels: {note}")
         return layer
 
@@ -371,7 +368,5 @@ class LabelingWidget(Container):
         return overview
 
     def _notify(self, message):
-        from napari.utils.notifications import show_error
-
         self._status.value = message
         show_error(message)

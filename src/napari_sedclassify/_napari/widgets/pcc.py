@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
+from napari.utils.notifications import show_error
 
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
@@ -57,8 +58,6 @@ class PCCWidget(Container):
     def prepare(self):
         """Build the PCC features of the selected scan: at once for RIAs, in the background for
         binned frames. Returns the job (frames), True when ready, or None on error."""
-        from napari.utils.notifications import show_error
-
         from ...processing import PCC, frame_features
 
         layer = self._scan.value

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, FloatSpinBox, PushButton, Select
+from napari.utils.notifications import show_error
 
 from ...classes import ClassTable
 from ...pipeline.predict import params_for_model
@@ -127,8 +128,6 @@ class PredictionWidget(Container):
 
     def run(self):
         """Classify the selected scan in the background; returns the job (None on bad input)."""
-        from napari.utils.notifications import show_error
-
         layer = self._scan.value
         scan = find_scan(layer)
         path = self._model_path.value
@@ -255,8 +254,6 @@ class PredictionWidget(Container):
         return "classify a scan"
 
     def export_class_map(self):
-        from napari.utils.notifications import show_error
-
         from ...labels import save_class_map
 
         if self.prediction is None:
@@ -269,8 +266,6 @@ class PredictionWidget(Container):
             return None
 
     def export_keep_list(self):
-        from napari.utils.notifications import show_error
-
         from ...pipeline.reduce import write_keep_list
 
         if self.prediction is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, RadioButtons, SpinBox
+from napari.utils.notifications import show_error
 
 from ...classes import ClassTable
 from ...processing.ria import class_statistics, moving_average
@@ -98,8 +99,6 @@ class RIAWidget(Container):
         """Compute RIAs (one preprocessing pass) of the selected scan; returns the job, or the
         stored result when the centring step already made it from the same flat-field and
         geometry (nothing is recomputed then)."""
-        from napari.utils.notifications import show_error
-
         from ...processing import PreprocessParams
 
         layer = self._scan.value

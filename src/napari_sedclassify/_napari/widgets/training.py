@@ -25,6 +25,7 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
+from napari.utils.notifications import show_error, show_warning
 
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan, scan_layers
@@ -144,10 +145,6 @@ class TrainingWidget(Container):
 
     def add_files(self):
         """Open the chosen scan file and labels file as one more training scan."""
-        from napari.utils.notifications import show_error
-
-        from napari.utils.notifications import show_warning
-
         from ...io import open_scan
         from .labeling import read_class_map
 
@@ -234,8 +231,6 @@ class TrainingWidget(Container):
     # training ------------------------------------------------------------------------
     def run(self):
         """Train on the chosen scans in the background; returns the job (None on bad input)."""
-        from napari.utils.notifications import show_error
-
         from ...pipeline.train import preprocess_params_for
         from ...processing import PreprocessParams
 
@@ -369,8 +364,6 @@ class TrainingWidget(Container):
     # saving --------------------------------------------------------------------------
     def save_model(self):
         """Copy the last trained model to the chosen file (atomically); returns its path."""
-        from napari.utils.notifications import show_error
-
         from ...io.atomic import atomic_output
 
         if self.result is None:

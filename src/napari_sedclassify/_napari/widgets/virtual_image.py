@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton
+from napari.utils.notifications import show_error
 
 from ..layers import find_scan, scan_layers
 from ..state import DERIVED_KEY
@@ -31,8 +32,6 @@ class VirtualImageWidget(Container):
     def run(self, _=None):
         """Start the computation in a thread worker; returns the worker."""
         from napari.qt.threading import thread_worker
-        from napari.utils.notifications import show_error
-
         from ...processing.virtual import virtual_image
 
         layer = self._scan.value

@@ -4,6 +4,7 @@ diffraction view docked beside the canvas."""
 from __future__ import annotations
 
 from magicgui.widgets import CheckBox, Container, FileEdit, PushButton
+from napari.utils.notifications import show_error
 
 from ..jobs import wrapped_label
 from ..plots import form
@@ -99,8 +100,6 @@ class WorkflowWidget(Container):
     def open_scan(self, path=None):
         """Open a scan file with this plugin's reader (its integrated image becomes a layer);
         returns the new layers. A folder works for formats stored as folders (zarr)."""
-        from napari.utils.notifications import show_error
-
         path = path or self._scan_file.value
         if str(path) in ("", "."):
             show_error("Open scan: choose a scan file first.")
