@@ -99,9 +99,8 @@ def main():
     # 2 centring
     wf.show_step(2)
     wait(wf.centring.run())
+    settle(1.0)  # the map layers arrive one per turn of the event loop
     shot(viewer, "centring")
-    for name in ("centre x (px)", "centre y (px)", "descan residual (px)"):
-        viewer.layers[f"{scan_layer.name} {name}"].visible = False
 
     # diffraction view of an ice point: frame, centre, masked pixels, RIA on a log scale
     wf.diffraction.show_point(scan_layer, 18, 11, mark=True)

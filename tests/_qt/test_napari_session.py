@@ -278,8 +278,10 @@ def test_centring_maps_stay_hidden_below_and_rias_are_reused(make_napari_viewer,
     _, ce = viewer.window.add_plugin_dock_widget(PLUGIN, "Centring")
     _, ria = viewer.window.add_plugin_dock_widget(PLUGIN, "RIA")
     wait(qtbot, ce.run())
+    maps = ("centre x (px)", "centre y (px)", "descan residual (px)")  # added one per turn of the loop
+    qtbot.waitUntil(lambda: all(f"{layer.name} {name}" in viewer.layers for name in maps), timeout=10000)
     names = [ly.name for ly in viewer.layers]
-    for name in ("centre x (px)", "centre y (px)", "descan residual (px)"):
+    for name in maps:
         maps = viewer.layers[f"{layer.name} {name}"]
         assert not maps.visible and names.index(maps.name) < names.index(layer.name)  # never over the image
     assert viewer.layers[-1] == layer

@@ -68,7 +68,7 @@ class BackgroundJob:
         self._bar = None
         self._timer = QTimer()
         self._timer.setInterval(UPDATE_MS)
-        self._timer.timeout.connect(self._poll)
+        self._timer.timeout.connect(self._tick)
 
     # worker thread -------------------------------------------------------------------
     def _run(self):
@@ -87,10 +87,7 @@ class BackgroundJob:
     # UI thread -----------------------------------------------------------------------
     def start(self):
         from napari.qt.threading import create_worker
-        from napari.utils import progress
 
-        self._bar = progress(total=0, desc=self.description)
-        still_activity_indicator()  # napari starts its GIF for every new progress bar
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
@@ -100,6 +97,17 @@ class BackgroundJob:
 
     def cancel(self):
         self.cancel_event.set()
+
+    def _tick(self):
+        """Every UPDATE_MS while the job runs: napari's progress bar appears at the first tick, so a
+        job done within UPDATE_MS never makes one (creating it re-lays out napari's activity
+        dialog: up to 0.5 s of the event loop here, longer than such a job)."""
+        if self._bar is None:
+            from napari.utils import progress
+
+            self._bar = progress(total=0, desc=self.description)
+            still_activity_indicator()  # napari starts its GIF for every new progress bar
+        self._poll()
 
     def _poll(self):
         with self._lock:

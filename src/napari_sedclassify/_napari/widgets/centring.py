@@ -59,6 +59,31 @@ class CentringWidget(Container):
         if result is not None and result.params.centring != value:
             self.run()  # RIAs and crops follow the chosen centres
 
+    def _show_maps(self, layer, items, generation=None):
+        """Add or update the map layers, hidden and below the integrated image (they must not cover
+        it; tick them to look), one per turn of the event loop: napari takes about 250 ms to add a
+        layer on a software-rendered desktop, and the viewer draws in between."""
+        from qtpy.QtCore import QTimer
+
+        if generation is None:
+            self._maps_generation = generation = getattr(self, "_maps_generation", 0) + 1
+        if generation != self._maps_generation:  # a newer result is being shown
+            return
+        (name, (data, cmap, _)), rest = items[0], items[1:]
+        finite = data[np.isfinite(data)]
+        limits = (float(finite.min()), float(finite.max()) + 1e-6) if finite.size else (0.0, 1.0)
+        try:
+            layers = self._viewer.layers
+            existed = name in layers
+            new = set_layer(self._viewer, name, data, like=layer, colormap=cmap, contrast_limits=limits, visible=False)
+            if not existed:
+                layers.move(layers.index(new), layers.index(layer))
+            layers.selection.active = layer
+        except (KeyError, ValueError, RuntimeError):  # the scan layer or the viewer went meanwhile
+            return
+        if rest:
+            QTimer.singleShot(20, lambda: self._show_maps(layer, rest, generation))
+
     def show_result(self, layer=None):
         """Layers and the small overview figure of the centring result of ``layer``."""
         layer = layer or self._scan.value
@@ -80,17 +105,7 @@ class CentringWidget(Container):
             f"{layer.name} centre y (px)": (centres[..., 0], "viridis", False),
             f"{layer.name} descan residual (px)": (residual, "magma", False),
         }
-        # added hidden, below the integrated image: they must not cover it (tick them to look)
-        for name, (data, cmap, visible) in maps.items():
-            finite = data[np.isfinite(data)]
-            limits = (float(finite.min()), float(finite.max()) + 1e-6) if finite.size else (0.0, 1.0)
-            existed = name in self._viewer.layers
-            new = set_layer(self._viewer, name, data, like=layer, colormap=cmap, contrast_limits=limits)
-            if not existed:
-                new.visible = visible
-                layers = self._viewer.layers
-                layers.move(layers.index(new), layers.index(layer))
-        self._viewer.layers.selection.active = layer
+        self._show_maps(layer, list(maps.items()))
         for ax_i, (title, (data, cmap, _)) in enumerate(maps.items()):
             ax = figure.add_subplot(1, 3, ax_i + 1)
             im = ax.imshow(data, cmap=cmap, interpolation="nearest")
