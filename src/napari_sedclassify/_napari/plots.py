@@ -5,6 +5,10 @@ from __future__ import annotations
 import atexit
 import threading
 
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import QLabel
+
 DPI = 90
 _rendering: set = set()  # threads rendering a figure now
 
@@ -17,75 +21,71 @@ def _finish_rendering() -> None:
         thread.join(10.0)
 
 
-def plot_canvas(width: float = 4.0, height: float = 3.0, min_height: int = 220):
-    """A :class:`FigureView` (a Qt widget) of a ``width`` x ``height`` inch figure."""
-    from qtpy.QtCore import QObject, Qt, Signal
-    from qtpy.QtGui import QImage, QPixmap
-    from qtpy.QtWidgets import QLabel
+class _Relay(QObject):
+    rendered = Signal(object)
 
-    class Relay(QObject):
-        rendered = Signal(object)
 
-    class FigureView(QLabel):
-        """Shows a matplotlib figure as a picture that a thread renders: a figure with constrained
-        layout and colour bars takes 0.3-0.8 s to lay out and draw on a software-rendered desktop
-        (benchmarks/bench_napari_session.py), which in a Qt canvas stalled the viewer. Build each
-        picture on ``new_figure()`` (the previous one may still be rendering), then ``draw_idle()``;
-        only the latest request is shown."""
+class FigureView(QLabel):
+    """A ``width`` x ``height`` inch matplotlib figure shown as a picture that a thread renders: a
+    figure with constrained layout and colour bars takes 0.3-0.8 s to lay out and draw on a
+    software-rendered desktop (benchmarks/bench_napari_session.py), which in a Qt canvas stalled
+    the viewer. Build each picture on ``new_figure()`` (the previous one may still be rendering),
+    then ``draw_idle()``; only the latest request is shown."""
 
-        def __init__(self):
-            super().__init__()
-            self.setMinimumHeight(min_height)
-            self.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            self._relay = Relay()
-            self._relay.rendered.connect(self._show)
-            self._lock = threading.Lock()
-            self._generation = 0
-            self.new_figure()
+    def __init__(self, width: float = 4.0, height: float = 3.0, min_height: int = 220):
+        super().__init__()
+        self._size_in = (width, max(height, min_height / DPI))
+        self.setMinimumHeight(min_height)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self._relay = _Relay()
+        self._relay.rendered.connect(self._show)
+        self._lock = threading.Lock()
+        self._generation = 0
+        self.new_figure()
 
-        def new_figure(self):
-            """A blank figure to draw the next picture on (also ``self.figure``)."""
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
+    def new_figure(self):
+        """A blank figure to draw the next picture on (also ``self.figure``), as wide as the widget."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-            width_in = self.width() / DPI if self.isVisible() and self.width() > 100 else width
-            self.figure = Figure(figsize=(width_in, max(height, min_height / DPI)), dpi=DPI, layout="constrained")
-            FigureCanvasAgg(self.figure)
-            return self.figure
+        width, height = self._size_in
+        if self.isVisible() and self.width() > 100:
+            width = self.width() / DPI
+        self.figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+        FigureCanvasAgg(self.figure)
+        return self.figure
 
-        def draw_idle(self) -> None:
-            """Render ``self.figure`` in a thread and show it when done."""
-            self._generation += 1
-            thread = threading.Thread(target=self._render, args=(self.figure, self._generation), daemon=True,
-                                      name="sedclassify-figure")
-            _rendering.add(thread)
-            thread.start()
+    def draw_idle(self) -> None:
+        """Render ``self.figure`` in a thread and show it when done."""
+        self._generation += 1
+        thread = threading.Thread(target=self._render, args=(self.figure, self._generation), daemon=True,
+                                  name="sedclassify-figure")
+        _rendering.add(thread)
+        thread.start()
 
-        def draw(self) -> None:
-            """Render ``self.figure`` now, in the calling thread."""
-            self._generation += 1
-            self._show(self._rgba(self.figure, self._generation))
+    def draw(self) -> None:
+        """Render ``self.figure`` now, in the calling thread."""
+        self._generation += 1
+        self._show(self._rgba(self.figure, self._generation))
 
-        def _rgba(self, figure, generation):
-            with self._lock:
-                figure.canvas.draw()
-                w, h = figure.canvas.get_width_height()
-                return generation, w, h, bytes(figure.canvas.buffer_rgba())
+    def _rgba(self, figure, generation):
+        with self._lock:
+            figure.canvas.draw()
+            w, h = figure.canvas.get_width_height()
+            return generation, w, h, bytes(figure.canvas.buffer_rgba())
 
-        def _render(self, figure, generation):
-            try:
-                self._relay.rendered.emit(self._rgba(figure, generation))
-            except RuntimeError:  # the widget was deleted meanwhile
-                pass
-            finally:
-                _rendering.discard(threading.current_thread())
+    def _render(self, figure, generation):
+        try:
+            self._relay.rendered.emit(self._rgba(figure, generation))
+        except RuntimeError:  # the widget was deleted meanwhile
+            pass
+        finally:
+            _rendering.discard(threading.current_thread())
 
-        def _show(self, payload):
-            generation, w, h, rgba = payload
-            if generation == self._generation:
-                self.setPixmap(QPixmap.fromImage(QImage(rgba, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()))
-
-    return FigureView()
+    def _show(self, payload):
+        generation, w, h, rgba = payload
+        if generation == self._generation:
+            self.setPixmap(QPixmap.fromImage(QImage(rgba, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()))
 
 
 def insert_before(container, before, qwidget) -> None:

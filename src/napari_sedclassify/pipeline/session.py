@@ -33,7 +33,7 @@ class ScanSession:
         self.calibration = None
         self.labels = None  # (scan_y, scan_x) class ids, 0 = unlabeled
         self.model = None  # path of the model file chosen for this scan
-        self._prediction = None  # (prediction, model path, params, result)
+        self._prediction = None  # (prediction, the preprocessing result it came from)
         self._results: dict[tuple, object] = {}
         self._latest: tuple | None = None
         self._observers: list[Callable[[str], None]] = []
@@ -133,7 +133,7 @@ class ScanSession:
         reuse, not as the latest result); the model becomes the session's model."""
         self._keep(result)
         self.model = str(model)
-        self._prediction = (prediction, str(model), result.params, result)
+        self._prediction = (prediction, result)
         self._changed("prediction")
 
     @property
@@ -142,8 +142,8 @@ class ScanSession:
         flat-field and geometry), else None."""
         if self._prediction is None:
             return None
-        prediction, _, params, result = self._prediction
-        return prediction if self.result(params) is result else None
+        prediction, result = self._prediction
+        return prediction if self.result(result.params) is result else None
 
     @property
     def stale_prediction(self):

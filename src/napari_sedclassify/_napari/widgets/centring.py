@@ -9,7 +9,7 @@ from napari.utils.notifications import show_error
 from ..jobs import JobButtons, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
-from ..plots import form, plot_canvas
+from ..plots import FigureView, form
 from ..preprocessing import preprocess_job
 from ..state import preprocess_of, set_layer
 
@@ -30,7 +30,8 @@ class CentringWidget(Container):
         self._jobs = JobButtons("Find centres", self.run)
         self._summary = wrapped_label("")
         self.extend([form(self._scan, self._centring, self._beam, self._degree), self._jobs, self._summary])
-        self.canvas = plot_canvas(4.0, 1.9, min_height=170)
+        self.canvas = FigureView(4.0, 1.9, min_height=170)
+        self._maps_generation = 0  # the map layers of older results stop being added
         self.native.layout().addWidget(self.canvas)
         self._centring.changed.connect(self._centring_changed)
         self._scan.changed.connect(lambda _=None: self.show_result())
@@ -66,10 +67,10 @@ class CentringWidget(Container):
         from qtpy.QtCore import QTimer
 
         if generation is None:
-            self._maps_generation = generation = getattr(self, "_maps_generation", 0) + 1
+            self._maps_generation = generation = self._maps_generation + 1
         if generation != self._maps_generation:  # a newer result is being shown
             return
-        (name, (data, cmap, _)), rest = items[0], items[1:]
+        (name, (data, cmap)), rest = items[0], items[1:]
         finite = data[np.isfinite(data)]
         limits = (float(finite.min()), float(finite.max()) + 1e-6) if finite.size else (0.0, 1.0)
         try:
@@ -101,12 +102,12 @@ class CentringWidget(Container):
             else np.full(centres.shape[:2], np.nan)
         )
         maps = {
-            f"{layer.name} centre x (px)": (centres[..., 1], "viridis", False),
-            f"{layer.name} centre y (px)": (centres[..., 0], "viridis", False),
-            f"{layer.name} descan residual (px)": (residual, "magma", False),
+            f"{layer.name} centre x (px)": (centres[..., 1], "viridis"),
+            f"{layer.name} centre y (px)": (centres[..., 0], "viridis"),
+            f"{layer.name} descan residual (px)": (residual, "magma"),
         }
         self._show_maps(layer, list(maps.items()))
-        for ax_i, (title, (data, cmap, _)) in enumerate(maps.items()):
+        for ax_i, (title, (data, cmap)) in enumerate(maps.items()):
             ax = figure.add_subplot(1, 3, ax_i + 1)
             im = ax.imshow(data, cmap=cmap, interpolation="nearest")
             ax.set_title(title.replace(f"{layer.name} ", ""), fontsize=7)

@@ -12,7 +12,7 @@ from napari.utils.notifications import show_error
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
-from ..plots import form, plot_canvas
+from ..plots import FigureView, form
 from ..state import FLATFIELD_KEY, FLOOD_KEY, flatfield_of, set_state
 
 
@@ -44,7 +44,7 @@ class FlatFieldWidget(Container):
         self._beside.changed.connect(lambda _=None: self.run(use_beside=True))
         self._summary = wrapped_label("No flat-field loaded: frames are used as recorded.")
         self.extend([form(self._scan, self._path), self._jobs, self._beside, self._summary])
-        self.canvas = plot_canvas(4.0, 3.4, min_height=260)
+        self.canvas = FigureView(4.0, 3.4, min_height=260)
         self.native.layout().addWidget(self.canvas)
         self._scan.changed.connect(lambda _=None: self.show_flatfield())
         self.show_flatfield()

@@ -13,7 +13,7 @@ from ..jobs import JobButtons, wrapped_label
 from ..layers import find_scan
 from ..palette import display_name
 from ..pickers import follow_layers, scan_picker
-from ..plots import form, plot_canvas
+from ..plots import FigureView, form
 from ..preprocessing import preprocess_job
 from ..state import labels_layers_for, preprocess_current, preprocess_of, scan_layer_spatial
 
@@ -49,7 +49,7 @@ class RIAWidget(Container):
             [form(self._scan), self._jobs, self._calibrate, self.calibration_info, form(self._mode), self._pick,
              form(self._labels, self._smooth, self._axis), self._log, self._summary]
         )
-        self.canvas = plot_canvas(4.0, 3.2, min_height=280)
+        self.canvas = FigureView(4.0, 3.2, min_height=280)
         self.native.layout().addWidget(self.canvas)
         follow_layers(napari_viewer, self._labels)
         for w in (self._scan, self._mode, self._labels, self._log, self._smooth, self._axis):

@@ -30,7 +30,7 @@ from napari.utils.notifications import show_error, show_warning
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan, scan_layers
 from ..model_jobs import features_for, run, train_features_to_file
-from ..plots import form, insert_before, plot_canvas
+from ..plots import FigureView, form, insert_before
 from ..state import labels_layers_for, preprocess_of, session_of
 
 MODEL_CHOICES = [("FCNN on RIAs", "fcnn"), ("SVM on RIAs", "svm"), ("CNN on central crops", "cnn")]
@@ -109,7 +109,7 @@ class TrainingWidget(Container):
                 self._search, self._jobs, self._metrics, form(self._save_path), self._save,
             ]
         )
-        self.canvas = plot_canvas(4.0, 4.6, min_height=400)
+        self.canvas = FigureView(4.0, 4.6, min_height=400)
         insert_before(self, self._metrics, self.canvas)
         self._ax_loss = self._ax_cm = None
         self.history = []
