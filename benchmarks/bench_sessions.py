@@ -75,7 +75,9 @@ def _cache_one(path: Path, cache: Path, flats: dict) -> None:
     sim = load_simulated(path)
     scan = open_scan(path)
     ff = flats.setdefault(str(sim.flatfield_path), load_flatfield(sim.flatfield_path))
-    params = preprocess_params_for([default_recipe("fcnn"), default_recipe("cnn")], scan.geometry)
+    # the CNN's crops are cut as its session-robust recipe asks (15 % wider than 2.7 Å on the
+    # nominal camera length, so that the fitted one is resampled from recorded pixels)
+    params = preprocess_params_for([default_recipe("fcnn"), cnn_recipe()], scan.geometry)
     r = preprocess(scan, params, flatfield=ff)
     radius = r.beam_radius_px[r.beam_found]
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,7 @@ def ensure_features(workdir, spec=SESSIONS, n_scans: int = 4, scan_shape=SCAN_SH
         for i in range(n_scans):
             name = f"scan_{sess.name}_{i:02d}"
             path = workdir / "scans" / f"{det}px" / f"{name}.npy"
-            cache = workdir / "features_v2" / f"{det}px_{scan_shape[0]}x{scan_shape[1]}" / f"{name}.npz"
+            cache = workdir / "features_v3" / f"{det}px_{scan_shape[0]}x{scan_shape[1]}" / f"{name}.npz"
             if not cache.exists():
                 t0 = time.perf_counter()
                 if not path.with_suffix(".json").exists():

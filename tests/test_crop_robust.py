@@ -225,3 +225,55 @@ def test_svm_chooses_c_and_gamma_across_groups_of_scans():
     assert model.training["search_results"]["best_params"]["C"] == 1.0
     with pytest.raises(ValueError, match="one group per scan"):
         train(scans, maps, kind="svm", recipe=recipe, params=params, groups=["x"])
+
+
+def _crop_inputs_on(path, recipe, fitted, cut_on=None):
+    """Crops of a simulated scan preprocessed on the camera length its file states (or on
+    ``cut_on``'s), then made into inputs on ``fitted`` (a geometry whose camera length was fitted
+    afterwards)."""
+    from napari_sedclassify.io import open_scan
+    from napari_sedclassify.models.training import ScanFeatures
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.pipeline.train import preprocess_params_for
+    from napari_sedclassify.processing import load_flatfield
+    from napari_sedclassify.simulate import load_simulated
+
+    scan = open_scan(path, geometry=None if cut_on is None else {"camera_length_mm": cut_on.camera_length_mm})
+    result = preprocess(scan, preprocess_params_for([recipe], scan.geometry),
+                        flatfield=load_flatfield(load_simulated(path).flatfield_path))
+    return ScanFeatures.from_preprocess(result, fitted, "scan").inputs(recipe.replace(normalise=False))
+
+
+@pytest.mark.parametrize("camera", [1.10, 0.92])
+def test_a_camera_length_fitted_after_preprocessing_is_resampled_from_recorded_pixels(tmp_path, camera):
+    """A session whose true camera length is 10 % longer (or 8 % shorter) than its files state: the
+    crops were cut on the stated one, the model resamples them on the fitted one. The
+    session-robust recipe cuts wide enough that the crops equal those cut on the true camera
+    length; a cut of exactly 2.7 Å on the stated camera length fills the rim of the longer one
+    with copies of its edge. (96 px crops, so that neither cut is binned and the two cuts resample
+    the same recorded pixels.)"""
+    from napari_sedclassify.io import open_scan
+    from napari_sedclassify.simulate import load_simulated, session_grid, simulate_scan
+
+    (session,) = session_grid("A", camera=(camera,))
+    path = tmp_path / "scan.npy"
+    simulate_scan(path, scan_shape=(2, 2), detector_px=128, session=session, seed=5)
+    true = Geometry.from_dict(load_simulated(path).metadata["true_geometry"])
+    assert np.isclose(true.camera_length_mm / open_scan(path).geometry.camera_length_mm, camera, rtol=1e-3)
+
+    size = 96
+    robust = session_robust_crop_recipe(crop_context="none", crop_mask_q_invA=0.0, augmentation=Augmentation(),
+                                        crop_size=size)
+    on_true = _crop_inputs_on(path, robust, true, cut_on=true)
+    np.testing.assert_allclose(_crop_inputs_on(path, robust, true), on_true, rtol=1e-5, atol=1e-5)
+
+    exact = _crop_inputs_on(path, robust.replace(crop_cut_margin=1.0), true)
+    c = (size - 1) / 2
+    y, x = np.mgrid[:size, :size]
+    rim = np.hypot(y - c, x - c) > 0.9 * size / 2
+    copies = (exact[:, 1:] == exact[:, :-1])[:, rim[1:]].mean()  # rim pixels equal to their neighbour
+    if camera > 1:
+        assert copies > 0.1 and not np.allclose(exact, on_true, rtol=1e-3), copies
+    else:  # a shorter camera length: the exact cut already reaches beyond the crop
+        assert copies < 0.01
+        np.testing.assert_allclose(exact, on_true, rtol=1e-5, atol=1e-5)

@@ -277,9 +277,15 @@ def test_centring_maps_stay_hidden_below_and_rias_are_reused(make_napari_viewer,
     layer = add_scan(viewer, disk_scan)
     _, ce = viewer.window.add_plugin_dock_widget(PLUGIN, "Centring")
     _, ria = viewer.window.add_plugin_dock_widget(PLUGIN, "RIA")
+    viewer.layers.selection.active = layer
+    selected = []
+    viewer.layers.selection.events.active.connect(lambda e: selected.append(e.value))
     wait(qtbot, ce.run())
     maps = ("centre x (px)", "centre y (px)", "descan residual (px)")  # added one per turn of the loop
     qtbot.waitUntil(lambda: all(f"{layer.name} {name}" in viewer.layers for name in maps), timeout=10000)
+    # the scan the user works on stays selected: the maps are added without taking the selection
+    # (napari would swap the layer controls for each and resize the canvas)
+    assert selected == [] and viewer.layers.selection.active is layer
     names = [ly.name for ly in viewer.layers]
     for name in maps:
         maps = viewer.layers[f"{layer.name} {name}"]

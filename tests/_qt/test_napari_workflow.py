@@ -184,6 +184,7 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, sample, tmp_pat
     assert str(pr._model_path.value) == tr.result["path"]
     wait(qtbot, pr.run())
     predicted = viewer.layers[f"{SCAN} predicted classes"]
+    qtbot.waitUntil(lambda: f"{SCAN} confidence" in viewer.layers, timeout=5000)  # added in the next turn
     confidence = viewer.layers[f"{SCAN} confidence"]
     assert predicted.data.shape == sim.truth.shape
     assert (predicted.data == sim.truth).mean() > 0.8

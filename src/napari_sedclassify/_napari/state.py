@@ -8,6 +8,8 @@ its layer name.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from .layers import find_scan, scan_layers
@@ -166,8 +168,13 @@ def active_scan_layer(viewer):
     return layers[0] if layers else None
 
 
-def set_layer(viewer, name: str, data, kind: str = "image", like=None, **kwargs):
-    """Update the data of layer ``name`` if it exists (same kind), else add it on the grid of ``like``."""
+def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: bool = False, **kwargs):
+    """Update the data of layer ``name`` if it exists (same kind), else add it on the grid of ``like``.
+
+    A new layer is selected only with ``select`` (e.g. labels to paint on): otherwise the selection
+    stays where the user left it (the scan the widgets work on) and napari does not swap the layer
+    controls, which resizes the canvas (about half of the 100-250 ms that adding a layer costs on a
+    software-rendered desktop)."""
     import napari
 
     if like is not None:  # remember which scan it was computed from (e.g. not an overview candidate)
@@ -181,4 +188,21 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, **kwargs)
         return existing
     if like is not None:
         kwargs = {**scan_layer_spatial(like), **kwargs}
-    return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+    with _selection_kept(viewer.layers, not select):
+        return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+
+
+@contextmanager
+def _selection_kept(layers, keep: bool):
+    """Insert layers without selecting them. napari selects every inserted layer and has no public
+    switch against it; its layer list's ``_activate_on_insert`` flag is used where it exists (napari
+    0.4.12-0.9), and without it layers are selected as napari does."""
+    flag = getattr(layers, "_activate_on_insert", None)
+    if not keep or not isinstance(flag, bool):
+        yield
+        return
+    layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        layers._activate_on_insert = flag

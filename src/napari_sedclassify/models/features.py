@@ -100,6 +100,9 @@ class FeatureRecipe:
         (0 = off): the direct beam there follows the optics and the detector, not the sample.
     crop_context: crops: "none", or "ends": two more input channels, log(crop / end) against the
         scan's two ends (:func:`crop_reference`). Needs whole scans.
+    crop_cut_margin: crops: preprocessing cuts this many times the wanted radius (clipped to the
+        frame), so that a camera length fitted after preprocessing (up to this factor longer than
+        the one the cut was made on) is resampled from recorded pixels, not from the cut's edge.
     """
 
     kind: str = "ria"
@@ -123,6 +126,7 @@ class FeatureRecipe:
     crop_rescale: bool = False
     crop_mask_q_invA: float = 0.0
     crop_context: str = "none"
+    crop_cut_margin: float = 1.0
 
     def __post_init__(self):
         if self.kind not in ("ria", "crop"):
@@ -131,6 +135,8 @@ class FeatureRecipe:
             raise ValueError(f"RIA axis must be 'q' or 'px', not {self.axis!r}")
         if self.crop_radius_A is None and self.crop_radius_px is None and self.kind == "crop":
             raise ValueError("a crop recipe needs crop_radius_A or crop_radius_px")
+        if not 1.0 <= self.crop_cut_margin <= 2.0:
+            raise ValueError(f"crop_cut_margin must be between 1 and 2, not {self.crop_cut_margin!r}")
         for name, choices in (("background", BACKGROUNDS), ("context_reference", CONTEXT_REFERENCES),
                               ("crop_context", CROP_CONTEXTS)):
             if getattr(self, name) not in choices:
@@ -217,10 +223,10 @@ class FeatureRecipe:
 
     def crop_layout(self, geometry) -> tuple[int, int]:
         """(half, bin) for preprocessing on this geometry: the crop spans 2 half detector px
-        (the wanted radius clipped to the frame, rounded so that 2 half divides by bin) and is
-        binned by bin, which brings it near ``crop_size`` (resampled exactly afterwards)."""
+        (the wanted radius times ``crop_cut_margin``, clipped to the frame, rounded so that 2 half
+        divides by bin) and is binned by bin, which brings it near ``crop_size`` (resampled exactly afterwards)."""
         limit = min(geometry.detector_shape) // 2 - _CROP_MARGIN_PX
-        half = int(max(4, min(round(self.wanted_crop_radius_px(geometry)), limit)))
+        half = int(max(4, min(round(self.wanted_crop_radius_px(geometry) * self.crop_cut_margin), limit)))
         b = max(1, (2 * half) // self.crop_size)
         half = max(b, (half // b) * b)
         return half, b
@@ -624,8 +630,10 @@ def _session_robust_augmentation(camera_length_fitted: bool) -> Augmentation:
 
 def session_robust_crop_recipe(camera_length_fitted: bool = True, **changes) -> FeatureRecipe:
     """The CNN's crop recipe for generalising across sessions (docs/results.md, the CNN ablation):
-    2.7 Å crops resampled on the scan's own camera length, the direct beam masked below 0.06 Å⁻¹
-    (where the RIA features start), two channels relative to the scan's two ends, and the
-    augmentation of :func:`session_robust_recipe`."""
-    return FeatureRecipe(kind="crop", crop_rescale=True, crop_mask_q_invA=0.06, crop_context="ends",
+    2.7 Å crops resampled on the scan's own camera length (cut 15 % wider, so that a camera length
+    fitted after preprocessing up to 15 % longer still finds recorded pixels at the crop's edge),
+    the direct beam masked below 0.06 Å⁻¹ (where the RIA features start), two channels relative to
+    the scan's two ends, and the augmentation of :func:`session_robust_recipe`."""
+    return FeatureRecipe(kind="crop", crop_rescale=True, crop_cut_margin=1.15, crop_mask_q_invA=0.06,
+                         crop_context="ends",
                          augmentation=_session_robust_augmentation(camera_length_fitted)).replace(**changes)

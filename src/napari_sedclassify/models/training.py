@@ -95,6 +95,8 @@ class ScanFeatures:
     def _wanted_crop_px(self, recipe: FeatureRecipe) -> float | None:
         if recipe.crop_rescale and recipe.crop_radius_px is None and self.geometry.calibrated:
             return recipe.wanted_crop_radius_px(self.geometry)
+        if recipe.crop_cut_margin != 1.0:  # the cut is wider than the crop
+            return recipe.wanted_crop_radius_px(self.geometry)
         return None
 
     def crop_q_per_px(self, recipe: FeatureRecipe) -> float | None:

@@ -271,6 +271,7 @@ class LabelingWidget(Container):
             np.asarray(class_map, dtype=np.uint8),
             kind="labels",
             like=scan_layer,
+            select=True,  # to paint on
             colormap=class_colormap(self.table),
             opacity=0.6,
             metadata={LABELS_OF_KEY: scan_layer.name},

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import Container, FileEdit, FloatSpinBox, PushButton, Select
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 
 from ...classes import ClassTable
 from ...pipeline.predict import params_for_model
@@ -90,6 +91,7 @@ class PredictionWidget(Container):
              form(self._keep, self._keep_path), self._keep_export]
         )
         self._shown = None  # the scan layer whose prediction is on show
+        self._confidence_due = None  # (scan layer, confidence map, n classes) to show in the next turn
         self._watched = set()  # ids of the ScanSessions observed for stale predictions
         self._export.changed.connect(lambda _=None: self.export_class_map())
         self._uncertain.changed.connect(lambda _=None: self._rethreshold())
@@ -186,6 +188,8 @@ class PredictionWidget(Container):
 
     def clear_result(self, layer=None):
         """Remove the class map, confidence and counts shown for ``layer`` (any scan when None)."""
+        if self._confidence_due is not None and (layer is None or self._confidence_due[0] == layer):
+            self._confidence_due = None
         if layer is not None:
             for name in (classes_layer_name(layer), confidence_layer_name(layer)):
                 if name in self._viewer.layers:
@@ -194,6 +198,16 @@ class PredictionWidget(Container):
             session_of(self._shown).clear_prediction()
             self._shown = None
         self._summary.value = ""
+
+    def _show_confidence(self):
+        if self._confidence_due is None:  # cleared meanwhile
+            return
+        (layer, confidence, n), self._confidence_due = self._confidence_due, None
+        try:
+            set_layer(self._viewer, confidence_layer_name(layer), confidence, like=layer, colormap="inferno",
+                      contrast_limits=(1.0 / n, 1.0), visible=False)
+        except (KeyError, ValueError, RuntimeError):  # the scan layer or the viewer went meanwhile
+            pass
 
     def show_prediction(self, layer, out, table: ClassTable, result, model):
         """Show what ``model`` predicted for the scan of ``layer`` from the preprocessing ``result``,
@@ -214,10 +228,9 @@ class PredictionWidget(Container):
         colormap = type(colormap)(color_dict={**colormap.color_dict, UNCERTAIN_LABEL: UNCERTAIN_COLOUR})
         set_layer(self._viewer, classes_layer_name(layer), shown, kind="labels", like=layer,
                   colormap=colormap, opacity=0.6, metadata={PREDICTION_OF_KEY: layer.name})
-        n = max(1, len(out["class_ids"]))
-        set_layer(self._viewer, confidence_layer_name(layer), confidence, like=layer, colormap="inferno",
-                  contrast_limits=(1.0 / n, 1.0), visible=False)
-        self._viewer.layers.selection.active = layer
+        # the confidence map in the next turn of the event loop: the viewer draws the class map between
+        self._confidence_due = (layer, confidence, max(1, len(out["class_ids"])))
+        QTimer.singleShot(0, self._show_confidence)
         self._shown = layer
         session = session_of(layer)
         if id(session) not in self._watched:

@@ -90,7 +90,8 @@ class QuickClassifyWidget(Container):
             prop, feats = out
             self._features[layer.name] = feats
             labels = set_layer(self._viewer, proposal_layer_name(layer), prop.class_map.astype(np.uint8),
-                               kind="labels", like=layer, colormap=class_colormap(self.table), opacity=0.5)
+                               kind="labels", like=layer, colormap=class_colormap(self.table), opacity=0.5,
+                               select=True)  # to brush corrections on
             self._watch(labels)
             counts = ", ".join(f"{self.table.names[i].replace('_', ' ')} {int((prop.class_map == i).sum())}"
                                for i in self.table.ids)
