@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_sedclassify.geometry import Geometry
+from napari_sedclassify.models.features import SESSION_ROBUST_ENSEMBLE
 from napari_sedclassify.models.features import SESSION_ROBUST_PARAMS as ROBUST_PARAMS
 from napari_sedclassify.models.features import (
     Augmentation,
@@ -236,13 +237,20 @@ PREVIOUS_CNN_PARAMS = {"filters": (4, 8, 16), "dense_units": 16, "max_epochs": 6
 SVM_GROUP_SEARCH = {**ROBUST_PARAMS, "search": "groups"}
 
 
-def recipe_and_params(kind: str, svm_search: bool = False):
-    """(recipe, estimator params) of the main table for a model kind."""
+#: Ensemble members of the main table (``train(params={"ensemble": ...})``): the FCNN and SVM as
+#: ``sedclassify train --session-robust`` makes them; the benchmark's small CNN, three.
+ENSEMBLE = {"fcnn": SESSION_ROBUST_ENSEMBLE, "svm": SESSION_ROBUST_ENSEMBLE, "cnn": 3}
+
+
+def recipe_and_params(kind: str, svm_search: bool = False, ensemble: int | None = None):
+    """(recipe, estimator params) of the main table for a model kind; ensemble: members (default
+    ``ENSEMBLE``)."""
+    members = {"ensemble": ENSEMBLE[kind] if ensemble is None else int(ensemble)}
     if kind == "cnn":
-        return cnn_recipe(), CNN_PARAMS
+        return cnn_recipe(), {**CNN_PARAMS, **members}
     if kind == "svm" and svm_search:
-        return robust_recipe(), SVM_GROUP_SEARCH
-    return robust_recipe(), ROBUST_PARAMS
+        return robust_recipe(), {**SVM_GROUP_SEARCH, **members}
+    return robust_recipe(), {**ROBUST_PARAMS, **members}
 
 #: Ablation: (fitted camera length?, recipe, estimator params); each row removes one measure.
 ABLATION = {
@@ -338,6 +346,11 @@ def main():
                     "their names, e.g. c0.8-,i2.2-); default all seven")
     ap.add_argument("--svm-search", action="store_true", help="SVM: choose C and gamma across the training "
                     "sessions (leave one training session out; SVM_GROUP_SEARCH)")
+    ap.add_argument("--seeds", default="0", help="main table: train with each of these seeds (comma-separated; "
+                    "every held-out session's scores pooled over its scans and the seeds, and each seed's worst "
+                    "session and spread printed)")
+    ap.add_argument("--ensemble", type=int, help="main table: members per model (default ENSEMBLE: FCNN, SVM 5, "
+                    "CNN 3; 1 = single models)")
     ap.add_argument("--skip-main", action="store_true", help="only the ablation")
     ap.add_argument("--reliability", metavar="PNG", help="write the reliability diagram here")
     ap.add_argument("--json", metavar="FILE", help="write every number as JSON")
@@ -346,16 +359,30 @@ def main():
     scans = ensure_features(args.workdir, n_scans=args.scans)
     fitted = with_fitted_camera_length(scans, log=print)
     print(f"{len(scans)} scans of {len(SESSIONS)} sessions ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    results = {}
+    results, per_seed = {}, {}
+    seeds = [int(v) for v in args.seeds.split(",")]
     for kind in [] if args.skip_main else args.models.split(","):
-        recipe, params = recipe_and_params(kind, args.svm_search)
-        results[kind] = loso(fitted, kind, recipe, params, log=print)
-    out = {"sessions": describe()}
+        recipe, params = recipe_and_params(kind, args.svm_search, args.ensemble)
+        runs = []
+        for seed in seeds:
+            print(f"  {kind}, ensemble of {params['ensemble']}, seed {seed}", flush=True)
+            runs.append(loso(fitted, kind, recipe, params, seed=seed, log=print))
+        results[kind] = {held: [r for run in runs for r in run[held]] for held in runs[0]}
+        per_seed[kind] = [summarise(run) for run in runs]
+    out = {"sessions": describe(), "seeds": seeds}
     rel = {}
     if results:
-        print("\nleave-one-session-out, session-robust recipe, camera length fitted per scan\n")
+        print(f"\nleave-one-session-out, session-robust recipe, camera length fitted per scan; seeds {seeds} "
+              "(per session: mean ± sd over its scans and the seeds)\n")
         main_table(results)
+        print("\neach seed alone: mean over sessions (worst session; best - worst)\n")
+        print("| seed | " + " | ".join(k.upper() for k in per_seed) + " |")
+        print("|---|" + "---|" * len(per_seed))
+        for i, seed in enumerate(seeds):
+            print(f"| {seed} | " + " | ".join(f"{v[i]['f1_mean']:.3f} ({v[i]['f1_min']:.3f}; {v[i]['spread']:.3f})"
+                                             for v in per_seed.values()) + " |")
         out["main"] = {k: summarise(v) for k, v in results.items()}
+        out["per_seed"] = per_seed
         rel = {k.upper(): reliability_of(v) for k, v in results.items()}
         out["reliability"] = rel
     print("\nconfidence (pooled held-out frames): expected calibration error, and what --uncertain-below keeps")

@@ -74,6 +74,33 @@ def test_cnn_learns_round_trips_and_refuses_unsafe_files(tmp_path):
     assert 0.8 < f1 <= 1.0
 
 
+def _cnn_ensemble_checks(tmp, progress=None, cancel=None):
+    """In a child: a CNN ensemble of 3 is one Keras network averaging its members, saved and
+    loaded in safe mode; returns (ensemble, members' mean, reloaded) probabilities."""
+    from pathlib import Path
+
+    from napari_sedclassify.models.persistence import load_model, save_model
+    from napari_sedclassify.models.training import train
+
+    sims = tiny_simulated([0, 1])
+    feats, truths = tiny_features(sims, kinds=("cnn",)), [s.truth for s in sims]
+    model = train(feats, truths, kind="cnn", params={**FAST, "max_epochs": 2, "ensemble": 3}, seed=0)
+    X = feats[1].inputs(model.recipe)
+    members = [layer for layer in model.estimator.model_.layers if layer.name.startswith("member")]
+    each = [np.asarray(m(X, training=False)) for m in members]
+    back = load_model(save_model(model, Path(tmp) / "ensemble.sedmodel"))  # safe mode
+    return model.training["ensemble"], len(members), model.predict_proba(X), each, back.predict_proba(X)
+
+
+def test_a_cnn_ensemble_is_one_safe_network_averaging_its_members(tmp_path):
+    from napari_sedclassify.models.tf_process import run_in_process
+
+    n, n_members, proba, each, back = run_in_process(_cnn_ensemble_checks, str(tmp_path))
+    assert n == n_members == 3 and not np.allclose(each[0], each[1], atol=1e-3)  # members differ
+    np.testing.assert_allclose(proba, np.mean(each, axis=0), atol=1e-5)
+    np.testing.assert_allclose(back, proba, atol=1e-6)
+
+
 def _square(x, progress=None, cancel=None):
     for i in range(3):
         progress(i + 1, {"loss": 1.0 / (i + 1), "max_epochs": 3})

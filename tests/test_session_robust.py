@@ -233,6 +233,47 @@ def test_train_session_robust_from_the_command_line(tmp_path, capsys):
     assert r["augmentation"]["dose_range"] == [0.2, 1.0]
     assert r["augmentation"]["radial_scale"] == 0.12  # the camera lengths were not fitted
     assert meta["estimator"]["params"]["class_weight"] == "sqrt"
-    code = main(["train", "--scans", str(entries[0][0]), "--labels", str(entries[0][1]), "--model", "cnn",
-                 "--session-robust", "--out", str(tmp_path / "c.sedmodel")])
-    assert code == 2 and "fcnn, svm" in capsys.readouterr().err
+    assert meta["training"]["ensemble"] == 5  # the session-robust SVM is an ensemble of five
+    code = main(["train", "--scans", str(entries[0][0]), "--labels", str(entries[0][1]), "--model", "svm",
+                 "--ensemble", "0", "--out", str(tmp_path / "c.sedmodel")])
+    assert code == 2 and "--ensemble takes N >= 1" in capsys.readouterr().err
+
+
+def test_session_robust_cnn_settings_from_the_command_line():
+    from napari_sedclassify.cli import build_parser
+    from napari_sedclassify.cli.train import model_settings
+    from napari_sedclassify.models.features import session_robust_crop_recipe
+    from napari_sedclassify.pipeline.train import default_recipe
+
+    args = build_parser().parse_args(["train", "--scans", "s.npy", "--labels", "l.npy", "--model", "cnn",
+                                      "--session-robust", "--out", "m.sedmodel"])
+    args._all_fitted = True
+    changes, params = model_settings(args)
+    assert default_recipe("cnn", **changes) == session_robust_crop_recipe(camera_length_fitted=True)
+    assert params == {"class_weight": "sqrt"}  # one network: no ensemble for the CNN
+
+
+def test_an_ensemble_averages_members_trained_on_their_own_draws_and_saves_safely(tmp_path):
+    """FCNN and SVM ensembles: members differ (their own augmentation draw, seed and, for the SVM,
+    subsample), the model's probabilities are their mean, and the model file holds scikit-learn
+    types only (loaded through the reviewed trusted list)."""
+    from models_helpers import tiny_features, tiny_simulated
+    from napari_sedclassify.models.persistence import load_model, save_model
+    from napari_sedclassify.models.training import train
+
+    sims = tiny_simulated([0, 1])
+    feats = tiny_features(sims, kinds=("fcnn",))
+    recipe = FeatureRecipe(augmentation=Augmentation(copies=1, intensity_range=(0.5, 2.0), dose_range=(0.2, 1.0)))
+    X = feats[0].inputs(recipe)
+    for kind, params in (("svm", {"max_train_samples": 300}), ("fcnn", {"max_epochs": 5})):
+        model = train(feats, [s.truth for s in sims], kind=kind, recipe=recipe, params={**params, "ensemble": 3})
+        assert model.training["ensemble"] == 3
+        members = [m.predict_proba(X) for m in model.estimator.pipeline_.estimators_]
+        assert len(members) == 3 and not np.allclose(members[0], members[1], atol=1e-3)
+        np.testing.assert_allclose(model.estimator.predict_proba(X), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)
+        back = load_model(save_model(model, tmp_path / f"{kind}.sedmodel"))
+        np.testing.assert_allclose(back.estimator.predict_proba(X), model.estimator.predict_proba(X), atol=1e-6)
+        one = train(feats, [s.truth for s in sims], kind=kind, recipe=recipe, params=params)
+        assert "ensemble" not in one.estimator.get_params() and not hasattr(one.estimator.pipeline_, "estimators_")
+    with pytest.raises(ValueError, match="ensemble"):
+        train(feats, [s.truth for s in sims], kind="svm", params={"ensemble": 0})

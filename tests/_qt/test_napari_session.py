@@ -399,3 +399,34 @@ def test_docking_the_workflow_prepares_the_first_layers_off_the_event_loop(make_
     reader._warming.join(180)
     assert not reader._warming.is_alive()
     assert gc.get_freeze_count() > 10000
+
+
+def test_a_job_shows_its_progress_in_its_widget_and_napari_bars_only_for_long_unshown_jobs(
+        make_napari_viewer, qtbot, monkeypatch):
+    """A job launched from a widget reports in the widget's own bar (napari's activity-dialog bar
+    costs 130-250 ms of the event loop to create and to update on a software-rendered desktop);
+    a job no widget shows gets napari's bar once it has run NAPARI_BAR_AFTER_S."""
+    import threading
+
+    from napari_sedclassify._napari import jobs
+
+    make_napari_viewer()
+    monkeypatch.setattr(jobs, "UPDATE_MS", 20)
+    monkeypatch.setattr(jobs, "NAPARI_BAR_AFTER_S", 0.2)
+    release = threading.Event()
+
+    def work(report, cancelled):
+        report(3, 8)
+        release.wait(10)
+        return "ok"
+
+    buttons = jobs.JobButtons("Run", lambda: None)
+    shown = buttons.launch(jobs.BackgroundJob("shown", work))
+    alone = jobs.BackgroundJob("alone", work)
+    alone.start()
+    qtbot.waitUntil(lambda: buttons.bar.value == 3 and alone._bar is not None, timeout=5000)
+    assert not buttons.bar.native.isHidden() and buttons.bar.max == 8
+    assert shown._bar is None  # never napari's bar, however long it runs
+    release.set()
+    qtbot.waitUntil(lambda: shown.done and alone.done, timeout=5000)
+    assert buttons.bar.native.isHidden() and buttons.status.value == "done" and alone._bar is None  # closed

@@ -348,13 +348,17 @@ def test_cancel_stops_preprocessing_and_training(make_napari_viewer, qtbot, samp
     assert len(tr.history) < 5000
 
 
-def test_open_scan_from_the_workflow(make_napari_viewer, tmp_path, notifications, disk_scan):
+def test_open_scan_from_the_workflow(make_napari_viewer, qtbot, tmp_path, notifications, disk_scan):
     np.save(tmp_path / "scan.npy", np.asarray(disk_scan.data.compute()))
     viewer = make_napari_viewer()
     _, wf = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Workflow (all steps)")
     layers = wf.open_scan(tmp_path / "scan.npy")
     assert len(layers) == 1 and layers[0].metadata["sedclassify_scan"].scan_shape == (4, 5)
     assert wf.centring._scan.value is not None  # the steps see the new scan
+    qtbot.waitUntil(lambda: getattr(viewer.layers.selection.active, "name", None) == layers[0].name,
+                    timeout=5000)  # selected a turn later
+    qtbot.waitUntil(lambda: "sedclassify_integrating" not in layers[0].metadata, timeout=10000)
+    np.testing.assert_allclose(layers[0].data, np.asarray(disk_scan.data.sum(axis=(-2, -1)).compute()), rtol=1e-5)
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
     assert wf.open_scan(tmp_path / "broken.npy") == []
     assert any("broken.npy" in m for m in notifications)

@@ -1,4 +1,4 @@
-"""Long jobs off the UI thread: a napari thread_worker, a napari progress bar, a Cancel button.
+"""Long jobs off the UI thread: a napari thread_worker, a progress bar, a Cancel button.
 
 The engine reports progress through plain callables called from the worker thread
 (``report(done, total, info=None)``) and polls ``cancelled()``; a QTimer on the UI thread
@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 
-from magicgui.widgets import Container, Label, PushButton
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
 
 
 #: How often a running job's progress reaches the UI (progress bar, live plots), in ms.
 UPDATE_MS = 500
+#: A job that no widget shows (the reader's integrated image) gets napari's progress bar once it
+#: has run this long (s). Creating that bar re-lays out napari's activity dialog, and every update
+#: re-composes the window: 130-250 ms of the event loop each (benchmarks/bench_napari_session.py);
+#: jobs started from a widget show their progress in the widget's own bar instead.
+NAPARI_BAR_AFTER_S = 2.0
 
 
 def still_activity_indicator(viewer=None) -> bool:
@@ -66,6 +72,8 @@ class BackgroundJob:
         self._pending = []
         self._lock = threading.Lock()
         self._bar = None
+        self._started = None
+        self.show_progress = None  # (done, total) -> None on the UI thread; None: napari's bar
         self._timer = QTimer()
         self._timer.setInterval(UPDATE_MS)
         self._timer.timeout.connect(self._tick)
@@ -91,6 +99,7 @@ class BackgroundJob:
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
+        self._started = time.perf_counter()
         self._timer.start()
         self.worker.start()
         return self.worker
@@ -99,10 +108,10 @@ class BackgroundJob:
         self.cancel_event.set()
 
     def _tick(self):
-        """Every UPDATE_MS while the job runs: napari's progress bar appears at the first tick, so a
-        job done within UPDATE_MS never makes one (creating it re-lays out napari's activity
-        dialog: up to 0.5 s of the event loop here, longer than such a job)."""
-        if self._bar is None:
+        """Every UPDATE_MS while the job runs: progress to ``show_progress``, or, for a job that has
+        run NAPARI_BAR_AFTER_S without one, to napari's progress bar (created then)."""
+        if (self._bar is None and self.show_progress is None
+                and time.perf_counter() - self._started >= NAPARI_BAR_AFTER_S):
             from napari.utils import progress
 
             self._bar = progress(total=0, desc=self.description)
@@ -115,7 +124,12 @@ class BackgroundJob:
         if not items:
             return
         done, total, _ = items[-1]
-        if self._bar is not None:
+        if self.show_progress is not None:
+            try:
+                self.show_progress(done, total)
+            except RuntimeError:  # its widget was closed (with its viewer) while the job ran
+                self.show_progress = None
+        elif self._bar is not None:
             if total is not None and self._bar.total != total:
                 self._bar.total = int(total)
             self._bar.n = int(done)
@@ -204,11 +218,13 @@ class JobButtons(Container):
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = wrapped_label()
+        # the job's progress, here rather than in napari's activity dialog (see NAPARI_BAR_AFTER_S)
+        self.bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self.run_button.changed.connect(lambda _=None: on_run())
         self.cancel_button.changed.connect(lambda _=None: self.cancel())
         row = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         row.margins = (0, 0, 0, 0)
-        self.extend([row, self.status])
+        self.extend([row, self.bar, self.status])
         self.margins = (0, 0, 0, 0)
         self.job = None
 
@@ -220,6 +236,7 @@ class JobButtons(Container):
             try:
                 self.run_button.enabled = True
                 self.cancel_button.enabled = False
+                self.bar.visible = False
                 self.status.value = {"done": "done", "cancelled": "cancelled"}.get(
                     job.outcome, f"failed: {job.error}"
                 )
@@ -229,12 +246,19 @@ class JobButtons(Container):
                 user_finished()
 
         job._on_finished = finished
+        job.show_progress = self._show_progress
         self.job = job
         self.run_button.enabled = False
         self.cancel_button.enabled = True
+        self.bar.max, self.bar.value, self.bar.visible = 1, 0, True
         self.status.value = f"{job.description}…"
         job.start()
         return job
+
+    def _show_progress(self, done, total):
+        if total:
+            self.bar.max = max(1, int(total))
+            self.bar.value = min(int(done), self.bar.max)
 
     def cancel(self):
         if self.job is not None:

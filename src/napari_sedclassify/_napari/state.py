@@ -188,21 +188,27 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: b
         return existing
     if like is not None:
         kwargs = {**scan_layer_spatial(like), **kwargs}
-    with _selection_kept(viewer.layers, not select):
+    with selection_kept(viewer.layers, not select):
         return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
 
 
 @contextmanager
-def _selection_kept(layers, keep: bool):
-    """Insert layers without selecting them. napari selects every inserted layer and has no public
-    switch against it; its layer list's ``_activate_on_insert`` flag is used where it exists (napari
-    0.4.12-0.9), and without it layers are selected as napari does."""
-    flag = getattr(layers, "_activate_on_insert", None)
-    if not keep or not isinstance(flag, bool):
+def selection_kept(layers, keep: bool = True):
+    """Insert layers without changing the selection. napari selects every inserted layer, which
+    swaps the layer controls and resizes the canvas; with the selection's events blocked while
+    the layers go in and the selection is put back as it was, nothing changes for anyone
+    listening (public API: napari offers no switch for it)."""
+    if not keep:
         yield
         return
-    layers._activate_on_insert = False
-    try:
-        yield
-    finally:
-        layers._activate_on_insert = flag
+    selection = layers.selection
+    before, active = list(selection), selection.active
+    with selection.events.blocker_all():
+        try:
+            yield
+        finally:
+            if active is not None:
+                selection.active = active
+            else:
+                selection.clear()
+            selection.update([layer for layer in before if layer in layers])

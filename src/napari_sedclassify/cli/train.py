@@ -31,10 +31,14 @@ def register(subparsers) -> None:
                    help="fraction of labeled frames for validation (default 0.1)")
     p.add_argument("--no-augment", action="store_true", help="no training-time augmentation")
     p.add_argument("--session-robust", action="store_true",
-                   help="fcnn, svm: the recipe measured to hold across sessions (scan context, "
-                        "convergence-blur and dose-noise augmentation, square-root class weights; docs/models.md). "
+                   help="the recipe measured to hold across sessions (scan context, convergence-blur and "
+                        "dose-noise augmentation, square-root class weights, fcnn/svm: an ensemble of 5; cnn: "
+                        "crops resampled on the scan's camera length, direct beam masked; docs/models.md). "
                         "Its radial-scaling augmentation is ±3 %% when every scan's camera length was fitted "
                         "(sedclassify calibrate), else ±12 %%. Its models classify whole scans, not live frames")
+    p.add_argument("--ensemble", type=int, metavar="N",
+                   help="train N members on their own augmentation draws and seeds and average their probabilities "
+                        "(default 1; fcnn and svm with --session-robust: 5)")
     p.add_argument("--no-normalise", action="store_true", help="no per-frame intensity normalisation")
     p.add_argument("--search", action="store_true", help="svm: tune C and gamma with RandomizedSearchCV")
     crop = p.add_mutually_exclusive_group()
@@ -52,18 +56,33 @@ def model_settings(args) -> tuple[dict, dict]:
     recipe = {}
     params = {}
     if getattr(args, "session_robust", False):
-        if args.model == "cnn":
-            raise CLIError("--session-robust applies to the RIA models (fcnn, svm)")
         if args.no_augment or args.no_normalise:
             raise CLIError("--session-robust sets its own normalisation and augmentation: leave out "
                            "--no-augment and --no-normalise")
-        from ..models.features import SESSION_ROBUST_PARAMS, session_robust_recipe
+        from ..models.features import (
+            SESSION_ROBUST_ENSEMBLE,
+            SESSION_ROBUST_PARAMS,
+            session_robust_crop_recipe,
+            session_robust_recipe,
+        )
 
-        robust = session_robust_recipe(camera_length_fitted=getattr(args, "_all_fitted", False))
-        recipe.update(background=robust.background, scan_context=robust.scan_context,
-                      context_reference=robust.context_reference,
-                      context_end_fraction=robust.context_end_fraction, augmentation=robust.augmentation)
+        fitted = getattr(args, "_all_fitted", False)
+        if args.model == "cnn":
+            robust = session_robust_crop_recipe(camera_length_fitted=fitted)
+            recipe.update(crop_rescale=robust.crop_rescale, crop_cut_margin=robust.crop_cut_margin,
+                          crop_mask_q_invA=robust.crop_mask_q_invA, crop_context=robust.crop_context,
+                          augmentation=robust.augmentation)
+        else:
+            robust = session_robust_recipe(camera_length_fitted=fitted)
+            recipe.update(background=robust.background, scan_context=robust.scan_context,
+                          context_reference=robust.context_reference,
+                          context_end_fraction=robust.context_end_fraction, augmentation=robust.augmentation)
+            params["ensemble"] = SESSION_ROBUST_ENSEMBLE
         params.update(SESSION_ROBUST_PARAMS)
+    if args.ensemble is not None:
+        if args.ensemble < 1:
+            raise CLIError(f"--ensemble takes N >= 1, got {args.ensemble}")
+        params["ensemble"] = args.ensemble
     if args.no_augment:
         recipe["augmentation"] = Augmentation(copies=0)
     if args.no_normalise:

@@ -56,6 +56,22 @@ def calibrated(estimator, X, y, method: str = "sigmoid"):
         return CalibratedClassifierCV(FrozenEstimator(estimator), method=method, ensemble=False).fit(X, y)
 
 
+def soft_vote(members, y):
+    """One estimator whose probabilities are the mean of the fitted ``members``' (same kind, fitted
+    on labels with the classes of ``y``): the first member, its ``pipeline_`` replaced by
+    scikit-learn's soft VotingClassifier over every member's pipeline, each frozen (saved and loaded
+    as scikit-learn types, like a single member's)."""
+    from sklearn.ensemble import VotingClassifier
+    from sklearn.frozen import FrozenEstimator
+
+    first = members[0]
+    y = np.asarray(y)
+    vote = VotingClassifier([(f"member{i}", FrozenEstimator(m.pipeline_)) for i, m in enumerate(members)],
+                            voting="soft")
+    first.pipeline_ = vote.fit(np.zeros((len(y), 1), np.float32), y)  # frozen members: nothing is fitted again
+    return first
+
+
 def fit_epochs(run_epoch, max_epochs, patience, get_state, history: list, progress=None, cancel=None):
     """Train by ``run_epoch() -> logs`` (appended to ``history``) until ``max_epochs``, or ``patience``
     epochs without a better val_loss (loss without validation data); returns ``get_state()`` of the

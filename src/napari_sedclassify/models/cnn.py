@@ -54,6 +54,19 @@ def build_cnn(input_shape, n_classes: int, filters=(8, 16, 32), dropout=0.1, den
     return model
 
 
+def averaged(members):
+    """One CNNClassifier whose network averages the softmax outputs of the fitted ``members``: a
+    Keras model of standard layers (each member a sub-model, then ``Average``), saved as one
+    .keras file and loaded in safe mode like a single network."""
+    keras = import_keras()
+    first = members[0]
+    inp = keras.Input(shape=first.model_.input_shape[1:])
+    nets = [keras.Model(m.model_.inputs[0], m.model_.outputs[0], name=f"member{i}") for i, m in enumerate(members)]
+    first.model_ = keras.Model(inp, keras.layers.Average()([net(inp) for net in nets]),
+                               name="sedclassify_cnn_ensemble")
+    return first
+
+
 def _cancel_callback(cancel):
     keras = import_keras()
 

@@ -32,13 +32,16 @@ FORMAT_VERSION = 1
 #: Types beyond skops' defaults (which cover scikit-learn estimators and numpy) that a model
 #: file may contain. Reviewed: each is a plain scikit-learn state container whose loading runs
 #: no user code: Adam/SGD optimiser state of MLPClassifier, the per-class sigmoid
-#: calibrators of CalibratedClassifierCV (SVM) and its temperature scaling (FCNN: one float).
+#: calibrators of CalibratedClassifierCV (SVM) and its temperature scaling (FCNN: one float),
+#: and the dict of named members of an ensemble's VotingClassifier (a ``dict`` subclass with
+#: attribute access, restored from its items).
 TRUSTED_TYPES = [
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.calibration._TemperatureScaling",
+    "sklearn.utils._bunch.Bunch",
 ]
 
 

@@ -178,16 +178,23 @@ def train(
     scans, class_maps: one class map per scan (0 = unlabeled). holdout: indices of scans kept
     out of training and evaluated at the end. val_fraction: frames of the training scans held out
     (stratified) for early stopping and calibration. recipe: features (default: RIA for
-    fcnn/svm, crops for cnn). params: estimator settings. seed: split, augmentation and
-    estimator initialisation. preprocess: the PreprocessParams dict, kept in the model. groups:
-    one label per scan (e.g. its session) for the SVM's ``search="groups"``. progress(epoch,
-    logs), cancel() -> bool as in the estimators.
+    fcnn/svm, crops for cnn). params: estimator settings, and "ensemble": train this many
+    members, each on its own augmentation draw and seed (the SVM: its own subsample), on the same
+    split, and average their (FCNN, SVM: calibrated) probabilities (one estimator to save and apply;
+    docs/results.md: it takes out most of the seed-to-seed spread on sessions unlike the training
+    ones). seed: split, augmentation and estimator initialisation. preprocess: the
+    PreprocessParams dict, kept in the model. groups: one label per scan (e.g. its session) for the
+    SVM's ``search="groups"``. progress(epoch, logs), cancel() -> bool as in the estimators.
     """
     from .inference import predict_scan
     from .metrics import evaluate
     from .persistence import SedModel, library_versions
 
     kind = check_kind(kind)  # before any work
+    settings = dict(params or {})
+    ensemble = int(settings.pop("ensemble", 1))
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be at least 1, got {ensemble}")
     classes = classes or ClassTable.default()
     recipe = recipe or FeatureRecipe(kind=MODEL_KINDS[kind])
     if recipe.kind != MODEL_KINDS[kind]:
@@ -203,7 +210,6 @@ def train(
         raise ValueError("no scans left for training after the hold-out")
     recipe = _recipe_for_training(recipe, [scans[i] for i in train_ids] + [scans[i] for i in holdout])
     rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
 
     # labeled, recorded frames of the training scans
     index = [np.flatnonzero((maps[i].ravel() > 0) & ~scans[i].missing.ravel()) for i in train_ids]
@@ -228,23 +234,33 @@ def train(
 
     if groups is not None and len(groups) != len(scans):
         raise ValueError(f"{len(scans)} scans but {len(groups)} groups: give one group per scan")
-    parts = []
-    for copy in range(1 + recipe.augmentation.copies):  # the frames, then their augmented copies
-        check_cancel(cancel)
-        parts.append(inputs(tr, rng if copy else None))
-    X_tr, y_tr, o_tr = (np.concatenate(p) for p in zip(*parts))
     X_va, y_va = inputs(va)[:2] if len(va) else (None, None)
-    t_features = time.perf_counter() - t0
-
-    settings = dict(params or {})
     settings.setdefault("random_state", seed)
-    estimator = make_estimator(kind, **settings)
-    fit_extra = {}
-    if groups is not None and "groups" in inspect.signature(estimator.fit).parameters:
-        fit_extra["groups"] = np.asarray([str(groups[i]) for i in o_tr])
-    estimator.fit(X_tr, y_tr, validation_data=(X_va, y_va) if X_va is not None else None,
-                  progress=progress, cancel=cancel, **fit_extra)
-    t_fit = time.perf_counter() - t0 - t_features
+    members, t_features, t_fit = [], 0.0, 0.0
+    for member in range(ensemble):
+        t1 = time.perf_counter()
+        parts = []
+        for copy in range(1 + recipe.augmentation.copies):  # the frames, then their augmented copies
+            check_cancel(cancel)
+            parts.append(inputs(tr, rng if copy else None))
+        X_tr, y_tr, o_tr = (np.concatenate(p) for p in zip(*parts))
+        t2 = time.perf_counter()
+        estimator = make_estimator(kind, **{**settings, "random_state": settings["random_state"] + member})
+        fit_extra = {}
+        if groups is not None and "groups" in inspect.signature(estimator.fit).parameters:
+            fit_extra["groups"] = np.asarray([str(groups[i]) for i in o_tr])
+        estimator.fit(X_tr, y_tr, validation_data=(X_va, y_va) if X_va is not None else None,
+                      progress=progress, cancel=cancel, **fit_extra)
+        members.append(estimator)
+        t_features, t_fit = t_features + t2 - t1, t_fit + time.perf_counter() - t2
+    if ensemble > 1 and kind == "cnn":
+        from .cnn import averaged
+
+        estimator = averaged(members)
+    elif ensemble > 1:
+        from ._common import soft_vote
+
+        estimator = soft_vote(members, y_tr)
 
     geometry = scans[train_ids[0]].geometry
     summary = {
@@ -258,6 +274,7 @@ def train(
         "n_validation_frames": int(len(va)),
         "n_train_inputs": int(len(X_tr)),
         "augmented_copies": int(recipe.augmentation.copies),
+        "ensemble": ensemble,
         "val_fraction": float(val_fraction),
         "class_counts": {classes.names[int(c)]: int(n) for c, n in zip(*np.unique(y[tr], return_counts=True))},
         "class_weight": estimator.get_params().get("class_weight"),
