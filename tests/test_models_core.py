@@ -233,6 +233,18 @@ def test_untrusted_or_foreign_model_files_are_refused(tiny, tmp_path):
     _swap_member(good, tmp_path / "evil.sedmodel", "estimator.skops", sio.dumps(evil))
     with pytest.raises(ModelFileError, match=r"evil.sedmodel: refused to load.*(posix|os)\.system"):
         load_model(tmp_path / "evil.sedmodel")
+    # a prediction loads the estimator in a thread while it preprocesses the scan: the refusal
+    # still stops it, and no output is written
+    from napari_sedclassify.pipeline.predict import ModelLoading, predict_to_files
+    from models_helpers import write_tiny_scans
+
+    (scan, _truth, flat), = write_tiny_scans(tmp_path, [7])
+    with pytest.raises(ModelFileError, match=r"evil.sedmodel: refused to load"):
+        predict_to_files(tmp_path / "evil.sedmodel", [scan], tmp_path / "out", flatfield=flat)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    loading = ModelLoading(good)  # the card at once, the estimator from the thread
+    assert loading.card.estimator is None and loading.card.classes == loading.model().classes
+    assert loading.model().estimator is not None
     (tmp_path / "junk.sedmodel").write_bytes(b"not a zip at all")
     with pytest.raises(ModelFileError, match="junk.sedmodel: not a napari-sedclassify model file"):
         load_model(tmp_path / "junk.sedmodel")

@@ -169,10 +169,11 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
     per task (default: the reader's chunks, about 32 MB). progress(done, total) counts frames over
     all scans. Returns one dict per scan: name, source, files, counts, unclassified, timings.
     """
-    from .predict import as_model, predict_scan, prediction_entry, with_uncertain, write_prediction
+    from .predict import card_of, loading, predict_scan, prediction_entry, with_uncertain, write_prediction
     from .train import flatfields_for, scan_name
 
-    model = as_model(model)
+    model = loading(model)  # a model file's estimator loads while the first scan is preprocessed
+    classes = card_of(model).classes
     out_dir = Path(out_dir)
     if uncertain_below is not None and not 0.0 <= float(uncertain_below) <= 1.0:
         raise ValueError(f"the uncertainty threshold is a probability between 0 and 1, got {uncertain_below}")
@@ -195,13 +196,13 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
             pred = predict_scan(model, opened[i], flatfield=ffs[i], client=cl, chunk_frames=chunk_frames,
                                 progress=bar.for_scan(i), cancel=cancelled)
             pred = with_uncertain(pred, uncertain_below)
-            files = write_prediction(pred, out_dir, model.classes, keep)
+            files = write_prediction(pred, out_dir, classes, keep)
             if hspy:
                 from ..io.hyperspy import export_hyperspy
 
-                files.update(export_hyperspy(pred, out_dir, classes=model.classes, force=True))
+                files.update(export_hyperspy(pred, out_dir, classes=classes, force=True))
             bar.finish(i)
-            return prediction_entry(pred, files, model.classes)
+            return prediction_entry(pred, files, classes)
 
         return run_scans(job, len(opened), concurrent=concurrent if cl is not None else 1, cancel=cancel)
 

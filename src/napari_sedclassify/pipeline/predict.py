@@ -65,13 +65,46 @@ def prediction_entry(pred: ScanPrediction, files: dict, classes) -> dict:
     return entry
 
 
+class ModelLoading:
+    """A model file loading in a thread: its ``card`` (model.json: recipe, preprocessing, classes,
+    geometry; nothing heavy imported) at once, the SedModel from :meth:`model`. Loading imports
+    scikit-learn and skops (which imports every scikit-learn estimator module to list the trusted
+    types: 1-3 s here) or TensorFlow; a prediction preprocesses the scan meanwhile."""
+
+    def __init__(self, path):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..models.persistence import load_model, model_from_metadata, read_metadata, resolve_model_path
+
+        self.card = model_from_metadata(read_metadata(path), resolve_model_path(path))
+        pool = ThreadPoolExecutor(1, thread_name_prefix="sedclassify-load-model")
+        self._future = pool.submit(load_model, path)
+        pool.shutdown(wait=False)
+
+    def model(self):
+        """The loaded SedModel (waits for it; raises what loading raised)."""
+        return self._future.result()
+
+
+def loading(model):
+    """A SedModel as it is; a model file as a :class:`ModelLoading`, started now."""
+    return ModelLoading(model) if _is_path(model) else model
+
+
 def as_model(model):
-    """A SedModel from a SedModel or a model file path."""
+    """A SedModel from a SedModel, a :class:`ModelLoading` or a model file path."""
+    if isinstance(model, ModelLoading):
+        return model.model()
     if _is_path(model):
         from ..models.persistence import load_model
 
         return load_model(model)
     return model
+
+
+def card_of(model):
+    """What is known of ``model`` (SedModel or ModelLoading) without waiting: recipe, classes..."""
+    return model.card if isinstance(model, ModelLoading) else model
 
 
 def check_model_libraries(model) -> None:
@@ -115,7 +148,8 @@ def check_preprocess(model, result, geometry) -> None:
 
 def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progress: Callable | None = None,
                  cancel: Callable | None = None, client=None, chunk_frames: int | None = None) -> ScanPrediction:
-    """Classify every frame of ``scan`` (Scan or path) with ``model`` (SedModel or path).
+    """Classify every frame of ``scan`` (Scan or path) with ``model`` (SedModel, path or
+    :class:`ModelLoading`: a model file's estimator loads while the scan is preprocessed).
 
     result: a PreprocessResult of this scan made earlier (e.g. by ``sedclassify preprocess``),
     used instead of preprocessing again after :func:`check_preprocess`. Raises
@@ -128,19 +162,21 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
     from ..models.training import ScanFeatures
     from .preprocess import preprocess
 
-    model = as_model(model)
+    model = loading(model)
+    card = card_of(model)
     (scan,) = open_scans([scan])
     name = name or scan_name(scan)
-    model.check_geometry(scan.geometry, name if scan.source is None else str(scan.source))
+    card.check_geometry(scan.geometry, name if scan.source is None else str(scan.source))
     t0 = time.perf_counter()
     if result is None:
-        params = params_for_model(model, scan.geometry)
+        params = params_for_model(card, scan.geometry)
         if chunk_frames is not None:
             params = replace(params, chunk_frames=int(chunk_frames))
         result = preprocess(scan, params, flatfield=flatfields_for(flatfield, 1)[0], progress=progress, cancel=cancel,
                             client=client)
     else:
-        check_preprocess(model, result, scan.geometry)
+        check_preprocess(card, result, scan.geometry)
+    model = as_model(model)
     feats = ScanFeatures.from_preprocess(result, scan.geometry, name, crop_radius_px=result.resolved.get("crop_half_px"))
     t1 = time.perf_counter()
     pred = predict_features(model, feats, cancel=cancel)
@@ -210,7 +246,8 @@ def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, ca
     after each scan; scan_progress(i, n, done, total) while a scan is preprocessed.
     uncertain_below: mark frames whose most probable class is below this probability as
     uncertain (class 0 and ``<name>_uncertain.npy``, see :func:`with_uncertain`)."""
-    model = as_model(model)
+    model = loading(model)
+    classes = card_of(model).classes
     scans = list(scans)
     ffs = flatfields_for(flatfield, len(scans))
     out = []
@@ -218,7 +255,7 @@ def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, ca
         pred = predict_scan(model, scan, flatfield=ff, progress=scan_report(scan_progress, i, len(scans)),
                             cancel=cancel)
         pred = with_uncertain(pred, uncertain_below)
-        out.append(prediction_entry(pred, write_prediction(pred, out_dir, model.classes), model.classes))
+        out.append(prediction_entry(pred, write_prediction(pred, out_dir, classes), classes))
         if progress is not None:
             progress(i + 1, {"scan": pred.name, "max_epochs": len(scans)})
     return out
