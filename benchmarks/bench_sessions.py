@@ -398,8 +398,11 @@ def main():
     if args.reliability and rel:
         from napari_sedclassify.models.metrics import plot_reliability
 
-        plot_reliability(rel, args.reliability, title="Held-out sessions (leave-one-session-out), temperature-scaled "
-                         "FCNN, sigmoid-calibrated SVM, uncalibrated CNN")
+        what = {"FCNN": "temperature-scaled FCNN", "SVM": "sigmoid-calibrated SVM", "CNN": "uncalibrated CNN"}
+        sizes = {k: recipe_and_params(k.lower(), ensemble=args.ensemble)[1]["ensemble"] for k in rel}
+        members = ", ".join(f"{what[k]} (ensemble of {sizes[k]})" for k in rel)
+        plot_reliability(rel, args.reliability, title="Held-out sessions (leave-one-session-out, seeds "
+                         f"{args.seeds}), {members}")
         print(f"wrote {args.reliability}")
     if args.ablation:
         out["ablation"] = {}
