@@ -266,8 +266,10 @@ def test_an_ensemble_averages_members_trained_on_their_own_draws_and_saves_safel
     recipe = FeatureRecipe(augmentation=Augmentation(copies=1, intensity_range=(0.5, 2.0), dose_range=(0.2, 1.0)))
     X = feats[0].inputs(recipe)
     for kind, params in (("svm", {"max_train_samples": 300}), ("fcnn", {"max_epochs": 5})):
-        model = train(feats, [s.truth for s in sims], kind=kind, recipe=recipe, params={**params, "ensemble": 3})
-        assert model.training["ensemble"] == 3
+        told = []
+        model = train(feats, [s.truth for s in sims], kind=kind, recipe=recipe, params={**params, "ensemble": 3},
+                      progress=lambda epoch, logs: told.append((logs["member"], logs["members"])))
+        assert model.training["ensemble"] == 3 and sorted(set(told)) == [(1, 3), (2, 3), (3, 3)]
         members = [m.predict_proba(X) for m in model.estimator.pipeline_.estimators_]
         assert len(members) == 3 and not np.allclose(members[0], members[1], atol=1e-3)
         np.testing.assert_allclose(model.estimator.predict_proba(X), np.mean(members, axis=0), rtol=1e-5, atol=1e-6)

@@ -249,8 +249,10 @@ def train(
         fit_extra = {}
         if groups is not None and "groups" in inspect.signature(estimator.fit).parameters:
             fit_extra["groups"] = np.asarray([str(groups[i]) for i in o_tr])
+        told = progress if progress is None or ensemble == 1 else (  # which member the epochs are of
+            lambda epoch, logs, m=member: progress(epoch, {**logs, "member": m + 1, "members": ensemble}))
         estimator.fit(X_tr, y_tr, validation_data=(X_va, y_va) if X_va is not None else None,
-                      progress=progress, cancel=cancel, **fit_extra)
+                      progress=told, cancel=cancel, **fit_extra)
         members.append(estimator)
         t_features, t_fit = t_features + t2 - t1, t_fit + time.perf_counter() - t2
     if ensemble > 1 and kind == "cnn":
