@@ -51,6 +51,8 @@ def register(subparsers) -> None:
 
 def model_settings(args) -> tuple[dict, dict]:
     """(recipe changes, estimator params) from the common options."""
+    from dataclasses import fields
+
     from ..models.features import Augmentation
 
     recipe = {}
@@ -67,16 +69,11 @@ def model_settings(args) -> tuple[dict, dict]:
         )
 
         fitted = getattr(args, "_all_fitted", False)
-        if args.model == "cnn":
-            robust = session_robust_crop_recipe(camera_length_fitted=fitted)
-            recipe.update(crop_rescale=robust.crop_rescale, crop_cut_margin=robust.crop_cut_margin,
-                          crop_mask_q_invA=robust.crop_mask_q_invA, crop_context=robust.crop_context,
-                          augmentation=robust.augmentation)
-        else:
-            robust = session_robust_recipe(camera_length_fitted=fitted)
-            recipe.update(background=robust.background, scan_context=robust.scan_context,
-                          context_reference=robust.context_reference,
-                          context_end_fraction=robust.context_end_fraction, augmentation=robust.augmentation)
+        robust = (session_robust_crop_recipe if args.model == "cnn" else session_robust_recipe)(
+            camera_length_fitted=fitted)
+        # the whole recipe, not field by field (a field left out once kept the old scan context)
+        recipe.update({f.name: getattr(robust, f.name) for f in fields(robust) if f.name != "kind"})
+        if args.model != "cnn":
             params["ensemble"] = SESSION_ROBUST_ENSEMBLE
         params.update(SESSION_ROBUST_PARAMS)
     if args.ensemble is not None:

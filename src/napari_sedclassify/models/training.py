@@ -93,9 +93,8 @@ class ScanFeatures:
                              q_per_px=self.crop_q_per_px(recipe), reference=self.reference(recipe))
 
     def _wanted_crop_px(self, recipe: FeatureRecipe) -> float | None:
-        if recipe.crop_rescale and recipe.crop_radius_px is None and self.geometry.calibrated:
-            return recipe.wanted_crop_radius_px(self.geometry)
-        if recipe.crop_cut_margin != 1.0:  # the cut is wider than the crop
+        rescaled = recipe.crop_rescale and recipe.crop_radius_px is None and self.geometry.calibrated
+        if rescaled or recipe.crop_cut_margin != 1.0:  # (a wider cut than the crop: the crop is inside it)
             return recipe.wanted_crop_radius_px(self.geometry)
         return None
 
