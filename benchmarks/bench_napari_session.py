@@ -66,28 +66,62 @@ class GapMonitor:
         self.ticks.append(time.perf_counter())
 
     def trace_stalls(self, over_ms: float = 80.0):
-        """Debugging aid (--trace-stalls): a thread that prints the UI thread's stack whenever no
-        tick came for ``over_ms`` (once per stall)."""
+        """Debugging aid (--trace-stalls): a thread samples the UI thread's stack every 5 ms while
+        no tick came for 30 ms; a stall over ``over_ms`` prints where its samples were (the
+        functions on the sampled stacks, by how many samples they were on)."""
+        import bisect
+        import collections
         import threading
-        import traceback
 
         main = threading.main_thread().ident
 
+        def report(length_ms, samples):
+            counts = collections.Counter()
+            for stack in samples:
+                counts.update(set(stack))
+            lines = [f"{n:4d} {where}" for where, n in counts.most_common(400) if n >= max(2, len(samples) // 5)]
+            print(f"--- UI thread busy {length_ms:.0f} ms, {len(samples)} samples:", flush=True)
+            print("\n".join(lines[-45:]), flush=True)
+
         def watch():
-            printed = 0.0
+            samples, stall_start = [], None
             while True:
-                time.sleep(0.02)
+                time.sleep(0.005)
                 try:
                     if not self.timer.isActive() or not self.ticks:
                         continue
                 except RuntimeError:  # the timer is gone with the step
                     return
                 now, last = time.perf_counter(), self.ticks[-1]
-                if (now - last) * 1e3 > over_ms and now - max(printed, last) > 0.25:
-                    printed = now
-                    frame = sys._current_frames().get(main)
-                    stack = "".join(traceback.format_stack(frame)[-40:]) if frame else "?"
-                    print(f"--- UI thread busy {1e3 * (now - last):.0f} ms:\n{stack}", flush=True)
+                if (now - last) * 1e3 > 30:
+                    if stall_start != last:
+                        stall_start, samples = last, []
+                    frames = sys._current_frames()
+                    stack = []
+                    frame = frames.get(main)
+                    while frame is not None:
+                        code = frame.f_code
+                        stack.append(f"{Path(code.co_filename).parent.name}/{Path(code.co_filename).name}:{code.co_name}")
+                        frame = frame.f_back
+                    if len(stack) <= 6 and os.environ.get("BENCH_NATIVE") and (now - last) > 0.06 and len(samples) % 4 == 0:
+                        import subprocess
+                        dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--native", "--pid",
+                                               str(os.getpid())], capture_output=True, text=True).stdout
+                        main_dump = dump.split("Thread ")[1] if "Thread " in dump else dump
+                        print("--- native, UI thread:\n" + "\n".join(main_dump.splitlines()[:30]), flush=True)
+                    if len(stack) <= 6:  # the UI thread is in Qt's own code (or waits for the GIL)
+                        for ident, other in frames.items():
+                            if ident not in (main, threading.get_ident()) and other is not None:
+                                code = other.f_code
+                                stack.append(f"[other thread] {Path(code.co_filename).name}:{code.co_name}:{other.f_lineno}")
+                    samples.append(stack)
+                elif stall_start is not None:
+                    ticks = self.ticks
+                    after = ticks[min(bisect.bisect_right(ticks, stall_start), len(ticks) - 1)]
+                    length = (after - stall_start) * 1e3
+                    if length > over_ms and samples:
+                        report(length, samples)
+                    stall_start, samples = None, []
 
         threading.Thread(target=watch, daemon=True).start()
 
@@ -136,11 +170,22 @@ def measured(name, action, done, results, timeout_s=900.0):
         started["t"] = time.perf_counter()
         started["out"] = action()
 
+    profile = None
+    if os.environ.get("BENCH_PROFILE") and name.startswith(os.environ["BENCH_PROFILE"]):
+        import cProfile  # the UI thread's own work during the step (debugging aid)
+
+        profile = cProfile.Profile()
+        profile.enable()
     monitor.start()
     QTimer.singleShot(0, go)
     spin(lambda: "out" in started and done(started["out"]), timeout_s)
     wall = time.perf_counter() - started["t"]
     gaps = monitor.stop()
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(70)
     results.append(row(name, gaps, wall))
     print(format_row(results[-1]), flush=True)
     return started.get("out")

@@ -136,6 +136,40 @@ def test_cli_process_imports_nothing_heavy(files, tmp_path):
     assert got == {name: [0, []] for name in runs}, got
 
 
+def test_the_command_skips_the_interpreter_teardown_but_not_the_exit_handlers(files, tmp_path):
+    """``python -m napari_sedclassify.cli`` (the console script's ``entry``) ends with the
+    command's exit status and its outputs complete, after the exit handlers ran, without Python's
+    module-by-module teardown (a handler registered with ``atexit`` still runs; a ``__del__``
+    left to the teardown does not, which is what tells the two exits apart)."""
+    folder, entries = files
+    (scan0, _, flat), _ = entries
+    out = tmp_path / "p.h5"
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran', flush=True))\n"
+        "class Late:\n"
+        "    def __del__(self):\n"
+        "        print('teardown ran', flush=True)\n"
+        "sys.modules['__main__'].late = Late()\n"
+        f"sys.argv = ['sedclassify', 'preprocess', {str(scan0)!r}, '--flatfield', {str(flat)!r}, '--out', {str(out)!r}]\n"
+        "from napari_sedclassify.cli import entry\n"
+        "entry()\n"
+        "print('not reached')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "exit handler ran", proc.stdout
+    assert "teardown ran" not in proc.stdout and "not reached" not in proc.stdout
+    assert SPEED_LINE.search(proc.stderr)
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        assert f["ria"].shape[:2] == SCAN_SHAPE and np.isfinite(f["ria"][..., 5:60]).mean() > 0.9
+    failed = subprocess.run([sys.executable, "-m", "napari_sedclassify.cli", "info", str(tmp_path / "none.npy")],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "none.npy" in failed.stderr
+
+
 def test_kernels_are_cached_on_disk():
     from numba.core.caching import FunctionCache
     from numba.core.registry import CPUDispatcher

@@ -125,6 +125,35 @@ def test_metrics_match_scikit_learn(tmp_path):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_overlay_shows_each_scan_point_in_its_class_colour(tmp_path):
+    """The prediction overlay (Pillow, no matplotlib): the right panel is the integrated image
+    with each point's class colour blended in, whole blocks of screen pixels per scan point;
+    unlabeled (0) points stay grey."""
+    from PIL import Image, ImageColor
+
+    from napari_sedclassify.classes import ClassTable
+    from napari_sedclassify.models.metrics import plot_overlay
+
+    table = ClassTable.default()
+    rng = np.random.default_rng(4)
+    integrated = rng.random((12, 30))
+    classes = rng.integers(0, 5, (12, 30))
+    plot_overlay(integrated, classes, tmp_path / "o.png", table, title="a title", alpha=0.5)
+    png = np.asarray(Image.open(tmp_path / "o.png").convert("RGB")).astype(float)
+    scale = 360 // 30
+    grey = (integrated - integrated.min()) / (integrated.max() - integrated.min())
+    # find the right panel: the block of the last scan point's colour, scanning from the left
+    left = png[44:44 + 12 * scale, 12:12 + 30 * scale]
+    np.testing.assert_allclose(left[::scale, ::scale, 0], 255 * grey, atol=1.0)
+    right = png[44:44 + 12 * scale, 24 + 30 * scale:24 + 60 * scale]
+    for (y, x), c in np.ndenumerate(classes):
+        block = right[y * scale:(y + 1) * scale, x * scale:(x + 1) * scale]
+        want = 255 * grey[y, x] * np.ones(3)
+        if c:
+            want = 0.5 * want + 0.5 * np.asarray(ImageColor.getrgb(table.colours[c])[:3], float)
+        np.testing.assert_allclose(block.reshape(-1, 3), np.broadcast_to(want, (scale * scale, 3)), atol=1.0)
+
+
 # ---- training and estimators ----------------------------------------------------------------
 
 
