@@ -304,11 +304,19 @@ def test_centring_maps_stay_hidden_below_and_rias_are_reused(make_napari_viewer,
 def test_svm_training_curves_draw_without_a_legend_warning(make_napari_viewer):
     viewer = make_napari_viewer()
     _, tr = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from napari_sedclassify._napari.widgets.training import training_figure
+
     tr.history = [{"stage": "fit", "max_epochs": 2, "n_support": 12}, {"val_accuracy": 0.9}]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tr._draw_curves()
-        tr.canvas.draw()
+        figure = Figure()
+        FigureCanvasAgg(figure)
+        training_figure(tr.history, None, figure)
+        figure.canvas.draw()
+    assert figure.axes[-1].get_ylabel() == "val accuracy" and figure.axes[0].get_legend() is None
 
 
 def test_uncertain_frames_are_grey_in_the_class_map_and_left_out_of_the_keep_list(make_napari_viewer, tmp_path,

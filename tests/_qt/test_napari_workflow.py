@@ -174,7 +174,8 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, sample, tmp_pat
     assert ticks >= 3 and gap < 3.0, (ticks, gap)
     assert len(tr.history) >= 2 and np.isfinite(tr.history[-1]["val_loss"])
     assert "weighted" in tr._metrics.value
-    assert any(ax.get_title() == "validation confusion matrix" for ax in tr.canvas.figure.axes)
+    qtbot.waitUntil(lambda: tr.canvas.figure is not None and any(  # laid out and drawn in a thread
+        ax.get_title() == "validation confusion matrix" for ax in tr.canvas.figure.axes), timeout=20000)
     tr._save_path.value = tmp_path / "fcnn_model"
     saved = tr.save_model()
     assert saved.name == "fcnn_model.sedmodel" and saved.exists()

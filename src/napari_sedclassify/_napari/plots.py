@@ -26,11 +26,11 @@ class _Relay(QObject):
 
 
 class FigureView(QLabel):
-    """A ``width`` x ``height`` inch matplotlib figure shown as a picture that a thread renders: a
-    figure with constrained layout and colour bars takes 0.3-0.8 s to lay out and draw on a
-    software-rendered desktop (benchmarks/bench_napari_session.py), which in a Qt canvas stalled
-    the viewer. Build each picture on ``new_figure()`` (the previous one may still be rendering),
-    then ``draw_idle()``; only the latest request is shown."""
+    """A ``width`` x ``height`` inch matplotlib figure shown as a picture that a thread lays out
+    and renders: a figure with constrained layout and colour bars takes 0.3-0.8 s to lay out and
+    draw on a software-rendered desktop (benchmarks/bench_napari_session.py), which in a Qt
+    canvas stalled the viewer. ``render(build)`` draws the next picture; only the latest request
+    is shown, and ``figure`` is the one on show."""
 
     def __init__(self, width: float = 4.0, height: float = 3.0, min_height: int = 220):
         super().__init__()
@@ -41,51 +41,50 @@ class FigureView(QLabel):
         self._relay.rendered.connect(self._show)
         self._lock = threading.Lock()
         self._generation = 0
-        self.new_figure()
+        self.figure = None
 
-    def new_figure(self):
-        """A blank figure to draw the next picture on (also ``self.figure``), as wide as the widget."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
+    def render(self, build) -> None:
+        """Lay out the next picture with ``build(figure)`` on a blank figure as wide as the widget
+        AND render it, both in a thread (adding axes, lines, colour bars and a legend took
+        100-300 ms of the event loop). ``build`` must use only the data it was given, no widget."""
         width, height = self._size_in
         if self.isVisible() and self.width() > 100:
             width = self.width() / DPI
-        self.figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-        FigureCanvasAgg(self.figure)
-        return self.figure
-
-    def draw_idle(self) -> None:
-        """Render ``self.figure`` in a thread and show it when done."""
         self._generation += 1
-        thread = threading.Thread(target=self._render, args=(self.figure, self._generation), daemon=True,
-                                  name="sedclassify-figure")
+        thread = threading.Thread(target=self._render, args=(build, (width, height), self._generation),
+                                  daemon=True, name="sedclassify-figure")
         _rendering.add(thread)
         thread.start()
 
-    def draw(self) -> None:
-        """Render ``self.figure`` now, in the calling thread."""
-        self._generation += 1
-        self._show(self._rgba(self.figure, self._generation))
-
-    def _rgba(self, figure, generation):
-        with self._lock:
-            figure.canvas.draw()
-            w, h = figure.canvas.get_width_height()
-            return generation, w, h, bytes(figure.canvas.buffer_rgba())
-
-    def _render(self, figure, generation):
+    def _render(self, build, size, generation):
         try:
-            self._relay.rendered.emit(self._rgba(figure, generation))
+            figure = _blank(size)
+            build(figure)
+            with self._lock:
+                figure.canvas.draw()
+                w, h = figure.canvas.get_width_height()
+                payload = generation, figure, w, h, bytes(figure.canvas.buffer_rgba())
+            self._relay.rendered.emit(payload)
         except RuntimeError:  # the widget was deleted meanwhile
             pass
         finally:
             _rendering.discard(threading.current_thread())
 
     def _show(self, payload):
-        generation, w, h, rgba = payload
+        generation, figure, w, h, rgba = payload
         if generation == self._generation:
+            self.figure = figure
             self.setPixmap(QPixmap.fromImage(QImage(rgba, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()))
+
+
+def _blank(size):
+    """A pyplot-free figure of ``size`` inches with an Agg canvas (safe in any thread)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def insert_before(container, before, qwidget) -> None:

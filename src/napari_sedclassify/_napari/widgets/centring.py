@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, RadioButtons, SpinBox
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 
 from ..jobs import JobButtons, wrapped_label
 from ..layers import find_scan
@@ -64,8 +67,6 @@ class CentringWidget(Container):
         """Add or update the map layers, hidden and below the integrated image (they must not cover
         it; tick them to look), one per turn of the event loop: napari takes about 250 ms to add a
         layer on a software-rendered desktop, and the viewer draws in between."""
-        from qtpy.QtCore import QTimer
-
         if generation is None:
             self._maps_generation = generation = self._maps_generation + 1
         if generation != self._maps_generation:  # a newer result is being shown
@@ -89,11 +90,9 @@ class CentringWidget(Container):
         """Layers and the small overview figure of the centring result of ``layer``."""
         layer = layer or self._scan.value
         result = preprocess_of(layer)
-        figure = self.canvas.new_figure()
         self.canvas.setVisible(result is not None)
         if result is None:
             self._summary.value = ""
-            self.canvas.draw_idle()
             return
         centres = np.asarray(result.centres)
         residual = (
@@ -106,15 +105,9 @@ class CentringWidget(Container):
             f"{layer.name} centre y (px)": (centres[..., 0], "viridis"),
             f"{layer.name} descan residual (px)": (residual, "magma"),
         }
-        self._show_maps(layer, list(maps.items()))
-        for ax_i, (title, (data, cmap)) in enumerate(maps.items()):
-            ax = figure.add_subplot(1, 3, ax_i + 1)
-            im = ax.imshow(data, cmap=cmap, interpolation="nearest")
-            ax.set_title(title.replace(f"{layer.name} ", ""), fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            figure.colorbar(im, ax=ax, shrink=0.7).ax.tick_params(labelsize=6)
-        self.canvas.draw_idle()
+        # the layers from the next turn of the event loop on, one per turn
+        QTimer.singleShot(20, partial(self._show_maps, layer, list(maps.items())))
+        self.canvas.render(partial(_draw_maps, {title.replace(f"{layer.name} ", ""): m for title, m in maps.items()}))
         found = int(result.beam_found.sum())
         rms = f"{result.descan.residual_rms_px:.2f} px" if result.descan is not None else "no fit"
         used = "fitted descan" if result.params.centring == "fitted" else "per-frame"
@@ -123,3 +116,14 @@ class CentringWidget(Container):
             f"RIAs use {used} centres"
         )
         self._jobs.status.value = "done"
+
+
+def _draw_maps(maps, figure) -> None:
+    """The centring maps side by side, each with its colour bar."""
+    for ax_i, (title, (data, cmap)) in enumerate(maps.items()):
+        ax = figure.add_subplot(1, len(maps), ax_i + 1)
+        im = ax.imshow(data, cmap=cmap, interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        figure.colorbar(im, ax=ax, shrink=0.7).ax.tick_params(labelsize=6)

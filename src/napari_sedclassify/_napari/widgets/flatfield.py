@@ -3,6 +3,7 @@ the dead/hot pixels it masks."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -89,25 +90,27 @@ class FlatFieldWidget(Container):
     def show_flatfield(self):
         """Gain map of the selected scan's flat-field with dead (blue) and hot (red) pixels."""
         flatfield = flatfield_of(self._scan.value)
-        figure = self.canvas.new_figure()
         self.canvas.setVisible(flatfield is not None)
         if flatfield is None:
             self._summary.value = "No flat-field loaded: frames are used as recorded."
-            self.canvas.draw_idle()
             return
-        ax = figure.add_subplot(1, 1, 1)
         gain = np.asarray(flatfield.gain, dtype=np.float64)
-        lo, hi = np.nanpercentile(gain, [1, 99])
-        im = ax.imshow(gain, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        figure.colorbar(im, ax=ax, shrink=0.8, label="gain")
-        ys, xs = np.nonzero(flatfield.mask)
-        ax.plot(xs, ys, "s", ms=4, mfc="none", mec="#ff3030", mew=0.8)  # circled: single px are tiny
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title("gain map; masked (dead/hot) pixels in red", fontsize=8)
-        self.canvas.draw_idle()
+        self.canvas.render(partial(_draw_gain, gain, np.asarray(flatfield.mask)))
         p5, p95 = np.nanpercentile(gain, [5, 95])
         self._summary.value = (
             f"{Path(str(flatfield.source)).name if flatfield.source else 'flat-field'}: gain {p5:.2f}-{p95:.2f} "
             f"(5-95 %), {flatfield.n_dead} dead and {flatfield.n_hot} hot pixels masked"
         )
+
+
+def _draw_gain(gain, mask, figure) -> None:
+    """The gain map with the masked (dead/hot) pixels circled in red."""
+    ax = figure.add_subplot(1, 1, 1)
+    lo, hi = np.nanpercentile(gain, [1, 99])
+    im = ax.imshow(gain, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    figure.colorbar(im, ax=ax, shrink=0.8, label="gain")
+    ys, xs = np.nonzero(mask)
+    ax.plot(xs, ys, "s", ms=4, mfc="none", mec="#ff3030", mew=0.8)  # circled: single px are tiny
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title("gain map; masked (dead/hot) pixels in red", fontsize=8)

@@ -3,6 +3,8 @@ spread), like the paper's Fig. 5; optionally the smoothed logarithm (its Fig. 5c
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, RadioButtons, SpinBox
 from napari.utils.notifications import show_error
@@ -154,28 +156,25 @@ class RIAWidget(Container):
 
     # plot ----------------------------------------------------------------------------
     def plot(self):
-        """Redraw the plot for the current choices; returns the number of curves drawn."""
+        """Redraw the plot for the current choices (laid out and drawn in a thread); returns the
+        number of curves drawn."""
         layer = self._scan.value
         result = preprocess_of(layer)
-        ax = self.canvas.new_figure().add_subplot(1, 1, 1)
-        n = 0
+        curves, xlabel, x = [], "", None
+        log = self._log.value
         if result is None:
             self._summary.value = "Compute RIAs first (here or in the Centring widget)."
         else:
             x, xlabel = self._x_axis(result)
-            log, smooth = self._log.value, int(self._smooth.value)
+            smooth = int(self._smooth.value)
             usable = result.beam_found & ~result.missing
             if self._mode.value == CLASSES:
-                n = self._plot_classes(ax, result, x, usable, log, smooth)
+                curves = self._class_curves(result, usable, log, smooth)
             else:
-                n = self._plot_points(ax, result, x, log, smooth)
-            ax.set_xlabel(xlabel, fontsize=8)
-            ax.set_ylabel("log10 RIA (counts/px)" if log else "RIA (counts/px)", fontsize=8)
-            ax.tick_params(labelsize=7)
-            if n:
-                ax.legend(fontsize=7, frameon=False)
-        self.canvas.draw_idle()
-        return n
+                curves = self._point_curves(result, log, smooth)
+        ylabel = "log10 RIA (counts/px)" if log else "RIA (counts/px)"
+        self.canvas.render(partial(_draw_curves, x, curves, xlabel, ylabel))
+        return len(curves)
 
     def _x_axis(self, result):
         if self._axis.value == "q" and result.q_invA is not None:
@@ -184,23 +183,21 @@ class RIAWidget(Container):
             self._axis.value = "px"  # uncalibrated geometry: no q axis
         return np.asarray(result.radii_px), "radius (px)"
 
-    def _plot_classes(self, ax, result, x, usable, log, smooth):
+    def _class_curves(self, result, usable, log, smooth) -> list:
         labels = self._labels.value
         if labels is None:
             self._summary.value = "Choose a Labels layer on this scan (make one in the Labels widget)."
-            return 0
+            return []
         stats = class_statistics(np.asarray(result.ria), np.asarray(labels.data), usable, log, smooth)
-        for cid, (mean, spread, count) in stats.items():
-            colour = self.table.colours.get(cid, "#888888ff")[:7]
-            name = display_name(self.table.names.get(cid, str(cid)))
-            ax.plot(x, mean, color=colour, lw=1.2, label=f"{name} ({count})")
-            ax.fill_between(x, mean - spread, mean + spread, color=colour, alpha=0.2, lw=0)
         self._summary.value = f"mean ± standard deviation per class of {labels.name}"
-        return len(stats)
+        return [(mean, spread, self.table.colours.get(cid, "#888888ff")[:7],
+                 f"{display_name(self.table.names.get(cid, str(cid)))} ({count})")
+                for cid, (mean, spread, count) in stats.items()]
 
-    def _plot_points(self, ax, result, x, log, smooth):
+    def _point_curves(self, result, log, smooth) -> list:
         points = self.picked_points()
         labels = self._labels.value
+        curves = []
         for k, (iy, ix) in enumerate(points):
             ria = np.asarray(result.ria[iy, ix], dtype=np.float64)
             y = np.log10(np.where(ria > 0, ria, np.nan)) if log else ria
@@ -210,8 +207,22 @@ class RIAWidget(Container):
                 cid = int(labels.data[iy, ix])
                 colour = self.table.colours.get(cid, "#888888ff")[:7] if cid else colour
                 label += f" {display_name(self.table.names.get(cid, ''))}"
-            ax.plot(x, moving_average(y, smooth), color=colour, lw=1, label=label)
+            curves.append((moving_average(y, smooth), None, colour, label))
         self._summary.value = (
             f"{len(points)} picked points" if points else "Pick points on the scan ('Pick points on the scan')."
         )
-        return len(points)
+        return curves
+
+
+def _draw_curves(x, curves, xlabel, ylabel, figure) -> None:
+    """The RIA plot: one line per curve (with its ± spread band when given) and a legend."""
+    ax = figure.add_subplot(1, 1, 1)
+    for y, spread, colour, label in curves:
+        ax.plot(x, y, color=colour, lw=1.2 if spread is not None else 1, label=label)
+        if spread is not None:
+            ax.fill_between(x, y - spread, y + spread, color=colour, alpha=0.2, lw=0)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if curves:
+        ax.legend(fontsize=7, frameon=False)

@@ -8,6 +8,8 @@ lock of the viewer's process for long stretches. Progress (loss curves) and Canc
 
 from __future__ import annotations
 
+from functools import partial
+
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -320,46 +322,8 @@ class TrainingWidget(Container):
             callback(result["path"])
 
     def _draw_curves(self, validation=None):
-        figure = self.canvas.new_figure()
-        ax = figure.add_subplot(2, 1, 1) if validation else figure.add_subplot(1, 1, 1)
-        epochs = np.arange(1, len(self.history) + 1)
-        for key, style in (("loss", "-"), ("val_loss", "--")):
-            values = [h.get(key, np.nan) for h in self.history]
-            if np.isfinite(values).any():
-                ax.plot(epochs, values, style, label=key.replace("_", " "), color="#3b8beb")
-        acc = [h.get("val_accuracy", np.nan) for h in self.history]
-        if np.isfinite(acc).any():
-            ax2 = ax.twinx()
-            ax2.plot(epochs, acc, ":", color="#d9534f", label="val accuracy")
-            ax2.set_ylim(0, 1.02)
-            ax2.set_ylabel("val accuracy", fontsize=7, color="#d9534f")
-            ax2.tick_params(labelsize=6)
-        ax.set_xlabel("epoch", fontsize=7)
-        ax.set_ylabel("loss", fontsize=7)
-        ax.tick_params(labelsize=6)
-        if ax.get_legend_handles_labels()[0]:  # an SVM has no loss curves: no empty legend (and its warning)
-            ax.legend(fontsize=6, frameon=False, loc="upper right")
-        elif not self.history:
-            ax.set_title("loss curves appear here during training", fontsize=7)
-        if validation:
-            self._draw_confusion(figure.add_subplot(2, 1, 2), validation)
-        self.canvas.draw_idle()
-
-    @staticmethod
-    def _draw_confusion(ax, metrics):
-        names = [c["name"].replace("_", "\n") for c in metrics["classes"]]
-        cm = np.asarray(metrics["confusion"])
-        norm = np.asarray(metrics["confusion_normalised"])
-        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        for i in range(cm.shape[0]):
-            for j in range(cm.shape[1]):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
-        ax.set_xticks(range(len(names)), names, fontsize=6)
-        ax.set_yticks(range(len(names)), names, fontsize=6)
-        ax.set_xlabel("predicted", fontsize=7)
-        ax.set_ylabel("true", fontsize=7)
-        ax.set_title("validation confusion matrix", fontsize=7)
+        """Loss curves so far (and the validation confusion matrix when given), drawn in a thread."""
+        self.canvas.render(partial(training_figure, [dict(h) for h in self.history], validation))
 
     # saving --------------------------------------------------------------------------
     def save_model(self):
@@ -384,3 +348,43 @@ class TrainingWidget(Container):
         self._jobs.status.value = f"saved {path.name}"
         return path
 
+
+def training_figure(history, validation, figure) -> None:
+    ax = figure.add_subplot(2, 1, 1) if validation else figure.add_subplot(1, 1, 1)
+    epochs = np.arange(1, len(history) + 1)
+    for key, style in (("loss", "-"), ("val_loss", "--")):
+        values = [h.get(key, np.nan) for h in history]
+        if np.isfinite(values).any():
+            ax.plot(epochs, values, style, label=key.replace("_", " "), color="#3b8beb")
+    acc = [h.get("val_accuracy", np.nan) for h in history]
+    if np.isfinite(acc).any():
+        ax2 = ax.twinx()
+        ax2.plot(epochs, acc, ":", color="#d9534f", label="val accuracy")
+        ax2.set_ylim(0, 1.02)
+        ax2.set_ylabel("val accuracy", fontsize=7, color="#d9534f")
+        ax2.tick_params(labelsize=6)
+    ax.set_xlabel("epoch", fontsize=7)
+    ax.set_ylabel("loss", fontsize=7)
+    ax.tick_params(labelsize=6)
+    if ax.get_legend_handles_labels()[0]:  # an SVM has no loss curves: no empty legend (and its warning)
+        ax.legend(fontsize=6, frameon=False, loc="upper right")
+    elif not history:
+        ax.set_title("loss curves appear here during training", fontsize=7)
+    if validation:
+        _draw_confusion(figure.add_subplot(2, 1, 2), validation)
+
+
+def _draw_confusion(ax, metrics) -> None:
+    names = [c["name"].replace("_", "\n") for c in metrics["classes"]]
+    cm = np.asarray(metrics["confusion"])
+    norm = np.asarray(metrics["confusion_normalised"])
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, fontsize=6)
+    ax.set_yticks(range(len(names)), names, fontsize=6)
+    ax.set_xlabel("predicted", fontsize=7)
+    ax.set_ylabel("true", fontsize=7)
+    ax.set_title("validation confusion matrix", fontsize=7)
