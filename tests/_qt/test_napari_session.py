@@ -281,7 +281,11 @@ def test_centring_maps_stay_hidden_below_and_rias_are_reused(make_napari_viewer,
     selected = []
     viewer.layers.selection.events.active.connect(lambda e: selected.append(e.value))
     wait(qtbot, ce.run())
-    maps = ("centre x (px)", "centre y (px)", "descan residual (px)")  # added one per turn of the loop
+    maps = ("centre x (px)", "centre y (px)", "descan residual (px)")
+    qtbot.wait(200)  # the figure shows them; as layers only on request (each costs the viewer a stall)
+    assert not any(f"{layer.name} {name}" in viewer.layers for name in maps)
+    assert not ce._maps_button.native.isHidden()  # offered once there is a result
+    ce._maps_button.native.click()  # added one per turn of the loop
     qtbot.waitUntil(lambda: all(f"{layer.name} {name}" in viewer.layers for name in maps), timeout=10000)
     # the scan the user works on stays selected: the maps are added without taking the selection
     # (napari would swap the layer controls for each and resize the canvas)
@@ -291,6 +295,11 @@ def test_centring_maps_stay_hidden_below_and_rias_are_reused(make_napari_viewer,
         maps = viewer.layers[f"{layer.name} {name}"]
         assert not maps.visible and names.index(maps.name) < names.index(layer.name)  # never over the image
     assert viewer.layers[-1] == layer
+    cx_layer = viewer.layers[f"{layer.name} centre x (px)"]
+    cx_layer.data = np.zeros_like(cx_layer.data)
+    wait(qtbot, ce.run())  # a new result updates the map layers there are
+    qtbot.waitUntil(lambda: np.array_equal(cx_layer.data, np.asarray(preprocess_of(layer).centres)[..., 1],
+                                           equal_nan=True), timeout=10000)
     result = preprocess_of(layer)
     assert ria.run() is result  # the centring pass made the RIAs: nothing recomputed
     assert "nothing to recompute" in ria._jobs.status.value

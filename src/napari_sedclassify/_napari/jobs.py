@@ -18,6 +18,8 @@ import time
 import traceback
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
+# at import (with the widgets), not at the first job: importing it then took ~60 ms of the event loop
+from napari.qt.threading import create_worker
 
 
 #: How often a running job's progress reaches the UI (progress bar, live plots), in ms.
@@ -94,8 +96,6 @@ class BackgroundJob:
 
     # UI thread -----------------------------------------------------------------------
     def start(self):
-        from napari.qt.threading import create_worker
-
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)

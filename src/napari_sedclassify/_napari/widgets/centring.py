@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-from magicgui.widgets import Container, FloatSpinBox, RadioButtons, SpinBox
+from magicgui.widgets import Container, FloatSpinBox, PushButton, RadioButtons, SpinBox
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
@@ -20,8 +20,9 @@ CHOICES = [("per-frame centres", "per_frame"), ("fitted descan centres", "fitted
 
 
 class CentringWidget(Container):
-    """Find the centres in the background; show centre x / centre y / descan residual maps as
-    layers; choose whether RIAs and crops use per-frame or fitted centres."""
+    """Find the centres in the background; show the centre x / centre y / descan residual maps
+    (in the widget's figure, and as layers on request); choose whether RIAs and crops use
+    per-frame or fitted centres."""
 
     def __init__(self, napari_viewer):
         super().__init__(labels=False)
@@ -36,6 +37,12 @@ class CentringWidget(Container):
         self.canvas = FigureView(4.0, 1.9, min_height=170)
         self._maps_generation = 0  # the map layers of older results stop being added
         self.native.layout().addWidget(self.canvas)
+        # the maps as layers only when asked: napari takes 130-300 ms of the event loop to add each
+        # one on a software-rendered desktop (its layer controls), and the figure above shows them
+        self._maps_button = PushButton(text="Show the maps as layers")
+        self._maps_button.changed.connect(lambda _=None: self.show_result(as_layers=True))
+        self._maps_button.visible = False
+        self.append(self._maps_button)
         self._centring.changed.connect(self._centring_changed)
         self._scan.changed.connect(lambda _=None: self.show_result())
         self.show_result()
@@ -63,6 +70,22 @@ class CentringWidget(Container):
         if result is not None and result.params.centring != value:
             self.run()  # RIAs and crops follow the chosen centres
 
+    @staticmethod
+    def maps(layer) -> dict:
+        """{layer name: (map, colormap)}: centre x, centre y and descan residual (px) of the scan."""
+        result = preprocess_of(layer)
+        centres = np.asarray(result.centres)
+        residual = (
+            np.hypot(*np.moveaxis(np.asarray(result.descan.residuals), -1, 0))
+            if result.descan is not None
+            else np.full(centres.shape[:2], np.nan)
+        )
+        return {
+            f"{layer.name} centre x (px)": (centres[..., 1], "viridis"),
+            f"{layer.name} centre y (px)": (centres[..., 0], "viridis"),
+            f"{layer.name} descan residual (px)": (residual, "magma"),
+        }
+
     def _show_maps(self, layer, items, generation=None):
         """Add or update the map layers, hidden and below the integrated image (they must not cover
         it; tick them to look), one per turn of the event loop: napari takes about 250 ms to add a
@@ -86,27 +109,20 @@ class CentringWidget(Container):
         if rest:
             QTimer.singleShot(20, lambda: self._show_maps(layer, rest, generation))
 
-    def show_result(self, layer=None):
-        """Layers and the small overview figure of the centring result of ``layer``."""
+    def show_result(self, layer=None, as_layers: bool = False):
+        """The small overview figure of the centring result of ``layer``; its maps as layers with
+        ``as_layers``, or when they are layers already (then updated)."""
         layer = layer or self._scan.value
         result = preprocess_of(layer)
         self.canvas.setVisible(result is not None)
+        self._maps_button.visible = result is not None
         if result is None:
             self._summary.value = ""
             return
-        centres = np.asarray(result.centres)
-        residual = (
-            np.hypot(*np.moveaxis(np.asarray(result.descan.residuals), -1, 0))
-            if result.descan is not None
-            else np.full(centres.shape[:2], np.nan)
-        )
-        maps = {
-            f"{layer.name} centre x (px)": (centres[..., 1], "viridis"),
-            f"{layer.name} centre y (px)": (centres[..., 0], "viridis"),
-            f"{layer.name} descan residual (px)": (residual, "magma"),
-        }
-        # the layers from the next turn of the event loop on, one per turn
-        QTimer.singleShot(20, partial(self._show_maps, layer, list(maps.items())))
+        maps = self.maps(layer)
+        if as_layers or any(name in self._viewer.layers for name in maps):
+            # the layers from the next turn of the event loop on, one per turn
+            QTimer.singleShot(20, partial(self._show_maps, layer, list(maps.items())))
         self.canvas.render(partial(_draw_maps, {title.replace(f"{layer.name} ", ""): m for title, m in maps.items()}))
         found = int(result.beam_found.sum())
         rms = f"{result.descan.residual_rms_px:.2f} px" if result.descan is not None else "no fit"

@@ -115,9 +115,11 @@ class WorkflowWidget(Container):
 
     def _add_scan_layers(self, path):
         """The reader's layers, added as napari's open would, without its "Opening Files"
-        progress bar (creating and updating it took about 250 ms of the event loop), and selected
-        in the next turn of the event loop (selecting swaps the layer controls and resizes the
-        canvas: another 150-200 ms, now a turn of its own)."""
+        progress bar (creating and updating it took about 250 ms of the event loop), over three
+        turns of the event loop, each a stall of its own on a software-rendered desktop: the layer
+        goes in hidden (napari builds its controls and visual: 100-180 ms), is shown in the next
+        turn (its first paint compiles the shaders and uploads the texture: about 110 ms), and is
+        selected in the turn after (selecting swaps the layer controls and resizes the canvas)."""
         from napari.layers import Layer
         from qtpy.QtCore import QTimer
 
@@ -126,17 +128,20 @@ class WorkflowWidget(Container):
 
         layers = self._viewer.layers
         added = []
-        for item in read_scan(str(path)):
-            if item[0] is None:  # refused: the reader said why
-                continue
+        for data, kwargs, kind in (item for item in read_scan(str(path)) if item[0] is not None):
             with selection_kept(layers, True):
-                added.append(self._viewer.add_layer(Layer.create(*item)))
+                added.append(self._viewer.add_layer(Layer.create(data, {**kwargs, "visible": False}, kind)))
 
         def select():
             if added and added[-1] in layers:
                 layers.selection.active = added[-1]
 
-        QTimer.singleShot(0, select)
+        def show():
+            for layer in added:
+                layer.visible = True
+            QTimer.singleShot(30, select)
+
+        QTimer.singleShot(30, show)
         return added
 
     def show_step(self, index: int):
