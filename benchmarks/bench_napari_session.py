@@ -340,6 +340,8 @@ def main(argv=None):
 
     # baseline: the idle viewer with the Workflow docked
     monitor = GapMonitor()
+    if TRACE:
+        monitor.trace_stalls()
     monitor.start()
     spin(lambda: time.perf_counter() - monitor.ticks[0] > 5.0, 10)
     results.append(row("baseline (idle viewer)", monitor.stop(), 5.0))

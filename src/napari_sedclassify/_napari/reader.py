@@ -29,11 +29,13 @@ def warm_up() -> None:
     """Build, once and in a daemon thread, what the first scan and class-map layers would otherwise
     build in the event loop: napari's unit registry (pint parses its definitions and the scan's
     units: 0.3-0.9 s here), the numba functions napari compiles for the first Labels layer with a
-    direct colour map (1-2 s on the UI thread when a prediction was first shown) and the engine's
-    processing modules (numba's cached kernels)."""
+    direct colour map (1-2 s on the UI thread when a prediction was first shown), the engine's
+    processing modules (numba's cached kernels) and skops, which loads FCNN and SVM model files
+    (its import lists every scikit-learn estimator: 1.5-1.8 s of the first prediction's 2 s)."""
     global _warming
     if _warming is None:
         import gc
+        import sys
         import threading
 
         def work():
@@ -42,17 +44,31 @@ def warm_up() -> None:
 
             from .. import processing  # noqa: F401
             from ..classes import ClassTable
+            from ..models.persistence import warm_up as warm_up_model_loading
             from .palette import class_colormap
 
             registry = get_unit_registry()
             registry("nm"), registry("pixel")
             Labels(np.zeros((2, 2), np.uint8), colormap=class_colormap(ClassTable.default()))
-            # napari, Qt and the engine leave ~450,000 long-lived objects that every full
-            # collection of the cyclic garbage collector walks: 0.3-0.45 s of the event loop
-            # each time, at unpredictable moments (measured under Xvfb). Frozen, they are skipped.
-            gc.freeze()
+            warm_up_model_loading()
 
-        _warming = threading.Thread(target=work, name="sedclassify-warm-up", daemon=True)
+        def warm():
+            # napari, Qt and the engine leave ~450,000 long-lived objects that every full
+            # collection of the cyclic garbage collector walks: 0.15-0.45 s of the event loop each
+            # time (the collector holds the interpreter lock), at unpredictable moments, and the
+            # imports here would trigger several (measured under Xvfb). No collection while they
+            # run; frozen afterwards, those objects are skipped by every later collection.
+            interval = sys.getswitchinterval()
+            gc.disable()
+            sys.setswitchinterval(0.001)  # the event loop gets the interpreter back within 1 ms
+            try:
+                work()
+            finally:
+                sys.setswitchinterval(interval)
+                gc.freeze()
+                gc.enable()
+
+        _warming = threading.Thread(target=warm, name="sedclassify-warm-up", daemon=True)
         _warming.start()
 
 

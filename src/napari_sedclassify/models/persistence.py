@@ -292,6 +292,14 @@ def model_from_metadata(meta: dict, path, estimator=None) -> SedModel:
                     **{k: meta.get(k, {}) for k in ("preprocess", "training", "metrics", "versions", "domain")})
 
 
+def warm_up() -> None:
+    """Import what loading an FCNN or SVM model file needs (skops lists every scikit-learn
+    estimator when imported: 1-1.8 s), e.g. in a background thread before the first prediction."""
+    import skops.io  # noqa: F401
+    import sklearn.neural_network  # noqa: F401
+    import sklearn.svm  # noqa: F401
+
+
 def _load_skops(path: Path, data: bytes):
     import skops.io as sio
 
