@@ -45,7 +45,7 @@ def settle(seconds=0.5):
 
 
 def shot(viewer, name):
-    settle()
+    settle(1.5)  # the widgets' figures are laid out and drawn in threads
     viewer.reset_view()
     settle()
     path = OUT / f"guide_{name}.png"
@@ -99,6 +99,7 @@ def main():
     # 2 centring
     wf.show_step(2)
     wait(wf.centring.run())
+    wf.centring._maps_button.native.click()  # the maps as layers too (on request)
     settle(1.0)  # the map layers arrive one per turn of the event loop
     shot(viewer, "centring")
 
