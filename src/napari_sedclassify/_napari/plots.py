@@ -5,11 +5,12 @@ from __future__ import annotations
 import atexit
 import threading
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QLabel
 
 DPI = 90
+RENDER_DELAY_MS = 150  # a figure is rendered this long after the last request for it
 _rendering: set = set()  # threads rendering a figure now
 
 
@@ -41,18 +42,32 @@ class FigureView(QLabel):
         self._relay.rendered.connect(self._show)
         self._lock = threading.Lock()
         self._generation = 0
+        self._pending = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(RENDER_DELAY_MS)
+        self._timer.timeout.connect(self._start)
         self.figure = None
 
     def render(self, build) -> None:
         """Lay out the next picture with ``build(figure)`` on a blank figure as wide as the widget
         AND render it, both in a thread (adding axes, lines, colour bars and a legend took
-        100-300 ms of the event loop). ``build`` must use only the data it was given, no widget."""
+        100-300 ms of the event loop). ``build`` must use only the data it was given, no widget.
+        The thread starts ``RENDER_DELAY_MS`` after the last request: a new layer or scan makes
+        several widgets ask at once, and a thread rendering while napari builds a layer takes
+        turns at the interpreter lock with it (the layer's stall grew by half)."""
         width, height = self._size_in
         if self.isVisible() and self.width() > 100:
             width = self.width() / DPI
         self._generation += 1
-        thread = threading.Thread(target=self._render, args=(build, (width, height), self._generation),
-                                  daemon=True, name="sedclassify-figure")
+        self._pending = (build, (width, height), self._generation)
+        self._timer.start()
+
+    def _start(self) -> None:
+        if self._pending is None:
+            return
+        args, self._pending = self._pending, None
+        thread = threading.Thread(target=self._render, args=args, daemon=True, name="sedclassify-figure")
         _rendering.add(thread)
         thread.start()
 
