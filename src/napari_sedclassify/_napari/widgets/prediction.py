@@ -228,9 +228,10 @@ class PredictionWidget(Container):
         colormap = type(colormap)(color_dict={**colormap.color_dict, UNCERTAIN_LABEL: UNCERTAIN_COLOUR})
         set_layer(self._viewer, classes_layer_name(layer), shown, kind="labels", like=layer,
                   colormap=colormap, opacity=0.6, metadata={PREDICTION_OF_KEY: layer.name})
-        # the confidence map in the next turn of the event loop: the viewer draws the class map between
+        # the confidence map 50 ms later, a turn of the event loop of its own: the viewer draws the
+        # class map between (a 0 ms timer fired in the same turn: one stall of both layers, 300 ms)
         self._confidence_due = (layer, confidence, max(1, len(out["class_ids"])))
-        QTimer.singleShot(0, self._show_confidence)
+        QTimer.singleShot(50, self._show_confidence)
         self._shown = layer
         session = session_of(layer)
         if id(session) not in self._watched:
