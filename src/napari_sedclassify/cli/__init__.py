@@ -76,8 +76,11 @@ def entry() -> None:
 
     rc = main()
     atexit._run_exitfuncs()  # CPython's own call at exit: the handlers, in their order
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (| head), a closed stream
+            pass
     os._exit(rc)
 
 
