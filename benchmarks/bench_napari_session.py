@@ -104,12 +104,6 @@ class GapMonitor:
                         code = frame.f_code
                         stack.append(f"{Path(code.co_filename).parent.name}/{Path(code.co_filename).name}:{code.co_name}")
                         frame = frame.f_back
-                    if len(stack) <= 6 and os.environ.get("BENCH_NATIVE") and (now - last) > 0.06 and len(samples) % 4 == 0:
-                        import subprocess
-                        dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--native", "--pid",
-                                               str(os.getpid())], capture_output=True, text=True).stdout
-                        main_dump = dump.split("Thread ")[1] if "Thread " in dump else dump
-                        print("--- native, UI thread:\n" + "\n".join(main_dump.splitlines()[:30]), flush=True)
                     if len(stack) <= 6:  # the UI thread is in Qt's own code (or waits for the GIL)
                         for ident, other in frames.items():
                             if ident not in (main, threading.get_ident()) and other is not None:

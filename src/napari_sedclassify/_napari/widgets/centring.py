@@ -71,9 +71,9 @@ class CentringWidget(Container):
             self.run()  # RIAs and crops follow the chosen centres
 
     @staticmethod
-    def maps(layer) -> dict:
-        """{layer name: (map, colormap)}: centre x, centre y and descan residual (px) of the scan."""
-        result = preprocess_of(layer)
+    def maps(layer, result) -> dict:
+        """{layer name: (map, colormap)}: centre x, centre y and descan residual (px) of the centring
+        ``result`` of the scan ``layer``."""
         centres = np.asarray(result.centres)
         residual = (
             np.hypot(*np.moveaxis(np.asarray(result.descan.residuals), -1, 0))
@@ -119,7 +119,7 @@ class CentringWidget(Container):
         if result is None:
             self._summary.value = ""
             return
-        maps = self.maps(layer)
+        maps = self.maps(layer, result)
         if as_layers or any(name in self._viewer.layers for name in maps):
             # the layers from the next turn of the event loop on, one per turn
             QTimer.singleShot(20, partial(self._show_maps, layer, list(maps.items())))
