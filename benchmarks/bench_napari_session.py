@@ -358,6 +358,26 @@ def main(argv=None):
     viewer.window.remove_dock_widget(dock)
     print(format_row(results[-1]), flush=True)
 
+    # the floor of adding a layer: napari's own add_image / add_labels of plain arrays of the scan's
+    # shape, nothing of this plugin involved (what any napari plugin's "open" or "show a result"
+    # costs on this desktop: controls, visual, first paint)
+    floor_layers = []
+
+    def add_plain(kind):
+        data = np.random.default_rng(0).random((args.side, args.side)).astype(np.float32)
+        if kind == "labels":
+            floor_layers.append(viewer.add_labels((data * 4).astype(np.uint8), name="floor labels"))
+        else:
+            floor_layers.append(viewer.add_image(data, name="floor image"))
+        return True
+
+    for kind, nth in (("image", "first"), ("image", "second"), ("labels", "first"), ("labels", "second")):
+        measured(f"floor: napari add_{kind}, {nth} ({args.side}x{args.side})", lambda: add_plain(kind),
+                 lambda _out: True, results)
+    for floor_layer in floor_layers:
+        viewer.layers.remove(floor_layer)
+    spin(lambda: False if time.sleep(0.3) else True)
+
     def scan_layer():
         return next((ly for ly in viewer.layers if SCAN_KEY in ly.metadata), None)
 

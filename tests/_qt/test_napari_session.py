@@ -447,3 +447,56 @@ def test_a_job_shows_its_progress_in_its_widget_and_napari_bars_only_for_long_un
     release.set()
     qtbot.waitUntil(lambda: shown.done and alone.done, timeout=5000)
     assert buttons.bar.native.isHidden() and buttons.status.value == "done" and alone._bar is None  # closed
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_jobs_and_prefetching_run_below_the_viewers_priority(qtbot):
+    """A job's work, and the threads it starts (the runner's workers), run niced below the UI
+    thread, so the viewer keeps its cores while it builds layers and paints; the UI thread and
+    Qt's shared pool threads keep their priority; the diffraction view's prefetch thread is
+    lowered, its thread for the frame under the cursor is not."""
+    import os
+    import threading
+
+    from napari_sedclassify._napari import jobs
+    from napari_sedclassify._napari.widgets.diffraction_view import FrameLoader
+
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    ui = nice()
+
+    def work(report, cancelled):
+        seen = {"job": nice()}
+        child = threading.Thread(target=lambda: seen.__setitem__("child", nice()))
+        child.start()
+        child.join()
+        return seen
+
+    got = []
+    job = jobs.BackgroundJob("niced", work, on_returned=got.append)
+    job.start()
+    qtbot.waitUntil(lambda: job.done, timeout=5000)
+    assert job.outcome == "done"
+    assert got and got[0]["job"] == min(19, ui + jobs.BACKGROUND_NICE) and got[0]["child"] == got[0]["job"]
+    assert nice() == ui
+
+    # a job that fails still reports its error (the work's own thread catches it)
+    def broken(report, cancelled):
+        raise ValueError("scan.npy: damaged")
+
+    job3 = jobs.BackgroundJob("broken", broken)
+    job3.start()
+    qtbot.waitUntil(lambda: job3.done, timeout=5000)
+    assert job3.outcome == "failed" and "damaged" in str(job3.error)
+
+    loader = FrameLoader()
+    loader._start()
+    try:
+        ids = {t.name: t.native_id for t in loader._threads}
+        qtbot.waitUntil(lambda: all(i is not None for i in ids.values()), timeout=2000)
+        qtbot.waitUntil(lambda: os.getpriority(os.PRIO_PROCESS, ids["diffraction view frames (prefetch)"]) > ui,
+                        timeout=2000)
+        assert os.getpriority(os.PRIO_PROCESS, ids["diffraction view frames (requested)"]) == ui
+    finally:
+        loader.close()

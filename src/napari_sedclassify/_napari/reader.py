@@ -42,14 +42,20 @@ def warm_up() -> None:
             from napari.layers import Labels
             from napari.utils._units import get_unit_registry
 
-            from .. import processing  # noqa: F401
+            import napari.components.histogram  # noqa: F401  (a layer's controls import it)
+
+            from .. import io, processing
             from ..classes import ClassTable
+            from ..pipeline import session  # noqa: F401
             from ..models.persistence import warm_up as warm_up_model_loading
             from .palette import class_colormap
 
             registry = get_unit_registry()
             registry("nm"), registry("pixel")
             Labels(np.zeros((2, 2), np.uint8), colormap=class_colormap(ClassTable.default()))
+            _import_gl_array_handlers()
+            io.warm_up()
+            processing.warm_up()
             warm_up_model_loading()
 
         def warm():
@@ -73,6 +79,17 @@ def warm_up() -> None:
 
 
 _warming = None
+
+
+def _import_gl_array_handlers():
+    """PyOpenGL imports its array handlers at the first texture upload (a layer's first paint)."""
+    import importlib
+
+    for name in ("ctypesarrays", "ctypespointers", "nones", "strings", "numpymodule"):
+        try:
+            importlib.import_module(f"OpenGL.arrays.{name}")
+        except Exception:  # another PyOpenGL: it imports what it needs when it needs it
+            pass
 
 
 def get_reader(path):

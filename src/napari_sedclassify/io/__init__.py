@@ -69,6 +69,16 @@ def format_of(path) -> str | None:
     return "reduced" if fmt == "hdf5" and path.is_file() and is_reduced(path) else fmt
 
 
+def warm_up() -> None:
+    """Import every format's reader (and what opening a file imports besides), e.g. in a
+    background thread of an interactive application, so the first open does not pay for it."""
+    for name in sorted({*SUFFIXES.values(), "reduced", "sidecar"}):
+        try:
+            importlib.import_module(f".{name}", __name__)
+        except ImportError:  # an optional format whose library is not installed
+            pass
+
+
 def can_open(path) -> bool:
     """True when ``path`` looks like a scan this package reads (cheap: headers only)."""
     try:

@@ -17,6 +17,20 @@ from .ria import RadialProfile, radial_profile
 from .runner import ChunkResult, FrameProcessor, FrameRunner, Output
 from .virtual import VirtualDetectors, virtual_image
 
+
+
+def warm_up() -> None:
+    """Load the compiled kernels an integrated image needs (numba reads them from its disk cache
+    on first use: imports and LLVM work), by computing one on a tiny scan; e.g. in a background
+    thread of an interactive application before the first scan is opened."""
+    import numpy as np
+
+    from ..scan import Scan
+
+    for dtype in (np.uint16, np.uint8, np.uint32, np.float32):
+        virtual_image(Scan(np.ones((2, 2, 16, 16), dtype=dtype)), workers=1)
+
+
 __all__ = [
     "CentralCrop",
     "CentreFinder",
@@ -42,4 +56,5 @@ __all__ = [
     "pcc_row",
     "radial_profile",
     "virtual_image",
+    "warm_up",
 ]

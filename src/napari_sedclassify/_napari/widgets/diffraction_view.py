@@ -23,6 +23,7 @@ from magicgui.widgets import CheckBox, Container
 from napari.utils.notifications import show_error
 
 from ..frame_info import frame_details
+from ..jobs import BACKGROUND_NICE, lower_thread_priority
 from ..layers import find_scan
 from ..palette import display_name
 from ..pickers import scan_picker
@@ -58,9 +59,13 @@ def prepared_frame(layer, iy: int, ix: int):
 
 
 class FrameLoader:
-    """One daemon thread that prepares frames (:func:`prepared_frame`): the latest ``want`` first
-    (an older one not yet started is dropped), then the ``prefetch`` list in order. Results come
-    back on the UI thread through the Qt signal ``relay.ready`` as (item, urgent, prepared, error)."""
+    """Two daemon threads that prepare frames (:func:`prepared_frame`): one for the latest ``want``
+    (an older one not yet started is dropped), one for the ``prefetch`` list, in order, at
+    background priority: prefetching is a guess, it must not take the cores from the viewer
+    when it builds layers or paints (on open, 24 frames prefetched around the first one
+    competed with its first paint).
+    Results come back on the UI thread through the Qt signal ``relay.ready`` as
+    (item, urgent, prepared, error)."""
 
     def __init__(self):
         from qtpy.QtCore import QObject, Signal
@@ -73,28 +78,31 @@ class FrameLoader:
         self._wanted = None
         self._prefetch = []
         self._busy = False
-        self._working = False
+        self._prefetching = False
         self._closed = False
-        self._thread = None
+        self._threads = None
 
     def _start(self):
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, daemon=True, name="diffraction view frames")
-            self._thread.start()
+        if self._threads is None:
+            self._threads = [threading.Thread(target=self._loop, args=(urgent,), daemon=True,
+                                              name=f"diffraction view frames ({kind})")
+                             for urgent, kind in ((True, "requested"), (False, "prefetch"))]
+            for thread in self._threads:
+                thread.start()
 
     def want(self, item):
         """Prepare ``item`` = (layer, iy, ix, state, snapshot) next; drops the prefetch list."""
         with self._cond:
             self._wanted, self._prefetch = item, []
             self._start()
-            self._cond.notify()
+            self._cond.notify_all()
 
     def prefetch(self, items):
         with self._cond:
             self._prefetch = list(items)
             if self._prefetch:
                 self._start()
-                self._cond.notify()
+                self._cond.notify_all()
 
     @property
     def busy(self) -> bool:
@@ -106,25 +114,35 @@ class FrameLoader:
     def idle(self) -> bool:
         """Nothing requested, nothing to prefetch, nothing being prepared."""
         with self._cond:
-            return self._wanted is None and not self._prefetch and not self._working
+            return self._wanted is None and not self._prefetch and not self._busy and not self._prefetching
 
     def close(self):
         with self._cond:
             self._closed = True
             self._wanted, self._prefetch = None, []
-            self._cond.notify()
+            self._cond.notify_all()
 
-    def _loop(self):
-        while True:
-            with self._cond:
-                while not self._closed and self._wanted is None and not self._prefetch:
-                    self._cond.wait()
+    def _next(self, urgent: bool):
+        """The next item for the requested (``urgent``) or the prefetch thread; None once closed."""
+        with self._cond:
+            while True:
                 if self._closed:
-                    return
-                urgent = self._wanted is not None
-                item = self._wanted if urgent else self._prefetch.pop(0)
-                self._wanted = None
-                self._busy, self._working = urgent, True
+                    return None
+                if urgent and self._wanted is not None:
+                    item, self._wanted, self._busy = self._wanted, None, True
+                    return item
+                if not urgent and self._prefetch:
+                    self._prefetching = True
+                    return self._prefetch.pop(0)
+                self._cond.wait()
+
+    def _loop(self, urgent: bool):
+        if not urgent:
+            lower_thread_priority(BACKGROUND_NICE)
+        while True:
+            item = self._next(urgent)
+            if item is None:
+                return
             _layer, iy, ix, _state, snapshot = item
             try:
                 prepared, error = prepared_frame(snapshot, iy, ix), None
@@ -136,9 +154,11 @@ class FrameLoader:
                 return
             finally:
                 with self._cond:
-                    self._busy = self._working = False
-            if self._closed:
-                return
+                    if urgent:
+                        self._busy = False
+                    else:
+                        self._prefetching = False
+                    self._cond.notify_all()
 
 
 class DiffractionView(Container):
