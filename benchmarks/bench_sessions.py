@@ -262,6 +262,7 @@ ABLATION = {
     "camera length not fitted, radial scaling ±3 %": (False, robust_recipe(), ROBUST_PARAMS),
     "with background removal (quadratic in log q)": (True, robust_recipe(background="poly"), ROBUST_PARAMS),
     "no scan context": (True, robust_recipe(scan_context=0), ROBUST_PARAMS),
+    "no scan neighbours (the previous recipe)": (True, robust_recipe(scan_neighbours=False), ROBUST_PARAMS),
     "no convergence blur augmentation": (True, robust_recipe(augmentation=replace_aug(robust_recipe(), blur_q_invA=0.0)),
                                          ROBUST_PARAMS),
     "no dose-noise augmentation": (True, robust_recipe(augmentation=replace_aug(robust_recipe(), dose_range=(1.0, 1.0))),

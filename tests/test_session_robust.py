@@ -230,6 +230,7 @@ def test_train_session_robust_from_the_command_line(tmp_path, capsys):
     r = meta["recipe"]
     assert r["scan_context"] == 6 and r["augmentation"]["blur_q_invA"] == 0.035
     assert r["context_reference"] == "ends"  # the scan's own carbon-like and ice-like frames
+    assert r["scan_neighbours"] and r["neighbour_copies"] == 10  # what the scan neighbours look like
     assert r["augmentation"]["dose_range"] == [0.2, 1.0]
     assert r["augmentation"]["radial_scale"] == 0.12  # the camera lengths were not fitted
     assert meta["estimator"]["params"]["class_weight"] == "sqrt"

@@ -127,6 +127,8 @@ class FeatureRecipe:
     crop_mask_q_invA: float = 0.0
     crop_context: str = "none"
     crop_cut_margin: float = 1.0
+    scan_neighbours: bool = False
+    neighbour_copies: int = 10
 
     def __post_init__(self):
         if self.kind not in ("ria", "crop"):
@@ -149,6 +151,8 @@ class FeatureRecipe:
             raise ValueError(f"crop_mask_q_invA must be >= 0, got {self.crop_mask_q_invA}")
         if not 0.0 < self.context_end_fraction <= 0.5:
             raise ValueError(f"context_end_fraction must be in (0, 0.5], got {self.context_end_fraction}")
+        if self.scan_neighbours and not 1 <= int(self.neighbour_copies) <= 50:
+            raise ValueError(f"neighbour_copies must be 1..50, got {self.neighbour_copies}")
         if self.scan_context and (self.kind != "ria" or not 0 < self.scan_context <= self.n_bins):
             raise ValueError(f"scan_context needs RIA features and 1..n_bins bands, got {self.scan_context}")
         aug = self.augmentation
@@ -341,6 +345,35 @@ def _context(feats: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
         ref = ref if ref > 0 else 1e-9
         cols.append(np.log(np.maximum(feats[:, b].mean(axis=1), 1e-3 * ref) / ref))
     return np.stack(cols, axis=1)
+
+
+def end_positions(score: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
+    """Where each frame lies between its scan's carbon end (0) and ice end (1) by ``score`` (carbon
+    high: :func:`carbon_ice_score`, :func:`crop_score`): the ends are the medians of the score over the
+    ``fraction`` most carbon-like and most ice-like ``valid`` frames; clipped to [-1, 2]. Frames not
+    valid (or without a score) get the median position. Ice thickness, dose and gain move the
+    ends with the frames: the position stays."""
+    score = np.asarray(score, dtype=np.float64)
+    ok = np.asarray(valid, bool) & np.isfinite(score)
+    if ok.sum() < 2:
+        return np.full(score.shape, 0.5)
+    carbon, ice = _ends(score[ok], score[ok], fraction)
+    gap = ice - carbon
+    if abs(gap) < 1e-3:  # a scan with one kind of frame: no scale to measure against
+        gap = -1e-3
+    p = np.clip((score - carbon) / gap, -1.0, 2.0)
+    return np.where(ok, p, np.median(p[ok]))
+
+
+def neighbour_context(position: np.ndarray) -> np.ndarray:
+    """(n, 3) from a scan's map of :func:`end_positions` (sy, sx): each frame's own position, and
+    the lowest (most carbon-like) and highest over its 3x3 neighbourhood (the scan's edge repeated
+    outward)."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    position = np.asarray(position, dtype=np.float64)
+    cols = [position, minimum_filter(position, size=3, mode="nearest"), maximum_filter(position, size=3, mode="nearest")]
+    return np.stack([c.ravel() for c in cols], axis=1).astype(np.float32)
 
 
 def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | None = None,
@@ -620,9 +653,10 @@ SESSION_ROBUST_ENSEMBLE = 5
 def session_robust_recipe(camera_length_fitted: bool = True, **changes) -> FeatureRecipe:
     """The RIA recipe measured to generalise across sessions (docs/models.md, docs/results.md):
     log-median normalisation, six band levels relative to each of the scan's two ends (12
-    columns), augmentation with disc blur, lower-dose noise and radial scaling (±3 % when the camera
+    columns), where the frame and its 3x3 scan neighbourhood lie between those ends (3 columns,
+    10 copies), augmentation with disc blur, lower-dose noise and radial scaling (±3 % when the camera
     length of every scan was fitted, ±12 % for nominal values)."""
-    return FeatureRecipe(kind="ria", scan_context=6, context_reference="ends",
+    return FeatureRecipe(kind="ria", scan_context=6, context_reference="ends", scan_neighbours=True,
                          augmentation=_session_robust_augmentation(camera_length_fitted)).replace(**changes)
 
 

@@ -28,11 +28,12 @@ def predict_scan(model, scan_features, batch_frames: int = 4096, cancel=None) ->
     """Classify every recorded frame of ``scan_features`` (a ``ScanFeatures``) with ``model``
     (a ``SedModel``), ``batch_frames`` frames at a time."""
     model.check_geometry(scan_features.geometry, scan_features.name)
-    if model.recipe.kind == "ria" and model.recipe.scan_context and (~scan_features.missing).sum() < MIN_CONTEXT_FRAMES:
+    whole_scan = (model.recipe.kind == "ria" and model.recipe.scan_context) or model.recipe.scan_neighbours
+    if whole_scan and (~scan_features.missing).sum() < MIN_CONTEXT_FRAMES:
         from ..errors import IncompatibleModelError
 
         raise IncompatibleModelError(
-            f"model {model.name} compares every frame with the median of its scan (scan_context), which needs a "
+            f"model {model.name} compares every frame with its scan (scan context, scan neighbours), which needs a "
             f"whole scan (at least {MIN_CONTEXT_FRAMES} frames); {scan_features.name} has "
             f"{int((~scan_features.missing).sum())}: classify whole scans (sedclassify predict), not frame by frame")
     sy, sx = scan_features.scan_shape

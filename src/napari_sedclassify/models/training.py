@@ -16,7 +16,18 @@ from ..classes import ClassTable
 from ..geometry import Geometry
 from . import MODEL_KINDS, check_kind, make_estimator
 from ._common import check_cancel
-from .features import Augmentation, FeatureRecipe, crop_features, crop_reference, ria_features, scan_reference
+from .features import (
+    Augmentation,
+    FeatureRecipe,
+    carbon_ice_score,
+    crop_features,
+    crop_reference,
+    crop_score,
+    end_positions,
+    neighbour_context,
+    ria_features,
+    scan_reference,
+)
 
 @dataclass
 class ScanFeatures:
@@ -71,9 +82,36 @@ class ScanFeatures:
                 f"{self.name}: this model compares every crop with its scan's two ends (crop_context), which "
                 f"needs a whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {valid.sum()}: classify "
                 "whole scans (sedclassify predict), not frame by frame")
-        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0),
-                          np.flatnonzero(valid))
+        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0,
+                                         scan_neighbours=False), np.flatnonzero(valid))
         self._references[key] = crop_reference(raw, recipe, self.crop_q_per_px(recipe))
+        return self._references[key]
+
+    def neighbours(self, recipe: FeatureRecipe) -> np.ndarray:
+        """(n frames, 3) for ``recipe.scan_neighbours`` (:func:`~.features.neighbour_context`): each
+        frame's position between the scan's carbon and ice ends, and the lowest and highest in its
+        3x3 neighbourhood; computed once per recipe, from the frames as recorded (no augmentation)."""
+        key = ("neighbours", recipe.replace(augmentation=Augmentation(copies=0)), repr(self.geometry))
+        if key in self._references:
+            return self._references[key]
+        from .inference import MIN_CONTEXT_FRAMES
+
+        valid = ~np.asarray(self.missing, bool).ravel()
+        if valid.sum() < MIN_CONTEXT_FRAMES:
+            raise ValueError(
+                f"{self.name}: this model looks at every frame's scan neighbours (scan_neighbours), which needs a "
+                f"whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {valid.sum()}: classify whole scans "
+                "(sedclassify predict), not frame by frame")
+        plain = recipe.replace(scan_neighbours=False, scan_context=0, normalise=False, background="none",
+                               standardise=False, crop_context="none", crop_mask_q_invA=0.0)
+        with np.errstate(all="ignore"):
+            raw = self.inputs(plain)
+            if recipe.kind == "ria":
+                score = carbon_ice_score(raw.astype(np.float64), recipe, self.geometry)
+            else:
+                score = crop_score(raw, self.crop_q_per_px(recipe))
+        position = end_positions(score, valid, recipe.context_end_fraction).reshape(self.scan_shape)
+        self._references[key] = neighbour_context(position)
         return self._references[key]
 
     def inputs(self, recipe: FeatureRecipe, index=None, aug: dict | None = None) -> np.ndarray:
@@ -84,13 +122,22 @@ class ScanFeatures:
             if self.ria is None:
                 raise ValueError(f"{self.name}: no RIAs were computed, but the model works on RIAs")
             ria = np.asarray(self.ria).reshape(n, -1)[index]
-            return ria_features(ria, self.radii_px, recipe, self.geometry, aug, reference=self.reference(recipe))
+            out = ria_features(ria, self.radii_px, recipe, self.geometry, aug, reference=self.reference(recipe))
+            if recipe.scan_neighbours:
+                side = np.tile(self.neighbours(recipe)[index], (1, int(recipe.neighbour_copies)))
+                out = np.concatenate([out, np.where(np.isnan(out[:, :1]), np.nan, side)], axis=1)
+            return out
         if self.crops is None:
             raise ValueError(f"{self.name}: no crops were computed, but the model works on central crops")
         crops = np.asarray(self.crops)
         crops = crops.reshape((n,) + crops.shape[2:])[index]
-        return crop_features(crops, self.crop_radius_px, recipe, aug, wanted_radius_px=self._wanted_crop_px(recipe),
-                             q_per_px=self.crop_q_per_px(recipe), reference=self.reference(recipe))
+        out = crop_features(crops, self.crop_radius_px, recipe, aug, wanted_radius_px=self._wanted_crop_px(recipe),
+                            q_per_px=self.crop_q_per_px(recipe), reference=self.reference(recipe))
+        if recipe.scan_neighbours:
+            side = self.neighbours(recipe)[index][:, None, None, :]
+            out = out[..., None] if out.ndim == 3 else out
+            out = np.concatenate([out, np.broadcast_to(side, out.shape[:3] + (side.shape[-1],))], axis=-1)
+        return out
 
     def _wanted_crop_px(self, recipe: FeatureRecipe) -> float | None:
         rescaled = recipe.crop_rescale and recipe.crop_radius_px is None and self.geometry.calibrated

@@ -1,0 +1,111 @@
+"""Scan-neighbour features (issue 18): where a frame and its 3x3 scan neighbourhood lie between
+its scan's carbon and ice ends. Checked on scans made by the simulator (the hardest session of the
+benchmark grid: thick ice at a third of the dose, a convergent beam, a camera length 8 % off),
+preprocessed as a user would: the hole-edge (mixed) points have a carbon neighbour, the thick
+amorphous ice inside the holes does not, whatever its own profile looks like. (The simulator also
+marks the edges of crystalline patches mixed; those have no carbon neighbour.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import distance_transform_edt
+
+from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON
+from napari_sedclassify.models.features import FeatureRecipe, end_positions, neighbour_context, session_robust_recipe
+
+MIXED = 4
+
+
+@pytest.fixture(scope="module")
+def thick_ice_scan(tmp_path_factory):
+    from napari_sedclassify.io import open_scan
+    from napari_sedclassify.models.training import ScanFeatures
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.pipeline.train import default_recipe, preprocess_params_for
+    from napari_sedclassify.processing import load_flatfield
+    from napari_sedclassify.simulate import load_simulated, session_grid, simulate_scan
+
+    (session,) = session_grid("A", convergence=(0.3,), ice=(1.6,), dose=(0.3,), camera=(0.92,), descan=(1.2,))
+    path = tmp_path_factory.mktemp("neighbours") / "thick.npy"
+    simulate_scan(path, scan_shape=(20, 20), detector_px=128, session=session, seed=1107)
+    sim = load_simulated(path)
+    scan = open_scan(path)
+    params = preprocess_params_for([default_recipe("fcnn")], scan.geometry)
+    r = preprocess(scan, params, flatfield=load_flatfield(sim.flatfield_path))
+    return ScanFeatures.from_preprocess(r, scan.geometry, "thick"), np.asarray(sim.truth)
+
+
+def test_end_positions_are_scale_free_and_fill_what_is_not_valid():
+    score = np.array([2.0, 1.9, 2.1, -1.0, -1.1, -0.9, 0.5, np.nan])
+    valid = np.array([True] * 7 + [False])
+    p = end_positions(score, valid, 0.3)
+    assert p[:3].max() < 0.1 and p[3:6].min() > 0.9 and 0.4 < p[6] < 0.6
+    assert p[7] == pytest.approx(np.median(p[:7]))  # not valid: the median position, never NaN
+    # a dose or thickness that shifts every frame's score and stretches it leaves the positions
+    assert np.allclose(end_positions(3.0 * score + 7.0, valid, 0.3), p)
+    assert np.all(end_positions(np.ones(8), valid, 0.3) == 0.0)  # one kind of frame: no NaN
+
+
+def test_neighbour_context_sees_a_carbon_neighbour():
+    position = np.ones((5, 5))
+    position[:, 0] = 0.0  # a carbon column on the left
+    ctx = neighbour_context(position).reshape(5, 5, 3)
+    assert np.all(ctx[:, 1, 1] == 0.0) and np.all(ctx[:, 2, 1] == 1.0)  # next to carbon, and one further
+    assert np.all(ctx[..., 0] == position) and np.all(ctx[:, 0, 2] == 1.0)
+
+
+def test_mixed_points_have_a_carbon_neighbour_thick_hole_ice_has_none(thick_ice_scan):
+    feats, truth = thick_ice_scan
+    recipe = session_robust_recipe()
+    ctx = feats.neighbours(recipe).reshape(truth.shape + (3,))
+    own, lowest = ctx[..., 0], ctx[..., 1]
+    carbon_steps = distance_transform_edt(truth != CARBON)
+    mixed = (truth == MIXED) & (carbon_steps == 1)  # the hole's edge (mixed also marks crystal edges)
+    inner_ice = (truth == AMORPHOUS_ICE) & (carbon_steps >= 2)
+    assert mixed.sum() >= 5 and inner_ice.sum() >= 20
+    assert np.median(own[truth == CARBON]) < 0.2 and np.median(own[inner_ice]) > 0.8
+    # the neighbourhood tells the two apart far better than the frame's own position does
+    assert np.median(lowest[mixed]) < 0.3 < 0.7 < np.median(lowest[inner_ice])
+    assert (lowest[mixed] < 0.5).mean() > 0.8 and (lowest[inner_ice] > 0.5).mean() > 0.8
+
+
+def test_model_inputs_carry_the_neighbour_columns_and_need_a_whole_scan(thick_ice_scan):
+    from napari_sedclassify.errors import IncompatibleModelError
+    from napari_sedclassify.models.features import Augmentation
+    from napari_sedclassify.models.inference import MIN_CONTEXT_FRAMES, predict_scan
+    from napari_sedclassify.models.training import ScanFeatures, train
+
+    feats, truth = thick_ice_scan
+    recipe = session_robust_recipe()
+    x = feats.inputs(recipe)
+    plain = feats.inputs(recipe.replace(scan_neighbours=False))
+    k = recipe.neighbour_copies
+    assert x.shape == (truth.size, plain.shape[1] + 3 * k)
+    assert np.allclose(x[:, :plain.shape[1]], plain, equal_nan=True)
+    side = x[:, plain.shape[1]:]
+    assert np.allclose(side, np.tile(feats.neighbours(recipe), (1, k)))
+    with pytest.raises(ValueError, match="neighbour_copies"):
+        FeatureRecipe(scan_neighbours=True, neighbour_copies=0)
+    model = train([feats], [truth], kind="svm", recipe=recipe.replace(augmentation=Augmentation(copies=0)))
+    assert predict_scan(model, feats).class_map.shape == truth.shape
+    row = ScanFeatures("live row", feats.geometry, np.zeros((1, MIN_CONTEXT_FRAMES - 1), bool),
+                       np.asarray(feats.ria).reshape(1, truth.size, -1)[:, :MIN_CONTEXT_FRAMES - 1], feats.radii_px)
+    with pytest.raises(IncompatibleModelError, match="whole scan"):
+        predict_scan(model, row)
+
+
+def test_cnn_inputs_get_three_constant_neighbour_channels():
+    from napari_sedclassify.geometry import Geometry
+    from napari_sedclassify.models.training import ScanFeatures
+
+    rng = np.random.default_rng(0)
+    geom = Geometry(detector_shape=(128, 128), pixel_size_um=110.0, camera_length_mm=900.0, voltage_kv=200.0)
+    crops = rng.poisson(50.0, (10, 10, 32, 32)).astype(np.float32)
+    crops[:, :3] *= 3.0  # a brighter strip of the scan
+    feats = ScanFeatures("crops", geom, np.zeros((10, 10), bool), crops=crops, crop_radius_px=40.0)
+    recipe = FeatureRecipe(kind="crop", crop_size=24, scan_neighbours=True)
+    x = feats.inputs(recipe)
+    assert x.shape == (100, 24, 24, 4)
+    assert np.allclose(x[..., 0], feats.inputs(recipe.replace(scan_neighbours=False)))
+    assert np.allclose(x[:, :, :, 1:], feats.neighbours(recipe)[:, None, None, :])
