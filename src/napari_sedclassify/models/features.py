@@ -372,7 +372,8 @@ def neighbour_context(position: np.ndarray) -> np.ndarray:
     from scipy.ndimage import maximum_filter, minimum_filter
 
     position = np.asarray(position, dtype=np.float64)
-    cols = [position, minimum_filter(position, size=3, mode="nearest"), maximum_filter(position, size=3, mode="nearest")]
+    cols = [position, minimum_filter(position, size=3, mode="nearest"),
+            maximum_filter(position, size=3, mode="nearest")]
     return np.stack([c.ravel() for c in cols], axis=1).astype(np.float32)
 
 
