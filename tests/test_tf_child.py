@@ -51,3 +51,32 @@ def test_functions_from_main_are_refused_with_a_reason(monkeypatch):
     monkeypatch.setattr(_defined_in_main, "__module__", "__main__")
     with pytest.raises(ValueError, match="defined in __main__"):
         run_in_process(_defined_in_main)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_child_runs_child_nice_below_the_main_thread_whichever_thread_starts_it(tmp_path, monkeypatch):
+    """A training child started from a background job's thread (itself niced below the viewer)
+    runs CHILD_NICE below the viewer's main thread, not that much below the job's thread."""
+    import importlib
+    import os
+    import threading
+
+    from napari_sedclassify.models.tf_process import run_in_process
+
+    (tmp_path / "nicehelper.py").write_text("import os\n\ndef niceness(progress=None, cancel=None):\n"
+                                             "    return os.nice(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    niceness = importlib.import_module("nicehelper").niceness
+    main = os.nice(0)
+    got = {}
+
+    def job():
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), main + 5)  # a niced job thread
+        got["child"] = run_in_process(niceness, child_nice=5)
+        got["plain"] = run_in_process(niceness)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join(120)
+    assert got["child"] == min(19, main + 5)  # not main + 10
+    assert got["plain"] == min(19, main + 5)  # no child_nice: the starting thread's, as any process

@@ -34,8 +34,9 @@ NAPARI_BAR_AFTER_S = 2.0
 #: starts inherit it). On 2 cores, the event loop, Mesa's rendering threads and a job's 2
 #: compute threads competed as equals: the viewer's first paint of a new layer took 120-220 ms
 #: instead of 45-65 ms while the integrated image was computed (benchmarks/bench_napari_session.py).
-#: An idle machine still gives the job all of its cores.
-BACKGROUND_NICE = 10
+#: An idle machine still gives the job all of its cores. 5, as for the training children
+#: (``model_jobs.CHILD_NICE``): at 10 a job got too little while the canvas redrew continuously.
+BACKGROUND_NICE = 5
 
 
 def still_activity_indicator(viewer=None) -> bool:

@@ -56,7 +56,10 @@ def main() -> int:
     sys.path[:0] = [p for p in header.get("sys_path", []) if p not in sys.path]  # the parent's modules
     if header.get("nice") and hasattr(os, "nice"):
         with contextlib.suppress(OSError):  # lower priority: the parent's UI keeps the CPU it needs to draw
-            os.nice(int(header["nice"]))
+            target = header.get("nice_at_least")
+            # the parent's main thread's niceness + "nice", whatever the (possibly niced) thread that
+            # started this process passed on
+            os.nice(int(header["nice"]) if target is None else max(0, int(target) - os.nice(0)))
     stop = threading.Event()
 
     def error(exc, what=""):

@@ -52,13 +52,21 @@ def _read_messages(stream, out: queue_module.Queue) -> None:
         out.put(("eof",))
 
 
+def _process_nice() -> int:
+    """This process's niceness (its main thread's on Linux, where a thread can be niced on its own)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, os.getpid())
+    except (AttributeError, OSError):
+        return 0
+
+
 def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1, child_nice: int = 0, **kwargs):
     """Call ``func(*args, progress=..., cancel=..., **kwargs)`` in a child process and return its
     result. ``func`` must be importable (not defined in ``__main__``); arguments and result must
     pickle (pass file paths for large data). The child's ``progress(epoch, logs)`` calls reach
     ``progress`` in the calling thread; ``cancel()`` is polled and forwarded (the child's
-    ``cancel()`` then returns True, as it does when the parent goes away). ``child_nice``: added to
-    the child's niceness (lower CPU priority, so that the viewer keeps the CPU it needs to draw;
+    ``cancel()`` then returns True, as it does when the parent goes away). ``child_nice``: the child
+    runs this much nicer than this process's main thread, whichever thread starts it (lower CPU priority, so that the viewer keeps the CPU it needs to draw;
     POSIX only). Raises :class:`~napari_sedclassify.errors.Cancelled` when cancelled, and
     :class:`WorkerProcessError` (with the child's traceback) when the child fails or dies."""
     from ._tf_child import write_frame
@@ -87,7 +95,8 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
 
     try:
         with contextlib.suppress(OSError):  # the child died at start; its exit code says more below
-            write_frame(proc.stdin, {"sys_path": list(sys.path), "nice": int(child_nice)})
+            write_frame(proc.stdin, {"sys_path": list(sys.path), "nice": int(child_nice),
+                                     "nice_at_least": _process_nice() + int(child_nice) if child_nice else None})
             proc.stdin.write(len(job).to_bytes(8, "big") + job)
             proc.stdin.flush()
         while outcome is None:
