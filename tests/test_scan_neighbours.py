@@ -95,17 +95,8 @@ def test_model_inputs_carry_the_neighbour_columns_and_need_a_whole_scan(thick_ic
         predict_scan(model, row)
 
 
-def test_cnn_inputs_get_three_constant_neighbour_channels():
-    from napari_sedclassify.geometry import Geometry
-    from napari_sedclassify.models.training import ScanFeatures
-
-    rng = np.random.default_rng(0)
-    geom = Geometry(detector_shape=(128, 128), pixel_size_um=110.0, camera_length_mm=900.0, voltage_kv=200.0)
-    crops = rng.poisson(50.0, (10, 10, 32, 32)).astype(np.float32)
-    crops[:, :3] *= 3.0  # a brighter strip of the scan
-    feats = ScanFeatures("crops", geom, np.zeros((10, 10), bool), crops=crops, crop_radius_px=40.0)
-    recipe = FeatureRecipe(kind="crop", crop_size=24, scan_neighbours=True)
-    x = feats.inputs(recipe)
-    assert x.shape == (100, 24, 24, 4)
-    assert np.allclose(x[..., 0], feats.inputs(recipe.replace(scan_neighbours=False)))
-    assert np.allclose(x[:, :, :, 1:], feats.neighbours(recipe)[:, None, None, :])
+def test_scan_neighbours_are_for_ria_features_only():
+    """As CNN input channels they made held-out sessions worse (docs/results.md): refused."""
+    with pytest.raises(ValueError, match="RIA features"):
+        FeatureRecipe(kind="crop", scan_neighbours=True)
+    assert session_robust_recipe().scan_neighbours

@@ -151,6 +151,9 @@ class FeatureRecipe:
             raise ValueError(f"crop_mask_q_invA must be >= 0, got {self.crop_mask_q_invA}")
         if not 0.0 < self.context_end_fraction <= 0.5:
             raise ValueError(f"context_end_fraction must be in (0, 0.5], got {self.context_end_fraction}")
+        if self.scan_neighbours and self.kind != "ria":
+            raise ValueError("scan_neighbours applies to RIA features (FCNN, SVM); as CNN input channels it made "
+                             "held-out sessions worse (docs/results.md)")
         if self.scan_neighbours and not 1 <= int(self.neighbour_copies) <= 50:
             raise ValueError(f"neighbour_copies must be 1..50, got {self.neighbour_copies}")
         if self.scan_context and (self.kind != "ria" or not 0 < self.scan_context <= self.n_bins):

@@ -28,8 +28,8 @@ def predict_scan(model, scan_features, batch_frames: int = 4096, cancel=None) ->
     """Classify every recorded frame of ``scan_features`` (a ``ScanFeatures``) with ``model``
     (a ``SedModel``), ``batch_frames`` frames at a time."""
     model.check_geometry(scan_features.geometry, scan_features.name)
-    whole_scan = (model.recipe.kind == "ria" and model.recipe.scan_context) or model.recipe.scan_neighbours
-    if whole_scan and (~scan_features.missing).sum() < MIN_CONTEXT_FRAMES:
+    whole_scan = model.recipe.scan_context or model.recipe.scan_neighbours
+    if model.recipe.kind == "ria" and whole_scan and (~scan_features.missing).sum() < MIN_CONTEXT_FRAMES:
         from ..errors import IncompatibleModelError
 
         raise IncompatibleModelError(

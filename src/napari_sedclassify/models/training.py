@@ -22,7 +22,6 @@ from .features import (
     carbon_ice_score,
     crop_features,
     crop_reference,
-    crop_score,
     end_positions,
     neighbour_context,
     ria_features,
@@ -82,8 +81,8 @@ class ScanFeatures:
                 f"{self.name}: this model compares every crop with its scan's two ends (crop_context), which "
                 f"needs a whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {valid.sum()}: classify "
                 "whole scans (sedclassify predict), not frame by frame")
-        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0,
-                                         scan_neighbours=False), np.flatnonzero(valid))
+        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0),
+                          np.flatnonzero(valid))
         self._references[key] = crop_reference(raw, recipe, self.crop_q_per_px(recipe))
         return self._references[key]
 
@@ -103,13 +102,9 @@ class ScanFeatures:
                 f"whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {valid.sum()}: classify whole scans "
                 "(sedclassify predict), not frame by frame")
         plain = recipe.replace(scan_neighbours=False, scan_context=0, normalise=False, background="none",
-                               standardise=False, crop_context="none", crop_mask_q_invA=0.0)
+                               standardise=False)
         with np.errstate(all="ignore"):
-            raw = self.inputs(plain)
-            if recipe.kind == "ria":
-                score = carbon_ice_score(raw.astype(np.float64), recipe, self.geometry)
-            else:
-                score = crop_score(raw, self.crop_q_per_px(recipe))
+            score = carbon_ice_score(self.inputs(plain).astype(np.float64), recipe, self.geometry)
         position = end_positions(score, valid, recipe.context_end_fraction).reshape(self.scan_shape)
         self._references[key] = neighbour_context(position)
         return self._references[key]
@@ -131,13 +126,8 @@ class ScanFeatures:
             raise ValueError(f"{self.name}: no crops were computed, but the model works on central crops")
         crops = np.asarray(self.crops)
         crops = crops.reshape((n,) + crops.shape[2:])[index]
-        out = crop_features(crops, self.crop_radius_px, recipe, aug, wanted_radius_px=self._wanted_crop_px(recipe),
-                            q_per_px=self.crop_q_per_px(recipe), reference=self.reference(recipe))
-        if recipe.scan_neighbours:
-            side = self.neighbours(recipe)[index][:, None, None, :]
-            out = out[..., None] if out.ndim == 3 else out
-            out = np.concatenate([out, np.broadcast_to(side, out.shape[:3] + (side.shape[-1],))], axis=-1)
-        return out
+        return crop_features(crops, self.crop_radius_px, recipe, aug, wanted_radius_px=self._wanted_crop_px(recipe),
+                             q_per_px=self.crop_q_per_px(recipe), reference=self.reference(recipe))
 
     def _wanted_crop_px(self, recipe: FeatureRecipe) -> float | None:
         rescaled = recipe.crop_rescale and recipe.crop_radius_px is None and self.geometry.calibrated
