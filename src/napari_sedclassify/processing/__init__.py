@@ -15,20 +15,7 @@ from .plan import PreprocessPlan, calibration_sample_index
 from .pcc import PCC, frame_features, pcc_matrix, pcc_row
 from .ria import RadialProfile, radial_profile
 from .runner import ChunkResult, FrameProcessor, FrameRunner, Output
-from .virtual import VirtualDetectors, virtual_image
-
-
-
-def warm_up() -> None:
-    """Load the compiled kernels an integrated image needs (numba reads them from its disk cache
-    on first use: imports and LLVM work), by computing one on a tiny scan; e.g. in a background
-    thread of an interactive application before the first scan is opened."""
-    import numpy as np
-
-    from ..scan import Scan
-
-    for dtype in (np.uint16, np.uint8, np.uint32, np.float32):
-        virtual_image(Scan(np.ones((2, 2, 16, 16), dtype=dtype)), workers=1)
+from .virtual import VirtualDetectors, virtual_image, warm_up
 
 
 __all__ = [

@@ -93,3 +93,13 @@ def virtual_image(scan, inner_px: float = 0.0, outer_px: float | None = None, ce
     img = out[key].reshape(sy, sx).astype(np.float64)
     img[scan.missing] = np.nan
     return img
+
+
+def warm_up() -> None:
+    """Load the compiled kernels an integrated image needs (numba reads them from its disk cache
+    on first use: imports and LLVM work), by computing one on a tiny scan; e.g. in a background
+    thread of an interactive application before the first scan is opened."""
+    from ..scan import Scan
+
+    for dtype in (np.uint16, np.uint8, np.uint32, np.float32):
+        virtual_image(Scan(np.ones((2, 2, 16, 16), dtype=dtype)), workers=1)
