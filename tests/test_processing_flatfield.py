@@ -120,15 +120,42 @@ def test_bad_pixels_found_in_the_scan_but_not_the_beam_or_spots():
 
 @pytest.mark.parametrize("shape", [(512, 512), (7, 9), (64, 3)])
 def test_neighbourhood_filters_equal_scipy(shape):
-    """The bad-pixel search's 5x5 median and mean (numpy alone, no scipy import at run time) equal
-    scipy.ndimage's median_filter (mode nearest) and uniform_filter, edges included."""
+    """The bad-pixel search's 5x5 median (a compiled kernel) and mean (numpy; no scipy import at run
+    time) equal scipy.ndimage's median_filter (mode nearest) and uniform_filter, edges included."""
     from scipy import ndimage
 
     from napari_sedclassify.processing import flatfield
+    from napari_sedclassify.processing._kernels import median_5x5
 
     rng = np.random.default_rng(sum(shape))
     a = rng.poisson(5.0, shape).astype(np.float32)
     a[min(3, shape[0] - 1), 1] = 1000.0
-    np.testing.assert_array_equal(flatfield._median_5x5(a), ndimage.median_filter(a, size=5, mode="nearest"))
+    med = np.empty_like(a)
+    median_5x5(a, med)
+    np.testing.assert_array_equal(med, ndimage.median_filter(a, size=5, mode="nearest"))
     b = rng.random(shape)
     np.testing.assert_allclose(flatfield._mean_5x5(b), ndimage.uniform_filter(b, size=5), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 48])
+def test_pixel_statistics_equal_numpy(m):
+    """The bad-pixel search's per-pixel statistics over the sample, computed without copying it,
+    equal numpy's: the upper median (np.partition), the mean, "above 0 in some frame" and "NaN in
+    every frame", NaN read as 0, on Poisson frames with masked pixels and ties."""
+    from napari_sedclassify.processing._kernels import pixel_statistics
+
+    rng = np.random.default_rng(m)
+    sample = rng.poisson(0.7, (m, 33, 41)).astype(np.float32)
+    sample[:, 5, 7] = np.nan
+    sample[: max(1, m // 2), 9, 9] = np.nan
+    sample[:, 11, :] = 0.0
+    ky, kx = sample.shape[1:]
+    med, mean = np.empty((ky, kx), np.float32), np.empty((ky, kx), np.float32)
+    counted, all_nan = np.empty((ky, kx), bool), np.empty((ky, kx), bool)
+    pixel_statistics(sample, med, mean, counted, all_nan)
+    filled = np.nan_to_num(sample, nan=0.0)
+    np.testing.assert_array_equal(med, np.partition(filled, m // 2, axis=0)[m // 2])
+    np.testing.assert_allclose(mean, filled.mean(axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(counted, (filled > 0).any(axis=0))
+    np.testing.assert_array_equal(all_nan, np.isnan(sample).all(axis=0))
+    assert all_nan[5, 7] and all_nan[9, 9] == (m == 1) and not counted[11].any()

@@ -283,29 +283,31 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, res):
 
 
 @njit(nogil=True, cache=True)
-def _spread(yv, xv, vv, n, cy, cx, bin_px, nb, s1, s2, c):
-    """Sum over radial bins (about (cy, cx)) of the squared deviations from each bin's mean."""
+def _spread(yv, xv, vv, n, cy, cx, inv_bin, nb, s1, c):
+    """The spread of the values within radial bins of 1 / inv_bin px about (cy, cx), less the sum
+    of their squares (the same whatever the centre, as every point falls in one of the nb bins):
+    minus the sum over bins of (bin sum)^2 / count. Lower = more circularly symmetric."""
     s1[:] = 0.0
-    s2[:] = 0.0
     c[:] = 0.0
     for k in range(n):
-        b = int(math.hypot(yv[k] - cy, xv[k] - cx) / bin_px)
-        if b < nb:
-            s1[b] += vv[k]
-            s2[b] += vv[k] * vv[k]
-            c[b] += 1.0
+        dy = yv[k] - cy
+        dx = xv[k] - cx
+        b = min(int(math.sqrt(dy * dy + dx * dx) * inv_bin), nb - 1)
+        s1[b] += vv[k]
+        c[b] += 1.0
     t = 0.0
     for b in range(nb):
         if c[b] > 0:
-            t += s2[b] - s1[b] * s1[b] / c[b]
+            t -= s1[b] * s1[b] / c[b]
     return t
 
 
 @njit(nogil=True, cache=True)
 def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
     """Centre (physical px) about which the ordinary, valid pixels of the window are most nearly
-    circularly symmetric (least spread within 0.5-px radial bins): a grid search of +-1.5 px, then
-    +-0.2 px. For beams on a quad's wide pixels, where too little edge is left for a circle fit."""
+    circularly symmetric (least spread within 0.5-px radial bins): a grid search of +-1.4 px in
+    steps of 0.2 px, then +-0.2 px in 0.04 px. For beams on a quad's wide pixels, where too little
+    edge is left for a circle fit."""
     ky, kx = frame.shape
     y0, y1 = _span(np.interp(cy0, ey, np.arange(ky + 1) - 0.5), half, ky)
     x0, x1 = _span(np.interp(cx0, ex, np.arange(kx + 1) - 0.5), half, kx)
@@ -328,7 +330,6 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
         return False
     nb = int(2 * half * 1.5 / 0.5) + 2
     s1 = np.empty(nb)
-    s2 = np.empty(nb)
     c = np.empty(nb)
     by = cy0
     bx = cx0
@@ -338,7 +339,7 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
         gx = bx
         for a in range(-reach, reach + 1):
             for b in range(-reach, reach + 1):
-                t = _spread(yv, xv, vv, n, gy + a * step, gx + b * step, 0.5, nb, s1, s2, c)
+                t = _spread(yv, xv, vv, n, gy + a * step, gx + b * step, 2.0, nb, s1, c)
                 if t < best:
                     best = t
                     by = gy + a * step
@@ -659,3 +660,76 @@ def bin_means(frames, b, out):
         for yb in range(out.shape[1]):
             for xb in range(out.shape[2]):
                 out[i, yb, xb] = _block_mean(frames[i], yb * b, xb * b, b, _NAN32)
+
+
+@njit(nogil=True, cache=True)
+def _select(buf, m, k):
+    """The k-th smallest of buf[:m] (0-based), reordering buf in place (quickselect)."""
+    lo = 0
+    hi = m - 1
+    while lo < hi:
+        pivot = buf[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while buf[i] < pivot:
+                i += 1
+            while buf[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = buf[i]
+                buf[i] = buf[j]
+                buf[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return buf[k]
+
+
+@njit(nogil=True, cache=True)
+def pixel_statistics(sample, median, mean, counted, all_nan):
+    """Per pixel of a sample of frames (m, ky, kx), NaN read as 0: the (upper) median over the
+    frames (the (m // 2)-th smallest, as ``np.partition``), the mean, whether it is above 0 in any
+    frame, and whether it is NaN in every frame; without copying the sample (memory is (ky, kx)
+    whatever m)."""
+    m, ky, kx = sample.shape
+    big = np.float32(3.4028235e38)
+    buf = np.empty(m, np.float32)
+    for y in range(ky):
+        for x in range(kx):
+            s = 0.0
+            pos = False
+            nans = 0
+            for i in range(m):
+                v = sample[i, y, x]
+                nans += v != v
+                v = np.float32(0) if v != v else (big if v > big else (-big if v < -big else v))
+                buf[i] = v
+                s += v
+                pos |= v > 0
+            mean[y, x] = s / m
+            counted[y, x] = pos
+            all_nan[y, x] = nans == m
+            median[y, x] = _select(buf, m, m // 2)
+
+
+@njit(nogil=True, cache=True)
+def median_5x5(a, out):
+    """Median of each pixel's 5x5 neighbourhood, the edges extended (scipy's median_filter, size 5,
+    mode "nearest")."""
+    ky, kx = a.shape
+    buf = np.empty(25, a.dtype)
+    for y in range(ky):
+        for x in range(kx):
+            n = 0
+            for dy in range(-2, 3):
+                yy = min(max(y + dy, 0), ky - 1)
+                for dx in range(-2, 3):
+                    buf[n] = a[yy, min(max(x + dx, 0), kx - 1)]
+                    n += 1
+            out[y, x] = _select(buf, 25, 12)

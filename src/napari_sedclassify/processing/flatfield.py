@@ -9,6 +9,8 @@ filled with zeros.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -149,14 +151,6 @@ class FlatField:
         return out.reshape(frames.shape)
 
 
-def _median_5x5(a: np.ndarray) -> np.ndarray:
-    """Median of each pixel's 5x5 neighbourhood, edges extended (scipy's median_filter, size 5,
-    mode "nearest"), in numpy alone: scipy.ndimage costs half a second to import."""
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(a, 2, mode="edge"), (5, 5))
-    flat = windows.reshape(a.shape + (25,))
-    return np.partition(flat, 12, axis=-1)[..., 12]
-
-
 def _mean_5x5(a: np.ndarray) -> np.ndarray:
     """Mean of each pixel's 5x5 neighbourhood, edges mirrored (scipy's uniform_filter, size 5)."""
     c = np.pad(np.asarray(a, np.float64), 2, mode="symmetric").cumsum(0).cumsum(1)
@@ -231,14 +225,23 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0) ->
     than min_sigma Poisson sigmas, dead when it reads 0 in every frame while its neighbours'
     median expects more than min_sigma counts in the sample. Returns (ky, kx) bool.
     """
-    sample = np.asarray(sample, dtype=np.float32)
+    from ._kernels import median_5x5, pixel_statistics
+
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
     m, ky, kx = sample.shape
-    masked = np.isnan(sample).all(axis=0)
-    per_pixel = np.ascontiguousarray(np.nan_to_num(sample, nan=0.0).reshape(m, -1).T)  # (ky*kx, m)
-    med = np.partition(per_pixel, m // 2, axis=1)[:, m // 2].reshape(ky, kx)  # (upper) median per pixel
-    local = _median_5x5(med)
+    med = np.empty((ky, kx), np.float32)  # (upper) median per pixel over the sample
+    mean = np.empty((ky, kx), np.float32)
+    counted = np.empty((ky, kx), bool)
+    masked = np.empty((ky, kx), bool)
+    parts = np.array_split(np.arange(ky), max(1, min(os.cpu_count() or 1, ky // 16)))
+    with ThreadPoolExecutor(len(parts)) as pool:  # the kernel releases the GIL: rows in parallel
+        list(pool.map(lambda r: pixel_statistics(sample[:, r[0]: r[-1] + 1], med[r[0]: r[-1] + 1],
+                                                 mean[r[0]: r[-1] + 1], counted[r[0]: r[-1] + 1],
+                                                 masked[r[0]: r[-1] + 1]), [p for p in parts if p.size]))
+    local = np.empty_like(med)
+    median_5x5(med, local)
     hot = (med > hot_ratio * np.maximum(local, 1e-3)) & (med - local > min_sigma * np.sqrt(np.maximum(local, 1.0)))
-    never = ~(per_pixel > 0).any(axis=1).reshape(ky, kx)  # 0 (or NaN) in every frame
-    mean_local = _mean_5x5(per_pixel.mean(axis=1).reshape(ky, kx))
+    never = ~counted  # 0 (or NaN) in every frame
+    mean_local = _mean_5x5(mean)
     dead = never & (mean_local * m > min_sigma**2)
     return (hot | dead) & ~masked
