@@ -22,7 +22,11 @@ Measured, each the median of --repeats runs:
 - with --sizes: the preprocess command on scans of other sizes, and a straight-line fit
   wall = fixed + per-frame x frames (how the cost grows with the scan);
 - with --cluster: the preprocess command with ``--workers 2`` (a local dask.distributed cluster,
-  the earlier default).
+  the earlier default);
+- with --quad: the preprocess command on the simulator's 40x40 scan of a Medipix3 quad (512 x 512
+  with wide chip-edge pixels under the beam, hot and dead pixels, its flood flat-field; written
+  once by ``simulate_scan`` into --dir), where the beam's centre is found by the wide-pixel
+  symmetry search.
 
     python benchmarks/bench_cli.py [--side 40] [--repeats 3] [--sizes 20 40 64] [--cluster] [--json]
 """
@@ -57,6 +61,19 @@ def scan_file(folder: Path, side: int) -> Path:
         write_scan(tmp, side * side, seed=side)
         os.replace(tmp, path)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+def quad_scan(folder: Path) -> Path:
+    """The simulator's 40x40 scan of 512x512 frames on a Medipix3 quad (metadata and its flood
+    flat-field ``flatfield_A.npy`` beside it), written once."""
+    from napari_sedclassify.simulate import simulate_scan
+
+    path = folder / "quad40x40_512.npy"
+    if not path.exists():
+        t0 = time.perf_counter()
+        simulate_scan(path, scan_shape=(40, 40), detector_px=DET, seed=14)
+        print(f"simulated {path} in {time.perf_counter() - t0:.0f} s", flush=True)
     return path
 
 
@@ -145,6 +162,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--sizes", type=int, nargs="*", default=[], metavar="SIDE",
                     help="also time the preprocess command on these scan sides (growth with scan size)")
     ap.add_argument("--cluster", action="store_true", help="also time preprocess --workers 2 (a local cluster)")
+    ap.add_argument("--quad", action="store_true",
+                    help="also time preprocess on a simulated 40x40 Medipix3 quad scan with its flat-field")
     ap.add_argument("--baseline-frames", type=int, default=256, help="frames for the numpy pipeline")
     ap.add_argument("--no-libertem", action="store_true", help="skip LiberTEM even where it is installed")
     ap.add_argument("--dir", default="/tmp/sedclassify-bench-cli", help="work folder (kept and reused)")
@@ -198,6 +217,14 @@ def main(argv=None) -> dict:
         t = timed_command(pre + ["--workers", "2"], 1)
         res["preprocess_cluster_2_workers"] = {**t, "frames_per_s": n / (t["wall_s"] - bare["wall_s"])}
 
+    if args.quad:
+        path = quad_scan(work)
+        cmd = SEDCLASSIFY + ["preprocess", str(path), "--flatfield", str(work / "flatfield_A.npy"),
+                             "--out", str(out_h5), "--force"]
+        run_command(cmd)
+        t = timed_command(cmd, args.repeats)
+        res["preprocess_quad"] = {**t, "frames_per_s": 1600 / (t["wall_s"] - bare["wall_s"])}
+
     if args.sizes:
         growth = []
         for sd in sorted(set(args.sizes) | {side}):
@@ -238,6 +265,7 @@ def main(argv=None) -> dict:
         for key, label in (("preprocess", "sedclassify preprocess (minus start-up)"),
                            ("predict", "sedclassify predict, FCNN (minus start-up)"),
                            ("preprocess_cluster_2_workers", "sedclassify preprocess --workers 2"),
+                           ("preprocess_quad", "preprocess, simulated quad + flat-field"),
                            ("preprocess_in_process", "preprocess() in this process, warm"),
                            ("numpy_pipeline", f"numpy pipeline ({k} frames)"),
                            ("libertem_rings", "LiberTEM: 181 ring masks, fixed centre"),
