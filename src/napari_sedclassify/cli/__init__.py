@@ -65,15 +65,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+#: The commands' GIL switch interval (s; Python's default is 0.005): see :func:`entry`.
+COMMAND_SWITCH_INTERVAL_S = 0.0005
+
+
 def entry() -> None:
     """The ``sedclassify`` console script (and ``python -m napari_sedclassify.cli``): ``main()``,
     then a quick exit. Python's own teardown of the interpreter afterwards (unloading
     scikit-learn, SciPy, numba and LLVM object by object) took 0.5-0.7 s after every command; by
     then every output is written and closed (atomically), so the exit handlers are run
-    (temporary files, thread pools, logging) and the process ends without that teardown."""
+    (temporary files, thread pools, logging) and the process ends without that teardown.
+
+    The interpreter hands the GIL over every 0.5 ms instead of 5 ms (``COMMAND_SWITCH_INTERVAL_S``):
+    ``predict`` imports scikit-learn and skops (about 2 s of Python) in a thread while the frames
+    are processed, and the processing threads, which hold the GIL only between kernel calls,
+    waited up to 5 ms for it each time (docs/performance.md, session 8)."""
     import atexit
     import os
 
+    sys.setswitchinterval(COMMAND_SWITCH_INTERVAL_S)
     rc = main()
     atexit._run_exitfuncs()  # CPython's own call at exit: the handlers, in their order
     for stream in (sys.stdout, sys.stderr):
