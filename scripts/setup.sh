@@ -34,5 +34,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[all,testing]"
   echo "$want" > "$stamp"
 fi
+# The package's own bytecode: pip compiles what it installs, but not an editable source tree, and
+# where PYTHONDONTWRITEBYTECODE is set (as on the project machines) Python would otherwise compile
+# every module from source at every start (0.05-0.1 s of each command). Quick when up to date.
+.venv/bin/python -m compileall -q src/napari_sedclassify >/dev/null
 export PATH="$ROOT/.venv/bin:$PATH"
 export MPLBACKEND=Agg
