@@ -110,8 +110,9 @@ def test_scan_features_build_the_crop_context_and_keep_the_whole_scan_rule():
     recipe = session_robust_crop_recipe()
     assert np.isclose(feats.crop_q_per_px(recipe), QPP, rtol=1e-3)
     x = feats.inputs(recipe)
-    assert x.shape == (100, S, S, 3) and np.isfinite(x).all()
-    assert feats.inputs(recipe, np.arange(50, 60)).shape == (10, S, S, 3)
+    assert x.shape == (100, S, S, 4) and np.isfinite(x).all()  # crop, two ends, the neighbour's channel
+    assert feats.inputs(recipe, np.arange(50, 60)).shape == (10, S, S, 4)
+    assert feats.inputs(recipe.replace(scan_neighbours=False)).shape == (100, S, S, 3)
     aug = recipe.augmentation.draw(100, np.random.default_rng(0))
     assert {"blur_q", "dose"} <= set(aug)
     assert np.isfinite(feats.inputs(recipe, None, aug)).all()

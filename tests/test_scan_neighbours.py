@@ -95,8 +95,73 @@ def test_model_inputs_carry_the_neighbour_columns_and_need_a_whole_scan(thick_ic
         predict_scan(model, row)
 
 
-def test_scan_neighbours_are_for_ria_features_only():
-    """As CNN input channels they made held-out sessions worse (docs/results.md): refused."""
-    with pytest.raises(ValueError, match="RIA features"):
+def test_neighbour_extremes_pick_the_most_carbon_and_ice_like_neighbour():
+    from napari_sedclassify.models.features import neighbour_extremes
+
+    score = np.zeros((4, 5))
+    score[:, 0] = 2.0  # a carbon column on the left
+    score[2, 3] = -1.0  # one very ice-like point
+    score[0, 4] = np.nan  # not recorded: never chosen
+    ends = neighbour_extremes(score).reshape(4, 5, 2)
+    assert ends[1, 1, 0] in (5, 10, 0) and score.ravel()[ends[1, 1, 0]] == 2.0  # a carbon neighbour
+    assert ends[1, 3, 0] == 1 * 5 + 3  # no carbon within reach: itself (ties keep the frame's own)
+    assert ends[1, 4, 1] == 2 * 5 + 3 and ends[3, 2, 1] == 2 * 5 + 3  # the ice-like point, diagonally too
+    assert ends[0, 3, 0] == 3 and ends[0, 4, 1] != 4  # the unrecorded frame is no one's extreme
+    assert np.isfinite(score.ravel()[ends[..., 1].ravel()]).all()
+
+
+@pytest.fixture(scope="module")
+def thick_ice_crops(tmp_path_factory):
+    from napari_sedclassify.io import open_scan
+    from napari_sedclassify.models.features import session_robust_crop_recipe
+    from napari_sedclassify.models.training import ScanFeatures
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.pipeline.train import preprocess_params_for
+    from napari_sedclassify.processing import load_flatfield
+    from napari_sedclassify.simulate import load_simulated, session_grid, simulate_scan
+
+    (session,) = session_grid("A", convergence=(0.3,), ice=(1.6,), dose=(0.3,), camera=(0.92,), descan=(1.2,))
+    path = tmp_path_factory.mktemp("neighbour_crops") / "thick.npy"
+    simulate_scan(path, scan_shape=(20, 20), detector_px=128, session=session, seed=1107)
+    sim = load_simulated(path)
+    scan = open_scan(path)
+    r = preprocess(scan, preprocess_params_for([session_robust_crop_recipe()], scan.geometry),
+                   flatfield=load_flatfield(sim.flatfield_path))
+    return ScanFeatures.from_preprocess(r, scan.geometry, "thick"), np.asarray(sim.truth)
+
+
+def test_cnn_sees_its_most_carbon_like_neighbour_as_an_image(thick_ice_crops):
+    """The CNN's session-robust crops carry a fourth channel: the carbon-context channel (log crop /
+    carbon end) of the most carbon-like frame of the point's 3x3 neighbourhood, augmented like the
+    point's own crop. At a hole edge that neighbour is carbon, so the channel sits near 0; inside
+    thick hole ice it is ice against carbon, far from 0."""
+    from napari_sedclassify.models.features import session_robust_crop_recipe
+
+    feats, truth = thick_ice_crops
+    recipe = session_robust_crop_recipe()
+    assert recipe.scan_neighbours and recipe.crop_context == "ends"
+    x = feats.inputs(recipe)
+    own = feats.inputs(recipe.replace(scan_neighbours=False))
+    assert x.shape == own.shape[:3] + (4,) and np.array_equal(x[..., :3], own)
+    ends = feats.neighbour_ends(recipe)
+    assert np.array_equal(x[..., 3], own[ends[:, 0], ..., 1])
+    carbon_steps = distance_transform_edt(truth != CARBON).ravel()
+    edge = (truth.ravel() == MIXED) & (carbon_steps == 1)
+    inner_ice = (truth.ravel() == AMORPHOUS_ICE) & (carbon_steps >= 2)
+    assert edge.sum() >= 5 and inner_ice.sum() >= 20
+    assert (truth.ravel()[ends[edge, 0]] == CARBON).mean() > 0.8  # the edge's chosen neighbour is carbon
+    level = np.abs(x[..., 3]).mean(axis=(1, 2))
+    assert np.median(level[edge]) < 0.5 * np.median(level[inner_ice])
+    # augmentation reaches the neighbour's channel too (the same draw as the point's own)
+    aug = recipe.augmentation.draw(truth.size, np.random.default_rng(0))
+    xa = feats.inputs(recipe, None, aug)
+    assert not np.allclose(xa[..., 3], x[..., 3])
+
+
+def test_scan_neighbours_on_crops_need_the_scan_context_channels():
+    from napari_sedclassify.models.features import session_robust_crop_recipe
+
+    with pytest.raises(ValueError, match="crop_context"):
         FeatureRecipe(kind="crop", scan_neighbours=True)
-    assert session_robust_recipe().scan_neighbours
+    assert session_robust_recipe().scan_neighbours and session_robust_crop_recipe().scan_neighbours
+    assert not session_robust_crop_recipe(crop_context="none").scan_neighbours  # bare crops: no neighbour

