@@ -17,23 +17,29 @@ from napari_sedclassify.models.features import FeatureRecipe, end_positions, nei
 MIXED = 4
 
 
-@pytest.fixture(scope="module")
-def thick_ice_scan(tmp_path_factory):
+def _thick_ice(tmp_path_factory, folder, recipes):
+    """The hardest session's 20x20 scan (128 px), preprocessed for ``recipes`` as a user would."""
     from napari_sedclassify.io import open_scan
     from napari_sedclassify.models.training import ScanFeatures
     from napari_sedclassify.pipeline.preprocess import preprocess
-    from napari_sedclassify.pipeline.train import default_recipe, preprocess_params_for
+    from napari_sedclassify.pipeline.train import preprocess_params_for
     from napari_sedclassify.processing import load_flatfield
     from napari_sedclassify.simulate import load_simulated, session_grid, simulate_scan
 
     (session,) = session_grid("A", convergence=(0.3,), ice=(1.6,), dose=(0.3,), camera=(0.92,), descan=(1.2,))
-    path = tmp_path_factory.mktemp("neighbours") / "thick.npy"
+    path = tmp_path_factory.mktemp(folder) / "thick.npy"
     simulate_scan(path, scan_shape=(20, 20), detector_px=128, session=session, seed=1107)
     sim = load_simulated(path)
     scan = open_scan(path)
-    params = preprocess_params_for([default_recipe("fcnn")], scan.geometry)
-    r = preprocess(scan, params, flatfield=load_flatfield(sim.flatfield_path))
+    r = preprocess(scan, preprocess_params_for(recipes, scan.geometry), flatfield=load_flatfield(sim.flatfield_path))
     return ScanFeatures.from_preprocess(r, scan.geometry, "thick"), np.asarray(sim.truth)
+
+
+@pytest.fixture(scope="module")
+def thick_ice_scan(tmp_path_factory):
+    from napari_sedclassify.pipeline.train import default_recipe
+
+    return _thick_ice(tmp_path_factory, "neighbours", [default_recipe("fcnn")])
 
 
 def test_end_positions_are_scale_free_and_fill_what_is_not_valid():
@@ -112,22 +118,9 @@ def test_neighbour_extremes_pick_the_most_carbon_and_ice_like_neighbour():
 
 @pytest.fixture(scope="module")
 def thick_ice_crops(tmp_path_factory):
-    from napari_sedclassify.io import open_scan
     from napari_sedclassify.models.features import session_robust_crop_recipe
-    from napari_sedclassify.models.training import ScanFeatures
-    from napari_sedclassify.pipeline.preprocess import preprocess
-    from napari_sedclassify.pipeline.train import preprocess_params_for
-    from napari_sedclassify.processing import load_flatfield
-    from napari_sedclassify.simulate import load_simulated, session_grid, simulate_scan
 
-    (session,) = session_grid("A", convergence=(0.3,), ice=(1.6,), dose=(0.3,), camera=(0.92,), descan=(1.2,))
-    path = tmp_path_factory.mktemp("neighbour_crops") / "thick.npy"
-    simulate_scan(path, scan_shape=(20, 20), detector_px=128, session=session, seed=1107)
-    sim = load_simulated(path)
-    scan = open_scan(path)
-    r = preprocess(scan, preprocess_params_for([session_robust_crop_recipe()], scan.geometry),
-                   flatfield=load_flatfield(sim.flatfield_path))
-    return ScanFeatures.from_preprocess(r, scan.geometry, "thick"), np.asarray(sim.truth)
+    return _thick_ice(tmp_path_factory, "neighbour_crops", [session_robust_crop_recipe()])
 
 
 def test_cnn_sees_its_most_carbon_like_neighbour_as_an_image(thick_ice_crops):
