@@ -83,8 +83,7 @@ class ScanFeatures:
                 f"{self.name}: this model compares every crop with its scan's two ends (crop_context), which "
                 f"needs a whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {valid.sum()}: classify "
                 "whole scans (sedclassify predict), not frame by frame")
-        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0,
-                                         scan_neighbours=False), np.flatnonzero(valid))
+        raw = self._raw_crops(recipe)[valid]
         self._references[key] = crop_reference(raw, recipe, self.crop_q_per_px(recipe))
         return self._references[key]
 
@@ -149,12 +148,20 @@ class ScanFeatures:
             return self._references[key]
         self.reference(recipe)  # refuses parts of scans
         valid = ~np.asarray(self.missing, bool).ravel()
-        raw = self.inputs(recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0,
-                                         scan_neighbours=False))
         with np.errstate(all="ignore"):
-            score = crop_score(raw, self.crop_q_per_px(recipe))
+            score = crop_score(self._raw_crops(recipe), self.crop_q_per_px(recipe))
         score = np.where(valid & np.isfinite(score), score, np.nan).reshape(self.scan_shape)
         self._references[key] = neighbour_extremes(score)
+        return self._references[key]
+
+    def _raw_crops(self, recipe: FeatureRecipe) -> np.ndarray:
+        """Every frame's crop resampled as ``recipe`` asks, before normalisation, context and mask
+        (what the scan's ends and the neighbours are ranked on); computed once per recipe."""
+        plain = recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0, scan_neighbours=False,
+                               augmentation=Augmentation(copies=0))
+        key = ("raw_crops", plain, repr(self.geometry))
+        if key not in self._references:
+            self._references[key] = self.inputs(plain)
         return self._references[key]
 
     def _wanted_crop_px(self, recipe: FeatureRecipe) -> float | None:
