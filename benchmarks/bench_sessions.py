@@ -210,8 +210,8 @@ def robust_recipe(**changes) -> FeatureRecipe:
 def cnn_recipe(**changes) -> FeatureRecipe:
     """The CNN's session-robust crops (``models.features.session_robust_crop_recipe``): 2.7 Å,
     48x48, resampled on the fitted camera length, direct beam masked below 0.06 Å⁻¹, two scan-context
-    channels against the scan's two ends, convergence-blur, dose-noise, centre-jitter, intensity
-    and ±3 % radial-scaling augmentation."""
+    channels against the scan's two ends, the most carbon-like neighbour's channel, convergence-blur,
+    dose-noise, ice-thickness, centre-jitter, intensity and ±3 % radial-scaling augmentation."""
     return session_robust_crop_recipe(camera_length_fitted=True, **changes)
 
 

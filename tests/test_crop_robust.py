@@ -68,6 +68,37 @@ def test_crop_dose_noise_is_poisson_thinning_of_binned_means():
     assert np.allclose(same, x)
 
 
+def test_thicker_ice_augmentation_scales_the_scattering_and_weakens_the_rings():
+    c = (S - 1) / 2
+    y, x = np.mgrid[:S, :S]
+    q = np.hypot(y - c, x - c) * QPP
+    crops = _rings(3, 0.27, base=0.1)
+    crops[:, q < 0.03] = 500.0  # the direct beam
+    recipe = FeatureRecipe(kind="crop", normalise=False)
+    aug = _aug(3, thickness=np.array([1.0, 1.5, 1.0]), plural=np.array([0.0, 0.0, 0.6]), plural_q=0.1)
+    out = crop_features(crops, S / 2, recipe, aug, q_per_px=QPP)
+    ring, between, outside = (q > 0.25) & (q < 0.29), (q > 0.12) & (q < 0.16), (q > 0.06) & (q < 0.36)
+    beam = q < 0.03
+    np.testing.assert_allclose(out[0], crops[0], rtol=1e-6)  # factor 1, nothing moved: unchanged
+    np.testing.assert_allclose(out[1][outside], 1.5 * crops[1][outside], rtol=1e-5)  # 1.5x thicker: 1.5x scattering
+    np.testing.assert_allclose(out[:, beam], crops[:, beam])  # the beam is never touched
+    contrast = [o[ring].mean() / o[between].mean() for o in out]
+    assert contrast[2] < 0.6 * contrast[0]  # plural scattering: weaker rings on a broader background
+    scattered = q >= 0.06  # the rest (5 %) is blurred under the beam, which the recipe masks anyway
+    assert np.isclose(out[2][scattered].sum(), crops[2][scattered].sum(), rtol=0.08)  # ... and keeps the counts
+    # the draws: absent when off (older recipes draw the same numbers), within range when on
+    assert "thickness" not in Augmentation().draw(3, np.random.default_rng(0))
+    d = Augmentation(thickness_range=(0.7, 1.6), plural_fraction=0.5).draw(2000, np.random.default_rng(0))
+    assert 0.7 <= d["thickness"].min() and d["thickness"].max() <= 1.6 and 0 <= d["plural"].min()
+    assert d["plural"].max() <= 0.5
+    np.testing.assert_allclose(Augmentation().draw(5, np.random.default_rng(3))["intensity"],
+                               Augmentation(thickness_range=(0.7, 1.6)).draw(5, np.random.default_rng(3))["intensity"])
+    with pytest.raises(ValueError, match="crop recipes"):
+        FeatureRecipe(kind="ria", augmentation=Augmentation(thickness_range=(0.7, 1.6)))
+    with pytest.raises(ValueError, match="plural_fraction"):
+        FeatureRecipe(kind="crop", augmentation=Augmentation(plural_fraction=1.5))
+
+
 def test_crop_context_against_the_scan_ends_cancels_dose_and_ranks_carbon():
     carbon = _rings(30, 0.19)  # a ring where the shoulder band lies
     ice = _rings(30, 0.27)  # vitreous ice's 3.7 Å ring

@@ -33,10 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--session-robust", action="store_true",
                    help="the recipe measured to hold across sessions (scan context, scan neighbours, "
                         "convergence-blur and dose-noise augmentation, square-root class weights, fcnn/svm: an "
-                        "ensemble of 5; cnn: crops resampled on the scan's camera length, direct beam masked; "
-                        "docs/models.md). Its radial-scaling augmentation is ±3 %% when every scan's camera "
-                        "length was fitted (sedclassify calibrate), else ±12 %%. Its models classify whole scans, "
-                        "not live frames")
+                        "ensemble of 5; cnn: crops resampled on the scan's camera length, direct beam masked, "
+                        "ice-thickness augmentation; docs/models.md). Its radial-scaling augmentation is ±3 %% "
+                        "when every scan's camera length was fitted (sedclassify calibrate), else ±12 %%. Its "
+                        "models classify whole scans, not live frames")
     p.add_argument("--ensemble", type=int, metavar="N",
                    help="train N members on their own augmentation draws and seeds and average their probabilities "
                         "(default 1; fcnn and svm with --session-robust: 5)")

@@ -41,6 +41,13 @@ class Augmentation:
         (semi-angle α: α/λ; 0.5 mrad at 200 kV is 0.02 Å⁻¹); 0 = off.
     dose_range: (low, high) dose factor, drawn log-uniformly: f < 1 adds the counting noise of a
         dose f times lower (Poisson thinning); (1, 1) = off.
+    plural_fraction: crops only: largest fraction of the scattered signal (outside the direct beam)
+        moved into a broad, ring-less copy of itself, a Gaussian blur of ``plural_q_invA`` (Å⁻¹): the
+        plural scattering of thicker ice, which weakens the rings; 0 = off.
+    plural_q_invA: width (Gaussian sigma, Å⁻¹) of that broad copy.
+    thickness_range: crops only: (low, high) factor on the scattered signal (outside the direct
+        beam), drawn log-uniformly, before the scan-context channels: a frame's ice thicker or
+        thinner than the scan's ends; (1, 1) = off.
     """
 
     copies: int = 1
@@ -49,6 +56,9 @@ class Augmentation:
     radial_scale: float = 0.04
     blur_q_invA: float = 0.0
     dose_range: tuple = (1.0, 1.0)
+    plural_fraction: float = 0.0
+    plural_q_invA: float = 0.1
+    thickness_range: tuple = (1.0, 1.0)
 
     def draw(self, n: int, rng: np.random.Generator) -> dict:
         """Random parameters for ``n`` frames: radial scale, centre jitter (px) and direction (rad),
@@ -66,6 +76,12 @@ class Augmentation:
         if lo < 1.0:
             out["dose"] = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
             out["noise_seed"] = int(rng.integers(2**62))
+        if self.plural_fraction > 0:
+            out["plural"] = rng.uniform(0.0, self.plural_fraction, n)
+            out["plural_q"] = self.plural_q_invA
+        lo, hi = self.thickness_range
+        if (lo, hi) != (1.0, 1.0):
+            out["thickness"] = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
         return out
 
 
@@ -166,8 +182,18 @@ class FeatureRecipe:
         aug = self.augmentation
         if isinstance(aug, dict):
             aug = Augmentation(**aug)
+        if not 0.0 <= aug.plural_fraction < 1.0 or not aug.plural_q_invA > 0:
+            raise ValueError(f"plural_fraction must be in [0, 1) and plural_q_invA > 0, got {aug.plural_fraction}, "
+                             f"{aug.plural_q_invA}")
+        lo, hi = aug.thickness_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"thickness_range must be (low, high) with 0 < low <= high, got {aug.thickness_range}")
+        if (aug.plural_fraction or (lo, hi) != (1.0, 1.0)) and self.kind != "crop":
+            raise ValueError("the ice-thickness augmentations (plural_fraction, thickness_range) apply to crop "
+                             "recipes (the CNN)")
         object.__setattr__(self, "augmentation", replace(aug, intensity_range=tuple(aug.intensity_range),
-                                                         dose_range=tuple(aug.dose_range)))
+                                                         dose_range=tuple(aug.dose_range),
+                                                         thickness_range=(float(lo), float(hi))))
 
     def replace(self, **changes) -> "FeatureRecipe":
         return replace(self, **changes)
@@ -589,6 +615,8 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
                          "crops: a calibrated geometry or crop_radius_A")
     if blur is not None:
         out = _disc_blurred(out, np.asarray(blur, dtype=np.float64) / float(q_per_px))
+    if aug is not None and (aug.get("plural") is not None or aug.get("thickness") is not None):
+        out = _thicker(out, aug, float(q_per_px), _crop_q(size, q_per_px) < max(recipe.crop_mask_q_invA, _BEAM_Q_INVA))
     context = None
     if recipe.crop_context != "none":
         if reference is None:
@@ -634,6 +662,28 @@ def _disc_blurred(out: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
         if a >= 0.5:
             res[i] = ndimage.convolve(out[i], _disc_kernel(float(a)), mode="nearest")
     return res
+
+
+#: Below this q (Å⁻¹) a crop is the direct beam, left out of the plural-scattering augmentation.
+_BEAM_Q_INVA = 0.06
+
+
+def _thicker(out: np.ndarray, aug: dict, q_per_px: float, beam: np.ndarray) -> np.ndarray:
+    """Each crop's scattered signal (outside the ``beam`` pixels) as through other ice: times the
+    drawn ``thickness`` factor, then the drawn ``plural`` fraction of it moved into a Gaussian-blurred
+    (``plural_q`` Å⁻¹) copy of itself: weaker rings on a broader background, as the plural scattering of
+    thicker ice. The beam pixels are unchanged."""
+    from scipy import ndimage
+
+    n = len(out)
+    k = np.asarray(aug.get("thickness", np.ones(n)), dtype=np.float32)[:, None, None]
+    f = np.asarray(aug.get("plural", np.zeros(n)), dtype=np.float32)[:, None, None]
+    scattered = np.where(beam, np.float32(0), out) * k
+    if np.any(f > 0):
+        sigma = float(aug["plural_q"]) / q_per_px
+        broad = ndimage.gaussian_filter(scattered, sigma=(0, sigma, sigma), mode="nearest")
+        scattered = (1 - f) * scattered + f * broad
+    return np.where(beam, out, scattered).astype(np.float32)
 
 
 def _crop_context(out: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -699,16 +749,22 @@ def _session_robust_augmentation(camera_length_fitted: bool) -> Augmentation:
                         radial_scale=0.03 if camera_length_fitted else 0.12, blur_q_invA=0.035, dose_range=(0.2, 1.0))
 
 
+#: The CNN's ice-thickness augmentation (docs/results.md, session 9): each training crop's
+#: scattered signal 0.7-1.6x, up to half of it moved into the broad plural-scattering copy.
+CROP_THICKNESS_AUGMENTATION = {"thickness_range": (0.7, 1.6), "plural_fraction": 0.5}
+
+
 def session_robust_crop_recipe(camera_length_fitted: bool = True, **changes) -> FeatureRecipe:
     """The CNN's crop recipe for generalising across sessions (docs/results.md, the CNN ablation):
     2.7 Å crops resampled on the scan's own camera length (cut 15 % wider, so that a camera length
     fitted after preprocessing up to 15 % longer still finds recorded pixels at the crop's edge),
     the direct beam masked below 0.06 Å⁻¹ (where the RIA features start), two channels relative to
     the scan's two ends, a fourth with the most carbon-like scan neighbour's carbon-context channel
-    (``scan_neighbours``), and the augmentation of :func:`session_robust_recipe`. Without the context
-    channels (``crop_context="none"``) there is no neighbour channel either."""
+    (``scan_neighbours``), the augmentation of :func:`session_robust_recipe` and the ice-thickness
+    augmentation (:data:`CROP_THICKNESS_AUGMENTATION`). Without the context channels
+    (``crop_context="none"``) there is no neighbour channel either."""
     if changes.get("crop_context", "ends") == "none":
         changes.setdefault("scan_neighbours", False)
+    aug = replace(_session_robust_augmentation(camera_length_fitted), **CROP_THICKNESS_AUGMENTATION)
     return FeatureRecipe(kind="crop", crop_rescale=True, crop_cut_margin=1.15, crop_mask_q_invA=0.06,
-                         crop_context="ends", scan_neighbours=True,
-                         augmentation=_session_robust_augmentation(camera_length_fitted)).replace(**changes)
+                         crop_context="ends", scan_neighbours=True, augmentation=aug).replace(**changes)
