@@ -93,6 +93,8 @@ def test_thicker_ice_augmentation_scales_the_scattering_and_weakens_the_rings():
     assert d["plural"].max() <= 0.5
     np.testing.assert_allclose(Augmentation().draw(5, np.random.default_rng(3))["intensity"],
                                Augmentation(thickness_range=(0.7, 1.6)).draw(5, np.random.default_rng(3))["intensity"])
+    with pytest.raises(ValueError, match="q scale"):
+        crop_features(crops, S / 2, recipe, aug)
     with pytest.raises(ValueError, match="crop recipes"):
         FeatureRecipe(kind="ria", augmentation=Augmentation(thickness_range=(0.7, 1.6)))
     with pytest.raises(ValueError, match="plural_fraction"):

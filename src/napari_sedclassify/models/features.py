@@ -610,13 +610,15 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
             out[i] = ndimage.affine_transform(crops[i], matrix, offset=offset, output_shape=(size, size),
                                               order=1, mode="nearest")
     blur = None if aug is None else aug.get("blur_q")
-    if (blur is not None or recipe.crop_mask_q_invA or recipe.crop_context != "none") and not q_per_px:
-        raise ValueError("this crop recipe (convergence blur, centre mask or scan context) needs the q scale of the "
-                         "crops: a calibrated geometry or crop_radius_A")
+    thicker = aug is not None and (aug.get("plural") is not None or aug.get("thickness") is not None)
+    if (blur is not None or thicker or recipe.crop_mask_q_invA or recipe.crop_context != "none") and not q_per_px:
+        raise ValueError("this crop recipe (convergence blur, ice thickness, centre mask or scan context) needs the q "
+                         "scale of the crops: a calibrated geometry or crop_radius_A")
     if blur is not None:
         out = _disc_blurred(out, np.asarray(blur, dtype=np.float64) / float(q_per_px))
-    if aug is not None and (aug.get("plural") is not None or aug.get("thickness") is not None):
-        out = _thicker(out, aug, float(q_per_px), _crop_q(size, q_per_px) < max(recipe.crop_mask_q_invA, _BEAM_Q_INVA))
+    if thicker:
+        beam = _crop_q(size, q_per_px) < max(recipe.crop_mask_q_invA, _BEAM_Q_INVA)
+        out = _thicker(out, aug, float(q_per_px), beam)
     context = None
     if recipe.crop_context != "none":
         if reference is None:
