@@ -75,7 +75,7 @@ def test_thicker_ice_augmentation_scales_the_scattering_and_weakens_the_rings():
     crops = _rings(3, 0.27, base=0.1)
     crops[:, q < 0.03] = 500.0  # the direct beam
     recipe = FeatureRecipe(kind="crop", normalise=False)
-    aug = _aug(3, thickness=np.array([1.0, 1.5, 1.0]), plural=np.array([0.0, 0.0, 0.6]), plural_q=0.1)
+    aug = _aug(3, thickness=np.array([1.0, 1.5, 1.0]), plural=np.array([0.0, 0.0, 0.6]))
     out = crop_features(crops, S / 2, recipe, aug, q_per_px=QPP)
     ring, between, outside = (q > 0.25) & (q < 0.29), (q > 0.12) & (q < 0.16), (q > 0.06) & (q < 0.36)
     beam = q < 0.03

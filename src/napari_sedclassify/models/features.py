@@ -78,7 +78,6 @@ class Augmentation:
             out["noise_seed"] = int(rng.integers(2**62))
         if self.plural_fraction > 0:
             out["plural"] = rng.uniform(0.0, self.plural_fraction, n)
-            out["plural_q"] = self.plural_q_invA
         lo, hi = self.thickness_range
         if (lo, hi) != (1.0, 1.0):
             out["thickness"] = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
@@ -618,7 +617,7 @@ def crop_features(crops, crop_radius_px: float, recipe: FeatureRecipe, aug: dict
         out = _disc_blurred(out, np.asarray(blur, dtype=np.float64) / float(q_per_px))
     if thicker:
         beam = _crop_q(size, q_per_px) < max(recipe.crop_mask_q_invA, _BEAM_Q_INVA)
-        out = _thicker(out, aug, float(q_per_px), beam)
+        out = _thicker(out, aug, recipe.augmentation.plural_q_invA / float(q_per_px), beam)
     context = None
     if recipe.crop_context != "none":
         if reference is None:
@@ -670,10 +669,10 @@ def _disc_blurred(out: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
 _BEAM_Q_INVA = 0.06
 
 
-def _thicker(out: np.ndarray, aug: dict, q_per_px: float, beam: np.ndarray) -> np.ndarray:
+def _thicker(out: np.ndarray, aug: dict, sigma_px: float, beam: np.ndarray) -> np.ndarray:
     """Each crop's scattered signal (outside the ``beam`` pixels) as through other ice: times the
     drawn ``thickness`` factor, then the drawn ``plural`` fraction of it moved into a Gaussian-blurred
-    (``plural_q`` Å⁻¹) copy of itself: weaker rings on a broader background, as the plural scattering of
+    (``sigma_px``) copy of itself: weaker rings on a broader background, as the plural scattering of
     thicker ice. The beam pixels are unchanged."""
     from scipy import ndimage
 
@@ -682,8 +681,7 @@ def _thicker(out: np.ndarray, aug: dict, q_per_px: float, beam: np.ndarray) -> n
     f = np.asarray(aug.get("plural", np.zeros(n)), dtype=np.float32)[:, None, None]
     scattered = np.where(beam, np.float32(0), out) * k
     if np.any(f > 0):
-        sigma = float(aug["plural_q"]) / q_per_px
-        broad = ndimage.gaussian_filter(scattered, sigma=(0, sigma, sigma), mode="nearest")
+        broad = ndimage.gaussian_filter(scattered, sigma=(0, sigma_px, sigma_px), mode="nearest")
         scattered = (1 - f) * scattered + f * broad
     return np.where(beam, out, scattered).astype(np.float32)
 
