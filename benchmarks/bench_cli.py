@@ -14,6 +14,8 @@ Measured, each the median of --repeats runs:
 - ``python -c pass``: the bare interpreter start-up, subtracted as the issue asks;
 - ``sedclassify preprocess SCAN``, ``sedclassify predict MODEL SCAN`` (subprocesses): wall time,
   CPU time (user + sys of the child), frames/s = frames / (wall - start-up);
+- ``sedclassify predict`` with the same model in a file without its arrays (``estimator.npz``),
+  as written before them: applied through scikit-learn and skops (the baseline of the arrays);
 - in this process: ``preprocess()`` once warm (what the command costs without start-up), the numpy
   pipeline (per frame: gain, thresholded centre of mass, distances, two ``np.bincount``; on
   --baseline-frames frames) and one ``np.sum`` pass over the memory map;
@@ -88,6 +90,19 @@ def model_file(folder: Path, scan: Path, side: int) -> Path:
         h = side // 2
         labels[:h, h:], labels[h:, :h], labels[h:, h:] = 2, 3, 4
         save_model(train_model([open_scan(scan)], [labels], model="fcnn", params={"max_epochs": 10}), path)
+    return path
+
+
+def without_arrays(model: Path) -> Path:
+    """A copy of the model file without its arrays: applied through scikit-learn and skops."""
+    import zipfile
+
+    path = model.with_name(model.stem + "_skops_only.sedmodel")
+    with zipfile.ZipFile(model) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        meta = json.loads(zin.read("model.json"))
+        meta["estimator"].pop("arrays", None)
+        zout.writestr("model.json", json.dumps(meta))
+        zout.writestr("estimator.skops", zin.read("estimator.skops"))
     return path
 
 
@@ -179,15 +194,17 @@ def main(argv=None) -> dict:
     out_h5, out_pred = work / "out.h5", work / "pred"
     pre = SEDCLASSIFY + ["preprocess", str(scan), "--out", str(out_h5), "--force"]
     pred = SEDCLASSIFY + ["predict", str(model), str(scan), "--out", str(out_pred), "--force"]
+    pred_skops = SEDCLASSIFY + ["predict", str(without_arrays(model)), str(scan), "--out", str(out_pred), "--force"]
     load = os.getloadavg()
 
     # warm-up: page cache, numba's disk cache, .pyc files
     run_command(pre)
     run_command(pred)
+    run_command(pred_skops)
     bare = timed_command([sys.executable, "-c", "pass"], max(5, args.repeats))
     res = {"frames": n, "frame_shape": [DET, DET], "scan_mb": round(scan.stat().st_size / 1e6), "cores": os.cpu_count(),
            "python_startup_s": bare["wall_s"]}
-    for name, cmd in (("preprocess", pre), ("predict", pred)):
+    for name, cmd in (("preprocess", pre), ("predict", pred), ("predict_without_arrays", pred_skops)):
         t = timed_command(cmd, args.repeats)
         net = t["wall_s"] - bare["wall_s"]
         res[name] = {**t, "frames_per_s": n / net, "frames_per_cpu_s": n / t["cpu_s"]}
@@ -246,6 +263,7 @@ def main(argv=None) -> dict:
         "predict_cmd_vs_numpy": q["frames_per_s"] / res["numpy_pipeline"]["frames_per_s"],
         "preprocess_cmd_vs_np_sum": p["frames_per_s"] / res["np_sum"]["frames_per_s"],
         "predict_cmd_vs_np_sum": q["frames_per_s"] / res["np_sum"]["frames_per_s"],
+        "predict_cmd_vs_without_arrays": q["frames_per_s"] / res["predict_without_arrays"]["frames_per_s"],
         "preprocess_cmd_vs_in_process": p["frames_per_s"] / res["preprocess_in_process"]["frames_per_s"],
     }
     if lt is not None:
@@ -264,6 +282,7 @@ def main(argv=None) -> dict:
         print(f"{'what':<44}{'wall s':>9}{'CPU s':>9}{'frames/s':>10}")
         for key, label in (("preprocess", "sedclassify preprocess (minus start-up)"),
                            ("predict", "sedclassify predict, FCNN (minus start-up)"),
+                           ("predict_without_arrays", "  the same, file without arrays (skops)"),
                            ("preprocess_cluster_2_workers", "sedclassify preprocess --workers 2"),
                            ("preprocess_quad", "preprocess, simulated quad + flat-field"),
                            ("preprocess_in_process", "preprocess() in this process, warm"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 
@@ -180,10 +181,14 @@ def test_models_learn_on_tiny_scans_and_round_trip(tiny, kind, tmp_path):
     assert meta["kind"] == kind and meta["recipe"]["axis"] == "q"
     assert meta["classes"]["names"]["2"] == "amorphous_ice" and meta["geometry"]["detector_shape"] == [128, 128]
     assert "scikit-learn" in meta["versions"] and meta["training"]["n_train_frames"] > 0
-    assert set(zipfile.ZipFile(path).namelist()) == {"model.json", "estimator.skops"}
-    loaded = load_model(path)
-    np.testing.assert_array_equal(loaded.predict_proba(X), proba)
+    assert set(zipfile.ZipFile(path).namelist()) == {"model.json", "estimator.skops", "estimator.npz"}
+    loaded = load_model(path)  # applied from the arrays, with numpy
+    np.testing.assert_allclose(loaded.predict_proba(X), proba, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
     assert loaded.recipe == model.recipe and loaded.classes == model.classes
+    assert loaded.estimator.get_params() == json.loads(json.dumps(est.get_params()))
+    as_sklearn = load_model(path, scikit_learn=True)  # the scikit-learn pipeline, through skops
+    np.testing.assert_array_equal(as_sklearn.predict_proba(X), proba)
 
 
 def train_model(feats, truths, kind, **kw):
@@ -259,9 +264,28 @@ def test_untrusted_or_foreign_model_files_are_refused(tiny, tmp_path):
     feats, truths = tiny
     good = save_model(train_model(feats, truths, "svm"), tmp_path / "good.sedmodel")
     evil = Pipeline([("run", FunctionTransformer(os.system))])
-    _swap_member(good, tmp_path / "evil.sedmodel", "estimator.skops", sio.dumps(evil))
+    _swap_member(good, tmp_path / "evil_arrays.sedmodel", "estimator.skops", sio.dumps(evil))
+    # applying the model reads its arrays only: the stored pipeline is never loaded...
+    X = feats[3].inputs(load_model(good).recipe)
+    np.testing.assert_array_equal(load_model(tmp_path / "evil_arrays.sedmodel").predict_proba(X),
+                                  load_model(good).predict_proba(X))
+    # ...and loading it as scikit-learn refuses it
+    with pytest.raises(ModelFileError, match=r"evil_arrays.sedmodel: refused to load.*(posix|os)\.system"):
+        load_model(tmp_path / "evil_arrays.sedmodel", scikit_learn=True)
+    # a file without arrays (written before they existed) is loaded through skops: refused
+    meta = json.loads(zipfile.ZipFile(good).read("model.json"))
+    del meta["estimator"]["arrays"]
+    with zipfile.ZipFile(tmp_path / "evil_arrays.sedmodel") as zin, zipfile.ZipFile(tmp_path / "evil.sedmodel", "w") as zout:
+        zout.writestr("model.json", json.dumps(meta))
+        zout.writestr("estimator.skops", zin.read("estimator.skops"))
     with pytest.raises(ModelFileError, match=r"evil.sedmodel: refused to load.*(posix|os)\.system"):
         load_model(tmp_path / "evil.sedmodel")
+    # arrays holding pickled objects are refused, never unpickled
+    buf = io.BytesIO()
+    np.savez(buf, a0=np.array([os.system], dtype=object))
+    _swap_member(good, tmp_path / "pickled.sedmodel", "estimator.npz", buf.getvalue())
+    with pytest.raises(ModelFileError, match=r"pickled.sedmodel: the estimator's arrays .* cannot be (read|applied)"):
+        load_model(tmp_path / "pickled.sedmodel")
     # a prediction loads the estimator in a thread while it preprocesses the scan: the refusal
     # still stops it, and no output is written
     from napari_sedclassify.pipeline.predict import ModelLoading, predict_to_files

@@ -175,7 +175,7 @@ def test_cli_reduce_with_labels(sim, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_reduce_with_model_keeps_predicted_ice(sim, tmp_path, capsys):
-    from napari_sedclassify.models.persistence import save_model
+    from napari_sedclassify.models.persistence import load_model, save_model
     from napari_sedclassify.pipeline.predict import predict_scan
     from napari_sedclassify.pipeline.train import train_model
     from napari_sedclassify.simulate import simulate_scan
@@ -188,7 +188,7 @@ def test_cli_reduce_with_model_keeps_predicted_ice(sim, tmp_path, capsys):
     assert main(["reduce", sim.scan.source, "--model", str(tmp_path / "m.sedmodel"), "--flatfield", flat,
                  "--out", str(out), "--compression", "terse", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    pred = predict_scan(model, sim.scan.source, flatfield=flat)
+    pred = predict_scan(load_model(tmp_path / "m.sedmodel"), sim.scan.source, flatfield=flat)  # as the command
     keep = pred.class_map == AMORPHOUS_ICE
     back = open_scan(out)
     assert report["n_kept"] == keep.sum() > 0

@@ -30,8 +30,7 @@ def warm_up() -> None:
     build in the event loop: napari's unit registry (pint parses its definitions and the scan's
     units: 0.3-0.9 s here), the numba functions napari compiles for the first Labels layer with a
     direct colour map (1-2 s on the UI thread when a prediction was first shown), the engine's
-    processing modules (numba's cached kernels) and skops, which loads FCNN and SVM model files
-    (its import lists every scikit-learn estimator: 1.5-1.8 s of the first prediction's 2 s)."""
+    processing modules (numba's cached kernels) and the module that applies FCNN and SVM model files."""
     global _warming
     if _warming is None:
         import gc
@@ -47,7 +46,7 @@ def warm_up() -> None:
             from .. import io, processing
             from ..classes import ClassTable
             from ..pipeline import session  # noqa: F401
-            from ..models.persistence import warm_up as warm_up_model_loading
+            from ..models import arrays  # noqa: F401  (applies FCNN and SVM model files)
             from .palette import class_colormap
 
             registry = get_unit_registry()
@@ -56,7 +55,6 @@ def warm_up() -> None:
             _import_gl_array_handlers()
             io.warm_up()
             processing.warm_up()
-            warm_up_model_loading()
 
         def warm():
             # napari, Qt and the engine leave ~450,000 long-lived objects that every full

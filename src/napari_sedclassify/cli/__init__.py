@@ -77,9 +77,10 @@ def entry() -> None:
     (temporary files, thread pools, logging) and the process ends without that teardown.
 
     The interpreter hands the GIL over every 0.5 ms instead of 5 ms (``COMMAND_SWITCH_INTERVAL_S``):
-    ``predict`` imports scikit-learn and skops (about 2 s of Python) in a thread while the frames
-    are processed, and the processing threads, which hold the GIL only between kernel calls,
-    waited up to 5 ms for it each time (docs/performance.md, session 8)."""
+    ``predict`` with a CNN, or an FCNN or SVM file without arrays, imports TensorFlow or
+    scikit-learn and skops (about 2 s of Python) in a thread while the frames are processed, and
+    the processing threads, which hold the GIL only between kernel calls, waited up to 5 ms for it
+    each time (docs/performance.md, session 8)."""
     import atexit
     import os
 

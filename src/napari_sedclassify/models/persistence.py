@@ -2,9 +2,11 @@
 
 It holds ``model.json`` (format and version, kind, estimator parameters and classes, recipe,
 preprocessing, class table, training geometry, training summary, metrics, library versions) and
-``estimator.skops`` (FCNN, SVM: the scikit-learn pipeline, loaded by skops with a reviewed list
-of trusted types; never pickle) or ``estimator.keras`` (CNN: loaded with ``safe_mode=True``,
-which refuses stored Python code). Importing this module imports neither scikit-learn nor TensorFlow.
+for an FCNN or SVM ``estimator.skops`` (the scikit-learn pipeline, loaded by skops with a reviewed
+list of trusted types; never pickle) and ``estimator.npz`` (the same pipeline as plain arrays, see
+``arrays``: what applying the model reads, with numpy alone, no pickled objects), or for a CNN
+``estimator.keras`` (loaded with ``safe_mode=True``, which refuses stored Python code). Importing
+this module imports neither scikit-learn nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -250,6 +252,10 @@ def save_model(model: SedModel, path) -> Path:
     }
     if model.domain:
         meta["domain"] = jsonable(model.domain)
+    if model.kind != "cnn":
+        scikit_learn_bytes, description, arrays = _estimator_forms(est)
+        if description is not None:
+            meta["estimator"]["arrays"] = description
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("model.json", json.dumps(meta, indent=2))
         if model.kind == "cnn":
@@ -258,10 +264,33 @@ def save_model(model: SedModel, path) -> Path:
                 est.model_.save(keras_path)
                 zf.write(keras_path, "estimator.keras")
         else:
-            import skops.io as sio
-
-            zf.writestr("estimator.skops", sio.dumps(est.pipeline_))
+            zf.writestr("estimator.skops", scikit_learn_bytes)
+            if arrays is not None:
+                zf.writestr("estimator.npz", arrays)
     return path
+
+
+def _estimator_forms(est) -> tuple[bytes, dict | None, bytes | None]:
+    """(skops bytes, arrays description, npz bytes) of a fitted FCNN or SVM, or of one loaded from
+    a file; the arrays only where they give scikit-learn's probabilities (:data:`arrays.AGREEMENT_ATOL`)
+    on probe inputs, else (None, None): the file is then applied through scikit-learn."""
+    from . import arrays as arr
+
+    if isinstance(est, arr.ArrayClassifier):
+        return est.scikit_learn_bytes, est.pipeline.description, arr.to_bytes(est.pipeline.arrays)
+    import skops.io as sio
+
+    data = sio.dumps(est.pipeline_)
+    try:
+        description, arrays = arr.to_arrays(est.pipeline_)
+        probe = arr.probe_inputs(description, arrays)
+        expected = est.pipeline_.predict_proba(probe)
+        got = arr.ArrayPipeline(description, arrays).predict_proba(probe)
+    except arr.UnsupportedEstimator:
+        return data, None, None
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=0.0, atol=arr.AGREEMENT_ATOL):
+        return data, None, None
+    return data, description, arr.to_bytes(arrays)
 
 
 def read_metadata(path) -> dict:
@@ -292,14 +321,6 @@ def model_from_metadata(meta: dict, path, estimator=None) -> SedModel:
                     **{k: meta.get(k, {}) for k in ("preprocess", "training", "metrics", "versions", "domain")})
 
 
-def warm_up() -> None:
-    """Import what loading an FCNN or SVM model file needs (skops lists every scikit-learn
-    estimator when imported: 1-1.8 s), e.g. in a background thread before the first prediction."""
-    import skops.io  # noqa: F401
-    import sklearn.neural_network  # noqa: F401
-    import sklearn.svm  # noqa: F401
-
-
 def _load_skops(path: Path, data: bytes):
     import skops.io as sio
 
@@ -312,6 +333,25 @@ def _load_skops(path: Path, data: bytes):
         raise ModelFileError(f"{path}: refused to load: the estimator contains types that are not on the reviewed "
                              f"trusted list: {', '.join(refused)}")
     return sio.loads(data, trusted=[t for t in untrusted if t in TRUSTED_TYPES])
+
+
+def _load_arrays(path: Path, meta: dict):
+    from .arrays import ArrayClassifier, ArrayPipeline, from_bytes
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            arrays = from_bytes(zf.read("estimator.npz"))
+            scikit_learn_bytes = zf.read("estimator.skops")
+    except KeyError as exc:
+        raise ModelFileError(f"{path}: the model file has no {exc.args[0].split()[-1]}") from exc
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:  # not an npz, or one holding pickled objects
+        raise ModelFileError(f"{path}: the estimator's arrays in the model file cannot be read ({exc})") from exc
+    est = meta["estimator"]
+    try:
+        pipeline = ArrayPipeline(est["arrays"], arrays)
+    except (TypeError, KeyError) as exc:  # UnsupportedEstimator is a TypeError
+        raise ModelFileError(f"{path}: the estimator's arrays in the model file cannot be applied ({exc})") from exc
+    return ArrayClassifier(meta["kind"], est["params"], est["classes"], pipeline, scikit_learn_bytes)
 
 
 def _load_keras(path: Path, data: bytes):
@@ -328,14 +368,20 @@ def _load_keras(path: Path, data: bytes):
                                  f"in safe mode ({exc})") from exc
 
 
-def load_model(path) -> SedModel:
+def load_model(path, *, scikit_learn: bool = False) -> SedModel:
     """Read a model file written by :func:`save_model` ("builtin": the built-in model); raises
-    :class:`ModelFileError` for anything else or content outside the trusted list."""
-    from . import make_estimator
+    :class:`ModelFileError` for anything else or content outside the trusted list.
 
+    An FCNN or SVM file with arrays (``estimator.npz``) gives an :class:`~.arrays.ArrayClassifier`
+    (applied with numpy, nothing of scikit-learn or skops imported); ``scikit_learn=True``, or a file
+    without them, gives the scikit-learn estimator loaded by skops."""
     path = resolve_model_path(path)
     meta = read_metadata(path)
     kind = meta["kind"]
+    if kind != "cnn" and not scikit_learn and "arrays" in meta["estimator"]:
+        return model_from_metadata(meta, path, _load_arrays(path, meta))
+    from . import make_estimator
+
     params = dict(meta["estimator"]["params"])
     if isinstance(params.get("class_weight"), dict):
         params["class_weight"] = {int(k): v for k, v in params["class_weight"].items()}

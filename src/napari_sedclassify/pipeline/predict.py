@@ -67,9 +67,9 @@ def prediction_entry(pred: ScanPrediction, files: dict, classes) -> dict:
 
 class ModelLoading:
     """A model file loading in a thread: its ``card`` (model.json: recipe, preprocessing, classes,
-    geometry; nothing heavy imported) at once, the SedModel from :meth:`model`. Loading imports
-    scikit-learn and skops (which imports every scikit-learn estimator module to list the trusted
-    types: 1-3 s here) or TensorFlow; a prediction preprocesses the scan meanwhile."""
+    geometry; nothing heavy imported) at once, the SedModel from :meth:`model`. An FCNN or SVM file
+    with arrays loads in milliseconds; a CNN imports TensorFlow, and an older FCNN or SVM file
+    scikit-learn and skops (1-3 s here): a prediction preprocesses the scan meanwhile."""
 
     def __init__(self, path):
         from concurrent.futures import ThreadPoolExecutor

@@ -1,0 +1,334 @@
+"""A trained FCNN or SVM as plain arrays, applied with numpy alone.
+
+Applying a model needs neither scikit-learn nor skops: importing them costs a command 2-3 s of
+Python (skops lists every scikit-learn estimator when imported), more than preprocessing and
+classifying a 40 x 40 scan. :func:`to_arrays` reads a fitted scikit-learn pipeline once, when the
+model file is written, into a JSON description and named arrays; :class:`ArrayPipeline` computes
+the same probabilities from them (``persistence.save_model`` checks that they agree on probe
+inputs before writing them, so a scikit-learn whose internals change cannot write wrong arrays).
+
+What is read: ``Pipeline``; ``StandardScaler``; ``MLPClassifier`` (its forward pass);
+``SVC`` with an RBF kernel (libsvm's one-vs-one decision values and scikit-learn's one-vs-rest
+shape); ``CalibratedClassifierCV`` with sigmoid or temperature calibration; a soft
+``VotingClassifier``; ``FrozenEstimator`` around any of them. Anything else raises
+:class:`UnsupportedEstimator` (the model file then keeps its scikit-learn form only).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+#: Largest difference allowed between these probabilities and scikit-learn's on the probe inputs.
+AGREEMENT_ATOL = 1e-5
+
+
+class UnsupportedEstimator(TypeError):
+    """A part of the pipeline that :func:`to_arrays` cannot read."""
+
+
+def _name(obj) -> str:
+    return type(obj).__name__
+
+
+class _Arrays:
+    """Named arrays collected while reading a pipeline."""
+
+    def __init__(self):
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def add(self, value) -> str:
+        key = f"a{len(self.arrays)}"
+        self.arrays[key] = np.array(value, copy=True)
+        return key
+
+
+def to_arrays(estimator) -> tuple[dict, dict[str, np.ndarray]]:
+    """(description, arrays) of a fitted scikit-learn classifier pipeline; raises
+    :class:`UnsupportedEstimator` for parts it cannot read."""
+    store = _Arrays()
+    return _read(estimator, store), store.arrays
+
+
+def _read(est, store: _Arrays) -> dict:
+    kind = _name(est)
+    if kind == "FrozenEstimator":
+        return _read(est.estimator, store)
+    if kind == "Pipeline":
+        return {"type": "pipeline", "steps": [_read(step, store) for _, step in est.steps]}
+    if kind == "StandardScaler":
+        return {"type": "scale",
+                "mean": None if est.mean_ is None else store.add(est.mean_),
+                "scale": None if est.scale_ is None else store.add(est.scale_)}
+    if kind == "MLPClassifier":
+        return {"type": "mlp", "classes": est.classes_.tolist(), "activation": est.activation,
+                "out_activation": est.out_activation_, "n_outputs": int(est.n_outputs_),
+                "coefs": [store.add(c) for c in est.coefs_], "intercepts": [store.add(b) for b in est.intercepts_]}
+    if kind == "SVC":
+        if est.kernel != "rbf" or est.decision_function_shape != "ovr" or est.break_ties:
+            raise UnsupportedEstimator(f"SVC(kernel={est.kernel!r}, decision_function_shape="
+                                       f"{est.decision_function_shape!r}, break_ties={est.break_ties})")
+        return {"type": "svc", "classes": est.classes_.tolist(), "gamma": store.add(est._gamma),
+                "support_vectors": store.add(est.support_vectors_), "n_support": est._n_support.tolist(),
+                "dual_coef": store.add(est._dual_coef_), "intercept": store.add(est._intercept_)}
+    if kind == "CalibratedClassifierCV":
+        members = []
+        for member in est.calibrated_classifiers_:
+            if member.method == "sigmoid":
+                calibrators = [{"a": store.add(c.a_), "b": store.add(c.b_)} for c in member.calibrators]
+            elif member.method == "temperature":
+                calibrators = [{"beta": store.add(c.beta_)} for c in member.calibrators]
+            else:
+                raise UnsupportedEstimator(f"CalibratedClassifierCV(method={member.method!r})")
+            inner = member.estimator
+            classes = np.asarray(member.classes)
+            members.append({"estimator": _read(inner, store), "method": member.method, "calibrators": calibrators,
+                            "pos_class_indices": np.searchsorted(classes, inner.classes_).tolist()})
+        return {"type": "calibrated", "classes": est.classes_.tolist(), "members": members}
+    if kind == "VotingClassifier":
+        if est.voting != "soft":
+            raise UnsupportedEstimator(f"VotingClassifier(voting={est.voting!r})")
+        weights = est._weights_not_none
+        return {"type": "vote", "classes": est.classes_.tolist(), "weights": None if weights is None else list(weights),
+                "members": [_read(member, store) for member in est.estimators_]}
+    raise UnsupportedEstimator(kind)
+
+
+def _expit(x):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def _softmax_rows(x):
+    x = x - x.max(axis=1)[:, None]
+    np.exp(x, out=x)
+    x /= x.sum(axis=1)[:, None]
+    return x
+
+
+_HIDDEN = {"relu": lambda a: np.maximum(a, 0, out=a), "tanh": lambda a: np.tanh(a, out=a),
+           "logistic": _expit, "identity": lambda a: a}
+
+
+def _ovr_decision(predictions, confidences, n_classes):
+    """One-vs-rest decision values from one-vs-one ones: votes plus a confidence in (-1/3, 1/3)."""
+    n = predictions.shape[0]
+    votes = np.zeros((n, n_classes))
+    confidence = np.zeros((n, n_classes))
+    k = 0
+    for i in range(n_classes):
+        for j in range(i + 1, n_classes):
+            confidence[:, i] -= confidences[:, k]
+            confidence[:, j] += confidences[:, k]
+            votes[predictions[:, k] == 0, i] += 1
+            votes[predictions[:, k] == 1, j] += 1
+            k += 1
+    return votes + confidence / (3 * (np.abs(confidence) + 1))
+
+
+def _logits(values):
+    """Temperature scaling's logits: log-probabilities for probabilities, (-x, x) for one column."""
+    if values.ndim == 1 or values.shape[1] == 1:
+        x = values.reshape(-1)
+        return np.stack([-x, x], axis=1)
+    probabilities = (np.all((values >= 0) & (values <= 1))
+                     and np.all(np.isclose(values.sum(axis=1), np.asarray(1.0, dtype=values.dtype))))
+    return np.log(values + 1e-12) if probabilities else values
+
+
+#: The steps :class:`ArrayPipeline` applies and the fields of each that name arrays.
+_NODE_ARRAYS = {"pipeline": (), "scale": ("mean", "scale"), "mlp": ("coefs", "intercepts"),
+                "svc": ("gamma", "support_vectors", "dual_coef", "intercept"), "calibrated": (), "vote": ()}
+
+
+class ArrayPipeline:
+    """The probabilities of a pipeline read by :func:`to_arrays`, by numpy."""
+
+    def __init__(self, description: dict, arrays: dict[str, np.ndarray]):
+        self.description = description
+        self.arrays = arrays
+        self._check(description)
+
+    def _check(self, node) -> None:
+        """Raise :class:`UnsupportedEstimator` for a description this class cannot apply: an
+        unknown step, an array it names that is missing or not numeric."""
+        if not isinstance(node, dict) or node.get("type") not in _NODE_ARRAYS:
+            raise UnsupportedEstimator(f"unknown step {node!r:.80}")
+        for key in _NODE_ARRAYS[node["type"]]:
+            names = node[key] if isinstance(node[key], list) else [node[key]]
+            for name in names:
+                if name is not None and (name not in self.arrays or self.arrays[name].dtype.kind not in "fiu"):
+                    raise UnsupportedEstimator(f"{node['type']} names an array {name!r} that the file does not hold")
+        children = node.get("steps", []) + ([m["estimator"] for m in node["members"]] if node["type"] == "calibrated"
+                                            else node.get("members", []))
+        for child in children:
+            self._check(child)
+        for member in node.get("members", []) if node["type"] == "calibrated" else []:
+            for cal in member["calibrators"]:
+                for name in cal.values():
+                    if name not in self.arrays:
+                        raise UnsupportedEstimator(f"a calibrator names an array {name!r} that the file does not hold")
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self._proba(self.description, np.asarray(X))
+
+    # -- the steps -------------------------------------------------------------------------
+    def _a(self, key):
+        return self.arrays[key]
+
+    def _transform(self, node, X):
+        if node["type"] != "scale":
+            raise UnsupportedEstimator(f"{node['type']} as a transform")
+        X = np.array(X, copy=True)
+        if node["mean"] is not None:
+            X -= self._a(node["mean"])
+        if node["scale"] is not None:
+            X /= self._a(node["scale"])
+        return X
+
+    def _proba(self, node, X):
+        kind = node["type"]
+        if kind == "pipeline":
+            for step in node["steps"][:-1]:
+                X = self._transform(step, X)
+            return self._proba(node["steps"][-1], X)
+        if kind == "mlp":
+            out = self._mlp(node, X)
+            if node["n_outputs"] == 1:
+                out = out.ravel()
+                return np.vstack([1 - out, out]).T
+            return out
+        if kind == "calibrated":
+            return self._calibrated(node, X)
+        if kind == "vote":
+            probas = np.asarray([self._proba(member, X) for member in node["members"]])
+            return np.average(probas, axis=0, weights=node["weights"])
+        raise UnsupportedEstimator(f"{kind} has no probabilities")
+
+    def _response(self, node, X):
+        """What scikit-learn's calibration reads, and whether it is probabilities: the decision
+        function where there is one, else the probabilities (of the second class only, for two)."""
+        if node["type"] == "pipeline":
+            for step in node["steps"][:-1]:
+                X = self._transform(step, X)
+            return self._response(node["steps"][-1], X)
+        if node["type"] == "svc":
+            return self._svc_decision(node, X), False
+        proba = self._proba(node, X)
+        return (proba[:, 1] if len(node["classes"]) == 2 else proba), True
+
+    def _mlp(self, node, X):
+        hidden = _HIDDEN[node["activation"]]
+        coefs, intercepts = node["coefs"], node["intercepts"]
+        a = X
+        for i, (w, b) in enumerate(zip(coefs, intercepts)):
+            a = a @ self._a(w)
+            a += self._a(b)
+            if i != len(coefs) - 1:
+                a = hidden(a)
+        if node["out_activation"] == "softmax":
+            return _softmax_rows(a)
+        if node["out_activation"] == "logistic":
+            return _expit(a)
+        if node["out_activation"] == "identity":
+            return a
+        raise UnsupportedEstimator(f"MLP output {node['out_activation']!r}")
+
+    def _svc_decision(self, node, X):
+        X = np.asarray(X, dtype=np.float64)
+        sv = self._a(node["support_vectors"])
+        gamma = float(self._a(node["gamma"]))
+        sq = (X * X).sum(axis=1)[:, None] + (sv * sv).sum(axis=1)[None, :] - 2.0 * (X @ sv.T)
+        K = np.exp(-gamma * sq)
+        dual, intercept = self._a(node["dual_coef"]), self._a(node["intercept"])
+        n_support = node["n_support"]
+        start = np.concatenate([[0], np.cumsum(n_support)])
+        n_classes = len(node["classes"])
+        dec = np.empty((len(X), n_classes * (n_classes - 1) // 2))
+        p = 0
+        for i in range(n_classes):
+            for j in range(i + 1, n_classes):
+                si, sj = slice(start[i], start[i + 1]), slice(start[j], start[j + 1])
+                dec[:, p] = K[:, si] @ dual[j - 1, si] + K[:, sj] @ dual[i, sj] + intercept[p]
+                p += 1
+        if n_classes == 2:
+            return -dec.ravel()
+        return _ovr_decision(dec < 0, -dec, n_classes)
+
+    def _calibrated(self, node, X):
+        n_classes = len(node["classes"])
+        mean = np.zeros((len(X), n_classes))
+        for member in node["members"]:
+            pred, is_proba = self._response(member["estimator"], X)
+            if pred.ndim == 1:
+                pred = pred.reshape(-1, 1)
+            if member["method"] == "sigmoid":
+                proba = np.zeros((len(X), n_classes))
+                for idx, column, cal in zip(member["pos_class_indices"], pred.T, member["calibrators"]):
+                    idx = idx + 1 if n_classes == 2 else idx
+                    proba[:, idx] = _expit(-(self._a(cal["a"]) * column + self._a(cal["b"])))
+                if n_classes == 2:
+                    proba[:, 0] = 1.0 - proba[:, 1]
+                else:
+                    total = proba.sum(axis=1)[:, None]
+                    proba = np.divide(proba, total, out=np.full_like(proba, 1 / n_classes), where=total != 0)
+            else:
+                if n_classes == 2 and pred.shape[1] == 1 and is_proba:
+                    pred = np.concatenate([1 - pred, pred], axis=1)
+                proba = _softmax_rows(self._a(member["calibrators"][0]["beta"]) * _logits(pred))
+            proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
+            mean += proba
+        return mean / len(node["members"])
+
+
+def to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The arrays as one ``.npz`` (no pickled objects)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    """Arrays written by :func:`to_bytes`, read without unpickling anything."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def probe_inputs(description: dict, arrays: dict, n: int = 256, seed: int = 0) -> np.ndarray:
+    """Feature vectors spread like the training data (from the first scaler's mean and scale):
+    the inputs on which the arrays are checked against scikit-learn."""
+    node = description
+    while node["type"] in ("pipeline", "vote", "calibrated"):
+        node = {"pipeline": lambda d: d["steps"][0], "vote": lambda d: d["members"][0],
+                "calibrated": lambda d: d["members"][0]["estimator"]}[node["type"]](node)
+    if node["type"] != "scale" or node["mean"] is None:
+        raise UnsupportedEstimator("no scaler to draw probe inputs from")
+    mean = arrays[node["mean"]]
+    scale = arrays[node["scale"]] if node["scale"] is not None else np.ones_like(mean)
+    rng = np.random.default_rng(seed)
+    return (mean + scale * rng.normal(0.0, 1.5, (n, len(mean)))).astype(np.float32)
+
+
+class ArrayClassifier:
+    """The estimator of a loaded FCNN or SVM model file: ``predict_proba``/``predict`` by numpy from
+    the file's arrays, with no scikit-learn imported. ``get_params()`` gives the training settings;
+    ``scikit_learn_bytes`` keeps the file's scikit-learn form (skops) as read, so that saving the
+    model again writes it unchanged."""
+
+    def __init__(self, kind: str, params: dict, classes, pipeline: ArrayPipeline, scikit_learn_bytes: bytes):
+        self.kind = kind
+        self.params = dict(params)
+        self.classes_ = np.asarray(classes)
+        self.pipeline = pipeline
+        self.scikit_learn_bytes = scikit_learn_bytes
+
+    def get_params(self, deep: bool = True) -> dict:
+        return dict(self.params)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
+        return self.pipeline.predict_proba(np.asarray(X, dtype=np.float32))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

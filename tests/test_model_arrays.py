@@ -1,0 +1,142 @@
+"""FCNN and SVM model files are applied from plain arrays with numpy (models/arrays.py): the same
+probabilities as scikit-learn's pipeline on simulated scans, for every form the estimators take
+(calibrated or not, two or four classes, ensembles), and `sedclassify predict` with such a file
+imports neither scikit-learn nor skops."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from models_helpers import tiny_features, tiny_simulated, write_tiny_scans
+
+
+@pytest.fixture(scope="module")
+def ria():
+    """RIA features and labels of three simulated scans (two to train, one held out)."""
+    from napari_sedclassify.pipeline.train import default_recipe
+
+    sims = tiny_simulated([0, 1, 2])
+    feats = tiny_features(sims, kinds=("fcnn",))
+    recipe = default_recipe("fcnn")
+    out = []
+    for f, sim in zip(feats, sims):
+        X, y = f.inputs(recipe), sim.truth.ravel()
+        keep = (y > 0) & np.isfinite(X).all(axis=1)
+        out.append((X[keep], y[keep]))
+    return out
+
+
+def _estimators(ria, classes):
+    from napari_sedclassify.models._common import soft_vote
+    from napari_sedclassify.models.fcnn import FCNNClassifier
+    from napari_sedclassify.models.svm import SVMClassifier
+
+    (X0, y0), (X1, y1), _ = ria
+    if classes == 2:  # amorphous ice against the rest
+        y0, y1 = np.where(y0 == 2, 2, 1), np.where(y1 == 2, 2, 1)
+    val = (X1, y1)
+    yield "fcnn", FCNNClassifier(max_epochs=20).fit(X0, y0, validation_data=val)
+    yield "fcnn, raw softmax", FCNNClassifier(max_epochs=20, calibration=None).fit(X0, y0)
+    yield "fcnn, lbfgs", FCNNClassifier(solver="lbfgs", max_epochs=60).fit(X0, y0, validation_data=val)
+    yield "svm", SVMClassifier().fit(X0, y0, validation_data=val)
+    yield "svm, 3-fold calibration", SVMClassifier().fit(X0, y0)
+    yield "fcnn ensemble", soft_vote([FCNNClassifier(max_epochs=10, random_state=s).fit(X0, y0, validation_data=val)
+                                      for s in range(3)], y0)
+    yield "svm ensemble", soft_vote([SVMClassifier(random_state=s, C=c).fit(X0, y0, validation_data=val)
+                                     for s, c in ((0, 3.0), (1, 30.0))], y0)
+
+
+@pytest.mark.parametrize("classes", [4, 2])
+def test_the_arrays_give_scikit_learns_probabilities(ria, classes):
+    from napari_sedclassify.models.arrays import ArrayPipeline, from_bytes, probe_inputs, to_arrays, to_bytes
+
+    X_held_out = ria[2][0]
+    for name, est in _estimators(ria, classes):
+        description, arrays = to_arrays(est.pipeline_)
+        # what a file holds: JSON and an npz
+        pipeline = ArrayPipeline(json.loads(json.dumps(description)), from_bytes(to_bytes(arrays)))
+        X = np.concatenate([X_held_out, probe_inputs(description, arrays, n=64)])
+        expected = est.pipeline_.predict_proba(X)
+        got = pipeline.predict_proba(X)
+        assert got.shape == expected.shape == (len(X), classes), name
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=name)
+        assert (got.argmax(1) == expected.argmax(1)).all(), name
+        assert len(np.unique(expected.argmax(1))) > 1, name  # a model that tells classes apart
+
+
+def test_a_pipeline_the_arrays_cannot_read_is_saved_and_applied_through_scikit_learn(ria, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from napari_sedclassify.models.arrays import ArrayClassifier, UnsupportedEstimator, to_arrays
+    from napari_sedclassify.models.fcnn import FCNNClassifier
+    from napari_sedclassify.models.persistence import SedModel, load_model, save_model
+    from napari_sedclassify.classes import ClassTable
+    from napari_sedclassify.geometry import Geometry
+    from napari_sedclassify.pipeline.train import default_recipe
+
+    (X0, y0), _, (X2, _) = ria
+    est = FCNNClassifier().set_params(max_epochs=1)
+    est.classes_ = np.unique(y0)
+    est.pipeline_ = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=500))]).fit(X0, y0)
+    with pytest.raises(UnsupportedEstimator, match="LogisticRegression"):
+        to_arrays(est.pipeline_)
+    model = SedModel(kind="fcnn", estimator=est, recipe=default_recipe("fcnn"), preprocess={},
+                     classes=ClassTable.default(), geometry=Geometry(detector_shape=(128, 128)))
+    path = save_model(model, tmp_path / "lr.sedmodel")
+    assert set(zipfile.ZipFile(path).namelist()) == {"model.json", "estimator.skops"}
+    loaded = load_model(path)
+    assert not isinstance(loaded.estimator, ArrayClassifier)
+    np.testing.assert_array_equal(loaded.predict_proba(X2), est.predict_proba(X2))
+
+
+def test_a_loaded_model_saved_again_keeps_both_forms(ria, tmp_path):
+    from napari_sedclassify.models.arrays import ArrayClassifier
+    from napari_sedclassify.models.persistence import load_model, save_model
+    from napari_sedclassify.models.training import train
+    from napari_sedclassify.pipeline.train import default_recipe
+
+    feats = tiny_features(tiny_simulated([0, 1]), kinds=("fcnn",))
+    truths = [s.truth for s in tiny_simulated([0, 1])]
+    model = train(feats, truths, kind="svm", holdout=[1], seed=0, recipe=default_recipe("fcnn"))
+    first = save_model(model, tmp_path / "first.sedmodel")
+    again = save_model(load_model(first), tmp_path / "again.sedmodel")
+    a, b = load_model(first), load_model(again)
+    assert isinstance(b.estimator, ArrayClassifier)
+    X = ria[2][0]
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    with zipfile.ZipFile(first) as za, zipfile.ZipFile(again) as zb:
+        assert za.read("estimator.skops") == zb.read("estimator.skops")
+    np.testing.assert_array_equal(load_model(again, scikit_learn=True).predict_proba(X),
+                                  model.estimator.predict_proba(X))
+
+
+def test_predict_with_an_fcnn_file_imports_neither_scikit_learn_nor_skops(tmp_path):
+    """In a fresh process, as `sedclassify predict` runs: the model is applied from its arrays."""
+    from napari_sedclassify.cli import main
+
+    (scan0, truth0, flat), (scan1, truth1, _) = write_tiny_scans(tmp_path, [0, 1])
+    model = tmp_path / "m.sedmodel"
+    assert main(["train", "--scans", str(scan0), str(scan1), "--labels", str(truth0), str(truth1), "--model", "fcnn",
+                 "--epochs", "5", "--out", str(model)]) == 0
+    code = (
+        "import sys, json, contextlib, io\n"
+        "from napari_sedclassify.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    rc = main(['predict', {str(model)!r}, {str(scan1)!r}, '--out', {str(tmp_path / 'pred')!r}])\n"
+        "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'skops'})]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, []]
+    classes, truth = np.load(tmp_path / "pred" / f"{scan1.stem}_classes.npy"), np.load(truth1)
+    assert classes.shape == truth.shape
+    assert set(np.unique(classes)) <= {1, 2, 3, 4} and len(np.unique(classes)) > 1
+    assert np.mean(classes[truth > 0] == truth[truth > 0]) > 0.6  # a scan it was trained on
