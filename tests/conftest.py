@@ -54,3 +54,12 @@ def notifications():
     notification_manager.notification_ready.connect(keep)
     yield seen
     notification_manager.notification_ready.disconnect(keep)
+
+
+@pytest.fixture(autouse=True)
+def _no_spare_children_left():
+    """Spare worker processes a test started (``tf_process.prestart``) end with the test."""
+    yield
+    from napari_sedclassify.models.tf_process import stop_spares
+
+    stop_spares()

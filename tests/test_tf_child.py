@@ -80,3 +80,67 @@ def test_the_child_runs_child_nice_below_the_main_thread_whichever_thread_starts
     thread.join(120)
     assert got["child"] == min(19, main + 5)  # not main + 10
     assert got["plain"] == min(19, main + 5)  # no child_nice: the starting thread's, as any process
+
+
+SPARE_HELPER = '''
+import os
+import sys
+
+
+def state(progress=None, cancel=None):
+    return {"pid": os.getpid(), "preloaded": "sklearn.svm" in sys.modules, "nice": os.nice(0), "cwd": os.getcwd()}
+'''
+
+
+def test_a_spare_child_imports_ahead_and_runs_the_next_job(tmp_path, monkeypatch):
+    """prestart: a child that has imported scikit-learn's SVM before its job is given; the next
+    run_in_process with the same warm modules runs in it (niced, in the caller's folder at the
+    time of the job); with no spare, or another warm list, a fresh child runs the job."""
+    import importlib
+    import os
+
+    from napari_sedclassify.models import tf_process
+
+    (tmp_path / "sparehelper.py").write_text(SPARE_HELPER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    state = importlib.import_module("sparehelper").state
+    warm = ("sklearn.svm",)
+    try:
+        tf_process.prestart(warm, child_nice=3)
+        spare = tf_process._spares[(warm, 3)]
+        tf_process.prestart(warm, child_nice=3)  # one is waiting already: no second one
+        assert tf_process._spares[(warm, 3)] is spare
+        (tmp_path / "later").mkdir()
+        monkeypatch.chdir(tmp_path / "later")
+        got = tf_process.run_in_process(state, child_nice=3, warm=warm)
+        assert got["pid"] == spare.pid and got["preloaded"]
+        assert got["nice"] == os.nice(0) + 3 and got["cwd"] == str(tmp_path / "later")
+        assert (warm, 3) not in tf_process._spares  # taken
+        fresh = tf_process.run_in_process(state, child_nice=3, warm=warm)
+        assert fresh["pid"] != spare.pid and not fresh["preloaded"]
+        tf_process.prestart(warm, child_nice=3)
+        other = tf_process.run_in_process(state, child_nice=3, warm=("json",))  # not the spare's modules
+        assert not other["preloaded"] and (warm, 3) in tf_process._spares
+        waiting = tf_process._spares[(warm, 3)]
+    finally:
+        tf_process.stop_spares()
+    assert waiting.wait(timeout=30) is not None and not tf_process._spares  # closing stdin ended it
+
+
+def test_a_dead_spare_is_replaced_by_a_fresh_child(tmp_path, monkeypatch):
+    import importlib
+
+    from napari_sedclassify.models import tf_process
+
+    (tmp_path / "sparehelper2.py").write_text(SPARE_HELPER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    state = importlib.import_module("sparehelper2").state
+    try:
+        tf_process.prestart(("sklearn.svm",))
+        spare = tf_process._spares[(("sklearn.svm",), 0)]
+        spare.kill()
+        spare.wait(timeout=30)
+        got = tf_process.run_in_process(state, warm=("sklearn.svm",))
+        assert got["pid"] != spare.pid
+    finally:
+        tf_process.stop_spares()

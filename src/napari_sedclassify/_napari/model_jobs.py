@@ -22,6 +22,23 @@ TF_KINDS = ("cnn",)
 #: (5: about a third of the parent's share of a busy core, so training still progresses while the
 #: canvas redraws continuously).
 CHILD_NICE = 5
+#: What a child imports ahead of its job when started as a spare (``tf_process.prestart``): training
+#: and saving an FCNN or SVM (scikit-learn, skops), and for a CNN also Keras and TensorFlow.
+SKLEARN_WARM = ("napari_sedclassify.models.training", "napari_sedclassify.models.fcnn",
+                "napari_sedclassify.models.svm", "skops.io")
+TF_WARM = SKLEARN_WARM + ("napari_sedclassify.models.cnn", "keras")
+
+
+def warm_modules(model_kind: str) -> tuple:
+    return TF_WARM if model_kind in TF_KINDS else SKLEARN_WARM
+
+
+def prepare(model_kind: str) -> None:
+    """Start the child the next job of ``model_kind`` will run in, now (e.g. while the scans are
+    preprocessed): it imports scikit-learn, or TensorFlow, meanwhile, at a lower CPU priority."""
+    from ..models.tf_process import prestart
+
+    prestart(warm_modules(model_kind), CHILD_NICE)
 
 
 
@@ -114,7 +131,8 @@ def live_relay(state):
 def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool = False, **kwargs):
     """``func(*args, progress=, cancel=, **kwargs)``: in a spawned child (at a lower CPU priority)
     for TensorFlow model kinds and whenever ``child`` (training), else right here (the caller's
-    worker thread). Progress and cancel cross the process boundary either way."""
+    worker thread). Progress and cancel cross the process boundary either way. The child is the
+    spare :func:`prepare` started when there is one; afterwards a spare is started for the next job."""
     if model_kind in TF_KINDS or child:
         from ..models.tf_process import run_in_process
 
@@ -122,7 +140,11 @@ def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool
             from ..optional import require_cnn
 
             require_cnn()  # the pip command, not a traceback from the child
-        return run_in_process(func, *args, progress=progress, cancel=cancel, child_nice=CHILD_NICE, **kwargs)
+        try:
+            return run_in_process(func, *args, progress=progress, cancel=cancel, child_nice=CHILD_NICE,
+                                  warm=warm_modules(model_kind), **kwargs)
+        finally:
+            prepare(model_kind)
     return func(*args, progress=progress, cancel=cancel, **kwargs)
 
 

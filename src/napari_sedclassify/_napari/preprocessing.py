@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .jobs import BackgroundJob
 from .layers import find_scan
+from .model_jobs import prepare
 from .state import announce, flatfield_of, session_of
 
 
@@ -25,7 +26,9 @@ def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
         )
 
     def work(report, cancelled):
-        return preprocess(scan, params, flatfield, progress=report, cancel=cancelled)
+        result = preprocess(scan, params, flatfield, progress=report, cancel=cancelled)
+        prepare("fcnn")  # training comes next: its child imports scikit-learn meanwhile
+        return result
 
     geometry = scan.geometry
 

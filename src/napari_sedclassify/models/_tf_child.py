@@ -3,8 +3,11 @@
 Started as ``python -m napari_sedclassify.models._tf_child``: a fresh interpreter whose
 ``__main__`` is this module, so the script that started napari is never imported again.
 
+Options: ``--preload a,b`` imports modules before anything is read (a spare child, started
+ahead of its job); ``--nice-at-least N`` lowers its priority to niceness N at once.
+
 Protocol (every message one frame: 8-byte big-endian length, then a pickle):
-- stdin, from the parent: a header {"sys_path", "nice"}, then (func, args, kwargs); afterwards
+- stdin, from the parent: a header {"sys_path", "cwd", "nice"}, then (func, args, kwargs); afterwards
   one byte ``C`` asks to cancel, and the end of stdin (the parent went away) cancels too;
 - the original stdout, to the parent: ("progress", n, dict), then one of ("result", value),
   ("cancelled", message) or ("error", message, traceback). Anything the job prints goes to
@@ -43,7 +46,30 @@ def read_frame_bytes(stream) -> bytes | None:
     return data if len(data) == n else None
 
 
-def main() -> int:
+def _nice_to(target: int) -> None:
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):  # lower priority: the parent's UI keeps the CPU it needs to draw
+            os.nice(max(0, int(target) - os.nice(0)))
+
+
+def _preload(argv) -> None:
+    """Apply --nice-at-least, then import --preload's modules (a spare waiting for its job)."""
+    import importlib
+
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--nice-at-least":
+            _nice_to(int(value))
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--preload":
+            for name in filter(None, value.split(",")):
+                try:
+                    importlib.import_module(name)
+                except Exception as exc:  # the job will import it again and report what fails
+                    print(f"preloading {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def main(argv=()) -> int:
+    _preload(list(argv))
     messages = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # prints (ours, TensorFlow's, C code's) -> stderr
     sys.stdout = sys.stderr
@@ -54,12 +80,14 @@ def main() -> int:
         return 2
     header = pickle.loads(header)
     sys.path[:0] = [p for p in header.get("sys_path", []) if p not in sys.path]  # the parent's modules
-    if header.get("nice") and hasattr(os, "nice"):
-        with contextlib.suppress(OSError):  # lower priority: the parent's UI keeps the CPU it needs to draw
-            target = header.get("nice_at_least")
-            # the parent's main thread's niceness + "nice", whatever the (possibly niced) thread that
-            # started this process passed on
-            os.nice(int(header["nice"]) if target is None else max(0, int(target) - os.nice(0)))
+    if header.get("cwd"):
+        with contextlib.suppress(OSError):  # relative paths as in the parent when the job was given
+            os.chdir(header["cwd"])
+    if header.get("nice"):
+        target = header.get("nice_at_least")
+        # the parent's main thread's niceness + "nice", whatever the (possibly niced) thread that
+        # started this process passed on
+        _nice_to(os.nice(0) + int(header["nice"]) if target is None else target)
     stop = threading.Event()
 
     def error(exc, what=""):
@@ -105,7 +133,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    code = main(sys.argv[1:])
     sys.stderr.flush()
     # No interpreter finalization: the cancel-watch thread is blocked reading stdin, and finalizing
     # under it ends in "Fatal Python error: could not acquire lock for <stdin>" on stderr.

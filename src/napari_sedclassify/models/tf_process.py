@@ -7,10 +7,17 @@ interpreter (no Qt, no OpenGL, no inherited threads) started as ``python -m
 napari_sedclassify.models._tf_child``. Unlike ``multiprocessing``'s spawn, this never imports the
 parent's ``__main__``: a script that starts napari without an ``if __name__ == "__main__":``
 guard is not run a second time, and notebooks and the napari console work alike.
+
+Starting that interpreter and importing what a job needs (scikit-learn: 2-3 s here; TensorFlow:
+5-10 s) used to come before every job. :func:`prestart` starts a **spare** child ahead of time,
+which imports given modules and then waits for its job; :func:`run_in_process` with the same
+``warm`` modules takes it (a fresh child is started when there is none, or it has died). A spare
+ends when its parent closes its stdin or goes away.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
@@ -60,14 +67,62 @@ def _process_nice() -> int:
         return 0
 
 
-def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1, child_nice: int = 0, **kwargs):
+_spares: dict[tuple, subprocess.Popen] = {}
+_spares_lock = threading.Lock()
+
+
+def _start_child(warm=(), child_nice: int = 0) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "napari_sedclassify.models._tf_child"]
+    if warm:
+        argv += ["--preload", ",".join(warm)]
+    if child_nice:  # niced from its first instruction: a spare's imports must not take the viewer's CPU
+        argv += ["--nice-at-least", str(_process_nice() + int(child_nice))]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(), cwd=os.getcwd())
+
+
+def prestart(warm=(), child_nice: int = 0) -> None:
+    """Start a spare child now, unless one for the same ``warm`` modules and ``child_nice`` is
+    waiting: it imports ``warm`` (module names) and waits for the next :func:`run_in_process`
+    given the same ``warm`` and ``child_nice``."""
+    key = (tuple(warm), int(child_nice))
+    with _spares_lock:
+        spare = _spares.get(key)
+        if spare is None or spare.poll() is not None:
+            _spares[key] = _start_child(warm, child_nice)
+
+
+def _take_spare(warm, child_nice: int) -> subprocess.Popen | None:
+    with _spares_lock:
+        spare = _spares.pop((tuple(warm), int(child_nice)), None)
+    return spare if spare is not None and spare.poll() is None else None
+
+
+def stop_spares() -> None:
+    """End every spare child (closing its stdin ends it); also run at exit."""
+    with _spares_lock:
+        spares = list(_spares.values())
+        _spares.clear()
+    for spare in spares:
+        with contextlib.suppress(OSError):
+            spare.stdin.close()
+        try:
+            spare.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            spare.kill()
+        with contextlib.suppress(OSError):
+            spare.stdout.close()
+
+
+def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1, child_nice: int = 0, warm=(),
+                   **kwargs):
     """Call ``func(*args, progress=..., cancel=..., **kwargs)`` in a child process and return its
     result. ``func`` must be importable (not defined in ``__main__``); arguments and result must
     pickle (pass file paths for large data). The child's ``progress(epoch, logs)`` calls reach
     ``progress`` in the calling thread; ``cancel()`` is polled and forwarded (the child's
     ``cancel()`` then returns True, as it does when the parent goes away). ``child_nice``: the child
     runs this much nicer than this process's main thread, whichever thread starts it (lower CPU priority, so that the viewer keeps the CPU it needs to draw;
-    POSIX only). Raises :class:`~napari_sedclassify.errors.Cancelled` when cancelled, and
+    POSIX only). ``warm``: the modules of a spare child started by :func:`prestart`, taken when
+    one is waiting. Raises :class:`~napari_sedclassify.errors.Cancelled` when cancelled, and
     :class:`WorkerProcessError` (with the child's traceback) when the child fails or dies."""
     from ._tf_child import write_frame
 
@@ -76,8 +131,7 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
         raise ValueError(f"{name} is defined in __main__: the worker process runs functions it can import; "
                          "define it in a module")
     job = pickle.dumps((func, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)  # fails here, not in the child
-    proc = subprocess.Popen([sys.executable, "-m", "napari_sedclassify.models._tf_child"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=_child_env(), cwd=os.getcwd())
+    proc = _take_spare(warm, child_nice) or _start_child((), child_nice)
     messages: queue_module.Queue = queue_module.Queue()
     reader = threading.Thread(target=_read_messages, args=(proc.stdout, messages), daemon=True,
                               name=f"messages of {name}")
@@ -95,7 +149,7 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
 
     try:
         with contextlib.suppress(OSError):  # the child died at start; its exit code says more below
-            write_frame(proc.stdin, {"sys_path": list(sys.path), "nice": int(child_nice),
+            write_frame(proc.stdin, {"sys_path": list(sys.path), "cwd": os.getcwd(), "nice": int(child_nice),
                                      "nice_at_least": _process_nice() + int(child_nice) if child_nice else None})
             proc.stdin.write(len(job).to_bytes(8, "big") + job)
             proc.stdin.flush()
@@ -134,3 +188,6 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
     if outcome[0] == "error":
         raise WorkerProcessError(f"{outcome[1]}\n--- in the worker process ---\n{outcome[2]}")
     return outcome[1]
+
+
+atexit.register(stop_spares)

@@ -23,10 +23,12 @@ from ...pipeline.predict import params_for_model
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
 from ..model_jobs import (
+    TF_KINDS,
     confidence_map,
     features_for,
     model_card,
     predict_features,
+    prepare,
     run,
 )
 from ..palette import class_colormap, display_name, legend_html
@@ -155,6 +157,8 @@ class PredictionWidget(Container):
         previous = session.result(params)  # made with these parameters, this flat-field and geometry
 
         def work(report, cancelled):
+            if card.kind in TF_KINDS:
+                prepare(card.kind)  # the child imports TensorFlow while the scan is preprocessed
             feats, result = features_for(previous, scan, layer.name, flatfield, params, report, cancelled)
             out = run(card.kind, predict_features, str(path), feats, cancel=cancelled)
             return out, result

@@ -31,7 +31,7 @@ from napari.utils.notifications import show_error, show_warning
 
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan, scan_layers
-from ..model_jobs import features_for, run, train_features_to_file
+from ..model_jobs import features_for, prepare, run, train_features_to_file
 from ..plots import FigureView, form, insert_before
 from ..state import labels_layers_for, preprocess_of, session_of
 
@@ -262,6 +262,7 @@ class TrainingWidget(Container):
         made = []  # (layer, result) of new preprocessing passes: kept in the scans' sessions for reuse
 
         def work(report, cancelled):
+            prepare(kind)  # the child imports scikit-learn (TensorFlow) while the scans are preprocessed
             feats, maps = [], []
             for k, (item, pp, previous) in enumerate(jobs):
                 n = item.scan.n_frames
