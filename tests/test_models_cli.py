@@ -75,6 +75,17 @@ def test_train_evaluate_predict(files, tmp_path, capsys):
     code, _, err = _run(capsys, "predict", model, scans[3], "--out", tmp_path / "pred2", "--flatfield", flat,
                         "--keep", "vitreous")
     assert code == 2 and "--keep vitreous" in err and not (tmp_path / "pred2").exists()
+    # options first, MODEL and SCANs after --flatfield: one value per --flatfield, nothing swallowed
+    code, _, err = _run(capsys, "predict", "--out", tmp_path / "pred3", "--flatfield", flat, model, scans[2], scans[3])
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "pred3" / "tiny_A_3_classes.npy"), cm)
+    # one flat-field per scan: --flatfield once per scan; a count that matches neither is refused
+    code, _, err = _run(capsys, "predict", model, scans[2], scans[3], "--out", tmp_path / "pred4",
+                        "--flatfield", flat, "--flatfield", flat)
+    assert code == 0, err
+    code, _, err = _run(capsys, "predict", model, scans[1], scans[2], scans[3], "--out", tmp_path / "pred5",
+                        "--flatfield", flat, "--flatfield", flat)
+    assert code == 2 and "flat-field" in err and not (tmp_path / "pred5").exists()
 
 
 def test_cli_errors_are_one_clear_line(files, tmp_path, capsys):

@@ -20,7 +20,9 @@ def register(subparsers) -> None:
     add_model_argument(p)
     p.add_argument("scans", nargs="+", metavar="SCAN", help="scan files")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--flatfield", nargs="+", metavar="F", help="flat-field file(s): one for all scans or one per scan")
+    # one value per --flatfield: a list of values would take MODEL and SCAN given after it
+    p.add_argument("--flatfield", action="append", metavar="F",
+                   help="flat-field file: one for all scans, or --flatfield once per scan, in the scans' order")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--keep", default="amorphous_ice", metavar="CLASSES",
                    help="classes listed in <name>_keep.csv, the keep-list (names or ids, comma-separated; "
