@@ -6,6 +6,7 @@ imports neither scikit-learn nor skops."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -140,3 +141,41 @@ def test_predict_with_an_fcnn_file_imports_neither_scikit_learn_nor_skops(tmp_pa
     assert classes.shape == truth.shape
     assert set(np.unique(classes)) <= {1, 2, 3, 4} and len(np.unique(classes)) > 1
     assert np.mean(classes[truth > 0] == truth[truth > 0]) > 0.6  # a scan it was trained on
+
+
+def test_damaged_arrays_are_refused_with_the_file_named(ria, tmp_path):
+    import io
+
+    from napari_sedclassify.errors import ModelFileError
+    from napari_sedclassify.models.fcnn import FCNNClassifier
+    from napari_sedclassify.models.persistence import SedModel, load_model, save_model
+    from napari_sedclassify.classes import ClassTable
+    from napari_sedclassify.geometry import Geometry
+    from napari_sedclassify.pipeline.train import default_recipe
+
+    (X0, y0), (X1, y1), _ = ria
+    est = FCNNClassifier(max_epochs=5).fit(X0, y0, validation_data=(X1, y1))
+    model = SedModel(kind="fcnn", estimator=est, recipe=default_recipe("fcnn"), preprocess={},
+                     classes=ClassTable.default(), geometry=Geometry(detector_shape=(128, 128)))
+    good = save_model(model, tmp_path / "good.sedmodel")
+    with zipfile.ZipFile(good) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    arrays = dict(np.load(io.BytesIO(members["estimator.npz"])))
+    first_weights = re.search(r'"coefs": \[\s*"(a\d+)"', members["model.json"].decode()).group(1)
+    arrays[first_weights] = arrays[first_weights][:, :-1]  # one hidden unit short of its bias
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+
+    def write(name, **replace):
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            for member, data in {**members, **replace}.items():
+                if data is not None:
+                    zf.writestr(member, data)
+        return tmp_path / name
+
+    with pytest.raises(ModelFileError, match=r"cut.sedmodel: the estimator's arrays .* cannot be applied .*mlp"):
+        load_model(write("cut.sedmodel", **{"estimator.npz": buf.getvalue()}))
+    with pytest.raises(ModelFileError, match=r"no_npz.sedmodel: the model file has no estimator.npz"):
+        load_model(write("no_npz.sedmodel", **{"estimator.npz": None}))
+    with pytest.raises(ModelFileError, match=r"junk_npz.sedmodel: the estimator's arrays .* cannot be read"):
+        load_model(write("junk_npz.sedmodel", **{"estimator.npz": b"not an npz"}))

@@ -164,6 +164,30 @@ class ArrayPipeline:
                                             else node.get("members", []))
         for child in children:
             self._check(child)
+        self._check_shapes(node)
+
+    def _check_shapes(self, node) -> None:
+        """Raise :class:`UnsupportedEstimator` when the arrays of one step do not fit together."""
+        a = self.arrays
+        kind = node["type"]
+        if kind == "scale" and node["mean"] is not None and node["scale"] is not None:
+            ok = a[node["mean"]].shape == a[node["scale"]].shape and a[node["mean"]].ndim == 1
+        elif kind == "mlp":
+            w = [a[k] for k in node["coefs"]]
+            b = [a[k] for k in node["intercepts"]]
+            ok = (len(w) == len(b) > 0 and all(x.ndim == 2 for x in w)
+                  and all(y.shape == (x.shape[1],) for x, y in zip(w, b))
+                  and all(x.shape[1] == y.shape[0] for x, y in zip(w, w[1:]))
+                  and w[-1].shape[1] == (1 if node["n_outputs"] == 1 else len(node["classes"])))
+        elif kind == "svc":
+            k, sv, dual = len(node["classes"]), a[node["support_vectors"]], a[node["dual_coef"]]
+            ok = (sv.ndim == 2 and dual.shape == (k - 1, sv.shape[0]) and sum(node["n_support"]) == sv.shape[0]
+                  and len(node["n_support"]) == k and a[node["intercept"]].shape == (k * (k - 1) // 2,)
+                  and a[node["gamma"]].size == 1)
+        else:
+            ok = True
+        if not ok:
+            raise UnsupportedEstimator(f"the arrays of the {kind} step do not fit together")
         for member in node.get("members", []) if node["type"] == "calibrated" else []:
             for cal in member["calibrators"]:
                 for name in cal.values():

@@ -340,10 +340,13 @@ def _load_arrays(path: Path, meta: dict):
 
     try:
         with zipfile.ZipFile(path) as zf:
+            missing = {"estimator.npz", "estimator.skops"} - set(zf.namelist())
+            if missing:
+                raise ModelFileError(f"{path}: the model file has no {', '.join(sorted(missing))}")
             arrays = from_bytes(zf.read("estimator.npz"))
             scikit_learn_bytes = zf.read("estimator.skops")
-    except KeyError as exc:
-        raise ModelFileError(f"{path}: the model file has no {exc.args[0].split()[-1]}") from exc
+    except ModelFileError:
+        raise
     except (ValueError, OSError, zipfile.BadZipFile) as exc:  # not an npz, or one holding pickled objects
         raise ModelFileError(f"{path}: the estimator's arrays in the model file cannot be read ({exc})") from exc
     est = meta["estimator"]
