@@ -115,7 +115,7 @@ def test_a_loaded_model_saved_again_keeps_both_forms(ria, tmp_path):
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
     with zipfile.ZipFile(first) as za, zipfile.ZipFile(again) as zb:
         assert za.read("estimator.skops") == zb.read("estimator.skops")
-    np.testing.assert_array_equal(load_model(again, scikit_learn=True).predict_proba(X),
+    np.testing.assert_array_equal(load_model(again, native=True).predict_proba(X),
                                   model.estimator.predict_proba(X))
 
 

@@ -50,28 +50,49 @@ def _cnn_checks(tmp, progress=None, cancel=None):
 
     # model file round trip
     path = save_model(model, tmp_path / "cnn.sedmodel")
-    assert set(zipfile.ZipFile(path).namelist()) == {"model.json", "estimator.keras"}
+    assert set(zipfile.ZipFile(path).namelist()) == {"model.json", "estimator.keras", "estimator.npz"}
     meta = read_metadata(path)
     assert meta["recipe"]["kind"] == "crop" and meta["recipe"]["crop_radius_A"] == 2.7 and "keras" in meta["versions"]
-    np.testing.assert_array_equal(load_model(path).predict_proba(X), proba)
+    np.testing.assert_array_equal(load_model(path, native=True).predict_proba(X), proba)  # Keras, safe mode
 
     # a network holding Python code (a Lambda layer) is refused in safe mode
+    import json
+
     keras = import_keras()
     evil = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)])
     evil.save(tmp_path / "evil.keras")
-    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp_path / "evil.sedmodel", "w") as zout:
-        zout.writestr("model.json", zin.read("model.json"))
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp_path / "evil_arrays.sedmodel", "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, (tmp_path / "evil.keras").read_bytes() if name == "estimator.keras" else zin.read(name))
+    with pytest.raises(ModelFileError, match="evil_arrays.sedmodel: the Keras network .* refused"):
+        load_model(tmp_path / "evil_arrays.sedmodel", native=True)
+    assert np.allclose(load_model(tmp_path / "evil_arrays.sedmodel").predict_proba(X), proba, atol=1e-4)  # arrays
+    old = {**meta, "estimator": {k: v for k, v in meta["estimator"].items() if k != "arrays"}}
+    with zipfile.ZipFile(tmp_path / "evil.sedmodel", "w") as zout:  # as written before the arrays
+        zout.writestr("model.json", json.dumps(old))
         zout.write(tmp_path / "evil.keras", "estimator.keras")
     with pytest.raises(ModelFileError, match="evil.sedmodel: the Keras network .* refused"):
         load_model(tmp_path / "evil.sedmodel")
-    return f1
+    return f1, str(path), X, proba
 
 
 def test_cnn_learns_round_trips_and_refuses_unsafe_files(tmp_path):
     from napari_sedclassify.models.tf_process import run_in_process
 
-    f1 = run_in_process(_cnn_checks, str(tmp_path))
+    import sys
+
+    from napari_sedclassify.models.arrays import ArrayClassifier
+    from napari_sedclassify.models.persistence import load_model
+
+    f1, path, X, proba = run_in_process(_cnn_checks, str(tmp_path))
     assert 0.8 < f1 <= 1.0
+    # this process has no TensorFlow: the model file's arrays give Keras' probabilities
+    model = load_model(path)
+    assert isinstance(model.estimator, ArrayClassifier)
+    got = model.predict_proba(X)
+    np.testing.assert_allclose(got, proba, rtol=0, atol=1e-4)
+    assert (got.argmax(1) == proba.argmax(1)).all() and len(np.unique(proba.argmax(1))) > 1
+    assert not {"tensorflow", "keras"} & {m.split(".")[0] for m in sys.modules}
 
 
 def _cnn_ensemble_checks(tmp, progress=None, cancel=None):
@@ -88,17 +109,22 @@ def _cnn_ensemble_checks(tmp, progress=None, cancel=None):
     X = feats[1].inputs(model.recipe)
     members = [layer for layer in model.estimator.model_.layers if layer.name.startswith("member")]
     each = [np.asarray(m(X, training=False)) for m in members]
-    back = load_model(save_model(model, Path(tmp) / "ensemble.sedmodel"))  # safe mode
-    return model.training["ensemble"], len(members), model.predict_proba(X), each, back.predict_proba(X)
+    path = save_model(model, Path(tmp) / "ensemble.sedmodel")
+    back = load_model(path, native=True)  # safe mode
+    arrays = load_model(path)  # numpy
+    return (model.training["ensemble"], len(members), model.predict_proba(X), each, back.predict_proba(X),
+            arrays.predict_proba(X), type(arrays.estimator).__name__)
 
 
 def test_a_cnn_ensemble_is_one_safe_network_averaging_its_members(tmp_path):
     from napari_sedclassify.models.tf_process import run_in_process
 
-    n, n_members, proba, each, back = run_in_process(_cnn_ensemble_checks, str(tmp_path))
+    n, n_members, proba, each, back, arrays, kind = run_in_process(_cnn_ensemble_checks, str(tmp_path))
     assert n == n_members == 3 and not np.allclose(each[0], each[1], atol=1e-3)  # members differ
     np.testing.assert_allclose(proba, np.mean(each, axis=0), atol=1e-5)
     np.testing.assert_allclose(back, proba, atol=1e-6)
+    assert kind == "ArrayClassifier"
+    np.testing.assert_allclose(arrays, proba, rtol=0, atol=1e-4)  # the members averaged by numpy
 
 
 def _square(x, progress=None, cancel=None):
@@ -167,3 +193,33 @@ def test_cnn_trains_in_a_spawned_process_like_in_process(tmp_path):
     here = run_in_process(_predict, summary["path"], scans[-1], flat)
     np.testing.assert_allclose(child, here, atol=1e-6)
     assert np.isfinite(here).all()
+
+
+def test_predict_with_a_cnn_file_runs_without_tensorflow(tmp_path):
+    """`sedclassify train --model cnn` (TensorFlow, its own process), then `sedclassify predict` with
+    the file in a fresh process: the network is applied from the file's arrays, TensorFlow and
+    Keras are never imported, and the class map is the one Keras gives (the arrays agree with it)."""
+    import json
+    import subprocess
+    import sys
+
+    (scan0, truth0, flat), (scan1, truth1, _) = write_tiny_scans(tmp_path, [0, 1])
+    model = tmp_path / "cnn.sedmodel"
+    train = subprocess.run([sys.executable, "-m", "napari_sedclassify.cli", "train", "--scans", str(scan0), str(scan1),
+                            "--labels", str(truth0), str(truth1), "--model", "cnn", "--epochs", "3",
+                            "--flatfield", str(flat), "--out", str(model)], capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr
+    code = (
+        "import sys, json, contextlib, io\n"
+        "from napari_sedclassify.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    rc = main(['predict', {str(model)!r}, {str(scan1)!r}, '--out', {str(tmp_path / 'pred')!r},"
+        f" '--flatfield', {str(flat)!r}])\n"
+        "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'})]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, []]
+    classes, truth = np.load(tmp_path / "pred" / f"{scan1.stem}_classes.npy"), np.load(truth1)
+    assert classes.shape == truth.shape and set(np.unique(classes)) <= {1, 2, 3, 4}
+    assert np.mean(classes[truth > 0] == truth[truth > 0]) > 0.5  # a scan it was trained on, 3 epochs

@@ -187,7 +187,7 @@ def test_models_learn_on_tiny_scans_and_round_trip(tiny, kind, tmp_path):
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
     assert loaded.recipe == model.recipe and loaded.classes == model.classes
     assert loaded.estimator.get_params() == json.loads(json.dumps(est.get_params()))
-    as_sklearn = load_model(path, scikit_learn=True)  # the scikit-learn pipeline, through skops
+    as_sklearn = load_model(path, native=True)  # the scikit-learn pipeline, through skops
     np.testing.assert_array_equal(as_sklearn.predict_proba(X), proba)
 
 
@@ -271,7 +271,7 @@ def test_untrusted_or_foreign_model_files_are_refused(tiny, tmp_path):
                                   load_model(good).predict_proba(X))
     # ...and loading it as scikit-learn refuses it
     with pytest.raises(ModelFileError, match=r"evil_arrays.sedmodel: refused to load.*(posix|os)\.system"):
-        load_model(tmp_path / "evil_arrays.sedmodel", scikit_learn=True)
+        load_model(tmp_path / "evil_arrays.sedmodel", native=True)
     # a file without arrays (written before they existed) is loaded through skops: refused
     meta = json.loads(zipfile.ZipFile(good).read("model.json"))
     del meta["estimator"]["arrays"]

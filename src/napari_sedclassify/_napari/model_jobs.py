@@ -128,12 +128,12 @@ def live_relay(state):
     return relay
 
 
-def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool = False, **kwargs):
+def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool | None = None, **kwargs):
     """``func(*args, progress=, cancel=, **kwargs)``: in a spawned child (at a lower CPU priority)
-    for TensorFlow model kinds and whenever ``child`` (training), else right here (the caller's
-    worker thread). Progress and cancel cross the process boundary either way. The child is the
+    when ``child`` (training; applying a model file that needs TensorFlow), or when ``child`` is
+    None for TensorFlow model kinds; else right here (the caller's worker thread). Progress and cancel cross the process boundary either way. The child is the
     spare :func:`prepare` started when there is one; afterwards a spare is started for the next job."""
-    if model_kind in TF_KINDS or child:
+    if model_kind in TF_KINDS if child is None else child:
         from ..models.tf_process import run_in_process
 
         if model_kind in TF_KINDS:
@@ -146,6 +146,14 @@ def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool
         finally:
             prepare(model_kind)
     return func(*args, progress=progress, cancel=cancel, **kwargs)
+
+
+def needs_tensorflow(path) -> bool:
+    """Whether applying the model file ``path`` needs TensorFlow (a CNN file without arrays):
+    it then runs in a child process (model.json only is read here)."""
+    from ..models.persistence import needs_tensorflow as meta_needs, read_metadata
+
+    return meta_needs(read_metadata(path))
 
 
 def model_card(path):

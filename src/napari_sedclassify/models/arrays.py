@@ -12,6 +12,10 @@ What is read: ``Pipeline``; ``StandardScaler``; ``MLPClassifier`` (its forward p
 shape); ``CalibratedClassifierCV`` with sigmoid or temperature calibration; a soft
 ``VotingClassifier``; ``FrozenEstimator`` around any of them. Anything else raises
 :class:`UnsupportedEstimator` (the model file then keeps its scikit-learn form only).
+
+:func:`keras_to_arrays` reads the CNN the same way (``Normalization``, ``Conv2D`` with "same"
+padding, ``MaxPooling2D``, ``Dropout``, ``Flatten``, ``Dense``, and an ensemble's ``Average`` of
+member networks), so a CNN model file is applied without TensorFlow too.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import numpy as np
 
 #: Largest difference allowed between these probabilities and scikit-learn's on the probe inputs.
 AGREEMENT_ATOL = 1e-5
+#: The same for a network against Keras (float32 sums of thousands of products, in another order).
+NETWORK_AGREEMENT_ATOL = 1e-4
 
 
 class UnsupportedEstimator(TypeError):
@@ -49,6 +55,57 @@ def to_arrays(estimator) -> tuple[dict, dict[str, np.ndarray]]:
     :class:`UnsupportedEstimator` for parts it cannot read."""
     store = _Arrays()
     return _read(estimator, store), store.arrays
+
+
+def keras_to_arrays(model) -> tuple[dict, dict[str, np.ndarray]]:
+    """(description, arrays) of a Keras network built by ``cnn.build_cnn`` (or ``cnn.averaged``);
+    raises :class:`UnsupportedEstimator` for layers it cannot apply."""
+    store = _Arrays()
+    return _read_keras(model, store), store.arrays
+
+
+def _weights(layer, store: _Arrays) -> list[str]:
+    return [store.add(np.asarray(w)) for w in layer.get_weights()]
+
+
+def _read_keras(model, store: _Arrays) -> dict:
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    if layers and type(layers[-1]).__name__ == "Average":
+        members = layers[:-1]
+        if not members or not all(hasattr(m, "layers") for m in members):
+            raise UnsupportedEstimator("an Average of layers other than member networks")
+        return {"type": "average", "members": [_read_keras(m, store) for m in members]}
+    steps = []
+    for layer in layers:
+        kind = type(layer).__name__
+        config = layer.get_config()
+        if kind == "Normalization":
+            mean, var = (np.asarray(layer.mean, np.float32), np.asarray(layer.variance, np.float32))
+            steps.append({"type": "normalize", "mean": store.add(mean), "variance": store.add(var)})
+        elif kind == "Conv2D":
+            if (config["padding"] != "same" or tuple(config["strides"]) != (1, 1)
+                    or tuple(config["dilation_rate"]) != (1, 1) or config.get("groups", 1) != 1
+                    or config["data_format"] != "channels_last" or not config["use_bias"]):
+                raise UnsupportedEstimator(f"Conv2D({config})")
+            kernel, bias = _weights(layer, store)
+            steps.append({"type": "conv2d", "kernel": kernel, "bias": bias, "activation": config["activation"]})
+        elif kind == "MaxPooling2D":
+            if (tuple(config["pool_size"]) != tuple(config["strides"]) or config["padding"] != "valid"
+                    or config["data_format"] != "channels_last"):
+                raise UnsupportedEstimator(f"MaxPooling2D({config})")
+            steps.append({"type": "maxpool", "size": list(config["pool_size"])})
+        elif kind == "Dropout":
+            continue  # inactive when applying the network
+        elif kind == "Flatten":
+            steps.append({"type": "flatten"})
+        elif kind == "Dense":
+            if not config["use_bias"]:
+                raise UnsupportedEstimator(f"Dense({config})")
+            kernel, bias = _weights(layer, store)
+            steps.append({"type": "dense", "kernel": kernel, "bias": bias, "activation": config["activation"]})
+        else:
+            raise UnsupportedEstimator(f"Keras layer {kind}")
+    return {"type": "network", "steps": steps}
 
 
 def _read(est, store: _Arrays) -> dict:
@@ -137,9 +194,42 @@ def _logits(values):
     return np.log(values + 1e-12) if probabilities else values
 
 
+def _conv2d_same(a, kernel):
+    """Keras' Conv2D with "same" padding, stride 1, channels last: a (n, h, w, cin), kernel
+    (kh, kw, cin, cout) -> (n, h, w, cout); one product per kernel offset."""
+    kh, kw, cin, cout = kernel.shape
+    n, h, w, _ = a.shape
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    padded = np.pad(a, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+    if cin == 1:  # the input crops: every offset's pixel side by side, one product
+        cols = np.empty((n, h, w, kh * kw), np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                cols[..., i * kw + j] = padded[:, i:i + h, j:j + w, 0]
+        return (cols.reshape(-1, kh * kw) @ kernel.reshape(kh * kw, cout)).reshape(n, h, w, cout)
+    # the kernel's columns side by side: one product per kernel row, (n h w, kw cin) @ (kw cin, cout)
+    cols = np.concatenate([padded[:, :, j:j + w, :] for j in range(kw)], axis=-1)
+    out = np.zeros((n * h * w, cout), np.float32)
+    for i in range(kh):
+        out += np.ascontiguousarray(cols[:, i:i + h]).reshape(-1, kw * cin) @ kernel[i].reshape(kw * cin, cout)
+    return out.reshape(n, h, w, cout)
+
+
+def _activation(a, name: str):
+    if name == "relu":
+        return np.maximum(a, 0, out=a)
+    if name == "softmax":
+        return _softmax_rows(a)
+    if name == "linear":
+        return a
+    raise UnsupportedEstimator(f"activation {name!r}")
+
+
 #: The steps :class:`ArrayPipeline` applies and the fields of each that name arrays.
 _NODE_ARRAYS = {"pipeline": (), "scale": ("mean", "scale"), "mlp": ("coefs", "intercepts"),
-                "svc": ("gamma", "support_vectors", "dual_coef", "intercept"), "calibrated": (), "vote": ()}
+                "svc": ("gamma", "support_vectors", "dual_coef", "intercept"), "calibrated": (), "vote": (),
+                "network": (), "average": (), "normalize": ("mean", "variance"), "conv2d": ("kernel", "bias"),
+                "maxpool": (), "flatten": (), "dense": ("kernel", "bias")}
 
 
 class ArrayPipeline:
@@ -160,8 +250,14 @@ class ArrayPipeline:
             for name in names:
                 if name is not None and (name not in self.arrays or self.arrays[name].dtype.kind not in "fiu"):
                     raise UnsupportedEstimator(f"{node['type']} names an array {name!r} that the file does not hold")
-        children = node.get("steps", []) + ([m["estimator"] for m in node["members"]] if node["type"] == "calibrated"
-                                            else node.get("members", []))
+        children = ([] if node["type"] == "network" else node.get("steps", [])) + (
+            [m["estimator"] for m in node["members"]] if node["type"] == "calibrated" else node.get("members", []))
+        for step in node.get("steps", []) if node["type"] == "network" else []:
+            if not isinstance(step, dict) or step.get("type") not in _NODE_ARRAYS:
+                raise UnsupportedEstimator(f"unknown network layer {step!r:.80}")
+            for key in _NODE_ARRAYS[step["type"]]:
+                if step[key] not in self.arrays or self.arrays[step[key]].dtype.kind not in "fiu":
+                    raise UnsupportedEstimator(f"a {step['type']} layer names an array the file does not hold")
         for child in children:
             self._check(child)
         self._check_shapes(node)
@@ -184,10 +280,31 @@ class ArrayPipeline:
             ok = (sv.ndim == 2 and dual.shape == (k - 1, sv.shape[0]) and sum(node["n_support"]) == sv.shape[0]
                   and len(node["n_support"]) == k and a[node["intercept"]].shape == (k * (k - 1) // 2,)
                   and a[node["gamma"]].size == 1)
+        elif kind == "network":
+            ok = self._network_shapes_fit(node)
         else:
             ok = True
         if not ok:
             raise UnsupportedEstimator(f"the arrays of the {kind} step do not fit together")
+
+    def _network_shapes_fit(self, node) -> bool:
+        """The channels, and the dense layers' widths, follow from layer to layer (the input's own
+        size is only known when crops come)."""
+        a, channels, width = self.arrays, None, None
+        for step in node["steps"]:
+            if step["type"] == "conv2d":
+                k, b = a[step["kernel"]], a[step["bias"]]
+                if k.ndim != 4 or b.shape != (k.shape[3],) or (channels is not None and k.shape[2] != channels):
+                    return False
+                channels = k.shape[3]
+            elif step["type"] == "dense":
+                k, b = a[step["kernel"]], a[step["bias"]]
+                if k.ndim != 2 or b.shape != (k.shape[1],) or (width is not None and k.shape[0] != width):
+                    return False
+                width = k.shape[1]
+            elif step["type"] == "maxpool" and (len(step["size"]) != 2 or min(step["size"]) < 1):
+                return False
+        return True
         for member in node.get("members", []) if node["type"] == "calibrated" else []:
             for cal in member["calibrators"]:
                 for name in cal.values():
@@ -228,7 +345,43 @@ class ArrayPipeline:
         if kind == "vote":
             probas = np.asarray([self._proba(member, X) for member in node["members"]])
             return np.average(probas, axis=0, weights=node["weights"])
+        if kind == "network":
+            return self._network(node, X)
+        if kind == "average":
+            return np.mean([self._proba(member, X) for member in node["members"]], axis=0)
         raise UnsupportedEstimator(f"{kind} has no probabilities")
+
+    #: Crops per batch through a network (bounds the memory of the convolutions' products).
+    NETWORK_BATCH = 256
+
+    def _network(self, node, X):
+        X = np.asarray(X, np.float32)
+        if X.ndim == 3:
+            X = X[..., None]
+        out = [self._network_batch(node, X[i:i + self.NETWORK_BATCH]) for i in range(0, len(X), self.NETWORK_BATCH)]
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def _network_batch(self, node, a):
+        for step in node["steps"]:
+            kind = step["type"]
+            if kind == "normalize":
+                a = (a - self._a(step["mean"])) / np.maximum(np.sqrt(self._a(step["variance"])), np.float32(1e-7))
+            elif kind == "conv2d":
+                a = _activation(_conv2d_same(a, self._a(step["kernel"])) + self._a(step["bias"]), step["activation"])
+            elif kind == "maxpool":
+                py, px = step["size"]
+                h, w = a.shape[1] // py * py, a.shape[2] // px * px
+                pooled = a[:, 0:h:py, 0:w:px]
+                for i in range(py):
+                    for j in range(px):
+                        if i or j:
+                            pooled = np.maximum(pooled, a[:, i:h:py, j:w:px])
+                a = pooled
+            elif kind == "flatten":
+                a = a.reshape(len(a), -1)
+            elif kind == "dense":
+                a = _activation(a @ self._a(step["kernel"]) + self._a(step["bias"]), step["activation"])
+        return a
 
     def _response(self, node, X):
         """What scikit-learn's calibration reads, and whether it is probabilities: the decision
@@ -319,6 +472,21 @@ def from_bytes(data: bytes) -> dict[str, np.ndarray]:
         return {key: npz[key] for key in npz.files}
 
 
+def probe_crops(description: dict, arrays: dict, input_shape, n: int = 64, seed: int = 0) -> np.ndarray:
+    """Crops (n, *input_shape) spread like the training crops (the network's normalization), on
+    which a CNN's arrays are checked against Keras."""
+    node = description
+    while node["type"] == "average":
+        node = node["members"][0]
+    norm = next((step for step in node["steps"] if step["type"] == "normalize"), None)
+    mean = arrays[norm["mean"]] if norm else np.float32(0)
+    std = np.sqrt(arrays[norm["variance"]]) if norm else np.float32(1)
+    rng = np.random.default_rng(seed)
+    crops = rng.normal(0.0, 1.0, (n, *input_shape)).astype(np.float32)
+    shaped = crops if crops.ndim == 4 else crops[..., None]
+    return (mean + std * shaped).reshape(crops.shape).astype(np.float32)
+
+
 def probe_inputs(description: dict, arrays: dict, n: int = 256, seed: int = 0) -> np.ndarray:
     """Feature vectors spread like the training data (from the first scaler's mean and scale):
     the inputs on which the arrays are checked against scikit-learn."""
@@ -335,17 +503,17 @@ def probe_inputs(description: dict, arrays: dict, n: int = 256, seed: int = 0) -
 
 
 class ArrayClassifier:
-    """The estimator of a loaded FCNN or SVM model file: ``predict_proba``/``predict`` by numpy from
-    the file's arrays, with no scikit-learn imported. ``get_params()`` gives the training settings;
-    ``scikit_learn_bytes`` keeps the file's scikit-learn form (skops) as read, so that saving the
-    model again writes it unchanged."""
+    """The estimator of a loaded model file: ``predict_proba``/``predict`` by numpy from the
+    file's arrays, with no scikit-learn or TensorFlow imported. ``get_params()`` gives the training
+    settings; ``native_bytes`` keeps the file's own-library form (skops or Keras) as read, so that
+    saving the model again writes it unchanged."""
 
-    def __init__(self, kind: str, params: dict, classes, pipeline: ArrayPipeline, scikit_learn_bytes: bytes):
+    def __init__(self, kind: str, params: dict, classes, pipeline: ArrayPipeline, native_bytes: bytes):
         self.kind = kind
         self.params = dict(params)
         self.classes_ = np.asarray(classes)
         self.pipeline = pipeline
-        self.scikit_learn_bytes = scikit_learn_bytes
+        self.native_bytes = native_bytes
 
     def get_params(self, deep: bool = True) -> dict:
         return dict(self.params)

@@ -2,11 +2,12 @@
 
 It holds ``model.json`` (format and version, kind, estimator parameters and classes, recipe,
 preprocessing, class table, training geometry, training summary, metrics, library versions) and
-for an FCNN or SVM ``estimator.skops`` (the scikit-learn pipeline, loaded by skops with a reviewed
-list of trusted types; never pickle) and ``estimator.npz`` (the same pipeline as plain arrays, see
-``arrays``: what applying the model reads, with numpy alone, no pickled objects), or for a CNN
-``estimator.keras`` (loaded with ``safe_mode=True``, which refuses stored Python code). Importing
-this module imports neither scikit-learn nor TensorFlow.
+the estimator in its own library's form: ``estimator.skops`` (FCNN, SVM: the scikit-learn
+pipeline, loaded by skops with a reviewed list of trusted types; never pickle) or
+``estimator.keras`` (CNN: loaded with ``safe_mode=True``, which refuses stored Python code); and
+``estimator.npz``, the same estimator as plain arrays (see ``arrays``): what applying the model
+reads, with numpy alone, no pickled objects. Importing this module imports neither scikit-learn
+nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -252,43 +253,63 @@ def save_model(model: SedModel, path) -> Path:
     }
     if model.domain:
         meta["domain"] = jsonable(model.domain)
-    if model.kind != "cnn":
-        scikit_learn_bytes, description, arrays = _estimator_forms(est)
-        if description is not None:
-            meta["estimator"]["arrays"] = description
+    native_bytes, description, arrays = _estimator_forms(model.kind, est)
+    if description is not None:
+        meta["estimator"]["arrays"] = description
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("model.json", json.dumps(meta, indent=2))
-        if model.kind == "cnn":
-            with tempfile.TemporaryDirectory() as d:
-                keras_path = Path(d) / "estimator.keras"
-                est.model_.save(keras_path)
-                zf.write(keras_path, "estimator.keras")
-        else:
-            zf.writestr("estimator.skops", scikit_learn_bytes)
-            if arrays is not None:
-                zf.writestr("estimator.npz", arrays)
+        zf.writestr(native_member(model.kind), native_bytes)
+        if arrays is not None:
+            zf.writestr("estimator.npz", arrays)
     return path
 
 
-def _estimator_forms(est) -> tuple[bytes, dict | None, bytes | None]:
-    """(skops bytes, arrays description, npz bytes) of a fitted FCNN or SVM, or of one loaded from
-    a file; the arrays only where they give scikit-learn's probabilities (:data:`arrays.AGREEMENT_ATOL`)
-    on probe inputs, else (None, None): the file is then applied through scikit-learn."""
+def needs_tensorflow(meta: dict) -> bool:
+    """Whether applying the model of this ``model.json`` needs TensorFlow: a CNN without arrays
+    (a file written before them, or one whose network the arrays cannot hold)."""
+    return meta.get("kind") == "cnn" and "arrays" not in meta.get("estimator", {})
+
+
+def native_member(kind: str) -> str:
+    """The member of a model file holding the estimator in its own library's form."""
+    return "estimator.keras" if kind == "cnn" else "estimator.skops"
+
+
+def _native_bytes(kind: str, est) -> bytes:
+    if kind == "cnn":
+        with tempfile.TemporaryDirectory() as d:
+            keras_path = Path(d) / "estimator.keras"
+            est.model_.save(keras_path)
+            return keras_path.read_bytes()
+    import skops.io as sio
+
+    return sio.dumps(est.pipeline_)
+
+
+def _estimator_forms(kind: str, est) -> tuple[bytes, dict | None, bytes | None]:
+    """(native bytes: skops or Keras, arrays description, npz bytes) of a fitted estimator, or of
+    one loaded from a file; the arrays only where they give the estimator's own probabilities on
+    probe inputs (to :data:`arrays.AGREEMENT_ATOL`; networks :data:`arrays.NETWORK_AGREEMENT_ATOL`),
+    else (bytes, None, None): the file is then applied through scikit-learn or Keras."""
     from . import arrays as arr
 
     if isinstance(est, arr.ArrayClassifier):
-        return est.scikit_learn_bytes, est.pipeline.description, arr.to_bytes(est.pipeline.arrays)
-    import skops.io as sio
-
-    data = sio.dumps(est.pipeline_)
+        return est.native_bytes, est.pipeline.description, arr.to_bytes(est.pipeline.arrays)
+    data = _native_bytes(kind, est)
     try:
-        description, arrays = arr.to_arrays(est.pipeline_)
-        probe = arr.probe_inputs(description, arrays)
-        expected = est.pipeline_.predict_proba(probe)
+        if kind == "cnn":
+            description, arrays = arr.keras_to_arrays(est.model_)
+            probe = arr.probe_crops(description, arrays, est.model_.input_shape[1:])
+            atol = arr.NETWORK_AGREEMENT_ATOL
+        else:
+            description, arrays = arr.to_arrays(est.pipeline_)
+            probe = arr.probe_inputs(description, arrays)
+            atol = arr.AGREEMENT_ATOL
+        expected = est.predict_proba(probe)
         got = arr.ArrayPipeline(description, arrays).predict_proba(probe)
     except arr.UnsupportedEstimator:
         return data, None, None
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=0.0, atol=arr.AGREEMENT_ATOL):
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=0.0, atol=atol):
         return data, None, None
     return data, description, arr.to_bytes(arrays)
 
@@ -340,11 +361,11 @@ def _load_arrays(path: Path, meta: dict):
 
     try:
         with zipfile.ZipFile(path) as zf:
-            missing = {"estimator.npz", "estimator.skops"} - set(zf.namelist())
+            missing = {"estimator.npz", native_member(meta["kind"])} - set(zf.namelist())
             if missing:
                 raise ModelFileError(f"{path}: the model file has no {', '.join(sorted(missing))}")
             arrays = from_bytes(zf.read("estimator.npz"))
-            scikit_learn_bytes = zf.read("estimator.skops")
+            native_bytes = zf.read(native_member(meta["kind"]))
     except ModelFileError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile) as exc:  # not an npz, or one holding pickled objects
@@ -354,7 +375,7 @@ def _load_arrays(path: Path, meta: dict):
         pipeline = ArrayPipeline(est["arrays"], arrays)
     except (TypeError, KeyError) as exc:  # UnsupportedEstimator is a TypeError
         raise ModelFileError(f"{path}: the estimator's arrays in the model file cannot be applied ({exc})") from exc
-    return ArrayClassifier(meta["kind"], est["params"], est["classes"], pipeline, scikit_learn_bytes)
+    return ArrayClassifier(meta["kind"], est["params"], est["classes"], pipeline, native_bytes)
 
 
 def _load_keras(path: Path, data: bytes):
@@ -371,17 +392,18 @@ def _load_keras(path: Path, data: bytes):
                                  f"in safe mode ({exc})") from exc
 
 
-def load_model(path, *, scikit_learn: bool = False) -> SedModel:
+def load_model(path, *, native: bool = False) -> SedModel:
     """Read a model file written by :func:`save_model` ("builtin": the built-in model); raises
     :class:`ModelFileError` for anything else or content outside the trusted list.
 
-    An FCNN or SVM file with arrays (``estimator.npz``) gives an :class:`~.arrays.ArrayClassifier`
-    (applied with numpy, nothing of scikit-learn or skops imported); ``scikit_learn=True``, or a file
-    without them, gives the scikit-learn estimator loaded by skops."""
+    A file with arrays (``estimator.npz``) gives an :class:`~.arrays.ArrayClassifier` (applied
+    with numpy: nothing of scikit-learn, skops or TensorFlow imported); ``native=True``, or a file
+    without them, gives the estimator in its own library's form: scikit-learn's pipeline loaded by
+    skops, or the Keras network loaded in safe mode."""
     path = resolve_model_path(path)
     meta = read_metadata(path)
     kind = meta["kind"]
-    if kind != "cnn" and not scikit_learn and "arrays" in meta["estimator"]:
+    if not native and "arrays" in meta["estimator"]:
         return model_from_metadata(meta, path, _load_arrays(path, meta))
     from . import make_estimator
 
@@ -392,7 +414,7 @@ def load_model(path, *, scikit_learn: bool = False) -> SedModel:
         params["filters"] = tuple(params["filters"])
     estimator = make_estimator(kind, **params)
     estimator.classes_ = np.asarray(meta["estimator"]["classes"])
-    member = "estimator.keras" if kind == "cnn" else "estimator.skops"
+    member = native_member(kind)
     try:
         with zipfile.ZipFile(path) as zf:
             data = zf.read(member)

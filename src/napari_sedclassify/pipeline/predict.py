@@ -110,10 +110,13 @@ def card_of(model):
 def check_model_libraries(model) -> None:
     """Raise :class:`~napari_sedclassify.optional.MissingOptionalDependency` (its message gives the
     pip command) when ``model`` (SedModel or model file) needs libraries that are not installed (a
-    CNN without TensorFlow). Reads the file's model.json only: call it before starting work."""
-    from ..models.persistence import read_metadata
+    CNN file without arrays, without TensorFlow). Reads the file's model.json only: call it before
+    starting work."""
+    from ..models.arrays import ArrayClassifier
+    from ..models.persistence import needs_tensorflow, read_metadata
 
-    if (read_metadata(model).get("kind") if _is_path(model) else model.kind) == "cnn":
+    if (needs_tensorflow(read_metadata(model)) if _is_path(model)
+            else model.kind == "cnn" and not isinstance(model.estimator, ArrayClassifier)):
         from ..optional import require_cnn
 
         require_cnn(f"The CNN model {model if _is_path(model) else model.name}")

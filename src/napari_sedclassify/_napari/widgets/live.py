@@ -92,7 +92,7 @@ class LiveWidget(Container):
     def start(self):
         from ...pipeline.live import LiveClassMap, LiveResult, watch
         from ...pipeline.predict import as_model
-        from ..model_jobs import TF_KINDS, model_card
+        from ..model_jobs import model_card, needs_tensorflow
 
         model_path = str(self._model_path.value or "")
         if not model_path.endswith(".sedmodel"):
@@ -100,14 +100,14 @@ class LiveWidget(Container):
             return
         try:  # model.json only: a CNN model's network (TensorFlow) never loads in napari's process
             card = model_card(model_path)
-            if card.kind in TF_KINDS:
+            in_child = needs_tensorflow(model_path)  # a CNN file without arrays
+            if in_child:
                 from ...optional import require_cnn
 
                 require_cnn(f"The CNN model {model_path}")
         except (OSError, ValueError, ImportError) as exc:
             self._jobs.status.value = str(exc)
             return
-        in_child = card.kind in TF_KINDS
         kind = self._source.value
         source_path = self._input.value.strip()
         if not source_path:

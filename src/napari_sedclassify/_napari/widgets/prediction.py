@@ -23,10 +23,10 @@ from ...pipeline.predict import params_for_model
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
 from ..model_jobs import (
-    TF_KINDS,
     confidence_map,
     features_for,
     model_card,
+    needs_tensorflow,
     predict_features,
     prepare,
     run,
@@ -141,7 +141,8 @@ class PredictionWidget(Container):
             if str(path) in ("", "."):
                 raise ValueError("choose a model file (.sedmodel), e.g. one saved by the Training widget")
             card = model_card(path)
-            if card.kind == "cnn":
+            in_child = needs_tensorflow(path)  # a CNN file without arrays: TensorFlow, in a child
+            if in_child:
                 from ...optional import require_cnn
 
                 require_cnn(f"The CNN model {path}")
@@ -157,10 +158,10 @@ class PredictionWidget(Container):
         previous = session.result(params)  # made with these parameters, this flat-field and geometry
 
         def work(report, cancelled):
-            if card.kind in TF_KINDS:
+            if in_child:
                 prepare(card.kind)  # the child imports TensorFlow while the scan is preprocessed
             feats, result = features_for(previous, scan, layer.name, flatfield, params, report, cancelled)
-            out = run(card.kind, predict_features, str(path), feats, cancel=cancelled)
+            out = run(card.kind, predict_features, str(path), feats, cancel=cancelled, child=in_child)
             return out, result
 
         def done(returned):
