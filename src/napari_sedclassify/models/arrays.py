@@ -352,7 +352,7 @@ class ArrayPipeline:
         raise UnsupportedEstimator(f"{kind} has no probabilities")
 
     #: Crops per batch through a network (bounds the memory of the convolutions' products).
-    NETWORK_BATCH = 256
+    NETWORK_BATCH = 128
 
     def _network(self, node, X):
         X = np.asarray(X, np.float32)
