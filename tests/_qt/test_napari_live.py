@@ -77,15 +77,25 @@ def _batch_in_child(model_path, path, geometry, flat, progress=None, cancel=None
 
 
 def test_napari_live_with_a_cnn_model_keeps_tensorflow_out(setup, tmp_path, make_napari_viewer, qtbot):
-    """The Live widget with a CNN model: the network classifies in a spawned child whose state is
-    relayed to the widget; TensorFlow never enters this process while the canvas draws."""
+    """The Live widget with a CNN model file without arrays (written before them): the network
+    classifies in a spawned child whose state is relayed to the widget; TensorFlow never enters
+    this process while the canvas draws. (A file with arrays is applied here, with numpy.)"""
     import sys
 
     from napari_sedclassify._napari.widgets.live import LAYER_NAME, LiveWidget
     from napari_sedclassify.models.tf_process import run_in_process
 
     assert "tensorflow" not in sys.modules and "keras" not in sys.modules
-    model_path = run_in_process(_train_cnn_in_child, str(setup["dir"]), setup["flat"])
+    import json
+    import zipfile
+
+    trained = run_in_process(_train_cnn_in_child, str(setup["dir"]), setup["flat"])
+    model_path = str(tmp_path / "keras_only.sedmodel")
+    with zipfile.ZipFile(trained) as zin, zipfile.ZipFile(model_path, "w") as zout:
+        meta = json.loads(zin.read("model.json"))
+        meta["estimator"].pop("arrays")
+        zout.writestr("model.json", json.dumps(meta))
+        zout.writestr("estimator.keras", zin.read("estimator.keras"))
     sim = setup["sim"]
     viewer = make_napari_viewer(show=True)  # a drawing canvas: TensorFlow here would crash on software OpenGL
     widget = LiveWidget(viewer)

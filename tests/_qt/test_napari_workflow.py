@@ -209,9 +209,11 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, sample, tmp_pat
 
 
 @pytest.mark.timeout(900)  # a CNN trained at a lower CPU priority while the canvas redraws every 50 ms
-def test_cnn_trains_and_predicts_in_a_child_while_the_canvas_draws(make_napari_viewer, qtbot, sample, tmp_path):
+def test_cnn_trains_in_a_child_and_predicts_without_tensorflow_while_the_canvas_draws(make_napari_viewer, qtbot,
+                                                                                       sample, tmp_path):
     """No TensorFlow in this process, however the CNN is used from the widgets, while napari draws
-    (software OpenGL under Xvfb: TensorFlow here would segfault in glClear)."""
+    (software OpenGL under Xvfb: TensorFlow here would segfault in glClear): training in a child;
+    prediction from the model file's arrays here, or in a child for a file without them."""
     from qtpy.QtCore import QTimer
 
     from napari_sedclassify._napari.layers import scan_layer_data
@@ -256,6 +258,20 @@ def test_cnn_trains_and_predicts_in_a_child_while_the_canvas_draws(make_napari_v
         > 0.8 * (ice.sum() + carbon.sum())
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot[..., :3].max() > 0  # the canvas really renders
+    assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+    # a CNN file without arrays (written before them): Keras, in a child; the same class map
+    import json
+    import zipfile
+
+    keras_only = tmp_path / "keras_only.sedmodel"
+    with zipfile.ZipFile(tr.result["path"]) as zin, zipfile.ZipFile(keras_only, "w") as zout:
+        meta = json.loads(zin.read("model.json"))
+        meta["estimator"].pop("arrays")
+        zout.writestr("model.json", json.dumps(meta))
+        zout.writestr("estimator.keras", zin.read("estimator.keras"))
+    pr._model_path.value = keras_only
+    wait(qtbot, pr.run(), 240000)
+    assert np.mean(viewer.layers["sample predicted classes"].data == predicted) > 0.99
     assert "tensorflow" not in sys.modules and "keras" not in sys.modules
 
 
