@@ -55,7 +55,8 @@ def _estimators(ria, classes):
 
 @pytest.mark.parametrize("classes", [4, 2])
 def test_the_arrays_give_scikit_learns_probabilities(ria, classes):
-    from napari_sedclassify.models.arrays import ArrayPipeline, from_bytes, probe_inputs, to_arrays, to_bytes
+    from napari_sedclassify.models.arrays import ArrayPipeline, from_bytes, to_bytes
+    from napari_sedclassify.models.arrays_export import probe_inputs, to_arrays
 
     X_held_out = ria[2][0]
     for name, est in _estimators(ria, classes):
@@ -76,7 +77,8 @@ def test_a_pipeline_the_arrays_cannot_read_is_saved_and_applied_through_scikit_l
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from napari_sedclassify.models.arrays import ArrayClassifier, UnsupportedEstimator, to_arrays
+    from napari_sedclassify.models.arrays import ArrayClassifier, UnsupportedEstimator
+    from napari_sedclassify.models.arrays_export import to_arrays
     from napari_sedclassify.models.fcnn import FCNNClassifier
     from napari_sedclassify.models.persistence import SedModel, load_model, save_model
     from napari_sedclassify.classes import ClassTable

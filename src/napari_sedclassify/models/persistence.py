@@ -292,18 +292,19 @@ def _estimator_forms(kind: str, est) -> tuple[bytes, dict | None, bytes | None]:
     probe inputs (to :data:`arrays.AGREEMENT_ATOL`; networks :data:`arrays.NETWORK_AGREEMENT_ATOL`),
     else (bytes, None, None): the file is then applied through scikit-learn or Keras."""
     from . import arrays as arr
+    from . import arrays_export as export
 
     if isinstance(est, arr.ArrayClassifier):
         return est.native_bytes, est.pipeline.description, arr.to_bytes(est.pipeline.arrays)
     data = _native_bytes(kind, est)
     try:
         if kind == "cnn":
-            description, arrays = arr.keras_to_arrays(est.model_)
-            probe = arr.probe_crops(description, arrays, est.model_.input_shape[1:])
+            description, arrays = export.keras_to_arrays(est.model_)
+            probe = export.probe_crops(description, arrays, est.model_.input_shape[1:])
             atol = arr.NETWORK_AGREEMENT_ATOL
         else:
-            description, arrays = arr.to_arrays(est.pipeline_)
-            probe = arr.probe_inputs(description, arrays)
+            description, arrays = export.to_arrays(est.pipeline_)
+            probe = export.probe_inputs(description, arrays)
             atol = arr.AGREEMENT_ATOL
         expected = est.predict_proba(probe)
         got = arr.ArrayPipeline(description, arrays).predict_proba(probe)
