@@ -51,3 +51,24 @@ def majority_f1(truth) -> float:
     counts = np.bincount(t)
     p = counts.max() / len(t)
     return float(p * (2 * p / (1 + p)))
+
+
+def predict_in_fresh_process(model, scan, out, extra=(), watch=()) -> tuple[int, list]:
+    """`sedclassify predict MODEL SCAN --out OUT *extra` in a fresh interpreter: (its return code,
+    which of the top-level modules ``watch`` it imported)."""
+    import json
+    import subprocess
+    import sys
+
+    argv = ["predict", str(model), str(scan), "--out", str(out), *map(str, extra)]
+    code = (
+        "import sys, json, contextlib, io\n"
+        "from napari_sedclassify.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    rc = main({argv!r})\n"
+        f"print(json.dumps([rc, sorted({{m.split('.')[0] for m in sys.modules}} & {set(watch)!r})]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rc, imported = json.loads(proc.stdout.strip().splitlines()[-1])
+    return rc, imported

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
 
-from models_helpers import tiny_features, tiny_simulated, write_tiny_scans
+from models_helpers import predict_in_fresh_process, tiny_features, tiny_simulated, write_tiny_scans
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +127,7 @@ def test_predict_with_an_fcnn_file_imports_neither_scikit_learn_nor_skops(tmp_pa
     model = tmp_path / "m.sedmodel"
     assert main(["train", "--scans", str(scan0), str(scan1), "--labels", str(truth0), str(truth1), "--model", "fcnn",
                  "--epochs", "5", "--out", str(model)]) == 0
-    code = (
-        "import sys, json, contextlib, io\n"
-        "from napari_sedclassify.cli import main\n"
-        "with contextlib.redirect_stdout(io.StringIO()):\n"
-        f"    rc = main(['predict', {str(model)!r}, {str(scan1)!r}, '--out', {str(tmp_path / 'pred')!r}])\n"
-        "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'skops'})]))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, []]
+    assert predict_in_fresh_process(model, scan1, tmp_path / "pred", watch={"sklearn", "skops"}) == (0, [])
     classes, truth = np.load(tmp_path / "pred" / f"{scan1.stem}_classes.npy"), np.load(truth1)
     assert classes.shape == truth.shape
     assert set(np.unique(classes)) <= {1, 2, 3, 4} and len(np.unique(classes)) > 1
