@@ -131,8 +131,9 @@ def live_relay(state):
 def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool | None = None, **kwargs):
     """``func(*args, progress=, cancel=, **kwargs)``: in a spawned child (at a lower CPU priority)
     when ``child`` (training; applying a model file that needs TensorFlow), or when ``child`` is
-    None for TensorFlow model kinds; else right here (the caller's worker thread). Progress and cancel cross the process boundary either way. The child is the
-    spare :func:`prepare` started when there is one; afterwards a spare is started for the next job."""
+    None for TensorFlow model kinds; else right here (the caller's worker thread). Progress and
+    cancel cross the process boundary either way. The child is the spare :func:`prepare` started
+    when there is one; afterwards a spare is started for the next job."""
     if model_kind in TF_KINDS if child is None else child:
         from ..models.tf_process import run_in_process
 
