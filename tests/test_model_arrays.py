@@ -170,3 +170,23 @@ def test_damaged_arrays_are_refused_with_the_file_named(ria, tmp_path):
         load_model(write("no_npz.sedmodel", **{"estimator.npz": None}))
     with pytest.raises(ModelFileError, match=r"junk_npz.sedmodel: the estimator's arrays .* cannot be read"):
         load_model(write("junk_npz.sedmodel", **{"estimator.npz": b"not an npz"}))
+
+
+def test_a_description_naming_missing_arrays_is_refused(ria):
+    """Every array a step names is checked when the arrays are loaded, a calibrator's and a
+    network layer's too, not found missing in the middle of a prediction."""
+    from napari_sedclassify.models.arrays import ArrayPipeline, UnsupportedEstimator
+    from napari_sedclassify.models.arrays_export import to_arrays
+    from napari_sedclassify.models.svm import SVMClassifier
+
+    (X0, y0), (X1, y1), _ = ria
+    description, arrays = to_arrays(SVMClassifier().fit(X0, y0, validation_data=(X1, y1)).pipeline_)
+    ArrayPipeline(description, arrays)  # whole: accepted
+    calibrator = re.search(r"'a': '(a\d+)'", str(description)).group(1)
+    with pytest.raises(UnsupportedEstimator, match=f"calibrated names an array '{calibrator}'"):
+        ArrayPipeline(description, {k: v for k, v in arrays.items() if k != calibrator})
+    network = {"type": "network", "steps": [{"type": "flatten"}, {"type": "dense", "kernel": "k", "bias": "b"}]}
+    with pytest.raises(UnsupportedEstimator, match="dense names an array 'k'"):
+        ArrayPipeline(network, {"b": np.zeros(3, np.float32)})
+    with pytest.raises(UnsupportedEstimator, match="unknown step"):
+        ArrayPipeline({"type": "network", "steps": [{"type": "lambda"}]}, {})

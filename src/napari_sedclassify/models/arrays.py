@@ -118,23 +118,20 @@ class ArrayPipeline:
 
     def _check(self, node) -> None:
         """Raise :class:`UnsupportedEstimator` for a description this class cannot apply: an
-        unknown step, an array it names that is missing or not numeric."""
+        unknown step, an array it names (a calibrator's too) that is missing or not numeric,
+        arrays that do not fit together."""
         if not isinstance(node, dict) or node.get("type") not in _NODE_ARRAYS:
             raise UnsupportedEstimator(f"unknown step {node!r:.80}")
-        for key in _NODE_ARRAYS[node["type"]]:
-            names = node[key] if isinstance(node[key], list) else [node[key]]
-            for name in names:
-                if name is not None and (name not in self.arrays or self.arrays[name].dtype.kind not in "fiu"):
-                    raise UnsupportedEstimator(f"{node['type']} names an array {name!r} that the file does not hold")
-        children = ([] if node["type"] == "network" else node.get("steps", [])) + (
-            [m["estimator"] for m in node["members"]] if node["type"] == "calibrated" else node.get("members", []))
-        for step in node.get("steps", []) if node["type"] == "network" else []:
-            if not isinstance(step, dict) or step.get("type") not in _NODE_ARRAYS:
-                raise UnsupportedEstimator(f"unknown network layer {step!r:.80}")
-            for key in _NODE_ARRAYS[step["type"]]:
-                if step[key] not in self.arrays or self.arrays[step[key]].dtype.kind not in "fiu":
-                    raise UnsupportedEstimator(f"a {step['type']} layer names an array the file does not hold")
-        for child in children:
+        names = [name for key in _NODE_ARRAYS[node["type"]]
+                 for name in (node[key] if isinstance(node[key], list) else [node[key]])]
+        members = node.get("members", [])
+        if node["type"] == "calibrated":
+            names += [name for member in members for cal in member["calibrators"] for name in cal.values()]
+            members = [member["estimator"] for member in members]
+        for name in names:
+            if name is not None and (name not in self.arrays or self.arrays[name].dtype.kind not in "fiu"):
+                raise UnsupportedEstimator(f"{node['type']} names an array {name!r} that the file does not hold")
+        for child in node.get("steps", []) + members:
             self._check(child)
         self._check_shapes(node)
 
@@ -181,11 +178,6 @@ class ArrayPipeline:
             elif step["type"] == "maxpool" and (len(step["size"]) != 2 or min(step["size"]) < 1):
                 return False
         return True
-        for member in node.get("members", []) if node["type"] == "calibrated" else []:
-            for cal in member["calibrators"]:
-                for name in cal.values():
-                    if name not in self.arrays:
-                        raise UnsupportedEstimator(f"a calibrator names an array {name!r} that the file does not hold")
 
     def predict_proba(self, X) -> np.ndarray:
         return self._proba(self.description, np.asarray(X))
