@@ -149,14 +149,6 @@ def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool
     return func(*args, progress=progress, cancel=cancel, **kwargs)
 
 
-def needs_tensorflow(path) -> bool:
-    """Whether applying the model file ``path`` needs TensorFlow (a CNN file without arrays):
-    it then runs in a child process (model.json only is read here)."""
-    from ..models.persistence import needs_tensorflow as meta_needs, read_metadata
-
-    return meta_needs(read_metadata(path))
-
-
 def model_card(path):
     """A model file's description as a SedModel without its estimator (reads model.json only,
     so no TensorFlow is imported): kind, recipe, preprocessing, classes, geometry, metrics."""

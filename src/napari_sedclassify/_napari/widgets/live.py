@@ -92,7 +92,8 @@ class LiveWidget(Container):
     def start(self):
         from ...pipeline.live import LiveClassMap, LiveResult, watch
         from ...pipeline.predict import as_model
-        from ..model_jobs import model_card, needs_tensorflow
+        from ...models.persistence import needs_tensorflow, read_metadata
+        from ..model_jobs import model_card
 
         model_path = str(self._model_path.value or "")
         if not model_path.endswith(".sedmodel"):
@@ -100,7 +101,7 @@ class LiveWidget(Container):
             return
         try:  # model.json only: a CNN model's network (TensorFlow) never loads in napari's process
             card = model_card(model_path)
-            in_child = needs_tensorflow(model_path)  # a CNN file without arrays
+            in_child = needs_tensorflow(read_metadata(model_path))  # a CNN file without arrays
             if in_child:
                 from ...optional import require_cnn
 

@@ -19,6 +19,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from ...classes import ClassTable
+from ...models.persistence import needs_tensorflow, read_metadata
 from ...pipeline.predict import params_for_model
 from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import find_scan
@@ -26,7 +27,6 @@ from ..model_jobs import (
     confidence_map,
     features_for,
     model_card,
-    needs_tensorflow,
     predict_features,
     prepare,
     run,
@@ -141,7 +141,7 @@ class PredictionWidget(Container):
             if str(path) in ("", "."):
                 raise ValueError("choose a model file (.sedmodel), e.g. one saved by the Training widget")
             card = model_card(path)
-            in_child = needs_tensorflow(path)  # a CNN file without arrays: TensorFlow, in a child
+            in_child = needs_tensorflow(read_metadata(path))  # a CNN file without arrays: in a child
             if in_child:
                 from ...optional import require_cnn
 
