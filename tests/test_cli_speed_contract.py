@@ -181,6 +181,30 @@ def test_kernels_are_cached_on_disk():
     assert all(isinstance(k._cache, FunctionCache) for k in kernels), [k.__name__ for k in kernels]
 
 
+def test_kernels_run_without_scipy_linear_algebra_and_leave_it_importable():
+    """numba's BLAS probe is skipped (it imported scipy.linalg, 0.1-0.3 s, before every command's
+    first frame); scipy.linalg, numba's np.dot and scikit-learn still work afterwards."""
+    code = (
+        "import sys, numpy as np\n"
+        "from napari_sedclassify.processing import FrameRunner, RadialProfile\n"
+        "frames = np.random.default_rng(0).poisson(3, (4, 64, 64)).astype(np.uint16)\n"
+        "out = FrameRunner([RadialProfile(20)]).run_chunk(frames, centres=np.full((4, 2), 31.5))\n"
+        "assert np.isfinite(out.values['ria']).all()\n"
+        "print('scipy.linalg' in sys.modules)\n"
+        "import scipy.linalg\n"
+        "from numba import njit\n"
+        "dot = njit(lambda a, b: np.dot(a, b))\n"
+        "assert dot(np.ones(3), np.arange(3.0)) == 3.0 and scipy.linalg.inv([[4.0]])[0, 0] == 0.25\n"
+        "from sklearn.preprocessing import StandardScaler\n"
+        "print(StandardScaler().fit_transform(np.arange(4.0)[:, None]).std())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.split()
+    assert first == "False", "running a kernel imported scipy.linalg"
+    assert float(second) == pytest.approx(1.0)
+
+
 def test_kernel_cache_folder_when_nothing_is_writable(monkeypatch, tmp_path):
     import numba
 

@@ -118,6 +118,31 @@ def test_bad_pixels_found_in_the_scan_but_not_the_beam_or_spots():
     assert bad.sum() == 1
 
 
+@pytest.mark.parametrize("with_dark", [False, True])
+def test_bad_pixels_of_raw_frames_with_their_flatfield(tmp_path, with_dark):
+    """Raw frames with the flat-field that corrects them (corrected pixel by pixel on the way, as
+    the plan does) give the bad pixels of the corrected copy, on a simulated detector's flood
+    (dead and wide pixels, gain spread) and a scan sample with a saturated beam and a hot pixel."""
+    path = tmp_path / "flat.npy"
+    sim = pytest.importorskip("napari_sedclassify.simulate")
+    sim.simulate_flatfield(path, detector_px=128, n_frames=4, seed=5)
+    rng = np.random.default_rng(6)
+    dark = rng.uniform(0, 2, (128, 128)).astype(np.float32) if with_dark else None
+    ff = load_flatfield(path, dark=dark).with_saturation(4095)
+    yy, xx = np.indices((128, 128))
+    raw = np.empty((24, 128, 128), np.uint16)
+    for i in range(len(raw)):
+        cy, cx = 60 + rng.uniform(-8, 8, 2)
+        lam = 9000.0 * (np.hypot(yy - cy, xx - cx) < 5) + 2.0 / ff.gain.clip(0.2) + 2
+        raw[i] = np.minimum(rng.poisson(np.nan_to_num(lam, nan=2.0)), 4095)
+    raw[:, 30, 90] += 400  # hot in every frame
+    from_raw = detect_bad_pixels(raw, flatfield=ff)
+    np.testing.assert_array_equal(from_raw, detect_bad_pixels(ff.apply(raw)))
+    assert from_raw[30, 90] and not from_raw[ff.mask].any()
+    with pytest.raises(ValueError, match="do not match the flat-field"):
+        detect_bad_pixels(raw[:, :64], flatfield=ff)
+
+
 @pytest.mark.parametrize("shape", [(512, 512), (7, 9), (64, 3)])
 def test_neighbourhood_filters_equal_scipy(shape):
     """The bad-pixel search's 5x5 median (a compiled kernel) and mean (numpy; no scipy import at run
@@ -137,22 +162,25 @@ def test_neighbourhood_filters_equal_scipy(shape):
     np.testing.assert_allclose(flatfield._mean_5x5(b), ndimage.uniform_filter(b, size=5), rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("m", [1, 2, 7, 48])
+@pytest.mark.parametrize("m", [1, 2, 7, 48, 64, 65, 100])
 def test_pixel_statistics_equal_numpy(m):
-    """The bad-pixel search's per-pixel statistics over the sample, computed without copying it,
-    equal numpy's: the upper median (np.partition), the mean, "above 0 in some frame" and "NaN in
-    every frame", NaN read as 0, on Poisson frames with masked pixels and ties."""
+    """The bad-pixel search's per-pixel statistics over the sample, computed one detector row at a
+    time, equal numpy's: the upper median (np.partition; counted ranks up to 64 frames, a
+    quickselect beyond), the mean, "above 0 in some frame" and "NaN in every frame", NaN read as 0,
+    on Poisson frames with masked pixels and ties, part of them gain-corrected (not integers)."""
     from napari_sedclassify.processing._kernels import pixel_statistics
 
     rng = np.random.default_rng(m)
     sample = rng.poisson(0.7, (m, 33, 41)).astype(np.float32)
+    sample[:, :, 20:] *= rng.uniform(0.8, 1.2, (33, 21)).astype(np.float32)
     sample[:, 5, 7] = np.nan
     sample[: max(1, m // 2), 9, 9] = np.nan
     sample[:, 11, :] = 0.0
     ky, kx = sample.shape[1:]
     med, mean = np.empty((ky, kx), np.float32), np.empty((ky, kx), np.float32)
     counted, all_nan = np.empty((ky, kx), bool), np.empty((ky, kx), bool)
-    pixel_statistics(sample, med, mean, counted, all_nan)
+    one, zero = np.ones((ky, kx), np.float32), np.zeros((ky, kx), np.float32)
+    pixel_statistics(sample, one, zero, False, np.inf, med, mean, counted, all_nan)
     filled = np.nan_to_num(sample, nan=0.0)
     np.testing.assert_array_equal(med, np.partition(filled, m // 2, axis=0)[m // 2])
     np.testing.assert_allclose(mean, filled.mean(axis=0), rtol=1e-6)

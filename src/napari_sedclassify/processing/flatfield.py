@@ -217,8 +217,11 @@ def _read_stack(path: Path):
     return arr
 
 
-def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0) -> np.ndarray:
-    """Hot and dead pixels seen in a sample of gain-corrected frames (m, ky, kx), NaN = masked.
+def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
+                      flatfield: "FlatField | None" = None) -> np.ndarray:
+    """Hot and dead pixels seen in a sample of frames (m, ky, kx): gain-corrected frames (NaN =
+    masked), or raw frames with the ``flatfield`` that corrects them (applied pixel by pixel on the
+    way, without a corrected copy of the sample).
 
     The temporal median removes what moves (the descanned beam, Bragg spots of single frames);
     a pixel is hot when that median exceeds hot_ratio x the median of its 5x5 neighbours by more
@@ -227,17 +230,27 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0) ->
     """
     from ._kernels import median_5x5, pixel_statistics
 
-    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    sample = native(np.asarray(sample))
     m, ky, kx = sample.shape
+    if flatfield is None:
+        flatfield = FlatField.identity((ky, kx))
+    elif flatfield.shape != (ky, kx):
+        raise ValueError(f"frames {(ky, kx)} do not match the flat-field {flatfield.shape}")
+    correction = flatfield.kernel_args()
     med = np.empty((ky, kx), np.float32)  # (upper) median per pixel over the sample
     mean = np.empty((ky, kx), np.float32)
     counted = np.empty((ky, kx), bool)
     masked = np.empty((ky, kx), bool)
     parts = np.array_split(np.arange(ky), max(1, min(os.cpu_count() or 1, ky // 16)))
+
+    def rows(r):
+        lo, hi = r[0], r[-1] + 1
+        c, d, use_dark, sat = correction
+        pixel_statistics(sample[:, lo:hi], c[lo:hi], d[lo:hi], use_dark, sat, med[lo:hi], mean[lo:hi],
+                         counted[lo:hi], masked[lo:hi])
+
     with ThreadPoolExecutor(len(parts)) as pool:  # the kernel releases the GIL: rows in parallel
-        list(pool.map(lambda r: pixel_statistics(sample[:, r[0]: r[-1] + 1], med[r[0]: r[-1] + 1],
-                                                 mean[r[0]: r[-1] + 1], counted[r[0]: r[-1] + 1],
-                                                 masked[r[0]: r[-1] + 1]), [p for p in parts if p.size]))
+        list(pool.map(rows, [p for p in parts if p.size]))
     local = np.empty_like(med)
     median_5x5(med, local)
     hot = (med > hot_ratio * np.maximum(local, 1e-3)) & (med - local > min_sigma * np.sqrt(np.maximum(local, 1.0)))

@@ -61,7 +61,7 @@ class PreprocessPlan:
         ff = ff.with_saturation(saturation)
         bad = np.zeros(det, bool)
         if params.detect_bad_pixels and len(sample) >= 3:
-            bad = detect_bad_pixels(ff.apply(sample), hot_ratio=params.hot_ratio) & ~ff.mask
+            bad = detect_bad_pixels(sample, hot_ratio=params.hot_ratio, flatfield=ff) & ~ff.mask
             ff = ff.with_mask(bad)
         epw = params.edge_pixel_width if params.edge_pixel_width is not None else metadata.get("edge_pixel_width")
         grid = PixelGrid(det, float(epw or 1.0))
