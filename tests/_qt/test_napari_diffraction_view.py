@@ -218,3 +218,36 @@ def test_points_around_the_cursor_are_prepared_ahead(make_napari_viewer, qtbot):
     assert not view.loading
     qtbot.waitUntil(lambda: view._loader.idle, timeout=20000)
     assert (2, 4) not in frames.points()
+
+
+def test_prefetching_waits_while_a_job_runs(make_napari_viewer, qtbot):
+    """While a background job runs (the integrated image of a scan just opened, preprocessing),
+    the point under the cursor is still shown at once, but its neighbours are prepared only once
+    the job has ended: guesses do not take the cores from the job and the viewer."""
+    import threading
+
+    from napari_sedclassify._napari.jobs import BackgroundJob, jobs_running
+
+    scan, frames = beam_scan()
+    viewer = make_napari_viewer()
+    data, kwargs, _ = scan_layer_data(scan, np.zeros(scan.scan_shape))
+    layer = viewer.add_image(data, **kwargs)
+    _, view = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Diffraction view")
+    view.prefetch_radius = 1
+    qtbot.waitUntil(lambda: view._loader.idle, timeout=20000)  # what docking the view showed
+    frames.reads.clear()
+    release, running = threading.Event(), threading.Event()
+    job = BackgroundJob("a long job", lambda report, cancelled: (running.set(), release.wait(60)))
+    job.start()
+    try:
+        assert running.wait(20) and jobs_running() == 1
+        _hover(view, viewer, layer, (2, 2))
+        qtbot.waitUntil(lambda: view.point is not None and view.point[1:] == (2, 2), timeout=20000)
+        qtbot.wait(500)  # ample time for 8 neighbours to be prepared, were the prefetch not waiting
+        assert frames.points() == [(2, 2)] and not view._loader.idle
+    finally:
+        release.set()
+        qtbot.waitUntil(lambda: job.done, timeout=20000)
+    assert jobs_running() == 0
+    qtbot.waitUntil(lambda: view._loader.idle, timeout=20000)
+    assert set(frames.points()) == {(y, x) for y in (1, 2, 3) for x in (1, 2, 3)}

@@ -38,6 +38,21 @@ NAPARI_BAR_AFTER_S = 2.0
 #: (``model_jobs.CHILD_NICE``): at 10 a job got too little while the canvas redrew continuously.
 BACKGROUND_NICE = 5
 
+_running_lock = threading.Lock()
+_running = 0
+
+
+def jobs_running() -> int:
+    """How many BackgroundJobs are doing their work now (any viewer): guesses made ahead of the
+    user (the diffraction view's prefetch) wait for them."""
+    return _running
+
+
+def _count_running(step: int) -> None:
+    global _running
+    with _running_lock:
+        _running += step
+
 
 def still_activity_indicator(viewer=None) -> bool:
     """Stop the animation of napari's "in progress" indicator (status bar) while our jobs run; it
@@ -121,11 +136,14 @@ class BackgroundJob:
         lower_thread_priority(BACKGROUND_NICE)
         # Errors come back as a value: shown once, by us, as a clear notification (napari's
         # worker would otherwise also relay the raw traceback and re-raise it in the event loop).
+        _count_running(1)
         try:
             outcome.append((True, self._work(self._report, self.cancel_event.is_set)))
         except BaseException as exc:
             self.traceback = traceback.format_exc()
             outcome.append((False, exc))
+        finally:
+            _count_running(-1)
 
     def _report(self, done, total=None, info=None):
         with self._lock:

@@ -23,7 +23,7 @@ from magicgui.widgets import CheckBox, Container
 from napari.utils.notifications import show_error
 
 from ..frame_info import frame_details
-from ..jobs import BACKGROUND_NICE, lower_thread_priority
+from ..jobs import BACKGROUND_NICE, jobs_running, lower_thread_priority
 from ..layers import find_scan
 from ..palette import display_name
 from ..pickers import scan_picker
@@ -43,6 +43,12 @@ MARKER_LAYER = "diffraction point"
 CACHE_SIZE = 96
 #: Points around the one shown that are prepared ahead (Chebyshev distance, in scan steps).
 PREFETCH_RADIUS = 2
+#: While a background job runs (the integrated image of a scan just opened, preprocessing,
+#: training), the prefetch thread waits, looking again this often (s): prefetched frames are a
+#: guess, and on open their preprocessing (one frame at a time) competed with the integrated
+#: image and the layer's first paint for the interpreter and the 2 cores. Requested frames (the
+#: point under the cursor) never wait.
+JOB_POLL_S = 0.05
 
 
 def prepared_frame(layer, iy: int, ix: int):
@@ -132,6 +138,9 @@ class FrameLoader:
                     item, self._wanted, self._busy = self._wanted, None, True
                     return item
                 if not urgent and self._prefetch:
+                    if jobs_running():  # a job (the integrated image, preprocessing) goes first
+                        self._cond.wait(JOB_POLL_S)
+                        continue
                     self._prefetching = True
                     return self._prefetch.pop(0)
                 self._cond.wait()
