@@ -139,7 +139,7 @@ def run_scans(job: Callable, n_scans: int, *, concurrent: int = 1, cancel: Calla
 
 
 def _open(scans, client):
-    from .train import open_scans
+    from .scans import open_scans
 
     opened = open_scans(scans)
     if client is not None and any(s.source is None for s in opened):
@@ -170,7 +170,7 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
     all scans. Returns one dict per scan: name, source, files, counts, unclassified, timings.
     """
     from .predict import card_of, loading, predict_scan, prediction_entry, with_uncertain, write_prediction
-    from .train import flatfields_for, scan_name
+    from .scans import flatfields_for, scan_name
 
     model = loading(model)  # a model file's estimator loads while the first scan is preprocessed
     classes = card_of(model).classes
@@ -217,7 +217,7 @@ def batch_preprocess(scans, outputs, *, params=None, flatfield=None, scheduler: 
     :func:`batch_predict`. Returns one dict per scan: source, output, frames, duration_s.
     """
     from .preprocess import preprocess
-    from .train import flatfields_for
+    from .scans import flatfields_for
 
     outputs = [Path(o) for o in outputs]
     with _maybe_client(client, scheduler, workers) as cl:

@@ -206,7 +206,7 @@ def calibrate(scan, ring="ice", flatfield=None, params=None, *, search: float = 
     Raises CalibrationError when no such ring is found.
     """
     from .preprocess import preprocess
-    from .train import open_scans
+    from .scans import open_scans
 
     (scan,) = open_scans([scan])
     parse_ring(ring)  # fail early on a bad ring

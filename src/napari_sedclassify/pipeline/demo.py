@@ -30,7 +30,8 @@ import numpy as np
 from ..classes import ClassTable
 from ..models import MODEL_KINDS
 from ..io.atomic import write_text
-from .train import default_recipe, preprocess_params_for, scan_features, scan_report
+from .scans import scan_report
+from .train import default_recipe, preprocess_params_for, scan_features
 
 #: The default demo: 5 session-A scans (4 to train on, 1 held out) and the session-B scan on a
 #: 128 px detector; the CNN trains for 6 epochs of 1500 crops and its prediction time is one

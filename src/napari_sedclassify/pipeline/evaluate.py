@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .predict import ScanPrediction, as_model, predict_scan
-from .train import flatfields_for, load_labels, open_scans, scan_report
+from .scans import flatfields_for, load_labels, open_scans, scan_report
 
 
 @dataclass

@@ -978,7 +978,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     """
     from .predict import as_model
     from .reduce import check_live_target, class_ids as ids_of
-    from .train import _is_path
+    from .scans import is_path
 
     model_arg = model
     model = as_model(model)
@@ -1044,7 +1044,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                     geometry=classifier.geometry, class_table=model.classes, keep_ids=keep_ids,
                     class_ids=state.class_ids, compression=compression, force=force,
                     input_info={"source": str(getattr(src, "path", source)), "format": src.metadata.get("format")},
-                    provenance={"class_map_from": "model", "model": str(model_arg) if _is_path(model_arg) else model.name,
+                    provenance={"class_map_from": "model", "model": str(model_arg) if is_path(model_arg) else model.name,
                                 "model_kind": model.kind, "flatfield": None if flatfield is None else str(flatfield),
                                 "class_ids_of_probabilities": state.class_ids})
             kept = np.isin(classes[b.index], keep_ids)

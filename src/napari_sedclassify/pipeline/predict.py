@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .train import _is_path, flatfields_for, open_scans, preprocess_params_for, scan_name, scan_report
+from .scans import flatfields_for, is_path, open_scans, scan_name, scan_report
+from .train import preprocess_params_for
 
 
 @dataclass
@@ -88,14 +89,14 @@ class ModelLoading:
 
 def loading(model):
     """A SedModel as it is; a model file as a :class:`ModelLoading`, started now."""
-    return ModelLoading(model) if _is_path(model) else model
+    return ModelLoading(model) if is_path(model) else model
 
 
 def as_model(model):
     """A SedModel from a SedModel, a :class:`ModelLoading` or a model file path."""
     if isinstance(model, ModelLoading):
         return model.model()
-    if _is_path(model):
+    if is_path(model):
         from ..models.persistence import load_model
 
         return load_model(model)
@@ -115,11 +116,11 @@ def check_model_libraries(model) -> None:
     from ..models.arrays import ArrayClassifier
     from ..models.persistence import needs_tensorflow, read_metadata
 
-    if (needs_tensorflow(read_metadata(model)) if _is_path(model)
+    if (needs_tensorflow(read_metadata(model)) if is_path(model)
             else model.kind == "cnn" and not isinstance(model.estimator, ArrayClassifier)):
         from ..optional import require_cnn
 
-        require_cnn(f"The CNN model {model if _is_path(model) else model.name}")
+        require_cnn(f"The CNN model {model if is_path(model) else model.name}")
 
 
 def check_preprocess(model, result, geometry) -> None:

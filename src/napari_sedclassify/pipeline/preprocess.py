@@ -178,7 +178,7 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     import numba
 
     from .batch import current_client
-    from .train import open_scans
+    from .scans import open_scans
 
     t0 = time.time()
     client = client if client is not None else current_client()
