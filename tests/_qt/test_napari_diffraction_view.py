@@ -223,10 +223,12 @@ def test_points_around_the_cursor_are_prepared_ahead(make_napari_viewer, qtbot):
 def test_prefetching_waits_while_a_job_runs(make_napari_viewer, qtbot):
     """While a background job runs (the integrated image of a scan just opened, preprocessing),
     the point under the cursor is still shown at once, but its neighbours are prepared only once
-    the job has ended: guesses do not take the cores from the job and the viewer."""
+    the job has ended: guesses do not take the cores from the job and the viewer. The
+    interpreter's switch interval is short while the job runs, as it was before afterwards."""
+    import sys
     import threading
 
-    from napari_sedclassify._napari.jobs import BackgroundJob, jobs_running
+    from napari_sedclassify._napari.jobs import JOB_SWITCH_INTERVAL_S, BackgroundJob, jobs_running
 
     scan, frames = beam_scan()
     viewer = make_napari_viewer()
@@ -238,9 +240,12 @@ def test_prefetching_waits_while_a_job_runs(make_napari_viewer, qtbot):
     frames.reads.clear()
     release, running = threading.Event(), threading.Event()
     job = BackgroundJob("a long job", lambda report, cancelled: (running.set(), release.wait(60)))
+    interval = sys.getswitchinterval()
+    assert interval > JOB_SWITCH_INTERVAL_S
     job.start()
     try:
         assert running.wait(20) and jobs_running() == 1
+        assert sys.getswitchinterval() == JOB_SWITCH_INTERVAL_S
         _hover(view, viewer, layer, (2, 2))
         qtbot.waitUntil(lambda: view.point is not None and view.point[1:] == (2, 2), timeout=20000)
         qtbot.wait(500)  # ample time for 8 neighbours to be prepared, were the prefetch not waiting
@@ -248,6 +253,6 @@ def test_prefetching_waits_while_a_job_runs(make_napari_viewer, qtbot):
     finally:
         release.set()
         qtbot.waitUntil(lambda: job.done, timeout=20000)
-    assert jobs_running() == 0
+    assert jobs_running() == 0 and sys.getswitchinterval() == interval
     qtbot.waitUntil(lambda: view._loader.idle, timeout=20000)
     assert set(frames.points()) == {(y, x) for y in (1, 2, 3) for x in (1, 2, 3)}
