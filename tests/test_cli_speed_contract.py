@@ -205,6 +205,34 @@ def test_kernels_run_without_scipy_linear_algebra_and_leave_it_importable():
     assert float(second) == pytest.approx(1.0)
 
 
+def test_commands_do_not_load_other_packages_numba_extensions(files, tmp_path):
+    """numba imports every installed package's numba extension at its first call (sparse's here);
+    a command, a process of its own, skips them (the kernels use none), while any other process
+    (napari, a notebook) still loads them."""
+    from importlib.metadata import entry_points
+
+    modules = sorted({ep.module for ep in entry_points().select(group="numba_extensions")})
+    if not modules:
+        pytest.skip("no package with a numba extension is installed")
+    code = (
+        "import sys, numpy as np\n"
+        "from napari_sedclassify.processing import FrameRunner, RadialProfile\n"
+        "FrameRunner([RadialProfile(5)]).run_chunk(np.ones((1, 16, 16), np.uint16), centres=np.full((1, 2), 7.5))\n"
+        f"print(all(m in sys.modules for m in {modules!r}))\n"
+    )
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert plain.stdout.strip() == "True", plain.stderr  # the control: numba loads them by default
+    folder, entries = files
+    scan, _, flat = entries[0]
+    command = subprocess.run([sys.executable, "-X", "importtime", "-m", "napari_sedclassify.cli", "preprocess",
+                              str(scan), "--flatfield", str(flat), "--out", str(tmp_path / "p.h5")],
+                             capture_output=True, text=True, timeout=300)
+    assert command.returncode == 0, command.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in command.stderr.splitlines() if line.startswith("import time")}
+    assert "napari_sedclassify.processing._kernels" in imported
+    assert not imported & set(modules), imported & set(modules)
+
+
 def test_kernel_cache_folder_when_nothing_is_writable(monkeypatch, tmp_path):
     import numba
 

@@ -76,6 +76,9 @@ def entry() -> None:
     then every output is written and closed (atomically), so the exit handlers are run
     (temporary files, thread pools, logging) and the process ends without that teardown.
 
+    The numba extensions of other installed packages are not loaded (``SEDCLASSIFY_NUMBA_EXTENSIONS``
+    set to "skip", unless set already; the kernels use none): 60-90 ms before the first frame.
+
     The interpreter hands the GIL over every 0.5 ms instead of 5 ms (``COMMAND_SWITCH_INTERVAL_S``):
     ``predict`` with a CNN, or an FCNN or SVM file without arrays, imports TensorFlow or
     scikit-learn and skops (about 2 s of Python) in a thread while the frames are processed, and
@@ -85,6 +88,8 @@ def entry() -> None:
     import os
 
     sys.setswitchinterval(COMMAND_SWITCH_INTERVAL_S)
+    # a process of our own: numba need not load other packages' numba extensions (processing._kernels)
+    os.environ.setdefault("SEDCLASSIFY_NUMBA_EXTENSIONS", "skip")
     rc = main()
     atexit._run_exitfuncs()  # CPython's own call at exit: the handlers, in their order
     for stream in (sys.stdout, sys.stderr):

@@ -77,11 +77,32 @@ def _load_numba_numpy_support() -> None:
         sys.meta_path.remove(hook)
 
 
+#: Environment variable: "skip" makes numba skip the numba extensions of other installed packages
+#: in this process (see :func:`_skip_numba_extensions`). The ``sedclassify`` commands set it for
+#: their own processes; anything else (a napari session shared with other plugins) loads them.
+NUMBA_EXTENSIONS_ENV = "SEDCLASSIFY_NUMBA_EXTENSIONS"
+
+
+def _skip_numba_extensions() -> None:
+    """At its first call of any compiled function, numba looks through the entry points of every
+    installed distribution and imports every registered numba extension (here ``sparse``'s: 60-90
+    ms before a command's first frame). These kernels use none. Skipped only where
+    ``NUMBA_EXTENSIONS_ENV`` says "skip" (a process of this package's own), never in a process
+    other code may share, where an extension may be needed."""
+    if os.environ.get(NUMBA_EXTENSIONS_ENV, "").lower() != "skip":
+        return
+    from numba.core import entrypoints
+
+    if hasattr(entrypoints, "_already_initialized"):  # numba's own "done" mark (numba 0.5x-0.6x)
+        entrypoints._already_initialized = True
+
+
 _ensure_cache_dir()
 
 from numba import njit  # noqa: E402  (after the cache folder is settled)
 
 _load_numba_numpy_support()
+_skip_numba_extensions()
 
 _NAN32 = np.float32(np.nan)
 #: find_centres fits the beam's edge circle a second time only when the first fit moved the centre
