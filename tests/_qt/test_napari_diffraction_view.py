@@ -192,15 +192,21 @@ def test_view_follows_the_scan_under_the_cursor_with_its_own_labels(make_napari_
     assert not frames_b.reads  # from the cache
 
 
-def test_points_around_the_cursor_are_prepared_ahead(make_napari_viewer, qtbot):
-    """Resting on a point prepares its neighbours in the view's thread (the way the cursor went
-    first); moving there then shows the frame within the mouse-move callback, reading nothing."""
+def _prefetching_view(make_napari_viewer):
+    """(frames, viewer, scan layer, diffraction view) on beam_scan, prefetching 1 point around."""
     scan, frames = beam_scan()
     viewer = make_napari_viewer()
     data, kwargs, _ = scan_layer_data(scan, np.zeros(scan.scan_shape))
     layer = viewer.add_image(data, **kwargs)
     _, view = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Diffraction view")
     view.prefetch_radius = 1
+    return frames, viewer, layer, view
+
+
+def test_points_around_the_cursor_are_prepared_ahead(make_napari_viewer, qtbot):
+    """Resting on a point prepares its neighbours in the view's thread (the way the cursor went
+    first); moving there then shows the frame within the mouse-move callback, reading nothing."""
+    frames, viewer, layer, view = _prefetching_view(make_napari_viewer)
     _hover(view, viewer, layer, (2, 2))
     qtbot.waitUntil(lambda: view.point is not None and view.point[1:] == (2, 2) and view._loader.idle, timeout=20000)
     read = frames.points()
@@ -230,12 +236,7 @@ def test_prefetching_waits_while_a_job_runs(make_napari_viewer, qtbot):
 
     from napari_sedclassify._napari.jobs import JOB_SWITCH_INTERVAL_S, BackgroundJob, jobs_running
 
-    scan, frames = beam_scan()
-    viewer = make_napari_viewer()
-    data, kwargs, _ = scan_layer_data(scan, np.zeros(scan.scan_shape))
-    layer = viewer.add_image(data, **kwargs)
-    _, view = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Diffraction view")
-    view.prefetch_radius = 1
+    frames, viewer, layer, view = _prefetching_view(make_napari_viewer)
     qtbot.waitUntil(lambda: view._loader.idle, timeout=20000)  # what docking the view showed
     frames.reads.clear()
     release, running = threading.Event(), threading.Event()
