@@ -205,6 +205,25 @@ def test_kernels_run_without_scipy_linear_algebra_and_leave_it_importable():
     assert float(second) == pytest.approx(1.0)
 
 
+def test_the_blas_probe_is_answered_no_in_its_own_thread_only():
+    """The import hook that skips numba's BLAS probe refuses scipy.linalg only in the thread that
+    loads the kernels: another thread (napari's UI thread while a warm-up thread loads them)
+    imports it as usual, and nothing else is refused."""
+    import threading
+
+    from napari_sedclassify.processing._kernels import _NoBlasProbe
+
+    hook = _NoBlasProbe()
+    with pytest.raises(ImportError, match="BLAS probe"):
+        hook.find_spec("scipy.linalg.cython_blas")
+    assert hook.find_spec("scipy.special") is None and hook.find_spec("numpy.linalg") is None
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(hook.find_spec("scipy.linalg")))
+    thread.start()
+    thread.join()
+    assert elsewhere == [None]
+
+
 def test_commands_do_not_load_other_packages_numba_extensions(files, tmp_path):
     """numba imports every installed package's numba extension at its first call (sparse's here);
     a command, a process of its own, skips them (the kernels use none), while any other process

@@ -234,7 +234,8 @@ def test_prefetching_waits_while_a_job_runs(make_napari_viewer, qtbot):
     import sys
     import threading
 
-    from napari_sedclassify._napari.jobs import JOB_SWITCH_INTERVAL_S, BackgroundJob, jobs_running
+    from napari_sedclassify._napari.interpreter import QUICK_SWITCH_INTERVAL_S
+    from napari_sedclassify._napari.jobs import BackgroundJob, jobs_running
 
     frames, viewer, layer, view = _prefetching_view(make_napari_viewer)
     qtbot.waitUntil(lambda: view._loader.idle, timeout=20000)  # what docking the view showed
@@ -242,11 +243,11 @@ def test_prefetching_waits_while_a_job_runs(make_napari_viewer, qtbot):
     release, running = threading.Event(), threading.Event()
     job = BackgroundJob("a long job", lambda report, cancelled: (running.set(), release.wait(60)))
     interval = sys.getswitchinterval()
-    assert interval > JOB_SWITCH_INTERVAL_S
+    assert interval > QUICK_SWITCH_INTERVAL_S
     job.start()
     try:
         assert running.wait(20) and jobs_running() == 1
-        assert sys.getswitchinterval() == JOB_SWITCH_INTERVAL_S
+        assert sys.getswitchinterval() == QUICK_SWITCH_INTERVAL_S
         _hover(view, viewer, layer, (2, 2))
         qtbot.waitUntil(lambda: view.point is not None and view.point[1:] == (2, 2), timeout=20000)
         qtbot.wait(500)  # ample time for 8 neighbours to be prepared, were the prefetch not waiting

@@ -500,3 +500,24 @@ def test_jobs_and_prefetching_run_below_the_viewers_priority(qtbot):
         assert os.getpriority(os.PRIO_PROCESS, ids["diffraction view frames (requested)"]) == ui
     finally:
         loader.close()
+
+
+def test_quick_switches_overlap_in_any_order_and_restore_the_interval():
+    """A job's work and the viewer's warm-up each switch the interpreter quickly while they run;
+    overlapping, ending in either order, the interval from before the first is put back when the
+    last ends (each used to put back what it found, leaving 1 ms for good after some overlaps)."""
+    import sys
+
+    from napari_sedclassify._napari.interpreter import QUICK_SWITCH_INTERVAL_S, quick_switches
+
+    before = sys.getswitchinterval()
+    assert before > QUICK_SWITCH_INTERVAL_S
+    for first_ends_first in (True, False):
+        a, b = quick_switches(), quick_switches()
+        a.__enter__()
+        assert sys.getswitchinterval() == QUICK_SWITCH_INTERVAL_S
+        b.__enter__()
+        (a if first_ends_first else b).__exit__(None, None, None)
+        assert sys.getswitchinterval() == QUICK_SWITCH_INTERVAL_S
+        (b if first_ends_first else a).__exit__(None, None, None)
+        assert sys.getswitchinterval() == before

@@ -22,6 +22,8 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 # at import (with the widgets), not at the first job: importing it then took ~60 ms of the event loop
 from napari.qt.threading import create_worker
 
+from .interpreter import quick_switches
+
 
 #: How often a running job's progress reaches the UI (progress bar, live plots), in ms.
 UPDATE_MS = 500
@@ -48,26 +50,10 @@ def jobs_running() -> int:
     return _running
 
 
-#: The interpreter's switch interval while a job runs (s; Python's default is 0.005). A job's
-#: threads hold the GIL only between kernel calls; each time one asked for it while the event loop
-#: ran Python (adding a layer, painting) it waited up to the whole interval. Six alternating runs
-#: of opening a 40 x 40 scan (benchmarks/bench_napari_session.py): 0.71-0.97 s with 1 ms, 0.76-1.47 s
-#: with 5 ms, leaving out a first run with a cold disk cache (the integrated image is computed while
-#: the layer is added and first painted).
-JOB_SWITCH_INTERVAL_S = 0.001
-_interval_before = None
-
-
 def _count_running(step: int) -> None:
-    global _running, _interval_before
+    global _running
     with _running_lock:
         _running += step
-        if _running == 1 and step > 0:
-            _interval_before = sys.getswitchinterval()
-            sys.setswitchinterval(min(_interval_before, JOB_SWITCH_INTERVAL_S))
-        elif _running == 0 and _interval_before is not None:
-            sys.setswitchinterval(_interval_before)
-            _interval_before = None
 
 
 def still_activity_indicator(viewer=None) -> bool:
@@ -154,7 +140,8 @@ class BackgroundJob:
         # worker would otherwise also relay the raw traceback and re-raise it in the event loop).
         _count_running(1)
         try:
-            outcome.append((True, self._work(self._report, self.cancel_event.is_set)))
+            with quick_switches():  # the event loop and the job's threads get the GIL back within 1 ms
+                outcome.append((True, self._work(self._report, self.cancel_event.is_set)))
         except BaseException as exc:
             self.traceback = traceback.format_exc()
             outcome.append((False, exc))

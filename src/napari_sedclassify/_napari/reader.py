@@ -34,7 +34,6 @@ def warm_up() -> None:
     global _warming
     if _warming is None:
         import gc
-        import sys
         import threading
 
         def work():
@@ -62,13 +61,13 @@ def warm_up() -> None:
             # time (the collector holds the interpreter lock), at unpredictable moments, and the
             # imports here would trigger several (measured under Xvfb). No collection while they
             # run; frozen afterwards, those objects are skipped by every later collection.
-            interval = sys.getswitchinterval()
+            from .interpreter import quick_switches
+
             gc.disable()
-            sys.setswitchinterval(0.001)  # the event loop gets the interpreter back within 1 ms
             try:
-                work()
+                with quick_switches():  # the event loop gets the interpreter back within 1 ms
+                    work()
             finally:
-                sys.setswitchinterval(interval)
                 gc.freeze()
                 gc.enable()
 

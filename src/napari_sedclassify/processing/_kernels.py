@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -49,10 +50,15 @@ def _ensure_cache_dir() -> None:
 
 class _NoBlasProbe:
     """An import hook that makes ``scipy.linalg`` (the parent of the ``cython_blas`` numba probes)
-    unimportable for a moment; see :func:`_load_numba_numpy_support`."""
+    unimportable for a moment, in the thread that installed it only (another thread, e.g. napari's
+    UI thread while this module loads in a warm-up thread, imports it as usual); see
+    :func:`_load_numba_numpy_support`."""
+
+    def __init__(self):
+        self.thread = threading.get_ident()
 
     def find_spec(self, name, path=None, target=None):
-        if name == "scipy.linalg" or name.startswith("scipy.linalg."):
+        if (name == "scipy.linalg" or name.startswith("scipy.linalg.")) and threading.get_ident() == self.thread:
             raise ImportError("skipped: numba's BLAS probe (napari_sedclassify's kernels use no BLAS)")
         return None
 
