@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -308,3 +310,51 @@ def test_quick_demo_by_default(tmp_path, capsys):
     assert set(report["models"]) == {"fcnn", "svm"}
     assert "sedclassify demo --full" in (out / "report.md").read_text()
     assert SPEED_LINE.findall(capsys.readouterr().err) == [("demo", str(6 * 64))]
+
+
+def _advised_code(call_small_pages: bool) -> str:
+    """Code printing whether the kernel was advised huge pages (``hg`` in the VmFlags of
+    /proc/self/smaps) for the memory of a fresh 64 MB numpy array."""
+    return (
+        "import numpy as np\n"
+        + ("from napari_sedclassify.pages import small_pages\nprint(small_pages())\n" if call_small_pages else "print(None)\n")
+        + "a = np.empty(64 << 20, np.uint8); a[:] = 1\n"
+        "addr, inside, advised = a.ctypes.data + a.nbytes // 2, False, None\n"
+        "for line in open('/proc/self/smaps'):\n"
+        "    head = line.split()[0]\n"
+        "    if '-' in head and ':' not in head:\n"
+        "        lo, hi = (int(x, 16) for x in head.split('-'))\n"
+        "        inside = lo <= addr < hi\n"
+        "    elif inside and head == 'VmFlags:':\n"
+        "        advised = 'hg' in line.split()[1:]\n"
+        "print(advised)\n"
+    )
+
+
+def test_frame_blocks_get_ordinary_pages_in_a_command(files):
+    """numpy advises transparent huge pages (``madvise(MADV_HUGEPAGE)``) for arrays of 4 MB or
+    more; where the kernel honours the advice by compacting memory at the first touch, fresh
+    blocks of frames waited for it (docs/performance.md, session 12). ``small_pages`` turns the
+    advice off, and a command does so; a user's ``NUMPY_MADVISE_HUGEPAGE`` is kept."""
+    if not Path("/proc/self/smaps").exists():
+        pytest.skip("no /proc/self/smaps here")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    default = subprocess.run([sys.executable, "-c", _advised_code(False)], capture_output=True, text=True,
+                             timeout=120, env=env)
+    small = subprocess.run([sys.executable, "-c", _advised_code(True)], capture_output=True, text=True,
+                           timeout=120, env=env)
+    if default.stdout.split() == ["None", "False"]:
+        pytest.skip("numpy gives no huge-page advice here (no transparent huge pages): nothing to turn off")
+    assert default.stdout.split() == ["None", "True"], default.stderr  # the control: numpy's default
+    assert small.stdout.split() == ["True", "False"], small.stderr
+    # the command's own process: the advice is off while it runs; the user's choice is kept
+    code = ("import atexit, sys\n"
+            "from numpy._core.multiarray import _set_madvise_hugepage as advice\n"
+            "atexit.register(lambda: print('advice on:', advice(True)))\n"
+            "from napari_sedclassify.cli import entry\n"
+            f"sys.argv = ['sedclassify', 'info', {str(files[1][0][0])!r}]\n"
+            "entry()\n")
+    for setting, on in ((None, "False"), ("1", "True")):
+        run_env = env if setting is None else {**env, "NUMPY_MADVISE_HUGEPAGE": setting}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=run_env)
+        assert out.returncode == 0 and f"advice on: {on}" in out.stdout, (setting, out.stdout[-500:], out.stderr[-2000:])

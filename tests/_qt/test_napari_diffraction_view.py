@@ -246,6 +246,7 @@ def test_prefetching_waits_while_a_job_runs(make_napari_viewer, qtbot):
     assert interval > QUICK_SWITCH_INTERVAL_S
     job.start()
     try:
+        assert jobs_running() == 1  # counted from the start, before its thread runs
         assert running.wait(20) and jobs_running() == 1
         assert sys.getswitchinterval() == QUICK_SWITCH_INTERVAL_S
         _hover(view, viewer, layer, (2, 2))
@@ -258,3 +259,36 @@ def test_prefetching_waits_while_a_job_runs(make_napari_viewer, qtbot):
     assert jobs_running() == 0 and sys.getswitchinterval() == interval
     qtbot.waitUntil(lambda: view._loader.idle, timeout=20000)
     assert set(frames.points()) == {(y, x) for y in (1, 2, 3) for x in (1, 2, 3)}
+
+
+def test_the_first_point_of_a_scan_being_integrated_waits_for_its_image(make_napari_viewer, qtbot):
+    """A scan just opened: the view shows its first point only once the integrated image is in
+    (preparing that frame, centring and calibration sample included, competed with the image for
+    the cores); a point under the cursor meanwhile does not wait."""
+    from napari_sedclassify._napari.reader import INTEGRATING
+
+    scan, frames = beam_scan()
+    frames.reads.clear()  # dask's look at the array's type
+    viewer = make_napari_viewer()
+    _, view = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Diffraction view")
+    data, kwargs, _ = scan_layer_data(scan, np.zeros(scan.scan_shape))
+    kwargs["metadata"][INTEGRATING] = True
+    layer = viewer.add_image(data, **kwargs)
+    qtbot.waitUntil(lambda: view.loading, timeout=20000)  # the first point is asked for ...
+    qtbot.wait(500)
+    assert frames.points() == [] and view.loading and view.point is None  # ... and waits
+    layer.metadata.pop(INTEGRATING)  # the image is in (reader._fill_layer)
+    qtbot.waitUntil(lambda: view.point is not None and view.point[1:] == (0, 0), timeout=20000)
+    assert frames.points()[0] == (0, 0)
+
+    scan2, frames2 = beam_scan()
+    frames2.reads.clear()
+    data, kwargs, _ = scan_layer_data(scan2, np.zeros(scan2.scan_shape))
+    kwargs["metadata"][INTEGRATING] = True
+    kwargs["translate"] = (0.0, 1000.0)  # beside the first scan
+    layer2 = viewer.add_image(data, **kwargs)
+    qtbot.wait(200)
+    _hover(view, viewer, layer2, (1, 2))  # the cursor: shown at once, integrating or not
+    qtbot.waitUntil(lambda: view.point is not None and view.point[0] == layer2 and view.point[1:] == (1, 2),
+                    timeout=20000)
+    assert (1, 2) in frames2.points() and INTEGRATING in layer2.metadata

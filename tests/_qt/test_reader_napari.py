@@ -97,3 +97,26 @@ def test_errors_are_notifications_naming_file_and_problem(realdata, make_napari_
     assert layers == [] and len(viewer.layers) == 0
     messages = [str(n.message) for n in notification_manager.records[before:]]
     assert any(str(path) in m and problem in m for m in messages), messages
+
+
+def test_a_failed_integration_leaves_no_layer_marked_as_integrating(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """The integrated image failed (here: the virtual-image step raises): the layer keeps its
+    placeholder, the error is shown, and the layer is no longer marked as being integrated (what
+    the diffraction view's first frame waits for)."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_sedclassify.processing import virtual
+
+    def broken(*args, **kwargs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(virtual, "virtual_image", broken)
+    np.save(tmp_path / "scan.npy", np.ones((3, 4, 16, 16), np.uint16))
+    viewer = make_napari_viewer()
+    before = len(notification_manager.records)
+    (layer,) = viewer.open(str(tmp_path / "scan.npy"), plugin=PLUGIN)
+    assert layer.metadata[INTEGRATING] is True
+    qtbot.waitUntil(lambda: INTEGRATING not in layer.metadata, timeout=30000)
+    assert not np.any(layer.data)
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("integrated image failed" in m and "disk gone" in m and "scan.npy" in m for m in messages), messages

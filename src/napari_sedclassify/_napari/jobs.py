@@ -115,6 +115,7 @@ class BackgroundJob:
         self._on_finished = on_finished
         self._pending = []
         self._lock = threading.Lock()
+        self._counted = False  # in jobs_running(): from start() to the end of the work
         self._bar = None
         self._started = None
         self.show_progress = None  # (done, total) -> None on the UI thread; None: napari's bar
@@ -138,7 +139,6 @@ class BackgroundJob:
         lower_thread_priority(BACKGROUND_NICE)
         # Errors come back as a value: shown once, by us, as a clear notification (napari's
         # worker would otherwise also relay the raw traceback and re-raise it in the event loop).
-        _count_running(1)
         try:
             with quick_switches():  # the event loop and the job's threads get the GIL back within 1 ms
                 outcome.append((True, self._work(self._report, self.cancel_event.is_set)))
@@ -146,6 +146,14 @@ class BackgroundJob:
             self.traceback = traceback.format_exc()
             outcome.append((False, exc))
         finally:
+            self._uncount()
+
+    def _uncount(self):
+        """Out of jobs_running(), once: when the work ends (its thread), or at the latest when the
+        job finishes on the UI thread (a worker that never ran)."""
+        with self._lock:
+            counted, self._counted = self._counted, False
+        if counted:
             _count_running(-1)
 
     def _report(self, done, total=None, info=None):
@@ -158,6 +166,9 @@ class BackgroundJob:
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
         self._started = time.perf_counter()
+        with self._lock:  # counted from now: what waits for jobs must not slip in before the thread starts
+            self._counted = True
+        _count_running(1)
         self._timer.start()
         self.worker.start()
         return self.worker
@@ -229,6 +240,7 @@ class BackgroundJob:
             show_error(f"{self.description}: {exc}")
 
     def _finished(self):
+        self._uncount()
         self._timer.stop()
         if self._bar is not None:
             self._bar.close()

@@ -30,11 +30,18 @@ def warm_up() -> None:
     build in the event loop: napari's unit registry (pint parses its definitions and the scan's
     units: 0.3-0.9 s here), the numba functions napari compiles for the first Labels layer with a
     direct colour map (1-2 s on the UI thread when a prediction was first shown), the engine's
-    processing modules (numba's cached kernels) and the module that applies FCNN and SVM model files."""
+    processing modules (numba's cached kernels) and the module that applies FCNN and SVM model files.
+
+    Also stops numpy advising huge pages for new arrays in the viewer's process (``pages``): the
+    first blocks of frames of an integrated image waited for the kernel to compact memory."""
     global _warming
     if _warming is None:
         import gc
         import threading
+
+        from ..pages import small_pages
+
+        small_pages()
 
         def work():
             from napari.layers import Labels
@@ -290,9 +297,15 @@ def integrate_in_background(scan, name: str):
         if image_ is not None:
             _fill_layer(scan, image_)
 
-    job = BackgroundJob(f"Integrating {name}", work, on_returned=returned)
+    def finished():
+        _workers.discard(job)
+        if job.outcome != "done":  # failed or cancelled: the layer is no longer being integrated
+            layer = _scan_layer(scan)
+            if layer is not None:
+                layer.metadata.pop(INTEGRATING, None)
+
+    job = BackgroundJob(f"Integrating {name}", work, on_returned=returned, on_finished=finished)
     _workers.add(job)
-    job._on_finished = lambda: _workers.discard(job)
     job.start()
     return job
 
@@ -307,8 +320,7 @@ def _fill_layer(scan, image, tries: int = 20):
     from qtpy.QtCore import QTimer
 
     viewer = napari.current_viewer()
-    layers = viewer.layers if viewer is not None else []
-    layer = next((ly for ly in layers if ly.metadata.get(SCAN_KEY) is scan), None)
+    layer = _scan_layer(scan)
     if layer is None:
         if viewer is not None and tries > 0:
             QTimer.singleShot(100, partial(_fill_layer, scan, image, tries - 1))
@@ -319,3 +331,12 @@ def _fill_layer(scan, image, tries: int = 20):
         lo, hi = float(finite.min()), float(finite.max())
         layer.contrast_limits = (lo, hi if hi > lo else lo + 1.0)
     layer.metadata.pop(INTEGRATING, None)
+
+
+def _scan_layer(scan):
+    """The layer of the current viewer carrying ``scan``, or None."""
+    import napari
+
+    viewer = napari.current_viewer()
+    layers = viewer.layers if viewer is not None else []
+    return next((ly for ly in layers if ly.metadata.get(SCAN_KEY) is scan), None)

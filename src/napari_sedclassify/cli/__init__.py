@@ -83,13 +83,20 @@ def entry() -> None:
     ``predict`` with a CNN, or an FCNN or SVM file without arrays, imports TensorFlow or
     scikit-learn and skops (about 2 s of Python) in a thread while the frames are processed, and
     the processing threads, which hold the GIL only between kernel calls, waited up to 5 ms for it
-    each time (docs/performance.md, session 8)."""
+    each time (docs/performance.md, session 8).
+
+    numpy no longer advises huge pages for its arrays (``pages.small_pages``): the first blocks of
+    frames read into fresh memory waited for the kernel to compact memory (docs/performance.md,
+    session 12)."""
     import atexit
     import os
+
+    from ..pages import small_pages
 
     sys.setswitchinterval(COMMAND_SWITCH_INTERVAL_S)
     # a process of our own: numba need not load other packages' numba extensions (processing._kernels)
     os.environ.setdefault("SEDCLASSIFY_NUMBA_EXTENSIONS", "skip")
+    small_pages()  # blocks of frames in fresh memory without waits for huge pages (pages.py)
     rc = main()
     atexit._run_exitfuncs()  # CPython's own call at exit: the handlers, in their order
     for stream in (sys.stdout, sys.stderr):

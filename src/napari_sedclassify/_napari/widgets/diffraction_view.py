@@ -14,6 +14,7 @@ prepared shows at once, in the mouse-move callback itself.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import replace
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from ..jobs import BACKGROUND_NICE, jobs_running, lower_thread_priority
 from ..layers import find_scan
 from ..palette import display_name
 from ..pickers import scan_picker
+from ..reader import INTEGRATING
 from ..light_plots import CurvePlot, FrameImage, TextLines, frame_rgba
 from ..state import (
     calibration_of,
@@ -47,8 +49,12 @@ PREFETCH_RADIUS = 2
 #: training), the prefetch thread waits, looking again this often (s): prefetched frames are a
 #: guess, and on open their preprocessing (one frame at a time) competed with the integrated
 #: image and the layer's first paint for the interpreter and the 2 cores. Requested frames (the
-#: point under the cursor) never wait.
+#: point under the cursor) never wait; the first point of a scan just opened (nobody pointed at
+#: it) waits for the scan's integrated image: it held that image back by 0.25-0.4 s (the frame's
+#: calibration sample and centring on the same 2 cores).
 JOB_POLL_S = 0.05
+#: The longest that first point waits for the integrated image (s).
+INTEGRATION_WAIT_S = 5.0
 
 
 def prepared_frame(layer, iy: int, ix: int):
@@ -82,6 +88,7 @@ class FrameLoader:
         self.relay = Relay()
         self._cond = threading.Condition()
         self._wanted = None
+        self._wanted_waits = None
         self._prefetch = []
         self._busy = False
         self._prefetching = False
@@ -96,10 +103,12 @@ class FrameLoader:
             for thread in self._threads:
                 thread.start()
 
-    def want(self, item):
-        """Prepare ``item`` = (layer, iy, ix, state, snapshot) next; drops the prefetch list."""
+    def want(self, item, wait_while=None):
+        """Prepare ``item`` = (layer, iy, ix, state, snapshot) next; drops the prefetch list.
+        ``wait_while() -> bool``: not before it says False (looked at every JOB_POLL_S s); a
+        later ``want`` replaces the item and its wait."""
         with self._cond:
-            self._wanted, self._prefetch = item, []
+            self._wanted, self._wanted_waits, self._prefetch = item, wait_while, []
             self._start()
             self._cond.notify_all()
 
@@ -135,6 +144,9 @@ class FrameLoader:
                 if self._closed:
                     return None
                 if urgent and self._wanted is not None:
+                    if self._wanted_waits is not None and self._wanted_waits():
+                        self._cond.wait(JOB_POLL_S)
+                        continue
                     item, self._wanted, self._busy = self._wanted, None, True
                     return item
                 if not urgent and self._prefetch:
@@ -239,7 +251,7 @@ class DiffractionView(Container):
         iy, ix = self.point[1:] if self.point is not None else (0, 0)
         if scan is not None:
             sy, sx = scan.scan_shape
-            self.request(layer, min(iy, sy - 1), min(ix, sx - 1))
+            self.request(layer, min(iy, sy - 1), min(ix, sx - 1), after_integration=True)
 
     def _layer(self):
         return self._scan.value or active_scan_layer(self._viewer)
@@ -272,9 +284,10 @@ class DiffractionView(Container):
         if index is not None:
             self.request(layer, *index, mark=True)
 
-    def request(self, layer, iy: int, ix: int, mark: bool = False):
+    def request(self, layer, iy: int, ix: int, mark: bool = False, after_integration: bool = False):
         """Show scan point (iy, ix) of ``layer``: at once when its frame is prepared, else as soon
-        as the loader thread has prepared it (a later request replaces this one)."""
+        as the loader thread has prepared it (a later request replaces this one); with
+        ``after_integration``, not before the scan's integrated image is in its layer."""
         if find_scan(layer) is None:
             return
         iy, ix = int(iy), int(ix)
@@ -287,7 +300,11 @@ class DiffractionView(Container):
             self._prefetch_around(layer, iy, ix)
             return
         self._pending = (layer, iy, ix, mark)
-        self._loader.want(self._item(layer, iy, ix))
+        waits = None
+        if after_integration and INTEGRATING in layer.metadata:  # a dict lookup from the loader thread
+            until = time.monotonic() + INTEGRATION_WAIT_S
+            waits = lambda: INTEGRATING in layer.metadata and time.monotonic() < until  # noqa: E731
+        self._loader.want(self._item(layer, iy, ix), waits)
 
     @classmethod
     def _item(cls, layer, iy, ix):
