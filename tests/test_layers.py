@@ -19,7 +19,7 @@ ROOT = Path(napari_sedclassify.__file__).parent
 
 #: Layers, lowest first; the parts are the package's top-level modules and subpackages.
 LAYERS = [
-    {"classes", "geometry", "errors", "jsonutil", "optional"},
+    {"classes", "geometry", "errors", "jsonutil", "optional", "pages"},
     {"scan", "__init__"},  # the package's __init__ imports Geometry and Scan
     {"io"},
     {"labels"},
