@@ -313,13 +313,14 @@ def test_quick_demo_by_default(tmp_path, capsys):
     assert SPEED_LINE.findall(capsys.readouterr().err) == [("demo", str(6 * 64))]
 
 
-def _advised_code(call_small_pages: bool) -> str:
-    """Code printing whether the kernel was advised huge pages (``hg`` in the VmFlags of
-    /proc/self/smaps) for the memory of a fresh 64 MB numpy array."""
+def _advised_code(call: str | None) -> str:
+    """Code printing ``call``'s value (None: nothing called), then whether the kernel was advised
+    huge pages (``hg`` in the VmFlags of /proc/self/smaps) for the memory of a fresh 64 MB array."""
     return (
         "import numpy as np\n"
-        + ("from napari_sedclassify.pages import small_pages\nprint(small_pages())\n" if call_small_pages else "print(None)\n")
-        + "a = np.empty(64 << 20, np.uint8); a[:] = 1\n"
+        "from napari_sedclassify.pages import LONG_RUN_BYTES, small_pages\n"
+        f"print({call or 'None'})\n"
+        "a = np.empty(64 << 20, np.uint8); a[:] = 1\n"
         "addr, inside, advised = a.ctypes.data + a.nbytes // 2, False, None\n"
         "for line in open('/proc/self/smaps'):\n"
         "    head = line.split()[0]\n"
@@ -332,33 +333,51 @@ def _advised_code(call_small_pages: bool) -> str:
     )
 
 
-def test_frame_blocks_get_ordinary_pages_in_a_command(files):
+def test_huge_page_advice_only_for_long_runs_in_a_command(files, tmp_path):
     """numpy advises transparent huge pages (``madvise(MADV_HUGEPAGE)``) for arrays of 4 MB or
-    more; where the kernel honours the advice by compacting memory at the first touch, fresh
-    blocks of frames waited for it (docs/performance.md, session 12). ``small_pages`` turns the
-    advice off, and a command does so; a user's ``NUMPY_MADVISE_HUGEPAGE`` is kept."""
+    more; where the kernel honours the advice by compacting memory at the first touch, the fresh
+    blocks of frames of a short run waited for it, while a long run gains from huge pages
+    (docs/performance.md, session 12). ``small_pages`` turns the advice off for runs under
+    ``LONG_RUN_BYTES`` and leaves numpy's default for longer ones; a command decides from the size
+    of the files it is given; a user's ``NUMPY_MADVISE_HUGEPAGE`` is kept."""
     if not Path("/proc/self/smaps").exists():
         pytest.skip("no /proc/self/smaps here")
     env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
-    default = subprocess.run([sys.executable, "-c", _advised_code(False)], capture_output=True, text=True,
+
+    def advised(call):
+        out = subprocess.run([sys.executable, "-c", _advised_code(call)], capture_output=True, text=True,
                              timeout=120, env=env)
-    small = subprocess.run([sys.executable, "-c", _advised_code(True)], capture_output=True, text=True,
-                           timeout=120, env=env)
-    if default.stdout.split() == ["None", "False"]:
+        return out.stdout.split() or [out.stderr[-2000:]]
+
+    default = advised(None)
+    if default == ["None", "False"]:
         pytest.skip("numpy gives no huge-page advice here (no transparent huge pages): nothing to turn off")
-    assert default.stdout.split() == ["None", "True"], default.stderr  # the control: numpy's default
-    assert small.stdout.split() == ["True", "False"], small.stderr
-    # the command's own process: the advice is off while it runs; the user's choice is kept
-    code = ("import atexit, sys\n"
-            "from numpy._core.multiarray import _set_madvise_hugepage as advice\n"
-            "atexit.register(lambda: print('advice on:', advice(True)))\n"
-            "from napari_sedclassify.cli import entry\n"
-            f"sys.argv = ['sedclassify', 'info', {str(files[1][0][0])!r}]\n"
-            "entry()\n")
-    for setting, on in ((None, "False"), ("1", "True")):
+    assert default == ["None", "True"]  # the control: numpy's default
+    assert advised("small_pages()") == ["True", "False"]
+    assert advised("small_pages(LONG_RUN_BYTES - 1)") == ["True", "False"]
+    assert advised("small_pages(LONG_RUN_BYTES)") == ["False", "True"]
+    # the command's own process: the advice follows the size of its input files
+    from napari_sedclassify.pages import LONG_RUN_BYTES
+
+    long_scan = tmp_path / "long.npy"  # a sparse file: 2 GiB of zero frames, no disk used
+    np.lib.format.open_memmap(long_scan, mode="w+", dtype=np.uint16, shape=(LONG_RUN_BYTES // (2 * 512 * 512), 1, 512, 512))
+
+    def command_advice(scan, setting=None):
+        code = ("import atexit, sys\n"
+                "from numpy._core.multiarray import _set_madvise_hugepage as advice\n"
+                "atexit.register(lambda: print('advice on:', advice(True)))\n"
+                "from napari_sedclassify.cli import entry\n"
+                f"sys.argv = ['sedclassify', 'info', {str(scan)!r}]\n"
+                "entry()\n")
         run_env = env if setting is None else {**env, "NUMPY_MADVISE_HUGEPAGE": setting}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=run_env)
-        assert out.returncode == 0 and f"advice on: {on}" in out.stdout, (setting, out.stdout[-500:], out.stderr[-2000:])
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    short_scan = files[1][0][0]
+    assert command_advice(short_scan) == "advice on: False"
+    assert command_advice(long_scan) == "advice on: True"
+    assert command_advice(short_scan, "1") == "advice on: True"  # the user's choice
 
 
 def test_predict_writes_its_class_map_tiff_without_importing_tifffile(files, tmp_path):

@@ -4,6 +4,7 @@ computed in a thread worker, errors as notifications."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -72,7 +73,12 @@ def test_missing_positions_are_nan_in_the_image(make_napari_viewer, qtbot, tmp_p
     np.save(tmp_path / "stack.npy", frames)
     (tmp_path / "stack.json").write_text(json.dumps({"scan_shape": [5, 7], "geometry": {"scan_step_nm": 30.0}}))
     viewer = make_napari_viewer()
+    from numpy._core.multiarray import _set_madvise_hugepage as advice
+
+    advice(True)
     (layer,) = viewer.open(str(tmp_path / "stack.npy"), plugin=PLUGIN)
+    # a small scan: numpy's huge-page advice off (pages.small_pages), unless the user set it
+    assert advice(True) is ("NUMPY_MADVISE_HUGEPAGE" in os.environ)
     qtbot.waitUntil(lambda: INTEGRATING not in layer.metadata, timeout=30000)
     image = np.asarray(layer.data).ravel()
     np.testing.assert_array_equal(image[:30], frames.reshape(30, -1).sum(axis=1))

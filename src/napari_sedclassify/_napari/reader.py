@@ -33,7 +33,8 @@ def warm_up() -> None:
     processing modules (numba's cached kernels) and the module that applies FCNN and SVM model files.
 
     Also stops numpy advising huge pages for new arrays in the viewer's process (``pages``): the
-    first blocks of frames of an integrated image waited for the kernel to compact memory."""
+    first blocks of frames of an integrated image waited for the kernel to compact memory. Each
+    scan opened then sets the advice for its size (``read_scan``)."""
     global _warming
     if _warming is None:
         import gc
@@ -231,6 +232,10 @@ def read_scan(path):
         message = str(exc)
         show_error(message if str(path) in message else f"{path}: {message}")
         return [(None,)]
+    from ..pages import small_pages
+
+    ky, kx = scan.detector_shape  # huge-page advice for the scan's size (pages.py)
+    small_pages(scan.n_frames * ky * kx * np.dtype(scan.dtype).itemsize)
     data, kwargs, kind = scan_layer_data(scan, np.zeros(scan.scan_shape, dtype=np.float32))
     kwargs["metadata"][INTEGRATING] = True
     kwargs["contrast_limits"] = (0.0, 1.0)

@@ -85,18 +85,19 @@ def entry() -> None:
     the processing threads, which hold the GIL only between kernel calls, waited up to 5 ms for it
     each time (docs/performance.md, session 8).
 
-    numpy no longer advises huge pages for its arrays (``pages.small_pages``): the first blocks of
-    frames read into fresh memory waited for the kernel to compact memory (docs/performance.md,
-    session 12)."""
+    numpy advises huge pages for its arrays only when the files named on the command line hold
+    2 GiB or more (``pages.small_pages``): in a shorter run, the first blocks of frames read into
+    fresh memory waited for the kernel to compact memory longer than huge pages saved
+    (docs/performance.md, session 12)."""
     import atexit
     import os
 
-    from ..pages import small_pages
+    from ..pages import input_bytes, small_pages
 
     sys.setswitchinterval(COMMAND_SWITCH_INTERVAL_S)
     # a process of our own: numba need not load other packages' numba extensions (processing._kernels)
     os.environ.setdefault("SEDCLASSIFY_NUMBA_EXTENSIONS", "skip")
-    small_pages()  # blocks of frames in fresh memory without waits for huge pages (pages.py)
+    small_pages(input_bytes(sys.argv[1:]))  # huge-page advice for long runs only (pages.py)
     rc = main()
     atexit._run_exitfuncs()  # CPython's own call at exit: the handlers, in their order
     for stream in (sys.stdout, sys.stderr):
