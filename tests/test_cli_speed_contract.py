@@ -55,6 +55,11 @@ def no_cluster(monkeypatch):
     return made
 
 
+def _python(code: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (this one's), capturing its output as text."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def test_commands_start_no_cluster_and_print_their_speed(files, tmp_path, capsys, no_cluster):
     folder, entries = files
     (scan0, truth0, flat), (scan1, truth1, _) = entries
@@ -133,7 +138,7 @@ def test_cli_process_imports_nothing_heavy(files, tmp_path):
         "    out[name] = [rc, sorted({m.split('.')[0] for m in sys.modules} & set(heavy))]\n"
         "print(json.dumps(out))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    proc = _python(code, timeout=600)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == {name: [0, []] for name in runs}, got
@@ -159,7 +164,7 @@ def test_the_command_skips_the_interpreter_teardown_but_not_the_exit_handlers(fi
         "entry()\n"
         "print('not reached')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = _python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "exit handler ran", proc.stdout
     assert "teardown ran" not in proc.stdout and "not reached" not in proc.stdout
@@ -201,7 +206,7 @@ def test_kernels_run_without_scipy_linear_algebra_and_leave_it_importable():
         "from sklearn.preprocessing import StandardScaler\n"
         "print(StandardScaler().fit_transform(np.arange(4.0)[:, None]).std())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = _python(code)
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.split()
     assert first == "False", "running a kernel imported scipy.linalg"
@@ -242,7 +247,7 @@ def test_commands_do_not_load_other_packages_numba_extensions(files, tmp_path):
         "FrameRunner([RadialProfile(5)]).run_chunk(np.ones((1, 16, 16), np.uint16), centres=np.full((1, 2), 7.5))\n"
         f"print(all(m in sys.modules for m in {modules!r}))\n"
     )
-    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    plain = _python(code)
     assert plain.stdout.strip() == "True", plain.stderr  # the control: numba loads them by default
     folder, entries = files
     scan, _, flat = entries[0]
@@ -294,7 +299,8 @@ def test_sample_is_read_straight_from_the_reader(disk_scan, tmp_path, order):
         f"np.save({str(tmp_path / 'got.npy')!r}, scan.read({idx.tolist()!r}))\n"
         "print('dask' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = _python(code)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False", "opening a scan and reading frames imported dask"
     np.testing.assert_array_equal(np.load(tmp_path / "got.npy"), ref)
 
@@ -345,8 +351,7 @@ def test_huge_page_advice_only_for_long_runs_in_a_command(files, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
 
     def advised(call):
-        out = subprocess.run([sys.executable, "-c", _advised_code(call)], capture_output=True, text=True,
-                             timeout=120, env=env)
+        out = _python(_advised_code(call), timeout=120, env=env)
         return out.stdout.split() or [out.stderr[-2000:]]
 
     default = advised(None)
@@ -370,7 +375,7 @@ def test_huge_page_advice_only_for_long_runs_in_a_command(files, tmp_path):
                 f"sys.argv = ['sedclassify', 'info', {str(scan)!r}]\n"
                 "entry()\n")
         run_env = env if setting is None else {**env, "NUMPY_MADVISE_HUGEPAGE": setting}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=run_env)
+        out = _python(code, env=run_env)
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout.strip().splitlines()[-1]
 
@@ -399,7 +404,7 @@ def test_predict_writes_its_class_map_tiff_without_importing_tifffile(files, tmp
         "new = set(sys.modules) - before\n"
         "print('tifffile' in sys.modules, sorted(m for m in new if m.startswith('PIL.') and m.endswith('ImagePlugin')))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    proc = _python(code, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tifffile_imported, plugins = proc.stdout.split("\n")[-2].split(" ", 1)
     plugins = ast.literal_eval(plugins)

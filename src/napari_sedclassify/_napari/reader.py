@@ -325,7 +325,7 @@ def _fill_layer(scan, image, tries: int = 20):
     from qtpy.QtCore import QTimer
 
     viewer = napari.current_viewer()
-    layer = _scan_layer(scan)
+    layer = _scan_layer(scan, viewer)
     if layer is None:
         if viewer is not None and tries > 0:
             QTimer.singleShot(100, partial(_fill_layer, scan, image, tries - 1))
@@ -338,10 +338,10 @@ def _fill_layer(scan, image, tries: int = 20):
     layer.metadata.pop(INTEGRATING, None)
 
 
-def _scan_layer(scan):
-    """The layer of the current viewer carrying ``scan``, or None."""
+def _scan_layer(scan, viewer=None):
+    """The layer of ``viewer`` (default: the current one) carrying ``scan``, or None."""
     import napari
 
-    viewer = napari.current_viewer()
+    viewer = viewer if viewer is not None else napari.current_viewer()
     layers = viewer.layers if viewer is not None else []
     return next((ly for ly in layers if ly.metadata.get(SCAN_KEY) is scan), None)
