@@ -351,16 +351,20 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, res):
 
 
 @njit(nogil=True, cache=True)
-def _spread(yv, xv, vv, n, cy, cx, inv_bin, nb, s1, c):
+def _spread(yv, xv, vv, n, cy, cx, inv_bin, nb, s1, c, bins):
     """The spread of the values within radial bins of 1 / inv_bin px about (cy, cx), less the sum
     of their squares (the same whatever the centre, as every point falls in one of the nb bins):
-    minus the sum over bins of (bin sum)^2 / count. Lower = more circularly symmetric."""
+    minus the sum over bins of (bin sum)^2 / count. Lower = more circularly symmetric. bins: (n,)
+    int32 scratch: the bins are computed in a loop of their own, which vectorises (the sums
+    cannot), 1.4-1.7x faster than one loop doing both."""
     s1[:] = 0.0
     c[:] = 0.0
     for k in range(n):
         dy = yv[k] - cy
         dx = xv[k] - cx
-        b = min(int(math.sqrt(dy * dy + dx * dx) * inv_bin), nb - 1)
+        bins[k] = min(np.int32(math.sqrt(dy * dy + dx * dx) * inv_bin), np.int32(nb - 1))
+    for k in range(n):
+        b = bins[k]
         s1[b] += vv[k]
         c[b] += 1.0
     t = 0.0
@@ -399,6 +403,7 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
     nb = int(2 * half * 1.5 / 0.5) + 2
     s1 = np.empty(nb)
     c = np.empty(nb)
+    bins = np.empty(n, np.int32)
     by = cy0
     bx = cx0
     for step, reach in ((0.2, 7), (0.04, 5)):
@@ -407,7 +412,7 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
         gx = bx
         for a in range(-reach, reach + 1):
             for b in range(-reach, reach + 1):
-                t = _spread(yv, xv, vv, n, gy + a * step, gx + b * step, 2.0, nb, s1, c)
+                t = _spread(yv, xv, vv, n, gy + a * step, gx + b * step, 2.0, nb, s1, c, bins)
                 if t < best:
                     best = t
                     by = gy + a * step
