@@ -374,7 +374,7 @@ def main(argv=None):
     measured("RIA step (reuses the pass)", wf.ria.run, lambda out: out is not None and (
         not hasattr(out, "done") or job_done(out)), results)
 
-    if args.steps == "prep":
+    if args.steps in ("prep", "open,prep"):
         viewer.close()
         return 0
     truth = np.load(str(path).replace(".npy", "_truth.npy"))
