@@ -363,6 +363,14 @@ def test_precomputed_preprocessing_is_checked_against_the_model(tiny):
     again = predict_scan(model, sim.scan, name="s5", result=done)
     np.testing.assert_array_equal(again.class_map, own.class_map)
     assert np.mean(own.class_map == sim.truth) > 0.8
+    # the model's own pass stops the radial profile where the model stops reading it (q = 0.6 Å⁻¹,
+    # 62 px of this 128 px detector, whose corner is 91 px away): the same bins, the same
+    # probabilities to the bit
+    reach = float(model.recipe.ria_edges_px(sim.scan.geometry)[-1])
+    nb = own.ria.shape[-1]
+    assert reach <= own.ria_radii_px[-1] + 0.5 < reach + 3 and nb < done.ria.shape[-1]
+    np.testing.assert_array_equal(own.ria, done.ria[..., :nb])
+    np.testing.assert_array_equal(own.probabilities, again.probabilities)
     fitted = preprocess(sim.scan, PreprocessParams(centring="fitted"), flatfield=ff)
     with pytest.raises(IncompatibleModelError, match=r"centring = 'fitted' \(model: 'per_frame'\)"):
         predict_scan(model, sim.scan, result=fitted)

@@ -143,3 +143,25 @@ def test_q_bins_resolve_through_geometry():
     with pytest.raises(ValueError, match="not calibrated"):
         PreprocessParams(ria_q_bin_invA=0.002, bf_radius_px=5, adf_inner_px=10).resolve(
             Geometry((512, 512), camera_length_mm=None))
+
+
+@pytest.mark.parametrize("wide", [1.0, 2.5])
+def test_a_shorter_profile_is_the_first_bins_of_the_full_one(wide):
+    """A profile that stops short of the frame's corner (rows beyond its reach skipped, each row
+    cut to the pixels that can reach it) holds exactly the first bins of the full profile, on an
+    ordinary detector and on a quad's wide pixels, the centre near an edge; and it equals brute
+    force."""
+    rng = np.random.default_rng(5)
+    frame = diffraction_frame(rng, centre=(40.3, 200.7)).astype(np.float32)
+    frame[30:34, 180:260] = np.nan  # masked pixels inside the reach
+    grid = PixelGrid(frame.shape, wide)
+    centre = (40.3, 200.7)
+    full, full_counts = run_ria(frame, centre, 330, grid=grid)
+    for nbins in (1, 17, 90, 150):
+        ria, counts = run_ria(frame, centre, nbins, grid=grid)
+        np.testing.assert_array_equal(counts, full_counts[:nbins])
+        np.testing.assert_array_equal(ria, full[:nbins])
+    ria, counts = run_ria(frame, centre, 90)
+    ref, ref_counts = brute_force(frame, centre, nbins=90)
+    np.testing.assert_array_equal(counts, ref_counts)
+    np.testing.assert_allclose(ria, ref, rtol=1e-6, equal_nan=True)

@@ -92,6 +92,31 @@ def test_refused_prediction_clears_the_old_result_and_says_why_with_the_fix(make
     assert "not a napari-sedclassify model file" in pr._jobs.status.value and "fix" not in pr._jobs.status.value
 
 
+
+def test_prediction_reuses_the_centring_pass_whose_profile_reaches_farther(make_napari_viewer, qtbot, tmp_path):
+    """A model on RIAs preprocesses only as far as it reads the profile (q = 0.6 Å⁻¹); when the
+    user's centring pass is there (its profile reaching the frame's corner: the same bins and
+    more), the prediction takes its RIAs instead of preprocessing the scan again."""
+    from napari_sedclassify._napari.state import session_of
+    from napari_sedclassify.simulate import simulate_scan
+
+    path = _model_for_a_larger_detector(tmp_path / "m.sedmodel")
+    sim = simulate_scan(scan_shape=(8, 8), seed=3)
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, sim.scan)
+    _, ce = viewer.window.add_plugin_dock_widget(PLUGIN, "Centring")
+    _, pr = viewer.window.add_plugin_dock_widget(PLUGIN, "Prediction")
+    ce._scan.value = pr._scan.value = layer
+    wait(qtbot, ce.run())
+    result = preprocess_of(layer)
+    assert result.params.ria_r_max_px is None
+    pr._model_path.value = path
+    wait(qtbot, pr.run())
+    kept = session_of(layer)._prediction
+    assert kept is not None and kept[1] is result  # the centring pass: nothing preprocessed again
+    assert preprocess_of(layer) is result
+
+
 # --- labels -------------------------------------------------------------------------------------
 
 def test_zero_based_label_files_are_detected_and_shifted(make_napari_viewer, tmp_path, disk_scan, notifications):

@@ -592,6 +592,23 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
 
 
 @njit(nogil=True, cache=True)
+def _ring_row(row, dx2, dy2, r_min, inv, nbins, parity, idx, vals, acc):
+    """Add one row's pixels (distances squared dy2 + dx2 from the centre) to their radial bins in
+    acc (see radial_sums); parity: that of the row's first pixel. Loops from 0: they vectorise."""
+    m = row.shape[0]
+    for x in range(m):
+        v = row[x]
+        t = (math.sqrt(dy2 + dx2[x]) - r_min) * inv
+        ok = (v == v) and t >= 0.0 and t < nbins
+        idx[x] = 2 * (np.int32(t) if ok else nbins) + ((x + parity) & 1)
+        vals[x] = v if ok else np.float32(0)
+    for x in range(m):
+        k = idx[x]
+        acc[k, 0] += vals[x]
+        acc[k, 1] += 1.0
+
+
+@njit(nogil=True, cache=True)
 def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
     """Sum and number of finite pixels per radial bin about each frame's own centre.
 
@@ -603,6 +620,10 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
     n, ky, kx = frames.shape
     nbins = sums.shape[1]
     inv = 1.0 / bin_px
+    # pixels farther than the last bin's outer edge (with a margin far above rounding) are not
+    # visited: rows beyond it are skipped, and each row is cut to the span that can reach it
+    r_out = r_min + nbins * bin_px + 1e-6 * (1.0 + r_min + nbins * bin_px)
+    lim2 = r_out * r_out
     dx2 = np.empty(kx, np.float64)
     idx = np.empty(kx, np.int32)
     vals = np.empty(kx, np.float32)
@@ -621,17 +642,12 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
             dx2[x] = (px[x] - cx) * (px[x] - cx)
         for y in range(ky):
             dy2 = (py[y] - cy) * (py[y] - cy)
-            row = frames[i, y]
-            for x in range(kx):
-                v = row[x]
-                t = (math.sqrt(dy2 + dx2[x]) - r_min) * inv
-                ok = (v == v) and t >= 0.0 and t < nbins
-                idx[x] = 2 * (np.int32(t) if ok else nbins) + (x & 1)
-                vals[x] = v if ok else np.float32(0)
-            for x in range(kx):
-                k = idx[x]
-                acc[k, 0] += vals[x]
-                acc[k, 1] += 1.0
+            if dy2 >= lim2:
+                continue
+            w = math.sqrt(lim2 - dy2)
+            x0 = max(0, np.searchsorted(px, cx - w) - 1)
+            x1 = min(kx, np.searchsorted(px, cx + w) + 1)
+            _ring_row(frames[i, y, x0:x1], dx2[x0:x1], dy2, r_min, inv, nbins, x0 & 1, idx, vals, acc)
         for k in range(nbins):
             sums[i, k] = acc[2 * k, 0] + acc[2 * k + 1, 0]
             counts[i, k] = acc[2 * k, 1] + acc[2 * k + 1, 1]
