@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -349,7 +350,7 @@ def test_predictions_cover_the_scan_and_skip_missing_frames(tiny):
 
 def test_precomputed_preprocessing_is_checked_against_the_model(tiny):
     from napari_sedclassify.errors import IncompatibleModelError
-    from napari_sedclassify.pipeline.predict import predict_scan
+    from napari_sedclassify.pipeline.predict import params_for_model, predict_scan
     from napari_sedclassify.pipeline.preprocess import preprocess
     from napari_sedclassify.pipeline.train import preprocess_params_for
     from napari_sedclassify.processing import FlatField, PreprocessParams
@@ -371,6 +372,12 @@ def test_precomputed_preprocessing_is_checked_against_the_model(tiny):
     assert reach <= own.ria_radii_px[-1] + 0.5 < reach + 3 and nb < done.ria.shape[-1]
     np.testing.assert_array_equal(own.ria, done.ria[..., :nb])
     np.testing.assert_array_equal(own.probabilities, again.probabilities)
+    # a model whose own parameters stop the profile short of its reach on this detector (40 px,
+    # where it reads to 62 px): the profile goes as far as the model reads, the same probabilities
+    short_model = replace(model, preprocess={**model.preprocess, "ria_r_max_px": 40.0})
+    assert params_for_model(short_model, sim.scan.geometry).ria_r_max_px >= reach
+    np.testing.assert_array_equal(predict_scan(short_model, sim.scan, flatfield=ff, name="s5").probabilities,
+                                  own.probabilities)
     fitted = preprocess(sim.scan, PreprocessParams(centring="fitted"), flatfield=ff)
     with pytest.raises(IncompatibleModelError, match=r"centring = 'fitted' \(model: 'per_frame'\)"):
         predict_scan(model, sim.scan, result=fitted)

@@ -204,20 +204,24 @@ def params_for_model(model, geometry):
     default: 246 px of a 512² frame at 900 mm and 200 kV, where the profile runs to the corner, 362
     px); the profile stops there (and ``RIA_MARGIN_BINS`` bins more), so the pixels beyond it are
     not visited. The bins kept are the same pixels, so the model's features are the same to the
-    bit; what else reads the profile (the HyperSpy export of a prediction) gets it to that radius."""
+    bit; what else reads the profile (the HyperSpy export of a prediction) gets it to that radius.
+    A radius the model's own parameters stop the profile at (``ria_r_max_px``, set for the scans
+    it was trained on) is moved out to that reach when this scan's geometry needs more: its
+    features would otherwise read an empty profile beyond."""
     own = {k: v for k, v in (model.preprocess or {}).items() if k not in ("crop_radius_px", "crop_d_A", "crop_bin")}
     params = preprocess_params_for([model.recipe], geometry, own)
     recipe = model.recipe
-    if (recipe.kind != "ria" or params.ria_r_max_px is not None or params.ria_q_max_invA is not None
-            or params.ria_q_bin_invA is not None):
+    if recipe.kind != "ria" or params.ria_q_max_invA is not None or params.ria_q_bin_invA is not None:
         return params
     try:
         need = float(recipe.ria_edges_px(geometry)[-1])
     except ValueError:  # a q axis without a calibrated geometry: the model's check names it
         return params
+    if params.ria_r_max_px is not None and params.ria_r_max_px >= need:
+        return params  # the model's own reach is enough here
     r_max = need + RIA_MARGIN_BINS * params.ria_bin_px
     corner = 0.5 * float(np.hypot(*geometry.detector_shape))  # the profile's default reach
-    return replace(params, ria_r_max_px=r_max) if r_max < corner else params
+    return replace(params, ria_r_max_px=r_max if r_max < corner else None)
 
 
 def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ice",)) -> dict:
