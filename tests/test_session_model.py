@@ -85,3 +85,18 @@ def test_prediction_holds_while_its_preprocessing_holds(disk_scan):
     session.clear_prediction()
     assert session.stale_prediction is None
     assert seen == ["labels", "result", "prediction", "flatfield", "flatfield", "geometry", "prediction"]
+
+
+def test_a_models_short_profile_is_not_offered_as_the_scans_preprocessing(disk_scan):
+    """A model's own pass stops the radial profile where the model stops reading it: it is reused
+    for that model (asked for by its parameters) but not offered, without parameters, to what
+    reads the whole profile (RIA plots, proposals); a full pass is, once there is one."""
+    session = ScanSession(disk_scan)
+    models = PreprocessParams(workers=1, ria_r_max_px=20.0)
+    made = preprocess(disk_scan, models)
+    session.store_prediction({"class_map": np.ones(disk_scan.scan_shape, np.uint8)}, "/models/a.sedmodel", made)
+    assert session.result(models) is made
+    assert session.result() is None
+    full = preprocess(disk_scan, PreprocessParams(workers=1, ria_bin_px=2.0))
+    session.store_prediction({"class_map": np.ones(disk_scan.scan_shape, np.uint8)}, "/models/b.sedmodel", full)
+    assert session.result() is full

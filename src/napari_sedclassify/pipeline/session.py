@@ -98,14 +98,18 @@ class ScanSession:
 
     def result(self, params=None):
         """The result made from the current flat-field and geometry (and from ``params``, a
-        PreprocessParams, when given); the latest such one; None when there is none."""
+        PreprocessParams, when given); the latest such one; None when there is none. Without
+        ``params``, a model's own pass whose radial profile stops where the model stops reading it
+        (``pipeline.predict.params_for_model``) is not offered unless it is the latest: RIA plots
+        and proposals read the whole profile."""
         ff_id = id(self.flatfield) if self.flatfield is not None else None
         geometry = _geometry_key(self.scan.geometry)
         if params is not None:
             return self._results.get((_params_key(params), ff_id, geometry))
         if self._latest is not None and self._latest[1:] == (ff_id, geometry):
             return self._results[self._latest]
-        return next((r for k, r in reversed(self._results.items()) if k[1:] == (ff_id, geometry)), None)
+        return next((r for k, r in reversed(self._results.items())
+                     if k[1:] == (ff_id, geometry) and r.params.ria_r_max_px is None), None)
 
     @property
     def latest_result(self):
