@@ -100,3 +100,7 @@ def test_a_models_short_profile_is_not_offered_as_the_scans_preprocessing(disk_s
     full = preprocess(disk_scan, PreprocessParams(workers=1, ria_bin_px=2.0))
     session.store_prediction({"class_map": np.ones(disk_scan.scan_shape, np.uint8)}, "/models/b.sedmodel", full)
     assert session.result() is full
+    # a model whose pass would stop the profile at 15 px takes the full pass made with its other parameters
+    assert session.result_for(PreprocessParams(workers=1, ria_bin_px=2.0, ria_r_max_px=15.0)) is full
+    assert session.result_for(models) is made
+    assert session.result_for(PreprocessParams(workers=1, ria_bin_px=3.0, ria_r_max_px=15.0)) is None

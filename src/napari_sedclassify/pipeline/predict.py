@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..processing.params import default_ria_r_max_px
 from .scans import flatfields_for, is_path, open_scans, scan_name, scan_report
 from .train import preprocess_params_for
 
@@ -220,8 +221,7 @@ def params_for_model(model, geometry):
     if params.ria_r_max_px is not None and params.ria_r_max_px >= need:
         return params  # the model's own reach is enough here
     r_max = need + RIA_MARGIN_BINS * params.ria_bin_px
-    corner = 0.5 * float(np.hypot(*geometry.detector_shape))  # the profile's default reach
-    return replace(params, ria_r_max_px=r_max if r_max < corner else None)
+    return replace(params, ria_r_max_px=r_max if r_max < default_ria_r_max_px(geometry.detector_shape) else None)
 
 
 def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ice",)) -> dict:

@@ -111,6 +111,15 @@ class ScanSession:
         return next((r for k, r in reversed(self._results.items())
                      if k[1:] == (ff_id, geometry) and r.params.ria_r_max_px is None), None)
 
+    def result_for(self, params):
+        """:meth:`result` for ``params``, or else one made with the same parameters but a radial
+        profile to the frame's corner (``ria_r_max_px`` None: the same bins and more), which a
+        model's pass (``pipeline.predict.params_for_model``) takes instead of preprocessing again."""
+        found = self.result(params)
+        if found is None and params.ria_r_max_px is not None:
+            found = self.result(dataclasses.replace(params, ria_r_max_px=None))
+        return found
+
     @property
     def latest_result(self):
         """The result stored last, whatever it was made from (None before any)."""

@@ -10,7 +10,7 @@ from .centre import CentreFinder, find_centre
 from .crop import CentralCrop, FrameBinning
 from .descan import DescanFit, fit_descan
 from .flatfield import FlatField, detect_bad_pixels, load_flatfield
-from .params import PreprocessParams
+from .params import PreprocessParams, default_ria_r_max_px
 from .plan import PreprocessPlan, calibration_sample_index
 from .pcc import PCC, frame_features, pcc_matrix, pcc_row
 from .ria import RadialProfile, radial_profile
@@ -34,6 +34,7 @@ __all__ = [
     "RadialProfile",
     "VirtualDetectors",
     "calibration_sample_index",
+    "default_ria_r_max_px",
     "detect_bad_pixels",
     "find_centre",
     "fit_descan",

@@ -13,6 +13,13 @@ from dataclasses import asdict, dataclass, fields
 CENTRINGS = ("per_frame", "fitted")
 
 
+def default_ria_r_max_px(detector_shape) -> float:
+    """How far the radial profile reaches when ``ria_r_max_px`` is not given (px): the detector's
+    corner seen from its centre, half its diagonal."""
+    ky, kx = detector_shape
+    return 0.5 * math.hypot(ky, kx)
+
+
 @dataclass
 class PreprocessParams:
     """How a scan is preprocessed.
@@ -124,7 +131,7 @@ class PreprocessParams:
             if self.ria_q_max_invA is not None:
                 r_max = float(geometry.q_invA_to_radius_px(self.ria_q_max_invA))
         if r_max is None:
-            r_max = 0.5 * math.hypot(ky, kx)
+            r_max = default_ria_r_max_px((ky, kx))
         r_min = float(self.ria_r_min_px)
         if not r_max > r_min:
             raise ValueError(f"RIA radius range is empty: r_min {r_min} px >= r_max {r_max} px")

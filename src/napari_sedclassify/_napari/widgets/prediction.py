@@ -11,7 +11,6 @@ CNN models are loaded and run in a spawned child process (``_napari/model_jobs.p
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -156,10 +155,9 @@ class PredictionWidget(Container):
             return None
         flatfield = flatfield_of(layer)
         session = session_of(layer)
-        previous = session.result(params)  # made with these parameters, this flat-field and geometry
-        if previous is None:  # the user's own pass: its radial profile reaches farther, the same bins
-            previous = session.result(replace(params, ria_r_max_px=None))
-            params = params if previous is None else previous.params
+        # made with these parameters (or a profile reaching farther), this flat-field and geometry
+        previous = session.result_for(params)
+        params = params if previous is None else previous.params
 
         def work(report, cancelled):
             if in_child:
