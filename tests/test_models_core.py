@@ -212,6 +212,50 @@ def test_training_is_reproducible_and_splits_by_scan(tiny):
     assert [s["role"] for s in t["scans"]] == ["train"] * 3 + ["holdout"] * 2
 
 
+def test_training_passes_stop_the_profile_where_the_features_stop_reading_it():
+    """A training pass bins the radial profile only as far as the recipe reads it (q = 0.6 Å⁻¹: 62
+    px of this 128 px detector, whose corner is 91 px away; its augmented copies read 4 % and 1 px
+    farther): the same features, augmented copies included, as a pass to the corner, so the same
+    model to the bit; a radius the user set short of that reach is moved out."""
+    from napari_sedclassify.models.training import ScanFeatures
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.pipeline.train import default_recipe, preprocess_params_for, scan_features
+    from napari_sedclassify.processing import FlatField, PreprocessParams
+
+    sims = tiny_simulated([0, 1, 2])
+    recipe = default_recipe("fcnn")
+    cut, whole = [], []
+    for i, sim in enumerate(sims):
+        ff = FlatField.from_flood(sim.flatfield)
+        f, res = scan_features(sim.scan, recipe, name=f"s{i}", flatfield=ff)
+        reach = recipe.ria_reach_px(sim.scan.geometry, augmented=True)
+        assert reach > float(recipe.ria_edges_px(sim.scan.geometry)[-1]) + 3
+        assert reach <= res.radii_px[-1] + 0.5 < reach + 3
+        full = preprocess(sim.scan, replace(preprocess_params_for([recipe], sim.scan.geometry), ria_r_max_px=None),
+                          flatfield=ff)
+        assert full.radii_px[-1] > reach + 20
+        g = ScanFeatures.from_preprocess(full, sim.scan.geometry, f"s{i}")
+        np.testing.assert_array_equal(f.inputs(recipe), g.inputs(recipe))
+        cut.append(f)
+        whole.append(g)
+        short = preprocess_params_for([recipe], sim.scan.geometry, PreprocessParams(ria_r_max_px=40.0), training=True)
+        assert short.ria_r_max_px >= reach
+    truths = [s.truth for s in sims]
+    from napari_sedclassify.models.training import train
+
+    a = train(cut, truths, kind="fcnn", holdout=[2], seed=0, params={"max_epochs": 20})
+    b = train(whole, truths, kind="fcnn", holdout=[2], seed=0, params={"max_epochs": 20})
+    X = whole[2].inputs(recipe)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert a.metrics == b.metrics
+    # the model file records the pass it was trained on: the profile to that reach
+    from napari_sedclassify.pipeline.train import train_model as train_on_scans
+
+    m = train_on_scans([s.scan for s in sims], truths, model="fcnn", params={"max_epochs": 2},
+                       flatfield=[FlatField.from_flood(s.flatfield) for s in sims])
+    assert reach + 1 < m.preprocess["ria_r_max_px"] < reach + 3
+
+
 def test_training_cancels(tiny):
     feats, truths = tiny
     calls = []
@@ -360,7 +404,9 @@ def test_precomputed_preprocessing_is_checked_against_the_model(tiny):
     (sim,) = tiny_simulated([5])
     ff = FlatField.from_flood(sim.flatfield)
     own = predict_scan(model, sim.scan, flatfield=ff, name="s5")
-    done = preprocess(sim.scan, preprocess_params_for([model.recipe], sim.scan.geometry), flatfield=ff)
+    # a pass to the frame's corner (as the centring widget makes), which the model may take instead
+    done = preprocess(sim.scan, replace(preprocess_params_for([model.recipe], sim.scan.geometry), ria_r_max_px=None),
+                      flatfield=ff)
     again = predict_scan(model, sim.scan, name="s5", result=done)
     np.testing.assert_array_equal(again.class_map, own.class_map)
     assert np.mean(own.class_map == sim.truth) > 0.8

@@ -104,3 +104,11 @@ def test_a_models_short_profile_is_not_offered_as_the_scans_preprocessing(disk_s
     assert session.result_for(PreprocessParams(workers=1, ria_bin_px=2.0, ria_r_max_px=15.0)) is full
     assert session.result_for(models) is made
     assert session.result_for(PreprocessParams(workers=1, ria_bin_px=3.0, ria_r_max_px=15.0)) is None
+    # a pass whose profile stops short of another's reach does not serve it; one reaching farther
+    # does, the one reaching least far first
+    assert session.result_for(PreprocessParams(workers=1, ria_r_max_px=25.0)) is None
+    assert session.result_for(PreprocessParams(workers=1, ria_r_max_px=12.0)) is made
+    farther = preprocess(disk_scan, PreprocessParams(workers=1, ria_r_max_px=30.0))
+    session.store_result(farther, latest=False)
+    assert session.result_for(PreprocessParams(workers=1, ria_r_max_px=25.0)) is farther
+    assert session.result_for(PreprocessParams(workers=1, ria_r_max_px=12.0)) is made

@@ -158,13 +158,15 @@ def model_card(path):
 
 
 def features_for(layer_result, scan, name, flatfield, params, progress=None, cancel=None):
-    """ScanFeatures of ``scan`` for ``params``: from ``layer_result`` (a PreprocessResult already
-    made with exactly these parameters) or a new preprocessing pass. Returns (features, result)."""
+    """ScanFeatures of ``scan`` for ``params``: from ``layer_result`` (the PreprocessResult the
+    scan's session offers for them, ``ScanSession.result_for``: made with these parameters, or
+    with a radial profile reaching farther over the same bins), or, when None, from a new
+    preprocessing pass. Returns (features, result)."""
     from ..models.training import ScanFeatures
     from ..pipeline.preprocess import preprocess
 
     result = layer_result
-    if result is None or result.params.to_dict() != params.to_dict():
+    if result is None:
         result = preprocess(scan, params, flatfield, progress=progress, cancel=cancel)
     feats = ScanFeatures.from_preprocess(result, scan.geometry, name,
                                          crop_radius_px=result.resolved.get("crop_half_px"))

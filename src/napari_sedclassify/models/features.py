@@ -224,6 +224,20 @@ class FeatureRecipe:
         lo, hi = geometry.q_invA_to_radius_px(self.q_min_invA), geometry.q_invA_to_radius_px(self.q_max_invA)
         return np.linspace(lo, hi, self.n_bins + 1)
 
+    def ria_reach_px(self, geometry, augmented: bool = False) -> float:
+        """How far from the centre (px) the RIA features read the radial profile on this geometry:
+        the outer edge of the last feature bin; with ``augmented`` (training with augmented
+        copies) also as far as the augmentation's radial scale, centre jitter and blur move that
+        edge out. ValueError when the geometry cannot say (a q axis, or a blur, uncalibrated)."""
+        reach = float(self.ria_edges_px(geometry)[-1])
+        aug = self.augmentation
+        if not augmented or aug.copies <= 0:
+            return reach
+        reach = reach * (1.0 + aug.radial_scale) + aug.centre_jitter_px
+        if aug.blur_q_invA > 0:
+            reach += float(geometry.q_invA_to_radius_px(aug.blur_q_invA))
+        return reach
+
     def for_geometries(self, geometries) -> "FeatureRecipe":
         """This recipe with its RIA range narrowed to what every detector of ``geometries`` reaches
         (the radius of the largest circle inside the frame about its centre), keeping the bin

@@ -167,7 +167,7 @@ def run_demo(out_dir, *, scan_shape=DEFAULT_SCAN_SHAPE, detector_px: int | None 
         t = time.perf_counter()
         model = train(feats, truths, kind=kind, recipe=recipe, holdout=test_ids, seed=seed,
                       params=cnn_params if kind == "cnn" and cnn_params else None,
-                      preprocess=preprocess_params_for([recipe], feats[0].geometry).to_dict(),
+                      preprocess=preprocess_params_for([recipe], feats[0].geometry, training=True).to_dict(),
                       progress=progress, cancel=cancel)
         t_train = time.perf_counter() - t
         path = save_model(model, out_dir / "models" / f"{kind}.sedmodel")

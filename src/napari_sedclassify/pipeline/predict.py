@@ -15,7 +15,6 @@ from typing import Callable
 
 import numpy as np
 
-from ..processing.params import default_ria_r_max_px
 from .scans import flatfields_for, is_path, open_scans, scan_name, scan_report
 from .train import preprocess_params_for
 
@@ -192,36 +191,14 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
                           geometry=scan.geometry, ria=result.ria, ria_radii_px=result.radii_px)
 
 
-#: Bins the radial profile keeps beyond the radius a model reads it to (see :func:`params_for_model`).
-RIA_MARGIN_BINS = 2
-
-
 def params_for_model(model, geometry):
     """The one place where a model's preprocessing is set for a scan: the model's own parameters
-    (centring, RIA bins, bad pixels...) with crops laid out for this detector when it reads crops.
-    ``model``: a SedModel or a model card (anything with ``.preprocess`` and ``.recipe``).
-
-    A model on RIAs reads them only up to the outer edge of its last feature bin (q = 0.6 Å⁻¹ by
-    default: 246 px of a 512² frame at 900 mm and 200 kV, where the profile runs to the corner, 362
-    px); the profile stops there (and ``RIA_MARGIN_BINS`` bins more), so the pixels beyond it are
-    not visited. The bins kept are the same pixels, so the model's features are the same to the
-    bit; what else reads the profile (the HyperSpy export of a prediction) gets it to that radius.
-    A radius the model's own parameters stop the profile at (``ria_r_max_px``, set for the scans
-    it was trained on) is moved out to that reach when this scan's geometry needs more: its
-    features would otherwise read an empty profile beyond."""
+    (centring, RIA bins, bad pixels...) with crops laid out for this detector when it reads crops,
+    and the radial profile stopped where the model stops reading it on this detector
+    (``train.preprocess_params_for``; a radius set for the scans it was trained on is replaced).
+    ``model``: a SedModel or a model card (anything with ``.preprocess`` and ``.recipe``)."""
     own = {k: v for k, v in (model.preprocess or {}).items() if k not in ("crop_radius_px", "crop_d_A", "crop_bin")}
-    params = preprocess_params_for([model.recipe], geometry, own)
-    recipe = model.recipe
-    if recipe.kind != "ria" or params.ria_q_max_invA is not None or params.ria_q_bin_invA is not None:
-        return params
-    try:
-        need = float(recipe.ria_edges_px(geometry)[-1])
-    except ValueError:  # a q axis without a calibrated geometry: the model's check names it
-        return params
-    if params.ria_r_max_px is not None and params.ria_r_max_px >= need:
-        return params  # the model's own reach is enough here
-    r_max = need + RIA_MARGIN_BINS * params.ria_bin_px
-    return replace(params, ria_r_max_px=r_max if r_max < default_ria_r_max_px(geometry.detector_shape) else None)
+    return preprocess_params_for([model.recipe], geometry, own)
 
 
 def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ice",)) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Callable
 
 from ..jsonutil import jsonable
@@ -113,12 +114,21 @@ class ScanSession:
 
     def result_for(self, params):
         """:meth:`result` for ``params``, or else one made with the same parameters but a radial
-        profile to the frame's corner (``ria_r_max_px`` None: the same bins and more), which a
-        model's pass (``pipeline.predict.params_for_model``) takes instead of preprocessing again."""
+        profile reaching at least as far (its ``ria_r_max_px`` larger, or None: to the frame's
+        corner; the same bins and more), which the pass of a model or of a training
+        (``pipeline.train.preprocess_params_for``) takes instead of preprocessing again. The
+        exact pass first, then the one reaching least far, then the latest."""
         found = self.result(params)
-        if found is None and params.ria_r_max_px is not None:
-            found = self.result(dataclasses.replace(params, ria_r_max_px=None))
-        return found
+        if found is not None or params.ria_r_max_px is None:
+            return found
+        ff_id = id(self.flatfield) if self.flatfield is not None else None
+        geometry = _geometry_key(self.scan.geometry)
+        want = _params_key(dataclasses.replace(params, ria_r_max_px=None))
+        farther = [r for k, r in reversed(self._results.items())
+                   if k[1:] == (ff_id, geometry) and _reaches(r.params, params.ria_r_max_px)
+                   and _params_key(dataclasses.replace(r.params, ria_r_max_px=None)) == want]
+        return min(farther, key=lambda r: math.inf if r.params.ria_r_max_px is None else r.params.ria_r_max_px,
+                   default=None)
 
     @property
     def latest_result(self):
@@ -168,6 +178,11 @@ class ScanSession:
     def clear_prediction(self) -> None:
         self._prediction = None
         self._changed("prediction")
+
+
+def _reaches(params, r_max_px: float) -> bool:
+    """Whether a pass made with ``params`` has a radial profile to at least ``r_max_px``."""
+    return params.ria_r_max_px is None or params.ria_r_max_px >= r_max_px
 
 
 def _params_key(params) -> str:

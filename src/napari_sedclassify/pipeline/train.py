@@ -16,17 +16,52 @@ from ..models.training import ScanFeatures
 from .scans import flatfields_for, load_labels, open_scans, scan_name, scan_report
 
 
-def preprocess_params_for(recipes: Sequence[FeatureRecipe], geometry, base=None):
+#: Bins the radial profile keeps beyond the radius the features read it to (see
+#: :func:`preprocess_params_for`).
+RIA_MARGIN_BINS = 2
+
+
+def preprocess_params_for(recipes: Sequence[FeatureRecipe], geometry, base=None, *, training: bool = False):
     """The PreprocessParams that give every recipe its raw features on this geometry: crops
-    (half size and binning from the crop recipe) only when a recipe needs them."""
+    (half size and binning from the crop recipe) only when a recipe needs them, and the radial
+    profile only as far as the RIA recipes read it.
+
+    RIA features are read only up to the outer edge of their last bin (q = 0.6 Å⁻¹ by default: 246
+    px of a 512² frame at 900 mm and 200 kV, where the profile runs to the corner, 362 px); the
+    profile stops there, ``RIA_MARGIN_BINS`` bins further, so the pixels beyond it are not visited.
+    The bins kept hold the same pixels, so the features are the same to the bit. ``training``: the
+    pass a model is trained on, whose augmented copies read farther (radial scale, centre jitter,
+    blur: ``FeatureRecipe.ria_reach_px``). A radius ``base`` sets (``ria_r_max_px``: a user's, or
+    a model's from the scans it was trained on) is replaced by that reach on this geometry:
+    shorter, the features would read an empty profile beyond it."""
     from ..processing import PreprocessParams
 
     base = base if isinstance(base, PreprocessParams) else PreprocessParams.from_dict(base)
     crop = [r for r in recipes if r.kind == "crop"]
     if not crop:
-        return replace(base, crop_radius_px=None, crop_d_A=None)
-    half, b = crop[0].crop_layout(geometry)
-    return replace(base, crop_radius_px=float(half), crop_d_A=None, crop_bin=int(b))
+        params = replace(base, crop_radius_px=None, crop_d_A=None)
+    else:
+        half, b = crop[0].crop_layout(geometry)
+        params = replace(base, crop_radius_px=float(half), crop_d_A=None, crop_bin=int(b))
+    return replace(params, ria_r_max_px=_ria_reach_px(recipes, geometry, params, training))
+
+
+def _ria_reach_px(recipes, geometry, params, training):
+    """Where the radial profile can stop for ``recipes`` (px; None: at the frame's corner, when
+    that is as near); the ``params``' own radius when no recipe reads the profile, when it is
+    binned in q, or when the reach is unknown (a q axis on an uncalibrated geometry: the model's
+    or the training's check says so)."""
+    from ..processing.params import default_ria_r_max_px
+
+    ria = [r for r in recipes if r.kind == "ria"]
+    if not ria or params.ria_q_max_invA is not None or params.ria_q_bin_invA is not None:
+        return params.ria_r_max_px
+    try:
+        need = max(r.ria_reach_px(geometry, augmented=training) for r in ria)
+    except ValueError:
+        return params.ria_r_max_px
+    r_max = need + RIA_MARGIN_BINS * params.ria_bin_px
+    return r_max if r_max < default_ria_r_max_px(geometry.detector_shape) else None
 
 
 def scan_features(scan, recipes, *, name=None, flatfield=None, base_params=None, progress=None,
@@ -36,7 +71,7 @@ def scan_features(scan, recipes, *, name=None, flatfield=None, base_params=None,
     from .preprocess import preprocess
 
     recipes = [recipes] if isinstance(recipes, FeatureRecipe) else list(recipes)
-    params = preprocess_params_for(recipes, scan.geometry, base_params)
+    params = preprocess_params_for(recipes, scan.geometry, base_params, training=True)
     result = preprocess(scan, params, flatfield=flatfield, progress=progress, cancel=cancel)
     feats = ScanFeatures.from_preprocess(result, scan.geometry, name or scan_name(scan),
                                          crop_radius_px=result.resolved.get("crop_half_px"))

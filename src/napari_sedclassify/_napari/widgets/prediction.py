@@ -157,7 +157,6 @@ class PredictionWidget(Container):
         session = session_of(layer)
         # made with these parameters (or a profile reaching farther), this flat-field and geometry
         previous = session.result_for(params)
-        params = params if previous is None else previous.params
 
         def work(report, cancelled):
             if in_child:

@@ -257,8 +257,9 @@ class TrainingWidget(Container):
         for item in data:  # the parameters of the user's last preprocessing, what the recipe needs on top
             session = session_of(item.layer)
             latest = preprocess_of(item.layer) if session is not None else None
-            pp = preprocess_params_for([recipe], item.scan.geometry, latest.params if latest else PreprocessParams())
-            jobs.append((item, pp, None if session is None else session.result(pp)))
+            pp = preprocess_params_for([recipe], item.scan.geometry, latest.params if latest else PreprocessParams(),
+                                       training=True)
+            jobs.append((item, pp, None if session is None else session.result_for(pp)))
         made = []  # (layer, result) of new preprocessing passes: kept in the scans' sessions for reuse
 
         def work(report, cancelled):
