@@ -38,5 +38,9 @@ fi
 # where PYTHONDONTWRITEBYTECODE is set (as on the project machines) Python would otherwise compile
 # every module from source at every start (0.05-0.1 s of each command). Quick when up to date.
 .venv/bin/python -m compileall -q src/napari_sedclassify >/dev/null
+# The per-frame kernels compiled ahead of time for this machine (about 20 s once; a no-op when up to
+# date): a command then never imports numba, 0.3-0.5 s of each. Without a C compiler numba compiles
+# them at first use instead (processing/kernels.py).
+.venv/bin/python -m napari_sedclassify.processing.kernels | sed 's/^/[setup] /'
 export PATH="$ROOT/.venv/bin:$PATH"
 export MPLBACKEND=Agg

@@ -24,6 +24,7 @@ import pytest
 
 from models_helpers import SCAN_SHAPE, write_tiny_scans
 from napari_sedclassify.cli import main
+from napari_sedclassify.processing.kernels import AOT_ENV
 
 SPEED_LINE = re.compile(r"^sedclassify (\w+): [\d.]+ s, (\d+) frames, \d+ frames/s$", re.M)
 HEAVY = ("distributed", "tensorflow", "keras", "napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy")
@@ -206,7 +207,7 @@ def test_kernels_run_without_scipy_linear_algebra_and_leave_it_importable():
         "from sklearn.preprocessing import StandardScaler\n"
         "print(StandardScaler().fit_transform(np.arange(4.0)[:, None]).std())\n"
     )
-    out = _python(code)
+    out = _python(code, env={**os.environ, AOT_ENV: "0"})  # numba's just-in-time kernels
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.split()
     assert first == "False", "running a kernel imported scipy.linalg"
@@ -247,13 +248,14 @@ def test_commands_do_not_load_other_packages_numba_extensions(files, tmp_path):
         "FrameRunner([RadialProfile(5)]).run_chunk(np.ones((1, 16, 16), np.uint16), centres=np.full((1, 2), 7.5))\n"
         f"print(all(m in sys.modules for m in {modules!r}))\n"
     )
-    plain = _python(code)
+    jit = {**os.environ, AOT_ENV: "0"}  # numba's just-in-time kernels (the ahead-of-time ones import no numba)
+    plain = _python(code, env=jit)
     assert plain.stdout.strip() == "True", plain.stderr  # the control: numba loads them by default
     folder, entries = files
     scan, _, flat = entries[0]
     command = subprocess.run([sys.executable, "-X", "importtime", "-m", "napari_sedclassify.cli", "preprocess",
                               str(scan), "--flatfield", str(flat), "--out", str(tmp_path / "p.h5")],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, env=jit)
     assert command.returncode == 0, command.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in command.stderr.splitlines() if line.startswith("import time")}
     assert "napari_sedclassify.processing._kernels" in imported

@@ -47,7 +47,7 @@ class CentreFinder(FrameProcessor):
                 "beam_radius_px": Output((), "float32", np.nan)}
 
     def process_chunk(self, frames, centres=None, mask=None):
-        from ._kernels import find_centres
+        from .kernels import find_centres
 
         n, ky, kx = frames.shape
         b = self.coarse_bin or max(2, min(8, min(ky, kx) // 32))

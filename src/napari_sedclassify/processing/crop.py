@@ -32,7 +32,7 @@ class CentralCrop(FrameProcessor):
         return {"crop": Output((self.size, self.size), "float32", np.nan)}
 
     def process_chunk(self, frames, centres, mask=None):
-        from ._kernels import central_crops
+        from .kernels import central_crops
 
         out = np.empty((frames.shape[0], self.size, self.size), np.float32)
         central_crops(frames, np.ascontiguousarray(centres, dtype=np.float64), self.half, self.bin, out)
@@ -55,7 +55,7 @@ class FrameBinning(FrameProcessor):
         return {"binned": Output(self.shape, "float32", np.nan)}
 
     def process_chunk(self, frames, centres=None, mask=None):
-        from ._kernels import bin_means
+        from .kernels import bin_means
 
         out = np.empty((frames.shape[0],) + self.shape, np.float32)
         bin_means(frames, self.bin, out)

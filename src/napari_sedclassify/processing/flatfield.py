@@ -140,7 +140,7 @@ class FlatField:
 
     def apply(self, frames) -> np.ndarray:
         """Gain-corrected float32 copy of frames (..., ky, kx); masked and non-finite pixels NaN."""
-        from ._kernels import correct_frames
+        from .kernels import correct_frames
 
         frames = np.asarray(frames)
         if frames.shape[-2:] != self.shape:
@@ -228,7 +228,7 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
     than min_sigma Poisson sigmas, dead when it reads 0 in every frame while its neighbours'
     median expects more than min_sigma counts in the sample. Returns (ky, kx) bool.
     """
-    from ._kernels import median_5x5, pixel_statistics
+    from .kernels import median_5x5, pixel_statistics
 
     sample = native(np.asarray(sample))
     m, ky, kx = sample.shape

@@ -47,7 +47,7 @@ class RadialProfile(FrameProcessor):
                 "ria_counts": Output((self.nbins,), self.counts_dtype, 0)}
 
     def process_chunk(self, frames, centres, mask=None):
-        from ._kernels import radial_sums
+        from .kernels import radial_sums
 
         n = frames.shape[0]
         sums = np.empty((n, self.nbins), np.float64)

@@ -127,7 +127,7 @@ class FrameRunner:
         index: their flat scan indices (default 0..n-1). centres: (n, 2) to use instead of the
         centre finder (then the finder's outputs are not produced).
         """
-        from ._kernels import correct_frames
+        from .kernels import correct_frames
 
         frames = native(frames)
         if frames.ndim == 2:

@@ -38,7 +38,7 @@ class VirtualDetectors(FrameProcessor):
         return {name: Output((), "float64", np.nan) for name in ["total", *self.annuli]}
 
     def process_chunk(self, frames, centres, mask=None):
-        from ._kernels import annular_sums
+        from .kernels import annular_sums
 
         n = frames.shape[0]
         names = list(self.annuli)
