@@ -175,8 +175,7 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     ``Cancelled``. client: a dask.distributed Client to run on (default: the one
     ``pipeline.batch.use_client`` set, else threads in this process).
     """
-    from importlib.metadata import version
-
+    from ..processing.kernels import numba_version
     from .batch import current_client
     from .scans import open_scans
 
@@ -251,7 +250,7 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
         "resolved": resolved,
         "beam_found": int(found.sum()),
         "version": __version__,
-        "libraries": {"numpy": np.__version__, "numba": version("numba")},
+        "libraries": {"numpy": np.__version__, "numba": numba_version()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
         "duration_s": round(elapsed, 3),
         "frames_per_s": round(passes * n / elapsed, 1) if elapsed > 0 else None,
