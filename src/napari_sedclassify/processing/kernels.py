@@ -18,6 +18,7 @@ the versions of numba, llvmlite, numpy and Python, the CPU), so a stale one is n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -65,7 +66,11 @@ def _symbol(name: str, k: int) -> str:
 
 # -- where the module lives ------------------------------------------------------------------------
 def _source_key() -> str:
-    """A digest of everything that shapes the compiled code."""
+    """A digest of everything that shapes the compiled code; "" where no module is built or
+    loaded (not Linux, the CPU unknown, numba or llvmlite not installed as distributions)."""
+    cpu = _cpu_key() if sys.platform.startswith("linux") else ""
+    if not cpu:
+        return ""
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
     for name in ("_kernels.py", "kernels.py"):
@@ -77,7 +82,7 @@ def _source_key() -> str:
     h.update(f"numba {versions['numba']} llvmlite {versions['llvmlite']} numpy {np.__version__}".encode())
     h.update(sys.version.encode())
     h.update(sysconfig.get_platform().encode())
-    h.update(_cpu_key().encode())
+    h.update(cpu.encode())
     return h.hexdigest()[:16]
 
 
@@ -120,9 +125,11 @@ def _folder() -> str:
     return os.path.join(xdg, "napari-sedclassify")
 
 
+@functools.lru_cache(maxsize=None)
 def module_name() -> str | None:
-    key = _source_key() if sys.platform.startswith("linux") else ""
-    return f"sedclassify_kernels_{key}" if key and _cpu_key() else None
+    """The ahead-of-time module's name on this machine (computed once: files and the CPU read)."""
+    key = _source_key()
+    return f"sedclassify_kernels_{key}" if key else None
 
 
 def module_path() -> str | None:
