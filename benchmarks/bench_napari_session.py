@@ -119,6 +119,29 @@ class GapMonitor:
                     stall_start, samples = None, []
 
         threading.Thread(target=watch, daemon=True).start()
+        self._trace_collections()
+
+    @staticmethod
+    def _trace_collections(over_ms: float = 20.0):
+        """With --trace-stalls: print every collection of the cyclic garbage collector that held
+        the interpreter longer than ``over_ms`` (a stall no stack sample explains)."""
+        import gc
+
+        if any(getattr(c, "bench_trace", False) for c in gc.callbacks):
+            return
+        started = {}
+
+        def callback(phase, info):
+            if phase == "start":
+                started["t"] = time.perf_counter()
+            elif "t" in started:
+                ms = (time.perf_counter() - started.pop("t")) * 1e3
+                if ms > over_ms:
+                    print(f"--- garbage collection, generation {info['generation']}: {ms:.0f} ms "
+                          f"({info['collected']} collected)", flush=True)
+
+        callback.bench_trace = True
+        gc.callbacks.append(callback)
 
     def start(self):
         self.ticks = [time.perf_counter()]

@@ -160,6 +160,30 @@ def test_overview_list_offers_only_overview_images(make_napari_viewer, disk_scan
     assert [c for c in lab._overview.choices if c is not None] == [overview]
 
 
+def test_a_class_map_goes_in_without_its_editing_overlays_and_gets_them_in_later_turns(make_napari_viewer, qtbot,
+                                                                                       disk_scan):
+    """Adding a Labels layer builds napari's polygon and brush overlays in later turns of the event
+    loop (one stall less); they end up visible with their visuals, and painting works."""
+    from napari_sedclassify._napari.state import EDITING_OVERLAYS, set_layer
+
+    viewer = make_napari_viewer()
+    layer = add_scan(viewer, disk_scan)
+    class_map = np.ones(disk_scan.scan_shape, np.uint8)
+    labels = set_layer(viewer, f"{layer.name} classes", class_map, kind="labels", like=layer)
+    canvas = viewer.window._qt_viewer.canvas
+    overlays = [labels._overlays[key] for key in EDITING_OVERLAYS]
+    assert not any(o.visible for o in overlays)
+    assert not set(overlays) & set(canvas._layer_overlay_to_visual.get(labels, {}))
+    qtbot.waitUntil(lambda: all(o.visible for o in overlays), timeout=2000)
+    assert set(overlays) <= set(canvas._layer_overlay_to_visual[labels])
+    labels.mode = "paint"
+    labels.selected_label = 3
+    labels.brush_size = 1
+    labels.paint((2, 2), 3)
+    assert labels.data[2, 2] == 3 and labels.data[0, 0] == 1
+    assert labels in viewer.layers and viewer.layers.selection.active is layer
+
+
 def test_lengths_without_a_scan_step_are_in_steps_until_the_step_is_set(make_napari_viewer):
     scan = Scan(beam_frames(6, 6), Geometry(detector_shape=(64, 64)), source="no_step")
     viewer = make_napari_viewer()

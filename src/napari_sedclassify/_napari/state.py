@@ -188,8 +188,53 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: b
         return existing
     if like is not None:
         kwargs = {**scan_layer_spatial(like), **kwargs}
+    from napari.layers import Layer
+
+    layer = Layer.create(data, {**kwargs, "name": name}, kind)
+    hidden = hide_editing_overlays(layer)
     with selection_kept(viewer.layers, not select):
-        return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+        viewer.add_layer(layer)
+    show_later(hidden)
+    return layer
+
+
+#: The overlays napari gives every Labels layer for editing it (the polygon being drawn, the brush
+#: outline). Their visuals cost more than the layer's own: 40-70 ms of the 100-200 ms that adding a
+#: Labels layer takes on a software-rendered desktop (profiled under Xvfb).
+EDITING_OVERLAYS = ("polygon", "brush_stroke")
+
+
+def hide_editing_overlays(layer) -> list:
+    """Hide the editing overlays of a Labels ``layer`` that is not in a viewer yet, so that adding
+    it builds none of their visuals (napari's canvas builds an overlay's visual when it is first
+    visible); returns those hidden, for :func:`show_later`. Nothing for other layers, or for a
+    napari whose layers keep their overlays elsewhere (``_overlays`` is napari's own)."""
+    overlays = getattr(layer, "_overlays", None)
+    hidden = []
+    for key in EDITING_OVERLAYS if overlays is not None else ():
+        overlay = overlays.get(key)
+        if overlay is not None and getattr(overlay, "visible", False):
+            overlay.visible = False
+            hidden.append(overlay)
+    return hidden
+
+
+def show_later(overlays: list, delay_ms: int = 20) -> None:
+    """Make ``overlays`` visible again, one per turn of the event loop ``delay_ms`` apart: each
+    then gets its visual (15-50 ms) in a turn of its own. Until then, painting works and only
+    the brush outline is not drawn."""
+    if not overlays:
+        return
+    from qtpy.QtCore import QTimer
+
+    def show():
+        try:
+            overlays[0].visible = True
+        except RuntimeError:  # the viewer closed meanwhile
+            return
+        show_later(overlays[1:], delay_ms)
+
+    QTimer.singleShot(delay_ms, show)
 
 
 @contextmanager
