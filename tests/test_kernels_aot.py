@@ -191,7 +191,7 @@ def test_a_command_never_imports_numba(aot, tmp_path):
     from napari_sedclassify.simulate import simulate_scan
 
     simulate_scan(tmp_path / "s.npy", scan_shape=(8, 8), detector_px=256, seed=3)
-    env = {**os.environ, "XDG_CACHE_HOME": str(Path(kernels.module_path()).parents[1])}
+    env = {**os.environ, "XDG_CACHE_HOME": str(Path(aot.__file__).parents[1])}  # where the fixture found it
     code = (
         "import sys\n"
         "from napari_sedclassify.cli import main\n"
@@ -213,7 +213,17 @@ def test_a_command_never_imports_numba(aot, tmp_path):
                          env={**env, AOT_ENV: "0"})
     assert jit.returncode == 0, jit.stderr[-3000:]
     assert jit.stderr.strip().splitlines()[-1] == "True"
+    assert "compiled just in time" not in ahead.stderr + jit.stderr  # built; turned off on purpose
     np.testing.assert_array_equal(np.load(tmp_path / "pred_jit" / "s_classes.npy"), classes)
+    # a machine where the module was never built (pip install without the build): the same
+    # results, and the command says how to build it
+    runs = [r.replace("q.h5", "r.h5").replace("/pred_jit", "/pred_unbuilt") for r in runs]
+    unbuilt = subprocess.run([sys.executable, "-c", code, *runs], capture_output=True, text=True, timeout=300,
+                             env={**env, "XDG_CACHE_HOME": str(tmp_path / "empty cache")})
+    assert unbuilt.returncode == 0, unbuilt.stderr[-3000:]
+    hints = [line for line in unbuilt.stderr.splitlines() if "compiled just in time" in line]
+    assert len(hints) == 2 and all("python -m napari_sedclassify.processing.kernels" in h for h in hints)
+    np.testing.assert_array_equal(np.load(tmp_path / "pred_unbuilt" / "s_classes.npy"), classes)
     from napari_sedclassify.pipeline.preprocess import PreprocessResult
 
     a, b = PreprocessResult.load(tmp_path / "p.h5"), PreprocessResult.load(tmp_path / "q.h5")

@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             rc = int(args.func(args) or 0)
         if rc == 0:
             print(_speed_line(args.command, time.perf_counter() - t0, sum(frames.values())), file=sys.stderr)
+            kernels = sys.modules.get("napari_sedclassify.processing.kernels")  # only where frames ran
+            hint = kernels.missing_module_hint() if kernels is not None else None
+            if hint:
+                print(f"sedclassify: {hint}", file=sys.stderr)
         return rc
     # MissingOptionalDependency: e.g. the CNN without TensorFlow, its message gives the pip command
     except (CLIError, MissingOptionalDependency, FileNotFoundError, ValueError, OSError) as exc:

@@ -166,6 +166,16 @@ def aot_module():
     return _state["module"]
 
 
+def missing_module_hint() -> str | None:
+    """One line for the user when this process compiled kernels just in time because this machine's
+    ahead-of-time module is not built (a pip install that never ran the build); None otherwise
+    (built, turned off with SEDCLASSIFY_AOT=0, or not supported here)."""
+    if not _state.get("jit_for_want_of_module") or os.environ.get(AOT_ENV, "1") == "0" or module_path() is None:
+        return None
+    return ("the frame kernels were compiled just in time (0.3-0.4 s of this command's start): "
+            "`python -m napari_sedclassify.processing.kernels` compiles them once for this machine")
+
+
 def _matches(value, spec) -> bool:
     if isinstance(spec, str):
         if spec == "b1":
@@ -193,6 +203,8 @@ def _caller(name: str):
             for k, sig in enumerate(signatures):
                 if len(sig) == len(args) and all(_matches(a, s) for a, s in zip(args, sig)):
                     return getattr(module, _symbol(name, k))(*args)
+        if module is None:
+            _state["jit_for_want_of_module"] = True
         from . import _kernels
 
         return getattr(_kernels, name)(*args)
