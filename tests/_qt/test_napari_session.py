@@ -163,24 +163,32 @@ def test_overview_list_offers_only_overview_images(make_napari_viewer, disk_scan
 def test_a_class_map_goes_in_without_its_editing_overlays_and_gets_them_in_later_turns(make_napari_viewer, qtbot,
                                                                                        disk_scan):
     """Adding a Labels layer builds napari's polygon and brush overlays in later turns of the event
-    loop (one stall less); they end up visible with their visuals, and painting works."""
+    loop (one stall less); they end up visible with their visuals, and painting works. What is to
+    follow the layer (the confidence map) comes after both, not in the same turn as one."""
     from napari_sedclassify._napari.state import EDITING_OVERLAYS, set_layer
 
     viewer = make_napari_viewer()
     layer = add_scan(viewer, disk_scan)
     class_map = np.ones(disk_scan.scan_shape, np.uint8)
-    labels = set_layer(viewer, f"{layer.name} classes", class_map, kind="labels", like=layer)
+    seen = []
+    labels = set_layer(viewer, f"{layer.name} classes", class_map, kind="labels", like=layer,
+                       then=lambda: seen.append([o.visible for o in overlays]))
     canvas = viewer.window._qt_viewer.canvas
     overlays = [labels._overlays[key] for key in EDITING_OVERLAYS]
-    assert not any(o.visible for o in overlays)
+    assert not any(o.visible for o in overlays) and not seen
     assert not set(overlays) & set(canvas._layer_overlay_to_visual.get(labels, {}))
     qtbot.waitUntil(lambda: all(o.visible for o in overlays), timeout=2000)
     assert set(overlays) <= set(canvas._layer_overlay_to_visual[labels])
+    assert not seen  # a turn of its own after the last overlay's
+    qtbot.waitUntil(lambda: bool(seen), timeout=2000)
+    assert seen == [[True, True]]
+    set_layer(viewer, labels.name, class_map * 2, kind="labels", like=layer, then=lambda: seen.append("now"))
+    assert seen[-1] == "now" and labels.data.max() == 2  # an existing layer: updated, then at once
     labels.mode = "paint"
     labels.selected_label = 3
     labels.brush_size = 1
     labels.paint((2, 2), 3)
-    assert labels.data[2, 2] == 3 and labels.data[0, 0] == 1
+    assert labels.data[2, 2] == 3 and labels.data[0, 0] == 2
     assert labels in viewer.layers and viewer.layers.selection.active is layer
 
 
@@ -465,6 +473,24 @@ def test_docking_the_workflow_prepares_the_first_layers_off_the_event_loop(make_
     reader._warming.join(180)
     assert not reader._warming.is_alive()
     assert gc.get_freeze_count() > 10000
+
+
+def test_the_warm_up_computes_the_line_dash_patterns_of_the_first_labels_polygon_overlay():
+    """vispy computes its line-dash patterns (once per process) when the first 'agg' line visual is
+    built, which the first Labels layer's polygon overlay does in the event loop (60 ms of a 100 ms
+    turn). The warm-up thread computes them; a fresh process, as the viewer's is."""
+    import subprocess
+    import sys
+
+    code = ("from vispy.visuals.line import dash_atlas\n"
+            "from napari_sedclassify._napari import reader\n"
+            "before = dash_atlas._make_pattern.cache_info().currsize\n"
+            "reader.warm_up(); reader._warming.join(120)\n"
+            "print(before, dash_atlas._make_pattern.cache_info().currsize)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    before, after = map(int, out.stdout.split())
+    assert before == 0 and after >= 13
 
 
 def test_a_job_shows_its_progress_in_its_widget_and_napari_bars_only_for_long_unshown_jobs(

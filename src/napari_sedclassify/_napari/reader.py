@@ -60,6 +60,7 @@ def warm_up() -> None:
             registry("nm"), registry("pixel")
             Labels(np.zeros((2, 2), np.uint8), colormap=class_colormap(ClassTable.default()))
             _import_gl_array_handlers()
+            _fill_dash_patterns()
             io.warm_up()
             processing.warm_up()
 
@@ -84,6 +85,17 @@ def warm_up() -> None:
 
 
 _warming = None
+
+
+def _fill_dash_patterns():
+    """vispy computes its 13 line-dash patterns (numpy, cached once per process) when the first
+    'agg' line visual is built: the polygon overlay of the first Labels layer, 60 ms of a 100 ms
+    turn of the event loop (profiled under Xvfb). Computed here instead; no OpenGL involved."""
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+    except ImportError:  # a vispy that keeps them elsewhere: napari builds them when needed
+        return
+    DashAtlas()
 
 
 def _import_gl_array_handlers():

@@ -168,13 +168,16 @@ def active_scan_layer(viewer):
     return layers[0] if layers else None
 
 
-def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: bool = False, **kwargs):
+def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: bool = False, then=None,
+              **kwargs):
     """Update the data of layer ``name`` if it exists (same kind), else add it on the grid of ``like``.
 
     A new layer is selected only with ``select`` (e.g. labels to paint on): otherwise the selection
     stays where the user left it (the scan the widgets work on) and napari does not swap the layer
     controls, which resizes the canvas (about half of the 100-250 ms that adding a layer costs on a
-    software-rendered desktop)."""
+    software-rendered desktop). ``then``: called in a later turn of the event loop, once what the
+    new layer builds in later turns (:func:`show_later`) is built, so that the two never share a
+    turn (e.g. the next layer to add); at once when nothing was added."""
     import napari
 
     if like is not None:  # remember which scan it was computed from (e.g. not an overview candidate)
@@ -185,6 +188,8 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: b
         for key in ("colormap", "contrast_limits", "metadata"):
             if key in kwargs:
                 setattr(existing, key, kwargs[key])
+        if then is not None:
+            then()
         return existing
     if like is not None:
         kwargs = {**scan_layer_spatial(like), **kwargs}
@@ -194,7 +199,7 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: b
     hidden = hide_editing_overlays(layer)
     with selection_kept(viewer.layers, not select):
         viewer.add_layer(layer)
-    show_later(hidden)
+    show_later(hidden, then=then)
     return layer
 
 
@@ -219,20 +224,24 @@ def hide_editing_overlays(layer) -> list:
     return hidden
 
 
-def show_later(overlays: list, delay_ms: int = 20) -> None:
+def show_later(overlays: list, delay_ms: int = 20, then=None) -> None:
     """Make ``overlays`` visible again, one per turn of the event loop ``delay_ms`` apart: each
     then gets its visual (15-50 ms) in a turn of its own. Until then, painting works and only
-    the brush outline is not drawn."""
-    if not overlays:
+    the brush outline is not drawn. ``then``: called ``delay_ms`` after the last is shown (two
+    overdue timers would fire in the same turn: one stall of both)."""
+    if not overlays and then is None:
         return
     from qtpy.QtCore import QTimer
 
     def show():
+        if not overlays:
+            then()
+            return
         try:
             overlays[0].visible = True
         except RuntimeError:  # the viewer closed meanwhile
             return
-        show_later(overlays[1:], delay_ms)
+        show_later(overlays[1:], delay_ms, then)
 
     QTimer.singleShot(delay_ms, show)
 
