@@ -122,9 +122,33 @@ def main():
     shot(viewer, "pcc")
     viewer.layers[f"{scan_layer.name} PCC"].visible = False
 
-    # 5 labels: regions drawn per class, mixed border of the beam's width, carbon elsewhere
+    # 5 labels: the overview registered from landmark pairs (as if opened from its own file),
+    # then regions drawn per class, mixed border of the beam's width, carbon elsewhere
+    from napari_sedclassify.labels import overview_to_scan
+
     wf.show_step(5)
     lab = wf.labeling
+    overview = viewer.layers["overview (image mode)"]
+    overview.affine = np.eye(3)
+    lab._overview.reset_choices()
+    lab._overview.value = overview
+    on_overview, on_scan = lab.landmark_layers()
+    rows, cols = overview.data.shape[:2]
+    features = np.array([[0.15, 0.2], [0.2, 0.85], [0.8, 0.8], [0.85, 0.15], [0.5, 0.45]]) * (rows, cols)
+    clicked = overview_to_scan(features, sim.overview_to_scan) + np.random.default_rng(0).normal(0, 0.15, (5, 2))
+    for p, q in zip(features, clicked):
+        on_overview.add(p)
+        on_scan.add(q)
+    from qtpy.QtWidgets import QScrollArea
+
+    area = lab.native.parent()
+    while area is not None and not isinstance(area, QScrollArea):
+        area = area.parent()
+    if area is not None:  # the landmark buttons in view
+        area.ensureWidgetVisible(lab._fit.native)
+    shot(viewer, "landmarks")
+    lab.register_from_landmarks()
+    on_overview.visible = on_scan.visible = False
     for cid, polygon in ice_outlines(sim.truth):
         lab._class.value = cid
         lab.regions_layer().add_polygons([polygon])

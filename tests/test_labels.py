@@ -8,6 +8,7 @@ import pytest
 from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON, CRYSTALLINE_ICE, MIXED, UNLABELED
 from napari_sedclassify.labels import (
     Region,
+    affine_from_landmarks,
     class_map_from_regions,
     length_in_steps,
     load_class_map,
@@ -96,6 +97,47 @@ def test_overview_polygons_map_through_the_affine():
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="3x3"):
         overview_to_scan(overview_poly, np.eye(2))
+
+
+def test_landmark_pairs_give_the_overview_to_scan_affine():
+    """Clicked landmarks are off by a fraction of a pixel: the least-squares affine from 8 pairs
+    lands the overview within a tenth of a scan step of the true one over the whole overview, the
+    residual says how far the clicks were off, and 2 pairs give scale, rotation and shift."""
+    rng = np.random.default_rng(3)
+    angle = np.deg2rad(7.0)
+    rot = 0.24 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    true = np.eye(3)
+    true[:2, :2], true[:2, 2] = rot, [-1.5, 2.25]
+    overview = rng.uniform(0, 72, (8, 2))
+    clicked = overview_to_scan(overview, true) + rng.normal(0, 0.1, (8, 2))  # 0.1-step clicks
+    fit = affine_from_landmarks(overview, clicked)
+    assert fit.kind == "affine"
+    corners = np.array([[0, 0], [0, 71], [71, 0], [71, 71]], float)
+    assert np.abs(overview_to_scan(corners, fit.affine) - overview_to_scan(corners, true)).max() < 0.1
+    np.testing.assert_allclose(fit.residuals_steps,
+                               np.linalg.norm(overview_to_scan(overview, fit.affine) - clicked, axis=1))
+    assert 0.03 < fit.rms_steps < 0.2 and "residual RMS" in fit.describe()
+
+    exact = overview_to_scan(overview, true)
+    two = affine_from_landmarks(overview[:2], exact[:2])
+    assert two.kind == "similarity"
+    np.testing.assert_allclose(two.affine, true, atol=1e-9)
+    three = affine_from_landmarks(overview[:3], exact[:3])
+    np.testing.assert_allclose(three.affine, true, atol=1e-9)
+    assert "exact" in three.describe()
+
+
+@pytest.mark.parametrize("ov, sc, message", [
+    ([[0, 0], [10, 5], [3, 8]], [[0, 0], [1, 1]], "3 landmarks on the overview but 2 on the scan"),
+    ([[0, 0]], [[1, 1]], "at least 2"),
+    ([[0, 0], [10, 10], [20, 20.0000001]], [[0, 0], [1, 1], [3, 0]], "overview landmarks lie on one line"),
+    ([[4, 4], [4, 4]], [[0, 0], [1, 1]], "all sit on one point"),
+    ([[0, 0], [1, np.nan]], [[0, 0], [1, 1]], "non-finite"),
+    ([[0, 0, 0], [1, 1, 1]], [[0, 0], [1, 1]], "(row, col) pairs"),
+])
+def test_unusable_landmarks_are_refused_with_the_reason(ov, sc, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        affine_from_landmarks(ov, sc)
 
 
 def test_lengths_in_nm_need_the_scan_step():

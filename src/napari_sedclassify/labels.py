@@ -58,6 +58,74 @@ def overview_to_scan(vertices, affine) -> np.ndarray:
     return v @ a[:2, :2].T + a[:2, 2]
 
 
+@dataclass(frozen=True)
+class LandmarkFit:
+    """An overview -> scan affine fitted to landmark pairs (:func:`affine_from_landmarks`).
+
+    affine: 3x3, acting on (row, col, 1) as :func:`overview_to_scan`; kind: "similarity" (two
+    pairs) or "affine"; residuals_steps: for each pair, how far (scan steps) the mapped overview
+    landmark lands from its scan landmark."""
+
+    affine: np.ndarray
+    kind: str
+    residuals_steps: np.ndarray
+
+    @property
+    def rms_steps(self) -> float:
+        return float(np.sqrt(np.mean(self.residuals_steps ** 2)))
+
+    def describe(self) -> str:
+        n = len(self.residuals_steps)
+        if self.kind == "affine" and n == 3:
+            return "affine through 3 pairs (exact: a 4th pair would show how well they agree)"
+        return (f"{self.kind} from {n} pairs, residual RMS {self.rms_steps:.2f} scan steps "
+                f"(largest {self.residuals_steps.max():.2f}, pair {int(self.residuals_steps.argmax()) + 1})")
+
+
+def affine_from_landmarks(overview_points, scan_points) -> LandmarkFit:
+    """The overview -> scan affine that best maps landmark ``overview_points[i]`` (row, col in
+    overview pixels) onto ``scan_points[i]`` (row, col in scan steps), in the least-squares sense.
+
+    Two pairs give a similarity (scale, rotation and shift, no shear nor mirror: the overview's
+    pixels are taken as square); three or more pairs not on one line give a general affine
+    (exact through 3 pairs). Raises ValueError naming the problem otherwise."""
+    ov = np.asarray(overview_points, dtype=np.float64)
+    sc = np.asarray(scan_points, dtype=np.float64)
+    for name, pts in (("overview", ov), ("scan", sc)):
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            raise ValueError(f"{name} landmarks must be (row, col) pairs, got shape {pts.shape}")
+        if not np.all(np.isfinite(pts)):
+            raise ValueError(f"{name} landmarks hold a non-finite coordinate")
+    if len(ov) != len(sc):
+        raise ValueError(f"{len(ov)} landmarks on the overview but {len(sc)} on the scan: "
+                         "place them in pairs, in the same order on both")
+    if len(ov) < 2:
+        raise ValueError(f"{len(ov)} landmark pair(s): place at least 2 (3 or more for a general affine)")
+    for name, pts in (("overview", ov), ("scan", sc)):
+        centred = pts - pts.mean(axis=0)
+        spread = np.linalg.svd(centred, compute_uv=False)
+        if spread[0] < 1e-9:
+            raise ValueError(f"the {name} landmarks all sit on one point")
+        if len(pts) >= 3 and spread[1] < 1e-3 * spread[0]:
+            raise ValueError(f"the {name} landmarks lie on one line: an affine needs pairs spread over "
+                             "the area (or exactly 2 pairs for scale, rotation and shift)")
+    affine = np.eye(3)
+    if len(ov) == 2:
+        z, w = ov[:, 0] + 1j * ov[:, 1], sc[:, 0] + 1j * sc[:, 1]
+        a = (w[1] - w[0]) / (z[1] - z[0])
+        b = w[0] - a * z[0]
+        affine[:2, :2] = [[a.real, -a.imag], [a.imag, a.real]]
+        affine[:2, 2] = [b.real, b.imag]
+        kind = "similarity"
+    else:
+        design = np.column_stack([ov, np.ones(len(ov))])
+        coef, *_ = np.linalg.lstsq(design, sc, rcond=None)
+        affine[:2, :] = coef.T
+        kind = "affine"
+    residuals = np.linalg.norm(overview_to_scan(ov, affine) - sc, axis=1)
+    return LandmarkFit(affine, kind, residuals)
+
+
 def length_in_steps(value: float, unit: str, scan_step_nm: float | None) -> float:
     """A length given in 'steps' or 'nm' as scan steps (nm needs the scan step, nm)."""
     if unit == "steps":

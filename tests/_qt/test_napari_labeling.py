@@ -128,3 +128,63 @@ def test_overview_registered_onto_the_scan_and_ellipses(make_napari_viewer, tmp_
     inside = ((yy - 8) / 4.2) ** 2 + ((xx - 8) / 3.2) ** 2 < 0.97  # off the outline (64-gon)
     outside = ((yy - 8) / 4.2) ** 2 + ((xx - 8) / 3.2) ** 2 > 1.0
     assert np.all(cm[inside] == AMORPHOUS_ICE) and np.all(cm[outside] == CARBON)
+
+
+def test_overview_registered_from_landmark_pairs_clicked_on_both_images(make_napari_viewer, notifications):
+    """Landmarks: the overview is shown beside the integrated image, points go in pairs (the layer
+    to click next is selected after each point), and the least-squares affine from the pairs puts
+    the overview on the scan points, its landmarks moving with it; bad pairs are refused in place."""
+    from napari_sedclassify.labels import overview_to_scan
+
+    viewer = make_napari_viewer()
+    scan_layer = add_scan(viewer, blank_scan((16, 16)))
+    overview = viewer.add_image(np.random.default_rng(1).random((72, 72)), name="overview")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Labels")
+    widget._overview.value = overview
+    on_overview, on_scan = widget.landmark_layers()
+    # beside the integrated image, as tall: both can be clicked
+    ov_box = np.array([overview.data_to_world(p) for p in ([0, 0], [71, 71])])
+    scan_box = np.array([scan_layer.data_to_world(p) for p in ([0, 0], [15, 15])])
+    assert ov_box[0, 1] > scan_box[1, 1]
+    assert abs((ov_box[1, 0] - ov_box[0, 0]) / (scan_box[1, 0] - scan_box[0, 0]) - 71 / 72 * 16 / 15) < 0.01
+    assert viewer.layers.selection.active.name == on_overview.name and on_overview.mode == "add"
+
+    angle = np.deg2rad(-5.0)
+    true = np.eye(3)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    true[:2, :2] = np.diag([0.22, 0.2]) @ rotation  # the overview's rows a little longer than its columns
+    true[:2, 2] = [-0.5, 1.0]
+    ov_points = np.array([[5.0, 8.0], [60.0, 12.0], [55.0, 66.0], [10.0, 60.0], [35.0, 35.0]])
+    rng = np.random.default_rng(2)
+    sc_points = overview_to_scan(ov_points, true) + rng.normal(0, 0.05, ov_points.shape)
+    for k, (p, q) in enumerate(zip(ov_points, sc_points)):
+        # clicked where each image is drawn: world positions, as napari's add mode does
+        on_overview.add(on_overview.world_to_data(overview.data_to_world(p)))
+        assert viewer.layers.selection.active.name == on_scan.name and on_scan.mode == "add"
+        assert f"on {scan_layer.name}" in widget._status.value
+        if k == 1:  # unequal pairs refused in place, nothing moved
+            before = np.asarray(overview.affine.affine_matrix).copy()
+            assert widget.register_from_landmarks() is None
+            assert "2 landmarks on the overview but 1 on the scan" in widget._status.value
+            np.testing.assert_array_equal(overview.affine.affine_matrix, before)
+        on_scan.add(on_scan.world_to_data(scan_layer.data_to_world(q)))
+        assert viewer.layers.selection.active.name == on_overview.name
+    for points in (on_overview, on_scan):  # numbered in placing order
+        assert list(points.features["pair"]) == [1, 2, 3, 4, 5]
+    fit = widget.register_from_landmarks()
+    assert fit is not None and fit.kind == "affine" and "residual RMS" in widget._status.value
+    for p in ([0.0, 0.0], [40.0, 12.0], [71.0, 71.0]):
+        expected = scan_layer.data_to_world(overview_to_scan([p], true)[0])
+        np.testing.assert_allclose(overview.data_to_world(p), expected, atol=0.1 * scan_layer.scale[0])
+    for p, q in zip(on_overview.data, on_scan.data):  # the landmarks moved with the overview
+        gap = np.subtract(on_overview.data_to_world(p), on_scan.data_to_world(q))
+        assert np.linalg.norm(gap) < 0.3 * scan_layer.scale[0]
+    assert overview in [layer for _, layer in widget._overview_choices()]
+
+    on_scan.data = on_scan.data[:2]  # collinear overview points refused with the reason
+    on_overview.data = np.array([[0.0, 0.0], [10.0, 10.0]])
+    on_overview.add([20.0, 20.0])
+    on_scan.add([5.0, 3.0])
+    assert widget.register_from_landmarks() is None
+    assert "lie on one line" in widget._status.value
+    assert any("lie on one line" in m for m in notifications)

@@ -8,6 +8,7 @@ from napari.utils.notifications import show_error, show_warning
 
 from ...classes import CARBON, MIXED, ClassTable
 from ...labels import (
+    affine_from_landmarks,
     class_map_from_regions,
     from_zero_based,
     length_in_steps,
@@ -69,6 +70,14 @@ def labels_layer_name(scan_layer) -> str:
     return f"{scan_layer.name} labels"
 
 
+def landmarks_layer_name(layer) -> str:
+    return f"{layer.name} landmarks"
+
+
+#: Colours of the landmarks placed on the overview and on the integrated image.
+LANDMARK_COLOURS = ("#ffd400", "#00e5ff")
+
+
 class LabelingWidget(Container):
     """Polygons per class on the integrated image (or a registered overview) -> class map.
 
@@ -99,6 +108,8 @@ class LabelingWidget(Container):
         self._overview = ComboBox(label="overview image", choices=self._overview_choices, nullable=True)
         self._affine_path = FileEdit(label="overview -> scan affine", mode="r", filter="*.npy *.txt *.csv")
         self._register = PushButton(text="Register overview onto the scan")
+        self._place = PushButton(text="Place landmarks (point pairs)")
+        self._fit = PushButton(text="Register from landmarks")
         self._status = wrapped_label("")
         self.extend(
             [
@@ -113,11 +124,15 @@ class LabelingWidget(Container):
                 self._load,
                 form(self._overview, self._affine_path),
                 self._register,
+                self._place,
+                self._fit,
                 self._status,
             ]
         )
         follow_layers(napari_viewer, self._overview)
         self._register.changed.connect(lambda _=None: self.register_overview())
+        self._place.changed.connect(lambda _=None: self.landmark_layers())
+        self._fit.changed.connect(lambda _=None: self.register_from_landmarks())
         self._class.changed.connect(self._class_changed)
         self._draw.changed.connect(lambda _=None: self.regions_layer())
         self._make.changed.connect(lambda _=None: self.make_class_map())
@@ -365,9 +380,126 @@ class LabelingWidget(Container):
         overview.scale = (1.0, 1.0)
         overview.translate = (0.0, 0.0)
         overview.affine = scan_to_world @ affine
+        _same_units(overview, scan_layer)
+        overview.metadata = {**overview.metadata, "overview_to_scan_affine": affine.tolist(),
+                             "registered_onto": scan_layer.name}
+        self._landmarks_follow(overview)
         self._status.value = f"{overview.name} registered onto {scan_layer.name}"
         return overview
+
+    # landmarks -------------------------------------------------------------------------
+    def landmark_layers(self):
+        """Two Points layers, one on the chosen overview and one on the scan's integrated image
+        (made on first use): the user clicks a feature on the overview, then the same feature on
+        the integrated image, and so on (the layer to click next is selected after each point).
+        An overview not registered yet is shown beside the integrated image, at its size, so that
+        both can be seen. Returns (overview landmarks, scan landmarks)."""
+        scan_layer, overview = self._scan.value, self._overview.value
+        if scan_layer is None or overview is None:
+            self._notify("Landmarks: choose a scan and an overview image layer first (open the overview "
+                         "with File > Open).")
+            return None
+        if "overview_to_scan_affine" not in overview.metadata and _untransformed(overview):
+            _beside(overview, scan_layer)
+        layers = []
+        for image, colour in zip((overview, scan_layer), LANDMARK_COLOURS):
+            name = landmarks_layer_name(image)
+            if name in self._viewer.layers:
+                layers.append(self._viewer.layers[name])
+                continue
+            size = max(image.data.shape[:2]) / 30.0
+            points = self._viewer.add_points(
+                np.empty((0, 2)), name=name, face_color=colour, border_color="black", size=size,
+                features={"pair": np.empty(0, int)}, feature_defaults={"pair": 0},
+                text={"string": "{pair}", "color": colour, "size": 11, "anchor": "upper_left",
+                      "translation": (-0.7 * size, 0.7 * size)},
+                affine=np.asarray(image.affine.affine_matrix), scale=tuple(image.scale[-2:]),
+                translate=tuple(image.translate[-2:]), metadata={"landmarks_of": image.name},
+                units=tuple(str(u) for u in image.units[-2:]),
+            )
+            points.events.data.connect(lambda _e=None: self._landmark_added())
+            layers.append(points)
+        self._landmarks = tuple(layers)
+        self._landmark_added()
+        return self._landmarks
+
+    def _landmarks_follow(self, overview):
+        """The overview's landmarks stay on its features when it moves (registration)."""
+        name = landmarks_layer_name(overview)
+        if name in self._viewer.layers:
+            points = self._viewer.layers[name]
+            points.scale, points.translate = tuple(overview.scale[-2:]), tuple(overview.translate[-2:])
+            points.affine = np.asarray(overview.affine.affine_matrix)
+
+    def _landmark_added(self):
+        """Select the landmarks layer where the next point goes, in add mode, and say which."""
+        layers = getattr(self, "_landmarks", None)
+        if not layers or any(layer not in self._viewer.layers for layer in layers):
+            return
+        on_overview, on_scan = layers
+        n_ov, n_sc = len(on_overview.data), len(on_scan.data)
+        for points in layers:  # pair numbers, in placing order
+            if len(points.features) == len(points.data) and not np.array_equal(
+                    points.features["pair"], np.arange(1, len(points.data) + 1)):
+                points.features = {"pair": np.arange(1, len(points.data) + 1)}
+        target, image = (on_scan, on_scan.metadata["landmarks_of"]) if n_ov > n_sc else \
+            (on_overview, on_overview.metadata["landmarks_of"])
+        if self._viewer.layers.selection.active is not target:
+            self._viewer.layers.selection.active = target
+        target.mode = "add"
+        pairs = min(n_ov, n_sc)
+        ready = "; 'Register from landmarks' fits them" if pairs >= 2 and n_ov == n_sc else ""
+        self._status.value = (f"Landmarks: {pairs} pair(s). Click a feature on {image} "
+                              f"(pair {max(n_ov, n_sc) if n_ov != n_sc else pairs + 1}){ready}.")
+
+    def register_from_landmarks(self):
+        """Fit the overview -> scan affine to the landmark pairs (2 pairs: scale, rotation and
+        shift; 3 or more: general affine) and register the overview with it. Returns the fit."""
+        scan_layer, overview = self._scan.value, self._overview.value
+        if scan_layer is None or overview is None:
+            self._notify("Landmarks: choose a scan and an overview image layer first.")
+            return None
+        names = (landmarks_layer_name(overview), landmarks_layer_name(scan_layer))
+        if any(name not in self._viewer.layers for name in names):
+            self._notify("Landmarks: place landmark pairs first ('Place landmarks').")
+            return None
+        on_overview, on_scan = (self._viewer.layers[name] for name in names)
+        try:
+            fit = affine_from_landmarks(on_overview.data, on_scan.data)
+        except ValueError as exc:
+            self._notify(f"Landmarks: {exc}")
+            return None
+        if self.register_overview(affine=fit.affine) is None:
+            return None
+        self._status.value = f"{overview.name} registered onto {scan_layer.name}: {fit.describe()}"
+        return fit
 
     def _notify(self, message):
         self._status.value = message
         show_error(message)
+
+
+def _untransformed(layer) -> bool:
+    """Whether ``layer`` still sits where napari opened it (pixel grid at the origin)."""
+    return (np.allclose(layer.scale[-2:], 1.0) and np.allclose(layer.translate[-2:], 0.0)
+            and np.allclose(layer.affine.affine_matrix, np.eye(layer.affine.affine_matrix.shape[0])))
+
+
+def _beside(overview, scan_layer) -> None:
+    """Show ``overview`` to the right of ``scan_layer``'s image, as tall as it (to place landmarks
+    on both without one covering the other)."""
+    rows, cols = scan_layer.data.shape[-2:]
+    step_r, step_c = scan_layer.scale[-2:]
+    top, left = scan_layer.translate[-2:]
+    height, width = rows * step_r, cols * step_c
+    factor = height / overview.data.shape[0]
+    overview.scale = (factor, factor)
+    overview.translate = (top - 0.5 * step_r + 0.5 * factor, left + width * 1.1)
+    _same_units(overview, scan_layer)
+
+
+def _same_units(overview, scan_layer) -> None:
+    """The overview's world lengths are now the scan's (nm, or scan steps)."""
+    units = getattr(scan_layer, "units", None)
+    if units is not None:
+        overview.units = tuple(str(u) for u in units[-2:])
