@@ -4,7 +4,8 @@ Drives the REAL widgets of the Workflow in a real napari viewer (``napari.Viewer
 run it under Xvfb) on a simulated 40x40 scan of 512x512 frames (``simulate_scan``, cached in
 --dir), through the steps a user takes: open the scan (File > Open's route, the plugin's reader
 and its background integration), flat-field, centring (+ RIAs; the RIA step then reuses them),
-the class map as labels (the simulation's truth), training an FCNN and an SVM, predicting.
+loading the class map with the Labels widget (the simulation's truth, the session's first Labels layer),
+training an FCNN and an SVM, predicting.
 
 Measured in this run:
 
@@ -342,7 +343,6 @@ def main(argv=None):
 
     from napari_sedclassify._napari.layers import SCAN_KEY
     from napari_sedclassify._napari.reader import INTEGRATING
-    from napari_sedclassify._napari.state import LABELS_OF_KEY, scan_layer_spatial
 
     from napari.utils.notifications import notification_manager
 
@@ -400,9 +400,12 @@ def main(argv=None):
     if args.steps in ("prep", "open,prep"):
         viewer.close()
         return 0
-    truth = np.load(str(path).replace(".npy", "_truth.npy"))
-    labels = viewer.add_labels(truth.astype(np.uint8), name=f"{layer.name} labels",
-                               metadata={LABELS_OF_KEY: layer.name}, **scan_layer_spatial(layer))
+    # the class map as a user loads one (the session's first Labels layer)
+    wf.show_step(5)
+    wf.labeling._scan.value = layer
+    wf.labeling._load_path.value = str(path).replace(".npy", "_truth.npy")
+    labels = measured("load labels (class map file)", wf.labeling.load_labels, lambda out: out is not None,
+                      results)
     labels.visible = False
     viewer.layers.selection.active = layer
     wf.show_step(6)
