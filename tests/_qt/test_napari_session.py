@@ -191,6 +191,17 @@ def test_a_class_map_goes_in_without_its_editing_overlays_and_gets_them_in_later
     assert labels.data[2, 2] == 3 and labels.data[0, 0] == 2
     assert labels in viewer.layers and viewer.layers.selection.active is layer
 
+    # a layer to paint on is selected in a turn of its own, before its overlays come
+    order = []
+    painted = set_layer(viewer, "to paint", class_map, kind="labels", like=layer, select=True,
+                        then=lambda: order.append("then"))
+    own = [painted._overlays[key] for key in EDITING_OVERLAYS]
+    assert viewer.layers.selection.active is layer and not any(o.visible for o in own)
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is painted, timeout=2000)
+    assert not any(o.visible for o in own) and not order
+    qtbot.waitUntil(lambda: order == ["then"], timeout=2000)
+    assert all(o.visible for o in own)
+
 
 def test_lengths_without_a_scan_step_are_in_steps_until_the_step_is_set(make_napari_viewer):
     scan = Scan(beam_frames(6, 6), Geometry(detector_shape=(64, 64)), source="no_step")

@@ -172,12 +172,13 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: b
               **kwargs):
     """Update the data of layer ``name`` if it exists (same kind), else add it on the grid of ``like``.
 
-    A new layer is selected only with ``select`` (e.g. labels to paint on): otherwise the selection
-    stays where the user left it (the scan the widgets work on) and napari does not swap the layer
-    controls, which resizes the canvas (about half of the 100-250 ms that adding a layer costs on a
-    software-rendered desktop). ``then``: called in a later turn of the event loop, once what the
-    new layer builds in later turns (:func:`show_later`) is built, so that the two never share a
-    turn (e.g. the next layer to add); at once when nothing was added."""
+    A new layer is selected only with ``select`` (e.g. labels to paint on), in the next turn of
+    the event loop: otherwise the selection stays where the user left it (the scan the widgets work
+    on). Selecting swaps the layer controls, which resizes the canvas (about half of the 100-250 ms
+    that adding a layer costs on a software-rendered desktop), so it never shares the turn that
+    adds the layer. What a new Labels layer builds later (its editing overlays, :func:`one_per_turn`)
+    follows, then ``then`` (e.g. the next layer to add) in a turn of its own; ``then`` is called
+    at once when nothing was added."""
     import napari
 
     if like is not None:  # remember which scan it was computed from (e.g. not an overview candidate)
@@ -197,10 +198,17 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: b
 
     layer = Layer.create(data, {**kwargs, "name": name}, kind)
     hidden = hide_editing_overlays(layer)
-    with selection_kept(viewer.layers, not select):
+    with selection_kept(viewer.layers, True):
         viewer.add_layer(layer)
-    show_later(hidden, then=then)
+    steps = [lambda: _select(viewer.layers, layer)] if select else []
+    steps += [lambda overlay=overlay: setattr(overlay, "visible", True) for overlay in hidden]
+    one_per_turn(steps + ([then] if then is not None else []))
     return layer
+
+
+def _select(layers, layer) -> None:
+    if layer in layers:  # not removed meanwhile
+        layers.selection.active = layer
 
 
 #: The overlays napari gives every Labels layer for editing it (the polygon being drawn, the brush
@@ -212,7 +220,7 @@ EDITING_OVERLAYS = ("polygon", "brush_stroke")
 def hide_editing_overlays(layer) -> list:
     """Hide the editing overlays of a Labels ``layer`` that is not in a viewer yet, so that adding
     it builds none of their visuals (napari's canvas builds an overlay's visual when it is first
-    visible); returns those hidden, for :func:`show_later`. Nothing for other layers, or for a
+    visible); returns those hidden, to show in later turns (:func:`one_per_turn`). Nothing for other layers, or for a
     napari whose layers keep their overlays elsewhere (``_overlays`` is napari's own)."""
     overlays = getattr(layer, "_overlays", None)
     hidden = []
@@ -224,26 +232,23 @@ def hide_editing_overlays(layer) -> list:
     return hidden
 
 
-def show_later(overlays: list, delay_ms: int = 20, then=None) -> None:
-    """Make ``overlays`` visible again, one per turn of the event loop ``delay_ms`` apart: each
-    then gets its visual (15-50 ms) in a turn of its own. Until then, painting works and only
-    the brush outline is not drawn. ``then``: called ``delay_ms`` after the last is shown (two
-    overdue timers would fire in the same turn: one stall of both)."""
-    if not overlays and then is None:
+def one_per_turn(steps: list, delay_ms: int = 20) -> None:
+    """Call ``steps`` one per turn of the event loop, ``delay_ms`` apart, each timer started when
+    the step before has run (two overdue timers would fire in the same turn: one stall of both).
+    For a Labels layer's editing overlays, made visible again: each then gets its visual (15-50
+    ms) in a turn of its own; until then, painting works and only the brush outline is not drawn."""
+    if not steps:
         return
     from qtpy.QtCore import QTimer
 
-    def show():
-        if not overlays:
-            then()
-            return
+    def run():
         try:
-            overlays[0].visible = True
+            steps[0]()
         except RuntimeError:  # the viewer closed meanwhile
             return
-        show_later(overlays[1:], delay_ms, then)
+        one_per_turn(steps[1:], delay_ms)
 
-    QTimer.singleShot(delay_ms, show)
+    QTimer.singleShot(delay_ms, run)
 
 
 @contextmanager
