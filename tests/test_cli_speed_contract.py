@@ -145,6 +145,35 @@ def test_cli_process_imports_nothing_heavy(files, tmp_path):
     assert got == {name: [0, []] for name in runs}, got
 
 
+def test_preprocess_imports_its_bar_and_writer_in_a_thread_of_their_own(files, tmp_path):
+    """tqdm and h5py are imported by a thread started before the scan is opened (their 35 ms then
+    overlap the single-core start instead of coming before the first and after the last frame),
+    and the command's results are whole. A module that cannot be imported fails nothing there."""
+    (scan0, _, flat), _ = files[1]
+    out = tmp_path / "p.h5"
+    code = (
+        "import sys, threading\n"
+        "seen = {}\n"
+        "class Spy:  # who first looks for them\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name in ('tqdm', 'h5py'):\n"
+        "            seen.setdefault(name, threading.current_thread().name)\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "from napari_sedclassify.cli import main\n"
+        "from napari_sedclassify.cli._prefetch import import_in_background\n"
+        f"rc = main(['preprocess', {str(scan0)!r}, '--flatfield', {str(flat)!r}, '--out', {str(out)!r}])\n"
+        "import_in_background('no_such_module_here')\n"
+        "print(rc, sorted(seen.items()))\n"
+    )
+    proc = _python(code, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "0 [('h5py', 'sedclassify-imports'), ('tqdm', 'sedclassify-imports')]"
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        assert np.isfinite(f["ria"][()]).any()
+
+
 def test_the_command_skips_the_interpreter_teardown_but_not_the_exit_handlers(files, tmp_path):
     """``python -m napari_sedclassify.cli`` (the console script's ``entry``) ends with the
     command's exit status and its outputs complete, after the exit handlers ran, without Python's

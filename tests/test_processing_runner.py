@@ -141,6 +141,36 @@ def test_progress_and_cancel():
         runner.run(frames, chunk_frames=4, workers=1, cancel=lambda: True)
 
 
+def test_the_first_progress_report_does_not_hold_the_frames_back():
+    """A command's progress bar is imported and drawn at the first report (0 of n): the workers
+    already have frames then, so that time overlaps theirs (the report waits here until a worker
+    has read a block; reported before the first tasks, it would wait in vain)."""
+    import threading
+
+    from napari_sedclassify.scan import ScanFrames
+
+    frames, _ = beam_stack()
+    read = threading.Event()
+
+    class Reader:  # a file reader's interface: shape, dtype, frames by scan position
+        shape, dtype = (4, 6) + frames.shape[1:], frames.dtype
+
+        def __getitem__(self, key):
+            read.set()
+            return frames.reshape(self.shape)[key]
+
+    seen = []
+
+    def progress(done, total):
+        if not seen:
+            seen.append(read.wait(10))
+        seen.append((done, total))
+
+    result = make_runner().run(ScanFrames(Reader(), chunks=(1, 6)), workers=2, progress=progress)
+    assert seen[0] is True and seen[1] == (0, 24) and seen[-1] == (24, 24)
+    assert np.isfinite(result["centre"]).all()
+
+
 def test_dask_distributed_workers_read_their_own_frames(tmp_path):
     """On a LocalCluster of two worker processes, reading the .npy through the project's reader."""
     distributed = pytest.importorskip("distributed")

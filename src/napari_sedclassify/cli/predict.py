@@ -40,6 +40,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ._prefetch import import_in_background
+
+    import_in_background("tqdm")  # the progress bar, while the model and the scans are opened
     from ..pipeline.batch import batch_predict
     from ._bars import Bars
 

@@ -29,9 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..pipeline.preprocess import preprocess
-    from ..processing import PreprocessParams, load_flatfield
-    from ._bars import Bars
+    from ._prefetch import import_in_background
 
     scan_path = Path(args.scan)
     out = Path(args.out) if args.out else scan_path.with_name(f"{scan_path.stem}_preprocessed.h5")
@@ -39,6 +37,11 @@ def run(args) -> int:
         raise CLIError(f"{out}: the results file must end in .h5 or .zarr")
     if out.exists() and not args.force:
         raise CLIError(f"{out}: exists (use --force to overwrite)")
+    import_in_background("tqdm", "h5py" if out.suffix.lower() in (".h5", ".hdf5") else "zarr")
+    from ..pipeline.preprocess import preprocess
+    from ..processing import PreprocessParams, load_flatfield
+    from ._bars import Bars
+
     scan = open_scan_from_args(scan_path, args)
     flatfield = load_flatfield(args.flatfield) if args.flatfield else None
     params = PreprocessParams(centring=args.centring, crop_radius_px=args.crop_radius, crop_bin=args.crop_bin,

@@ -252,8 +252,7 @@ class FrameRunner:
         store = self.allocate(n, centres is None) if store is None else store
         workers = int(workers or os.cpu_count() or 1)
         done = 0
-        if progress is not None:
-            progress(0, n)
+        reported = progress is None
 
         def one(index, frames):
             frames = frames() if callable(frames) else frames
@@ -271,6 +270,9 @@ class FrameRunner:
                         exhausted = True
                         break
                     pending.add(pool.submit(one, index, frames))
+                if not reported:  # once the workers have frames: a progress bar's first drawing
+                    progress(0, n)  # (and its import) does not hold them back
+                    reported = True
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
