@@ -220,8 +220,9 @@ EDITING_OVERLAYS = ("polygon", "brush_stroke")
 def hide_editing_overlays(layer) -> list:
     """Hide the editing overlays of a Labels ``layer`` that is not in a viewer yet, so that adding
     it builds none of their visuals (napari's canvas builds an overlay's visual when it is first
-    visible); returns those hidden, to show in later turns (:func:`one_per_turn`). Nothing for other layers, or for a
-    napari whose layers keep their overlays elsewhere (``_overlays`` is napari's own)."""
+    visible); returns those hidden, to show in later turns (:func:`one_per_turn`). Nothing for
+    other layers, or for a napari whose layers keep their overlays elsewhere (``_overlays`` is
+    napari's own)."""
     overlays = getattr(layer, "_overlays", None)
     hidden = []
     for key in EDITING_OVERLAYS if overlays is not None else ():
