@@ -412,3 +412,15 @@ def test_npy_frames_are_read_without_a_memory_map(tmp_path):
     got = open_scan(big).read([0, 4, 5])
     np.testing.assert_array_equal(got, data[:2, :3].reshape(-1, 256, 256)[[0, 4, 5]])
     assert got.dtype == np.uint16 and got.dtype.isnative
+
+
+@pytest.mark.parametrize("index", [[0, 1, 2, 3, 4, 5, 6, 7, 8], [3, 4, 5], [10, 9, 8], [0, 6, 7, 13, 34],
+                                   list(range(35)), [12, 12, 13], [20, 14, 15, 16]])
+def test_frames_read_at_flat_indices_in_any_order(index):
+    """Runs in order (the calibration sample) are copied once; any order, repeats and scattered
+    positions give the frames asked for, in that order."""
+    from napari_sedclassify.scan import ScanFrames
+
+    frames = np.random.default_rng(0).integers(0, 100, (5, 7, 3, 3)).astype(np.uint16)
+    got = ScanFrames(frames, chunks=(1, 7)).read(index)
+    np.testing.assert_array_equal(got, frames.reshape(-1, 3, 3)[index])

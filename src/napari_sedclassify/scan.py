@@ -85,7 +85,9 @@ class ScanFrames:
             at = np.flatnonzero(rows == row)
             cols = flat[at] % sx
             lo, hi = int(cols.min()), int(cols.max()) + 1
-            if hi - lo <= 4 * at.size:
+            if hi - lo == at.size and at[-1] - at[0] + 1 == at.size and np.all(np.diff(cols) == 1):
+                out[at[0]: at[-1] + 1] = self[int(row), lo:hi]  # a run in order: one copy, not two
+            elif hi - lo <= 4 * at.size:
                 out[at] = self[int(row), lo:hi][cols - lo]
             else:
                 for a, c in zip(at, cols):
