@@ -141,6 +141,23 @@ def test_progress_and_cancel():
         runner.run(frames, chunk_frames=4, workers=1, cancel=lambda: True)
 
 
+def test_batches_grow_for_small_frames_and_change_no_result(monkeypatch):
+    """512 x 512 frames go 8 at a time (the cache), smaller ones more (up to 64); every output is
+    the same to the bit whatever the batch (the centre finder's start within a batch included)."""
+    from napari_sedclassify.processing import runner as runner_module
+
+    assert [runner_module.batch_frames(s) for s in ((512, 512), (256, 256), (192, 192), (96, 96), (1024, 1024))] \
+        == [8, 32, 56, 64, 8]
+    frames, _ = beam_stack(n=40)
+    big = make_runner().run_chunk(frames)
+    monkeypatch.setattr(runner_module, "BATCH_BYTES", 1)  # 8 at a time
+    assert runner_module.batch_frames(frames.shape[1:]) == 8
+    small = make_runner().run_chunk(frames)
+    assert big.values.keys() == small.values.keys()
+    for name in big.values:
+        np.testing.assert_array_equal(big.values[name], small.values[name], err_msg=name)
+
+
 def test_the_first_progress_report_does_not_hold_the_frames_back():
     """A command's progress bar is imported and drawn at the first report (0 of n): the workers
     already have frames then, so that time overlaps theirs (the report waits here until a worker
