@@ -37,7 +37,7 @@ from .flatfield import FlatField, native
 #: Corrected frames held at a time inside run_chunk (float32 bytes): 8 frames of 512 x 512 stay
 #: in the cache (32 of them ran 1.2x slower); smaller frames go more at a time, up to
 #: BATCH_MAX, as each batch costs the same Python between the kernel calls (192 x 192 frames: 56
-#: a batch ran 1.14x faster than 8). Results do not depend on it (tested).
+#: a batch ran 1.04-1.11x faster than 8). Results do not depend on it (tested).
 BATCH_BYTES = 8 * 512 * 512 * 4
 BATCH_MIN, BATCH_MAX = 8, 64
 
