@@ -142,6 +142,7 @@ class LabelingWidget(Container):
         self._unit_prev = self._unit.value
         self._unit.changed.connect(self._unit_changed)
         self._steps_by_default = False  # lengths put in steps because the step was unknown
+        self._landmarks = ()  # (on the overview, on the scan) once placed
         for layer in napari_viewer.layers:
             layer.events.metadata.connect(self._scan_state)
         napari_viewer.layers.events.inserted.connect(lambda e: e.value.events.metadata.connect(self._scan_state))
@@ -433,7 +434,7 @@ class LabelingWidget(Container):
 
     def _landmark_added(self):
         """Select the landmarks layer where the next point goes, in add mode, and say which."""
-        layers = getattr(self, "_landmarks", None)
+        layers = self._landmarks
         if not layers or any(layer not in self._viewer.layers for layer in layers):
             return
         on_overview, on_scan = layers
