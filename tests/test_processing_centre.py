@@ -206,7 +206,46 @@ def test_wide_pixel_symmetry_search_takes_the_minimum_of_its_whole_grid(simulate
             grid_yx = [(gy + a * step, gx + b * step) for a in range(-reach, reach + 1) for b in range(-reach, reach + 1)]
             by, bx = grid_yx[int(np.argmin([spread(*c) for c in grid_yx]))]
         res = np.empty(5)
-        assert _kernels._symmetric(f, cy0, cx0, half, py, px, wy, wx, ey, ex, res)
+        edges = (np.arange(f.shape[0] + 1) - 0.5, np.arange(f.shape[1] + 1) - 0.5)
+        assert _kernels._symmetric(f, cy0, cx0, half, py, px, wy, wx, ey, ex, *edges, res)
         np.testing.assert_allclose(res[:2], (by, bx), atol=1e-9)
         checked += 1
     assert checked >= 10
+
+
+def test_scalar_interp_is_numbas_np_interp_to_the_bit():
+    """The centring's scalar interpolation (between index and physical px) returns what numba's
+    np.interp returns, to the bit: inside, on and beyond the edges, NaN, on uniform and on wide-pixel
+    (Medipix quad) grids, both ways."""
+    from numba import njit
+
+    from napari_sedclassify.processing import _kernels
+    from napari_sedclassify.processing.pixels import PixelGrid
+
+    @njit
+    def numba_interp(xs, xp, fp):
+        out = np.empty(xs.size)
+        for i in range(xs.size):
+            out[i] = np.interp(xs[i], xp, fp)
+        return out
+
+    @njit
+    def scalar_interp(xs, xp, fp):
+        out = np.empty(xs.size)
+        for i in range(xs.size):
+            out[i] = _kernels._interp(xs[i], xp, fp)
+        return out
+
+    rng = np.random.default_rng(3)
+    for grid in (PixelGrid((192, 192), 1.0), PixelGrid((512, 512), 3.0)):
+        index_edges = np.arange(grid.shape[0] + 1) - 0.5
+        phys_edges = grid.edges(0)
+        for xp, fp in ((phys_edges, index_edges), (index_edges, phys_edges)):
+            wide = np.flatnonzero(np.diff(xp) != 1.0)  # the chip-edge pixels: slopes other than 1
+            in_wide = [rng.uniform(xp[j], xp[j + 1], 2000) for j in wide]
+            xs = np.concatenate([rng.uniform(xp[0] - 3, xp[-1] + 3, 20000), *in_wide, xp, np.nextafter(xp, np.inf),
+                                 np.nextafter(xp, -np.inf), [np.nan, -np.inf, np.inf]])
+            want = numba_interp(xs, xp, fp)
+            got = scalar_interp(xs, xp, fp)
+            assert np.array_equal(want, got, equal_nan=True)
+            assert want.view(np.int64)[np.isfinite(want)].tolist() == got.view(np.int64)[np.isfinite(got)].tolist()

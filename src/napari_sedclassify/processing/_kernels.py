@@ -152,11 +152,44 @@ def bin_sums(frame, b, row_step, out):
             for x in range(kx):
                 v = frame[y, x]
                 acc[x] += v if v == v else np.float32(0)
-        for xb in range(nbx):
-            s = np.float32(0)
-            for x in range(xb * b, min(kx, (xb + 1) * b)):
-                s += acc[x]
-            out[yb, xb] = s
+        o = out[yb]
+        o[:] = 0
+        for j in range(b):  # column j of every block, the blocks side by side: independent sums
+            for xb in range(nbx):  # (each block's own sum still runs over its columns in order)
+                x = xb * b + j
+                if x < kx:
+                    o[xb] += acc[x]
+
+
+@njit(nogil=True, cache=True)
+def _interp(x, xp, fp):
+    """np.interp(x, xp, fp) for one float x and increasing xp, to the bit as numba computes it (the
+    same formula and edge cases), without the arrays numba's version allocates on every call."""
+    n = xp.shape[0]
+    if np.isnan(x):
+        return x
+    if x > xp[n - 1]:
+        return fp[n - 1]
+    if x < xp[0]:
+        return fp[0]
+    if x == xp[n - 1]:
+        return fp[n - 1]
+    lo, hi = 0, n - 1  # xp[lo] <= x < xp[hi]
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if xp[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    if xp[lo] == x:
+        return fp[lo]
+    slope = (fp[lo + 1] - fp[lo]) / (xp[lo + 1] - xp[lo])
+    r = slope * (x - xp[lo]) + fp[lo]
+    if np.isnan(r):  # as numpy: from the other end, then the flat value
+        r = slope * (x - xp[lo + 1]) + fp[lo + 1]
+        if np.isnan(r) and fp[lo] == fp[lo + 1]:
+            r = fp[lo]
+    return r
 
 
 @njit(nogil=True, cache=True)
@@ -306,7 +339,7 @@ def _crossings(frame, i0, i1, j0, j1, level, pi, pj, wi, wj, cj, pts, n, swap):
 
 
 @njit(nogil=True, cache=True)
-def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, res):
+def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, ix_edges, res):
     """Circle through the points where the beam's edge crosses ``level`` along rows and columns
     (linear interpolation between neighbouring ordinary pixels, physical px; only crossings that
     fall outwards from the index-px estimate (cy0, cx0)), starting from those within 30 % of the
@@ -316,8 +349,8 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, res):
     y0, y1 = _span(cy0, half, ky)
     x0, x1 = _span(cx0, half, kx)
     pts = np.empty((4 * (y1 - y0 + x1 - x0) + 8, 2))
-    cyp = np.interp(cy0, np.arange(ky + 1) - 0.5, ey)
-    cxp = np.interp(cx0, np.arange(kx + 1) - 0.5, ex)
+    cyp = _interp(cy0, iy_edges, ey)
+    cxp = _interp(cx0, ix_edges, ex)
     n = _crossings(frame, y0, y1, x0, x1, level, py, px, wy, wx, cxp, pts, 0, 0)  # along rows
     n = _crossings(frame.T, x0, x1, y0, y1, level, px, py, wx, wy, cyp, pts, n, 1)  # along columns
     if n < 6:
@@ -375,14 +408,14 @@ def _spread(yv, xv, vv, n, cy, cx, inv_bin, nb, s1, c, bins):
 
 
 @njit(nogil=True, cache=True)
-def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
+def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, iy_edges, ix_edges, res):
     """Centre (physical px) about which the ordinary, valid pixels of the window are most nearly
     circularly symmetric (least spread within 0.5-px radial bins): a grid search of +-1.4 px in
     steps of 0.2 px, then +-0.2 px in 0.04 px. For beams on a quad's wide pixels, where too little
     edge is left for a circle fit."""
     ky, kx = frame.shape
-    y0, y1 = _span(np.interp(cy0, ey, np.arange(ky + 1) - 0.5), half, ky)
-    x0, x1 = _span(np.interp(cx0, ex, np.arange(kx + 1) - 0.5), half, kx)
+    y0, y1 = _span(_interp(cy0, ey, iy_edges), half, ky)
+    x0, x1 = _span(_interp(cx0, ex, ix_edges), half, kx)
     m = (y1 - y0) * (x1 - x0)
     yv = np.empty(m)
     xv = np.empty(m)
@@ -423,13 +456,14 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, res):
 
 
 @njit(nogil=True, cache=True)
-def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at):
+def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, iy_edges, ix_edges, res,
+           at):
     """Whether the window of ``half`` about index (iy, ix) is a fixed point of the centre of mass
     (which then goes to res, its index centre to at); res is left as it was when not."""
     keep = res.copy()
     if _refine(frame, iy, ix, half, k_peak, min_snr, py, px, wy, wx, res):
-        at[0] = np.interp(res[0], ey, np.arange(frame.shape[0] + 1) - 0.5)
-        at[1] = np.interp(res[1], ex, np.arange(frame.shape[1] + 1) - 0.5)
+        at[0] = _interp(res[0], ey, iy_edges)
+        at[1] = _interp(res[1], ex, ix_edges)
         th = min(max(int(2.5 * math.sqrt(res[2] / math.pi)) + 3, half0), half_max)
         if int(round(at[0])) == iy and int(round(at[1])) == ix and th == half:
             return True
@@ -438,16 +472,15 @@ def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, py, px, wy, wx
 
 
 @njit(nogil=True, cache=True)
-def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at):
+def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, iy_edges, ix_edges, res, at):
     """Iterate the thresholded centre of mass from index (cy, cx), the window sized to 2.5 beam
     radii, until the window (its integer position and size, all that ``_refine`` depends on) stops
     changing; the index centre goes to at[0], at[1]. False: no beam.
 
     The result is the centre of mass in the final window, so it depends on the frame alone, not on
     where the search started (a warm start from a neighbour and a cold start agree to the bit); a
-    two-window cycle ends in the lower-left of the two."""
-    iy_edges = np.arange(frame.shape[0] + 1) - 0.5
-    ix_edges = np.arange(frame.shape[1] + 1) - 0.5
+    two-window cycle ends in the lower-left of the two. iy_edges, ix_edges: the pixel edges in
+    index px (k - 0.5)."""
     half = half0
     wy0 = int(round(cy))
     wx0 = int(round(cx))
@@ -458,8 +491,8 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, e
         if not _refine(frame, wy0, wx0, half, k_peak, min_snr, py, px, wy, wx, res):
             return False
         r = math.sqrt(res[2] / math.pi)
-        cy = np.interp(res[0], ey, iy_edges)
-        cx = np.interp(res[1], ex, ix_edges)
+        cy = _interp(res[0], ey, iy_edges)
+        cx = _interp(res[1], ex, ix_edges)
         ny = int(round(cy))
         nx = int(round(cx))
         nh = min(max(int(2.5 * r) + 3, half0), half_max)
@@ -469,7 +502,7 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, e
             # the lower of the two, whichever the search reached first. Likewise a window one px
             # smaller can hold the same beam at a fixed point: take the smallest such window.
             while half > half0 and _fixed(frame, wy0, wx0, half - 1, half0, half_max, k_peak, min_snr,
-                                          py, px, wy, wx, ey, ex, res, at):
+                                          py, px, wy, wx, ey, ex, iy_edges, ix_edges, res, at):
                 half, cy, cx = half - 1, at[0], at[1]
             for axis in range(2):
                 c = cy if axis == 0 else cx
@@ -478,7 +511,8 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, e
                     continue
                 ty = wy0 - 1 if axis == 0 else wy0
                 tx = wx0 - 1 if axis == 1 else wx0
-                if _fixed(frame, ty, tx, half, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at):
+                if _fixed(frame, ty, tx, half, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, iy_edges,
+                          ix_edges, res, at):
                     wy0, wx0, cy, cx = ty, tx, at[0], at[1]
             break
         if ny == py0 and nx == px0 and nh == ph0:
@@ -487,14 +521,34 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, e
                 wy0, wx0, half = ny, nx, nh
             if not _refine(frame, wy0, wx0, half, k_peak, min_snr, py, px, wy, wx, res):
                 return False
-            cy = np.interp(res[0], ey, iy_edges)
-            cx = np.interp(res[1], ex, ix_edges)
+            cy = _interp(res[0], ey, iy_edges)
+            cx = _interp(res[1], ex, ix_edges)
             break
         py0, px0, ph0 = wy0, wx0, half
         wy0, wx0, half = ny, nx, nh
     at[0] = cy
     at[1] = cx
     return True
+
+
+@njit(nogil=True, cache=True)
+def _box3_row(blocks, yb, box):
+    """box[xb]: sum of the 3 x 3 blocks about (yb, xb) (those inside), added in row-major order
+    from 0 in float64; every xb at once (the sums are independent: they vectorise)."""
+    nby, nbx = blocks.shape
+    box[:] = 0.0
+    for yy in range(max(0, yb - 1), min(nby, yb + 2)):
+        row = blocks[yy]
+        box[0] += row[0]  # the first block has no left neighbour
+        if nbx > 1:
+            box[0] += row[1]
+        for xb in range(1, nbx - 1):
+            box[xb] += row[xb - 1]
+            box[xb] += row[xb]
+            box[xb] += row[xb + 1]
+        if nbx > 1:
+            box[nbx - 1] += row[nbx - 2]
+            box[nbx - 1] += row[nbx - 1]
 
 
 @njit(nogil=True, cache=True)
@@ -513,6 +567,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
     nby = (ky + b - 1) // b
     nbx = (kx + b - 1) // b
     blocks = np.empty((nby, nbx), np.float32)
+    box = np.empty(nbx, np.float64)
     res = np.empty(5, np.float64)
     circ = np.empty(3, np.float64)
     at = np.empty(2, np.float64)
@@ -525,20 +580,17 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
         ok = False
         if warm and np.isfinite(prev[0]):
             ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, py, px, wy, wx,
-                           ey, ex, res, at) and 0.5 * prev[2] <= res[2] <= 2.0 * prev[2]
+                           ey, ex, iy_edges, ix_edges, res, at) and 0.5 * prev[2] <= res[2] <= 2.0 * prev[2]
         if not ok:
             bin_sums(frames[i], b, row_step, blocks)
             best = 0.0
             by = -1
             bx = -1
             for yb in range(nby):
+                _box3_row(blocks, yb, box)
                 for xb in range(nbx):
-                    s = 0.0
-                    for yy in range(max(0, yb - 1), min(nby, yb + 2)):
-                        for xx in range(max(0, xb - 1), min(nbx, xb + 2)):
-                            s += blocks[yy, xx]
-                    if s > best:
-                        best = s
+                    if box[xb] > best:
+                        best = box[xb]
                         by = yb
                         bx = xb
             if by < 0:
@@ -554,7 +606,8 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
                         best = blocks[yy, xx]
                         cy = yy * b + 0.5 * (b - 1)
                         cx = xx * b + 0.5 * (b - 1)
-            ok = _converge(frames[i], cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, res, at)
+            ok = _converge(frames[i], cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, iy_edges,
+                           ix_edges, res, at)
         if not ok:
             prev[0] = np.nan
             continue
@@ -571,16 +624,16 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
         x0, x1 = _span(cx, d, kx)
         wide = (wy[y0:y1] != 1.0).any() or (wx[x0:x1] != 1.0).any()
         if wide:  # wide pixels cut the beam's middle: symmetry of the ordinary pixels around them
-            if _symmetric(frames[i], np.interp(cy, iy_edges, ey), np.interp(cx, ix_edges, ex), h,
-                          py, px, wy, wx, ey, ex, circ):
-                cy = np.interp(circ[0], ey, iy_edges)
-                cx = np.interp(circ[1], ex, ix_edges)
+            if _symmetric(frames[i], _interp(cy, iy_edges, ey), _interp(cx, ix_edges, ex), h,
+                          py, px, wy, wx, ey, ex, iy_edges, ix_edges, circ):
+                cy = _interp(circ[0], ey, iy_edges)
+                cx = _interp(circ[1], ex, ix_edges)
         else:
             for _ in range(2):  # the edge's circle refines the centre of mass, and once more if it
-                if not _circle(frames[i], cy, cx, r, h, level, py, px, wy, wx, ey, ex, circ):
+                if not _circle(frames[i], cy, cx, r, h, level, py, px, wy, wx, ey, ex, iy_edges, ix_edges, circ):
                     break  # moved the centre by CIRCLE_REFIT_PX or more (a far start picks other edge points)
-                ny = np.interp(circ[0], ey, iy_edges)
-                nx = np.interp(circ[1], ex, ix_edges)
+                ny = _interp(circ[0], ey, iy_edges)
+                nx = _interp(circ[1], ex, ix_edges)
                 moved = math.hypot(ny - cy, nx - cx)
                 cy, cx, r = ny, nx, circ[2]
                 if moved < CIRCLE_REFIT_PX:
