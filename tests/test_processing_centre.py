@@ -249,3 +249,23 @@ def test_scalar_interp_is_numbas_np_interp_to_the_bit():
             got = scalar_interp(xs, xp, fp)
             assert np.array_equal(want, got, equal_nan=True)
             assert want.view(np.int64)[np.isfinite(want)].tolist() == got.view(np.int64)[np.isfinite(got)].tolist()
+
+
+def test_median_without_numpy_ma_is_numpys_median_to_the_bit():
+    """processing.stats.median (the plan's beam radius, the descan fit's clipping, the flat-field's
+    robust sigma) returns np.median's value and dtype, odd and even sizes, ties, NaN, integers."""
+    from napari_sedclassify.processing.stats import median
+
+    rng = np.random.default_rng(11)
+    cases = [np.array([2.5]), np.array([3, 1], np.uint16), np.array([np.nan, 1.0, 2.0]),
+             np.array([1.0, 2.0, np.nan, 4.0], np.float32), np.full(6, 7.25, np.float32)]
+    for n in (1, 2, 3, 48, 49, 1600, 1601):
+        for dtype in (np.float32, np.float64, np.int64, np.uint16):
+            x = rng.normal(100, 30, n) if dtype in (np.float32, np.float64) else rng.integers(0, 4095, n)
+            cases.append(x.astype(dtype))
+            cases.append(np.round(x / 10).astype(dtype))  # many ties
+    for x in cases:
+        want, got = np.median(x), median(x)
+        assert np.asarray(got).dtype == np.asarray(want).dtype, x.dtype
+        assert np.array_equal(want, got, equal_nan=True) and (np.isnan(want) or want == got), (x, want, got)
+        assert np.asarray(want).tobytes() == np.asarray(got).tobytes()

@@ -7,8 +7,7 @@ def import_in_background(*modules: str) -> None:
     """Import ``modules`` in a daemon thread. A command's start is one core's work (opening the
     scan, reading the calibration sample, building the plan) while the other core idles; the
     progress bar (tqdm, 15 ms) and the results writer (h5py, 20 ms) were imported on the way of
-    the frames, before the first and after the last, and numpy.ma (6-19 ms, which numpy imports at
-    the first np.median or np.unique) while the plan was built. Python's import lock makes an
+    the frames, before the first and after the last. Python's import lock makes an
     import of the same module in the main thread wait for this one, never import it twice; a
     module that cannot be imported is left to fail where it is needed, with its message."""
     import importlib

@@ -37,8 +37,7 @@ def run(args) -> int:
         raise CLIError(f"{out}: the results file must end in .h5 or .zarr")
     if out.exists() and not args.force:
         raise CLIError(f"{out}: exists (use --force to overwrite)")
-    # numpy.ma: numpy imports it at the first np.median or np.unique (6-19 ms; the plan needs both)
-    import_in_background("numpy.ma", "tqdm", "h5py" if out.suffix.lower() in (".h5", ".hdf5") else "zarr")
+    import_in_background("tqdm", "h5py" if out.suffix.lower() in (".h5", ".hdf5") else "zarr")
     from ..pipeline.preprocess import preprocess
     from ..processing import PreprocessParams, load_flatfield
     from ._bars import Bars

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .stats import median
+
 
 def _design(shape, degree):
     """Polynomial terms iy^a ix^b (a + b <= degree) at every scan position (iy, ix), on coordinates
@@ -96,9 +98,9 @@ def _fit(centres, valid, degree, clip_sigma, max_iter=20) -> DescanModel:
     for _ in range(max_iter):
         coef, *_ = np.linalg.lstsq(a[keep], y[keep], rcond=None)
         res = np.hypot(*(y - a @ coef).T)
-        sigma = 1.4826 * np.median(np.abs(res[keep] - np.median(res[keep])))
+        sigma = 1.4826 * median(np.abs(res[keep] - median(res[keep])))
         sigma = max(sigma, 0.01)  # a perfect fit rejects nothing
-        new = res <= np.median(res[keep]) + clip_sigma * sigma
+        new = res <= median(res[keep]) + clip_sigma * sigma
         if new.sum() < len(terms) or np.array_equal(new, keep):
             break
         keep = new

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .stats import median
+
 
 def _robust_sigma(x: np.ndarray) -> float:
-    med = np.median(x)
-    return float(1.4826 * np.median(np.abs(x - med)))
+    med = median(x)
+    return float(1.4826 * median(np.abs(x - med)))
 
 
 @dataclass
@@ -95,7 +97,7 @@ class FlatField:
         finite = np.isfinite(resp)
         if not finite.any() or not (resp[finite] > 0).any():
             raise ValueError("flat-field: the flood has no positive response")
-        med = float(np.median(resp[finite & (resp > 0)]))
+        med = float(median(resp[finite & (resp > 0)]))
         dead = ~finite | (resp < dead_fraction * med)
         live = resp[~dead]
         sigma = _robust_sigma(live)

@@ -18,6 +18,7 @@ import numpy as np
 from .flatfield import FlatField, detect_bad_pixels
 from .params import PreprocessParams
 from .pixels import PixelGrid
+from .stats import median
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class PreprocessPlan:
         if beam_radius is None and len(sample):
             part = FrameRunner([], ff, CentreFinder(None, grid=grid)).run_chunk(sample)
             radii = part.values["beam_radius_px"][part.values["beam_found"]]
-            beam_radius = float(np.median(radii)) if radii.size else None
+            beam_radius = float(median(radii)) if radii.size else None
         resolved = params.resolve(geometry, beam_radius)
         resolved["edge_pixel_width"] = grid.edge_pixel_width
         resolved["saturation_counts"] = saturation
