@@ -269,3 +269,13 @@ def test_median_without_numpy_ma_is_numpys_median_to_the_bit():
         assert np.asarray(got).dtype == np.asarray(want).dtype, x.dtype
         assert np.array_equal(want, got, equal_nan=True) and (np.isnan(want) or want == got), (x, want, got)
         assert np.asarray(want).tobytes() == np.asarray(got).tobytes()
+    # along an axis (the RIA features' per-frame medians): rows of odd and even length, a NaN row
+    for shape in ((7, 136), (5, 135), (3, 1), (4, 2, 6)):
+        for dtype in (np.float32, np.float64, np.int32):
+            x = rng.normal(50, 20, shape).astype(dtype)
+            if dtype != np.int32:
+                x[1, ..., 0] = np.nan
+            for axis in range(x.ndim):
+                want, got = np.median(x, axis=axis), median(x, axis=axis)
+                assert got.dtype == want.dtype and got.shape == want.shape
+                assert np.asarray(want).tobytes() == np.asarray(got).tobytes(), (shape, dtype, axis)

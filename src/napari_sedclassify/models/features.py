@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from ..processing.stats import median
+
 #: px kept between a crop and the detector edge when the wanted radius does not fit.
 _CROP_MARGIN_PX = 2
 #: Background models of :class:`FeatureRecipe` (``background``).
@@ -574,7 +576,7 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
 
 def _row_scale(x: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """Every row's median, or the mean of ``fallback`` (the same shape) where that is not positive, else 1."""
-    scale = np.median(x.reshape(len(x), -1), axis=1)
+    scale = median(x.reshape(len(x), -1), axis=1)
     fallback = np.mean(fallback.reshape(len(x), -1), axis=1)
     return np.where(scale > 0, scale, np.where(fallback > 0, fallback, 1.0))
 
