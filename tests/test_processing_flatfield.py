@@ -143,6 +143,29 @@ def test_bad_pixels_of_raw_frames_with_their_flatfield(tmp_path, with_dark):
         detect_bad_pixels(raw[:, :64], flatfield=ff)
 
 
+def test_bad_pixels_at_the_seams_of_the_parallel_bands():
+    """The bad-pixel search splits the detector into bands of rows, one per core; each pixel's 5x5
+    median still sees the rows of the next band. A pixel on the last row of the first band (row 31
+    of 64) that only looks hot when the 2 rows below it are replaced by copies of its own row is not
+    flagged, and the whole map equals a scipy reference (upper median over the frames, 5x5 median
+    with the edges extended)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(8)
+    m, k = 48, 64
+    sample = rng.poisson(2.0, (m, k, k)).astype(np.float32)
+    sample[:, 31, 12] = 60.0  # the candidate, on the seam
+    sample[:, 32:34, 10:15] = 100.0  # bright rows just across the seam
+    sample[:, 29:31, 11:13] = 100.0
+    sample[:, 40, 50] = 80.0  # an ordinary hot pixel
+    bad = detect_bad_pixels(sample)
+    med = np.sort(sample, axis=0)[m // 2]
+    local = ndimage.median_filter(med, size=5, mode="nearest")
+    hot = (med > 5.0 * np.maximum(local, 1e-3)) & (med - local > 6.0 * np.sqrt(np.maximum(local, 1.0)))
+    np.testing.assert_array_equal(bad, hot)
+    assert bad[40, 50] and not bad[31, 12]
+
+
 @pytest.mark.parametrize("shape", [(512, 512), (7, 9), (64, 3)])
 def test_neighbourhood_filters_equal_scipy(shape):
     """The bad-pixel search's 5x5 median (a compiled kernel) and mean (numpy; no scipy import at run

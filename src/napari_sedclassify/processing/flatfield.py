@@ -251,10 +251,18 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
         pixel_statistics(sample[:, lo:hi], c[lo:hi], d[lo:hi], use_dark, sat, med[lo:hi], mean[lo:hi],
                          counted[lo:hi], masked[lo:hi])
 
-    with ThreadPoolExecutor(len(parts)) as pool:  # the kernel releases the GIL: rows in parallel
-        list(pool.map(rows, [p for p in parts if p.size]))
     local = np.empty_like(med)
-    median_5x5(med, local)
+
+    def local_rows(r):  # each band with the 2 rows either side its 5x5 windows reach
+        lo, hi = r[0], r[-1] + 1
+        a, b = max(0, lo - 2), min(ky, hi + 2)
+        band = np.empty((b - a, kx), np.float32)
+        median_5x5(np.ascontiguousarray(med[a:b]), band)
+        local[lo:hi] = band[lo - a: hi - a]
+
+    with ThreadPoolExecutor(len(parts)) as pool:  # the kernels release the GIL: rows in parallel
+        list(pool.map(rows, [p for p in parts if p.size]))
+        list(pool.map(local_rows, [p for p in parts if p.size]))
     hot = (med > hot_ratio * np.maximum(local, 1e-3)) & (med - local > min_sigma * np.sqrt(np.maximum(local, 1.0)))
     never = ~counted  # 0 (or NaN) in every frame
     mean_local = _mean_5x5(mean)
