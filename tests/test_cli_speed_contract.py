@@ -447,3 +447,37 @@ def test_predict_writes_its_class_map_tiff_without_importing_tifffile(files, tmp
     assert tifffile_imported == "False" and "PIL.TiffImagePlugin" in plugins and len(plugins) <= 8, proc.stdout
     (tif,) = (tmp_path / "pred").glob("*_classes.tif")
     np.testing.assert_array_equal(tifffile.imread(tif), np.load(str(tif).replace(".tif", ".npy")))
+
+
+def test_frame_bar_is_drawn_at_tqdms_rate_without_a_process_lock():
+    """A command's frame bar is redrawn at most every 0.1 s (and at the end, whole), not at every
+    block the workers finish; drawing it makes no multiprocessing lock (tqdm's default: it imports
+    multiprocessing and makes a semaphore, 10 ms in the middle of the frames). An epoch bar still
+    shows every epoch."""
+    code = (
+        "import io, sys, time\n"
+        "err = io.StringIO(); sys.stderr = err\n"
+        "from napari_sedclassify.cli._bars import Bars\n"
+        "t0 = time.perf_counter()\n"
+        "with Bars() as bars:\n"
+        "    for done in range(0, 2001, 5):\n"
+        "        bars.frames(done, 2000)\n"
+        "took = time.perf_counter() - t0\n"
+        "frames_out = err.getvalue()\n"
+        "err.seek(0); err.truncate()\n"
+        "with Bars() as bars:\n"
+        "    for epoch in range(1, 4):\n"
+        "        bars.epoch(epoch, {'loss': 1.0 / epoch, 'max_epochs': 3})\n"
+        "        time.sleep(0.01)\n"
+        "epochs_out = err.getvalue()\n"
+        "sys.stderr = sys.__stderr__\n"
+        "print(repr((frames_out, took, epochs_out, 'multiprocessing' in sys.modules)))\n"
+    )
+    proc = _python(code, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    frames_out, took, epochs_out, mp = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    drawings = [d for d in frames_out.split("\r") if "frame" in d]
+    assert len(drawings) <= took / 0.1 + 3, (len(drawings), took)  # 401 progress reports
+    assert "2000/2000" in drawings[-1]
+    assert [f"{e}/3" in epochs_out for e in (1, 2, 3)] == [True, True, True]
+    assert not mp
