@@ -481,3 +481,23 @@ def test_frame_bar_is_drawn_at_tqdms_rate_without_a_process_lock():
     assert "2000/2000" in drawings[-1]
     assert [f"{e}/3" in epochs_out for e in (1, 2, 3)] == [True, True, True]
     assert not mp
+
+
+def test_a_command_builds_only_its_own_parser(realdata):
+    """``sedclassify info FILE`` imports the module of ``info`` alone (8-10 ms less before a
+    command's work than importing all eleven); ``sedclassify --help`` still lists every command."""
+    mib = realdata / "merlin" / "Single_9_Frame_CounterDepth_6_Rows_256.mib"
+    code = (
+        "import sys\n"
+        "from napari_sedclassify.cli import SUBCOMMANDS, main\n"
+        f"rc = main(['info', {str(mib)!r}])\n"
+        "print(rc, sorted(n for n in SUBCOMMANDS if f'napari_sedclassify.cli.{n}' in sys.modules))\n"
+    )
+    proc = _python(code, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "0 ['info']"
+    from napari_sedclassify.cli import SUBCOMMANDS
+
+    listing = subprocess.run([sys.executable, "-m", "napari_sedclassify.cli", "--help"], capture_output=True,
+                             text=True, timeout=120).stdout
+    assert all(f"    {name}" in listing for name in SUBCOMMANDS), listing
