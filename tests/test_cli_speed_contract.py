@@ -61,6 +61,13 @@ def _python(code: str, timeout: float = 300, env: dict | None = None) -> subproc
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _last_line(code: str, timeout: float = 300) -> str:
+    """The last line ``code`` prints in a fresh interpreter, which must exit with status 0."""
+    proc = _python(code, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def test_commands_start_no_cluster_and_print_their_speed(files, tmp_path, capsys, no_cluster):
     folder, entries = files
     (scan0, truth0, flat), (scan1, truth1, _) = entries
@@ -139,9 +146,7 @@ def test_cli_process_imports_nothing_heavy(files, tmp_path):
         "    out[name] = [rc, sorted({m.split('.')[0] for m in sys.modules} & set(heavy))]\n"
         "print(json.dumps(out))\n"
     )
-    proc = _python(code, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = json.loads(_last_line(code, timeout=600))
     assert got == {name: [0, []] for name in runs}, got
 
 
@@ -166,9 +171,7 @@ def test_preprocess_imports_its_bar_and_writer_in_a_thread_of_their_own(files, t
         "import_in_background('no_such_module_here')\n"
         "print(rc, sorted(seen.items()))\n"
     )
-    proc = _python(code, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    rc, seen = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    rc, seen = _last_line(code, timeout=300).split(" ", 1)
     seen = dict(ast.literal_eval(seen))
     assert rc == "0" and seen["h5py"] == seen["tqdm"] == "sedclassify-imports"
     assert "numpy.ma" not in seen  # the plan's and the descan fit's medians are processing.stats.median
@@ -473,9 +476,7 @@ def test_frame_bar_is_drawn_at_tqdms_rate_without_a_process_lock():
         "sys.stderr = sys.__stderr__\n"
         "print(repr((frames_out, took, epochs_out, 'multiprocessing' in sys.modules)))\n"
     )
-    proc = _python(code, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    frames_out, took, epochs_out, mp = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    frames_out, took, epochs_out, mp = ast.literal_eval(_last_line(code, timeout=120))
     drawings = [d for d in frames_out.split("\r") if "frame" in d]
     assert len(drawings) <= took / 0.1 + 3, (len(drawings), took)  # 401 progress reports
     assert "2000/2000" in drawings[-1]
@@ -493,9 +494,7 @@ def test_a_command_builds_only_its_own_parser(realdata):
         f"rc = main(['info', {str(mib)!r}])\n"
         "print(rc, sorted(n for n in SUBCOMMANDS if f'napari_sedclassify.cli.{n}' in sys.modules))\n"
     )
-    proc = _python(code, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "0 ['info']"
+    assert _last_line(code, timeout=120) == "0 ['info']"
     from napari_sedclassify.cli import SUBCOMMANDS
 
     listing = subprocess.run([sys.executable, "-m", "napari_sedclassify.cli", "--help"], capture_output=True,

@@ -257,7 +257,7 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
         lo, hi = r[0], r[-1] + 1
         a, b = max(0, lo - 2), min(ky, hi + 2)
         band = np.empty((b - a, kx), np.float32)
-        median_5x5(np.ascontiguousarray(med[a:b]), band)
+        median_5x5(med[a:b], band)
         local[lo:hi] = band[lo - a: hi - a]
 
     with ThreadPoolExecutor(len(parts)) as pool:  # the kernels release the GIL: rows in parallel

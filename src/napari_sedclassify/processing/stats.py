@@ -18,7 +18,7 @@ def median(a, axis: int | None = None):
     a = np.asarray(a)
     if axis is None:
         a, axis = a.ravel(), 0
-    axis = axis % a.ndim if a.ndim else 0
+    axis %= a.ndim
     n = a.shape[axis]
     if n == 0:
         return np.median(a, axis=axis)  # numpy's warning and NaN
