@@ -653,12 +653,12 @@ def _ring_row(row, dx2, dy2, r_min, inv, nbins, parity, idx, vals, acc):
         v = row[x]
         t = (math.sqrt(dy2 + dx2[x]) - r_min) * inv
         ok = (v == v) and t >= 0.0 and t < nbins
-        idx[x] = 2 * (np.int32(t) if ok else nbins) + ((x + parity) & 1)
+        idx[x] = np.uint32(4 * (np.int32(t) if ok else nbins) + 2 * ((x + parity) & 1))
         vals[x] = v if ok else np.float32(0)
-    for x in range(m):
+    for x in range(m):  # unsigned offsets into a flat array: no index arithmetic beyond the add
         k = idx[x]
-        acc[k, 0] += vals[x]
-        acc[k, 1] += 1.0
+        acc[k] += vals[x]
+        acc[k + np.uint32(1)] += 1.0
 
 
 @njit(nogil=True, cache=True)
@@ -678,11 +678,12 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
     r_out = r_min + nbins * bin_px + 1e-6 * (1.0 + r_min + nbins * bin_px)
     lim2 = r_out * r_out
     dx2 = np.empty(kx, np.float64)
-    idx = np.empty(kx, np.int32)
+    idx = np.empty(kx, np.uint32)
     vals = np.empty(kx, np.float32)
-    # (sum, count) per bin and per pixel parity: neighbouring pixels, often in the same bin, then
-    # update different memory and do not wait for each other; row 2 nbins (+1) collects the rest
-    acc = np.zeros((2 * nbins + 2, 2), np.float64)
+    # (sum, count) per bin and per pixel parity, at 4 k + 2 parity (+1): neighbouring pixels,
+    # often in the same bin, then update different memory and do not wait for each other; bin
+    # nbins collects the rest
+    acc = np.zeros(4 * nbins + 4, np.float64)
     for i in range(n):
         cy = centres[i, 0]
         cx = centres[i, 1]
@@ -702,8 +703,8 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
             x1 = min(kx, np.searchsorted(px, cx + w) + 1)
             _ring_row(frames[i, y, x0:x1], dx2[x0:x1], dy2, r_min, inv, nbins, x0 & 1, idx, vals, acc)
         for k in range(nbins):
-            sums[i, k] = acc[2 * k, 0] + acc[2 * k + 1, 0]
-            counts[i, k] = acc[2 * k, 1] + acc[2 * k + 1, 1]
+            sums[i, k] = acc[4 * k] + acc[4 * k + 2]
+            counts[i, k] = acc[4 * k + 1] + acc[4 * k + 3]
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
