@@ -384,10 +384,11 @@ def test_cli_info_json_and_text(realdata, capsys):
     assert "CBED_array_depth0001" in capsys.readouterr().err
 
 
-def test_npy_frames_are_read_without_a_memory_map(tmp_path):
+def test_npy_frames_are_mapped_one_read_at_a_time(tmp_path):
     """Reading every frame of a .npy scan through its frame source keeps the file's pages out of
-    the process (no memory map: a map keeps each page it touched resident, the whole file for a
-    whole pass) and gives the same frames as numpy, big-endian files included."""
+    the process (each read maps just its frames, read-only, and the mapping goes with the array:
+    one map of the file would keep each page it touched resident, the whole file for a whole
+    pass) and gives the same frames as numpy, big-endian files included (those are copied)."""
     import re
 
     from napari_sedclassify.io import open_scan
@@ -404,7 +405,10 @@ def test_npy_frames_are_read_without_a_memory_map(tmp_path):
     before = rss_file_kb()
     total = 0
     for _, rows, cols in scan.frame_source.blocks(chunk_frames=16):
-        total += int(scan.frame_source[rows, cols].sum(dtype=np.int64))
+        block = scan.frame_source[rows, cols]
+        assert not block.flags.writeable and not block.flags.owndata  # the file's pages, not a copy
+        total += int(block.sum(dtype=np.int64))
+    del block
     assert total == int(data.sum(dtype=np.int64))
     assert rss_file_kb() - before < 8 * 1024  # kB: far below the 32 MiB read
     big = tmp_path / "big_endian.npy"

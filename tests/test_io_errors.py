@@ -170,3 +170,19 @@ def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         open_scan(tmp_path / "nope.mib")
     _fails(_write(tmp_path / "scan.xyz", b"hello world"), "unknown scan format")
+
+
+def test_npy_cut_short_after_it_was_opened(tmp_path, frames):
+    """The frames are read through a mapping of just their bytes; a file cut short while the scan
+    is open (a copy still being written, a disk that filled) is an error naming the file and the
+    first frame it lacks, not a crash of the process (a mapping past a file's end would be)."""
+    path = tmp_path / "scan.npy"
+    np.save(path, frames.reshape(2, 3, 16, 16))
+    scan = open_scan(path)
+    block = scan.frame_source[0:1]  # a read before the cut
+    np.testing.assert_array_equal(block.reshape(-1, 16, 16), frames[:3])
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 16 * 16 * 2 * 2 - 5)  # 3 whole frames and a bit of one
+    with pytest.raises(ScanFormatError, match=r"scan\.npy: file ends before frame 3"):
+        scan.frame_source[1:2]
+    np.testing.assert_array_equal(block.reshape(-1, 16, 16), frames[:3])  # what was read stays readable

@@ -18,6 +18,11 @@ from ..geometry import Geometry
 from ..scan import Scan
 from ._lazy import FrameSource, array_frames, check_pixel_dtype, file_token, to_native
 
+try:
+    import mmap
+except ImportError:  # platforms without memory maps (e.g. WebAssembly)
+    mmap = None
+
 
 def probe(path) -> bool:
     return len(_layout(path)[0]) in (3, 4)
@@ -33,9 +38,17 @@ def _layout(path):
 
 
 class NpyFrames(FrameSource):
-    """The frames of a C-ordered .npy file (a 3D stack or 4D scan as a flat run of frames), read with
-    ``preadv``: no memory map keeping every page it touched resident (8.6 GB for a 128x128 scan of
-    512x512 frames), and threads read concurrently without sharing a file position."""
+    """The frames of a C-ordered .npy file (a 3D stack or 4D scan as a flat run of frames).
+
+    Each read maps just the frames asked for, read-only, and the mapping goes when the returned
+    array does: the frames are read where the page cache holds them, with no copy into new memory
+    (a copy into fresh pages cost more than the rest of reading: 512 x 512 frames, 190-200 against
+    100-110 µs a frame to read and sum them), and memory holds only the frames in use, never every
+    page the scan touched (8.6 GB for a 128 x 128 scan of 512 x 512 frames in one memory map).
+    The file's size is checked before each mapping, so a short file is an error naming it, not a
+    crash. Frames in a foreign byte order, and platforms without ``mmap``, are read with
+    ``preadv`` (threads read concurrently without sharing a file position).
+    """
 
     def __init__(self, path, n_frames: int, frame_shape, dtype, offset: int):
         super().__init__(path, n_frames, frame_shape, dtype)
@@ -47,15 +60,31 @@ class NpyFrames(FrameSource):
         return open(self.path, "rb", buffering=0)
 
     def _read(self, handle, start, stop):
+        pos, nbytes = self.offset + start * self.frame_nbytes, (stop - start) * self.frame_nbytes
+        size = os.fstat(handle.fileno()).st_size
+        if pos + nbytes > size:
+            last = max(start, (size - self.offset) // self.frame_nbytes)
+            raise ScanFormatError(f"{self.path}: file ends before frame {last}")
+        if nbytes and self._stored.isnative and mmap is not None:
+            return self._mapped(handle, start, stop, pos, nbytes)
         out = np.empty((stop - start,) + self.frame_shape, self._stored)
         view = memoryview(out.reshape(-1).view(np.uint8))
-        pos, done = self.offset + start * self.frame_nbytes, 0
+        done = 0
         while done < view.nbytes:
             n = os.preadv(handle.fileno(), [view[done:]], pos + done)
             if n == 0:
                 raise ScanFormatError(f"{self.path}: file ends before frame {start + done // self.frame_nbytes}")
             done += n
         return to_native(out)
+
+    def _mapped(self, handle, start, stop, pos, nbytes):
+        """Frames start:stop as a read-only array over a mapping of just their bytes."""
+        first = pos - pos % mmap.ALLOCATIONGRANULARITY
+        m = mmap.mmap(handle.fileno(), pos + nbytes - first, access=mmap.ACCESS_READ, offset=first)
+        if hasattr(m, "madvise"):  # read ahead the whole block at once where it is not cached
+            m.madvise(mmap.MADV_WILLNEED)
+        return np.frombuffer(m, self._stored, (stop - start) * int(np.prod(self.frame_shape)),
+                             pos - first).reshape((stop - start,) + self.frame_shape)
 
 
 def read_sidecar(path) -> dict:
