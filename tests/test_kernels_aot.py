@@ -231,21 +231,30 @@ def test_a_command_never_imports_numba(aot, tmp_path):
     np.testing.assert_array_equal(a.centres, b.centres)
 
 
+class _Symbols(_Counting):
+    """The module, recording the names of the compiled functions called (each signature's own)."""
+
+    def __getattr__(self, name):
+        self.called.add(name)
+        return getattr(self.module, name)
+
+
+def _correction_forms(monkeypatch, aot):
+    """The module in use, recording its calls; and the raw frames' layout code of each compiled
+    ``correct_frames`` function by name."""
+    symbols = _Symbols(aot)
+    monkeypatch.setitem(kernels._state, "module", symbols)
+    return symbols, {kernels._symbol("correct_frames", k): sig[0][2]
+                     for k, sig in enumerate(kernels.SIGNATURES["correct_frames"])}
+
+
 def test_read_only_contiguous_frames_run_the_contiguous_compiled_kernel(monkeypatch, aot):
     """Frames read from a file mapped read-only are contiguous but not writeable: the raw-frame
     kernels take them in their contiguous compiled form (10x faster than the any-layout form, which
     runs element by element), with numba's results; a strided stack takes the any-layout form."""
     from napari_sedclassify.processing import _kernels
 
-    class Symbols(_Counting):
-        def __getattr__(self, name):
-            self.called.add(name)
-            return getattr(self.module, name)
-
-    symbols = Symbols(aot)
-    monkeypatch.setitem(kernels._state, "module", symbols)
-    layout = {kernels._symbol("correct_frames", k): sig[0][2]
-              for k, sig in enumerate(kernels.SIGNATURES["correct_frames"])}
+    symbols, layout = _correction_forms(monkeypatch, aot)
     raw = np.random.default_rng(2).poisson(30.0, (4, 32, 48)).astype(np.uint16)
     read_only = raw.copy()
     read_only.flags.writeable = False
@@ -269,15 +278,7 @@ def test_strided_raw_frames_are_corrected_by_the_contiguous_kernel(monkeypatch, 
     from napari_sedclassify.io import open_scan
     from napari_sedclassify.processing import FlatField, FrameRunner, VirtualDetectors
 
-    class Symbols(_Counting):
-        def __getattr__(self, name):
-            self.called.add(name)
-            return getattr(self.module, name)
-
-    symbols = Symbols(aot)
-    monkeypatch.setitem(kernels._state, "module", symbols)
-    layout = {kernels._symbol("correct_frames", k): sig[0][2]
-              for k, sig in enumerate(kernels.SIGNATURES["correct_frames"])}
+    symbols, layout = _correction_forms(monkeypatch, aot)
     scan = open_scan(realdata / "merlin" / "Quad_9_Frame_CounterDepth_6_Rows_256.mib")
     block = scan.frame_source[0:3]
     frames = block.reshape((-1,) + block.shape[-2:])
