@@ -411,6 +411,17 @@ def test_npy_frames_are_mapped_one_read_at_a_time(tmp_path):
     del block
     assert total == int(data.sum(dtype=np.int64))
     assert rss_file_kb() - before < 8 * 1024  # kB: far below the 32 MiB read
+    import mmap
+
+    def no_mapping(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")  # a process at its limit of mappings
+
+    source = open_scan(path).frame_source
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mmap, "mmap", no_mapping)
+        copy = source[3:5]
+    assert copy.flags.writeable  # read with preadv instead
+    np.testing.assert_array_equal(copy, data[3:5])
     big = tmp_path / "big_endian.npy"
     np.save(big, data[:2, :3].astype(">u2"))
     got = open_scan(big).read([0, 4, 5])

@@ -46,8 +46,9 @@ class NpyFrames(FrameSource):
     100-110 µs a frame to read and sum them), and memory holds only the frames in use, never every
     page the scan touched (8.6 GB for a 128 x 128 scan of 512 x 512 frames in one memory map).
     The file's size is checked before each mapping, so a short file is an error naming it, not a
-    crash. Frames in a foreign byte order, and platforms without ``mmap``, are read with
-    ``preadv`` (threads read concurrently without sharing a file position).
+    crash. Frames in a foreign byte order, platforms without ``mmap`` and a process out of
+    mappings read a copy with ``preadv`` (threads read concurrently without sharing a file
+    position).
     """
 
     def __init__(self, path, n_frames: int, frame_shape, dtype, offset: int):
@@ -66,7 +67,10 @@ class NpyFrames(FrameSource):
             last = max(start, (size - self.offset) // self.frame_nbytes)
             raise ScanFormatError(f"{self.path}: file ends before frame {last}")
         if nbytes and self._stored.isnative and mmap is not None:
-            return self._mapped(handle, start, stop, pos, nbytes)
+            try:
+                return self._mapped(handle, start, stop, pos, nbytes)
+            except OSError:  # no mapping to be had (the process's limit on mappings): read a copy
+                pass
         out = np.empty((stop - start,) + self.frame_shape, self._stored)
         view = memoryview(out.reshape(-1).view(np.uint8))
         done = 0
