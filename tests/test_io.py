@@ -204,8 +204,13 @@ def test_real_files_are_never_modified(realdata):
 
 
 def _file_view(a) -> bool:
-    """A view of the read-only file mapping (a copy would be a writeable array of its own)."""
-    return isinstance(a, np.memmap) and not a.flags.writeable
+    """A view of a read-only mapping of the file (a copy would be a writeable array of its own)."""
+    import mmap
+
+    base = a
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    return isinstance(base, mmap.mmap) and not a.flags.writeable
 
 
 def test_mib_chunks_are_memmap_views_when_the_dtype_allows(realdata):
@@ -427,6 +432,34 @@ def test_npy_frames_are_mapped_one_read_at_a_time(tmp_path):
     got = open_scan(big).read([0, 4, 5])
     np.testing.assert_array_equal(got, data[:2, :3].reshape(-1, 256, 256)[[0, 4, 5]])
     assert got.dtype == np.uint16 and got.dtype.isnative
+
+
+def test_mib_frames_are_mapped_one_read_at_a_time(tmp_path):
+    """A whole pass over a Merlin .mib through its frame source keeps the file's pages out of the
+    process (one memory map of the file kept every page it touched: 979 MB resident for an 839 MB
+    scan), with the frames numpy reads from the file, big-endian 16-bit ones converted."""
+    import re
+
+    from napari_sedclassify.io import open_scan
+
+    def rss_file_kb():
+        return int(re.search(r"RssFile:\s+(\d+) kB", open("/proc/self/status").read()).group(1))
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 4096, size=(256, 256, 256), dtype=np.uint16)  # 32 MiB of pixels
+    head = ("MQ1,{:06d},00384,01,0256,0256,U16,   1x1,01,2024-01-01 00:00:00.000000,0.001000,0,0,0,MQ1A,"
+            "2024-01-01T00:00:00.000000000Z,1000000ns,12,")
+    path = tmp_path / "scan.mib"
+    path.write_bytes(b"".join(head.format(i + 1).encode().ljust(384, b"\x00") + f.astype(">u2").tobytes()
+                              for i, f in enumerate(frames)))
+    scan = open_scan(path, scan_shape=(16, 16))
+    before = rss_file_kb()
+    total = 0
+    for _, rows, cols in scan.frame_source.blocks(chunk_frames=16):
+        total += int(scan.frame_source[rows, cols].sum(dtype=np.int64))
+    assert total == int(frames.sum(dtype=np.int64))
+    assert rss_file_kb() - before < 8 * 1024  # kB: far below the 32 MiB read
+    np.testing.assert_array_equal(scan.read([5, 200]), frames[[5, 200]][:, ::-1])  # display orientation
 
 
 @pytest.mark.parametrize("index", [[0, 1, 2, 3, 4, 5, 6, 7, 8], [3, 4, 5], [10, 9, 8], [0, 6, 7, 13, 34],

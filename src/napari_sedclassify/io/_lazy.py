@@ -18,6 +18,11 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..scan import ScanFrames, frame_chunks, parse_scan_shape
 
+try:
+    import mmap
+except ImportError:  # platforms without memory maps (e.g. WebAssembly)
+    mmap = None
+
 log = logging.getLogger(__name__)
 
 class _Handled:
@@ -93,6 +98,24 @@ class StackFrames(FrameSource):
 
     def _read(self, array, start, stop):
         return to_native(np.asarray(array[start:stop]))
+
+
+def mapped_bytes(handle, pos: int, nbytes: int):
+    """The bytes pos:pos + nbytes of an open file as (a read-only memory map, where they begin in
+    it), the whole range asked to be read ahead; None where no mapping is to be had (no ``mmap``
+    on this platform, none left to the process). A reader's frames over it are the page cache's
+    own pages, with no copy, and the mapping goes when the last array over it does: memory holds
+    the frames in use, never every page a pass over the file touched."""
+    if mmap is None or nbytes <= 0:
+        return None
+    first = pos - pos % mmap.ALLOCATIONGRANULARITY
+    try:
+        m = mmap.mmap(handle.fileno(), pos + nbytes - first, access=mmap.ACCESS_READ, offset=first)
+    except OSError:
+        return None
+    if hasattr(m, "madvise"):
+        m.madvise(mmap.MADV_WILLNEED)
+    return m, pos - first
 
 
 def native(dtype) -> np.dtype:

@@ -16,12 +16,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import FrameSource, array_frames, check_pixel_dtype, file_token, to_native
-
-try:
-    import mmap
-except ImportError:  # platforms without memory maps (e.g. WebAssembly)
-    mmap = None
+from ._lazy import FrameSource, array_frames, check_pixel_dtype, file_token, mapped_bytes, to_native
 
 
 def probe(path) -> bool:
@@ -66,11 +61,11 @@ class NpyFrames(FrameSource):
         if pos + nbytes > size:
             last = max(start, (size - self.offset) // self.frame_nbytes)
             raise ScanFormatError(f"{self.path}: file ends before frame {last}")
-        if nbytes and self._stored.isnative and mmap is not None:
-            try:
-                return self._mapped(handle, start, stop, pos, nbytes)
-            except OSError:  # no mapping to be had (the process's limit on mappings): read a copy
-                pass
+        got = mapped_bytes(handle, pos, nbytes) if self._stored.isnative else None
+        if got is not None:
+            m, at = got
+            shape = (stop - start,) + self.frame_shape
+            return np.frombuffer(m, self._stored, int(np.prod(shape)), at).reshape(shape)
         out = np.empty((stop - start,) + self.frame_shape, self._stored)
         view = memoryview(out.reshape(-1).view(np.uint8))
         done = 0
@@ -80,15 +75,6 @@ class NpyFrames(FrameSource):
                 raise ScanFormatError(f"{self.path}: file ends before frame {start + done // self.frame_nbytes}")
             done += n
         return to_native(out)
-
-    def _mapped(self, handle, start, stop, pos, nbytes):
-        """Frames start:stop as a read-only array over a mapping of just their bytes."""
-        first = pos - pos % mmap.ALLOCATIONGRANULARITY
-        m = mmap.mmap(handle.fileno(), pos + nbytes - first, access=mmap.ACCESS_READ, offset=first)
-        if hasattr(m, "madvise"):  # read ahead the whole block at once where it is not cached
-            m.madvise(mmap.MADV_WILLNEED)
-        return np.frombuffer(m, self._stored, (stop - start) * int(np.prod(self.frame_shape)),
-                             pos - first).reshape((stop - start,) + self.frame_shape)
 
 
 def read_sidecar(path) -> dict:
