@@ -186,3 +186,15 @@ def test_npy_cut_short_after_it_was_opened(tmp_path, frames):
     with pytest.raises(ScanFormatError, match=r"scan\.npy: file ends before frame 3"):
         scan.frame_source[1:2]
     np.testing.assert_array_equal(block.reshape(-1, 16, 16), frames[:3])  # what was read stays readable
+
+
+def test_mib_cut_short_after_it_was_opened(tmp_path, frames):
+    """The same for a Merlin file: the first frame it lacks, named with the file."""
+    path = _write(tmp_path / "scan.mib", mib_bytes(frames))
+    scan = open_scan(path, scan_shape=(2, 3))
+    first = scan.frame_source[0:1]
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - (384 + 16 * 16 * 2) - 7)  # 4 whole frames and most of one
+    with pytest.raises(ScanFormatError, match=r"scan\.mib: truncated: the file ends before frame 4"):
+        scan.frame_source[1:2]
+    np.testing.assert_array_equal(first.reshape(-1, 16, 16), frames[:3, ::-1])  # read before the cut

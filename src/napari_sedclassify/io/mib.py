@@ -215,8 +215,10 @@ class MibFrames(FrameSource):
     def _read(self, handle, start, stop):
         dtype = self.header.pixels_dtype()
         pos, nbytes = start * dtype.itemsize, (stop - start) * dtype.itemsize
-        if pos + nbytes > os.fstat(handle.fileno()).st_size:
-            raise ScanFormatError(f"{self.path}: truncated: the file ends before frame {stop - 1}")
+        size = os.fstat(handle.fileno()).st_size
+        if pos + nbytes > size:
+            last = max(start, size // dtype.itemsize)
+            raise ScanFormatError(f"{self.path}: truncated: the file ends before frame {last}")
         got = mapped_bytes(handle, pos, nbytes)
         if got is None:  # no mapping to be had: a copy
             block = np.frombuffer(os.pread(handle.fileno(), nbytes, pos), dtype)

@@ -163,7 +163,9 @@ class FrameRunner:
             # strided raw frames (a file's frames between their headers, e.g. 8-bit Merlin frames
             # mapped from the file) are copied batch by batch: the contiguous kernel on the copy
             # is several times faster than the strided one
-            raw = frames[s:e] if frames[s:e].flags.c_contiguous else np.ascontiguousarray(frames[s:e])
+            raw = frames[s:e]
+            if not raw.flags.c_contiguous:
+                raw = np.ascontiguousarray(raw)
             correct_frames(raw, *correction, f)
             if given is None:
                 got = self.centring.process_chunk(f, None, mask)
