@@ -103,10 +103,12 @@ def test_workers_zero_and_bad_values(files, tmp_path, capsys, no_cluster):
 def test_a_cluster_only_when_asked_or_large(monkeypatch):
     from napari_sedclassify.cli import CLIError, _executor
 
+    from napari_sedclassify.processing import cores
+
     args = SimpleNamespace(scheduler=None, workers=None)
-    monkeypatch.setattr(_executor.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 2)
     assert _executor.cluster_workers(args, 10**9) == 0  # two cores: threads here, however large
-    monkeypatch.setattr(_executor.os, "cpu_count", lambda: 32)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 32)
     assert _executor.cluster_workers(args, 1600) == 0
     assert _executor.cluster_workers(args, _executor.AUTO_CLUSTER_FRAMES) == 32
     assert _executor.cluster_workers(SimpleNamespace(scheduler="tcp://x:1", workers=None), 10**9) == 0

@@ -11,7 +11,6 @@ either option, when the work is large enough to repay its start-up on a machine 
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 from . import CLIError
@@ -42,7 +41,9 @@ def cluster_workers(args, n_frames: int = 0) -> int:
         if workers < 0:
             raise CLIError(f"--workers must be at least 0, got {workers}")
         return int(workers)
-    cores = os.cpu_count() or 1
+    from ..processing.cores import usable_cores
+
+    cores = usable_cores()
     big = getattr(args, "scheduler", None) is None and n_frames >= AUTO_CLUSTER_FRAMES and cores >= AUTO_CLUSTER_CORES
     return cores if big else 0
 

@@ -1010,7 +1010,9 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     status = "running"
     state.set_status("calibrating")
 
-    threads = max(1, int(threads or os.cpu_count() or 1))
+    from ..processing.cores import usable_cores
+
+    threads = max(1, int(threads or usable_cores()))
     # frames taken at once: when classification is behind, larger batches pay the model's fixed
     # cost per call less often; when it keeps up, batches hold what arrived since the last one
     max_poll = max_chunk * threads * 4

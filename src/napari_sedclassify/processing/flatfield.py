@@ -9,13 +9,13 @@ filled with zeros.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from .cores import usable_cores
 from .stats import median
 
 
@@ -243,7 +243,7 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
     mean = np.empty((ky, kx), np.float32)
     counted = np.empty((ky, kx), bool)
     masked = np.empty((ky, kx), bool)
-    parts = np.array_split(np.arange(ky), max(1, min(os.cpu_count() or 1, ky // 16)))
+    parts = np.array_split(np.arange(ky), max(1, min(usable_cores(), ky // 16)))
 
     def rows(r):
         lo, hi = r[0], r[-1] + 1

@@ -23,7 +23,6 @@ reads its own frames), or an iterator of ``(index, frames)`` chunks (live acquis
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -32,6 +31,7 @@ import numpy as np
 
 from ..errors import Cancelled
 from ..scan import ScanFrames, frame_chunks
+from .cores import usable_cores
 from .flatfield import FlatField, native
 
 #: Corrected frames held at a time inside run_chunk (float32 bytes): 8 frames of 512 x 512 stay
@@ -230,7 +230,7 @@ class FrameRunner:
         ``workers`` threads (the kernels release the GIL); results in the order given. Live runs
         use it for the frames that arrived since their last batch."""
         chunks = list(chunks)
-        workers = int(workers or os.cpu_count() or 1)
+        workers = int(workers or usable_cores())
         if workers == 1 or len(chunks) <= 1:
             return [self.run_chunk(frames, index) for index, frames in chunks]
         with ThreadPoolExecutor(min(workers, len(chunks))) as pool:
@@ -266,7 +266,7 @@ class FrameRunner:
     def _run_tasks(self, tasks, n, centres, progress, cancel, workers, store):
         """Run (index, frames-or-loader) tasks in a thread pool, at most 2 per worker in flight."""
         store = self.allocate(n, centres is None) if store is None else store
-        workers = int(workers or os.cpu_count() or 1)
+        workers = int(workers or usable_cores())
         done = 0
         reported = progress is None
 
