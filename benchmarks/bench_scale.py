@@ -14,9 +14,14 @@ For each, in the same run: the `sedclassify preprocess` command (a subprocess, a
 wall time from start to end, minus the bare interpreter start-up `python -c pass`; frames/s; its
 peak resident memory from the kernel's accounting of the child) and the `np.sum` streaming limit
 over the same file (a subprocess reading it once, after the command: what the disk and page
-cache allow), printed as ratios.
+cache allow), printed as ratios. Each command time is the median of --repeats runs.
 
-    python benchmarks/bench_scale.py [--large-side 128] [--small-side 100] [--skip-large] [--json]
+With --cores N [N ...]: the small scan's command again, pinned to the first N cores this process
+may use (CPU affinity, as ``taskset`` pins it; the engine runs one thread per usable core): how the
+command's speed grows with cores.
+
+    python benchmarks/bench_scale.py [--large-side 128] [--small-side 100] [--skip-large]
+                                     [--repeats 3] [--cores 1 2 4 8 16] [--json]
 """
 
 from __future__ import annotations
@@ -99,10 +104,12 @@ def in_child(func, *args) -> None:
         raise RuntimeError(f"{func.__name__}{args}: exit code {proc.exitcode}")
 
 
-def run_child(argv) -> tuple[float, float, float]:
-    """Wall s, CPU s and peak RSS (MB) of one subprocess; the RSS from wait4's rusage."""
+def run_child(argv, cpus=None) -> tuple[float, float, float]:
+    """Wall s, CPU s and peak RSS (MB) of one subprocess (pinned to ``cpus`` if given); the RSS
+    from wait4's rusage."""
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     out, err = proc.stdout.read(), proc.stderr.read()
@@ -121,16 +128,20 @@ def np_sum_child(path: Path) -> float:
     return float(out.stdout.strip())
 
 
-def measure(path: Path, n: int, out_dir: Path) -> dict:
+def measure(path: Path, n: int, out_dir: Path, repeats: int = 1, cpus=None) -> dict:
     startup = min(run_child([sys.executable, "-c", "pass"])[0] for _ in range(3))
     out = out_dir / f"{path.stem}_results.h5"
     shutil.rmtree(out, ignore_errors=True)
     out.unlink(missing_ok=True)
     run_child(SEDCLASSIFY + ["preprocess", str(path), "--out", str(out)])  # warms numba's cache and the page cache
-    out.unlink(missing_ok=True)
-    wall, cpu, rss = run_child(SEDCLASSIFY + ["preprocess", str(path), "--out", str(out)])
+    runs = []
+    for _ in range(max(1, repeats)):
+        out.unlink(missing_ok=True)
+        runs.append(run_child(SEDCLASSIFY + ["preprocess", str(path), "--out", str(out)], cpus))
+    wall, cpu, rss = sorted(runs)[len(runs) // 2]
     stream = np_sum_child(path)
     return {"frames": n, "file_gb": path.stat().st_size / 1e9, "startup_s": startup, "wall_s": wall, "cpu_s": cpu,
+            "walls_s": [r[0] for r in runs], "cores": len(cpus) if cpus else None,
             "peak_rss_mb": rss, "frames_per_s": n / (wall - startup), "np_sum_s": stream,
             "np_sum_frames_per_s": n / stream, "vs_np_sum": stream / (wall - startup),
             "load_average": os.getloadavg()[0]}
@@ -144,22 +155,34 @@ def main() -> int:
     ap.add_argument("--small-side", type=int, default=100)
     ap.add_argument("--small-px", type=int, default=192)
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs of each command (median reported)")
+    ap.add_argument("--cores", type=int, nargs="*", default=[], metavar="N",
+                    help="also run the small scan's command pinned to N cores, for each N")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
-    results = {"cores": os.cpu_count()}
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    results = {"cores": len(allowed) or os.cpu_count()}
     s, px = args.small_side, args.small_px
     # the scans are written in a child process: a process that touched the 8.6 GB file has that
     # resident size at the moment it starts a command, and Linux reports it as the command's peak
     small = ensure(folder / f"small{s}x{s}_{px}px.npy", lambda p: in_child(write_small, p, s, px))
-    results["small"] = measure(small, s * s, folder)
+    results["small"] = measure(small, s * s, folder, args.repeats)
+    for k in args.cores:
+        if not 1 <= k <= len(allowed):
+            print(f"--cores {k}: this process may use {len(allowed)} cores; skipped", flush=True)
+            continue
+        results[f"small_{k}_cores"] = measure(small, s * s, folder, args.repeats, set(allowed[:k]))
     if not args.skip_large:
         side = args.large_side
         large = ensure(folder / f"large{side}x{side}.npy", lambda p: in_child(write_large, p, side, args.unique, folder))
-        results["large"] = measure(large, side * side, folder)
+        results["large"] = measure(large, side * side, folder, args.repeats)
     print(f"{'scan':<34}{'frames':>8}{'GB':>7}{'wall s':>8}{'fr/s':>8}{'peak MB':>9}{'np.sum fr/s':>13}{'ratio':>7}")
-    for key, label in (("small", f"{s}x{s} frames of {px}x{px}"), ("large", f"{args.large_side}x{args.large_side} of 512x512")):
+    rows = [("small", f"{s}x{s} frames of {px}x{px}")]
+    rows += [(f"small_{k}_cores", f"  the same on {k} core{'s' if k > 1 else ''}") for k in args.cores]
+    rows += [("large", f"{args.large_side}x{args.large_side} of 512x512")]
+    for key, label in rows:
         r = results.get(key)
         if r:
             print(f"{label:<34}{r['frames']:>8}{r['file_gb']:>7.2f}{r['wall_s']:>8.2f}{r['frames_per_s']:>8.0f}"
