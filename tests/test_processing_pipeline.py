@@ -155,11 +155,12 @@ def test_virtual_image_about_per_frame_centres_and_in_angstrom(sim):
 
 
 def test_a_scan_without_a_direct_beam_is_refused_naming_the_file(realdata, tmp_path, capsys):
-    """The real Merlin test pattern (no beam on the detector): the command refuses it in one line
-    that names the file and says what is missing, and writes nothing."""
+    """The real ARINA file (every pixel 0: no beam on the detector): the command refuses it in one
+    line that names the file and says what is missing, and writes nothing."""
+    pytest.importorskip("hdf5plugin")
     from napari_sedclassify.cli import main
 
-    path = realdata / "merlin" / "001_4x2_6bit.mib"
+    path = realdata / "arina" / "test_00_master.h5"
     out = tmp_path / "r.h5"
     assert main(["preprocess", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err

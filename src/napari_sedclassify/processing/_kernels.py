@@ -115,6 +115,17 @@ _NAN32 = np.float32(np.nan)
 #: of mass by this much (px): from a nearby start the second fit picks the same edge points and
 #: returns the same circle (bit-identical on 1,024 simulated frames), from a far one it may not.
 CIRCLE_REFIT_PX = 0.25
+#: A beam whose k_peak-th brightest pixel is at the counter's full value (saturated) needs this
+#: fraction of min_snr to be found: its true height is at least what the counter shows.
+SATURATED_SNR_FACTOR = 0.5
+#: A saturated beam whose unsaturated pixels above half height would make a ring more than this
+#: many px wide around its saturated disc sits in a halo as bright as half the counter's range (a
+#: 6-bit counter: 30-50 of 63 around a disc at 63); its edge is then taken SATURATED_EDGE of the
+#: way from background to the full counter, as half-way would take in the halo. A clean saturated
+#: disc's edge is a ring 0.6-1.5 px wide (simulated 12-bit scans of 192-512 px); the real 6-bit
+#: 001_4x2_6bit.mib frames' 3-20 px, depending on the window.
+HALO_RING_PX = 3.0
+SATURATED_EDGE = 0.9
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -200,16 +211,20 @@ def _span(c, half, n):
 
 
 @njit(nogil=True, cache=True)
-def _refine(frame, cy0, cx0, half, k_peak, min_snr, py, px, wy, wx, res):
+def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, py, px, wy, wx, res):
     """Centre of mass of the beam disc in a (2 half + 1)^2 window about index (cy0, cx0).
 
     Background = median of the window's border, peak = the k_peak-th largest value (so a few hot
-    pixels cannot set it); pixels above the half-way threshold weigh min(v, cap) - threshold with
-    cap at 85 % of the way to the peak, so a saturated top counts as uniform. Positions are the
+    pixels cannot set it); pixels above the half-way threshold (further up for a saturated beam
+    in a bright halo: HALO_RING_PX) weigh min(v, cap) - threshold with cap at 85 % of the way
+    to the peak (the peak itself when the threshold is higher), so a saturated top counts as
+    uniform. Positions are the
     physical pixel centres py, px, weights times the pixel areas wy x wx.
-    Writes (cy, cx) physical px, the area above threshold, peak, bg to res; returns False when
-    no beam stands out.
+    Writes (cy, cx) physical px, the area above threshold, peak, bg, edge fraction (0.5 or
+    SATURATED_EDGE: where between bg and peak the threshold was) to res; returns False when
+    no beam stands out (res[3], res[4] then hold the window's peak and background).
     """
+    res[3] = np.nan
     y0, y1 = _span(cy0, half, frame.shape[0])
     x0, x1 = _span(cx0, half, frame.shape[1])
     if y1 - y0 < 3 or x1 - x0 < 3:
@@ -236,26 +251,41 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, py, px, wy, wx, res):
                     j += 1
                 top[j] = v
     peak = top[0]
-    if not np.isfinite(peak) or peak - bg <= min_snr * math.sqrt(max(bg, 0.0) + 1.0):
+    res[3] = peak
+    res[4] = bg
+    # a beam stands out by min_snr Poisson sigmas; a full counter (peak >= sat: k_peak pixels
+    # saturated) only bounds the beam's height from below, so it needs SATURATED_SNR_FACTOR of that
+    # (6-bit counters: a saturated beam at 63 on a halo of 30 counts is 6 sigmas, never 10)
+    snr = min_snr * (SATURATED_SNR_FACTOR if peak >= sat else 1.0)
+    if not np.isfinite(peak) or peak - bg <= snr * math.sqrt(max(bg, 0.0) + 1.0):
         return False
-    thr = bg + 0.5 * (peak - bg)
-    cap = bg + 0.85 * (peak - bg)  # saturated, gain-scattered tops weigh the same
-    sw = 0.0
-    sy = 0.0
-    sx = 0.0
-    n_above = 0
-    area = 0.0
-    for y in range(y0, y1):
-        for x in range(x0, x1):
-            v = frame[y, x]
-            if v > thr:
-                a = wy[y] * wx[x]
-                w = (min(v, cap) - thr) * a
-                sw += w
-                sy += w * py[y]
-                sx += w * px[x]
-                n_above += 1
-                area += a
+    f = 0.5
+    for _ in range(2):
+        thr = bg + f * (peak - bg)
+        cap = bg + 0.85 * (peak - bg) if f < 0.85 else peak  # saturated, gain-scattered tops weigh the same
+        sw = 0.0
+        sy = 0.0
+        sx = 0.0
+        n_above = 0
+        n_sat = 0
+        area = 0.0
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                v = frame[y, x]
+                if v > thr:
+                    a = wy[y] * wx[x]
+                    w = (min(v, cap) - thr) * a
+                    sw += w
+                    sy += w * py[y]
+                    sx += w * px[x]
+                    n_above += 1
+                    n_sat += v >= sat
+                    area += a
+        if f == 0.5 and peak >= sat and n_above - n_sat > HALO_RING_PX * 2.0 * math.sqrt(math.pi * n_sat):
+            f = SATURATED_EDGE  # a saturated disc in a bright halo: its edge is near the full counter
+        else:
+            break
+    res[5] = f
     if n_above < 3 or sw <= 0:
         return False
     res[0] = sy / sw
@@ -456,12 +486,12 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, iy_edges, ix_edges
 
 
 @njit(nogil=True, cache=True)
-def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, iy_edges, ix_edges, res,
-           at):
+def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex, iy_edges, ix_edges,
+           res, at):
     """Whether the window of ``half`` about index (iy, ix) is a fixed point of the centre of mass
     (which then goes to res, its index centre to at); res is left as it was when not."""
     keep = res.copy()
-    if _refine(frame, iy, ix, half, k_peak, min_snr, py, px, wy, wx, res):
+    if _refine(frame, iy, ix, half, k_peak, min_snr, sat, py, px, wy, wx, res):
         at[0] = _interp(res[0], ey, iy_edges)
         at[1] = _interp(res[1], ex, ix_edges)
         th = min(max(int(2.5 * math.sqrt(res[2] / math.pi)) + 3, half0), half_max)
@@ -472,7 +502,8 @@ def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, py, px, wy, wx
 
 
 @njit(nogil=True, cache=True)
-def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, iy_edges, ix_edges, res, at):
+def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex, iy_edges, ix_edges, res,
+              at):
     """Iterate the thresholded centre of mass from index (cy, cx), the window sized to 2.5 beam
     radii, until the window (its integer position and size, all that ``_refine`` depends on) stops
     changing; the index centre goes to at[0], at[1]. False: no beam.
@@ -488,7 +519,12 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, e
     px0 = -1
     ph0 = -1
     for _ in range(12):
-        if not _refine(frame, wy0, wx0, half, k_peak, min_snr, py, px, wy, wx, res):
+        if not _refine(frame, wy0, wx0, half, k_peak, min_snr, sat, py, px, wy, wx, res):
+            if half < half_max and np.isfinite(res[3]) and res[4] > 0.5 * res[3]:
+                # the window's border is over half as bright as its peak: it lies inside a disc
+                # wider than itself (a convergent beam); look again in one twice the size
+                half = min(2 * half, half_max)
+                continue
             return False
         r = math.sqrt(res[2] / math.pi)
         cy = _interp(res[0], ey, iy_edges)
@@ -501,7 +537,7 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, e
             # hair of a pixel boundary can be a fixed point of the neighbouring window too: take
             # the lower of the two, whichever the search reached first. Likewise a window one px
             # smaller can hold the same beam at a fixed point: take the smallest such window.
-            while half > half0 and _fixed(frame, wy0, wx0, half - 1, half0, half_max, k_peak, min_snr,
+            while half > half0 and _fixed(frame, wy0, wx0, half - 1, half0, half_max, k_peak, min_snr, sat,
                                           py, px, wy, wx, ey, ex, iy_edges, ix_edges, res, at):
                 half, cy, cx = half - 1, at[0], at[1]
             for axis in range(2):
@@ -511,15 +547,15 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, e
                     continue
                 ty = wy0 - 1 if axis == 0 else wy0
                 tx = wx0 - 1 if axis == 1 else wx0
-                if _fixed(frame, ty, tx, half, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, iy_edges,
-                          ix_edges, res, at):
+                if _fixed(frame, ty, tx, half, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex,
+                          iy_edges, ix_edges, res, at):
                     wy0, wx0, cy, cx = ty, tx, at[0], at[1]
             break
         if ny == py0 and nx == px0 and nh == ph0:
             # two windows alternate: settle on the lower-left one, whichever came first
             if (ny, nx, nh) < (wy0, wx0, half):
                 wy0, wx0, half = ny, nx, nh
-            if not _refine(frame, wy0, wx0, half, k_peak, min_snr, py, px, wy, wx, res):
+            if not _refine(frame, wy0, wx0, half, k_peak, min_snr, sat, py, px, wy, wx, res):
                 return False
             cy = _interp(res[0], ey, iy_edges)
             cx = _interp(res[1], ex, ix_edges)
@@ -552,7 +588,7 @@ def _box3_row(blocks, yb, box):
 
 
 @njit(nogil=True, cache=True)
-def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, centres, found,
+def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex, centres, found,
                  radius, warm):
     """Direct-beam centre (index px) of each frame: an iterated thresholded centre of mass
     (physical px: pixel centres py, px, widths wy, wx, edges ey, ex) in a window grown to 2.5 beam
@@ -560,7 +596,9 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
     between neighbours) and, when the beam is not there or not ``warm``, from the coarse maximum
     of b x b block sums (3x3 blocks): without ``warm`` each frame's centre depends on that frame
     alone, whatever chunk it travels in (batch and live agree exactly); then a circle fitted to the
-    beam's half-height edge (where it has enough ordinary pixels)."""
+    beam's half-height edge (where it has enough ordinary pixels). A beam stands out of its
+    window's background by min_snr Poisson sigmas, or by SATURATED_SNR_FACTOR of that when its
+    top is at the counter's full value ``sat`` (inf: unknown)."""
     n, ky, kx = frames.shape
     iy_edges = np.arange(ky + 1) - 0.5
     ix_edges = np.arange(kx + 1) - 0.5
@@ -568,7 +606,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
     nbx = (kx + b - 1) // b
     blocks = np.empty((nby, nbx), np.float32)
     box = np.empty(nbx, np.float64)
-    res = np.empty(5, np.float64)
+    res = np.empty(6, np.float64)
     circ = np.empty(3, np.float64)
     at = np.empty(2, np.float64)
     prev = np.full(3, np.nan)  # previous frame's centre (index px) and area above threshold
@@ -579,7 +617,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
         radius[i] = np.nan
         ok = False
         if warm and np.isfinite(prev[0]):
-            ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, py, px, wy, wx,
+            ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, sat, py, px, wy, wx,
                            ey, ex, iy_edges, ix_edges, res, at) and 0.5 * prev[2] <= res[2] <= 2.0 * prev[2]
         if not ok:
             bin_sums(frames[i], b, row_step, blocks)
@@ -606,8 +644,8 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
                         best = blocks[yy, xx]
                         cy = yy * b + 0.5 * (b - 1)
                         cx = xx * b + 0.5 * (b - 1)
-            ok = _converge(frames[i], cy, cx, half0, half_max, k_peak, min_snr, py, px, wy, wx, ey, ex, iy_edges,
-                           ix_edges, res, at)
+            ok = _converge(frames[i], cy, cx, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex,
+                           iy_edges, ix_edges, res, at)
         if not ok:
             prev[0] = np.nan
             continue
@@ -617,7 +655,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
         prev[1] = cx
         prev[2] = res[2]
         r = math.sqrt(res[2] / math.pi)
-        level = res[4] + 0.5 * (res[3] - res[4])
+        level = res[4] + res[5] * (res[3] - res[4])
         h = max(int(1.6 * r) + 3, 5)
         d = int(0.5 * r) + 1
         y0, y1 = _span(cy, d, ky)
@@ -628,7 +666,8 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, py, px, 
                           py, px, wy, wx, ey, ex, iy_edges, ix_edges, circ):
                 cy = _interp(circ[0], ey, iy_edges)
                 cx = _interp(circ[1], ex, ix_edges)
-        else:
+        elif res[5] == 0.5:  # (a saturated disc in a bright halo keeps its centre of mass: where the
+            # halo reaches the full counter, the edge is ragged and a circle through it drifts)
             for _ in range(2):  # the edge's circle refines the centre of mass, and once more if it
                 if not _circle(frames[i], cy, cx, r, h, level, py, px, wy, wx, ey, ex, iy_edges, ix_edges, circ):
                     break  # moved the centre by CIRCLE_REFIT_PX or more (a far start picks other edge points)

@@ -5,7 +5,11 @@ electrons than any Bragg spot or hot pixel); then a thresholded centre of mass (
 refines it in a window of about 2.5 beam radii, iterated until it stops moving, and a circle
 fitted to the beam's edge. Masked pixels (NaN) are ignored. A frame in which no disc stands out
 of the background by ``min_snr`` Poisson sigmas (blanked beam, all zeros, all NaN) gets a NaN
-centre and beam_found False.
+centre and beam_found False. A beam whose top sits at the counter's full value (saturated) needs
+half that: the counter shows a lower bound of its height. On a 6-bit Merlin (full at 63) a
+saturated beam on a halo of 30 counts stands 6 sigmas out, never 10. A window that lies inside a
+disc wider than itself (its border over half as bright as its peak) is doubled until it holds
+the disc's edge: a convergent beam's disc can be 20-60 px across.
 """
 
 from __future__ import annotations
@@ -29,13 +33,17 @@ class CentreFinder(FrameProcessor):
     frame's centre a function of the frame alone: the same to the bit whatever chunk it travels in
     (batch, live, a stream, the frame view). A warm start agrees for all but rare frames whose beam
     has two distant fixed windows (17 of 17,280 frame/chunking combinations).
+    saturation_counts: the counter's full value in raw counts (the plan's; saturated pixels keep
+    their raw value through the flat-field), None when unknown.
     """
 
     needs_centres = False
 
     def __init__(self, beam_radius_px: float | None = None, coarse_bin: int | None = None,
-                 min_snr: float = 10.0, k_peak: int = 9, grid: PixelGrid | None = None, warm_start: bool = False):
+                 min_snr: float = 10.0, k_peak: int = 9, grid: PixelGrid | None = None, warm_start: bool = False,
+                 saturation_counts: float | None = None):
         self.beam_radius_px = beam_radius_px
+        self.saturation_counts = None if saturation_counts is None else float(saturation_counts)
         self.grid = grid
         self.coarse_bin = coarse_bin
         self.min_snr = float(min_snr)
@@ -58,7 +66,8 @@ class CentreFinder(FrameProcessor):
         radius = np.empty(n, np.float32)
         g = grid_of(self.grid, (ky, kx))
         step = 2 if self.beam_radius_px is not None and self.beam_radius_px >= 2 else 1  # coarse search rows
-        find_centres(frames, b, step, half0, half_max, self.k_peak, self.min_snr, g.centres(0), g.centres(1),
+        sat = np.inf if self.saturation_counts is None else self.saturation_counts
+        find_centres(frames, b, step, half0, half_max, self.k_peak, self.min_snr, sat, g.centres(0), g.centres(1),
                      g.widths(0), g.widths(1), g.edges(0), g.edges(1), c, found, radius, self.warm_start)
         return {"centre": c, "beam_found": found, "beam_radius_px": radius}
 

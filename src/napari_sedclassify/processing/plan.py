@@ -68,7 +68,7 @@ class PreprocessPlan:
         grid = PixelGrid(det, float(epw or 1.0))
         beam_radius = params.beam_radius_px
         if beam_radius is None and len(sample):
-            part = FrameRunner([], ff, CentreFinder(None, grid=grid)).run_chunk(sample)
+            part = FrameRunner([], ff, CentreFinder(None, grid=grid, saturation_counts=saturation)).run_chunk(sample)
             radii = part.values["beam_radius_px"][part.values["beam_found"]]
             beam_radius = float(median(radii)) if radii.size else None
         resolved = params.resolve(geometry, beam_radius)
@@ -93,7 +93,7 @@ class PreprocessPlan:
     def centre_finder(self):
         from .centre import CentreFinder
 
-        return CentreFinder(self.beam_radius_px, grid=self.grid)
+        return CentreFinder(self.beam_radius_px, grid=self.grid, saturation_counts=self.saturation_counts)
 
     def processors(self, virtual: bool = True) -> list:
         """The frame processors after centring: radial profile, virtual detectors (BF/ADF), crop."""
