@@ -297,7 +297,8 @@ def six_bit_frame(rng, centre, radius=12.0, shape=(128, 128)):
 def test_a_saturated_6_bit_beam_in_a_bright_halo():
     """At 63 counts full, a saturated disc in a halo of 30-50 counts: once the finder knows the
     counter is full, the disc's edge is taken near the full counter, not half-way, which takes in
-    the halo (a disc 1.6x too wide, its centre up to 1 px off when the counter is unknown)."""
+    the halo (a disc 1.6x too wide, its centre up to 1 px off when the counter is unknown); a disc
+    cut by the detector's edge is centred on the circle through its edge."""
     rng = np.random.default_rng(5)
     true = rng.uniform(40, 88, (8, 2))
     frames = np.array([six_bit_frame(rng, t) for t in true])
@@ -307,6 +308,14 @@ def test_a_saturated_6_bit_beam_in_a_bright_halo():
     assert found.all()
     assert np.hypot(*(c - true).T).max() < 0.2
     np.testing.assert_allclose(radius, 12.0, atol=0.5)
+    # a disc 50 px across cut in half by the detector's edge: the centre of mass of what is left
+    # lies 10 px inside; the circle through its clean edge finds the centre
+    true = np.column_stack([rng.uniform(100, 150, 4), rng.uniform(-0.5, 0.5, 4)])
+    frames = np.array([six_bit_frame(rng, t, radius=25.0, shape=(256, 256)) for t in true])
+    c, found, radius = centres_of(frames, saturation_counts=63)
+    assert found.all()
+    assert np.hypot(*(c - true).T).max() < 0.3
+    np.testing.assert_allclose(radius, 25.0, atol=0.5)
 
 
 def test_the_real_6_bit_merlin_beam_at_the_detector_edge(realdata):

@@ -125,6 +125,10 @@ SATURATED_SNR_FACTOR = 0.5
 #: disc's edge is a ring 0.6-1.5 px wide (simulated 12-bit scans of 192-512 px); the real 6-bit
 #: 001_4x2_6bit.mib frames' 3-20 px, depending on the window.
 HALO_RING_PX = 3.0
+#: ... and there the circle through the disc's edge replaces its centre of mass only if the
+#: points kept lie within this median distance of it (px): a clean edge, as where the detector
+#: cuts the disc (0.1-0.3 px), not the ragged edge where the halo reaches the full counter.
+HALO_CIRCLE_PX = 0.5
 SATURATED_EDGE = 0.9
 
 
@@ -374,7 +378,8 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, 
     (linear interpolation between neighbouring ordinary pixels, physical px; only crossings that
     fall outwards from the index-px estimate (cy0, cx0)), starting from those within 30 % of the
     expected radius r0 and refitted without the points off the circle. Wide and masked pixels take
-    no part. Writes (cy, cx, R) physical px."""
+    no part. Writes (cy, cx, R) physical px, and to res[3] where res has room the median distance
+    of the points kept from that circle."""
     ky, kx = frame.shape
     y0, y1 = _span(cy0, half, ky)
     x0, x1 = _span(cx0, half, kx)
@@ -410,6 +415,10 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, 
             return False
         if not changed:
             break
+    if res.shape[0] > 3:  # how far the points kept lie from the circle: the median (physical px)
+        for k in range(n):
+            d[k] = abs(math.hypot(pts[k, 0] - res[0], pts[k, 1] - res[1]) - res[2])
+        res[3] = np.median(d[use])
     return True
 
 
@@ -607,7 +616,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, py,
     blocks = np.empty((nby, nbx), np.float32)
     box = np.empty(nbx, np.float64)
     res = np.empty(6, np.float64)
-    circ = np.empty(3, np.float64)
+    circ = np.empty(4, np.float64)
     at = np.empty(2, np.float64)
     prev = np.full(3, np.nan)  # previous frame's centre (index px) and area above threshold
     for i in range(n):
@@ -666,8 +675,15 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, py,
                           py, px, wy, wx, ey, ex, iy_edges, ix_edges, circ):
                 cy = _interp(circ[0], ey, iy_edges)
                 cx = _interp(circ[1], ex, ix_edges)
-        elif res[5] == 0.5:  # (a saturated disc in a bright halo keeps its centre of mass: where the
-            # halo reaches the full counter, the edge is ragged and a circle through it drifts)
+        elif res[5] != 0.5:  # a saturated disc in a bright halo: where the halo reaches the full
+            # counter its edge is ragged and a circle through it drifts, so the circle replaces the
+            # centre of mass only where the edge is clean (a disc cut by the detector's edge)
+            if _circle(frames[i], cy, cx, r, h, level, py, px, wy, wx, ey, ex, iy_edges, ix_edges, circ) \
+                    and circ[3] <= HALO_CIRCLE_PX:
+                cy = _interp(circ[0], ey, iy_edges)
+                cx = _interp(circ[1], ex, ix_edges)
+                r = circ[2]
+        else:
             for _ in range(2):  # the edge's circle refines the centre of mass, and once more if it
                 if not _circle(frames[i], cy, cx, r, h, level, py, px, wy, wx, ey, ex, iy_edges, ix_edges, circ):
                     break  # moved the centre by CIRCLE_REFIT_PX or more (a far start picks other edge points)
