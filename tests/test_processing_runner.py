@@ -203,3 +203,39 @@ def test_dask_distributed_workers_read_their_own_frames(tmp_path):
         out = runner.run(scan, client=client)
         assert len(client.scheduler_info()["workers"]) == 2
     assert_same(ref, out)
+
+
+def test_one_worker_runs_in_the_calling_thread_even_as_the_interpreter_exits():
+    """workers=1 processes the blocks in the calling thread, with the same results, progress and
+    cancel as a pool. A thread pool refuses work once the interpreter exits, which the viewer's
+    warm-up thread (a tiny integrated image) met when napari was closed right after it opened:
+    a traceback on the terminal. Run from an exit handler here, as that warm-up was."""
+    import subprocess
+    import sys
+    import threading
+
+    frames, _ = beam_stack(n=24)
+    threads = set()
+
+    class Where(BrightestPixel):
+        def process_chunk(self, frames, centres, mask):
+            threads.add(threading.get_ident())
+            return super().process_chunk(frames, centres, mask)
+
+    seen = []
+    runner = make_runner()
+    runner_one = FrameRunner(runner.processors[:-1] + [Where()], runner.flatfield, CentreFinder())
+    one = runner_one.run(frames, workers=1, chunk_frames=5, progress=lambda d, t: seen.append(d))
+    assert threads == {threading.get_ident()}
+    assert seen[0] == 0 and seen[-1] == 24 and len(seen) == 1 + 5
+    assert_same(one, make_runner().run(frames, workers=2, chunk_frames=5))
+    with pytest.raises(Cancelled):
+        runner_one.run(frames, workers=1, chunk_frames=5, cancel=lambda: True)
+    code = ("import atexit, numpy as np\n"
+            "from napari_sedclassify.scan import Scan\n"
+            "from napari_sedclassify.processing.virtual import virtual_image\n"
+            "atexit.register(lambda: print('total', virtual_image(Scan(np.ones((2, 2, 16, 16), np.uint16)), "
+            "workers=1).sum()))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == "total 1024.0"

@@ -274,6 +274,13 @@ class FrameRunner:
             frames = frames() if callable(frames) else frames
             return _run_block(self, frames, index, None if centres is None else centres[index])
 
+        if workers == 1:  # one core: the blocks in this thread, no pool (a pool refuses work while
+            # the interpreter exits, which a warm-up in a daemon thread can meet)
+            if progress is not None:
+                progress(0, n)
+            for index, frames in tasks:
+                done = self._merge_done(store, [one(index, frames)], done, n, progress, cancel, ())
+            return store
         with ThreadPoolExecutor(workers) as pool:
             pending = set()
             tasks = iter(tasks)
