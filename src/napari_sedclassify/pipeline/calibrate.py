@@ -629,7 +629,7 @@ def _check_fit(fit: _Fit, name, d_used, r0, search, where, geometry):
     edge = min(s - (1 - search), (1 + search) - s)
     if edge < 0.004:
         raise CalibrationError(
-            f"{where}found no {_ring_words(name, d_used)} within ±{search:.0%} of where {geometry.describe()} "
+            f"{where}did not find {_ring_words(name, d_used)} within ±{search:.0%} of where {geometry.describe()} "
             f"puts it (the best candidate lies at the edge of that search, {s - 1:+.1%}): the scan does not show "
             f"it, or the camera length is further off (then give --camera-length near the right value or a wider "
             f"--search); {_what_else(name)}; {_hint(geometry)}")

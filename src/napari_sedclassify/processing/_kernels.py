@@ -120,16 +120,17 @@ CIRCLE_REFIT_PX = 0.25
 SATURATED_SNR_FACTOR = 0.5
 #: A saturated beam whose unsaturated pixels above half height would make a ring more than this
 #: many px wide around its saturated disc sits in a halo as bright as half the counter's range (a
-#: 6-bit counter: 30-50 of 63 around a disc at 63); its edge is then taken SATURATED_EDGE of the
-#: way from background to the full counter, as half-way would take in the halo. A clean saturated
-#: disc's edge is a ring 0.6-1.5 px wide (simulated 12-bit scans of 192-512 px); the real 6-bit
-#: 001_4x2_6bit.mib frames' 3-20 px, depending on the window.
+#: 6-bit counter: 30-50 of 63 around a disc at 63). A clean saturated disc's edge is a ring
+#: 0.6-1.5 px wide (simulated 12-bit scans of 192-512 px); the real 6-bit 001_4x2_6bit.mib
+#: frames' 3-20 px, depending on the window.
 HALO_RING_PX = 3.0
-#: ... and there the circle through the disc's edge replaces its centre of mass only if the
-#: points kept lie within this median distance of it (px): a clean edge, as where the detector
-#: cuts the disc (0.1-0.3 px), not the ragged edge where the halo reaches the full counter.
-HALO_CIRCLE_PX = 0.5
+#: There the disc's edge is taken this fraction of the way from background to the full counter,
+#: as half-way would take in the halo ...
 SATURATED_EDGE = 0.9
+#: ... and the circle through that edge replaces the disc's centre of mass only if the points
+#: kept lie within this median distance of it (px): a clean edge, as where the detector cuts the
+#: disc (0.1-0.3 px), not the ragged edge where the halo itself reaches the full counter.
+HALO_CIRCLE_PX = 0.5
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -222,8 +223,8 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, py, px, wy, wx, res):
     pixels cannot set it); pixels above the half-way threshold (further up for a saturated beam
     in a bright halo: HALO_RING_PX) weigh min(v, cap) - threshold with cap at 85 % of the way
     to the peak (the peak itself when the threshold is higher), so a saturated top counts as
-    uniform. Positions are the
-    physical pixel centres py, px, weights times the pixel areas wy x wx.
+    uniform. Positions are the physical pixel centres py, px, weights times the pixel areas
+    wy x wx.
     Writes (cy, cx) physical px, the area above threshold, peak, bg, edge fraction (0.5 or
     SATURATED_EDGE: where between bg and peak the threshold was) to res; returns False when
     no beam stands out (res[3], res[4] then hold the window's peak and background).
