@@ -264,7 +264,8 @@ class FrameRunner:
         return store
 
     def _run_tasks(self, tasks, n, centres, progress, cancel, workers, store):
-        """Run (index, frames-or-loader) tasks in a thread pool, at most 2 per worker in flight."""
+        """Run (index, frames-or-loader) tasks in a thread pool, at most 2 per worker in flight (one
+        worker: in this thread)."""
         store = self.allocate(n, centres is None) if store is None else store
         workers = int(workers or usable_cores())
         done = 0
