@@ -120,10 +120,10 @@ CIRCLE_REFIT_PX = 0.25
 SATURATED_SNR_FACTOR = 0.5
 #: A saturated beam whose unsaturated pixels above half height would make a ring more than this
 #: many px wide around its saturated disc sits in a halo as bright as half the counter's range (a
-#: 6-bit counter: 30-50 of 63 around a disc at 63). A clean saturated disc's edge is a ring
-#: 0.6-1.5 px wide (simulated 12-bit scans of 192-512 px); the real 6-bit 001_4x2_6bit.mib
-#: frames' 3-20 px, depending on the window.
-HALO_RING_PX = 3.0
+#: 6-bit counter: 30-50 of 63 around a disc at 63). A clean saturated disc's edge is a ring at
+#: most 0.7 px wide (simulated 12-bit scans of 192-512 px, windows of 16 px to 5 beam radii); the
+#: real 6-bit 001_4x2_6bit.mib frames' 3-20 px, depending on the window.
+HALO_RING_PX = 2.0
 #: There the disc's edge is taken this fraction of the way from background to the full counter,
 #: as half-way would take in the halo ...
 SATURATED_EDGE = 0.9
