@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 
@@ -106,3 +107,21 @@ def test_cli_errors_are_one_clear_line(files, tmp_path, capsys):
     code, _, err = _run(capsys, "train", "--scans", scans[0], "--labels", entries[0][1], "--model", "svm",
                         "--epochs", "3", "--out", tmp_path / "m.sedmodel")
     assert code == 2 and "an svm has no epochs" in err
+
+
+def test_a_wrong_option_is_named_with_its_commands_usage(files, tmp_path, capsys):
+    """An option a command does not have is named with that command's usage (argparse alone
+    showed the top level's, "sedclassify [-h] [--version] COMMAND ...", which says nothing of the
+    command's options); ``-o`` is ``--out`` in every command that writes."""
+    folder, entries = files
+    scan = entries[0][0]
+    with pytest.raises(SystemExit) as exc:
+        main(["preprocess", str(scan), "--outfile", str(tmp_path / "r.h5")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "usage: sedclassify preprocess" in err and "--flatfield" in err
+    assert "unrecognized arguments: --outfile" in err and not (tmp_path / "r.h5").exists()
+    code, _, err = _run(capsys, "preprocess", scan, "-o", tmp_path / "r.h5")
+    assert code == 0, err
+    with h5py.File(tmp_path / "r.h5", "r") as h:
+        assert h["ria"].shape[:2] == (16, 16)

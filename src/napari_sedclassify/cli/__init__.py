@@ -26,7 +26,7 @@ class CLIError(Exception):
 def add_command(subparsers, name: str, run, help: str, description: str) -> argparse.ArgumentParser:
     """The parser of subcommand ``name``, which calls ``run(args)``."""
     p = subparsers.add_parser(name, help=help, description=description)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, command_parser=p)
     return p
 
 
@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv[0] if argv else None)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand, with its own usage (argparse would show the top level's)
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                     "16 + 1 scans at 256 px with the full CNN training (3.5 GB).")
     p.add_argument("--full", action="store_true",
                    help="the full replication: 16 + 1 scans, 256 px detector, full CNN training")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--scan-shape", type=int, nargs=2, default=(40, 40), metavar=("SY", "SX"),
                    help="scan points per scan (default 40 40)")
     p.add_argument("--detector", type=int, metavar="PX",

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                     "class map).")
     add_model_argument(p)
     p.add_argument("scans", nargs="+", metavar="SCAN", help="scan files")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
     # one value per --flatfield: a list of values would take MODEL and SCAN given after it
     p.add_argument("--flatfield", action="append", metavar="F",
                    help="flat-field file: one for all scans, or --flatfield once per scan, in the scans' order")

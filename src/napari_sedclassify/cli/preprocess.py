@@ -17,7 +17,7 @@ def register(subparsers) -> None:
                     "mask and optionally central crops; write them with provenance to one HDF5 (.h5) or zarr (.zarr) "
                     "file.")
     add_scan_argument(p)
-    p.add_argument("--out", metavar="FILE", help="results file, .h5 or .zarr (default: SCAN_preprocessed.h5)")
+    p.add_argument("-o", "--out", metavar="FILE", help="results file, .h5 or .zarr (default: SCAN_preprocessed.h5)")
     p.add_argument("--centring", choices=("per_frame", "fitted"), default="per_frame",
                    help="centre each frame on its own measured centre (default) or on the descan fit")
     p.add_argument("--crop-radius", type=float, metavar="PX", help="also keep central crops of this radius (px)")

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                     "and their scores) and <scan>_proposal.png. The q axis needs the camera length: check "
                     "`sedclassify info` or fit it with `sedclassify calibrate`.")
     p.add_argument("scan", metavar="SCAN", help="scan file")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--flatfield", metavar="F", help="flat-field acquisition of the session")
     p.add_argument("--seed", type=int, default=0, help="random seed of the clustering (default 0)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")

@@ -23,7 +23,7 @@ def register(subparsers):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="MODEL", help="model file (.sedmodel) that classifies the scan")
     src.add_argument("--labels", metavar="L", help="class map of the scan (.npy or .tif, 0 = unlabeled)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output file (.h5)")
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help="output file (.h5)")
     p.add_argument("--compression", choices=("bslz4", "terse", "none"), default="bslz4",
                    help="bslz4: HDF5 Bitshuffle-LZ4 (default); terse: TERSE/PROLIX per frame (pyterse); none")
     p.add_argument("--force", action="store_true", help="replace an existing output file")

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                    help="one class map per scan (.npy or .tif), in the same order")
     p.add_argument("--model", choices=["fcnn", "svm", "cnn"], default="fcnn",
                    help='classifier (default fcnn); cnn needs TensorFlow: pip install "napari-sedclassify[cnn]"')
-    p.add_argument("--out", required=True, metavar="MODEL", help="model file to write (e.g. model.sedmodel)")
+    p.add_argument("-o", "--out", required=True, metavar="MODEL", help="model file to write (e.g. model.sedmodel)")
     p.add_argument("--flatfield", nargs="+", metavar="F",
                    help="flat-field file(s): one for all scans or one per scan")
     p.add_argument("--seed", type=int, default=0, help="random seed: split, augmentation, weights (default 0)")

@@ -43,7 +43,7 @@ def register(subparsers):
                         "OUT.partial.h5, renamed when the scan is complete)")
     p.add_argument("--compression", choices=("bslz4", "none"), default="bslz4",
                    help="compression of the frames written by --reduce (default bslz4)")
-    p.add_argument("--out", metavar="DIR", help="folder for the class map and keep-list (default: none written)")
+    p.add_argument("-o", "--out", metavar="DIR", help="folder for the class map and keep-list (default: none written)")
     p.add_argument("--keep", nargs="+", default=["amorphous_ice"], metavar="CLASS",
                    help="classes whose positions go into the keep-list (default: amorphous_ice)")
     p.add_argument("--flatfield", metavar="F", help="flat-field acquisition of the session")
