@@ -25,6 +25,10 @@ def add_scan_options(p, *, scan_shape: bool = True, dataset: bool = False, execu
                    help="detector pixel pitch in µm (55 for Medipix3/Timepix; 110 for 2x2-binned frames)")
     g.add_argument("--voltage", type=float, metavar="KV", dest="voltage_kv", help="accelerating voltage in kV")
     g.add_argument("--scan-step", type=float, metavar="NM", dest="scan_step_nm", help="distance between scan points in nm")
+    g.add_argument("--edge-pixel-width", type=float, metavar="PITCHES",
+                   help="width of a Medipix3 quad's wide pixels along its chip boundaries, in pixel pitches, 1 = "
+                        "all pixels equal (default: the file's, else measured from the frames: the wide pixels "
+                        "collect that many times their neighbours' counts)")
     if scan_shape:
         g.add_argument("--scan-shape", nargs=2, type=int, metavar=("SY", "SX"),
                        help="scan rows and columns when the file does not say them (or to override it)")
@@ -87,6 +91,17 @@ def json_printed(args, obj) -> bool:
     return args.json
 
 
+def detector_metadata(args) -> dict:
+    """What the command line says of the detector's pixels, as scan metadata: {} or
+    {"edge_pixel_width": w, "edge_pixel_width_origin": "given"} (a CLIError for w < 1)."""
+    w = getattr(args, "edge_pixel_width", None)
+    if w is None:
+        return {}
+    if not w >= 1:
+        raise CLIError(f"--edge-pixel-width must be at least 1 pitch, got {w:g}")
+    return {"edge_pixel_width": float(w), "edge_pixel_width_origin": "given"}
+
+
 def geometry_values(args) -> dict:
     """The calibration values given on the command line, {name: value}."""
     names = ("camera_length_mm", "pixel_size_um", "voltage_kv", "scan_step_nm")
@@ -98,7 +113,9 @@ def open_scan_from_args(path, args, **options):
     from ..io import open_scan
 
     shape = getattr(args, "scan_shape", None)
-    return open_scan(Path(path), tuple(shape) if shape else None, geometry=geometry_values(args), **options)
+    scan = open_scan(Path(path), tuple(shape) if shape else None, geometry=geometry_values(args), **options)
+    scan.metadata.update(detector_metadata(args))
+    return scan
 
 
 def open_scans_from_args(paths, args, **options) -> list:

@@ -23,9 +23,6 @@ def register(subparsers):
     p.add_argument("--search", type=float, default=0.15, metavar="FRACTION",
                    help="search the ring within this fraction of where the scan's camera length puts it "
                         "(default 0.15 = ±15 %%)")
-    p.add_argument("--edge-pixel-width", type=float, metavar="PITCHES",
-                   help="width of the wide pixels along the chip boundaries of a Medipix3 quad, in pixel pitches "
-                        "(default: the file's metadata, else 1 = all pixels equal)")
     p.add_argument("--max-frames", type=int, default=4096, metavar="N",
                    help="larger scans are calibrated on an evenly spaced subset of N positions (default 4096)")
     p.add_argument("--write", action="store_true",
@@ -38,7 +35,6 @@ def register(subparsers):
 def run(args) -> int:
     from ..io.sidecar import write_calibration
     from ..pipeline.calibrate import calibrate, parse_ring
-    from ..processing import PreprocessParams
     from ._bars import Bars
 
     try:
@@ -49,13 +45,10 @@ def run(args) -> int:
         raise CLIError(f"--search must be between 0 and 0.9, got {args.search}")
     if args.max_frames < 16:
         raise CLIError(f"--max-frames must be at least 16, got {args.max_frames}")
-    if args.edge_pixel_width is not None and not args.edge_pixel_width >= 1:
-        raise CLIError(f"--edge-pixel-width must be at least 1 pitch, got {args.edge_pixel_width}")
     scan_path = Path(args.scan)
     scan = open_scan_from_args(scan_path, args, dataset=args.dataset)
-    params = PreprocessParams(edge_pixel_width=args.edge_pixel_width)
     with Bars(frames_desc="calibrate") as bars:
-        cal = calibrate(scan, args.ring, args.flatfield, params, search=args.search, max_frames=args.max_frames,
+        cal = calibrate(scan, args.ring, args.flatfield, search=args.search, max_frames=args.max_frames,
                         progress=bars.frames)
     side = (write_calibration(scan_path, {"camera_length_mm": cal.camera_length_mm}, cal.sidecar_details())
             if args.write else None)

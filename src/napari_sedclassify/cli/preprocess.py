@@ -57,12 +57,16 @@ def run(args) -> int:
         "missing": int(result.missing.sum()),
         "masked_pixels": int(result.mask.sum()),
         "ria_bins": int(result.radii_px.size),
+        "edge_pixel_width": result.resolved.get("edge_pixel_width"),
+        "edge_pixel_width_origin": result.resolved.get("edge_pixel_width_origin"),
         "descan_residual_rms_px": None if result.descan is None else result.descan.residual_rms_px,
         "frames_per_s": result.provenance["frames_per_s"],
     }
     if not json_printed(args, summary):
         print(f"{out}: {summary['frames']} frames, beam found in {summary['beam_found']}, "
               f"{summary['masked_pixels']} masked pixels, {summary['ria_bins']} RIA bins, "
-              f"descan residual {summary['descan_residual_rms_px'] or float('nan'):.2f} px RMS, "
+              + (f"chip-edge pixels {summary['edge_pixel_width']:g} pitches wide ({summary['edge_pixel_width_origin']}), "
+                 if summary["edge_pixel_width"] != 1 else "")
+              + f"descan residual {summary['descan_residual_rms_px'] or float('nan'):.2f} px RMS, "
               f"{summary['frames_per_s']} frames/s")
     return 0

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     p = add_command(subparsers, "train", run, "train a classifier (fcnn, svm, cnn) on labeled scans",
                     "Preprocess the scans, train a classifier on their labels (2D class maps on the scan grid, .npy "
                     "or .tif; 0 = unlabeled, 1 carbon, 2 amorphous_ice, 3 crystalline_ice, 4 mixed) and save one "
-                    "model file (.sedmodel). 10%% of the labeled frames are held out for validation; --holdout N also "
+                    "model file (.sedmodel). 10% of the labeled frames are held out for validation; --holdout N also "
                     "keeps the last N scans out of training and reports their metrics.")
     p.add_argument("--scans", nargs="+", required=True, metavar="SCAN", help="scan files")
     p.add_argument("--labels", nargs="+", required=True, metavar="LABELS",

@@ -6,6 +6,11 @@ centres at integers, what arrays and the reported centres use) are then not dist
 pixel beyond the cross sits 2 (w - 1) pitches farther than its index says. Centring, RIA and
 virtual detectors measure distances in physical px (pitches) on this grid and report centres in
 index px. With ``edge_pixel_width`` 1 both coordinates are the same.
+
+When a file does not say whether its detector is a quad (a plain ``.npy``, a Merlin ``.mib``),
+:func:`measure_edge_pixel_width` reads the width from the frames themselves: a wide pixel
+collects ``edge_pixel_width`` times the counts of its neighbours, in a flood and, near enough,
+in diffraction patterns summed over a few dozen frames.
 """
 
 from __future__ import annotations
@@ -87,6 +92,66 @@ def grid_for(scan_or_shape, edge_pixel_width: float | None = None) -> PixelGrid:
     else:
         shape = scan_or_shape
     return PixelGrid(shape, float(edge_pixel_width or 1.0))
+
+
+#: A cross of wide pixels is taken as measured when the two middle rows and the two middle columns
+#: both collect between these many times the counts of the rows (columns) beside them, and agree
+#: within EDGE_AXES_AGREE (relative). Ratios below EDGE_WIDE_MIN on both axes: no wide pixels.
+EDGE_WIDE_MIN, EDGE_WIDE_MAX = 1.3, 4.0
+EDGE_AXES_AGREE = 0.2
+#: Columns (rows) whose two neighbouring rows (columns) hold fewer counts than this are not used
+#: (Poisson noise), and at least EDGE_MIN_LINES must be left (else: undecided).
+EDGE_MIN_COUNTS = 10.0
+EDGE_MIN_LINES = 32
+
+
+def _cross_ratio(strip: np.ndarray, min_counts: float) -> tuple[float, int]:
+    """strip (4, n): summed middle rows c-2, c-1, c, c+1 of an axis. The median over the n
+    positions (the six in the middle of the other axis left out: the cross's own centre) of
+    (rows c-1 + c) / (rows c-2 + c+1), and how many positions it took."""
+    inner = strip[1] + strip[2]
+    outer = strip[0] + strip[3]
+    n = strip.shape[1]
+    use = np.isfinite(inner) & np.isfinite(outer) & (outer >= min_counts) & (outer > 0)
+    use[max(0, n // 2 - 3): n // 2 + 3] = False
+    k = int(use.sum())
+    return (float(np.median(inner[use] / outer[use])) if k >= EDGE_MIN_LINES else float("nan")), k
+
+
+def measure_edge_pixel_width(frames, mask=None, min_counts: float = EDGE_MIN_COUNTS) -> tuple[float | None, tuple]:
+    """The width (pitches) of a quad's wide chip-edge pixels, read from frames (m, ky, kx) of raw
+    counts (or a flood, or a gain map with ``min_counts`` 0): (width, (row ratio, column ratio)).
+
+    width: the mean of the two ratios, rounded to 0.01, when both lie in [EDGE_WIDE_MIN,
+    EDGE_WIDE_MAX] and agree; 1.0 when both are below EDGE_WIDE_MIN (no wide pixels); None when
+    undecided (too few counts beside the middle, a detector side under 16 px or odd, or ratios
+    that disagree). mask (ky, kx) True = pixel not used. Reads only the four middle rows and
+    columns. On simulated quads (2.5 pitches) diffraction frames gave 2.37-2.45 from 48 frames, a
+    flood 2.50; 2x2-binned (1.75) 1.75; the real single-chip Merlin frames 1.00.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[None]
+    m, ky, kx = frames.shape
+    if m == 0 or min(ky, kx) < 16 or ky % 2 or kx % 2:
+        return None, (float("nan"), float("nan"))
+    rows = frames[:, ky // 2 - 2: ky // 2 + 2, :].sum(0, dtype=np.float64)
+    cols = frames[:, :, kx // 2 - 2: kx // 2 + 2].sum(0, dtype=np.float64).T
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        rows[mask[ky // 2 - 2: ky // 2 + 2, :]] = np.nan
+        cols[mask[:, kx // 2 - 2: kx // 2 + 2].T] = np.nan
+    r0, _ = _cross_ratio(rows, min_counts)
+    r1, _ = _cross_ratio(cols, min_counts)
+    ratios = (r0, r1)
+    if not (np.isfinite(r0) and np.isfinite(r1)):
+        return None, ratios
+    if r0 < EDGE_WIDE_MIN and r1 < EDGE_WIDE_MIN:
+        return 1.0, ratios
+    mean = 0.5 * (r0 + r1)
+    if EDGE_WIDE_MIN <= min(r0, r1) and max(r0, r1) <= EDGE_WIDE_MAX and abs(r0 - r1) <= EDGE_AXES_AGREE * mean:
+        return round(mean, 2), ratios
+    return None, ratios
 
 
 @lru_cache(maxsize=16)

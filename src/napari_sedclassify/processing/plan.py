@@ -64,8 +64,8 @@ class PreprocessPlan:
         if params.detect_bad_pixels and len(sample) >= 3:
             bad = detect_bad_pixels(sample, hot_ratio=params.hot_ratio, flatfield=ff) & ~ff.mask
             ff = ff.with_mask(bad)
-        epw = params.edge_pixel_width if params.edge_pixel_width is not None else metadata.get("edge_pixel_width")
-        grid = PixelGrid(det, float(epw or 1.0))
+        epw, epw_origin = edge_pixel_width_of(params, metadata, sample, flatfield, ff.mask)
+        grid = PixelGrid(det, epw)
         beam_radius = params.beam_radius_px
         if beam_radius is None and len(sample):
             part = FrameRunner([], ff, CentreFinder(None, grid=grid, saturation_counts=saturation)).run_chunk(sample)
@@ -73,6 +73,7 @@ class PreprocessPlan:
             beam_radius = float(median(radii)) if radii.size else None
         resolved = params.resolve(geometry, beam_radius)
         resolved["edge_pixel_width"] = grid.edge_pixel_width
+        resolved["edge_pixel_width_origin"] = epw_origin
         resolved["saturation_counts"] = saturation
         return cls(params=params.to_dict(), detector_shape=det, edge_pixel_width=grid.edge_pixel_width,
                    saturation_counts=saturation, bad_pixels=tuple(int(i) for i in np.flatnonzero(bad)),
@@ -127,6 +128,27 @@ class PreprocessPlan:
                    bad_pixels=tuple(int(i) for i in d.get("bad_pixels", ())), beam_radius_px=d.get("beam_radius_px"),
                    resolved={k: num(v) for k, v in d["resolved"].items()},
                    calibration_frames=int(d.get("calibration_frames", 0)))
+
+
+def edge_pixel_width_of(params: PreprocessParams, metadata: dict, sample: np.ndarray, flatfield: FlatField | None,
+                        mask: np.ndarray) -> tuple[float, str]:
+    """The wide chip-edge pixels' width (pitches) and where it came from: "given" (params),
+    "file" (the scan's metadata), "measured" (:func:`pixels.measure_edge_pixel_width`: from the
+    flat-field's flood when it shows the cross and the sample does not contradict it by over 20 %,
+    as a flood measures it exactly; else from the raw sample), or 1 "assumed" (undecided: too few
+    counts beside the middle rows, e.g. a test pattern or a handful of frames)."""
+    if params.edge_pixel_width is not None:
+        return float(params.edge_pixel_width), "given"
+    if (metadata or {}).get("edge_pixel_width") is not None:  # "given" when the command line set it
+        return float(metadata["edge_pixel_width"]), str(metadata.get("edge_pixel_width_origin", "file"))
+    from .pixels import measure_edge_pixel_width
+
+    width = measure_edge_pixel_width(sample, mask)[0] if len(sample) else None
+    if flatfield is not None:
+        flood = measure_edge_pixel_width(flatfield.gain, flatfield.mask, min_counts=0.0)[0]
+        if flood is not None and (width is None or abs(flood / width - 1) <= 0.2):
+            return flood, "measured"
+    return (width, "measured") if width is not None else (1.0, "assumed")
 
 
 def saturation_of(metadata: dict, sample: np.ndarray, given: float | None) -> float | None:
