@@ -113,6 +113,8 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, sample, tmp_pat
     result = preprocess_of(scan_layer)
     err = np.hypot(*np.moveaxis(result.centres - sim.centres, -1, 0))
     assert np.sqrt(np.nanmean(err**2)) < 0.5  # px, against the simulator's true centres
+    width = sim.metadata["edge_pixel_width"]  # a 2x2-binned quad's chip cross: 1.75 binned pitches
+    assert f"chip-edge pixels {width:g} pitches wide (file)" in wf.centring._summary.value
     wf.centring._maps_button.native.click()  # the maps as layers, on request
     qtbot.waitUntil(lambda: f"{SCAN} descan residual (px)" in viewer.layers, timeout=10000)  # one map per turn
     cx = viewer.layers[f"{SCAN} centre x (px)"].data

@@ -127,9 +127,12 @@ class CentringWidget(Container):
         found = int(result.beam_found.sum())
         rms = f"{result.descan.residual_rms_px:.2f} px" if result.descan is not None else "no fit"
         used = "fitted descan" if result.params.centring == "fitted" else "per-frame"
+        width = result.resolved.get("edge_pixel_width", 1.0)
+        wide = (f"; chip-edge pixels {width:g} pitches wide ({result.resolved.get('edge_pixel_width_origin', 'file')})"
+                if width != 1 else "")
         self._summary.value = (
             f"beam found in {found} of {result.beam_found.size} frames; descan residual RMS {rms}; "
-            f"RIAs use {used} centres"
+            f"RIAs use {used} centres{wide}"
         )
         self._jobs.status.value = "done"
 
