@@ -15,6 +15,7 @@ import pytest
 from napari_sedclassify.cli import main
 from napari_sedclassify.errors import CalibrationError
 from napari_sedclassify.geometry import Geometry
+from napari_sedclassify.io import open_scan
 from napari_sedclassify.pipeline.calibrate import calibrate, parse_ring
 from napari_sedclassify.scan import Scan
 
@@ -51,8 +52,6 @@ def scans(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_calibrate_recovers_the_true_camera_length(scans, name):
-    from napari_sedclassify.io import open_scan
-
     true_mm, extra = CASES[name]
     path = scans[name]
     scan = open_scan(path)
@@ -83,8 +82,15 @@ def test_without_the_pixel_grid_the_ring_sits_inside(scans):
     path = scans["minus6"]
     flat = path.parent / "flatfield_cal-minus6.npy"
     uniform = calibrate(path, "ice", flat, PreprocessParams(edge_pixel_width=1.0))
-    assert uniform.edge_pixel_width == 1.0
+    assert (uniform.edge_pixel_width, uniform.edge_pixel_width_origin) == (1.0, "given")
     assert -0.025 < uniform.camera_length_mm / 846.0 - 1 < -0.01
+    # the same frames with no metadata (a plain .npy): the width is measured, the ring is in place
+    told = open_scan(path)
+    bare = Scan(np.load(path, mmap_mode="r"), told.geometry, source="bare.npy")
+    measured = calibrate(bare, "ice", flat)
+    assert measured.edge_pixel_width_origin == "measured"
+    assert measured.edge_pixel_width == pytest.approx(told.metadata["edge_pixel_width"], abs=0.03)  # the flood's
+    assert measured.camera_length_mm == pytest.approx(846.0, rel=0.004)
 
 
 def test_cli_calibrate_write_then_info_shows_fitted(scans, capsys):

@@ -67,7 +67,7 @@ def run(args) -> int:
         f"  ring radius {r.radius_px:.2f} ± {r.radius_sd_px:.2f} px (σ {r.sigma_px:.1f} px), "
         f"{cal.frames_used} frames used of {cal.frames_with_ring} showing it ({cal.frames_with_beam} with a beam)",
         f"  with pixel {g.pixel_size_um:g} µm ({g.origin('pixel_size_um')}), voltage {g.voltage_kv:g} kV "
-        f"({g.origin('voltage_kv')}), edge pixels {cal.edge_pixel_width:g} pitches",
+        f"({g.origin('voltage_kv')}), edge pixels {cal.edge_pixel_width:g} pitches ({cal.edge_pixel_width_origin})",
     ]
     if out["written"]:
         lines.append(f"  written to {out['written']}: other commands now use it (marked fitted)")

@@ -122,6 +122,7 @@ class CalibrationResult:
     search: float
     geometry: Geometry
     edge_pixel_width: float = 1.0
+    edge_pixel_width_origin: str = "assumed"
     uncertainty_mm: dict = field(default_factory=dict)
     profile: dict = field(default_factory=dict)
     source: str | None = None
@@ -159,6 +160,7 @@ class CalibrationResult:
             "voltage_kv": g.voltage_kv,
             "voltage_origin": g.origin("voltage_kv"),
             "edge_pixel_width": self.edge_pixel_width,
+            "edge_pixel_width_origin": self.edge_pixel_width_origin,
             "uncertainty_mm": dict(self.uncertainty_mm),
         }
 
@@ -167,7 +169,7 @@ class CalibrationResult:
         d = self.to_dict()
         keep = ("camera_length_sd_mm", "nominal_camera_length_mm", "nominal_origin", "ring", "d_A",
                 "ring_radius_px", "ring_radius_sd_px", "frames_used", "pixel_size_um", "pixel_size_origin",
-                "voltage_kv", "voltage_origin", "edge_pixel_width", "uncertainty_mm")
+                "voltage_kv", "voltage_origin", "edge_pixel_width", "edge_pixel_width_origin", "uncertainty_mm")
         return {"method": "sedclassify calibrate", **{k: d[k] for k in keep}}
 
 
@@ -227,6 +229,7 @@ def calibrate(scan, ring="ice", flatfield=None, params=None, *, search: float = 
                         search=search, inner_px=float(result.resolved["adf_inner_px"]), beam_radius_px=radius,
                         source=scan.source)
     cal.edge_pixel_width = float(result.resolved.get("edge_pixel_width", 1.0))
+    cal.edge_pixel_width_origin = str(result.resolved.get("edge_pixel_width_origin", "file"))
     if sub is not scan:
         full = np.zeros(scan.scan_shape, bool)
         full[_steps(scan, max_frames)] = cal.selected
