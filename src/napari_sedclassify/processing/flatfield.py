@@ -220,15 +220,19 @@ def _read_stack(path: Path):
 
 
 def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
-                      flatfield: "FlatField | None" = None) -> np.ndarray:
+                      flatfield: "FlatField | None" = None, beam_path: np.ndarray | None = None) -> np.ndarray:
     """Hot and dead pixels seen in a sample of frames (m, ky, kx): gain-corrected frames (NaN =
     masked), or raw frames with the ``flatfield`` that corrects them (applied pixel by pixel on the
     way, without a corrected copy of the sample).
 
-    The temporal median removes what moves (the descanned beam, Bragg spots of single frames);
-    a pixel is hot when that median exceeds hot_ratio x the median of its 5x5 neighbours by more
-    than min_sigma Poisson sigmas, dead when it reads 0 in every frame while its neighbours'
-    median expects more than min_sigma counts in the sample. Returns (ky, kx) bool.
+    The temporal median removes what moves (Bragg spots of single frames); a pixel is hot when
+    that median exceeds hot_ratio x the median of its 5x5 neighbours by more than min_sigma
+    Poisson sigmas, dead when it reads 0 in every frame while its neighbours' median expects more
+    than min_sigma counts in the sample. The direct beam moves too little over the first frames
+    of a scan (a few px along a row; nothing with a descanned beam) for the median to remove it,
+    and a small beam's core stands far above its 5x5 neighbourhood: ``beam_path`` (ky, kx) bool,
+    the pixels the beam covered in the sample (see ``plan.beam_path``), are never called hot.
+    Returns (ky, kx) bool.
     """
     from .kernels import median_5x5, pixel_statistics
 
@@ -264,6 +268,8 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
         list(pool.map(rows, [p for p in parts if p.size]))
         list(pool.map(local_rows, [p for p in parts if p.size]))
     hot = (med > hot_ratio * np.maximum(local, 1e-3)) & (med - local > min_sigma * np.sqrt(np.maximum(local, 1.0)))
+    if beam_path is not None:
+        hot &= ~np.asarray(beam_path, bool)
     never = ~counted  # 0 (or NaN) in every frame
     mean_local = _mean_5x5(mean)
     dead = never & (mean_local * m > min_sigma**2)

@@ -62,7 +62,8 @@ class PreprocessPlan:
         ff = ff.with_saturation(saturation)
         bad = np.zeros(det, bool)
         if params.detect_bad_pixels and len(sample) >= 3:
-            bad = detect_bad_pixels(sample, hot_ratio=params.hot_ratio, flatfield=ff) & ~ff.mask
+            path = beam_path(sample, ff, saturation)
+            bad = detect_bad_pixels(sample, hot_ratio=params.hot_ratio, flatfield=ff, beam_path=path) & ~ff.mask
             ff = ff.with_mask(bad)
         epw, epw_origin = edge_pixel_width_of(params, metadata, sample, flatfield, ff.mask)
         grid = PixelGrid(det, epw)
@@ -128,6 +129,42 @@ class PreprocessPlan:
                    bad_pixels=tuple(int(i) for i in d.get("bad_pixels", ())), beam_radius_px=d.get("beam_radius_px"),
                    resolved={k: num(v) for k, v in d["resolved"].items()},
                    calibration_frames=int(d.get("calibration_frames", 0)))
+
+
+#: The direct beam's path over the calibration sample: discs of this many beam radii (+ BEAM_PATH_PX)
+#: about each sampled frame's centre, where no pixel is called hot (flatfield.detect_bad_pixels).
+BEAM_PATH_RADII = 2.0
+BEAM_PATH_PX = 3.0
+
+
+def beam_path(sample: np.ndarray, flatfield: FlatField, saturation: float | None) -> np.ndarray | None:
+    """(ky, kx) bool: the pixels within BEAM_PATH_RADII beam radii + BEAM_PATH_PX of the direct beam in
+    some frame of ``sample`` (raw frames, ``flatfield`` applied on the way; index px: the wide
+    chip-edge pixels move a disc by at most 1.5 px, well inside the margin). None when no sampled
+    frame shows a beam."""
+    from .centre import CentreFinder
+    from .runner import FrameRunner
+
+    part = FrameRunner([], flatfield, CentreFinder(None, saturation_counts=saturation)).run_chunk(sample)
+    found = part.values["beam_found"]
+    if not found.any():
+        return None
+    centres = part.values["centre"][found]
+    reach = BEAM_PATH_RADII * float(median(part.values["beam_radius_px"][found])) + BEAM_PATH_PX
+    ky, kx = sample.shape[1:]
+    path = np.zeros((ky, kx), bool)
+    r = int(np.ceil(reach))
+    dy, dx = np.ogrid[-r - 1: r + 2, -r - 1: r + 2]
+    for cy, cx in centres:
+        iy, ix = int(round(cy)), int(round(cx))
+        y0, x0 = max(0, iy - r - 1), max(0, ix - r - 1)
+        y1, x1 = min(ky, iy + r + 2), min(kx, ix + r + 2)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy = dy[y0 - (iy - r - 1): y1 - (iy - r - 1)] + iy - cy
+        xx = dx[:, x0 - (ix - r - 1): x1 - (ix - r - 1)] + ix - cx
+        path[y0:y1, x0:x1] |= yy**2 + xx**2 <= reach**2
+    return path
 
 
 def edge_pixel_width_of(params: PreprocessParams, metadata: dict, sample: np.ndarray, flatfield: FlatField | None,
