@@ -174,3 +174,33 @@ def test_cli_watch(setup, tmp_path, capsys):
     batch = predict_scan(setup["model"], scan, flatfield=setup["flat"])
     assert np.array_equal(np.load(tmp_path / "out" / "acq_live_classes.npy"), batch.class_map)
     assert summary["kept"] == int((batch.class_map == 2).sum())
+
+
+def test_a_scan_that_starts_without_a_beam(setup, tmp_path):
+    """The first 60 frames without a beam (a scan that starts on a grid bar, or before the beam was
+    unblanked): batch and live both build the plan from the next window of 48 frames, the first
+    that shows the beam, and agree; a scan with no beam at all names how far it looked. Before,
+    both refused the scan: "no direct beam found in the first frames"."""
+    from napari_sedclassify import Scan
+    from napari_sedclassify.pipeline.preprocess import preprocess
+
+    sim = setup["sim"]
+    data = np.asarray(sim.scan.data).copy()
+    data.reshape(-1, *data.shape[2:])[:60] = np.random.default_rng(1).poisson(0.02, (60,) + data.shape[2:])
+    dark_start = Scan(data, sim.geometry, source="dark_start")
+    res = preprocess(dark_start, None, setup["flat"])
+    assert res.provenance["plan"]["calibration_start"] == 48 and res.provenance["plan"]["calibration_frames"] == 48
+    assert not res.beam_found.ravel()[:60].any() and res.beam_found.ravel()[60:].all()
+    target = tmp_path / "dark_start.mib"
+    writer = Acquisition(dark_start, target, rate_hz=1000.0)
+    writer.start()
+    result = watch(setup["model"], target, scan_shape=(10, 10), flatfield=setup["flat"], geometry=sim.geometry,
+                   timeout_s=20)
+    writer.join()
+    assert result.status == "complete" and result.state.n_done == 100
+    assert result.to_dict()["plan"]["calibration_start"] == 48
+    batch = _batch(setup, target)
+    assert np.array_equal(result.state.class_map(), batch.class_map)
+    data[:] = np.random.default_rng(2).poisson(0.02, data.shape)
+    with pytest.raises(ValueError, match="no direct beam found in the first 100 recorded frames"):
+        preprocess(Scan(data, sim.geometry, source="no_beam"))

@@ -193,10 +193,12 @@ class FrameClassifier:
         self.class_ids = list(model.classes.ids)
 
     @classmethod
-    def calibrate(cls, model, frames, geometry: Geometry, *, flatfield=None, metadata: dict | None = None):
-        """Build the model's PreprocessPlan from ``frames`` (the first frames of the scan), as a batch
-        run builds it from the same calibration sample: saturation level, extra bad pixels, beam
-        radius, radii."""
+    def calibrate(cls, model, frames, geometry: Geometry, *, flatfield=None, metadata: dict | None = None,
+                  calibration_start: int = 0):
+        """Build the model's PreprocessPlan from ``frames`` (the first frames of the scan, or the
+        calibration window that starts ``calibration_start`` frames later), as a batch run builds it
+        from the same calibration sample: saturation level, extra bad pixels, beam radius, radii.
+        Raises ``NoBeamInSample`` when no frame of them shows the beam."""
         from ..processing import FlatField, FrameRunner, PreprocessPlan, load_flatfield
         from .predict import params_for_model
 
@@ -207,11 +209,13 @@ class FrameClassifier:
         if flatfield is not None and params.use_flatfield:
             ff = flatfield if isinstance(flatfield, FlatField) else load_flatfield(flatfield)
         # the same plan a batch run builds from the same first frames (its calibration sample)
-        plan_ = PreprocessPlan.build(params, geometry, metadata, frames[:params.bad_pixel_sample], ff)
+        plan_ = PreprocessPlan.build(params, geometry, metadata, frames[:params.bad_pixel_sample], ff,
+                                     calibration_start=calibration_start)
         procs = plan_.processors(virtual=False)
         runner = FrameRunner(procs, plan_.corrections(ff), plan_.centre_finder())
         r = plan_.resolved
-        plan = {"calibration_frames": plan_.calibration_frames, "masked_pixels": int(plan_.corrections(ff).mask.sum()),
+        plan = {"calibration_frames": plan_.calibration_frames, "calibration_start": plan_.calibration_start,
+                "masked_pixels": int(plan_.corrections(ff).mask.sum()),
                 "model_centring": (model.preprocess or {}).get("centring", "per_frame"), **r}
         return cls(model, runner, geometry, procs[0].radii_px, r["crop_half_px"], plan)
 
@@ -1017,11 +1021,31 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     # cost per call less often; when it keeps up, batches hold what arrived since the last one
     max_poll = max_chunk * threads * 4
 
-    def calibrate():
-        """The classifier, its plan set by the first frames (those waiting, up to ``want``)."""
-        return FrameClassifier.calibrate(model, np.concatenate([b.frames for b in pending])[:want],
-                                         geometry or src.geometry(), flatfield=flatfield,
-                                         metadata={**src.metadata, **(metadata or {})})
+    from ..processing import NoBeamInSample, calibration_windows, no_beam_message
+
+    windows = calibration_windows(n_total, want)  # the sample, and the windows after it a batch run tries
+    tried = 0  # windows that showed no beam
+
+    def calibrate(final: bool = False):
+        """The classifier, its plan set by the first calibration window whose frames show the beam
+        (the first ``want`` frames, else the next ``want``, ...: as a batch run chooses), once its
+        frames are here (``final``: the frames that came, the acquisition having ended); None while
+        waiting for more frames."""
+        nonlocal tried
+        have = sum(len(b.index) for b in pending)
+        while tried < len(windows) and (have >= windows[tried][1] or final):
+            a, b = windows[tried]
+            frames = np.concatenate([p.frames for p in pending])[a:min(b, have)]
+            if len(frames) == 0 and tried:
+                break
+            try:
+                return FrameClassifier.calibrate(model, frames, geometry or src.geometry(), flatfield=flatfield,
+                                                 metadata={**src.metadata, **(metadata or {})}, calibration_start=a)
+            except NoBeamInSample:
+                tried += 1
+        if tried >= len(windows) or final:
+            raise ValueError(no_beam_message(min(windows[-1][1], have), max(tried, 1)))
+        return None
 
     def run_batches(batches):
         """Classify the waiting frames, in chunks split over the threads; then hand the kept ones to
@@ -1094,9 +1118,9 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                 run_batches([batch])
             else:
                 pending.append(batch)
-                if sum(len(b.index) for b in pending) < want:
-                    continue
                 classifier = calibrate()
+                if classifier is None:
+                    continue
                 state.set_status("running")
                 run_batches(pending)
                 state.mark_calibrated()
@@ -1105,7 +1129,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                 commit()
                 last_write = time.perf_counter()
         if classifier is None and pending:  # ended before enough frames: calibrate on what came
-            classifier = calibrate()
+            classifier = calibrate(final=True)
             run_batches(pending)
             if state.n_done == n_total:
                 status = "complete"

@@ -22,8 +22,8 @@ from .. import __version__
 from ..errors import Cancelled
 from ..geometry import Geometry
 from ..jsonutil import jsonable
-from ..processing import (PCC, DescanFit, FlatField, FrameRunner, PreprocessParams, PreprocessPlan,
-                          calibration_sample_index, fit_descan, load_flatfield)
+from ..processing import (PCC, DescanFit, FlatField, FrameRunner, NoBeamInSample, PreprocessParams, PreprocessPlan,
+                          calibration_sample_index, calibration_windows, fit_descan, load_flatfield, no_beam_message)
 from ..processing.descan import DescanModel
 from ..processing.pixels import PixelGrid
 from . import tally
@@ -195,15 +195,24 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     sy, sx = scan.scan_shape
     missing = np.asarray(scan.missing, bool)
 
-    # the plan, from the calibration sample (the first recorded frames): saturation level, bad
-    # pixels the flat-field did not catch, beam radius, every radius in px
-    sample_idx = calibration_sample_index(missing, params.bad_pixel_sample)
-    sample = scan.read(sample_idx) if len(sample_idx) else np.zeros((0,) + det)
-    try:
-        plan = PreprocessPlan.build(params, geometry, scan.metadata, sample, ff)
-    except ValueError as exc:  # say which scan: a batch of files, a widget with several scans open
-        name = scan.source or "the scan"
-        raise ValueError(str(exc) if str(exc).startswith(str(name)) else f"{name}: {exc}") from None
+    # the plan, from the calibration sample (the first recorded frames; when none shows a beam,
+    # the next window of as many frames, ...): saturation level, bad pixels the flat-field did not
+    # catch, beam radius, every radius in px
+    windows = calibration_windows(int((~missing).sum()), params.bad_pixel_sample)
+    name = scan.source or "the scan"
+    for k, (start, stop) in enumerate(windows):
+        sample_idx = calibration_sample_index(missing, params.bad_pixel_sample, k)
+        sample = scan.read(sample_idx) if len(sample_idx) else np.zeros((0,) + det)
+        try:
+            plan = PreprocessPlan.build(params, geometry, scan.metadata, sample, ff, calibration_start=start)
+            break
+        except NoBeamInSample:
+            if k + 1 == len(windows):
+                raise ValueError(f"{name}: {no_beam_message(stop, len(windows))}") from None
+        except ValueError as exc:  # say which scan: a batch of files, a widget with several scans open
+            raise ValueError(str(exc) if str(exc).startswith(str(name)) else f"{name}: {exc}") from None
+        if cancel is not None and cancel():
+            raise Cancelled("preprocessing stopped")
     if cancel is not None and cancel():
         raise Cancelled("preprocessing stopped")
     ff_used, ff = ff, plan.corrections(ff)

@@ -10,8 +10,8 @@ from .centre import CentreFinder, find_centre
 from .crop import CentralCrop, FrameBinning
 from .descan import DescanFit, fit_descan
 from .flatfield import FlatField, detect_bad_pixels, load_flatfield
-from .params import PreprocessParams, default_ria_r_max_px
-from .plan import PreprocessPlan, calibration_sample_index
+from .params import NoBeamInSample, PreprocessParams, default_ria_r_max_px
+from .plan import PreprocessPlan, calibration_sample_index, calibration_windows, no_beam_message
 from .pcc import PCC, frame_features, pcc_matrix, pcc_row
 from .ria import RadialProfile, radial_profile
 from .runner import ChunkResult, FrameProcessor, FrameRunner, Output
@@ -27,6 +27,7 @@ __all__ = [
     "FrameBinning",
     "FrameProcessor",
     "FrameRunner",
+    "NoBeamInSample",
     "Output",
     "PCC",
     "PreprocessParams",
@@ -34,12 +35,14 @@ __all__ = [
     "RadialProfile",
     "VirtualDetectors",
     "calibration_sample_index",
+    "calibration_windows",
     "default_ria_r_max_px",
     "detect_bad_pixels",
     "find_centre",
     "fit_descan",
     "frame_features",
     "load_flatfield",
+    "no_beam_message",
     "pcc_matrix",
     "pcc_row",
     "radial_profile",

@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass, fields
 CENTRINGS = ("per_frame", "fitted")
 
 
+class NoBeamInSample(ValueError):
+    """No frame of the calibration sample shows a direct beam, and the BF/ADF radii need its radius."""
+
+
 def default_ria_r_max_px(detector_shape) -> float:
     """How far the radial profile reaches when ``ria_r_max_px`` is not given (px): the detector's
     corner seen from its centre, half its diagonal."""
@@ -142,7 +146,7 @@ class PreprocessParams:
         adf_out = px(self.adf_outer_px, self.adf_outer_d_A, "ADF outer radius")
         if bf is None or adf_in is None:
             if rb is None or not math.isfinite(rb):
-                raise ValueError("no direct beam found in the first frames (the calibration sample), so no beam "
+                raise NoBeamInSample("no direct beam found in the first frames (the calibration sample), so no beam "
                                  "radius to set the BF/ADF radii from: is this a diffraction scan with the "
                                  "beam on the detector? (In Python, give bf_radius_px and adf_inner_px, or "
                                  "beam_radius_px.)")

@@ -27,7 +27,8 @@ class PreprocessPlan:
     edge_pixel_width: pitches of the wide chip-edge pixels. saturation_counts: raw counts of a
     full counter (None: none). bad_pixels: flat indices of the pixels the calibration sample showed
     hot or dead beyond the flat-field's own mask. beam_radius_px: direct-beam radius. resolved:
-    every radius in px (``PreprocessParams.resolve``). calibration_frames: frames the sample held."""
+    every radius in px (``PreprocessParams.resolve``). calibration_frames: frames the sample held;
+    calibration_start: how many recorded frames came before them (``calibration_windows``)."""
 
     params: dict
     detector_shape: tuple
@@ -37,6 +38,7 @@ class PreprocessPlan:
     beam_radius_px: float | None
     resolved: dict
     calibration_frames: int = 0
+    calibration_start: int = 0
 
     @property
     def grid(self) -> PixelGrid:
@@ -44,10 +46,11 @@ class PreprocessPlan:
 
     @classmethod
     def build(cls, params, geometry, metadata: dict | None, sample,
-              flatfield: FlatField | None = None) -> "PreprocessPlan":
+              flatfield: FlatField | None = None, calibration_start: int = 0) -> "PreprocessPlan":
         """Resolve ``params`` (PreprocessParams or dict) for a detector of ``geometry`` from the
         calibration ``sample`` (m, ky, kx) raw frames; ``metadata``: the scan's (counter depth,
-        saturation, edge pixel width)."""
+        saturation, edge pixel width). Raises ``NoBeamInSample`` (a ValueError) when the radii need
+        the beam's and no sampled frame shows it: try the next window (``calibration_windows``)."""
         from .centre import CentreFinder
         from .runner import FrameRunner
 
@@ -78,7 +81,8 @@ class PreprocessPlan:
         resolved["saturation_counts"] = saturation
         return cls(params=params.to_dict(), detector_shape=det, edge_pixel_width=grid.edge_pixel_width,
                    saturation_counts=saturation, bad_pixels=tuple(int(i) for i in np.flatnonzero(bad)),
-                   beam_radius_px=beam_radius, resolved=resolved, calibration_frames=int(len(sample)))
+                   beam_radius_px=beam_radius, resolved=resolved, calibration_frames=int(len(sample)),
+                   calibration_start=int(calibration_start))
 
     # ---- what runs on frames ---------------------------------------------------------------------
 
@@ -128,7 +132,8 @@ class PreprocessPlan:
                    edge_pixel_width=float(d["edge_pixel_width"]), saturation_counts=d.get("saturation_counts"),
                    bad_pixels=tuple(int(i) for i in d.get("bad_pixels", ())), beam_radius_px=d.get("beam_radius_px"),
                    resolved={k: num(v) for k, v in d["resolved"].items()},
-                   calibration_frames=int(d.get("calibration_frames", 0)))
+                   calibration_frames=int(d.get("calibration_frames", 0)),
+                   calibration_start=int(d.get("calibration_start", 0)))
 
 
 #: The direct beam's path over the calibration sample: discs of this many beam radii (+ BEAM_PATH_PX)
@@ -207,11 +212,39 @@ def saturation_of(metadata: dict, sample: np.ndarray, given: float | None) -> fl
     return None
 
 
-def calibration_sample_index(missing: np.ndarray, m: int) -> np.ndarray:
-    """The calibration sample: the first m recorded frames (flat indices), in acquisition order. A
-    live run sees exactly these before it classifies anything, so batch and live build the same
-    plan from the same frames."""
-    return np.flatnonzero(~np.asarray(missing, bool).ravel())[:m]
+#: When no frame of the calibration sample shows a direct beam (a scan that starts on a grid bar, or
+#: before the beam was unblanked), the plan is built from the next window of as many recorded
+#: frames, and so on, over at most this many recorded frames in all (a live run holds them).
+CALIBRATION_SEARCH_FRAMES = 480
 
 
-__all__ = ["PreprocessPlan", "calibration_sample_index", "saturation_of"]
+def calibration_windows(n_recorded: int, m: int) -> list[tuple[int, int]]:
+    """The calibration sample and the windows tried after it when it shows no beam: (start, stop)
+    positions among the recorded frames, in acquisition order, m frames each, over at most
+    CALIBRATION_SEARCH_FRAMES (at least one window). A live run sees exactly these frames before
+    it classifies anything, so batch and live build the same plan from the same frames."""
+    m = max(1, int(m))
+    reach = min(int(n_recorded), max(m, CALIBRATION_SEARCH_FRAMES))
+    return [(a, min(a + m, int(n_recorded))) for a in range(0, max(reach, 1), m)]
+
+
+def calibration_sample_index(missing: np.ndarray, m: int, window: int = 0) -> np.ndarray:
+    """Flat indices of calibration window ``window`` (0: the sample, the first m recorded frames)."""
+    recorded = np.flatnonzero(~np.asarray(missing, bool).ravel())
+    windows = calibration_windows(len(recorded), m)
+    if window >= len(windows):
+        return recorded[:0]
+    a, b = windows[window]
+    return recorded[a:b]
+
+
+def no_beam_message(n_frames: int, windows: int) -> str:
+    """Why a plan cannot be built: no direct beam in any calibration window."""
+    where = "the first frames (the calibration sample)" if windows <= 1 else \
+        f"the first {n_frames} recorded frames (the calibration sample and the {windows - 1} windows after it)"
+    return (f"no direct beam found in {where}, so no beam radius to set the BF/ADF radii from: is this a "
+            "diffraction scan with the beam on the detector? (In Python, give bf_radius_px and adf_inner_px, or "
+            "beam_radius_px.)")
+
+
+__all__ = ["PreprocessPlan", "calibration_sample_index", "calibration_windows", "no_beam_message", "saturation_of"]
