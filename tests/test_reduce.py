@@ -196,3 +196,28 @@ def test_cli_reduce_with_model_keeps_predicted_ice(sim, tmp_path, capsys):
     assert np.array_equal(back.metadata["probabilities"], pred.probabilities, equal_nan=True)
     assert back.metadata["provenance"]["class_map_from"] == "model"
     assert np.array_equal(np.asarray(back.data)[keep], np.asarray(sim.scan.data)[keep])
+
+
+def test_the_reduced_scan_keeps_what_its_detector_was(sim, tmp_path, realdata):
+    """The wide chip-edge pixels and the counter's depth travel with the kept frames, so the reduced
+    scan is preprocessed as its input was (before, the reader gave a reduced file no such
+    metadata: a quad's kept frames were taken as equal pixels, a 6-bit counter's full value was
+    guessed from the frames)."""
+    from napari_sedclassify.pipeline.preprocess import preprocess
+
+    out = tmp_path / "ice.h5"
+    reduce_scan(sim.scan, sim.truth, out, classes=["amorphous_ice"])
+    back = open_scan(out)
+    assert back.metadata["edge_pixel_width"] == sim.scan.metadata["edge_pixel_width"]
+    assert back.metadata["counter_max"] == 4095
+    kept = ~back.missing
+    source, reduced = preprocess(sim.scan), preprocess(back)
+    assert reduced.resolved["edge_pixel_width_origin"] == "file"
+    assert reduced.resolved["edge_pixel_width"] == source.resolved["edge_pixel_width"]
+    assert reduced.resolved["saturation_counts"] == 4095
+    assert np.abs(reduced.centres[kept] - source.centres[kept]).max() < 0.05
+    mib = open_scan(realdata / "merlin" / "001_4x2_6bit.mib")
+    reduce_scan(mib, np.full(mib.scan_shape, AMORPHOUS_ICE, np.uint8), tmp_path / "mib.h5")
+    six = open_scan(tmp_path / "mib.h5")
+    assert six.metadata["counter_depth"] == 6
+    assert preprocess(six).resolved["saturation_counts"] == 63

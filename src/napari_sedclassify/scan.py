@@ -128,6 +128,24 @@ class ScanFrames:
         return state
 
 
+#: What a scan's metadata may say of its detector that processing needs (the wide chip-edge
+#: pixels' width, the counter depth or full value): kept when frames are copied into a new file.
+DETECTOR_KEYS = ("edge_pixel_width", "counter_depth", "saturation_counts", "counter_max")
+
+
+def detector_metadata(metadata: dict | None) -> dict:
+    """The DETECTOR_KEYS entries of scan ``metadata`` (a simulated scan keeps some under
+    ``session_params``), {} when it says none."""
+    md = metadata or {}
+    sub = md.get("session_params") if isinstance(md.get("session_params"), dict) else {}
+    out = {}
+    for key in DETECTOR_KEYS:
+        value = md.get(key, sub.get(key))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
 def _is_dask(array) -> bool:
     return hasattr(array, "dask") and hasattr(array, "to_delayed")
 

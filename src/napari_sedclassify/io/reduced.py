@@ -178,6 +178,7 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
         "source_missing": arrays["missing"],
         "provenance": json.loads(attrs["provenance"]),
         "dtype_on_disk": dtype.str,
+        **json.loads(attrs.get("detector", "{}")),  # the input's wide pixels, counter depth (DETECTOR_KEYS)
     }
     if "probabilities" in arrays:
         metadata["probabilities"] = arrays["probabilities"]

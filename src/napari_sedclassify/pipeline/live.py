@@ -40,6 +40,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from ..io.atomic import check_target, write_json, write_npy
+from ..scan import detector_metadata
 
 #: Statuses of a live run, in the order they happen ("incomplete": a detector stream ended with
 #: positions never received).
@@ -1070,6 +1071,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                     geometry=classifier.geometry, class_table=model.classes, keep_ids=keep_ids,
                     class_ids=state.class_ids, compression=compression, force=force,
                     input_info={"source": str(getattr(src, "path", source)), "format": src.metadata.get("format")},
+                    detector=detector_metadata({**src.metadata, **(metadata or {})}),
                     provenance={"class_map_from": "model", "model": str(model_arg) if is_path(model_arg) else model.name,
                                 "model_kind": model.kind, "flatfield": None if flatfield is None else str(flatfield),
                                 "class_ids_of_probabilities": state.class_ids})

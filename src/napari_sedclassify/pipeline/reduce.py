@@ -38,6 +38,7 @@ from ..errors import Cancelled
 from ..io.atomic import atomic_output, check_target, fsync_folder
 from ..io.reduced import FORMAT, terse_encode, version_of
 from ..jsonutil import jsonable
+from ..scan import detector_metadata
 from . import tally
 
 FORMAT_VERSION = 1
@@ -211,7 +212,7 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
             st = os.stat(src)
             info.update(size_bytes=st.st_size, mtime=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(st.st_mtime)))
         f.attrs.update(_file_attrs((sy, sx), (ky, kx), scan.dtype, compression, ids, table, scan.geometry, info,
-                                   provenance or {}))
+                                   provenance or {}, detector_metadata(scan.metadata)))
     n_frames = int((~missing).sum())
     tally.report(scan.source or scan, n_frames)
     return ReduceReport(
@@ -221,10 +222,13 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
     )
 
 
-def _file_attrs(scan_shape, detector_shape, dtype, compression, ids, table, geometry, info, extra) -> dict:
+def _file_attrs(scan_shape, detector_shape, dtype, compression, ids, table, geometry, info, extra,
+                detector: dict) -> dict:
     """The attributes of a reduced file (the same for ``reduce_scan`` and a live reduction). Its
     provenance: the input (``info``), ``extra`` entries (how the class map was made), the
-    compression and its settings, software versions, time."""
+    compression and its settings, software versions, time. detector: what the input said of its
+    detector (``scan.detector_metadata``: wide chip-edge pixels, counter depth), which the reader
+    gives back as the reduced scan's metadata, so that it is processed as the input was."""
     settings = {"bslz4": "hdf5plugin Bitshuffle(cname='lz4'), chunks of one frame",
                 "terse": "pyterse set_small(False), one TRPX stream per frame, round trip verified",
                 "none": "no compression, chunks of one frame"}[compression]
@@ -243,6 +247,7 @@ def _file_attrs(scan_shape, detector_shape, dtype, compression, ids, table, geom
         "kept_classes": json.dumps({str(i): table.names[i] for i in ids}),
         "class_table": json.dumps(table.to_dict()),
         "geometry": json.dumps(geometry.to_dict()),
+        "detector": json.dumps(jsonable(detector)),
         "provenance": json.dumps(jsonable(provenance)),
     }
 
@@ -288,7 +293,7 @@ class StreamingReducer:
 
     def __init__(self, out, *, scan_shape, detector_shape, dtype, geometry, class_table: ClassTable, keep_ids,
                  class_ids, compression: str = "bslz4", provenance: dict | None = None, input_info: dict | None = None,
-                 force: bool = False):
+                 force: bool = False, detector: dict | None = None):
         import h5py
         import hdf5plugin
 
@@ -321,7 +326,8 @@ class StreamingReducer:
         info = {"scan_shape": [sy, sx], "detector_shape": [ky, kx], "dtype": str(np.dtype(dtype)),
                 **(input_info or {})}
         f.attrs.update(_file_attrs((sy, sx), (ky, kx), dtype, compression, self.ids, class_table, geometry, info,
-                                   {"reduced": "on the fly (sedclassify watch --reduce)", **(provenance or {})}))
+                                   {"reduced": "on the fly (sedclassify watch --reduce)", **(provenance or {})},
+                                   detector or {}))
         f.attrs["class_ids_of_probabilities"] = json.dumps([int(c) for c in class_ids])
         f.swmr_mode = True
 
