@@ -1024,7 +1024,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
 
     from ..processing import NoBeamInSample, calibration_windows, no_beam_message
 
-    windows = calibration_windows(n_total, want)  # the sample, and the windows after it a batch run tries
+    windows = None  # the sample, and the windows after it a batch run tries (once a frame's size is known)
     tried = 0  # windows that showed no beam
 
     def calibrate(final: bool = False):
@@ -1032,8 +1032,10 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         (the first ``want`` frames, else the next ``want``, ...: as a batch run chooses), once its
         frames are here (``final``: the frames that came, the acquisition having ended); None while
         waiting for more frames."""
-        nonlocal tried
+        nonlocal tried, windows
         have = sum(len(b.index) for b in pending)
+        if windows is None:
+            windows = calibration_windows(n_total, want, pending[0].frames[0].nbytes)
         while tried < len(windows) and (have >= windows[tried][1] or final):
             a, b = windows[tried]
             frames = np.concatenate([p.frames for p in pending])[a:min(b, have)]

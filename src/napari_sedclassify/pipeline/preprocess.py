@@ -198,10 +198,11 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     # the plan, from the calibration sample (the first recorded frames; when none shows a beam,
     # the next window of as many frames, ...): saturation level, bad pixels the flat-field did not
     # catch, beam radius, every radius in px
-    windows = calibration_windows(int((~missing).sum()), params.bad_pixel_sample)
+    frame_bytes = det[0] * det[1] * np.dtype(scan.dtype).itemsize
+    windows = calibration_windows(int((~missing).sum()), params.bad_pixel_sample, frame_bytes)
     name = scan.source or "the scan"
     for k, (start, stop) in enumerate(windows):
-        sample_idx = calibration_sample_index(missing, params.bad_pixel_sample, k)
+        sample_idx = calibration_sample_index(missing, params.bad_pixel_sample, k, frame_bytes)
         sample = scan.read(sample_idx) if len(sample_idx) else np.zeros((0,) + det)
         try:
             plan = PreprocessPlan.build(params, geometry, scan.metadata, sample, ff, calibration_start=start)

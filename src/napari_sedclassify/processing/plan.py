@@ -214,24 +214,29 @@ def saturation_of(metadata: dict, sample: np.ndarray, given: float | None) -> fl
 
 #: When no frame of the calibration sample shows a direct beam (a scan that starts on a grid bar, or
 #: before the beam was unblanked), the plan is built from the next window of as many recorded
-#: frames, and so on, over at most this many recorded frames in all (a live run holds them).
+#: frames, and so on, over at most this many recorded frames in all, and at most
+#: CALIBRATION_SEARCH_BYTES of them (a live run holds them until then).
 CALIBRATION_SEARCH_FRAMES = 480
+CALIBRATION_SEARCH_BYTES = 256 * 2**20
 
 
-def calibration_windows(n_recorded: int, m: int) -> list[tuple[int, int]]:
+def calibration_windows(n_recorded: int, m: int, frame_bytes: int = 0) -> list[tuple[int, int]]:
     """The calibration sample and the windows tried after it when it shows no beam: (start, stop)
     positions among the recorded frames, in acquisition order, m frames each, over at most
-    CALIBRATION_SEARCH_FRAMES (at least one window). A live run sees exactly these frames before
-    it classifies anything, so batch and live build the same plan from the same frames."""
+    CALIBRATION_SEARCH_FRAMES and CALIBRATION_SEARCH_BYTES of frames of ``frame_bytes`` (at least
+    one window). A live run sees exactly these frames before it classifies anything, so batch and
+    live build the same plan from the same frames."""
     m = max(1, int(m))
-    reach = min(int(n_recorded), max(m, CALIBRATION_SEARCH_FRAMES))
+    most = CALIBRATION_SEARCH_FRAMES if frame_bytes <= 0 else \
+        min(CALIBRATION_SEARCH_FRAMES, CALIBRATION_SEARCH_BYTES // int(frame_bytes))
+    reach = min(int(n_recorded), max(m, most))
     return [(a, min(a + m, int(n_recorded))) for a in range(0, max(reach, 1), m)]
 
 
-def calibration_sample_index(missing: np.ndarray, m: int, window: int = 0) -> np.ndarray:
+def calibration_sample_index(missing: np.ndarray, m: int, window: int = 0, frame_bytes: int = 0) -> np.ndarray:
     """Flat indices of calibration window ``window`` (0: the sample, the first m recorded frames)."""
     recorded = np.flatnonzero(~np.asarray(missing, bool).ravel())
-    windows = calibration_windows(len(recorded), m)
+    windows = calibration_windows(len(recorded), m, frame_bytes)
     if window >= len(windows):
         return recorded[:0]
     a, b = windows[window]
