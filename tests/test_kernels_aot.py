@@ -64,7 +64,7 @@ def _same(a, b):
         np.testing.assert_array_equal(a.virtual[k], b.virtual[k], err_msg=k)
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "float32"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "float32", "int16", "int32", "int64", "float64"])
 def test_a_simulated_quad_scan_preprocesses_the_same_ahead_of_time(monkeypatch, aot, dtype):
     """Every kernel of a preprocessing pass with a flat-field and crops (a Medipix3 quad's wide
     pixels under the beam), for each raw dtype: identical to numba's just-in-time kernels."""
@@ -138,7 +138,7 @@ def test_arguments_outside_the_compiled_signatures_go_to_numba(monkeypatch, aot)
         np.testing.assert_array_equal(counts, reference[1])
         expected = {"radial_sums"} if (f is frames and counts_dtype is np.int64) else set()
         assert counting.called == expected, (f.dtype, f.flags.c_contiguous, counts_dtype)
-    raw = rng.poisson(4.0, (2, 16, 16)).astype(np.int16)  # a raw dtype not compiled ahead of time
+    raw = rng.poisson(4.0, (2, 16, 16)).astype(np.uint64)  # a raw dtype not compiled ahead of time
     gain, dark = np.ones((16, 16), np.float32), np.zeros((16, 16), np.float32)
     out = np.empty((2, 16, 16), np.float32)
     counting.called.clear()
