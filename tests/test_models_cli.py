@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import h5py
 import numpy as np
@@ -125,3 +126,22 @@ def test_a_wrong_option_is_named_with_its_commands_usage(files, tmp_path, capsys
     assert code == 0, err
     with h5py.File(tmp_path / "r.h5", "r") as h:
         assert h["ria"].shape[:2] == (16, 16)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(files, monkeypatch, capsys):
+    """`sedclassify info SCAN | head -1`: the pipe closes while the command writes. It ends with
+    status 141 (a command killed by SIGPIPE) and no error message (it printed "sedclassify info:
+    error: [Errno 32] Broken pipe")."""
+    folder, entries = files
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info", str(entries[0][0])]) == 141
+    monkeypatch.undo()
+    assert "error" not in capsys.readouterr().err

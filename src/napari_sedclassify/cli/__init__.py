@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             if hint:
                 print(f"sedclassify: {hint}", file=sys.stderr)
         return rc
+    except BrokenPipeError:  # the reader went away (`sedclassify info SCAN | head`): end quietly, as
+        _quiet_stdout()      # a command killed by SIGPIPE would (status 141)
+        return 141
     # MissingOptionalDependency: e.g. the CNN without TensorFlow, its message gives the pip command
     except (CLIError, MissingOptionalDependency, FileNotFoundError, ValueError, OSError) as exc:
         print(f"sedclassify {args.command}: error: {exc}", file=sys.stderr)
@@ -72,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sedclassify {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at the null device: nothing more is written to a closed pipe (nor
+    at the interpreter's exit, which would print a second error)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stream without a file (a test's capture)
+        pass
 
 
 #: The commands' GIL switch interval (s; Python's default is 0.005): see :func:`entry`.
