@@ -158,16 +158,11 @@ def beam_path(sample: np.ndarray, flatfield: FlatField, saturation: float | None
     reach = BEAM_PATH_RADII * float(median(part.values["beam_radius_px"][found])) + BEAM_PATH_PX
     ky, kx = sample.shape[1:]
     path = np.zeros((ky, kx), bool)
-    r = int(np.ceil(reach))
-    dy, dx = np.ogrid[-r - 1: r + 2, -r - 1: r + 2]
-    for cy, cx in centres:
-        iy, ix = int(round(cy)), int(round(cx))
-        y0, x0 = max(0, iy - r - 1), max(0, ix - r - 1)
-        y1, x1 = min(ky, iy + r + 2), min(kx, ix + r + 2)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        yy = dy[y0 - (iy - r - 1): y1 - (iy - r - 1)] + iy - cy
-        xx = dx[:, x0 - (ix - r - 1): x1 - (ix - r - 1)] + ix - cx
+    for cy, cx in centres:  # each disc within its bounding box
+        y0, y1 = max(0, int(cy - reach)), min(ky, int(cy + reach) + 2)
+        x0, x1 = max(0, int(cx - reach)), min(kx, int(cx + reach) + 2)
+        yy = np.arange(y0, y1)[:, None] - cy
+        xx = np.arange(x0, x1)[None, :] - cx
         path[y0:y1, x0:x1] |= yy**2 + xx**2 <= reach**2
     return path
 
