@@ -955,6 +955,18 @@ def write_outputs(state: LiveClassMap, paths: dict, extra: dict | None = None, s
     write_json(paths["keep"], keep)
 
 
+def _frames_between(batches, a: int, b: int) -> np.ndarray:
+    """Frames a..b (positions in arrival order) of the waiting ``batches``, copied once."""
+    parts, start = [], 0
+    for batch in batches:
+        n = len(batch.index)
+        lo, hi = max(a - start, 0), min(b - start, n)
+        if lo < hi:
+            parts.append(batch.frames[lo:hi])
+        start += n
+    return np.concatenate(parts) if parts else batches[0].frames[:0]
+
+
 def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=None, keep=("amorphous_ice",),
           flatfield=None, geometry: Geometry | None = None, metadata: dict | None = None,
           calibration_frames: int | None = None, max_chunk: int = 32, threads: int | None = None,
@@ -1038,7 +1050,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
             windows = calibration_windows(n_total, want, pending[0].frames[0].nbytes)
         while tried < len(windows) and (have >= windows[tried][1] or final):
             a, b = windows[tried]
-            frames = np.concatenate([p.frames for p in pending])[a:min(b, have)]
+            frames = _frames_between(pending, a, min(b, have))
             if len(frames) == 0 and tried:
                 break
             try:
