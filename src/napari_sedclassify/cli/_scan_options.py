@@ -91,7 +91,7 @@ def json_printed(args, obj) -> bool:
     return args.json
 
 
-def detector_metadata(args) -> dict:
+def detector_options(args) -> dict:
     """What the command line says of the detector's pixels, as scan metadata: {} or
     {"edge_pixel_width": w, "edge_pixel_width_origin": "given"} (a CLIError for w < 1)."""
     w = getattr(args, "edge_pixel_width", None)
@@ -114,7 +114,7 @@ def open_scan_from_args(path, args, **options):
 
     shape = getattr(args, "scan_shape", None)
     scan = open_scan(Path(path), tuple(shape) if shape else None, geometry=geometry_values(args), **options)
-    scan.metadata.update(detector_metadata(args))
+    scan.metadata.update(detector_options(args))
     return scan
 
 

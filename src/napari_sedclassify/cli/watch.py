@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from . import CLIError
-from ._scan_options import add_model_argument, add_scan_options, detector_metadata, geometry_values, json_printed
+from ._scan_options import add_model_argument, add_scan_options, detector_options, geometry_values, json_printed
 
 
 def register(subparsers):
@@ -85,8 +85,8 @@ def run(args):
         ref = open_scan(args.calibration)
         geometry = ref.geometry
         metadata = {k: ref.metadata[k] for k in ("edge_pixel_width",) if k in ref.metadata}
-    if detector_metadata(args):
-        metadata = {**(metadata or {}), **detector_metadata(args)}
+    if detector_options(args):
+        metadata = {**(metadata or {}), **detector_options(args)}
     if args.reduce:
         if not str(args.reduce).lower().endswith((".h5", ".hdf5")):
             raise CLIError(f"{args.reduce}: a reduced scan is written as HDF5: give a name ending in .h5")
