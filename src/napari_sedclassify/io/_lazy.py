@@ -254,6 +254,61 @@ def array_frames(path, shape, dtype, opener=None, *, source=None, scan_shape=Non
     return ScanFrames(Lazy4D(opener, shape, dtype, path), chunks, name=name), None, f"{kind} shape"
 
 
+def _shown(value, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def stated_scan_shape(path, value, where: str, n_frames: int):
+    """The hint (scan shape, ``where``) for :func:`resolve_scan_shape` from a scan shape a file
+    states (a sidecar entry, an attribute): two positive integers with a position for each of the
+    ``n_frames`` frames, else a ScanFormatError naming ``path`` and ``where`` (the field)."""
+    try:
+        v = None if isinstance(value, (str, bytes, dict)) else np.asarray(value)
+    except (TypeError, ValueError):  # a ragged list
+        v = None
+    if (v is None or v.shape != (2,) or v.dtype.kind not in "iuf"
+            or not np.all(np.isfinite(v)) or not np.all(v == np.round(v))):
+        raise ScanFormatError(f"{path}: {where} {_shown(value)} is not a scan shape "
+                              "(expected two positive integers: scan rows, scan columns)")
+    try:
+        shape = parse_scan_shape(v.astype(np.int64))
+    except ValueError as exc:
+        raise ScanFormatError(f"{path}: {where}: {exc}") from None
+    if shape[0] * shape[1] < n_frames:
+        raise ScanFormatError(
+            f"{path}: wrong scan shape {shape[0]}x{shape[1]} in {where}: {shape[0] * shape[1]} positions "
+            f"for {n_frames} frames in the file (give scan_shape=(SY, SX), CLI: --scan-shape SY SX)")
+    return shape, where
+
+
+def stated_geometry(path, stated, detector_shape, where: str = "geometry"):
+    """The Geometry of calibration values a file states ({"pixel_size_um": 55, ...}; an ``origins``
+    entry as ``Geometry.to_dict`` writes it), marked "file". Each value gets the check the command
+    line's values get (``Geometry.with_values``: a finite positive number); anything else is a
+    ScanFormatError naming ``path`` and the field (``where``.name)."""
+    from ..geometry import CALIBRATION_FIELDS, Geometry
+
+    if not isinstance(stated, dict):
+        raise ScanFormatError(f"{path}: {where} must be an object of calibration values "
+                              f"({{\"pixel_size_um\": 55, ...}}), got {_shown(stated)}")
+    geometry = Geometry(detector_shape=detector_shape)
+    for name in CALIBRATION_FIELDS:
+        value = stated.get(name)
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ScanFormatError(f"{path}: {where}.{name} must be a number, got {_shown(value)}")
+        try:
+            geometry.with_values("file", **{name: value})
+        except ValueError as exc:
+            raise ScanFormatError(f"{path}: {where}.{name}: {exc}") from None
+    try:
+        return Geometry.from_dict({**stated, "detector_shape": tuple(detector_shape)})
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ScanFormatError(f"{path}: {where}: {_shown(exc, 200)}") from None
+
+
 def resolve_scan_shape(path, n_frames: int, scan_shape=None, hint=None, missing_at: str = "end"):
     """Scan shape (scan_y, scan_x), how it was found, and the grid index of the first frame.
 

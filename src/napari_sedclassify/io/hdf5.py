@@ -18,7 +18,8 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry, electron_wavelength_A
 from ..scan import Scan
-from ._lazy import PartsFrames, array_frames, check_pixel_dtype, file_token, grid_frames, to_native
+from ._lazy import (PartsFrames, array_frames, check_pixel_dtype, file_token, grid_frames, stated_scan_shape,
+                    to_native)
 from .hyperspy import hspy_calibration
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,47 @@ class H5Frames(PartsFrames):
 
     def _read_part(self, datasets, i, lo, hi):
         return to_native(np.asarray(datasets[i][lo:hi]))
+
+
+#: Short names of HDF5 filters that h5py's ``Dataset.compression`` does not name (plugins).
+_FILTER_NAMES = {1: "gzip", 4: "szip", 5: "nbit", 6: "scaleoffset", 307: "bzip2", 32000: "lzf", 32001: "blosc",
+                 32004: "lz4", 32008: "bitshuffle", 32013: "zfp", 32015: "zstd", 32017: "sz", 32026: "blosc2"}
+_NOT_COMPRESSION = {2, 3}  # shuffle, fletcher32
+
+
+def compression(ds) -> str | None:
+    """The compression of an HDF5 dataset: h5py's name ("gzip", "lzf", "szip") or, for a plugin
+    filter, its name and id, e.g. "zstd (HDF5 filter 32015)", "bitshuffle-lz4 (HDF5 filter 32008)";
+    None when uncompressed."""
+    if ds.compression:
+        return ds.compression
+    names = []
+    try:
+        plist = ds.id.get_create_plist()
+        filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    except Exception:  # a property list h5py cannot read: say nothing rather than fail to open
+        return None
+    for code, _, values, label in filters:
+        if code in _NOT_COMPRESSION:
+            continue
+        name = _FILTER_NAMES.get(code) or label.decode("ascii", "replace").split(";")[0].strip() or "filter"
+        if code == 32008 and len(values) > 4 and values[4] in (2, 3):  # bitshuffle then LZ4 / zstd
+            name += "-lz4" if values[4] == 2 else "-zstd"
+        names.append(f"{name} (HDF5 filter {code})")
+    return " + ".join(names) or None
+
+
+def _attribute_scan_shape(path, f, ds, name):
+    """The hint a ``scan_shape`` attribute of a 3D dataset (or of the file's root) gives, checked
+    against the number of frames; None when there is none."""
+    for where, attrs in ((f"attribute scan_shape of dataset '{name}'", ds.attrs), ("root attribute scan_shape", f.attrs)):
+        if "scan_shape" in attrs:
+            try:
+                value = attrs["scan_shape"]
+            except (OSError, TypeError) as exc:  # a type h5py cannot read
+                raise ScanFormatError(f"{path}: unreadable {where} ({exc})") from exc
+            return stated_scan_shape(path, value, where, ds.shape[0])
+    return None
 
 
 def _open_dataset(path, name):
@@ -257,15 +299,17 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
         name = choose_dataset(path, found, dataset)
         ds = f[name]
         dtype = check_pixel_dtype(ds.dtype, path)
-        metadata.update(dataset=name, dtype_on_disk=dtype.str, hdf5_chunks=ds.chunks, compression=ds.compression)
+        metadata.update(dataset=name, dtype_on_disk=dtype.str, hdf5_chunks=ds.chunks, compression=compression(ds))
         calibration = _emd_calibration(f, name) if emd else {}
         # HyperSpy / pyxem .hspy: Experiments/<title>/data beside its axis-N groups (nm, 1/Å or mrad)
         hspy = None if emd else hspy_calibration(ds.parent, ds.shape[-2:])
         if hspy is not None:
             metadata["format"] = "HyperSpy (HDF5)"
+        hint = _attribute_scan_shape(path, f, ds, name) if scan_shape is None and ds.ndim == 3 else None
         data, missing, how = array_frames(path, ds.shape, dtype, partial(_open_dataset, str(path), name),
-                                          scan_shape=scan_shape, missing_at=missing_at, chunk_frames=chunk_frames,
-                                          name=f"h5-{file_token(path)}-{name}", kind="dataset")
+                                          scan_shape=scan_shape, hint=hint, missing_at=missing_at,
+                                          chunk_frames=chunk_frames, name=f"h5-{file_token(path)}-{name}",
+                                          kind="dataset")
         metadata.update(scan_shape_from=how, n_frames_in_file=int(np.prod(ds.shape[:-2])))
     if calibration.get("q_per_px_invA"):
         metadata["q_per_px_invA"] = calibration["q_per_px_invA"]

@@ -16,7 +16,8 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import FrameSource, array_frames, check_pixel_dtype, file_token, mapped_bytes, to_native
+from ._lazy import (FrameSource, array_frames, check_pixel_dtype, file_token, mapped_bytes, stated_geometry,
+                    stated_scan_shape, to_native)
 
 
 def probe(path) -> bool:
@@ -77,14 +78,24 @@ class NpyFrames(FrameSource):
         return to_native(out)
 
 
+def sidecar_path(path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
 def read_sidecar(path) -> dict:
-    sidecar = Path(path).with_suffix(".json")
+    """The sidecar ``<stem>.json`` of ``path`` as a dict ({} when there is none); a ScanFormatError
+    naming it when it is not a JSON object (a UTF-8 byte order mark is allowed)."""
+    sidecar = sidecar_path(path)
     if not sidecar.exists():
         return {}
     try:
-        return json.loads(sidecar.read_text())
+        meta = json.loads(sidecar.read_bytes().decode("utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise ScanFormatError(f"{sidecar}: unreadable sidecar metadata ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ScanFormatError(f"{sidecar}: sidecar metadata must be a JSON object ({{...}}), "
+                              f"not a {type(meta).__name__}")
+    return meta
 
 
 def read_npy(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
@@ -103,13 +114,16 @@ def read_npy(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> S
     source = None
     if not fortran and hasattr(os, "preadv") and len(shape) in (3, 4):
         source = NpyFrames(path, np.prod(shape[:-2]), shape[-2:], dtype, offset)
-    hint = (tuple(meta["scan_shape"]), "sidecar json") if "scan_shape" in meta else None
+    hint = None
+    if "scan_shape" in meta and scan_shape is None and len(shape) == 3:
+        hint = stated_scan_shape(sidecar_path(path), meta["scan_shape"], "field scan_shape", shape[0])
+        hint = (hint[0], "sidecar json")
     data, missing, how = array_frames(path, shape, dtype, partial(np.load, str(path), mmap_mode="r"), source=source,
                                       scan_shape=scan_shape, hint=hint, missing_at=missing_at,
                                       chunk_frames=chunk_frames, name=f"npy-{file_token(path)}")
     geometry = Geometry(detector_shape=shape[-2:])
     if "geometry" in meta:
-        geometry = Geometry.from_dict({**meta["geometry"], "detector_shape": shape[-2:]})
+        geometry = stated_geometry(sidecar_path(path), meta["geometry"], shape[-2:], "field geometry")
     metadata = {**meta, "format": "NumPy .npy", "dtype_on_disk": dtype.str, "scan_shape_from": how}
     return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
 

@@ -1,12 +1,17 @@
 """TIFF stacks: one multi-page TIFF (pages = frames), or a folder of single-frame TIFF files.
 
 Uncompressed files are memory-mapped; compressed ones are decoded page by page, only the
-frames a chunk needs. A series with two leading axes (an ImageJ hyperstack) gives the scan
-shape; frames are in row-major scan order.
+frames a chunk needs, each reading thread with its own file handle. A series with two leading
+axes (an ImageJ hyperstack) gives the scan shape; frames are in row-major scan order. A file
+written one page at a time (tifffile records a one-page series per page, or several series)
+reads all its pages, when they have the same shape and dtype, as the frames.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +30,66 @@ def tiff_files(folder) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def _series(path):
+_quiet = threading.local()
+
+
+class _QuietFilter(logging.Filter):
+    """Drops tifffile's log records in a thread that is inside :func:`_quiet_tifffile`."""
+
+    def filter(self, record):
+        return not getattr(_quiet, "depth", 0)
+
+
+logging.getLogger("tifffile").addFilter(_QuietFilter())
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs what it finds wrong in a file (``invalid offset to first page``) besides
+    raising; the error this package raises says it, on one line, so that log line is dropped
+    (in this thread only)."""
+    _quiet.depth = getattr(_quiet, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _quiet.depth -= 1
+
+
+def _tiff_file(path):
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _quiet_tifffile():
+        return tifffile.TiffFile(path)
+
+
+def _series(path):
+    with _tiff_file(path) as tif, _quiet_tifffile():
         series = tif.series[0]
         return tuple(series.shape), series.axes, series.dtype
+
+
+def _layout(path):
+    """(shape, axes, dtype, series) of the frames of a multi-page TIFF: those of its first series
+    (series 0), or, for a file written one page at a time (its first series one 2D page of several,
+    or several series), all its pages, when they are 2D and of one shape and dtype (series None,
+    shape (n_pages, y, x))."""
+    with _tiff_file(path) as tif, _quiet_tifffile():
+        first = tif.series[0]
+        shape, axes, dtype = tuple(first.shape), first.axes, first.dtype
+        if not (len(tif.series) > 1 or (len(shape) == 2 and len(tif.pages) > 1)):
+            return shape, axes, dtype, 0
+        page0 = tif.pages.first
+        for i, page in enumerate(tif.pages):
+            if page.shape != page0.shape or page.dtype != page0.dtype or len(page.shape) != 2:
+                if len(shape) >= 3:  # a stack with extra pages (a preview...): its first series
+                    return shape, axes, dtype, 0
+                raise ScanFormatError(f"{path}: not a stack of frames: page {i} is {_page(page)}, "
+                                      f"page 0 {_page(page0)}")
+        return (len(tif.pages),) + tuple(page0.shape), "I" + page0.axes, page0.dtype, None
+
+
+def _page(page) -> str:
+    return f"{'x'.join(map(str, page.shape))} {page.dtype}" + (f" ({page.axes})" if len(page.shape) != 2 else "")
 
 
 def probe(path) -> bool:
@@ -41,26 +100,66 @@ def probe(path) -> bool:
             return False
         (first, _, dtype), (last, _, dtype_last) = _series(files[0]), _series(files[-1])
         return len(first) == 2 and first == last and dtype == dtype_last
-    shape, axes, _ = _series(path)
+    shape, axes, _, _ = _layout(path)
     return len(shape) >= 3 and axes.endswith("YX") and "S" not in axes
 
 
+class _ThreadHandles:
+    """One open TiffFile per reading thread: a TiffFile keeps a file position and page state that
+    concurrent reads would garble (zlib "incorrect header check" on a compressed stack)."""
+
+    def __init__(self, path):
+        self.path = path
+        self._local = threading.local()
+
+    def get(self):
+        tif = getattr(self._local, "tif", None)
+        if tif is None:
+            tif = self._local.tif = _tiff_file(self.path)
+        return tif
+
+
 class TiffFrames(FrameSource):
-    """Pages of a multi-page TIFF as frames."""
+    """Pages of a multi-page TIFF as frames: those of its first series (series 0) or all its pages
+    (series None)."""
+
+    def __init__(self, path, n_frames, frame_shape, dtype, series=0):
+        super().__init__(path, n_frames, frame_shape, dtype)
+        self.series = series
 
     def _open(self):
         import tifffile
 
-        try:
-            return tifffile.memmap(self.path, mode="r").reshape((self.n_frames,) + self.frame_shape)
-        except ValueError:  # compressed or scattered pages: decode on demand
-            return tifffile.TiffFile(self.path)
+        if self.series == 0:
+            try:
+                return tifffile.memmap(self.path, mode="r").reshape((self.n_frames,) + self.frame_shape)
+            except ValueError:  # compressed or scattered pages: decode on demand
+                pass
+        return _ThreadHandles(self.path)
 
     def _read(self, handle, start, stop):
         if isinstance(handle, np.ndarray):
             return to_native(handle[start:stop])
-        block = handle.asarray(key=range(start, stop), series=0)
+        tif = handle.get()
+        try:
+            block = self._decode(tif, range(start, stop))
+        except MemoryError:
+            raise
+        except Exception as exc:  # zlib.error, TiffFileError, ValueError...: the frame that fails
+            bad = start
+            for bad in range(start, stop):
+                try:
+                    self._decode(tif, range(bad, bad + 1))
+                except Exception as one:
+                    exc = one
+                    break
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise ScanFormatError(f"{self.path}: cannot decode frame {bad} ({why})") from exc
         return to_native(block.reshape((stop - start,) + self.frame_shape))
+
+    def _decode(self, tif, key):
+        with _quiet_tifffile():
+            return tif.asarray(key=key, series=self.series, maxworkers=1)
 
 
 class TiffFolderFrames(FrameSource):
@@ -73,7 +172,11 @@ class TiffFolderFrames(FrameSource):
     def _open(self):
         import tifffile
 
-        return tifffile.imread
+        def imread(path):
+            with _quiet_tifffile():
+                return tifffile.imread(path)
+
+        return imread
 
     def _read(self, imread, start, stop):
         out = np.empty((stop - start,) + self.frame_shape, dtype=self.dtype)
@@ -100,12 +203,12 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
             source = TiffFolderFrames(files, frame_shape, check_pixel_dtype(dtype, path), path)
             token = file_token(files[-1])
         else:
-            shape, axes, dtype = _series(path)
+            shape, axes, dtype, series = _layout(path)
             if len(shape) < 3 or not axes.endswith("YX") or "S" in axes:
                 raise ScanFormatError(f"{path}: not a stack of frames (TIFF series {shape}, axes {axes})")
             if len(shape) == 4:
                 hint = (shape[:2], f"TIFF series axes {axes}")
-            source = TiffFrames(path, int(np.prod(shape[:-2])), shape[-2:], check_pixel_dtype(dtype, path))
+            source = TiffFrames(path, int(np.prod(shape[:-2])), shape[-2:], check_pixel_dtype(dtype, path), series)
             token = file_token(path)
     except ScanFormatError:
         raise

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import array_frames, check_pixel_dtype, file_token
+from ._lazy import array_frames, check_pixel_dtype, file_token, stated_geometry, stated_scan_shape
 from .hdf5 import choose_dataset
 from .hyperspy import hspy_calibration
 
@@ -64,12 +64,14 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
     token = f"zarr-{file_token(path / _marker(path))}-{name}"
     attrs = dict(node.attrs)
     metadata = {"format": "zarr", "dataset": name, "dtype_on_disk": dtype.str, "zarr_chunks": tuple(node.chunks)}
-    hint = (tuple(attrs["scan_shape"]), "zarr attribute scan_shape") if "scan_shape" in attrs else None
+    hint = None
+    if "scan_shape" in attrs and scan_shape is None and node.ndim == 3:
+        hint = stated_scan_shape(path, attrs["scan_shape"], "zarr attribute scan_shape", node.shape[0])
     data, missing, how = array_frames(path, node.shape, dtype, partial(_open, str(path), name), scan_shape=scan_shape,
                                       hint=hint, missing_at=missing_at, chunk_frames=chunk_frames, name=token)
     geometry = Geometry(detector_shape=node.shape[-2:])
     if isinstance(attrs.get("geometry"), dict):
-        geometry = Geometry.from_dict({**attrs["geometry"], "detector_shape": node.shape[-2:]})
+        geometry = stated_geometry(path, attrs["geometry"], node.shape[-2:], "zarr attribute geometry")
     if name and "/" in name:  # HyperSpy / pyxem .zspy: Experiments/<title>/data beside its axis-N groups
         hspy = hspy_calibration(zarr.open(str(path), mode="r")[name.rsplit("/", 1)[0]], node.shape[-2:])
         if hspy is not None:
