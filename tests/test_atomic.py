@@ -60,3 +60,19 @@ def test_failures_leave_the_target_untouched(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
     with pytest.raises(FileExistsError, match="--force"):
         atomic.write_text(target, "x", force=False)
+
+
+def test_errors_name_the_target_not_the_temporary_file(tmp_path):
+    """An error while writing (a read-only folder, a full disk) named the hidden temporary file
+    ('.r.h5.25292-65d290.part.h5'), not the path asked for."""
+    target = tmp_path / "r.h5"
+    with pytest.raises(PermissionError) as exc:
+        with atomic.atomic_output(target) as tmp:
+            raise PermissionError(13, "Permission denied", str(tmp))
+    assert str(exc.value) == f"{target}: cannot be written (Permission denied)"
+    assert exc.value.errno == 13
+    with pytest.raises(OSError, match=f"{target.name}: cannot be written") as exc:
+        with atomic.atomic_output(target) as tmp:
+            raise OSError(f"Unable to synchronously create file (unable to open file: name = '{tmp}')")
+    assert ".part" not in str(exc.value)
+    assert not target.exists() and list(tmp_path.iterdir()) == []

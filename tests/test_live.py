@@ -204,3 +204,33 @@ def test_a_scan_that_starts_without_a_beam(setup, tmp_path):
     data[:] = np.random.default_rng(2).poisson(0.02, data.shape)
     with pytest.raises(ValueError, match="no direct beam found in the first 100 recorded frames"):
         preprocess(Scan(data, sim.geometry, source="no_beam"))
+
+
+def test_cli_watch_a_folder_of_frames_not_512_px(setup, tmp_path, capsys):
+    """`watch --input FOLDER` with 128 px frames and the calibration on the command line: it took
+    the geometry before any frame had arrived, when the folder source knew no detector shape and
+    gave the default 512 x 512, and then refused every frame ("no direct beam found in the first
+    64 recorded frames"). Now the detector shape is the first frames'; the class map is
+    `predict`'s of the same frame files."""
+    import tifffile
+
+    sim = setup["sim"]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(np.asarray(sim.scan.data).reshape(-1, 128, 128)):
+        tifffile.imwrite(folder / f"frame_{i}.tif", frame)
+    g = sim.geometry
+    calibration = ["--pixel-size", g.pixel_size_um, "--camera-length", g.camera_length_mm, "--voltage", g.voltage_kv]
+    argv = ["watch", setup["model_path"], "--input", folder, "--scan-shape", 10, 10, "--out", tmp_path / "live",
+            "--flatfield", setup["flat"], "--timeout", 5, "--json", *calibration]
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["status"] == "complete" and summary["frames"] == 100
+    code = main([str(a) for a in ["predict", setup["model_path"], folder, "--scan-shape", 10, 10, "--out",
+                                  tmp_path / "batch", "--flatfield", setup["flat"], *calibration]])
+    assert code == 0, capsys.readouterr().err
+    live = np.load(tmp_path / "live" / "frames_live_classes.npy")
+    np.testing.assert_array_equal(live, np.load(tmp_path / "batch" / "frames_classes.npy"))
+    assert (live > 0).all()

@@ -46,6 +46,23 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _main(argv, t0)
+    except KeyboardInterrupt:  # Ctrl-C before the command ran (parsing, imports): one line, as during it
+        return interrupted(argv)
+
+
+def interrupted(argv) -> int:
+    """Say that Ctrl-C ended the command, in one line on standard error (no traceback): status 130."""
+    command = f" {argv[0]}" if argv and argv[0] in SUBCOMMANDS else ""
+    try:
+        print(f"sedclassify{command}: interrupted", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return 130
+
+
+def _main(argv: list[str], t0: float) -> int:
     parser = build_parser(argv[0] if argv else None)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand, with its own usage (argparse would show the top level's)
@@ -73,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sedclassify {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"sedclassify {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return interrupted([args.command])
 
 
 def _quiet_stdout() -> None:
@@ -116,14 +132,20 @@ def entry() -> None:
     import atexit
     import os
 
-    from ..pages import input_bytes, small_pages
+    try:  # Ctrl-C at any moment from here: one line, "sedclassify COMMAND: interrupted" (no traceback)
+        from ..pages import input_bytes, small_pages
 
-    sys.setswitchinterval(COMMAND_SWITCH_INTERVAL_S)
-    # a process of our own: numba need not load other packages' numba extensions (processing._kernels)
-    os.environ.setdefault("SEDCLASSIFY_NUMBA_EXTENSIONS", "skip")
-    small_pages(input_bytes(sys.argv[1:]))  # huge-page advice for long runs only (pages.py)
-    rc = main()
-    atexit._run_exitfuncs()  # CPython's own call at exit: the handlers, in their order
+        sys.setswitchinterval(COMMAND_SWITCH_INTERVAL_S)
+        # a process of our own: numba need not load other packages' numba extensions (processing._kernels)
+        os.environ.setdefault("SEDCLASSIFY_NUMBA_EXTENSIONS", "skip")
+        small_pages(input_bytes(sys.argv[1:]))  # huge-page advice for long runs only (pages.py)
+        rc = main()
+    except KeyboardInterrupt:
+        rc = interrupted(sys.argv[1:])
+    try:
+        atexit._run_exitfuncs()  # CPython's own call at exit: the handlers, in their order
+    except KeyboardInterrupt:
+        rc = rc if rc == 130 else interrupted(sys.argv[1:])
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -13,11 +13,17 @@ from pathlib import Path
 from . import CLIError
 
 
-def add_scan_options(p, *, scan_shape: bool = True, dataset: bool = False, executor: bool = False) -> None:
-    """Add --camera-length, --pixel-size, --voltage, --scan-step (and --scan-shape, --dataset, and
-    --scheduler / --workers with ``executor``) to parser ``p``."""
-    if dataset:
-        p.add_argument("--dataset", help="array to read in files that hold several (HDF5, MATLAB, zarr)")
+def add_scan_options(p, *, scan_shape: bool = True, executor: bool = False) -> None:
+    """Add --dataset, --missing-at, --camera-length, --pixel-size, --voltage, --scan-step (and
+    --scan-shape, and --scheduler / --workers with ``executor``) to parser ``p``: every command
+    that opens scan files has them (:func:`open_scan_from_args` applies them)."""
+    f = p.add_argument_group("reading the scan files")
+    f.add_argument("--dataset", metavar="NAME",
+                   help="array to read in files that hold several (HDF5, MATLAB, zarr); with several scans, "
+                        "the same name in each")
+    f.add_argument("--missing-at", choices=("end", "start"), default="end",
+                   help="where the positions without a frame are when a file holds fewer frames than the scan "
+                        "has positions: end (an interrupted acquisition, default) or start")
     g = p.add_argument_group("calibration (overrides the file; unset values keep the file's or stay assumed)")
     g.add_argument("--camera-length", type=float, metavar="MM", dest="camera_length_mm",
                    help="effective camera length in mm (fit it from the data with `sedclassify calibrate`)")
@@ -66,11 +72,76 @@ def check_files(*lists, model=None) -> None:
 
 
 def out_folder(path) -> Path:
-    """``path`` as an output folder (created later): a CLIError when a file is there."""
+    """``path`` as an output folder (created by :func:`writable_folder` before the work): a
+    CLIError when a file is there."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: exists and is not a folder")
     return out
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an OSError happened, without the file name it carries (a hidden temporary file's)."""
+    import os
+
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def writable_folder(folder, given=None) -> Path:
+    """Create ``folder`` (and its missing parents), as every command does for its outputs, and check
+    that files can be written in it: before any work, a CLIError naming ``given`` (the path the
+    user gave: the folder, or an output file in it) when it cannot be created or written in."""
+    folder = Path(folder) if str(folder) else Path(".")
+    given = folder if given is None else given
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"{given}: {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"{given}: cannot create the folder {folder} ({os_reason(exc)})") from None
+    import tempfile
+
+    try:  # an unnamed file where the system has them (O_TMPFILE): nothing is left behind
+        with tempfile.TemporaryFile(dir=folder, prefix=".sedclassify-write-check-"):
+            pass
+    except OSError as exc:
+        raise CLIError(f"{given}: cannot write in the folder {folder} ({os_reason(exc)})") from None
+    return folder
+
+
+def output_file(path, force: bool = False, *, folder_ok: bool = False) -> Path:
+    """``path`` as an output file, checked before any work: refused when it exists (unless
+    ``force``) or is a folder (unless ``folder_ok``: a zarr result is one); its folder created
+    (with missing parents) and writable."""
+    path = Path(path)
+    if path.is_dir() and not folder_ok:
+        raise CLIError(f"{path}: is a folder, not an output file")
+    if path.exists() and not force:
+        raise CLIError(f"{path}: exists; not overwritten (use --force to replace it)")
+    writable_folder(path.parent, path)
+    return path
+
+
+def checked_flatfields(flatfields, scans) -> list:
+    """One loaded flat-field (or None) per scan, each checked against its scan's detector before
+    any work (a multi-scan run wrote the first scans' outputs before finding a wrong shape)."""
+    from ..pipeline.scans import flatfields_for
+
+    ffs = flatfields_for(flatfields, len(scans))
+    for ff, scan in zip(ffs, scans):
+        if ff is not None and tuple(ff.shape) != tuple(scan.detector_shape):
+            raise CLIError(f"flat-field {getattr(ff, 'source', None) or ''} {tuple(ff.shape)} does not match the "
+                           f"detector {tuple(scan.detector_shape)} of {scan.source or 'the scan'}")
+    return ffs
+
+
+def print_warnings(warnings) -> None:
+    """The engine's warnings, one ``warning: <text>`` line each, on standard error (with --json
+    too: standard output holds the JSON alone)."""
+    import sys
+
+    for w in warnings or []:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def simulation_shape(args, min_px: int, min_points: int) -> tuple[int, int]:
@@ -108,10 +179,16 @@ def geometry_values(args) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def file_options(args) -> dict:
+    """How the command line says to read scan files: {"dataset": ..., "missing_at": ...}."""
+    return {"dataset": getattr(args, "dataset", None), "missing_at": getattr(args, "missing_at", None) or "end"}
+
+
 def open_scan_from_args(path, args, **options):
-    """Open ``path`` with the shape and calibration the command line gives."""
+    """Open ``path`` with the dataset, missing positions, shape and calibration the command line gives."""
     from ..io import open_scan
 
+    options = {**file_options(args), **options}
     shape = getattr(args, "scan_shape", None)
     scan = open_scan(Path(path), tuple(shape) if shape else None, geometry=geometry_values(args), **options)
     scan.metadata.update(detector_options(args))

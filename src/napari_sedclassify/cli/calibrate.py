@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import CLIError, add_command
-from ._scan_options import add_scan_argument, add_scan_options, json_printed, open_scan_from_args
+from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed, open_scan_from_args,
+                            writable_folder)
 
 
 def register(subparsers):
@@ -28,7 +29,7 @@ def register(subparsers):
     p.add_argument("--write", action="store_true",
                    help="store the fitted camera length beside the scan (SCAN.sedclassify.json) for other commands")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_scan_options(p, dataset=True)
+    add_scan_options(p)
     return p
 
 
@@ -46,9 +47,14 @@ def run(args) -> int:
     if args.max_frames < 16:
         raise CLIError(f"--max-frames must be at least 16, got {args.max_frames}")
     scan_path = Path(args.scan)
-    scan = open_scan_from_args(scan_path, args, dataset=args.dataset)
+    scan = open_scan_from_args(scan_path, args)
+    flatfield = checked_flatfields(args.flatfield, [scan])[0] if args.flatfield else None
+    if args.write:  # before any work: the sidecar's folder (the scan's) must take it
+        from ..io.sidecar import calibration_path
+
+        writable_folder(scan_path.parent, calibration_path(scan_path))
     with Bars(frames_desc="calibrate") as bars:
-        cal = calibrate(scan, args.ring, args.flatfield, search=args.search, max_frames=args.max_frames,
+        cal = calibrate(scan, args.ring, flatfield, search=args.search, max_frames=args.max_frames,
                         progress=bars.frames)
     side = (write_calibration(scan_path, {"camera_length_mm": cal.camera_length_mm}, cal.sidecar_details())
             if args.write else None)

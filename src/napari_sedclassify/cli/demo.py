@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from . import CLIError, add_command
-from ._scan_options import json_printed, out_folder, simulation_shape
+from ._scan_options import json_printed, out_folder, simulation_shape, writable_folder
 
 
 def register(subparsers) -> None:
@@ -49,7 +49,7 @@ def run(args) -> int:
             models = [m for m in models if m != "cnn"]
             print(f"sedclassify demo: the CNN is skipped. {cnn_message()}", file=sys.stderr)
     sy, sx = simulation_shape(args, 64, 4)
-    out = out_folder(args.out)
+    out = writable_folder(out_folder(args.out))
     with Bars() as bars:
         report = run_demo(out, scan_shape=(sy, sx), detector_px=args.detector, models=models, seed=args.seed,
                           full=args.full, cache_dir=args.cache, log=bars.log,

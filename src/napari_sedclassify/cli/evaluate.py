@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from . import CLIError, add_command
 from ._executor import executor
-from ._scan_options import add_model_argument, add_scan_options, check_files, json_printed, open_scans_from_args
+from ._scan_options import (add_model_argument, add_scan_options, check_files, checked_flatfields, json_printed,
+                            open_scans_from_args, out_folder, print_warnings, writable_folder)
 
 
 def register(subparsers) -> None:
@@ -30,10 +31,15 @@ def run(args) -> int:
         raise CLIError(f"{len(args.scans)} scans but {len(args.labels)} label files: give one label file per scan")
     check_files(args.scans, args.labels, args.flatfield, model=args.model)
     scans = open_scans_from_args(args.scans, args)
+    flatfields = checked_flatfields(args.flatfield, scans) if args.flatfield else None  # before any work
+    if args.plot:
+        writable_folder(out_folder(args.plot))
     with Bars(frames_desc="classify") as bars, executor(args, sum(s.n_frames for s in scans)):
-        ev = evaluate_model(args.model, scans, args.labels, flatfield=args.flatfield, scan_progress=bars.scan)
+        ev = evaluate_model(args.model, scans, args.labels, flatfield=flatfields, scan_progress=bars.scan)
     figures = ev.plot(args.plot) if args.plot else []
-    if not json_printed(args, {**ev.to_dict(), **({"figures": figures} if figures else {})}):
+    d = ev.to_dict()
+    print_warnings(d.get("warnings", []))
+    if not json_printed(args, {**d, **({"figures": figures} if figures else {})}):
         print(ev.table())
         for f in figures:
             print(f"figure: {f}")

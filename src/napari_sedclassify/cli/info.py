@@ -15,9 +15,8 @@ def register(subparsers):
                     "Open a scan lazily and describe it (reads one frame to check that it decodes).")
     p.add_argument("file", help="scan file or folder (.mib/.hdr, .blo, .h5/.emd/.nxs, .hspy/.zspy, .mat, .npy, .zarr, .tif; "
                                   ".dm3/.dm4/.tvips with the formats extra)")
-    p.add_argument("--missing-at", choices=("end", "start"), default="end", help="where positions without a frame are")
     p.add_argument("--json", action="store_true", help="print JSON")
-    add_scan_options(p, dataset=True)
+    add_scan_options(p)
     return p
 
 
@@ -47,7 +46,7 @@ def describe(scan) -> dict:
 
 
 def run(args):
-    scan = open_scan_from_args(args.file, args, dataset=args.dataset, missing_at=args.missing_at)
+    scan = open_scan_from_args(args.file, args)
     info = describe(scan)
     if json_printed(args, info):
         return 0

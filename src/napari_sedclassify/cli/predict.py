@@ -6,8 +6,8 @@ from pathlib import Path
 
 from . import CLIError, add_command
 from ._executor import executor
-from ._scan_options import (add_model_argument, add_scan_options, check_files, json_printed, open_scans_from_args,
-                            out_folder)
+from ._scan_options import (add_model_argument, add_scan_options, check_files, checked_flatfields, json_printed,
+                            open_scans_from_args, out_folder, print_warnings, writable_folder)
 
 
 def register(subparsers) -> None:
@@ -63,10 +63,15 @@ def run(args) -> int:
     except ValueError as exc:
         raise CLIError(f"--keep {args.keep}: {exc}") from None
     scans = open_scans_from_args(args.scans, args)
+    # before any work: every scan's flat-field, and a folder to write in (batch_predict then checks
+    # every scan's output files before it classifies the first)
+    flatfields = checked_flatfields(args.flatfield, scans) if args.flatfield else None
+    writable_folder(out)
     with Bars(frames_desc="classify") as bars, executor(args, sum(s.n_frames for s in scans)) as client:
-        results = batch_predict(args.model, scans, out, flatfield=args.flatfield, client=client, force=args.force,
+        results = batch_predict(args.model, scans, out, flatfield=flatfields, client=client, force=args.force,
                                 progress=bars.frames, uncertain_below=args.uncertain_below, hspy=args.hspy,
                                 keep=[k for k in args.keep.split(",") if k.strip()])
+    print_warnings([w for r in results for w in r.get("warnings", [])])
     if not json_printed(args, results):
         for r in results:
             counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())

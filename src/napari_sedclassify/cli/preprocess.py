@@ -7,7 +7,8 @@ from pathlib import Path
 
 from . import CLIError, add_command
 from ._executor import executor
-from ._scan_options import add_scan_argument, add_scan_options, json_printed, open_scan_from_args
+from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed, open_scan_from_args,
+                            os_reason, output_file, print_warnings)
 
 
 def register(subparsers) -> None:
@@ -28,6 +29,17 @@ def register(subparsers) -> None:
     add_scan_options(p, executor=True)
 
 
+def check_crop_radius(radius: float, scan) -> None:
+    """A CLIError for crops larger than the detector: a crop is 2 x radius px on a side, so the
+    radius is at most half the detector's longer side (crops of 2000 x 2000 px from 128 px
+    frames were accepted, almost all padding; a large scan's then filled the disk)."""
+    limit = max(scan.detector_shape) / 2
+    if radius > limit:
+        det = " x ".join(str(int(s)) for s in scan.detector_shape)
+        raise CLIError(f"--crop-radius {radius:g} px is larger than the detector holds: at most {limit:g} px "
+                       f"(half the {det} px detector of {scan.source or 'the scan'})")
+
+
 def run(args) -> int:
     from ._prefetch import import_in_background
 
@@ -35,20 +47,26 @@ def run(args) -> int:
     out = Path(args.out) if args.out else scan_path.with_name(f"{scan_path.stem}_preprocessed.h5")
     if out.suffix.lower() not in (".h5", ".hdf5", ".zarr"):
         raise CLIError(f"{out}: the results file must end in .h5 or .zarr")
-    if out.exists() and not args.force:
-        raise CLIError(f"{out}: exists (use --force to overwrite)")
+    if args.crop_radius is not None and not args.crop_radius > 0:
+        raise CLIError(f"--crop-radius must be a positive number of px, got {args.crop_radius:g}")
     import_in_background("tqdm", "h5py" if out.suffix.lower() in (".h5", ".hdf5") else "zarr")
     from ..pipeline.preprocess import preprocess
-    from ..processing import PreprocessParams, load_flatfield
+    from ..processing import PreprocessParams
     from ._bars import Bars
 
     scan = open_scan_from_args(scan_path, args)
-    flatfield = load_flatfield(args.flatfield) if args.flatfield else None
+    if args.crop_radius is not None:
+        check_crop_radius(args.crop_radius, scan)
+    flatfield = checked_flatfields(args.flatfield, [scan])[0] if args.flatfield else None
+    output_file(out, args.force, folder_ok=out.suffix.lower() == ".zarr")  # before any work: its folder created, and writable
     params = PreprocessParams(centring=args.centring, crop_radius_px=args.crop_radius, crop_bin=args.crop_bin,
                               ria_bin_px=args.bin_width)
     with Bars() as bars, executor(args, scan.n_frames) as client:
         result = preprocess(scan, params, flatfield, progress=bars.frames, client=client)
-    result.save(out)
+    try:
+        result.save(out)
+    except OSError as exc:  # named by the path given, not the hidden temporary file it was written to
+        raise CLIError(f"{out}: could not be written ({os_reason(exc)})") from None
     summary = {
         "out": str(out),
         "scan_shape": list(result.scan_shape),
@@ -62,6 +80,11 @@ def run(args) -> int:
         "descan_residual_rms_px": None if result.descan is None else result.descan.residual_rms_px,
         "frames_per_s": result.provenance["frames_per_s"],
     }
+    if result.resolved.get("edge_pixel_width_measured") is not None:
+        from ..processing.plan import edge_width_warning
+
+        summary["warnings"] = [edge_width_warning(args.scan, result.resolved)]
+    print_warnings(summary.get("warnings"))
     if not json_printed(args, summary):
         print(f"{out}: {summary['frames']} frames, beam found in {summary['beam_found']}, "
               f"{summary['masked_pixels']} masked pixels, {summary['ria_bins']} RIA bins, "

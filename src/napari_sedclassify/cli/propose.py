@@ -3,10 +3,12 @@ frames' radial profiles (see pipeline/propose.py)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from . import add_command
-from ._scan_options import add_scan_options, json_printed, open_scan_from_args, out_folder
+from ._scan_options import (add_scan_options, checked_flatfields, json_printed, open_scan_from_args, out_folder,
+                            print_warnings, writable_folder)
 
 
 def register(subparsers) -> None:
@@ -42,9 +44,10 @@ def run(args) -> int:
     targets = [Path(f"{stem}_proposal{ext}") for ext in (".npy", ".json", ".png")]
     for t in targets:
         check_target(t, args.force)
-    out.mkdir(parents=True, exist_ok=True)
-    result = preprocess(scan, flatfield=args.flatfield)
-    prop = propose(result, scan.geometry, seed=args.seed)
+    flatfield = checked_flatfields(args.flatfield, [scan])[0] if args.flatfield else None
+    writable_folder(out)
+    result = preprocess(scan, flatfield=flatfield)
+    prop = propose(result, scan.geometry, seed=args.seed, source=args.scan)
     table = ClassTable.default()
     write_npy(targets[0], prop.class_map.astype(np.uint8), force=True)
     counts = {table.names[i]: int((prop.class_map == i).sum()) for i in table.ids}
@@ -53,8 +56,9 @@ def run(args) -> int:
     plot_overlay(result.virtual["total"], prop.class_map, targets[2], table,
                  title=f"{stem.name} (proposal): " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
     if scan.geometry.assumed():
-        print(f"note: {', '.join(scan.geometry.assumed())} assumed ({scan.geometry.describe()}); the cluster names "
-              "rely on the q axis: give the true values or run `sedclassify calibrate`")
+        print(f"note: {scan.geometry.values_text(scan.geometry.assumed())} assumed; the cluster names rely on the "
+              "q axis: give the true values or run `sedclassify calibrate`", file=sys.stderr)
+    print_warnings(prop.details.get("warnings"))
     if not json_printed(args, doc):
         for g in prop.groups:
             print(f"cluster {g['group']}: {g['frames']} frames, ice-ring height {g['ice_ring_height']:.2f} -> {g['class']}")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from . import CLIError
 from ._executor import executor
-from ._scan_options import add_scan_argument, add_scan_options, json_printed, open_scan_from_args
+from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed, open_scan_from_args,
+                            output_file)
 
 
 def register(subparsers):
@@ -28,21 +29,21 @@ def register(subparsers):
                    help="bslz4: HDF5 Bitshuffle-LZ4 (default); terse: TERSE/PROLIX per frame (pyterse); none")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_scan_options(p, dataset=True, executor=True)
+    add_scan_options(p, executor=True)
     p.set_defaults(func=run)
     return p
 
 
 def run(args):
     from ..classes import ClassTable
-    from ..io.atomic import check_target
     from ..pipeline.reduce import class_ids, reduce_scan
     from ._bars import Bars
 
     if not str(args.out).lower().endswith((".h5", ".hdf5")):
         raise CLIError(f"{args.out}: a reduced scan is written as HDF5: give a name ending in .h5")
-    check_target(args.out, args.force)  # fail before any work
-    scan = open_scan_from_args(args.scan, args, dataset=args.dataset)
+    output_file(args.out, args.force)  # fail before any work; its folder created, and writable
+    scan = open_scan_from_args(args.scan, args)
+    flatfield = checked_flatfields(args.flatfield, [scan])[0] if args.flatfield else None
     probabilities = None
     if args.model:
         from ..pipeline.predict import as_model, predict_scan
@@ -51,7 +52,7 @@ def run(args):
         table = model.classes
         class_ids(args.classes, table)
         with Bars(frames_desc="classify") as bars, executor(args, scan.n_frames):
-            pred = predict_scan(model, scan, flatfield=args.flatfield, progress=bars.frames)
+            pred = predict_scan(model, scan, flatfield=flatfield, progress=bars.frames)
         class_map, probabilities = pred.class_map, pred.probabilities
         how = {"class_map_from": "model", "model": str(args.model), "model_kind": model.kind,
                "flatfield": args.flatfield, "class_ids_of_probabilities": pred.class_ids}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from . import CLIError, add_command
-from ._scan_options import json_printed, out_folder, simulation_shape
+from ._scan_options import json_printed, out_folder, simulation_shape, writable_folder
 
 
 def register(subparsers) -> None:
@@ -52,6 +52,7 @@ def run(args) -> int:
             n_scans *= len(session_grid(args.session, **grid))
         except ValueError as exc:
             raise CLIError(str(exc)) from None
+    writable_folder(out_dir)  # before any work: created, and writable
     with tqdm(total=n_scans * sy * sx, unit="frame", desc="simulate", file=sys.stderr) as bar:
         kwargs = dict(scan_shape=(sy, sx), detector_px=args.detector, seed=args.seed, progress=bar.update)
         if args.demo:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from . import CLIError, add_command
 from ._executor import executor
-from ._scan_options import add_scan_options, check_files, json_printed, open_scans_from_args
+from ._scan_options import (add_scan_options, check_files, checked_flatfields, json_printed, open_scans_from_args,
+                            output_file, print_warnings)
 
 
 def register(subparsers) -> None:
@@ -36,7 +37,9 @@ def register(subparsers) -> None:
                         "ensemble of 5; cnn: crops resampled on the scan's camera length, direct beam masked, "
                         "ice-thickness augmentation; docs/models.md). Its radial-scaling augmentation is ±3 %% "
                         "when every scan's camera length was fitted (sedclassify calibrate), else ±12 %%. Its "
-                        "models classify whole scans, not live frames")
+                        "models classify whole scans, not live frames. Train it on labeled scans of several "
+                        "sessions: on one session's scans it gained nothing on sessions with thicker ice or a "
+                        "lower dose (docs/models.md)")
     p.add_argument("--ensemble", type=int, metavar="N",
                    help="train N members on their own augmentation draws and seeds and average their probabilities "
                         "(default 1; fcnn and svm with --session-robust: 5)")
@@ -46,6 +49,7 @@ def register(subparsers) -> None:
     crop.add_argument("--crop-radius-A", type=float, metavar="D",
                       help="cnn: crop radius as the spacing at its edge in Å (default 2.7)")
     crop.add_argument("--crop-radius-px", type=float, metavar="PX", help="cnn: crop radius in detector px")
+    p.add_argument("--force", action="store_true", help="replace an existing model file")
     p.add_argument("--json", action="store_true", help="print the training summary and metrics as JSON")
     add_scan_options(p, executor=True)
 
@@ -118,8 +122,11 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise CLIError(f"{out}: is a folder; give a model file name such as model.sedmodel")
+    output_file(out, args.force)  # an existing model is kept unless --force; its folder created and writable
     n = len(args.scans)
     scans = open_scans_from_args(args.scans, args)
+    if args.flatfield:  # every scan's, before any work
+        checked_flatfields(args.flatfield, scans)
     args._all_fitted = all(s.geometry.origin("camera_length_mm") == "fitted" for s in scans)
     changes, params = model_settings(args)
     with Bars() as bars, executor(args, sum(s.n_frames for s in scans)):
@@ -129,6 +136,7 @@ def run(args) -> int:
             seed=args.seed, flatfield=args.flatfield, progress=bars.epoch, preprocess_progress=bars.scan,
         )
     if json_printed(args, summary):
+        print_warnings(summary["training"].get("warnings"))
         return 0
     t = summary["training"]
     print(f"{args.model} trained on {t['n_train_frames']} labeled frames ({t['n_train_inputs']} with augmentation), "
@@ -138,4 +146,5 @@ def run(args) -> int:
     for name, m in summary["metrics"].get("holdout", {}).items():
         print("\n" + format_table(m, f"== held-out scan {name}"))
     print(f"\nmodel written to {summary['path']}")
+    print_warnings(summary["training"].get("warnings"))
     return 0

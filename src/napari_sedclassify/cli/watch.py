@@ -6,9 +6,11 @@ keep-list, and optionally write the kept frames to a reduced file as they arrive
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from . import CLIError
-from ._scan_options import add_model_argument, add_scan_options, detector_options, geometry_values, json_printed
+from ._scan_options import (add_model_argument, add_scan_options, detector_options, file_options, geometry_values,
+                            json_printed, out_folder, writable_folder)
 
 
 def register(subparsers):
@@ -58,8 +60,28 @@ def register(subparsers):
     return p
 
 
+def live_geometry(source, calibration, given: dict) -> None:
+    """Make ``source.geometry()`` (asked once the first frames are here) the live frames' geometry:
+    the source's own (its detector shape that of the frames that arrived), the --calibration scan's
+    calibration values over it, then the values given on the command line. Before, the geometry
+    was taken before any frame had arrived: a folder source then had no detector shape yet and
+    gave the default 512 x 512, so no beam was found in frames of any other size."""
+    if calibration is None and not given:
+        return
+    read = source.geometry
+
+    def geometry():
+        own = read()
+        g = own if calibration is None else calibration.replace(detector_shape=own.detector_shape)
+        return g.with_values("user", **given) if given else g
+
+    source.geometry = geometry
+
+
 def run(args):
     from tqdm import tqdm
+
+    from ..geometry import Geometry
 
     from ..pipeline.live import LiveClassMap, open_source, wait_ready, watch
     from ..pipeline.predict import as_model, check_model_libraries
@@ -82,15 +104,21 @@ def run(args):
     if args.calibration:
         from ..io import open_scan
 
-        ref = open_scan(args.calibration)
+        ref = open_scan(args.calibration, **file_options(args))
         geometry = ref.geometry
         metadata = {k: ref.metadata[k] for k in ("edge_pixel_width",) if k in ref.metadata}
+    elif args.dataset is not None or args.missing_at != "end":
+        raise CLIError("--dataset and --missing-at apply to the --calibration scan file: the live frames are "
+                       "taken as they arrive")
     if detector_options(args):
         metadata = {**(metadata or {}), **detector_options(args)}
     if args.reduce:
         if not str(args.reduce).lower().endswith((".h5", ".hdf5")):
             raise CLIError(f"{args.reduce}: a reduced scan is written as HDF5: give a name ending in .h5")
         check_live_target(args.reduce, args.compression, args.force)  # fail before waiting for the acquisition
+        writable_folder(Path(args.reduce).parent, args.reduce)
+    if args.out:
+        writable_folder(out_folder(args.out))
     bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
 
     def on_update(state):
@@ -100,14 +128,19 @@ def run(args):
         if "median_ms" in lat:
             bar.set_postfix_str(f"latency {lat['median_ms']:.1f} ms", refresh=False)
 
+    given = geometry_values(args)
+    if given:
+        try:  # a bad value is named now, not once frames arrive
+            Geometry().with_values("user", **given)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    live_geometry(source, geometry, given)
     try:
         wait_ready(source, args.timeout)  # the state needs the scan shape, which the .hdr may give
-        if geometry_values(args):
-            geometry = (geometry or source.geometry()).with_values("user", **geometry_values(args))
         state = LiveClassMap(source.scan_shape, model.classes.ids, keep, model.classes.names)
         state.subscribe(on_update)
         result = watch(model, source, out_dir=args.out, name=args.name, keep=keep, flatfield=args.flatfield,
-                       geometry=geometry, metadata=metadata, timeout_s=args.timeout, force=args.force,
+                       geometry=None, metadata=metadata, timeout_s=args.timeout, force=args.force,
                        state=state, reduce_to=args.reduce, compression=args.compression)
     finally:
         bar.close()

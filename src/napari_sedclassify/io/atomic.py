@@ -79,9 +79,25 @@ def atomic_output(path, *, force: bool = False):
             raise FileExistsError(f"{path}: appeared while writing; not overwritten (use --force)")
         os.replace(tmp, path)
         fsync_folder(path.parent)
+    except OSError as exc:
+        if tmp.name not in str(exc):
+            raise
+        raise _naming(exc, path) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` (about the hidden temporary file) as the same kind of error about ``path``, the
+    file the caller asked for: "out/r.h5: cannot be written (Permission denied)"."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc).split(" (")[0]
+    try:
+        new = type(exc)(f"{path}: cannot be written ({reason})")
+    except TypeError:  # a subclass with a constructor of its own
+        new = OSError(f"{path}: cannot be written ({reason})")
+    new.errno = exc.errno
+    return new
 
 
 def atomic_path(path):
