@@ -216,3 +216,22 @@ def test_cli_calibrate_refuses_bad_options(scans, capsys):
     assert "--ring" in capsys.readouterr().err
     assert main(["calibrate", str(path), "--search", "2"]) == 2
     assert "--search" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype, pedestal", [("int16", 1), ("float32", 5)])
+def test_a_subtracted_pedestal_changes_nothing(scans, tmp_path, dtype, pedestal):
+    """Frames with a dark level or pedestal subtracted (values below zero where no electron came,
+    as int16 or float files from other tools have) give the camera length and chip-edge width of
+    the counts themselves; before, the background fit crashed (no positive value to take the log
+    of) or found no ring, and the width came out biased."""
+    src = scans["minus6"]
+    raw = np.load(src)
+    shifted = tmp_path / f"{dtype}.npy"
+    np.save(shifted, raw.astype(dtype) - pedestal)
+    geometry = {"camera_length_mm": NOMINAL, "pixel_size_um": open_scan(src).geometry.pixel_size_um,
+                "voltage_kv": 200.0}
+    flat = str(src.with_name("flatfield_cal-minus6.npy"))
+    ref = calibrate(open_scan(src), flatfield=flat)
+    got = calibrate(open_scan(shifted, geometry=geometry), flatfield=flat)
+    assert got.camera_length_mm == pytest.approx(ref.camera_length_mm, rel=2e-3)
+    assert got.edge_pixel_width == pytest.approx(1.75, abs=0.1)

@@ -367,7 +367,7 @@ def test_incompatible_geometry_is_a_clear_error(tiny, tmp_path):
     with pytest.raises(IncompatibleModelError, match=r"m\.sedmodel cannot be applied to A_3: .*camera length"):
         predict_scan(model, uncalibrated)
     far = ScanFeatures(f.name, f.geometry.replace(camera_length_mm=3000.0), f.missing, f.ria, f.radii_px)
-    with pytest.raises(IncompatibleModelError, match=r"needs q up to 0\.6 Å⁻¹, .* detector reaches 64 px"):
+    with pytest.raises(IncompatibleModelError, match=r"needs q up to 0\.6 Å⁻¹, .* detector reaches 77 px"):  # a quarter circle at 77 px
         predict_scan(model, far)
     px_model = train_model(feats, truths, "fcnn", recipe=FeatureRecipe(axis="px", r_min_px=5, r_max_px=60),
                            params={"max_epochs": 5})
@@ -446,3 +446,55 @@ def test_metrics_with_no_labeled_point_and_absent_classes():
                                                  "support": 0}
     assert m["macro"]["recall"] == pytest.approx((0.5 + 1.0) / 2)  # over the classes present only
     assert confusion_matrix([1, 2, 9], [1, 1, 1], [1, 2]).tolist() == [[1, 0], [1, 0]]  # 9: not a class, left out
+
+
+def test_training_names_rare_classes_and_assumed_values(tiny):
+    """A class with few labeled frames (the simulated scans' crystalline ice) and calibration values
+    nobody stated for the training scans are said with the trained model; scans whose values the
+    files state and classes all labeled at length say nothing."""
+    from dataclasses import replace
+
+    from napari_sedclassify.geometry import Geometry
+    from napari_sedclassify.models.training import MIN_CLASS_FRAMES, training_warnings
+
+    feats, truths = tiny
+    model = train_model(feats, truths, "svm")
+    counts = model.training["class_counts"]
+    rare = [name for name, n in counts.items() if n < MIN_CLASS_FRAMES]
+    assert rare  # 16x16 scans: crystalline ice and mixed are a few frames each
+    assert model.training["warnings"] == training_warnings(counts, feats[:3])
+    assert model.training["warnings"][0].startswith("few labeled frames for ")
+    assert all(f"{name} ({counts[name]})" in model.training["warnings"][0] for name in rare)
+    assert training_warnings({"carbon": 500, "amorphous_ice": 400}, feats[:3]) == []
+    bare = [replace(f, geometry=Geometry(detector_shape=f.geometry.detector_shape)) for f in feats[:3]]
+    (text,) = training_warnings({"carbon": 500, "amorphous_ice": 400}, bare)
+    assert text.startswith("pixel size 55 µm, camera length 900 mm, voltage 200 kV assumed for the training scans")
+
+
+def test_a_region_of_interest_detector_is_read_as_far_as_its_arcs_reach(tiny):
+    """A model trained on full 128 px frames, applied to a 128 x 64 region of interest of the same
+    detector (Merlin's ROI read-out): the profile beyond the shorter side's half is measured on
+    arcs along the long side (a third of a circle at 60 px), so the model applies and classifies
+    about as on the full frames; it was refused ("the detector reaches 32 px")."""
+    from napari_sedclassify.geometry import reach_px
+    from napari_sedclassify.models.training import ScanFeatures
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.processing import FlatField
+    from napari_sedclassify.scan import Scan
+
+    assert reach_px((128, 128)) > 64 and reach_px((128, 64)) == pytest.approx(reach_px((64, 128)))
+    feats, truths = tiny
+    model = train_model(feats, truths, "svm")
+    sim = tiny_simulated([3])[0]
+    full = ScanFeatures.from_preprocess(preprocess(sim.scan, None, FlatField.from_flood(sim.flatfield)),
+                                        sim.scan.geometry, "full")
+    roi_geometry = sim.scan.geometry.replace(detector_shape=(128, 64))
+    roi = Scan(np.asarray(sim.scan.data)[:, :, :, 32:96], roi_geometry, sim.scan.missing)
+    flat = FlatField.from_flood(np.asarray(sim.flatfield)[..., 32:96])
+    cut = ScanFeatures.from_preprocess(preprocess(roi, None, flat), roi_geometry, "roi")
+    from napari_sedclassify.models.inference import predict_scan
+
+    a, b = predict_scan(model, full).class_map, predict_scan(model, cut).class_map
+    truth = sim.truth
+    acc = lambda m: float(((m == truth) & (truth > 0)).sum() / (truth > 0).sum())  # noqa: E731
+    assert acc(b) > acc(a) - 0.1, (acc(a), acc(b))

@@ -19,12 +19,32 @@ ORIGINS = ("file", "user", "fitted", "assumed")
 #: What users type to set each value (command line flag, unit).
 FLAGS = {"pixel_size_um": ("--pixel-size", "µm"), "camera_length_mm": ("--camera-length", "mm"),
          "voltage_kv": ("--voltage", "kV"), "scan_step_nm": ("--scan-step", "nm")}
+#: The calibration values in the user's words.
+NAMES = {"pixel_size_um": "pixel size", "camera_length_mm": "camera length", "voltage_kv": "voltage",
+         "scan_step_nm": "scan step"}
 
 # CODATA constants (SI)
 _H = 6.62607015e-34  # J s
 _M_E = 9.1093837015e-31  # kg
 _E = 1.602176634e-19  # C
 _C = 299792458.0  # m/s
+
+
+def reach_px(detector_shape, min_fraction: float = 0.25) -> float:
+    """How far (px) from a detector's centre a radial profile is still measured: the largest
+    radius whose circle about the centre lies on the detector for at least ``min_fraction`` of its
+    length (the largest inscribed circle, half the shorter side, and beyond: on a 256 x 128
+    region of interest the arcs along the long side still hold a third of a circle at 120 px)."""
+    a, b = 0.5 * float(detector_shape[0]), 0.5 * float(detector_shape[1])
+
+    def fraction(r):
+        return max(0.0, math.asin(min(1.0, a / r)) - math.acos(min(1.0, b / r))) * 2.0 / math.pi
+
+    lo, hi = min(a, b), math.hypot(a, b)
+    for _ in range(50):  # the fraction falls with r beyond the inscribed circle
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if fraction(mid) >= min_fraction else (lo, mid)
+    return lo
 
 
 def electron_wavelength_A(voltage_kv: float) -> float:
@@ -91,6 +111,10 @@ class Geometry:
     def assumed(self, names=Q_FIELDS) -> list[str]:
         """The values among ``names`` that nobody stated (defaults)."""
         return [n for n in names if self.origin(n) == "assumed"]
+
+    def values_text(self, names) -> str:
+        """"pixel size 55 µm, voltage 200 kV" for the calibration values ``names``."""
+        return ", ".join(f"{NAMES[n]} {getattr(self, n):g} {FLAGS[n][1]}" for n in names)
 
     def describe(self) -> str:
         """One line for users, e.g. "pixel 55 µm (assumed), camera length 900 mm (file), ..."."""

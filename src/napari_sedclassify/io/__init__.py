@@ -122,10 +122,9 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
         options["dataset"] = dataset
     scan = reader.read(path, scan_shape, **options)
     _check_readable(scan)
-    from .sidecar import read_calibration
+    from .sidecar import with_calibration
 
-    scan.geometry = scan.geometry.with_values("fitted", **read_calibration(path))
-    scan.geometry = scan.geometry.with_values("user", **(geometry or {}))
+    scan.geometry = with_calibration(scan.geometry, path, geometry)
     return scan
 
 

@@ -1,8 +1,10 @@
 """The calibration sidecar: ``<scan file name>.sedclassify.json`` beside a scan.
 
 ``sedclassify calibrate SCAN --write`` stores the values it fitted there (with uncertainty and
-provenance); ``open_scan`` reads them back, marked "fitted". Values the user gives win over both
-the sidecar and the file.
+provenance); ``open_scan`` reads them back, marked "fitted" (:func:`with_calibration`). Values the
+user gives win over both the sidecar and the file. A ring fixes the effective λL/p, not L: a
+camera length fitted with one pixel size and voltage is rescaled when the scan is later opened
+with others (the user gave the true pixel size after calibrating with the default, say).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..errors import ScanFormatError
-from ..geometry import CALIBRATION_FIELDS
+from ..geometry import CALIBRATION_FIELDS, Geometry, electron_wavelength_A
 
 FORMAT = "napari-sedclassify/calibration"
 
@@ -34,6 +36,45 @@ def read_calibration(scan_path) -> dict:
     if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("geometry"), dict):
         raise ScanFormatError(f"{side}: not a napari-sedclassify calibration file")
     return {k: float(v) for k, v in d["geometry"].items() if k in CALIBRATION_FIELDS and v is not None}
+
+
+def fitted_with(scan_path) -> dict:
+    """The pixel size (µm) and voltage (kV) the stored camera length was fitted with ({} when the
+    sidecar does not say: written before they were kept, or by hand)."""
+    side = calibration_path(scan_path)
+    try:
+        details = json.loads(side.read_text()).get("details") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    out = {}
+    for key in ("pixel_size_um", "voltage_kv"):
+        try:
+            v = float(details[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if v > 0:
+            out[key] = v
+    return out
+
+
+def with_calibration(geometry: Geometry, scan_path, user: dict | None = None) -> Geometry:
+    """``geometry`` (the file's) with the sidecar's fitted values, then the ``user``'s values
+    ({name: value}). A fitted camera length holds for the pixel size and voltage it was fitted
+    with: when the scan's are now others, it is rescaled so that λL/p, what the ring measured,
+    stays the same."""
+    fitted = read_calibration(scan_path)
+    g = geometry.with_values("fitted", **fitted).with_values("user", **(user or {}))
+    if "camera_length_mm" not in fitted or g.origin("camera_length_mm") != "fitted":
+        return g
+    then = fitted_with(scan_path)
+    factor = 1.0
+    if then.get("pixel_size_um") and g.pixel_size_um:
+        factor *= g.pixel_size_um / then["pixel_size_um"]
+    if then.get("voltage_kv") and g.voltage_kv:
+        factor *= electron_wavelength_A(then["voltage_kv"]) / electron_wavelength_A(g.voltage_kv)
+    if abs(factor - 1.0) < 1e-9:
+        return g
+    return g.with_values("fitted", camera_length_mm=fitted["camera_length_mm"] * factor)
 
 
 def write_calibration(scan_path, values: dict, details: dict | None = None) -> Path:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..classes import ClassTable
 from ..errors import IncompatibleModelError, ModelFileError
-from ..geometry import FLAGS, Q_FIELDS, Geometry
+from ..geometry import FLAGS, Q_FIELDS, Geometry, reach_px
 from ..io.atomic import atomic_path
 from ..jsonutil import jsonable
 from .features import FeatureRecipe
@@ -196,7 +196,7 @@ def _geometry_problems(recipe: FeatureRecipe, trained: Geometry, scan: Geometry)
     assumed = assumed_problems(trained, scan)
     if assumed:
         return assumed
-    reach = min(scan.detector_shape) / 2
+    reach = reach_px(scan.detector_shape)
     if recipe.kind == "ria" and recipe.axis == "q":
         if not scan.calibrated:
             return ["the model's RIA axis is q (Å⁻¹) but the scan's camera length or voltage is unknown"]

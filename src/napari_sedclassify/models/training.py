@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..classes import ClassTable
-from ..geometry import Geometry
+from ..geometry import FLAGS, Geometry
 from . import MODEL_KINDS, check_kind, make_estimator
 from ._common import check_cancel
 from .features import (
@@ -360,6 +360,9 @@ def train(
     for key in ("search_results_", "best_params_"):
         if hasattr(estimator, key):
             summary[key.rstrip("_")] = getattr(estimator, key)
+    warnings = training_warnings(summary["class_counts"], [scans[i] for i in train_ids])
+    if warnings:
+        summary["warnings"] = warnings
     model = SedModel(kind=kind, estimator=estimator, recipe=recipe, preprocess=dict(preprocess or {}),
                      classes=classes, geometry=geometry, training=summary, versions=library_versions(kind))
     metrics = {}
@@ -371,3 +374,27 @@ def train(
         metrics.setdefault("holdout", {})[scans[i].name] = evaluate(maps[i], pred.class_map, classes)
     model.metrics = metrics
     return model
+
+
+#: A class with fewer labeled training frames than this is learnt poorly (a warning says so).
+MIN_CLASS_FRAMES = 40
+
+
+def training_warnings(class_counts: dict, scans) -> list[str]:
+    """What a user must know about a model just trained: classes with few labeled frames, and
+    calibration values of the training scans that nobody stated (the model's q axis rests on
+    them)."""
+    out = []
+    few = {name: n for name, n in class_counts.items() if n < MIN_CLASS_FRAMES}
+    if few:
+        out.append("few labeled frames for " + ", ".join(f"{name} ({n})" for name, n in few.items())
+                   + f": the model will recognise {'it' if len(few) == 1 else 'them'} poorly; label at least "
+                   f"{MIN_CLASS_FRAMES} frames of each class, from more than one scan if you can")
+    assumed = sorted({n for s in scans for n in s.geometry.assumed()}, key=list(FLAGS).index)
+    if assumed:
+        g = next(s.geometry for s in scans if s.geometry.assumed())
+        out.append(f"{g.values_text(assumed)} assumed for the training scans "
+                   "(neither the files nor the command line give them): the model reads its radial profiles on the "
+                   "q axis they set, and scans it is applied to must match them; give the true values "
+                   "(--pixel-size, --camera-length, --voltage) or fit the camera length (`sedclassify calibrate`)")
+    return out

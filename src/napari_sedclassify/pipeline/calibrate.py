@@ -41,8 +41,10 @@ import numpy as np
 
 from ..errors import CalibrationError
 from ..geometry import FLAGS, Geometry
+from ..processing.stats import median
 
-__all__ = ["CalibrationError", "CalibrationResult", "RING_SETS", "calibrate", "calibrate_ria", "parse_ring"]
+__all__ = ["CalibrationError", "CalibrationResult", "Q_AXIS_TOLERANCE", "RING_SETS", "calibrate", "calibrate_ria",
+           "parse_ring", "preprocessed_q_axis_warning", "q_axis_warning"]
 
 #: Named ring sets: d-spacings (Å) and the relative Gaussian width (σ/r) expected for frame selection.
 RING_SETS = {
@@ -69,6 +71,16 @@ ICE_WIDTH_RANGE = (0.5, 1.5)
 #: Vitreous ice scatters more at its 3.7-Å ring than at 2.1 Å (its second ring); amorphous carbon,
 #: whose rings are at 2.13 and 1.21 Å with only a weak feature near 3.8 Å, the other way round.
 ICE_OVER_2P1_MIN = 1.0
+#: Vitreous ice's second ring (Å), also where amorphous carbon's strongest ring lies (2.13 Å).
+ICE_2P1_A = 2.115
+#: A scan whose amorphous-ice ring lies this far (relative) from where its camera length puts it
+#: gets a warning with its prediction: a model reads the radial profile on the q axis, and on
+#: simulated scans an SVM put every frame in one class with the camera length 8 % off (5 % held).
+Q_AXIS_TOLERANCE = 0.04
+#: How far (relative) that check looks for the ring, the widest first that the detector holds.
+Q_AXIS_SEARCH = (0.35, 0.15)
+#: Frames of a scan that first look takes (evenly spaced): the median of the most prominent rings.
+Q_AXIS_FRAMES = 400
 
 
 @dataclass
@@ -269,6 +281,76 @@ def _check_geometry(geometry: Geometry, search: float):
                                f"{search:.0%} of the truth)")
 
 
+# ---- the q axis checked on a prediction's own RIAs ------------------------------------------------
+
+
+def preprocessed_q_axis_warning(result, geometry: Geometry, source=None) -> str | None:
+    """:func:`q_axis_warning` on a PreprocessResult: its RIAs, frames with a beam, beam radius."""
+    valid = np.asarray(result.beam_found) & ~np.asarray(result.missing)
+    radius = np.asarray(result.beam_radius_px, dtype=np.float64)[valid]
+    radius = radius[np.isfinite(radius)]
+    return q_axis_warning(result.ria, result.radii_px, valid, geometry, counts=result.ria_counts,
+                          inner_px=float(result.resolved.get("adf_inner_px", 0.0)),
+                          beam_radius_px=float(median(radius)) if radius.size else None, source=source)
+
+
+def q_axis_warning(ria, radii_px, valid, geometry: Geometry, *, counts=None, inner_px: float = 0.0,
+                   beam_radius_px: float | None = None, source=None) -> str | None:
+    """A warning when the amorphous-ice ring of these RIAs lies Q_AXIS_TOLERANCE or more from
+    where ``geometry`` puts it (the camera length, pixel size or voltage in use is off), with the
+    camera length it shows; None when it lies where expected or no frame shows it (a scan without
+    vitreous ice says nothing). A first look with numpy alone (the template scan of
+    :func:`calibrate_ria`, milliseconds); only a scan that looks off is fitted in full."""
+    if not geometry.calibrated:
+        return None
+    all_counts = counts
+    radii = np.asarray(radii_px, dtype=np.float64)
+    ok = np.asarray(valid, bool).reshape(-1)
+    if not ok.any():
+        return None
+    # the first look takes at most Q_AXIS_FRAMES frames, evenly spaced over the valid ones
+    pick = np.flatnonzero(ok)
+    pick = pick[np.linspace(0, len(pick) - 1, min(len(pick), Q_AXIS_FRAMES)).astype(int)]
+    ria2 = np.asarray(ria).reshape(-1, radii.size)[pick].astype(np.float64)
+    ok = np.ones(len(pick), bool)
+    if counts is not None:
+        counts = np.asarray(counts).reshape(-1, radii.size)[pick]
+    name, d_A, rel_width = parse_ring("ice")
+    for search in Q_AXIS_SEARCH:  # as wide as the detector allows: a wrong voltage moves the ring by 27 %
+        try:
+            usable, _, r0, _, _, win = _window(radii, ria2, ok, geometry, name, d_A, counts, search, inner_px, "")
+            _, _, Yn = _normalised(ria2, ok, win, (0, 0), "")
+            break
+        except CalibrationError:
+            continue
+    else:
+        return None
+    scales = np.linspace(1 - search, 1 + search, int(round(search * 100)) + 1)  # 1 % steps
+    t, prom, best, _ = _template_scan(radii[win], Yn, r0, rel_width, scales)
+    ringlike = (t >= T_MIN) & (prom > 0)
+    if ringlike.sum() < 3:
+        return None
+    if abs(float(median(best[_most_prominent(prom, ringlike)])) - 1.0) < 0.75 * Q_AXIS_TOLERANCE:
+        return None
+    try:
+        cal = calibrate_ria(ria, radii_px, valid, geometry, "ice", counts=all_counts, search=search, inner_px=inner_px,
+                            beam_radius_px=beam_radius_px, source=source)
+    except CalibrationError:
+        return None
+    if abs(cal.relative_change) < Q_AXIS_TOLERANCE:
+        return None
+    L0, L = cal.nominal_camera_length_mm, cal.camera_length_mm
+    return (f"{source or 'the scan'}: its amorphous-ice ring (3.7 Å, {cal.frames_used} frames) lies "
+            f"{abs(cal.relative_change):.1%} {'further out' if cal.relative_change > 0 else 'further in'} than the "
+            f"camera length {L0:g} mm ({cal.nominal_origin}) puts it with pixel {geometry.pixel_size_um:g} µm "
+            f"({geometry.origin('pixel_size_um')}) and {geometry.voltage_kv:g} kV ({geometry.origin('voltage_kv')}): "
+            f"the scan's effective camera length is {L:.1f} ± {cal.camera_length_sd_mm:.1f} mm, so its radial "
+            f"profiles were read on a wrong q axis (a model's features, the proposal's names) and the classes may "
+            f"be wrong. Fit it with `sedclassify calibrate "
+            f"{source or 'SCAN'} --write` (or give --camera-length {L:.0f}, or the true pixel size or voltage if "
+            "one of those is wrong) and run it again")
+
+
 # ---- the fit on RIAs -----------------------------------------------------------------------------
 
 
@@ -291,46 +373,17 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
     ria = ria.reshape(-1, radii.size)
     valid = np.asarray(valid, bool).reshape(-1)
     L0 = float(geometry.camera_length_mm)
-    K0 = float(geometry.lambda_L_over_p)
     where = f"{source}: " if source else ""
     a = float(beam_radius_px) if beam_radius_px is not None and np.isfinite(beam_radius_px) else 0.0
     blur2 = a * a / 4.0
 
-    # bins the detector covers well enough (a quarter of the circle or more in most frames)
-    usable = np.isfinite(radii) & (radii > max(inner_px, 1.0))
-    if counts is not None:
-        c = np.asarray(counts).reshape(-1, radii.size)[valid]
-        if len(c):
-            usable &= np.median(c, axis=0) >= 0.25 * 2 * np.pi * radii
-    reach = float(radii[usable].max()) if usable.any() else 0.0
-    r0_all = np.array([K0 / d for d in d_A])
-    on = r0_all * (1 + search) * 1.15 <= reach
-    if not on.any():
-        raise CalibrationError(
-            f"{where}{_ring_words(name, d_A)} would lie at "
-            f"r ≈ {r0_all.min():.0f} px or beyond, but the RIA reaches {reach:.0f} px with {geometry.describe()}; "
-            f"{_hint(geometry)}")
-    d_used = tuple(d for d, o in zip(d_A, on) if o)
-    r0 = r0_all[on]
-    lo = max(r0.min() * (1 - search) * 0.75, inner_px, 1.0)
-    hi = min(r0.max() * (1 + search) * 1.25, reach)
-    win = usable & (radii >= lo) & (radii <= hi)
-    if win.sum() < 12:
-        raise CalibrationError(f"{where}only {int(win.sum())} RIA bins between {lo:.0f} and {hi:.0f} px, too few "
-                               f"to fit {_ring_words(name, d_used)}; {_hint(geometry)}")
+    usable, reach, r0, d_used, (lo, hi), win = _window(radii, ria, valid, geometry, name, d_A, counts, search,
+                                                        inner_px, where)
+    ria = _without_pedestal(ria, valid, usable)
 
     # 1) frames that show the ring
-    idx = np.flatnonzero(valid)
     rw = radii[win]
-    Y = ria[np.ix_(idx, np.flatnonzero(win))]
-    finite = np.isfinite(Y).all(axis=1)
-    idx, Y = idx[finite], Y[finite]
-    level = Y.mean(axis=1)
-    ok = level > 0
-    idx, Y, level = idx[ok], Y[ok], level[ok]
-    if not len(idx):
-        raise CalibrationError(f"{where}no frame has a usable radial profile between {lo:.0f} and {hi:.0f} px")
-    Yn = Y / level[:, None]
+    idx, level, Yn = _normalised(ria, valid, win, (lo, hi), where)
     # Bragg spots (crystalline ice; a few large grains of a standard) are narrow in r: a running
     # median over about one ring width removes them for the scoring, and frames that they dominate
     # are left out (their spots would pass for a ring, and pull it)
@@ -353,11 +406,7 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
             f"{where}no frame shows {_ring_words(name, d_used)} between {r0.min() * (1 - search):.0f} and "
             f"{r0.max() * (1 + search):.0f} px (±{search:.0%} about where {geometry.describe()} puts it): "
             f"{_what_else(name)}; {_hint(geometry)}")
-    p90 = np.percentile(prom[ringlike], 90)
-    # the frames with the most prominent ring: above the split between the two groups of prominence
-    # (e.g. carbon with a little ice vs vitreous ice) and within a factor 2 of the top
-    cut = max(PROMINENCE_FRACTION * p90, _otsu(np.log(prom[ringlike])) if n_ring >= 8 else 0.0)
-    sel = ringlike & (prom >= cut)
+    sel = _most_prominent(prom, ringlike)
     order = np.argsort(-prom[sel])[:max_frames]
     chosen = np.flatnonzero(sel)[order]
     selected = np.zeros(ria.shape[0], bool)
@@ -380,6 +429,8 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
                 raise
     main = fits["main"]
     _check_fit(main, name, d_used, r0, search, where, geometry)
+    if name == "ice":
+        _not_the_second_ring(all_r, all_Y, usable, main, inner_px, rel_width, geometry, where)
     ice_ratio = _ice_vs_2p1(all_r, all_Y, usable, main) if name == "ice" else None
     if ice_ratio is not None and ice_ratio < ICE_OVER_2P1_MIN:
         raise CalibrationError(
@@ -433,6 +484,74 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
         profile=profile,
         source=source,
     )
+
+
+def _window(radii, ria, valid, geometry: Geometry, name, d_A, counts, search, inner_px, where):
+    """The bins the detector covers well enough (a quarter of the circle or more in most valid
+    frames) and the outermost of them, the rings' nominal radii r0 (px) and d-spacings on the
+    detector, and the radial window searched: (usable, reach, r0, d_used, (lo, hi), win)."""
+    K0 = float(geometry.lambda_L_over_p)
+    usable = np.isfinite(radii) & (radii > max(inner_px, 1.0))
+    if counts is not None:
+        c = np.asarray(counts).reshape(-1, radii.size)[valid]
+        if len(c):
+            usable &= median(c, axis=0) >= 0.25 * 2 * np.pi * radii
+    reach = float(radii[usable].max()) if usable.any() else 0.0
+    r0_all = np.array([K0 / d for d in d_A])
+    on = r0_all * (1 + search) * 1.15 <= reach
+    if not on.any():
+        raise CalibrationError(
+            f"{where}{_ring_words(name, d_A)} would lie at "
+            f"r ≈ {r0_all.min():.0f} px or beyond, but the RIA reaches {reach:.0f} px with {geometry.describe()}; "
+            f"{_hint(geometry)}")
+    d_used = tuple(d for d, o in zip(d_A, on) if o)
+    r0 = r0_all[on]
+    lo = max(r0.min() * (1 - search) * 0.75, inner_px, 1.0)
+    hi = min(r0.max() * (1 + search) * 1.25, reach)
+    win = usable & (radii >= lo) & (radii <= hi)
+    if win.sum() < 12:
+        raise CalibrationError(f"{where}only {int(win.sum())} RIA bins between {lo:.0f} and {hi:.0f} px, too few "
+                               f"to fit {_ring_words(name, d_used)}; {_hint(geometry)}")
+    return usable, reach, r0, d_used, (lo, hi), win
+
+
+def _without_pedestal(ria, valid, usable):
+    """The RIAs raised by a constant when they go below zero: frames with a dark level or pedestal
+    subtracted (int16 or float data, a detector's offset removed) average to negative values far
+    from the beam, which the background model (a positive power law) cannot follow. A constant
+    pedestal shifts every RIA by the same amount, so adding one back changes no ring."""
+    with np.errstate(invalid="ignore"):
+        low = np.nanmin(ria[np.ix_(valid, usable)]) if valid.any() and usable.any() else np.nan
+    if not np.isfinite(low) or low >= 0:
+        return ria
+    spread = float(np.nanmedian(np.abs(ria[np.ix_(valid, usable)] - low)))
+    return ria - low + max(0.05 * spread, 1e-6)
+
+
+def _normalised(ria, valid, win, window, where):
+    """The valid frames whose RIA is finite and positive over the window ``win``: their indices,
+    mean level there and profiles over the window divided by it."""
+    idx = np.flatnonzero(valid)
+    Y = ria[np.ix_(idx, np.flatnonzero(win))]
+    finite = np.isfinite(Y).all(axis=1)
+    idx, Y = idx[finite], Y[finite]
+    level = Y.mean(axis=1)
+    ok = level > 0
+    idx, Y, level = idx[ok], Y[ok], level[ok]
+    if not len(idx):
+        raise CalibrationError(f"{where}no frame has a usable radial profile between {window[0]:.0f} and "
+                               f"{window[1]:.0f} px")
+    return idx, level, Y / level[:, None]
+
+
+def _most_prominent(prom, ringlike):
+    """The frames with the most prominent ring: above the split between the two groups of
+    prominence (e.g. carbon with a little ice vs vitreous ice) and within a factor 2 of the top."""
+    n_ring = int(ringlike.sum())
+    top = np.sort(prom[ringlike])  # its 90th percentile (np.percentile would import numpy.ma)
+    p90 = float(np.interp(0.9 * (len(top) - 1), np.arange(len(top)), top))
+    cut = max(PROMINENCE_FRACTION * p90, _otsu(np.log(prom[ringlike])) if n_ring >= 8 else 0.0)
+    return ringlike & (prom >= cut)
 
 
 def _otsu(values) -> float:
@@ -614,7 +733,7 @@ def _ice_vs_2p1(radii, Y, usable, fit: _Fit):
     amorphous carbon, whose strong ring is at 2.13 Å: well below 1); None when 2.1 Å is not on the
     detector."""
     R = fit.scale * fit.r0[0]
-    r21 = R * 3.70 / 2.115
+    r21 = R * 3.70 / ICE_2P1_A
     near = usable & (np.abs(radii - R) <= max(0.5 * fit.sigmas[0], 1.0))
     far = usable & (np.abs(radii - r21) <= 0.08 * r21)
     if near.sum() < 1 or far.sum() < 3:
@@ -625,6 +744,35 @@ def _ice_vs_2p1(radii, Y, usable, fit: _Fit):
     if not (np.isfinite(v37) and np.isfinite(v21)) or v21 <= 0:
         return None
     return float(v37 / v21)
+
+
+def _not_the_second_ring(radii, Y, usable, fit: _Fit, inner_px, rel_width, geometry: Geometry, where):
+    """Raise CalibrationError when the ring fitted as 3.7 Å is vitreous ice's 2.1-Å ring: the mean
+    profile then shows a stronger ring (larger amplitude) 3.70/2.115 times further in (where a pixel size,
+    voltage or camera length off by that much, a 2x2-binned detector taken for an unbinned one say,
+    puts the true 3.7-Å ring)."""
+    R = fit.scale * fit.r0[0]
+    with np.errstate(invalid="ignore"):
+        y = np.nanmedian(Y, axis=0)
+
+    def ring_at(rc):
+        w = usable & np.isfinite(y) & (radii >= max(0.7 * rc, inner_px, 1.0)) & (radii <= 1.3 * rc)
+        if w.sum() < 12:
+            return None
+        t, _, best, amp = _template_scan(radii[w], y[w][None, :], np.array([rc]), rel_width,
+                                         np.linspace(0.9, 1.1, 41))
+        return float(t[0]), float(amp[0]), float(best[0] * rc)
+
+    inner, here = ring_at(R * ICE_2P1_A / 3.70), ring_at(R)
+    if inner is None or here is None or inner[0] < T_MIN or inner[1] <= here[1]:
+        return
+    L_inner = geometry.camera_length_mm * inner[2] / (fit.r0[0])
+    raise CalibrationError(
+        f"{where}the ring found at {R:.1f} px is not the amorphous-ice ring (3.7 Å) but its second ring (2.1 Å): "
+        f"a stronger ring lies at {inner[2]:.1f} px, {R / inner[2]:.2f} times further in, as vitreous ice's "
+        f"3.7- and 2.1-Å rings do. With {geometry.describe()} the 3.7-Å ring there means a camera length of "
+        f"{L_inner:.0f} mm, outside the search: the pixel size (a binned detector's pixels are 2 or 4 times "
+        f"larger), voltage or camera length is off; {_hint(geometry)}")
 
 
 def _check_fit(fit: _Fit, name, d_used, r0, search, where, geometry):
@@ -676,7 +824,5 @@ def _hint(geometry: Geometry) -> str:
     assumed = geometry.assumed()
     if not assumed:
         return "check the pixel size (--pixel-size), voltage (--voltage) and camera length (--camera-length)"
-    names = {"pixel_size_um": "pixel size", "camera_length_mm": "camera length", "voltage_kv": "voltage"}
-    return ("assumed (nobody stated them): " + ", ".join(f"{names[n]} {getattr(geometry, n):g} {FLAGS[n][1]}"
-                                                         for n in assumed)
+    return ("assumed (nobody stated them): " + geometry.values_text(assumed)
             + "; set them with " + ", ".join(FLAGS[n][0] for n in assumed))

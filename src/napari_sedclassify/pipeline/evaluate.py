@@ -29,10 +29,17 @@ class Evaluation:
         m = self.model
         return {
             "model": {"path": m.source, "kind": m.kind},
-            "scans": {p.name: {"source": p.source, "metrics": self.per_scan[p.name], "timings": p.timings}
+            "scans": {p.name: {"source": p.source, "metrics": self.per_scan[p.name], "timings": p.timings,
+                               **({"warnings": list(p.warnings)} if p.warnings else {})}
                       for p in self.predictions},
             "pooled": self.pooled,
+            **({"warnings": self.warnings} if self.warnings else {}),
         }
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every scan's prediction warnings, in order."""
+        return [w for p in self.predictions for w in p.warnings]
 
     def table(self) -> str:
         from ..models.metrics import format_table

@@ -285,7 +285,10 @@ class MibSource(_FileSource):
             hdr_path = self.path.with_suffix(".hdr")
             found = hdr_scan_shape(read_hdr(hdr_path)) if hdr_path.exists() else None
             if found is None:
-                raise ValueError(f"{self.path}: scan shape unknown (no .hdr giving it yet): give --scan-shape SY SX")
+                why = ("its .hdr does not give it (no ScanX/ScanY)" if hdr_path.exists()
+                       else "no .hdr giving it yet")
+                raise ValueError(f"{self.path}: scan shape unknown ({why}); a live run needs it before the scan "
+                                 "ends: give --scan-shape SY SX")
             self._scan_shape = tuple(found[0])
         return self._scan_shape
 

@@ -28,7 +28,8 @@ class ScanPrediction:
     most probable class was below a probability threshold (:func:`with_uncertain`).
     geometry: the scan's Geometry (scan step, q axis); ria: (sy, sx, nbins) float32 radial
     intensity averages with ria_radii_px (nbins,) their bin centres: what the HyperSpy export
-    (``io.hyperspy.export_hyperspy``) writes besides the class map."""
+    (``io.hyperspy.export_hyperspy``) writes besides the class map. warnings: what the user must
+    know before trusting the class map (:func:`prediction_warnings`), one sentence each."""
 
     name: str
     class_map: np.ndarray
@@ -41,6 +42,7 @@ class ScanPrediction:
     geometry: object | None = None
     ria: np.ndarray | None = None
     ria_radii_px: np.ndarray | None = None
+    warnings: list = field(default_factory=list)
 
 
 def with_uncertain(pred: ScanPrediction, threshold: float | None) -> ScanPrediction:
@@ -63,6 +65,8 @@ def prediction_entry(pred: ScanPrediction, files: dict, classes) -> dict:
              "unclassified": int((pred.class_map == 0).sum()), "timings": pred.timings}
     if pred.uncertain is not None:
         entry["uncertain"] = int(pred.uncertain.sum())
+    if pred.warnings:
+        entry["warnings"] = list(pred.warnings)
     return entry
 
 
@@ -188,7 +192,38 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
     return ScanPrediction(name=name, class_map=pred.class_map, probabilities=pred.probabilities,
                           class_ids=pred.class_ids, integrated=result.virtual["total"],
                           timings={"preprocess_s": t1 - t0, "predict_s": t2 - t1}, source=scan.source,
-                          geometry=scan.geometry, ria=result.ria, ria_radii_px=result.radii_px)
+                          geometry=scan.geometry, ria=result.ria, ria_radii_px=result.radii_px,
+                          warnings=prediction_warnings(card, scan, result, name))
+
+
+def prediction_warnings(model, scan, result, name=None) -> list[str]:
+    """What a user must know before trusting a class map that ``model`` (SedModel or card) made
+    from ``result`` (the scan's PreprocessResult): calibration values nobody stated (the model
+    was let through because they equal its training scans', which may be chance), and an
+    amorphous-ice ring that lies away from where the scan's camera length puts it
+    (``calibrate.q_axis_warning``: the q axis the model read is off), and a chip-edge pixel width
+    given or read from the file that the frames contradict (``processing.plan.edge_width_warning``)."""
+    from ..geometry import FLAGS
+    from ..processing.plan import edge_width_warning
+    from .calibrate import preprocessed_q_axis_warning
+
+    g = scan.geometry
+    where = str(scan.source) if scan.source is not None else (name or "the scan")
+    out = []
+    assumed = g.assumed()
+    if assumed:
+        out.append(f"{where}: {g.values_text(assumed)} assumed "
+                   f"(neither the file nor the command line gives {'it' if len(assumed) == 1 else 'them'}); model "
+                   f"{model.name} reads the radial profiles on the q axis they set, so if they are not this scan's "
+                   f"the classes are wrong: give {', '.join(FLAGS[n][0] for n in assumed)}"
+                   + (" (`sedclassify calibrate` fits the camera length)" if "camera_length_mm" in assumed else ""))
+    seen = result.resolved.get("edge_pixel_width_measured")
+    if seen is not None:
+        out.append(edge_width_warning(where, result.resolved))
+    ring = preprocessed_q_axis_warning(result, g, where)
+    if ring:
+        out.append(ring)
+    return out
 
 
 def params_for_model(model, geometry):
@@ -267,3 +302,4 @@ def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, ca
         if progress is not None:
             progress(i + 1, {"scan": pred.name, "max_epochs": len(scans)})
     return out
+

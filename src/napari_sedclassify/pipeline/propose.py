@@ -108,8 +108,9 @@ def propose_from_features(feats: np.ndarray, q_invA: np.ndarray, valid: np.ndarr
     return out, group, groups, ring, spike
 
 
-def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 0) -> Proposal:
-    """Class proposal for a preprocessed scan (a ``PreprocessResult``) with its ``geometry``."""
+def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 0, source=None) -> Proposal:
+    """Class proposal for a preprocessed scan (a ``PreprocessResult``) with its ``geometry``;
+    ``details["warnings"]`` says when the names cannot be trusted (source: the scan's name there)."""
     from ..models.features import FeatureRecipe, ria_features
 
     sy, sx = result.scan_shape
@@ -122,5 +123,27 @@ def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 
     ids, group, groups, ring, spike = propose_from_features(feats, q, valid, classes=classes, seed=seed)
     details = {"q_range_invA": [recipe.q_min_invA, recipe.q_max_invA], "frames": int(valid.sum()),
                "geometry": geometry.describe()}
+    warnings = _warnings(result, geometry, groups, source)
+    if warnings:
+        details["warnings"] = warnings
     return Proposal(class_map=ids.reshape(sy, sx), clusters=group.reshape(sy, sx), groups=groups,
                     ring_height=ring.reshape(sy, sx), spikiness=spike.reshape(sy, sx), details=details)
+
+
+def _warnings(result, geometry, groups, source) -> list[str]:
+    """What the user must know before taking the proposal as labels: the ice ring away from where
+    the q axis puts it (``calibrate.q_axis_warning``), or no cluster showing it at all while
+    calibration values were assumed (every cluster then named by a q axis nobody stated)."""
+    from .calibrate import preprocessed_q_axis_warning
+
+    ring = preprocessed_q_axis_warning(result, geometry, str(source) if source is not None else None)
+    if ring:
+        return [ring]
+    if groups and all(g["ice_ring_height"] <= 0 for g in groups) and geometry.assumed():
+        assumed = geometry.assumed()
+        return [f"no cluster shows the amorphous-ice ring (3.7 Å) where the q axis puts it, and the "
+                f"{geometry.values_text(assumed)} {'was' if len(assumed) == 1 else 'were'} assumed: if the scan "
+                "shows vitreous ice, the q axis is wrong and so are the names; give the true values "
+                "(--pixel-size, --camera-length, --voltage) or run `sedclassify calibrate`"]
+    return []
+

@@ -20,6 +20,8 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
+from .stats import median
+
 
 @dataclass(frozen=True)
 class PixelGrid:
@@ -115,7 +117,8 @@ def _cross_ratio(strip: np.ndarray, min_counts: float) -> tuple[float, int]:
     use = np.isfinite(inner) & np.isfinite(outer) & (outer >= min_counts) & (outer > 0)
     use[max(0, n // 2 - 3): n // 2 + 3] = False
     k = int(use.sum())
-    return (float(np.median(inner[use] / outer[use])) if k >= EDGE_MIN_LINES else float("nan")), k
+    # stats.median: np.median's value without importing numpy.ma (up to 19 ms of a command's start)
+    return (float(median(inner[use] / outer[use])) if k >= EDGE_MIN_LINES else float("nan")), k
 
 
 def measure_edge_pixel_width(frames, mask=None, min_counts: float = EDGE_MIN_COUNTS) -> tuple[float | None, tuple]:
@@ -135,8 +138,14 @@ def measure_edge_pixel_width(frames, mask=None, min_counts: float = EDGE_MIN_COU
     m, ky, kx = frames.shape
     if m == 0 or min(ky, kx) < 16 or ky % 2 or kx % 2:
         return None, (float("nan"), float("nan"))
-    rows = frames[:, ky // 2 - 2: ky // 2 + 2, :].sum(0, dtype=np.float64)
-    cols = frames[:, :, kx // 2 - 2: kx // 2 + 2].sum(0, dtype=np.float64).T
+    rows = frames[:, ky // 2 - 2: ky // 2 + 2, :].astype(np.float64)
+    cols = frames[:, :, kx // 2 - 2: kx // 2 + 2].astype(np.float64)
+    # frames with a pedestal subtracted (int16 or float data) read below zero where no electron
+    # came: the ratios hold for counts, so the pedestal (their lowest value) is added back
+    low = min(np.nanmin(rows), np.nanmin(cols)) if frames.dtype.kind in "if" else 0.0
+    if low < 0:
+        rows, cols = rows - low, cols - low
+    rows, cols = rows.sum(0), cols.sum(0).T
     if mask is not None:
         mask = np.asarray(mask, bool)
         rows[mask[ky // 2 - 2: ky // 2 + 2, :]] = np.nan

@@ -68,7 +68,7 @@ class PreprocessPlan:
             path = beam_path(sample, ff, saturation)
             bad = detect_bad_pixels(sample, hot_ratio=params.hot_ratio, flatfield=ff, beam_path=path) & ~ff.mask
             ff = ff.with_mask(bad)
-        epw, epw_origin = edge_pixel_width_of(params, metadata, sample, flatfield, ff.mask)
+        epw, epw_origin, epw_seen = edge_pixel_width_of(params, metadata, sample, flatfield, ff.mask)
         grid = PixelGrid(det, epw)
         beam_radius = params.beam_radius_px
         if beam_radius is None and len(sample):
@@ -78,6 +78,8 @@ class PreprocessPlan:
         resolved = params.resolve(geometry, beam_radius)
         resolved["edge_pixel_width"] = grid.edge_pixel_width
         resolved["edge_pixel_width_origin"] = epw_origin
+        if epw_seen is not None:
+            resolved["edge_pixel_width_measured"] = epw_seen
         resolved["saturation_counts"] = saturation
         return cls(params=params.to_dict(), detector_shape=det, edge_pixel_width=grid.edge_pixel_width,
                    saturation_counts=saturation, bad_pixels=tuple(int(i) for i in np.flatnonzero(bad)),
@@ -168,24 +170,38 @@ def beam_path(sample: np.ndarray, flatfield: FlatField, saturation: float | None
 
 
 def edge_pixel_width_of(params: PreprocessParams, metadata: dict, sample: np.ndarray, flatfield: FlatField | None,
-                        mask: np.ndarray) -> tuple[float, str]:
-    """The wide chip-edge pixels' width (pitches) and where it came from: "given" (params),
-    "file" (the scan's metadata), "measured" (:func:`pixels.measure_edge_pixel_width`: from the
-    flat-field's flood when it shows the cross and the sample does not contradict it by over 20 %,
-    as a flood measures it exactly; else from the raw sample), or 1 "assumed" (undecided: too few
-    counts beside the middle rows, e.g. a test pattern or a handful of frames)."""
-    if params.edge_pixel_width is not None:
-        return float(params.edge_pixel_width), "given"
-    if (metadata or {}).get("edge_pixel_width") is not None:  # "given" when the command line set it
-        return float(metadata["edge_pixel_width"]), str(metadata.get("edge_pixel_width_origin", "file"))
+                        mask: np.ndarray) -> tuple[float, str, float | None]:
+    """The wide chip-edge pixels' width (pitches), where it came from, and what the frames show:
+    "given" (params), "file" (the scan's metadata), "measured" (:func:`pixels.measure_edge_pixel_width`:
+    from the flat-field's flood when it shows the cross and the sample does not contradict it by
+    over 20 %, as a flood measures it exactly; else from the raw sample), or 1 "assumed" (undecided:
+    too few counts beside the middle rows, e.g. a test pattern or a handful of frames). The third
+    value is the measured width when a given or file width contradicts it by over 20 % (else None):
+    a wrong width moves every pixel beyond the cross, and the plan says so."""
     from .pixels import measure_edge_pixel_width
 
     width = measure_edge_pixel_width(sample, mask)[0] if len(sample) else None
     if flatfield is not None:
         flood = measure_edge_pixel_width(flatfield.gain, flatfield.mask, min_counts=0.0)[0]
         if flood is not None and (width is None or abs(flood / width - 1) <= 0.2):
-            return flood, "measured"
-    return (width, "measured") if width is not None else (1.0, "assumed")
+            width = flood
+    if params.edge_pixel_width is not None:
+        stated = float(params.edge_pixel_width), "given"
+    elif (metadata or {}).get("edge_pixel_width") is not None:  # "given" when the command line set it
+        stated = float(metadata["edge_pixel_width"]), str(metadata.get("edge_pixel_width_origin", "file"))
+    else:
+        return (width, "measured", None) if width is not None else (1.0, "assumed", None)
+    contradicted = width is not None and abs(width / stated[0] - 1) > 0.2
+    return stated[0], stated[1], (width if contradicted else None)
+
+
+def edge_width_warning(where, resolved: dict) -> str:
+    """The warning for a plan whose chip-edge pixel width (given or from the file) the frames
+    contradict (``resolved["edge_pixel_width_measured"]``, :func:`edge_pixel_width_of`)."""
+    used, origin = resolved["edge_pixel_width"], resolved.get("edge_pixel_width_origin", "file")
+    return (f"{where}: the chip-edge pixels were taken as {used:g} pitches wide ({origin}), but the frames show "
+            f"{resolved['edge_pixel_width_measured']:g}: every pixel beyond the chip boundaries is then misplaced, "
+            "and the radial profiles with it; check --edge-pixel-width (leave it out to use the measured width)")
 
 
 def saturation_of(metadata: dict, sample: np.ndarray, given: float | None) -> float | None:
