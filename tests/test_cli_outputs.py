@@ -238,3 +238,17 @@ def test_ctrl_c_before_the_command_runs_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "sedclassify info: interrupted\n"
+
+
+def test_the_console_script_imports_nothing_heavy_before_it_can_catch_ctrl_c():
+    """The console script imports ``napari_sedclassify.cli`` before ``entry()`` runs: that import
+    must not import numpy (about 0.1 s, where a Ctrl-C printed a traceback), so every heavy import
+    happens inside ``entry()``, which turns Ctrl-C into one line. The package's own names still
+    resolve (``napari_sedclassify.Geometry``)."""
+    code = ("import sys\n"
+            "import napari_sedclassify.cli\n"
+            "print('numpy' in sys.modules)\n"
+            "import napari_sedclassify\n"
+            "print(napari_sedclassify.Geometry.__name__, napari_sedclassify.Scan.__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split("\n")[:2] == ["False", "Geometry Scan"], proc.stderr
