@@ -210,3 +210,17 @@ def test_pixel_statistics_equal_numpy(m):
     np.testing.assert_array_equal(counted, (filled > 0).any(axis=0))
     np.testing.assert_array_equal(all_nan, np.isnan(sample).all(axis=0))
     assert all_nan[5, 7] and all_nan[9, 9] == (m == 1) and not counted[11].any()
+
+
+def test_a_diffraction_scan_given_as_the_flood_is_refused(tmp_path):
+    """The frames of a diffraction scan given as the flat-field (a user's slip: the file beside the
+    scan) made a gain map with the beam in it and classified 0 amorphous ice, in silence; now a
+    clear error names the file and the bright spot. The simulator's Medipix quad flood (wide
+    pixels along the cross, hot pixels) is still accepted."""
+    from napari_sedclassify.simulate import simulate_scan
+
+    sim = simulate_scan(tmp_path / "quad.npy", scan_shape=(6, 6), detector_px=256, session="A", seed=2)
+    flood = load_flatfield(sim.flatfield_path)
+    assert flood.shape == (256, 256)
+    with pytest.raises(ValueError, match=r"quad\.npy: not a flood: the mean of its 36 frame\(s\) rises to \d+ times"):
+        load_flatfield(sim.scan.source)

@@ -84,6 +84,7 @@ class FlatField:
             if dark.shape != mean.shape:
                 raise ValueError(f"flat-field: dark frame {dark.shape} does not match the flood {mean.shape}")
             mean = mean - dark
+        _check_flat(mean, n)
         return cls.from_response(mean, dark=dark, dead_fraction=dead_fraction, hot_sigma=hot_sigma,
                                  hot_ratio=hot_ratio, source=source)
 
@@ -158,6 +159,34 @@ def _mean_5x5(a: np.ndarray) -> np.ndarray:
     c = np.pad(np.asarray(a, np.float64), 2, mode="symmetric").cumsum(0).cumsum(1)
     c = np.pad(c, ((1, 0), (1, 0)))
     return (c[5:, 5:] - c[:-5, 5:] - c[5:, :-5] + c[:-5, :-5]) / 25.0
+
+
+#: A flood lights the detector evenly: after a 5x5 median (which removes hot pixels and the
+#: narrow wide-pixel cross of a Medipix quad), no part of its mean frame stands this many times
+#: above the median. Diffraction frames (a direct beam) stand hundreds of times above it.
+FLOOD_PEAK_LIMIT = 8.0
+
+
+def _check_flat(mean: np.ndarray, n: int) -> None:
+    """Raise ValueError when a flood's mean frame has a compact bright spot (a direct beam): frames
+    of a diffraction scan given as the flat-field would turn every frame's beam into a hole."""
+    from .kernels import median_5x5
+
+    if min(mean.shape) < 5:
+        return
+    smooth = np.empty(mean.shape, np.float32)
+    median_5x5(np.ascontiguousarray(mean, dtype=np.float32), smooth)
+    finite = np.isfinite(smooth) & (smooth > 0)
+    if not finite.any():
+        return
+    level = float(median(smooth[finite]))
+    peak = float(np.max(smooth[finite]))
+    if level > 0 and peak > FLOOD_PEAK_LIMIT * level:
+        y, x = np.unravel_index(np.argmax(np.where(finite, smooth, -np.inf)), smooth.shape)
+        raise ValueError(f"not a flood: the mean of its {n} frame(s) rises to {peak / level:.0f} times its median "
+                         f"around pixel ({y}, {x}), as a direct beam does (a flood lights the detector evenly; "
+                         f"at most {FLOOD_PEAK_LIMIT:g} times is accepted): give the flood recorded for this detector, "
+                         "not the frames of a diffraction scan")
 
 
 def native(a: np.ndarray) -> np.ndarray:
