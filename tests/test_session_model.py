@@ -112,3 +112,22 @@ def test_a_models_short_profile_is_not_offered_as_the_scans_preprocessing(disk_s
     session.store_result(farther, latest=False)
     assert session.result_for(PreprocessParams(workers=1, ria_r_max_px=25.0)) is farther
     assert session.result_for(PreprocessParams(workers=1, ria_r_max_px=12.0)) is made
+
+
+def test_a_result_made_without_a_flatfield_stays_without_one_when_one_is_loaded_meanwhile(disk_scan):
+    """A job passes what it used: a pass made WITHOUT a flat-field (None) while the user loaded one
+    is kept under None, so it is not current for the new flat-field (stale), and a prediction made
+    from it is stale at once (h3 bug 2)."""
+    session = ScanSession(disk_scan)
+    params = PreprocessParams(workers=1)
+    made = preprocess(disk_scan, params)  # the job started with no flat-field
+    flat = FlatField.identity(disk_scan.detector_shape)
+    session.set_flatfield(flat)  # loaded while the job ran
+    session.store_result(made, flatfield=None)
+    assert session.result() is None and session.result(params) is None
+    assert session.latest_result is made
+    prediction = {"class_map": np.ones(disk_scan.scan_shape, np.uint8)}
+    session.store_prediction(prediction, "/models/a.sedmodel", made, flatfield=None)
+    assert session.prediction is None and session.stale_prediction is prediction
+    session.set_flatfield(None)  # back to what they were made with: current again
+    assert session.result() is made and session.prediction is prediction

@@ -532,7 +532,7 @@ def test_a_job_shows_its_progress_in_its_widget_and_napari_bars_only_for_long_un
     assert shown._bar is None  # never napari's bar, however long it runs
     release.set()
     qtbot.waitUntil(lambda: shown.done and alone.done, timeout=5000)
-    assert buttons.bar.native.isHidden() and buttons.status.value == "done" and alone._bar is None  # closed
+    assert buttons.bar.native.isHidden() and buttons.status.value == "done: shown" and alone._bar is None  # closed
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")

@@ -92,6 +92,25 @@ def lower_thread_priority(increment: int) -> bool:
     return True
 
 
+#: What ``models.tf_process`` appends to the message of an error raised in a child process,
+#: before the child's traceback: the traceback is for the log, never for a status or notification.
+CHILD_TRACEBACK_MARK = "--- in the worker process ---"
+
+
+def short_message(exc) -> str:
+    """The message of ``exc`` for a status line or a notification: without the child process's
+    traceback that a WorkerProcessError carries (that goes to the log), and without the blank lines
+    around it."""
+    text = str(exc)
+    if CHILD_TRACEBACK_MARK in text:
+        text = text.split(CHILD_TRACEBACK_MARK, 1)[0]
+    return text.strip()
+
+
+def _ignore_progress(done, total):
+    """``show_progress`` of a job whose widget is gone: its progress is dropped (no napari bar)."""
+
+
 class BackgroundJob:
     """Run ``work(report, cancelled)`` in a thread worker with progress and cancellation.
 
@@ -120,6 +139,7 @@ class BackgroundJob:
         self._bar = None
         self._started = None
         self.show_progress = None  # (done, total) -> None on the UI thread; None: napari's bar
+        self.orphaned = False  # its widget was closed: it is cancelled and says nothing more
         self._timer = QTimer()
         self._timer.setInterval(UPDATE_MS)
         self._timer.timeout.connect(self._tick)
@@ -182,6 +202,14 @@ class BackgroundJob:
     def cancel(self):
         self.cancel_event.set()
 
+    def orphan(self):
+        """Its widget was closed (with its viewer): cancel it, and drop its progress, its result
+        and its messages silently (no napari bar, no notification, no callback into the widget)."""
+        self.orphaned = True
+        self.show_progress = _ignore_progress
+        self._on_progress = self._on_returned = None
+        self.cancel()
+
     def _tick(self):
         """Every UPDATE_MS while the job runs: progress to ``show_progress``, or, for a job that has
         run NAPARI_BAR_AFTER_S without one, to napari's progress bar (created then)."""
@@ -203,14 +231,18 @@ class BackgroundJob:
             try:
                 self.show_progress(done, total)
             except RuntimeError:  # its widget was closed (with its viewer) while the job ran
-                self.show_progress = None
+                self.orphan()
+                return
         elif self._bar is not None:
             if total is not None and self._bar.total != total:
                 self._bar.total = int(total)
             self._bar.n = int(done)
             self._bar.refresh()
         if self._on_progress is not None:
-            self._on_progress(items)
+            try:
+                self._on_progress(items)
+            except RuntimeError:  # the widget drawing it was closed (with its viewer) while the job ran
+                self.orphan()
 
     def _returned(self, returned):
         from napari.utils.notifications import show_info
@@ -222,7 +254,8 @@ class BackgroundJob:
             return
         if self.cancel_event.is_set():
             self.outcome = "cancelled"
-            show_info(f"{self.description}: cancelled")
+            if not self.orphaned:
+                show_info(f"{self.description}: cancelled")
             return
         self.outcome = "done"
         if self._on_returned is None:
@@ -239,13 +272,20 @@ class BackgroundJob:
         self.error = exc
         if self.cancel_event.is_set():
             self.outcome = "cancelled"
-            show_info(f"{self.description}: cancelled")
+            if not self.orphaned:
+                show_info(f"{self.description}: cancelled")
         else:
             self.outcome = "failed"
-            logging.getLogger("napari_sedclassify").warning("%s failed:\n%s", self.description, self.traceback)
-            show_error(f"{self.description}: {exc}")
+            # the whole text (a child process's traceback too) to the log; the one-line reason shown
+            logging.getLogger("napari_sedclassify").warning("%s failed: %s\n%s", self.description, exc,
+                                                           self.traceback)
+            if not self.orphaned:
+                show_error(f"{self.description}: {short_message(exc)}")
 
     def _finished(self):
+        if self.outcome is None:  # ended without a result: napari quit its worker (the viewer closed)
+            self.cancel_event.set()  # the work itself (its thread, a child process) stops too
+            self.outcome = "cancelled"
         self._uncount()
         self._timer.stop()
         if self._bar is not None:
@@ -287,7 +327,12 @@ def wrapped_label(value: str = "") -> Label:
 
 
 class JobButtons(Container):
-    """A Run button, a Cancel button and a status line for one kind of job."""
+    """A Run button, a Cancel button and a status line for one kind of job: one job at a time.
+
+    A job launched while another runs (a setting changed mid-run) cancels the running one and
+    starts once it has stopped (the latest such job; those it replaced never start): Run stays
+    disabled and the status says so until no job of this step runs. Closing the widget (with its
+    viewer) cancels the job and drops its progress and messages silently."""
 
     def __init__(self, run_text: str, on_run):
         super().__init__(layout="vertical", labels=False)
@@ -303,18 +348,49 @@ class JobButtons(Container):
         self.extend([row, self.bar, self.status])
         self.margins = (0, 0, 0, 0)
         self.job = None
+        self.queued = None  # the job that starts once the running one has stopped
+        self.closed = False
+        self.native.destroyed.connect(lambda *_: self._closed())
+
+    @property
+    def running(self) -> bool:
+        """Whether a job of this step runs (or waits to start)."""
+        return (self.job is not None and not self.job.done) or self.queued is not None
 
     def launch(self, job: BackgroundJob) -> BackgroundJob:
-        """Start ``job``, disabling Run and enabling Cancel until it finishes."""
+        """Start ``job``, disabling Run and enabling Cancel until it finishes; while another job of
+        this step runs, that one is cancelled and ``job`` starts when it has stopped."""
+        if self.closed:
+            job.orphan()
+            return job
+        if self.job is not None and not self.job.done:
+            if self.queued is not None:  # replaced before it started: it never runs
+                self.queued.outcome, self.queued.done = "cancelled", True
+            self.queued = job
+            self.job.cancel()
+            self.status.value = f"restarting: {job.description} once the running job has stopped…"
+            return job
+        return self._start(job)
+
+    def _start(self, job: BackgroundJob) -> BackgroundJob:
         user_finished = job._on_finished
 
         def finished():
+            if self.closed:
+                return
             try:
+                if self.queued is not None and self.job is job:  # the job that replaces it starts now
+                    queued, self.queued = self.queued, None
+                    if user_finished is not None:
+                        user_finished()
+                    self._start(queued)
+                    return
                 self.run_button.enabled = True
                 self.cancel_button.enabled = False
                 self.bar.visible = False
-                self.status.value = {"done": "done", "cancelled": "cancelled"}.get(
-                    job.outcome, f"failed: {job.error}"
+                reason = short_message(job.error) if job.error is not None else "unknown error"
+                self.status.value = {"done": f"done: {job.description}", "cancelled": "cancelled"}.get(
+                    job.outcome, f"failed: {job.description}: {reason}"
                 )
             except RuntimeError:  # the widget was closed (with its viewer) while the job ran
                 return
@@ -331,12 +407,23 @@ class JobButtons(Container):
         job.start()
         return job
 
+    def _closed(self):
+        """The widget was deleted (its viewer closed): its jobs stop, silently."""
+        self.closed = True
+        for job in (self.job, self.queued):
+            if job is not None and not job.done:
+                job.orphan()
+        self.queued = None
+
     def _show_progress(self, done, total):
         if total:
             self.bar.max = max(1, int(total))
             self.bar.value = min(int(done), self.bar.max)
 
     def cancel(self):
-        if self.job is not None:
+        if self.queued is not None:  # the restart waiting for the running job: it never starts
+            self.queued.outcome, self.queued.done = "cancelled", True
+            self.queued = None
+        if self.job is not None and not self.job.done:
             self.job.cancel()
             self.status.value = "cancelling…"

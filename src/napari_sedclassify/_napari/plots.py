@@ -57,8 +57,11 @@ class FigureView(QLabel):
         several widgets ask at once, and a thread rendering while napari builds a layer takes
         turns at the interpreter lock with it (the layer's stall grew by half)."""
         width, height = self._size_in
-        if self.isVisible() and self.width() > 100:
-            width = self.width() / DPI
+        try:
+            if self.isVisible() and self.width() > 100:
+                width = self.width() / DPI
+        except RuntimeError:  # deleted with its viewer: nothing to draw into
+            return
         self._generation += 1
         self._pending = (build, (width, height), self._generation)
         self._timer.start()

@@ -4,9 +4,26 @@ training widgets): centres, descan fit, RIAs, virtual images and, when asked, cr
 from __future__ import annotations
 
 from .jobs import BackgroundJob
-from .layers import find_scan
+from .layers import find_scan, with_file_note
 from .model_jobs import prepare
 from .state import announce, flatfield_of, session_of
+
+
+#: The field of the Centring tab that gives the beam radius when none can be measured.
+BEAM_FIELD_HINT = ("enter the beam's radius in 'beam radius (px, 0 = measure)' in the Centring tab (2 Centring) "
+                   "and press Find centres again")
+
+
+#: How the engine's no-beam error (``processing.plan.no_beam_message``) says what to give in Python.
+NO_BEAM_PYTHON_HINT = "(In Python, give bf_radius_px"
+
+
+def no_beam_message(exc) -> str:
+    """The no-beam error of preprocessing with the napari field to set instead of Python's parameters."""
+    text = str(exc)
+    if NO_BEAM_PYTHON_HINT in text:
+        text = text[:text.index(NO_BEAM_PYTHON_HINT)].rstrip()
+    return f"{text} If it is, {BEAM_FIELD_HINT}."
 
 
 def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
@@ -26,7 +43,15 @@ def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
         )
 
     def work(report, cancelled):
-        result = preprocess(scan, params, flatfield, progress=report, cancel=cancelled)
+        try:
+            result = preprocess(scan, params, flatfield, progress=report, cancel=cancelled)
+        except (ValueError, OSError) as exc:
+            if NO_BEAM_PYTHON_HINT in str(exc):  # the napari field that fixes it, not the Python parameters
+                raise ValueError(no_beam_message(exc)) from exc
+            changed = with_file_note(layer, exc)  # e.g. a file overwritten since it was opened: say so
+            if changed is exc:
+                raise
+            raise changed from exc
         prepare("fcnn")  # training comes next: its child imports scikit-learn meanwhile
         return result
 

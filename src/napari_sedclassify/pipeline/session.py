@@ -24,6 +24,10 @@ from ..jsonutil import jsonable
 #: change with other camera length, pixel size or voltage makes it stale.
 _Q_SUFFIXES = ("_d_A", "_invA")
 
+#: Default of ``store_result``/``store_prediction``: the session's current flat-field or geometry.
+#: A distinct marker, because None is a real input (a result made WITHOUT a flat-field).
+CURRENT = object()
+
 
 class ScanSession:
     """Everything the workflow knows about one scan (see the module's text)."""
@@ -81,18 +85,20 @@ class ScanSession:
         return sorted(set(dropped))
 
     # -- results --------------------------------------------------------------------------------
-    def store_result(self, result, flatfield=None, geometry=None, latest: bool = True) -> None:
-        """Keep a preprocessing result, made from ``flatfield`` and ``geometry`` (default: the
-        session's current ones); ``latest=False`` keeps it for reuse only (a model's own pass), and
-        the latest result stays the one the user's preprocessing made."""
+    def store_result(self, result, flatfield=CURRENT, geometry=CURRENT, latest: bool = True) -> None:
+        """Keep a preprocessing result, made from ``flatfield`` (None: made without one) and
+        ``geometry`` (default: the session's current ones). A job must pass what it actually used:
+        the flat-field may have changed while it ran, and the result then belongs to the old one
+        (stale now). ``latest=False`` keeps it for reuse only (a model's own pass), and the latest
+        result stays the one the user's preprocessing made."""
         key = self._keep(result, flatfield, geometry)
         if latest:
             self._latest = key
         self._changed("result")
 
-    def _keep(self, result, flatfield=None, geometry=None) -> tuple:
-        flatfield = self.flatfield if flatfield is None else flatfield
-        geometry = self.scan.geometry if geometry is None else geometry
+    def _keep(self, result, flatfield=CURRENT, geometry=CURRENT) -> tuple:
+        flatfield = self.flatfield if flatfield is CURRENT else flatfield
+        geometry = self.scan.geometry if geometry is CURRENT or geometry is None else geometry
         key = (_params_key(result.params), id(flatfield) if flatfield is not None else None, _geometry_key(geometry))
         self._results[key] = result
         return key
@@ -151,10 +157,12 @@ class ScanSession:
         self.model = None if path is None else str(path)
         self._changed("model")
 
-    def store_prediction(self, prediction, model, result) -> None:
+    def store_prediction(self, prediction, model, result, flatfield=CURRENT, geometry=CURRENT) -> None:
         """Keep what the model file ``model`` predicted from the preprocessing ``result`` (kept too, for
-        reuse, not as the latest result); the model becomes the session's model."""
-        self._keep(result)
+        reuse, not as the latest result), made from ``flatfield`` (None: without one) and ``geometry``
+        (default: the current ones; a job passes what it used); the model becomes the session's model.
+        Made from inputs that changed meanwhile, it is stale at once."""
+        self._keep(result, flatfield, geometry)
         self.model = str(model)
         self._prediction = (prediction, result)
         self._changed("prediction")

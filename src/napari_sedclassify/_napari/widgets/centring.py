@@ -134,7 +134,8 @@ class CentringWidget(Container):
             f"beam found in {found} of {result.beam_found.size} frames; descan residual RMS {rms}; "
             f"RIAs use {used} centres{wide}"
         )
-        self._jobs.status.value = "done"
+        if not self._jobs.running:  # never "done" while a pass of this step runs (its end says so)
+            self._jobs.status.value = f"done: centres of {layer.name}"
 
 
 def _draw_maps(maps, figure) -> None:

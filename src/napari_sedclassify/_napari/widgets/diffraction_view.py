@@ -188,7 +188,7 @@ class DiffractionView(Container):
     def __init__(self, napari_viewer):
         super().__init__(layout="horizontal", labels=False)
         self._viewer = napari_viewer
-        self._scan = scan_picker(napari_viewer, label="shown")
+        self._scan = scan_picker(napari_viewer, label="shown", follow_selection=False)  # follows the cursor
         self._scan.tooltip = "the scan shown: the one under the cursor (or clicked)"
         self._follow = CheckBox(text="follow the cursor", value=True)
         self._log = CheckBox(text="log scale RIA", value=True)
@@ -288,7 +288,7 @@ class DiffractionView(Container):
         """Show scan point (iy, ix) of ``layer``: at once when its frame is prepared, else as soon
         as the loader thread has prepared it (a later request replaces this one); with
         ``after_integration``, not before the scan's integrated image is in its layer."""
-        if find_scan(layer) is None:
+        if find_scan(layer) is None or not self._in_viewer(layer):
             return
         iy, ix = int(iy), int(ix)
         ready = self._cached(layer, iy, ix)
@@ -316,6 +316,10 @@ class DiffractionView(Container):
         (layer, iy, ix, state, _), urgent, prepared, error = payload
         pending = self._pending
         is_pending = pending is not None and self._same(pending[:3], (layer, iy, ix))
+        if not self._in_viewer(layer):  # its scan layer was removed meanwhile: dropped
+            if is_pending:
+                self._pending = None
+            return
         if error is not None:
             if is_pending:
                 self._pending = None
@@ -377,7 +381,7 @@ class DiffractionView(Container):
     # drawing -------------------------------------------------------------------------
     def show_point(self, layer, iy: int, ix: int, mark: bool = False):
         """Show the frame of scan point (iy, ix) of ``layer`` now; ``mark`` also marks it on the scan."""
-        if find_scan(layer) is None:
+        if find_scan(layer) is None or not self._in_viewer(layer):
             return
         iy, ix = int(iy), int(ix)
         try:
@@ -392,6 +396,13 @@ class DiffractionView(Container):
             return
         if mark:
             self._mark(layer, iy, ix)
+
+    def _in_viewer(self, layer) -> bool:
+        """Whether ``layer`` is still one of the viewer's layers (False too once the viewer is gone)."""
+        try:
+            return any(item == layer for item in self._viewer.layers)  # == sees through plugin proxies
+        except RuntimeError:
+            return False
 
     def _show(self, layer, iy, ix, prepared):
         if self.point is not None and not self._same(self.point, (layer, iy, ix)):

@@ -264,8 +264,12 @@ class LabelingWidget(Container):
             self._notify("Labels: open a scan first (File > Open or File > Open Sample).")
             return None
         name = regions_layer_name(scan_layer)
-        if name not in self._viewer.layers or len(self._viewer.layers[name].data) == 0:
+        if name not in self._viewer.layers:
             self._notify(f"Labels: draw regions first ('Draw regions' makes the layer '{name}').")
+            return None
+        if len(self._viewer.layers[name].data) == 0:  # everything would be carbon: one class, nothing to train on
+            self._notify(f"Labels: the regions layer '{name}' is empty: draw at least one region on it "
+                         "(points outside the regions are carbon), then Make class map.")
             return None
         try:
             beam, border = self.lengths_in_steps()

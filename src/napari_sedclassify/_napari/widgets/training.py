@@ -49,6 +49,24 @@ class LabeledScan:
     layer: object = None
 
 
+def check_classes(data) -> None:
+    """Raise ValueError (one line, with the fix) unless the class maps of the LabeledScans ``data``
+    hold at least two classes between them (0 = unlabeled): training needs two."""
+    from ...classes import ClassTable
+
+    ids = set()
+    for item in data:
+        ids.update(int(v) for v in np.unique(np.asarray(item.class_map)) if v > 0)
+    if not ids:
+        raise ValueError("no point of the chosen scans is labeled (the labels layer is all 0): "
+                         "label at least two classes (e.g. carbon and amorphous ice) to train a model")
+    if len(ids) < 2:
+        (only,) = ids
+        name = ClassTable.default().names.get(only, f"class {only}").replace("_", " ")
+        raise ValueError(f"the labels of the chosen scans hold one class only ({name}); "
+                         "label at least two classes to train a model")
+
+
 def metrics_html(metrics: dict) -> str:
     """Per-class precision / recall / F1 / Jaccard and support as an HTML table."""
     head = "<tr><th align=left>class</th><th>precision</th><th>recall</th><th>F1</th><th>Jaccard</th><th>n</th></tr>"
@@ -240,12 +258,14 @@ class TrainingWidget(Container):
         try:
             if not data:
                 raise ValueError("choose at least one labeled scan (a scan with a Labels layer, or files)")
+            check_classes(data)  # here, at once: not in the child after preprocessing every scan
             kind, recipe, params = self._model.value, self.recipe(), self.estimator_params()
             if kind == "cnn":
                 from ...optional import require_cnn
 
                 require_cnn()
         except (ValueError, ImportError) as exc:  # ImportError: the CNN's libraries missing (pip command)
+            self._jobs.status.value = f"refused: {exc}"
             show_error(f"Training: {exc}")
             return None
         val_fraction, seed = float(self._val.value), int(self._seed.value)
@@ -260,7 +280,8 @@ class TrainingWidget(Container):
             pp = preprocess_params_for([recipe], item.scan.geometry, latest.params if latest else PreprocessParams(),
                                        training=True)
             jobs.append((item, pp, None if session is None else session.result_for(pp)))
-        made = []  # (layer, result) of new preprocessing passes: kept in the scans' sessions for reuse
+        made = []  # (layer, result, ...) of new preprocessing passes: kept in the scans' sessions for reuse
+        geometries = [item.scan.geometry for item in data]  # what the passes use (the flat-fields: item.flatfield)
 
         def work(report, cancelled):
             prepare(kind)  # the child imports scikit-learn (TensorFlow) while the scans are preprocessed
@@ -273,7 +294,7 @@ class TrainingWidget(Container):
 
                 f, result = features_for(previous, item.scan, item.name, item.flatfield, pp, frames, cancelled)
                 if item.layer is not None and result is not previous:
-                    made.append((item.layer, result, item.flatfield))
+                    made.append((item.layer, result, item.flatfield, geometries[k]))
                 feats.append(f)
                 maps.append(item.class_map)
 
@@ -285,8 +306,8 @@ class TrainingWidget(Container):
                        preprocess=jobs[0][1].to_dict(), progress=epoch, cancel=cancelled, child=True)
 
         def trained(result):
-            for layer, made_result, flatfield in made:
-                session_of(layer).store_result(made_result, flatfield=flatfield, latest=False)
+            for layer, made_result, flatfield, geometry in made:
+                session_of(layer).store_result(made_result, flatfield=flatfield, geometry=geometry, latest=False)
             for item in data:
                 if item.layer is not None:
                     session_of(item.layer).set_model(result["path"])
