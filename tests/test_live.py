@@ -234,3 +234,31 @@ def test_cli_watch_a_folder_of_frames_not_512_px(setup, tmp_path, capsys):
     live = np.load(tmp_path / "live" / "frames_live_classes.npy")
     np.testing.assert_array_equal(live, np.load(tmp_path / "batch" / "frames_classes.npy"))
     assert (live > 0).all()
+
+
+def test_live_run_warns_when_the_ice_ring_says_the_camera_length_is_off(setup, tmp_path):
+    """The geometry given to a live run states a camera length 8 % longer than the true one: at the
+    end the run says what the ice ring of the frames it saw shows, as a batch prediction of the same
+    frames does (same camera length, within its uncertainty), in its result and its keep.json."""
+    import json
+
+    sim = setup["sim"]
+    wrong = sim.geometry.with_values("user", camera_length_mm=sim.geometry.camera_length_mm * 1.08)
+    target = tmp_path / "acq.mib"
+    writer = Acquisition(sim.scan, target, rate_hz=1000.0)
+    writer.start()
+    result = watch(setup["model"], target, scan_shape=(10, 10), out_dir=tmp_path / "out", flatfield=setup["flat"],
+                   geometry=wrong, timeout_s=20)
+    writer.join()
+    assert result.status == "complete"
+    (text,) = result.warnings
+    assert text.startswith(f"{target}: its amorphous-ice ring") and "further in" in text
+    live_mm = float(text.split("effective camera length is ")[1].split(" ")[0])
+    scan = open_scan(target, (10, 10))
+    scan.geometry = wrong
+    scan.metadata.pop("edge_pixel_width", None)
+    batch = predict_scan(setup["model"], scan, flatfield=setup["flat"])
+    batch_mm = float(batch.warnings[-1].split("effective camera length is ")[1].split(" ")[0])
+    assert live_mm == pytest.approx(sim.geometry.camera_length_mm, rel=0.01)
+    assert live_mm == pytest.approx(batch_mm, rel=0.002)
+    assert json.loads((tmp_path / "out" / "acq_keep.json").read_text())["warnings"] == [text]

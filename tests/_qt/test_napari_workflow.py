@@ -330,9 +330,11 @@ def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, tmp_
     # stated, the q axis is known, and the model's q range is beyond this detector's edge
     find_scan(small).geometry = disk_scan.geometry.with_values("user", pixel_size_um=55.0)
     assert pr.run() is None
-    assert any("sample.sedmodel cannot be applied to disk_scan" in m and "reaches 32 px" in m for m in notifications)
+    assert any("sample.sedmodel cannot be applied to disk_scan" in m and "reaches 38 px" in m for m in notifications)
 
-    # centring without a flat-field warns, and still works
+    # centring without a flat-field warns, and still works (the steps follow the scan added last:
+    # the sample is chosen again)
+    ce._scan.value = viewer.layers["sample"]
     job = ce.run()
     qtbot.waitUntil(lambda: job.done, timeout=60000)
     assert job.outcome == "done"
@@ -407,3 +409,39 @@ def test_training_data_from_files(make_napari_viewer, tmp_path, notifications, d
     tr._labels_file.value = tmp_path / "other_labels.npy"
     assert tr.add_files() is None
     assert any("other_labels.npy" in m and "does not match the scan shape" in m for m in notifications)
+
+
+def test_prediction_shows_the_warnings_of_its_class_map(make_napari_viewer, qtbot, tmp_path, notifications):
+    """A scan whose true camera length is 8 % shorter than the one its file states, classified in
+    the Prediction widget: the class map comes with the engine's warning (the ice ring's camera
+    length, how to fix it) as a napari warning and under the counts, as `sedclassify predict`
+    prints it."""
+    from dataclasses import replace
+
+    from napari_sedclassify._napari.layers import scan_layer_data
+    from napari_sedclassify.models.persistence import save_model
+    from napari_sedclassify.pipeline.train import train_model
+    from napari_sedclassify.processing.virtual import virtual_image
+    from napari_sedclassify.simulate import simulate_scan
+    from napari_sedclassify.simulate.params import SessionParams, session_seed
+
+    def sim(name, seed, factor):
+        session = replace(SessionParams(name="A"), name=name, gain_seed=session_seed("A"),
+                          camera_length_mm=900.0 * factor)
+        return simulate_scan(tmp_path / f"{name}.npy", scan_shape=(20, 20), detector_px=128, session=session,
+                             seed=seed)
+
+    train = sim("train", 1, 1.0)
+    save_model(train_model([train.scan.source], [train.truth], model="svm", flatfield=str(train.flatfield_path)),
+               tmp_path / "svm.sedmodel")
+    off = sim("off", 2, 0.92)
+    viewer = make_napari_viewer()
+    data, kwargs, _ = scan_layer_data(off.scan, np.asarray(virtual_image(off.scan)), name="off")
+    layer = viewer.add_image(data, **kwargs)
+    _, pr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Prediction")
+    pr._scan.value = layer
+    pr._model_path.value = tmp_path / "svm.sedmodel"
+    wait(qtbot, pr.run())
+    qtbot.waitUntil(lambda: any("amorphous-ice ring" in m for m in notifications), timeout=10000)
+    assert any("effective camera length is 82" in m for m in notifications)
+    assert "<b>warning</b>" in pr._summary.value

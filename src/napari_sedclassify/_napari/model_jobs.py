@@ -109,7 +109,8 @@ def watch_in_child(model_path, source_path, scan_shape=None, *, progress=None, c
     state = Forwarded(src.scan_shape, model.classes.ids, ids_of(keep, model.classes) if keep else [],
                       model.classes.names)
     result = watch(model, src, keep=keep, state=state, cancel=cancel, **kwargs)
-    return {"status": result.status, "files": result.files, "plan": result.plan, "seconds": result.seconds}
+    return {"status": result.status, "files": result.files, "plan": result.plan, "seconds": result.seconds,
+            "warnings": list(result.warnings)}
 
 
 def live_relay(state):
@@ -133,7 +134,7 @@ def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool
     when ``child`` (training; applying a model file that needs TensorFlow), or when ``child`` is
     None for TensorFlow model kinds; else right here (the caller's worker thread). Progress and
     cancel cross the process boundary either way. The child is the spare :func:`prepare` started
-    when there is one; afterwards a spare is started for the next job."""
+    when there is one; afterwards a spare is started for the next job, unless this one was cancelled."""
     if model_kind in TF_KINDS if child is None else child:
         from ..models.tf_process import run_in_process
 
@@ -145,7 +146,8 @@ def run(model_kind: str, func, /, *args, progress=None, cancel=None, child: bool
             return run_in_process(func, *args, progress=progress, cancel=cancel, child_nice=CHILD_NICE,
                                   warm=warm_modules(model_kind), **kwargs)
         finally:
-            prepare(model_kind)
+            if cancel is None or not cancel():  # cancelled (e.g. its viewer closed): no spare for a next job
+                prepare(model_kind)
     return func(*args, progress=progress, cancel=cancel, **kwargs)
 
 

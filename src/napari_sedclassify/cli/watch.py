@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import CLIError
 from ._scan_options import (add_model_argument, add_scan_options, detector_options, file_options, geometry_values,
-                            json_printed, out_folder, writable_folder)
+                            json_printed, out_folder, print_warnings, writable_folder)
 
 
 def register(subparsers):
@@ -147,6 +147,7 @@ def run(args):
         if hasattr(source, "close"):
             source.close()
     d = result.to_dict()
+    print_warnings(d.get("warnings"))
     if json_printed(args, d):
         return 0
     lat = d["latency"]

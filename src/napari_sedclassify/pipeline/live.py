@@ -192,6 +192,9 @@ class FrameClassifier:
         self.crop_radius_px = crop_radius_px
         self.plan = plan
         self.class_ids = list(model.classes.ids)
+        #: every ``ring_stride``-th frame's radial profile is kept for :meth:`ring_warning`
+        self.ring_stride = 1
+        self._ring = []
 
     @classmethod
     def calibrate(cls, model, frames, geometry: Geometry, *, flatfield=None, metadata: dict | None = None,
@@ -232,12 +235,40 @@ class FrameClassifier:
         from ..models.training import ScanFeatures
 
         values = [part.values for part in self.runner.map_chunks(chunks, threads)]
+        self._keep_for_ring_check(chunks, values)
         ria = np.concatenate([v["ria"] for v in values])
         crops = None if values[0].get("crop") is None else np.concatenate([v["crop"] for v in values])[None]
         feats = ScanFeatures(name="live", geometry=self.geometry, missing=np.zeros((1, len(ria)), bool),
                              ria=ria[None], radii_px=self.radii_px, crops=crops, crop_radius_px=self.crop_radius_px)
         pred = predict_scan(self.model, feats)
         return pred.class_map[0], pred.probabilities[0]
+
+    def _keep_for_ring_check(self, chunks, values):
+        for (index, _), v in zip(chunks, values):
+            if index is None or "beam_found" not in v:
+                continue
+            pick = np.flatnonzero(np.asarray(index) % self.ring_stride == 0)
+            if pick.size:
+                self._ring.append({k: np.asarray(v[k])[pick] for k in ("ria", "ria_counts", "beam_found",
+                                                                        "beam_radius_px") if k in v})
+
+    def ring_warning(self, source=None) -> str | None:
+        """``calibrate.q_axis_warning`` on the radial profiles kept from the frames classified so
+        far (every ``ring_stride``-th position): the warning a batch prediction of the same scan
+        gives when the ice ring says the camera length is off; None when it is not, or no frame
+        showed the ring."""
+        from ..processing.stats import median
+        from .calibrate import q_axis_warning
+
+        if not self._ring:
+            return None
+        kept = {k: np.concatenate([r[k] for r in self._ring]) for k in self._ring[0]}
+        found = kept["beam_found"].astype(bool)
+        radius = kept.get("beam_radius_px", np.full(len(found), np.nan)).astype(np.float64)[found]
+        radius = radius[np.isfinite(radius)]
+        return q_axis_warning(kept["ria"], self.radii_px, found, self.geometry, counts=kept.get("ria_counts"),
+                              inner_px=float(self.plan.get("adf_inner_px", 0.0)),
+                              beam_radius_px=float(median(radius)) if radius.size else None, source=source)
 
 
 # ---- sources of frames -------------------------------------------------------------------------------
@@ -907,7 +938,9 @@ def wait_ready(src, timeout_s: float | None = None, cancel: Callable | None = No
 class LiveResult:
     """How a live run ended: status ("complete", "incomplete", "stopped", "timeout"), the state,
     files written, the plan used, seconds from the first frame seen to the end, the counters of a
-    detector stream (frames received, dropped...) and the reduced file written (or left partial)."""
+    detector stream (frames received, dropped...), the reduced file written (or left partial) and
+    warnings (the ice ring of the frames seen says the camera length is off: as a batch
+    prediction's)."""
 
     status: str
     state: LiveClassMap
@@ -916,6 +949,7 @@ class LiveResult:
     seconds: float
     source_stats: dict = field(default_factory=dict)
     reduced: dict | None = None
+    warnings: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         s = self.state
@@ -927,6 +961,8 @@ class LiveResult:
             d["stream"] = dict(self.source_stats)
         if self.reduced is not None:
             d["reduced"] = dict(self.reduced)
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
         return d
 
 
@@ -1025,6 +1061,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     want = max(1, min(int(want), n_total))
     pending: list[FrameBatch] = []
     classifier = reducer = t_first = None
+    warnings: list[str] = []
     last_frame = time.perf_counter()
     last_write = 0.0
     status = "running"
@@ -1069,6 +1106,9 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         """Classify the waiting frames, in chunks split over the threads; then hand the kept ones to
         the reduction."""
         nonlocal reducer
+        from .calibrate import Q_AXIS_FRAMES
+
+        classifier.ring_stride = max(1, -(-n_total // Q_AXIS_FRAMES))  # evenly over the scan, as a batch run
         chunks = []
         for b in batches:
             step = max(1, min(max_chunk, -(-len(b.index) // threads)))
@@ -1100,7 +1140,8 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         """Write the outputs and commit the reduced file (``final_status``: finish it); returns the
         path of the reduced file a finished run left."""
         extra = {"plan": _plain(classifier.plan) if classifier else None,
-                 **({"stream": src.stats()} if hasattr(src, "stats") else {})}
+                 **({"stream": src.stats()} if hasattr(src, "stats") else {}),
+                 **({"warnings": warnings} if warnings else {})}
         if outputs and paths is not None:
             write_outputs(state, paths, extra, None if classifier is None else classifier.geometry.scan_step_nm)
         if reducer is None:
@@ -1173,6 +1214,9 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                 "incomplete": f"the acquisition ended with {state.n_done} of {n_total} positions received"
                               + (f" ({stats['frames_dropped']} frames dropped)" if stats.get("frames_dropped") else "")}
     state.set_status(status, messages[status])
+    if classifier is not None:  # the ice ring of the frames seen: is the q axis the model read right?
+        ring = classifier.ring_warning(str(getattr(src, "path", None) or name or "the live scan"))
+        warnings += [ring] if ring else []
     left = commit(status)
     files = {k: str(v) for k, v in (paths or {}).items()}
     reduced = None
@@ -1182,7 +1226,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     elif reduce_to is not None:  # no frame arrived: nothing to reduce
         reduced = {"path": None, "status": status, "kept_frames": 0}
     return LiveResult(status, state, files, classifier.plan if classifier is not None else {},
-                      time.perf_counter() - (t_first or wait_start), stats, reduced)
+                      time.perf_counter() - (t_first or wait_start), stats, reduced, warnings)
 
 
 def _plain(d: dict) -> dict:

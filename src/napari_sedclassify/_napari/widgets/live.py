@@ -163,11 +163,13 @@ class LiveWidget(Container):
 
             out_ = run_in_process(watch_in_child, model_path, source_path, (sy, sx), progress=live_relay(state),
                                   cancel=cancelled, **options)
-            return LiveResult(out_["status"], state, out_["files"], out_["plan"], out_["seconds"])
+            return LiveResult(out_["status"], state, out_["files"], out_["plan"], out_["seconds"],
+                              warnings=out_.get("warnings", []))
 
         def returned(result):
             self.result = result
             self.refresh()
+            self.show_warnings(result.warnings)
 
         def finished():
             self._timer.stop()
@@ -176,6 +178,18 @@ class LiveWidget(Container):
         self._timer.start()
         return self._jobs.launch(BackgroundJob("live classification", work, on_returned=returned,
                                                on_finished=finished))
+
+    def show_warnings(self, warnings):
+        """The run's warnings (the ice ring says the camera length is off) as napari warnings and
+        under the summary."""
+        import html
+
+        from napari.utils.notifications import show_warning
+
+        for w in warnings:
+            show_warning(f"Live: {w}")
+        if warnings:
+            self._summary.value += "".join(f"<br><b>warning</b>: {html.escape(w, quote=False)}" for w in warnings)
 
     def refresh(self):
         """Redraw the live layer and the summary if the state changed since the last redraw."""

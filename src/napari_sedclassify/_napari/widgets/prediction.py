@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, FloatSpinBox, PushButton, Select
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 
 from ...classes import ClassTable
 from ...models.persistence import needs_tensorflow, read_metadata
-from ...pipeline.predict import params_for_model
-from ..jobs import BackgroundJob, JobButtons, wrapped_label
-from ..layers import find_scan
+from ...pipeline.predict import params_for_model, prediction_warnings
+from ...pipeline.session import CURRENT
+from ..jobs import BackgroundJob, JobButtons, short_message, wrapped_label
+from ..layers import find_scan, with_file_note
 from ..model_jobs import (
     confidence_map,
     features_for,
@@ -154,6 +155,7 @@ class PredictionWidget(Container):
             show_error(f"Prediction: {exc}")
             return None
         flatfield = flatfield_of(layer)
+        geometry = scan.geometry  # what the job uses: the prediction is kept under these (stale if they change)
         session = session_of(layer)
         # made with these parameters (or a profile reaching farther), this flat-field and geometry
         previous = session.result_for(params)
@@ -161,13 +163,21 @@ class PredictionWidget(Container):
         def work(report, cancelled):
             if in_child:
                 prepare(card.kind)  # the child imports TensorFlow while the scan is preprocessed
-            feats, result = features_for(previous, scan, layer.name, flatfield, params, report, cancelled)
+            try:
+                feats, result = features_for(previous, scan, layer.name, flatfield, params, report, cancelled)
+            except (ValueError, OSError) as exc:  # e.g. a file overwritten since it was opened: say so
+                changed = with_file_note(layer, exc)
+                if changed is exc:
+                    raise
+                raise changed from exc
             out = run(card.kind, predict_features, str(path), feats, cancel=cancelled, child=in_child)
-            return out, result
+            # what the user must know before trusting it: assumed values, a q axis the ice ring says is off
+            return out, result, prediction_warnings(card, scan, result, layer.name)
 
         def done(returned):
-            out, result = returned
-            self.show_prediction(layer, out, card.classes, result, path)
+            out, result, warnings = returned
+            self.show_prediction(layer, out, card.classes, result, path, flatfield=flatfield, geometry=geometry)
+            self.show_warnings(warnings)
 
         job = BackgroundJob(f"Classifying {layer.name} ({card.kind.upper()})", work, on_returned=done)
 
@@ -186,7 +196,7 @@ class PredictionWidget(Container):
         from ...errors import IncompatibleModelError
 
         self.clear_result(layer)
-        text = f"<b>{prefix}</b>: {html.escape(str(reason), quote=False)}"
+        text = f"<b>{prefix}</b>: {html.escape(short_message(reason), quote=False)}"
         fix = geometry_fix_hint(find_scan(layer)) if isinstance(reason, IncompatibleModelError) else ""
         if fix:
             text += f"<br><b>fix</b>: {html.escape(fix, quote=False)}"
@@ -215,9 +225,10 @@ class PredictionWidget(Container):
         except (KeyError, ValueError, RuntimeError):  # the scan layer or the viewer went meanwhile
             pass
 
-    def show_prediction(self, layer, out, table: ClassTable, result, model):
-        """Show what ``model`` predicted for the scan of ``layer`` from the preprocessing ``result``,
-        and keep it in the scan's session."""
+    def show_prediction(self, layer, out, table: ClassTable, result, model, flatfield=CURRENT, geometry=CURRENT):
+        """Show what ``model`` predicted for the scan of ``layer`` from the preprocessing ``result``
+        (made with ``flatfield`` and ``geometry``; default: the scan's current ones), and keep it in
+        the scan's session; stale at once when those changed while it was made."""
         from ...models.inference import mark_uncertain
 
         predicted = np.asarray(out["class_map"], dtype=np.uint8)
@@ -246,7 +257,8 @@ class PredictionWidget(Container):
             session.subscribe(lambda what: self._session_changed(session, what))
         session.store_prediction(
             {"layer": layer, "class_map": class_map, "confidence": confidence, "table": table,
-             "uncertain": uncertain, "out": out, "model": model, "result": result}, model, result)
+             "uncertain": uncertain, "out": out, "model": model, "result": result}, model, result,
+            flatfield=flatfield, geometry=geometry)
         counts = {c: int((class_map == c).sum()) for c in table.ids}
         unclassified = int((predicted == 0).sum())
         self._summary.value = legend_html(table, counts) + (
@@ -254,9 +266,20 @@ class PredictionWidget(Container):
         ) + (f'<br><span style="background-color:{UNCERTAIN_COLOUR[:7]}; color:{UNCERTAIN_COLOUR[:7]}">'
              f"&#9632;&#9632;</span>&nbsp;{int(uncertain.sum())} uncertain (probability below {threshold:g}): "
              "left out of the class map and the keep-list" if threshold > 0 else "")
+        if session.stale_prediction is not None:  # its flat-field or geometry changed while it was made
+            self._session_changed(session, "flatfield")
         self._keep.reset_choices()
         if not self._keep.value:
             self._keep.value = [c for c in table.ids if table.names[c] == "amorphous_ice"]
+
+    def show_warnings(self, warnings):
+        """Each warning of the prediction as a napari warning, and under the counts."""
+        import html
+
+        for w in warnings:
+            show_warning(f"Prediction: {w}")
+        if warnings:
+            self._summary.value += "".join(f"<br><b>warning</b>: {html.escape(w, quote=False)}" for w in warnings)
 
     def _rethreshold(self):
         """The threshold changed: mark the frames of the prediction on show again (no new run)."""
