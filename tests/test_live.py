@@ -262,3 +262,24 @@ def test_live_run_warns_when_the_ice_ring_says_the_camera_length_is_off(setup, t
     assert live_mm == pytest.approx(sim.geometry.camera_length_mm, rel=0.01)
     assert live_mm == pytest.approx(batch_mm, rel=0.002)
     assert json.loads((tmp_path / "out" / "acq_keep.json").read_text())["warnings"] == [text]
+
+
+def test_a_folder_created_while_the_source_is_opened_is_a_folder(tmp_path, monkeypatch):
+    """The acquisition creates its frame folder while the live run opens its source: the folder
+    appears between the two questions the source asks of the path. It was refused as "live input
+    must be a folder of frame files or a Merlin .mib file" (seen once in CI)."""
+    from pathlib import Path
+
+    from napari_sedclassify.pipeline.live import FolderSource, open_source
+
+    target = tmp_path / "frames"
+    real_is_dir = Path.is_dir
+
+    def created_meanwhile(self):
+        answer = real_is_dir(self)
+        if self == target and not answer:
+            target.mkdir()  # the writer's mkdir lands right after this question
+        return answer
+
+    monkeypatch.setattr(Path, "is_dir", created_meanwhile)
+    assert isinstance(open_source(target, (2, 2)), FolderSource)

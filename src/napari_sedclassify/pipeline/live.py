@@ -907,7 +907,9 @@ def open_source(path, scan_shape=None, **stream_options):
     path = Path(path)
     if path.suffix.lower() in (".mib", ".hdr"):
         return MibSource(path.with_suffix(".mib"), scan_shape)
-    if path.is_dir() or not path.exists():  # a folder, possibly not created yet
+    # a folder, possibly not created yet: asked in this order, a folder the acquisition creates
+    # meanwhile is never taken for a file (is_dir() False, then exists() True, was refused)
+    if not path.exists() or path.is_dir():
         return FolderSource(path, scan_shape)
     raise ValueError(f"{path}: live input must be a folder of frame files or a Merlin .mib file")
 
