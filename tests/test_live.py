@@ -262,6 +262,10 @@ def test_live_run_warns_when_the_ice_ring_says_the_camera_length_is_off(setup, t
     assert live_mm == pytest.approx(sim.geometry.camera_length_mm, rel=0.01)
     assert live_mm == pytest.approx(batch_mm, rel=0.002)
     assert json.loads((tmp_path / "out" / "acq_keep.json").read_text())["warnings"] == [text]
+    # said while the acquisition went on too, once a quarter of the frames was in (RING_CHECK_AFTER)
+    (early,) = result.state.warnings
+    assert early.startswith("after ") and f"of 100 frames: {target}: its amorphous-ice ring" in early
+    assert 25 <= int(early.split()[1]) < 100
 
 
 def test_a_folder_created_while_the_source_is_opened_is_a_folder(tmp_path, monkeypatch):

@@ -123,3 +123,30 @@ def test_napari_live_with_a_cnn_model_keeps_tensorflow_out(setup, tmp_path, make
     batch = run_in_process(_batch_in_child, model_path, str(target), sim.geometry, setup["flat"])
     assert np.array_equal(widget.state.class_map(), batch)
     assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+
+
+def test_napari_live_says_a_warning_while_the_run_goes_on(make_napari_viewer, notifications):
+    """A warning the live run raises mid-acquisition (the ice ring says the camera length is off),
+    in the viewer's process or relayed from a child's: napari says it once, and the summary keeps it
+    under the counts."""
+    from napari_sedclassify._napari.model_jobs import live_relay
+    from napari_sedclassify._napari.widgets.live import LiveWidget
+    from napari_sedclassify.pipeline.live import LiveClassMap
+
+    viewer = make_napari_viewer()
+    widget = LiveWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    state = LiveClassMap((4, 4), [1, 2, 3, 4], [2], {1: "carbon", 2: "amorphous_ice", 3: "crystalline_ice",
+                                                     4: "mixed"})
+    widget.state = state
+    relay = live_relay(state)  # what a child's state changes do to the parent's
+    relay(1, {"event": "update", "index": np.arange(4), "class_ids": np.full(4, 2, np.uint8),
+              "probabilities": np.full((4, 4), 0.25, np.float32), "latencies": np.zeros(4)})
+    text = "after 4 of 16 frames: acq.mib: its amorphous-ice ring (3.7 Å, 4 frames) lies 8.0% further in"
+    relay(2, {"event": "warn", "text": text})
+    relay(3, {"event": "warn", "text": text})  # said once
+    assert state.warnings == [text]
+    widget.refresh()
+    widget.refresh()
+    assert "<b>warning</b>: after 4 of 16 frames" in widget._summary.value
+    assert sum(text in m for m in notifications) == 1

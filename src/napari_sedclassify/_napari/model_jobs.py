@@ -69,7 +69,8 @@ def watch_in_child(model_path, source_path, scan_shape=None, *, progress=None, c
     (TensorFlow models: the Live widget must not load them in napari's process). Every change of
     the child's running state goes to the parent as a ``progress(n, message)`` call that
     :func:`live_relay` applies to the parent's LiveClassMap; kwargs go to ``watch``. Returns
-    {"status", "files", "plan", "seconds"} (the parent rebuilds its LiveResult around its state)."""
+    {"status", "files", "plan", "seconds", "warnings"} (the parent rebuilds its LiveResult around
+    its state)."""
     import time
 
     from ..models.persistence import load_model
@@ -95,6 +96,10 @@ def watch_in_child(model_path, source_path, scan_shape=None, *, progress=None, c
         def mark_calibrated(self):
             super().mark_calibrated()
             send(event="calibrated")
+
+        def warn(self, text):
+            super().warn(text)
+            send(event="warn", text=str(text))
 
     model = load_model(model_path)
     stopped = cancel if cancel is not None else (lambda: False)
@@ -125,6 +130,8 @@ def live_relay(state):
             state.set_status(message["status"], message.get("message", ""))
         elif event == "calibrated":
             state.mark_calibrated()
+        elif event == "warn":
+            state.warn(message["text"])
 
     return relay
 

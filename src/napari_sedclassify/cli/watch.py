@@ -121,7 +121,12 @@ def run(args):
         writable_folder(out_folder(args.out))
     bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
 
+    said = []
+
     def on_update(state):
+        for w in state.warnings[len(said):]:  # said while the acquisition goes on: it can be stopped
+            said.append(w)
+            bar.write(f"warning: {w}", file=sys.stderr)
         bar.total = state.n_positions
         bar.update(state.n_done - bar.n)
         lat = state.latency_stats()

@@ -48,6 +48,12 @@ STATUSES = ("waiting", "calibrating", "running", "complete", "incomplete", "stop
 
 
 # ---- the running state ---------------------------------------------------------------------------
+#: A live run checks the ice ring of the frames seen once this share of the scan is classified
+#: (``FrameClassifier.ring_warning``; again at the end): a camera length that is off is said while
+#: the acquisition can still be stopped.
+RING_CHECK_AFTER = 0.25
+
+
 class LiveClassMap:
     """Thread-safe running results of a live run, for a widget to poll or subscribe to.
 
@@ -75,6 +81,7 @@ class LiveClassMap:
         self.version = 0
         self.status = "waiting"
         self.message = ""
+        self.warnings: list[str] = []
 
     @property
     def n_positions(self) -> int:
@@ -102,6 +109,15 @@ class LiveClassMap:
             raise ValueError(f"unknown status {status!r}")
         with self._lock:
             self.status, self.message = status, message
+            self.version += 1
+        self._notify()
+
+    def warn(self, text: str) -> None:
+        """Add a warning for the user (shown while the run goes on), once."""
+        with self._lock:
+            if text in self.warnings:
+                return
+            self.warnings.append(text)
             self.version += 1
         self._notify()
 
@@ -173,7 +189,8 @@ class LiveClassMap:
         with self._lock:
             return {"class_map": self._class_map.copy(), "probabilities": self._proba.copy(),
                     "done": self._done.copy(), "keep": self.keep(), "version": self.version,
-                    "status": self.status, "message": self.message, "latency": self.latency_stats()}
+                    "status": self.status, "message": self.message, "latency": self.latency_stats(),
+                    "warnings": list(self.warnings)}
 
 
 # ---- per-frame classification ----------------------------------------------------------------------
@@ -1064,6 +1081,8 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     pending: list[FrameBatch] = []
     classifier = reducer = t_first = None
     warnings: list[str] = []
+    ring_checked = False
+    where = str(getattr(src, "path", None) or name or "the live scan")
     last_frame = time.perf_counter()
     last_write = 0.0
     status = "running"
@@ -1107,7 +1126,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     def run_batches(batches):
         """Classify the waiting frames, in chunks split over the threads; then hand the kept ones to
         the reduction."""
-        nonlocal reducer
+        nonlocal reducer, ring_checked
         from .calibrate import Q_AXIS_FRAMES
 
         classifier.ring_stride = max(1, -(-n_total // Q_AXIS_FRAMES))  # evenly over the scan, as a batch run
@@ -1118,6 +1137,12 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         ids, proba = classifier.classify_chunks(chunks, threads)
         seen = np.concatenate([np.broadcast_to(b.seen, (len(b.index),)) for b in batches])
         state.update(np.concatenate([b.index for b in batches]), ids, proba, time.perf_counter() - seen)
+        if not ring_checked and state.n_done >= RING_CHECK_AFTER * n_total:
+            # once, early: a wrong camera length is worth stopping for (the end checks all frames again)
+            ring_checked = True
+            ring = classifier.ring_warning(where)
+            if ring:
+                state.warn(f"after {state.n_done} of {n_total} frames: {ring}")
         if reduce_to is None:
             return
         classes = state.class_map().reshape(-1)
@@ -1217,7 +1242,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                               + (f" ({stats['frames_dropped']} frames dropped)" if stats.get("frames_dropped") else "")}
     state.set_status(status, messages[status])
     if classifier is not None:  # the ice ring of the frames seen: is the q axis the model read right?
-        ring = classifier.ring_warning(str(getattr(src, "path", None) or name or "the live scan"))
+        ring = classifier.ring_warning(where)
         warnings += [ring] if ring else []
     left = commit(status)
     files = {k: str(v) for k, v in (paths or {}).items()}

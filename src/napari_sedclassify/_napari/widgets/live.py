@@ -61,6 +61,7 @@ class LiveWidget(Container):
                      self._flatfield, self._calibration, self._keep, self._out, self._jobs, self._summary])
         self.state = None  # the LiveClassMap of the current run, set from the worker thread
         self.result = None
+        self._notified: set[str] = set()
         self.layer = None
         self._shown_version = -1
         from qtpy.QtCore import QTimer
@@ -168,8 +169,9 @@ class LiveWidget(Container):
 
         def returned(result):
             self.result = result
+            self._shown_version = -1  # its warnings join the summary
             self.refresh()
-            self.show_warnings(result.warnings)
+            self.notify_warnings(result.warnings)
 
         def finished():
             self._timer.stop()
@@ -179,17 +181,23 @@ class LiveWidget(Container):
         return self._jobs.launch(BackgroundJob("live classification", work, on_returned=returned,
                                                on_finished=finished))
 
-    def show_warnings(self, warnings):
-        """The run's warnings (the ice ring says the camera length is off) as napari warnings and
-        under the summary."""
-        import html
-
+    def notify_warnings(self, warnings):
+        """Each warning not said yet (the ice ring says the camera length is off: during the run,
+        and again at its end) as a napari warning."""
         from napari.utils.notifications import show_warning
 
         for w in warnings:
-            show_warning(f"Live: {w}")
-        if warnings:
-            self._summary.value += "".join(f"<br><b>warning</b>: {html.escape(w, quote=False)}" for w in warnings)
+            if w not in self._notified:
+                self._notified.add(w)
+                show_warning(f"Live: {w}")
+
+    def _warnings_html(self) -> str:
+        import html
+
+        shown = list(self.state.warnings) if self.state is not None else []
+        if self.result is not None:
+            shown += [w for w in self.result.warnings if w not in shown]
+        return "".join(f"<br><b>warning</b>: {html.escape(w, quote=False)}" for w in shown)
 
     def refresh(self):
         """Redraw the live layer and the summary if the state changed since the last redraw."""
@@ -209,7 +217,8 @@ class LiveWidget(Container):
         line = f"{snap['status']}: {lat.get('frames', 0)} of {state.n_positions} frames, kept {int(snap['keep'].sum())}"
         if "median_ms" in lat:
             line += f", latency {lat['median_ms']:.1f} ms (p95 {lat['p95_ms']:.1f})"
-        self._summary.value = line + "<br>" + legend_html(table, counts)
+        self._summary.value = line + "<br>" + legend_html(table, counts) + self._warnings_html()
+        self.notify_warnings(snap["warnings"])  # said while the acquisition goes on: it can be stopped
 
 
 def _path(widget) -> str | None:
