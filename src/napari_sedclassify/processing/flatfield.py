@@ -161,32 +161,36 @@ def _mean_5x5(a: np.ndarray) -> np.ndarray:
     return (c[5:, 5:] - c[:-5, 5:] - c[5:, :-5] + c[:-5, :-5]) / 25.0
 
 
-#: A flood lights the detector evenly: after a 5x5 median (which removes hot pixels and the
-#: narrow wide-pixel cross of a Medipix quad), no part of its mean frame stands this many times
-#: above the median. Diffraction frames (a direct beam) stand hundreds of times above it.
+#: A flood lights the detector evenly: no compact spot of its mean frame (a pixel with three or
+#: more of its four neighbours as bright; hot pixels stand alone, and the wide pixels of a Medipix
+#: quad's cross collect 2.5-6.25x) stands this many times above its median. Diffraction frames (a
+#: direct beam) stand hundreds of times above it.
 FLOOD_PEAK_LIMIT = 8.0
 
 
 def _check_flat(mean: np.ndarray, n: int) -> None:
     """Raise ValueError when a flood's mean frame has a compact bright spot (a direct beam): frames
     of a diffraction scan given as the flat-field would turn every frame's beam into a hole."""
-    from .kernels import median_5x5
-
-    if min(mean.shape) < 5:
-        return
-    smooth = np.empty(mean.shape, np.float32)
-    median_5x5(np.ascontiguousarray(mean, dtype=np.float32), smooth)
-    finite = np.isfinite(smooth) & (smooth > 0)
+    finite = np.isfinite(mean) & (mean > 0)
     if not finite.any():
         return
-    level = float(median(smooth[finite]))
-    peak = float(np.max(smooth[finite]))
-    if level > 0 and peak > FLOOD_PEAK_LIMIT * level:
-        y, x = np.unravel_index(np.argmax(np.where(finite, smooth, -np.inf)), smooth.shape)
-        raise ValueError(f"not a flood: the mean of its {n} frame(s) rises to {peak / level:.0f} times its median "
-                         f"around pixel ({y}, {x}), as a direct beam does (a flood lights the detector evenly; "
-                         f"at most {FLOOD_PEAK_LIMIT:g} times is accepted): give the flood recorded for this detector, "
-                         "not the frames of a diffraction scan")
+    level = float(median(mean[finite]))
+    bright = finite & (mean > FLOOD_PEAK_LIMIT * level)
+    if level <= 0 or bright.sum() < 5:
+        return
+    around = np.zeros(mean.shape, np.int8)
+    around[1:] += bright[:-1]
+    around[:-1] += bright[1:]
+    around[:, 1:] += bright[:, :-1]
+    around[:, :-1] += bright[:, 1:]
+    core = bright & (around >= 3)
+    if core.sum() < 5:
+        return
+    y, x = np.unravel_index(np.argmax(np.where(core, mean, -np.inf)), mean.shape)
+    raise ValueError(f"not a flood: the mean of its {n} frame(s) rises to {mean[y, x] / level:.0f} times its median "
+                     f"around pixel ({y}, {x}), as a direct beam does (a flood lights the detector evenly; a spot "
+                     f"at most {FLOOD_PEAK_LIMIT:g} times is accepted): give the flood recorded for this detector, "
+                     "not the frames of a diffraction scan")
 
 
 def native(a: np.ndarray) -> np.ndarray:
