@@ -187,3 +187,25 @@ def test_the_commands_print_the_warnings(tmp_path, capsys):
                  "-o", str(tmp_path / "prop")]) == 0
     err = capsys.readouterr().err
     assert "warning: " in err and "off_cli.npy: its amorphous-ice ring" in err
+
+
+def test_the_builtin_models_predictions_are_checked_too(tmp_path):
+    """The built-in model reads the profile to 0.3 Å⁻¹, just past the ice ring (0.27): the profile
+    of its predictions now reaches as far as the check needs (its features are the same), so a
+    scan 8 % off is named with it too; before, the check could not run and said nothing."""
+    from napari_sedclassify.models.persistence import load_model
+    from napari_sedclassify.pipeline.calibrate import Q_AXIS_CHECK_Q_INVA
+    from napari_sedclassify.pipeline.predict import params_for_model, predict_scan
+    from napari_sedclassify.pipeline.train import preprocess_params_for
+    from napari_sedclassify.simulate import simulate_scan
+    from napari_sedclassify.simulate.params import SessionParams, session_seed
+
+    model = load_model("builtin")
+    session = replace(SessionParams(name="A"), name="off256", gain_seed=session_seed("A"), camera_length_mm=828.0)
+    sim = simulate_scan(tmp_path / "off256.npy", scan_shape=(16, 16), detector_px=256, session=session, seed=3)
+    g = sim.scan.geometry
+    own = preprocess_params_for([model.recipe], g, model.preprocess).ria_r_max_px
+    checked = params_for_model(model, g).ria_r_max_px
+    assert own < g.q_invA_to_radius_px(Q_AXIS_CHECK_Q_INVA) < checked
+    pred = predict_scan(model, sim.scan, flatfield=str(sim.flatfield_path))
+    assert any("its amorphous-ice ring" in w and "further in" in w for w in pred.warnings), pred.warnings

@@ -230,10 +230,22 @@ def params_for_model(model, geometry):
     """The one place where a model's preprocessing is set for a scan: the model's own parameters
     (centring, RIA bins, bad pixels...) with crops laid out for this detector when it reads crops,
     and the radial profile stopped where the model stops reading it on this detector
-    (``train.preprocess_params_for``; a radius set for the scans it was trained on is replaced).
-    ``model``: a SedModel or a model card (anything with ``.preprocess`` and ``.recipe``)."""
+    (``train.preprocess_params_for``; a radius set for the scans it was trained on is replaced),
+    or where the q axis check needs it (``calibrate.Q_AXIS_CHECK_Q_INVA``, the ice ring and the
+    background beyond it), whichever is farther: the built-in model reads to 0.3 Å⁻¹, just past
+    the ring, and its predictions could not be checked. ``model``: a SedModel or a model card
+    (anything with ``.preprocess`` and ``.recipe``)."""
+    from ..processing.params import default_ria_r_max_px
+    from .calibrate import Q_AXIS_CHECK_Q_INVA
+
     own = {k: v for k, v in (model.preprocess or {}).items() if k not in ("crop_radius_px", "crop_d_A", "crop_bin")}
-    return preprocess_params_for([model.recipe], geometry, own)
+    params = preprocess_params_for([model.recipe], geometry, own)
+    if params.ria_r_max_px is None or params.ria_q_max_invA is not None or not geometry.calibrated:
+        return params
+    check = float(geometry.q_invA_to_radius_px(Q_AXIS_CHECK_Q_INVA)) + 2 * params.ria_bin_px
+    if check <= params.ria_r_max_px:
+        return params
+    return replace(params, ria_r_max_px=check if check < default_ria_r_max_px(geometry.detector_shape) else None)
 
 
 def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ice",)) -> dict:
