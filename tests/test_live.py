@@ -287,3 +287,13 @@ def test_a_folder_created_while_the_source_is_opened_is_a_folder(tmp_path, monke
 
     monkeypatch.setattr(Path, "is_dir", created_meanwhile)
     assert isinstance(open_source(target, (2, 2)), FolderSource)
+
+
+def test_a_live_mib_whose_hdr_gives_no_scan_shape_says_so(realdata):
+    """The real `001_4x2_6bit.mib` has a .hdr that does not give the scan shape (no ScanX/ScanY):
+    a live run on it said "no .hdr giving it yet", which sent the user looking for a missing file."""
+    from napari_sedclassify.pipeline.live import MibSource
+
+    src = MibSource(realdata / "merlin" / "001_4x2_6bit.mib")
+    with pytest.raises(ValueError, match=r"its \.hdr does not give it \(no ScanX/ScanY\).*--scan-shape SY SX"):
+        src.scan_shape
