@@ -189,10 +189,12 @@ def test_the_commands_print_the_warnings(tmp_path, capsys):
     assert "warning: " in err and "off_cli.npy: its amorphous-ice ring" in err
 
 
-def test_the_builtin_models_predictions_are_checked_too(tmp_path):
+@pytest.mark.parametrize("factor", [0.92, 0.82])
+def test_the_builtin_models_predictions_are_checked_too(tmp_path, factor):
     """The built-in model reads the profile to 0.3 Å⁻¹, just past the ice ring (0.27): the profile
-    of its predictions now reaches as far as the check needs (its features are the same), so a
-    scan 8 % off is named with it too; before, the check could not run and said nothing."""
+    of its predictions now reaches as far as the check needs, its wider search included (its
+    features are the same), so a scan 8 % or 18 % off is named with it too; before, the check
+    could not run and said nothing (and with the narrower search only, 18 % went unsaid)."""
     from napari_sedclassify.models.persistence import load_model
     from napari_sedclassify.pipeline.calibrate import Q_AXIS_CHECK_Q_INVA
     from napari_sedclassify.pipeline.predict import params_for_model, predict_scan
@@ -201,7 +203,8 @@ def test_the_builtin_models_predictions_are_checked_too(tmp_path):
     from napari_sedclassify.simulate.params import SessionParams, session_seed
 
     model = load_model("builtin")
-    session = replace(SessionParams(name="A"), name="off256", gain_seed=session_seed("A"), camera_length_mm=828.0)
+    session = replace(SessionParams(name="A"), name="off256", gain_seed=session_seed("A"),
+                      camera_length_mm=900.0 * factor)
     sim = simulate_scan(tmp_path / "off256.npy", scan_shape=(16, 16), detector_px=256, session=session, seed=3)
     g = sim.scan.geometry
     own = preprocess_params_for([model.recipe], g, model.preprocess).ria_r_max_px
