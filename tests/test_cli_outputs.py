@@ -252,3 +252,20 @@ def test_the_console_script_imports_nothing_heavy_before_it_can_catch_ctrl_c():
             "print(napari_sedclassify.Geometry.__name__, napari_sedclassify.Scan.__name__)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split("\n")[:2] == ["False", "Geometry Scan"], proc.stderr
+
+
+def test_simulate_does_not_replace_a_data_set_without_force(tmp_path, capsys):
+    """`sedclassify simulate` into a folder that holds a data set replaced its scans in silence."""
+    import hashlib
+
+    from napari_sedclassify.cli import main
+
+    out = tmp_path / "sim"
+    args = ["simulate", str(out), "--scan-shape", "2", "2", "--detector", "64"]
+    assert main(args) == 0
+    digest = hashlib.md5((out / "scan_A_00.npy").read_bytes()).hexdigest()
+    assert main(args + ["--seed", "3"]) == 2
+    assert "already holds a simulated data set" in capsys.readouterr().err
+    assert hashlib.md5((out / "scan_A_00.npy").read_bytes()).hexdigest() == digest
+    assert main(args + ["--seed", "3", "--force"]) == 0
+    assert hashlib.md5((out / "scan_A_00.npy").read_bytes()).hexdigest() != digest

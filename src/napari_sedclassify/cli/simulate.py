@@ -29,6 +29,8 @@ def register(subparsers) -> None:
                         "are factors on session --session's values; 'camera' scales the true camera length, "
                         "the files keep the nominal one); each session also gets its own gain map and "
                         "alignment. See docs/simulation.md")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder that already holds a simulated data set (its files are replaced)")
     p.add_argument("--json", action="store_true", help="print the data set description as JSON")
 
 
@@ -52,6 +54,9 @@ def run(args) -> int:
             n_scans *= len(session_grid(args.session, **grid))
         except ValueError as exc:
             raise CLIError(str(exc)) from None
+    if (out_dir / "dataset.json").exists() and not args.force:  # its scans would be replaced in silence
+        raise CLIError(f"{out_dir} already holds a simulated data set (dataset.json): choose another folder, or "
+                       "--force to replace it")
     writable_folder(out_dir)  # before any work: created, and writable
     with tqdm(total=n_scans * sy * sx, unit="frame", desc="simulate", file=sys.stderr) as bar:
         kwargs = dict(scan_shape=(sy, sx), detector_px=args.detector, seed=args.seed, progress=bar.update)
