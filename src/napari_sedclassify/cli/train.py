@@ -125,15 +125,15 @@ def run(args) -> int:
     output_file(out, args.force)  # an existing model is kept unless --force; its folder created and writable
     n = len(args.scans)
     scans = open_scans_from_args(args.scans, args)
-    if args.flatfield:  # every scan's, before any work
-        checked_flatfields(args.flatfield, scans)
+    # every scan's, checked before any work, and loaded once
+    flatfields = checked_flatfields(args.flatfield, scans) if args.flatfield else None
     args._all_fitted = all(s.geometry.origin("camera_length_mm") == "fitted" for s in scans)
     changes, params = model_settings(args)
     with Bars() as bars, executor(args, sum(s.n_frames for s in scans)):
         summary = train_to_file(
             scans, args.labels, out, model=args.model, recipe=default_recipe(args.model, **changes),
             params=params, holdout=list(range(n - args.holdout, n)), val_fraction=args.val_fraction,
-            seed=args.seed, flatfield=args.flatfield, progress=bars.epoch, preprocess_progress=bars.scan,
+            seed=args.seed, flatfield=flatfields, progress=bars.epoch, preprocess_progress=bars.scan,
         )
     if json_printed(args, summary):
         print_warnings(summary["training"].get("warnings"))

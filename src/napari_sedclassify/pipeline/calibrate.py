@@ -239,11 +239,9 @@ def calibrate(scan, ring="ice", flatfield=None, params=None, *, search: float = 
     valid = result.beam_found & ~result.missing
     if not valid.any():
         raise CalibrationError(_no_beam(scan))
-    radius = result.beam_radius_px[valid]
-    radius = float(np.nanmedian(radius)) if np.isfinite(radius).any() else None
     cal = calibrate_ria(result.ria, result.radii_px, valid, scan.geometry, ring, counts=result.ria_counts,
-                        search=search, inner_px=float(result.resolved["adf_inner_px"]), beam_radius_px=radius,
-                        source=scan.source)
+                        search=search, inner_px=float(result.resolved["adf_inner_px"]),
+                        beam_radius_px=beam_radius_of(result.beam_radius_px, valid), source=scan.source)
     cal.edge_pixel_width = float(result.resolved.get("edge_pixel_width", 1.0))
     cal.edge_pixel_width_origin = str(result.resolved.get("edge_pixel_width_origin", "file"))
     if sub is not scan:
@@ -288,14 +286,20 @@ def _check_geometry(geometry: Geometry, search: float):
 # ---- the q axis checked on a prediction's own RIAs ------------------------------------------------
 
 
+def beam_radius_of(radii_px, valid) -> float | None:
+    """The median direct-beam radius (px) of the ``valid`` frames with a finite one (None when
+    none): what the rings are blurred by."""
+    radius = np.asarray(radii_px, dtype=np.float64)[np.asarray(valid, bool)]
+    radius = radius[np.isfinite(radius)]
+    return float(median(radius)) if radius.size else None
+
+
 def preprocessed_q_axis_warning(result, geometry: Geometry, source=None) -> str | None:
     """:func:`q_axis_warning` on a PreprocessResult: its RIAs, frames with a beam, beam radius."""
     valid = np.asarray(result.beam_found) & ~np.asarray(result.missing)
-    radius = np.asarray(result.beam_radius_px, dtype=np.float64)[valid]
-    radius = radius[np.isfinite(radius)]
     return q_axis_warning(result.ria, result.radii_px, valid, geometry, counts=result.ria_counts,
                           inner_px=float(result.resolved.get("adf_inner_px", 0.0)),
-                          beam_radius_px=float(median(radius)) if radius.size else None, source=source)
+                          beam_radius_px=beam_radius_of(result.beam_radius_px, valid), source=source)
 
 
 def q_axis_warning(ria, radii_px, valid, geometry: Geometry, *, counts=None, inner_px: float = 0.0,

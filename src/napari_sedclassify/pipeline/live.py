@@ -274,18 +274,16 @@ class FrameClassifier:
         far (every ``ring_stride``-th position): the warning a batch prediction of the same scan
         gives when the ice ring says the camera length is off; None when it is not, or no frame
         showed the ring."""
-        from ..processing.stats import median
-        from .calibrate import q_axis_warning
+        from .calibrate import beam_radius_of, q_axis_warning
 
         if not self._ring:
             return None
         kept = {k: np.concatenate([r[k] for r in self._ring]) for k in self._ring[0]}
         found = kept["beam_found"].astype(bool)
-        radius = kept.get("beam_radius_px", np.full(len(found), np.nan)).astype(np.float64)[found]
-        radius = radius[np.isfinite(radius)]
+        radius = beam_radius_of(kept["beam_radius_px"], found) if "beam_radius_px" in kept else None
         return q_axis_warning(kept["ria"], self.radii_px, found, self.geometry, counts=kept.get("ria_counts"),
-                              inner_px=float(self.plan.get("adf_inner_px", 0.0)),
-                              beam_radius_px=float(median(radius)) if radius.size else None, source=source)
+                              inner_px=float(self.plan.get("adf_inner_px", 0.0)), beam_radius_px=radius,
+                              source=source)
 
 
 # ---- sources of frames -------------------------------------------------------------------------------
