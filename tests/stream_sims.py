@@ -89,9 +89,11 @@ class SimProcess:
         except OSError:
             return ""
 
-    def launch(self):
-        """Start the process on fresh ports, without waiting (see :meth:`wait`)."""
-        self.pick_ports()
+    def launch(self, fresh_ports: bool = True):
+        """Start the process on fresh ports (or on those picked before: ``pick_ports()``, then a
+        client told them, then ``launch(fresh_ports=False)``), without waiting (see :meth:`wait`)."""
+        if fresh_ports or not getattr(self, "ports", None):
+            self.pick_ports()
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)

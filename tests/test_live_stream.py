@@ -199,7 +199,9 @@ def test_a_killed_live_reduction_leaves_a_readable_partial_file(setup, batch, tm
            "--pixel-size", "110", "--camera-length", "900", "--voltage", "200", "--scan-step", "30",
            "--flatfield", setup["flat"], "--out", str(tmp_path), "--name", "acq", "--reduce", str(red),
            "--timeout", "120"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    tmp = tmp_path / "tmp"  # the runs' temporary folder: where the receiver's shared-memory handle goes
+    tmp.mkdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     committed, t0 = 0, time.monotonic()
     try:
@@ -220,6 +222,7 @@ def test_a_killed_live_reduction_leaves_a_readable_partial_file(setup, batch, tm
             proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    assert len(list(tmp.glob("sedclassify-merlin-*"))) == 1  # killed outright: its handle folder is left
     assert not red.exists() and partial.exists()
     scan = open_scan(partial)  # the project's reader opens it, and says it is partial
     assert scan.metadata["status"] == "partial"
@@ -239,6 +242,8 @@ def test_a_killed_live_reduction_leaves_a_readable_partial_file(setup, batch, tm
     assert red.exists() and not partial.exists()
     done = open_scan(red)
     assert done.metadata["status"] == "complete" and done.metadata["n_kept"] == int((batch.class_map == 2).sum())
+    # the killed run's handle folder was removed by the next run; the reruns removed their own
+    assert not list(tmp.glob("sedclassify-*"))
 
 
 @needs_live
@@ -272,6 +277,75 @@ def test_quad_stream_frames_are_bit_identical_and_a_lost_frame_is_counted(setup)
         assert np.array_equal(got[k - 1], frame)
     st = src.stats()
     assert st["frames_received"] == 16 and st["frames_dropped"] == 1 and st["frames_announced"] == 17
+
+
+@needs_live
+def test_a_scan_shape_that_contradicts_the_acquisition_header_is_said(setup):
+    """--scan-shape 2 x 8 for an acquisition of 17 frames in rows of 4: said once the detector is
+    armed (before, the map was filled silently with rows of the wrong length, frames left out)."""
+    from napari_sedclassify.pipeline.live import MerlinStreamSource
+
+    src = MerlinStreamSource("127.0.0.1", setup["sims"]["quad"].data, (2, 8))
+    t0 = time.monotonic()
+    try:
+        while not src.ready():
+            assert time.monotonic() - t0 < 120, "the detector was not armed"
+            time.sleep(0.01)
+        said = src.scan_shape_warning()
+        while not src.finished:  # the whole acquisition, so that the simulator serves the next client anew
+            assert time.monotonic() - t0 < 120
+            if src.poll(64) is None:
+                time.sleep(0.01)
+    finally:
+        src.close()
+    assert "2 x 8 = 16 positions" in said and "17 frames in rows of 4 frames" in said and "--scan-shape" in said
+    assert src.stats()["frames_outside_scan"] == 1  # frame 17
+    agree = MerlinStreamSource("127.0.0.1", 1, (5, 4))
+    agree.header = {"frames_in_acquisition": 20, "frames_per_trigger": 4}
+    assert agree.scan_shape_warning() is None
+
+
+@needs_live
+def test_a_stream_that_starts_late_or_dies_midway(setup, batch, tmp_path):
+    """Nothing listening at the data port is said at the timeout and the receiver stops (it retried
+    forever, close() waited 5 s and the thread stayed); a detector that starts after ``watch`` is
+    received; a detector (its server) killed mid-scan ends the run ``incomplete`` with the frames
+    received classified, the lost ones counted as dropped and the receiver's message, and outputs
+    that say so (the receiver's raw error ended the run, the outputs still said "running")."""
+    from napari_sedclassify.pipeline.live import LiveClassMap, MerlinStreamSource, wait_ready, watch
+
+    sim = MerlinSim(setup["dir"] / "acq.hdr", SCAN, tmp_path / "sim.log", dwell_us=DWELL_US)
+    sim.pick_ports()
+    alone = MerlinStreamSource("127.0.0.1", sim.data)
+    with pytest.raises(TimeoutError, match=f"nothing listened at 127.0.0.1:{sim.data} when watch started"):
+        wait_ready(alone, 0.5)
+    assert alone.finished  # its receiver stopped
+    src = MerlinStreamSource("127.0.0.1", sim.data, name="acq")
+    assert not src.ready()  # waiting for the detector, which starts now
+    sim.launch(fresh_ports=False)
+    try:
+        sim.wait()
+
+        def kill_midway(state):
+            if state.n_done >= 64 and sim.proc.poll() is None:
+                sim.proc.kill()
+
+        wait_ready(src, 120)
+        state = LiveClassMap(SCAN, setup["model"].classes.ids, [2], setup["model"].classes.names)
+        state.subscribe(kill_midway)
+        result = watch(setup["model"], src, out_dir=tmp_path, flatfield=setup["flat"],
+                       geometry=setup["sim"].geometry, timeout_s=120, state=state)
+    finally:
+        sim.stop()
+    assert result.status == "incomplete", result.state.message
+    st = result.source_stats
+    assert 64 <= st["frames_received"] < 256 and st["frames_received"] + st["frames_dropped"] == 256
+    assert "EOF" in st["stream_error"]
+    done = result.state.snapshot()["done"]
+    assert done.sum() == st["frames_received"]
+    assert np.array_equal(result.state.class_map()[done], batch.class_map[done])
+    keep = json.loads((tmp_path / "acq_keep.json").read_text())
+    assert keep["status"] == "incomplete" and "EOF" in keep["message"] and keep["frames_done"] == done.sum()
 
 
 # ---- DECTRIS zmq stream -------------------------------------------------------------------------------------
@@ -493,3 +567,27 @@ def test_stream_helpers_and_no_heavy_import():
             "print([m for m in ('libertem_qd_mpx', 'libertem_live', 'libertem', 'libertem_dectris') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+@needs_dectris
+def test_a_script_ending_while_its_receiver_waits_exits_cleanly_and_leaves_no_folder(dectris, tmp_path):
+    """A Python script that opens a stream and ends without closing it, its receiver thread still
+    waiting for the detector to be armed: the process exits normally (it aborted, 'FATAL: exception
+    not rethrown', when Python shut down with the thread inside the receiver) and leaves no
+    shared-memory handle folder behind (one per run was left in the temporary folder)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = (f"from napari_sedclassify.pipeline.live import DectrisStreamSource\n"
+            f"src = DectrisStreamSource('127.0.0.1', {dectris['sims']['gap'].zmq}, (4, 16))\n"
+            f"assert not src.ready()\n"
+            f"import os, time\n"
+            f"t0 = time.monotonic()\n"
+            f"seen = []\n"
+            f"while not seen and time.monotonic() - t0 < 60:\n"
+            f"    seen = os.listdir({str(tmp)!r}) or time.sleep(0.01) or []\n"
+            f"print(seen)\n")  # what was seen: the receiver may end (and remove it) right after
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TMPDIR": str(tmp)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "sedclassify-dectris-" in out.stdout  # the receiver had made its folder
+    assert not list(tmp.iterdir())

@@ -212,3 +212,20 @@ def test_the_builtin_models_predictions_are_checked_too(tmp_path, factor):
     assert own < g.q_invA_to_radius_px(Q_AXIS_CHECK_Q_INVA) < checked
     pred = predict_scan(model, sim.scan, flatfield=str(sim.flatfield_path))
     assert any("its amorphous-ice ring" in w and "further in" in w for w in pred.warnings), pred.warnings
+
+
+def test_a_stream_is_told_to_give_the_camera_length_not_to_calibrate_itself(trained):
+    """The q-axis warning of a detector stream cannot advise `sedclassify calibrate merlin://...`:
+    calibrate reads files. It advises the camera length for the next live run instead."""
+    from napari_sedclassify.pipeline.calibrate import preprocessed_q_axis_warning
+    from napari_sedclassify.pipeline.predict import params_for_model
+    from napari_sedclassify.pipeline.preprocess import preprocess
+
+    model, flat, folder = trained
+    off = _simulated(folder, "off_stream", 3, camera_factor=0.92).scan
+    result = preprocess(off, params_for_model(model, off.geometry), flatfield=flat)
+    stream = preprocessed_q_axis_warning(result, off.geometry, "merlin://127.0.0.1:6342")
+    assert "Give --camera-length 8" in stream and "to the next live run" in stream
+    assert "sedclassify calibrate merlin://" not in stream
+    recorded = preprocessed_q_axis_warning(result, off.geometry, "off_stream.npy")
+    assert "`sedclassify calibrate off_stream.npy --write`" in recorded

@@ -398,3 +398,22 @@ def test_cli_simulate_writes_files(tmp_path):
         capture_output=True, text=True,
     )
     assert bad.returncode == 2 and "--detector" in bad.stderr
+
+
+def test_scans_of_two_detector_sizes_in_one_folder_keep_their_own_flatfield(tmp_path):
+    """Session A at 64 px, then at 48 px, then at 64 px again, into one folder: the second scan's
+    flat-field once replaced the first's (the 64 px scan then failed with a shape mismatch); now
+    each scan finds a flood of its own detector, and scans made the same way share one file."""
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.simulate import load_simulated, simulate_scan
+
+    first = simulate_scan(tmp_path / "a64.npy", scan_shape=(3, 3), detector_px=64, seed=1)
+    second = simulate_scan(tmp_path / "a48.npy", scan_shape=(3, 3), detector_px=48, seed=1)
+    third = simulate_scan(tmp_path / "b64.npy", scan_shape=(3, 3), detector_px=64, seed=1)
+    assert first.flatfield_path != second.flatfield_path
+    assert third.flatfield_path == first.flatfield_path
+    for path, px in (("a64.npy", 64), ("a48.npy", 48), ("b64.npy", 64)):
+        sim = load_simulated(tmp_path / path)
+        flood = sim.load_flatfield()
+        assert flood.shape[-2:] == (px, px)
+        preprocess(sim.scan, None, flatfield=str(sim.flatfield_path))

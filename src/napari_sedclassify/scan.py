@@ -36,6 +36,15 @@ def frame_chunks(scan_shape, frame_nbytes: int, chunk_frames: int | None = None)
     return (1, chunk_frames)
 
 
+def _check_not_empty(shape, where: str) -> None:
+    """Raise ValueError when a 4D scan ``shape`` has no frames or empty frames."""
+    sy, sx, ky, kx = (int(v) for v in shape)
+    if sy * sx == 0:
+        raise ValueError(f"{where}: the scan is empty (scan shape {sy} x {sx}: no frames)")
+    if ky * kx == 0:
+        raise ValueError(f"{where}: the frames are empty (detector {ky} x {kx} px)")
+
+
 class ScanFrames:
     """The frame source every executor reads: a 4D array-like (scan_y, scan_x, det_y, det_x) read
     by whole frames, in blocks of whole scan rows (or parts of one row).
@@ -53,6 +62,7 @@ class ScanFrames:
         self.shape = tuple(int(s) for s in array.shape)
         if len(self.shape) != 4:
             raise ValueError(f"expected a 4D array (scan_y, scan_x, det_y, det_x), got shape {self.shape}")
+        _check_not_empty(self.shape, "scan")
         self.dtype = np.dtype(array.dtype)
         self.ndim = 4
         if chunks is None and _is_dask(array):
@@ -171,6 +181,7 @@ class Scan:
         if not hasattr(frames, "shape") or len(frames.shape) != 4:
             raise ValueError(f"{source or 'scan'}: expected a 4D array (scan_y, scan_x, det_y, det_x), "
                              f"got shape {tuple(getattr(frames, 'shape', ()))}")
+        _check_not_empty(frames.shape, source or "scan")
         self.frame_source = frames if isinstance(frames, ScanFrames) else ScanFrames(frames)
         self.geometry = geometry if geometry is not None else Geometry()
         self.metadata = {} if metadata is None else metadata

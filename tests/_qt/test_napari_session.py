@@ -80,7 +80,8 @@ def test_refused_prediction_clears_the_old_result_and_says_why_with_the_fix(make
     status = pr._jobs.status.value
     assert "refused" in status and "done" not in status
     assert "quad.sedmodel cannot be applied to disk_scan" in status  # the whole reason, not cut after the path
-    assert "the q axes cannot be matched" in status and "(--pixel-size UM)" in status
+    assert "the q axes cannot be matched" in status and "(the pixel size (Scan geometry))" in status
+    assert "--pixel-size" not in status and "Python" not in status  # the engine's advice in napari's words
     assert "fix" in status and "Scan geometry" in status and "pixel size 55 µm" in status  # what to set
     assert f"{layer.name} predicted classes" not in viewer.layers and f"{layer.name} confidence" not in viewer.layers
     assert pr._summary.value == "" and pr.prediction is None

@@ -445,3 +445,35 @@ def test_prediction_shows_the_warnings_of_its_class_map(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: any("amorphous-ice ring" in m for m in notifications), timeout=10000)
     assert any("effective camera length is 82" in m for m in notifications)
     assert "<b>warning</b>" in pr._summary.value
+    # in napari's words: the widgets that fix it, not a command to type (there is no command line here)
+    (said,) = [m for m in notifications if "amorphous-ice ring" in m]
+    assert "the RIA widget's Fit camera length" in said and "(Scan geometry)" in said
+    assert "sedclassify calibrate" not in said and "--camera-length" not in said
+    assert "sedclassify calibrate" not in pr._summary.value
+
+
+def test_prediction_says_when_the_model_does_not_fit_the_session(make_napari_viewer, qtbot, tmp_path, notifications):
+    """A one-session SVM classifying a scan of a session with 2.5x thicker ice in the Prediction
+    widget: its amorphous-ice frames are not the frames showing the ice ring, and the widget says
+    so (napari warning and under the counts), as `sedclassify predict` does."""
+    from napari_sedclassify._napari.layers import scan_layer_data
+    from napari_sedclassify.models.persistence import save_model
+    from napari_sedclassify.pipeline.train import train_model
+    from napari_sedclassify.processing.virtual import virtual_image
+    from napari_sedclassify.simulate import session_grid, simulate_scan
+
+    train = simulate_scan(tmp_path / "train.npy", scan_shape=(24, 24), detector_px=128, seed=1)
+    save_model(train_model([train.scan.source], [train.truth], model="svm"), tmp_path / "svm.sedmodel")
+    thick = simulate_scan(tmp_path / "thick.npy", scan_shape=(24, 24), detector_px=128, seed=2,
+                          session=session_grid("A", ice=(2.5,))[0])
+    viewer = make_napari_viewer()
+    data, kwargs, _ = scan_layer_data(thick.scan, np.asarray(virtual_image(thick.scan)), name="thick")
+    layer = viewer.add_image(data, **kwargs)
+    _, pr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Prediction")
+    pr._scan.value = layer
+    pr._model_path.value = tmp_path / "svm.sedmodel"
+    wait(qtbot, pr.run())
+    qtbot.waitUntil(lambda: any("agree on only" in m for m in notifications), timeout=10000)
+    assert "<b>warning</b>" in pr._summary.value
+    (said,) = [m for m in notifications if "agree on only" in m]
+    assert "'Classify before labeling' widget's Propose classes" in said and "sedclassify" not in said

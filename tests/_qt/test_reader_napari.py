@@ -126,3 +126,36 @@ def test_a_failed_integration_leaves_no_layer_marked_as_integrating(make_napari_
     assert not np.any(layer.data)
     messages = [str(n.message) for n in notification_manager.records[before:]]
     assert any("integrated image failed" in m and "disk gone" in m and "scan.npy" in m for m in messages), messages
+
+
+def test_a_fresh_viewer_opening_a_scan_raises_nothing_in_the_warm_up_thread(tmp_path):
+    """In a new napari process, opening a scan starts the plugin's warm-up thread while the viewer
+    builds pint's unit registry in the event loop; the thread read "nm" from the half-built
+    registry and died with UndefinedUnitError on almost every start (an unhandled thread
+    exception). The scan's units come out in nm all the same."""
+    import subprocess
+    import sys
+
+    from napari_sedclassify.simulate import simulate_scan
+
+    simulate_scan(tmp_path / "scan.npy", scan_shape=(4, 4), detector_px=32, seed=1)
+    script = tmp_path / "open.py"
+    script.write_text(
+        "import threading, time\n"
+        "errors = []\n"
+        "threading.excepthook = lambda a: errors.append(repr(a.exc_value))\n"
+        "import napari\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        "viewer = napari.Viewer(show=False)\n"
+        f"layers = viewer.open({str(tmp_path / 'scan.npy')!r}, plugin='napari-sedclassify')\n"
+        "from napari_sedclassify._napari import reader\n"
+        "t0 = time.time()\n"
+        "while reader._warming.is_alive() and time.time() - t0 < 60:\n"
+        "    QApplication.processEvents(); time.sleep(0.02)\n"
+        "print('units', [str(u) for u in layers[0].units])\n"
+        "print('errors', errors)\n"
+        "viewer.close()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "units ['nanometer', 'nanometer']" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert "errors []" in out.stdout, out.stdout

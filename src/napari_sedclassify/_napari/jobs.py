@@ -100,11 +100,13 @@ CHILD_TRACEBACK_MARK = "--- in the worker process ---"
 def short_message(exc) -> str:
     """The message of ``exc`` for a status line or a notification: without the child process's
     traceback that a WorkerProcessError carries (that goes to the log), and without the blank lines
-    around it."""
+    around it; its command-line advice put as the widgets that do the same (``wording``)."""
+    from .wording import in_napari_words
+
     text = str(exc)
     if CHILD_TRACEBACK_MARK in text:
         text = text.split(CHILD_TRACEBACK_MARK, 1)[0]
-    return text.strip()
+    return in_napari_words(text.strip())
 
 
 def _ignore_progress(done, total):

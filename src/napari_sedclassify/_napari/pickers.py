@@ -30,6 +30,7 @@ def scan_picker(viewer, label: str = "scan", follow_selection: bool = True) -> C
     viewer's status bar over scans). With ``follow_selection`` it takes the scan the user works on:
     a scan layer just opened, or selected in the layer list; when its scan layer is removed, the
     selected scan (never silently the first in the list when another is selected)."""
+    from .canvas_guard import keep_removed_visuals
     from .status import install_status_units
 
     combo = ComboBox(label=label, choices=lambda _w=None: [(layer.name, layer) for layer in scan_layers(viewer)])
@@ -37,6 +38,7 @@ def scan_picker(viewer, label: str = "scan", follow_selection: bool = True) -> C
         _follow_the_users_scan(viewer, combo)
     follow_layers(viewer, combo)
     install_status_units(viewer)
+    keep_removed_visuals(viewer)  # a layer removed must not take the viewer down (canvas_guard.py)
     return combo
 
 

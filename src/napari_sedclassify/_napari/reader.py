@@ -56,8 +56,11 @@ def warm_up() -> None:
             from ..models import arrays  # noqa: F401  (applies FCNN and SVM model files)
             from .palette import class_colormap
 
-            registry = get_unit_registry()
-            registry("nm"), registry("pixel")
+            try:
+                registry = get_unit_registry()
+                registry("nm"), registry("pixel")
+            except Exception:  # pint is not thread-safe: when the viewer builds the registry in the event loop at
+                pass  # this moment, its definitions are not all there yet; it is then built there, nothing to warm
             Labels(np.zeros((2, 2), np.uint8), colormap=class_colormap(ClassTable.default()))
             _import_gl_array_handlers()
             _fill_dash_patterns()
@@ -261,9 +264,12 @@ def read_scan(path):
 def _status_units():
     import napari
 
+    from .canvas_guard import keep_removed_visuals
     from .status import install_status_units
 
-    install_status_units(napari.current_viewer())
+    viewer = napari.current_viewer()
+    install_status_units(viewer)
+    keep_removed_visuals(viewer)
 
 
 def show_geometry_fields(scan):

@@ -187,7 +187,10 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: b
     if existing is not None and isinstance(existing, getattr(napari.layers, kind.capitalize())):
         existing.data = data
         for key in ("colormap", "contrast_limits", "metadata"):
-            if key in kwargs:
+            # an unchanged class colormap is not set again: a Labels layer given new data and a new
+            # colormap in one turn aborted the viewer when another layer was removed in that turn
+            # (vispy: "Could not find texture"; napari 0.9.2)
+            if key in kwargs and not (key == "colormap" and same_label_colours(existing.colormap, kwargs[key])):
                 setattr(existing, key, kwargs[key])
         if then is not None:
             then()
@@ -204,6 +207,15 @@ def set_layer(viewer, name: str, data, kind: str = "image", like=None, select: b
     steps += [lambda overlay=overlay: setattr(overlay, "visible", True) for overlay in hidden]
     one_per_turn(steps + ([then] if then is not None else []))
     return layer
+
+
+def same_label_colours(current, colormap) -> bool:
+    """Whether two direct Labels colormaps give every label the same colour (napari's own
+    comparison of colormaps raises on their arrays)."""
+    a, b = getattr(current, "color_dict", None), getattr(colormap, "color_dict", None)
+    if a is None or b is None or a.keys() != b.keys():
+        return False
+    return all(np.allclose(a[k], b[k]) for k in b)
 
 
 def _select(layers, layer) -> None:

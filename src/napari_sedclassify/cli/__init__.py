@@ -2,17 +2,17 @@
 
 Each subcommand lives in its own module ``napari_sedclassify.cli.<name>`` that defines
 ``register(subparsers)``; this module only dispatches, so ``sedclassify --help`` stays fast.
+
+The console script imports this module before :func:`entry` runs, and a Ctrl-C then prints a
+traceback: so it imports nothing at its top but ``sys`` and ``time`` (built in, loaded with the
+interpreter), and everything else inside :func:`entry`, which turns Ctrl-C into one line. What
+is left of that window is the interpreter's own start (site, the package's ``__init__``).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 import time
-
-from .. import __version__
-from ..optional import MissingOptionalDependency
 
 #: Subcommand modules, in the order shown by ``--help``.
 SUBCOMMANDS = ["simulate", "info", "preprocess", "calibrate", "train", "evaluate", "predict", "propose", "demo",
@@ -23,16 +23,21 @@ class CLIError(Exception):
     """An error for the user: printed as one clear line, exit status 2."""
 
 
-def add_command(subparsers, name: str, run, help: str, description: str) -> argparse.ArgumentParser:
+def add_command(subparsers, name: str, run, help: str, description: str) -> argparse.ArgumentParser:  # noqa: F821
     """The parser of subcommand ``name``, which calls ``run(args)``."""
     p = subparsers.add_parser(name, help=help, description=description)
     p.set_defaults(func=run, command_parser=p)
     return p
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:  # noqa: F821 (imported inside)
     """The command line's parser; only: the one subcommand to register (its module alone is
     imported: 8-10 ms less before a command starts), default all of them (``--help``)."""
+    import argparse
+    import importlib
+
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="sedclassify", description=(
         "Classify narrow-beam electron diffraction scans (carbon, amorphous ice, "
         "crystalline ice, mixed): simulate, read, preprocess, train, predict, reduce."))
@@ -70,6 +75,7 @@ def _main(argv: list[str], t0: float) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from ..optional import MissingOptionalDependency
     from ..pipeline import tally
 
     try:

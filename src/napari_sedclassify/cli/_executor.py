@@ -12,6 +12,7 @@ either option, when the work is large enough to repay its start-up on a machine 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 from . import CLIError
 
@@ -48,11 +49,28 @@ def cluster_workers(args, n_frames: int = 0) -> int:
     return cores if big else 0
 
 
+def cluster_path(path, args) -> Path:
+    """``path`` (a scan file) as the work should open it: from the root with ``--scheduler`` (a
+    running cluster's workers read it from working folders of their own), else as given."""
+    return Path(path).absolute() if getattr(args, "scheduler", None) is not None else Path(path)
+
+
 @contextmanager
-def executor(args, n_frames: int = 0):
+def executor(args, n_frames: int = 0, files=None):
     """The dask.distributed Client the options ask for (made the pipeline's default inside), or
-    None: threads in this process. n_frames: the frames the command will process."""
-    from ..pipeline.batch import dask_client, use_client
+    None: threads in this process. n_frames: the frames the command will process. files: the scan
+    files its workers will read (default: the command's SCAN or --scans), checked readable there
+    before any work."""
+    from ..pipeline.batch import check_workers_read, dask_client, use_client
 
     with dask_client(getattr(args, "scheduler", None), cluster_workers(args, n_frames)) as client, use_client(client):
+        if client is not None:
+            check_workers_read(client, _scan_files(args) if files is None else files)
         yield client
+
+
+def _scan_files(args) -> list:
+    """The command's SCAN or --scans, as its work opens them (``cluster_path``)."""
+    one = getattr(args, "scan", None)
+    given = [one] if isinstance(one, str) else list(getattr(args, "scans", None) or [])
+    return [str(cluster_path(p, args)) for p in given]

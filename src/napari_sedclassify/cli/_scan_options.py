@@ -45,9 +45,19 @@ def add_scan_options(p, *, scan_shape: bool = True, executor: bool = False) -> N
 
 
 def add_scan_argument(p) -> None:
-    """Add SCAN (one scan file) and --flatfield to parser ``p``."""
+    """Add SCAN (one scan file) and --flatfield (with --flatfield-dataset) to parser ``p``."""
     p.add_argument("scan", metavar="SCAN", help="scan file (any format `sedclassify info` reads)")
-    p.add_argument("--flatfield", metavar="F", help="flat-field: flood stack (N, ky, kx) or 2D gain map")
+    add_flatfield_options(p, "flat-field: flood stack (N, ky, kx) or 2D gain map")
+
+
+def add_flatfield_options(p, help: str, **kwargs) -> None:
+    """Add --flatfield (``help``; ``kwargs``: its nargs or action) and --flatfield-dataset to
+    parser ``p`` (:func:`checked_flatfields` loads them)."""
+    p.add_argument("--flatfield", metavar="F", help=help, **kwargs)
+    p.add_argument("--flatfield-dataset", metavar="NAME",
+                   help="array to read in a flat-field file that holds several (HDF5, MATLAB, zarr), e.g. "
+                        "/entry/flood; with several flat-field files, the same name in each (--dataset chooses "
+                        "the scan's)")
 
 
 def add_model_argument(p) -> None:
@@ -122,16 +132,26 @@ def output_file(path, force: bool = False, *, folder_ok: bool = False) -> Path:
     return path
 
 
-def checked_flatfields(flatfields, scans) -> list:
+def checked_flatfields(flatfields, scans, dataset: str | None = None) -> list:
     """One loaded flat-field (or None) per scan, each checked against its scan's detector before
-    any work (a multi-scan run wrote the first scans' outputs before finding a wrong shape)."""
+    any work (a multi-scan run wrote the first scans' outputs before finding a wrong shape).
+    flatfields: a path or a list of paths (one for all scans, or one per scan); dataset: the
+    array to read in each (--flatfield-dataset)."""
     from ..pipeline.scans import flatfields_for
+    from ..processing import load_flatfield
+    from ..processing.flatfield import binning_note
 
-    ffs = flatfields_for(flatfields, len(scans))
+    paths = flatfields if isinstance(flatfields, (list, tuple)) else [flatfields]
+    loaded = {}  # a file given for several scans is read once
+    for path in paths:
+        if path not in loaded:
+            loaded[path] = load_flatfield(path, dataset=dataset)
+    ffs = flatfields_for([loaded[path] for path in paths], len(scans))
     for ff, scan in zip(ffs, scans):
         if ff is not None and tuple(ff.shape) != tuple(scan.detector_shape):
             raise CLIError(f"flat-field {getattr(ff, 'source', None) or ''} {tuple(ff.shape)} does not match the "
-                           f"detector {tuple(scan.detector_shape)} of {scan.source or 'the scan'}")
+                           f"detector {tuple(scan.detector_shape)} of {scan.source or 'the scan'}"
+                           f"{binning_note(ff.shape, scan.detector_shape)}")
     return ffs
 
 
@@ -185,12 +205,15 @@ def file_options(args) -> dict:
 
 
 def open_scan_from_args(path, args, **options):
-    """Open ``path`` with the dataset, missing positions, shape and calibration the command line gives."""
+    """Open ``path`` with the dataset, missing positions, shape and calibration the command line
+    gives (from the root with ``--scheduler``: ``_executor.cluster_path``)."""
     from ..io import open_scan
+    from ._executor import cluster_path
 
     options = {**file_options(args), **options}
     shape = getattr(args, "scan_shape", None)
-    scan = open_scan(Path(path), tuple(shape) if shape else None, geometry=geometry_values(args), **options)
+    scan = open_scan(cluster_path(path, args), tuple(shape) if shape else None, geometry=geometry_values(args),
+                     **options)
     scan.metadata.update(detector_options(args))
     return scan
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import CLIError, add_command
 from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed, open_scan_from_args,
-                            writable_folder)
+                            print_warnings, writable_folder)
 
 
 def register(subparsers):
@@ -48,7 +48,7 @@ def run(args) -> int:
         raise CLIError(f"--max-frames must be at least 16, got {args.max_frames}")
     scan_path = Path(args.scan)
     scan = open_scan_from_args(scan_path, args)
-    flatfield = checked_flatfields(args.flatfield, [scan])[0] if args.flatfield else None
+    flatfield = checked_flatfields(args.flatfield, [scan], args.flatfield_dataset)[0] if args.flatfield else None
     if args.write:  # before any work: the sidecar's folder (the scan's) must take it
         from ..io.sidecar import calibration_path
 
@@ -59,6 +59,7 @@ def run(args) -> int:
     side = (write_calibration(scan_path, {"camera_length_mm": cal.camera_length_mm}, cal.sidecar_details())
             if args.write else None)
     out = {**cal.to_dict(), "scan": str(scan_path), "written": str(side) if side else None}
+    print_warnings(cal.warnings)
     if json_printed(args, out):
         return 0
     g = scan.geometry

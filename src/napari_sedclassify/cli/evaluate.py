@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from . import CLIError, add_command
 from ._executor import executor
-from ._scan_options import (add_model_argument, add_scan_options, check_files, checked_flatfields, json_printed,
-                            open_scans_from_args, out_folder, print_warnings, writable_folder)
+from ._scan_options import (add_flatfield_options, add_model_argument, add_scan_options, check_files,
+                            checked_flatfields, json_printed, open_scans_from_args, out_folder, print_warnings,
+                            writable_folder)
 
 
 def register(subparsers) -> None:
@@ -17,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--scans", nargs="+", required=True, metavar="SCAN", help="scan files")
     p.add_argument("--labels", nargs="+", required=True, metavar="LABELS",
                    help="one class map per scan (.npy or .tif), in the same order")
-    p.add_argument("--flatfield", nargs="+", metavar="F", help="flat-field file(s): one for all scans or one per scan")
+    add_flatfield_options(p, "flat-field file(s): one for all scans or one per scan", nargs="+")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--plot", metavar="DIR", help="write confusion-matrix and map figures (PNG) into DIR")
     add_scan_options(p, executor=True)
@@ -31,7 +32,8 @@ def run(args) -> int:
         raise CLIError(f"{len(args.scans)} scans but {len(args.labels)} label files: give one label file per scan")
     check_files(args.scans, args.labels, args.flatfield, model=args.model)
     scans = open_scans_from_args(args.scans, args)
-    flatfields = checked_flatfields(args.flatfield, scans) if args.flatfield else None  # before any work
+    # before any work
+    flatfields = checked_flatfields(args.flatfield, scans, args.flatfield_dataset) if args.flatfield else None
     if args.plot:
         writable_folder(out_folder(args.plot))
     with Bars(frames_desc="classify") as bars, executor(args, sum(s.n_frames for s in scans)):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import CLIError, add_command
-from ._executor import executor
-from ._scan_options import (add_model_argument, add_scan_options, check_files, checked_flatfields, json_printed,
-                            open_scans_from_args, out_folder, print_warnings, writable_folder)
+from ._executor import cluster_path, executor
+from ._scan_options import (add_flatfield_options, add_model_argument, add_scan_options, check_files,
+                            checked_flatfields, json_printed, open_scans_from_args, out_folder, print_warnings,
+                            writable_folder)
 
 
 def register(subparsers) -> None:
@@ -21,8 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("scans", nargs="+", metavar="SCAN", help="scan files")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
     # one value per --flatfield: a list of values would take MODEL and SCAN given after it
-    p.add_argument("--flatfield", action="append", metavar="F",
-                   help="flat-field file: one for all scans, or --flatfield once per scan, in the scans' order")
+    add_flatfield_options(p, "flat-field file: one for all scans, or --flatfield once per scan, in the scans' order",
+                          action="append")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--keep", default="amorphous_ice", metavar="CLASSES",
                    help="classes listed in <name>_keep.csv, the keep-list (names or ids, comma-separated; "
@@ -55,23 +56,26 @@ def run(args) -> int:
         raise CLIError("two scans share a file name; their outputs would overwrite each other: "
                        + ", ".join(sorted({s for s in stems if stems.count(s) > 1})))
     from ..models.persistence import model_from_metadata, read_metadata, resolve_model_path
+    from ..models.training import model_file_warnings
     from ..pipeline.reduce import class_ids
 
     path = resolve_model_path(args.model)
+    card = model_from_metadata(read_metadata(path), path)
     try:  # the keep-list's classes must be the model's: said before any work
-        class_ids(args.keep, model_from_metadata(read_metadata(path), path).classes)
+        class_ids(args.keep, card.classes)
     except ValueError as exc:
         raise CLIError(f"--keep {args.keep}: {exc}") from None
-    scans = open_scans_from_args(args.scans, args)
+    scans = open_scans_from_args([cluster_path(s, args) for s in args.scans], args)
     # before any work: every scan's flat-field, and a folder to write in (batch_predict then checks
     # every scan's output files before it classifies the first)
-    flatfields = checked_flatfields(args.flatfield, scans) if args.flatfield else None
+    flatfields = checked_flatfields(args.flatfield, scans, args.flatfield_dataset) if args.flatfield else None
     writable_folder(out)
-    with Bars(frames_desc="classify") as bars, executor(args, sum(s.n_frames for s in scans)) as client:
+    frames, files = sum(s.n_frames for s in scans), [s.source for s in scans]
+    with Bars(frames_desc="classify") as bars, executor(args, frames, files) as client:
         results = batch_predict(args.model, scans, out, flatfield=flatfields, client=client, force=args.force,
                                 progress=bars.frames, uncertain_below=args.uncertain_below, hspy=args.hspy,
                                 keep=[k for k in args.keep.split(",") if k.strip()])
-    print_warnings([w for r in results for w in r.get("warnings", [])])
+    print_warnings(model_file_warnings(card) + [w for r in results for w in r.get("warnings", [])])
     if not json_printed(args, results):
         for r in results:
             counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())

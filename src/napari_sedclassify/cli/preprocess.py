@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import CLIError, add_command
-from ._executor import executor
+from ._executor import cluster_path, executor
 from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed, open_scan_from_args,
                             os_reason, output_file, print_warnings)
 
@@ -54,14 +54,14 @@ def run(args) -> int:
     from ..processing import PreprocessParams
     from ._bars import Bars
 
-    scan = open_scan_from_args(scan_path, args)
+    scan = open_scan_from_args(cluster_path(scan_path, args), args)
     if args.crop_radius is not None:
         check_crop_radius(args.crop_radius, scan)
-    flatfield = checked_flatfields(args.flatfield, [scan])[0] if args.flatfield else None
+    flatfield = checked_flatfields(args.flatfield, [scan], args.flatfield_dataset)[0] if args.flatfield else None
     output_file(out, args.force, folder_ok=out.suffix.lower() == ".zarr")  # before any work: its folder created, and writable
     params = PreprocessParams(centring=args.centring, crop_radius_px=args.crop_radius, crop_bin=args.crop_bin,
                               ria_bin_px=args.bin_width)
-    with Bars() as bars, executor(args, scan.n_frames) as client:
+    with Bars() as bars, executor(args, scan.n_frames, [scan.source]) as client:
         result = preprocess(scan, params, flatfield, progress=bars.frames, client=client)
     try:
         result.save(out)

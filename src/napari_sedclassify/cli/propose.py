@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from . import add_command
-from ._scan_options import (add_scan_options, checked_flatfields, json_printed, open_scan_from_args, out_folder,
-                            print_warnings, writable_folder)
+from ._scan_options import (add_flatfield_options, add_scan_options, checked_flatfields, json_printed,
+                            open_scan_from_args, out_folder, print_warnings, writable_folder)
 
 
 def register(subparsers) -> None:
@@ -22,7 +22,7 @@ def register(subparsers) -> None:
                     "`sedclassify info` or fit it with `sedclassify calibrate`.")
     p.add_argument("scan", metavar="SCAN", help="scan file")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--flatfield", metavar="F", help="flat-field acquisition of the session")
+    add_flatfield_options(p, "flat-field acquisition of the session")
     p.add_argument("--seed", type=int, default=0, help="random seed of the clustering (default 0)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--json", action="store_true", help="print the clusters as JSON")
@@ -44,7 +44,7 @@ def run(args) -> int:
     targets = [Path(f"{stem}_proposal{ext}") for ext in (".npy", ".json", ".png")]
     for t in targets:
         check_target(t, args.force)
-    flatfield = checked_flatfields(args.flatfield, [scan])[0] if args.flatfield else None
+    flatfield = checked_flatfields(args.flatfield, [scan], args.flatfield_dataset)[0] if args.flatfield else None
     writable_folder(out)
     result = preprocess(scan, flatfield=flatfield)
     prop = propose(result, scan.geometry, seed=args.seed, source=args.scan)

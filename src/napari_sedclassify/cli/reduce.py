@@ -43,7 +43,7 @@ def run(args):
         raise CLIError(f"{args.out}: a reduced scan is written as HDF5: give a name ending in .h5")
     output_file(args.out, args.force)  # fail before any work; its folder created, and writable
     scan = open_scan_from_args(args.scan, args)
-    flatfield = checked_flatfields(args.flatfield, [scan])[0] if args.flatfield else None
+    flatfield = checked_flatfields(args.flatfield, [scan], args.flatfield_dataset)[0] if args.flatfield else None
     probabilities = None
     if args.model:
         from ..pipeline.predict import as_model, predict_scan

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from . import CLIError, add_command
 from ._executor import executor
-from ._scan_options import (add_scan_options, check_files, checked_flatfields, json_printed, open_scans_from_args,
-                            output_file, print_warnings)
+from ._scan_options import (add_flatfield_options, add_scan_options, check_files, checked_flatfields, json_printed,
+                            open_scans_from_args, output_file, print_warnings)
 
 
 def register(subparsers) -> None:
@@ -22,8 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", choices=["fcnn", "svm", "cnn"], default="fcnn",
                    help='classifier (default fcnn); cnn needs TensorFlow: pip install "napari-sedclassify[cnn]"')
     p.add_argument("-o", "--out", required=True, metavar="MODEL", help="model file to write (e.g. model.sedmodel)")
-    p.add_argument("--flatfield", nargs="+", metavar="F",
-                   help="flat-field file(s): one for all scans or one per scan")
+    add_flatfield_options(p, "flat-field file(s): one for all scans or one per scan", nargs="+")
     p.add_argument("--seed", type=int, default=0, help="random seed: split, augmentation, weights (default 0)")
     p.add_argument("--epochs", type=int, metavar="N", help="most training epochs (fcnn, cnn)")
     p.add_argument("--holdout", type=int, default=0, metavar="N",
@@ -126,7 +125,7 @@ def run(args) -> int:
     n = len(args.scans)
     scans = open_scans_from_args(args.scans, args)
     # every scan's, checked before any work, and loaded once
-    flatfields = checked_flatfields(args.flatfield, scans) if args.flatfield else None
+    flatfields = checked_flatfields(args.flatfield, scans, args.flatfield_dataset) if args.flatfield else None
     args._all_fitted = all(s.geometry.origin("camera_length_mm") == "fitted" for s in scans)
     changes, params = model_settings(args)
     with Bars() as bars, executor(args, sum(s.n_frames for s in scans)):

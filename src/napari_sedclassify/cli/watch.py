@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from . import CLIError
-from ._scan_options import (add_model_argument, add_scan_options, detector_options, file_options, geometry_values,
-                            json_printed, out_folder, print_warnings, writable_folder)
+from ._scan_options import (add_flatfield_options, add_model_argument, add_scan_options, detector_options,
+                            file_options, geometry_values, json_printed, out_folder, print_warnings, writable_folder)
 
 
 def register(subparsers):
@@ -48,7 +48,7 @@ def register(subparsers):
     p.add_argument("-o", "--out", metavar="DIR", help="folder for the class map and keep-list (default: none written)")
     p.add_argument("--keep", nargs="+", default=["amorphous_ice"], metavar="CLASS",
                    help="classes whose positions go into the keep-list (default: amorphous_ice)")
-    p.add_argument("--flatfield", metavar="F", help="flat-field acquisition of the session")
+    add_flatfield_options(p, "flat-field acquisition of the session")
     p.add_argument("--calibration", metavar="SCAN",
                    help="a scan file whose geometry (pixel size, camera length, voltage) applies to the live frames")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
@@ -86,6 +86,7 @@ def run(args):
     from ..pipeline.live import LiveClassMap, open_source, wait_ready, watch
     from ..pipeline.predict import as_model, check_model_libraries
     from ..pipeline.reduce import check_live_target, class_ids
+    from ..processing import load_flatfield
 
     try:  # before any work: the stream receiver's pip command, the scan shape a DECTRIS stream needs
         if args.merlin:
@@ -100,6 +101,8 @@ def run(args):
     check_model_libraries(args.model)  # a CNN without TensorFlow: the pip command, before any work
     model = as_model(args.model)
     keep = class_ids(args.keep, model.classes)
+    # read now, not when the first frames arrive: a wrong file or --flatfield-dataset is said before the acquisition
+    flatfield = load_flatfield(args.flatfield, dataset=args.flatfield_dataset) if args.flatfield else None
     geometry = metadata = None
     if args.calibration:
         from ..io import open_scan
@@ -144,7 +147,7 @@ def run(args):
         wait_ready(source, args.timeout)  # the state needs the scan shape, which the .hdr may give
         state = LiveClassMap(source.scan_shape, model.classes.ids, keep, model.classes.names)
         state.subscribe(on_update)
-        result = watch(model, source, out_dir=args.out, name=args.name, keep=keep, flatfield=args.flatfield,
+        result = watch(model, source, out_dir=args.out, name=args.name, keep=keep, flatfield=flatfield,
                        geometry=None, metadata=metadata, timeout_s=args.timeout, force=args.force,
                        state=state, reduce_to=args.reduce, compression=args.compression)
     finally:
@@ -152,7 +155,7 @@ def run(args):
         if hasattr(source, "close"):
             source.close()
     d = result.to_dict()
-    print_warnings(d.get("warnings"))
+    print_warnings([w for w in d.get("warnings", []) if w not in said])  # not twice: some were said already
     if json_printed(args, d):
         return 0
     lat = d["latency"]
@@ -165,7 +168,10 @@ def run(args):
     if "stream" in d:
         st = d["stream"]
         print(f"stream: {st['frames_received']} frames received of {st['frames_announced']} announced, "
-              f"{st['frames_dropped']} dropped" + (f", {st['receive_rate_hz']:.0f} frames/s" if "receive_rate_hz" in st else ""))
+              f"{st['frames_dropped']} dropped"
+              + (f", {st['frames_outside_scan']} outside the scan" if st.get("frames_outside_scan") else "")
+              + (f", {st['receive_rate_hz']:.0f} frames/s" if "receive_rate_hz" in st else "")
+              + (f"; the receiver said: {st['stream_error']}" if st.get("stream_error") else ""))
     red = d.get("reduced")
     for key, f in d["files"].items():
         if key == "reduced" and red and red["status"] != "complete":

@@ -79,6 +79,14 @@ def warm_up() -> None:
             pass
 
 
+def reading_flatfield():
+    """Context: readers opened inside read a flat-field, not a scan (no note of an unknown scan
+    shape; a file of several arrays asks for ``--flatfield-dataset``)."""
+    from ._lazy import reading_flatfield as reading
+
+    return reading()
+
+
 def can_open(path) -> bool:
     """True when ``path`` looks like a scan this package reads (cheap: headers only)."""
     try:

@@ -12,6 +12,9 @@ import logging
 import math
 import os
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +27,37 @@ except ImportError:  # platforms without memory maps (e.g. WebAssembly)
     mmap = None
 
 log = logging.getLogger(__name__)
+
+#: True while a reader opens the frames of a flat-field (:func:`reading_flatfield`).
+_READING_FLATFIELD = ContextVar("reading_flatfield", default=False)
+
+
+@contextmanager
+def reading_flatfield():
+    """Readers opened inside are reading a flat-field, not a scan: no note of an unknown scan
+    shape (a flood stack has none), and a file of several arrays asks for ``--flatfield-dataset``."""
+    token = _READING_FLATFIELD.set(True)
+    try:
+        yield
+    finally:
+        _READING_FLATFIELD.reset(token)
+
+
+def what_is_read() -> tuple[str, str]:
+    """(what the reader opens, the CLI option that picks its array): ("scan", "--dataset"), or
+    ("flat-field", "--flatfield-dataset") inside :func:`reading_flatfield`."""
+    return ("flat-field", "--flatfield-dataset") if _READING_FLATFIELD.get() else ("scan", "--dataset")
+
+
+class FlatFieldFile(NamedTuple):
+    """What a flat-field file holds, as a reader's ``read_flatfield`` found it. frames: a 2D image
+    (ky, kx) of the response (a flood image, a gain map) or a flood stack (the ScanFrames of its
+    frames, read block by block); bad_pixels: (ky, kx) bool, the pixels the file marks bad (a
+    DECTRIS pixel_mask), or None."""
+
+    frames: object
+    bad_pixels: np.ndarray | None = None
+
 
 class _Handled:
     """Holds a file handle opened on first use and dropped when pickled (each dask worker opens its own)."""
@@ -339,6 +373,7 @@ def resolve_scan_shape(path, n_frames: int, scan_shape=None, hint=None, missing_
             shape, how = (root, root), "square"
         else:
             shape, how = (1, n_frames), "one row (scan shape unknown: give scan_shape)"
-            log.warning("%s: %d frames and no scan shape in the file: opened as one row", path, n_frames)
+            if not _READING_FLATFIELD.get():
+                log.warning("%s: %d frames and no scan shape in the file: opened as one row", path, n_frames)
     first = shape[0] * shape[1] - n_frames if missing_at == "start" else 0
     return shape, how, first

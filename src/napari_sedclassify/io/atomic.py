@@ -4,6 +4,7 @@ Readers see the old file or the complete new one. An exception or Ctrl-C removes
 file; a process killed outright leaves a hidden ``.<name>.<pid>-<random>.part<suffix>`` file that
 the next run for the same target removes (:func:`remove_stale`). Existing targets are replaced
 only with ``force=True`` (the CLI's ``--force``). The folder is flushed after the rename.
+:func:`staged_files` does the same for a set of files that belong together.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def fsync_folder(folder: Path) -> None:
 
 
 def remove_stale(path) -> list[Path]:
-    """Remove temporary files of ``path`` left by killed runs (their process is gone)."""
+    """Remove temporary files (or folders: a zarr store) of ``path`` left by killed runs (their
+    process is gone)."""
+    import shutil
+
     import psutil  # asks without signalling: on Windows os.kill(pid, 0) would terminate the process
 
     path = Path(path)
@@ -52,9 +56,16 @@ def remove_stale(path) -> list[Path]:
     for tmp in path.parent.glob(f".{path.name}.*{_PART}{path.suffix}"):
         pid = tmp.name[len(path.name) + 2:].split("-")[0]  # .<name>.<pid>-<random>.part<suffix>
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def temporary_path(path) -> Path:
+    """A hidden path beside ``path`` for writing it (or moving it aside), named so that
+    :func:`remove_stale` removes it once this process is gone: ``.<name>.<pid>-<random>.part<suffix>``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}{_PART}{path.suffix}")
 
 
 @contextmanager
@@ -65,7 +76,7 @@ def atomic_output(path, *, force: bool = False):
     path = check_target(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}{_PART}{path.suffix}")
+    tmp = temporary_path(path)
     try:
         yield tmp
         if not tmp.exists():
@@ -98,6 +109,48 @@ def _naming(exc: OSError, path: Path) -> OSError:
         new = OSError(f"{path}: cannot be written ({reason})")
     new.errno = exc.errno
     return new
+
+
+@contextmanager
+def staged_files(folder, *, force: bool = False):
+    """Yield a hidden staging folder inside ``folder`` for a set of outputs that belong together (a
+    scan's class map, probabilities, keep-list...). When the block ends without error its files move
+    into ``folder`` together, each by a rename (existing ones only with ``force``), so a run stopped
+    while writing (Ctrl-C, an error) leaves the previous set, never part of a new one beside part of
+    the old. On an exception the staging folder is removed; one left by a killed run is removed by
+    the next run that stages into ``folder``. Returns nothing; the files keep their names."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(folder)
+    staging = folder / f"{_STAGING}{os.getpid()}-{secrets.token_hex(3)}{_PART}"
+    staging.mkdir()
+    try:
+        yield staging
+        names = sorted(f.name for f in staging.iterdir())
+        for name in names:
+            check_target(folder / name, force)
+        for name in names:
+            os.replace(staging / name, folder / name)
+        fsync_folder(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+#: The start of a staging folder's name: ``.staging.<pid>-<random>.part``.
+_STAGING = ".staging."
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    import shutil
+
+    import psutil
+
+    for old in folder.glob(f"{_STAGING}*{_PART}"):
+        pid = old.name[len(_STAGING):].split("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_path(path):

@@ -18,8 +18,8 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry, electron_wavelength_A
 from ..scan import Scan
-from ._lazy import (PartsFrames, array_frames, check_pixel_dtype, file_token, grid_frames, stated_scan_shape,
-                    to_native)
+from ._lazy import (FlatFieldFile, PartsFrames, array_frames, check_pixel_dtype, file_token, grid_frames,
+                    reading_flatfield, stated_scan_shape, to_native, what_is_read)
 from .hyperspy import hspy_calibration
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,18 @@ def describe(found) -> str:
 def choose_dataset(path, found, dataset, kind: str = "dataset") -> str:
     """The name to read: ``dataset`` when given and valid, else the only candidate."""
     names = [name for name, _, _ in found]
+    what, option = what_is_read()
     if dataset is not None:
         name = str(dataset).strip("/")
         if name not in names:
             raise ScanFormatError(f"{path}: no 3D or 4D {kind} '{dataset}'; candidates: {describe(found)}")
         return name
     if not found:
-        raise ScanFormatError(f"{path}: no 3D or 4D numeric dataset (not a scan)")
+        raise ScanFormatError(f"{path}: no 3D or 4D numeric {kind} (not a {what})")
     if len(found) > 1:
         raise ScanFormatError(
-            f"{path}: several {kind}s could be the scan, choose one with dataset=NAME "
-            f"(CLI: --dataset NAME): {describe(found)}"
+            f"{path}: several {kind}s could be the {what}, choose one with dataset=NAME "
+            f"(CLI: {option} NAME): {describe(found)}"
         )
     return names[0]
 
@@ -275,15 +276,8 @@ def geometry_from_q(detector_shape, q_per_px_invA=None, voltage_kv=None, scan_st
 
 def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=None) -> Scan:
     """Open an HDF5 scan lazily (read-only)."""
-    h5py = _h5py()
     path = Path(path)
-    if not h5py.is_hdf5(path):
-        raise ScanFormatError(f"{path}: corrupted header: not an HDF5 file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ScanFormatError(f"{path}: cannot open as HDF5 ({exc})") from exc
-    with f:
+    with _open_file(path) as f:
         arina = _arina_links(f) if dataset is None else []
         if arina:
             return _read_arina(path, f, arina, scan_shape, missing_at, chunk_frames)
@@ -319,6 +313,114 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
         geometry, notes = hspy
         metadata.update(notes)
     return Scan(data, geometry, missing=missing, metadata=metadata, source=str(path))
+
+
+#: Where a DECTRIS NeXus master file keeps the detector's own corrections: the flat-field, float32
+#: factors the detector multiplies counts by (about 1; 0 or huge at gap and dead pixels), and the
+#: pixel mask, uint32, nonzero = bad (gap, dead, noisy...).
+DECTRIS_FLATFIELD = "entry/instrument/detector/detectorSpecific/flatfield"
+DECTRIS_PIXEL_MASK = "entry/instrument/detector/detectorSpecific/pixel_mask"
+#: The name a flat-field reads a DECTRIS master file's frames (its data files) by.
+DECTRIS_FRAMES = "entry/data"
+#: A 2D dataset smaller than this (px, either side) is a table, not an image of the detector.
+_MIN_IMAGE_PX = 8
+
+
+def flatfield_candidates(path, f) -> list[tuple[str, tuple, np.dtype]]:
+    """Arrays an HDF5 file could give a flat-field from: (name, shape, dtype) of its stacks of
+    frames (as for a scan: 3D/4D datasets; a DECTRIS master file's data files as ``entry/data``)
+    and of its 2D numeric images (flood images, gain maps; masks, named so, are left out)."""
+    h5py = _h5py()
+    arina = _arina_links(f)
+    found = [c for c in candidates(f) if not (arina and c[0].startswith(DECTRIS_FRAMES + "/"))]
+    if arina:
+        try:
+            parts, frame_shape, dtype = _arina_parts(path, f, arina)
+            found.insert(0, (DECTRIS_FRAMES, (sum(k for _, _, k in parts),) + tuple(frame_shape), dtype))
+        except ScanFormatError:  # a master file without its data files still holds its flat-field
+            pass
+
+    def visit(name, obj):
+        if (isinstance(obj, h5py.Dataset) and obj.ndim == 2 and obj.dtype.kind in "uif"
+                and min(obj.shape) >= _MIN_IMAGE_PX and "mask" not in name.rsplit("/", 1)[-1].lower()):
+            found.append((name, tuple(obj.shape), obj.dtype))
+
+    f.visititems(visit)
+    return found
+
+
+def _choose_flatfield(path, found, dataset) -> tuple[str, tuple]:
+    """(name, shape) of the flat-field's array: ``dataset`` when given and there, else the only candidate."""
+    shapes = {name: shape for name, shape, _ in found}
+    if dataset is not None:
+        name = str(dataset).strip("/")
+        if name not in shapes:
+            raise ScanFormatError(f"{path}: no flat-field dataset '{dataset}' (a 2D image or a 3D/4D stack of "
+                                  f"frames); candidates: {describe(found)}")
+        return name, shapes[name]
+    if not found:
+        raise ScanFormatError(f"{path}: no dataset that could be a flat-field (a 2D image of at least "
+                              f"{_MIN_IMAGE_PX}x{_MIN_IMAGE_PX} px, or a 3D/4D stack of frames)")
+    if len(found) > 1:
+        raise ScanFormatError(f"{path}: the flat-field file holds several datasets that could be the flat-field; "
+                              f"choose one with --flatfield-dataset NAME (Python: dataset=NAME): {describe(found)}")
+    return found[0][0], found[0][1]
+
+
+def _response_image(f, name) -> np.ndarray:
+    """A 2D flat-field image as a response (float64; NaN = no response): a flood image or gain map
+    as it is, a DECTRIS flat-field (correction factors) inverted."""
+    image = np.asarray(f[name][()], dtype=np.float64)
+    if name != DECTRIS_FLATFIELD:
+        return image
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(image) & (image > 0), 1.0 / image, np.nan)
+
+
+def _pixel_mask(path, f, shape) -> np.ndarray | None:
+    """The bad pixels of a DECTRIS master file's pixel mask (nonzero), None without one."""
+    if DECTRIS_PIXEL_MASK not in f:
+        return None
+    mask = np.asarray(f[DECTRIS_PIXEL_MASK][()])
+    if mask.shape != tuple(shape):
+        raise ScanFormatError(f"{path}: {DECTRIS_PIXEL_MASK} {mask.shape} does not match the flat-field's "
+                              f"frames {tuple(shape)}")
+    return mask != 0
+
+
+def flatfield_datasets(path) -> list[tuple[str, tuple]]:
+    """(name, shape) of each array of an HDF5 file a flat-field could be read from
+    (:func:`flatfield_candidates`), as ``read_flatfield(path, dataset=name)`` takes them."""
+    with _open_file(Path(path)) as f:
+        return [(name, tuple(shape)) for name, shape, _ in flatfield_candidates(path, f)]
+
+
+def _open_file(path: Path):
+    """The HDF5 file at ``path``, open read-only; a ScanFormatError naming it when it is not one."""
+    h5py = _h5py()
+    if not h5py.is_hdf5(path):
+        raise ScanFormatError(f"{path}: corrupted header: not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ScanFormatError(f"{path}: cannot open as HDF5 ({exc})") from exc
+
+
+def read_flatfield(path, dataset=None) -> FlatFieldFile:
+    """The flat-field in an HDF5 file: a flood stack (3D/4D dataset, a DECTRIS master file's frames
+    as ``entry/data``) or a 2D image (a flood image or gain map: the response; a DECTRIS
+    master file's ``detectorSpecific/flatfield``: correction factors, inverted), with the pixels
+    a DECTRIS ``pixel_mask`` marks bad. dataset: the array to read when there are several (a
+    ScanFormatError names them when none is chosen)."""
+    path = Path(path)
+    with _open_file(path) as f:
+        name, shape = _choose_flatfield(path, flatfield_candidates(path, f), dataset)
+        bad = _pixel_mask(path, f, shape[-2:])
+        if len(shape) == 2:
+            return FlatFieldFile(_response_image(f, name), bad)
+    with reading_flatfield():
+        frames = read(path, dataset=None if name == DECTRIS_FRAMES else name).frame_source
+    return FlatFieldFile(frames, bad)
 
 
 def _read_arina(path, f, names, scan_shape, missing_at, chunk_frames) -> Scan:

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import array_frames, check_pixel_dtype, file_token
+from ._lazy import FlatFieldFile, array_frames, check_pixel_dtype, file_token, reading_flatfield
 from .hdf5 import _h5py, choose_dataset
 
 log = logging.getLogger(__name__)
@@ -135,3 +135,25 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
         metadata["in_memory"] = True
         metadata["note"] = "MATLAB v5 file: read into memory (save with -v7.3 for lazy reading)"
     return Scan(data, Geometry(detector_shape=data.shape[2:]), missing=missing, metadata=metadata, source=str(path))
+
+
+def flatfield_datasets(path) -> list[tuple[str, tuple]]:
+    """(name, shape) of each numeric 3D/4D variable of a MATLAB file (structure fields dotted; the
+    shape as numpy sees the array, a v7.3 variable's HDF5 dimensions reversed), as
+    ``read_flatfield(path, dataset=name)`` takes them; a v5 file is read whole."""
+    path = Path(path)
+    h5py = _h5py()
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            return [(name, tuple(shape[::-1])) for name, shape, _ in _h5_candidates(f)]
+    from scipy.io import loadmat
+
+    arrays = {}
+    _walk(loadmat(str(path), simplify_cells=True), "", arrays)
+    return [(name, tuple(a.shape)) for name, a in sorted(arrays.items())]
+
+
+def read_flatfield(path, dataset=None) -> FlatFieldFile:
+    """The flood stack of a flat-field in a MATLAB file (dataset: the array to read when it holds several)."""
+    with reading_flatfield():
+        return FlatFieldFile(read(path, dataset=dataset).frame_source)

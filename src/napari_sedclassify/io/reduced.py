@@ -185,8 +185,19 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     if live is not None:
         metadata["status"] = "complete" if live["status"] == "complete" else "partial"
         metadata["live"] = live
-    geometry = Geometry.from_dict({**json.loads(attrs["geometry"]), "detector_shape": (ky, kx)})
+    geometry, given = _stored_geometry(json.loads(attrs["geometry"]), (ky, kx))
+    if given:
+        metadata["calibration_given_when_written"] = given  # to `sedclassify reduce` or `watch --reduce`
     return Scan(data, geometry, missing=~kept, metadata=metadata, source=str(path))
+
+
+def _stored_geometry(stored: dict, detector_shape) -> tuple[Geometry, dict]:
+    """The geometry a reduced file stores, as read back: values the command that wrote it was
+    given (origin "user" then) are the file's now, as is every value it states; "fitted" and
+    "assumed" stay what they were. Also {name: value} of those given values."""
+    g = Geometry.from_dict({**stored, "detector_shape": tuple(detector_shape)})
+    given = {n: getattr(g, n) for n, origin in g.origins if origin == "user"}
+    return (g.marked("file", *given) if given else g), given
 
 
 def read_kept(path):

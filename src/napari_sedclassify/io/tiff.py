@@ -19,7 +19,8 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import FrameSource, check_pixel_dtype, file_token, grid_frames, natural_key, to_native
+from ._lazy import (FlatFieldFile, FrameSource, check_pixel_dtype, file_token, grid_frames, natural_key,
+                    reading_flatfield, to_native)
 
 _TIFF = (".tif", ".tiff")
 
@@ -145,7 +146,7 @@ class TiffFrames(FrameSource):
             block = self._decode(tif, range(start, stop))
         except MemoryError:
             raise
-        except Exception as exc:  # zlib.error, TiffFileError, ValueError...: the frame that fails
+        except Exception:  # zlib.error, TiffFileError, ValueError...: the frame that fails
             bad = start
             for bad in range(start, stop):
                 try:
@@ -219,3 +220,24 @@ def read(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     metadata = {"format": "TIFF stack", "dtype_on_disk": np.dtype(dtype).str, "n_frames_in_file": source.n_frames,
                 "scan_shape_from": how}
     return Scan(data, Geometry(detector_shape=source.frame_shape), missing=missing, metadata=metadata, source=str(path))
+
+
+def read_flatfield(path) -> FlatFieldFile:
+    """The flat-field in a TIFF file: one 2D page (a flood image, or a gain map such as a float32
+    response) or a stack of flood frames (a multi-page file, a folder of frames)."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            shape, _, dtype, _ = _layout(path)
+            if len(shape) == 2:
+                import tifffile
+
+                check_pixel_dtype(dtype, path)
+                with _quiet_tifffile():
+                    return FlatFieldFile(tifffile.imread(path))
+        except ScanFormatError:
+            raise
+        except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error...
+            raise ScanFormatError(f"{path}: corrupted header: not a readable TIFF ({exc})") from exc
+    with reading_flatfield():
+        return FlatFieldFile(read(path).frame_source)

@@ -12,7 +12,8 @@ from pathlib import Path
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import array_frames, check_pixel_dtype, file_token, stated_geometry, stated_scan_shape
+from ._lazy import (FlatFieldFile, array_frames, check_pixel_dtype, file_token, reading_flatfield,
+                    stated_geometry, stated_scan_shape)
 from .hdf5 import choose_dataset
 from .hyperspy import hspy_calibration
 
@@ -83,3 +84,16 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
 
 def _marker(path) -> str | None:
     return next((m for m in _MARKERS if (Path(path) / m).exists()), None)
+
+
+def flatfield_datasets(path) -> list[tuple[str, tuple]]:
+    """(name, shape) of each numeric 3D/4D array of a zarr group ([] for a single array), as
+    ``read_flatfield(path, dataset=name)`` takes them."""
+    node = _open(str(path))
+    return [] if hasattr(node, "ndim") else [(name, shape) for name, shape, _ in _candidates(node)]
+
+
+def read_flatfield(path, dataset=None) -> FlatFieldFile:
+    """The flood stack of a flat-field in a zarr store (dataset: the array to read when it holds several)."""
+    with reading_flatfield():
+        return FlatFieldFile(read(path, dataset=dataset).frame_source)

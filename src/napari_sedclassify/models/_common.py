@@ -44,16 +44,21 @@ class ProbaClassifier:
 
 
 def calibrated(estimator, X, y, method: str = "sigmoid"):
-    """The fitted ``estimator``, frozen, calibrated on (X, y) by scikit-learn's CalibratedClassifierCV
-    with one calibrator (ensemble=False: prediction stays one pass of the estimator)."""
-    import warnings
-
+    """The fitted ``estimator``, frozen, calibrated on the held-out (X, y) by scikit-learn's
+    CalibratedClassifierCV with one calibrator (ensemble=False: prediction stays one pass of the
+    estimator), fitted on (X, y) in one piece: scikit-learn's default would split them in 5
+    stratified folds, which only re-order the frozen estimator's outputs (the calibration is the
+    same) and fail when a class has fewer than 5 frames there (a small scan). A class of the
+    estimator missing from ``y`` is refused."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.frozen import FrozenEstimator
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        return CalibratedClassifierCV(FrozenEstimator(estimator), method=method, ensemble=False).fit(X, y)
+    y = np.asarray(y)
+    if len(np.unique(y)) < len(estimator.classes_):
+        raise ValueError(f"{len(estimator.classes_) - len(np.unique(y))} of the classes have no validation frame: the "
+                         "probabilities are calibrated on frames held out from training, at least one of every class")
+    whole = [(np.arange(0), np.arange(len(y)))]
+    return CalibratedClassifierCV(FrozenEstimator(estimator), method=method, cv=whole, ensemble=False).fit(X, y)
 
 
 def soft_vote(members, y):

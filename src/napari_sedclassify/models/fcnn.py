@@ -36,6 +36,10 @@ def _temperature_scaled(mlp, Xv, yv):
     return calibrated(mlp, Xv, names, "temperature")
 
 
+#: Least validation frames of every class for the temperature to be fitted.
+MIN_CALIBRATION_FRAMES = 2
+
+
 class FCNNClassifier(ProbaClassifier, ClassifierMixin, BaseEstimator):
     """Fully connected network on feature vectors (n, n_features).
 
@@ -120,10 +124,10 @@ class FCNNClassifier(ProbaClassifier, ClassifierMixin, BaseEstimator):
         if self.calibration not in (None, "none", "temperature"):
             raise ValueError(f"calibration must be 'temperature' or None, not {self.calibration!r}")
         counts = np.unique(yv, return_counts=True)[1] if yv is not None else np.zeros(0)
-        # the calibrator splits the validation frames in 5 stratified folds: every class of the
-        # network needs 5 of them there (a class missing from the validation frames: raw softmax)
+        # one temperature fitted on the validation frames: every class of the network needs 2 of
+        # them there (a class missing from the validation frames, or seen once: raw softmax)
         if (self.calibration == "temperature" and len(counts) == len(mlp.classes_) > 1
-                and counts.min() >= 5):
+                and counts.min() >= MIN_CALIBRATION_FRAMES):
             mlp = _temperature_scaled(mlp, Xv, yv)
             beta = getattr(mlp.calibrated_classifiers_[0].calibrators[0], "beta_", None)
             if beta is not None:

@@ -88,7 +88,9 @@ class SedModel:
         """Raise :class:`IncompatibleModelError` when the recipe cannot run on ``geometry``."""
         problems = _domain_problems(self.domain, geometry) or _geometry_problems(self.recipe, self.geometry, geometry)
         if problems:
-            raise IncompatibleModelError(f"model {self.name} cannot be applied to {scan_name}: " + "; ".join(problems))
+            message = "; ".join(problems)
+            raise IncompatibleModelError(f"model {self.name} cannot be applied to {scan_name}: {message}"
+                                         + _in_python(message))
 
 
 #: The name that stands for the model shipped inside the package (``sedclassify predict builtin``).
@@ -147,6 +149,15 @@ def _domain_problems(domain: dict, scan: Geometry) -> list[str]:
 def _flag(name: str) -> str:
     """The command line flag that sets a calibration value, with its unit: "--pixel-size UM"."""
     return f"{FLAGS[name][0]} {FLAGS[name][1].replace('µ', 'U').upper()}"
+
+
+def _in_python(message: str) -> str:
+    """The Python form of the command line flags ``message`` names: " (in Python: open_scan(path,
+    geometry={"camera_length_mm": ...}))", "" when it names none."""
+    named = [n for n in Q_FIELDS if FLAGS[n][0] in message]
+    if not named:
+        return ""
+    return " (in Python: open_scan(path, geometry={" + ", ".join(f'"{n}": ...' for n in named) + "}))"
 
 
 def _px(g: Geometry) -> str:

@@ -1,9 +1,10 @@
 """SVM with an RBF kernel on RIA features (scikit-learn), probabilities by sigmoid calibration.
 
 ``SVC(probability=True)`` is deprecated in scikit-learn 1.9: the trained SVC is calibrated on the
-validation split instead (3-fold cross-validation without one). Training costs O(n²) and
-prediction grows with the support vectors, so at most ``max_train_samples`` frames are used
-(1600 frames predicted well under 0.5 s). Importing this module imports scikit-learn.
+validation split instead, in one piece (3-fold cross-validation without one, fewer folds for a class
+of 2 frames). Training costs O(n²) and prediction grows with the support vectors, so at most
+``max_train_samples`` frames are used (1600 frames predicted well under 0.5 s). Importing this
+module imports scikit-learn.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from ._common import ProbaClassifier, calibrated, check_cancel, class_weights, sample_weights, stratified_subsample
+
+
+def _calibration_folds(y) -> int:
+    """Folds of the cross-validated calibration: 3, fewer when a class has fewer frames (each fold
+    needs one of every class); a class of one frame is refused."""
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"class {classes[np.argmin(counts)]} has 1 training frame: the SVM calibrates its "
+                         "probabilities by cross-validation, which needs at least 2 frames of every class")
+    return int(min(3, counts.min()))
 
 
 class SVMClassifier(ProbaClassifier, ClassifierMixin, BaseEstimator):
@@ -95,12 +106,14 @@ class SVMClassifier(ProbaClassifier, ClassifierMixin, BaseEstimator):
         check_cancel(cancel)
         if validation_data is not None:
             calibrated_svm = calibrated(svc, scaler.transform(np.asarray(validation_data[0], dtype=np.float32)),
-                                        validation_data[1])
+                                            np.asarray(validation_data[1]))
         else:
-            # 3-fold calibration with the class weights as sample weights: the calibrator's folds
-            # re-encode the labels, which a class_weight dict keyed by class id would no longer match
+            # calibration by cross-validation (3 folds, fewer for a class of 2) with the class weights as
+            # sample weights: the calibrator's folds re-encode the labels, which a class_weight dict keyed
+            # by class id would no longer match
             calibrated_svm = CalibratedClassifierCV(
-                SVC(kernel="rbf", C=params["C"], gamma=params["gamma"]), method="sigmoid", cv=3, ensemble=False,
+                SVC(kernel="rbf", C=params["C"], gamma=params["gamma"]), method="sigmoid",
+                cv=_calibration_folds(y[idx]), ensemble=False,
             ).fit(Xs[idx], y[idx], sample_weight=sample_weights(y[idx], cw))
         self.pipeline_ = Pipeline([("scale", scaler), ("svm", calibrated_svm)])
         logs = {"stage": "calibrate", "max_epochs": steps, "n_support": int(svc.n_support_.sum())}

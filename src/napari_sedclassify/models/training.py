@@ -228,6 +228,25 @@ def _split(y: np.ndarray, val_fraction: float, rng) -> tuple[np.ndarray, np.ndar
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+#: The SVM calibrates its probabilities on labeled frames held out from its fit (the validation
+#: frames, or cross-validation folds): every class needs one there and one in the fit.
+SVM_MIN_CLASS_FRAMES = 2
+
+
+def _check_svm_classes(y, owners, scans, classes: ClassTable) -> None:
+    """Refuse, naming the class, its frames and the scans whose labels hold it, a class too rare for
+    the SVM's probability calibration."""
+    ids, counts = np.unique(y, return_counts=True)
+    for c, n in zip(ids.tolist(), counts.tolist()):
+        if n < SVM_MIN_CLASS_FRAMES:
+            where = ", ".join(scans[i].name for i in np.unique(owners[y == c]))
+            raise ValueError(
+                f"{classes.names[c]}: {n} labeled frame in the labels of {where}, too few for the SVM, which "
+                f"calibrates its probabilities on labeled frames held out from its training: label at least "
+                f"{SVM_MIN_CLASS_FRAMES} frames of every class ({MIN_CLASS_FRAMES} or more to learn it well), "
+                f"or erase that class's labels")
+
+
 def train(
     scans: Sequence[ScanFeatures],
     class_maps: Sequence,
@@ -289,6 +308,8 @@ def train(
     index = np.concatenate(index)
     if len(np.unique(y)) < 2:
         raise ValueError("the labels of the training scans contain fewer than two classes; label at least two")
+    if kind == "svm":
+        _check_svm_classes(y, owners, scans, classes)
     tr, va = _split(y, val_fraction, rng)
 
     def inputs(sel, aug_rng=None):
@@ -380,16 +401,31 @@ def train(
 MIN_CLASS_FRAMES = 40
 
 
+def rare_class_warnings(class_counts: dict) -> list[str]:
+    """The warning for classes with fewer than MIN_CLASS_FRAMES labeled training frames
+    (``class_counts``: {class name: frames}, as a model's ``training["class_counts"]`` stores
+    them), [] when there are none."""
+    few = {name: int(n) for name, n in (class_counts or {}).items() if n < MIN_CLASS_FRAMES}
+    if not few:
+        return []
+    return ["few labeled frames for " + ", ".join(f"{name} ({n})" for name, n in few.items())
+            + f": the model will recognise {'it' if len(few) == 1 else 'them'} poorly; label at least "
+            f"{MIN_CLASS_FRAMES} frames of each class, from more than one scan if you can"]
+
+
+def model_file_warnings(model) -> list[str]:
+    """What a user applying ``model`` (a SedModel, or the card of a model file) must know of its
+    training: classes it saw few labeled frames of, named with the model. Derived from the class
+    counts every model file stores, so a file written before training stored its warnings says
+    it too."""
+    return [f"model {model.name}: {w}" for w in rare_class_warnings((model.training or {}).get("class_counts"))]
+
+
 def training_warnings(class_counts: dict, scans) -> list[str]:
     """What a user must know about a model just trained: classes with few labeled frames, and
     calibration values of the training scans that nobody stated (the model's q axis rests on
     them)."""
-    out = []
-    few = {name: n for name, n in class_counts.items() if n < MIN_CLASS_FRAMES}
-    if few:
-        out.append("few labeled frames for " + ", ".join(f"{name} ({n})" for name, n in few.items())
-                   + f": the model will recognise {'it' if len(few) == 1 else 'them'} poorly; label at least "
-                   f"{MIN_CLASS_FRAMES} frames of each class, from more than one scan if you can")
+    out = rare_class_warnings(class_counts)
     assumed = sorted({n for s in scans for n in s.geometry.assumed()}, key=list(FLAGS).index)
     if assumed:
         g = next(s.geometry for s in scans if s.geometry.assumed())

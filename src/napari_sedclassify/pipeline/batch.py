@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..io.atomic import check_target
+from ..io.atomic import check_target, staged_files
 
 #: Files ``pipeline.predict.write_prediction`` writes for a scan named NAME.
 PREDICTION_FILES = ("{}_classes.npy", "{}_classes.tif", "{}_probabilities.npy", "{}_probabilities.json",
@@ -73,10 +73,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, memory
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
+        check_scheduler(scheduler)
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=f"{4 * SCHEDULER_ANSWER_S}s")
         except OSError as exc:
-            raise OSError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from exc
+            raise ConnectionError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from exc
         with client:
             yield client
         return
@@ -86,6 +87,66 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, memory
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit=memory_limit, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
+
+
+#: Seconds a dask scheduler has to accept a connection and answer as one, before the run stops
+#: with an error saying so (a scheduler answers in milliseconds, across a continent in < 1 s).
+SCHEDULER_ANSWER_S = 5.0
+
+
+def check_scheduler(address: str) -> None:
+    """Raise ConnectionError, within :data:`SCHEDULER_ANSWER_S`, when nothing listens at ``address``
+    (refused at once: distributed's Client retried for its whole timeout) or what answers is not a
+    dask scheduler (a dashboard's port, say: distributed's handshake waited for it without end).
+    An address that cannot be parsed is a ValueError."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        host, port = parse_host_port(location) if scheme in ("tcp", "tls", "ws", "wss") else (None, None)
+    except ValueError as exc:
+        raise ValueError(f"{address}: not a dask scheduler address ({exc})") from None
+    if host is None:  # inproc://, ucx://: distributed's own connection says
+        return
+    try:
+        socket.create_connection((host, port), timeout=SCHEDULER_ANSWER_S).close()
+    except ConnectionRefusedError:
+        raise ConnectionError(f"cannot reach the dask scheduler at {address}: nothing listens there (connection "
+                              "refused); start one (`dask scheduler`) or give the address it prints") from None
+    except TimeoutError:
+        raise ConnectionError(f"cannot reach the dask scheduler at {address}: no answer within "
+                              f"{SCHEDULER_ANSWER_S:g} s") from None
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the dask scheduler at {address} ({exc.strerror or exc})") from None
+    if scheme == "tcp":
+        _check_handshake(address)
+
+
+def _check_handshake(address: str) -> None:
+    """ConnectionError unless a dask comm handshake with ``address`` completes in time."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def handshake():
+        comm = await connect(address, timeout=SCHEDULER_ANSWER_S)
+        await comm.close()
+
+    def run():  # its own event loop, in a thread: the caller may be inside one (a notebook)
+        asyncio.run(asyncio.wait_for(handshake(), SCHEDULER_ANSWER_S))
+
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            pool.submit(run).result()
+        except TimeoutError:
+            raise ConnectionError(f"{address} is not a dask scheduler: it accepted the connection but did not "
+                                  f"answer as one within {SCHEDULER_ANSWER_S:g} s (the dashboard's port? the "
+                                  "scheduler's is the one `dask scheduler` prints as 'Scheduler at')") from None
+        except Exception as exc:  # what a foreign server sends fails in many ways (a frame of exabytes...)
+            raise ConnectionError(f"{address} is not a dask scheduler: it answered something else "
+                                  f"({type(exc).__name__})") from None
 
 
 class Progress:
@@ -139,12 +200,42 @@ def run_scans(job: Callable, n_scans: int, *, concurrent: int = 1, cancel: Calla
 
 
 def _open(scans, client):
-    from .scans import open_scans
+    """The scans opened; on a cluster, file paths made absolute (a worker's working folder is not
+    this process's) and checked readable by every worker."""
+    from .scans import is_path, open_scans
 
-    opened = open_scans(scans)
-    if client is not None and any(s.source is None for s in opened):
+    if client is None:
+        return open_scans(scans)
+    opened = open_scans([Path(s).absolute() if is_path(s) else s for s in scans])
+    if any(s.source is None for s in opened):
         raise ValueError("a scan held in memory cannot be sent to a dask cluster: give scan files")
+    check_workers_read(client, [s.source for s in opened])
     return opened
+
+
+def check_workers_read(client, paths) -> None:
+    """FileNotFoundError naming the first of ``paths`` (scan files) that a worker of ``client``
+    cannot read under that path: on a cluster each worker reads its own frames."""
+    paths = [str(p) for p in paths if p is not None]
+    if not paths:
+        return
+    readable = client.run(_readable, paths)  # {worker address: [bool per path]}
+    for i, path in enumerate(paths):
+        blind = sorted(w for w, ok in readable.items() if not ok[i])
+        if blind:
+            hint = ("; a relative path is read from each worker's own working folder: give the absolute path"
+                    if not Path(path).is_absolute() else "")
+            raise FileNotFoundError(
+                f"{path}: the dask worker{'s' if len(blind) > 1 else ''} {', '.join(blind)} cannot read it "
+                f"({len(blind)} of {len(readable)}): cluster workers read scan files themselves, under the same "
+                f"path (a shared file system){hint}")
+
+
+def _readable(paths) -> list[bool]:
+    """Run on each worker: whether it can read each path."""
+    import os
+
+    return [os.access(p, os.R_OK) for p in paths]
 
 
 def _check_names(names: list[str]) -> None:
@@ -160,7 +251,8 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
                   keep=("amorphous_ice",)) -> list[dict]:
     """Classify every scan (paths or file-backed Scans) with ``model`` (SedModel or model file) and
     write into ``out_dir`` what ``pipeline.predict.write_prediction`` writes per scan, with the
-    keep-list of the classes in ``keep`` (atomically; existing files only with ``force``).
+    keep-list of the classes in ``keep`` (a scan's files appear together, each atomically; existing
+    ones are replaced only with ``force``).
     uncertain_below: see ``pipeline.predict.with_uncertain``. hspy: also the HyperSpy signals of
     ``io.hyperspy.export_hyperspy`` (needs the ``formats`` extra).
 
@@ -196,11 +288,13 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
             pred = predict_scan(model, opened[i], flatfield=ffs[i], client=cl, chunk_frames=chunk_frames,
                                 progress=bar.for_scan(i), cancel=cancelled)
             pred = with_uncertain(pred, uncertain_below)
-            files = write_prediction(pred, out_dir, classes, keep)
-            if hspy:
-                from ..io.hyperspy import export_hyperspy
+            with staged_files(out_dir, force=force) as staging:  # a scan's files appear together
+                files = write_prediction(pred, staging, classes, keep)
+                if hspy:
+                    from ..io.hyperspy import export_hyperspy
 
-                files.update(export_hyperspy(pred, out_dir, classes=classes, force=True))
+                    files.update(export_hyperspy(pred, staging, classes=classes, force=True))
+            files = {kind: str(out_dir / Path(f).name) for kind, f in files.items()}
             bar.finish(i)
             return prediction_entry(pred, files, classes)
 

@@ -8,7 +8,8 @@ chip-edge pixels of a Medipix quad do not pull the ring inwards). Then, on the R
 
 1. **Search window.** With the scan's geometry (nominal camera length L0, voltage, pixel size) the
    ring d sits at r0 = λ L0 / (p d) px; the ring is searched for within ±``search`` (15 %) of that,
-   and the background fitted over a margin either side.
+   and the background fitted over a margin either side. A ring near the end of the radial profile
+   is searched outwards only as far as that margin allows (the scan's own value always included).
 2. **Frames that show the ring.** Each frame's RIA, normalised to its mean over the window, is
    fitted at every trial radius by a quadratic background plus a Gaussian ring of the expected
    width (linear least squares, all frames at once). A frame shows the ring when the ring's
@@ -53,6 +54,9 @@ RING_SETS = {
 }
 #: Relative width (σ/r) of the template for a user's d-spacing.
 USER_RING_WIDTH = 0.04
+#: The radial profile must reach this factor beyond the outermost radius searched (the background
+#: beyond the ring); where it does not, the search outwards stops that far inside the profile's end.
+OUTER_MARGIN = 1.15
 #: A frame shows the ring when its amplitude is this many standard errors above zero.
 T_MIN = 5.0
 #: Frames whose radial profile departs from its running median by more than this fraction of the
@@ -120,7 +124,9 @@ class CalibrationResult:
     were averaged, of frames_with_ring (significant ring) and frames_with_beam. selected: (sy, sx)
     bool map of the frames used. window_px: the radial range fitted (physical px). profile: radii
     (px), mean normalised RIA, its standard error and the fitted model over the window (for plots).
-    geometry: the scan's geometry with the fitted camera length marked "fitted".
+    geometry: the scan's geometry with the fitted camera length marked "fitted". warnings: what a
+    user must know before trusting the value (a chip-edge pixel width, given or from the file,
+    that the frames contradict: the ring's radius is then measured on a misplaced pixel grid).
     """
 
     camera_length_mm: float
@@ -142,6 +148,7 @@ class CalibrationResult:
     uncertainty_mm: dict = field(default_factory=dict)
     profile: dict = field(default_factory=dict)
     source: str | None = None
+    warnings: list = field(default_factory=list)
 
     @property
     def relative_change(self) -> float:
@@ -178,6 +185,7 @@ class CalibrationResult:
             "edge_pixel_width": self.edge_pixel_width,
             "edge_pixel_width_origin": self.edge_pixel_width_origin,
             "uncertainty_mm": dict(self.uncertainty_mm),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
     def sidecar_details(self) -> dict:
@@ -223,6 +231,7 @@ def calibrate(scan, ring="ice", flatfield=None, params=None, *, search: float = 
     with more frames are preprocessed on an evenly spaced subset of scan positions.
     Raises CalibrationError when no such ring is found.
     """
+    from ..processing.plan import edge_width_warning
     from .preprocess import preprocess
     from .scans import open_scans
 
@@ -239,11 +248,20 @@ def calibrate(scan, ring="ice", flatfield=None, params=None, *, search: float = 
     valid = result.beam_found & ~result.missing
     if not valid.any():
         raise CalibrationError(_no_beam(scan))
-    cal = calibrate_ria(result.ria, result.radii_px, valid, scan.geometry, ring, counts=result.ria_counts,
-                        search=search, inner_px=float(result.resolved["adf_inner_px"]),
-                        beam_radius_px=beam_radius_of(result.beam_radius_px, valid), source=scan.source)
+    # a chip-edge width (given or the file's) that the frames contradict: the ring is measured on misplaced pixels
+    wrong_width = ([edge_width_warning(scan.source or "the scan", result.resolved)]
+                   if result.resolved.get("edge_pixel_width_measured") is not None else [])
+    try:
+        cal = calibrate_ria(result.ria, result.radii_px, valid, scan.geometry, ring, counts=result.ria_counts,
+                            search=search, inner_px=float(result.resolved["adf_inner_px"]),
+                            beam_radius_px=beam_radius_of(result.beam_radius_px, valid), source=scan.source)
+    except CalibrationError as exc:  # the misplaced pixels may be why no ring was found
+        if not wrong_width:
+            raise
+        raise CalibrationError(f"{exc}; and {wrong_width[0]}") from None
     cal.edge_pixel_width = float(result.resolved.get("edge_pixel_width", 1.0))
     cal.edge_pixel_width_origin = str(result.resolved.get("edge_pixel_width_origin", "file"))
+    cal.warnings = wrong_width
     if sub is not scan:
         full = np.zeros(scan.scan_shape, bool)
         full[_steps(scan, max_frames)] = cal.selected
@@ -326,14 +344,16 @@ def q_axis_warning(ria, radii_px, valid, geometry: Geometry, *, counts=None, inn
     name, d_A, rel_width = parse_ring("ice")
     for search in Q_AXIS_SEARCH:  # as wide as the detector allows: a wrong voltage moves the ring by 27 %
         try:
-            usable, _, r0, _, _, win = _window(radii, ria2, ok, geometry, name, d_A, counts, search, inner_px, "")
+            usable, _, r0, _, _, win, s_hi = _window(radii, ria2, ok, geometry, name, d_A, counts, search, inner_px,
+                                                     "")
             _, _, Yn = _normalised(ria2, ok, win, (0, 0), "")
-            break
         except CalibrationError:
             continue
+        if s_hi >= 1 + search or search == Q_AXIS_SEARCH[-1]:  # the narrower search whole, if the wider is cut
+            break
     else:
         return None
-    scales = np.linspace(1 - search, 1 + search, int(round(search * 100)) + 1)  # 1 % steps
+    scales = np.linspace(1 - search, s_hi, int(round((s_hi - (1 - search)) * 50)) + 1)  # 1 % steps
     t, prom, best, _ = _template_scan(radii[win], Yn, r0, rel_width, scales)
     ringlike = (t >= T_MIN) & (prom > 0)
     if ringlike.sum() < 3:
@@ -354,9 +374,18 @@ def q_axis_warning(ria, radii_px, valid, geometry: Geometry, *, counts=None, inn
             f"({geometry.origin('pixel_size_um')}) and {geometry.voltage_kv:g} kV ({geometry.origin('voltage_kv')}): "
             f"the scan's effective camera length is {L:.1f} ± {cal.camera_length_sd_mm:.1f} mm, so its radial "
             f"profiles were read on a wrong q axis (a model's features, the proposal's names) and the classes may "
-            f"be wrong. Fit it with `sedclassify calibrate "
-            f"{source or 'SCAN'} --write` (or give --camera-length {L:.0f}, or the true pixel size or voltage if "
-            "one of those is wrong) and run it again")
+            f"be wrong. " + _how_to_fix(source, L))
+
+
+def _how_to_fix(source, camera_length_mm: float) -> str:
+    """What the q-axis warning advises: calibrate the file, or, for a detector stream (which
+    ``sedclassify calibrate`` cannot read), give the camera length to the next run."""
+    if source is not None and "://" in str(source):
+        return (f"Give --camera-length {camera_length_mm:.0f} (or the true pixel size or voltage if one of those is "
+                "wrong) to the next live run, or calibrate a recorded scan of this session with `sedclassify "
+                "calibrate SCAN --write`")
+    return (f"Fit it with `sedclassify calibrate {source or 'SCAN'} --write` (or give --camera-length "
+            f"{camera_length_mm:.0f}, or the true pixel size or voltage if one of those is wrong) and run it again")
 
 
 # ---- the fit on RIAs -----------------------------------------------------------------------------
@@ -385,8 +414,9 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
     a = float(beam_radius_px) if beam_radius_px is not None and np.isfinite(beam_radius_px) else 0.0
     blur2 = a * a / 4.0
 
-    usable, reach, r0, d_used, (lo, hi), win = _window(radii, ria, valid, geometry, name, d_A, counts, search,
-                                                        inner_px, where)
+    usable, reach, r0, d_used, (lo, hi), win, s_hi = _window(radii, ria, valid, geometry, name, d_A, counts,
+                                                              search, inner_px, where)
+    s_range = (1 - search, s_hi)
     ria = _without_pedestal(ria, valid, usable)
 
     # 1) frames that show the ring
@@ -400,7 +430,7 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
     dr = float(np.median(np.diff(rw))) if len(rw) > 1 else 1.0
     k = max(3, 2 * int(round(0.5 * rel_width * r0.min() / dr)) + 1)
     Yf = median_filter(Yn, size=(1, k), mode="nearest")
-    scales = np.linspace(1 - search, 1 + search, int(round(search * 400)) + 1)
+    scales = np.linspace(1 - search, s_hi, int(round((s_hi - (1 - search)) * 200)) + 1)
     t, prom, best, amp = _template_scan(rw, Yf, r0, rel_width, scales)
     ringlike = (t >= T_MIN) & (prom > 0)
     spots = np.max(np.abs(Yn - Yf), axis=1) / np.maximum(amp, 1e-12)
@@ -412,8 +442,8 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
     if n_ring == 0:
         raise CalibrationError(
             f"{where}no frame shows {_ring_words(name, d_used)} between {r0.min() * (1 - search):.0f} and "
-            f"{r0.max() * (1 + search):.0f} px (±{search:.0%} about where {geometry.describe()} puts it): "
-            f"{_what_else(name)}; {_hint(geometry)}")
+            f"{r0.max() * s_hi:.0f} px ({_searched(s_range, search, reach)} about where {geometry.describe()} puts "
+            f"it): {_what_else(name)}; {_hint(geometry)}")
     sel = _most_prominent(prom, ringlike)
     order = np.argsort(-prom[sel])[:max_frames]
     chosen = np.flatnonzero(sel)[order]
@@ -423,20 +453,20 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
     # 2) fit the mean profile, re-centre the window on the ring found, fit again
     all_r, all_Y = radii, ria[idx[chosen]] / level[chosen][:, None]
     s_init = float(np.median(best[chosen]))
-    fit = _fit_window(all_r, all_Y, usable, r0, rel_width, s_init, (lo, hi), search, degree=2, blur2=blur2)
+    fit = _fit_window(all_r, all_Y, usable, r0, rel_width, s_init, (lo, hi), s_range, degree=2, blur2=blur2)
     lo2, hi2 = _recentred(fit, r0, inner_px, reach)
     fits = {}
     for key, (deg, wfac) in {"main": (2, 1.0), "deg3": (3, 1.0), "deg1": (1, 1.0),
                              "narrow": (2, 0.75), "wide": (2, 1.3)}.items():
         lo_k, hi_k = _recentred(fit, r0, inner_px, reach, wfac)
         try:
-            fits[key] = _fit_window(all_r, all_Y, usable, r0, rel_width, fit.scale, (lo_k, hi_k), search, deg,
+            fits[key] = _fit_window(all_r, all_Y, usable, r0, rel_width, fit.scale, (lo_k, hi_k), s_range, deg,
                                     blur2=blur2)
         except CalibrationError:
             if key == "main":
                 raise
     main = fits["main"]
-    _check_fit(main, name, d_used, r0, search, where, geometry)
+    _check_fit(main, name, d_used, r0, s_range, search, reach, where, geometry)
     if name == "ice":
         _not_the_second_ring(all_r, all_Y, usable, main, inner_px, rel_width, geometry, where)
     ice_ratio = _ice_vs_2p1(all_r, all_Y, usable, main) if name == "ice" else None
@@ -453,8 +483,8 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
         for _ in range(16):
             pick = rng.integers(0, n_sel, n_sel)
             try:
-                boot.append(_fit_window(all_r, all_Y[pick], usable, r0, rel_width, main.scale, (lo2, hi2), search, 2,
-                                        start=main.params, blur2=blur2).scale)
+                boot.append(_fit_window(all_r, all_Y[pick], usable, r0, rel_width, main.scale, (lo2, hi2), s_range,
+                                        2, start=main.params, blur2=blur2).scale)
             except CalibrationError:
                 pass
     sd_stat = main.scale_sd
@@ -497,7 +527,9 @@ def calibrate_ria(ria, radii_px, valid, geometry: Geometry, ring="ice", *, count
 def _window(radii, ria, valid, geometry: Geometry, name, d_A, counts, search, inner_px, where):
     """The bins the detector covers well enough (a quarter of the circle or more in most valid
     frames) and the outermost of them, the rings' nominal radii r0 (px) and d-spacings on the
-    detector, and the radial window searched: (usable, reach, r0, d_used, (lo, hi), win)."""
+    detector, the radial window searched and the largest scale searched (1 + search, less when the
+    profile ends too soon for that; then only the innermost ring):
+    (usable, reach, r0, d_used, (lo, hi), win, s_hi)."""
     K0 = float(geometry.lambda_L_over_p)
     usable = np.isfinite(radii) & (radii > max(inner_px, 1.0))
     if counts is not None:
@@ -506,21 +538,34 @@ def _window(radii, ria, valid, geometry: Geometry, name, d_A, counts, search, in
             usable &= median(c, axis=0) >= 0.25 * 2 * np.pi * radii
     reach = float(radii[usable].max()) if usable.any() else 0.0
     r0_all = np.array([K0 / d for d in d_A])
-    on = r0_all * (1 + search) * 1.15 <= reach
-    if not on.any():
-        raise CalibrationError(
-            f"{where}{_ring_words(name, d_A)} would lie at "
-            f"r ≈ {r0_all.min():.0f} px or beyond, but the RIA reaches {reach:.0f} px with {geometry.describe()}; "
-            f"{_hint(geometry)}")
+    on = r0_all * (1 + search) * OUTER_MARGIN <= reach
+    s_hi = 1 + search
+    if not on.any():  # the innermost ring, searched outwards as far as the profile allows
+        on = r0_all == r0_all.min()
+        s_hi = reach / (OUTER_MARGIN * r0_all.min())
+        if s_hi <= 1:
+            raise CalibrationError(
+                f"{where}{_ring_words(name, d_A)} would lie at r ≈ {r0_all.min():.0f} px with {geometry.describe()}, "
+                f"too near the end of the RIA ({reach:.0f} px) to be fitted: the fit needs the profile to reach "
+                f"{OUTER_MARGIN:g} times the ring's radius ({OUTER_MARGIN * r0_all.min():.0f} px), for the background "
+                f"beyond it; {_hint(geometry)}")
     d_used = tuple(d for d, o in zip(d_A, on) if o)
     r0 = r0_all[on]
     lo = max(r0.min() * (1 - search) * 0.75, inner_px, 1.0)
-    hi = min(r0.max() * (1 + search) * 1.25, reach)
+    hi = min(r0.max() * s_hi * 1.25, reach)
     win = usable & (radii >= lo) & (radii <= hi)
     if win.sum() < 12:
         raise CalibrationError(f"{where}only {int(win.sum())} RIA bins between {lo:.0f} and {hi:.0f} px, too few "
                                f"to fit {_ring_words(name, d_used)}; {_hint(geometry)}")
-    return usable, reach, r0, d_used, (lo, hi), win
+    return usable, reach, r0, d_used, (lo, hi), win, s_hi
+
+
+def _searched(s_range, search, reach) -> str:
+    """The search in words: "±15%", or "-15% to +7% (the RIA ends at 310 px)" when cut short."""
+    s_lo, s_hi = s_range
+    if s_hi >= 1 + search:
+        return f"±{search:.0%}"
+    return f"{s_lo - 1:+.0%} to {s_hi - 1:+.1%}, the RIA ending at {reach:.0f} px,"
 
 
 def _without_pedestal(ria, valid, usable):
@@ -654,10 +699,11 @@ def _model(p, r, r0, degree, r_ref, blur2=0.0):
     return out
 
 
-def _fit_window(radii, Y, usable, r0, rel_width, s_init, window, search, degree, start=None,
+def _fit_window(radii, Y, usable, r0, rel_width, s_init, window, s_range, degree, start=None,
                 blur2: float = 0.0) -> _Fit:
     """Least-squares fit of background x rings to the trimmed mean of the profiles ``Y`` (frames x
-    bins on ``radii``) over ``window`` (px). blur2: variance (px²) of the beam's angular spread."""
+    bins on ``radii``) over ``window`` (px), the rings' scale within ``s_range`` (lowest, highest
+    searched). blur2: variance (px²) of the beam's angular spread."""
     from scipy.optimize import least_squares
 
     lo, hi = window
@@ -695,9 +741,9 @@ def _fit_window(radii, Y, usable, r0, rel_width, s_init, window, search, degree,
         if len(p0) != degree + 2 + 2 * nr:
             raise ValueError("start parameters do not match the model")
     n_bg = degree + 1
-    lower = np.concatenate([np.full(n_bg, -np.inf), [1 - search - 0.02], np.zeros(nr),
+    lower = np.concatenate([np.full(n_bg, -np.inf), [s_range[0] - 0.02], np.zeros(nr),
                             np.maximum(0.3, 0.004 * r0)])
-    upper = np.concatenate([np.full(n_bg, np.inf), [1 + search + 0.02], np.full(nr, np.inf), 0.35 * r0])
+    upper = np.concatenate([np.full(n_bg, np.inf), [s_range[1] + 0.02], np.full(nr, np.inf), 0.35 * r0])
     span = np.where(np.isfinite(upper - lower), upper - lower, 1.0)
     p0 = np.clip(p0, lower + 1e-6 * span, upper - 1e-6 * span)
 
@@ -783,15 +829,15 @@ def _not_the_second_ring(radii, Y, usable, fit: _Fit, inner_px, rel_width, geome
         f"larger), voltage or camera length is off; {_hint(geometry)}")
 
 
-def _check_fit(fit: _Fit, name, d_used, r0, search, where, geometry):
+def _check_fit(fit: _Fit, name, d_used, r0, s_range, search, reach, where, geometry):
     s = fit.scale
-    edge = min(s - (1 - search), (1 + search) - s)
+    edge = min(s - s_range[0], s_range[1] - s)
     if edge < 0.004:
         raise CalibrationError(
-            f"{where}did not find {_ring_words(name, d_used)} within ±{search:.0%} of where {geometry.describe()} "
-            f"puts it (the best candidate lies at the edge of that search, {s - 1:+.1%}): the scan does not show "
-            f"it, or the camera length is further off (then give --camera-length near the right value or a wider "
-            f"--search); {_what_else(name)}; {_hint(geometry)}")
+            f"{where}did not find {_ring_words(name, d_used)} within {_searched(s_range, search, reach)} of where "
+            f"{geometry.describe()} puts it (the best candidate lies at the edge of that search, {s - 1:+.1%}): the "
+            f"scan does not show it, or the camera length is further off (then give --camera-length near the right "
+            f"value or a wider --search); {_what_else(name)}; {_hint(geometry)}")
     if not np.isfinite(fit.scale_sd) or fit.t_values[0] < T_MIN:
         raise CalibrationError(f"{where}{_ring_words(name, d_used)} is not significant even in the frames that show "
                                f"it best (amplitude {fit.t_values[0]:.1f} standard errors); {_what_else(name)}")

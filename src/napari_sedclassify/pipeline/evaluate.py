@@ -38,8 +38,11 @@ class Evaluation:
 
     @property
     def warnings(self) -> list[str]:
-        """Every scan's prediction warnings, in order."""
-        return [w for p in self.predictions for w in p.warnings]
+        """The model's (classes it was trained on few frames of: its F1 for them means little),
+        then every scan's prediction warnings, in order."""
+        from ..models.training import model_file_warnings
+
+        return model_file_warnings(self.model) + [w for p in self.predictions for w in p.warnings]
 
     def table(self) -> str:
         from ..models.metrics import format_table

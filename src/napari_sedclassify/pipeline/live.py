@@ -25,6 +25,7 @@ latency) atomically, every ``write_every_s`` and at the end.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import struct
@@ -212,6 +213,7 @@ class FrameClassifier:
         #: every ``ring_stride``-th frame's radial profile is kept for :meth:`ring_warning`
         self.ring_stride = 1
         self._ring = []
+        self._scores = []  # (flat index, ring height, Bragg spike) of every frame classified
 
     @classmethod
     def calibrate(cls, model, frames, geometry: Geometry, *, flatfield=None, metadata: dict | None = None,
@@ -254,6 +256,7 @@ class FrameClassifier:
         values = [part.values for part in self.runner.map_chunks(chunks, threads)]
         self._keep_for_ring_check(chunks, values)
         ria = np.concatenate([v["ria"] for v in values])
+        self._keep_scores(chunks, ria)
         crops = None if values[0].get("crop") is None else np.concatenate([v["crop"] for v in values])[None]
         feats = ScanFeatures(name="live", geometry=self.geometry, missing=np.zeros((1, len(ria)), bool),
                              ria=ria[None], radii_px=self.radii_px, crops=crops, crop_radius_px=self.crop_radius_px)
@@ -268,6 +271,31 @@ class FrameClassifier:
             if pick.size:
                 self._ring.append({k: np.asarray(v[k])[pick] for k in ("ria", "ria_counts", "beam_found",
                                                                         "beam_radius_px") if k in v})
+
+    def _keep_scores(self, chunks, ria):
+        from .ice_agreement import frame_scores
+
+        if any(index is None for index, _ in chunks):
+            return
+        scores = frame_scores(ria, self.radii_px, self.geometry)
+        if scores is not None:
+            self._scores.append((np.concatenate([np.asarray(index).ravel() for index, _ in chunks]), *scores))
+
+    def agreement_warning(self, class_map, source=None) -> str | None:
+        """``ice_agreement``'s warning for the live ``class_map`` (sy, sx) from the ring heights of
+        every frame classified: the warning a batch prediction of the same scan gives when the
+        frames the model calls amorphous ice are not the frames showing the ice ring."""
+        from .ice_agreement import agreement_of_scores, agreement_warning
+
+        if not self._scores:
+            return None
+        class_map = np.asarray(class_map)
+        ring, spike = np.full(class_map.size, np.nan), np.full(class_map.size, np.nan)
+        for index, r, s in self._scores:
+            ring[index], spike[index] = r, s
+        agreement = agreement_of_scores(class_map, self.model.classes, ring.reshape(class_map.shape),
+                                        spike.reshape(class_map.shape))
+        return agreement_warning(source or "the live scan", self.model.name, agreement)
 
     def ring_warning(self, source=None) -> str | None:
         """``calibrate.q_axis_warning`` on the radial profiles kept from the frames classified so
@@ -538,6 +566,62 @@ _qd_sequences = partial(_stack_numbers, frame_number=_qd_frame_number)
 _dectris_frame_numbers = partial(_stack_numbers, frame_number=_dectris_frame_number)
 
 
+# ---- the receivers' shared-memory handles: made here, removed whatever way the process ends ----------
+_RECEIVING: set = set()  # stream sources of this process whose receiver thread runs
+_HANDLE_FOLDERS: set = set()  # handle folders of this process not removed yet
+_HANDLES_LOCK = threading.Lock()
+
+
+def _handle_folder(kind: str) -> str:
+    """A new folder for a receiver's shared-memory handle (a Unix socket) in the temporary folder,
+    ``sedclassify-<kind>-<pid>-<random>``. Its receiver removes it when it ends; the end of this
+    process, a receiver still running then; the next stream of any process, those of processes that
+    no longer exist (killed outright)."""
+    import tempfile
+
+    _remove_stale_handle_folders(Path(tempfile.gettempdir()))
+    folder = tempfile.mkdtemp(prefix=f"sedclassify-{kind}-{os.getpid()}-")
+    with _HANDLES_LOCK:
+        _HANDLE_FOLDERS.add(folder)
+    return folder
+
+
+def _remove_handle_folder(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    with _HANDLES_LOCK:
+        _HANDLE_FOLDERS.discard(folder)
+
+
+def _remove_stale_handle_folders(tmp: Path) -> None:
+    """Remove the handle folders of processes that no longer exist."""
+    import shutil
+
+    import psutil  # asks without signalling the process
+
+    for folder in tmp.glob("sedclassify-*-*-*"):
+        kind, pid = folder.name.split("-")[1:3]
+        if kind in ("merlin", "dectris") and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _close_receivers() -> None:
+    """At exit: stop the receivers still running (a receiver thread left inside the receiver's
+    native code when Python shuts down aborts the process) and remove their handle folders."""
+    with _HANDLES_LOCK:
+        sources = list(_RECEIVING)
+    for src in sources:
+        src.close()
+    with _HANDLES_LOCK:
+        folders = list(_HANDLE_FOLDERS)
+    for folder in folders:
+        _remove_handle_folder(folder)
+
+
+atexit.register(_close_receivers)
+
+
 class StreamSource:
     """A detector stream received by LiberTEM-live's receiver (the ``live`` extra) in passive mode.
 
@@ -582,6 +666,7 @@ class StreamSource:
         self._queue: list[FrameBatch] = []
         self._buffered = 0
         self._stop = threading.Event()
+        self._connected = threading.Event()
         self._armed = threading.Event()
         self._ended = threading.Event()
         self._thread = None
@@ -599,28 +684,37 @@ class StreamSource:
 
     def _start(self):
         self._thread = threading.Thread(target=self._receive, daemon=True, name=f"{self.kind}-receiver")
+        with _HANDLES_LOCK:
+            _RECEIVING.add(self)
         self._thread.start()
 
     def _next_stack(self, conn):
-        return conn.get_next_stack(max_size=self.frame_stack_size)
+        """The next frame stack; None when the acquisition is over, or when the receiver gave it up
+        (the connection lost, the detector or its server stopped, a DECTRIS frame number skipped:
+        its message is kept in ``stats()["stream_error"]`` and the frames never received count
+        as dropped)."""
+        try:
+            return conn.get_next_stack(max_size=self.frame_stack_size)
+        except Exception as exc:  # the receiver's errors, which its module does not export
+            with self._cond:
+                self._stats["stream_error"] = str(exc)
+            return None
 
     def _scan_frames(self, frames):
         """Decoded frames as the project's readers show them."""
         return frames
 
     def _receive(self):
-        import shutil
-        import tempfile
-
-        handle_dir = tempfile.mkdtemp(prefix=f"sedclassify-{self.kind}-")
-        conn = cam = None
+        conn = cam = handle_dir = None
         try:
+            handle_dir = _handle_folder(self.kind)
             receiver, conn = self._connect(handle_dir)
-            conn.start_passive()
+            self._start_passive(conn)
             armed = None
             while armed is None and not self._stop.is_set():
                 armed = conn.wait_for_arm(timeout=0.2)
             if armed is None:
+                conn = None  # dropped, not closed: close() would wait until something listens at HOST:PORT
                 return
             self._stats["frames_announced"] = self._armed_by(armed)
             cam = receiver.CamClient(conn.get_socket_path())
@@ -655,10 +749,24 @@ class StreamSource:
                 if obj is not None:
                     with suppress(Exception):
                         obj.close()
-            shutil.rmtree(handle_dir, ignore_errors=True)
+            if handle_dir is not None:
+                _remove_handle_folder(handle_dir)
+            with _HANDLES_LOCK:
+                _RECEIVING.discard(self)
             self._ended.set()
             with self._cond:
                 self._cond.notify_all()
+
+    def _start_passive(self, conn) -> None:
+        """Start the receiver; it connects to HOST:PORT in its own thread, retrying until something
+        listens there. Connected at once or not is noted for ``wait_ready``'s message."""
+        try:
+            conn.start_passive(timeout=0.2)  # once: a second start fails the acquisition once it runs
+        except Exception as exc:  # the receiver's ConnectionError, which its module does not export
+            if "timed out" not in str(exc):
+                raise
+        else:
+            self._connected.set()
 
     def _deliver(self, numbers, expected: int, frames, seen: float) -> int:
         """Queue one stack of frames at the scan positions their ``numbers`` give (from the frames'
@@ -699,8 +807,14 @@ class StreamSource:
         if self._thread is None:
             self._start()
         if self.error is not None and not self._armed.is_set():
-            raise self.error
+            self._raise_error()
         return self._armed.is_set()
+
+    def _raise_error(self):
+        """The receiver's error, named with the stream (an OSError: one line in the CLI and napari)."""
+        if isinstance(self.error, (OSError, ValueError, KeyboardInterrupt)):
+            raise self.error
+        raise ConnectionError(f"{self.path}: the receiver stopped: {self.error}") from self.error
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop receiving and release the connection (waits up to ``timeout_s`` for the receiver:
@@ -717,6 +831,24 @@ class StreamSource:
         every received frame was handed over."""
         with self._cond:
             return self._ended.is_set() and not self._queue
+
+    def scan_shape_warning(self) -> str | None:
+        """What the acquisition header says against the scan shape given (frames announced, and a
+        Merlin scan row: frames per trigger), once armed; None when they agree or it says nothing."""
+        if self.header is None or self._scan_shape is None:
+            return None
+        (sy, sx), total = self._scan_shape, self.header.get("frames_in_acquisition") or 0
+        per_row = self.header.get("frames_per_trigger") or 0
+        said = []
+        if total and total != sy * sx:
+            said.append(f"{total} frames")
+        if 1 < per_row < total and per_row != sx:
+            said.append(f"rows of {per_row} frames (frames per trigger)")
+        if not said:
+            return None
+        return (f"{self.path}: the scan shape given, {sy} x {sx} = {sy * sx} positions, does not match the acquisition "
+                f"header's {' in '.join(said)}: " + ("frames beyond the scan are left out, " if total > sy * sx else "")
+                + "check --scan-shape")
 
     def stats(self) -> dict:
         """Counters of the stream: frames the acquisition header announced, received, dropped (gaps
@@ -736,7 +868,7 @@ class StreamSource:
         with self._cond:
             if not self._queue:
                 if self.error is not None:
-                    raise self.error
+                    self._raise_error()
                 return None
             got, n = [], 0
             while self._queue and n < max_frames:
@@ -894,14 +1026,6 @@ class DectrisStreamSource(StreamSource):
         self.metadata["acquisition_header"] = dict(self.header)
         return total
 
-    def _next_stack(self, conn):
-        try:
-            return super()._next_stack(conn)
-        except Exception as exc:  # the receiver gave up on this series (e.g. a frame number skipped)
-            with self._cond:
-                self._stats["stream_error"] = str(exc)
-            return None
-
     def _first_stack(self, stack):
         self.dtype = np.dtype(stack.get_dtype_string())
         self.detector_shape = tuple(int(s) for s in reversed(stack.get_shape()))  # DECTRIS: [x, y]
@@ -938,6 +1062,10 @@ def wait_ready(src, timeout_s: float | None = None, cancel: Callable | None = No
         while not src.ready():
             if (cancel is not None and cancel()) or (timeout_s is not None and time.perf_counter() - t0 > timeout_s):
                 within = "" if timeout_s is None else f" within {timeout_s:g} s"
+                if isinstance(src, StreamSource) and not src._connected.is_set():
+                    raise TimeoutError(f"{src.path}: nothing listened at {src.host}:{src.port} when watch started, "
+                                       f"and no acquisition header arrived{within}: check HOST:PORT (the "
+                                       "detector's data port) and that the detector's software is running")
                 if isinstance(src, StreamSource):
                     raise TimeoutError(f"{src.path}: the detector was not armed{within} (no acquisition header "
                                        "arrived): arm the acquisition in the detector's software after starting "
@@ -1085,6 +1213,10 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     last_write = 0.0
     status = "running"
     state.set_status("calibrating")
+    shape_warning = src.scan_shape_warning() if hasattr(src, "scan_shape_warning") else None
+    if shape_warning:  # said at once: the acquisition can still be stopped
+        state.warn(shape_warning)
+        warnings.append(shape_warning)
 
     from ..processing.cores import usable_cores
 
@@ -1161,13 +1293,13 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
             if kept.any():
                 reducer.add(b.index[kept], b.frames[kept])
 
-    def commit(final_status=None, outputs=True):
+    def commit(final_status=None):
         """Write the outputs and commit the reduced file (``final_status``: finish it); returns the
         path of the reduced file a finished run left."""
         extra = {"plan": _plain(classifier.plan) if classifier else None,
                  **({"stream": src.stats()} if hasattr(src, "stats") else {}),
                  **({"warnings": warnings} if warnings else {})}
-        if outputs and paths is not None:
+        if paths is not None:
             write_outputs(state, paths, extra, None if classifier is None else classifier.geometry.scan_step_nm)
         if reducer is None:
             return None
@@ -1225,10 +1357,10 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         raise
     except BaseException as exc:
         state.set_status("error", str(exc))
-        if reducer is not None:
-            try:
-                commit("error", outputs=False)
-            except Exception:  # the partial file keeps what its last commit wrote
+        try:  # the outputs say how the run ended, with the frames classified until then
+            commit("error")
+        except Exception:  # the partial file keeps what its last commit wrote
+            if reducer is not None:
                 reducer.close()
         raise
     finally:
@@ -1237,10 +1369,12 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     stats = src.stats() if hasattr(src, "stats") else {}
     messages = {"complete": "", "stopped": "stopped", "timeout": f"no new frame for {timeout_s} s",
                 "incomplete": f"the acquisition ended with {state.n_done} of {n_total} positions received"
-                              + (f" ({stats['frames_dropped']} frames dropped)" if stats.get("frames_dropped") else "")}
+                              + (f" ({stats['frames_dropped']} frames dropped)" if stats.get("frames_dropped") else "")
+                              + (f"; the receiver said: {stats['stream_error']}" if stats.get("stream_error") else "")}
     state.set_status(status, messages[status])
     if classifier is not None:  # the ice ring of the frames seen: is the q axis the model read right?
-        ring = classifier.ring_warning(where)
+        ring = classifier.ring_warning(where)  # if it is: are the amorphous-ice frames those with the ring?
+        ring = ring or classifier.agreement_warning(state.class_map(), where)
         warnings += [ring] if ring else []
     left = commit(status)
     files = {k: str(v) for k, v in (paths or {}).items()}

@@ -193,19 +193,23 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
                           class_ids=pred.class_ids, integrated=result.virtual["total"],
                           timings={"preprocess_s": t1 - t0, "predict_s": t2 - t1}, source=scan.source,
                           geometry=scan.geometry, ria=result.ria, ria_radii_px=result.radii_px,
-                          warnings=prediction_warnings(card, scan, result, name))
+                          warnings=prediction_warnings(card, scan, result, name, class_map=pred.class_map))
 
 
-def prediction_warnings(model, scan, result, name=None) -> list[str]:
+def prediction_warnings(model, scan, result, name=None, *, class_map=None) -> list[str]:
     """What a user must know before trusting a class map that ``model`` (SedModel or card) made
     from ``result`` (the scan's PreprocessResult): calibration values nobody stated (the model
     was let through because they equal its training scans', which may be chance), and an
     amorphous-ice ring that lies away from where the scan's camera length puts it
     (``calibrate.q_axis_warning``: the q axis the model read is off), and a chip-edge pixel width
-    given or read from the file that the frames contradict (``processing.plan.edge_width_warning``)."""
+    given or read from the file that the frames contradict (``processing.plan.edge_width_warning``),
+    and, given the ``class_map`` the model made, amorphous-ice frames that are not the frames
+    showing the ice ring (``ice_agreement``: a session unlike the model's training scans), and
+    recorded frames without a direct beam found, left unclassified, when there are many."""
     from ..geometry import FLAGS
     from ..processing.plan import edge_width_warning
     from .calibrate import preprocessed_q_axis_warning
+    from .ice_agreement import ice_agreement_warning
 
     g = scan.geometry
     where = str(scan.source) if scan.source is not None else (name or "the scan")
@@ -221,9 +225,34 @@ def prediction_warnings(model, scan, result, name=None) -> list[str]:
     if seen is not None:
         out.append(edge_width_warning(where, result.resolved))
     ring = preprocessed_q_axis_warning(result, g, where)
-    if ring:
+    if ring:  # the ring is not where the q axis puts it: the agreement check would read the wrong place
         out.append(ring)
+    elif class_map is not None:
+        disagree = ice_agreement_warning(where, model.name, class_map, model.classes, result.ria, result.radii_px, g)
+        if disagree:
+            out.append(disagree)
+    no_beam = _no_beam_warning(where, result)
+    if no_beam:
+        out.append(no_beam)
     return out
+
+
+#: A prediction says how many frames had no direct beam found (left as class 0) when more than
+#: this fraction of its recorded frames had none.
+NO_BEAM_FRACTION = 0.05
+
+
+def _no_beam_warning(where, result) -> str | None:
+    """The warning for a scan where more than NO_BEAM_FRACTION of the recorded frames had no direct
+    beam found (nothing to centre their radial profiles on, so no class), None otherwise."""
+    recorded = ~np.asarray(result.missing, bool)
+    lost = int((recorded & ~np.asarray(result.beam_found, bool)).sum())
+    total = int(recorded.sum())
+    if not total or lost <= NO_BEAM_FRACTION * total:
+        return None
+    return (f"{where}: {lost} of {total} frames: no direct beam found; they are left unclassified (class 0). "
+            "The beam may be blanked, behind a beam stop or off the detector in those frames, or too dim over "
+            "the background to stand out (a very low dose); look at one in napari's frame view")
 
 
 def params_for_model(model, geometry):

@@ -22,8 +22,8 @@ from .. import __version__
 from ..errors import Cancelled
 from ..geometry import Geometry
 from ..jsonutil import jsonable
-from ..processing import (PCC, DescanFit, FlatField, FrameRunner, NoBeamInSample, PreprocessParams, PreprocessPlan,
-                          calibration_sample_index, calibration_windows, fit_descan, load_flatfield, no_beam_message)
+from ..processing import (PCC, DescanFit, FrameRunner, NoBeamInSample, PreprocessParams, PreprocessPlan,
+                          calibration_sample_index, calibration_windows, fit_descan, no_beam_message)
 from ..processing.descan import DescanModel
 from ..processing.pixels import PixelGrid
 from . import tally
@@ -119,10 +119,14 @@ class PreprocessResult:
 
     def save(self, path) -> Path:
         """Write to ``path`` (.h5/.hdf5: HDF5, .zarr: zarr) atomically: a temporary file in the same
-        folder, then renamed over the target."""
+        folder, then renamed over the target (``io.atomic`` naming: what a killed run left there is
+        removed by the next)."""
+        from ..io.atomic import remove_stale, temporary_path
+
         path = Path(path)
         write = _write_h5 if _kind(path) == "h5" else _write_zarr
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        remove_stale(path)
+        tmp = temporary_path(path)
         try:
             write(tmp, self._arrays(), self._attrs())
             _replace(tmp, path)
@@ -168,16 +172,18 @@ class PreprocessResult:
 # -- the workflow ---------------------------------------------------------------------------------
 def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=None,
                progress: Callable | None = None, cancel: Callable | None = None, client=None) -> PreprocessResult:
-    """Preprocess ``scan`` (a Scan, or a path ``open_scan`` reads).
+    """Preprocess ``scan`` (a Scan, a path ``open_scan`` reads, or a 4D array: see
+    ``scans.open_scans``).
 
-    flatfield: FlatField, or a path for ``load_flatfield``, or None. progress(done, total)
+    flatfield: FlatField, a path for ``load_flatfield``, a flood stack array (N, ky, kx), or None. progress(done, total)
     frames (a fitted-centring run counts every frame twice); cancel() -> True stops with
     ``Cancelled``. client: a dask.distributed Client to run on (default: the one
     ``pipeline.batch.use_client`` set, else threads in this process).
     """
     from ..processing.kernels import numba_version
     from .batch import current_client
-    from .scans import open_scans
+    from ..processing.flatfield import binning_note
+    from .scans import as_flatfield, open_scans
 
     t0 = time.time()
     client = client if client is not None else current_client()
@@ -187,10 +193,11 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     det = scan.detector_shape
     ff = None
     if flatfield is not None and params.use_flatfield:
-        ff = flatfield if isinstance(flatfield, FlatField) else load_flatfield(flatfield)
+        ff = as_flatfield(flatfield)
         if ff.shape != det:
-            raise ValueError(f"flat-field {ff.source or ''} {ff.shape} does not match the detector {det} "
-                             f"of {scan.source or 'the scan'}")
+            where = f" {ff.source}" if ff.source else ""
+            raise ValueError(f"flat-field{where}: {ff.shape[0]} x {ff.shape[1]} px, does not match the detector {det} "
+                             f"of {scan.source or 'the scan'}{binning_note(ff.shape, det)}")
     n = scan.n_frames
     sy, sx = scan.scan_shape
     missing = np.asarray(scan.missing, bool)
@@ -334,7 +341,9 @@ def _replace(tmp: Path, path: Path):
     if not (path.exists() and (tmp.is_dir() or path.is_dir())):
         os.replace(tmp, path)
         return
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    from ..io.atomic import temporary_path
+
+    old = temporary_path(path)
     os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old) if old.is_dir() else old.unlink()

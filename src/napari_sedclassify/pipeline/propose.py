@@ -48,7 +48,7 @@ class Proposal:
         return {"groups": self.groups, **self.details}
 
 
-def _scores(feats: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ring_and_spike_scores(feats: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ring height at 0.27 Å⁻¹, largest one-bin spike within the spot range) per frame."""
     k = int(np.argmin(np.abs(q - ICE_RING_Q_INVA)))
     ring = feats[:, max(0, k - 1):k + 2].mean(axis=1)
@@ -74,7 +74,7 @@ def propose_from_features(feats: np.ndarray, q_invA: np.ndarray, valid: np.ndarr
     out = np.zeros(n, dtype=np.uint8)
     group = np.full(n, -1, dtype=int)
     valid = valid & np.isfinite(feats).all(axis=1)
-    ring, spike = _scores(np.nan_to_num(feats), q_invA)
+    ring, spike = ring_and_spike_scores(np.nan_to_num(feats), q_invA)
     idx = np.flatnonzero(valid)
     if idx.size < 4:
         raise ValueError(f"only {idx.size} frames with a beam and a profile: too few to propose classes")

@@ -17,10 +17,58 @@ def is_path(x) -> bool:
 
 
 def open_scans(scans) -> list:
-    """Scans as Scan objects (paths are opened lazily with ``io.open_scan``)."""
+    """Scans as Scan objects: paths are opened lazily with ``io.open_scan``, 4D arrays (numpy,
+    memory map, dask: (scan_y, scan_x, det_y, det_x), no metadata) are wrapped in a Scan with the
+    default geometry (all values "assumed"), Scans pass through. Each is checked before any work:
+    a ValueError (TypeError for something that is no scan at all) names it and the problem."""
     from ..io import open_scan
 
-    return [open_scan(s) if is_path(s) else s for s in scans]
+    opened = []
+    for i, s in enumerate(scans):
+        scan = open_scan(s) if is_path(s) else _as_scan(s, i)
+        _check_frames(scan, i)
+        opened.append(scan)
+    return opened
+
+
+#: Frame dtypes a scan may have: counts (unsigned or signed integers) or floating point.
+_FRAME_KINDS = {"u": "unsigned integer", "i": "integer", "f": "floating point"}
+
+
+def _as_scan(obj, index: int):
+    from ..scan import Scan
+
+    if isinstance(obj, Scan):
+        return obj
+    shape = getattr(obj, "shape", None)
+    if shape is None or not hasattr(obj, "dtype"):
+        raise TypeError(f"scan {index + 1}: expected a Scan, a file path or a 4D array (scan_y, scan_x, det_y, "
+                        f"det_x), got {type(obj).__name__}")
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 4:
+        hint = (f"; a stack of {shape[0]} frames needs its scan shape: "
+                "Scan(frames.reshape(scan_y, scan_x, det_y, det_x))" if len(shape) == 3 else "")
+        raise ValueError(f"scan {index + 1}: expected a 4D array (scan_y, scan_x, det_y, det_x), "
+                         f"got shape {shape}{hint}")
+    _check_not_empty(f"scan {index + 1}", shape)
+    return Scan(obj)
+
+
+def _check_not_empty(where: str, shape) -> None:
+    sy, sx, ky, kx = shape
+    if min(shape) < 1:
+        raise ValueError(f"{where}: the scan is empty: {sy} x {sx} positions of {ky} x {kx} px frames")
+
+
+def _check_frames(scan, index: int) -> None:
+    """Shape and dtype checks that need no frame read: an empty scan or frame, or frames that are
+    not numbers (bool, complex, strings), stop here rather than deep in the frame kernels."""
+    where = scan_name(scan, index) if scan.source is None else str(scan.source)
+    _check_not_empty(where, tuple(scan.scan_shape) + tuple(scan.detector_shape))
+    dtype = np.dtype(scan.dtype)
+    if dtype.kind not in _FRAME_KINDS:
+        raise ValueError(f"{where}: frames of dtype {dtype} cannot be processed: expected counts "
+                         f"({', '.join(_FRAME_KINDS.values())})")
 
 
 def scan_name(scan, index: int = 0) -> str:
@@ -47,16 +95,26 @@ def flatfields_for(flatfield, n: int) -> list:
     if not isinstance(flatfield, (list, tuple)):
         flatfield = [flatfield]
     if len(flatfield) == 1:
-        return [_load_flatfield(flatfield[0])] * n
+        return [as_flatfield(flatfield[0])] * n
     if len(flatfield) != n:
         raise ValueError(f"{len(flatfield)} flat-fields for {n} scans: give one for all scans or one per scan")
     cache = {}
-    return [cache.setdefault(str(f), _load_flatfield(f)) if is_path(f) else f for f in flatfield]
+    return [cache.setdefault(str(f), as_flatfield(f)) if is_path(f) else as_flatfield(f) for f in flatfield]
 
 
-def _load_flatfield(f):
+def as_flatfield(f):
+    """A FlatField from a FlatField, a path (``processing.load_flatfield``) or an array: a flood
+    stack (N, ky, kx) or one flood frame (ky, kx); None stays None."""
+    from ..processing import FlatField, load_flatfield
+
+    if f is None or isinstance(f, FlatField):
+        return f
     if is_path(f):
-        from ..processing import load_flatfield
-
         return load_flatfield(f)
-    return f
+    if not hasattr(f, "shape"):
+        raise TypeError(f"flat-field: expected a FlatField, a file path or a flood stack array (N, ky, kx), "
+                        f"got {type(f).__name__}")
+    try:
+        return FlatField.from_flood(f, source="from an array")
+    except ValueError as exc:
+        raise ValueError(str(exc) if str(exc).startswith("flat-field") else f"flat-field: {exc}") from None

@@ -156,9 +156,10 @@ def correct_frames(raw, corr, dark, use_dark, saturation, out):
 
 
 @njit(nogil=True, cache=True)
-def bin_sums(frame, b, row_step, out):
-    """Sum of the finite pixels of each b x b block of one frame into out (ceil(ky/b), ceil(kx/b)),
-    reading every row_step-th row of each block (a beam wider than row_step px is still seen)."""
+def bin_sums(frame, b, row_step, floor, out):
+    """Sum of the finite pixels of each b x b block of one frame, each less ``floor`` (the frame's
+    pedestal, ``frame_floor``), into out (ceil(ky/b), ceil(kx/b)), reading every row_step-th row of
+    each block (a beam wider than row_step px is still seen)."""
     ky, kx = frame.shape
     nby, nbx = out.shape
     acc = np.zeros(kx, np.float32)
@@ -167,7 +168,7 @@ def bin_sums(frame, b, row_step, out):
         for y in range(yb * b, min(ky, (yb + 1) * b), row_step):
             for x in range(kx):
                 v = frame[y, x]
-                acc[x] += v if v == v else np.float32(0)
+                acc[x] += v - floor if v == v else np.float32(0)
         o = out[yb]
         o[:] = 0
         for j in range(b):  # column j of every block, the blocks side by side: independent sums
@@ -175,6 +176,20 @@ def bin_sums(frame, b, row_step, out):
                 x = xb * b + j
                 if x < kx:
                     o[xb] += acc[x]
+
+
+@njit(nogil=True, cache=True)
+def frame_floor(frame, row_step):
+    """The lowest finite value of every row_step-th row of one frame when below zero (frames with a
+    pedestal or dark level subtracted: int32 or float data), else 0 (counts): what the centre
+    search takes as no electron, so that a constant pedestal moves no beam."""
+    low = np.float32(0)
+    for y in range(0, frame.shape[0], row_step):
+        for x in range(frame.shape[1]):
+            v = frame[y, x]
+            if v < low:  # False for NaN
+                low = v
+    return low
 
 
 @njit(nogil=True, cache=True)
@@ -216,7 +231,7 @@ def _span(c, half, n):
 
 
 @njit(nogil=True, cache=True)
-def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, py, px, wy, wx, res):
+def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, floor, py, px, wy, wx, res):
     """Centre of mass of the beam disc in a (2 half + 1)^2 window about index (cy0, cx0).
 
     Background = median of the window's border, peak = the k_peak-th largest value (so a few hot
@@ -224,7 +239,7 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, py, px, wy, wx, res):
     in a bright halo: HALO_RING_PX) weigh min(v, cap) - threshold with cap at 85 % of the way
     to the peak (the peak itself when the threshold is higher), so a saturated top counts as
     uniform. Positions are the physical pixel centres py, px, weights times the pixel areas
-    wy x wx.
+    wy x wx. floor: the frame's pedestal (``frame_floor``), the zero of the Poisson counts.
     Writes (cy, cx) physical px, the area above threshold, peak, bg, edge fraction (0.5 or
     SATURATED_EDGE: where between bg and peak the threshold was) to res; returns False when
     no beam stands out (res[3], res[4] then hold the window's peak and background).
@@ -262,7 +277,7 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, py, px, wy, wx, res):
     # saturated) only bounds the beam's height from below, so it needs SATURATED_SNR_FACTOR of that
     # (6-bit counters: a saturated beam at 63 on a halo of 30 counts is 6 sigmas, never 10)
     snr = min_snr * (SATURATED_SNR_FACTOR if peak >= sat else 1.0)
-    if not np.isfinite(peak) or peak - bg <= snr * math.sqrt(max(bg, 0.0) + 1.0):
+    if not np.isfinite(peak) or peak - bg <= snr * math.sqrt(max(bg - floor, 0.0) + 1.0):
         return False
     f = 0.5
     for _ in range(2):
@@ -496,12 +511,12 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, iy_edges, ix_edges
 
 
 @njit(nogil=True, cache=True)
-def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex, iy_edges, ix_edges,
-           res, at):
+def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx, ey, ex, iy_edges,
+           ix_edges, res, at):
     """Whether the window of ``half`` about index (iy, ix) is a fixed point of the centre of mass
     (which then goes to res, its index centre to at); res is left as it was when not."""
     keep = res.copy()
-    if _refine(frame, iy, ix, half, k_peak, min_snr, sat, py, px, wy, wx, res):
+    if _refine(frame, iy, ix, half, k_peak, min_snr, sat, floor, py, px, wy, wx, res):
         at[0] = _interp(res[0], ey, iy_edges)
         at[1] = _interp(res[1], ex, ix_edges)
         th = min(max(int(2.5 * math.sqrt(res[2] / math.pi)) + 3, half0), half_max)
@@ -512,8 +527,8 @@ def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, sat, py, px, w
 
 
 @njit(nogil=True, cache=True)
-def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex, iy_edges, ix_edges, res,
-              at):
+def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx, ey, ex, iy_edges,
+              ix_edges, res, at):
     """Iterate the thresholded centre of mass from index (cy, cx), the window sized to 2.5 beam
     radii, until the window (its integer position and size, all that ``_refine`` depends on) stops
     changing; the index centre goes to at[0], at[1]. False: no beam.
@@ -529,7 +544,7 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, py, px, wy, 
     px0 = -1
     ph0 = -1
     for _ in range(12):
-        if not _refine(frame, wy0, wx0, half, k_peak, min_snr, sat, py, px, wy, wx, res):
+        if not _refine(frame, wy0, wx0, half, k_peak, min_snr, sat, floor, py, px, wy, wx, res):
             if half < half_max and np.isfinite(res[3]) and res[4] > 0.5 * res[3]:
                 # the window's border is over half as bright as its peak: it lies inside a disc
                 # wider than itself (a convergent beam); look again in one twice the size
@@ -547,7 +562,7 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, py, px, wy, 
             # hair of a pixel boundary can be a fixed point of the neighbouring window too: take
             # the lower of the two, whichever the search reached first. Likewise a window one px
             # smaller can hold the same beam at a fixed point: take the smallest such window.
-            while half > half0 and _fixed(frame, wy0, wx0, half - 1, half0, half_max, k_peak, min_snr, sat,
+            while half > half0 and _fixed(frame, wy0, wx0, half - 1, half0, half_max, k_peak, min_snr, sat, floor,
                                           py, px, wy, wx, ey, ex, iy_edges, ix_edges, res, at):
                 half, cy, cx = half - 1, at[0], at[1]
             for axis in range(2):
@@ -557,7 +572,7 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, py, px, wy, 
                     continue
                 ty = wy0 - 1 if axis == 0 else wy0
                 tx = wx0 - 1 if axis == 1 else wx0
-                if _fixed(frame, ty, tx, half, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex,
+                if _fixed(frame, ty, tx, half, half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx, ey, ex,
                           iy_edges, ix_edges, res, at):
                     wy0, wx0, cy, cx = ty, tx, at[0], at[1]
             break
@@ -565,7 +580,7 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, py, px, wy, 
             # two windows alternate: settle on the lower-left one, whichever came first
             if (ny, nx, nh) < (wy0, wx0, half):
                 wy0, wx0, half = ny, nx, nh
-            if not _refine(frame, wy0, wx0, half, k_peak, min_snr, sat, py, px, wy, wx, res):
+            if not _refine(frame, wy0, wx0, half, k_peak, min_snr, sat, floor, py, px, wy, wx, res):
                 return False
             cy = _interp(res[0], ey, iy_edges)
             cx = _interp(res[1], ex, ix_edges)
@@ -608,7 +623,8 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, py,
     alone, whatever chunk it travels in (batch and live agree exactly); then a circle fitted to the
     beam's half-height edge (where it has enough ordinary pixels). A beam stands out of its
     window's background by min_snr Poisson sigmas, or by SATURATED_SNR_FACTOR of that when its
-    top is at the counter's full value ``sat`` (inf: unknown)."""
+    top is at the counter's full value ``sat`` (inf: unknown). A frame with a pedestal subtracted
+    (values below zero) is searched as if its lowest value were zero (``frame_floor``)."""
     n, ky, kx = frames.shape
     iy_edges = np.arange(ky + 1) - 0.5
     ix_edges = np.arange(kx + 1) - 0.5
@@ -626,11 +642,12 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, py,
         found[i] = False
         radius[i] = np.nan
         ok = False
+        floor = frame_floor(frames[i], row_step)
         if warm and np.isfinite(prev[0]):
-            ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, sat, py, px, wy, wx,
+            ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx,
                            ey, ex, iy_edges, ix_edges, res, at) and 0.5 * prev[2] <= res[2] <= 2.0 * prev[2]
         if not ok:
-            bin_sums(frames[i], b, row_step, blocks)
+            bin_sums(frames[i], b, row_step, floor, blocks)
             best = 0.0
             by = -1
             bx = -1
@@ -654,7 +671,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, py,
                         best = blocks[yy, xx]
                         cy = yy * b + 0.5 * (b - 1)
                         cx = xx * b + 0.5 * (b - 1)
-            ok = _converge(frames[i], cy, cx, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex,
+            ok = _converge(frames[i], cy, cx, half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx, ey, ex,
                            iy_edges, ix_edges, res, at)
         if not ok:
             prev[0] = np.nan

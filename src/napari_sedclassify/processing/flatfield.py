@@ -50,40 +50,45 @@ class FlatField:
             if self.dark.shape != self.gain.shape:
                 raise ValueError(f"flat-field: dark frame {self.dark.shape} does not match gain {self.gain.shape}")
 
+    def __str__(self) -> str:
+        """Where it came from (a provenance names the flat-field so)."""
+        return self.source or f"flat-field {self.shape[0]}x{self.shape[1]} px"
+
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.gain.shape)
 
     @classmethod
-    def from_flood(cls, flood, dark=None, *, dead_fraction: float = 0.1, hot_sigma: float = 12.0,
+    def from_flood(cls, flood, dark=None, *, bad_pixels=None, dead_fraction: float = 0.1, hot_sigma: float = 12.0,
                    hot_ratio: float = 10.0, source: str | None = None) -> "FlatField":
         """Gain map and mask from a flood stack (N, ky, kx) (or one flood frame (ky, kx)).
 
-        Dead: response < dead_fraction of the median. Hot: response > median + hot_sigma robust
+        Dead: response < dead_fraction of the median, or no finite value in any frame (a NaN in
+        some frames only leaves the mean of the others). Hot: response > median + hot_sigma robust
         sigmas AND > hot_ratio x median (wide chip-edge pixels, up to ~6x the area at the quad's
-        centre, stay: the gain corrects them). The stack is streamed frame by frame (float64 sum), never copied whole.
+        centre, stay: the gain corrects them). bad_pixels: (ky, kx) bool the detector itself marks
+        bad (a DECTRIS pixel_mask): dead whatever they read. The stack is streamed frame by frame
+        (float64 sums), never copied whole.
         """
         flood = flood if hasattr(flood, "shape") else np.asarray(flood)
         if len(flood.shape) == 2:
             flood = flood[None]
         if len(flood.shape) == 4 and hasattr(flood, "blocks"):  # a scan's frames, read block by block
-            total = np.zeros(flood.shape[2:], dtype=np.float64)
-            for _, rows, cols in flood.blocks():
-                total += np.asarray(flood[rows, cols], dtype=np.float64).sum(axis=(0, 1))
+            blocks = (flood[rows, cols] for _, rows, cols in flood.blocks())
             n = flood.shape[0] * flood.shape[1]
         elif len(flood.shape) != 3 or flood.shape[0] == 0:
             raise ValueError(f"flat-field: expected a flood stack (N, ky, kx), got shape {tuple(flood.shape)}")
         else:
-            total = np.zeros(flood.shape[1:], dtype=np.float64)
-            for i in range(flood.shape[0]):
-                total += np.asarray(flood[i], dtype=np.float64)
+            blocks = (flood[i] for i in range(flood.shape[0]))
             n = flood.shape[0]
-        mean = total / n
+        mean = _finite_mean(blocks, tuple(flood.shape[-2:]))
         if dark is not None:
             dark = np.asarray(dark, dtype=np.float64)
             if dark.shape != mean.shape:
                 raise ValueError(f"flat-field: dark frame {dark.shape} does not match the flood {mean.shape}")
             mean = mean - dark
+        if bad_pixels is not None:
+            mean = np.where(bad_pixels, np.nan, mean)
         _check_flat(mean, n)
         return cls.from_response(mean, dark=dark, dead_fraction=dead_fraction, hot_sigma=hot_sigma,
                                  hot_ratio=hot_ratio, source=source)
@@ -97,7 +102,8 @@ class FlatField:
             raise ValueError(f"flat-field: expected a 2D gain map, got shape {resp.shape}")
         finite = np.isfinite(resp)
         if not finite.any() or not (resp[finite] > 0).any():
-            raise ValueError("flat-field: the flood has no positive response")
+            raise ValueError("flat-field: no positive response in any pixel (every one reads 0 or less, or nothing): "
+                             "not a flood or gain map")
         med = float(median(resp[finite & (resp > 0)]))
         dead = ~finite | (resp < dead_fraction * med)
         live = resp[~dead]
@@ -154,6 +160,24 @@ class FlatField:
         return out.reshape(frames.shape)
 
 
+def _finite_mean(blocks, frame_shape) -> np.ndarray:
+    """Per pixel, the mean of its finite values over blocks of frames (..., ky, kx); NaN where none is."""
+    total = np.zeros(frame_shape, np.float64)
+    counted = np.zeros(frame_shape, np.int64)
+    for block in blocks:
+        block = np.asarray(block)
+        frames = block.reshape((-1,) + frame_shape)
+        if block.dtype.kind == "f":
+            finite = np.isfinite(frames)
+            total += np.where(finite, frames, 0.0).sum(axis=0, dtype=np.float64)
+            counted += finite.sum(axis=0)
+        else:
+            total += frames.sum(axis=0, dtype=np.float64)
+            counted += frames.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(counted > 0, total / counted, np.nan)
+
+
 def _mean_5x5(a: np.ndarray) -> np.ndarray:
     """Mean of each pixel's 5x5 neighbourhood, edges mirrored (scipy's uniform_filter, size 5)."""
     c = np.pad(np.asarray(a, np.float64), 2, mode="symmetric").cumsum(0).cumsum(1)
@@ -203,53 +227,112 @@ def native(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def load_flatfield(path, dark=None, **kwargs) -> FlatField:
-    """Flat-field from a file: a flood stack (N, ky, kx), one flood frame or a 2D gain map.
+#: io modules that read a flat-field themselves (``read_flatfield``: 2D images, no scan-shape note,
+#: errors that name ``--flatfield-dataset``); other formats are read as scans, their frames the flood.
+_FLATFIELD_READERS = ("hdf5", "tiff", "mat", "zarr_store")
+#: Formats that hold several arrays (a flat-field's ``dataset`` picks one).
+FORMATS_WITH_DATASETS = ("hdf5", "mat", "zarr_store")
+
+
+def load_flatfield(path, dark=None, *, dataset: str | None = None, **kwargs) -> FlatField:
+    """Flat-field from a file: a flood stack (N, ky, kx), one flood image or a 2D gain map.
 
     Reads anything ``np.load`` reads (.npy, .npz with one array) or
-    ``napari_sedclassify.io.open_scan`` opens (its frames are the flood stack). dark: optional
-    dark frame (array or path of the same kinds, averaged when a stack). kwargs: see
+    ``napari_sedclassify.io.open_scan`` opens (its frames are the flood stack), and 2D images in
+    HDF5 and TIFF files. A 2D image is the detector's response (a flood image of counts, or a gain
+    map normalised to 1: pixels that count more are divided more), except a DECTRIS master file's
+    ``detectorSpecific/flatfield``, the factors the detector multiplies counts by, whose inverse is
+    the response; the pixels a DECTRIS ``pixel_mask`` marks bad (nonzero) are masked. dataset: the
+    array to read in a file that holds several (HDF5, MATLAB, zarr; CLI ``--flatfield-dataset``);
+    a file with several candidates and none chosen is refused, naming them. dark: optional dark
+    frame (array or path of the same kinds, averaged when a stack). kwargs: see
     ``FlatField.from_flood``.
     """
     path = Path(path)
-    stack = _read_stack(path)
+    stack, bad = _read_flatfield_file(path, dataset)
     if dark is not None and not hasattr(dark, "shape"):
-        d = _read_stack(Path(dark))
+        d, _ = _read_flatfield_file(Path(dark))
         dark = np.mean(np.asarray(d, dtype=np.float64).reshape((-1,) + d.shape[-2:]), axis=0)
+    source = str(path) if dataset is None else f"{path}:/{str(dataset).strip('/')}"
     try:
-        return FlatField.from_flood(stack, dark=dark, source=str(path), **kwargs)
+        return FlatField.from_flood(stack, dark=dark, bad_pixels=bad, source=source, **kwargs)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise ValueError(f"{source}: {exc}") from exc
 
 
-def _read_stack(path: Path):
+def flatfield_datasets(path) -> list[tuple[str, tuple]]:
+    """(name, shape) of each array a flat-field file could be read from, for the formats that may
+    hold several (HDF5, DECTRIS master files included; MATLAB; zarr), as
+    ``load_flatfield(path, dataset=name)`` takes them; [] for other files. Reads headers only (a
+    MATLAB v5 file whole). Raises OSError or ValueError when the file cannot be read."""
+    import importlib
+
+    from ..io import format_of
+
+    fmt = format_of(Path(path))
+    if fmt not in FORMATS_WITH_DATASETS:
+        return []
+    return importlib.import_module(f"..io.{fmt}", __package__).flatfield_datasets(path)
+
+
+def _read_flatfield_file(path: Path, dataset: str | None = None):
+    """(flood stack or 2D image, bad pixels the file marks or None) of a flat-field file."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file")
     suffix = path.suffix.lower()
-    if suffix in (".npy", ".npz"):
-        with open(path, "rb") as f:
-            head = f.read(8)
-        signature = b"\x93NUMPY" if suffix == ".npy" else b"PK"
-        if not head.startswith(signature):  # else np.load would try pickle and talk of allow_pickle
-            raise ValueError(f"{path}: not a NumPy {suffix} file (it begins with {head!r}, not the {suffix} "
-                             "signature; a text file renamed?)")
-        try:
-            arr = np.load(path, mmap_mode="r" if suffix == ".npy" else None, allow_pickle=False)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable NumPy file ({exc})") from exc
-        if suffix == ".npz":
-            if len(arr.files) != 1:
-                raise ValueError(f"{path}: an .npz flat-field must hold one array, it holds {arr.files}")
-            arr = arr[arr.files[0]]
-    else:
-        from ..io import open_scan
+    if suffix not in (".npy", ".npz"):
+        import importlib
 
-        return open_scan(path).frame_source  # the scan's frames, read block by block
+        from ..io import format_of, open_scan, reading_flatfield
+
+        fmt = format_of(path)
+        if dataset is not None and fmt not in FORMATS_WITH_DATASETS:
+            raise ValueError(f"{path}: a flat-field dataset applies to HDF5, MATLAB and zarr files, not to "
+                             f"{suffix or fmt} files")
+        if fmt not in _FLATFIELD_READERS:
+            with reading_flatfield():  # a flood stack has no scan shape: no note about one
+                return open_scan(path).frame_source, None  # the file's frames, read block by block
+        reader = importlib.import_module(f"..io.{fmt}", __package__)
+        found = reader.read_flatfield(path, dataset) if fmt in FORMATS_WITH_DATASETS else reader.read_flatfield(path)
+        return found.frames, found.bad_pixels
+    if dataset is not None:
+        raise ValueError(f"{path}: a flat-field dataset applies to HDF5, MATLAB and zarr files, not to {suffix} files")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    signature = b"\x93NUMPY" if suffix == ".npy" else b"PK"
+    if not head.startswith(signature):  # else np.load would try pickle and talk of allow_pickle
+        raise ValueError(f"{path}: not a NumPy {suffix} file (it begins with {head!r}, not the {suffix} "
+                         "signature; a text file renamed?)")
+    try:
+        arr = np.load(path, mmap_mode="r" if suffix == ".npy" else None, allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable NumPy file ({exc})") from exc
+    if suffix == ".npz":
+        if len(arr.files) != 1:
+            raise ValueError(f"{path}: an .npz flat-field must hold one array, it holds {arr.files}")
+        arr = arr[arr.files[0]]
     if arr.ndim == 4:
         arr = arr.reshape((-1,) + arr.shape[-2:])
     if arr.ndim not in (2, 3):
         raise ValueError(f"{path}: a flat-field must be 2D (gain map) or 3D (flood stack), got shape {arr.shape}")
-    return arr
+    return arr, None
+
+
+def binning_note(flatfield_shape, detector_shape) -> str:
+    """For the error of a flat-field whose shape is not the detector's: the binning that relates
+    the two (": the flat-field is the detector binned 2x2 ..."), or "" when none does."""
+    (fy, fx), (dy, dx) = (tuple(int(v) for v in flatfield_shape), tuple(int(v) for v in detector_shape))
+    if fy < dy and dy % fy == 0 and dx % fx == 0 and dy // fy == dx // fx:
+        b = dy // fy
+        return (f": the flat-field is the detector binned {b}x{b}, which cannot correct single pixels "
+                f"(record the flood unbinned, as the scan)")
+    if fy > dy and fy % dy == 0 and fx % dx == 0 and fy // dy == fx // dx:
+        b = fy // dy
+        return (f": the scan's frames are binned {b}x{b} (record the flood with the same binning, or sum "
+                f"its frames over {b}x{b} pixels)")
+    return ""
 
 
 def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,

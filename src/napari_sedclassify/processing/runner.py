@@ -23,6 +23,7 @@ reads its own frames), or an iterator of ``(index, frames)`` chunks (live acquis
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -359,12 +360,13 @@ class FrameRunner:
 
     def _run_distributed(self, tasks, n, centres, progress, cancel, client, store):
         import dask
-        from distributed import as_completed
+        from distributed import KilledWorker
+        from distributed import wait as wait_any
 
         store = self.allocate(n, centres is None) if store is None else store
         # part of the graph, not scattered: a worker that dies takes no irreplaceable data with it
         runner = dask.delayed(self, pure=True)
-        window = 4 * max(1, len(client.scheduler_info().get("workers", {})) or 1)
+        window = 4 * max(1, sum(client.nthreads().values()))
         done = 0
 
         def submit(index, blk):
@@ -372,15 +374,55 @@ class FrameRunner:
             return client.compute(dask.delayed(_run_block)(runner, blk, index, c), retries=3)
 
         tasks = iter(tasks)
-        queue = as_completed([submit(*t) for _, t in zip(range(window), tasks)])
-        for fut in queue:
-            part = fut.result()
-            fut.release()
-            done = self._merge_done(store, [part], done, n, progress, cancel, queue.futures)
-            nxt = next(tasks, None)
-            if nxt is not None:
-                queue.add(submit(*nxt))
+        pending = {submit(*t) for _, t in zip(range(window), tasks)}
+        workers_seen = time.monotonic()
+        while pending:
+            try:
+                finished, pending = wait_any(pending, timeout=WORKER_CHECK_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished meanwhile: are there workers at all?
+                workers_seen = _check_workers(client, workers_seen, done, n, pending)
+                self._merge_done(store, [], done, n, None, cancel, pending)  # a cancel meanwhile
+                continue
+            workers_seen = time.monotonic()
+            for fut in finished:
+                try:
+                    part = fut.result()
+                except KilledWorker:
+                    _cancel(pending)
+                    raise ChildProcessError(f"dask workers died each time they ran one block of frames (out of "
+                                            f"memory? see the workers' logs); stopped after {done} of {n} "
+                                            "frames") from None
+                fut.release()
+                done = self._merge_done(store, [part], done, n, progress, cancel, pending)
+                nxt = next(tasks, None)
+                if nxt is not None:
+                    pending.add(submit(*nxt))
         return store
+
+
+#: Seconds between checks that a dask cluster still has workers while none of its tasks finishes ...
+WORKER_CHECK_S = 1.0
+#: ... and how long it may have none before the run stops with an error (a scheduler whose workers
+#: all stopped, or that never had any, kept a run waiting without end, its progress bar frozen).
+WORKERLESS_S = 60.0
+
+
+def _check_workers(client, workers_seen: float, done: int, n: int, pending) -> float:
+    """The time workers were last seen (now, when the cluster has some); ConnectionError when it
+    has had none for WORKERLESS_S."""
+    if client.nthreads():
+        return time.monotonic()
+    if time.monotonic() - workers_seen < WORKERLESS_S:
+        return workers_seen
+    _cancel(pending)
+    raise ConnectionError(f"the dask cluster at {client.scheduler.address} has had no workers for "
+                          f"{WORKERLESS_S:g} s ({'none joined' if done == 0 else 'they stopped'}; "
+                          f"{done} of {n} frames done): start workers (`dask worker ADDRESS`) and run again")
+
+
+def _cancel(futures) -> None:
+    for fut in futures:
+        fut.cancel()
 
 
 def _run_block(runner: FrameRunner, block, index, centres):

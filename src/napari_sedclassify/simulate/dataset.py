@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..classes import ClassTable
 from .params import session_params
-from .simulation import SimulatedScan, flatfield_name, sidecar_paths, simulate_scan
+from .simulation import SimulatedScan, sidecar_paths, simulate_scan
 from .writer import save_json
 
 DATASET_FILE = "dataset.json"
@@ -27,9 +27,9 @@ def sample_scan() -> SimulatedScan:
 
 def _scan_entry(out_dir: Path, name, session, seed, flat_seed, scan_shape, detector_px, progress) -> dict:
     path = out_dir / f"{name}.npy"
-    simulate_scan(path, scan_shape=scan_shape, detector_px=detector_px, session=session, seed=seed,
-                  flatfield_seed=flat_seed, progress=progress)
-    files = {**sidecar_paths(path), "flatfield": Path(flatfield_name(session_params(session).name))}
+    sim = simulate_scan(path, scan_shape=scan_shape, detector_px=detector_px, session=session, seed=seed,
+                        flatfield_seed=flat_seed, progress=progress)
+    files = {**sidecar_paths(path), "flatfield": sim.flatfield_path}
     return {"name": name, "session": session_params(session).name, "seed": seed,
             **{k: files[k].name for k in _ENTRY_FILES}}
 

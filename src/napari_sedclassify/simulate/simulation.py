@@ -110,6 +110,21 @@ def simulate_flatfield(out_path=None, *, detector_px: int = 512, session="A", n_
     return frames
 
 
+def _flat_path(folder: Path, session: str, flat_meta: dict) -> Path:
+    """Where a scan's flat-field goes: ``flatfield_<session>.npy``, or the one of that session in
+    ``folder`` made the same way (detector, seed, frames), or the next free ``flatfield_<session>_<k>.npy``:
+    a scan of another detector size in the same folder once replaced the flat-field of the scans
+    written before it, which then failed with a shape mismatch (or were corrected with the wrong
+    gain)."""
+    stem = Path(flatfield_name(session)).stem
+    k = 1
+    while True:
+        path = folder / (f"{stem}.npy" if k == 1 else f"{stem}_{k}.npy")
+        if not path.exists() or _same_json(path.with_suffix(".json"), flat_meta):
+            return path
+        k += 1
+
+
 def _flat_meta(sess: SessionParams, detector_px, n_frames, seed) -> dict:
     geom = true_geometry(sess, detector_px, nominal=True).replace(scan_step_nm=None)
     return {
@@ -173,7 +188,8 @@ def simulate_scan(out_path=None, *, scan_shape=(40, 40), detector_px: int = 512,
     if out_path.suffix.lower() != ".npy":
         raise ValueError(f"{out_path}: a simulated scan is written as .npy; give a path ending in .npy")
     paths = sidecar_paths(out_path)
-    flat_path = out_path.parent / flatfield_name(sess.name)
+    flat_meta = _flat_meta(sess, n, flatfield_frames, flatfield_seed)
+    flat_path = _flat_path(out_path.parent, sess.name, flat_meta)
     meta["files"] = {k: p.name for k, p in paths.items()}
     meta["files"]["flatfield"] = flat_path.name
     with NpyStreamWriter(out_path, (sy, sx, n, n), np.uint16) as w:
@@ -187,8 +203,7 @@ def simulate_scan(out_path=None, *, scan_shape=(40, 40), detector_px: int = 512,
     write_npy(paths["overview"], overview)
     write_npy(paths["fractions"], content.fractions.astype(np.float32))
     write_npy(paths["thickness"], content.thickness.astype(np.float32))
-    flat_meta = _flat_meta(sess, n, flatfield_frames, flatfield_seed)
-    if not _same_json(flat_path.with_suffix(".json"), flat_meta) or not flat_path.exists():
+    if not flat_path.exists():
         simulate_flatfield(flat_path, detector_px=n, session=sess, n_frames=flatfield_frames, seed=flatfield_seed)
     save_json(paths["metadata"], meta)
     return load_simulated(out_path)

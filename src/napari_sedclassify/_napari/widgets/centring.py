@@ -94,6 +94,11 @@ class CentringWidget(Container):
             self._maps_generation = generation = self._maps_generation + 1
         if generation != self._maps_generation:  # a newer result is being shown
             return
+        try:
+            if layer not in self._viewer.layers:  # its scan was removed meanwhile: no maps of a scan gone
+                return
+        except RuntimeError:  # the viewer closed meanwhile
+            return
         (name, (data, cmap)), rest = items[0], items[1:]
         finite = data[np.isfinite(data)]
         limits = (float(finite.min()), float(finite.max()) + 1e-6) if finite.size else (0.0, 1.0)

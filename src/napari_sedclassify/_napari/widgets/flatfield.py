@@ -1,5 +1,6 @@
 """Flat-field widget: load a flat-field (gain) acquisition for a scan, see its gain map and
-the dead/hot pixels it masks."""
+the dead/hot pixels it masks. A file that holds several arrays (HDF5, MATLAB, zarr) lists them
+(name, shape) in a dataset box filled in a background thread; none is chosen until the user does."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton
 from napari.utils.notifications import show_error
 
-from ..jobs import BackgroundJob, JobButtons, wrapped_label
+from ..jobs import BackgroundJob, JobButtons, short_message, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
 from ..plots import FigureView, form
@@ -32,6 +33,48 @@ def flatfield_beside(layer):
     return None
 
 
+def may_hold_several(path) -> bool:
+    """Whether ``path`` is a file (or zarr folder) of a format that may hold several arrays."""
+    from ...io import format_of
+    from ...processing.flatfield import FORMATS_WITH_DATASETS
+
+    path = Path(path)
+    return str(path) not in ("", ".") and path.exists() and format_of(path) in FORMATS_WITH_DATASETS
+
+
+def flatfield_datasets(path) -> list[tuple[str, str]]:
+    """(name, shape in words) of each array a flat-field file could be read from
+    (``processing.flatfield.flatfield_datasets``); [] for files that hold one."""
+    from ...processing.flatfield import flatfield_datasets as engine_datasets
+
+    return [(name, _shape_words(shape)) for name, shape in engine_datasets(path)] if may_hold_several(path) else []
+
+
+def _shape_words(shape) -> str:
+    """"128 x 128 px image", "20 frames of 128 x 128 px", "4x5 frames of 128 x 128 px"."""
+    *lead, ky, kx = (int(v) for v in shape)
+    return f"{ky} x {kx} px image" if not lead else f"{'x'.join(map(str, lead))} frames of {ky} x {kx} px"
+
+
+def datasets_and_reason(path) -> tuple[list[tuple[str, str]], str]:
+    """(the arrays a flat-field file offers, the one line a load without a choice is refused with,
+    or ""): in a worker thread (a MATLAB v5 file is read whole, a DECTRIS master file opens its
+    data files). A file that cannot be read gives no arrays and the reason."""
+    from ...processing import load_flatfield
+
+    try:
+        found = flatfield_datasets(path)
+    except Exception as exc:  # h5py, zarr and scipy raise many kinds for a damaged file
+        return [], f"{path}: cannot list its datasets ({' '.join(str(exc).split())})"
+    if len(found) < 2:
+        return found, ""
+    try:  # the engine refuses it before reading any frame, naming the candidates: its words
+        load_flatfield(path)
+    except Exception as exc:
+        return found, short_message(exc)
+    return found, ""
+
+
 class FlatFieldWidget(Container):
     """Load a flat-field (a flood stack, one flood frame or a gain map) for the selected scan."""
 
@@ -39,16 +82,81 @@ class FlatFieldWidget(Container):
         super().__init__(labels=False)
         self._viewer = napari_viewer
         self._scan = scan_picker(napari_viewer)
-        self._path = FileEdit(label="flat-field file", mode="r", filter="*.npy *.npz *.h5 *.hdf5 *.mib *.tif *.tiff")
+        self._path = FileEdit(label="flat-field file", mode="r",
+                              filter="*.npy *.npz *.h5 *.hdf5 *.hdf *.nxs *.emd *.mat *.mib *.tif *.tiff")
+        self._dataset = ComboBox(label="dataset", choices=[], nullable=True, visible=False)
+        self._dataset.null_string = "(choose the flat-field's dataset)"
+        self._datasets_note = wrapped_label()
+        self._datasets_note.visible = False
+        self._listing = None  # the job listing the chosen file's datasets
+        self._listed = None  # the file the dataset box lists
+        self._refusal = ""  # why that file is refused while no dataset is chosen
         self._jobs = JobButtons("Load flat-field", self.run)
         self._beside = PushButton(text="Use the scan's own flat-field")
         self._beside.changed.connect(lambda _=None: self.run(use_beside=True))
         self._summary = wrapped_label("No flat-field loaded: frames are used as recorded.")
-        self.extend([form(self._scan, self._path), self._jobs, self._beside, self._summary])
+        self.extend([form(self._scan, self._path, self._dataset), self._datasets_note, self._jobs, self._beside,
+                     self._summary])
         self.canvas = FigureView(4.0, 3.4, min_height=260)
         self.native.layout().addWidget(self.canvas)
         self._scan.changed.connect(lambda _=None: self.show_flatfield())
+        self._path.changed.connect(lambda _=None: self.list_datasets())
+        self._dataset.changed.connect(lambda _=None: self._show_choice())
+        self.native.destroyed.connect(lambda *_: self._listing is not None and self._listing.orphan())
         self.show_flatfield()
+
+    def list_datasets(self):
+        """List the arrays of the chosen file in the dataset box (none chosen), read in the
+        background; a file with one or none needs no choice (box hidden). Returns the job, or
+        None when the file's format holds one array."""
+        path = self._path.value
+        self._listed = None
+        self._dataset.choices = []
+        self._dataset.visible = False
+        if self._listing is not None:
+            self._listing.orphan()
+            self._listing = None
+        text = str(path) if path is not None else ""
+        if not may_hold_several(text):
+            self._set_note("")
+            return None
+        self._set_note(f"reading the datasets of {Path(text).name}…")
+        self._listing = BackgroundJob(f"Datasets of {Path(text).name}",  # orphaned when another file is chosen
+                                      lambda report, cancelled: datasets_and_reason(text),
+                                      on_returned=lambda found_reason: self._show_datasets(text, *found_reason))
+        self._listing.show_progress = lambda done, total: None  # a quick look: no progress bar
+        self._listing.start()
+        return self._listing
+
+    def _show_datasets(self, path: str, found, reason: str):
+        """Fill the dataset box (several arrays) or hide it (one or none); the reason a load without
+        a choice is refused, or why the file cannot be read, in place."""
+        self._listed = path if len(found) > 1 else None
+        if len(found) > 1:
+            self._dataset.choices = [(f"{name}: {words}", name) for name, words in found]
+            self._dataset.value = None
+            self._dataset.visible = True
+        self._refusal = reason
+        self._set_note(reason)
+
+    def _show_choice(self):
+        """A dataset chosen: the refusal gives way to the choice (back when none is chosen again)."""
+        if self._listed is not None:
+            self._set_note(self._refusal if self._dataset.value is None else "")
+
+    def _set_note(self, text: str):
+        try:
+            self._datasets_note.value = text
+            self._datasets_note.visible = bool(text)
+        except RuntimeError:  # closed with its viewer meanwhile
+            pass
+
+    def chosen_dataset(self) -> str | None:
+        """The dataset chosen in the box for the file it lists, else None."""
+        path = self._path.value
+        if self._listed is None or path is None or str(path) != self._listed:
+            return None
+        return self._dataset.value
 
     def run(self, use_beside: bool = False):
         """Load the chosen file (or the scan's own flat-field) in the background; returns the job."""
@@ -60,6 +168,10 @@ class FlatFieldWidget(Container):
             show_error("Flat-field: open a scan first (File > Open or File > Open Sample).")
             return None
         source = flatfield_beside(layer) if use_beside else self._path.value
+        dataset = None if use_beside else self.chosen_dataset()
+        if not use_beside and dataset is None and self._listed == str(source):
+            show_error(f"Flat-field: choose its dataset. {self._refusal}")
+            return None
         if source is None or str(source) in ("", "."):
             show_error(
                 "Flat-field: this scan came without a flat-field; choose a flat-field file."
@@ -70,7 +182,7 @@ class FlatFieldWidget(Container):
 
         def work(report, cancelled):
             if isinstance(source, (str, Path)):
-                flatfield = load_flatfield(source)
+                flatfield = load_flatfield(source, dataset=dataset)
             else:
                 flatfield = FlatField.from_flood(source, source="scan's own flood frames")
             if flatfield.shape != scan.detector_shape:
@@ -98,9 +210,15 @@ class FlatFieldWidget(Container):
         self.canvas.render(partial(_draw_gain, gain, np.asarray(flatfield.mask)))
         p5, p95 = np.nanpercentile(gain, [5, 95])
         self._summary.value = (
-            f"{Path(str(flatfield.source)).name if flatfield.source else 'flat-field'}: gain {p5:.2f}-{p95:.2f} "
+            f"{_short_source(flatfield.source) if flatfield.source else 'flat-field'}: gain {p5:.2f}-{p95:.2f} "
             f"(5-95 %), {flatfield.n_dead} dead and {flatfield.n_hot} hot pixels masked"
         )
+
+
+def _short_source(source: str) -> str:
+    """The file name of a flat-field's source, with the dataset it was read from ("flat.h5:/entry/flood")."""
+    head, sep, dataset = str(source).rpartition(":/")
+    return f"{Path(head).name}:/{dataset}" if sep and Path(head).exists() else Path(str(source)).name
 
 
 def _draw_gain(gain, mask, figure) -> None:

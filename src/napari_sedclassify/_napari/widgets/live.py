@@ -141,15 +141,18 @@ class LiveWidget(Container):
                 ref = open_scan(calibration)
                 geometry = ref.geometry
                 metadata = {k: ref.metadata[k] for k in ("edge_pixel_width",) if k in ref.metadata}
+            ready = False
             try:
-                while not src.ready():  # a stream: until the detector is armed
-                    if cancelled():
-                        return None
+                while not cancelled():  # a stream: until the detector is armed
+                    ready = src.ready()
+                    if ready:
+                        break
                     time.sleep(0.01)
-            except BaseException:
-                if hasattr(src, "close"):
+            finally:  # stopped or failed before: the stream's receiver is stopped too
+                if not ready and hasattr(src, "close"):
                     src.close()
-                raise
+            if not ready:
+                return None
             sy, sx = src.scan_shape
             state = LiveClassMap((sy, sx), model.classes.ids, keep, model.classes.names)
             state.subscribe(lambda s: report(s.n_done, s.n_positions))
@@ -186,10 +189,12 @@ class LiveWidget(Container):
         and again at its end) as a napari warning."""
         from napari.utils.notifications import show_warning
 
+        from ..wording import in_napari_words
+
         for w in warnings:
             if w not in self._notified:
                 self._notified.add(w)
-                show_warning(f"Live: {w}")
+                show_warning(f"Live: {in_napari_words(w)}")
 
     def _warnings_html(self) -> str:
         import html
@@ -197,7 +202,9 @@ class LiveWidget(Container):
         shown = list(self.state.warnings) if self.state is not None else []
         if self.result is not None:
             shown += [w for w in self.result.warnings if w not in shown]
-        return "".join(f"<br><b>warning</b>: {html.escape(w, quote=False)}" for w in shown)
+        from ..wording import in_napari_words
+
+        return "".join(f"<br><b>warning</b>: {html.escape(in_napari_words(w), quote=False)}" for w in shown)
 
     def refresh(self):
         """Redraw the live layer and the summary if the state changed since the last redraw."""

@@ -172,7 +172,7 @@ class PredictionWidget(Container):
                 raise changed from exc
             out = run(card.kind, predict_features, str(path), feats, cancel=cancelled, child=in_child)
             # what the user must know before trusting it: assumed values, a q axis the ice ring says is off
-            return out, result, prediction_warnings(card, scan, result, layer.name)
+            return out, result, prediction_warnings(card, scan, result, layer.name, class_map=out["class_map"])
 
         def done(returned):
             out, result, warnings = returned
@@ -276,6 +276,9 @@ class PredictionWidget(Container):
         """Each warning of the prediction as a napari warning, and under the counts."""
         import html
 
+        from ..wording import in_napari_words
+
+        warnings = [in_napari_words(w) for w in warnings]
         for w in warnings:
             show_warning(f"Prediction: {w}")
         if warnings:

@@ -7,7 +7,7 @@ from functools import partial
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, RadioButtons, SpinBox
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 
 from ...classes import ClassTable
 from ...processing.ria import class_statistics, moving_average
@@ -25,6 +25,19 @@ CLASSES = "classes"
 
 def points_layer_name(scan_layer) -> str:
     return f"{scan_layer.name} RIA points"
+
+
+def _warned(warnings) -> str:
+    """What the user must know before trusting a fitted camera length (``CalibrationResult.warnings``):
+    each a napari warning, and the lines to add under the value."""
+    import html
+
+    from ..wording import in_napari_words
+
+    warnings = [in_napari_words(w) for w in warnings]
+    for w in warnings:
+        show_warning(f"Camera length: {w}")
+    return "".join(f"<br><b>warning</b>: {html.escape(w, quote=False)}" for w in warnings)
 
 
 class RIAWidget(Container):
@@ -85,7 +98,7 @@ class RIAWidget(Container):
             self.calibration_info.value = (
                 f"Camera length {result.camera_length_mm:.1f} ± {result.camera_length_sd_mm:.1f} mm (fitted from "
                 f"{result.frames_used} ice frames; was {result.nominal_camera_length_mm:g} mm, "
-                f"{result.nominal_origin})." + (f" {note}." if note else ""))
+                f"{result.nominal_origin})." + (f" {note}." if note else "") + _warned(result.warnings))
             self.plot()
 
         return self._calibrate.launch(BackgroundJob(f"Fitting the camera length of {layer.name}", work,

@@ -1,0 +1,60 @@
+"""Engine messages in the plugin's words.
+
+The engine's errors and warnings advise what to type on the command line (``--camera-length
+828``, ``sedclassify calibrate SCAN --write``, ``--flatfield-dataset NAME``); in napari the same
+values are set in widgets, and a user there has no command line to type them into. Every
+message the plugin shows from the engine goes through :func:`in_napari_words`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..geometry import FLAGS, NAMES
+
+_BY_FLAG = {flag: (NAMES[name], unit) for name, (flag, unit) in FLAGS.items()}
+_FLAG = "|".join(re.escape(f) for f in _BY_FLAG)
+
+
+def _valued(match) -> str:
+    name, unit = _BY_FLAG[match.group(1)]
+    return f"{name} {match.group(2)} {unit} (Scan geometry)"
+
+
+def _bare(match) -> str:
+    return f"the {_BY_FLAG[match.group(1)][0]} (Scan geometry)"
+
+
+_RULES = [
+    (re.compile(r"`sedclassify calibrate[^`]*`"), "the RIA widget's Fit camera length"),
+    (re.compile(r"`sedclassify propose`"), "the 'Classify before labeling' widget's Propose classes"),
+    (re.compile(r"--flatfield-dataset(?: NAME)?"), "the Flat-field widget's dataset box"),
+    (re.compile(rf"({_FLAG}) (\d+(?:\.\d+)?)\b"), _valued),
+    (re.compile(rf"({_FLAG})(?: [A-Z]{{2,}})?(?![\w-])"), _bare),
+]
+
+
+def _without_python_forms(text: str) -> str:
+    """``text`` without its " (Python: ...)" and " (in Python: ...)" asides (parentheses balanced)."""
+    out, i = [], 0
+    for start in (m.start() for m in re.finditer(r" \((?:in )?Python: ", text)):
+        if start < i:
+            continue
+        depth, j = 0, start + 1
+        while j < len(text):
+            depth += {"(": 1, ")": -1}.get(text[j], 0)
+            j += 1
+            if depth == 0:
+                break
+        out.append(text[i:start])
+        i = j
+    return "".join(out) + text[i:]
+
+
+def in_napari_words(text: str) -> str:
+    """``text`` with the command-line advice it holds put as the widgets that do the same, and
+    without the asides for Python users."""
+    text = _without_python_forms(text)
+    for pattern, replacement in _RULES:
+        text = pattern.sub(replacement, text)
+    return text
