@@ -83,7 +83,7 @@ def main():
     for r in rows:
         print(f"{r['rate_hz']:8.0f} {r['written_hz']:10d} {r['median_ms']:10.1f} {r['p95_ms']:8.1f} {r['max_ms']:8.1f} "
               f"{r['calibration_wait_ms']:15.0f} {r['lag_at_end_ms']:14.1f}")
-    print(f"median latency / one-frame baseline: " + ", ".join(
+    print("median latency / one-frame baseline: " + ", ".join(
         f"{r['rate_hz']:.0f} Hz {r['median_ms'] / one_ms:.1f}x" for r in rows))
     print(json.dumps({"one_frame_ms": one_ms, "rows": rows}, indent=2))
 

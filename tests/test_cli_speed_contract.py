@@ -324,8 +324,6 @@ def test_kernel_cache_folder_when_nothing_is_writable(monkeypatch, tmp_path):
 def test_sample_is_read_straight_from_the_reader(disk_scan, tmp_path, order):
     """The calibration sample comes straight from the reader, in this thread: the frames asked
     for, exactly, from an in-memory scan and from a file opened with no dask at all."""
-    import subprocess
-    import sys
 
     idx = np.array([0, 3, 7, 19]) if order == "sorted" else np.array([19, 2, 3, 11, 0])
     ref = np.asarray(disk_scan.data).reshape((-1,) + disk_scan.detector_shape)[idx]

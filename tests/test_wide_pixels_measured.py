@@ -17,7 +17,7 @@ from napari_sedclassify import Scan
 from napari_sedclassify.cli import main
 from napari_sedclassify.io import open_scan
 from napari_sedclassify.pipeline.preprocess import PreprocessResult, preprocess
-from napari_sedclassify.processing import FlatField, PreprocessParams
+from napari_sedclassify.processing import FlatField
 from napari_sedclassify.processing.pixels import measure_edge_pixel_width
 
 simulate = pytest.importorskip("napari_sedclassify.simulate")

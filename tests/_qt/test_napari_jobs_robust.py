@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from napari_sedclassify._napari.layers import scan_layer_data
-from napari_sedclassify.classes import AMORPHOUS_ICE, CARBON
+from napari_sedclassify.classes import CARBON
 
 PLUGIN = "napari-sedclassify"
 

@@ -157,8 +157,8 @@ def correct_frames(raw, corr, dark, use_dark, saturation, out):
 
 @njit(nogil=True, cache=True)
 def bin_sums(frame, b, row_step, floor, out):
-    """Sum of the finite pixels of each b x b block of one frame, each less ``floor`` (the frame's
-    pedestal, ``frame_floor``), into out (ceil(ky/b), ceil(kx/b)), reading every row_step-th row of
+    """Sum of the finite pixels of each b x b block of one frame, each less ``floor`` (the data's
+    pedestal, see find_centres), into out (ceil(ky/b), ceil(kx/b)), reading every row_step-th row of
     each block (a beam wider than row_step px is still seen)."""
     ky, kx = frame.shape
     nby, nbx = out.shape
@@ -176,20 +176,6 @@ def bin_sums(frame, b, row_step, floor, out):
                 x = xb * b + j
                 if x < kx:
                     o[xb] += acc[x]
-
-
-@njit(nogil=True, cache=True)
-def frame_floor(frame, row_step):
-    """The lowest finite value of every row_step-th row of one frame when below zero (frames with a
-    pedestal or dark level subtracted: int32 or float data), else 0 (counts): what the centre
-    search takes as no electron, so that a constant pedestal moves no beam."""
-    low = np.float32(0)
-    for y in range(0, frame.shape[0], row_step):
-        for x in range(frame.shape[1]):
-            v = frame[y, x]
-            if v < low:  # False for NaN
-                low = v
-    return low
 
 
 @njit(nogil=True, cache=True)
@@ -239,7 +225,7 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, floor, py, px, wy, wx, 
     in a bright halo: HALO_RING_PX) weigh min(v, cap) - threshold with cap at 85 % of the way
     to the peak (the peak itself when the threshold is higher), so a saturated top counts as
     uniform. Positions are the physical pixel centres py, px, weights times the pixel areas
-    wy x wx. floor: the frame's pedestal (``frame_floor``), the zero of the Poisson counts.
+    wy x wx. floor: the data's pedestal (see find_centres), the zero of the Poisson counts.
     Writes (cy, cx) physical px, the area above threshold, peak, bg, edge fraction (0.5 or
     SATURATED_EDGE: where between bg and peak the threshold was) to res; returns False when
     no beam stands out (res[3], res[4] then hold the window's peak and background).
@@ -613,8 +599,8 @@ def _box3_row(blocks, yb, box):
 
 
 @njit(nogil=True, cache=True)
-def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, py, px, wy, wx, ey, ex, centres, found,
-                 radius, warm):
+def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx, ey, ex, centres,
+                 found, radius, warm):
     """Direct-beam centre (index px) of each frame: an iterated thresholded centre of mass
     (physical px: pixel centres py, px, widths wy, wx, edges ey, ex) in a window grown to 2.5 beam
     radii, started (``warm``) from the previous frame's centre (the descan moves the beam little
@@ -623,8 +609,9 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, py,
     alone, whatever chunk it travels in (batch and live agree exactly); then a circle fitted to the
     beam's half-height edge (where it has enough ordinary pixels). A beam stands out of its
     window's background by min_snr Poisson sigmas, or by SATURATED_SNR_FACTOR of that when its
-    top is at the counter's full value ``sat`` (inf: unknown). A frame with a pedestal subtracted
-    (values below zero) is searched as if its lowest value were zero (``frame_floor``)."""
+    top is at the counter's full value ``sat`` (inf: unknown). ``floor``: the data's pedestal (0 for
+    counts; below zero for data with a pedestal or a dark level subtracted: int32 or float), what
+    the search takes as no electron, so that a constant pedestal moves no beam."""
     n, ky, kx = frames.shape
     iy_edges = np.arange(ky + 1) - 0.5
     ix_edges = np.arange(kx + 1) - 0.5
@@ -642,7 +629,6 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, py,
         found[i] = False
         radius[i] = np.nan
         ok = False
-        floor = frame_floor(frames[i], row_step)
         if warm and np.isfinite(prev[0]):
             ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx,
                            ey, ex, iy_edges, ix_edges, res, at) and 0.5 * prev[2] <= res[2] <= 2.0 * prev[2]

@@ -34,15 +34,20 @@ class CentreFinder(FrameProcessor):
     (batch, live, a stream, the frame view). A warm start agrees for all but rare frames whose beam
     has two distant fixed windows (17 of 17,280 frame/chunking combinations).
     saturation_counts: the counter's full value in raw counts (the plan's; saturated pixels keep
-    their raw value through the flat-field), None when unknown.
+    their raw value through the flat-field), None when unknown. pedestal_counts: the data's
+    pedestal (0 for counts; below zero for data with a pedestal or dark level subtracted), what
+    the search takes as no electron (the plan's, from its calibration sample: one value for every
+    frame, so that batch and live agree); None: measured on each chunk's first frame
+    (:func:`pedestal_of`).
     """
 
     needs_centres = False
 
     def __init__(self, beam_radius_px: float | None = None, coarse_bin: int | None = None,
                  min_snr: float = 10.0, k_peak: int = 9, grid: PixelGrid | None = None, warm_start: bool = False,
-                 saturation_counts: float | None = None):
+                 saturation_counts: float | None = None, pedestal_counts: float | None = None):
         self.beam_radius_px = beam_radius_px
+        self.pedestal_counts = None if pedestal_counts is None else float(pedestal_counts)
         self.saturation_counts = None if saturation_counts is None else float(saturation_counts)
         self.grid = grid
         self.coarse_bin = coarse_bin
@@ -67,9 +72,21 @@ class CentreFinder(FrameProcessor):
         g = grid_of(self.grid, (ky, kx))
         step = 2 if self.beam_radius_px is not None and self.beam_radius_px >= 2 else 1  # coarse search rows
         sat = np.inf if self.saturation_counts is None else self.saturation_counts
-        find_centres(frames, b, step, half0, half_max, self.k_peak, self.min_snr, sat, g.centres(0), g.centres(1),
+        floor = pedestal_of(frames[:1]) if self.pedestal_counts is None else self.pedestal_counts
+        find_centres(frames, b, step, half0, half_max, self.k_peak, self.min_snr, sat, floor, g.centres(0), g.centres(1),
                      g.widths(0), g.widths(1), g.edges(0), g.edges(1), c, found, radius, self.warm_start)
         return {"centre": c, "beam_found": found, "beam_radius_px": radius}
+
+
+def pedestal_of(frames) -> float:
+    """The pedestal of ``frames`` (raw or corrected): their lowest value when below zero (a
+    pedestal or dark level subtracted: int32 or float data), else 0 (counts, of any unsigned
+    type: not read). NaN values are left out."""
+    frames = np.asarray(frames)
+    if frames.size == 0 or frames.dtype.kind in "ub":
+        return 0.0
+    low = np.nanmin(frames[..., ::2, :]) if np.isfinite(frames).any() else 0.0
+    return float(min(0.0, low))
 
 
 def find_centre(frame, flatfield=None, **kwargs) -> tuple[float, float] | None:

@@ -28,7 +28,9 @@ class PreprocessPlan:
     full counter (None: none). bad_pixels: flat indices of the pixels the calibration sample showed
     hot or dead beyond the flat-field's own mask. beam_radius_px: direct-beam radius. resolved:
     every radius in px (``PreprocessParams.resolve``). calibration_frames: frames the sample held;
-    calibration_start: how many recorded frames came before them (``calibration_windows``)."""
+    calibration_start: how many recorded frames came before them (``calibration_windows``).
+    pedestal_counts: the data's pedestal (0 for counts; the sample's lowest value when below zero:
+    ``centre.pedestal_of``), the zero of the centre search's counts in every frame."""
 
     params: dict
     detector_shape: tuple
@@ -39,6 +41,7 @@ class PreprocessPlan:
     resolved: dict
     calibration_frames: int = 0
     calibration_start: int = 0
+    pedestal_counts: float = 0.0
 
     @property
     def grid(self) -> PixelGrid:
@@ -51,7 +54,7 @@ class PreprocessPlan:
         calibration ``sample`` (m, ky, kx) raw frames; ``metadata``: the scan's (counter depth,
         saturation, edge pixel width). Raises ``NoBeamInSample`` (a ValueError) when the radii need
         the beam's and no sampled frame shows it: try the next window (``calibration_windows``)."""
-        from .centre import CentreFinder
+        from .centre import CentreFinder, pedestal_of
         from .runner import FrameRunner
 
         params = params if isinstance(params, PreprocessParams) else PreprocessParams.from_dict(params)
@@ -63,6 +66,7 @@ class PreprocessPlan:
         ff = flatfield if flatfield is not None else FlatField.identity(det)
         saturation = saturation_of(metadata, sample, params.saturation_counts)
         ff = ff.with_saturation(saturation)
+        pedestal = pedestal_of(sample)
         bad = np.zeros(det, bool)
         if params.detect_bad_pixels and len(sample) >= 3:
             path = beam_path(sample, ff, saturation)
@@ -72,7 +76,8 @@ class PreprocessPlan:
         grid = PixelGrid(det, epw)
         beam_radius = params.beam_radius_px
         if beam_radius is None and len(sample):
-            part = FrameRunner([], ff, CentreFinder(None, grid=grid, saturation_counts=saturation)).run_chunk(sample)
+            finder = CentreFinder(None, grid=grid, saturation_counts=saturation, pedestal_counts=pedestal)
+            part = FrameRunner([], ff, finder).run_chunk(sample)
             radii = part.values["beam_radius_px"][part.values["beam_found"]]
             beam_radius = float(median(radii)) if radii.size else None
         resolved = params.resolve(geometry, beam_radius)
@@ -84,7 +89,7 @@ class PreprocessPlan:
         return cls(params=params.to_dict(), detector_shape=det, edge_pixel_width=grid.edge_pixel_width,
                    saturation_counts=saturation, bad_pixels=tuple(int(i) for i in np.flatnonzero(bad)),
                    beam_radius_px=beam_radius, resolved=resolved, calibration_frames=int(len(sample)),
-                   calibration_start=int(calibration_start))
+                   calibration_start=int(calibration_start), pedestal_counts=pedestal)
 
     # ---- what runs on frames ---------------------------------------------------------------------
 
@@ -101,7 +106,8 @@ class PreprocessPlan:
     def centre_finder(self):
         from .centre import CentreFinder
 
-        return CentreFinder(self.beam_radius_px, grid=self.grid, saturation_counts=self.saturation_counts)
+        return CentreFinder(self.beam_radius_px, grid=self.grid, saturation_counts=self.saturation_counts,
+                            pedestal_counts=self.pedestal_counts)
 
     def processors(self, virtual: bool = True) -> list:
         """The frame processors after centring: radial profile, virtual detectors (BF/ADF), crop."""
@@ -135,7 +141,8 @@ class PreprocessPlan:
                    bad_pixels=tuple(int(i) for i in d.get("bad_pixels", ())), beam_radius_px=d.get("beam_radius_px"),
                    resolved={k: num(v) for k, v in d["resolved"].items()},
                    calibration_frames=int(d.get("calibration_frames", 0)),
-                   calibration_start=int(d.get("calibration_start", 0)))
+                   calibration_start=int(d.get("calibration_start", 0)),
+                   pedestal_counts=float(d.get("pedestal_counts", 0.0)))
 
 
 #: The direct beam's path over the calibration sample: discs of this many beam radii (+ BEAM_PATH_PX)
@@ -149,10 +156,11 @@ def beam_path(sample: np.ndarray, flatfield: FlatField, saturation: float | None
     some frame of ``sample`` (raw frames, ``flatfield`` applied on the way; index px: the wide
     chip-edge pixels move a disc by at most 1.5 px, well inside the margin). None when no sampled
     frame shows a beam."""
-    from .centre import CentreFinder
+    from .centre import CentreFinder, pedestal_of
     from .runner import FrameRunner
 
-    part = FrameRunner([], flatfield, CentreFinder(None, saturation_counts=saturation)).run_chunk(sample)
+    finder = CentreFinder(None, saturation_counts=saturation, pedestal_counts=pedestal_of(sample))
+    part = FrameRunner([], flatfield, finder).run_chunk(sample)
     found = part.values["beam_found"]
     if not found.any():
         return None
