@@ -150,3 +150,20 @@ def test_a_live_run_ends_with_the_same_warning_as_the_batch_prediction(scans, tm
         batch = predict_scan(scans["model"], scan, flatfield=str(sim.flatfield_path))
         assert [w.split("agree on only ")[1][:4] for w in batch.warnings] == [text.split("agree on only ")[1][:4]]
         assert json.loads((tmp_path / name / f"{name}_keep.json").read_text())["warnings"] == [text]
+
+
+def test_a_reduction_by_the_model_says_and_stores_the_warning(scans, tmp_path, capsys):
+    """`reduce --model` keeps the frames the model calls amorphous ice: with the one-session model
+    on thicker ice those are the wrong frames. The command says so as `predict` does, and the
+    reduced file keeps the warning in its provenance (the file outlives the terminal)."""
+    from napari_sedclassify.cli import main
+    from napari_sedclassify.io import open_scan
+
+    thick = scans["thick"]
+    out = tmp_path / "kept.h5"
+    code = main(["reduce", str(thick.scan.source), "--model", str(scans["model_path"]), "--flatfield",
+                 str(thick.flatfield_path), "-o", str(out)])
+    assert code == 0
+    assert "warning:" in capsys.readouterr().err
+    stored = open_scan(out).metadata["provenance"]["warnings"]
+    assert len(stored) == 1 and "agree on only" in stored[0]

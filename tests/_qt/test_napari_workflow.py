@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -418,10 +419,8 @@ def test_prediction_shows_the_warnings_of_its_class_map(make_napari_viewer, qtbo
     prints it."""
     from dataclasses import replace
 
-    from napari_sedclassify._napari.layers import scan_layer_data
     from napari_sedclassify.models.persistence import save_model
     from napari_sedclassify.pipeline.train import train_model
-    from napari_sedclassify.processing.virtual import virtual_image
     from napari_sedclassify.simulate import simulate_scan
     from napari_sedclassify.simulate.params import SessionParams, session_seed
 
@@ -434,14 +433,7 @@ def test_prediction_shows_the_warnings_of_its_class_map(make_napari_viewer, qtbo
     train = sim("train", 1, 1.0)
     save_model(train_model([train.scan.source], [train.truth], model="svm", flatfield=str(train.flatfield_path)),
                tmp_path / "svm.sedmodel")
-    off = sim("off", 2, 0.92)
-    viewer = make_napari_viewer()
-    data, kwargs, _ = scan_layer_data(off.scan, np.asarray(virtual_image(off.scan)), name="off")
-    layer = viewer.add_image(data, **kwargs)
-    _, pr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Prediction")
-    pr._scan.value = layer
-    pr._model_path.value = tmp_path / "svm.sedmodel"
-    wait(qtbot, pr.run())
+    pr = _classify_in_the_widget(make_napari_viewer(), qtbot, sim("off", 2, 0.92), tmp_path / "svm.sedmodel")
     qtbot.waitUntil(lambda: any("amorphous-ice ring" in m for m in notifications), timeout=10000)
     assert any("effective camera length is 82" in m for m in notifications)
     assert "<b>warning</b>" in pr._summary.value
@@ -456,24 +448,32 @@ def test_prediction_says_when_the_model_does_not_fit_the_session(make_napari_vie
     """A one-session SVM classifying a scan of a session with 2.5x thicker ice in the Prediction
     widget: its amorphous-ice frames are not the frames showing the ice ring, and the widget says
     so (napari warning and under the counts), as `sedclassify predict` does."""
-    from napari_sedclassify._napari.layers import scan_layer_data
     from napari_sedclassify.models.persistence import save_model
     from napari_sedclassify.pipeline.train import train_model
-    from napari_sedclassify.processing.virtual import virtual_image
     from napari_sedclassify.simulate import session_grid, simulate_scan
 
     train = simulate_scan(tmp_path / "train.npy", scan_shape=(24, 24), detector_px=128, seed=1)
     save_model(train_model([train.scan.source], [train.truth], model="svm"), tmp_path / "svm.sedmodel")
     thick = simulate_scan(tmp_path / "thick.npy", scan_shape=(24, 24), detector_px=128, seed=2,
                           session=session_grid("A", ice=(2.5,))[0])
-    viewer = make_napari_viewer()
-    data, kwargs, _ = scan_layer_data(thick.scan, np.asarray(virtual_image(thick.scan)), name="thick")
-    layer = viewer.add_image(data, **kwargs)
-    _, pr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Prediction")
-    pr._scan.value = layer
-    pr._model_path.value = tmp_path / "svm.sedmodel"
-    wait(qtbot, pr.run())
+    pr = _classify_in_the_widget(make_napari_viewer(), qtbot, thick, tmp_path / "svm.sedmodel")
     qtbot.waitUntil(lambda: any("agree on only" in m for m in notifications), timeout=10000)
     assert "<b>warning</b>" in pr._summary.value
     (said,) = [m for m in notifications if "agree on only" in m]
     assert "'Classify before labeling' widget's Propose classes" in said and "sedclassify" not in said
+
+
+def _classify_in_the_widget(viewer, qtbot, sim, model_path):
+    """A simulated scan shown as the reader shows it, classified with ``model_path`` in the
+    Prediction widget; returns the widget once the job ended."""
+    from napari_sedclassify._napari.layers import scan_layer_data
+    from napari_sedclassify.processing.virtual import virtual_image
+
+    name = Path(sim.scan.source).stem
+    data, kwargs, _ = scan_layer_data(sim.scan, np.asarray(virtual_image(sim.scan)), name=name)
+    layer = viewer.add_image(data, **kwargs)
+    _, pr = viewer.window.add_plugin_dock_widget("napari-sedclassify", "Prediction")
+    pr._scan.value = layer
+    pr._model_path.value = model_path
+    wait(qtbot, pr.run())
+    return pr

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from . import CLIError
 from ._executor import executor
-from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed, open_scan_from_args,
-                            output_file)
+from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed,
+                            open_scan_from_args, output_file, print_warnings)
 
 
 def register(subparsers):
@@ -56,6 +56,9 @@ def run(args):
         class_map, probabilities = pred.class_map, pred.probabilities
         how = {"class_map_from": "model", "model": str(args.model), "model_kind": model.kind,
                "flatfield": args.flatfield, "class_ids_of_probabilities": pred.class_ids}
+        if pred.warnings:  # the frames kept are the model's choice: what may make it wrong, said and stored
+            how["warnings"] = list(pred.warnings)
+        print_warnings(pred.warnings)
     else:
         from ..labels import load_class_map
 
@@ -67,6 +70,8 @@ def run(args):
                              compression=args.compression, probabilities=probabilities, provenance=how,
                              force=args.force, progress=bars.frames)
     d = report.to_dict()
+    if how.get("warnings"):
+        d["warnings"] = how["warnings"]
     if json_printed(args, d):
         return 0
     print(f"kept {d['n_kept']} of {d['n_frames']} frames ({100 * d['kept_fraction']:.1f} %: "
