@@ -569,16 +569,21 @@ def test_stream_helpers_and_no_heavy_import():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
-@needs_dectris
-def test_a_script_ending_while_its_receiver_waits_exits_cleanly_and_leaves_no_folder(dectris, tmp_path):
+@needs_live
+def test_a_script_ending_while_its_receiver_waits_exits_cleanly_and_leaves_no_folder(tmp_path):
     """A Python script that opens a stream and ends without closing it, its receiver thread still
     waiting for the detector to be armed: the process exits normally (it aborted, 'FATAL: exception
     not rethrown', when Python shut down with the thread inside the receiver) and leaves no
-    shared-memory handle folder behind (one per run was left in the temporary folder)."""
+    shared-memory handle folder behind (one per run was left in the temporary folder). The stream
+    is a Merlin port where no detector has started yet (the receiver then waits without end; a
+    shared simulator could end the wait, and the folder with it, before the script looked)."""
+    from stream_sims import free_ports
+
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    code = (f"from napari_sedclassify.pipeline.live import DectrisStreamSource\n"
-            f"src = DectrisStreamSource('127.0.0.1', {dectris['sims']['gap'].zmq}, (4, 16))\n"
+    (port,) = free_ports(1)
+    code = (f"from napari_sedclassify.pipeline.live import MerlinStreamSource\n"
+            f"src = MerlinStreamSource('127.0.0.1', {port}, (4, 16))\n"
             f"assert not src.ready()\n"
             f"import os, time\n"
             f"t0 = time.monotonic()\n"
@@ -589,5 +594,5 @@ def test_a_script_ending_while_its_receiver_waits_exits_cleanly_and_leaves_no_fo
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "TMPDIR": str(tmp)})
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "sedclassify-dectris-" in out.stdout  # the receiver had made its folder
+    assert "sedclassify-merlin-" in out.stdout  # the receiver had made its folder
     assert not list(tmp.iterdir())
