@@ -71,20 +71,21 @@ def test_the_builtin_model_on_the_same_scan_stays_silent(scans):
 def test_no_judgement_on_a_scan_of_one_material(scans):
     """Only the ice frames of a scan, or only its carbon: the ring heights form one group, and the
     check does not invent a split. The whole scan splits, its ice on the strong side."""
-    from napari_sedclassify.pipeline.ice_agreement import ice_agreement, ring_frames
+    from napari_sedclassify.pipeline.ice_agreement import frame_scores, ice_agreement, split_by_ring
     from napari_sedclassify.pipeline.predict import predict_scan
 
     same, model = scans["same"], scans["model"]
     pred = predict_scan(model, same.scan.source, flatfield=str(same.flatfield_path))
     truth = np.ravel(same.truth)
     ria = pred.ria.reshape(truth.size, -1)
-    strong, judged, spiky = ring_frames(ria, pred.ria_radii_px, pred.geometry, truth > 0)
+    ring, _ = frame_scores(ria, pred.ria_radii_px, pred.geometry)
+    strong, judged = split_by_ring(ring, truth > 0)
     assert (truth[strong & (truth != 4)] != 1).all()  # no carbon on the strong side (mixed: either)
     assert (truth[~strong & judged & (truth != 4)] == 1).mean() > 0.95
     assert strong[truth == 2].all()
     for material in (1, 2):
         idx = np.flatnonzero(truth == material)
-        assert ring_frames(ria[idx], pred.ria_radii_px, pred.geometry, np.ones(idx.size, bool)) is None
+        assert split_by_ring(ring[idx], np.ones(idx.size, bool)) is None
         assert ice_agreement(pred.class_map.ravel()[idx], model.classes, ria[idx], pred.ria_radii_px,
                              pred.geometry) is None
 

@@ -86,20 +86,6 @@ def split_by_ring(ring, valid) -> tuple[np.ndarray, np.ndarray] | None:
     return strong, judged
 
 
-def ring_frames(ria, radii_px, geometry, valid) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(strong, judged, spiky), bool (n,) each, of the frames of ``ria`` (:func:`frame_scores`,
-    :func:`split_by_ring`; spiky: a Bragg spike in the profile); None when undecided."""
-    scores = frame_scores(ria, radii_px, geometry)
-    if scores is None:
-        return None
-    ring, spike = scores
-    found = split_by_ring(ring, valid)
-    if found is None:
-        return None
-    strong, judged = found
-    return strong, judged, judged & (spike > SPIKE_MIN)
-
-
 def _next_to(mask: np.ndarray) -> np.ndarray:
     """Bool (sy, sx): points with a ``mask`` point in their 3 x 3 scan neighbourhood."""
     padded = np.pad(mask, 1)
