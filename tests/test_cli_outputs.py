@@ -102,9 +102,9 @@ def test_json_alone_on_stdout_notes_on_stderr(tiny, tmp_path, capsys):
     """`propose --json` printed its 'note: ... assumed' line on standard output before the JSON;
     the engine's warnings (a "warnings" list in a prediction or an evaluation) are printed as
     `warning: <text>` on standard error, and stay in the JSON."""
-    bare = tmp_path / "bare.npy"  # no calibration: pixel size, camera length and voltage assumed
-    np.save(bare, tiny["data"])
-    code, out, err = _run(capsys, "propose", bare, "-o", tmp_path / "p", "--json")
+    bare = tmp_path / "bare.npy"  # no calibration: camera length and voltage assumed (the pixel size
+    np.save(bare, tiny["data"])  # given, else the assumed 55 µm puts the ice ring beyond the profile)
+    code, out, err = _run(capsys, "propose", bare, "-o", tmp_path / "p", "--json", *tiny["flags"][:2])
     assert code == 0, err
     assert json.loads(out)["scan"] == str(bare)
     assert "note:" in err and "assumed" in err

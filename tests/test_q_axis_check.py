@@ -146,9 +146,10 @@ def test_a_wrong_chip_edge_width_is_named(tmp_path):
 
 def test_propose_says_when_its_names_rest_on_a_wrong_q_axis(trained, tmp_path):
     """The proposal names clusters by the ice ring on the q axis: frames without metadata (every
-    value assumed, the pixel 4x too small) give no cluster with the ring, and the proposal says
-    why instead of calling the whole scan carbon in silence; a camera length 8 % off is named with
-    the value the ring shows; the right geometry gives no warning."""
+    value assumed, the pixel 4x too small) put the ring beyond the profile's end, and the proposal
+    refuses, naming the assumed values, instead of calling the whole scan carbon in silence; a
+    camera length 8 % off is named with the value the ring shows; the right geometry gives no
+    warning."""
     from napari_sedclassify.io import open_scan
     from napari_sedclassify.pipeline.preprocess import preprocess
     from napari_sedclassify.pipeline.propose import propose
@@ -157,9 +158,8 @@ def test_propose_says_when_its_names_rest_on_a_wrong_q_axis(trained, tmp_path):
     sim = _simulated(folder, "propose_bare", 7)
     np.save(tmp_path / "bare.npy", np.asarray(sim.scan.data))
     bare = open_scan(tmp_path / "bare.npy")
-    prop = propose(preprocess(bare, None, flat), bare.geometry, source="bare.npy")
-    assert (prop.class_map == 1).mean() > 0.9  # all carbon: what the user would otherwise take as labels
-    assert "no cluster shows the amorphous-ice ring" in prop.details["warnings"][0]
+    with pytest.raises(ValueError, match=r"bare.npy: cannot propose classes.*camera length 900 mm \(assumed\)"):
+        propose(preprocess(bare, None, flat), bare.geometry, source="bare.npy")
     right = propose(preprocess(sim.scan, None, flat), sim.scan.geometry)
     assert "warnings" not in right.details and (right.class_map == 2).any()
     off = _simulated(folder, "propose_off", 7, camera_factor=0.92)

@@ -12,9 +12,11 @@ How a class map is made (:func:`class_map_from_regions`):
 2. Each scan point takes the class covering the largest part of its beam disc
    (``beam_diameter`` in scan steps; 0 means "the class under the point's centre").
 3. Mixed border: a point whose disc of diameter ``border`` (scan steps) covers more than
-   one class becomes ``mixed``. With ``border`` equal to the beam diameter this marks exactly
-   the points where the beam straddles two materials; a larger border adds a safety margin
-   for imprecisely drawn polygons; 0 gives no automatic border.
+   one class becomes ``mixed``, i.e. a point closer than ``border / 2`` to an outline; a disc
+   that only touches an outline (an outline on the edge between two scan points' pixels, at
+   half a step) does not make it mixed, on any side of a region. With ``border`` equal to the
+   beam diameter this marks exactly the points where the beam straddles two materials; a
+   larger border adds a safety margin for imprecisely drawn polygons; 0 gives no automatic border.
 
 No napari or Qt here.
 """
@@ -159,12 +161,13 @@ def _fill_polygon(grid: np.ndarray, verts_fine: np.ndarray, value: int) -> None:
                 grid[r, c0:c1] = value
 
 
-def _disc_offsets(diameter_steps: float, s: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fine-grid (dy, dx) offsets of the pixel centres inside a disc of the given diameter."""
+def _disc_offsets(diameter_steps: float, s: int, open_disc: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Fine-grid (dy, dx) offsets of the pixel centres inside a disc of the given diameter;
+    ``open_disc``: only those strictly inside (a disc that touches an outline overlaps nothing there)."""
     rf = diameter_steps / 2 * s
     k = int(math.floor(rf))
     dy, dx = np.mgrid[-k : k + 1, -k : k + 1]
-    inside = dy**2 + dx**2 <= rf**2 + 1e-9
+    inside = dy**2 + dx**2 < rf**2 - 1e-9 if open_disc else dy**2 + dx**2 <= rf**2 + 1e-9
     return dy[inside], dx[inside]
 
 
@@ -204,7 +207,7 @@ def class_map_from_regions(regions, scan_shape, *, beam_diameter: float = 1.0, b
     grid = paint_regions(regions, (sy, sx), rest=rest, margin=margin, supersample=s)
     out = np.empty((sy, sx), dtype=np.uint8)
     by, bx = _disc_offsets(beam_diameter, s)
-    my, mx = _disc_offsets(border, s) if border > 0 else (None, None)
+    my, mx = _disc_offsets(border, s, open_disc=True) if border > 0 else (None, None)
     flat = grid.ravel()
     width = grid.shape[1]
     ix = (np.arange(sx) + margin) * s
@@ -273,6 +276,8 @@ def load_class_map(path, scan_shape=None) -> np.ndarray:
     """Read a class map (``.npy`` or ``.tif``) as uint8; checks it is 2D, holds integer class
     ids in 0..255 and, when ``scan_shape`` is given, matches it."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a labels file (.npy or .tif class map)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such labels file")
     suffix = path.suffix.lower()
@@ -293,7 +298,8 @@ def load_class_map(path, scan_shape=None) -> np.ndarray:
     if arr.dtype.kind not in "iub" and not (arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0)):
         raise ValueError(f"{path}: labels must hold integer class ids, got {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise ValueError(f"{path}: class ids must lie in 0..255, got {arr.min()}..{arr.max()}")
+        raise ValueError(f"{path}: class ids must lie in 0..255, got {arr.min():g}..{arr.max():g} "
+                         "(an image, not a class map of class ids?)")
     if scan_shape is not None and tuple(arr.shape) != tuple(scan_shape):
         raise ValueError(f"{path}: labels shape {tuple(arr.shape)} does not match the scan shape {tuple(scan_shape)}")
     return arr.astype(np.uint8)

@@ -204,6 +204,8 @@ def test_fit_camera_length_shows_the_calibrations_warnings(make_napari_viewer, q
     assert job.outcome == "done", job.error
     (warning,) = calibration_of(layer).warnings
     assert warning.startswith(f"{sim.scan.source}: the chip-edge pixels were taken as 1 pitches wide (file)")
-    assert f"Camera length: {warning}" in notifications
+    shown = in_napari_words(warning)  # the engine's --edge-pixel-width advice in the widgets' words
+    assert "--edge-pixel-width" not in shown and "chip-edge pixel width (Scan geometry" in shown
+    assert f"Camera length: {shown}" in notifications
     info = ria.calibration_info.value
-    assert "fitted from" in info and info.endswith(f"<br><b>warning</b>: {warning}")
+    assert "fitted from" in info and info.endswith(f"<br><b>warning</b>: {shown}")

@@ -327,7 +327,7 @@ def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, tmp_
     assert pr.run() is None
     # its pixel size is assumed (not in the data) on another detector: the q axes cannot be matched
     assert any("sample.sedmodel cannot be applied to disk_scan" in m and "pixel 55 µm (assumed)" in m
-               and "--pixel-size" in m for m in notifications)
+               and "pixel size (Scan geometry)" in m and "--pixel-size" not in m for m in notifications)
     # stated, the q axis is known, and the model's q range is beyond this detector's edge
     find_scan(small).geometry = disk_scan.geometry.with_values("user", pixel_size_um=55.0)
     assert pr.run() is None

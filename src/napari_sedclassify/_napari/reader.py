@@ -46,7 +46,6 @@ def warm_up() -> None:
 
         def work():
             from napari.layers import Labels
-            from napari.utils._units import get_unit_registry
 
             import napari.components.histogram  # noqa: F401  (a layer's controls import it)
 
@@ -56,11 +55,7 @@ def warm_up() -> None:
             from ..models import arrays  # noqa: F401  (applies FCNN and SVM model files)
             from .palette import class_colormap
 
-            try:
-                registry = get_unit_registry()
-                registry("nm"), registry("pixel")
-            except Exception:  # pint is not thread-safe: when the viewer builds the registry in the event loop at
-                pass  # this moment, its definitions are not all there yet; it is then built there, nothing to warm
+            _install_unit_registry()
             Labels(np.zeros((2, 2), np.uint8), colormap=class_colormap(ClassTable.default()))
             _import_gl_array_handlers()
             _fill_dash_patterns()
@@ -88,6 +83,35 @@ def warm_up() -> None:
 
 
 _warming = None
+
+
+def _install_unit_registry() -> None:
+    """Build pint's unit registry apart and make it the application registry (napari's) when
+    nothing has used that one yet; else wait until the one in use is whole. pint builds its
+    application registry on first use, in place and not thread-safe: built here in place, the event
+    loop creating a layer meanwhile read it half built ("'pixel' is not defined in the unit
+    registry": File > Open failed), and this thread read the one the event loop was building.
+    Built apart, nobody sees it before it is whole; when the event loop started the application
+    registry first, that one stays (units of two registries do not mix) and this thread waits for
+    it before making its Labels layer. Only the instant between the check and the swap is left open."""
+    import time
+
+    import pint
+    from pint.registry import LazyRegistry
+
+    application = pint.get_application_registry()
+    if isinstance(application.get(), LazyRegistry):  # nobody has used it yet
+        registry = pint.UnitRegistry(on_redefinition="raise")  # what pint's lazy registry builds on first use
+        registry("nm"), registry("pixel")
+        if isinstance(application.get(), LazyRegistry):
+            application.set(registry)
+            return
+    for _ in range(200):  # being built in the event loop: its units come when it is whole (0.3-0.9 s)
+        try:
+            application.get()("pixel")
+            return
+        except Exception:  # half built: not all definitions there yet
+            time.sleep(0.05)
 
 
 def _fill_dash_patterns():

@@ -12,7 +12,10 @@ import re
 
 from ..geometry import FLAGS, NAMES
 
+#: The Scan geometry widget's field for ``--edge-pixel-width``: its name and unit.
+EDGE_LABEL, EDGE_UNIT = "chip-edge pixel width", "pitches"
 _BY_FLAG = {flag: (NAMES[name], unit) for name, (flag, unit) in FLAGS.items()}
+_BY_FLAG["--edge-pixel-width"] = (EDGE_LABEL, EDGE_UNIT)
 _FLAG = "|".join(re.escape(f) for f in _BY_FLAG)
 
 
@@ -29,6 +32,9 @@ _RULES = [
     (re.compile(r"`sedclassify calibrate[^`]*`"), "the RIA widget's Fit camera length"),
     (re.compile(r"`sedclassify propose`"), "the 'Classify before labeling' widget's Propose classes"),
     (re.compile(r"--flatfield-dataset(?: NAME)?"), "the Flat-field widget's dataset box"),
+    (re.compile(r"--scan-shape(?: SY SX)?(?![\w-])"), "the scan rows and columns"),  # Scan geometry's, Live's
+    (re.compile(r"--edge-pixel-width \(leave it out to use the measured width\)"),
+     f"the {EDGE_LABEL} (Scan geometry; 0 = measured from the frames)"),
     (re.compile(rf"({_FLAG}) (\d+(?:\.\d+)?)\b"), _valued),
     (re.compile(rf"({_FLAG})(?: [A-Z]{{2,}})?(?![\w-])"), _bare),
 ]

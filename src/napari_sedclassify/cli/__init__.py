@@ -25,9 +25,28 @@ class CLIError(Exception):
 
 def add_command(subparsers, name: str, run, help: str, description: str) -> argparse.ArgumentParser:  # noqa: F821
     """The parser of subcommand ``name``, which calls ``run(args)``."""
-    p = subparsers.add_parser(name, help=help, description=description)
+    p = subparsers.add_parser(name, help=help, description=description, formatter_class=_help_formatter())
     p.set_defaults(func=run, command_parser=p)
     return p
+
+
+def add_examples(p, *commands: str) -> None:
+    """End the help of subcommand parser ``p`` (made by :func:`add_command`) with ``commands``,
+    one example command line each, shown as written."""
+    p.epilog = "examples:\n" + "\n".join(f"  {c}" for c in commands)
+
+
+def _help_formatter():
+    """argparse's help formatter, which keeps the lines of an "examples:" epilog as written."""
+    import argparse
+
+    class HelpFormatter(argparse.HelpFormatter):
+        def _fill_text(self, text, width, indent):
+            if text.startswith("examples:"):
+                return "".join(indent + line for line in text.splitlines(keepends=True))
+            return super()._fill_text(text, width, indent)
+
+    return HelpFormatter
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:  # noqa: F821 (imported inside)

@@ -1,4 +1,4 @@
-"""Where a command's frame work runs: ``--scheduler`` / ``--workers``, shared by every command
+"""Where a command's frame work runs: ``--scheduler`` / ``--workers`` (and ``--worker-wait``), shared by every command
 that processes frames (preprocess, train, evaluate, predict, reduce).
 
 Default: threads in this process. The compiled kernels release the GIL, so the threads use every
@@ -21,6 +21,9 @@ from . import CLIError
 AUTO_CLUSTER_FRAMES = 1_000_000
 #: ... on a machine with at least this many cores (with few cores, threads here are as fast).
 AUTO_CLUSTER_CORES = 8
+#: --worker-wait's default as its help states it: processing.runner.WORKERLESS_S (not imported to
+#: build the parser: it imports numpy; a test keeps the two equal).
+WORKERLESS_DEFAULT_S = 60.0
 
 
 def add_executor_options(p) -> None:
@@ -33,6 +36,22 @@ def add_executor_options(p) -> None:
                    help="start a local dask.distributed cluster of N worker processes (0 = none: threads here, "
                         f"the default unless a command has {AUTO_CLUSTER_FRAMES:,} frames or more on "
                         f"{AUTO_CLUSTER_CORES}+ cores)")
+    g.add_argument("--worker-wait", type=_seconds, default=None, metavar="S",
+                   help="seconds to wait for workers while the cluster has none before stopping with an error "
+                        f"(default {WORKERLESS_DEFAULT_S:g}; an autoscaling cluster, dask-jobqueue or Kubernetes, that "
+                        "starts empty may need minutes, e.g. --worker-wait 600; inf: without end)")
+
+
+def _seconds(text: str) -> float:
+    """--worker-wait's value: a positive number of seconds (argparse names the option when not)."""
+    import argparse
+
+    from ..processing.runner import check_worker_wait
+
+    try:
+        return check_worker_wait(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a positive number of seconds, got {text!r}") from None
 
 
 def cluster_workers(args, n_frames: int = 0) -> int:
@@ -63,7 +82,8 @@ def executor(args, n_frames: int = 0, files=None):
     before any work."""
     from ..pipeline.batch import check_workers_read, dask_client, use_client
 
-    with dask_client(getattr(args, "scheduler", None), cluster_workers(args, n_frames)) as client, use_client(client):
+    with dask_client(getattr(args, "scheduler", None), cluster_workers(args, n_frames),
+                     worker_wait_s=getattr(args, "worker_wait", None)) as client, use_client(client):
         if client is not None:
             check_workers_read(client, _scan_files(args) if files is None else files)
         yield client

@@ -66,12 +66,15 @@ def add_model_argument(p) -> None:
 
 
 def check_files(*lists, model=None) -> None:
-    """A CLIError for the first file that does not exist: ``model`` (unless the built-in one),
-    then the paths of ``lists`` (lists of paths, or None). Then, before any work, the libraries
-    ``model`` needs (a CNN without TensorFlow: the error gives the pip command)."""
+    """A CLIError for the first file that does not exist: ``model`` (unless the built-in one; a
+    folder is not a model file), then the paths of ``lists`` (lists of paths, or None). Then,
+    before any work, the libraries ``model`` needs (a CNN without TensorFlow: the error gives the
+    pip command)."""
     from ..models.persistence import is_builtin
 
     files = [] if model is None or is_builtin(model) else [model]
+    if files and Path(model).is_dir():  # read as a file, it was a bare "[Errno 21] Is a directory"
+        raise CLIError(f"{model}: a folder, not a model file (.sedmodel)")
     for f in files + [f for paths in lists for f in paths or []]:
         if not Path(f).exists():
             raise CLIError(f"{f}: no such file")
@@ -119,17 +122,31 @@ def writable_folder(folder, given=None) -> Path:
     return folder
 
 
-def output_file(path, force: bool = False, *, folder_ok: bool = False) -> Path:
-    """``path`` as an output file, checked before any work: refused when it exists (unless
-    ``force``) or is a folder (unless ``folder_ok``: a zarr result is one); its folder created
-    (with missing parents) and writable."""
+def output_file(path, force: bool = False, *, folder_ok: bool = False, inputs=()) -> Path:
+    """``path`` as an output file, checked before any work: refused when it is one of ``inputs``
+    (the command's input files: --force replaced the scan being read with the output), when it
+    exists (unless ``force``) or is a folder (unless ``folder_ok``: a zarr result is one); its
+    folder created (with missing parents) and writable."""
     path = Path(path)
+    same = next((f for f in inputs if f is not None and _same_file(f, path)), None)
+    if same is not None:
+        raise CLIError(f"{path}: is the input {same}; write the output to another file")
     if path.is_dir() and not folder_ok:
         raise CLIError(f"{path}: is a folder, not an output file")
     if path.exists() and not force:
         raise CLIError(f"{path}: exists; not overwritten (use --force to replace it)")
     writable_folder(path.parent, path)
     return path
+
+
+def _same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one existing file (or folder), by any name or link."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
 
 
 def checked_flatfields(flatfields, scans, dataset: str | None = None) -> list:

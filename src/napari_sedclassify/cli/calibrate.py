@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import CLIError, add_command
+from . import CLIError, add_command, add_examples
 from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed, open_scan_from_args,
                             print_warnings, writable_folder)
 
@@ -30,6 +30,8 @@ def register(subparsers):
                    help="store the fitted camera length beside the scan (SCAN.sedclassify.json) for other commands")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_scan_options(p)
+    add_examples(p, "sedclassify calibrate scan.mib --flatfield flat.mib --write",
+                 "sedclassify calibrate gold.mib --ring gold --pixel-size 55 --voltage 200")
     return p
 
 

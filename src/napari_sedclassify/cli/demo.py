@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from . import CLIError, add_command
+from . import CLIError, add_command, add_examples
 from ._scan_options import json_printed, out_folder, simulation_shape, writable_folder
 
 
@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the data set and the training (default 0)")
     p.add_argument("--cache", metavar="DIR", help="folder of the simulated data set (default DIR/cache/...)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_examples(p, "sedclassify demo -o demo_output/",
+                 "sedclassify demo --full -o full_output/")
 
 
 def run(args) -> int:

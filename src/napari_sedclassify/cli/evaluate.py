@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import CLIError, add_command
+from . import CLIError, add_command, add_examples
 from ._executor import executor
 from ._scan_options import (add_flatfield_options, add_model_argument, add_scan_options, check_files,
                             checked_flatfields, json_printed, open_scans_from_args, out_folder, print_warnings,
@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--plot", metavar="DIR", help="write confusion-matrix and map figures (PNG) into DIR")
     add_scan_options(p, executor=True)
+    add_examples(p, "sedclassify evaluate fcnn.sedmodel --scans c.mib --labels c.tif --flatfield flat.mib --plot figures/")
 
 
 def run(args) -> int:

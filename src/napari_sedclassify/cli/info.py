@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..jsonutil import jsonable
-from . import add_command
+from . import add_command, add_examples
 from ._scan_options import add_scan_options, json_printed, open_scan_from_args
 
 
@@ -13,10 +13,13 @@ def register(subparsers):
     p = add_command(subparsers, "info", run,
                     "show format, shape, dtype, chunking, metadata, geometry and missing frames of a scan file",
                     "Open a scan lazily and describe it (reads one frame to check that it decodes).")
-    p.add_argument("file", help="scan file or folder (.mib/.hdr, .blo, .h5/.emd/.nxs, .hspy/.zspy, .mat, .npy, .zarr, .tif; "
-                                  ".dm3/.dm4/.tvips with the formats extra)")
+    p.add_argument("file", metavar="SCAN",
+                   help="scan file or folder (.mib/.hdr, .blo, .h5/.emd/.nxs, .hspy/.zspy, .mat, .npy, .zarr, .tif; "
+                        ".dm3/.dm4/.tvips with the formats extra)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_scan_options(p)
+    add_examples(p, "sedclassify info scan.mib",
+                 "sedclassify info scan.h5 --dataset /entry/data --json")
     return p
 
 

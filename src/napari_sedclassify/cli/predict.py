@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import CLIError, add_command
+from . import CLIError, add_command, add_examples
 from ._executor import cluster_path, executor
 from ._scan_options import (add_flatfield_options, add_model_argument, add_scan_options, check_files,
                             checked_flatfields, json_printed, open_scans_from_args, out_folder, print_warnings,
@@ -38,6 +38,8 @@ def register(subparsers) -> None:
                         'pip install "napari-sedclassify[formats]")')
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     add_scan_options(p, executor=True)
+    add_examples(p, "sedclassify predict builtin scan.mib --flatfield flat.mib --camera-length 870 -o out/",
+                 "sedclassify predict fcnn.sedmodel a.mib b.mib --flatfield flat.mib -o out/ --scheduler tcp://host:8786 --worker-wait 600")
 
 
 def run(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import CLIError, add_command
+from . import CLIError, add_command, add_examples
 from ._executor import cluster_path, executor
 from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed, open_scan_from_args,
                             os_reason, output_file, print_warnings)
@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing results file")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     add_scan_options(p, executor=True)
+    add_examples(p, "sedclassify preprocess scan.mib --flatfield flat.mib -o scan.h5",
+                 "sedclassify preprocess scan.npy --crop-radius 32 --crop-bin 2 --workers 4 -o scan.zarr")
 
 
 def check_crop_radius(radius: float, scan) -> None:
@@ -58,7 +60,8 @@ def run(args) -> int:
     if args.crop_radius is not None:
         check_crop_radius(args.crop_radius, scan)
     flatfield = checked_flatfields(args.flatfield, [scan], args.flatfield_dataset)[0] if args.flatfield else None
-    output_file(out, args.force, folder_ok=out.suffix.lower() == ".zarr")  # before any work: its folder created, and writable
+    # before any work: its folder created, and writable
+    output_file(out, args.force, folder_ok=out.suffix.lower() == ".zarr", inputs=[args.scan, args.flatfield])
     params = PreprocessParams(centring=args.centring, crop_radius_px=args.crop_radius, crop_bin=args.crop_bin,
                               ria_bin_px=args.bin_width)
     with Bars() as bars, executor(args, scan.n_frames, [scan.source]) as client:

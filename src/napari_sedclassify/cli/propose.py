@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import add_command
+from . import add_command, add_examples
 from ._scan_options import (add_flatfield_options, add_scan_options, checked_flatfields, json_printed,
                             open_scan_from_args, out_folder, print_warnings, writable_folder)
 
@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--json", action="store_true", help="print the clusters as JSON")
     add_scan_options(p)
+    add_examples(p, "sedclassify propose scan.mib --flatfield flat.mib -o proposal/")
 
 
 def run(args) -> int:
@@ -36,9 +37,10 @@ def run(args) -> int:
     from ..io.atomic import check_target, write_json, write_npy
     from ..models.metrics import plot_overlay
     from ..pipeline.preprocess import preprocess
-    from ..pipeline.propose import propose
+    from ..pipeline.propose import check_ring_recorded, propose
 
     scan = open_scan_from_args(args.scan, args)
+    check_ring_recorded(scan.geometry, args.scan)  # before the frames are read
     out = out_folder(args.out)
     stem = out / Path(args.scan).stem
     targets = [Path(f"{stem}_proposal{ext}") for ext in (".npy", ".json", ".png")]

@@ -4,20 +4,18 @@ class map and provenance (see pipeline/reduce.py and docs/live-and-reduce.md).""
 
 from __future__ import annotations
 
-from . import CLIError
+from . import CLIError, add_command, add_examples
 from ._executor import executor
-from ._scan_options import (add_scan_argument, add_scan_options, checked_flatfields, json_printed,
+from ._scan_options import (add_scan_argument, add_scan_options, check_files, checked_flatfields, json_printed,
                             open_scan_from_args, output_file, print_warnings)
 
 
 def register(subparsers):
-    p = subparsers.add_parser(
-        "reduce",
-        help="write only the frames of chosen classes (e.g. amorphous ice), losslessly compressed",
-        description="Classify a scan with a model (or take a class map) and write only the frames of the chosen "
+    p = add_command(subparsers, "reduce", run,
+                    "write only the frames of chosen classes (e.g. amorphous ice), losslessly compressed",
+                    "Classify a scan with a model (or take a class map) and write only the frames of the chosen "
                     "classes, with their scan positions, the class map and provenance, to one HDF5 file that "
-                    "reads back with the project's reader (sedclassify info, napari).",
-    )
+                    "reads back with the project's reader (sedclassify info, napari).")
     add_scan_argument(p)
     p.add_argument("--classes", nargs="+", default=["amorphous_ice"], metavar="CLASS",
                    help="class names or ids to keep (default: amorphous_ice)")
@@ -30,18 +28,33 @@ def register(subparsers):
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_scan_options(p, executor=True)
-    p.set_defaults(func=run)
+    add_examples(p, "sedclassify reduce scan.mib --flatfield flat.mib --model fcnn.sedmodel -o ice.h5",
+                 "sedclassify reduce scan.mib --labels labels.tif --classes amorphous_ice mixed -o kept.h5")
     return p
+
+
+def _checked_classes(classes, table) -> None:
+    """A CLIError naming --classes when one of ``classes`` is not in the class table."""
+    from ..pipeline.reduce import class_ids
+
+    try:
+        class_ids(classes, table)
+    except ValueError as exc:
+        raise CLIError(f"--classes {' '.join(classes)}: {exc}") from None
 
 
 def run(args):
     from ..classes import ClassTable
-    from ..pipeline.reduce import class_ids, reduce_scan
+    from ..pipeline.reduce import reduce_scan
     from ._bars import Bars
 
     if not str(args.out).lower().endswith((".h5", ".hdf5")):
         raise CLIError(f"{args.out}: a reduced scan is written as HDF5: give a name ending in .h5")
-    output_file(args.out, args.force)  # fail before any work; its folder created, and writable
+    check_files([args.labels] if args.labels else None, model=args.model)
+    if args.labels:  # the classes to keep, said before any work (with --model: once its classes are read)
+        _checked_classes(args.classes, ClassTable.default())
+    # fail before any work; its folder created, and writable
+    output_file(args.out, args.force, inputs=[args.scan, args.labels, args.model, args.flatfield])
     scan = open_scan_from_args(args.scan, args)
     flatfield = checked_flatfields(args.flatfield, [scan], args.flatfield_dataset)[0] if args.flatfield else None
     probabilities = None
@@ -50,7 +63,7 @@ def run(args):
 
         model = as_model(args.model)
         table = model.classes
-        class_ids(args.classes, table)
+        _checked_classes(args.classes, table)
         with Bars(frames_desc="classify") as bars, executor(args, scan.n_frames):
             pred = predict_scan(model, scan, flatfield=flatfield, progress=bars.frames)
         class_map, probabilities = pred.class_map, pred.probabilities

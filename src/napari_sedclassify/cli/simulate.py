@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import CLIError, add_command
+from . import CLIError, add_command, add_examples
 from ._scan_options import json_printed, out_folder, simulation_shape, writable_folder
 
 
@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="write into a folder that already holds a simulated data set (its files are replaced)")
     p.add_argument("--json", action="store_true", help="print the data set description as JSON")
+    add_examples(p, "sedclassify simulate sim/ --scans 4 --scan-shape 40 40 --detector 256",
+                 "sedclassify simulate grid/ --scans 2 --detector 128 --session-grid ice=1,2.5 dose=0.3,1")
 
 
 def run(args) -> int:

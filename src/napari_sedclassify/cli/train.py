@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import CLIError, add_command
+from . import CLIError, add_command, add_examples
 from ._executor import executor
 from ._scan_options import (add_flatfield_options, add_scan_options, check_files, checked_flatfields, json_printed,
                             open_scans_from_args, output_file, print_warnings)
@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing model file")
     p.add_argument("--json", action="store_true", help="print the training summary and metrics as JSON")
     add_scan_options(p, executor=True)
+    add_examples(p, "sedclassify train --scans a.mib b.mib --labels a.tif b.tif --flatfield flat.mib -o fcnn.sedmodel",
+                 "sedclassify train --scans s1.mib s2.mib s3.mib --labels l1.tif l2.tif l3.tif --model svm --session-robust -o svm.sedmodel")
 
 
 def model_settings(args) -> tuple[dict, dict]:
@@ -121,7 +123,10 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise CLIError(f"{out}: is a folder; give a model file name such as model.sedmodel")
-    output_file(out, args.force)  # an existing model is kept unless --force; its folder created and writable
+    # an existing model is kept unless --force; its folder created and writable
+    if out.suffix.lower() != ".sedmodel":  # napari's reader and the docs know model files by it
+        raise CLIError(f"{out}: a model file's name ends in .sedmodel (e.g. {out.with_suffix('.sedmodel').name})")
+    output_file(out, args.force, inputs=[*args.scans, *args.labels, *(args.flatfield or [])])
     n = len(args.scans)
     scans = open_scans_from_args(args.scans, args)
     # every scan's, checked before any work, and loaded once

@@ -274,6 +274,12 @@ class FeatureRecipe:
                              "calibrated; give crop_radius_px instead")
         return float(geometry.d_A_to_radius_px(self.crop_radius_A))
 
+    def widest_crop_d_A(self, geometry) -> float:
+        """The spacing (Å) at the edge of the widest crop this detector holds about its centre (with
+        ``crop_cut_margin``): the smallest ``crop_radius_A`` a model applied to it can have."""
+        limit = min(geometry.detector_shape) // 2 - _CROP_MARGIN_PX
+        return float(geometry.radius_px_to_d_A(limit / self.crop_cut_margin))
+
     def crop_layout(self, geometry) -> tuple[int, int]:
         """(half, bin) for preprocessing on this geometry: the crop spans 2 half detector px
         (the wanted radius times ``crop_cut_margin``, clipped to the frame, rounded so that 2 half

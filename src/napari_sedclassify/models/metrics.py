@@ -2,9 +2,10 @@
 
 The paper's per-class "accuracy" TP / (TP + FP + FN) (its section 2.6) is the Jaccard index,
 ``jaccard`` here; ``accuracy`` is the fraction of correctly classified points (the
-support-weighted recall, the paper's Table 1 weighted accuracy). Points labeled 0 (unlabeled) or
-predicted 0 (not classified) are left out and counted in ``n_excluded``. scikit-learn and
-matplotlib are imported inside the functions.
+support-weighted recall, the paper's Table 1 weighted accuracy). Points labeled 0 (unlabeled),
+predicted 0 (not classified), or either with an id outside the class table are left out and
+counted in ``n_excluded``, so that every number describes the points of the confusion matrix.
+scikit-learn and matplotlib are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def evaluate(y_true, y_pred, classes: ClassTable | None = None) -> dict:
     y_pred = np.asarray(y_pred).ravel()
     if y_true.shape != y_pred.shape:
         raise ValueError(f"true and predicted labels differ in size: {y_true.size} vs {y_pred.size}")
-    keep = (y_true > 0) & (y_pred > 0)
     ids = list(classes.ids)
+    keep = np.isin(y_true, ids) & np.isin(y_pred, ids)
     t, p = y_true[keep], y_pred[keep]
     cm = confusion_matrix(t, p, ids)
     support = cm.sum(axis=1)
@@ -67,7 +68,7 @@ def evaluate(y_true, y_pred, classes: ClassTable | None = None) -> dict:
         "n_excluded": int((~keep).sum()),
         "confusion": cm.tolist(),
         "confusion_normalised": np.divide(cm, support[:, None], out=np.zeros(cm.shape),
-                                          where=support[:, None] > 0).round(4).tolist(),
+                                          where=support[:, None] > 0).tolist(),
         "per_class": {
             nm: {**{m: float(per[m][j]) for m in _METRICS}, "support": int(support[j])} for j, nm in enumerate(names)
         },
@@ -88,7 +89,8 @@ def format_table(metrics: dict, title: str | None = None) -> str:
     for nm, m, n in rows + [("weighted", metrics["weighted"], metrics["n"])]:
         lines.append(f"{nm:<{w}}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['jaccard']:>9.3f}{n:>9d}")
     lines.append(f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} points"
-                 + (f" ({metrics['n_excluded']} unlabeled or unclassified left out)" if metrics["n_excluded"] else ""))
+                 + (f" ({metrics['n_excluded']} unlabeled, unclassified or of an unknown class left out)"
+                    if metrics["n_excluded"] else ""))
     lines += ["", "confusion matrix (rows: true, columns: predicted)"]
     cw = max(8, max(len(n) for n in names) + 1)
     lines.append(" " * w + "".join(f"{nm[:cw - 1]:>{cw}}" for nm in names))

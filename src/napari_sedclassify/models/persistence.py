@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import platform
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from .features import FeatureRecipe
 
 FORMAT = "napari-sedclassify-model"
 FORMAT_VERSION = 1
+#: What reading a member of a damaged zip raises: a bad CRC, compressed data cut or altered.
+DAMAGED_ZIP = (zipfile.BadZipFile, zlib.error, EOFError)
 
 #: Types beyond skops' defaults (which cover scikit-learn estimators and numpy) that a model
 #: file may contain. Reviewed: each is a plain scikit-learn state container whose loading runs
@@ -216,7 +220,9 @@ def _geometry_problems(recipe: FeatureRecipe, trained: Geometry, scan: Geometry)
             return [f"the model needs q up to {recipe.q_max_invA} Å⁻¹, {need:.0f} px from the centre on this "
                     f"detector, but the detector reaches {reach:.0f} px ({scan.radius_px_to_q_invA(reach):.3f} Å⁻¹ "
                     f"with {_geometry_text(scan)}); if a value is wrong, set it "
-                    f"({', '.join(FLAGS[n][0] for n in Q_FIELDS)})"]
+                    f"({', '.join(FLAGS[n][0] for n in Q_FIELDS)}); if they are right, train the model with a scan "
+                    "of this detector among its training scans (a model reads q only as far as every training "
+                    "scan's detector reaches)"]
         return []
     if recipe.kind == "ria" or recipe.crop_radius_px is not None:  # on the px axis
         return _same_optics(trained, scan)
@@ -226,9 +232,23 @@ def _geometry_problems(recipe: FeatureRecipe, trained: Geometry, scan: Geometry)
     d_trained = trained.radius_px_to_d_A(recipe.crop_layout(trained)[0])
     d_scan = scan.radius_px_to_d_A(recipe.crop_layout(scan)[0])
     if abs(d_scan / d_trained - 1) > 0.05:
-        return [f"the crop reaches {d_scan:.2f} Å on this detector but the model was trained on crops reaching "
-                f"{d_trained:.2f} Å"]
+        return [_crop_problem(recipe, trained, scan, d_trained, d_scan)]
     return []
+
+
+def _crop_problem(recipe: FeatureRecipe, trained: Geometry, scan: Geometry, d_trained: float, d_scan: float) -> str:
+    """Why a CNN's crops (reaching ``d_trained`` Å) cannot be cut from ``scan``'s frames (reaching
+    ``d_scan`` Å), and what to change."""
+    text = (f"the model's crops reach {d_trained:.2f} Å but on this detector ({_px(scan)} px, {_geometry_text(scan)}) "
+            f"they reach {d_scan:.2f} Å")
+    if d_scan > d_trained:  # this detector's frame is too small for the model's crop
+        widest = math.ceil(recipe.widest_crop_d_A(scan) * 10) / 10
+        return (text + f" at most; if a value is wrong, set it ({', '.join(FLAGS[n][0] for n in Q_FIELDS)}); if they "
+                f"are right, train the CNN with crops this detector holds (--crop-radius-A {widest:g} or more)")
+    widest = math.ceil(recipe.widest_crop_d_A(trained) * 10) / 10
+    return (text + f": the model's training detector ({_px(trained)} px) cut its crops short; if a value is wrong, set "
+            f"it ({', '.join(FLAGS[n][0] for n in Q_FIELDS)}); if they are right, train the CNN with "
+            f"--crop-radius-A {widest:g} or more")
 
 
 def library_versions(kind: str) -> dict:
@@ -332,22 +352,52 @@ def read_metadata(path) -> dict:
     path = resolve_model_path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: a folder, not a model file (.sedmodel)")
     try:
         with zipfile.ZipFile(path) as zf:
             meta = json.loads(zf.read("model.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path}: not a napari-sedclassify model file ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a napari-sedclassify model file (format {meta.get('format')!r})")
+    except (*DAMAGED_ZIP, KeyError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
+        raise ModelFileError(f"{path}: not a napari-sedclassify model file, or a damaged one ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelFileError(f"{path}: not a napari-sedclassify model file (format {found!r})")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelFileError(f"{path}: model format version {meta['format_version']} is newer than this "
                              f"napari-sedclassify reads ({FORMAT_VERSION}); update napari-sedclassify")
+    _check_card(meta, path)
     return meta
+
+
+#: The entries of a model file's model.json that applying it reads, and their JSON types.
+CARD_ENTRIES = {"kind": str, "estimator": dict, "recipe": dict, "classes": dict, "geometry": dict}
+
+
+def _check_card(meta: dict, path: Path) -> None:
+    """Raise :class:`ModelFileError` naming ``path`` when its model.json lacks an entry applying the
+    model reads, holds one of another type, or names a model kind this version does not know."""
+    from . import MODEL_KINDS
+
+    bad = [k for k, t in CARD_ENTRIES.items() if not isinstance(meta.get(k), t)]
+    if bad:
+        raise ModelFileError(f"{path}: damaged model file: model.json has no valid {', '.join(bad)}")
+    if meta["kind"] not in MODEL_KINDS:
+        raise ModelFileError(f"{path}: damaged model file: unknown model kind {meta['kind']!r} (this version "
+                             f"reads {', '.join(MODEL_KINDS)})")
 
 
 def model_from_metadata(meta: dict, path, estimator=None) -> SedModel:
     """A SedModel from a model file's metadata; estimator None gives a description only (no
-    TensorFlow or scikit-learn is imported): kind, recipe, preprocessing, classes, geometry, metrics."""
+    TensorFlow or scikit-learn is imported): kind, recipe, preprocessing, classes, geometry, metrics.
+    Raises :class:`ModelFileError` naming ``path`` when an entry cannot be read."""
+    try:
+        return _model_from_metadata(meta, path, estimator)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a damaged or hand-edited model.json
+        raise ModelFileError(f"{path}: damaged model file: model.json cannot be read "
+                             f"({type(exc).__name__}: {exc})") from exc
+
+
+def _model_from_metadata(meta: dict, path, estimator) -> SedModel:
     return SedModel(kind=meta["kind"], estimator=estimator, recipe=FeatureRecipe.from_dict(meta["recipe"]),
                     classes=ClassTable.from_dict(meta["classes"]), geometry=Geometry.from_dict(meta["geometry"]),
                     source=str(path),
@@ -380,7 +430,7 @@ def _load_arrays(path: Path, meta: dict):
             native_bytes = zf.read(native_member(meta["kind"]))
     except ModelFileError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:  # not an npz, or one holding pickled objects
+    except (ValueError, OSError, *DAMAGED_ZIP) as exc:  # not an npz, one holding pickled objects, a damaged zip
         raise ModelFileError(f"{path}: the estimator's arrays in the model file cannot be read ({exc})") from exc
     est = meta["estimator"]
     try:
@@ -432,6 +482,8 @@ def load_model(path, *, native: bool = False) -> SedModel:
             data = zf.read(member)
     except KeyError as exc:
         raise ModelFileError(f"{path}: the model file has no {member}") from exc
+    except DAMAGED_ZIP as exc:
+        raise ModelFileError(f"{path}: damaged model file: {member} cannot be read ({exc})") from exc
     if kind == "cnn":
         estimator.model_ = _load_keras(path, data)
     else:

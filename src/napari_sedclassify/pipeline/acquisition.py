@@ -62,28 +62,41 @@ def mib_hdr(n_frames: int, frames_per_row: int, chips: int = 1, counter_depth: i
     return text + b" " * max(0, MIB_HDR_BYTES - len(text))
 
 
-def mib_frame_bytes(frame: np.ndarray, number: int, timestamp_ns: int = 0, chips: int = 1) -> bytes:
-    """One frame as stored in a .mib file: header, then big-endian U16 pixels, rows flipped."""
+#: Merlin's pixel type for each counter depth it stores unpacked (bits -> type): 6-bit counters
+#: as U08, 12-bit as U16, 24-bit (two counters combined) as U32, all big-endian.
+MIB_PIXEL_TYPES = {6: ("U08", ">u1"), 12: ("U16", ">u2"), 24: ("U32", ">u4")}
+
+
+def mib_frame_bytes(frame: np.ndarray, number: int, timestamp_ns: int = 0, chips: int = 1,
+                    counter_depth: int = 12) -> bytes:
+    """One frame as stored in a .mib file: header, then big-endian pixels of the ``counter_depth``
+    (6, 12 or 24 bit: U08, U16, U32), rows flipped. Counts the counter cannot hold are refused
+    (a real counter saturates: clip them first)."""
     frame = np.asarray(frame)
-    if frame.dtype.kind not in "ui" or frame.max(initial=0) > 65535:
-        raise ValueError("the Merlin writer stores 16-bit unsigned counts")
-    return mib_header(number, frame.shape, "U16", timestamp_ns, chips) + frame[::-1].astype(">u2").tobytes()
+    if counter_depth not in MIB_PIXEL_TYPES:
+        raise ValueError(f"the Merlin writer stores 6, 12 or 24-bit counters, not {counter_depth}-bit")
+    if frame.dtype.kind not in "ui" or frame.min(initial=0) < 0 or frame.max(initial=0) >= 2 ** counter_depth:
+        raise ValueError(f"the Merlin writer stores {counter_depth}-bit unsigned counts "
+                         f"(0 to {2 ** counter_depth - 1})")
+    pixel_type, dtype = MIB_PIXEL_TYPES[counter_depth]
+    return mib_header(number, frame.shape, pixel_type, timestamp_ns, chips) + frame[::-1].astype(dtype).tobytes()
 
 
-def write_mib(path, frames, scan_shape, *, chips: int = 1, frame_period_ns: int = 1_000_000) -> Path:
+def write_mib(path, frames, scan_shape, *, chips: int = 1, frame_period_ns: int = 1_000_000,
+              counter_depth: int = 12) -> Path:
     """Write ``frames`` (an iterable of (ky, kx) integer frames in scan order, e.g. a Scan's rows
-    flattened) as a Merlin ``.mib`` file with its ``.hdr``, 12-bit (U16), single chip or quad
-    (``chips=4``, assembled 2x2 frames, 768-byte headers), the way ``io.open_scan`` reads them back
-    (rows flipped on disk). Returns the .mib path."""
+    flattened) as a Merlin ``.mib`` file with its ``.hdr``, of ``counter_depth`` 6, 12 (default)
+    or 24 bit (U08, U16, U32), single chip or quad (``chips=4``, assembled 2x2 frames, 768-byte
+    headers), the way ``io.open_scan`` reads them back (rows flipped on disk). Returns the .mib path."""
     path = Path(path).with_suffix(".mib")
     sy, sx = (int(s) for s in scan_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".hdr").write_bytes(mib_hdr(sy * sx, sx, chips))
+    path.with_suffix(".hdr").write_bytes(mib_hdr(sy * sx, sx, chips, counter_depth))
     t0 = time.time_ns()
     n = 0
     with open(path, "wb") as out:
         for k, frame in enumerate(frames):
-            out.write(mib_frame_bytes(frame, k + 1, t0 + k * frame_period_ns, chips))
+            out.write(mib_frame_bytes(frame, k + 1, t0 + k * frame_period_ns, chips, counter_depth))
             n = k + 1
     if n != sy * sx:
         raise ValueError(f"{path}: {n} frames written for a {sy}x{sx} scan")

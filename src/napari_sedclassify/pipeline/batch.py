@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..io.atomic import check_target, staged_files
+from ..processing.runner import check_worker_wait, worker_wait
 
 #: Files ``pipeline.predict.write_prediction`` writes for a scan named NAME.
 PREDICTION_FILES = ("{}_classes.npy", "{}_classes.tif", "{}_probabilities.npy", "{}_probabilities.json",
@@ -57,14 +58,19 @@ def use_client(client):
 
 
 @contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None, memory_limit="auto"):
+def dask_client(scheduler: str | None = None, workers: int | None = None, memory_limit="auto",
+                worker_wait_s: float | None = None):
     """A dask.distributed Client for a batch run, or None for an in-process run (the default).
 
     scheduler: address of a running scheduler such as "tcp://host:8786" (wins over ``workers``).
     workers: worker processes of a local cluster, each single-threaded (None or 0: no cluster);
     memory_limit per worker ("auto": the machine's memory divided between them). The local
-    cluster is closed on exit.
+    cluster is closed on exit. worker_wait_s: how long a run inside waits for workers while the
+    cluster has none, before it stops with an error (default 60 s,
+    ``processing.runner.WORKERLESS_S``; an autoscaling cluster that starts empty may need minutes).
     """
+    if worker_wait_s is not None:
+        check_worker_wait(worker_wait_s)  # before any connection
     if scheduler is None and not workers:
         yield None
         return
@@ -78,14 +84,15 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, memory
             client = Client(scheduler, timeout=f"{4 * SCHEDULER_ANSWER_S}s")
         except OSError as exc:
             raise ConnectionError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from exc
-        with client:
+        with client, worker_wait(worker_wait_s):
             yield client
         return
     n = int(workers)
     if n < 1:
         raise ValueError(f"--workers must be >= 0, got {workers}")
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      memory_limit=memory_limit, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      memory_limit=memory_limit, silence_logs=logging.ERROR) as cluster, Client(cluster) as client, \
+            worker_wait(worker_wait_s):
         yield client
 
 
@@ -248,7 +255,7 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
                   workers: int | None = None, client=None, force: bool = False, chunk_frames: int | None = None,
                   concurrent: int = 2, progress: Callable | None = None, cancel: Callable | None = None,
                   uncertain_below: float | None = None, hspy: bool = False,
-                  keep=("amorphous_ice",)) -> list[dict]:
+                  keep=("amorphous_ice",), worker_wait_s: float | None = None) -> list[dict]:
     """Classify every scan (paths or file-backed Scans) with ``model`` (SedModel or model file) and
     write into ``out_dir`` what ``pipeline.predict.write_prediction`` writes per scan, with the
     keep-list of the classes in ``keep`` (a scan's files appear together, each atomically; existing
@@ -257,6 +264,7 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
     ``io.hyperspy.export_hyperspy`` (needs the ``formats`` extra).
 
     client: an existing Client (else one from ``scheduler``/``workers``, see :func:`dask_client`).
+    worker_wait_s: seconds to wait for workers while the cluster has none (:func:`dask_client`).
     flatfield: None, one for all scans or one per scan (FlatField or path). chunk_frames: frames
     per task (default: the reader's chunks, about 32 MB). progress(done, total) counts frames over
     all scans. Returns one dict per scan: name, source, files, counts, unclassified, timings.
@@ -273,7 +281,7 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
         from ..optional import require_formats
 
         require_formats("Writing HyperSpy files (--hspy)")
-    with _maybe_client(client, scheduler, workers) as cl:
+    with _maybe_client(client, scheduler, workers, worker_wait_s) as cl:
         opened = _open(scans, cl)
         names = [scan_name(s) for s in opened]
         _check_names(names)
@@ -303,7 +311,8 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
 
 def batch_preprocess(scans, outputs, *, params=None, flatfield=None, scheduler: str | None = None,
                      workers: int | None = None, client=None, force: bool = False, concurrent: int = 2,
-                     progress: Callable | None = None, cancel: Callable | None = None) -> list[dict]:
+                     progress: Callable | None = None, cancel: Callable | None = None,
+                     worker_wait_s: float | None = None) -> list[dict]:
     """Preprocess every scan (paths or file-backed Scans) and save each result to its entry of
     ``outputs`` (.h5 or .zarr paths, one per scan; atomically, existing ones only with ``force``).
 
@@ -314,7 +323,7 @@ def batch_preprocess(scans, outputs, *, params=None, flatfield=None, scheduler: 
     from .scans import flatfields_for
 
     outputs = [Path(o) for o in outputs]
-    with _maybe_client(client, scheduler, workers) as cl:
+    with _maybe_client(client, scheduler, workers, worker_wait_s) as cl:
         opened = _open(scans, cl)
         if len(outputs) != len(opened):
             raise ValueError(f"{len(opened)} scans but {len(outputs)} output paths")
@@ -336,11 +345,12 @@ def batch_preprocess(scans, outputs, *, params=None, flatfield=None, scheduler: 
 
 
 @contextmanager
-def _maybe_client(client, scheduler, workers):
+def _maybe_client(client, scheduler, workers, worker_wait_s=None):
     if client is None and scheduler is None and not workers:
         client = current_client()
     if client is not None:
-        yield client
+        with worker_wait(worker_wait_s):
+            yield client
         return
-    with dask_client(scheduler, workers) as cl:
+    with dask_client(scheduler, workers, worker_wait_s=worker_wait_s) as cl:
         yield cl

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import CalibrationError
 from ..geometry import FLAGS, Geometry
+from ..processing.params import PreprocessParams
 from ..processing.stats import median
 
 __all__ = ["CalibrationError", "CalibrationResult", "Q_AXIS_TOLERANCE", "RING_SETS", "calibrate", "calibrate_ria",
@@ -239,6 +240,7 @@ def calibrate(scan, ring="ice", flatfield=None, params=None, *, search: float = 
     parse_ring(ring)  # fail early on a bad ring
     _check_geometry(scan.geometry, search)
     sub = _subsample(scan, max_frames)
+    params = _bins_for_ring(params, scan.geometry, ring)
     try:
         result = preprocess(sub, params, flatfield, progress=progress, cancel=cancel, client=client)
     except ValueError as exc:
@@ -267,6 +269,25 @@ def calibrate(scan, ring="ice", flatfield=None, params=None, *, search: float = 
         full[_steps(scan, max_frames)] = cal.selected
         cal.selected = full
     return cal
+
+
+#: Radial bins across the innermost ring's nominal radius that calibrate asks for at least (finer
+#: bins than 1 px when the ring lies near the beam): the fit's window spans 0.8 of that radius and
+#: needs 12 bins. At 200 mm on a 256 px detector of 110 µm pixels the ice ring lies at 13 px: 10
+#: bins of 1 px, refused ("check the pixel size"); 0.43-px bins fit 199.6 mm.
+RING_BINS = 30
+
+
+def _bins_for_ring(params, geometry: Geometry, ring):
+    """``params`` (None, a dict or PreprocessParams) with RIA bins fine enough for the ring
+    (RING_BINS across its radius) when they leave the bins unset (None or a dict without
+    ria_bin_px or ria_q_bin_invA); otherwise as given."""
+    if isinstance(params, PreprocessParams) or (params or {}).keys() & {"ria_bin_px", "ria_q_bin_invA"}:
+        return params
+    r0 = float(geometry.lambda_L_over_p) / max(parse_ring(ring)[1]) if geometry.calibrated else math.inf
+    if r0 >= RING_BINS:
+        return params
+    return {**(params or {}), "ria_bin_px": max(r0, 1.0) / RING_BINS}
 
 
 def _no_beam(scan) -> str:
@@ -363,6 +384,9 @@ def q_axis_warning(ria, radii_px, valid, geometry: Geometry, *, counts=None, inn
     try:
         cal = calibrate_ria(ria, radii_px, valid, geometry, "ice", counts=all_counts, search=search, inner_px=inner_px,
                             beam_radius_px=beam_radius_px, source=source)
+    except SecondRingError as exc:  # the q axis is off by more than any search: a binned detector at 55 µm, say
+        return (f"{exc}. So its radial profiles were read on a wrong q axis (a model's features, the proposal's "
+                "names) and the classes may be wrong")
     except CalibrationError:
         return None
     if abs(cal.relative_change) < Q_AXIS_TOLERANCE:
@@ -800,8 +824,12 @@ def _ice_vs_2p1(radii, Y, usable, fit: _Fit):
     return float(v37 / v21)
 
 
+class SecondRingError(CalibrationError):
+    """The ring fitted as vitreous ice's 3.7-Å ring is its 2.1-Å ring: the q axis is off by 1.75x."""
+
+
 def _not_the_second_ring(radii, Y, usable, fit: _Fit, inner_px, rel_width, geometry: Geometry, where):
-    """Raise CalibrationError when the ring fitted as 3.7 Å is vitreous ice's 2.1-Å ring: the mean
+    """Raise SecondRingError when the ring fitted as 3.7 Å is vitreous ice's 2.1-Å ring: the mean
     profile then shows a stronger ring (larger amplitude) 3.70/2.115 times further in (where a pixel size,
     voltage or camera length off by that much, a 2x2-binned detector taken for an unbinned one say,
     puts the true 3.7-Å ring)."""
@@ -821,7 +849,7 @@ def _not_the_second_ring(radii, Y, usable, fit: _Fit, inner_px, rel_width, geome
     if inner is None or here is None or inner[0] < T_MIN or inner[1] <= here[1]:
         return
     L_inner = geometry.camera_length_mm * inner[2] / (fit.r0[0])
-    raise CalibrationError(
+    raise SecondRingError(
         f"{where}the ring found at {R:.1f} px is not the amorphous-ice ring (3.7 Å) but its second ring (2.1 Å): "
         f"a stronger ring lies at {inner[2]:.1f} px, {R / inner[2]:.2f} times further in, as vitreous ice's "
         f"3.7- and 2.1-Å rings do. With {geometry.describe()} the 3.7-Å ring there means a camera length of "

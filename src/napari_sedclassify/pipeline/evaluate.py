@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .predict import ScanPrediction, as_model, predict_scan
-from .scans import flatfields_for, load_labels, open_scans, scan_report
+from .scans import flatfields_for, is_path, load_labels, open_scans, scan_report
 
 
 @dataclass
@@ -81,6 +81,21 @@ def plot_scan(out_dir, stem, kind, name, metrics, truth, class_map, integrated, 
     return [str(f) for f in files]
 
 
+def checked_truth(truth, source, index: int, scan, classes) -> np.ndarray:
+    """The labels of scan ``index`` (from ``source``: a path or an array), refused with the file and
+    the problem when they are not on the scan grid or hold ids the model's class table lacks (their
+    points would fall out of the confusion matrix while still counting in the scores)."""
+    what = str(source) if is_path(source) else f"labels {index + 1}"
+    truth = np.asarray(truth)
+    if truth.shape != tuple(scan.scan_shape):
+        raise ValueError(f"{what}: labels shape {truth.shape} does not match the scan shape {tuple(scan.scan_shape)}")
+    unknown = sorted(set(np.unique(truth).tolist()) - set(classes.ids) - {0})
+    if unknown:
+        raise ValueError(f"{what}: unknown class ids {unknown} (known: 0 = unlabeled, "
+                         + ", ".join(f"{i} = {classes.names[i]}" for i in classes.ids) + ")")
+    return truth
+
+
 def evaluate_model(model, scans, labels, *, flatfield=None, progress: Callable | None = None,
                    scan_progress: Callable | None = None, cancel: Callable | None = None) -> Evaluation:
     """Predict ``scans`` (paths or Scans) with ``model`` (SedModel or path) and compare with
@@ -90,7 +105,8 @@ def evaluate_model(model, scans, labels, *, flatfield=None, progress: Callable |
 
     model = as_model(model)
     scans = open_scans(scans)
-    truths = load_labels(labels, scans)
+    truths = [checked_truth(t, lab, i, scan, model.classes)
+              for i, (t, lab, scan) in enumerate(zip(load_labels(labels, scans), labels, scans))]
     ffs = flatfields_for(flatfield, len(scans))
     preds: list[ScanPrediction] = []
     per_scan = {}

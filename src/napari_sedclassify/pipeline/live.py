@@ -536,17 +536,36 @@ def _string_end(blob: bytes, off: int) -> int:
     return off + 8 + length
 
 
-def _qd_frame_number(blob: bytes, off: int):
-    """A frame of a libertem_qd_mpx stack: MPX length, frame number (from 1, its Merlin header), ..."""
+def _qd_frame_header(blob: bytes, off: int):
+    """A frame of a libertem_qd_mpx stack: MPX length, frame number (from 1, its Merlin header), ...,
+    and the counter depth when the header has Merlin's extended part (MQ1A) -> (number, counter
+    depth or None, next offset)."""
     _, number = struct.unpack_from("<QI", blob, off)
     off += 12 + 2 + 1 + 16 + 4 + 4 + 1  # data offset, chips, sizes, dtype, layout, chip select
     off = _string_end(blob, off) + 8 + 1 + 4 + 4  # timestamp, shutter time, counter, colour mode, gain
     tag = blob[off]
     if tag == 1:  # MQ1A: extended timestamp, shutter ns, counter depth
-        return number, _string_end(blob, off + 1) + 8 + 1
+        off = _string_end(blob, off + 1) + 8
+        return number, blob[off], off + 1
     if tag != 0:
         raise ValueError("unknown frame header tag")
-    return number, off + 1
+    return number, None, off + 1
+
+
+def _qd_frame_number(blob: bytes, off: int):
+    number, _, off = _qd_frame_header(blob, off)
+    return number, off
+
+
+def _qd_counter_depth(blob: bytes) -> int | None:
+    """The counter depth (bits) the first frame header of a libertem_qd_mpx stack states (Merlin's
+    MQ1A part), None when it states none or the bytes are not laid out as expected. A 1-bit RAW
+    frame arrives as bytes like a 6-bit one: only its header tells them apart."""
+    try:
+        depth = _qd_frame_header(blob, 24)[1]
+    except (struct.error, IndexError, ValueError):
+        return None
+    return int(depth) if depth in (1, 6, 12, 24) else None
 
 
 def _dectris_frame_number(blob: bytes, off: int):
@@ -643,6 +662,8 @@ class StreamSource:
 
     kind = "stream"
     first_number = 0
+    #: what a detector not armed, or messages out of order, may mean besides ("": nothing more)
+    shared_stream_hint = ""
 
     def __init__(self, host: str, port: int, scan_shape=None, *, name: str, frame_stack_size: int = 16,
                  num_slots: int = 256, max_buffered_frames: int = 1024, bytes_per_frame: int = 256 * 256 * 2):
@@ -697,8 +718,12 @@ class StreamSource:
             return conn.get_next_stack(max_size=self.frame_stack_size)
         except Exception as exc:  # the receiver's errors, which its module does not export
             with self._cond:
-                self._stats["stream_error"] = str(exc)
+                self._stats["stream_error"] = self._stream_error(str(exc), self._stats["frames_received"])
             return None
+
+    def _stream_error(self, message: str, received: int) -> str:
+        """The receiver's ``message`` as the user reads it (``received``: frames that came before)."""
+        return message
 
     def _scan_frames(self, frames):
         """Decoded frames as the project's readers show them."""
@@ -814,7 +839,8 @@ class StreamSource:
         """The receiver's error, named with the stream (an OSError: one line in the CLI and napari)."""
         if isinstance(self.error, (OSError, ValueError, KeyboardInterrupt)):
             raise self.error
-        raise ConnectionError(f"{self.path}: the receiver stopped: {self.error}") from self.error
+        said = self._stream_error(str(self.error), self._stats["frames_received"])
+        raise ConnectionError(f"{self.path}: the receiver stopped: {said}") from self.error
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop receiving and release the connection (waits up to ``timeout_s`` for the receiver:
@@ -960,12 +986,29 @@ class MerlinStreamSource(StreamSource):
         return self.header["frames_in_acquisition"]
 
     def _first_stack(self, stack):
+        """Frame type and size, and the counter depth: as the frame header states it (as the .mib
+        reader takes it: a 1-bit RAW stream was taken for 6-bit, saturation 63 instead of 1), else
+        the control port's, else from the pixel type."""
         self.dtype = np.dtype(stack.get_dtype_string())
         self.detector_shape = tuple(int(s) for s in stack.get_shape())
+        stated = _qd_counter_depth(stack.serialize())
+        if stated is not None:
+            self.metadata["counter_depth"] = stated
         self.metadata.setdefault("counter_depth", {1: 6, 2: 12, 4: 24}.get(self.dtype.itemsize))
 
     def _scan_frames(self, frames):
         return frames[:, ::-1]
+
+    def _stream_error(self, message: str, received: int) -> str:
+        """A parse error: the data port sent bytes that are not Merlin frames. Said as such, with the
+        known cause (the receiver's text alone named no cause: "expected 'MPX,', got [0, 0, 0, 0]")."""
+        if "parse error" not in message:
+            return message
+        one_bit = ("; 1-bit frames stored as bytes (U08, not RAW) are not read by LiberTEM's receiver"
+                   if self.metadata.get("counter_depth") == 1 else "")
+        return (f"{message} -- after {received} frames the data port sent bytes that are not Merlin frames: a "
+                "broken stream (LiberTEM-live's simulator with --cached MEM sends one after a client disconnected "
+                f"mid-acquisition: restart it){one_bit}")
 
 
 class DectrisStreamSource(StreamSource):
@@ -986,6 +1029,18 @@ class DectrisStreamSource(StreamSource):
     kind = "dectris"
     stream_format = "DECTRIS zmq stream (live)"
     _frame_numbers = _dectris_frame_numbers
+    shared_stream_hint = ("a DECTRIS zmq stream deals its messages out among all the receivers connected to it: is "
+                          "another one (a second watch, LiberTEM) connected to this stream? Stop it")
+
+    def _stream_error(self, message: str, received: int) -> str:
+        """Messages out of order (a frame where the detector configuration belongs) or frame numbers
+        that skip: said with what they mean; a second receiver on the stream gives both (each
+        got part of the messages: the receiver's text alone named no cause)."""
+        if "deserialization failed" in message:
+            return f"{message} -- the series' messages arrived out of order: {self.shared_stream_hint}"
+        if "mismatch" in message:
+            return f"{message} -- a frame lost on the way, or: {self.shared_stream_hint}"
+        return message
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9999, scan_shape=None, *, name: str = "dectris",
                  **options):
@@ -1067,9 +1122,10 @@ def wait_ready(src, timeout_s: float | None = None, cancel: Callable | None = No
                                        f"and no acquisition header arrived{within}: check HOST:PORT (the "
                                        "detector's data port) and that the detector's software is running")
                 if isinstance(src, StreamSource):
+                    shared = f"; {src.shared_stream_hint}" if src.shared_stream_hint else ""
                     raise TimeoutError(f"{src.path}: the detector was not armed{within} (no acquisition header "
                                        "arrived): arm the acquisition in the detector's software after starting "
-                                       "watch, check HOST:PORT, or give a longer --timeout")
+                                       f"watch, check HOST:PORT, or give a longer --timeout{shared}")
                 raise TimeoutError(f"{getattr(src, 'path', src)}: no frame arrived{within}")
             time.sleep(poll_s)
     except BaseException:
@@ -1321,8 +1377,11 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                 if state.n_done == n_total:
                     status = "complete"
                     break
-                if getattr(src, "finished", False) and classifier is not None:
-                    status = "incomplete"  # a stream's acquisition ended with positions never received
+                if getattr(src, "finished", False):
+                    # a stream's acquisition ended with positions never received; before the
+                    # calibration sample was complete too (the frames that came are classified
+                    # below): the run waited for --timeout and said "no new frame"
+                    status = "incomplete"
                     break
                 if timeout_s is not None and time.perf_counter() - last_frame > timeout_s:
                     status = "timeout"

@@ -29,6 +29,15 @@ from ..classes import ClassTable
 ICE_RING_Q_INVA = 1 / 3.7
 #: Range (Å⁻¹) searched for Bragg-spot spikes.
 SPOT_RANGE_Q_INVA = (0.2, 0.6)
+#: Spread of the clusters' ice-ring heights (log units) above which they are named relative to
+#: each other; below it the scan shows one material, named by the ring's height alone.
+RING_CONTRAST = 0.6
+#: Where a cluster's ice-ring height lies between the lowest (0) and the highest (1) cluster's:
+#: below the first value it is named carbon, above the second amorphous ice, between them mixed.
+CARBON_BELOW, ICE_ABOVE = 0.3, 0.75
+#: Ice-ring height (log units over the profile's median) above which a scan of one material is
+#: proposed as amorphous ice, else carbon.
+ONE_MATERIAL_ICE_HEIGHT = 1.8
 
 
 @dataclass
@@ -91,11 +100,11 @@ def propose_from_features(feats: np.ndarray, q_invA: np.ndarray, valid: np.ndarr
     groups = []
     for g in range(best.n_components):
         h = heights[g]
-        if spread >= 0.6:
+        if spread >= RING_CONTRAST:
             t = (h - lo) / spread
-            name = "carbon" if t < 0.3 else ("amorphous_ice" if t > 0.75 else "mixed")
+            name = "carbon" if t < CARBON_BELOW else ("amorphous_ice" if t > ICE_ABOVE else "mixed")
         else:
-            name = "amorphous_ice" if h > 1.8 else "carbon"
+            name = "amorphous_ice" if h > ONE_MATERIAL_ICE_HEIGHT else "carbon"
         out[idx[group[idx] == g]] = cid[name]
         groups.append({"group": g, "frames": int((group[idx] == g).sum()), "ice_ring_height": round(float(h), 3),
                        "class": name})
@@ -115,6 +124,7 @@ def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 
 
     sy, sx = result.scan_shape
     n = sy * sx
+    check_ring_recorded(geometry, source)
     recipe = FeatureRecipe(kind="ria", axis="q").for_geometries([geometry])
     feats = ria_features(result.ria.reshape(n, -1), result.radii_px, recipe, geometry)
     edges = recipe.axis_edges()
@@ -123,11 +133,28 @@ def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 
     ids, group, groups, ring, spike = propose_from_features(feats, q, valid, classes=classes, seed=seed)
     details = {"q_range_invA": [recipe.q_min_invA, recipe.q_max_invA], "frames": int(valid.sum()),
                "geometry": geometry.describe()}
-    warnings = _warnings(result, geometry, groups, source)
+    warnings = _warnings(result, geometry, groups, source) + _one_class_warning(ids[ids > 0], classes, groups, source)
     if warnings:
         details["warnings"] = warnings
     return Proposal(class_map=ids.reshape(sy, sx), clusters=group.reshape(sy, sx), groups=groups,
                     ring_height=ring.reshape(sy, sx), spikiness=spike.reshape(sy, sx), details=details)
+
+
+def check_ring_recorded(geometry, source=None) -> None:
+    """Raise ValueError (one line naming ``source`` and the geometry) when a scan of ``geometry``
+    stops short of the amorphous-ice ring the clusters are named by, and of the bin either side of
+    it that its height is read from: every cluster would be named from the profile's last bins.
+    Needs only the geometry: commands check it before preprocessing."""
+    from ..models.features import FeatureRecipe
+
+    edges = FeatureRecipe(kind="ria", axis="q").for_geometries([geometry]).axis_edges()
+    if edges[-1] >= ICE_RING_Q_INVA + 2 * (edges[1] - edges[0]):
+        return
+    where = f"{source}: " if source is not None else ""
+    raise ValueError(f"{where}cannot propose classes: they are named by the amorphous-ice ring at 3.7 Å "
+                     f"(q = {ICE_RING_Q_INVA:.2f} Å⁻¹), but this detector reaches q = {edges[-1]:.3f} Å⁻¹ "
+                     f"(d = {1 / edges[-1]:.1f} Å) with {geometry.describe()}; if a value is wrong, give the true "
+                     "one (--pixel-size, --camera-length, --voltage), else record the scan at a shorter camera length")
 
 
 def _warnings(result, geometry, groups, source) -> list[str]:
@@ -147,3 +174,18 @@ def _warnings(result, geometry, groups, source) -> list[str]:
                 "(--pixel-size, --camera-length, --voltage) or run `sedclassify calibrate`"]
     return []
 
+
+def _one_class_warning(ids, classes, groups, source) -> list[str]:
+    """The warning for a proposal that puts every frame with a beam in one class: the clusters
+    showed no ring contrast, so they were named by the ice ring's height alone; a model needs
+    labels of two classes or more."""
+    found = np.unique(ids)
+    if len(found) != 1:
+        return []
+    name = (classes or ClassTable.default()).names[int(found[0])]
+    heights = [g["ice_ring_height"] for g in groups]
+    where = f"{source}: " if source is not None else ""
+    return [f"{where}all {len(ids)} frames proposed as {name}: the clusters' ice-ring heights "
+            f"({min(heights):.2f}-{max(heights):.2f}) show one material, named by that height alone "
+            f"(amorphous ice above {ONE_MATERIAL_ICE_HEIGHT:g}); check a few frames before using it as labels, and "
+            "label the other classes on another scan: a model needs two classes or more"]

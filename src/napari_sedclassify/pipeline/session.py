@@ -2,12 +2,13 @@
 
 A :class:`ScanSession` holds the scan, its flat-field, its camera-length calibration and the
 preprocessing results, each kept under the inputs it was made from (parameters, flat-field,
-geometry): a result stays available while those inputs hold and is never recomputed for them;
-a different flat-field or geometry makes ``result()`` answer None until the matching result is
-stored. It also holds the scan's labels, the model chosen for it and the latest prediction,
-which goes stale (``prediction`` None, ``stale_prediction`` kept for the record) as soon as the
-preprocessing result it was made from no longer holds. Observers subscribe a callback that
-receives the name of what changed ("flatfield", "geometry", "result", "calibration", "labels",
+geometry, the width of a Medipix3 quad's chip-edge pixels): a result stays available while those
+inputs hold and is never recomputed for them; a different flat-field, geometry or chip-edge pixel
+width makes ``result()`` answer None until the matching result is stored. It also holds the
+scan's labels, the model chosen for it and the latest prediction, which goes stale
+(``prediction`` None, ``stale_prediction`` kept for the record) as soon as the preprocessing
+result it was made from no longer holds. Observers subscribe a callback that receives the name
+of what changed ("flatfield", "geometry", "edge_pixel_width", "result", "calibration", "labels",
 "model", "prediction"), as napari-animation's ``Animation`` is observed by its Qt widgets.
 """
 
@@ -23,6 +24,13 @@ from ..jsonutil import jsonable
 #: Parameters given in Å or 1/Å: a result made with them follows the q axis, so a geometry
 #: change with other camera length, pixel size or voltage makes it stale.
 _Q_SUFFIXES = ("_d_A", "_invA")
+
+#: Where a result's chip-edge pixel width came from when nobody stated it (``PreprocessPlan``'s
+#: resolved origins): the frames, or the default of 1.
+_UNSTATED = ("measured", "assumed")
+
+#: A result made with a chip-edge pixel width its own parameters set: the scan's width does not apply to it.
+_OWN_WIDTH = "parameters"
 
 #: Default of ``store_result``/``store_prediction``: the session's current flat-field or geometry.
 #: A distinct marker, because None is a real input (a result made WITHOUT a flat-field).
@@ -62,6 +70,30 @@ class ScanSession:
         self.calibration = calibration
         self._changed("calibration")
 
+    @property
+    def edge_pixel_width(self) -> tuple[float | None, str]:
+        """(width in pitches, where it came from: "file" or "given") of the wide chip-edge pixels
+        stated for the scan, as preprocessing reads it from the scan's metadata; (None, "measured")
+        when none is stated: preprocessing measures it from the frames."""
+        metadata = self.scan.metadata or {}
+        width = metadata.get("edge_pixel_width")
+        if width is None:
+            return None, "measured"
+        return float(width), str(metadata.get("edge_pixel_width_origin", "file"))
+
+    def set_edge_pixel_width(self, width: float | None) -> None:
+        """State the width (pitches, at least 1) of the scan's wide chip-edge pixels, or None: measure
+        it from the frames (even where the file states one). Results made with another width no
+        longer hold (``result()`` None; they come back when the width does)."""
+        if width is not None and not width >= 1:
+            raise ValueError(f"the chip-edge pixel width must be at least 1 pitch, got {width:g}")
+        metadata = self.scan.metadata
+        for key in ("edge_pixel_width", "edge_pixel_width_origin"):
+            metadata.pop(key, None)
+        if width is not None:
+            metadata.update(edge_pixel_width=float(width), edge_pixel_width_origin="given")
+        self._changed("edge_pixel_width")
+
     def set_geometry(self, geometry) -> list[str]:
         """Give the scan a new geometry. Results in px carry over with the new q axis; results
         with radii in Å or 1/Å are dropped when the q axis changed (what was dropped is returned,
@@ -71,13 +103,13 @@ class ScanSession:
         q_changed = _q_of(old) != _q_of(geometry)
         dropped: list[str] = []
         kept = {}
-        for (params_key, ff_id, _), result in self._results.items():
+        for (params_key, ff_id, _, width), result in self._results.items():
             in_q = [f.name for f in dataclasses.fields(result.params)
                     if f.name.endswith(_Q_SUFFIXES) and getattr(result.params, f.name)]
             if q_changed and in_q:
                 dropped.extend(in_q)
                 continue
-            kept[(params_key, ff_id, _geometry_key(geometry))] = dataclasses.replace(result, geometry=geometry)
+            kept[(params_key, ff_id, _geometry_key(geometry), width)] = dataclasses.replace(result, geometry=geometry)
         latest_params = None if self._latest is None else self._latest[:2]
         self._results = kept
         self._latest = next((k for k in kept if k[:2] == latest_params), None)
@@ -99,7 +131,8 @@ class ScanSession:
     def _keep(self, result, flatfield=CURRENT, geometry=CURRENT) -> tuple:
         flatfield = self.flatfield if flatfield is CURRENT else flatfield
         geometry = self.scan.geometry if geometry is CURRENT or geometry is None else geometry
-        key = (_params_key(result.params), id(flatfield) if flatfield is not None else None, _geometry_key(geometry))
+        key = (_params_key(result.params), id(flatfield) if flatfield is not None else None, _geometry_key(geometry),
+               _width_of(result))
         self._results[key] = result
         return key
 
@@ -109,14 +142,13 @@ class ScanSession:
         ``params``, a model's own pass whose radial profile stops where the model stops reading it
         (``pipeline.predict.params_for_model``) is not offered unless it is the latest: RIA plots
         and proposals read the whole profile."""
-        ff_id = id(self.flatfield) if self.flatfield is not None else None
-        geometry = _geometry_key(self.scan.geometry)
         if params is not None:
-            return self._results.get((_params_key(params), ff_id, geometry))
-        if self._latest is not None and self._latest[1:] == (ff_id, geometry):
+            want = _params_key(params)
+            return next((r for k, r in self._results.items() if k[0] == want and self._holds(k)), None)
+        if self._latest is not None and self._holds(self._latest):
             return self._results[self._latest]
         return next((r for k, r in reversed(self._results.items())
-                     if k[1:] == (ff_id, geometry) and r.params.ria_r_max_px is None), None)
+                     if self._holds(k) and r.params.ria_r_max_px is None), None)
 
     def result_for(self, params):
         """:meth:`result` for ``params``, or else one made with the same parameters but a radial
@@ -127,14 +159,20 @@ class ScanSession:
         found = self.result(params)
         if found is not None or params.ria_r_max_px is None:
             return found
-        ff_id = id(self.flatfield) if self.flatfield is not None else None
-        geometry = _geometry_key(self.scan.geometry)
         want = _params_key(dataclasses.replace(params, ria_r_max_px=None))
         farther = [r for k, r in reversed(self._results.items())
-                   if k[1:] == (ff_id, geometry) and _reaches(r.params, params.ria_r_max_px)
+                   if self._holds(k) and _reaches(r.params, params.ria_r_max_px)
                    and _params_key(dataclasses.replace(r.params, ria_r_max_px=None)) == want]
         return min(farther, key=lambda r: math.inf if r.params.ria_r_max_px is None else r.params.ria_r_max_px,
                    default=None)
+
+    def _holds(self, key: tuple) -> bool:
+        """Whether the result kept under ``key`` was made from the current flat-field, geometry and
+        chip-edge pixel width."""
+        _, ff_id, geometry, width = key
+        return (ff_id == (id(self.flatfield) if self.flatfield is not None else None)
+                and geometry == _geometry_key(self.scan.geometry)
+                and width in (self.edge_pixel_width[0], _OWN_WIDTH))
 
     @property
     def latest_result(self):
@@ -191,6 +229,18 @@ class ScanSession:
 def _reaches(params, r_max_px: float) -> bool:
     """Whether a pass made with ``params`` has a radial profile to at least ``r_max_px``."""
     return params.ria_r_max_px is None or params.ria_r_max_px >= r_max_px
+
+
+def _width_of(result):
+    """The chip-edge pixel width ``result`` was made with, as a session states it: the width given
+    or read from the file, None when the frames gave it (or it was assumed), ``_OWN_WIDTH`` when
+    the result's own parameters set it."""
+    if result.params.edge_pixel_width is not None:
+        return _OWN_WIDTH
+    resolved = result.resolved or {}
+    if resolved.get("edge_pixel_width") is None or resolved.get("edge_pixel_width_origin") in _UNSTATED:
+        return None
+    return float(resolved["edge_pixel_width"])
 
 
 def _params_key(params) -> str:

@@ -34,9 +34,10 @@ class CentreFinder(FrameProcessor):
     (batch, live, a stream, the frame view). A warm start agrees for all but rare frames whose beam
     has two distant fixed windows (17 of 17,280 frame/chunking combinations).
     saturation_counts: the counter's full value in raw counts (the plan's; saturated pixels keep
-    their raw value through the flat-field), None when unknown. pedestal_counts: the data's
-    pedestal (0 for counts; below zero for data with a pedestal or dark level subtracted), what
-    the search takes as no electron (the plan's, from its calibration sample: one value for every
+    their raw value through the flat-field), None when unknown. pedestal_counts: what an
+    electron-free pixel reads in the frames it is given (after the flat-field: 0 for counts and
+    for frames whose pedestal the plan subtracts as the dark level), what the search takes as no
+    electron (the plan's ``centre_floor_counts``, from its calibration sample: one value for every
     frame, so that batch and live agree); None: measured on each chunk's first frame
     (:func:`pedestal_of`).
     """
@@ -78,15 +79,49 @@ class CentreFinder(FrameProcessor):
         return {"centre": c, "beam_found": found, "beam_radius_px": radius}
 
 
-def pedestal_of(frames) -> float:
-    """The pedestal of ``frames`` (raw or corrected): their lowest value when below zero (a
-    pedestal or dark level subtracted: int32 or float data), else 0 (counts, of any unsigned
-    type: not read). NaN values are left out."""
+#: A counting detector's electron-free pixels read exactly its pedestal: at least this share of the
+#: sampled values at the lowest one says so (a sparse diffraction frame: most pixels count nothing).
+PEDESTAL_SHARE = 0.02
+#: About this many values of the frames are read for the pedestal (every other row, or fewer).
+PEDESTAL_VALUES = 2**20
+
+
+def pedestal_of(frames, dark=None) -> float:
+    """The level an electron-free pixel reads in ``frames`` (raw or corrected; ``dark`` (ky, kx)
+    subtracted first when given): a counting detector's lowest value when at least PEDESTAL_SHARE
+    of the values sit at it (0 for counts; -100 for int32 counts with 100 subtracted; NaN values
+    left out); else, for data with a read noise (float or signed frames that go below zero, or
+    float frames above zero that are not counts), the mode of the values (:func:`half_sample_mode`:
+    the electron-free pixels, most of a narrow-beam frame, spread about it); else 0 (counts
+    without an empty pixel: no pedestal to see)."""
     frames = np.asarray(frames)
-    if frames.size == 0 or frames.dtype.kind in "ub":
+    if frames.size == 0 or frames.dtype.kind not in "uif":
         return 0.0
-    low = np.nanmin(frames[..., ::2, :]) if np.isfinite(frames).any() else 0.0
-    return float(min(0.0, low))
+    step = max(2, -(-frames.size // PEDESTAL_VALUES))  # every step-th row
+    v = frames[..., ::step, :]
+    if dark is not None:
+        v = v - np.asarray(dark, np.float32)[::step, :]
+    v = v.ravel()
+    v = v[np.isfinite(v)] if v.dtype.kind == "f" else v
+    if v.size == 0:
+        return 0.0
+    low = v.min()
+    if np.count_nonzero(v == low) >= PEDESTAL_SHARE * v.size:
+        return float(low)
+    if low >= 0 and (v.dtype.kind in "ui" or np.array_equal(v, np.round(v))):
+        return 0.0
+    return half_sample_mode(v)
+
+
+def half_sample_mode(values) -> float:
+    """The mode of ``values`` (Bickel and Fruehwirth's half-sample mode: the densest half of the
+    sorted values, then of that half, ... down to 3 values, their mean)."""
+    x = np.sort(np.asarray(values, np.float64).ravel())
+    while x.size > 3:
+        h = (x.size + 1) // 2
+        i = int(np.argmin(x[h - 1:] - x[:x.size - h + 1]))
+        x = x[i:i + h]
+    return float(x.mean())
 
 
 def find_centre(frame, flatfield=None, **kwargs) -> tuple[float, float] | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -402,22 +403,52 @@ class FrameRunner:
 
 #: Seconds between checks that a dask cluster still has workers while none of its tasks finishes ...
 WORKER_CHECK_S = 1.0
-#: ... and how long it may have none before the run stops with an error (a scheduler whose workers
-#: all stopped, or that never had any, kept a run waiting without end, its progress bar frozen).
+#: ... and how long, by default, it may have none before the run stops with an error (a scheduler
+#: whose workers all stopped, or that never had any, kept a run waiting without end, its progress
+#: bar frozen). An autoscaling cluster (dask-jobqueue, Kubernetes) that starts empty may need longer:
+#: :func:`worker_wait` (the commands' ``--worker-wait``) sets it.
 WORKERLESS_S = 60.0
+
+_worker_wait_s: float | None = None  # set by worker_wait(); None: WORKERLESS_S
+
+
+def check_worker_wait(seconds) -> float:
+    """``seconds`` as a wait for workers: a positive number (inf: without end), else ValueError."""
+    value = float(seconds)
+    if not value > 0:  # NaN too
+        raise ValueError(f"the wait for dask workers is a positive number of seconds, got {seconds}")
+    return value
+
+
+@contextmanager
+def worker_wait(seconds: float | None):
+    """Inside, a run on a dask cluster waits up to ``seconds`` for workers while the cluster has
+    none (default :data:`WORKERLESS_S`; None: the wait set outside, unchanged) before it stops
+    with an error: for an autoscaling cluster that starts its workers on demand."""
+    global _worker_wait_s
+    previous = _worker_wait_s
+    if seconds is not None:
+        _worker_wait_s = check_worker_wait(seconds)
+    try:
+        yield
+    finally:
+        _worker_wait_s = previous
 
 
 def _check_workers(client, workers_seen: float, done: int, n: int, pending) -> float:
     """The time workers were last seen (now, when the cluster has some); ConnectionError when it
-    has had none for WORKERLESS_S."""
+    has had none for the wait :func:`worker_wait` sets (default :data:`WORKERLESS_S`)."""
     if client.nthreads():
         return time.monotonic()
-    if time.monotonic() - workers_seen < WORKERLESS_S:
+    wait_s = WORKERLESS_S if _worker_wait_s is None else _worker_wait_s
+    if time.monotonic() - workers_seen < wait_s:
         return workers_seen
     _cancel(pending)
     raise ConnectionError(f"the dask cluster at {client.scheduler.address} has had no workers for "
-                          f"{WORKERLESS_S:g} s ({'none joined' if done == 0 else 'they stopped'}; "
-                          f"{done} of {n} frames done): start workers (`dask worker ADDRESS`) and run again")
+                          f"{wait_s:g} s ({'none joined' if done == 0 else 'they stopped'}; "
+                          f"{done} of {n} frames done): start workers (`dask worker ADDRESS`) and run again, "
+                          "or, for a cluster that starts its workers on demand, wait longer for them "
+                          "(seconds: --worker-wait 600 on the command line, worker_wait_s=600 in Python)")
 
 
 def _cancel(futures) -> None:

@@ -1,8 +1,9 @@
 """Scan geometry widget: the calibration of the selected scan (camera length, pixel size,
 voltage, scan step), prefilled from the file with the values nobody stated marked "assumed";
 Apply stores them in the scan (``Geometry.with_values("user", ...)``) so that every later step
-uses them. For scan files, the scan shape, the dataset and where missing frames lie can be
-changed too (the file is opened again with them).
+uses them. The width of a Medipix3 quad's wide chip-edge pixels is set there too (0: measured
+from the frames; ``ScanSession.set_edge_pixel_width``). For scan files, the scan shape, the
+dataset and where missing frames lie can be changed too (the file is opened again with them).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from ..jobs import BackgroundJob, JobButtons, wrapped_label
 from ..layers import SCAN_KEY, find_scan
 from ..pickers import scan_picker
 from ..plots import form
+from ..wording import EDGE_LABEL, EDGE_UNIT
 from ..state import (
     DERIVED_KEY,
     LABELS_OF_KEY,
     PREDICTION_OF_KEY,
     SESSION_KEY,
+    announce,
     flatfield_of,
     session_of,
     set_state,
@@ -37,7 +40,7 @@ FIELDS = [
     ("scan_step_nm", "scan step", "nm", 1e6),
 ]
 ORIGIN_TEXT = {"file": "from the file", "user": "set by you", "fitted": "fitted", "assumed": "ASSUMED",
-               "unknown": "unknown"}
+               "unknown": "unknown", "given": "set by you", "measured": "0 = measured from the frames"}
 
 
 def _field_label(label, unit, origin):
@@ -99,6 +102,24 @@ def apply_geometry(viewer, scan_layer, geometry) -> str:
     return "; ".join(notes)
 
 
+def apply_edge_pixel_width(scan_layer, width) -> str:
+    """Give the scan of ``scan_layer`` the chip-edge pixel width ``width`` (pitches; None: measured
+    from the frames) when it is not the one stated already; results made with another width no
+    longer hold (``ScanSession``). Announces the change. Returns a sentence saying what to redo."""
+    session = session_of(scan_layer)
+    if width == session.edge_pixel_width[0]:
+        return ""
+    session.set_edge_pixel_width(width)
+    announce(scan_layer)
+    said = f"{width:g} pitches" if width is not None else "measured from the frames"
+    notes = [f"{EDGE_LABEL} {said}"]
+    if session.latest_result is not None and session.result() is None:
+        notes.append("the centring/RIA results were made with another width: run Find centres again")
+    if session.calibration is not None:
+        notes.append("the camera length was fitted with the old width: fit it again (RIA step)")
+    return "; ".join(notes)
+
+
 class GeometryWidget(Container):
     """Calibration of the selected scan, with where each value comes from; Apply stores it."""
 
@@ -111,6 +132,10 @@ class GeometryWidget(Container):
             self._fields[name] = FloatSpinBox(label=_field_label(label, unit, "unknown"), value=0.0, min=0.0,
                                               max=top, step=0.1)
         self._fields["scan_step_nm"].tooltip = "0 = unknown (lengths then count in scan steps)"
+        self._edge = FloatSpinBox(label=_field_label(EDGE_LABEL, EDGE_UNIT, "measured"), value=0.0, min=0.0, max=20.0,
+                                  step=0.1)
+        self._edge.tooltip = ("width of a Medipix3 quad's wide pixels along its chip boundaries, in pixel pitches "
+                              "(1 = all pixels equal; 0 = measure it from the frames, even where the file states one)")
         self._apply = PushButton(text="Apply geometry")
         self._summary = wrapped_label()
         # opening the file again: scan shape, dataset, missing frames
@@ -122,7 +147,7 @@ class GeometryWidget(Container):
         self._reopen_box = form(self._sy, self._sx, self._dataset, self._missing_at)
         self._reopen = JobButtons("Open again with this scan shape", self.reopen)
         self._how = wrapped_label()
-        self.extend([form(self._scan, *self._fields.values()), self._apply, self._summary, self._how,
+        self.extend([form(self._scan, *self._fields.values(), self._edge), self._apply, self._summary, self._how,
                      self._reopen_box, self._reopen])
         self._apply.changed.connect(lambda _=None: self.apply())
         self._scan.changed.connect(lambda _=None: self.show_scan())
@@ -152,7 +177,7 @@ class GeometryWidget(Container):
         """Fill the fields from the selected scan's geometry, marking where each value came from."""
         layer = self._scan.value
         scan = find_scan(layer)
-        for w in self._fields.values():
+        for w in [*self._fields.values(), self._edge]:
             w.enabled = scan is not None
         self._apply.enabled = scan is not None
         if scan is None:
@@ -166,6 +191,9 @@ class GeometryWidget(Container):
             w.label = _field_label(label, unit, g.origin(name))
             value = getattr(g, name)
             w.value = float(value) if value is not None else 0.0
+        width, origin = session_of(layer).edge_pixel_width
+        self._edge.label = _field_label(EDGE_LABEL, EDGE_UNIT, origin)
+        self._edge.value = width or 0.0
         assumed = [label for name, label, _, _ in FIELDS if g.origin(name) == "assumed"]
         text = f"detector {g.detector_shape[0]}x{g.detector_shape[1]} px"
         if assumed:
@@ -215,6 +243,11 @@ class GeometryWidget(Container):
         if scan is None:
             show_error("Scan geometry: open a scan first.")
             return None
+        width = float(self._edge.value) or None
+        if width is not None and width < 1:
+            self._summary.value = f"{EDGE_LABEL} must be at least 1 pitch (0 = measure it from the frames)"
+            show_error(f"Scan geometry: {self._summary.value}, got {width:g}")
+            return None
         g = scan.geometry
         given = {}
         for name, value in self.values().items():
@@ -232,7 +265,8 @@ class GeometryWidget(Container):
             self._summary.value = str(exc)
             show_error(f"Scan geometry: {exc}")
             return None
-        note = apply_geometry(self._viewer, layer, geometry)
+        notes = [apply_geometry(self._viewer, layer, geometry), apply_edge_pixel_width(layer, width)]
+        note = "; ".join(n for n in notes if n)
         self.show_scan()
         self._summary.value += f"<br>applied: {geometry.describe()}" + (f"; {note}" if note else "")
         return geometry
@@ -265,6 +299,7 @@ class GeometryWidget(Container):
 
         old = find_scan(layer)
         flatfield = flatfield_of(layer)
+        width, width_origin = session_of(layer).edge_pixel_width
         meta = {k: v for k, v in layer.metadata.items() if k != SESSION_KEY}  # a new scan: a new session
         meta[SCAN_KEY] = new
         meta[INTEGRATING] = True
@@ -272,6 +307,8 @@ class GeometryWidget(Container):
         layer.metadata = meta
         if flatfield is not None and tuple(new.detector_shape) == tuple(old.detector_shape):
             session_of(layer).set_flatfield(flatfield)
+        if width_origin != "file" and session_of(layer).edge_pixel_width[0] != width:
+            session_of(layer).set_edge_pixel_width(width)  # what the user stated (or measured instead), kept
         step = new.geometry.scan_step_nm
         if step:
             layer.scale = (step, step)

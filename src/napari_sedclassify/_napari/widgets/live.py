@@ -129,6 +129,7 @@ class LiveWidget(Container):
         flat, calibration, out = (_path(w) for w in (self._flatfield, self._calibration, self._out))
         keep = list(self._keep.value)
         self.state, self.result, self._shown_version = None, None, -1
+        self._summary.value = ""  # not the counts of the run before while this one waits for its frames
 
         def work(report, cancelled):
             import time

@@ -7,7 +7,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 from napari.utils.notifications import show_error
 
-from ..jobs import BackgroundJob, JobButtons, wrapped_label
+from ..jobs import BackgroundJob, JobButtons, short_message, wrapped_label
 from ..layers import find_scan
 from ..pickers import scan_picker
 from ..plots import form
@@ -76,7 +76,7 @@ class PCCWidget(Container):
             try:
                 self._cache[key] = result.pcc()
             except ValueError as exc:
-                show_error(f"PCC: {exc}")
+                show_error(f"PCC: {short_message(exc)}")
                 return None
             self._summary.value = f"RIA features ready ({self._cache[key].n_features} bins); click a point."
             return True

@@ -108,12 +108,12 @@ class PredictionWidget(Container):
         return None if session is None else session.prediction
 
     def _session_changed(self, session, what):
-        """Mark the prediction on show stale as soon as the flat-field, geometry or preprocessing
-        it was made from changes (its export is refused until the scan is classified again)."""
-        if what in ("flatfield", "geometry", "result") and session is session_of(self._shown) \
+        """Mark the prediction on show stale as soon as the flat-field, geometry, chip-edge pixel width
+        or preprocessing it was made from changes (its export is refused until the scan is classified again)."""
+        if what in ("flatfield", "geometry", "edge_pixel_width", "result") and session is session_of(self._shown) \
                 and session.stale_prediction is not None:
-            self._summary.value = ("<b>stale</b>: the flat-field, geometry or preprocessing of this scan changed "
-                                   "since this class map was made; classify again.")
+            self._summary.value = ("<b>stale</b>: the flat-field, geometry, chip-edge pixel width or preprocessing "
+                                   "of this scan changed since this class map was made; classify again.")
 
     def _keep_choices(self, _w=None):
         return [(display_name(self.table.names[c]), c) for c in self.table.ids]
@@ -152,7 +152,7 @@ class PredictionWidget(Container):
         except (OSError, ValueError, ImportError) as exc:  # ModelFileError and IncompatibleModelError are
             # ValueErrors; ImportError: a CNN model without TensorFlow installed (the message has the pip command)
             self.refuse(layer, exc)
-            show_error(f"Prediction: {exc}")
+            show_error(f"Prediction: {short_message(exc)}")
             return None
         flatfield = flatfield_of(layer)
         geometry = scan.geometry  # what the job uses: the prediction is kept under these (stale if they change)

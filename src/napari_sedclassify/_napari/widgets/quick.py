@@ -5,7 +5,9 @@ that follows the brush.
 (``pipeline.propose``); the result is an editable Labels layer ("<scan> proposal"). With "train
 as I paint" on, every edit of that layer (brush, fill, eraser) retrains a fast model (SVM or FCNN)
 on the cached features in the background, at most about once a second, and refreshes the
-"<scan> quick prediction" layer; the viewer never waits for it. "Save model" writes the last
+"<scan> quick prediction" layer; the viewer never waits for it. The cached features hold while the
+scan's flat-field, geometry and chip-edge pixel width do; after a change the next retraining
+makes them again (the brushed labels stay). "Save model" writes the last
 model (a .sedmodel file the CLI and the Predict step apply).
 """
 
@@ -15,12 +17,13 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 
 from ...classes import ClassTable
-from ..jobs import BackgroundJob, wrapped_label
+from ...geometry import NAMES
+from ..jobs import BackgroundJob, short_message, wrapped_label
 from ..layers import find_scan
 from ..palette import class_colormap
 from ..pickers import scan_picker
 from ..plots import form
-from ..state import flatfield_of, preprocess_current, set_layer
+from ..state import flatfield_of, preprocess_current, session_of, set_layer
 
 #: Wait this long (ms) after the last edit before retraining: strokes come in bursts.
 RETRAIN_DELAY_MS = 600
@@ -32,6 +35,35 @@ def proposal_layer_name(scan_layer) -> str:
 
 def quick_prediction_layer_name(scan_layer) -> str:
     return f"{scan_layer.name} quick prediction"
+
+
+def inputs_of(layer) -> tuple:
+    """What features of the scan of ``layer`` are made from: its session (a scan opened again has
+    another), flat-field, geometry and chip-edge pixel width."""
+    session = session_of(layer)
+    return id(session), id(session.flatfield), session.scan.geometry, session.edge_pixel_width[0]
+
+
+def feature_work(layer):
+    """``work(report, cancelled) -> (preprocessing result, ScanFeatures)`` for a worker thread: the
+    q-axis RIAs of the scan of ``layer`` from its stored preprocessing when that still holds, else
+    from a new pass with its flat-field (inputs taken now, on the UI thread)."""
+    scan, flatfield, stored = find_scan(layer), flatfield_of(layer), preprocess_current(layer)
+    geometry, name = scan.geometry, layer.name
+
+    def work(report, cancelled):
+        from ...models.training import ScanFeatures
+        from ...pipeline.preprocess import preprocess
+
+        result = stored if stored is not None else preprocess(scan, None, flatfield, progress=report,
+                                                               cancel=cancelled)
+        return result, ScanFeatures.from_preprocess(result, geometry, name)
+
+    return work
+
+
+#: Said instead of training when the labels hold one class (a proposal of one cluster, say).
+ONE_CLASS = " The quick prediction needs at least two classes: brush a second one."
 
 
 class QuickClassifyWidget(Container):
@@ -58,10 +90,12 @@ class QuickClassifyWidget(Container):
         self._timer.setSingleShot(True)
         self._timer.setInterval(RETRAIN_DELAY_MS)
         self._timer.timeout.connect(self.retrain)
+        self.closed = False  # its Qt widgets deleted (docked away, viewer closed): edits no longer retrain
+        self.native.destroyed.connect(lambda *_: self._close())
         self.job = None  # the running background job (proposal or training)
         self.model = None  # the last trained SedModel
         self.trainings = 0  # finished retrainings (for tests and the status line)
-        self._features = {}  # scan layer name -> ScanFeatures (RIAs on the q axis)
+        self._features = {}  # scan layer name -> (ScanFeatures (RIAs on the q axis), inputs_of(layer) they came from)
         self._dirty = False
         self._labels_layer = None
 
@@ -73,22 +107,17 @@ class QuickClassifyWidget(Container):
             self.status.value = "Open a scan first (File > Open, or File > Open Sample)."
             return None
         scan = find_scan(layer)
-        flatfield = flatfield_of(layer)
-        stored = preprocess_current(layer)
+        features, inputs = feature_work(layer), inputs_of(layer)
 
         def work(report, cancelled):
-            from ...models.training import ScanFeatures
-            from ...pipeline.preprocess import preprocess
             from ...pipeline.propose import propose
 
-            result = stored if stored is not None else preprocess(scan, None, flatfield, progress=report,
-                                                                   cancel=cancelled)
-            feats = ScanFeatures.from_preprocess(result, scan.geometry, layer.name)
+            result, feats = features(report, cancelled)
             return propose(result, scan.geometry), feats
 
         def done(out):
             prop, feats = out
-            self._features[layer.name] = feats
+            self._features[layer.name] = (feats, inputs)
             labels = set_layer(self._viewer, proposal_layer_name(layer), prop.class_map.astype(np.uint8),
                                kind="labels", like=layer, colormap=class_colormap(self.table), opacity=0.5,
                                select=True)  # to brush corrections on
@@ -97,14 +126,32 @@ class QuickClassifyWidget(Container):
                                for i in self.table.ids)
             note = ""
             if scan.geometry.assumed():
-                note = (f" Note: {', '.join(scan.geometry.assumed())} assumed; the names rely on the q axis "
+                assumed = ", ".join(NAMES[name] for name in scan.geometry.assumed())
+                note = (f" Note: {assumed} assumed; the names rely on the q axis "
                         "(set the geometry or calibrate).")
             self.status.value = (f"Proposal from {len(prop.groups)} clusters: {counts}. Correct it with the brush; "
                                  "the quick prediction follows." + note)
+            self.show_warnings(prop.details.get("warnings", []))
             if self._follow.value:
                 self.schedule()
 
-        return self._start(BackgroundJob(f"Proposing classes for {layer.name}", work, on_returned=done))
+        def finished():  # no proposal of another scan left on show beside the reason
+            if job.outcome == "failed":
+                self.status.value = f"No proposal for {layer.name}: {short_message(job.error)}"
+
+        job = BackgroundJob(f"Proposing classes for {layer.name}", work, on_returned=done, on_finished=finished)
+        return self._start(job)
+
+    def show_warnings(self, warnings):
+        """Each warning of the proposal (its names resting on a q axis the ring contradicts, one
+        class for every frame) as a napari warning, and in the status line, in the widgets' words."""
+        from napari.utils.notifications import show_warning
+
+        from ..wording import in_napari_words
+
+        for w in (in_napari_words(w) for w in warnings):
+            show_warning(f"Proposal: {w}")
+            self.status.value += f" Warning: {w}"
 
     # ---- training that follows the brush ---------------------------------------------------------------
 
@@ -117,12 +164,18 @@ class QuickClassifyWidget(Container):
             if event is not None:
                 event.connect(lambda _e=None: self.schedule())
 
+    def _close(self):
+        self.closed = True
+        self._timer.stop()
+
     def schedule(self):
         """Retrain after the edits settle (restarts the short timer on every edit)."""
-        if self._follow.value:
+        if not self.closed and self._follow.value:
             self._timer.start()
 
     def retrain(self):
+        if self.closed:  # a timer that fired as the widget went
+            return None
         layer = self._scan.value
         labels = self._labels_layer
         if layer is None or labels is None or layer.name not in self._features:
@@ -130,8 +183,14 @@ class QuickClassifyWidget(Container):
         if self.job is not None and not self.job.done:
             self._dirty = True  # retrain once more when this one ends
             return None
-        feats = self._features[layer.name]
+        feats, made_from = self._features[layer.name]
+        inputs = inputs_of(layer)
+        again = None if made_from == inputs else feature_work(layer)  # flat-field or geometry changed since
         class_map = np.asarray(labels.data).copy()
+        if len(np.unique(class_map[class_map > 0])) < 2:  # nothing to tell apart: no training, no error
+            if ONE_CLASS not in self.status.value:
+                self.status.value += ONE_CLASS
+            return None
         kind = self._kind.value
 
         def work(report, cancelled):
@@ -139,12 +198,14 @@ class QuickClassifyWidget(Container):
             from ...models.inference import predict_scan
             from ...models.training import train
 
+            made = feats if again is None else again(report, cancelled)[1]
             recipe = FeatureRecipe(kind="ria", augmentation=Augmentation(copies=0))
-            model = train([feats], [class_map], kind=kind, recipe=recipe, val_fraction=0.0, cancel=cancelled)
-            return model, predict_scan(model, feats)
+            model = train([made], [class_map], kind=kind, recipe=recipe, val_fraction=0.0, cancel=cancelled)
+            return model, predict_scan(model, made), made
 
         def done(out):
-            model, pred = out
+            model, pred, made = out
+            self._features[layer.name] = (made, inputs)
             self.model = model
             self.trainings += 1
             set_layer(self._viewer, quick_prediction_layer_name(layer), pred.class_map.astype(np.uint8), kind="labels",

@@ -29,7 +29,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_warning
 
-from ..jobs import BackgroundJob, JobButtons, wrapped_label
+from ..jobs import BackgroundJob, JobButtons, short_message, wrapped_label
 from ..layers import find_scan, scan_layers
 from ..model_jobs import features_for, prepare, run, train_features_to_file
 from ..plots import FigureView, form, insert_before
@@ -175,7 +175,7 @@ class TrainingWidget(Container):
             scan = open_scan(scan_path)
             class_map, note = read_class_map(labels_path, scan.scan_shape)
         except (OSError, ValueError) as exc:
-            show_error(f"Training data: {exc}")
+            show_error(f"Training data: {short_message(exc)}")
             return None
         if note:  # a 0-based labels file, shifted: say so (Labels > Load labels reads it as stored on request)
             self._jobs.status.value = note
@@ -227,12 +227,16 @@ class TrainingWidget(Container):
             return {"hidden_units": int(self._hidden.value), "max_epochs": int(self._epochs.value),
                     "learning_rate": float(self._rate.value), "patience": int(self._patience.value)}
         if kind == "svm":
-            gamma = self._gamma.value.strip()
+            text = self._gamma.value.strip()
+            refused = ValueError(f"gamma must be 'scale', 'auto' or a positive number, not {text!r}")
             try:
-                gamma = float(gamma)
+                gamma = float(text)
             except ValueError:
-                if gamma not in ("scale", "auto"):
-                    raise ValueError(f"gamma must be 'scale', 'auto' or a number, not {gamma!r}") from None
+                if text not in ("scale", "auto"):
+                    raise refused from None
+                gamma = text
+            if isinstance(gamma, float) and not gamma > 0:  # nan, 0 and below: an RBF width it cannot have
+                raise refused
             return {"C": float(self._C.value), "gamma": gamma, "search": bool(self._search.value)}
         return {"max_epochs": int(self._epochs.value), "learning_rate": float(self._rate.value),
                 "patience": int(self._patience.value), "batch_size": int(self._batch.value)}
@@ -265,8 +269,8 @@ class TrainingWidget(Container):
 
                 require_cnn()
         except (ValueError, ImportError) as exc:  # ImportError: the CNN's libraries missing (pip command)
-            self._jobs.status.value = f"refused: {exc}"
-            show_error(f"Training: {exc}")
+            self._jobs.status.value = f"refused: {short_message(exc)}"
+            show_error(f"Training: {short_message(exc)}")
             return None
         val_fraction, seed = float(self._val.value), int(self._seed.value)
         out = Path(self._tmpdir) / f"{kind}-{len(list(Path(self._tmpdir).iterdir())) + 1}.sedmodel"

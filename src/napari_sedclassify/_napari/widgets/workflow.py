@@ -7,7 +7,7 @@ from magicgui.widgets import CheckBox, Container, FileEdit, PushButton
 from napari.utils.notifications import show_error
 
 from ...io import can_open
-from ..jobs import wrapped_label
+from ..jobs import short_message, wrapped_label
 from ..plots import form
 from .centring import CentringWidget
 from .diffraction_view import DiffractionView
@@ -110,7 +110,7 @@ class WorkflowWidget(Container):
                 return self._viewer.open(str(path), plugin="napari-sedclassify")
             return self._add_scan_layers(path)
         except Exception as exc:  # the reader names the file and the problem
-            show_error(f"Open scan: {exc}")
+            show_error(f"Open scan: {short_message(exc)}")
             return []
 
     def _add_scan_layers(self, path):
