@@ -189,7 +189,7 @@ def test_matlab_and_zarr_flatfields_name_the_flatfield_option(session, tmp_path,
     code, _, err = _preprocess(capsys, scan, path, tmp_path / "none.h5")
     (line,) = err.splitlines()
     assert code == 2 and line.startswith(f"sedclassify preprocess: error: {path}: several ")
-    assert "could be the flat-field" in line and "(CLI: --flatfield-dataset NAME)" in line
+    assert "could be the flat-field" in line and "--flatfield-dataset NAME (Python: dataset=NAME)" in line
     assert "--dataset NAME" not in line.replace("--flatfield-dataset", "")
     code, _, err = _preprocess(capsys, scan, path, tmp_path / "r.h5", "--flatfield-dataset", "flood")
     assert code == 0, err

@@ -156,7 +156,9 @@ def test_a_broken_replay_after_a_disconnect_is_said(sessions, tmp_path):
                        geometry=sim.geometry, timeout_s=120)
     st = result.source_stats
     assert result.status == "incomplete", result.state.message
-    assert 0 < st["frames_received"] < 256 and st["frames_received"] + st["frames_dropped"] == 256
+    # how much of the cached part comes before the zeros depends on how far the first client read
+    # (none on a loaded machine)
+    assert st["frames_received"] < 256 and st["frames_received"] + st["frames_dropped"] == 256
     assert result.state.n_done == st["frames_received"]
     assert "not Merlin frames" in st["stream_error"] and "--cached MEM" in result.state.message
 

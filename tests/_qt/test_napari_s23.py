@@ -210,22 +210,32 @@ def test_a_failed_proposal_replaces_the_proposal_of_another_scan(make_napari_vie
     assert "Proposal from" not in quick.status.value and "No proposal for test_00_master" in quick.status.value
 
 
-def test_a_new_live_run_does_not_show_the_counts_of_the_last(make_napari_viewer, qtbot, tmp_path, quad):
-    """A live run that failed (the built-in model refuses frames of assumed geometry) left its
-    "error: 0 of N frames" counts under the next run, which waits for a file not written yet."""
-    from napari_sedclassify.models.persistence import resolve_model_path
+def _live_files(tmp_path, n_frames=None):
+    """The quad scan as a file with its geometry (for the Live widget's "geometry of scan": the
+    built-in model needs the camera length) and its frames as a bare .mib (no .hdr)."""
     from napari_sedclassify.pipeline.acquisition import mib_frame_bytes
 
-    frames = np.asarray(quad.scan.data).reshape(-1, *quad.scan.detector_shape)
+    sim = simulate.simulate_scan(tmp_path / "geometry.npy", scan_shape=(10, 10), detector_px=256, session="C", seed=3)
+    frames = np.asarray(sim.scan.data).reshape(-1, *sim.scan.detector_shape)[:n_frames]
     (tmp_path / "live.mib").write_bytes(b"".join(mib_frame_bytes(f, i + 1) for i, f in enumerate(frames)))
+    return tmp_path / "geometry.npy", tmp_path / "live.mib"
+
+
+def test_a_new_live_run_does_not_show_the_counts_of_the_last(make_napari_viewer, qtbot, tmp_path):
+    """A live run's counts ("... of N frames") stayed under the next run, which waits for a file
+    not written yet."""
+    from napari_sedclassify.models.persistence import resolve_model_path
+
+    geometry, mib = _live_files(tmp_path)
     viewer = make_napari_viewer()
     _, live = viewer.window.add_plugin_dock_widget(PLUGIN, "Live classification")
     live._model_path.value = resolve_model_path("builtin")
-    live._input.value = str(tmp_path / "live.mib")
+    live._calibration.value = geometry
+    live._input.value = str(mib)
     live._rows.value, live._cols.value = 4, 25  # the frames of a 10 x 10 scan
     first = live.start()
     qtbot.waitUntil(lambda: first.done, timeout=60000)
-    assert "error: 0 of 100 frames" in live._summary.value
+    assert "of 100 frames" in live._summary.value
     live._input.value = str(tmp_path / "not yet.mib")  # the detector has not started writing it
     job = live.start()
     qtbot.wait(300)
@@ -235,17 +245,16 @@ def test_a_new_live_run_does_not_show_the_counts_of_the_last(make_napari_viewer,
     assert job.outcome == "cancelled"
 
 
-def test_live_without_a_scan_shape_names_the_widgets_fields(make_napari_viewer, qtbot, tmp_path, quad):
+def test_live_without_a_scan_shape_names_the_widgets_fields(make_napari_viewer, qtbot, tmp_path):
     """A .mib without a .hdr and no scan rows given: the reason said "give --scan-shape SY SX"."""
     from napari_sedclassify.models.persistence import resolve_model_path
-    from napari_sedclassify.pipeline.acquisition import mib_frame_bytes
 
-    frames = np.asarray(quad.scan.data).reshape(-1, *quad.scan.detector_shape)[:4]
-    (tmp_path / "live.mib").write_bytes(b"".join(mib_frame_bytes(f, i + 1) for i, f in enumerate(frames)))
+    geometry, mib = _live_files(tmp_path, 4)
     viewer = make_napari_viewer()
     _, live = viewer.window.add_plugin_dock_widget(PLUGIN, "Live classification")
     live._model_path.value = resolve_model_path("builtin")
-    live._input.value = str(tmp_path / "live.mib")
+    live._calibration.value = geometry
+    live._input.value = str(mib)
     job = live.start()
     qtbot.waitUntil(lambda: job.done, timeout=60000)
     assert job.outcome == "failed"

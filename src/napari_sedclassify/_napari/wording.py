@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from ..geometry import FLAGS, NAMES
+from ..pipeline.calibrate import FURTHER_OFF_ADVICE, GOLD_ADVICE
 
 #: The Scan geometry widget's field for ``--edge-pixel-width``: its name and unit.
 EDGE_LABEL, EDGE_UNIT = "chip-edge pixel width", "pitches"
@@ -29,6 +30,11 @@ def _bare(match) -> str:
 
 
 _RULES = [
+    # the calibration's command-line-only advice: the RIA widget's Fit camera length searches ±15 % of
+    # the camera length in Scan geometry, for the ice ring only
+    (re.compile(re.escape(FURTHER_OFF_ADVICE)),
+     "then set the camera length near the right value in Scan geometry and Fit camera length again"),
+    (re.compile(", " + re.escape(GOLD_ADVICE)), ""),
     (re.compile(r"`sedclassify calibrate[^`]*`"), "the RIA widget's Fit camera length"),
     (re.compile(r"`sedclassify propose`"), "the 'Classify before labeling' widget's Propose classes"),
     (re.compile(r"--flatfield-dataset(?: NAME)?"), "the Flat-field widget's dataset box"),

@@ -116,6 +116,10 @@ def _main(argv: list[str], t0: float) -> int:
         return 2
     except KeyboardInterrupt:
         return interrupted([args.command])
+    finally:  # an output folder the command made and left empty (stopped before it wrote) goes
+        options = sys.modules.get(f"{__name__}._scan_options")  # loaded by the commands that make one
+        if options is not None:
+            options.remove_created_empty_folders()
 
 
 def _quiet_stdout() -> None:

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from . import CLIError
 
+#: The folders :func:`writable_folder` created in this command, outermost first: the ones still
+#: empty when the command ends are removed (:func:`remove_created_empty_folders`).
+_CREATED: list[Path] = []
+
 
 def add_scan_options(p, *, scan_shape: bool = True, executor: bool = False) -> None:
     """Add --dataset, --missing-at, --camera-length, --pixel-size, --voltage, --scan-step (and
@@ -108,10 +112,12 @@ def writable_folder(folder, given=None) -> Path:
     given = folder if given is None else given
     if folder.exists() and not folder.is_dir():
         raise CLIError(f"{given}: {folder} exists and is not a folder")
+    missing = [f for f in (folder, *folder.parents) if not f.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CLIError(f"{given}: cannot create the folder {folder} ({os_reason(exc)})") from None
+    _CREATED.extend(reversed(missing))
     import tempfile
 
     try:  # an unnamed file where the system has them (O_TMPFILE): nothing is left behind
@@ -120,6 +126,17 @@ def writable_folder(folder, given=None) -> Path:
     except OSError as exc:
         raise CLIError(f"{given}: cannot write in the folder {folder} ({os_reason(exc)})") from None
     return folder
+
+
+def remove_created_empty_folders() -> None:
+    """Remove the folders this command created (:func:`writable_folder`) that are still empty,
+    innermost first (a command stopped before it wrote anything, by Ctrl-C or an error, leaves
+    no empty folder behind); a folder that existed before the command is never touched."""
+    while _CREATED:
+        try:
+            _CREATED.pop().rmdir()
+        except OSError:  # not empty (the command's outputs), or gone
+            pass
 
 
 def output_file(path, force: bool = False, *, folder_ok: bool = False, inputs=()) -> Path:

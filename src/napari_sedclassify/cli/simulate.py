@@ -60,14 +60,18 @@ def run(args) -> int:
         raise CLIError(f"{out_dir} already holds a simulated data set (dataset.json): choose another folder, or "
                        "--force to replace it")
     writable_folder(out_dir)  # before any work: created, and writable
-    with tqdm(total=n_scans * sy * sx, unit="frame", desc="simulate", file=sys.stderr) as bar:
-        kwargs = dict(scan_shape=(sy, sx), detector_px=args.detector, seed=args.seed, progress=bar.update)
-        if args.demo:
-            dataset = demo_dataset(out_dir, **kwargs)
-        elif grid is not None:
-            dataset = simulate_session_grid(out_dir, n_scans=args.scans, base=args.session, **grid, **kwargs)
-        else:
-            dataset = simulate_dataset(out_dir, n_scans=args.scans, session=args.session, **kwargs)
+    try:
+        with tqdm(total=n_scans * sy * sx, unit="frame", desc="simulate", file=sys.stderr) as bar:
+            kwargs = dict(scan_shape=(sy, sx), detector_px=args.detector, seed=args.seed, progress=bar.update)
+            if args.demo:
+                dataset = demo_dataset(out_dir, **kwargs)
+            elif grid is not None:
+                dataset = simulate_session_grid(out_dir, n_scans=args.scans, base=args.session, **grid, **kwargs)
+            else:
+                dataset = simulate_dataset(out_dir, n_scans=args.scans, session=args.session, **kwargs)
+    except KeyboardInterrupt:
+        _say_what_was_written(out_dir)
+        raise
     from ..pipeline import tally
 
     for entry in dataset["scans"]:
@@ -77,3 +81,18 @@ def run(args) -> int:
             print(f"{out_dir / entry['scan']}  session {entry['session']}  seed {entry['seed']}")
         print(f"{out_dir / 'dataset.json'}")
     return 0
+
+
+def _say_what_was_written(out_dir) -> None:
+    """After Ctrl-C, one line on what the stopped run left: the dataset.json of the scans written
+    whole (none when it stopped in the first scan)."""
+    from ..simulate import load_dataset
+
+    try:
+        dataset = load_dataset(out_dir)
+    except (OSError, ValueError, KeyError):
+        return
+    if dataset.get("complete", True) is False:
+        print(f"sedclassify simulate: {out_dir / 'dataset.json'} describes the {len(dataset['scans'])} of "
+              f"{dataset['planned_scans']} scans written whole; run again with --force for all of them",
+              file=sys.stderr)

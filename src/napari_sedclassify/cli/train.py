@@ -32,13 +32,14 @@ def register(subparsers) -> None:
     p.add_argument("--no-augment", action="store_true", help="no training-time augmentation")
     p.add_argument("--session-robust", action="store_true",
                    help="the recipe measured to hold across sessions (scan context, scan neighbours, "
-                        "convergence-blur and dose-noise augmentation, square-root class weights, fcnn/svm: an "
-                        "ensemble of 5; cnn: crops resampled on the scan's camera length, direct beam masked, "
-                        "ice-thickness augmentation; docs/models.md). Its radial-scaling augmentation is ±3 %% "
-                        "when every scan's camera length was fitted (sedclassify calibrate), else ±12 %%. Its "
-                        "models classify whole scans, not live frames. Train it on labeled scans of several "
-                        "sessions: on one session's scans it gained nothing on sessions with thicker ice or a "
-                        "lower dose (docs/models.md)")
+                        "convergence-blur and dose-noise augmentation, square-root class weights, fcnn/svm: "
+                        "flat-background and ice-layer augmentation, an ensemble of 5; cnn: crops resampled on the "
+                        "scan's camera length, direct beam masked, ice-thickness augmentation; docs/models.md). Its "
+                        "radial-scaling augmentation is ±3 %% when every scan's camera length was fitted "
+                        "(sedclassify calibrate), else ±12 %%. Its models classify whole scans, not live frames. "
+                        "Best trained on labeled scans of several sessions; from one session's scans its svm held "
+                        "on sessions with 2.5x the ice or a third of the dose, its fcnn less so on thick ice "
+                        "(docs/models.md)")
     p.add_argument("--ensemble", type=int, metavar="N",
                    help="train N members on their own augmentation draws and seeds and average their probabilities "
                         "(default 1; fcnn and svm with --session-robust: 5)")

@@ -23,7 +23,11 @@ def register(subparsers):
                     "<name>_live_probabilities.npy, the keep-list <name>_keep.csv and the run's status <name>_keep.json to --out (atomically, updated while "
                     "the scan runs); with --reduce, write the frames of the --keep classes to a reduced HDF5 "
                     "file as they arrive. Stops when the scan is complete, when a stream's acquisition ends, "
-                    "after --timeout seconds without a new frame, or on Ctrl-C.",
+                    "after --timeout seconds without a new frame, or on Ctrl-C. Exit status: 0 when every "
+                    "position was classified; 3 when the run ended with positions never classified (status "
+                    "incomplete: a stream's acquisition ended without them; timeout: no new frame for --timeout "
+                    "seconds), its outputs written; 2 on an error (nothing armed or no frame within --timeout "
+                    "included); 130 on Ctrl-C.",
     )
     add_model_argument(p)
     src = p.add_mutually_exclusive_group(required=True)
@@ -60,6 +64,11 @@ def register(subparsers):
     return p
 
 
+#: Exit status of a run that ended with positions never classified ("incomplete", "timeout"):
+#: not 0 (a script at the microscope must not take the scan for complete), not 2 (an error).
+PARTIAL_EXIT = 3
+
+
 def live_geometry(source, calibration, given: dict) -> None:
     """Make ``source.geometry()`` (asked once the first frames are here) the live frames' geometry:
     the source's own (its detector shape that of the frames that arrived), the --calibration scan's
@@ -68,14 +77,14 @@ def live_geometry(source, calibration, given: dict) -> None:
     gave the default 512 x 512, so no beam was found in frames of any other size."""
     if calibration is None and not given:
         return
-    read = source.geometry
+    read, known = source.geometry, source.known_geometry
 
-    def geometry():
-        own = read()
+    def over(own):
         g = own if calibration is None else calibration.replace(detector_shape=own.detector_shape)
         return g.with_values("user", **given) if given else g
 
-    source.geometry = geometry
+    source.geometry = lambda: over(read())
+    source.known_geometry = lambda: over(known())  # what a model is checked against before the frames
 
 
 def run(args):
@@ -83,7 +92,8 @@ def run(args):
 
     from ..geometry import Geometry
 
-    from ..pipeline.live import LiveClassMap, open_source, wait_ready, watch
+    from ..pipeline.live import (check_model_before_frames, lock_outputs, open_source, output_name, unlock_outputs,
+                                 watch)
     from ..pipeline.predict import as_model, check_model_libraries
     from ..pipeline.reduce import check_live_target, class_ids
     from ..processing import load_flatfield
@@ -122,7 +132,7 @@ def run(args):
         writable_folder(Path(args.reduce).parent, args.reduce)
     if args.out:
         writable_folder(out_folder(args.out))
-    bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
+    bar = None  # made once the checks passed: a refusal prints no bar
 
     said = []
 
@@ -143,21 +153,24 @@ def run(args):
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     live_geometry(source, geometry, given)
+    check_model_before_frames(model, source)  # a model that needs a camera length not given: now, not once armed
+    lock = lock_outputs(args.out, output_name(source, args.name)) if args.out else None  # a second watch: refused
     try:
-        wait_ready(source, args.timeout)  # the state needs the scan shape, which the .hdr may give
-        state = LiveClassMap(source.scan_shape, model.classes.ids, keep, model.classes.names)
-        state.subscribe(on_update)
+        bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
         result = watch(model, source, out_dir=args.out, name=args.name, keep=keep, flatfield=flatfield,
                        geometry=None, metadata=metadata, timeout_s=args.timeout, force=args.force,
-                       state=state, reduce_to=args.reduce, compression=args.compression)
+                       reduce_to=args.reduce, compression=args.compression, on_update=on_update)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        unlock_outputs(lock)
         if hasattr(source, "close"):
             source.close()
     d = result.to_dict()
+    rc = PARTIAL_EXIT if d["status"] in ("incomplete", "timeout") else 0
     print_warnings([w for w in d.get("warnings", []) if w not in said])  # not twice: some were said already
     if json_printed(args, d):
-        return 0
+        return rc
     lat = d["latency"]
     print(f"{d['status']}: {d['frames']} of {d['positions']} frames classified, {d['kept']} kept "
           f"({', '.join(d['kept_classes'])}) in {d['seconds']:.2f} s")
@@ -178,5 +191,5 @@ def run(args):
             print(f"left {f} ({red['kept_frames']} kept frames; status {red['status']}: the scan is not complete)")
         else:
             print(f"wrote {f}")
-    return 0
+    return rc
 

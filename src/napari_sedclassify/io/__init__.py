@@ -24,7 +24,7 @@ SUFFIXES = {
     ".npy": "npy",
     ".zarr": "zarr_store",
     **dict.fromkeys((".tif", ".tiff"), "tiff"),
-    **dict.fromkeys((".dm3", ".dm4", ".tvips"), "hyperspy"),  # through rosettasciio (the ``formats`` extra)
+    **dict.fromkeys((".dm3", ".dm4", ".tvips", ".mrc"), "hyperspy"),  # through rosettasciio (the ``formats`` extra)
 }
 
 #: Leading bytes of files whose name does not say their format.
@@ -123,7 +123,10 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
     if path.is_file() and path.stat().st_size == 0:
         raise ScanFormatError(f"{path}: empty file")
     if dataset is not None and fmt not in _WITH_DATASETS:
-        raise ValueError(f"{path}: dataset= applies to HDF5, MATLAB and zarr files, not to {fmt} files")
+        from ._lazy import dataset_choice
+
+        raise ValueError(f"{path}: {dataset_choice(dataset)} applies to HDF5, MATLAB and zarr files only, "
+                         f"not to {fmt} files")
     reader = importlib.import_module(f".{fmt}", __name__)
     options = dict(missing_at=missing_at, chunk_frames=chunk_frames, **kwargs)
     if fmt in _WITH_DATASETS:
@@ -132,7 +135,7 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
     _check_readable(scan)
     from .sidecar import with_calibration
 
-    scan.geometry = with_calibration(scan.geometry, path, geometry)
+    scan.geometry = with_calibration(scan.geometry, path, geometry, scan.metadata.get("q_per_px_invA"))
     return scan
 
 

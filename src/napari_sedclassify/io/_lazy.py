@@ -49,6 +49,14 @@ def what_is_read() -> tuple[str, str]:
     return ("flat-field", "--flatfield-dataset") if _READING_FLATFIELD.get() else ("scan", "--dataset")
 
 
+def dataset_choice(value=None) -> str:
+    """The option that picks the array to read, in the command line's words with the Python form
+    aside (which napari's wording drops): "--dataset NAME (Python: dataset=NAME)", or
+    ``--flatfield-dataset`` inside :func:`reading_flatfield`; ``value``: the name given, if any."""
+    option = what_is_read()[1]
+    return f"{option} NAME (Python: dataset=NAME)" if value is None else f"{option} {value} (Python: dataset={value!r})"
+
+
 class FlatFieldFile(NamedTuple):
     """What a flat-field file holds, as a reader's ``read_flatfield`` found it. frames: a 2D image
     (ky, kx) of the response (a flood image, a gain map) or a flood stack (the ScanFrames of its
@@ -312,7 +320,7 @@ def stated_scan_shape(path, value, where: str, n_frames: int):
     if shape[0] * shape[1] < n_frames:
         raise ScanFormatError(
             f"{path}: wrong scan shape {shape[0]}x{shape[1]} in {where}: {shape[0] * shape[1]} positions "
-            f"for {n_frames} frames in the file (give scan_shape=(SY, SX), CLI: --scan-shape SY SX)")
+            f"for {n_frames} frames in the file (give --scan-shape SY SX; Python: scan_shape=(SY, SX))")
     return shape, where
 
 
@@ -372,7 +380,7 @@ def resolve_scan_shape(path, n_frames: int, scan_shape=None, hint=None, missing_
         if root * root == n_frames:
             shape, how = (root, root), "square"
         else:
-            shape, how = (1, n_frames), "one row (scan shape unknown: give scan_shape)"
+            shape, how = (1, n_frames), "one row (scan shape unknown)"
             if not _READING_FLATFIELD.get():
                 log.warning("%s: %d frames and no scan shape in the file: opened as one row", path, n_frames)
     first = shape[0] * shape[1] - n_frames if missing_at == "start" else 0

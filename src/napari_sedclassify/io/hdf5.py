@@ -18,8 +18,8 @@ import numpy as np
 from ..errors import ScanFormatError
 from ..geometry import Geometry, electron_wavelength_A
 from ..scan import Scan
-from ._lazy import (FlatFieldFile, PartsFrames, array_frames, check_pixel_dtype, file_token, grid_frames,
-                    reading_flatfield, stated_scan_shape, to_native, what_is_read)
+from ._lazy import (FlatFieldFile, PartsFrames, array_frames, check_pixel_dtype, dataset_choice, file_token,
+                    grid_frames, reading_flatfield, stated_scan_shape, to_native, what_is_read)
 from .hyperspy import hspy_calibration
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def describe(found) -> str:
 def choose_dataset(path, found, dataset, kind: str = "dataset") -> str:
     """The name to read: ``dataset`` when given and valid, else the only candidate."""
     names = [name for name, _, _ in found]
-    what, option = what_is_read()
+    what = what_is_read()[0]
     if dataset is not None:
         name = str(dataset).strip("/")
         if name not in names:
@@ -73,8 +73,7 @@ def choose_dataset(path, found, dataset, kind: str = "dataset") -> str:
         raise ScanFormatError(f"{path}: no 3D or 4D numeric {kind} (not a {what})")
     if len(found) > 1:
         raise ScanFormatError(
-            f"{path}: several {kind}s could be the {what}, choose one with dataset=NAME "
-            f"(CLI: {option} NAME): {describe(found)}"
+            f"{path}: several {kind}s could be the {what}, choose one with {dataset_choice()}: {describe(found)}"
         )
     return names[0]
 
@@ -288,7 +287,8 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
         if cubes:
             if len(cubes) > 1:
                 metadata["other_datasets"] = [name for name, _, _ in cubes[1:]]
-                log.warning("%s: %d datacubes, reading %s (dataset= picks another)", path, len(cubes), cubes[0][0])
+                log.warning("%s: %d datacubes, reading %s (%s picks another)", path, len(cubes), cubes[0][0],
+                            dataset_choice())
             found = cubes[:1]
         name = choose_dataset(path, found, dataset)
         ds = f[name]
@@ -363,7 +363,7 @@ def _choose_flatfield(path, found, dataset) -> tuple[str, tuple]:
                               f"{_MIN_IMAGE_PX}x{_MIN_IMAGE_PX} px, or a 3D/4D stack of frames)")
     if len(found) > 1:
         raise ScanFormatError(f"{path}: the flat-field file holds several datasets that could be the flat-field; "
-                              f"choose one with --flatfield-dataset NAME (Python: dataset=NAME): {describe(found)}")
+                              f"choose one with {dataset_choice()}: {describe(found)}")
     return found[0][0], found[0][1]
 
 
@@ -413,12 +413,12 @@ def read_flatfield(path, dataset=None) -> FlatFieldFile:
     a DECTRIS ``pixel_mask`` marks bad. dataset: the array to read when there are several (a
     ScanFormatError names them when none is chosen)."""
     path = Path(path)
-    with _open_file(path) as f:
-        name, shape = _choose_flatfield(path, flatfield_candidates(path, f), dataset)
-        bad = _pixel_mask(path, f, shape[-2:])
-        if len(shape) == 2:
-            return FlatFieldFile(_response_image(f, name), bad)
     with reading_flatfield():
+        with _open_file(path) as f:
+            name, shape = _choose_flatfield(path, flatfield_candidates(path, f), dataset)
+            bad = _pixel_mask(path, f, shape[-2:])
+            if len(shape) == 2:
+                return FlatFieldFile(_response_image(f, name), bad)
         frames = read(path, dataset=None if name == DECTRIS_FRAMES else name).frame_source
     return FlatFieldFile(frames, bad)
 

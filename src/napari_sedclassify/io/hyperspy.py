@@ -3,7 +3,7 @@
 - :func:`axes_calibration`: a signal's axes (nm; 1/Å or mrad) and beam energy as Geometry values;
   the HDF5 and zarr readers use it for ``.hspy`` / ``.zspy`` files without HyperSpy installed.
 - :func:`scan_from_signal`: a HyperSpy signal (lazy or not) as a Scan, without reading it.
-- :func:`read`: the formats of :data:`SUFFIXES` (DM3/DM4, TVIPS), lazily, through rosettasciio.
+- :func:`read`: the formats of :data:`SUFFIXES` (DM3/DM4, TVIPS, MRC), lazily, through rosettasciio.
 - :func:`to_signals` / :func:`export_hyperspy`: class map, probabilities, confidence and RIAs.
 
 HyperSpy and rosettasciio (GPL-3.0, the ``formats`` extra) are imported only where needed.
@@ -25,7 +25,7 @@ from ..scan import Scan
 log = logging.getLogger(__name__)
 
 #: File name endings read through rosettasciio (the ``formats`` extra), and its plugin for each.
-SUFFIXES = {".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".tvips": "tvips"}
+SUFFIXES = {".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".tvips": "tvips", ".mrc": "mrc"}
 
 #: Length units -> nm.
 _LENGTH_NM = {"nm": 1.0, "a": 0.1, "angstrom": 0.1, "aa": 0.1, "um": 1e3, "micron": 1e3, "pm": 1e-3, "mm": 1e6,
@@ -62,6 +62,30 @@ def _split_axes(axes):
     if all("navigate" in a for a in axes):
         return [a for a in axes if a["navigate"]], [a for a in axes if not a["navigate"]]
     return list(axes[:-2]), list(axes[-2:])
+
+
+def _navigation_first(axes) -> list[int]:
+    """The array axes in the order navigation then signal, each in array order (HyperSpy keeps the
+    data of a signal whose signal axes are not the last ones as it is, and marks each axis ``navigate``)."""
+    if not all("navigate" in a for a in axes):
+        return list(range(len(axes)))
+    return [i for i, a in enumerate(axes) if a["navigate"]] + [i for i, a in enumerate(axes) if not a["navigate"]]
+
+
+def _unit_kind(axis) -> str | None:
+    u = _unit(axis.get("units"))
+    if u in _LENGTH_NM:
+        return "length"
+    return "reciprocal" if u in _RECIPROCAL_INVA or u in _ANGLE_RAD else None
+
+
+def _check_not_swapped(nav, sig, name) -> None:
+    """Refuse a signal whose units say its scan is the signal and its frames the navigation
+    (a HyperSpy ``s.T``): navigation axes all in 1/Å or mrad, signal axes all in nm."""
+    if nav and sig and all(_unit_kind(a) == "reciprocal" for a in nav) and all(_unit_kind(a) == "length" for a in sig):
+        units = lambda axes: ", ".join(str(a.get("units")) for a in axes)  # noqa: E731
+        raise ScanFormatError(f"{name}: navigation axes in {units(nav)} and signal axes in {units(sig)}: the scan "
+                              "and the frames look swapped (a transposed signal, s.T); the frames must be the signal axes")
 
 
 def axes_calibration(axes, metadata=None) -> tuple[dict, dict]:
@@ -163,11 +187,27 @@ def hspy_calibration(group, detector_shape) -> tuple[Geometry, dict] | None:
     axes = hspy_axes(group)
     if axes is None:
         return None
+    where = _file_of(group)
+    order = _navigation_first(axes)
+    if order != list(range(len(axes))):
+        signal_at = [i for i in order if not axes[i]["navigate"]]
+        raise ScanFormatError(
+            f"{where}: a HyperSpy signal stored with its signal axes at array positions {signal_at}, not the last "
+            "two: save it with them last (in HyperSpy: s.transpose(signal_axes=s.axes_manager.signal_axes, "
+            "optimize=True).save(...)), or open it with io.hyperspy.scan_from_signal(hs.load(path, lazy=True))")
+    _check_not_swapped(*_split_axes(axes), where)
     try:
         metadata = {"Acquisition_instrument": {"TEM": _attrs(group["metadata/Acquisition_instrument/TEM"])}}
     except (KeyError, TypeError, ValueError):
         metadata = {}
     return geometry_from_axes(detector_shape, axes, metadata)
+
+
+def _file_of(group) -> str:
+    """The file (h5py) or store folder (zarr) a group is in, for messages."""
+    filename = getattr(getattr(group, "file", None), "filename", None)
+    root = getattr(getattr(group, "store", None), "root", None)
+    return str(filename or root or group)
 
 
 # ---- HyperSpy signals and rosettasciio's readers -------------------------------------------------
@@ -177,7 +217,9 @@ def scan_from_signal(signal, scan_shape=None, *, missing_at: str = "end", chunk_
     rechunked to whole frames; an in-memory one wrapped).
 
     2 signal dimensions (the detector); 2 navigation dimensions (the scan) or 1 (a stack of frames,
-    shaped as other stacks are). Its axes give the scan step and the reciprocal calibration ("file").
+    shaped as other stacks are), in whatever array order the axes' ``navigate`` flags say. Its axes
+    give the scan step and the reciprocal calibration ("file"); a signal whose navigation axes are in
+    1/Å or mrad and signal axes in nm (a transposed ``s.T``) is refused.
     """
     am = signal.axes_manager
     metadata = signal.metadata.as_dictionary()
@@ -203,9 +245,13 @@ def scan_from_parts(data, axes, metadata, *, source, name, fmt, scan_shape=None,
     if len(sig) != 2 or len(nav) not in (1, 2) or data.ndim != len(nav) + 2:
         raise ScanFormatError(f"{name}: shape {tuple(data.shape)} with {len(nav)} navigation and {len(sig)} signal "
                               "axes is not a scan (2 signal axes, 1 or 2 navigation axes)")
+    _check_not_swapped(nav, sig, name)
     dtype = check_pixel_dtype(data.dtype, name)
+    order = _navigation_first(axes)
     if not isinstance(data, da.Array):
-        data = da.from_array(data, chunks=(1,) * len(nav) + tuple(data.shape[-2:]))
+        data = da.from_array(data, chunks=tuple(s if i in order[-2:] else 1 for i, s in enumerate(data.shape)))
+    if order != list(range(len(axes))):
+        data, axes = data.transpose(order), [axes[i] for i in order]
     if native(dtype) != dtype:
         data = data.astype(native(dtype))
     detector = tuple(int(s) for s in data.shape[-2:])
@@ -303,6 +349,7 @@ def to_signals(prediction, *, result=None, geometry=None, classes=None) -> dict:
              "scan_step_origin": geometry.origin("scan_step_nm") if geometry is not None else "unknown",
              "geometry": jsonable(geometry.to_dict()) if geometry is not None else None}
     name = str(prediction.name)
+    instrument = _instrument(geometry)
     # the scan grid (y, x): nm when the scan step is known, else positions
     units, scale = ("nm", float(step)) if step else ("", 1.0)
     grid = [{"name": n, "size": int(s), "scale": scale, "offset": 0.0, "units": units}
@@ -318,6 +365,8 @@ def to_signals(prediction, *, result=None, geometry=None, classes=None) -> dict:
         s.metadata.set_item("Signal.quantity", quantity)
         s.metadata.set_item("Sedclassify", {**table, "kind": kind, "scan": name,
                                             "source": str(getattr(prediction, "source", "") or "")})
+        for key, value in instrument.items():
+            s.metadata.set_item(f"Acquisition_instrument.TEM.{key}", value)
         return s
 
     out = {"classes": signal("classes", class_map, "class map", "class id")}
@@ -340,6 +389,15 @@ def to_signals(prediction, *, result=None, geometry=None, classes=None) -> dict:
         out["ria"] = signal("ria", np.asarray(ria, dtype=np.float32), "radial intensity average",
                             "mean counts per px", q_axis)
     return out
+
+
+def _instrument(geometry) -> dict:
+    """HyperSpy's ``Acquisition_instrument.TEM`` entries: the beam energy (keV) when not assumed. The
+    camera length stays in ``metadata.Sedclassify.geometry`` beside the pixel size it goes with (one
+    derived from a file's 1/Å axes holds for the 55 µm pixel it was derived for only)."""
+    if geometry is None or geometry.origin("voltage_kv") in ("assumed", "unknown"):
+        return {}
+    return {"beam_energy": float(geometry.voltage_kv)}
 
 
 def export_hyperspy(prediction, out_dir, *, result=None, geometry=None, classes=None, force: bool = True) -> dict:

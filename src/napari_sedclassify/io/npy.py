@@ -98,6 +98,20 @@ def read_sidecar(path) -> dict:
     return meta
 
 
+def _check_size(path: Path, shape, dtype, offset: int) -> None:
+    """A ScanFormatError naming ``path`` when the file is shorter than its header states: how many
+    whole frames it holds of how many the header states (an interrupted copy or acquisition)."""
+    needed = offset + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size >= needed:
+        return
+    frames = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    frame_bytes = max(1, int(np.prod(shape[-2:])) * dtype.itemsize)
+    whole = max(0, size - offset) // frame_bytes
+    raise ScanFormatError(f"{path}: truncated: it holds {whole} whole frames of the {frames} its header states "
+                          f"(header disagrees with the data size: {size} of {needed} bytes)")
+
+
 def read_npy(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> Scan:
     """Memory-map a 4D (sy, sx, ky, kx) or 3D (N, ky, kx) ``.npy`` file as a lazy Scan."""
     path = Path(path)
@@ -106,10 +120,7 @@ def read_npy(path, scan_shape=None, *, missing_at="end", chunk_frames=None) -> S
     except (ValueError, OSError) as exc:
         raise ScanFormatError(f"{path}: corrupted header: not a readable .npy file ({exc})") from exc
     dtype = check_pixel_dtype(dtype, path)
-    try:
-        np.load(path, mmap_mode="r")
-    except ValueError as exc:  # numpy refuses a file shorter than its header says
-        raise ScanFormatError(f"{path}: header disagrees with the data size ({exc})") from exc
+    _check_size(path, shape, dtype, offset)
     meta = read_sidecar(path)
     source = None
     if not fortran and hasattr(os, "preadv") and len(shape) in (3, 4):

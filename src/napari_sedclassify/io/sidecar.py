@@ -57,13 +57,20 @@ def fitted_with(scan_path) -> dict:
     return out
 
 
-def with_calibration(geometry: Geometry, scan_path, user: dict | None = None) -> Geometry:
+def with_calibration(geometry: Geometry, scan_path, user: dict | None = None,
+                     q_per_px_invA: float | None = None) -> Geometry:
     """``geometry`` (the file's) with the sidecar's fitted values, then the ``user``'s values
     ({name: value}). A fitted camera length holds for the pixel size and voltage it was fitted
     with: when the scan's are now others, it is rescaled so that λL/p, what the ring measured,
-    stays the same."""
+    stays the same. Likewise a file that states its frames' q per px (``q_per_px_invA``: signal
+    axes in 1/Å) keeps it when the user gives a pixel size or voltage without a camera length: the
+    camera length taken from it is computed again for them (a given --voltage rescaled a stated q
+    axis by the ratio of the wavelengths)."""
     fitted = read_calibration(scan_path)
     g = geometry.with_values("fitted", **fitted).with_values("user", **(user or {}))
+    if q_per_px_invA and g.origin("camera_length_mm") == "file" and {"pixel_size_um", "voltage_kv"} & set(user or {}):
+        camera_mm = g.pixel_size_um * 1e-3 / (electron_wavelength_A(g.voltage_kv) * q_per_px_invA)
+        g = g.with_values("file", camera_length_mm=camera_mm)
     if "camera_length_mm" not in fitted or g.origin("camera_length_mm") != "fitted":
         return g
     then = fitted_with(scan_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ScanFormatError
 from ..geometry import Geometry
 from ..scan import Scan
-from ._lazy import (FlatFieldFile, array_frames, check_pixel_dtype, file_token, reading_flatfield,
+from ._lazy import (FlatFieldFile, array_frames, dataset_choice, check_pixel_dtype, file_token, reading_flatfield,
                     stated_geometry, stated_scan_shape)
 from .hdf5 import choose_dataset
 from .hyperspy import hspy_calibration
@@ -60,7 +60,7 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
         name = choose_dataset(path, _candidates(node), dataset, kind="array")
         node = node[name]
     elif dataset is not None:
-        raise ScanFormatError(f"{path}: holds a single array; dataset={dataset!r} does not apply")
+        raise ScanFormatError(f"{path}: holds a single array; {dataset_choice(dataset)} does not apply")
     dtype = check_pixel_dtype(node.dtype, path)
     token = f"zarr-{file_token(path / _marker(path))}-{name}"
     attrs = dict(node.attrs)

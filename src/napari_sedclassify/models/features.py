@@ -50,6 +50,14 @@ class Augmentation:
     thickness_range: crops only: (low, high) factor on the scattered signal (outside the direct
         beam), drawn log-uniformly, before the scan-context channels: a frame's ice thicker or
         thinner than the scan's ends; (1, 1) = off.
+    flat_background: RIAs: largest flat background added to each profile after its scan context,
+        as a fraction (drawn uniformly) of the profile's median: the counts that do not scale with
+        the dose (stray and dark counts weigh more at a lower dose) and the broad plural scattering
+        of thicker ice both fill the valleys between the rings; 0 = off.
+    ice_layer: RIAs with a scan context against the scan's two ends: largest fraction (drawn
+        uniformly, either sign) of the scan's ice end added to each profile before its scan context
+        (kept above a tenth of the profile): more or less vitreous ice over the carbon film (0-25 nm
+        in the simulator, drawn per scan) and in the holes than the training scans had; 0 = off.
     """
 
     copies: int = 1
@@ -61,6 +69,8 @@ class Augmentation:
     plural_fraction: float = 0.0
     plural_q_invA: float = 0.1
     thickness_range: tuple = (1.0, 1.0)
+    flat_background: float = 0.0
+    ice_layer: float = 0.0
 
     def draw(self, n: int, rng: np.random.Generator) -> dict:
         """Random parameters for ``n`` frames: radial scale, centre jitter (px) and direction (rad),
@@ -83,6 +93,10 @@ class Augmentation:
         lo, hi = self.thickness_range
         if (lo, hi) != (1.0, 1.0):
             out["thickness"] = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+        if self.flat_background > 0:
+            out["background"] = rng.uniform(0.0, self.flat_background, n)
+        if self.ice_layer > 0:
+            out["ice_layer"] = rng.uniform(-self.ice_layer, self.ice_layer, n)
         return out
 
 
@@ -192,6 +206,15 @@ class FeatureRecipe:
         if (aug.plural_fraction or (lo, hi) != (1.0, 1.0)) and self.kind != "crop":
             raise ValueError("the ice-thickness augmentations (plural_fraction, thickness_range) apply to crop "
                              "recipes (the CNN)")
+        if not 0.0 <= aug.flat_background < 1.0:
+            raise ValueError(f"flat_background must be in [0, 1), got {aug.flat_background}")
+        if aug.flat_background and self.kind != "ria":
+            raise ValueError("flat_background applies to RIA recipes (the FCNN and the SVM)")
+        if not 0.0 <= aug.ice_layer < 1.0:
+            raise ValueError(f"ice_layer must be in [0, 1), got {aug.ice_layer}")
+        if aug.ice_layer and not (self.scan_context and self.context_reference == "ends"):
+            raise ValueError("ice_layer adds a fraction of the scan's ice end: it needs an RIA recipe with "
+                             "scan_context and context_reference='ends'")
         object.__setattr__(self, "augmentation", replace(aug, intensity_range=tuple(aug.intensity_range),
                                                          dose_range=tuple(aug.dose_range),
                                                          thickness_range=(float(lo), float(hi))))
@@ -329,7 +352,8 @@ def scan_reference(ria, radii_px, recipe: FeatureRecipe, geometry, valid=None) -
     ends = recipe.context_reference == "ends"
     if not ok.any():
         return np.full((2, recipe.n_bins) if ends else recipe.n_bins, np.nan)
-    raw = replace(recipe, normalise=False, background="none", standardise=False, scan_context=0)
+    raw = replace(recipe, normalise=False, background="none", standardise=False, scan_context=0,
+                  augmentation=Augmentation(copies=0))
     with np.errstate(all="ignore"):
         feats = ria_features(ria[ok], radii_px, raw, geometry).astype(np.float64)
         if not ends:
@@ -498,7 +522,11 @@ def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | Non
         if reference is None:
             raise ValueError("this recipe compares every frame with its scan (scan_context): give the scan's "
                              "reference profile (scan_reference)")
+        if aug is not None and aug.get("ice_layer") is not None:
+            feats = _other_ice_layer(feats, np.asarray(reference, dtype=np.float64)[-1], aug["ice_layer"])
         context = _context(feats, np.asarray(reference, dtype=np.float64), int(recipe.scan_context))
+    if aug is not None and aug.get("background") is not None:
+        feats = feats + np.asarray(aug["background"])[:, None] * _row_scale(feats, np.abs(feats))[:, None]
     if aug is not None:
         feats = feats * np.asarray(aug["intensity"])[:, None]
     if recipe.normalise:
@@ -511,6 +539,12 @@ def ria_features(ria, radii_px, recipe: FeatureRecipe, geometry, aug: dict | Non
         feats = np.concatenate([feats, context], axis=1)
     feats[empty] = np.nan
     return feats.astype(np.float32)
+
+
+def _other_ice_layer(feats: np.ndarray, ice_end: np.ndarray, fraction) -> np.ndarray:
+    """Profiles (n, n_bins) with ``fraction`` (n,; either sign) of the scan's ice end (n_bins,) added:
+    a thicker or thinner layer of vitreous ice, kept above a tenth of each profile."""
+    return np.maximum(feats + np.asarray(fraction, dtype=np.float64)[:, None] * ice_end[None], 0.1 * feats)
 
 
 def _pixels_per_bin(radii_px: np.ndarray, geometry) -> np.ndarray:
@@ -759,9 +793,15 @@ def session_robust_recipe(camera_length_fitted: bool = True, **changes) -> Featu
     log-median normalisation, six band levels relative to each of the scan's two ends (12
     columns), where the frame and its 3x3 scan neighbourhood lie between those ends (3 columns,
     10 copies), augmentation with disc blur, lower-dose noise and radial scaling (±3 % when the camera
-    length of every scan was fitted, ±12 % for nominal values)."""
+    length of every scan was fitted, ±12 % for nominal values), a flat background of up to 0.3x
+    each profile's median (stray counts at a lower dose, plural scattering in thick ice) and
+    ±0.3x the scan's ice end (more or less ice over the carbon film; only with the two-ends context,
+    which gives the ice end)."""
+    ends = changes.get("scan_context", 6) and changes.get("context_reference", "ends") == "ends"
+    aug = replace(_session_robust_augmentation(camera_length_fitted), flat_background=0.3,
+                  ice_layer=0.3 if ends else 0.0)
     return FeatureRecipe(kind="ria", scan_context=6, context_reference="ends", scan_neighbours=True,
-                         augmentation=_session_robust_augmentation(camera_length_fitted)).replace(**changes)
+                         augmentation=aug).replace(**changes)
 
 
 def _session_robust_augmentation(camera_length_fitted: bool) -> Augmentation:

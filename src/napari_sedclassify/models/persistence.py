@@ -97,6 +97,20 @@ class SedModel:
                                          + _in_python(message))
 
 
+def check_calibration(model: SedModel, geometry: Geometry, scan_name: str = "the scan") -> None:
+    """The refusals of :meth:`SedModel.check_geometry` that the calibration values alone decide (the
+    model card's voltage, radial sampling and the origins it accepts; a q axis or crop in Å that
+    needs the camera length and voltage), whatever ``geometry``'s detector shape: a live run says
+    them before the detector is armed, before its first frame gives the detector shape. Raises
+    :class:`IncompatibleModelError` with the wording of ``check_geometry``."""
+    domain = {k: v for k, v in model.domain.items() if k != "detector_px"}
+    problems = _domain_problems(domain, geometry) or _calibration_problems(model.recipe, geometry)
+    if problems:
+        message = "; ".join(problems)
+        raise IncompatibleModelError(f"model {model.name} cannot be applied to {scan_name}: {message}"
+                                     + _in_python(message))
+
+
 #: The name that stands for the model shipped inside the package (``sedclassify predict builtin``).
 BUILTIN = "builtin"
 
@@ -211,10 +225,11 @@ def _geometry_problems(recipe: FeatureRecipe, trained: Geometry, scan: Geometry)
     assumed = assumed_problems(trained, scan)
     if assumed:
         return assumed
+    uncalibrated = _calibration_problems(recipe, scan)
+    if uncalibrated:
+        return uncalibrated
     reach = reach_px(scan.detector_shape)
     if recipe.kind == "ria" and recipe.axis == "q":
-        if not scan.calibrated:
-            return ["the model's RIA axis is q (Å⁻¹) but the scan's camera length or voltage is unknown"]
         need = scan.q_invA_to_radius_px(recipe.q_max_invA)
         if need > 1.02 * reach:
             return [f"the model needs q up to {recipe.q_max_invA} Å⁻¹, {need:.0f} px from the centre on this "
@@ -226,13 +241,22 @@ def _geometry_problems(recipe: FeatureRecipe, trained: Geometry, scan: Geometry)
         return []
     if recipe.kind == "ria" or recipe.crop_radius_px is not None:  # on the px axis
         return _same_optics(trained, scan)
-    if not scan.calibrated:
-        return [f"the model's crop is set as {recipe.crop_radius_A} Å but the scan's camera length or voltage is "
-                "unknown"]
     d_trained = trained.radius_px_to_d_A(recipe.crop_layout(trained)[0])
     d_scan = scan.radius_px_to_d_A(recipe.crop_layout(scan)[0])
     if abs(d_scan / d_trained - 1) > 0.05:
         return [_crop_problem(recipe, trained, scan, d_trained, d_scan)]
+    return []
+
+
+def _calibration_problems(recipe: FeatureRecipe, scan: Geometry) -> list[str]:
+    """The recipe reads q (Å⁻¹) or crops in Å, and ``scan``'s camera length or voltage is unknown."""
+    if scan.calibrated:
+        return []
+    if recipe.kind == "ria" and recipe.axis == "q":
+        return ["the model's RIA axis is q (Å⁻¹) but the scan's camera length or voltage is unknown"]
+    if recipe.kind != "ria" and recipe.crop_radius_px is None:
+        return [f"the model's crop is set as {recipe.crop_radius_A} Å but the scan's camera length or voltage is "
+                "unknown"]
     return []
 
 

@@ -103,7 +103,7 @@ class ScanFeatures:
                 f"whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {valid.sum()}: classify whole scans "
                 "(sedclassify predict), not frame by frame")
         plain = recipe.replace(scan_neighbours=False, scan_context=0, normalise=False, background="none",
-                               standardise=False)
+                               standardise=False, augmentation=Augmentation(copies=0))
         with np.errstate(all="ignore"):
             score = carbon_ice_score(self.inputs(plain).astype(np.float64), recipe, self.geometry)
         position = end_positions(score, valid, recipe.context_end_fraction).reshape(self.scan_shape)

@@ -45,8 +45,15 @@ from ..geometry import FLAGS, Geometry
 from ..processing.params import PreprocessParams
 from ..processing.stats import median
 
-__all__ = ["CalibrationError", "CalibrationResult", "Q_AXIS_TOLERANCE", "RING_SETS", "calibrate", "calibrate_ria",
-           "parse_ring", "preprocessed_q_axis_warning", "q_axis_warning"]
+__all__ = ["CalibrationError", "CalibrationResult", "FURTHER_OFF_ADVICE", "GOLD_ADVICE", "Q_AXIS_TOLERANCE",
+           "RING_SETS", "calibrate", "calibrate_ria", "parse_ring", "preprocessed_q_axis_warning", "q_axis_warning"]
+
+#: Advice of the calibration's errors that only the command line (and Python) can follow, in the
+#: command line's words; the plugin puts them as what its widgets do (``_napari/wording.py``).
+#: A ring not found within the search, the camera length perhaps further off:
+FURTHER_OFF_ADVICE = "then give --camera-length near the right value or a wider --search"
+#: Another scan to calibrate on, beside one that shows vitreous ice:
+GOLD_ADVICE = "or on a gold standard with --ring gold"
 
 #: Named ring sets: d-spacings (Å) and the relative Gaussian width (σ/r) expected for frame selection.
 RING_SETS = {
@@ -864,8 +871,8 @@ def _check_fit(fit: _Fit, name, d_used, r0, s_range, search, reach, where, geome
         raise CalibrationError(
             f"{where}did not find {_ring_words(name, d_used)} within {_searched(s_range, search, reach)} of where "
             f"{geometry.describe()} puts it (the best candidate lies at the edge of that search, {s - 1:+.1%}): the "
-            f"scan does not show it, or the camera length is further off (then give --camera-length near the right "
-            f"value or a wider --search); {_what_else(name)}; {_hint(geometry)}")
+            f"scan does not show it, or the camera length is further off ({FURTHER_OFF_ADVICE}); {_what_else(name)}; "
+            f"{_hint(geometry)}")
     if not np.isfinite(fit.scale_sd) or fit.t_values[0] < T_MIN:
         raise CalibrationError(f"{where}{_ring_words(name, d_used)} is not significant even in the frames that show "
                                f"it best (amplitude {fit.t_values[0]:.1f} standard errors); {_what_else(name)}")
@@ -897,14 +904,13 @@ def _fmt_d(d_A) -> str:
 
 def _what_else(name) -> str:
     if name == "ice":
-        return ("calibrate on a scan that shows vitreous ice (holes of a holey-carbon grid), or on a gold "
-                "standard with --ring gold")
+        return f"calibrate on a scan that shows vitreous ice (holes of a holey-carbon grid), {GOLD_ADVICE}"
     return "check the ring's d-spacing, or calibrate on a scan that shows it"
 
 
 def _hint(geometry: Geometry) -> str:
     assumed = geometry.assumed()
     if not assumed:
-        return "check the pixel size (--pixel-size), voltage (--voltage) and camera length (--camera-length)"
+        return "check --pixel-size, --voltage and --camera-length"
     return ("assumed (nobody stated them): " + geometry.values_text(assumed)
             + "; set them with " + ", ".join(FLAGS[n][0] for n in assumed))

@@ -81,6 +81,28 @@ def ensure_dataset(cache: Path, scan_shape, detector_px: int, seed: int, progres
     return load_dataset(cache)
 
 
+def earlier_outputs(out_dir) -> list[Path]:
+    """The files an earlier demo run wrote into ``out_dir``, by the names the demo gives them (its
+    report, model files and figures, of any model kind); never another file."""
+    out_dir = Path(out_dir)
+    figures = [f"{k}_scan_*_{what}.png" for k in MODEL_KINDS for what in ("confusion", "maps")]
+    figures += [f"picture_scan_*_{k}.png" for k in MODEL_KINDS] + ["fig6_all_models.png"]
+    found = [out_dir / name for name in ("report.json", "report.md")]
+    found += [out_dir / "models" / f"{k}.sedmodel" for k in MODEL_KINDS]
+    found += [f for pattern in figures for f in (out_dir / "figures").glob(pattern)]
+    return sorted(f for f in found if f.is_file())
+
+
+def _remove_earlier_outputs(out_dir: Path, log) -> None:
+    """Remove an earlier demo run's outputs from ``out_dir``, so the folder describes this run
+    alone (a run with fewer models left the other models' files beside the new report)."""
+    earlier = earlier_outputs(out_dir)
+    if earlier:
+        log(f"removing the {len(earlier)} files of an earlier demo run in {out_dir} (report, models, figures)")
+    for f in earlier:
+        f.unlink()
+
+
 def _predict_seconds(model, X, repeats: int = 3) -> float:
     """Median wall time (s) of ``predict_proba`` on X after one warm-up call."""
     model.predict_proba(X)
@@ -115,7 +137,7 @@ def run_demo(out_dir, *, scan_shape=DEFAULT_SCAN_SHAPE, detector_px: int | None 
         raise ValueError(f"unknown model(s) {', '.join(bad) or '(none)'}; choose from {', '.join(MODEL_KINDS)}")
     out_dir = Path(out_dir)
     figures = out_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    _remove_earlier_outputs(out_dir, log)
     preset = FULL if full else QUICK
     detector_px = int(detector_px if detector_px is not None else preset["detector_px"])
     n_a = int(n_session_a if n_session_a is not None else preset["n_session_a"])
@@ -159,7 +181,8 @@ def run_demo(out_dir, *, scan_shape=DEFAULT_SCAN_SHAPE, detector_px: int | None 
     preprocess_1600 = float(np.median(t_pre)) * 1600.0 / n_frames
 
     # 3. train, save, predict, evaluate
-    results, rows, maps = {}, [], {}
+    figures.mkdir(parents=True, exist_ok=True)
+    results, rows, maps, drawn = {}, [], {}, []  # drawn: the figures this run wrote
     for kind in models:
         log(f"training {kind.upper()} on the {len(names) - 2} training scans of session A")
         recipe = recipes[kind]
@@ -191,8 +214,8 @@ def run_demo(out_dir, *, scan_shape=DEFAULT_SCAN_SHAPE, detector_px: int | None 
             maps[(kind, label)] = pred.class_map
             session = "same session" if label == "set1" else "other session"
             rows.append((f"{kind.upper()}, {names[idx]}\n({session})", integrated[idx], truths[idx], pred.class_map, m))
-            plot_scan(figures, f"{kind}_{names[idx]}", kind, names[idx], m, truths[idx], pred.class_map,
-                      integrated[idx], classes)
+            drawn += plot_scan(figures, f"{kind}_{names[idx]}", kind, names[idx], m, truths[idx], pred.class_map,
+                               integrated[idx], classes)
         results[kind] = res_kind
         log(f"  {kind.upper()}: weighted F1 {res_kind['set1']['weighted']['f1']:.3f} (same session), "
                   f"{res_kind['set2']['weighted']['f1']:.3f} (other session); trained in {t_train:.0f} s")
@@ -200,11 +223,13 @@ def run_demo(out_dir, *, scan_shape=DEFAULT_SCAN_SHAPE, detector_px: int | None 
     # 4. figures and report
     from ..models.metrics import plot_fig6, plot_overlay
 
-    plot_fig6(rows, figures / "fig6_all_models.png", classes,
+    drawn.append(figures / "fig6_all_models.png")
+    plot_fig6(rows, drawn[-1], classes,
               title="Test scans: integrated image, true classes, predictions, differences, confusion matrix")
     best = max(models, key=lambda k: (results[k]["set2"]["weighted"]["f1"] + results[k]["set1"]["weighted"]["f1"]))
     for label, idx in (("set1", test_ids[0]), ("set2", test_ids[1])):
-        plot_overlay(integrated[idx], maps[(best, label)], figures / f"picture_{names[idx]}_{best}.png", classes,
+        drawn.append(figures / f"picture_{names[idx]}_{best}.png")
+        plot_overlay(integrated[idx], maps[(best, label)], drawn[-1], classes,
                      title=f"{names[idx]}: integrated image and the {best.upper()} class map "
                            f"(weighted F1 {results[best][label]['weighted']['f1']:.3f})")
     report = {
@@ -219,7 +244,7 @@ def run_demo(out_dir, *, scan_shape=DEFAULT_SCAN_SHAPE, detector_px: int | None 
         "models": results,
         "best_model": best,
         "paper_table1": {k: PAPER_TABLE1[k] for k in models},
-        "figures": sorted(str(p.relative_to(out_dir)) for p in figures.glob("*.png")),
+        "figures": sorted(str(Path(p).relative_to(out_dir)) for p in drawn),
     }
     write_text(out_dir / "report.json", json.dumps(report, indent=2))
     write_text(out_dir / "report.md", report_markdown(report))

@@ -385,10 +385,15 @@ class MibSource(_FileSource):
         self.metadata["counter_depth"] = header.counter_depth
         return True
 
-    def geometry(self) -> Geometry:
+    def known_geometry(self) -> Geometry:
+        """The calibration known before the first frame (a .mib frame's pixel pitch); its detector
+        shape is a placeholder (:func:`check_model_before_frames`)."""
         from ..io.mib import PIXEL_SIZE_UM
 
-        return Geometry(detector_shape=self.header.frame_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
+        return Geometry(pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
+
+    def geometry(self) -> Geometry:
+        return self.known_geometry().replace(detector_shape=self.header.frame_shape)
 
     def ready(self) -> bool:
         return self.header is not None or self._read_header()
@@ -431,6 +436,9 @@ class FolderSource(_FileSource):
 
     def ready(self) -> bool:
         return self.path.is_dir()
+
+    def known_geometry(self) -> Geometry:
+        return Geometry()
 
     def geometry(self) -> Geometry:
         return Geometry(detector_shape=self._detector) if self._detector else Geometry()
@@ -700,8 +708,11 @@ class StreamSource:
     def scan_shape(self):
         return self._scan_shape
 
+    def known_geometry(self) -> Geometry:
+        return Geometry()
+
     def geometry(self) -> Geometry:
-        return Geometry(detector_shape=self.detector_shape)
+        return self.known_geometry().replace(detector_shape=self.detector_shape)
 
     def _start(self):
         self._thread = threading.Thread(target=self._receive, daemon=True, name=f"{self.kind}-receiver")
@@ -963,10 +974,10 @@ class MerlinStreamSource(StreamSource):
             self._scan_shape = tuple(int(s) for s in shape)
         return self._scan_shape
 
-    def geometry(self) -> Geometry:
+    def known_geometry(self) -> Geometry:
         from ..io.mib import PIXEL_SIZE_UM
 
-        return Geometry(detector_shape=self.detector_shape, pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
+        return Geometry(pixel_size_um=PIXEL_SIZE_UM).marked("file", "pixel_size_um")
 
     def _connect(self, handle_dir):
         import libertem_qd_mpx as qd
@@ -1099,6 +1110,9 @@ def open_source(path, scan_shape=None, **stream_options):
             host, port = parse_host_port(str(path)[len(cls.kind) + 3:], default_port)
             return cls(host, port, scan_shape, **stream_options)
     path = Path(path)
+    if not path.parent.is_dir():  # what the acquisition writes may not be there yet, but its folder is
+        raise ValueError(f"{path}: there is no folder {path.parent}: check the path (live input is a .mib file "
+                         "being written, or a folder where frame files land, in an existing folder)")
     if path.suffix.lower() in (".mib", ".hdr"):
         return MibSource(path.with_suffix(".mib"), scan_shape)
     # a folder, possibly not created yet: asked in this order, a folder the acquisition creates
@@ -1106,6 +1120,53 @@ def open_source(path, scan_shape=None, **stream_options):
     if not path.exists() or path.is_dir():
         return FolderSource(path, scan_shape)
     raise ValueError(f"{path}: live input must be a folder of frame files or a Merlin .mib file")
+
+
+def check_model_before_frames(model, src, geometry: Geometry | None = None) -> None:
+    """Refuse at once, before waiting for the acquisition, a model that cannot be applied to the live
+    frames whatever their detector size (``models.persistence.check_calibration`` on ``geometry``,
+    the calibration the run is given, else ``src.known_geometry()``: e.g. a model that needs the
+    camera length, not given): else it was refused once the first frames arrived, the detector
+    armed. Raises IncompatibleModelError."""
+    from ..models.persistence import check_calibration
+
+    check_calibration(model, geometry if geometry is not None else src.known_geometry(),
+                      str(getattr(src, "path", None) or "the live frames"))
+
+
+def lock_outputs(out_dir, name: str) -> Path:
+    """Hold ``<out_dir>/<name>_watch.lock`` (it holds this process's id) while a run writes
+    ``<name>_*`` there: a second run for the same folder and name is refused (ValueError, one line)
+    while the first one's process lives; a lock left by a process that no longer exists is
+    removed. Returns the lock's path, for :func:`unlock_outputs`."""
+    import psutil  # asks without signalling the process
+
+    lock = Path(out_dir) / f"{name}_watch.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)  # as the outputs' writer makes it
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):  # being written, or removed, right now: look again
+                time.sleep(0.05)
+                continue
+            if pid and psutil.pid_exists(pid):
+                raise ValueError(f"{lock}: another live run (process {pid}) is writing {name}_* in {lock.parent}: "
+                                 "give another --out folder or --name, or stop that run") from None
+            lock.unlink(missing_ok=True)  # its process ended without removing it
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return lock
+    raise ValueError(f"{lock}: cannot take this lock (another live run is starting with the same --out and --name?)")
+
+
+def unlock_outputs(lock) -> None:
+    """Remove a lock :func:`lock_outputs` took."""
+    if lock is not None:
+        Path(lock).unlink(missing_ok=True)
 
 
 def wait_ready(src, timeout_s: float | None = None, cancel: Callable | None = None, poll_s: float = 0.01) -> None:
@@ -1167,6 +1228,12 @@ class LiveResult:
         return d
 
 
+def output_name(src, name: str | None = None) -> str:
+    """The stem of a run's output files: ``name``, else the source's (a stream's ``merlin`` /
+    ``dectris``, a file's or folder's name)."""
+    return name or getattr(src, "name", None) or Path(getattr(src, "path", "live")).stem
+
+
 def output_paths(out_dir, name: str) -> dict:
     out_dir = Path(out_dir)
     return {"class_map": out_dir / f"{name}_live_classes.npy",
@@ -1195,6 +1262,33 @@ def write_outputs(state: LiveClassMap, paths: dict, extra: dict | None = None, s
     write_json(paths["keep"], keep)
 
 
+def _wait_ready_said(src, timeout_s, stopped, poll_s, paths, class_names, keep_ids) -> None:
+    """:func:`wait_ready`, with ``<name>_keep.json`` (``paths``; None: nothing written) saying
+    ``waiting`` meanwhile, and how the wait ended when the source never became ready."""
+    def status(value, message):
+        write_json(paths["keep"], {"scan_shape": None, "status": value, "message": message, "frames_done": 0,
+                                   "positions": None, "kept_classes": {str(i): class_names.get(i, str(i))
+                                                                       for i in keep_ids},
+                                   "kept_positions": []})
+
+    if paths is None:
+        return wait_ready(src, timeout_s, stopped, poll_s)
+    where = getattr(src, "path", "the live source")
+    status("waiting", f"waiting for the detector to be armed at {where}" if isinstance(src, StreamSource)
+           else f"waiting for the first frames of {where}")
+    try:
+        wait_ready(src, timeout_s, stopped, poll_s)
+    except KeyboardInterrupt:
+        status("stopped", "interrupted (Ctrl-C) before the first frames")
+        raise
+    except Exception as exc:
+        if stopped():
+            status("stopped", "stopped before the first frames")
+        else:
+            status("error", str(exc))
+        raise
+
+
 def _frames_between(batches, a: int, b: int) -> np.ndarray:
     """Frames a..b (positions in arrival order) of the waiting ``batches``, copied once."""
     parts, start = [], 0
@@ -1212,7 +1306,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
           calibration_frames: int | None = None, max_chunk: int = 32, threads: int | None = None,
           poll_s: float = 0.002, timeout_s: float | None = 10.0, write_every_s: float = 1.0, force: bool = False,
           state: LiveClassMap | None = None, cancel: Callable | None = None, reduce_to=None,
-          compression: str = "bslz4") -> LiveResult:
+          compression: str = "bslz4", on_update: Callable | None = None) -> LiveResult:
     """Classify the frames of ``source`` (a path for :func:`open_source`, or a source) as they arrive.
 
     model: SedModel or model file. keep: classes whose positions go into the keep-list.
@@ -1231,7 +1325,10 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     complete; compression "bslz4" or "none"). A source with ``finished`` (a detector stream) ends
     the run when its acquisition is over ("incomplete" when positions were never received); a
     source with ``close()`` is closed at the end. Returns a LiveResult; Ctrl-C ends the run the
-    same way (outputs written) and re-raises.
+    same way (outputs written) and re-raises. on_update(state): subscribed to the state (see
+    :meth:`LiveClassMap.subscribe`) once the source is ready. ``<name>_keep.json`` says ``waiting``
+    from the start until the source is ready (``error``, or ``stopped``, with the message when the
+    wait ends without it).
     """
     from .predict import as_model
     from .reduce import check_live_target, class_ids as ids_of
@@ -1240,7 +1337,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     model_arg = model
     model = as_model(model)
     src = open_source(source, scan_shape) if isinstance(source, (str, os.PathLike)) else source
-    name = name or getattr(src, "name", None) or Path(getattr(src, "path", "live")).stem
+    name = output_name(src, name)
     keep_ids = ids_of(keep, model.classes) if keep else []
     paths = output_paths(out_dir, name) if out_dir is not None else None
     for p in (paths or {}).values():
@@ -1251,12 +1348,14 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         check_live_target(reduce_to, compression, force)
     stopped = cancel if cancel is not None else (lambda: False)
     wait_start = time.perf_counter()
-    wait_ready(src, timeout_s, stopped, poll_s)
+    _wait_ready_said(src, timeout_s, stopped, poll_s, paths, model.classes.names, keep_ids)
     sy, sx = src.scan_shape
     if state is None:
         state = LiveClassMap((sy, sx), model.classes.ids, keep_ids, model.classes.names)
     elif state.scan_shape != (sy, sx):
         raise ValueError(f"live state is {state.scan_shape}, the scan is {(sy, sx)}")
+    if on_update is not None:
+        state.subscribe(on_update)
     n_total = sy * sx
     want = calibration_frames or (model.preprocess or {}).get("bad_pixel_sample", 48)
     want = max(1, min(int(want), n_total))
@@ -1407,6 +1506,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         if classifier is None and pending:  # ended before enough frames: calibrate on what came
             classifier = calibrate(final=True)
             run_batches(pending)
+            state.mark_calibrated()  # every frame waited for the calibration (no steady latency to report)
             if state.n_done == n_total:
                 status = "complete"
     except KeyboardInterrupt:

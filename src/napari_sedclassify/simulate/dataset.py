@@ -36,7 +36,9 @@ def _scan_entry(out_dir: Path, name, session, seed, flat_seed, scan_shape, detec
 
 def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress, extra=None) -> dict:
     """plan: [(name, session name or SessionParams, scan seed)]; one flat-field per session (noise
-    seeded by ``seed``). extra: more entries for dataset.json (e.g. a session grid)."""
+    seeded by ``seed``). extra: more entries for dataset.json (e.g. a session grid). Stopped
+    part-way (Ctrl-C, a cancel, an error), dataset.json describes the scans written whole so far,
+    with ``"complete": false`` and ``"planned_scans"``, and the error goes on."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {}
@@ -44,8 +46,6 @@ def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress,
         sp = session_params(s)
         if params.setdefault(sp.name, sp) != sp:
             raise ValueError(f"two different sessions are both named {sp.name!r}")
-    scans = [_scan_entry(out_dir, name, s, scan_seed, seed, scan_shape, detector_px, progress)
-             for name, s, scan_seed in plan]
     table = ClassTable.default()
     dataset = {
         "format": DATASET_FORMAT,
@@ -54,9 +54,16 @@ def _write_dataset(out_dir: Path, plan, scan_shape, detector_px, seed, progress,
         "detector_px": int(detector_px),
         "class_names": {str(k): v for k, v in table.names.items()},
         "sessions": {s: params[s].to_dict() for s in sorted(params)},
-        "scans": scans,
+        "scans": [],
         **(extra or {}),
     }
+    try:
+        for name, s, scan_seed in plan:
+            dataset["scans"].append(_scan_entry(out_dir, name, s, scan_seed, seed, scan_shape, detector_px, progress))
+    except BaseException:  # Ctrl-C, a cancel, a full disk: the scans written so far, described as such
+        if dataset["scans"]:
+            save_json(out_dir / DATASET_FILE, {**dataset, "complete": False, "planned_scans": len(plan)})
+        raise
     save_json(out_dir / DATASET_FILE, dataset)
     return dataset
 

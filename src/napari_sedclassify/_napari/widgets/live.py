@@ -14,6 +14,8 @@ acquisition rate never sets the redraw rate.
 
 from __future__ import annotations
 
+import os
+
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, Select, SpinBox
 
 from ...classes import ClassTable
@@ -26,6 +28,12 @@ LAYER_NAME = "live classes"
 #: Sources of frames, as ``sedclassify watch`` offers them: (label, kind).
 SOURCES = [("file or folder (--input)", "file"), ("Merlin TCP stream (--merlin)", "merlin"),
            ("DECTRIS zmq stream (--dectris)", "dectris")]
+#: A file or folder to follow that is not there yet (the detector software has not started writing it)
+#: is waited for this long (s), as ``sedclassify watch --timeout``'s default; a stream, until Stop.
+FILE_WAIT_S = 30.0
+#: Where a live run's geometry comes from, said where the engine's advice names the Scan geometry
+#: widget (which sets the geometry of opened scans, not of live frames).
+LIVE_GEOMETRY = "(Live: choose a 'geometry of scan' file that records it, or run sedclassify watch with it)"
 _INPUT_LABELS = {"file": "input (.mib or folder)", "merlin": "data host:port (6342)",
                  "dectris": "stream host:port (9999)"}
 
@@ -91,7 +99,8 @@ class LiveWidget(Container):
         return open_source(text, shape)
 
     def start(self):
-        from ...pipeline.live import LiveClassMap, LiveResult, watch
+        from ...pipeline.live import (LiveClassMap, LiveResult, check_model_before_frames, lock_outputs, output_name,
+                                      unlock_outputs, wait_ready, watch)
         from ...pipeline.predict import as_model
         from ...models.persistence import needs_tensorflow, read_metadata
         from ..model_jobs import model_card
@@ -121,39 +130,43 @@ class LiveWidget(Container):
             self._jobs.status.value = ("a CNN model classifies in a child process, which follows files and folders "
                                        "only: use an FCNN or SVM model for a detector stream, or sedclassify watch")
             return
-        try:  # missing receiver (pip command), no scan shape for DECTRIS: said before starting
+        flat, calibration, out = (_path(w) for w in (self._flatfield, self._calibration, self._out))
+        geometry, metadata = None, None
+        try:  # missing receiver (pip command), no scan shape for DECTRIS, no such folder: said before starting
             src = self._make_source(kind, source_path, shape)
         except (ValueError, ImportError) as exc:
             self._jobs.status.value = str(exc)
             return
-        flat, calibration, out = (_path(w) for w in (self._flatfield, self._calibration, self._out))
-        keep = list(self._keep.value)
-        self.state, self.result, self._shown_version = None, None, -1
-        self._summary.value = ""  # not the counts of the run before while this one waits for its frames
-
-        def work(report, cancelled):
-            import time
-
-            model = card if in_child else as_model(model_path)
-            geometry, metadata = None, None
+        try:
             if calibration:
                 from ...io import open_scan
 
                 ref = open_scan(calibration)
                 geometry = ref.geometry
                 metadata = {k: ref.metadata[k] for k in ("edge_pixel_width",) if k in ref.metadata}
-            ready = False
-            try:
-                while not cancelled():  # a stream: until the detector is armed
-                    ready = src.ready()
-                    if ready:
-                        break
-                    time.sleep(0.01)
-            finally:  # stopped or failed before: the stream's receiver is stopped too
-                if not ready and hasattr(src, "close"):
-                    src.close()
-            if not ready:
-                return None
+            check_model_before_frames(card, src, geometry)  # a model that needs a camera length not given
+            lock = lock_outputs(out, output_name(src)) if out else None  # another run writing the same files
+        except (OSError, ValueError) as exc:
+            self._jobs.status.value = live_words(str(exc))
+            return
+        keep = list(self._keep.value)
+        self.state, self.result, self._shown_version = None, None, -1
+        wait_s = FILE_WAIT_S if kind == "file" else None
+        # not the counts of the run before while this one waits for its frames; a file not there yet, said
+        self._summary.value = ("" if kind != "file" or os.path.exists(source_path) else
+                               f"waiting for {source_path} to be written (not there yet): stops after "
+                               f"{FILE_WAIT_S:g} s without it")
+
+        def work(report, cancelled):
+            from ...errors import IncompatibleModelError
+
+            model = card if in_child else as_model(model_path)
+            try:  # a stream: until the detector is armed (or Stop); a file: FILE_WAIT_S
+                wait_ready(src, wait_s, cancelled)
+            except TimeoutError:
+                if cancelled():
+                    return None
+                raise
             sy, sx = src.scan_shape
             state = LiveClassMap((sy, sx), model.classes.ids, keep, model.classes.names)
             state.subscribe(lambda s: report(s.n_done, s.n_positions))
@@ -161,7 +174,10 @@ class LiveWidget(Container):
             options = dict(out_dir=out, keep=keep, flatfield=flat, geometry=geometry, metadata=metadata,
                            force=True, timeout_s=30.0)
             if not in_child:
-                return watch(model, src, state=state, cancel=cancelled, **options)
+                try:
+                    return watch(model, src, state=state, cancel=cancelled, **options)
+                except IncompatibleModelError as exc:  # the frames' detector: advice in this widget's words
+                    raise IncompatibleModelError(live_words(str(exc))) from exc
             # TensorFlow model: classify in a spawned child; its state changes update ours
             from ...models.tf_process import run_in_process
             from ..model_jobs import live_relay, watch_in_child
@@ -178,6 +194,7 @@ class LiveWidget(Container):
             self.notify_warnings(result.warnings)
 
         def finished():
+            unlock_outputs(lock)
             self._timer.stop()
             self.refresh()
 
@@ -190,12 +207,10 @@ class LiveWidget(Container):
         and again at its end) as a napari warning."""
         from napari.utils.notifications import show_warning
 
-        from ..wording import in_napari_words
-
         for w in warnings:
             if w not in self._notified:
                 self._notified.add(w)
-                show_warning(f"Live: {in_napari_words(w)}")
+                show_warning(f"Live: {live_words(w)}")
 
     def _warnings_html(self) -> str:
         import html
@@ -203,9 +218,7 @@ class LiveWidget(Container):
         shown = list(self.state.warnings) if self.state is not None else []
         if self.result is not None:
             shown += [w for w in self.result.warnings if w not in shown]
-        from ..wording import in_napari_words
-
-        return "".join(f"<br><b>warning</b>: {html.escape(in_napari_words(w), quote=False)}" for w in shown)
+        return "".join(f"<br><b>warning</b>: {html.escape(live_words(w), quote=False)}" for w in shown)
 
     def refresh(self):
         """Redraw the live layer and the summary if the state changed since the last redraw."""
@@ -227,6 +240,14 @@ class LiveWidget(Container):
             line += f", latency {lat['median_ms']:.1f} ms (p95 {lat['p95_ms']:.1f})"
         self._summary.value = line + "<br>" + legend_html(table, counts) + self._warnings_html()
         self.notify_warnings(snap["warnings"])  # said while the acquisition goes on: it can be stopped
+
+
+def live_words(text: str) -> str:
+    """An engine message in the plugin's words (``in_napari_words``), its geometry advice pointing
+    to where a live run takes its geometry (:data:`LIVE_GEOMETRY`), not to the Scan geometry widget."""
+    from ..wording import in_napari_words
+
+    return in_napari_words(text).replace("(Scan geometry)", LIVE_GEOMETRY)
 
 
 def _path(widget) -> str | None:
