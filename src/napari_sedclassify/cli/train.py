@@ -33,13 +33,16 @@ def register(subparsers) -> None:
     p.add_argument("--session-robust", action="store_true",
                    help="the recipe measured to hold across sessions (scan context, scan neighbours, "
                         "convergence-blur and dose-noise augmentation, square-root class weights, fcnn/svm: "
-                        "flat-background and ice-layer augmentation, an ensemble of 5; cnn: crops resampled on the "
+                        "an ensemble of 5; cnn: crops resampled on the "
                         "scan's camera length, direct beam masked, ice-thickness augmentation; docs/models.md). Its "
                         "radial-scaling augmentation is ±3 %% when every scan's camera length was fitted "
                         "(sedclassify calibrate), else ±12 %%. Its models classify whole scans, not live frames. "
-                        "Best trained on labeled scans of several sessions; from one session's scans its svm held "
-                        "on sessions with 2.5x the ice or a third of the dose, its fcnn less so on thick ice "
-                        "(docs/models.md)")
+                        "Best trained on labeled scans of several sessions")
+    p.add_argument("--one-session", action="store_true",
+                   help="with --session-robust, fcnn/svm: the training scans come from one session only: also "
+                        "augment with a flat background and more or less ice over the carbon (from one session's "
+                        "scans its svm then held on sessions with 2.5x the ice or a third of the dose; trained on "
+                        "several sessions these cost a thin-ice session, so they are not the default; docs/models.md)")
     p.add_argument("--ensemble", type=int, metavar="N",
                    help="train N members on their own augmentation draws and seeds and average their probabilities "
                         "(default 1; fcnn and svm with --session-robust: 5)")
@@ -64,6 +67,8 @@ def model_settings(args) -> tuple[dict, dict]:
 
     recipe = {}
     params = {}
+    if getattr(args, "one_session", False) and not getattr(args, "session_robust", False):
+        raise CLIError("--one-session goes with --session-robust (it adds to that recipe's augmentation)")
     if getattr(args, "session_robust", False):
         if args.no_augment or args.no_normalise:
             raise CLIError("--session-robust sets its own normalisation and augmentation: leave out "
@@ -76,8 +81,13 @@ def model_settings(args) -> tuple[dict, dict]:
         )
 
         fitted = getattr(args, "_all_fitted", False)
-        robust = (session_robust_crop_recipe if args.model == "cnn" else session_robust_recipe)(
-            camera_length_fitted=fitted)
+        if args.model == "cnn":
+            if getattr(args, "one_session", False):
+                raise CLIError("--one-session applies to fcnn and svm models (the cnn has its own ice-thickness "
+                               "augmentation)")
+            robust = session_robust_crop_recipe(camera_length_fitted=fitted)
+        else:
+            robust = session_robust_recipe(camera_length_fitted=fitted, one_session=getattr(args, "one_session", False))
         # the whole recipe, not field by field (a field left out once kept the old scan context)
         recipe.update({f.name: getattr(robust, f.name) for f in fields(robust) if f.name != "kind"})
         if args.model != "cnn":
