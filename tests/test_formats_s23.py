@@ -209,3 +209,23 @@ def test_an_mrc_frame_series_opens_as_a_scan(tmp_path, sim, capsys):
     np.testing.assert_array_equal(np.asarray(scan.data), np.asarray(sim.scan.data))
     assert main(["info", str(path), "--scan-shape", "4", "5"]) == 0
     assert "4 x 5" in capsys.readouterr().out
+
+
+def test_an_emd_file_saved_by_hyperspy_is_not_read_transposed(tmp_path, sim, capsys):
+    """HyperSpy's EMD writer stores a signal with its axes reversed (data (kx, ky, x, y), dim1 = kx in
+    1/Å): it was read as a 128 x 128 scan of 5 x 4 px frames, silently. Now refused naming the file
+    and the HyperSpy line that resaves it, and that line gives the scan back."""
+    hs = _hs()
+    from napari_sedclassify.cli import main
+
+    path = tmp_path / "x.emd"
+    _signal(hs, sim).save(path)
+    with pytest.raises(ScanFormatError, match=r"x.emd: dataset .* holds its detector axes first"):
+        open_scan(path)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "hs.load('x.emd', lazy=True).as_signal2D((0, 1)).save('x.hspy')" in err and "Traceback" not in err
+    hs.load(path, lazy=True).as_signal2D((0, 1)).save(tmp_path / "x.hspy")
+    scan = open_scan(tmp_path / "x.hspy")
+    assert scan.scan_shape == sim.scan.scan_shape
+    np.testing.assert_array_equal(np.asarray(scan.data), np.asarray(sim.scan.data))

@@ -238,16 +238,39 @@ def _step(values, units: str, prismatic: bool):
     return None
 
 
-def _emd_calibration(f, name):
-    """Scan step (nm), q per px (1/Å) and voltage (kV) an EMD file gives for dataset ``name``."""
+def _emd_steps(f, name) -> list:
+    """(unit kind, step) per axis of EMD dataset ``name`` from its dim vectors (dim1 = axis 0), None
+    where a dim gives no length or 1/length unit."""
     group = f[name].parent
     prismatic = "4DSTEM_simulation" in f
     dims = sorted(k for k in group.keys() if re.fullmatch(r"dim\d", k))
-    out = {}
-    for i, key in enumerate(dims[:4]):
+    steps = []
+    for key in dims[:4]:
         units = group[key].attrs.get("units", b"")
         units = units.decode() if isinstance(units, bytes) else str(units)
-        step = _step(group[key][()], units, prismatic)
+        steps.append(_step(group[key][()], units, prismatic))
+    return steps
+
+
+def _check_frames_last(path, name, steps) -> None:
+    """Refuse (naming ``path`` and how to resave it) a 4D EMD dataset whose dims say its detector axes
+    come first (1/Å) and its scan axes last (nm), as HyperSpy's EMD writer stores a signal (axes
+    reversed): its frames would be read from the scan axes, silently."""
+    kinds = [s[0] if s else None for s in steps]
+    if len(kinds) == 4 and kinds[:2] == ["invA", "invA"] and kinds[2:] == ["nm", "nm"]:
+        raise ScanFormatError(
+            f"{path}: dataset {name} holds its detector axes first (dim1, dim2 in 1/Å) and its scan axes last "
+            "(dim3, dim4 in nm), as HyperSpy's EMD writer stores a signal; frames are read from the last two axes. "
+            f"Resave it with the frames last, e.g. in HyperSpy: hs.load('{Path(path).name}', lazy=True)"
+            f".as_signal2D((0, 1)).save('{Path(path).stem}.hspy')")
+
+
+def _emd_calibration(f, steps):
+    """Scan step (nm), q per px (1/Å) and voltage (kV) an EMD file gives for a dataset whose axes
+    have ``steps`` (:func:`_emd_steps`)."""
+    prismatic = "4DSTEM_simulation" in f
+    out = {}
+    for i, step in enumerate(steps):
         if step is None:
             continue
         kind, value = step
@@ -294,7 +317,10 @@ def read(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_frames=
         ds = f[name]
         dtype = check_pixel_dtype(ds.dtype, path)
         metadata.update(dataset=name, dtype_on_disk=dtype.str, hdf5_chunks=ds.chunks, compression=compression(ds))
-        calibration = _emd_calibration(f, name) if emd else {}
+        steps = _emd_steps(f, name) if emd else []
+        if ds.ndim == 4:
+            _check_frames_last(path, name, steps)
+        calibration = _emd_calibration(f, steps) if emd else {}
         # HyperSpy / pyxem .hspy: Experiments/<title>/data beside its axis-N groups (nm, 1/Å or mrad)
         hspy = None if emd else hspy_calibration(ds.parent, ds.shape[-2:])
         if hspy is not None:
