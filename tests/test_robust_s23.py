@@ -142,3 +142,18 @@ def test_flat_background_augmentation_fills_the_valleys_between_rings():
     assert session_robust_recipe().augmentation.flat_background == 0
     with pytest.raises(ValueError, match="flat_background"):
         FeatureRecipe(kind="crop", augmentation=Augmentation(flat_background=0.1))
+
+
+@pytest.mark.parametrize("options, said", [
+    (["--one-session"], "--one-session goes with --session-robust"),
+    (["--model", "cnn", "--session-robust", "--one-session"], "--one-session applies to fcnn and svm"),
+])
+def test_one_session_is_refused_where_it_would_do_nothing(one_session, tmp_path, capsys, options, said):
+    from napari_sedclassify.cli import main
+
+    sim = one_session["same session"]
+    argv = ["train", "--scans", str(sim.scan.source), "--labels", str(sim.scan.source).replace(".npy", "_truth.npy"),
+            "-o", str(tmp_path / "m.sedmodel"), *options]
+    assert main(argv) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "m.sedmodel").exists()
