@@ -47,11 +47,11 @@ def load_features(workdir: Path, detector_px: int):
     ds = ensure_dataset(data, (40, 40), detector_px, 0, log=print)
     feats, truths, flats = [], [], {}
     for e in ds["scans"]:
-        cache = workdir / f"features_{detector_px}" / f"{e['name']}.npz"
+        cache = workdir / f"features_v2_{detector_px}" / f"{e['name']}.npz"  # v2: the training pass's reach
         if not cache.exists():
             scan = open_scan(e["scan"])
             ff = flats.setdefault(str(e["flatfield"]), load_flatfield(e["flatfield"]))
-            params = preprocess_params_for([default_recipe("fcnn"), default_recipe("cnn")], scan.geometry)
+            params = preprocess_params_for([default_recipe("fcnn"), default_recipe("cnn")], scan.geometry, training=True)
             r = preprocess(scan, params, flatfield=ff)
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, ria=r.ria, radii_px=r.radii_px, crops=r.crops, missing=r.missing,

@@ -12,7 +12,8 @@ session in turn. Reported per held-out session: weighted F1 and amorphous-ice pr
 sd over its scans; and the mean ± sd over sessions and the best-worst spread.
 
     python benchmarks/bench_sessions.py [--workdir DIR] [--models fcnn,svm,cnn] [--ablation]
-                                        [--ablation-models svm,fcnn] [--json FILE]
+                                        [--ablation-models svm,fcnn] [--without-background-and-ice-layer]
+                                        [--json FILE]
                                         [--reliability docs/images/sessions_reliability.png]
 
 Camera lengths are fitted per scan from the amorphous-ice ring (``pipeline.calibrate``), as
@@ -67,6 +68,8 @@ def session_list(spec=SESSIONS):
 
 
 def _cache_one(path: Path, cache: Path, flats: dict) -> None:
+    from dataclasses import replace
+
     from napari_sedclassify.io import open_scan
     from napari_sedclassify.pipeline.preprocess import preprocess
     from napari_sedclassify.pipeline.train import default_recipe, preprocess_params_for
@@ -77,8 +80,12 @@ def _cache_one(path: Path, cache: Path, flats: dict) -> None:
     scan = open_scan(path)
     ff = flats.setdefault(str(sim.flatfield_path), load_flatfield(sim.flatfield_path))
     # the CNN's crops are cut as its session-robust recipe asks (15 % wider than 2.7 Å on the
-    # nominal camera length, so that the fitted one is resampled from recorded pixels)
-    params = preprocess_params_for([default_recipe("fcnn"), cnn_recipe()], scan.geometry)
+    # nominal camera length, so that the fitted one is resampled from recorded pixels); the radial
+    # profile runs to the frame's corner: the camera length is fitted after this pass (up to 10 %
+    # longer than the nominal one) and the training copies read farther still. Cut where the recipe
+    # reads it on the nominal camera length, the outer feature bins of the longer sessions read an
+    # empty profile (the thin-ice session fell 0.977 -> 0.638; docs/results.md, session 24).
+    params = replace(preprocess_params_for([default_recipe("fcnn"), cnn_recipe()], scan.geometry), ria_r_max_px=None)
     r = preprocess(scan, params, flatfield=ff)
     radius = r.beam_radius_px[r.beam_found]
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -103,10 +110,10 @@ def ensure_features(workdir, spec=SESSIONS, n_scans: int = 4, scan_shape=SCAN_SH
         for i in range(n_scans):
             name = f"scan_{sess.name}_{i:02d}"
             path = workdir / "scans" / f"{det}px" / f"{name}.npy"
-            cache = workdir / "features_v3" / f"{det}px_{scan_shape[0]}x{scan_shape[1]}" / f"{name}.npz"
+            cache = workdir / "features_v4" / f"{det}px_{scan_shape[0]}x{scan_shape[1]}" / f"{name}.npz"
             if not cache.exists():
                 t0 = time.perf_counter()
-                if not path.with_suffix(".json").exists():
+                if not path.exists():  # (the frames of a scan cached before are gone: simulated again)
                     simulate_scan(path, scan_shape=scan_shape, detector_px=det, session=sess, seed=seed + 100 * k + i)
                 _cache_one(path, cache, {})
                 path.unlink()  # the frames are not needed again; the sidecars stay
@@ -243,15 +250,20 @@ SVM_GROUP_SEARCH = {**ROBUST_PARAMS, "search": "groups"}
 ENSEMBLE = {"fcnn": SESSION_ROBUST_ENSEMBLE, "svm": SESSION_ROBUST_ENSEMBLE, "cnn": 3}
 
 
-def recipe_and_params(kind: str, svm_search: bool = False, ensemble: int | None = None):
+def recipe_and_params(kind: str, svm_search: bool = False, ensemble: int | None = None,
+                      background_and_ice_layer: bool = True):
     """(recipe, estimator params) of the main table for a model kind; ensemble: members (default
-    ``ENSEMBLE``)."""
+    ``ENSEMBLE``); background_and_ice_layer=False: the RIA recipe without the flat-background and
+    ice-layer augmentations (session 23's ``--session-robust``; FCNN and SVM)."""
     members = {"ensemble": ENSEMBLE[kind] if ensemble is None else int(ensemble)}
     if kind == "cnn":
+        if not background_and_ice_layer:
+            raise ValueError("background_and_ice_layer applies to fcnn and svm (the crop recipe has neither)")
         return cnn_recipe(), {**CNN_PARAMS, **members}
+    recipe = robust_recipe(background_and_ice_layer=background_and_ice_layer)
     if kind == "svm" and svm_search:
-        return robust_recipe(), {**SVM_GROUP_SEARCH, **members}
-    return robust_recipe(), {**ROBUST_PARAMS, **members}
+        return recipe, {**SVM_GROUP_SEARCH, **members}
+    return recipe, {**ROBUST_PARAMS, **members}
 
 #: Ablation: (fitted camera length?, recipe, estimator params); each row removes one measure.
 ABLATION = {
@@ -353,12 +365,18 @@ def main():
     ap.add_argument("--seeds", default="0", help="main table: train with each of these seeds (comma-separated; "
                     "every held-out session's scores pooled over its scans and the seeds, and each seed's worst "
                     "session and spread printed)")
+    ap.add_argument("--without-background-and-ice-layer", action="store_true", help="main table: train FCNN "
+                    "and SVM without the flat-background and ice-layer augmentations (session 23's recipe: "
+                    "session_robust_recipe(background_and_ice_layer=False))")
     ap.add_argument("--ensemble", type=int, help="main table: members per model (default ENSEMBLE: FCNN, SVM 5, "
                     "CNN 3; 1 = single models)")
     ap.add_argument("--skip-main", action="store_true", help="only the ablation")
     ap.add_argument("--reliability", metavar="PNG", help="write the reliability diagram here")
     ap.add_argument("--json", metavar="FILE", help="write every number as JSON")
     args = ap.parse_args()
+    plain = args.without_background_and_ice_layer
+    if plain and "cnn" in args.models.split(",") and not args.skip_main:
+        ap.error("--without-background-and-ice-layer applies to fcnn and svm (the crop recipe has neither)")
     t0 = time.perf_counter()
     scans = ensure_features(args.workdir, n_scans=args.scans)
     fitted = with_fitted_camera_length(scans, log=print)
@@ -366,17 +384,18 @@ def main():
     results, per_seed = {}, {}
     seeds = [int(v) for v in args.seeds.split(",")]
     for kind in [] if args.skip_main else args.models.split(","):
-        recipe, params = recipe_and_params(kind, args.svm_search, args.ensemble)
+        recipe, params = recipe_and_params(kind, args.svm_search, args.ensemble, not plain)
         runs = []
         for seed in seeds:
             print(f"  {kind}, ensemble of {params['ensemble']}, seed {seed}", flush=True)
             runs.append(loso(fitted, kind, recipe, params, seed=seed, log=print))
         results[kind] = {held: [r for run in runs for r in run[held]] for held in runs[0]}
         per_seed[kind] = [summarise(run) for run in runs]
-    out = {"sessions": describe(), "seeds": seeds}
+    out = {"sessions": describe(), "seeds": seeds, "background_and_ice_layer": not plain}
     rel = {}
     if results:
-        print(f"\nleave-one-session-out, session-robust recipe, camera length fitted per scan; seeds {seeds} "
+        which = "session-robust recipe" + (" without background and ice layer" if plain else "")
+        print(f"\nleave-one-session-out, {which}, camera length fitted per scan; seeds {seeds} "
               "(per session: mean ± sd over its scans and the seeds)\n")
         main_table(results)
         print("\neach seed alone: mean over sessions (worst session; best - worst)\n")

@@ -72,3 +72,25 @@ def predict_in_fresh_process(model, scan, out, extra=(), watch=()) -> tuple[int,
     assert proc.returncode == 0, proc.stderr
     rc, imported = json.loads(proc.stdout.strip().splitlines()[-1])
     return rc, imported
+
+
+def watched(sim, chunk_rows: int = 4, chunk_cols: int = 8):
+    """(Scan, reads): the simulated scan as a dask array that notes the scan-grid position of every
+    block of frames read from it, to show that something was refused before any frame was read."""
+    import threading
+
+    import dask.array as da
+
+    from napari_sedclassify import Scan
+
+    reads, lock = [], threading.Lock()
+
+    def read(block, block_info=None):
+        with lock:
+            reads.append(block_info[0]["chunk-location"])
+        return block
+
+    ky, kx = np.asarray(sim.scan.data).shape[2:]
+    frames = da.from_array(np.asarray(sim.scan.data), chunks=(chunk_rows, chunk_cols, ky, kx))
+    frames = frames.map_blocks(read, dtype=sim.scan.dtype)
+    return Scan(frames, sim.geometry, metadata=dict(sim.metadata), source=f"watched{sim.seed}"), reads

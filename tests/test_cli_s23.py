@@ -60,7 +60,7 @@ def test_worker_wait_in_python_api(sim, tmp_path, empty_cluster):
         batch_preprocess([sim["scan"]], [tmp_path / "r.h5"], flatfield=sim["flat"],
                          scheduler=empty_cluster.scheduler_address, worker_wait_s=1.5)
     assert not (tmp_path / "r.h5").exists()
-    assert runner._worker_wait_s is None  # the wait set for that run only
+    assert runner._worker_wait_s.get() is None  # the wait set for that run only
 
 
 @pytest.mark.timeout(180)

@@ -66,7 +66,9 @@ def test_a_stream_the_receiver_cannot_parse_ends_at_once_and_says_why(realdata, 
     hdr = realdata / "merlin" / "Single_9_Frame_CounterDepth_1_Rows_256.hdr"
     with MerlinSim(hdr, (3, 3), tmp_path / "sim.log") as sim:
         src = MerlinStreamSource("127.0.0.1", sim.data, (3, 3), control_port=sim.control)
-        result = watch(as_model("builtin"), src, out_dir=tmp_path / "out", timeout_s=60)
+        # the stream states no camera length or voltage: given, as the model's check asks
+        geometry = src.known_geometry().with_values("user", camera_length_mm=900, voltage_kv=200)
+        result = watch(as_model("builtin"), src, out_dir=tmp_path / "out", timeout_s=60, geometry=geometry)
     assert result.status == "incomplete", result.state.message
     msg = result.state.message
     assert "0 of 9 positions received" in msg and "not Merlin frames" in msg

@@ -1,12 +1,15 @@
-"""`sedclassify train --session-robust --one-session` on the scans of one session keeps working on sessions with a
+"""`sedclassify train --session-robust` on the scans of one session keeps working on sessions with a
 third of the dose or 2.5x thicker ice (session 23). Before, its SVM put most of their amorphous ice
 in the mixed or carbon class (amorphous-ice F1 0.45 and 0.17; the ice-agreement check warned): the
 normalised profiles of those sessions have their ring valleys filled by counts that do not scale with
 the dose (stray counts, plural scattering of thick ice), which the recipe's augmentation never drew.
 Its flat-background augmentation draws them; on the training session nothing changes. And its SVM
 called most carbon of a session with thinner ice over the carbon film crystalline ice, silently: its
-ice-layer augmentation adds or removes part of the scan's ice end. Both only with --one-session: trained
-on six sessions they cost the leave-one-session-out benchmark's thin-ice session (0.84 -> 0.66)."""
+ice-layer augmentation adds or removes part of the scan's ice end. Session 23 added both behind
+--one-session, after the leave-one-session-out benchmark's thin-ice session fell 0.84 -> 0.66 with them;
+that benchmark had cut its profiles short (session 24), and measured again they move no held-out
+session by more than 0.002 (SVM, three seeds), so --session-robust has them now and --one-session is
+only accepted."""
 
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ def _train(folder, sims, name, *options):
 def one_session(tmp_path_factory):
     folder = tmp_path_factory.mktemp("robust")
     train = [_scan(folder, "train_1", 1), _scan(folder, "train_2", 2)]
-    return {"plain": _train(folder, train, "plain"), "robust": _train(folder, train, "robust", "--session-robust", "--one-session"),
+    return {"plain": _train(folder, train, "plain"), "robust": _train(folder, train, "robust", "--session-robust"),
             "same session": _scan(folder, "same", 11), "ice 2.5x": _scan(folder, "thick", 13, ice=(2.5,)),
             "dose 0.3x": _scan(folder, "low_dose", 14, dose=(0.3,)), "ice 0.6x": _scan(folder, "thin", 12, ice=(0.6,))}
 
@@ -106,10 +109,9 @@ def test_ice_layer_augmentation_adds_part_of_the_scan_ice_end():
     d = Augmentation(ice_layer=0.3).draw(2000, np.random.default_rng(0))
     assert d["ice_layer"].min() < 0 < d["ice_layer"].max() and np.abs(d["ice_layer"]).max() <= 0.3
     assert "ice_layer" not in Augmentation().draw(3, np.random.default_rng(0))
-    assert session_robust_recipe(one_session=True).augmentation.ice_layer > 0
-    # no ice end to add from; and not for several sessions (it cost the leave-one-session-out benchmark)
-    assert session_robust_recipe(one_session=True, context_reference="median").augmentation.ice_layer == 0
-    assert session_robust_recipe().augmentation.ice_layer == 0
+    assert session_robust_recipe().augmentation.ice_layer > 0
+    assert session_robust_recipe(context_reference="median").augmentation.ice_layer == 0  # no ice end to add from
+    assert session_robust_recipe(background_and_ice_layer=False).augmentation.ice_layer == 0
     with pytest.raises(ValueError, match="ice_layer"):
         FeatureRecipe(augmentation=Augmentation(ice_layer=0.2))
 
@@ -138,8 +140,8 @@ def test_flat_background_augmentation_fills_the_valleys_between_rings():
     assert 0 <= d["background"].min() and d["background"].max() <= 0.15
     np.testing.assert_allclose(Augmentation().draw(5, np.random.default_rng(3))["intensity"],
                                Augmentation(flat_background=0.15).draw(5, np.random.default_rng(3))["intensity"])
-    assert session_robust_recipe(one_session=True).augmentation.flat_background > 0
-    assert session_robust_recipe().augmentation.flat_background == 0
+    assert session_robust_recipe().augmentation.flat_background > 0
+    assert session_robust_recipe(background_and_ice_layer=False).augmentation.flat_background == 0
     with pytest.raises(ValueError, match="flat_background"):
         FeatureRecipe(kind="crop", augmentation=Augmentation(flat_background=0.1))
 
@@ -157,3 +159,21 @@ def test_one_session_is_refused_where_it_would_do_nothing(one_session, tmp_path,
     assert main(argv) == 2
     assert said in capsys.readouterr().err
     assert not (tmp_path / "m.sedmodel").exists()
+
+
+def test_one_session_is_still_accepted_and_trains_the_same_recipe(one_session, tmp_path):
+    """Scripts written for session 23 keep working: --one-session beside --session-robust is accepted
+    and gives the model --session-robust gives (the same recipe in the model file)."""
+    import json
+    import zipfile
+
+    sim = one_session["same session"]
+    alias = _train(tmp_path, [sim], "alias", "--session-robust", "--one-session", "--ensemble", "1")
+    plain = _train(tmp_path, [sim], "plain", "--session-robust", "--ensemble", "1")
+
+    def recipe(path):
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("model.json"))["recipe"]
+
+    assert recipe(alias) == recipe(plain)
+    assert recipe(plain)["augmentation"]["flat_background"] > 0

@@ -63,3 +63,26 @@ def test_a_model_the_live_geometry_cannot_serve_is_refused_in_the_live_widgets_w
     assert "cannot be applied to" in status and "camera length" in status
     assert "(Live: choose a 'geometry of scan' file that records it" in status
     assert "(Scan geometry)" not in status and "--camera-length" not in status
+
+
+def test_outputs_another_run_writes_are_refused_in_the_live_widgets_words(widget, tmp_path, qtbot):
+    """Another live run holds the outputs' lock (session 24: the lock moved into `watch()`): the run
+    fails at once, its advice naming the widget's 'write to folder' field, not `--out`/`--name`."""
+    from napari_sedclassify.pipeline.live import lock_outputs, unlock_outputs
+
+    sim = simulate.simulate_scan(tmp_path / "ref.npy", scan_shape=(4, 4), detector_px=128, session="A", seed=1)
+    widget._calibration.value = sim.scan.source
+    widget._input.value = str(tmp_path / "acq.mib")
+    widget._rows.value, widget._cols.value = 4, 4
+    widget._out.value = tmp_path / "out"
+    lock = lock_outputs(tmp_path / "out", "acq")  # held by this process: a run beside the widget's
+    try:
+        job = widget.start()
+        if job is not None:
+            qtbot.waitUntil(lambda: job.done, timeout=60_000)
+            assert job.outcome == "failed"
+    finally:
+        unlock_outputs(lock)
+    status = widget._jobs.status.value
+    assert "another live run" in status and "choose another 'write to folder'" in status, status
+    assert "--out" not in status and "--name" not in status

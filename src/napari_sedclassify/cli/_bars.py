@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import sys
 import threading
+from bisect import bisect_left
+from itertools import accumulate
+from typing import Sequence
 
 
 class Bars:
@@ -63,3 +66,49 @@ class Bars:
 
         self.close()
         tqdm.write(msg, file=sys.stderr)
+
+
+def by_pass(bars: Bars, n_frames: int, desc: str | None = None):
+    """A scan's ``progress(done, total)`` shown on ``bars`` as frames of the scan, the pass named:
+    fitted centring reads every frame twice and counts both passes as one (total 2 x
+    ``n_frames``; a bar showed 512/512 frames for a scan of 256), shown here as "preprocess pass
+    1/2", then "pass 2/2", each over the scan's frames. ``desc``: the bar's name before the pass
+    (default: ``bars.frames_desc``)."""
+    desc = desc or bars.frames_desc
+
+    def show(done: int, total: int) -> None:
+        passes = max(1, round(total / max(n_frames, 1)))
+        if passes == 1:
+            return bars.scan(0, 1, done, total, desc=desc)
+        k = min(max(done - 1, 0) // n_frames, passes - 1)  # a pass's last frame is shown on its own bar
+        bars.scan(0, 1, done - k * n_frames, n_frames, desc=f"{desc} pass {k + 1}/{passes}")
+
+    return show
+
+
+def scans_by_pass(bars: Bars, n_frames: Sequence[int]):
+    """A ``scan_progress(i, n, done, total)`` (scan i of n; ``n_frames``: each scan's frames) shown
+    on ``bars``: one bar over all scans, or, when a scan's frames are counted more than once (fitted
+    centring: two passes), :func:`by_pass` on that scan ("classify scan 2/3 pass 1/2")."""
+    def show(i: int, n: int, done: int, total: int) -> None:
+        if total <= n_frames[i]:
+            return bars.scan(i, n, done, total)
+        by_pass(bars, n_frames[i], f"{bars.frames_desc} scan {i + 1}/{n}" if n > 1 else None)(done, total)
+
+    return show
+
+
+def in_turn_by_pass(bars: Bars, n_frames: Sequence[int], passes: int):
+    """A ``progress(done, total)`` over scans processed one after another, each of its frames
+    counted ``passes`` times (``pipeline.batch.batch_predict`` without a cluster: frames over all
+    scans), shown per scan by :func:`scans_by_pass` when ``passes`` > 1."""
+    if passes == 1:
+        return bars.frames
+    ends = list(accumulate(passes * n for n in n_frames))
+    per_scan = scans_by_pass(bars, n_frames)
+
+    def show(done: int, total: int) -> None:
+        i = min(bisect_left(ends, done), len(ends) - 1)  # the scan whose frames these are
+        per_scan(i, len(ends), done - (ends[i - 1] if i else 0), passes * n_frames[i])
+
+    return show

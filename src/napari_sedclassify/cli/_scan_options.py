@@ -64,9 +64,9 @@ def add_flatfield_options(p, help: str, **kwargs) -> None:
                         "the scan's)")
 
 
-def add_model_argument(p) -> None:
+def add_model_argument(p, **kwargs) -> None:
     p.add_argument("model", metavar="MODEL", help="model file (.sedmodel), or 'builtin' for the model shipped with "
-                   "the package (docs/models.md: its training domain)")
+                   "the package (docs/models.md: its training domain)", **kwargs)
 
 
 def check_files(*lists, model=None) -> None:

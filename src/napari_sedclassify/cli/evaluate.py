@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..pipeline.evaluate import evaluate_model
-    from ._bars import Bars
+    from ._bars import Bars, scans_by_pass
 
     if len(args.labels) != len(args.scans):
         raise CLIError(f"{len(args.scans)} scans but {len(args.labels)} label files: give one label file per scan")
@@ -38,7 +38,8 @@ def run(args) -> int:
     if args.plot:
         writable_folder(out_folder(args.plot))
     with Bars(frames_desc="classify") as bars, executor(args, sum(s.n_frames for s in scans)):
-        ev = evaluate_model(args.model, scans, args.labels, flatfield=flatfields, scan_progress=bars.scan)
+        ev = evaluate_model(args.model, scans, args.labels, flatfield=flatfields,
+                           scan_progress=scans_by_pass(bars, [s.n_frames for s in scans]))
     figures = ev.plot(args.plot) if args.plot else []
     d = ev.to_dict()
     print_warnings(d.get("warnings", []))

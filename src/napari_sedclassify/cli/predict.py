@@ -18,12 +18,14 @@ def register(subparsers) -> None:
                     "crystalline_ice, 4 mixed), <scan>_probabilities.npy (scan_y, scan_x, classes) with "
                     "<scan>_probabilities.json naming its classes, and <scan>_overlay.png (integrated image with the "
                     "class map).")
-    add_model_argument(p)
-    p.add_argument("scans", nargs="+", metavar="SCAN", help="scan files")
+    p.usage = "sedclassify predict MODEL SCAN [SCAN ...] -o DIR [--flatfield F [F ...]] [options]"
+    # MODEL and SCAN may be taken by a --flatfield list given before them: _inputs() gives them back
+    add_model_argument(p, nargs="?")
+    p.add_argument("scans", nargs="*", metavar="SCAN", help="scan files")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    # one value per --flatfield: a list of values would take MODEL and SCAN given after it
-    add_flatfield_options(p, "flat-field file: one for all scans, or --flatfield once per scan, in the scans' order",
-                          action="append")
+    add_flatfield_options(p, "flat-field file(s): one for all scans or one per scan, in the scans' order (as "
+                          "train and evaluate take them; --flatfield given once per scan works too)",
+                          nargs="+", action="append")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--keep", default="amorphous_ice", metavar="CLASSES",
                    help="classes listed in <name>_keep.csv, the keep-list (names or ids, comma-separated; "
@@ -49,6 +51,7 @@ def run(args) -> int:
     from ..pipeline.batch import batch_predict
     from ._bars import Bars
 
+    args.model, args.scans, args.flatfield = _inputs(args.model, args.scans, args.flatfield)
     check_files(args.scans, args.flatfield, model=args.model)
     if args.uncertain_below is not None and not 0.0 <= args.uncertain_below <= 1.0:
         raise CLIError(f"--uncertain-below is a probability between 0 and 1, got {args.uncertain_below}")
@@ -73,9 +76,11 @@ def run(args) -> int:
     flatfields = checked_flatfields(args.flatfield, scans, args.flatfield_dataset) if args.flatfield else None
     writable_folder(out)
     frames, files = sum(s.n_frames for s in scans), [s.source for s in scans]
+    passes = 2 if (card.preprocess or {}).get("centring") == "fitted" else 1  # fitted centring: 2 passes
     with Bars(frames_desc="classify") as bars, executor(args, frames, files) as client:
         results = batch_predict(args.model, scans, out, flatfield=flatfields, client=client, force=args.force,
-                                progress=bars.frames, uncertain_below=args.uncertain_below, hspy=args.hspy,
+                                progress=_progress(bars, scans, passes, client),
+                                uncertain_below=args.uncertain_below, hspy=args.hspy,
                                 keep=[k for k in args.keep.split(",") if k.strip()])
     print_warnings(model_file_warnings(card) + [w for r in results for w in r.get("warnings", [])])
     if not json_printed(args, results):
@@ -86,3 +91,55 @@ def run(args) -> int:
             for f in r["files"].values():
                 print(f"  {f}")
     return 0
+
+
+def _progress(bars, scans, passes: int, client):
+    """``batch_predict``'s progress(done, total) on ``bars``: per scan and pass when the scans are
+    classified one after another (threads here, or one scan); on a cluster, two scans at once, one
+    bar over all of them naming the passes."""
+    from ._bars import in_turn_by_pass
+
+    if client is None or len(scans) == 1 or passes == 1:
+        return in_turn_by_pass(bars, [s.n_frames for s in scans], passes)
+    desc = f"{bars.frames_desc} ({passes} passes over each frame)"
+    return lambda done, total: bars.scan(0, 1, done, total, desc=desc)
+
+
+def _inputs(model, scans, flatfield_lists) -> tuple[str, list, list | None]:
+    """MODEL, the SCANs and the flat-field files of the command line. ``flatfield_lists``: the
+    values of each --flatfield (one list per time given). A --flatfield given before MODEL or the
+    SCANs took them into its list: they are that list's last values, told apart by the counts (one
+    flat-field for all scans or one per scan) and, when the counts allow several splits, by the
+    model's name ('builtin' or a .sedmodel file); a CLIError when they cannot be told apart."""
+    lists = flatfield_lists or []
+    if model is not None and scans:
+        return model, scans, [f for values in lists for f in values] or None
+    splits = [split for i in range(len(lists)) for split in _splits(lists, i, model)]
+    if len(splits) > 1:
+        splits = [s for s in splits if _model_name(s[0])] or splits
+    if not splits:
+        raise CLIError("give MODEL and at least one SCAN" + (" (the --flatfield list took what followed it: put "
+                                                             "MODEL and SCAN first)" if lists else ""))
+    if len(splits) > 1:
+        given = " ".join(f for values in lists for f in values)
+        raise CLIError(f"--flatfield {given}: cannot tell the flat-fields from MODEL and SCAN: put MODEL and SCAN "
+                       "before --flatfield")
+    return splits[0]
+
+
+def _splits(lists, i: int, model):
+    """The ways list ``i`` of --flatfield ends with what the command line gave after it (MODEL, when
+    ``model`` is None, and the SCANs) with a count of flat-fields that fits the scans."""
+    values = lists[i]
+    before, after = [f for v in lists[:i] for f in v], [f for v in lists[i + 1:] for f in v]
+    for j in range(1, len(values)):
+        flats = before + values[:j] + after
+        rest = values[j:] if model is not None else values[j + 1:]
+        if rest and len(flats) in (1, len(rest)):
+            yield (model if model is not None else values[j]), rest, flats
+
+
+def _model_name(name) -> bool:
+    from ..models.persistence import is_builtin
+
+    return is_builtin(name) or str(name).lower().endswith(".sedmodel")

@@ -31,17 +31,6 @@ def register(subparsers) -> None:
                  "sedclassify preprocess scan.npy --crop-radius 32 --crop-bin 2 --workers 4 -o scan.zarr")
 
 
-def check_crop_radius(radius: float, scan) -> None:
-    """A CLIError for crops larger than the detector: a crop is 2 x radius px on a side, so the
-    radius is at most half the detector's longer side (crops of 2000 x 2000 px from 128 px
-    frames were accepted, almost all padding; a large scan's then filled the disk)."""
-    limit = max(scan.detector_shape) / 2
-    if radius > limit:
-        det = " x ".join(str(int(s)) for s in scan.detector_shape)
-        raise CLIError(f"--crop-radius {radius:g} px is larger than the detector holds: at most {limit:g} px "
-                       f"(half the {det} px detector of {scan.source or 'the scan'})")
-
-
 def run(args) -> int:
     from ._prefetch import import_in_background
 
@@ -49,23 +38,23 @@ def run(args) -> int:
     out = Path(args.out) if args.out else scan_path.with_name(f"{scan_path.stem}_preprocessed.h5")
     if out.suffix.lower() not in (".h5", ".hdf5", ".zarr"):
         raise CLIError(f"{out}: the results file must end in .h5 or .zarr")
-    if args.crop_radius is not None and not args.crop_radius > 0:
-        raise CLIError(f"--crop-radius must be a positive number of px, got {args.crop_radius:g}")
     import_in_background("tqdm", "h5py" if out.suffix.lower() in (".h5", ".hdf5") else "zarr")
     from ..pipeline.preprocess import preprocess
     from ..processing import PreprocessParams
-    from ._bars import Bars
+    from ._bars import Bars, by_pass
 
+    params = PreprocessParams(centring=args.centring, crop_radius_px=args.crop_radius, crop_bin=args.crop_bin,
+                              ria_bin_px=args.bin_width)  # its values checked here (ValueError: one line)
     scan = open_scan_from_args(cluster_path(scan_path, args), args)
-    if args.crop_radius is not None:
-        check_crop_radius(args.crop_radius, scan)
+    try:  # what this detector cannot hold (a crop larger than it), before the flat-field is read
+        params.check_detector(scan.geometry)
+    except ValueError as exc:
+        raise CLIError(f"{args.scan}: {exc}") from None
     flatfield = checked_flatfields(args.flatfield, [scan], args.flatfield_dataset)[0] if args.flatfield else None
     # before any work: its folder created, and writable
     output_file(out, args.force, folder_ok=out.suffix.lower() == ".zarr", inputs=[args.scan, args.flatfield])
-    params = PreprocessParams(centring=args.centring, crop_radius_px=args.crop_radius, crop_bin=args.crop_bin,
-                              ria_bin_px=args.bin_width)
     with Bars() as bars, executor(args, scan.n_frames, [scan.source]) as client:
-        result = preprocess(scan, params, flatfield, progress=bars.frames, client=client)
+        result = preprocess(scan, params, flatfield, progress=by_pass(bars, scan.n_frames), client=client)
     try:
         result.save(out)
     except OSError as exc:  # named by the path given, not the hidden temporary file it was written to

@@ -46,7 +46,7 @@ def _checked_classes(classes, table) -> None:
 def run(args):
     from ..classes import ClassTable
     from ..pipeline.reduce import reduce_scan
-    from ._bars import Bars
+    from ._bars import Bars, by_pass
 
     if not str(args.out).lower().endswith((".h5", ".hdf5")):
         raise CLIError(f"{args.out}: a reduced scan is written as HDF5: give a name ending in .h5")
@@ -65,7 +65,7 @@ def run(args):
         table = model.classes
         _checked_classes(args.classes, table)
         with Bars(frames_desc="classify") as bars, executor(args, scan.n_frames):
-            pred = predict_scan(model, scan, flatfield=flatfield, progress=bars.frames)
+            pred = predict_scan(model, scan, flatfield=flatfield, progress=by_pass(bars, scan.n_frames))
         class_map, probabilities = pred.class_map, pred.probabilities
         how = {"class_map_from": "model", "model": str(args.model), "model_kind": model.kind,
                "flatfield": args.flatfield, "class_ids_of_probabilities": pred.class_ids}

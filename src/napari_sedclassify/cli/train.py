@@ -39,10 +39,9 @@ def register(subparsers) -> None:
                         "(sedclassify calibrate), else ±12 %%. Its models classify whole scans, not live frames. "
                         "Best trained on labeled scans of several sessions")
     p.add_argument("--one-session", action="store_true",
-                   help="with --session-robust, fcnn/svm: the training scans come from one session only: also "
-                        "augment with a flat background and more or less ice over the carbon (from one session's "
-                        "scans its svm then held on sessions with 2.5x the ice or a third of the dose; trained on "
-                        "several sessions these cost a thin-ice session, so they are not the default; docs/models.md)")
+                   help="with --session-robust, fcnn/svm: accepted for scripts of session 23, when it added the "
+                        "flat-background and ice-layer augmentations; --session-robust always has them now "
+                        "(docs/models.md)")
     p.add_argument("--ensemble", type=int, metavar="N",
                    help="train N members on their own augmentation draws and seeds and average their probabilities "
                         "(default 1; fcnn and svm with --session-robust: 5)")
@@ -68,7 +67,7 @@ def model_settings(args) -> tuple[dict, dict]:
     recipe = {}
     params = {}
     if getattr(args, "one_session", False) and not getattr(args, "session_robust", False):
-        raise CLIError("--one-session goes with --session-robust (it adds to that recipe's augmentation)")
+        raise CLIError("--one-session goes with --session-robust (whose augmentation it named)")
     if getattr(args, "session_robust", False):
         if args.no_augment or args.no_normalise:
             raise CLIError("--session-robust sets its own normalisation and augmentation: leave out "
@@ -87,7 +86,7 @@ def model_settings(args) -> tuple[dict, dict]:
                                "augmentation)")
             robust = session_robust_crop_recipe(camera_length_fitted=fitted)
         else:
-            robust = session_robust_recipe(camera_length_fitted=fitted, one_session=getattr(args, "one_session", False))
+            robust = session_robust_recipe(camera_length_fitted=fitted)
         # the whole recipe, not field by field (a field left out once kept the old scan context)
         recipe.update({f.name: getattr(robust, f.name) for f in fields(robust) if f.name != "kind"})
         if args.model != "cnn":
@@ -128,8 +127,6 @@ def run(args) -> int:
     if not 0 <= args.holdout < len(args.scans):
         raise CLIError(f"--holdout must leave at least one training scan (0..{len(args.scans) - 1}), "
                        f"got {args.holdout}")
-    if not 0 <= args.val_fraction < 1:
-        raise CLIError(f"--val-fraction must lie in [0, 1), got {args.val_fraction}")
     check_files(args.scans, args.labels, args.flatfield)
     out = Path(args.out)
     if out.exists() and out.is_dir():

@@ -92,8 +92,7 @@ def run(args):
 
     from ..geometry import Geometry
 
-    from ..pipeline.live import (check_model_before_frames, lock_outputs, open_source, output_name, unlock_outputs,
-                                 watch)
+    from ..pipeline.live import open_source, watch
     from ..pipeline.predict import as_model, check_model_libraries
     from ..pipeline.reduce import check_live_target, class_ids
     from ..processing import load_flatfield
@@ -132,11 +131,14 @@ def run(args):
         writable_folder(Path(args.reduce).parent, args.reduce)
     if args.out:
         writable_folder(out_folder(args.out))
-    bar = None  # made once the checks passed: a refusal prints no bar
+    bar = None  # made once the source is ready: a refusal (watch checks the model and locks --out first) prints none
 
     said = []
 
     def on_update(state):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
         for w in state.warnings[len(said):]:  # said while the acquisition goes on: it can be stopped
             said.append(w)
             bar.write(f"warning: {w}", file=sys.stderr)
@@ -153,17 +155,13 @@ def run(args):
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     live_geometry(source, geometry, given)
-    check_model_before_frames(model, source)  # a model that needs a camera length not given: now, not once armed
-    lock = lock_outputs(args.out, output_name(source, args.name)) if args.out else None  # a second watch: refused
     try:
-        bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
         result = watch(model, source, out_dir=args.out, name=args.name, keep=keep, flatfield=flatfield,
                        geometry=None, metadata=metadata, timeout_s=args.timeout, force=args.force,
                        reduce_to=args.reduce, compression=args.compression, on_update=on_update)
     finally:
         if bar is not None:
             bar.close()
-        unlock_outputs(lock)
         if hasattr(source, "close"):
             source.close()
     d = result.to_dict()

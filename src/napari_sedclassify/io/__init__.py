@@ -131,7 +131,10 @@ def open_scan(path, scan_shape=None, *, dataset=None, missing_at="end", chunk_fr
     options = dict(missing_at=missing_at, chunk_frames=chunk_frames, **kwargs)
     if fmt in _WITH_DATASETS:
         options["dataset"] = dataset
-    scan = reader.read(path, scan_shape, **options)
+    # the frame source keeps the absolute path: dask workers working in another folder read the
+    # same file; the scan keeps the path as given, for what it says to the user
+    scan = reader.read(path.absolute(), scan_shape, **options)
+    scan.source = str(path)
     _check_readable(scan)
     from .sidecar import with_calibration
 

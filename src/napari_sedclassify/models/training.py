@@ -117,6 +117,7 @@ class ScanFeatures:
         if recipe.kind == "ria":
             if self.ria is None:
                 raise ValueError(f"{self.name}: no RIAs were computed, but the model works on RIAs")
+            self._check_profile_reach(recipe)
             ria = np.asarray(self.ria).reshape(n, -1)[index]
             out = ria_features(ria, self.radii_px, recipe, self.geometry, aug, reference=self.reference(recipe))
             if recipe.scan_neighbours:
@@ -138,6 +139,26 @@ class ScanFeatures:
             ends = self.neighbour_ends(recipe)[index]
             out = np.concatenate([out, features(ends[:, 0])[..., 1:2]], axis=-1)
         return out
+
+    def _check_profile_reach(self, recipe: FeatureRecipe) -> None:
+        """Refuse a radial profile cut short of where ``recipe`` reads it on this geometry: its
+        outer feature bins would read an empty profile, silently (a camera length fitted, longer,
+        after a pass cut for the nominal one: docs/results.md, session 24)."""
+        from ..processing import default_ria_r_max_px
+
+        radii = np.asarray(self.radii_px, dtype=np.float64)
+        if radii.size < 2 or not self.geometry.calibrated:
+            return
+        width = float(radii[1] - radii[0])
+        edge = float(radii[-1]) + width / 2
+        if edge >= default_ria_r_max_px(self.geometry.detector_shape) - width:
+            return  # the whole profile, to the frame's corner: nothing beyond it was left out
+        reach = recipe.ria_reach_px(self.geometry)
+        if reach > edge:
+            raise ValueError(
+                f"{self.name}: its radial profile was cut at {edge:.1f} px, but the model reads it to {reach:.1f} px "
+                f"on this geometry (camera length {self.geometry.camera_length_mm:.1f} mm): preprocess the scan "
+                "again with this geometry (a camera length set after preprocessing moves the rings outward)")
 
     def neighbour_ends(self, recipe: FeatureRecipe) -> np.ndarray:
         """(n frames, 2) flat indices, for crop recipes with ``scan_neighbours``: the most carbon-like
@@ -215,6 +236,65 @@ def _recipe_for_training(recipe: FeatureRecipe, scans: Sequence[ScanFeatures]) -
         raise ValueError(f"training scans {', '.join(s.name for s in scans)}: {exc}") from None
 
 
+def check_training_inputs(scans: Sequence[ScanFeatures], class_maps: Sequence, *, kind: str = "fcnn",
+                          recipe: FeatureRecipe | None = None, params: dict | None = None,
+                          classes: ClassTable | None = None, holdout: Sequence[int] = (),
+                          val_fraction: float = 0.1) -> list[np.ndarray]:
+    """Refuse what :func:`train` cannot train on, before any work: the model kind, its recipe and
+    ensemble size, the validation fraction, the hold-out scans, the label images (one per scan, on
+    its grid, known class ids, at least two classes among the training scans' recorded frames; for
+    the SVM at least two frames of each). ``scans`` need only their name and missing frames (a
+    ScanFeatures without features: ``pipeline.train.train_model`` checks this before it
+    preprocesses). Returns the class maps as int arrays."""
+    kind = check_kind(kind)
+    classes = classes or ClassTable.default()
+    if recipe is not None and recipe.kind != MODEL_KINDS[kind]:
+        raise ValueError(f"a {kind} model needs '{MODEL_KINDS[kind]}' features, the recipe makes '{recipe.kind}'")
+    _ensemble_size((params or {}).get("ensemble", 1))
+    if not 0 <= val_fraction < 1:
+        v = f"{val_fraction:g}"
+        raise ValueError(f"validation fraction {v} (val_fraction={v}, --val-fraction {v}) must be at least 0 and less "
+                         "than 1: the share of each class's labeled frames held out for validation")
+    if len(scans) != len(class_maps):
+        raise ValueError(f"{len(scans)} scans but {len(class_maps)} label images: give one label image per scan")
+    maps = [check_class_map(cm, s, classes) for s, cm in zip(scans, class_maps)]
+    _, train_ids = _training_scans(len(scans), holdout)
+    _, owners, y = _labeled_frames(scans, maps, train_ids)
+    if len(np.unique(y)) < 2:
+        raise ValueError("the labels of the training scans contain fewer than two classes; label at least two")
+    if kind == "svm":
+        _check_svm_classes(y, owners, scans, classes)
+    return maps
+
+
+def _ensemble_size(ensemble) -> int:
+    ensemble = int(ensemble)
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be at least 1, got {ensemble}")
+    return ensemble
+
+
+def _training_scans(n_scans: int, holdout: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The hold-out scans' indices, sorted, and the training scans' (a ValueError when out of range
+    or when none is left for training)."""
+    holdout = sorted({int(i) for i in holdout})
+    if any(i < 0 or i >= n_scans for i in holdout):
+        raise ValueError(f"hold-out scan indices {holdout} out of range for {n_scans} scans")
+    train_ids = [i for i in range(n_scans) if i not in holdout]
+    if not train_ids:
+        raise ValueError("no scans left for training after the hold-out")
+    return holdout, train_ids
+
+
+def _labeled_frames(scans, maps, train_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labeled, recorded frames of the training scans: their flat indices in their scan, the
+    scan each is of, their class ids."""
+    index = [np.flatnonzero((maps[i].ravel() > 0) & ~np.asarray(scans[i].missing).ravel()) for i in train_ids]
+    owners = np.concatenate([np.full(len(ok), i) for i, ok in zip(train_ids, index)])
+    y = np.concatenate([maps[i].ravel()[ok] for i, ok in zip(train_ids, index)])
+    return np.concatenate(index), owners, y
+
+
 def _split(y: np.ndarray, val_fraction: float, rng) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train / validation indices (at least one validation point per class of >= 2)."""
     train, val = [], []
@@ -281,35 +361,18 @@ def train(
     from .persistence import SedModel, library_versions
 
     kind = check_kind(kind)  # before any work
+    maps = check_training_inputs(scans, class_maps, kind=kind, recipe=recipe, params=params, classes=classes,
+                                 holdout=holdout, val_fraction=val_fraction)
     settings = dict(params or {})
-    ensemble = int(settings.pop("ensemble", 1))
-    if ensemble < 1:
-        raise ValueError(f"ensemble must be at least 1, got {ensemble}")
+    ensemble = _ensemble_size(settings.pop("ensemble", 1))
     classes = classes or ClassTable.default()
     recipe = recipe or FeatureRecipe(kind=MODEL_KINDS[kind])
-    if recipe.kind != MODEL_KINDS[kind]:
-        raise ValueError(f"a {kind} model needs '{MODEL_KINDS[kind]}' features, the recipe makes '{recipe.kind}'")
-    if len(scans) != len(class_maps):
-        raise ValueError(f"{len(scans)} scans but {len(class_maps)} label images: give one label image per scan")
-    maps = [check_class_map(cm, s, classes) for s, cm in zip(scans, class_maps)]
-    holdout = sorted({int(i) for i in holdout})
-    if any(i < 0 or i >= len(scans) for i in holdout):
-        raise ValueError(f"hold-out scan indices {holdout} out of range for {len(scans)} scans")
-    train_ids = [i for i in range(len(scans)) if i not in holdout]
-    if not train_ids:
-        raise ValueError("no scans left for training after the hold-out")
+    holdout, train_ids = _training_scans(len(scans), holdout)
     recipe = _recipe_for_training(recipe, [scans[i] for i in train_ids] + [scans[i] for i in holdout])
     rng = np.random.default_rng(seed)
 
     # labeled, recorded frames of the training scans
-    index = [np.flatnonzero((maps[i].ravel() > 0) & ~scans[i].missing.ravel()) for i in train_ids]
-    owners = np.concatenate([np.full(len(ok), i) for i, ok in zip(train_ids, index)])
-    y = np.concatenate([maps[i].ravel()[ok] for i, ok in zip(train_ids, index)])
-    index = np.concatenate(index)
-    if len(np.unique(y)) < 2:
-        raise ValueError("the labels of the training scans contain fewer than two classes; label at least two")
-    if kind == "svm":
-        _check_svm_classes(y, owners, scans, classes)
+    index, owners, y = _labeled_frames(scans, maps, train_ids)
     tr, va = _split(y, val_fraction, rng)
 
     def inputs(sel, aug_rng=None):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import copy_context
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -195,8 +196,9 @@ def run_scans(job: Callable, n_scans: int, *, concurrent: int = 1, cancel: Calla
 
     if concurrent <= 1 or n_scans <= 1:
         return [job(i, cancelled) for i in range(n_scans)]
-    with ThreadPoolExecutor(min(concurrent, n_scans)) as pool:
-        futures = [pool.submit(job, i, cancelled) for i in range(n_scans)]
+    with ThreadPoolExecutor(min(concurrent, n_scans)) as pool:  # each job in a copy of this context:
+        futures = [pool.submit(copy_context().run, job, i, cancelled)  # the call's wait for workers
+                   for i in range(n_scans)]
         try:
             return [f.result() for f in futures]
         except BaseException:

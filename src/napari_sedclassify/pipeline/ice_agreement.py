@@ -50,19 +50,38 @@ def two_groups(values: np.ndarray) -> tuple[float, float]:
     return 0.5 * (x[i] + x[i + 1]), float(between[i] / total) if total > 0 else 0.0
 
 
+#: Bytes of float64 radial profiles scored at a time: the features take several copies of what
+#: they read, so a whole scan's profiles at once cost hundreds of MB (65,536 frames: 350 MB more
+#: than the preprocessing, session 24) and grew with the scan.
+SCORE_BLOCK_BYTES = 2**20
+
+
 def frame_scores(ria, radii_px, geometry) -> tuple[np.ndarray, np.ndarray] | None:
-    """(ring height, largest Bragg spike) per frame of ``ria`` (n, nb), NaN where a frame's
-    profile is not finite; None when the profiles stop short of the ring and its background."""
-    from ..models.features import FeatureRecipe, ria_features
-    from .propose import ring_and_spike_scores
+    """(ring height, largest Bragg spike) per frame of ``ria`` (..., nb), flat, NaN where a frame's
+    profile is not finite; None when the profiles stop short of the ring and its background. Scored
+    :data:`SCORE_BLOCK_BYTES` of profiles at a time, as a live run scores its chunks: each frame's
+    scores are its own, and memory holds one block's features whatever the scan's size."""
+    from ..models.features import FeatureRecipe
 
     radii_px = np.asarray(radii_px, dtype=np.float64)
     reach = float(geometry.radius_px_to_q_invA(radii_px[-1]))
     if reach < Q_NEEDED_INVA:
         return None
     recipe = FeatureRecipe(kind="ria", axis="q", q_max_invA=min(0.6, reach)).for_geometries([geometry])
-    ria = np.asarray(ria)
-    feats = ria_features(ria.reshape(-1, ria.shape[-1]), radii_px, recipe, geometry)
+    flat = np.asarray(ria).reshape(-1, np.shape(ria)[-1])
+    rows = max(1, SCORE_BLOCK_BYTES // (8 * flat.shape[1]))
+    ring, spike = np.empty(len(flat)), np.empty(len(flat))
+    for start in range(0, len(flat), rows):
+        ring[start:start + rows], spike[start:start + rows] = _block_scores(flat[start:start + rows], radii_px,
+                                                                            recipe, geometry)
+    return ring, spike
+
+
+def _block_scores(ria, radii_px, recipe, geometry) -> tuple[np.ndarray, np.ndarray]:
+    from ..models.features import ria_features
+    from .propose import ring_and_spike_scores
+
+    feats = ria_features(ria, radii_px, recipe, geometry)
     edges = recipe.axis_edges()
     ring, spike = ring_and_spike_scores(np.nan_to_num(feats), 0.5 * (edges[1:] + edges[:-1]))
     bad = ~np.isfinite(feats).all(axis=1)
@@ -139,11 +158,3 @@ def agreement_warning(where: str, model_name: str, agreement: float | None) -> s
             f"ice, another dose or beam?) and its class map is likely wrong; compare it with `sedclassify "
             f"propose`, or label a few frames of this session and train again (`train --session-robust` "
             f"on scans of several sessions holds better)")
-
-
-def ice_agreement_warning(where: str, model_name: str, class_map, classes, ria, radii_px, geometry) -> str | None:
-    """The warning a prediction carries when its amorphous-ice frames and the strong-ring frames
-    disagree (:func:`ice_agreement` below :data:`AGREEMENT_MIN`); None otherwise."""
-    if ria is None:
-        return None
-    return agreement_warning(where, model_name, ice_agreement(class_map, classes, ria, radii_px, geometry))

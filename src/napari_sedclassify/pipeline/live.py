@@ -31,7 +31,7 @@ import re
 import struct
 import threading
 import time
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -1169,6 +1169,41 @@ def unlock_outputs(lock) -> None:
         Path(lock).unlink(missing_ok=True)
 
 
+@contextmanager
+def _checked_and_locked(model, src, geometry: Geometry | None, out_dir, name: str):
+    """What a live run checks before it waits for ``src``: the model against the geometry
+    (:func:`check_model_before_frames`), then the outputs' lock (:func:`lock_outputs` on
+    ``out_dir`` for ``name``, held inside; ``out_dir`` None: no outputs, no lock). ``src`` is
+    closed when either refuses. With ``geometry`` given (its detector known before the frames), the
+    model's preprocessing parameters are checked against that detector too
+    (:meth:`PreprocessParams.check_detector`: a crop or beam radius it cannot hold)."""
+    try:
+        check_model_before_frames(model, src, geometry)
+        if geometry is not None:
+            _check_model_params(model, geometry, str(getattr(src, "path", None) or "the live frames"))
+        lock = lock_outputs(out_dir, name) if out_dir is not None else None
+    except BaseException:
+        if hasattr(src, "close"):
+            src.close()
+        raise
+    try:
+        yield
+    finally:
+        unlock_outputs(lock)
+
+
+def _check_model_params(model, geometry: Geometry, where: str) -> None:
+    """Refuse (ValueError, one line naming ``where``) a model whose preprocessing this detector
+    cannot hold, as :meth:`FrameClassifier.calibrate` would once the first frames arrived."""
+    from .predict import params_for_model
+
+    model.check_geometry(geometry, where)
+    try:
+        params_for_model(model, geometry).check_detector(geometry)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
 def wait_ready(src, timeout_s: float | None = None, cancel: Callable | None = None, poll_s: float = 0.01) -> None:
     """Wait until ``src`` is ready (a .mib file's first frame header, the folder, a stream's detector
     armed); after ``timeout_s`` s (None: no limit), or once ``cancel()`` is True, close it and raise
@@ -1241,6 +1276,21 @@ def output_paths(out_dir, name: str) -> dict:
             "keep": out_dir / f"{name}_keep.json", "keep_list": out_dir / f"{name}_keep.csv"}
 
 
+def _classified_nothing(paths: dict) -> bool:
+    """Whether the outputs at ``paths`` are only the status file of a run that classified no frame
+    (it failed, or was stopped, before the first one): nothing a retry with the same outputs would
+    lose, so it needs no --force."""
+    import json
+
+    if any(p.exists() for key, p in paths.items() if key != "keep"):
+        return False
+    try:
+        status = json.loads(paths["keep"].read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(status, dict) and status.get("frames_done") == 0 and status.get("status") != "complete"
+
+
 def write_outputs(state: LiveClassMap, paths: dict, extra: dict | None = None, scan_step_nm=None) -> None:
     """Write the class map, probabilities, the keep-list (the CSV of ``sedclassify predict`` and
     the napari export) and the run's status with its kept positions (JSON) atomically, replacing
@@ -1306,7 +1356,8 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
           calibration_frames: int | None = None, max_chunk: int = 32, threads: int | None = None,
           poll_s: float = 0.002, timeout_s: float | None = 10.0, write_every_s: float = 1.0, force: bool = False,
           state: LiveClassMap | None = None, cancel: Callable | None = None, reduce_to=None,
-          compression: str = "bslz4", on_update: Callable | None = None) -> LiveResult:
+          compression: str = "bslz4", on_update: Callable | None = None,
+          ready_timeout_s: float | None = None) -> LiveResult:
     """Classify the frames of ``source`` (a path for :func:`open_source`, or a source) as they arrive.
 
     model: SedModel or model file. keep: classes whose positions go into the keep-list.
@@ -1316,17 +1367,21 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     max_chunk: most frames in one chunk of feature extraction; threads: how many chunks are
     prepared at once (default: one per core); the frames waiting (up to 4 chunks per thread) then
     go through the model in one call. timeout_s: stop when no new frame arrived for this long
-    (None: wait forever). out_dir: where the class map and keep-list go (atomically, every
-    write_every_s and at the end; existing ones only with ``force``). state: a LiveClassMap to
-    fill (a widget may hold it); cancel() -> True ends the run (status "stopped"). reduce_to: an
-    HDF5 file that receives the frames of the ``keep`` classes as they are classified
-    (:class:`~napari_sedclassify.pipeline.reduce.StreamingReducer`: built at
+    (None: wait forever). ready_timeout_s: how long to wait for the source to be ready (a file's
+    first frame, a stream's detector armed; default: timeout_s; math.inf: until ready or
+    cancelled). out_dir: where the class map and keep-list go (atomically, every write_every_s
+    and at the end; existing ones only with ``force``). state: a LiveClassMap to fill (a widget
+    may hold it); cancel() -> True ends the run (status "stopped"). reduce_to: an HDF5 file that
+    receives the frames of the ``keep`` classes as they are classified (:class:`~napari_sedclassify.pipeline.reduce.StreamingReducer`: built at
     ``<stem>.partial.h5``, committed with the outputs, renamed to ``reduce_to`` when the run is
     complete; compression "bslz4" or "none"). A source with ``finished`` (a detector stream) ends
     the run when its acquisition is over ("incomplete" when positions were never received); a
     source with ``close()`` is closed at the end. Returns a LiveResult; Ctrl-C ends the run the
     same way (outputs written) and re-raises. on_update(state): subscribed to the state (see
-    :meth:`LiveClassMap.subscribe`) once the source is ready. ``<name>_keep.json`` says ``waiting``
+    :meth:`LiveClassMap.subscribe`) once the source is ready. Before waiting for the source, the
+    model is checked against ``geometry`` (:func:`check_model_before_frames`) and ``out_dir`` is
+    locked for ``name`` (:func:`lock_outputs`: a second run writing the same files is refused)
+    until the run ends. ``<name>_keep.json`` says ``waiting``
     from the start until the source is ready (``error``, or ``stopped``, with the message when the
     wait ends without it).
     """
@@ -1340,211 +1395,213 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     name = output_name(src, name)
     keep_ids = ids_of(keep, model.classes) if keep else []
     paths = output_paths(out_dir, name) if out_dir is not None else None
-    for p in (paths or {}).values():
-        check_target(p, force)
-    if reduce_to is not None:
-        if not keep_ids:
-            raise ValueError("reduction on the fly keeps the frames of the --keep classes: give at least one")
-        check_live_target(reduce_to, compression, force)
-    stopped = cancel if cancel is not None else (lambda: False)
-    wait_start = time.perf_counter()
-    _wait_ready_said(src, timeout_s, stopped, poll_s, paths, model.classes.names, keep_ids)
-    sy, sx = src.scan_shape
-    if state is None:
-        state = LiveClassMap((sy, sx), model.classes.ids, keep_ids, model.classes.names)
-    elif state.scan_shape != (sy, sx):
-        raise ValueError(f"live state is {state.scan_shape}, the scan is {(sy, sx)}")
-    if on_update is not None:
-        state.subscribe(on_update)
-    n_total = sy * sx
-    want = calibration_frames or (model.preprocess or {}).get("bad_pixel_sample", 48)
-    want = max(1, min(int(want), n_total))
-    pending: list[FrameBatch] = []
-    classifier = reducer = t_first = None
-    warnings: list[str] = []
-    ring_checked = False
-    where = str(getattr(src, "path", None) or name or "the live scan")
-    last_frame = time.perf_counter()
-    last_write = 0.0
-    status = "running"
-    state.set_status("calibrating")
-    shape_warning = src.scan_shape_warning() if hasattr(src, "scan_shape_warning") else None
-    if shape_warning:  # said at once: the acquisition can still be stopped
-        state.warn(shape_warning)
-        warnings.append(shape_warning)
+    with _checked_and_locked(model, src, geometry, out_dir, name):  # before the wait, not once the detector is armed
+        for p in (paths or {}).values():
+            check_target(p, force or _classified_nothing(paths))
+        if reduce_to is not None:
+            if not keep_ids:
+                raise ValueError("reduction on the fly keeps the frames of the --keep classes: give at least one")
+            check_live_target(reduce_to, compression, force)
+        stopped = cancel if cancel is not None else (lambda: False)
+        wait_start = time.perf_counter()
+        _wait_ready_said(src, timeout_s if ready_timeout_s is None else ready_timeout_s, stopped, poll_s, paths,
+                         model.classes.names, keep_ids)
+        sy, sx = src.scan_shape
+        if state is None:
+            state = LiveClassMap((sy, sx), model.classes.ids, keep_ids, model.classes.names)
+        elif state.scan_shape != (sy, sx):
+            raise ValueError(f"live state is {state.scan_shape}, the scan is {(sy, sx)}")
+        if on_update is not None:
+            state.subscribe(on_update)
+        n_total = sy * sx
+        want = calibration_frames or (model.preprocess or {}).get("bad_pixel_sample", 48)
+        want = max(1, min(int(want), n_total))
+        pending: list[FrameBatch] = []
+        classifier = reducer = t_first = None
+        warnings: list[str] = []
+        ring_checked = False
+        where = str(getattr(src, "path", None) or name or "the live scan")
+        last_frame = time.perf_counter()
+        last_write = 0.0
+        status = "running"
+        state.set_status("calibrating")
+        shape_warning = src.scan_shape_warning() if hasattr(src, "scan_shape_warning") else None
+        if shape_warning:  # said at once: the acquisition can still be stopped
+            state.warn(shape_warning)
+            warnings.append(shape_warning)
 
-    from ..processing.cores import usable_cores
+        from ..processing.cores import usable_cores
 
-    threads = max(1, int(threads or usable_cores()))
-    # frames taken at once: when classification is behind, larger batches pay the model's fixed
-    # cost per call less often; when it keeps up, batches hold what arrived since the last one
-    max_poll = max_chunk * threads * 4
+        threads = max(1, int(threads or usable_cores()))
+        # frames taken at once: when classification is behind, larger batches pay the model's fixed
+        # cost per call less often; when it keeps up, batches hold what arrived since the last one
+        max_poll = max_chunk * threads * 4
 
-    from ..processing import NoBeamInSample, calibration_windows, no_beam_message
+        from ..processing import NoBeamInSample, calibration_windows, no_beam_message
 
-    windows = None  # the sample, and the windows after it a batch run tries (once a frame's size is known)
-    tried = 0  # windows that showed no beam
+        windows = None  # the sample, and the windows after it a batch run tries (once a frame's size is known)
+        tried = 0  # windows that showed no beam
 
-    def calibrate(final: bool = False):
-        """The classifier, its plan set by the first calibration window whose frames show the beam
-        (the first ``want`` frames, else the next ``want``, ...: as a batch run chooses), once its
-        frames are here (``final``: the frames that came, the acquisition having ended); None while
-        waiting for more frames."""
-        nonlocal tried, windows
-        have = sum(len(b.index) for b in pending)
-        if windows is None:
-            windows = calibration_windows(n_total, want, pending[0].frames[0].nbytes)
-        while tried < len(windows) and (have >= windows[tried][1] or final):
-            a, b = windows[tried]
-            frames = _frames_between(pending, a, min(b, have))
-            if len(frames) == 0 and tried:
-                break
-            try:
-                return FrameClassifier.calibrate(model, frames, geometry or src.geometry(), flatfield=flatfield,
-                                                 metadata={**src.metadata, **(metadata or {})}, calibration_start=a)
-            except NoBeamInSample:
-                tried += 1
-        if tried >= len(windows) or final:
-            raise ValueError(no_beam_message(min(windows[-1][1], have), max(tried, 1)))
-        return None
-
-    def run_batches(batches):
-        """Classify the waiting frames, in chunks split over the threads; then hand the kept ones to
-        the reduction."""
-        nonlocal reducer, ring_checked
-        from .calibrate import Q_AXIS_FRAMES
-
-        classifier.ring_stride = max(1, -(-n_total // Q_AXIS_FRAMES))  # evenly over the scan, as a batch run
-        chunks = []
-        for b in batches:
-            step = max(1, min(max_chunk, -(-len(b.index) // threads)))
-            chunks += [(b.index[s:s + step], b.frames[s:s + step]) for s in range(0, len(b.index), step)]
-        ids, proba = classifier.classify_chunks(chunks, threads)
-        seen = np.concatenate([np.broadcast_to(b.seen, (len(b.index),)) for b in batches])
-        state.update(np.concatenate([b.index for b in batches]), ids, proba, time.perf_counter() - seen)
-        if not ring_checked and state.n_done >= RING_CHECK_AFTER * n_total:
-            # once, early: a wrong camera length is worth stopping for (the end checks all frames again)
-            ring_checked = True
-            ring = classifier.ring_warning(where)
-            if ring:
-                state.warn(f"after {state.n_done} of {n_total} frames: {ring}")
-        if reduce_to is None:
-            return
-        classes = state.class_map().reshape(-1)
-        for b in batches:
-            if reducer is None:
-                from .reduce import StreamingReducer
-
-                reducer = StreamingReducer(
-                    reduce_to, scan_shape=(sy, sx), detector_shape=b.frames.shape[1:], dtype=b.frames.dtype,
-                    geometry=classifier.geometry, class_table=model.classes, keep_ids=keep_ids,
-                    class_ids=state.class_ids, compression=compression, force=force,
-                    input_info={"source": str(getattr(src, "path", source)), "format": src.metadata.get("format")},
-                    detector=detector_metadata({**src.metadata, **(metadata or {})}),
-                    provenance={"class_map_from": "model", "model": str(model_arg) if is_path(model_arg) else model.name,
-                                "model_kind": model.kind, "flatfield": None if flatfield is None else str(flatfield),
-                                "class_ids_of_probabilities": state.class_ids})
-            kept = np.isin(classes[b.index], keep_ids)
-            if kept.any():
-                reducer.add(b.index[kept], b.frames[kept])
-
-    def commit(final_status=None):
-        """Write the outputs and commit the reduced file (``final_status``: finish it); returns the
-        path of the reduced file a finished run left."""
-        extra = {"plan": _plain(classifier.plan) if classifier else None,
-                 **({"stream": src.stats()} if hasattr(src, "stats") else {}),
-                 **({"warnings": warnings} if warnings else {})}
-        if paths is not None:
-            write_outputs(state, paths, extra, None if classifier is None else classifier.geometry.scan_step_nm)
-        if reducer is None:
+        def calibrate(final: bool = False):
+            """The classifier, its plan set by the first calibration window whose frames show the beam
+            (the first ``want`` frames, else the next ``want``, ...: as a batch run chooses), once its
+            frames are here (``final``: the frames that came, the acquisition having ended); None while
+            waiting for more frames."""
+            nonlocal tried, windows
+            have = sum(len(b.index) for b in pending)
+            if windows is None:
+                windows = calibration_windows(n_total, want, pending[0].frames[0].nbytes)
+            while tried < len(windows) and (have >= windows[tried][1] or final):
+                a, b = windows[tried]
+                frames = _frames_between(pending, a, min(b, have))
+                if len(frames) == 0 and tried:
+                    break
+                try:
+                    return FrameClassifier.calibrate(model, frames, geometry or src.geometry(), flatfield=flatfield,
+                                                     metadata={**src.metadata, **(metadata or {})}, calibration_start=a)
+                except NoBeamInSample:
+                    tried += 1
+            if tried >= len(windows) or final:
+                raise ValueError(no_beam_message(min(windows[-1][1], have), max(tried, 1)))
             return None
-        snap = state.snapshot()
-        report = {"status": final_status or "partial", "frames_done": int(snap["done"].sum()),
-                  "latency": snap["latency"], **extra}
-        arrays = (snap["class_map"], snap["done"], snap["probabilities"])
-        if final_status is None:
-            return reducer.commit(*arrays, report=report)
-        return reducer.finish(*arrays, status=final_status, report=report)
 
-    try:
-        while True:
-            if stopped():
-                status = "stopped"
-                break
-            batch = src.poll(max_poll)
-            if batch is None:
+        def run_batches(batches):
+            """Classify the waiting frames, in chunks split over the threads; then hand the kept ones to
+            the reduction."""
+            nonlocal reducer, ring_checked
+            from .calibrate import Q_AXIS_FRAMES
+
+            classifier.ring_stride = max(1, -(-n_total // Q_AXIS_FRAMES))  # evenly over the scan, as a batch run
+            chunks = []
+            for b in batches:
+                step = max(1, min(max_chunk, -(-len(b.index) // threads)))
+                chunks += [(b.index[s:s + step], b.frames[s:s + step]) for s in range(0, len(b.index), step)]
+            ids, proba = classifier.classify_chunks(chunks, threads)
+            seen = np.concatenate([np.broadcast_to(b.seen, (len(b.index),)) for b in batches])
+            state.update(np.concatenate([b.index for b in batches]), ids, proba, time.perf_counter() - seen)
+            if not ring_checked and state.n_done >= RING_CHECK_AFTER * n_total:
+                # once, early: a wrong camera length is worth stopping for (the end checks all frames again)
+                ring_checked = True
+                ring = classifier.ring_warning(where)
+                if ring:
+                    state.warn(f"after {state.n_done} of {n_total} frames: {ring}")
+            if reduce_to is None:
+                return
+            classes = state.class_map().reshape(-1)
+            for b in batches:
+                if reducer is None:
+                    from .reduce import StreamingReducer
+
+                    reducer = StreamingReducer(
+                        reduce_to, scan_shape=(sy, sx), detector_shape=b.frames.shape[1:], dtype=b.frames.dtype,
+                        geometry=classifier.geometry, class_table=model.classes, keep_ids=keep_ids,
+                        class_ids=state.class_ids, compression=compression, force=force,
+                        input_info={"source": str(getattr(src, "path", source)), "format": src.metadata.get("format")},
+                        detector=detector_metadata({**src.metadata, **(metadata or {})}),
+                        provenance={"class_map_from": "model", "model": str(model_arg) if is_path(model_arg) else model.name,
+                                    "model_kind": model.kind, "flatfield": None if flatfield is None else str(flatfield),
+                                    "class_ids_of_probabilities": state.class_ids})
+                kept = np.isin(classes[b.index], keep_ids)
+                if kept.any():
+                    reducer.add(b.index[kept], b.frames[kept])
+
+        def commit(final_status=None):
+            """Write the outputs and commit the reduced file (``final_status``: finish it); returns the
+            path of the reduced file a finished run left."""
+            extra = {"plan": _plain(classifier.plan) if classifier else None,
+                     **({"stream": src.stats()} if hasattr(src, "stats") else {}),
+                     **({"warnings": warnings} if warnings else {})}
+            if paths is not None:
+                write_outputs(state, paths, extra, None if classifier is None else classifier.geometry.scan_step_nm)
+            if reducer is None:
+                return None
+            snap = state.snapshot()
+            report = {"status": final_status or "partial", "frames_done": int(snap["done"].sum()),
+                      "latency": snap["latency"], **extra}
+            arrays = (snap["class_map"], snap["done"], snap["probabilities"])
+            if final_status is None:
+                return reducer.commit(*arrays, report=report)
+            return reducer.finish(*arrays, status=final_status, report=report)
+
+        try:
+            while True:
+                if stopped():
+                    status = "stopped"
+                    break
+                batch = src.poll(max_poll)
+                if batch is None:
+                    if state.n_done == n_total:
+                        status = "complete"
+                        break
+                    if getattr(src, "finished", False):
+                        # a stream's acquisition ended with positions never received; before the
+                        # calibration sample was complete too (the frames that came are classified
+                        # below): the run waited for --timeout and said "no new frame"
+                        status = "incomplete"
+                        break
+                    if timeout_s is not None and time.perf_counter() - last_frame > timeout_s:
+                        status = "timeout"
+                        break
+                    time.sleep(poll_s)
+                    continue
+                last_frame = time.perf_counter()
+                t_first = t_first or float(np.min(batch.seen))
+                if classifier is not None:
+                    run_batches([batch])
+                else:
+                    pending.append(batch)
+                    classifier = calibrate()
+                    if classifier is None:
+                        continue
+                    state.set_status("running")
+                    run_batches(pending)
+                    state.mark_calibrated()
+                    pending = []
+                if (paths is not None or reducer is not None) and time.perf_counter() - last_write > write_every_s:
+                    commit()
+                    last_write = time.perf_counter()
+            if classifier is None and pending:  # ended before enough frames: calibrate on what came
+                classifier = calibrate(final=True)
+                run_batches(pending)
+                state.mark_calibrated()  # every frame waited for the calibration (no steady latency to report)
                 if state.n_done == n_total:
                     status = "complete"
-                    break
-                if getattr(src, "finished", False):
-                    # a stream's acquisition ended with positions never received; before the
-                    # calibration sample was complete too (the frames that came are classified
-                    # below): the run waited for --timeout and said "no new frame"
-                    status = "incomplete"
-                    break
-                if timeout_s is not None and time.perf_counter() - last_frame > timeout_s:
-                    status = "timeout"
-                    break
-                time.sleep(poll_s)
-                continue
-            last_frame = time.perf_counter()
-            t_first = t_first or float(np.min(batch.seen))
-            if classifier is not None:
-                run_batches([batch])
-            else:
-                pending.append(batch)
-                classifier = calibrate()
-                if classifier is None:
-                    continue
-                state.set_status("running")
-                run_batches(pending)
-                state.mark_calibrated()
-                pending = []
-            if (paths is not None or reducer is not None) and time.perf_counter() - last_write > write_every_s:
-                commit()
-                last_write = time.perf_counter()
-        if classifier is None and pending:  # ended before enough frames: calibrate on what came
-            classifier = calibrate(final=True)
-            run_batches(pending)
-            state.mark_calibrated()  # every frame waited for the calibration (no steady latency to report)
-            if state.n_done == n_total:
-                status = "complete"
-    except KeyboardInterrupt:
-        status = "stopped"
-        state.set_status(status, "interrupted (Ctrl-C)")
-        commit("stopped")
-        raise
-    except BaseException as exc:
-        state.set_status("error", str(exc))
-        try:  # the outputs say how the run ended, with the frames classified until then
-            commit("error")
-        except Exception:  # the partial file keeps what its last commit wrote
-            if reducer is not None:
-                reducer.close()
-        raise
-    finally:
-        if hasattr(src, "close"):
-            src.close()
-    stats = src.stats() if hasattr(src, "stats") else {}
-    messages = {"complete": "", "stopped": "stopped", "timeout": f"no new frame for {timeout_s} s",
-                "incomplete": f"the acquisition ended with {state.n_done} of {n_total} positions received"
-                              + (f" ({stats['frames_dropped']} frames dropped)" if stats.get("frames_dropped") else "")
-                              + (f"; the receiver said: {stats['stream_error']}" if stats.get("stream_error") else "")}
-    state.set_status(status, messages[status])
-    if classifier is not None:  # the ice ring of the frames seen: is the q axis the model read right?
-        ring = classifier.ring_warning(where)  # if it is: are the amorphous-ice frames those with the ring?
-        ring = ring or classifier.agreement_warning(state.class_map(), where)
-        warnings += [ring] if ring else []
-    left = commit(status)
-    files = {k: str(v) for k, v in (paths or {}).items()}
-    reduced = None
-    if reducer is not None:
-        reduced = {"path": str(left), "status": status, "kept_frames": reducer.n_committed}
-        files["reduced"] = str(left)
-    elif reduce_to is not None:  # no frame arrived: nothing to reduce
-        reduced = {"path": None, "status": status, "kept_frames": 0}
-    return LiveResult(status, state, files, classifier.plan if classifier is not None else {},
-                      time.perf_counter() - (t_first or wait_start), stats, reduced, warnings)
+        except KeyboardInterrupt:
+            status = "stopped"
+            state.set_status(status, "interrupted (Ctrl-C)")
+            commit("stopped")
+            raise
+        except BaseException as exc:
+            state.set_status("error", str(exc))
+            try:  # the outputs say how the run ended, with the frames classified until then
+                commit("error")
+            except Exception:  # the partial file keeps what its last commit wrote
+                if reducer is not None:
+                    reducer.close()
+            raise
+        finally:
+            if hasattr(src, "close"):
+                src.close()
+        stats = src.stats() if hasattr(src, "stats") else {}
+        messages = {"complete": "", "stopped": "stopped", "timeout": f"no new frame for {timeout_s} s",
+                    "incomplete": f"the acquisition ended with {state.n_done} of {n_total} positions received"
+                                  + (f" ({stats['frames_dropped']} frames dropped)" if stats.get("frames_dropped") else "")
+                                  + (f"; the receiver said: {stats['stream_error']}" if stats.get("stream_error") else "")}
+        state.set_status(status, messages[status])
+        if classifier is not None:  # the ice ring of the frames seen: is the q axis the model read right?
+            ring = classifier.ring_warning(where)  # if it is: are the amorphous-ice frames those with the ring?
+            ring = ring or classifier.agreement_warning(state.class_map(), where)
+            warnings += [ring] if ring else []
+        left = commit(status)
+        files = {k: str(v) for k, v in (paths or {}).items()}
+        reduced = None
+        if reducer is not None:
+            reduced = {"path": str(left), "status": status, "kept_frames": reducer.n_committed}
+            files["reduced"] = str(left)
+        elif reduce_to is not None:  # no frame arrived: nothing to reduce
+            reduced = {"path": None, "status": status, "kept_frames": 0}
+        return LiveResult(status, state, files, classifier.plan if classifier is not None else {},
+                          time.perf_counter() - (t_first or wait_start), stats, reduced, warnings)
 
 
 def _plain(d: dict) -> dict:

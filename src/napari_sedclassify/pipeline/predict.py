@@ -209,7 +209,7 @@ def prediction_warnings(model, scan, result, name=None, *, class_map=None) -> li
     from ..geometry import FLAGS
     from ..processing.plan import edge_width_warning
     from .calibrate import preprocessed_q_axis_warning
-    from .ice_agreement import ice_agreement_warning
+    from .ice_agreement import agreement_warning, ice_agreement
 
     g = scan.geometry
     where = str(scan.source) if scan.source is not None else (name or "the scan")
@@ -227,8 +227,9 @@ def prediction_warnings(model, scan, result, name=None, *, class_map=None) -> li
     ring = preprocessed_q_axis_warning(result, g, where)
     if ring:  # the ring is not where the q axis puts it: the agreement check would read the wrong place
         out.append(ring)
-    elif class_map is not None:
-        disagree = ice_agreement_warning(where, model.name, class_map, model.classes, result.ria, result.radii_px, g)
+    elif class_map is not None and result.ria is not None:
+        disagree = agreement_warning(where, model.name,
+                                     ice_agreement(class_map, model.classes, result.ria, result.radii_px, g))
         if disagree:
             out.append(disagree)
     no_beam = _no_beam_warning(where, result)

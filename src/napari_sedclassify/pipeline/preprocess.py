@@ -205,9 +205,13 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
     # the plan, from the calibration sample (the first recorded frames; when none shows a beam,
     # the next window of as many frames, ...): saturation level, bad pixels the flat-field did not
     # catch, beam radius, every radius in px
+    name = scan.source or "the scan"
+    try:  # values this detector cannot hold (a crop larger than it...): before any frame is read
+        params.check_detector(geometry)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
     frame_bytes = det[0] * det[1] * np.dtype(scan.dtype).itemsize
     windows = calibration_windows(int((~missing).sum()), params.bad_pixel_sample, frame_bytes)
-    name = scan.source or "the scan"
     for k, (start, stop) in enumerate(windows):
         sample_idx = calibration_sample_index(missing, params.bad_pixel_sample, k, frame_bytes)
         sample = scan.read(sample_idx) if len(sample_idx) else np.zeros((0,) + det)
@@ -270,7 +274,7 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
         "libraries": {"numpy": np.__version__, "numba": numba_version()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
         "duration_s": round(elapsed, 3),
-        "frames_per_s": round(passes * n / elapsed, 1) if elapsed > 0 else None,
+        "frames_per_s": round(n / elapsed, 1) if elapsed > 0 else None,  # the scan's, whatever the passes
     }
     tally.report(scan.source or scan, n)
     return PreprocessResult(

@@ -147,7 +147,8 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
     scan: a Scan (read lazily, a chunk of frames at a time). class_map: (sy, sx) class ids.
     classes: names or ids to keep. compression: "bslz4", "terse" or "none". probabilities:
     optional (sy, sx, k) stored alongside. provenance: extra entries (e.g. how the class map was
-    made). progress(done, total) counts kept frames; cancel() -> True stops (nothing written).
+    made). progress(done, total) counts the scan's recorded frames gone through, kept or not (total:
+    all of them, what the reading takes time over); cancel() -> True stops (nothing written).
     Raises FileExistsError when ``out`` exists and ``force`` is False.
     """
     if compression not in COMPRESSIONS:
@@ -179,23 +180,27 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
             filt = dict(hdf5plugin.Bitshuffle(cname="lz4")) if compression == "bslz4" else {}
             frames = f.create_dataset("frames", shape=(k, ky, kx), dtype=scan.dtype,
                                       chunks=(1, ky, kx) if k else None, **filt)
-        stored = 0
+        stored = first = 0
+        present = np.cumsum(~missing.ravel())  # frames the scan holds up to each position
+        n_frames = int(present[-1]) if present.size else 0
         if progress is not None:
-            progress(0, k)
+            progress(0, n_frames)
         step = scan.frame_source.chunks[0] * scan.frame_source.chunks[1]  # a block of the scan at a time
-        for first in range(0, k, step):
+        for start in range(0, sy * sx, step):
             if cancel is not None and cancel():
                 raise Cancelled(f"stopped after {first} of {k} frames")
-            block = scan.read(index[first:first + step])
+            last = int(np.searchsorted(index, start + step))  # the kept frames of positions start..start+step
+            block = scan.read(index[first:last]) if last > first else ()
             if compression == "terse":
                 for j, frame in enumerate(block):
                     blob = terse_encode(frame)
                     frames[first + j] = np.frombuffer(blob, np.uint8)
                     stored += len(blob)
-            else:
-                frames[first:first + len(block)] = block
+            elif last > first:
+                frames[first:last] = block
+            first = last
             if progress is not None:
-                progress(first + len(block), k)
+                progress(int(present[min(start + step, sy * sx) - 1]), n_frames)
         if compression != "terse":
             stored = frames.id.get_storage_size()
         f.create_dataset("positions", data=np.stack(np.divmod(index, sx), axis=1).astype(np.int32))
@@ -213,7 +218,6 @@ def reduce_scan(scan, class_map, out, *, classes=("amorphous_ice",), class_table
             info.update(size_bytes=st.st_size, mtime=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(st.st_mtime)))
         f.attrs.update(_file_attrs((sy, sx), (ky, kx), scan.dtype, compression, ids, table, scan.geometry, info,
                                    provenance or {}, detector_metadata(scan.metadata)))
-    n_frames = int((~missing).sum())
     tally.report(scan.source or scan, n_frames)
     return ReduceReport(
         path=str(out), compression=compression, classes=[table.names[i] for i in ids], n_frames=n_frames,

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ..models import MODEL_KINDS
 from ..models.features import FeatureRecipe
-from ..models.training import ScanFeatures
+from ..models.training import ScanFeatures, check_training_inputs
 from .scans import flatfields_for, load_labels, open_scans, scan_name, scan_report
 
 
@@ -104,10 +106,15 @@ def train_model(scans, labels, *, model: str = "fcnn", recipe: FeatureRecipe | N
     recipe = recipe or default_recipe(model)
     scans = open_scans(scans)
     maps = load_labels(labels, scans)
+    names = [scan_name(scan, i) for i, scan in enumerate(scans)]
+    # what training would refuse (hold-out, ensemble, validation fraction, labels), before any frame is read
+    check_training_inputs([ScanFeatures(name=name, geometry=scan.geometry, missing=np.asarray(scan.missing, bool))
+                           for name, scan in zip(names, scans)], maps, kind=model, recipe=recipe, params=params,
+                          classes=classes, holdout=holdout, val_fraction=val_fraction)
     ffs = flatfields_for(flatfield, len(scans))
     feats, pp = [], None
     for i, (scan, ff) in enumerate(zip(scans, ffs)):
-        f, result = scan_features(scan, recipe, name=scan_name(scan, i), flatfield=ff, base_params=preprocess_params,
+        f, result = scan_features(scan, recipe, name=names[i], flatfield=ff, base_params=preprocess_params,
                                   progress=scan_report(preprocess_progress, i, len(scans)), cancel=cancel)
         feats.append(f)
         pp = pp or result.params.to_dict()

@@ -105,7 +105,9 @@ def _skip_numba_extensions() -> None:
 
 _ensure_cache_dir()
 
-from numba import njit  # noqa: E402  (after the cache folder is settled)
+from llvmlite import ir  # noqa: E402
+from numba import njit, types  # noqa: E402  (after the cache folder is settled)
+from numba.extending import intrinsic  # noqa: E402
 
 _load_numba_numpy_support()
 _skip_numba_extensions()
@@ -131,6 +133,26 @@ SATURATED_EDGE = 0.9
 #: kept lie within this median distance of it (px): a clean edge, as where the detector cuts the
 #: disc (0.1-0.3 px), not the ragged edge where the halo itself reaches the full counter.
 HALO_CIRCLE_PX = 0.5
+
+
+@intrinsic
+def _add_sum_count(typingctx, acc, k, v):
+    """``acc[k] += v; acc[k + 1] += 1.0`` (acc float64, v float32 or float64) as one two-lane load,
+    add and store: the same IEEE additions, half the memory operations of the scalar pair (LLVM
+    does not pair them itself). The RIA's pixel loop spends its time on these (docs/performance.md)."""
+    pair = ir.VectorType(ir.DoubleType(), 2)
+    widen = v == types.float32
+
+    def codegen(context, builder, signature, args):
+        array, offset, value = args
+        data = context.make_array(signature.args[0])(context, builder, array).data
+        where = builder.bitcast(builder.gep(data, [offset]), pair.as_pointer())
+        value = builder.fpext(value, ir.DoubleType()) if widen else value
+        step = builder.insert_element(ir.Constant(pair, [ir.Undefined, 1.0]), value, ir.Constant(ir.IntType(32), 0))
+        builder.store(builder.fadd(builder.load(where, align=8), step), where, align=8)
+        return context.get_dummy_value()
+
+    return types.void(acc, k, v), codegen
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -425,26 +447,23 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, 
 
 
 @njit(nogil=True, cache=True)
-def _spread(yv, xv, vv, n, cy, cx, inv_bin, nb, s1, c, bins):
+def _spread(yv, xv, vv, n, cy, cx, inv_bin, nb, acc, bins):
     """The spread of the values within radial bins of 1 / inv_bin px about (cy, cx), less the sum
     of their squares (the same whatever the centre, as every point falls in one of the nb bins):
-    minus the sum over bins of (bin sum)^2 / count. Lower = more circularly symmetric. bins: (n,)
-    int32 scratch: the bins are computed in a loop of their own, which vectorises (the sums
-    cannot), 1.4-1.7x faster than one loop doing both."""
-    s1[:] = 0.0
-    c[:] = 0.0
+    minus the sum over bins of (bin sum)^2 / count. Lower = more circularly symmetric. acc: (2 nb,)
+    scratch, each bin's (sum, count); bins: (n,) int32 scratch: the bins are computed in a loop of
+    their own, which vectorises (the sums cannot), 1.4-1.7x faster than one loop doing both."""
+    acc[:] = 0.0
     for k in range(n):
         dy = yv[k] - cy
         dx = xv[k] - cx
-        bins[k] = min(np.int32(math.sqrt(dy * dy + dx * dx) * inv_bin), np.int32(nb - 1))
+        bins[k] = np.int32(2) * min(np.int32(math.sqrt(dy * dy + dx * dx) * inv_bin), np.int32(nb - 1))
     for k in range(n):
-        b = bins[k]
-        s1[b] += vv[k]
-        c[b] += 1.0
+        _add_sum_count(acc, np.int64(bins[k]), vv[k])
     t = 0.0
     for b in range(nb):
-        if c[b] > 0:
-            t -= s1[b] * s1[b] / c[b]
+        if acc[2 * b + 1] > 0:
+            t -= acc[2 * b] * acc[2 * b] / acc[2 * b + 1]
     return t
 
 
@@ -475,8 +494,7 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, iy_edges, ix_edges
     if n < 12:
         return False
     nb = int(2 * half * 1.5 / 0.5) + 2
-    s1 = np.empty(nb)
-    c = np.empty(nb)
+    acc = np.empty(2 * nb)
     bins = np.empty(n, np.int32)
     by = cy0
     bx = cx0
@@ -486,7 +504,7 @@ def _symmetric(frame, cy0, cx0, half, py, px, wy, wx, ey, ex, iy_edges, ix_edges
         gx = bx
         for a in range(-reach, reach + 1):
             for b in range(-reach, reach + 1):
-                t = _spread(yv, xv, vv, n, gy + a * step, gx + b * step, 2.0, nb, s1, c, bins)
+                t = _spread(yv, xv, vv, n, gy + a * step, gx + b * step, 2.0, nb, acc, bins)
                 if t < best:
                     best = t
                     by = gy + a * step
@@ -704,20 +722,18 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
 
 
 @njit(nogil=True, cache=True)
-def _ring_row(row, dx2, dy2, r_min, inv, nbins, parity, idx, vals, acc):
+def _ring_row(row, dx2, dy2, r_min, inv, nbins, parity, idx, acc):
     """Add one row's pixels (distances squared dy2 + dx2 from the centre) to their radial bins in
-    acc (see radial_sums); parity: that of the row's first pixel. Loops from 0: they vectorise."""
+    acc (see radial_sums); parity: that of the row's first pixel. The first loop vectorises (it
+    runs from 0); pixels not counted (NaN, outside the bins) go to the slot at 4 nbins."""
     m = row.shape[0]
     for x in range(m):
         v = row[x]
         t = (math.sqrt(dy2 + dx2[x]) - r_min) * inv
         ok = (v == v) and t >= 0.0 and t < nbins
         idx[x] = np.uint32(4 * (np.int32(t) if ok else nbins) + 2 * ((x + parity) & 1))
-        vals[x] = v if ok else np.float32(0)
-    for x in range(m):  # unsigned offsets into a flat array: no index arithmetic beyond the add
-        k = idx[x]
-        acc[k] += vals[x]
-        acc[k + np.uint32(1)] += 1.0
+    for x in range(m):
+        _add_sum_count(acc, np.int64(idx[x]), row[x])
 
 
 @njit(nogil=True, cache=True)
@@ -738,10 +754,9 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
     lim2 = r_out * r_out
     dx2 = np.empty(kx, np.float64)
     idx = np.empty(kx, np.uint32)
-    vals = np.empty(kx, np.float32)
     # (sum, count) per bin and per pixel parity, at 4 k + 2 parity (+1): neighbouring pixels,
     # often in the same bin, then update different memory and do not wait for each other; bin
-    # nbins collects the rest
+    # nbins collects the rest (NaN included: never read)
     acc = np.zeros(4 * nbins + 4, np.float64)
     for i in range(n):
         cy = centres[i, 0]
@@ -760,7 +775,7 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
             w = math.sqrt(lim2 - dy2)
             x0 = max(0, np.searchsorted(px, cx - w) - 1)
             x1 = min(kx, np.searchsorted(px, cx + w) + 1)
-            _ring_row(frames[i, y, x0:x1], dx2[x0:x1], dy2, r_min, inv, nbins, x0 & 1, idx, vals, acc)
+            _ring_row(frames[i, y, x0:x1], dx2[x0:x1], dy2, r_min, inv, nbins, x0 & 1, idx, acc)
         for k in range(nbins):
             sums[i, k] = acc[4 * k] + acc[4 * k + 2]
             counts[i, k] = acc[4 * k + 1] + acc[4 * k + 3]

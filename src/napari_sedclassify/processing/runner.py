@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -183,12 +184,13 @@ class FrameRunner:
 
     def allocate(self, n_frames: int, with_centring: bool = True) -> dict[str, np.ndarray]:
         """Arrays (n_frames, ...) for every output, filled with each output's fill value.
-        Large ones (> 1 GiB, e.g. crops of a big scan) live in a temporary memory-mapped file."""
+        Those over IN_MEMORY_STORE_BYTES (crops of a big scan) live in a temporary memory-mapped
+        file, whose pages the system can write out and drop."""
         store = {}
         for name, s in self.outputs(with_centring).items():
             shape = (int(n_frames),) + tuple(s.shape)
             nbytes = int(np.prod(shape)) * np.dtype(s.dtype).itemsize
-            store[name] = _big_empty(shape, s.dtype) if nbytes > 2**30 else np.empty(shape, s.dtype)
+            store[name] = _big_empty(shape, s.dtype) if nbytes > IN_MEMORY_STORE_BYTES else np.empty(shape, s.dtype)
             store[name][...] = s.fill
         return store
 
@@ -409,7 +411,10 @@ WORKER_CHECK_S = 1.0
 #: :func:`worker_wait` (the commands' ``--worker-wait``) sets it.
 WORKERLESS_S = 60.0
 
-_worker_wait_s: float | None = None  # set by worker_wait(); None: WORKERLESS_S
+#: The wait :func:`worker_wait` sets, for the call (thread, task) inside it only: a context
+#: variable, not a process-wide value (one call's wait changed what another call running beside
+#: it, or after it, waited). None: WORKERLESS_S.
+_worker_wait_s: ContextVar[float | None] = ContextVar("sedclassify_worker_wait_s", default=None)
 
 
 def check_worker_wait(seconds) -> float:
@@ -424,15 +429,17 @@ def check_worker_wait(seconds) -> float:
 def worker_wait(seconds: float | None):
     """Inside, a run on a dask cluster waits up to ``seconds`` for workers while the cluster has
     none (default :data:`WORKERLESS_S`; None: the wait set outside, unchanged) before it stops
-    with an error: for an autoscaling cluster that starts its workers on demand."""
-    global _worker_wait_s
-    previous = _worker_wait_s
-    if seconds is not None:
-        _worker_wait_s = check_worker_wait(seconds)
+    with an error: for an autoscaling cluster that starts its workers on demand. The wait holds
+    in this thread's context only (threads started inside get it with ``contextvars.copy_context``)
+    and is undone on exit, whatever the order in which calls in other threads exit theirs."""
+    if seconds is None:
+        yield
+        return
+    token = _worker_wait_s.set(check_worker_wait(seconds))
     try:
         yield
     finally:
-        _worker_wait_s = previous
+        _worker_wait_s.reset(token)
 
 
 def _check_workers(client, workers_seen: float, done: int, n: int, pending) -> float:
@@ -440,7 +447,8 @@ def _check_workers(client, workers_seen: float, done: int, n: int, pending) -> f
     has had none for the wait :func:`worker_wait` sets (default :data:`WORKERLESS_S`)."""
     if client.nthreads():
         return time.monotonic()
-    wait_s = WORKERLESS_S if _worker_wait_s is None else _worker_wait_s
+    wait_s = _worker_wait_s.get()
+    wait_s = WORKERLESS_S if wait_s is None else wait_s
     if time.monotonic() - workers_seen < wait_s:
         return workers_seen
     _cancel(pending)
@@ -459,6 +467,12 @@ def _cancel(futures) -> None:
 def _run_block(runner: FrameRunner, block, index, centres):
     block = np.asarray(block)
     return runner.run_chunk(block.reshape((-1,) + block.shape[-2:]), index, centres)
+
+
+#: The largest output kept in the process's own memory. Crops of 32 px about the beam over a 256 x
+#: 256 scan fill 1.07 GB: held in memory (the limit was 1 GiB) the command peaked at 1.3 GB
+#: (session 24). The RIAs of such a scan (365 bins) take 96 MB.
+IN_MEMORY_STORE_BYTES = 256 * 2**20
 
 
 def _big_empty(shape, dtype):

@@ -14,6 +14,7 @@ acquisition rate never sets the redraw rate.
 
 from __future__ import annotations
 
+import math
 import os
 
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, Select, SpinBox
@@ -33,6 +34,8 @@ SOURCES = [("file or folder (--input)", "file"), ("Merlin TCP stream (--merlin)"
 FILE_WAIT_S = 30.0
 #: Where a live run's geometry comes from, said where the engine's advice names the Scan geometry
 #: widget (which sets the geometry of opened scans, not of live frames).
+#: The Live widget's field for the outputs' folder (the command's --out).
+_OUT_LABEL = "write to folder"
 LIVE_GEOMETRY = "(Live: choose a 'geometry of scan' file that records it, or run sedclassify watch with it)"
 _INPUT_LABELS = {"file": "input (.mib or folder)", "merlin": "data host:port (6342)",
                  "dectris": "stream host:port (9999)"}
@@ -61,7 +64,7 @@ class LiveWidget(Container):
         self._keep = Select(label="keep classes", choices=[(display_name(table.names[i]), i) for i in table.ids],
                             value=[2])
         self._keep.native.setMaximumHeight(80)
-        self._out = FileEdit(label="write to folder", mode="d")
+        self._out = FileEdit(label=_OUT_LABEL, mode="d")
         self._jobs = JobButtons("Start watching", self.start)
         self._jobs.cancel_button.text = "Stop"
         self._summary = wrapped_label()
@@ -99,8 +102,7 @@ class LiveWidget(Container):
         return open_source(text, shape)
 
     def start(self):
-        from ...pipeline.live import (LiveClassMap, LiveResult, check_model_before_frames, lock_outputs, output_name,
-                                      unlock_outputs, wait_ready, watch)
+        from ...pipeline.live import LiveClassMap, LiveResult, check_model_before_frames, wait_ready, watch
         from ...pipeline.predict import as_model
         from ...models.persistence import needs_tensorflow, read_metadata
         from ..model_jobs import model_card
@@ -144,14 +146,15 @@ class LiveWidget(Container):
                 ref = open_scan(calibration)
                 geometry = ref.geometry
                 metadata = {k: ref.metadata[k] for k in ("edge_pixel_width",) if k in ref.metadata}
-            check_model_before_frames(card, src, geometry)  # a model that needs a camera length not given
-            lock = lock_outputs(out, output_name(src)) if out else None  # another run writing the same files
+            # a model that needs a camera length not given: said here at once (watch checks it again
+            # before it waits, and locks the outputs against another run writing the same files)
+            check_model_before_frames(card, src, geometry)
         except (OSError, ValueError) as exc:
             self._jobs.status.value = live_words(str(exc))
             return
         keep = list(self._keep.value)
         self.state, self.result, self._shown_version = None, None, -1
-        wait_s = FILE_WAIT_S if kind == "file" else None
+        wait_s = FILE_WAIT_S if kind == "file" else math.inf
         # not the counts of the run before while this one waits for its frames; a file not there yet, said
         self._summary.value = ("" if kind != "file" or os.path.exists(source_path) else
                                f"waiting for {source_path} to be written (not there yet): stops after "
@@ -160,30 +163,34 @@ class LiveWidget(Container):
         def work(report, cancelled):
             from ...errors import IncompatibleModelError
 
-            model = card if in_child else as_model(model_path)
+            def shown(state):  # the run's state from its first change (made by watch once the source is ready)
+                self.state = state
+                report(state.n_done, state.n_positions)
+
+            options = dict(out_dir=out, keep=keep, flatfield=flat, geometry=geometry, metadata=metadata,
+                           force=True, timeout_s=30.0)
             try:  # a stream: until the detector is armed (or Stop); a file: FILE_WAIT_S
+                if not in_child:
+                    return watch(as_model(model_path), src, cancel=cancelled, on_update=shown,
+                                 ready_timeout_s=wait_s, **options)
                 wait_ready(src, wait_s, cancelled)
             except TimeoutError:
                 if cancelled():
                     return None
                 raise
-            sy, sx = src.scan_shape
-            state = LiveClassMap((sy, sx), model.classes.ids, keep, model.classes.names)
+            except IncompatibleModelError as exc:  # the frames' detector: advice in this widget's words
+                raise IncompatibleModelError(live_words(str(exc))) from exc
+            except ValueError as exc:  # the outputs' lock (another run): advice in this widget's words
+                raise ValueError(live_words(str(exc))) from exc
+            state = LiveClassMap(src.scan_shape, card.classes.ids, keep, card.classes.names)
             state.subscribe(lambda s: report(s.n_done, s.n_positions))
             self.state = state
-            options = dict(out_dir=out, keep=keep, flatfield=flat, geometry=geometry, metadata=metadata,
-                           force=True, timeout_s=30.0)
-            if not in_child:
-                try:
-                    return watch(model, src, state=state, cancel=cancelled, **options)
-                except IncompatibleModelError as exc:  # the frames' detector: advice in this widget's words
-                    raise IncompatibleModelError(live_words(str(exc))) from exc
             # TensorFlow model: classify in a spawned child; its state changes update ours
             from ...models.tf_process import run_in_process
             from ..model_jobs import live_relay, watch_in_child
 
-            out_ = run_in_process(watch_in_child, model_path, source_path, (sy, sx), progress=live_relay(state),
-                                  cancel=cancelled, **options)
+            out_ = run_in_process(watch_in_child, model_path, source_path, state.scan_shape,
+                                  progress=live_relay(state), cancel=cancelled, **options)
             return LiveResult(out_["status"], state, out_["files"], out_["plan"], out_["seconds"],
                               warnings=out_.get("warnings", []))
 
@@ -194,7 +201,6 @@ class LiveWidget(Container):
             self.notify_warnings(result.warnings)
 
         def finished():
-            unlock_outputs(lock)
             self._timer.stop()
             self.refresh()
 
@@ -247,7 +253,9 @@ def live_words(text: str) -> str:
     to where a live run takes its geometry (:data:`LIVE_GEOMETRY`), not to the Scan geometry widget."""
     from ..wording import in_napari_words
 
-    return in_napari_words(text).replace("(Scan geometry)", LIVE_GEOMETRY)
+    text = in_napari_words(text).replace("(Scan geometry)", LIVE_GEOMETRY)
+    return text.replace("give another --out folder or --name", f"choose another '{_OUT_LABEL}'").replace(
+        "the same --out and --name", f"the same '{_OUT_LABEL}'")
 
 
 def _path(widget) -> str | None:
