@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..jsonutil import jsonable
 from . import CLIError
 
 #: The folders :func:`writable_folder` created in this command, outermost first: the ones still
@@ -210,9 +211,10 @@ def simulation_shape(args, min_px: int, min_points: int) -> tuple[int, int]:
 
 
 def json_printed(args, obj) -> bool:
-    """With --json, print ``obj`` as JSON; says whether it did."""
+    """With --json, print ``obj`` as strict JSON (NaN and inf as the strings of ``jsonable``, never
+    the bare NaN that JSON parsers refuse); says whether it did."""
     if args.json:
-        print(json.dumps(obj, indent=2))
+        print(json.dumps(jsonable(obj), indent=2))
     return args.json
 
 

@@ -89,7 +89,8 @@ def run(args):
         return 0
     print(f"kept {d['n_kept']} of {d['n_frames']} frames ({100 * d['kept_fraction']:.1f} %: "
           f"{', '.join(d['classes'])}) -> {d['path']}")
+    compressed = (f"{d['compression']} compression {d['compression_ratio']:.2f}x" if d["n_kept"]
+                  else "no frame to compress")
     print(f"size {d['bytes_file'] / 1e6:.2f} MB for a {d['bytes_scan'] / 1e6:.2f} MB scan: "
-          f"{d['size_ratio']:.1f}x smaller ({d['compression']} compression {d['compression_ratio']:.2f}x), "
-          f"{d['seconds']:.2f} s ({d['mb_per_s']:.0f} MB/s)")
+          f"{d['size_ratio']:.1f}x smaller ({compressed}), {d['seconds']:.2f} s ({d['mb_per_s']:.0f} MB/s)")
     return 0

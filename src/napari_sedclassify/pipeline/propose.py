@@ -38,6 +38,8 @@ CARBON_BELOW, ICE_ABOVE = 0.3, 0.75
 #: Ice-ring height (log units over the profile's median) above which a scan of one material is
 #: proposed as amorphous ice, else carbon.
 ONE_MATERIAL_ICE_HEIGHT = 1.8
+#: Fewest frames with a beam that can be clustered.
+MIN_FRAMES = 4
 
 
 @dataclass
@@ -71,9 +73,11 @@ def ring_and_spike_scores(feats: np.ndarray, q: np.ndarray) -> tuple[np.ndarray,
 
 
 def propose_from_features(feats: np.ndarray, q_invA: np.ndarray, valid: np.ndarray, *, classes: ClassTable | None = None,
-                          max_groups: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list, np.ndarray, np.ndarray]:
+                          max_groups: int = 6, seed: int = 0,
+                          source=None) -> tuple[np.ndarray, np.ndarray, list, np.ndarray, np.ndarray]:
     """Cluster normalised q-axis profiles ``feats`` (n, nb) of the frames where ``valid``; returns
-    (class ids (n,), group (n,), groups, ring height (n,), spikiness (n,))."""
+    (class ids (n,), group (n,), groups, ring height (n,), spikiness (n,)). source: the scan's name
+    in the error for too few frames."""
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
@@ -85,8 +89,10 @@ def propose_from_features(feats: np.ndarray, q_invA: np.ndarray, valid: np.ndarr
     valid = valid & np.isfinite(feats).all(axis=1)
     ring, spike = ring_and_spike_scores(np.nan_to_num(feats), q_invA)
     idx = np.flatnonzero(valid)
-    if idx.size < 4:
-        raise ValueError(f"only {idx.size} frames with a beam and a profile: too few to propose classes")
+    if idx.size < MIN_FRAMES:
+        where = f"{source}: " if source is not None else ""
+        raise ValueError(f"{where}only {idx.size} of {n} scan positions have a frame with a direct beam and a radial "
+                         f"profile: too few to propose classes (at least {MIN_FRAMES} needed)")
     X = feats[idx]
     X = PCA(n_components=min(5, X.shape[1], len(X) - 1), whiten=True, random_state=seed).fit_transform(X)
     best = min((GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-3).fit(X)
@@ -130,7 +136,8 @@ def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 
     edges = recipe.axis_edges()
     q = 0.5 * (edges[1:] + edges[:-1])
     valid = (np.asarray(result.beam_found).ravel() & ~np.asarray(result.missing).ravel())
-    ids, group, groups, ring, spike = propose_from_features(feats, q, valid, classes=classes, seed=seed)
+    ids, group, groups, ring, spike = propose_from_features(feats, q, valid, classes=classes, seed=seed,
+                                                             source=source)
     details = {"q_range_invA": [recipe.q_min_invA, recipe.q_max_invA], "frames": int(valid.sum()),
                "geometry": geometry.describe()}
     warnings = _warnings(result, geometry, groups, source) + _one_class_warning(ids[ids > 0], classes, groups, source)
