@@ -9,23 +9,6 @@ from .model_jobs import prepare
 from .state import announce, flatfield_of, session_of
 
 
-#: The field of the Centring tab that gives the beam radius when none can be measured.
-BEAM_FIELD_HINT = ("enter the beam's radius in 'beam radius (px, 0 = measure)' in the Centring tab (2 Centring) "
-                   "and press Find centres again")
-
-
-#: How the engine's no-beam error (``processing.plan.no_beam_message``) says what to give in Python.
-NO_BEAM_PYTHON_HINT = "(In Python, give bf_radius_px"
-
-
-def no_beam_message(exc) -> str:
-    """The no-beam error of preprocessing with the napari field to set instead of Python's parameters."""
-    text = str(exc)
-    if NO_BEAM_PYTHON_HINT in text:
-        text = text[:text.index(NO_BEAM_PYTHON_HINT)].rstrip()
-    return f"{text} If it is, {BEAM_FIELD_HINT}."
-
-
 def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
     """A job that preprocesses the scan of ``layer`` with ``params`` (PreprocessParams), keeps the
     result in the layer and calls ``on_done(result)`` on the UI thread. Warns when no flat-field
@@ -45,9 +28,7 @@ def preprocess_job(layer, params, on_done=None) -> BackgroundJob:
     def work(report, cancelled):
         try:
             result = preprocess(scan, params, flatfield, progress=report, cancel=cancelled)
-        except (ValueError, OSError) as exc:
-            if NO_BEAM_PYTHON_HINT in str(exc):  # the napari field that fixes it, not the Python parameters
-                raise ValueError(no_beam_message(exc)) from exc
+        except (ValueError, OSError) as exc:  # shown in napari's words (short_message): the fields that fix it
             changed = with_file_note(layer, exc)  # e.g. a file overwritten since it was opened: say so
             if changed is exc:
                 raise

@@ -19,6 +19,10 @@ _BY_FLAG = {flag: (NAMES[name], unit) for name, (flag, unit) in FLAGS.items()}
 _BY_FLAG["--edge-pixel-width"] = (EDGE_LABEL, EDGE_UNIT)
 _FLAG = "|".join(re.escape(f) for f in _BY_FLAG)
 
+#: The field of the Centring tab that gives the beam radius when none can be measured.
+BEAM_FIELD_HINT = ("enter the beam's radius in 'beam radius (px, 0 = measure)' in the Centring tab (2 Centring) "
+                   "and press Find centres again")
+
 
 def _valued(match) -> str:
     name, unit = _BY_FLAG[match.group(1)]
@@ -37,6 +41,12 @@ _RULES = [
     (re.compile(", " + re.escape(GOLD_ADVICE)), ""),
     (re.compile(r"`sedclassify calibrate[^`]*`"), "the RIA widget's Fit camera length"),
     (re.compile(r"`sedclassify propose`"), "the 'Classify before labeling' widget's Propose classes"),
+    # the no-beam error of preprocessing, whichever step (Centring, Propose classes, Classify) met it
+    (re.compile(r" \(In Python, give bf_radius_px and adf_inner_px, or beam_radius_px\.\)"),
+     f" If it is, {BEAM_FIELD_HINT}."),
+    (re.compile(r" \(sedclassify train\)"), " (the Training widget)"),
+    (re.compile(r" \(`train --session-robust` on scans of several sessions holds better\)"),
+     " (a model trained on scans of several sessions holds better)"),
     (re.compile(r"--flatfield-dataset(?: NAME)?"), "the Flat-field widget's dataset box"),
     (re.compile(r"--scan-shape(?: SY SX)?(?![\w-])"), "the scan rows and columns"),  # Scan geometry's, Live's
     (re.compile(r"--edge-pixel-width \(leave it out to use the measured width\)"),

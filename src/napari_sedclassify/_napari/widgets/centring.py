@@ -62,8 +62,17 @@ class CentringWidget(Container):
         if find_scan(layer) is None:
             show_error("Centring: open a scan first (File > Open or File > Open Sample).")
             return None
-        job = preprocess_job(layer, self.params(), on_done=lambda result: self.show_result(layer))
+        job = preprocess_job(layer, self.params(), on_done=lambda result: self._done(layer))
         return self._jobs.launch(job)
+
+    def _done(self, layer):
+        """The pass of ``layer`` ended: its result is shown when that scan is still the one chosen
+        here (never under another scan's name; choosing it again shows it)."""
+        try:
+            if self._scan.value is layer:
+                self.show_result(layer)
+        except RuntimeError:  # deleted with its viewer
+            pass
 
     def _centring_changed(self, value):
         result = preprocess_of(self._scan.value)

@@ -132,6 +132,7 @@ class GeometryWidget(Container):
             self._fields[name] = FloatSpinBox(label=_field_label(label, unit, "unknown"), value=0.0, min=0.0,
                                               max=top, step=0.1)
         self._fields["scan_step_nm"].tooltip = "0 = unknown (lengths then count in scan steps)"
+        self._shown = {}  # field -> (the scan's value, as the field shows it: rounded to its decimals)
         self._edge = FloatSpinBox(label=_field_label(EDGE_LABEL, EDGE_UNIT, "measured"), value=0.0, min=0.0, max=20.0,
                                   step=0.1)
         self._edge.tooltip = ("width of a Medipix3 quad's wide pixels along its chip boundaries, in pixel pitches "
@@ -191,9 +192,11 @@ class GeometryWidget(Container):
             w.label = _field_label(label, unit, g.origin(name))
             value = getattr(g, name)
             w.value = float(value) if value is not None else 0.0
+            self._shown[name] = (value, w.value)
         width, origin = session_of(layer).edge_pixel_width
         self._edge.label = _field_label(EDGE_LABEL, EDGE_UNIT, origin)
         self._edge.value = width or 0.0
+        self._shown["edge"] = (width, self._edge.value)
         assumed = [label for name, label, _, _ in FIELDS if g.origin(name) == "assumed"]
         text = f"detector {g.detector_shape[0]}x{g.detector_shape[1]} px"
         if assumed:
@@ -231,8 +234,13 @@ class GeometryWidget(Container):
 
     # applying ---------------------------------------------------------------------------------
     def values(self) -> dict:
-        """The values in the fields (None for 0 = unknown)."""
-        return {name: (float(w.value) or None) for name, w in self._fields.items()}
+        """The values in the fields (None for 0 = unknown); a field left as shown gives the scan's
+        own value, not its rounding to the field's decimals (1.375 pitches shows as 1.38)."""
+        return {name: self._value(name, w) for name, w in self._fields.items()}
+
+    def _value(self, name, widget):
+        value, shown = self._shown.get(name, (None, None))
+        return value if shown is not None and widget.value == shown else (float(widget.value) or None)
 
     def apply(self):
         """Store the values shown in the selected scan: changed ones, and assumed ones (seen and
@@ -243,7 +251,7 @@ class GeometryWidget(Container):
         if scan is None:
             show_error("Scan geometry: open a scan first.")
             return None
-        width = float(self._edge.value) or None
+        width = self._value("edge", self._edge)
         if width is not None and width < 1:
             self._summary.value = f"{EDGE_LABEL} must be at least 1 pitch (0 = measure it from the frames)"
             show_error(f"Scan geometry: {self._summary.value}, got {width:g}")

@@ -98,22 +98,56 @@ class PredictionWidget(Container):
         self._watched = set()  # ids of the ScanSessions observed for stale predictions
         self._export.changed.connect(lambda _=None: self.export_class_map())
         self._uncertain.changed.connect(lambda _=None: self._rethreshold())
+        self._scan.changed.connect(lambda _=None: self._show_summary())
         self._keep_export.changed.connect(lambda _=None: self.export_keep_list())
 
     @property
     def prediction(self):
-        """The prediction on show, from its scan's session ({"layer", "class_map", "confidence",
-        "table", "uncertain", "out", "model", "result"}); None when there is none or it went stale."""
-        session = session_of(self._shown)
+        """The prediction of the scan chosen in the widget, from its scan's session ({"layer",
+        "class_map", "confidence", "table", "uncertain", "threshold", "warnings", "out", "model",
+        "result"}); None when it has none or it went stale. What the summary shows and the exports
+        write: never the class map of another scan."""
+        session = session_of(self._scan.value)
         return None if session is None else session.prediction
 
     def _session_changed(self, session, what):
         """Mark the prediction on show stale as soon as the flat-field, geometry, chip-edge pixel width
         or preprocessing it was made from changes (its export is refused until the scan is classified again)."""
-        if what in ("flatfield", "geometry", "edge_pixel_width", "result") and session is session_of(self._shown) \
-                and session.stale_prediction is not None:
-            self._summary.value = ("<b>stale</b>: the flat-field, geometry, chip-edge pixel width or preprocessing "
-                                   "of this scan changed since this class map was made; classify again.")
+        if what in ("flatfield", "geometry", "edge_pixel_width", "result") and session is session_of(self._scan.value):
+            self._show_summary()
+
+    def _show_summary(self):
+        """The counts (and warnings) of the chosen scan's prediction, or why it has none on show."""
+        import html
+
+        try:
+            session = session_of(self._scan.value)
+        except RuntimeError:  # deleted with its viewer
+            return
+        p = None if session is None else session.prediction
+        if p is not None:
+            text = self._counts_html(p) + "".join(
+                f"<br><b>warning</b>: {html.escape(w, quote=False)}" for w in p.get("warnings", ()))
+        elif session is not None and session.stale_prediction is not None:
+            text = ("<b>stale</b>: the flat-field, geometry, chip-edge pixel width or preprocessing "
+                    "of this scan changed since this class map was made; classify again.")
+        else:
+            text = ""
+        try:
+            self._summary.value = text
+        except RuntimeError:  # deleted with its viewer
+            pass
+
+    @staticmethod
+    def _counts_html(p) -> str:
+        class_map, uncertain, threshold = p["class_map"], p["uncertain"], p["threshold"]
+        counts = {c: int((class_map == c).sum()) for c in p["table"].ids}
+        unclassified = int((np.asarray(p["out"]["class_map"]) == 0).sum())
+        return legend_html(p["table"], counts) + (
+            f"<br>{unclassified} positions not classified (missing or no beam)" if unclassified else ""
+        ) + (f'<br><span style="background-color:{UNCERTAIN_COLOUR[:7]}; color:{UNCERTAIN_COLOUR[:7]}">'
+             f"&#9632;&#9632;</span>&nbsp;{int(uncertain.sum())} uncertain (probability below {threshold:g}): "
+             "left out of the class map and the keep-list" if threshold > 0 else "")
 
     def _keep_choices(self, _w=None):
         return [(display_name(self.table.names[c]), c) for c in self.table.ids]
@@ -177,7 +211,7 @@ class PredictionWidget(Container):
         def done(returned):
             out, result, warnings = returned
             self.show_prediction(layer, out, card.classes, result, path, flatfield=flatfield, geometry=geometry)
-            self.show_warnings(warnings)
+            self.show_warnings(warnings, layer)
 
         job = BackgroundJob(f"Classifying {layer.name} ({card.kind.upper()})", work, on_returned=done)
 
@@ -210,10 +244,11 @@ class PredictionWidget(Container):
             for name in (classes_layer_name(layer), confidence_layer_name(layer)):
                 if name in self._viewer.layers:
                     self._viewer.layers.remove(name)
+            session_of(layer).clear_prediction()  # an older class map of this scan is not exported instead
         if self._shown is not None and (layer is None or self._shown == layer):
             session_of(self._shown).clear_prediction()
             self._shown = None
-        self._summary.value = ""
+        self._show_summary()
 
     def _show_confidence(self):
         if self._confidence_due is None:  # cleared meanwhile
@@ -255,34 +290,30 @@ class PredictionWidget(Container):
         if id(session) not in self._watched:
             self._watched.add(id(session))
             session.subscribe(lambda what: self._session_changed(session, what))
+        kept = session.stale_prediction or session.prediction
+        warnings = kept.get("warnings", []) if kept is not None and kept["out"] is out else []  # re-marked: kept
         session.store_prediction(
             {"layer": layer, "class_map": class_map, "confidence": confidence, "table": table,
-             "uncertain": uncertain, "out": out, "model": model, "result": result}, model, result,
-            flatfield=flatfield, geometry=geometry)
-        counts = {c: int((class_map == c).sum()) for c in table.ids}
-        unclassified = int((predicted == 0).sum())
-        self._summary.value = legend_html(table, counts) + (
-            f"<br>{unclassified} positions not classified (missing or no beam)" if unclassified else ""
-        ) + (f'<br><span style="background-color:{UNCERTAIN_COLOUR[:7]}; color:{UNCERTAIN_COLOUR[:7]}">'
-             f"&#9632;&#9632;</span>&nbsp;{int(uncertain.sum())} uncertain (probability below {threshold:g}): "
-             "left out of the class map and the keep-list" if threshold > 0 else "")
-        if session.stale_prediction is not None:  # its flat-field or geometry changed while it was made
-            self._session_changed(session, "flatfield")
+             "uncertain": uncertain, "threshold": threshold, "warnings": warnings, "out": out, "model": model,
+             "result": result}, model, result, flatfield=flatfield, geometry=geometry)
+        self._show_summary()  # the chosen scan's: stale at once when its flat-field or geometry changed meanwhile
         self._keep.reset_choices()
         if not self._keep.value:
             self._keep.value = [c for c in table.ids if table.names[c] == "amorphous_ice"]
 
-    def show_warnings(self, warnings):
-        """Each warning of the prediction as a napari warning, and under the counts."""
-        import html
-
+    def show_warnings(self, warnings, layer=None):
+        """Each warning of the prediction of ``layer`` (default: the one on show) as a napari warning,
+        and under its counts (kept with it: shown again when its scan is chosen again)."""
         from ..wording import in_napari_words
 
         warnings = [in_napari_words(w) for w in warnings]
         for w in warnings:
             show_warning(f"Prediction: {w}")
-        if warnings:
-            self._summary.value += "".join(f"<br><b>warning</b>: {html.escape(w, quote=False)}" for w in warnings)
+        session = session_of(layer if layer is not None else self._shown)
+        p = None if session is None else (session.prediction or session.stale_prediction)
+        if p is not None:
+            p["warnings"] = warnings
+        self._show_summary()
 
     def _rethreshold(self):
         """The threshold changed: mark the frames of the prediction on show again (no new run)."""
@@ -295,10 +326,12 @@ class PredictionWidget(Container):
             self._shown = None
 
     def _nothing_to_export(self) -> str:
-        session = session_of(self._shown)
+        layer = self._scan.value
+        session = session_of(layer)
         if session is not None and session.stale_prediction is not None:
-            return "the class map on show is stale (its flat-field, geometry or preprocessing changed): classify again"
-        return "classify a scan"
+            return (f"the class map of {layer.name} is stale (its flat-field, geometry or preprocessing changed): "
+                    "classify again")
+        return "classify a scan" if layer is None else f"{layer.name} has no class map yet: classify a scan"
 
     def export_class_map(self):
         from ...labels import save_class_map

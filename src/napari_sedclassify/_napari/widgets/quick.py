@@ -94,10 +94,13 @@ class QuickClassifyWidget(Container):
         self.native.destroyed.connect(lambda *_: self._close())
         self.job = None  # the running background job (proposal or training)
         self.model = None  # the last trained SedModel
+        self._model_from = None  # (scan layer, inputs_of(it)) the last model was trained from
+        self._sessions = set()  # ids of the ScanSessions whose input changes are followed
         self.trainings = 0  # finished retrainings (for tests and the status line)
         self._features = {}  # scan layer name -> (ScanFeatures (RIAs on the q axis), inputs_of(layer) they came from)
         self._dirty = False
-        self._labels_layer = None
+        self._watched = set()  # ids of the proposal layers whose edits retrain
+        self._target = None  # (scan layer, its proposal layer) the next retraining learns from
 
     # ---- proposal ----------------------------------------------------------------------------------
 
@@ -121,7 +124,7 @@ class QuickClassifyWidget(Container):
             labels = set_layer(self._viewer, proposal_layer_name(layer), prop.class_map.astype(np.uint8),
                                kind="labels", like=layer, colormap=class_colormap(self.table), opacity=0.5,
                                select=True)  # to brush corrections on
-            self._watch(labels)
+            self._watch(layer, labels)
             counts = ", ".join(f"{self.table.names[i].replace('_', ' ')} {int((prop.class_map == i).sum())}"
                                for i in self.table.ids)
             note = ""
@@ -132,6 +135,7 @@ class QuickClassifyWidget(Container):
             self.status.value = (f"Proposal from {len(prop.groups)} clusters: {counts}. Correct it with the brush; "
                                  "the quick prediction follows." + note)
             self.show_warnings(prop.details.get("warnings", []))
+            self._target = (layer, labels)  # what the next retraining learns from
             if self._follow.value:
                 self.schedule()
 
@@ -155,30 +159,35 @@ class QuickClassifyWidget(Container):
 
     # ---- training that follows the brush ---------------------------------------------------------------
 
-    def _watch(self, labels):
-        if self._labels_layer is labels:
+    def _watch(self, layer, labels):
+        """Edits of ``labels`` (the proposal of the scan of ``layer``) retrain on that scan, whichever
+        scan the widget's box shows then."""
+        if id(labels) in self._watched:
             return
-        self._labels_layer = labels
+        self._watched.add(id(labels))
         for name in ("paint", "data", "labels_update"):
             event = getattr(labels.events, name, None)
             if event is not None:
-                event.connect(lambda _e=None: self.schedule())
+                event.connect(lambda _e=None: self.schedule(layer, labels))
 
     def _close(self):
         self.closed = True
         self._timer.stop()
 
-    def schedule(self):
-        """Retrain after the edits settle (restarts the short timer on every edit)."""
+    def schedule(self, layer=None, labels=None):
+        """Retrain after the edits settle (restarts the short timer on every edit); on the scan of
+        ``layer`` with its proposal ``labels`` when given, else on the scan edited last."""
+        if layer is not None:
+            self._target = (layer, labels)
         if not self.closed and self._follow.value:
             self._timer.start()
 
     def retrain(self):
         if self.closed:  # a timer that fired as the widget went
             return None
-        layer = self._scan.value
-        labels = self._labels_layer
-        if layer is None or labels is None or layer.name not in self._features:
+        layer, labels = self._target or (None, None)
+        if layer is None or layer not in self._viewer.layers or labels not in self._viewer.layers \
+                or layer.name not in self._features:
             return None
         if self.job is not None and not self.job.done:
             self._dirty = True  # retrain once more when this one ends
@@ -192,6 +201,11 @@ class QuickClassifyWidget(Container):
                 self.status.value += ONE_CLASS
             return None
         kind = self._kind.value
+        rare = self._too_rare_for(kind, class_map)
+        if rare:  # a class brushed on one point (or proposed for one frame): say it, train nothing
+            if rare not in self.status.value:
+                self.status.value += f" {rare}"
+            return None
 
         def work(report, cancelled):
             from ...models.features import Augmentation, FeatureRecipe
@@ -206,7 +220,8 @@ class QuickClassifyWidget(Container):
         def done(out):
             model, pred, made = out
             self._features[layer.name] = (made, inputs)
-            self.model = model
+            self.model, self._model_from = model, (layer, inputs)
+            self._follow_inputs(layer)
             self.trainings += 1
             set_layer(self._viewer, quick_prediction_layer_name(layer), pred.class_map.astype(np.uint8), kind="labels",
                       like=layer, colormap=class_colormap(self.table), opacity=0.6, visible=True)
@@ -221,6 +236,46 @@ class QuickClassifyWidget(Container):
 
         return self._start(BackgroundJob(f"Training on {labels.name}", work, on_returned=done, on_finished=finished))
 
+    def _follow_inputs(self, layer):
+        session = session_of(layer)
+        if id(session) not in self._sessions:
+            self._sessions.add(id(session))
+            session.subscribe(lambda what: self._inputs_changed(layer, what))
+
+    def _model_is_stale(self) -> bool:
+        """Whether the flat-field, geometry or chip-edge pixel width of the scan the last model
+        learned from changed since (its features, so its model and quick prediction, no longer hold)."""
+        return self._model_from is not None and inputs_of(self._model_from[0]) != self._model_from[1]
+
+    def _inputs_changed(self, layer, what):
+        """The scan of the last model got another flat-field, geometry or chip-edge pixel width: its
+        quick prediction is retrained when following the brush, else said to be out of date."""
+        if self.closed or what not in ("flatfield", "geometry", "edge_pixel_width") or self._model_from is None \
+                or self._model_from[0] is not layer or not self._model_is_stale():
+            return
+        try:
+            self.status.value = (f"The quick model and prediction of {layer.name} were made before its "
+                                 f"{what.replace('_', ' ')} changed: "
+                                 + ("retraining." if self._follow.value else "retrain before using them."))
+        except RuntimeError:  # deleted with its viewer
+            return
+        name = proposal_layer_name(layer)
+        if self._follow.value and name in self._viewer.layers:
+            self.schedule(layer, self._viewer.layers[name])
+
+    def _too_rare_for(self, kind: str, class_map) -> str:
+        """What to brush when a class of ``class_map`` has too few points for the ``kind`` model
+        (the SVM calibrates its probabilities on labeled frames it holds out), else ""."""
+        from ...models.training import SVM_MIN_CLASS_FRAMES
+
+        ids, counts = np.unique(class_map[class_map > 0], return_counts=True)
+        rare = [self.table.names.get(int(c), str(c)).replace("_", " ") for c, n in zip(ids, counts)
+                if kind == "svm" and n < SVM_MIN_CLASS_FRAMES]
+        if not rare:
+            return ""
+        return (f"Not retrained: {', '.join(rare)} labeled on fewer than {SVM_MIN_CLASS_FRAMES} points, too few "
+                f"for the SVM; brush at least {SVM_MIN_CLASS_FRAMES} points of every class, or erase that class.")
+
     def save(self):
         from pathlib import Path
 
@@ -228,6 +283,11 @@ class QuickClassifyWidget(Container):
 
         if self.model is None:
             self.status.value = "Nothing to save yet: propose classes or paint labels first."
+            return None
+        if self._model_is_stale():
+            self.status.value = (f"Not saved: the model was trained before the flat-field, geometry or chip-edge "
+                                 f"pixel width of {self._model_from[0].name} changed; retrain it (edit the proposal) "
+                                 "and save again.")
             return None
         path = Path(str(self._path.value))
         if path.suffix != ".sedmodel" or path.name in ("", ".sedmodel"):

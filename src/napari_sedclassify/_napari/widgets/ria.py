@@ -17,7 +17,7 @@ from ..palette import display_name
 from ..pickers import follow_layers, scan_picker
 from ..plots import FigureView, form
 from ..preprocessing import preprocess_job
-from ..state import labels_layers_for, preprocess_current, preprocess_of, scan_layer_spatial
+from ..state import calibration_of, labels_layers_for, preprocess_current, preprocess_of, scan_layer_spatial
 
 POINTS = "points"
 CLASSES = "classes"
@@ -27,17 +27,26 @@ def points_layer_name(scan_layer) -> str:
     return f"{scan_layer.name} RIA points"
 
 
-def _warned(warnings) -> str:
+def _warn(warnings) -> None:
     """What the user must know before trusting a fitted camera length (``CalibrationResult.warnings``):
-    each a napari warning, and the lines to add under the value."""
+    each a napari warning."""
+    from ..wording import in_napari_words
+
+    for w in warnings:
+        show_warning(f"Camera length: {in_napari_words(w)}")
+
+
+def calibration_text(result, note: str = "") -> str:
+    """The fitted camera length ``result`` of a scan, with what applying it changed (``note``) and
+    its warnings, for the widget."""
     import html
 
     from ..wording import in_napari_words
 
-    warnings = [in_napari_words(w) for w in warnings]
-    for w in warnings:
-        show_warning(f"Camera length: {w}")
-    return "".join(f"<br><b>warning</b>: {html.escape(w, quote=False)}" for w in warnings)
+    return (f"Camera length {result.camera_length_mm:.1f} ± {result.camera_length_sd_mm:.1f} mm (fitted from "
+            f"{result.frames_used} ice frames; was {result.nominal_camera_length_mm:g} mm, {result.nominal_origin})."
+            + (f" {note}." if note else "")
+            + "".join(f"<br><b>warning</b>: {html.escape(in_napari_words(w), quote=False)}" for w in result.warnings))
 
 
 class RIAWidget(Container):
@@ -70,7 +79,16 @@ class RIAWidget(Container):
         for w in (self._scan, self._mode, self._labels, self._log, self._smooth, self._axis):
             w.changed.connect(lambda _=None: self.plot())
         self._pick.changed.connect(lambda _=None: self.points_layer())
+        self._scan.changed.connect(lambda _=None: self._show_calibration())
         self._viewer.layers.events.inserted.connect(self._watch_points)
+
+    def _show_calibration(self):
+        """The camera length fitted for the chosen scan, if any."""
+        try:
+            result = calibration_of(self._scan.value)
+            self.calibration_info.value = "" if result is None else calibration_text(result)
+        except RuntimeError:  # deleted with its viewer
+            pass
 
     def calibrate(self):
         """Fit the effective camera length from the amorphous-ice ring (``pipeline.calibrate``) in
@@ -95,10 +113,9 @@ class RIAWidget(Container):
         def done(result):
             note = apply_geometry(self._viewer, layer, result.geometry)
             set_state(layer, CALIBRATION_KEY, result)
-            self.calibration_info.value = (
-                f"Camera length {result.camera_length_mm:.1f} ± {result.camera_length_sd_mm:.1f} mm (fitted from "
-                f"{result.frames_used} ice frames; was {result.nominal_camera_length_mm:g} mm, "
-                f"{result.nominal_origin})." + (f" {note}." if note else "") + _warned(result.warnings))
+            _warn(result.warnings)
+            if self._scan.value is layer:  # never under another scan's name (choosing it again shows it)
+                self.calibration_info.value = calibration_text(result, note)
             self.plot()
 
         return self._calibrate.launch(BackgroundJob(f"Fitting the camera length of {layer.name}", work,
