@@ -361,12 +361,19 @@ def scan_reference(ria, radii_px, recipe: FeatureRecipe, geometry, valid=None) -
         return _ends(feats, carbon_ice_score(feats, recipe, geometry), recipe.context_end_fraction, np.nanmedian)
 
 
+def end_rows(rows, score, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(the ``fraction`` of ``rows`` with the highest ``score``: the carbon end, those with the lowest:
+    the ice end); ``score`` one value per row."""
+    order = np.argsort(score, kind="stable")
+    k = max(1, int(round(fraction * len(order))))
+    rows = np.asarray(rows)
+    return rows[order[-k:]], rows[order[:k]]
+
+
 def _ends(values, score, fraction: float, median=np.median) -> np.ndarray:
     """(2, ...): the medians of the ``fraction`` of ``values`` with the highest ``score`` (the carbon
     end), then of those with the lowest (the ice end)."""
-    order = np.argsort(score, kind="stable")
-    k = max(1, int(round(fraction * len(order))))
-    return np.stack([median(values[order[-k:]], axis=0), median(values[order[:k]], axis=0)])
+    return np.stack([median(values[r], axis=0) for r in end_rows(np.arange(len(score)), score, fraction)])
 
 
 def _bin_q(recipe: FeatureRecipe, geometry) -> np.ndarray | None:

@@ -24,9 +24,16 @@ class Prediction:
     class_ids: list
 
 
-def predict_scan(model, scan_features, batch_frames: int = 4096, cancel=None) -> Prediction:
+#: Frames classified at once: a radial profile is a few hundred bytes, a crop model's input (48 x 48
+#: px, up to 4 channels, and its context's intermediates) 40-150 kB, so crops go in smaller blocks
+#: (a multiple of the network's own batch, ``arrays.ArrayPipeline.NETWORK_BATCH``).
+BATCH_FRAMES = {"ria": 4096, "crop": 512}
+
+
+def predict_scan(model, scan_features, batch_frames: int | None = None, cancel=None) -> Prediction:
     """Classify every recorded frame of ``scan_features`` (a ``ScanFeatures``) with ``model``
-    (a ``SedModel``), ``batch_frames`` frames at a time."""
+    (a ``SedModel``), ``batch_frames`` frames at a time (default: ``BATCH_FRAMES`` of the model's
+    input kind), so its working memory does not grow with the scan."""
     model.check_geometry(scan_features.geometry, scan_features.name)
     whole_scan = model.recipe.scan_context or model.recipe.scan_neighbours
     if model.recipe.kind == "ria" and whole_scan and (~scan_features.missing).sum() < MIN_CONTEXT_FRAMES:
@@ -40,6 +47,7 @@ def predict_scan(model, scan_features, batch_frames: int = 4096, cancel=None) ->
     ids = list(model.classes.ids)
     proba = np.full((sy * sx, len(ids)), np.nan, dtype=np.float32)
     todo = np.flatnonzero(~scan_features.missing.ravel())
+    batch_frames = int(batch_frames or BATCH_FRAMES[model.recipe.kind])
     cols = [ids.index(int(c)) for c in model.estimator.classes_]
     for start in range(0, len(todo), batch_frames):
         check_cancel(cancel)

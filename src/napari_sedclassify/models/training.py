@@ -21,9 +21,9 @@ from .features import (
     FeatureRecipe,
     carbon_ice_score,
     crop_features,
-    crop_reference,
     crop_score,
     end_positions,
+    end_rows,
     neighbour_context,
     neighbour_extremes,
     ria_features,
@@ -83,8 +83,7 @@ class ScanFeatures:
                 f"{self.name}: this model compares every crop with its scan's two ends (crop_context), which "
                 f"needs a whole scan (at least {MIN_CONTEXT_FRAMES} frames), not {valid.sum()}: classify "
                 "whole scans (sedclassify predict), not frame by frame")
-        raw = self._raw_crops(recipe)[valid]
-        self._references[key] = crop_reference(raw, recipe, self.crop_q_per_px(recipe))
+        self._references[key] = self._crop_ranking(recipe)[1]
         return self._references[key]
 
     def neighbours(self, recipe: FeatureRecipe) -> np.ndarray:
@@ -169,20 +168,43 @@ class ScanFeatures:
             return self._references[key]
         self.reference(recipe)  # refuses parts of scans
         valid = ~np.asarray(self.missing, bool).ravel()
-        with np.errstate(all="ignore"):
-            score = crop_score(self._raw_crops(recipe), self.crop_q_per_px(recipe))
+        score = self._crop_ranking(recipe)[0]
         score = np.where(valid & np.isfinite(score), score, np.nan).reshape(self.scan_shape)
         self._references[key] = neighbour_extremes(score)
         return self._references[key]
 
-    def _raw_crops(self, recipe: FeatureRecipe) -> np.ndarray:
-        """Every frame's crop resampled as ``recipe`` asks, before normalisation, context and mask
-        (what the scan's ends and the neighbours are ranked on); computed once per recipe."""
+    def _crop_ranking(self, recipe: FeatureRecipe) -> tuple[np.ndarray, np.ndarray]:
+        """(every frame's :func:`~.features.crop_score` (n,), the scan's two ends as
+        :func:`~.features.crop_reference` gives them (2, S, S)), from the crops resampled as
+        ``recipe`` asks before normalisation, context and mask; computed once per recipe.
+
+        One pass of ``RANK_BLOCK_FRAMES`` frames at a time: the resampled crops wait in a scratch
+        store (a temporary memory-mapped file over ``RANK_IN_MEMORY_BYTES``) and the ends' pixel-wise
+        medians are taken a few pixels at a time, so the memory this takes does not grow with the
+        scan (it held every crop twice: 2.1 GB for a 256 x 256 scan; docs/performance.md)."""
         plain = recipe.replace(normalise=False, crop_context="none", crop_mask_q_invA=0.0, scan_neighbours=False,
                                augmentation=Augmentation(copies=0))
-        key = ("raw_crops", plain, repr(self.geometry))
-        if key not in self._references:
-            self._references[key] = self.inputs(plain)
+        key = ("crop_ranking", plain, repr(self.geometry))
+        if key in self._references:
+            return self._references[key]
+        n, size = self.missing.size, plain.crop_size
+        raw = _scratch((n, size * size))
+        score, finite = np.empty(n), np.empty(n, bool)
+        q_per_px = self.crop_q_per_px(recipe)
+        for start in range(0, n, RANK_BLOCK_FRAMES):
+            sel = slice(start, min(start + RANK_BLOCK_FRAMES, n))
+            block = self.inputs(plain, np.arange(n)[sel]).reshape(-1, size * size)
+            raw[sel] = block
+            finite[sel] = np.isfinite(block).all(axis=1)
+            with np.errstate(all="ignore"):
+                score[sel] = crop_score(block.reshape(-1, size, size), q_per_px)
+        rows = np.flatnonzero(~np.asarray(self.missing, bool).ravel() & finite)
+        if len(rows):
+            ends = [_pixel_median(raw, np.sort(r)) for r in end_rows(rows, score[rows], recipe.context_end_fraction)]
+            reference = np.stack(ends).reshape(2, size, size).astype(np.float32)
+        else:
+            reference = np.full((2, size, size), np.nan, dtype=np.float32)
+        self._references[key] = (score, reference)
         return self._references[key]
 
     def _wanted_crop_px(self, recipe: FeatureRecipe) -> float | None:
@@ -200,6 +222,31 @@ class ScanFeatures:
         if recipe.crop_radius_A:
             return (1.0 / float(recipe.crop_radius_A)) / (recipe.crop_size / 2.0)
         return None
+
+
+#: Frames resampled at once when a crop recipe ranks a scan's frames (its two ends, each frame's
+#: neighbours): about 10 MB of crops (48 x 48 float32) per block.
+RANK_BLOCK_FRAMES = 1024
+#: A scan's resampled crops wait in memory up to this size, beyond it in a temporary memory-mapped
+#: file; the ends' medians read at most this much of them at a time.
+RANK_IN_MEMORY_BYTES = 64 * 2**20
+
+
+def _scratch(shape) -> np.ndarray:
+    """An empty float32 array of ``shape``: in memory when small, else over a temporary file
+    (removed when the array goes), so that its pages are the file's, not the process's memory."""
+    from ..processing.runner import file_backed_empty
+
+    if int(np.prod(shape)) * 4 <= RANK_IN_MEMORY_BYTES:
+        return np.empty(shape, np.float32)
+    return file_backed_empty(shape, np.float32)
+
+
+def _pixel_median(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The median over ``rows`` of every column of ``values`` (n, m): as ``np.median(values[rows],
+    axis=0)``, a block of columns at a time (at most ``RANK_IN_MEMORY_BYTES`` read at once)."""
+    step = max(1, RANK_IN_MEMORY_BYTES // (4 * len(rows)))
+    return np.concatenate([np.median(values[rows, c:c + step], axis=0) for c in range(0, values.shape[1], step)])
 
 
 def check_class_map(class_map, scan: ScanFeatures, classes: ClassTable, what: str = "labels") -> np.ndarray:

@@ -190,7 +190,7 @@ class FrameRunner:
         for name, s in self.outputs(with_centring).items():
             shape = (int(n_frames),) + tuple(s.shape)
             nbytes = int(np.prod(shape)) * np.dtype(s.dtype).itemsize
-            store[name] = _big_empty(shape, s.dtype) if nbytes > IN_MEMORY_STORE_BYTES else np.empty(shape, s.dtype)
+            store[name] = file_backed_empty(shape, s.dtype) if nbytes > IN_MEMORY_STORE_BYTES else np.empty(shape, s.dtype)
             store[name][...] = s.fill
         return store
 
@@ -475,8 +475,9 @@ def _run_block(runner: FrameRunner, block, index, centres):
 IN_MEMORY_STORE_BYTES = 256 * 2**20
 
 
-def _big_empty(shape, dtype):
-    """An uninitialised array backed by an unlinked temporary file (freed when dropped)."""
+def file_backed_empty(shape, dtype) -> np.memmap:
+    """An uninitialised array backed by an unlinked temporary file (freed when dropped): its pages
+    are the file's, which the system can write out and drop, not the process's memory."""
     import tempfile
 
     with tempfile.TemporaryFile() as f:
