@@ -500,3 +500,31 @@ def test_a_command_builds_only_its_own_parser(realdata):
     listing = subprocess.run([sys.executable, "-m", "napari_sedclassify.cli", "--help"], capture_output=True,
                              text=True, timeout=120).stdout
     assert all(f"    {name}" in listing for name in SUBCOMMANDS), listing
+
+
+def test_psutil_is_imported_only_when_a_leftover_names_a_process(files, tmp_path):
+    """Writing an output looks for temporary files left by killed runs beside it; psutil (7 ms on
+    every command's way out) is imported only when one is there, to ask whether its process is
+    gone. A leftover of a process that has ended is removed; one of a running process is not."""
+    (scan0, _, flat), _ = files[1]
+    out = tmp_path / "p.h5"
+    argv = ["preprocess", str(scan0), "--flatfield", str(flat), "--out", str(out)]
+    code = (
+        "import sys\n"
+        "from napari_sedclassify.cli import main\n"
+        f"rc = main({argv!r} + sys.argv[1:])\n"
+        "print(rc, 'psutil' in sys.modules)\n"
+    )
+    r = _python(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "0 False"
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone_pid = int(done.stdout)  # a process that has ended
+    stale = tmp_path / f".p.h5.{gone_pid}-abc123.part.h5"
+    alive = tmp_path / f".p.h5.{os.getpid()}-def456.part.h5"
+    stale.write_bytes(b"half")
+    alive.write_bytes(b"half")
+    r = subprocess.run([sys.executable, "-c", code, "--force"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "0 True"
+    assert not stale.exists() and alive.exists()

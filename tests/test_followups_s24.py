@@ -54,24 +54,28 @@ def test_predict_with_a_fitted_centring_model_shows_each_pass_over_the_scans_fra
     a scan of 64 frames (both passes counted as one)."""
     assert main(["predict", str(files["model"]), str(files["scans"][0]), "-o", str(tmp_path / "one")]) == 0
     err = capsys.readouterr().err
-    assert _bars(err) == {("classify pass 1/2", "64", "64"), ("classify pass 2/2", "64", "64")}, err
+    assert _bars(err) == {("preprocess pass 1/2", "64", "64"), ("preprocess pass 2/2", "64", "64"),
+                          ("classify", "64", "64")}, err
     assert f"/{2 * FRAMES}" not in err
 
     assert main(["predict", str(files["model"]), *map(str, files["scans"]), "-o", str(tmp_path / "two")]) == 0
     err = capsys.readouterr().err
-    assert _bars(err) == {(f"classify scan {i}/2 pass {k}/2", "64", "64") for i in (1, 2) for k in (1, 2)}, err
+    assert _bars(err) == ({(f"preprocess scan {i}/2 pass {k}/2", "64", "64") for i in (1, 2) for k in (1, 2)}
+                          | {(f"classify scan {i}/2", "64", "64") for i in (1, 2)}), err
 
 
 def test_evaluate_and_reduce_show_each_pass_over_the_scans_frames(files, tmp_path, capsys):
     scans, truths = map(str, files["scans"]), map(str, files["truths"])
     assert main(["evaluate", str(files["model"]), "--scans", *scans, "--labels", *truths]) == 0
     err = capsys.readouterr().err
-    assert _bars(err) == {(f"classify scan {i}/2 pass {k}/2", "64", "64") for i in (1, 2) for k in (1, 2)}, err
+    assert _bars(err) == ({(f"preprocess scan {i}/2 pass {k}/2", "64", "64") for i in (1, 2) for k in (1, 2)}
+                          | {(f"classify scan {i}/2", "64", "64") for i in (1, 2)}), err
 
     assert main(["reduce", str(files["scans"][0]), "--model", str(files["model"]), "--classes", "amorphous_ice",
                  "-o", str(tmp_path / "kept.h5")]) == 0
     err = capsys.readouterr().err
-    assert {("classify pass 1/2", "64", "64"), ("classify pass 2/2", "64", "64")} <= _bars(err), err
+    assert {("preprocess pass 1/2", "64", "64"), ("preprocess pass 2/2", "64", "64"),
+            ("classify", "64", "64")} <= _bars(err), err
     assert f"/{2 * FRAMES}" not in err
 
 
@@ -131,6 +135,6 @@ def test_a_live_run_refuses_what_the_given_detector_cannot_hold_before_waiting(f
     model = load_model(files["model"])
     model = dataclasses.replace(model, preprocess={**model.preprocess, "beam_radius_px": 100.0})
     coming = tmp_path / "not_yet.mib"  # the detector has not started writing it
-    with pytest.raises(ValueError, match=r"not_yet\.mib: .*beam_radius_px=100\) must be at most 64 px"):
+    with pytest.raises(ValueError, match=r"not_yet\.mib: .*beam_radius_px=100, --beam-radius 100\) must be at most 64 px"):
         watch(model, coming, scan_shape=(8, 8), geometry=sims[0].geometry, out_dir=tmp_path / "out", timeout_s=2.0)
     assert not (tmp_path / "out" / "not_yet_watch.lock").exists()

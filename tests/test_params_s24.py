@@ -97,7 +97,7 @@ def test_a_value_no_scan_can_use_is_refused_when_the_parameters_are_made(given, 
 
 
 @pytest.mark.parametrize("given, problem", [
-    (dict(beam_radius_px=500.0), r"beam_radius_px=500\) must be at most 64 px \(half the 128 x 128 px detector\)"),
+    (dict(beam_radius_px=500.0), r"beam_radius_px=500, --beam-radius 500\) must be at most 64 px \(half the 128 x 128 px detector\)"),
     (dict(ria_r_min_px=200.0, ria_r_max_px=300.0), r"ria_r_min_px=200\) must be less than 90\.5 px"),
     (dict(adf_inner_px=1000.0), r"adf_inner_px=1000\) must be less than 90\.5 px"),
     (dict(ria_r_min_px=20.0, ria_q_max_invA=0.01), r"ria_q_max_invA=0\.01\) must be more than"),

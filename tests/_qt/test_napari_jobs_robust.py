@@ -227,6 +227,7 @@ def test_no_beam_error_points_at_the_centring_tabs_beam_radius_field(make_napari
     assert job.outcome == "failed"
     status = ce._jobs.status.value
     assert "beam radius (px, 0 = measure)" in status and "In Python" not in status
+    assert "command line" not in status and "--beam-radius" not in status
     assert any("beam radius (px, 0 = measure)" in n for n in notifications)
 
 

@@ -55,12 +55,15 @@ def train_features_to_file(scan_features, class_maps, out, *, progress=None, can
 
 def predict_features(model_path, scan_features, *, progress=None, cancel=None) -> dict:
     """Classify the frames of one scan's ScanFeatures with the model file ``model_path``;
-    returns {"class_map", "probabilities", "class_ids"}."""
+    returns {"class_map", "probabilities", "class_ids"}. progress(done, {"total": total}): recorded
+    frames classified, after each block (the ``progress(n, logs)`` that crosses from a spawned
+    child, :func:`run`); cancel() is checked between blocks."""
     from ..models.inference import predict_scan
     from ..models.persistence import load_model
 
     model = load_model(model_path)
-    pred = predict_scan(model, scan_features, cancel=cancel)
+    frames = None if progress is None else (lambda done, total: progress(done, {"total": total}))
+    pred = predict_scan(model, scan_features, cancel=cancel, progress=frames)
     return {"class_map": pred.class_map, "probabilities": pred.probabilities, "class_ids": list(pred.class_ids)}
 
 

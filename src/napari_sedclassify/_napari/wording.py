@@ -34,6 +34,9 @@ def _bare(match) -> str:
 
 
 _RULES = [
+    # a parameter's Python name and flag after its words ("crop radius 100 px (crop_radius_px=100,
+    # --crop-radius 100) is ..."): the widget's field is named in its own words already
+    (re.compile(r" \([a-z][a-z0-9_]*=[^()]*\)"), ""),
     # the calibration's command-line-only advice: the RIA widget's Fit camera length searches ±15 % of
     # the camera length in Scan geometry, for the ice ring only
     (re.compile(re.escape(FURTHER_OFF_ADVICE)),
@@ -44,6 +47,7 @@ _RULES = [
     # the no-beam error of preprocessing, whichever step (Centring, Propose classes, Classify) met it
     (re.compile(r" \(In Python, give bf_radius_px and adf_inner_px, or beam_radius_px\.\)"),
      f" If it is, {BEAM_FIELD_HINT}."),
+    (re.compile(r" On the command line, give the beam's radius: --beam-radius PX\."), ""),
     (re.compile(r" \(sedclassify train\)"), " (the Training widget)"),
     (re.compile(r" \(`train --session-robust` on scans of several sessions holds better\)"),
      " (a model trained on scans of several sessions holds better)"),

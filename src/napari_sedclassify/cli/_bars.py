@@ -1,5 +1,7 @@
 """tqdm progress bars (on stderr) for the commands: frames while scans are simulated,
-preprocessed or classified, epochs while a model trains."""
+preprocessed or classified, epochs while a model trains. A prediction shows two stages, one
+after the other, per scan: "preprocess" (the scan's frames) then "classify" (the recorded frames
+the model has classified, block by block)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from typing import Sequence
 
 class Bars:
     """Callbacks for ``progress(done, total)`` (:meth:`frames`), ``preprocess_progress(i, n, done,
-    total)`` / ``scan_progress`` (:meth:`scan`: frames over all scans) and ``progress(epoch, logs)``
-    (:meth:`epoch`: training epochs). One bar at a time: a bar of another kind or description
-    replaces the one shown. Thread-safe. Use as a context manager."""
+    total)`` / ``scan_progress`` (:meth:`scan`: frames over all scans), ``classify_progress(i, n,
+    done, total)`` (:meth:`classify`: the model's stage of a prediction, per scan) and
+    ``progress(epoch, logs)`` (:meth:`epoch`: training epochs). One bar at a time: a bar of another
+    kind or description replaces the one shown. Thread-safe. Use as a context manager."""
 
-    def __init__(self, frames_desc: str = "preprocess", epochs_desc: str = "train"):
-        self.frames_desc, self.epochs_desc = frames_desc, epochs_desc
+    def __init__(self, frames_desc: str = "preprocess", epochs_desc: str = "train", classify_desc: str = "classify"):
+        self.frames_desc, self.epochs_desc, self.classify_desc = frames_desc, epochs_desc, classify_desc
         self.bar = self.key = None
         self._lock = threading.Lock()
 
@@ -57,6 +60,12 @@ class Bars:
     def scan(self, i: int, n: int, done: int, total: int, desc: str | None = None) -> None:
         self._show("frame", desc or self.frames_desc, n * total, i * total + done)
 
+    def classify(self, i: int, n: int, done: int, total: int) -> None:
+        """Scan i of n: ``done`` of its ``total`` recorded frames classified by the model (reported
+        once per block: 512 crops or 4096 radial profiles), on a bar of its own after the scan's
+        preprocessing bar ("classify", "classify scan 2/3")."""
+        self._show("frame", f"{self.classify_desc} scan {i + 1}/{n}" if n > 1 else self.classify_desc, total, done)
+
     def epoch(self, epoch: int, logs: dict, desc: str | None = None) -> None:
         shown = {k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "val_loss", "val_accuracy")}
         self._show("epoch", desc or self.epochs_desc, int(logs.get("max_epochs", 0)) or None, int(epoch), shown)
@@ -88,11 +97,9 @@ def by_pass(bars: Bars, n_frames: int, desc: str | None = None):
 
 def scans_by_pass(bars: Bars, n_frames: Sequence[int]):
     """A ``scan_progress(i, n, done, total)`` (scan i of n; ``n_frames``: each scan's frames) shown
-    on ``bars``: one bar over all scans, or, when a scan's frames are counted more than once (fitted
-    centring: two passes), :func:`by_pass` on that scan ("classify scan 2/3 pass 1/2")."""
+    on ``bars``, a bar per scan ("preprocess scan 2/3", its "classify scan 2/3" bar follows), by
+    :func:`by_pass` ("preprocess scan 2/3 pass 1/2" when fitted centring reads its frames twice)."""
     def show(i: int, n: int, done: int, total: int) -> None:
-        if total <= n_frames[i]:
-            return bars.scan(i, n, done, total)
         by_pass(bars, n_frames[i], f"{bars.frames_desc} scan {i + 1}/{n}" if n > 1 else None)(done, total)
 
     return show
@@ -101,9 +108,7 @@ def scans_by_pass(bars: Bars, n_frames: Sequence[int]):
 def in_turn_by_pass(bars: Bars, n_frames: Sequence[int], passes: int):
     """A ``progress(done, total)`` over scans processed one after another, each of its frames
     counted ``passes`` times (``pipeline.batch.batch_predict`` without a cluster: frames over all
-    scans), shown per scan by :func:`scans_by_pass` when ``passes`` > 1."""
-    if passes == 1:
-        return bars.frames
+    scans), shown per scan by :func:`scans_by_pass`."""
     ends = list(accumulate(passes * n for n in n_frames))
     per_scan = scans_by_pass(bars, n_frames)
 

@@ -40,6 +40,10 @@ def add_scan_options(p, *, scan_shape: bool = True, executor: bool = False) -> N
                    help="width of a Medipix3 quad's wide pixels along its chip boundaries, in pixel pitches, 1 = "
                         "all pixels equal (default: the file's, else measured from the frames: the wide pixels "
                         "collect that many times their neighbours' counts)")
+    g.add_argument("--beam-radius", type=float, metavar="PX", dest="beam_radius_px",
+                   help="direct-beam radius in px, for scans whose first frames show no beam to measure it on "
+                        "(crystals, a grid bar; default: measured on those frames): sets the centre search and "
+                        "the bright-field and ADF radii")
     if scan_shape:
         g.add_argument("--scan-shape", nargs=2, type=int, metavar=("SY", "SX"),
                        help="scan rows and columns when the file does not say them (or to override it)")
@@ -219,14 +223,41 @@ def json_printed(args, obj) -> bool:
 
 
 def detector_options(args) -> dict:
-    """What the command line says of the detector's pixels, as scan metadata: {} or
-    {"edge_pixel_width": w, "edge_pixel_width_origin": "given"} (a CLIError for w < 1)."""
+    """What the command line says of the detector's pixels and the direct beam, as scan metadata
+    (what the preprocessing plan reads): {}, {"edge_pixel_width": w, "edge_pixel_width_origin":
+    "given"} and {"beam_radius_px": r} (a CLIError for w < 1, or r refused by PreprocessParams)."""
+    out = {}
     w = getattr(args, "edge_pixel_width", None)
-    if w is None:
-        return {}
-    if not w >= 1:
-        raise CLIError(f"--edge-pixel-width must be at least 1 pitch, got {w:g}")
-    return {"edge_pixel_width": float(w), "edge_pixel_width_origin": "given"}
+    if w is not None:
+        if not w >= 1:
+            raise CLIError(f"--edge-pixel-width must be at least 1 pitch, got {w:g}")
+        out.update(edge_pixel_width=float(w), edge_pixel_width_origin="given")
+    r = getattr(args, "beam_radius_px", None)
+    if r is not None:
+        beam_params(r)  # refused here, before any file is read
+        out["beam_radius_px"] = float(r)
+    return out
+
+
+def beam_params(radius_px: float):
+    """PreprocessParams with the direct-beam radius ``radius_px`` (--beam-radius): the one place
+    its value is checked (a CLIError, one line)."""
+    from ..processing import PreprocessParams
+
+    try:
+        return PreprocessParams(beam_radius_px=radius_px)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def check_beam_radius(args, scan) -> None:
+    """A CLIError naming the scan when --beam-radius is wider than its detector holds."""
+    r = getattr(args, "beam_radius_px", None)
+    if r is not None:
+        try:
+            beam_params(r).check_detector(scan.geometry)
+        except ValueError as exc:
+            raise CLIError(f"{scan.source or 'the scan'}: {exc}") from None
 
 
 def geometry_values(args) -> dict:
@@ -251,6 +282,7 @@ def open_scan_from_args(path, args, **options):
     scan = open_scan(cluster_path(path, args), tuple(shape) if shape else None, geometry=geometry_values(args),
                      **options)
     scan.metadata.update(detector_options(args))
+    check_beam_radius(args, scan)
     return scan
 
 

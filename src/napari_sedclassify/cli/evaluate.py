@@ -37,9 +37,10 @@ def run(args) -> int:
     flatfields = checked_flatfields(args.flatfield, scans, args.flatfield_dataset) if args.flatfield else None
     if args.plot:
         writable_folder(out_folder(args.plot))
-    with Bars(frames_desc="classify") as bars, executor(args, sum(s.n_frames for s in scans)):
+    with Bars() as bars, executor(args, sum(s.n_frames for s in scans)):
         ev = evaluate_model(args.model, scans, args.labels, flatfield=flatfields,
-                           scan_progress=scans_by_pass(bars, [s.n_frames for s in scans]))
+                           scan_progress=scans_by_pass(bars, [s.n_frames for s in scans]),
+                           classify_progress=bars.classify)
     figures = ev.plot(args.plot) if args.plot else []
     d = ev.to_dict()
     print_warnings(d.get("warnings", []))

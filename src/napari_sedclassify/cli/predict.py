@@ -77,9 +77,10 @@ def run(args) -> int:
     writable_folder(out)
     frames, files = sum(s.n_frames for s in scans), [s.source for s in scans]
     passes = 2 if (card.preprocess or {}).get("centring") == "fitted" else 1  # fitted centring: 2 passes
-    with Bars(frames_desc="classify") as bars, executor(args, frames, files) as client:
+    with Bars() as bars, executor(args, frames, files) as client:
         results = batch_predict(args.model, scans, out, flatfield=flatfields, client=client, force=args.force,
                                 progress=_progress(bars, scans, passes, client),
+                                classify_progress=bars.classify if _in_turn(scans, client) else None,
                                 uncertain_below=args.uncertain_below, hspy=args.hspy,
                                 keep=[k for k in args.keep.split(",") if k.strip()])
     print_warnings(model_file_warnings(card) + [w for r in results for w in r.get("warnings", [])])
@@ -93,15 +94,23 @@ def run(args) -> int:
     return 0
 
 
+def _in_turn(scans, client) -> bool:
+    """Whether ``batch_predict`` takes the scans one after another (threads here, or one scan): each
+    scan's bars, "preprocess" then "classify", follow each other. On a cluster two scans run at
+    once: one preprocessing bar over all of them, and no classify bar (it would take turns with that
+    one, a new line at each turn)."""
+    return client is None or len(scans) == 1
+
+
 def _progress(bars, scans, passes: int, client):
     """``batch_predict``'s progress(done, total) on ``bars``: per scan and pass when the scans are
-    classified one after another (threads here, or one scan); on a cluster, two scans at once, one
-    bar over all of them naming the passes."""
+    preprocessed one after another (:func:`_in_turn`); on a cluster, two scans at once, one bar
+    over all of them naming the passes."""
     from ._bars import in_turn_by_pass
 
-    if client is None or len(scans) == 1 or passes == 1:
+    if _in_turn(scans, client):
         return in_turn_by_pass(bars, [s.n_frames for s in scans], passes)
-    desc = f"{bars.frames_desc} ({passes} passes over each frame)"
+    desc = bars.frames_desc + (f" ({passes} passes over each frame)" if passes > 1 else "")
     return lambda done, total: bars.scan(0, 1, done, total, desc=desc)
 
 

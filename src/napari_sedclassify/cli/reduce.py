@@ -44,6 +44,8 @@ def _checked_classes(classes, table) -> None:
 
 
 def run(args):
+    from functools import partial
+
     from ..classes import ClassTable
     from ..pipeline.reduce import reduce_scan
     from ._bars import Bars, by_pass
@@ -64,8 +66,9 @@ def run(args):
         model = as_model(args.model)
         table = model.classes
         _checked_classes(args.classes, table)
-        with Bars(frames_desc="classify") as bars, executor(args, scan.n_frames):
-            pred = predict_scan(model, scan, flatfield=flatfield, progress=by_pass(bars, scan.n_frames))
+        with Bars() as bars, executor(args, scan.n_frames):
+            pred = predict_scan(model, scan, flatfield=flatfield, progress=by_pass(bars, scan.n_frames),
+                                classify_progress=partial(bars.classify, 0, 1))
         class_map, probabilities = pred.class_map, pred.probabilities
         how = {"class_map_from": "model", "model": str(args.model), "model_kind": model.kind,
                "flatfield": args.flatfield, "class_ids_of_probabilities": pred.class_ids}

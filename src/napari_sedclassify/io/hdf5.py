@@ -203,7 +203,8 @@ def _arina_metadata(f):
         "frame_time_s": _value(f, det + "frame_time"),
         "timestamp_first": _value(f, spec + "data_collection_date"),
         "counter_depth": _value(f, det + "bit_depth_image"),
-        "saturation_value": _value(f, det + "saturation_value"),
+        # the counter's full value (the plan's saturation level: it reads this before counter_depth)
+        "saturation_counts": _value(f, det + "saturation_value"),
         "n_images": _value(f, spec + "nimages"),
         "n_triggers": _value(f, spec + "ntrigger"),
     }

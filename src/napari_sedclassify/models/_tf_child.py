@@ -7,7 +7,9 @@ Options: ``--preload a,b`` imports modules before anything is read (a spare chil
 ahead of its job); ``--nice-at-least N`` lowers its priority to niceness N at once.
 
 Protocol (every message one frame: 8-byte big-endian length, then a pickle):
-- stdin, from the parent: a header {"sys_path", "cwd", "nice"}, then (func, args, kwargs); afterwards
+- stdin, from the parent: a header {"sys_path", "cwd", "nice", "arrays"}, then (func, args, kwargs)
+  pickled with protocol 5, whose out-of-band buffers are the files "arrays" lists, in order (mapped
+  copy-on-write here: the job may write to its arrays, the files stay as they are); afterwards
   one byte ``C`` asks to cancel, and the end of stdin (the parent went away) cancels too;
 - the original stdout, to the parent: ("progress", n, dict), then one of ("result", value),
   ("cancelled", message) or ("error", message, traceback). Anything the job prints goes to
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import mmap
 import os
 import pickle
 import struct
@@ -44,6 +47,15 @@ def read_frame_bytes(stream) -> bytes | None:
     n = _LEN.unpack(head)[0]
     data = stream.read(n)
     return data if len(data) == n else None
+
+
+def _mapped(paths) -> list:
+    """The files of a job's out-of-band buffers, mapped copy-on-write (pages are read as used)."""
+    maps = []
+    for path in paths:
+        with open(path, "rb") as f:
+            maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
+    return maps
 
 
 def _nice_to(target: int) -> None:
@@ -97,7 +109,7 @@ def main(argv=()) -> int:
         job = read_frame_bytes(commands)
         if job is None:
             return 2
-        func, args, kwargs = pickle.loads(job)
+        func, args, kwargs = pickle.loads(job, buffers=_mapped(header.get("arrays", ())))
     except BaseException as exc:
         error(exc)
         return 1

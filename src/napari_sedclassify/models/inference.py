@@ -30,10 +30,12 @@ class Prediction:
 BATCH_FRAMES = {"ria": 4096, "crop": 512}
 
 
-def predict_scan(model, scan_features, batch_frames: int | None = None, cancel=None) -> Prediction:
+def predict_scan(model, scan_features, batch_frames: int | None = None, cancel=None, progress=None) -> Prediction:
     """Classify every recorded frame of ``scan_features`` (a ``ScanFeatures``) with ``model``
     (a ``SedModel``), ``batch_frames`` frames at a time (default: ``BATCH_FRAMES`` of the model's
-    input kind), so its working memory does not grow with the scan."""
+    input kind), so its working memory does not grow with the scan. ``progress(done, total)``:
+    frames classified of the recorded frames, at the start (0) and after each block; ``cancel()``
+    is checked before each block (raises ``errors.Cancelled``)."""
     model.check_geometry(scan_features.geometry, scan_features.name)
     whole_scan = model.recipe.scan_context or model.recipe.scan_neighbours
     if model.recipe.kind == "ria" and whole_scan and (~scan_features.missing).sum() < MIN_CONTEXT_FRAMES:
@@ -50,6 +52,8 @@ def predict_scan(model, scan_features, batch_frames: int | None = None, cancel=N
     batch_frames = int(batch_frames or BATCH_FRAMES[model.recipe.kind])
     cols = [ids.index(int(c)) for c in model.estimator.classes_]
     for start in range(0, len(todo), batch_frames):
+        if progress is not None:
+            progress(start, len(todo))
         check_cancel(cancel)
         sel = todo[start:start + batch_frames]
         X = scan_features.inputs(model.recipe, sel)
@@ -58,6 +62,8 @@ def predict_scan(model, scan_features, batch_frames: int | None = None, cancel=N
             p = np.zeros((int(ok.sum()), len(ids)), dtype=np.float32)
             p[:, cols] = model.predict_proba(X[ok])
             proba[sel[ok]] = p
+    if progress is not None and len(todo):
+        progress(len(todo), len(todo))
     class_map = np.zeros(sy * sx, dtype=np.uint8)
     done = np.isfinite(proba).all(axis=1)
     class_map[done] = np.asarray(ids, dtype=np.uint8)[np.argmax(proba[done], axis=1)]

@@ -111,6 +111,37 @@ def check_calibration(model: SedModel, geometry: Geometry, scan_name: str = "the
                                      + _in_python(message))
 
 
+#: Largest factor between the scan's camera length (λL: the voltage counts too) and the training
+#: scans' at which a model that reads each frame on its own is applied without a warning. What the
+#: detector adds to every frame (the direct beam's disc, halo and point spread, the stray counts) is
+#: fixed in detector µm, so in q it spans 1/(λL): simulated scans 1.5x shorter lost 0.02 accuracy
+#: to the SVM, 1.5x longer 0.15-0.2, 2.25x shorter 0.27, 4.5x shorter 0.87 (docs/results.md, session 25).
+CAMERA_LENGTH_FACTOR_MAX = 1.4
+
+
+def camera_length_warning(model: SedModel, geometry: Geometry, where: str = "the scan") -> str | None:
+    """The warning for a scan recorded at a camera length (λL) more than
+    :data:`CAMERA_LENGTH_FACTOR_MAX` times shorter or longer than ``model``'s training scans (its
+    card's geometry, in every model file), for a model that reads each frame on its own; None when
+    within it, when either camera length is unknown, or for a model that reads every frame against
+    its scan's own frames (``scan_context``, ``crop_context``), which cancels what the detector adds."""
+    recipe, trained = model.recipe, model.geometry
+    if recipe.scan_context or recipe.crop_context != "none" or not (trained.calibrated and geometry.calibrated):
+        return None
+    factor = (trained.wavelength_A * trained.camera_length_mm) / (geometry.wavelength_A * geometry.camera_length_mm)
+    if max(factor, 1 / factor) <= CAMERA_LENGTH_FACTOR_MAX:
+        return None
+    how = f"{factor:.1f}x shorter" if factor > 1 else f"{1 / factor:.1f}x longer"
+    return (f"{where}: recorded at a camera length of {geometry.camera_length_mm:g} mm ({geometry.voltage_kv:g} kV), "
+            f"{how} than the training scans of model {model.name} ({trained.camera_length_mm:g} mm, "
+            f"{trained.voltage_kv:g} kV): what the detector adds to every frame (the direct beam's disc, halo and "
+            f"point spread, the stray counts) is fixed in detector µm, so here it spans {max(factor, 1 / factor):.1f}x "
+            f"{'more' if factor > 1 else 'less'} q than in training and moves what the model reads "
+            f"out of the range it learned, and its class map can be wrong. Train a model on labeled scans recorded "
+            f"at this camera length, or one with `train --session-robust`, which reads every frame against its "
+            f"scan's own frames")
+
+
 #: The name that stands for the model shipped inside the package (``sedclassify predict builtin``).
 BUILTIN = "builtin"
 

@@ -13,6 +13,13 @@ Starting that interpreter and importing what a job needs (scikit-learn: 2-3 s he
 which imports given modules and then waits for its job; :func:`run_in_process` with the same
 ``warm`` modules takes it (a fresh child is started when there is none, or it has died). A spare
 ends when its parent closes its stdin or goes away.
+
+A job's large arrays (a scan's crops: GBs for a 256 x 256 scan) do not go through the pipe: the
+job is pickled with protocol 5's out-of-band buffers, each array of :data:`FILE_ARRAY_BYTES` or
+more is written to a file in a temporary folder (:data:`WRITE_BLOCK_BYTES` at a time, straight from
+the array's memory), and the child maps the files (copy-on-write) instead of receiving a copy. The
+message stays small and neither process holds a pickled copy of the scan; the folder is removed
+when the job ends, however it ends.
 """
 
 from __future__ import annotations
@@ -24,10 +31,16 @@ import pickle
 import queue as queue_module
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 from ..errors import Cancelled
+
+#: Arrays of this many bytes or more reach the child through a file it maps, not the message pipe.
+FILE_ARRAY_BYTES = 1 << 20
+#: Bytes of such an array written at a time (cancel() is checked between blocks).
+WRITE_BLOCK_BYTES = 64 << 20
 
 
 class WorkerProcessError(RuntimeError):
@@ -113,24 +126,68 @@ def stop_spares() -> None:
             spare.stdout.close()
 
 
+def _pickle_job(func, args, kwargs) -> tuple[bytes, list]:
+    """(the pickle of the job, its out-of-band buffers in order): the data of every contiguous array
+    of :data:`FILE_ARRAY_BYTES` or more is left out of the pickle (pickle protocol 5)."""
+    arrays = []
+
+    def in_band(buffer) -> bool:
+        view = memoryview(buffer)
+        if view.nbytes < FILE_ARRAY_BYTES or not view.contiguous:
+            return True
+        arrays.append(buffer)
+        return False
+
+    return pickle.dumps((func, args, kwargs), protocol=5, buffer_callback=in_band), arrays
+
+
+def _write_arrays(arrays, folder, cancel, name) -> list[str]:
+    """Write each buffer to its own file in ``folder``, :data:`WRITE_BLOCK_BYTES` at a time and
+    without a copy; raises Cancelled when ``cancel()`` turns True meanwhile. Returns the paths."""
+    paths = []
+    for i, buffer in enumerate(arrays):
+        path = os.path.join(folder, f"array{i}.bin")
+        with buffer.raw() as data, open(path, "wb") as f:
+            for start in range(0, data.nbytes, WRITE_BLOCK_BYTES):
+                if cancel is not None and cancel():
+                    raise Cancelled(f"{name} cancelled before it started")
+                f.write(data[start:start + WRITE_BLOCK_BYTES])
+        paths.append(path)
+    return paths
+
+
 def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1, child_nice: int = 0, warm=(),
                    **kwargs):
     """Call ``func(*args, progress=..., cancel=..., **kwargs)`` in a child process and return its
     result. ``func`` must be importable (not defined in ``__main__``); arguments and result must
-    pickle (pass file paths for large data). The child's ``progress(epoch, logs)`` calls reach
+    pickle (large arrays among the arguments reach the child through temporary files it maps, see
+    the module's description). The child's ``progress(epoch, logs)`` calls reach
     ``progress`` in the calling thread; ``cancel()`` is polled and forwarded (the child's
     ``cancel()`` then returns True, as it does when the parent goes away). ``child_nice``: the child
     runs this much nicer than this process's main thread, whichever thread starts it (lower CPU priority, so that the viewer keeps the CPU it needs to draw;
     POSIX only). ``warm``: the modules of a spare child started by :func:`prestart`, taken when
     one is waiting. Raises :class:`~napari_sedclassify.errors.Cancelled` when cancelled, and
     :class:`WorkerProcessError` (with the child's traceback) when the child fails or dies."""
-    from ._tf_child import write_frame
-
     name = getattr(func, "__name__", func)
     if getattr(func, "__module__", None) == "__main__":
         raise ValueError(f"{name} is defined in __main__: the worker process runs functions it can import; "
                          "define it in a module")
-    job = pickle.dumps((func, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)  # fails here, not in the child
+    job, arrays = _pickle_job(func, args, kwargs)  # fails here, not in the child
+    with tempfile.TemporaryDirectory(prefix="sedclassify-job-", ignore_cleanup_errors=True) as folder:
+        paths = _write_arrays(arrays, folder, cancel, name)
+        outcome = _run_job(name, job, paths, progress, cancel, poll_s, child_nice, warm)
+    if outcome[0] == "cancelled":
+        raise Cancelled(outcome[1])
+    if outcome[0] == "error":
+        raise WorkerProcessError(f"{outcome[1]}\n--- in the worker process ---\n{outcome[2]}")
+    return outcome[1]
+
+
+def _run_job(name, job: bytes, array_paths, progress, cancel, poll_s, child_nice, warm) -> tuple:
+    """Send ``job`` (with the files of its out-of-band buffers) to a child, relay its progress and
+    ``cancel``, wait for it to end; returns its last message ("result" | "cancelled" | "error", ...)."""
+    from ._tf_child import write_frame
+
     proc = _take_spare(warm, child_nice) or _start_child((), child_nice)
     messages: queue_module.Queue = queue_module.Queue()
     reader = threading.Thread(target=_read_messages, args=(proc.stdout, messages), daemon=True,
@@ -150,7 +207,8 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
     try:
         with contextlib.suppress(OSError):  # the child died at start; its exit code says more below
             write_frame(proc.stdin, {"sys_path": list(sys.path), "cwd": os.getcwd(), "nice": int(child_nice),
-                                     "nice_at_least": _process_nice() + int(child_nice) if child_nice else None})
+                                     "nice_at_least": _process_nice() + int(child_nice) if child_nice else None,
+                                     "arrays": list(array_paths)})
             proc.stdin.write(len(job).to_bytes(8, "big") + job)
             proc.stdin.flush()
         while outcome is None:
@@ -183,11 +241,7 @@ def run_in_process(func, *args, progress=None, cancel=None, poll_s: float = 0.1,
             proc.wait()
         reader.join(timeout=5)
         proc.stdout.close()
-    if outcome[0] == "cancelled":
-        raise Cancelled(outcome[1])
-    if outcome[0] == "error":
-        raise WorkerProcessError(f"{outcome[1]}\n--- in the worker process ---\n{outcome[2]}")
-    return outcome[1]
+    return outcome
 
 
 atexit.register(stop_spares)

@@ -181,7 +181,12 @@ class Progress:
         return report
 
     def finish(self, i: int) -> None:
-        self.for_scan(i)(self._total[i], self._total[i])
+        """Scan i is done: its frames counted in full, when its reports fell short (said once: a
+        scan that reported them all is not reported again, after its classify stage)."""
+        with self._lock:
+            short = self._done[i] < self._total[i]
+        if short:
+            self.for_scan(i)(self._total[i], self._total[i])
 
 
 def run_scans(job: Callable, n_scans: int, *, concurrent: int = 1, cancel: Callable | None = None) -> list:
@@ -255,8 +260,8 @@ def _check_names(names: list[str]) -> None:
 
 def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | None = None,
                   workers: int | None = None, client=None, force: bool = False, chunk_frames: int | None = None,
-                  concurrent: int = 2, progress: Callable | None = None, cancel: Callable | None = None,
-                  uncertain_below: float | None = None, hspy: bool = False,
+                  concurrent: int = 2, progress: Callable | None = None, classify_progress: Callable | None = None,
+                  cancel: Callable | None = None, uncertain_below: float | None = None, hspy: bool = False,
                   keep=("amorphous_ice",), worker_wait_s: float | None = None) -> list[dict]:
     """Classify every scan (paths or file-backed Scans) with ``model`` (SedModel or model file) and
     write into ``out_dir`` what ``pipeline.predict.write_prediction`` writes per scan, with the
@@ -268,11 +273,13 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
     client: an existing Client (else one from ``scheduler``/``workers``, see :func:`dask_client`).
     worker_wait_s: seconds to wait for workers while the cluster has none (:func:`dask_client`).
     flatfield: None, one for all scans or one per scan (FlatField or path). chunk_frames: frames
-    per task (default: the reader's chunks, about 32 MB). progress(done, total) counts frames over
-    all scans. Returns one dict per scan: name, source, files, counts, unclassified, timings.
+    per task (default: the reader's chunks, about 32 MB). progress(done, total) counts frames
+    preprocessed over all scans; classify_progress(i, n, done, total) the recorded frames of scan
+    i of n the model has classified, after each block (on a cluster two scans may classify at
+    once, from two threads). Returns one dict per scan: name, source, files, counts, unclassified, timings.
     """
     from .predict import card_of, loading, predict_scan, prediction_entry, with_uncertain, write_prediction
-    from .scans import flatfields_for, scan_name
+    from .scans import flatfields_for, scan_name, scan_report
 
     model = loading(model)  # a model file's estimator loads while the first scan is preprocessed
     classes = card_of(model).classes
@@ -296,7 +303,8 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
 
         def job(i, cancelled):
             pred = predict_scan(model, opened[i], flatfield=ffs[i], client=cl, chunk_frames=chunk_frames,
-                                progress=bar.for_scan(i), cancel=cancelled)
+                                progress=bar.for_scan(i), cancel=cancelled,
+                                classify_progress=scan_report(classify_progress, i, len(opened)))
             pred = with_uncertain(pred, uncertain_below)
             with staged_files(out_dir, force=force) as staging:  # a scan's files appear together
                 files = write_prediction(pred, staging, classes, keep)

@@ -97,10 +97,12 @@ def checked_truth(truth, source, index: int, scan, classes) -> np.ndarray:
 
 
 def evaluate_model(model, scans, labels, *, flatfield=None, progress: Callable | None = None,
-                   scan_progress: Callable | None = None, cancel: Callable | None = None) -> Evaluation:
+                   scan_progress: Callable | None = None, classify_progress: Callable | None = None,
+                   cancel: Callable | None = None) -> Evaluation:
     """Predict ``scans`` (paths or Scans) with ``model`` (SedModel or path) and compare with
     ``labels`` (paths or arrays on the scan grids, 0 = unlabeled). progress(i, logs) after each
-    scan; scan_progress(i, n, done, total) while a scan is preprocessed."""
+    scan; scan_progress(i, n, done, total) while scan i of n is preprocessed, then
+    classify_progress(i, n, done, total) while the model classifies its recorded frames."""
     from ..models.metrics import evaluate
 
     model = as_model(model)
@@ -111,7 +113,8 @@ def evaluate_model(model, scans, labels, *, flatfield=None, progress: Callable |
     preds: list[ScanPrediction] = []
     per_scan = {}
     for i, (scan, truth, ff) in enumerate(zip(scans, truths, ffs)):
-        p = predict_scan(model, scan, flatfield=ff, progress=scan_report(scan_progress, i, len(scans)), cancel=cancel)
+        p = predict_scan(model, scan, flatfield=ff, progress=scan_report(scan_progress, i, len(scans)),
+                         classify_progress=scan_report(classify_progress, i, len(scans)), cancel=cancel)
         if p.name in per_scan:
             p.name = f"{p.name}_{i + 1}"
         preds.append(p)

@@ -1170,7 +1170,7 @@ def unlock_outputs(lock) -> None:
 
 
 @contextmanager
-def _checked_and_locked(model, src, geometry: Geometry | None, out_dir, name: str):
+def _checked_and_locked(model, src, geometry: Geometry | None, out_dir, name: str, metadata: dict | None = None):
     """What a live run checks before it waits for ``src``: the model against the geometry
     (:func:`check_model_before_frames`), then the outputs' lock (:func:`lock_outputs` on
     ``out_dir`` for ``name``, held inside; ``out_dir`` None: no outputs, no lock). ``src`` is
@@ -1180,7 +1180,7 @@ def _checked_and_locked(model, src, geometry: Geometry | None, out_dir, name: st
     try:
         check_model_before_frames(model, src, geometry)
         if geometry is not None:
-            _check_model_params(model, geometry, str(getattr(src, "path", None) or "the live frames"))
+            _check_model_params(model, geometry, str(getattr(src, "path", None) or "the live frames"), metadata)
         lock = lock_outputs(out_dir, name) if out_dir is not None else None
     except BaseException:
         if hasattr(src, "close"):
@@ -1192,16 +1192,24 @@ def _checked_and_locked(model, src, geometry: Geometry | None, out_dir, name: st
         unlock_outputs(lock)
 
 
-def _check_model_params(model, geometry: Geometry, where: str) -> None:
+def _check_model_params(model, geometry: Geometry, where: str, metadata: dict | None = None) -> None:
     """Refuse (ValueError, one line naming ``where``) a model whose preprocessing this detector
-    cannot hold, as :meth:`FrameClassifier.calibrate` would once the first frames arrived."""
+    cannot hold (with the beam radius ``metadata`` states: --beam-radius), as
+    :meth:`FrameClassifier.calibrate` would once the first frames arrived."""
+    from ..processing.plan import stated_params
     from .predict import params_for_model
 
     model.check_geometry(geometry, where)
     try:
-        params_for_model(model, geometry).check_detector(geometry)
+        stated_params(params_for_model(model, geometry), metadata).check_detector(geometry)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
+
+
+def _states_detector(src) -> bool:
+    """Whether ready ``src`` states its frames' detector before they arrive: a .mib file's first
+    frame header, a stream's acquisition header (a folder's first frame file tells it)."""
+    return isinstance(src, MibSource) or (isinstance(src, StreamSource) and src.detector_shape is not None)
 
 
 def wait_ready(src, timeout_s: float | None = None, cancel: Callable | None = None, poll_s: float = 0.01) -> None:
@@ -1395,7 +1403,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
     name = output_name(src, name)
     keep_ids = ids_of(keep, model.classes) if keep else []
     paths = output_paths(out_dir, name) if out_dir is not None else None
-    with _checked_and_locked(model, src, geometry, out_dir, name):  # before the wait, not once the detector is armed
+    with _checked_and_locked(model, src, geometry, out_dir, name, metadata):  # before the wait, not once the detector is armed
         for p in (paths or {}).values():
             check_target(p, force or _classified_nothing(paths))
         if reduce_to is not None:
@@ -1437,17 +1445,19 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
         # cost per call less often; when it keeps up, batches hold what arrived since the last one
         max_poll = max_chunk * threads * 4
 
+        from ..models.persistence import camera_length_warning
         from ..processing import NoBeamInSample, calibration_windows, no_beam_message
 
         windows = None  # the sample, and the windows after it a batch run tries (once a frame's size is known)
         tried = 0  # windows that showed no beam
+        counted = False  # whether any frame of those windows held a count (all zeros: nothing recorded)
 
         def calibrate(final: bool = False):
             """The classifier, its plan set by the first calibration window whose frames show the beam
             (the first ``want`` frames, else the next ``want``, ...: as a batch run chooses), once its
             frames are here (``final``: the frames that came, the acquisition having ended); None while
             waiting for more frames."""
-            nonlocal tried, windows
+            nonlocal tried, windows, counted
             have = sum(len(b.index) for b in pending)
             if windows is None:
                 windows = calibration_windows(n_total, want, pending[0].frames[0].nbytes)
@@ -1457,12 +1467,19 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                 if len(frames) == 0 and tried:
                     break
                 try:
-                    return FrameClassifier.calibrate(model, frames, geometry or src.geometry(), flatfield=flatfield,
+                    made = FrameClassifier.calibrate(model, frames, geometry or src.geometry(), flatfield=flatfield,
                                                      metadata={**src.metadata, **(metadata or {})}, calibration_start=a)
                 except NoBeamInSample:
+                    counted = counted or bool(frames.any())
                     tried += 1
+                    continue
+                camera = camera_length_warning(model, made.geometry, where)
+                if camera:  # said at once, as a batch prediction says it: the acquisition can still be stopped
+                    state.warn(camera)
+                    warnings.append(camera)
+                return made
             if tried >= len(windows) or final:
-                raise ValueError(no_beam_message(min(windows[-1][1], have), max(tried, 1)))
+                raise ValueError(no_beam_message(min(windows[-1][1], have), max(tried, 1), empty=not counted))
             return None
 
         def run_batches(batches):
@@ -1523,7 +1540,21 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                 return reducer.commit(*arrays, report=report)
             return reducer.finish(*arrays, status=final_status, report=report)
 
+        detector_checked = geometry is not None  # checked before the wait (_checked_and_locked)
+
+        def check_detector(arrived: bool = False) -> None:
+            """Refuse the model's preprocessing that the live frames' detector cannot hold (a crop or
+            beam radius wider than it), as `sedclassify preprocess` does before any frame: once that
+            detector is known (the source's header, else the first frames that ``arrived``), not
+            when the calibration sample is complete."""
+            nonlocal detector_checked
+            if detector_checked or not (arrived or _states_detector(src)):
+                return
+            detector_checked = True
+            _check_model_params(model, src.geometry(), where, {**src.metadata, **(metadata or {})})
+
         try:
+            check_detector()
             while True:
                 if stopped():
                     status = "stopped"
@@ -1546,6 +1577,7 @@ def watch(model, source, *, out_dir=None, name: str | None = None, scan_shape=No
                     continue
                 last_frame = time.perf_counter()
                 t_first = t_first or float(np.min(batch.seen))
+                check_detector(arrived=True)
                 if classifier is not None:
                     run_batches([batch])
                 else:

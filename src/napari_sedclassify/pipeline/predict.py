@@ -155,14 +155,18 @@ def check_preprocess(model, result, geometry) -> None:
 
 
 def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progress: Callable | None = None,
-                 cancel: Callable | None = None, client=None, chunk_frames: int | None = None) -> ScanPrediction:
+                 classify_progress: Callable | None = None, cancel: Callable | None = None, client=None,
+                 chunk_frames: int | None = None) -> ScanPrediction:
     """Classify every frame of ``scan`` (Scan or path) with ``model`` (SedModel, path or
     :class:`ModelLoading`: a model file's estimator loads while the scan is preprocessed).
 
     result: a PreprocessResult of this scan made earlier (e.g. by ``sedclassify preprocess``),
     used instead of preprocessing again after :func:`check_preprocess`. Raises
     IncompatibleModelError (naming the model file and the mismatch) before any work when the
-    scan's geometry does not suit the model. progress(done, total) counts frames. client: a
+    scan's geometry does not suit the model. Two stages, each with its progress: preprocessing,
+    progress(done, total) over the scan's frames, then the model's, classify_progress(done,
+    total) over the recorded frames, after each block the model classifies (``cancel()`` is
+    checked between blocks). client: a
     dask.distributed Client for the per-frame work (None: threads here); chunk_frames: frames per
     task. The CLI, batch runs, napari and evaluation all classify through here.
     """
@@ -187,7 +191,7 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
     model = as_model(model)
     feats = ScanFeatures.from_preprocess(result, scan.geometry, name, crop_radius_px=result.resolved.get("crop_half_px"))
     t1 = time.perf_counter()
-    pred = predict_features(model, feats, cancel=cancel)
+    pred = predict_features(model, feats, cancel=cancel, progress=classify_progress)
     t2 = time.perf_counter()
     return ScanPrediction(name=name, class_map=pred.class_map, probabilities=pred.probabilities,
                           class_ids=pred.class_ids, integrated=result.virtual["total"],
@@ -205,8 +209,11 @@ def prediction_warnings(model, scan, result, name=None, *, class_map=None) -> li
     given or read from the file that the frames contradict (``processing.plan.edge_width_warning``),
     and, given the ``class_map`` the model made, amorphous-ice frames that are not the frames
     showing the ice ring (``ice_agreement``: a session unlike the model's training scans), and
-    recorded frames without a direct beam found, left unclassified, when there are many."""
+    recorded frames without a direct beam found, left unclassified, when there are many, and a
+    camera length far from the training scans' for a model that reads each frame on its own
+    (``models.persistence.camera_length_warning``)."""
     from ..geometry import FLAGS
+    from ..models.persistence import camera_length_warning
     from ..processing.plan import edge_width_warning
     from .calibrate import preprocessed_q_axis_warning
     from .ice_agreement import agreement_warning, ice_agreement
@@ -221,6 +228,9 @@ def prediction_warnings(model, scan, result, name=None, *, class_map=None) -> li
                    f"{model.name} reads the radial profiles on the q axis they set, so if they are not this scan's "
                    f"the classes are wrong: give {', '.join(FLAGS[n][0] for n in assumed)}"
                    + (" (`sedclassify calibrate` fits the camera length)" if "camera_length_mm" in assumed else ""))
+    camera = camera_length_warning(model, g, where)
+    if camera:
+        out.append(camera)
     seen = result.resolved.get("edge_pixel_width_measured")
     if seen is not None:
         out.append(edge_width_warning(where, result.resolved))
@@ -325,10 +335,12 @@ def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ic
 
 
 def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, cancel=None,
-                     scan_progress: Callable | None = None, uncertain_below: float | None = None) -> list[dict]:
+                     scan_progress: Callable | None = None, classify_progress: Callable | None = None,
+                     uncertain_below: float | None = None) -> list[dict]:
     """Predict every scan (paths or Scans) and write its outputs into ``out_dir``; returns one
     dict per scan: name, files, class counts, timings. progress(epoch-like scan index, logs)
-    after each scan; scan_progress(i, n, done, total) while a scan is preprocessed.
+    after each scan; scan_progress(i, n, done, total) while scan i of n is preprocessed, then
+    classify_progress(i, n, done, total) while the model classifies its recorded frames.
     uncertain_below: mark frames whose most probable class is below this probability as
     uncertain (class 0 and ``<name>_uncertain.npy``, see :func:`with_uncertain`)."""
     model = loading(model)
@@ -338,7 +350,7 @@ def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, ca
     out = []
     for i, (scan, ff) in enumerate(zip(scans, ffs)):
         pred = predict_scan(model, scan, flatfield=ff, progress=scan_report(scan_progress, i, len(scans)),
-                            cancel=cancel)
+                            classify_progress=scan_report(classify_progress, i, len(scans)), cancel=cancel)
         pred = with_uncertain(pred, uncertain_below)
         out.append(prediction_entry(pred, write_prediction(pred, out_dir, classes), classes))
         if progress is not None:

@@ -212,6 +212,7 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
         raise ValueError(f"{name}: {exc}") from None
     frame_bytes = det[0] * det[1] * np.dtype(scan.dtype).itemsize
     windows = calibration_windows(int((~missing).sum()), params.bad_pixel_sample, frame_bytes)
+    counted = False  # whether any frame looked at holds a count (all zeros: an empty file, not a missing beam)
     for k, (start, stop) in enumerate(windows):
         sample_idx = calibration_sample_index(missing, params.bad_pixel_sample, k, frame_bytes)
         sample = scan.read(sample_idx) if len(sample_idx) else np.zeros((0,) + det)
@@ -219,8 +220,9 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
             plan = PreprocessPlan.build(params, geometry, scan.metadata, sample, ff, calibration_start=start)
             break
         except NoBeamInSample:
+            counted = counted or bool(sample.any())  # looked at only when no beam was found
             if k + 1 == len(windows):
-                raise ValueError(f"{name}: {no_beam_message(stop, len(windows))}") from None
+                raise ValueError(f"{name}: {no_beam_message(stop, len(windows), empty=not counted)}") from None
         except ValueError as exc:  # say which scan: a batch of files, a widget with several scans open
             raise ValueError(str(exc) if str(exc).startswith(str(name)) else f"{name}: {exc}") from None
         if cancel is not None and cancel():

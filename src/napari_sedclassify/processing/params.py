@@ -214,7 +214,7 @@ class PreprocessParams:
 
 #: Each parameter's name in words, its unit and the command line's flag (None: none).
 _WORDS = {
-    "beam_radius_px": ("direct-beam radius", "px", None),
+    "beam_radius_px": ("direct-beam radius", "px", "--beam-radius"),
     "edge_pixel_width": ("chip-edge pixel width", "pitches", "--edge-pixel-width"),
     "saturation_counts": ("saturation level", "counts", None),
     "descan_degree": ("descan fit degree", "", None),

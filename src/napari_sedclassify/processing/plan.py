@@ -84,6 +84,7 @@ class PreprocessPlan:
             ff = ff.with_mask(bad)
         epw, epw_origin, epw_seen = edge_pixel_width_of(params, metadata, sample, flatfield, ff.mask)
         grid = PixelGrid(det, epw)
+        params = stated_params(params, metadata)
         beam_radius = params.beam_radius_px
         if beam_radius is None and len(sample):
             finder = CentreFinder(None, grid=grid, saturation_counts=saturation, pedestal_counts=floor)
@@ -280,6 +281,14 @@ def edge_width_warning(where, resolved: dict) -> str:
             "and the radial profiles with it; check --edge-pixel-width (leave it out to use the measured width)")
 
 
+def stated_params(params: PreprocessParams, metadata: dict | None) -> PreprocessParams:
+    """``params`` with the direct-beam radius the scan's ``metadata`` states (``beam_radius_px``:
+    the command line's --beam-radius) when they leave it to be measured; checked as a given one."""
+    radius = (metadata or {}).get("beam_radius_px")
+    return params if radius is None or params.beam_radius_px is not None else \
+        replace(params, beam_radius_px=float(radius))
+
+
 def saturation_of(metadata: dict, sample: np.ndarray, given: float | None, pedestal: float = 0.0) -> float | None:
     """Raw counts of a full counter: given, else the metadata's (counts, read as raw values
     ``pedestal`` higher: an export with 100 subtracted reads 3995 for a full 12-bit counter), else
@@ -332,13 +341,20 @@ def calibration_sample_index(missing: np.ndarray, m: int, window: int = 0, frame
     return recorded[a:b]
 
 
-def no_beam_message(n_frames: int, windows: int) -> str:
-    """Why a plan cannot be built: no direct beam in any calibration window."""
+def no_beam_message(n_frames: int, windows: int, empty: bool = False) -> str:
+    """Why a plan cannot be built: no direct beam in any calibration window (``empty``: every
+    frame of them holds only zeros)."""
+    after = f"the {windows - 1} window{'s' if windows > 2 else ''} after it"
     where = "the first frames (the calibration sample)" if windows <= 1 else \
-        f"the first {n_frames} recorded frames (the calibration sample and the {windows - 1} windows after it)"
+        f"the first {n_frames} recorded frames (the calibration sample and {after})"
+    if empty:
+        return (f"no direct beam found in {where}: every frame is empty (all pixels 0; {n_frames} frames looked at): "
+                "was the beam on and the detector counting?")
     return (f"no direct beam found in {where}, so no beam radius to set the BF/ADF radii from: is this a "
             f"diffraction scan with the beam on the detector (a compact disc, at least {BEAM_CONTRAST_MIN:g} times as "
-            "bright as the ring around it)? (In Python, give bf_radius_px and adf_inner_px, or beam_radius_px.)")
+            "bright as the ring around it)? (In Python, give bf_radius_px and adf_inner_px, or beam_radius_px.) "
+            "On the command line, give the beam's radius: --beam-radius PX.")
 
 
-__all__ = ["PreprocessPlan", "calibration_sample_index", "calibration_windows", "no_beam_message", "saturation_of"]
+__all__ = ["PreprocessPlan", "calibration_sample_index", "calibration_windows", "no_beam_message", "saturation_of",
+           "stated_params"]

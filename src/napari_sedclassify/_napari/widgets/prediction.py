@@ -38,6 +38,9 @@ from ..plots import form
 from ..state import PREDICTION_OF_KEY, flatfield_of, session_of, set_layer
 
 
+#: What a job's report says when it counts the frames the model has classified (its second stage,
+#: after preprocessing).
+CLASSIFY_STAGE = "classify"
 #: Label value of uncertain frames in the predicted-classes layer (its data only: exports hold 0).
 UNCERTAIN_LABEL = 255
 UNCERTAIN_COLOUR = "#b0b0b0ff"
@@ -204,7 +207,8 @@ class PredictionWidget(Container):
                 if changed is exc:
                     raise
                 raise changed from exc
-            out = run(card.kind, predict_features, str(path), feats, cancel=cancelled, child=in_child)
+            out = run(card.kind, predict_features, str(path), feats, cancel=cancelled, child=in_child,
+                      progress=lambda done, logs: report(done, logs["total"], CLASSIFY_STAGE))
             # what the user must know before trusting it: assumed values, a q axis the ice ring says is off
             return out, result, prediction_warnings(card, scan, result, layer.name, class_map=out["class_map"])
 
@@ -213,7 +217,8 @@ class PredictionWidget(Container):
             self.show_prediction(layer, out, card.classes, result, path, flatfield=flatfield, geometry=geometry)
             self.show_warnings(warnings, layer)
 
-        job = BackgroundJob(f"Classifying {layer.name} ({card.kind.upper()})", work, on_returned=done)
+        job = BackgroundJob(f"Classifying {layer.name} ({card.kind.upper()})", work, on_returned=done,
+                            on_progress=self._show_stage)
 
         def finished():
             if job.outcome == "failed":  # no stale class map next to the reason
@@ -221,6 +226,15 @@ class PredictionWidget(Container):
 
         job._on_finished = finished
         return self._jobs.launch(job)
+
+    def _show_stage(self, items):
+        """The model's stage of the running job, once it has started, in the status line: "classifying
+        1024 / 4096 frames" (the progress bar then counts the frames classified, block by block)."""
+        staged = [(done, total) for done, total, stage in items if stage == CLASSIFY_STAGE]
+        job = self._jobs.job
+        if staged and not (job is not None and job.cancel_event.is_set()):  # "cancelling…" stays
+            done, total = staged[-1]
+            self._jobs.status.value = f"classifying {done} / {total} frames"
 
     def refuse(self, layer, reason, prefix: str = "refused"):
         """Say in place why ``layer`` was not classified (and how to fix it when the scan's
