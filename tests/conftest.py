@@ -63,3 +63,12 @@ def _no_spare_children_left():
     from napari_sedclassify.models.tf_process import stop_spares
 
     stop_spares()
+
+
+@pytest.fixture(scope="session")
+def stage_files(tmp_path_factory):
+    """Scans, a CNN and an FCNN for the model-stage progress tests (tests/stage_helpers.py), made
+    once for the engine's and napari's tests."""
+    from stage_helpers import make_stage_files
+
+    return make_stage_files(tmp_path_factory.mktemp("stages"))

@@ -16,33 +16,12 @@ import pytest
 
 from napari_sedclassify.errors import Cancelled
 
-SCAN_SHAPE = (24, 24)  # 576 frames: two blocks of a crop model (512 crops at a time)
-FRAMES = SCAN_SHAPE[0] * SCAN_SHAPE[1]
+from stage_helpers import FRAMES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Two simulated 24 x 24 scans (128 x 128 px detector) as .npy files with their truth, a CNN
-    trained on the first for one epoch by `sedclassify train` in its own process (TensorFlow never
-    loads here: the model file is applied from its arrays) and an FCNN trained here."""
-    from napari_sedclassify.models.persistence import save_model
-    from napari_sedclassify.pipeline.train import train_model
-    from napari_sedclassify.simulate import simulate_scan
-    from napari_sedclassify.simulate.simulation import sidecar_paths
-
-    folder = tmp_path_factory.mktemp("stages")
-    scans = [folder / f"scan{s}.npy" for s in (1, 2)]
-    for path, seed in zip(scans, (1, 2)):
-        simulate_scan(path, scan_shape=SCAN_SHAPE, detector_px=128, seed=seed)
-    truths = [sidecar_paths(path)["truth"] for path in scans]
-    cnn = folder / "cnn.sedmodel"
-    trained = subprocess.run([sys.executable, "-m", "napari_sedclassify.cli", "train", "--scans", str(scans[0]),
-                              "--labels", str(truths[0]), "--model", "cnn", "--epochs", "1", "--out", str(cnn)],
-                             capture_output=True, text=True, timeout=600)
-    assert trained.returncode == 0, trained.stderr
-    fcnn = save_model(train_model(scans[:1], truths[:1], model="fcnn", params={"max_epochs": 2}),
-                      folder / "fcnn.sedmodel")
-    return {"scans": scans, "truths": truths, "cnn": cnn, "fcnn": fcnn}
+def files(stage_files):
+    return stage_files
 
 
 def _bars(err: str) -> list:
@@ -150,32 +129,3 @@ def test_evaluate_predict_and_reduce_draw_each_scans_classify_stage(files, tmp_p
     assert main(["reduce", scans[1], "--model", str(files["cnn"]), "-o", str(tmp_path / "kept.h5")]) == 0
     err = capsys.readouterr().err
     assert _bars(err)[:2] == [("preprocess", str(FRAMES), str(FRAMES)), ("classify", str(FRAMES), str(FRAMES))], err
-
-
-def test_napari_predict_step_shows_the_classify_stage_and_cancels_between_blocks(files, make_napari_viewer,
-                                                                                 qtbot):
-    """The Predict step's status line said "Classifying scan2 (CNN)…" from the first frame
-    preprocessed to the class map, its bar full while the network ran: now it says "classifying
-    512 / 576 frames" as blocks are classified, and Cancel stops the network between two blocks."""
-    from napari_sedclassify._napari.widgets.prediction import PredictionWidget
-
-    viewer = make_napari_viewer()
-    layer = viewer.open(str(files["scans"][1]), plugin="napari-sedclassify")[0]
-    widget = PredictionWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._scan.value = layer
-    widget._model_path.value = files["cnn"]
-    status = widget._jobs.status
-    job = widget.run()
-    assert job is not None, status.value
-    # the network takes seconds per block of 512 crops; the status line follows twice a second
-    qtbot.waitUntil(lambda: status.value.startswith("classifying") or job.done, timeout=300000)
-    assert re.fullmatch(rf"classifying (0|512) / {FRAMES} frames", status.value), status.value
-    widget._jobs.cancel()
-    qtbot.waitUntil(lambda: job.done, timeout=300000)
-    assert job.outcome == "cancelled" and status.value == "cancelled" and widget.prediction is None
-
-    job = widget.run()
-    qtbot.waitUntil(lambda: job.done, timeout=300000)
-    assert job.outcome == "done" and status.value.startswith("done"), job.error
-    assert widget.prediction["class_map"].shape == SCAN_SHAPE

@@ -111,9 +111,15 @@ def test_a_failed_integration_leaves_no_layer_marked_as_integrating(make_napari_
     the diffraction view's first frame waits for)."""
     from napari.utils.notifications import notification_manager
 
+    import threading
+
     from napari_sedclassify.processing import virtual
 
+    checked = threading.Event()  # the mark is looked at before the job fails: a job that failed at
+    # once was over before viewer.open returned on a loaded machine (napari turns the event loop)
+
     def broken(*args, **kwargs):
+        checked.wait(30)
         raise OSError("disk gone")
 
     monkeypatch.setattr(virtual, "virtual_image", broken)
@@ -122,6 +128,7 @@ def test_a_failed_integration_leaves_no_layer_marked_as_integrating(make_napari_
     before = len(notification_manager.records)
     (layer,) = viewer.open(str(tmp_path / "scan.npy"), plugin=PLUGIN)
     assert layer.metadata[INTEGRATING] is True
+    checked.set()
     qtbot.waitUntil(lambda: INTEGRATING not in layer.metadata, timeout=30000)
     assert not np.any(layer.data)
     messages = [str(n.message) for n in notification_manager.records[before:]]

@@ -51,6 +51,10 @@ _RULES = [
     (re.compile(r" \(sedclassify train\)"), " (the Training widget)"),
     (re.compile(r" \(`train --session-robust` on scans of several sessions holds better\)"),
      " (a model trained on scans of several sessions holds better)"),
+    # the camera-length warning's way out: the Training widget has no session-robust recipe
+    (re.compile(r"one with `train --session-robust`"),
+     "one trained on the command line with `sedclassify train --session-robust` (the Training widget has no "
+     "such option)"),
     (re.compile(r"--flatfield-dataset(?: NAME)?"), "the Flat-field widget's dataset box"),
     (re.compile(r"--scan-shape(?: SY SX)?(?![\w-])"), "the scan rows and columns"),  # Scan geometry's, Live's
     (re.compile(r"--edge-pixel-width \(leave it out to use the measured width\)"),

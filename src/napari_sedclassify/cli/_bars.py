@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from bisect import bisect_left
-from itertools import accumulate
 from typing import Sequence
 
 
@@ -68,7 +66,16 @@ class Bars:
 
     def epoch(self, epoch: int, logs: dict, desc: str | None = None) -> None:
         shown = {k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "val_loss", "val_accuracy")}
-        self._show("epoch", desc or self.epochs_desc, int(logs.get("max_epochs", 0)) or None, int(epoch), shown)
+        desc = desc or self.epochs_desc
+        if "members" in logs:  # an ensemble's networks train one after another: a bar each, not one going back
+            desc = f"{desc} member {logs['member']}/{logs['members']}"
+        self._show("epoch", desc, int(logs.get("max_epochs", 0)) or None, int(epoch), shown)
+
+    def note(self, text: str) -> None:
+        """``text`` after the bar on show (what follows it while it stays full: "starting TensorFlow")."""
+        with self._lock:
+            if self.bar is not None:
+                self.bar.set_postfix_str(text)
 
     def log(self, msg: str) -> None:
         from tqdm import tqdm
@@ -101,19 +108,5 @@ def scans_by_pass(bars: Bars, n_frames: Sequence[int]):
     :func:`by_pass` ("preprocess scan 2/3 pass 1/2" when fitted centring reads its frames twice)."""
     def show(i: int, n: int, done: int, total: int) -> None:
         by_pass(bars, n_frames[i], f"{bars.frames_desc} scan {i + 1}/{n}" if n > 1 else None)(done, total)
-
-    return show
-
-
-def in_turn_by_pass(bars: Bars, n_frames: Sequence[int], passes: int):
-    """A ``progress(done, total)`` over scans processed one after another, each of its frames
-    counted ``passes`` times (``pipeline.batch.batch_predict`` without a cluster: frames over all
-    scans), shown per scan by :func:`scans_by_pass`."""
-    ends = list(accumulate(passes * n for n in n_frames))
-    per_scan = scans_by_pass(bars, n_frames)
-
-    def show(done: int, total: int) -> None:
-        i = min(bisect_left(ends, done), len(ends) - 1)  # the scan whose frames these are
-        per_scan(i, len(ends), done - (ends[i - 1] if i else 0), passes * n_frames[i])
 
     return show

@@ -246,8 +246,8 @@ def beam_params(radius_px: float):
 
     try:
         return PreprocessParams(beam_radius_px=radius_px)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    except ValueError as exc:  # the Python default's aside, said as the flag's
+        raise CLIError(str(exc).replace("(None: measured)", "(leave --beam-radius out to measure it)")) from None
 
 
 def check_beam_radius(args, scan) -> None:

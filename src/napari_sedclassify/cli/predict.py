@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from . import CLIError, add_command, add_examples
@@ -62,6 +63,7 @@ def run(args) -> int:
                        + ", ".join(sorted({s for s in stems if stems.count(s) > 1})))
     from ..models.persistence import model_from_metadata, read_metadata, resolve_model_path
     from ..models.training import model_file_warnings
+    from ..pipeline.predict import preprocess_passes
     from ..pipeline.reduce import class_ids
 
     path = resolve_model_path(args.model)
@@ -76,11 +78,11 @@ def run(args) -> int:
     flatfields = checked_flatfields(args.flatfield, scans, args.flatfield_dataset) if args.flatfield else None
     writable_folder(out)
     frames, files = sum(s.n_frames for s in scans), [s.source for s in scans]
-    passes = 2 if (card.preprocess or {}).get("centring") == "fitted" else 1  # fitted centring: 2 passes
+    passes = preprocess_passes(card)  # fitted centring: 2 passes
     with Bars() as bars, executor(args, frames, files) as client:
         results = batch_predict(args.model, scans, out, flatfield=flatfields, client=client, force=args.force,
-                                progress=_progress(bars, scans, passes, client),
-                                classify_progress=bars.classify if _in_turn(scans, client) else None,
+                                **_progress(bars, scans, passes, client),
+                                classify_progress=_classify_progress(bars, scans, client),
                                 uncertain_below=args.uncertain_below, hspy=args.hspy,
                                 keep=[k for k in args.keep.split(",") if k.strip()])
     print_warnings(model_file_warnings(card) + [w for r in results for w in r.get("warnings", [])])
@@ -97,21 +99,39 @@ def run(args) -> int:
 def _in_turn(scans, client) -> bool:
     """Whether ``batch_predict`` takes the scans one after another (threads here, or one scan): each
     scan's bars, "preprocess" then "classify", follow each other. On a cluster two scans run at
-    once: one preprocessing bar over all of them, and no classify bar (it would take turns with that
-    one, a new line at each turn)."""
+    once: one preprocessing bar over all of them, the frames classified said after it
+    (:func:`_classify_progress`)."""
     return client is None or len(scans) == 1
 
 
-def _progress(bars, scans, passes: int, client):
-    """``batch_predict``'s progress(done, total) on ``bars``: per scan and pass when the scans are
-    preprocessed one after another (:func:`_in_turn`); on a cluster, two scans at once, one bar
-    over all of them naming the passes."""
-    from ._bars import in_turn_by_pass
+def _classify_progress(bars, scans, client):
+    """``batch_predict``'s classify_progress(i, n, done, total) on ``bars``: a "classify" bar per
+    scan after its "preprocess" bar (:func:`_in_turn`); on a cluster, the frames classified over all
+    scans said after the one preprocessing bar ("classified 512/1152 frames"), which stays full while
+    the model works, instead of a bar that would take turns with it."""
+    if _in_turn(scans, client):
+        return bars.classify
+    lock, done, totals = threading.Lock(), [0] * len(scans), [s.n_frames for s in scans]
+
+    def show(i: int, n: int, d: int, total: int) -> None:
+        with lock:
+            done[i], totals[i] = d, total
+            text = f"classified {sum(done)}/{sum(totals)} frames"
+        bars.note(text)
+
+    return show
+
+
+def _progress(bars, scans, passes: int, client) -> dict:
+    """``batch_predict``'s preprocessing progress on ``bars``: scan_progress(i, n, done, total),
+    per scan and pass, when the scans are preprocessed one after another (:func:`_in_turn`); on a
+    cluster, two scans at once, progress(done, total): one bar over all of them naming the passes."""
+    from ._bars import scans_by_pass
 
     if _in_turn(scans, client):
-        return in_turn_by_pass(bars, [s.n_frames for s in scans], passes)
+        return {"scan_progress": scans_by_pass(bars, [s.n_frames for s in scans])}
     desc = bars.frames_desc + (f" ({passes} passes over each frame)" if passes > 1 else "")
-    return lambda done, total: bars.scan(0, 1, done, total, desc=desc)
+    return {"progress": lambda done, total: bars.scan(0, 1, done, total, desc=desc)}
 
 
 def _inputs(model, scans, flatfield_lists) -> tuple[str, list, list | None]:

@@ -117,6 +117,18 @@ def model_settings(args) -> tuple[dict, dict]:
     return recipe, params
 
 
+def _preprocess_bar(bars, model: str):
+    """``train_model``'s preprocess_progress(i, n, done, total) on ``bars``; for the CNN, its full
+    bar then says what it waits for: the TensorFlow process the network trains in, which takes
+    seconds to start before the first epoch's bar."""
+    def show(i: int, n: int, done: int, total: int) -> None:
+        bars.scan(i, n, done, total)
+        if model == "cnn" and i == n - 1 and done >= total:
+            bars.note("starting TensorFlow for the CNN")
+
+    return show
+
+
 def run(args) -> int:
     from ..models.metrics import format_table
     from ..pipeline.train import default_recipe, train_to_file
@@ -145,7 +157,8 @@ def run(args) -> int:
         summary = train_to_file(
             scans, args.labels, out, model=args.model, recipe=default_recipe(args.model, **changes),
             params=params, holdout=list(range(n - args.holdout, n)), val_fraction=args.val_fraction,
-            seed=args.seed, flatfield=flatfields, progress=bars.epoch, preprocess_progress=bars.scan,
+            seed=args.seed, flatfield=flatfields, progress=bars.epoch,
+            preprocess_progress=_preprocess_bar(bars, args.model),
         )
     if json_printed(args, summary):
         print_warnings(summary["training"].get("warnings"))

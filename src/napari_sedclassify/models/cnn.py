@@ -54,6 +54,30 @@ def build_cnn(input_shape, n_classes: int, filters=(8, 16, 32), dropout=0.1, den
     return model
 
 
+#: Bytes of inputs read at once by :func:`mean_var` (float64: twice that while summed).
+STATS_BLOCK_BYTES = 8 * 2**20
+
+
+def mean_var(X: np.ndarray, per_channel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the images X (n, h, w, c), over all values or per channel (last axis):
+    as ``X.mean()``, ``X.var()`` but two passes over blocks of ``STATS_BLOCK_BYTES`` with float64
+    sums, so that no temporary as large as X is made (X may be a file-backed array)."""
+    axes = (0, 1, 2) if per_channel else None
+    step = max(1, STATS_BLOCK_BYTES // max(1, X[:1].nbytes))
+    blocks = [slice(start, start + step) for start in range(0, len(X), step)]
+    count = X.size // X.shape[-1] if per_channel else X.size
+    mean = sum(X[b].sum(axis=axes, dtype=np.float64) for b in blocks) / count
+    var = sum(_squared_deviations(X[b], mean, axes) for b in blocks) / count
+    return mean, var
+
+
+def _squared_deviations(block: np.ndarray, mean, axes):
+    """The sum of (block - mean)² over ``axes``, in float64, through one temporary."""
+    d = block.astype(np.float64)
+    d -= mean
+    return np.square(d, out=d).sum(axis=axes)
+
+
 def averaged(members):
     """One CNNClassifier whose network averages the softmax outputs of the fitted ``members``: a
     Keras model of standard layers (each member a sub-model, then ``Average``), saved as one
@@ -128,10 +152,11 @@ class CNNClassifier(ProbaClassifier, ClassifierMixin, BaseEstimator):
         yi = np.searchsorted(self.classes_, y)
         cw = class_weights(y, self.class_weight)
         if X.shape[-1] == 1:  # one channel: one scalar standardisation (as every earlier model)
-            shape, mean, var = X.shape[1:3], float(X.mean()), float(X.var()) or 1.0
+            mean, var = mean_var(X)
+            shape, mean, var = X.shape[1:3], float(mean), float(var) or 1.0
         else:  # scan-context channels: each channel its own
-            shape, mean = X.shape[1:], X.mean(axis=(0, 1, 2))
-            var = np.where(X.var(axis=(0, 1, 2)) > 0, X.var(axis=(0, 1, 2)), 1.0)
+            mean, var = mean_var(X, per_channel=True)
+            shape, var = X.shape[1:], np.where(var > 0, var, 1.0)
         model = build_cnn(shape, len(self.classes_), self.filters, self.dropout, self.dense_units,
                           mean=mean, variance=var)
         model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..classes import ClassTable
 from ..errors import IncompatibleModelError, ModelFileError
-from ..geometry import FLAGS, Q_FIELDS, Geometry, reach_px
+from ..geometry import FLAGS, Q_FIELDS, Geometry, electron_wavelength_A, reach_px
 from ..io.atomic import atomic_path
 from ..jsonutil import jsonable
 from .features import FeatureRecipe
@@ -111,35 +111,66 @@ def check_calibration(model: SedModel, geometry: Geometry, scan_name: str = "the
                                      + _in_python(message))
 
 
-#: Largest factor between the scan's camera length (λL: the voltage counts too) and the training
-#: scans' at which a model that reads each frame on its own is applied without a warning. What the
-#: detector adds to every frame (the direct beam's disc, halo and point spread, the stray counts) is
-#: fixed in detector µm, so in q it spans 1/(λL): simulated scans 1.5x shorter lost 0.02 accuracy
-#: to the SVM, 1.5x longer 0.15-0.2, 2.25x shorter 0.27, 4.5x shorter 0.87 (docs/results.md, session 25).
+#: Largest factors by which the scan's camera length (λL: the voltage counts too) may be shorter
+#: (CAMERA_LENGTH_FACTOR_MAX) or longer (CAMERA_LENGTH_LONGER_MAX) than the training scans' for a
+#: model that reads each frame on its own to be applied without a warning. What the detector adds to
+#: every frame (the direct beam's disc, halo and point spread, the stray counts) is fixed in detector
+#: µm, so in q it spans 1/(λL). Simulated scans (SVM/FCNN, docs/results.md, session 25): 1.5x shorter
+#: lost 0.02 accuracy, 2.25x shorter 0.27, 4.5x shorter 0.87 (512 px); longer costs more sooner:
+#: 1.17x longer 0.02-0.03, 1.33x 0.06, 1.5x 0.15-0.28 (128 and 512 px).
 CAMERA_LENGTH_FACTOR_MAX = 1.4
+CAMERA_LENGTH_LONGER_MAX = 1.25
 
 
 def camera_length_warning(model: SedModel, geometry: Geometry, where: str = "the scan") -> str | None:
     """The warning for a scan recorded at a camera length (λL) more than
-    :data:`CAMERA_LENGTH_FACTOR_MAX` times shorter or longer than ``model``'s training scans (its
-    card's geometry, in every model file), for a model that reads each frame on its own; None when
-    within it, when either camera length is unknown, or for a model that reads every frame against
-    its scan's own frames (``scan_context``, ``crop_context``), which cancels what the detector adds."""
-    recipe, trained = model.recipe, model.geometry
-    if recipe.scan_context or recipe.crop_context != "none" or not (trained.calibrated and geometry.calibrated):
+    :data:`CAMERA_LENGTH_FACTOR_MAX` times shorter or :data:`CAMERA_LENGTH_LONGER_MAX` times longer than the range of ``model``'s training
+    scans (:func:`training_optics`), for a model that reads each frame on its own; None when within
+    it, when either camera length is unknown, or for a model that reads every frame against its
+    scan's own frames (``scan_context``, ``crop_context``), which cancels what the detector adds."""
+    recipe, optics = model.recipe, training_optics(model)
+    if recipe.scan_context or recipe.crop_context != "none" or not (optics and geometry.calibrated):
         return None
-    factor = (trained.wavelength_A * trained.camera_length_mm) / (geometry.wavelength_A * geometry.camera_length_mm)
-    if max(factor, 1 / factor) <= CAMERA_LENGTH_FACTOR_MAX:
+    here = geometry.wavelength_A * geometry.camera_length_mm
+    lo, hi = _span(electron_wavelength_A(kv) * mm for mm, kv in optics)
+    factor = lo / here if here < lo else hi / here if here > hi else 1.0
+    if factor <= CAMERA_LENGTH_FACTOR_MAX and 1 / factor <= CAMERA_LENGTH_LONGER_MAX:
         return None
     how = f"{factor:.1f}x shorter" if factor > 1 else f"{1 / factor:.1f}x longer"
     return (f"{where}: recorded at a camera length of {geometry.camera_length_mm:g} mm ({geometry.voltage_kv:g} kV), "
-            f"{how} than the training scans of model {model.name} ({trained.camera_length_mm:g} mm, "
-            f"{trained.voltage_kv:g} kV): what the detector adds to every frame (the direct beam's disc, halo and "
-            f"point spread, the stray counts) is fixed in detector µm, so here it spans {max(factor, 1 / factor):.1f}x "
-            f"{'more' if factor > 1 else 'less'} q than in training and moves what the model reads "
+            f"{how} than the training scans of model {model.name} ({_optics_text(optics)}): what the detector adds "
+            f"to every frame (the direct beam's disc, halo and point spread, the stray counts) is fixed in detector "
+            f"µm, so here it spans {max(factor, 1 / factor):.1f}x {'more' if factor > 1 else 'less'} q than in "
+            f"training and moves what the model reads "
             f"out of the range it learned, and its class map can be wrong. Train a model on labeled scans recorded "
             f"at this camera length, or one with `train --session-robust`, which reads every frame against its "
             f"scan's own frames")
+
+
+def training_optics(model: SedModel) -> list[tuple[float, float]]:
+    """(camera length mm, voltage kV) of every training scan of ``model`` whose card lists them
+    (``training["scans"]``, since session 25); of the card's geometry, the first training scan's,
+    for model files written before; [] when unknown."""
+    scans = (model.training or {}).get("scans") or []
+    optics = [(float(s["camera_length_mm"]), float(s["voltage_kv"])) for s in scans
+              if s.get("role") == "train" and s.get("camera_length_mm") and s.get("voltage_kv")]
+    if optics or not model.geometry.calibrated:
+        return optics
+    return [(float(model.geometry.camera_length_mm), float(model.geometry.voltage_kv))]
+
+
+def _span(values) -> tuple[float, float]:
+    values = list(values)
+    return min(values), max(values)
+
+
+def _optics_text(optics) -> str:
+    """"600-900 mm, 200 kV" for the (camera length mm, voltage kV) pairs ``optics``."""
+    out = []
+    for values, unit in (([mm for mm, _ in optics], "mm"), ([kv for _, kv in optics], "kV")):
+        lo, hi = _span(values)
+        out.append(f"{lo:g} {unit}" if lo == hi else f"{lo:g}-{hi:g} {unit}")
+    return ", ".join(out)
 
 
 #: The name that stands for the model shipped inside the package (``sedclassify predict builtin``).

@@ -227,19 +227,56 @@ class ScanFeatures:
 #: Frames resampled at once when a crop recipe ranks a scan's frames (its two ends, each frame's
 #: neighbours): about 10 MB of crops (48 x 48 float32) per block.
 RANK_BLOCK_FRAMES = 1024
-#: A scan's resampled crops wait in memory up to this size, beyond it in a temporary memory-mapped
-#: file; the ends' medians read at most this much of them at a time.
+#: A scan's resampled crops (and training inputs) wait in memory up to this size, beyond it in a
+#: temporary memory-mapped file; the ends' medians read at most this much of them at a time.
 RANK_IN_MEMORY_BYTES = 64 * 2**20
 
 
-def _scratch(shape) -> np.ndarray:
-    """An empty float32 array of ``shape``: in memory when small, else over a temporary file
-    (removed when the array goes), so that its pages are the file's, not the process's memory."""
+def _scratch(shape, dtype=np.float32) -> np.ndarray:
+    """An empty array of ``shape``: in memory when small, else over a temporary file (removed
+    when the array goes), so that its pages are the file's, not the process's memory."""
     from ..processing.runner import file_backed_empty
 
-    if int(np.prod(shape)) * 4 <= RANK_IN_MEMORY_BYTES:
-        return np.empty(shape, np.float32)
-    return file_backed_empty(shape, np.float32)
+    if int(np.prod(shape)) * np.dtype(dtype).itemsize <= RANK_IN_MEMORY_BYTES:
+        return np.empty(shape, dtype)
+    return file_backed_empty(shape, dtype)
+
+
+#: Training frames whose inputs are made at once: for CNN crops about 9 MB of 48 x 48 float32,
+#: and the scan's raw crops they are resampled from.
+INPUT_BLOCK_FRAMES = 1024
+
+
+def _input_blocks(frames: np.ndarray, aug: dict | None):
+    """``frames`` with their augmentation draw ``aug`` (per-frame arrays, or None), in blocks of
+    INPUT_BLOCK_FRAMES; in one block when ``aug`` adds counting noise (one noise draw covers all
+    the frames, so blocks would change it)."""
+    step = len(frames) if aug is not None and "noise_seed" in aug else INPUT_BLOCK_FRAMES
+    for start in range(0, len(frames), max(step, 1)):
+        part = slice(start, start + step)
+        yield frames[part], None if aug is None else {k: v[part] if np.ndim(v) else v for k, v in aug.items()}
+
+
+class _InputRows:
+    """Model inputs gathered block by block into one array of at most ``n`` rows, made at the first
+    block (:func:`_scratch`: over a temporary file when large) instead of concatenated copies; rows
+    with a non-finite value are left out."""
+
+    def __init__(self, n: int):
+        self.n, self.count, self.rows, self.frames = n, 0, None, []
+
+    def add(self, X: np.ndarray, frames: np.ndarray) -> None:
+        ok = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
+        if self.rows is None:
+            self.rows = _scratch((self.n,) + X.shape[1:], X.dtype)
+        k = int(ok.sum())
+        self.rows[self.count:self.count + k] = X[ok]
+        self.count += k
+        self.frames.append(frames[ok])
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs (count, ...) and the frame each row is of."""
+        return self.rows[:self.count], np.concatenate(self.frames)
 
 
 def _pixel_median(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -422,17 +459,21 @@ def train(
     index, owners, y = _labeled_frames(scans, maps, train_ids)
     tr, va = _split(y, val_fraction, rng)
 
-    def inputs(sel, aug_rng=None):
-        """Inputs, labels and scan indices of the frames ``sel`` (augmented when given aug_rng)."""
-        parts, order = [], []
-        for i in np.unique(owners[sel]):
-            s = sel[owners[sel] == i]
-            aug = recipe.augmentation.draw(len(s), aug_rng) if aug_rng is not None else None
-            parts.append(scans[i].inputs(recipe, index[s], aug))
-            order.append(s)
-        X, order = np.concatenate(parts), np.concatenate(order)
-        ok = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
-        return X[ok], y[order][ok], owners[order][ok]
+    def inputs(sel, draws=(None,)):
+        """Inputs, labels and scan indices of the frames ``sel``, once per entry of ``draws`` (None:
+        as recorded, the augmentation rng: an augmented copy), made a block of frames at a time into
+        one array (over a temporary file when large: :class:`_InputRows`); frames with a non-finite
+        input left out."""
+        rows = _InputRows(len(sel) * len(draws))
+        for aug_rng in draws:
+            for i in np.unique(owners[sel]):
+                s = sel[owners[sel] == i]
+                aug = recipe.augmentation.draw(len(s), aug_rng) if aug_rng is not None else None
+                for block, block_aug in _input_blocks(s, aug):
+                    check_cancel(cancel)
+                    rows.add(scans[i].inputs(recipe, index[block], block_aug), block)
+        X, order = rows.result()
+        return X, y[order], owners[order]
 
     if groups is not None and len(groups) != len(scans):
         raise ValueError(f"{len(scans)} scans but {len(groups)} groups: give one group per scan")
@@ -441,11 +482,8 @@ def train(
     members, t_features, t_fit = [], 0.0, 0.0
     for member in range(ensemble):
         t1 = time.perf_counter()
-        parts = []
-        for copy in range(1 + recipe.augmentation.copies):  # the frames, then their augmented copies
-            check_cancel(cancel)
-            parts.append(inputs(tr, rng if copy else None))
-        X_tr, y_tr, o_tr = (np.concatenate(p) for p in zip(*parts))
+        # the frames, then their augmented copies
+        X_tr, y_tr, o_tr = inputs(tr, (None,) + (rng,) * recipe.augmentation.copies)
         t2 = time.perf_counter()
         estimator = make_estimator(kind, **{**settings, "random_state": settings["random_state"] + member})
         fit_extra = {}
@@ -471,7 +509,8 @@ def train(
         "kind": kind,
         "seed": int(seed),
         "scans": [{"name": scans[i].name, "scan_shape": list(scans[i].scan_shape), "role": "train",
-                   "labeled": {classes.names[c]: int((maps[i] == c).sum()) for c in classes.ids}}
+                   "labeled": {classes.names[c]: int((maps[i] == c).sum()) for c in classes.ids},
+                   **_optics(scans[i].geometry)}
                   for i in train_ids]
         + [{"name": scans[i].name, "scan_shape": list(scans[i].scan_shape), "role": "holdout"} for i in holdout],
         "n_train_frames": int(len(tr)),
@@ -505,6 +544,14 @@ def train(
         metrics.setdefault("holdout", {})[scans[i].name] = evaluate(maps[i], pred.class_map, classes)
     model.metrics = metrics
     return model
+
+
+def _optics(geometry: Geometry) -> dict:
+    """A training scan's camera length (mm) and voltage (kV) for the model card, when both are known:
+    the range of the training scans' λL that ``persistence.camera_length_warning`` compares with."""
+    if not geometry.calibrated:
+        return {}
+    return {"camera_length_mm": float(geometry.camera_length_mm), "voltage_kv": float(geometry.voltage_kv)}
 
 
 #: A class with fewer labeled training frames than this is learnt poorly (a warning says so).

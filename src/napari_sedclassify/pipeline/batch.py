@@ -158,17 +158,19 @@ def _check_handshake(address: str) -> None:
 
 
 class Progress:
-    """Frames done over all scans of a batch, reported as ``callback(done, total)``.
+    """Frames done over all scans of a batch, reported as ``callback(done, total)``, and each
+    scan's as ``scan_callback(i, n, done, total)`` (scan i of n: which scan the frames are of, which
+    the sum cannot tell at a scan's boundary).
 
-    Thread-safe: each scan reports through :meth:`for_scan`; totals start at the scans' frame
-    counts and follow what each scan reports (a fitted-centring run counts frames twice).
+    Thread-safe: each scan reports through :meth:`for_scan`; totals start at ``totals`` (the scans'
+    frames, twice over with fitted centring) and follow what each scan reports.
     """
 
-    def __init__(self, totals: Sequence[int], callback: Callable | None):
+    def __init__(self, totals: Sequence[int], callback: Callable | None, scan_callback: Callable | None = None):
         self._lock = threading.Lock()
         self._done = [0] * len(totals)
         self._total = list(int(t) for t in totals)
-        self._callback = callback
+        self._callback, self._scan_callback = callback, scan_callback
 
     def for_scan(self, i: int) -> Callable:
         def report(done, total):
@@ -177,16 +179,21 @@ class Progress:
                 d, t = sum(self._done), sum(self._total)
             if self._callback is not None:
                 self._callback(d, t)
+            if self._scan_callback is not None:
+                self._scan_callback(i, len(self._total), int(done), int(total))
 
         return report
 
     def finish(self, i: int) -> None:
-        """Scan i is done: its frames counted in full, when its reports fell short (said once: a
-        scan that reported them all is not reported again, after its classify stage)."""
+        """Scan i is done: its frames counted in full in the sum, when its reports fell short (said
+        once: a scan that reported them all is not reported again, after its classify stage; its own
+        bar, which its classify stage follows, is not drawn again)."""
         with self._lock:
             short = self._done[i] < self._total[i]
-        if short:
-            self.for_scan(i)(self._total[i], self._total[i])
+            self._done[i] = self._total[i]
+            d, t = sum(self._done), sum(self._total)
+        if short and self._callback is not None:
+            self._callback(d, t)
 
 
 def run_scans(job: Callable, n_scans: int, *, concurrent: int = 1, cancel: Callable | None = None) -> list:
@@ -260,9 +267,10 @@ def _check_names(names: list[str]) -> None:
 
 def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | None = None,
                   workers: int | None = None, client=None, force: bool = False, chunk_frames: int | None = None,
-                  concurrent: int = 2, progress: Callable | None = None, classify_progress: Callable | None = None,
-                  cancel: Callable | None = None, uncertain_below: float | None = None, hspy: bool = False,
-                  keep=("amorphous_ice",), worker_wait_s: float | None = None) -> list[dict]:
+                  concurrent: int = 2, progress: Callable | None = None, scan_progress: Callable | None = None,
+                  classify_progress: Callable | None = None, cancel: Callable | None = None,
+                  uncertain_below: float | None = None, hspy: bool = False, keep=("amorphous_ice",),
+                  worker_wait_s: float | None = None) -> list[dict]:
     """Classify every scan (paths or file-backed Scans) with ``model`` (SedModel or model file) and
     write into ``out_dir`` what ``pipeline.predict.write_prediction`` writes per scan, with the
     keep-list of the classes in ``keep`` (a scan's files appear together, each atomically; existing
@@ -274,11 +282,13 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
     worker_wait_s: seconds to wait for workers while the cluster has none (:func:`dask_client`).
     flatfield: None, one for all scans or one per scan (FlatField or path). chunk_frames: frames
     per task (default: the reader's chunks, about 32 MB). progress(done, total) counts frames
-    preprocessed over all scans; classify_progress(i, n, done, total) the recorded frames of scan
+    preprocessed over all scans, scan_progress(i, n, done, total) those of scan i of n (frames
+    counted twice with fitted centring); classify_progress(i, n, done, total) the recorded frames of scan
     i of n the model has classified, after each block (on a cluster two scans may classify at
     once, from two threads). Returns one dict per scan: name, source, files, counts, unclassified, timings.
     """
-    from .predict import card_of, loading, predict_scan, prediction_entry, with_uncertain, write_prediction
+    from .predict import (card_of, check_scans, loading, predict_scan, prediction_entry, preprocess_passes,
+                          with_uncertain, write_prediction)
     from .scans import flatfields_for, scan_name, scan_report
 
     model = loading(model)  # a model file's estimator loads while the first scan is preprocessed
@@ -294,12 +304,14 @@ def batch_predict(model, scans, out_dir, *, flatfield=None, scheduler: str | Non
         opened = _open(scans, cl)
         names = [scan_name(s) for s in opened]
         _check_names(names)
+        check_scans(card_of(model), opened, names)  # every scan before the first is preprocessed
         for name in names:
             for pattern in PREDICTION_FILES + (("{}_uncertain.npy",) if uncertain_below is not None else ()) + (
                     HSPY_FILES if hspy else ()):
                 check_target(out_dir / pattern.format(name), force)
         ffs = flatfields_for(flatfield, len(opened))
-        bar = Progress([s.n_frames for s in opened], progress)
+        passes = preprocess_passes(card_of(model))  # a bar's total set once, not grown as scans start
+        bar = Progress([passes * s.n_frames for s in opened], progress, scan_progress)
 
         def job(i, cancelled):
             pred = predict_scan(model, opened[i], flatfield=ffs[i], client=cl, chunk_frames=chunk_frames,

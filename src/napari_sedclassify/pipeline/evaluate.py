@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .predict import ScanPrediction, as_model, predict_scan
+from .predict import ScanPrediction, as_model, check_scans, predict_scan
 from .scans import flatfields_for, is_path, load_labels, open_scans, scan_report
 
 
@@ -109,6 +109,7 @@ def evaluate_model(model, scans, labels, *, flatfield=None, progress: Callable |
     scans = open_scans(scans)
     truths = [checked_truth(t, lab, i, scan, model.classes)
               for i, (t, lab, scan) in enumerate(zip(load_labels(labels, scans), labels, scans))]
+    check_scans(model, scans)  # every scan before the first is preprocessed
     ffs = flatfields_for(flatfield, len(scans))
     preds: list[ScanPrediction] = []
     per_scan = {}

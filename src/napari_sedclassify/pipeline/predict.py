@@ -154,6 +154,21 @@ def check_preprocess(model, result, geometry) -> None:
                                      "recipe: " + "; ".join(problems))
 
 
+def preprocess_passes(model) -> int:
+    """How many times preprocessing reads each frame for ``model`` (SedModel or card): 2 with
+    fitted centring (centres, then the profiles around the fitted ones), else 1."""
+    return 2 if (model.preprocess or {}).get("centring") == "fitted" else 1
+
+
+def check_scans(model, scans, names=None) -> None:
+    """Raise IncompatibleModelError (naming the scan's file) for the first of ``scans`` (opened
+    Scans) whose geometry ``model`` (SedModel or card) cannot read: a batch says it before its first
+    scan is preprocessed, not after the scans before that one (``names``: the in-memory scans')."""
+    for i, scan in enumerate(scans):
+        model.check_geometry(scan.geometry, str(scan.source) if scan.source is not None
+                             else (names[i] if names else scan_name(scan)))
+
+
 def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progress: Callable | None = None,
                  classify_progress: Callable | None = None, cancel: Callable | None = None, client=None,
                  chunk_frames: int | None = None) -> ScanPrediction:
@@ -178,7 +193,7 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
     card = card_of(model)
     (scan,) = open_scans([scan])
     name = name or scan_name(scan)
-    card.check_geometry(scan.geometry, name if scan.source is None else str(scan.source))
+    check_scans(card, [scan], [name])
     t0 = time.perf_counter()
     if result is None:
         params = params_for_model(card, scan.geometry)
@@ -345,7 +360,8 @@ def predict_to_files(model, scans, out_dir, *, flatfield=None, progress=None, ca
     uncertain (class 0 and ``<name>_uncertain.npy``, see :func:`with_uncertain`)."""
     model = loading(model)
     classes = card_of(model).classes
-    scans = list(scans)
+    scans = open_scans(list(scans))
+    check_scans(card_of(model), scans)
     ffs = flatfields_for(flatfield, len(scans))
     out = []
     for i, (scan, ff) in enumerate(zip(scans, ffs)):

@@ -139,7 +139,9 @@ HALO_CIRCLE_PX = 0.5
 def _add_sum_count(typingctx, acc, k, v):
     """``acc[k] += v; acc[k + 1] += 1.0`` (acc float64, v float32 or float64) as one two-lane load,
     add and store: the same IEEE additions, half the memory operations of the scalar pair (LLVM
-    does not pair them itself). The RIA's pixel loop spends its time on these (docs/performance.md)."""
+    does not pair them itself). The symmetry search of the wide-pixel centring (``_spread``) adds
+    its values so; the RIA's pixel loop, where the time goes, adds pairs made beforehand
+    (``_add_pair``, docs/performance.md)."""
     pair = ir.VectorType(ir.DoubleType(), 2)
     widen = v == types.float32
 
@@ -153,6 +155,25 @@ def _add_sum_count(typingctx, acc, k, v):
         return context.get_dummy_value()
 
     return types.void(acc, k, v), codegen
+
+
+@intrinsic
+def _add_pair(typingctx, acc, k, pairs, j):
+    """``acc[k:k + 2] += pairs[j:j + 2]`` (both float64) as one two-lane load, add and store: with
+    the pairs (v, 1.0) made in a loop that vectorises, the additions of ``_add_sum_count`` without
+    its per-pixel conversion and lane insertion (a pixel's sum and count, in the RIA's pixel loop)."""
+    pair = ir.VectorType(ir.DoubleType(), 2)
+
+    def codegen(context, builder, signature, args):
+        array, offset, source, at = args
+        data = context.make_array(signature.args[0])(context, builder, array).data
+        src = context.make_array(signature.args[2])(context, builder, source).data
+        where = builder.bitcast(builder.gep(data, [offset]), pair.as_pointer())
+        step = builder.load(builder.bitcast(builder.gep(src, [at]), pair.as_pointer()), align=8)
+        builder.store(builder.fadd(builder.load(where, align=8), step), where, align=8)
+        return context.get_dummy_value()
+
+    return types.void(acc, k, pairs, j), codegen
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -178,6 +199,14 @@ def correct_frames(raw, corr, dark, use_dark, saturation, out):
 
 
 @njit(nogil=True, cache=True)
+def _add_row(row, acc):
+    """acc += the finite values of row (float32, in place)."""
+    for x in range(row.shape[0]):
+        v = row[x]
+        acc[x] += v if v == v else np.float32(0)
+
+
+@njit(nogil=True, cache=True)
 def bin_sums(frame, b, row_step, floor, out):
     """Sum of the finite pixels of each b x b block of one frame, each less ``floor`` (the data's
     pedestal, see find_centres), into out (ceil(ky/b), ceil(kx/b)), reading every row_step-th row of
@@ -188,9 +217,12 @@ def bin_sums(frame, b, row_step, floor, out):
     for yb in range(nby):
         acc[:] = 0
         for y in range(yb * b, min(ky, (yb + 1) * b), row_step):
-            for x in range(kx):
-                v = frame[y, x]
-                acc[x] += v - floor if v == v else np.float32(0)
+            if floor == 0:  # float32 sums: the float64 sum rounded to float32 is the float32 sum (exact
+                _add_row(frame[y], acc)  # double rounding: 53 >= 2 x 24 + 2 bits), twice the vector width
+            else:
+                for x in range(kx):
+                    v = frame[y, x]
+                    acc[x] += v - floor if v == v else np.float32(0)
         o = out[yb]
         o[:] = 0
         for j in range(b):  # column j of every block, the blocks side by side: independent sums
@@ -324,49 +356,46 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, floor, py, px, wy, wx, 
     return True
 
 
-@njit(nogil=True, cache=True)
-def _solve3(m, v):
-    """Solve the 3x3 system m x = v (Cramer); returns (x, ok)."""
-    det = (m[0, 0] * (m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1]) - m[0, 1] * (m[1, 0] * m[2, 2] - m[1, 2] * m[2, 0])
-           + m[0, 2] * (m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0]))
-    x = np.zeros(3)
-    if abs(det) < 1e-12:
-        return x, False
-    for k in range(3):
-        t = m.copy()
-        for r in range(3):
-            t[r, k] = v[r]
-        x[k] = (t[0, 0] * (t[1, 1] * t[2, 2] - t[1, 2] * t[2, 1]) - t[0, 1] * (t[1, 0] * t[2, 2] - t[1, 2] * t[2, 0])
-                + t[0, 2] * (t[1, 0] * t[2, 1] - t[1, 1] * t[2, 0])) / det
-    return x, True
+@njit(nogil=True, cache=True, inline="always")
+def _det3(a, b, c, d, e, f, g, h, k):
+    """The determinant of the 3x3 matrix with rows (a, b, c), (d, e, f), (g, h, k)."""
+    return a * (e * k - f * h) - b * (d * k - f * g) + c * (d * h - e * g)
 
 
 @njit(nogil=True, cache=True)
 def _kasa(pts, use, npts, res):
-    """Algebraic circle fit x^2 + y^2 + D y + E x + F = 0 to the points pts[:npts] with use[k];
-    writes (cy, cx, R) to res."""
-    m = np.zeros((3, 3))
-    v = np.zeros(3)
-    a = np.empty(3)
+    """Algebraic circle fit x^2 + y^2 + D y + E x + F = 0 to the points pts[:npts] with use[k]
+    (the normal equations' sums, then Cramer's rule); writes (cy, cx, R) to res. Scalars only:
+    no array is allocated (it runs up to 10 times a frame)."""
+    m00 = m01 = m02 = m10 = m11 = m12 = m20 = m21 = m22 = 0.0
+    v0 = v1 = v2 = 0.0
     for k in range(npts):
         if not use[k]:
             continue
         y = pts[k, 0]
         x = pts[k, 1]
-        a[0] = y
-        a[1] = x
-        a[2] = 1.0
         z = -(x * x + y * y)
-        for r in range(3):
-            v[r] += a[r] * z
-            for c in range(3):
-                m[r, c] += a[r] * a[c]
-    sol, ok = _solve3(m, v)
-    if not ok:
+        v0 += y * z
+        m00 += y * y
+        m01 += y * x
+        m02 += y * 1.0
+        v1 += x * z
+        m10 += x * y
+        m11 += x * x
+        m12 += x * 1.0
+        v2 += 1.0 * z
+        m20 += 1.0 * y
+        m21 += 1.0 * x
+        m22 += 1.0 * 1.0
+    det = _det3(m00, m01, m02, m10, m11, m12, m20, m21, m22)
+    if abs(det) < 1e-12:
         return False
-    cy = -0.5 * sol[0]
-    cx = -0.5 * sol[1]
-    r2 = cy * cy + cx * cx - sol[2]
+    d = _det3(v0, m01, m02, v1, m11, m12, v2, m21, m22) / det
+    e = _det3(m00, v0, m02, m10, v1, m12, m20, v2, m22) / det
+    f = _det3(m00, m01, v0, m10, m11, v1, m20, m21, v2) / det
+    cy = -0.5 * d
+    cx = -0.5 * e
+    r2 = cy * cy + cx * cx - f
     if r2 <= 0:
         return False
     res[0] = cy
@@ -397,6 +426,22 @@ def _crossings(frame, i0, i1, j0, j1, level, pi, pj, wi, wj, cj, pts, n, swap):
 
 
 @njit(nogil=True, cache=True)
+def _median_of(d, use, buf):
+    """np.median(d[use]) (use not all False, no NaN in d), with buf (len(d),) as scratch: the middle
+    value, or the mean (a + b) / 2 of the middle two, as numpy and numba compute it."""
+    m = 0
+    for k in range(d.shape[0]):
+        if use[k]:
+            buf[m] = d[k]
+            m += 1
+    half = m >> 1
+    if m & 1:
+        return _select(buf, m, half)
+    a = _select(buf, m, half - 1)
+    return (a + _select(buf, m, half)) / 2
+
+
+@njit(nogil=True, cache=True)
 def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, ix_edges, res):
     """Circle through the points where the beam's edge crosses ``level`` along rows and columns
     (linear interpolation between neighbouring ordinary pixels, physical px; only crossings that
@@ -422,10 +467,11 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, 
     if kept < 6 or not _kasa(pts, use, n, res):
         return False
     d = np.empty(n)
+    buf = np.empty(n)
     for _ in range(4):  # drop points off the circle (hot pixels, Bragg spots), refit
         for k in range(n):
             d[k] = abs(math.hypot(pts[k, 0] - res[0], pts[k, 1] - res[1]) - res[2])
-        tol = max(0.3, 4.0 * 1.4826 * np.median(d[use]))
+        tol = max(0.3, 4.0 * 1.4826 * _median_of(d, use, buf))
         kept = 0
         changed = False
         for k in range(n):
@@ -442,7 +488,7 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, 
     if res.shape[0] > 3:  # how far the points kept lie from the circle: the median (physical px)
         for k in range(n):
             d[k] = abs(math.hypot(pts[k, 0] - res[0], pts[k, 1] - res[1]) - res[2])
-        res[3] = np.median(d[use])
+        res[3] = _median_of(d, use, buf)
     return True
 
 
@@ -722,18 +768,22 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
 
 
 @njit(nogil=True, cache=True)
-def _ring_row(row, dx2, dy2, r_min, inv, nbins, parity, idx, acc):
+def _ring_row(row, dx2, dy2, r_min, inv, nbins, parity, idx, pairs, acc):
     """Add one row's pixels (distances squared dy2 + dx2 from the centre) to their radial bins in
     acc (see radial_sums); parity: that of the row's first pixel. The first loop vectorises (it
-    runs from 0); pixels not counted (NaN, outside the bins) go to the slot at 4 nbins."""
+    runs from 0): each pixel's bin slot to idx, its (value, 1.0) to pairs (2 len(row),), which the
+    second adds to the slot (``_add_pair``); pixels not counted (NaN, outside the bins) go to the
+    slot at 4 nbins."""
     m = row.shape[0]
     for x in range(m):
         v = row[x]
         t = (math.sqrt(dy2 + dx2[x]) - r_min) * inv
         ok = (v == v) and t >= 0.0 and t < nbins
         idx[x] = np.uint32(4 * (np.int32(t) if ok else nbins) + 2 * ((x + parity) & 1))
+        pairs[2 * x] = np.float64(v)
+        pairs[2 * x + 1] = 1.0
     for x in range(m):
-        _add_sum_count(acc, np.int64(idx[x]), row[x])
+        _add_pair(acc, np.int64(idx[x]), pairs, np.int64(2 * x))
 
 
 @njit(nogil=True, cache=True)
@@ -754,6 +804,7 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
     lim2 = r_out * r_out
     dx2 = np.empty(kx, np.float64)
     idx = np.empty(kx, np.uint32)
+    pairs = np.empty(2 * kx, np.float64)
     # (sum, count) per bin and per pixel parity, at 4 k + 2 parity (+1): neighbouring pixels,
     # often in the same bin, then update different memory and do not wait for each other; bin
     # nbins collects the rest (NaN included: never read)
@@ -773,9 +824,9 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
             if dy2 >= lim2:
                 continue
             w = math.sqrt(lim2 - dy2)
-            x0 = max(0, np.searchsorted(px, cx - w) - 1)
-            x1 = min(kx, np.searchsorted(px, cx + w) + 1)
-            _ring_row(frames[i, y, x0:x1], dx2[x0:x1], dy2, r_min, inv, nbins, x0 & 1, idx, acc)
+            x0 = 0 if cx - w <= px[0] else max(0, np.searchsorted(px, cx - w) - 1)  # a whole row: what the
+            x1 = kx if cx + w >= px[kx - 1] else min(kx, np.searchsorted(px, cx + w) + 1)  # searches find
+            _ring_row(frames[i, y, x0:x1], dx2[x0:x1], dy2, r_min, inv, nbins, x0 & 1, idx, pairs, acc)
         for k in range(nbins):
             sums[i, k] = acc[4 * k] + acc[4 * k + 2]
             counts[i, k] = acc[4 * k + 1] + acc[4 * k + 3]

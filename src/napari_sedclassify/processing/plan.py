@@ -283,10 +283,11 @@ def edge_width_warning(where, resolved: dict) -> str:
 
 def stated_params(params: PreprocessParams, metadata: dict | None) -> PreprocessParams:
     """``params`` with the direct-beam radius the scan's ``metadata`` states (``beam_radius_px``:
-    the command line's --beam-radius) when they leave it to be measured; checked as a given one."""
+    the command line's --beam-radius), checked as a given one. It wins over the radius of
+    ``params`` (a model's preprocessing may carry one): the user stated it for this scan, whose
+    camera length and binning set it, and the model's features do not depend on it."""
     radius = (metadata or {}).get("beam_radius_px")
-    return params if radius is None or params.beam_radius_px is not None else \
-        replace(params, beam_radius_px=float(radius))
+    return params if radius is None else replace(params, beam_radius_px=float(radius))
 
 
 def saturation_of(metadata: dict, sample: np.ndarray, given: float | None, pedestal: float = 0.0) -> float | None:
