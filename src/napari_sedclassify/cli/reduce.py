@@ -71,7 +71,8 @@ def run(args):
                                 classify_progress=partial(bars.classify, 0, 1))
         class_map, probabilities = pred.class_map, pred.probabilities
         how = {"class_map_from": "model", "model": str(args.model), "model_kind": model.kind,
-               "flatfield": args.flatfield, "class_ids_of_probabilities": pred.class_ids}
+               "flatfield": args.flatfield, "class_ids_of_probabilities": pred.class_ids,
+               "preprocessing": pred.preprocessing}  # the plan the frames were classified with
         if pred.warnings:  # the frames kept are the model's choice: what may make it wrong, said and stored
             how["warnings"] = list(pred.warnings)
         print_warnings(pred.warnings)

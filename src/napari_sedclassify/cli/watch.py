@@ -131,17 +131,19 @@ def run(args):
         writable_folder(Path(args.reduce).parent, args.reduce)
     if args.out:
         writable_folder(out_folder(args.out))
-    bar = None  # made once the source is ready: a refusal (watch checks the model and locks --out first) prints none
+    bar = None  # made once frames are classified: a refusal (even once the acquisition's header is read) prints none
 
     said = []
 
     def on_update(state):
         nonlocal bar
-        if bar is None:
-            bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
         for w in state.warnings[len(said):]:  # said while the acquisition goes on: it can be stopped
             said.append(w)
-            bar.write(f"warning: {w}", file=sys.stderr)
+            tqdm.write(f"warning: {w}", file=sys.stderr)
+        if bar is None and not state.n_done:
+            return
+        if bar is None:
+            bar = tqdm(unit="frame", desc="watch", file=sys.stderr, dynamic_ncols=True)
         bar.total = state.n_positions
         bar.update(state.n_done - bar.n)
         lat = state.latency_stats()

@@ -14,6 +14,9 @@ Protocol (every message one frame: 8-byte big-endian length, then a pickle):
 - the original stdout, to the parent: ("progress", n, dict), then one of ("result", value),
   ("cancelled", message) or ("error", message, traceback). Anything the job prints goes to
   stderr, so it cannot corrupt the messages.
+
+:func:`quiet_tensorflow_start` (also used by ``cnn.import_keras`` in any process) keeps the notices
+TensorFlow's C++ code prints while it loads off stderr.
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ import functools
 import mmap
 import os
 import pickle
+import re
 import struct
 import sys
 import threading
 import traceback
 
 _LEN = struct.Struct(">Q")
+#: What TensorFlow's C++ code writes to stderr while it loads, whatever TF_CPP_MIN_LOG_LEVEL says
+#: (absl writes its records there until it is initialised): absl's notice about that, and its INFO
+#: and WARNING records (e.g. "I0000 00:00:17... port.cc:153] oneDNN custom operations are on").
+#: Errors (E, F) and everything else pass; a notice that follows a progress bar's text on its line
+#: is cut from it.
+_START_UP_NOTICE = re.compile(rb"(?:WARNING: All log messages before absl::InitializeLog\(\) is called"
+                              rb"|[IW]\d{4} [\d:.]+ +\d+ [\w.-]+:\d+\] )[^\r\n]*\r?\n")
+_LINE_END = re.compile(rb"(?<=\n)|(?<=\r)(?!\n)")
 
 
 def write_frame(stream, obj, lock=None) -> None:
@@ -47,6 +59,42 @@ def read_frame_bytes(stream) -> bytes | None:
     n = _LEN.unpack(head)[0]
     data = stream.read(n)
     return data if len(data) == n else None
+
+
+def _forward_kept_lines(read_fd: int, out_fd: int) -> None:
+    """Thread: copy the lines read from ``read_fd`` (ended by \\n or \\r, as a progress bar's)
+    to ``out_fd``, less TensorFlow's start-up notices, until the pipe's end."""
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe, os.fdopen(out_fd, "wb", closefd=False) as out:
+        pending = b""
+        while chunk := pipe.read(1 << 16):
+            *lines, pending = _LINE_END.split(pending + chunk)
+            out.write(_START_UP_NOTICE.sub(b"", b"".join(lines)))
+            out.flush()
+        out.write(pending)
+
+
+@contextlib.contextmanager
+def quiet_tensorflow_start():
+    """Import TensorFlow within this: TF_CPP_MIN_LOG_LEVEL=2 unless set, and stderr (file
+    descriptor 2, where C++ code writes) passes through a filter that drops the start-up notices
+    that variable does not reach (:data:`_START_UP_NOTICE`); anything else written meanwhile
+    (errors, progress bars) reaches stderr as it is."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    read_fd, write_fd = os.pipe()
+    stderr_fd = os.dup(2)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    forward = threading.Thread(target=_forward_kept_lines, args=(read_fd, stderr_fd), daemon=True,
+                               name="stderr without TensorFlow's notices")
+    forward.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(stderr_fd, 2)  # the pipe's last write end closes: the thread forwards the rest and ends
+        forward.join()
+        os.close(stderr_fd)
 
 
 def _mapped(paths) -> list:
@@ -71,13 +119,16 @@ def _preload(argv) -> None:
     for flag, value in zip(argv, argv[1:]):
         if flag == "--nice-at-least":
             _nice_to(int(value))
-    for flag, value in zip(argv, argv[1:]):
-        if flag == "--preload":
-            for name in filter(None, value.split(",")):
-                try:
-                    importlib.import_module(name)
-                except Exception as exc:  # the job will import it again and report what fails
-                    print(f"preloading {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    names = [name for flag, value in zip(argv, argv[1:]) if flag == "--preload"
+             for name in filter(None, value.split(","))]
+    if not names:
+        return
+    with quiet_tensorflow_start():  # e.g. keras
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # the job will import it again and report what fails
+                print(f"preloading {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def main(argv=()) -> int:

@@ -10,19 +10,23 @@ imports scikit-learn (TensorFlow only in ``fit`` and loading).
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import Cancelled
 from ._common import ProbaClassifier, check_cancel, class_weights, fit_epochs, stratified_subsample
+from ._tf_child import quiet_tensorflow_start
 
 
 def import_keras():
-    """Import Keras 3 with the TensorFlow backend, quietly."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Import Keras 3 with the TensorFlow backend, quietly (``_tf_child.quiet_tensorflow_start``)."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    with quiet_tensorflow_start():
+        import keras
 
     return keras
 

@@ -565,12 +565,51 @@ def _pixels_per_bin(radii_px: np.ndarray, geometry) -> np.ndarray:
 
 def _thinned(x: np.ndarray, dose, pixels, seed) -> np.ndarray:
     """Rows of x (means of counts over ``pixels`` detector px, broadcast against x) with the extra
-    counting noise of a dose ``dose`` (one factor < 1 per row) times lower: variance x (1/f - 1) / pixels."""
+    counting noise of a dose ``dose`` (one factor < 1 per row) times lower: variance x (1/f - 1) / pixels.
+    seed: the draw's seed (x holds all its rows), or a :class:`NoiseRows` (x holds a block of them)."""
     extra = np.clip(1.0 / np.asarray(dose, dtype=np.float64) - 1.0, 0.0, None).reshape((-1,) + (1,) * (x.ndim - 1))
-    if not np.any(extra > 0):
-        return x
+    noise = seed if isinstance(seed, NoiseRows) else NoiseStream(seed).rows(0)
     sd = np.sqrt(np.clip(np.nan_to_num(x, nan=0.0), 0.0, None) * extra / pixels)
-    return (x + sd * np.random.default_rng(seed).standard_normal(x.shape)).astype(x.dtype)
+    return (x + sd * noise.normal(x.shape)).astype(x.dtype)
+
+
+class NoiseStream:
+    """The standard normal numbers of one augmentation draw's counting noise (``noise_seed``),
+    handed out a block of rows at a time: the block of rows ``start`` to ``start + m`` gets the
+    numbers one draw over all the rows gives them, however the rows are split into blocks, so that
+    training makes its augmented inputs a block of frames at a time with the numbers it drew for
+    all of a scan's frames at once before. numpy's Generator draws ``standard_normal``'s values one
+    after another from its bit generator, so a draw continued from where the last block's stopped
+    is the rest of one draw; the state at each block's start is kept, so a block drawn again (a crop
+    model's neighbour channel, made from the same draw) gets its numbers again. Blocks come in order."""
+
+    def __init__(self, seed):
+        self._rng = np.random.default_rng(seed)
+        self._states = {0: self._rng.bit_generator.state}
+
+    def rows(self, start: int) -> "NoiseRows":
+        """The numbers of the block of rows that begins at row ``start`` of the draw."""
+        return NoiseRows(self, int(start))
+
+    def normal(self, start: int, shape) -> np.ndarray:
+        """Standard normal numbers: ``shape[0]`` rows from row ``start``, of ``shape[1:]`` each."""
+        self._rng.bit_generator.state = self._states[start]
+        out = self._rng.standard_normal(shape)
+        self._states = {k: v for k, v in self._states.items() if k >= start}  # earlier blocks are done
+        self._states[start + int(shape[0])] = self._rng.bit_generator.state
+        return out
+
+
+@dataclass(frozen=True)
+class NoiseRows:
+    """The block of a :class:`NoiseStream`'s rows from row ``start``."""
+
+    stream: NoiseStream
+    start: int
+
+    def normal(self, shape) -> np.ndarray:
+        """Standard normal numbers (shape[0] rows from ``start``, of shape[1:] each)."""
+        return self.stream.normal(self.start, shape)
 
 
 def _radial_shifts(aug: dict | None, geometry) -> list:

@@ -19,6 +19,7 @@ from ._common import check_cancel
 from .features import (
     Augmentation,
     FeatureRecipe,
+    NoiseStream,
     carbon_ice_score,
     crop_features,
     crop_score,
@@ -249,12 +250,16 @@ INPUT_BLOCK_FRAMES = 1024
 
 def _input_blocks(frames: np.ndarray, aug: dict | None):
     """``frames`` with their augmentation draw ``aug`` (per-frame arrays, or None), in blocks of
-    INPUT_BLOCK_FRAMES; in one block when ``aug`` adds counting noise (one noise draw covers all
-    the frames, so blocks would change it)."""
-    step = len(frames) if aug is not None and "noise_seed" in aug else INPUT_BLOCK_FRAMES
+    INPUT_BLOCK_FRAMES. Counting noise (``noise_seed``): each block's rows of the one draw over all
+    the frames (``features.NoiseStream``), so the inputs do not depend on the block size."""
+    noise = NoiseStream(aug["noise_seed"]) if aug is not None and "noise_seed" in aug else None
+    step = INPUT_BLOCK_FRAMES
     for start in range(0, len(frames), max(step, 1)):
         part = slice(start, start + step)
-        yield frames[part], None if aug is None else {k: v[part] if np.ndim(v) else v for k, v in aug.items()}
+        block = None if aug is None else {k: v[part] if np.ndim(v) else v for k, v in aug.items()}
+        if noise is not None:
+            block["noise_seed"] = noise.rows(start)
+        yield frames[part], block
 
 
 class _InputRows:

@@ -29,7 +29,9 @@ class ScanPrediction:
     geometry: the scan's Geometry (scan step, q axis); ria: (sy, sx, nbins) float32 radial
     intensity averages with ria_radii_px (nbins,) their bin centres: what the HyperSpy export
     (``io.hyperspy.export_hyperspy``) writes besides the class map. warnings: what the user must
-    know before trusting the class map (:func:`prediction_warnings`), one sentence each."""
+    know before trusting the class map (:func:`prediction_warnings`), one sentence each.
+    preprocessing: how the frames were preprocessed (``preprocess.preprocessing_record``: the plan,
+    the direct-beam radius and whether it was stated or measured, the q axis, the flat-field)."""
 
     name: str
     class_map: np.ndarray
@@ -43,6 +45,7 @@ class ScanPrediction:
     ria: np.ndarray | None = None
     ria_radii_px: np.ndarray | None = None
     warnings: list = field(default_factory=list)
+    preprocessing: dict | None = None
 
 
 def with_uncertain(pred: ScanPrediction, threshold: float | None) -> ScanPrediction:
@@ -59,7 +62,8 @@ def with_uncertain(pred: ScanPrediction, threshold: float | None) -> ScanPredict
 
 def prediction_entry(pred: ScanPrediction, files: dict, classes) -> dict:
     """The summary of one written prediction: name, source, files, counts per class, frames not
-    classified (and of those, uncertain ones when marked), timings."""
+    classified (and of those, uncertain ones when marked), timings, and how the frames were
+    preprocessed (``preprocessing``: see :class:`ScanPrediction`)."""
     entry = {"name": pred.name, "source": pred.source, "files": files,
              "counts": {classes.names[c]: int((pred.class_map == c).sum()) for c in pred.class_ids},
              "unclassified": int((pred.class_map == 0).sum()), "timings": pred.timings}
@@ -67,6 +71,8 @@ def prediction_entry(pred: ScanPrediction, files: dict, classes) -> dict:
         entry["uncertain"] = int(pred.uncertain.sum())
     if pred.warnings:
         entry["warnings"] = list(pred.warnings)
+    if pred.preprocessing is not None:
+        entry["preprocessing"] = pred.preprocessing
     return entry
 
 
@@ -187,7 +193,7 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
     """
     from ..models.inference import predict_scan as predict_features
     from ..models.training import ScanFeatures
-    from .preprocess import preprocess
+    from .preprocess import preprocess, preprocessing_record
 
     model = loading(model)
     card = card_of(model)
@@ -212,7 +218,8 @@ def predict_scan(model, scan, *, flatfield=None, name=None, result=None, progres
                           class_ids=pred.class_ids, integrated=result.virtual["total"],
                           timings={"preprocess_s": t1 - t0, "predict_s": t2 - t1}, source=scan.source,
                           geometry=scan.geometry, ria=result.ria, ria_radii_px=result.radii_px,
-                          warnings=prediction_warnings(card, scan, result, name, class_map=pred.class_map))
+                          warnings=prediction_warnings(card, scan, result, name, class_map=pred.class_map),
+                          preprocessing=preprocessing_record(result, scan.geometry))
 
 
 def prediction_warnings(model, scan, result, name=None, *, class_map=None) -> list[str]:
@@ -306,12 +313,14 @@ def params_for_model(model, geometry):
 def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ice",)) -> dict:
     """Write into ``out_dir``, atomically: ``<name>_classes.npy`` and ``.tif`` (uint8 class map),
     ``<name>_probabilities.npy`` (sy, sx, k float32) with ``<name>_probabilities.json`` (the class
-    ids and names of its last axis), ``<name>_overlay.png`` and ``<name>_keep.csv``, the keep-list
+    ids and names of its last axis, and ``preprocessing``: how the frames were preprocessed,
+    :class:`ScanPrediction`), ``<name>_overlay.png`` and ``<name>_keep.csv``, the keep-list
     of the classes in ``keep`` (names or ids; the format ``watch`` and the napari export write,
     ``pipeline.reduce.write_keep_list``); with frames marked uncertain
     (:func:`with_uncertain`) also ``<name>_uncertain.npy`` (bool (sy, sx), True = left out of the
     class map as uncertain); returns {kind: path}."""
     from ..io.atomic import atomic_path, write_npy, write_text
+    from ..jsonutil import jsonable
     from ..models.metrics import plot_overlay
 
     out_dir = Path(out_dir)
@@ -328,8 +337,9 @@ def write_prediction(pred: ScanPrediction, out_dir, classes, keep=("amorphous_ic
         Image.fromarray(np.ascontiguousarray(pred.class_map, dtype=np.uint8)).save(tmp, format="TIFF")
     paths["probabilities_classes"] = write_text(
         f"{stem}_probabilities.json",
-        json.dumps({"axis_2_class_ids": pred.class_ids,
-                    "axis_2_class_names": [classes.names[i] for i in pred.class_ids]}, indent=2))
+        json.dumps(jsonable({"axis_2_class_ids": pred.class_ids,
+                             "axis_2_class_names": [classes.names[i] for i in pred.class_ids],
+                             "preprocessing": pred.preprocessing}), indent=2))
     counts = {classes.names[i]: int((pred.class_map == i).sum()) for i in pred.class_ids}
     plot_overlay(pred.integrated, pred.class_map, f"{stem}_overlay.png", classes,
                  title=f"{pred.name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))

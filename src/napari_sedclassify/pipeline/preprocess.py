@@ -31,7 +31,7 @@ from . import tally
 FORMAT = "napari-sedclassify/preprocess"
 FORMAT_VERSION = 1
 
-__all__ = ["PreprocessResult", "preprocess"]
+__all__ = ["PreprocessResult", "beam_radius_record", "preprocess", "preprocessing_record"]
 #: The arrays of a PreprocessResult stored under their own names.
 _ARRAYS = ("centres", "centres_fitted", "beam_found", "beam_radius_px", "ria", "ria_counts", "radii_px", "mask",
            "missing")
@@ -269,7 +269,8 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
         "bad_pixels": {"masked": int(ff.mask.sum()), "found_in_scan": len(plan.bad_pixels),
                        "sample_frames": plan.calibration_frames},
         "plan": plan.to_dict(),
-        "parameters": params.to_dict(),
+        "parameters": plan.params,  # as used: with the radius --beam-radius stated (params holds it as asked)
+        "beam_radius": beam_radius_record(plan.to_dict()),
         "resolved": resolved,
         "beam_found": int(found.sum()),
         "version": __version__,
@@ -287,6 +288,29 @@ def preprocess(scan, params: PreprocessParams | dict | None = None, flatfield=No
         mask=ff.mask.copy(), missing=missing.copy(), params=params, resolved=resolved, geometry=geometry,
         provenance=provenance,
     )
+
+
+def beam_radius_record(plan: dict) -> dict:
+    """The direct-beam radius a plan (``PreprocessPlan.to_dict``) used and where it came from:
+    {"beam_radius_px": r, "origin": "stated"} (the parameters or --beam-radius gave it),
+    "measured" (the calibration sample's beam), or None with no radius (no beam found, the BF/ADF
+    radii given)."""
+    radius = plan.get("beam_radius_px")
+    stated = plan["params"].get("beam_radius_px") is not None
+    return {"beam_radius_px": radius, "origin": None if radius is None else "stated" if stated else "measured"}
+
+
+def preprocessing_record(result: PreprocessResult, geometry: Geometry | None = None) -> dict:
+    """How ``result``'s frames were preprocessed, for the outputs made from it: the plan (saturation
+    level, bad pixels found in the scan, the calibration window, the chip-edge pixel width, every
+    radius), the direct-beam radius and where it came from, the q axis the features were read on
+    (``geometry``: default the result's, with where each value came from), the flat-field and the
+    software version. An empty plan ({}) for results written before plans were recorded."""
+    prov = result.provenance or {}
+    plan = prov.get("plan") or {}
+    return jsonable({"plan": plan, "beam_radius": beam_radius_record(plan) if plan else None,
+                     "geometry": (geometry or result.geometry).to_dict(), "flatfield": prov.get("flatfield"),
+                     "bad_pixels": prov.get("bad_pixels"), "version": prov.get("version")})
 
 
 # -- storage ----------------------------------------------------------------------------------------

@@ -125,8 +125,11 @@ def propose_from_features(feats: np.ndarray, q_invA: np.ndarray, valid: np.ndarr
 
 def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 0, source=None) -> Proposal:
     """Class proposal for a preprocessed scan (a ``PreprocessResult``) with its ``geometry``;
-    ``details["warnings"]`` says when the names cannot be trusted (source: the scan's name there)."""
+    ``details["warnings"]`` says when the names cannot be trusted (source: the scan's name there),
+    ``details["preprocessing"]`` how the frames were preprocessed (``preprocess.preprocessing_record``:
+    the plan, the direct-beam radius and whether it was stated or measured, the q axis, the flat-field)."""
     from ..models.features import FeatureRecipe, ria_features
+    from .preprocess import preprocessing_record
 
     sy, sx = result.scan_shape
     n = sy * sx
@@ -139,7 +142,7 @@ def propose(result, geometry, *, classes: ClassTable | None = None, seed: int = 
     ids, group, groups, ring, spike = propose_from_features(feats, q, valid, classes=classes, seed=seed,
                                                              source=source)
     details = {"q_range_invA": [recipe.q_min_invA, recipe.q_max_invA], "frames": int(valid.sum()),
-               "geometry": geometry.describe()}
+               "geometry": geometry.describe(), "preprocessing": preprocessing_record(result, geometry)}
     warnings = _warnings(result, geometry, groups, source) + _one_class_warning(ids[ids > 0], classes, groups, source)
     if warnings:
         details["warnings"] = warnings
