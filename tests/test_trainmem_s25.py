@@ -47,7 +47,8 @@ def _train_traced(small_blocks: bool, progress=None, cancel=None):
     from napari_sedclassify.models import cnn, training
     from napari_sedclassify.simulate import simulate_scan
 
-    sim = simulate_scan(None, scan_shape=(32, 32), detector_px=128, session="A", seed=0)
+    sim = _SIMULATED.get("scan") or _SIMULATED.setdefault(
+        "scan", simulate_scan(None, scan_shape=(32, 32), detector_px=128, session="A", seed=0))
     (feats,) = tiny_features([sim], kinds=("cnn",))
     tile = lambda a: np.ascontiguousarray(np.tile(a, (2, 2) + (1,) * (a.ndim - 2)))  # noqa: E731
     feats, truth = replace(feats, missing=tile(feats.missing), ria=None, crops=tile(feats.crops)), tile(sim.truth)
@@ -66,11 +67,20 @@ def _train_traced(small_blocks: bool, progress=None, cancel=None):
     return peak, inputs_bytes, model.estimator.model_.get_weights(), model.predict_proba(X)
 
 
+_SIMULATED: dict = {}  # in the child: the scan, simulated once for both runs
+
+
+def _train_traced_both(progress=None, cancel=None):
+    """In one child (one TensorFlow start, one simulated scan): :func:`_train_traced` in blocks,
+    then all at once."""
+    return _train_traced(True), _train_traced(False)
+
+
 @pytest.fixture(scope="module")
 def cnn_runs():
     from napari_sedclassify.models.tf_process import run_in_process
 
-    return run_in_process(_train_traced, True), run_in_process(_train_traced, False)
+    return run_in_process(_train_traced_both)
 
 
 def test_cnn_training_memory_stays_a_fraction_of_its_inputs(cnn_runs):
