@@ -134,3 +134,13 @@ def test_the_beam_radius_stated_for_a_scan_wins_over_the_models():
     assert stated.beam_radius_px == 6.0 and np.isclose(stated.resolved["bf_radius_px"],
                                                       PreprocessPlan.build(PreprocessParams(beam_radius_px=6.0),
                                                                            geometry, {}, frames).resolved["bf_radius_px"])
+
+
+def test_the_camera_length_warning_gives_camera_lengths_as_a_microscopist_reads_them():
+    """The built-in model's fitted camera length was shown as "915.133 mm"."""
+    from napari_sedclassify.models.persistence import camera_length_warning, load_model
+
+    model = load_model("builtin")
+    text = camera_length_warning(model, Geometry(detector_shape=(128, 128), pixel_size_um=model.geometry.pixel_size_um,
+                                                 camera_length_mm=400.123456, voltage_kv=200.0), "scan.npy")
+    assert "camera length of 400.1 mm" in text and "(915.1 mm, 200 kV)" in text

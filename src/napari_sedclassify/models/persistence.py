@@ -137,7 +137,7 @@ def camera_length_warning(model: SedModel, geometry: Geometry, where: str = "the
     if factor <= CAMERA_LENGTH_FACTOR_MAX and 1 / factor <= CAMERA_LENGTH_LONGER_MAX:
         return None
     how = f"{factor:.1f}x shorter" if factor > 1 else f"{1 / factor:.1f}x longer"
-    return (f"{where}: recorded at a camera length of {geometry.camera_length_mm:g} mm ({geometry.voltage_kv:g} kV), "
+    return (f"{where}: recorded at a camera length of {_rounded(geometry.camera_length_mm):g} mm ({geometry.voltage_kv:g} kV), "
             f"{how} than the training scans of model {model.name} ({_optics_text(optics)}): what the detector adds "
             f"to every frame (the direct beam's disc, halo and point spread, the stray counts) is fixed in detector "
             f"µm, so here it spans {max(factor, 1 / factor):.1f}x {'more' if factor > 1 else 'less'} q than in "
@@ -164,11 +164,16 @@ def _span(values) -> tuple[float, float]:
     return min(values), max(values)
 
 
+def _rounded(value: float) -> float:
+    """``value`` to 4 significant digits: a fitted camera length of 915.1334793 mm reads 915.1 mm."""
+    return float(f"{value:.4g}")
+
+
 def _optics_text(optics) -> str:
     """"600-900 mm, 200 kV" for the (camera length mm, voltage kV) pairs ``optics``."""
     out = []
     for values, unit in (([mm for mm, _ in optics], "mm"), ([kv for _, kv in optics], "kV")):
-        lo, hi = _span(values)
+        lo, hi = (_rounded(v) for v in _span(values))
         out.append(f"{lo:g} {unit}" if lo == hi else f"{lo:g}-{hi:g} {unit}")
     return ", ".join(out)
 
