@@ -174,12 +174,13 @@ def test_neighbourhood_filters_equal_scipy(shape):
 
     from napari_sedclassify.processing import flatfield
     from napari_sedclassify.processing._kernels import median_5x5
+    from napari_sedclassify.processing.selection import selection_network
 
     rng = np.random.default_rng(sum(shape))
     a = rng.poisson(5.0, shape).astype(np.float32)
     a[min(3, shape[0] - 1), 1] = 1000.0
     med = np.empty_like(a)
-    median_5x5(a, med)
+    median_5x5(a, selection_network(25, 12), med)
     np.testing.assert_array_equal(med, ndimage.median_filter(a, size=5, mode="nearest"))
     b = rng.random(shape)
     np.testing.assert_allclose(flatfield._mean_5x5(b), ndimage.uniform_filter(b, size=5), rtol=0, atol=1e-9)
@@ -188,10 +189,11 @@ def test_neighbourhood_filters_equal_scipy(shape):
 @pytest.mark.parametrize("m", [1, 2, 7, 48, 64, 65, 100])
 def test_pixel_statistics_equal_numpy(m):
     """The bad-pixel search's per-pixel statistics over the sample, computed one detector row at a
-    time, equal numpy's: the upper median (np.partition; counted ranks up to 64 frames, a
-    quickselect beyond), the mean, "above 0 in some frame" and "NaN in every frame", NaN read as 0,
+    time, equal numpy's: the upper median (np.partition; a selection network, all of a row's
+    pixels at once), the mean, "above 0 in some frame" and "NaN in every frame", NaN read as 0,
     on Poisson frames with masked pixels and ties, part of them gain-corrected (not integers)."""
     from napari_sedclassify.processing._kernels import pixel_statistics
+    from napari_sedclassify.processing.selection import selection_network
 
     rng = np.random.default_rng(m)
     sample = rng.poisson(0.7, (m, 33, 41)).astype(np.float32)
@@ -203,7 +205,7 @@ def test_pixel_statistics_equal_numpy(m):
     med, mean = np.empty((ky, kx), np.float32), np.empty((ky, kx), np.float32)
     counted, all_nan = np.empty((ky, kx), bool), np.empty((ky, kx), bool)
     one, zero = np.ones((ky, kx), np.float32), np.zeros((ky, kx), np.float32)
-    pixel_statistics(sample, one, zero, False, np.inf, med, mean, counted, all_nan)
+    pixel_statistics(sample, one, zero, False, np.inf, selection_network(m, m // 2), 0, ky, med, mean, counted, all_nan)
     filled = np.nan_to_num(sample, nan=0.0)
     np.testing.assert_array_equal(med, np.partition(filled, m // 2, axis=0)[m // 2])
     np.testing.assert_allclose(mean, filled.mean(axis=0), rtol=1e-6)

@@ -154,6 +154,13 @@ def entry() -> None:
     the processing threads, which hold the GIL only between kernel calls, waited up to 5 ms for it
     each time (docs/performance.md, session 8).
 
+    numpy's OpenBLAS threads go to sleep as soon as a call is done (``OPENBLAS_THREAD_TIMEOUT``
+    set to 4, unless set already; read when numpy is imported, just below): by default each waits
+    2^28 cycles spinning, and OpenBLAS starts its threads as numpy is imported, so every command
+    burnt about 0.1 s of a core in its first 0.15 s (perf: ``blas_thread_server``, 8 % of a
+    ``preprocess``'s CPU time) while its own threads wanted both cores; multi-threaded BLAS calls
+    (a CNN's convolutions in numpy) still run on every core.
+
     numpy advises huge pages for its arrays only when the files named on the command line hold
     2 GiB or more (``pages.small_pages``): in a shorter run, the first blocks of frames read into
     fresh memory waited for the kernel to compact memory longer than huge pages saved
@@ -167,6 +174,7 @@ def entry() -> None:
         sys.setswitchinterval(COMMAND_SWITCH_INTERVAL_S)
         # a process of our own: numba need not load other packages' numba extensions (processing._kernels)
         os.environ.setdefault("SEDCLASSIFY_NUMBA_EXTENSIONS", "skip")
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before numpy's import (small_pages)
         small_pages(input_bytes(sys.argv[1:]))  # huge-page advice for long runs only (pages.py)
         rc = main()
     except KeyboardInterrupt:

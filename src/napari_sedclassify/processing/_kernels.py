@@ -962,72 +962,76 @@ def _select(buf, m, k):
     return buf[k]
 
 
-#: Up to this many frames, pixel_statistics finds a pixel's median by counting ranks (m^2
-#: comparisons without branches: 2.5-3x faster than a quickselect for a 48-frame sample).
-RANK_MEDIAN_MAX = 64
+@njit(nogil=True, cache=True)
+def _compare_exchange_rows(buf, pairs):
+    """Apply the comparators ``pairs`` (p, 2) (i < j: the smaller value to row i) to every column of
+    buf (rows of values, one column per pixel) in turn: each comparator is one pass along two rows
+    that vectorises, so many pixels are ordered at once (``selection_network``)."""
+    for p in range(pairs.shape[0]):
+        a = buf[pairs[p, 0]]
+        b = buf[pairs[p, 1]]
+        for x in range(a.shape[0]):
+            u = a[x]
+            w = b[x]
+            a[x] = w if w < u else u
+            b[x] = u if w < u else w
 
 
 @njit(nogil=True, cache=True)
-def _rank_select(buf, m, k):
-    """The k-th smallest of buf[:m] (0-based): the value with fewer than k + 1 values below it
-    and more than k at or below it (no NaN in buf)."""
-    for j in range(m):
-        v = buf[j]
-        lt = 0
-        le = 0
-        for i in range(m):
-            lt += buf[i] < v
-            le += buf[i] <= v
-        if lt <= k < le:
-            return v
-    return buf[0]
-
-
-@njit(nogil=True, cache=True)
-def pixel_statistics(sample, corr, dark, use_dark, saturation, median, mean, counted, all_nan):
-    """Per pixel of a sample of raw frames (m, ky, kx), corrected as ``correct_frames`` does on the
-    way (corr, dark, use_dark, saturation: its arguments), NaN read as 0: the (upper) median over
-    the frames (the (m // 2)-th smallest, as ``np.partition``), the mean, whether it is above 0 in
-    any frame, and whether it is NaN in every frame. No corrected copy of the sample is made:
-    each detector row is corrected into a pixel-major buffer (a pixel's m values side by side),
-    so memory is one row whatever m."""
+def pixel_statistics(sample, corr, dark, use_dark, saturation, pairs, y0, y1, median, mean, counted, all_nan):
+    """Per pixel of detector rows y0:y1 of a sample of raw frames (m, ky, kx), corrected as
+    ``correct_frames`` does on the way (corr, dark, use_dark, saturation: its arguments), NaN read
+    as 0: the (upper) median over the frames (the (m // 2)-th smallest, as ``np.partition``), the
+    mean, whether it is above 0 in any frame, and whether it is NaN in every frame (outputs
+    (ky, kx), their rows y0:y1 written). pairs: ``selection_network(m, m // 2)``. No corrected copy
+    of the sample is made: each detector row is corrected into a frame-major buffer (m, kx), which
+    the network orders pixel by pixel, all the row's pixels at once; memory is one row whatever m."""
     m, ky, kx = sample.shape
     sat = np.float32(saturation)
-    rows = np.empty((kx, m), np.float32)
-    for y in range(ky):
+    buf = np.empty((m, kx), np.float32)
+    s = np.empty(kx, np.float64)
+    nans = np.empty(kx, np.int64)
+    pos = np.empty(kx, np.bool_)
+    k = m // 2
+    for y in range(y0, y1):
+        s[:] = 0.0
+        nans[:] = 0
+        pos[:] = False
         for i in range(m):
             for x in range(kx):
-                rows[x, i] = _corrected(sample[i, y, x], corr[y, x], dark[y, x], use_dark, sat)
-        for x in range(kx):
-            buf = rows[x]
-            s = 0.0
-            pos = False
-            nans = 0
-            for i in range(m):
-                v = buf[i]
-                nans += v != v
+                v = _corrected(sample[i, y, x], corr[y, x], dark[y, x], use_dark, sat)
+                nans[x] += v != v
                 v = np.float32(0) if v != v else v
-                buf[i] = v
-                s += v
-                pos |= v > 0
-            mean[y, x] = s / m
-            counted[y, x] = pos
-            all_nan[y, x] = nans == m
-            median[y, x] = _rank_select(buf, m, m // 2) if m <= RANK_MEDIAN_MAX else _select(buf, m, m // 2)
+                buf[i, x] = v
+                s[x] += v
+                pos[x] |= v > 0
+        for x in range(kx):
+            mean[y, x] = s[x] / m
+            counted[y, x] = pos[x]
+            all_nan[y, x] = nans[x] == m
+        _compare_exchange_rows(buf, pairs)
+        for x in range(kx):
+            median[y, x] = buf[k, x]
 
 
 @njit(nogil=True, cache=True)
-def median_5x5(a, out):
+def median_5x5(a, pairs, out):
     """Median of each pixel's 5x5 neighbourhood, the edges extended (scipy's median_filter, size 5,
-    mode "nearest")."""
+    mode "nearest"). pairs: ``selection_network(25, 12)``: a row's 25 neighbourhoods are ordered
+    at once, one vectorised pass per comparator."""
     ky, kx = a.shape
-    buf = np.empty(25, a.dtype)
+    pad = np.empty((ky, kx + 4), a.dtype)  # each row extended by its edge values, 2 px either side
     for y in range(ky):
-        for x in range(kx):
-            n = 0
-            for dy in range(-2, 3):
-                yy = min(max(y + dy, 0), ky - 1)
-                for dx in range(-2, 3):
-                    buf[n] = a[yy, min(max(x + dx, 0), kx - 1)]
-                    n += 1
-            out[y, x] = _select(buf, 25, 12)
+        pad[y, 2:kx + 2] = a[y]
+        pad[y, 0] = pad[y, 1] = a[y, 0]
+        pad[y, kx + 2] = pad[y, kx + 3] = a[y, kx - 1]
+    buf = np.empty((25, kx), a.dtype)
+    for y in range(ky):
+        n = 0
+        for dy in range(-2, 3):
+            yy = min(max(y + dy, 0), ky - 1)
+            for dx in range(5):
+                buf[n, :] = pad[yy, dx:dx + kx]
+                n += 1
+        _compare_exchange_rows(buf, pairs)
+        out[y, :] = buf[12]

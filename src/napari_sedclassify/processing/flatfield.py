@@ -351,6 +351,7 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
     Returns (ky, kx) bool.
     """
     from .kernels import median_5x5, pixel_statistics
+    from .selection import selection_network
 
     sample = native(np.asarray(sample))
     m, ky, kx = sample.shape
@@ -364,12 +365,10 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
     counted = np.empty((ky, kx), bool)
     masked = np.empty((ky, kx), bool)
     parts = np.array_split(np.arange(ky), max(1, min(usable_cores(), ky // 16)))
+    frames_network, window_network = selection_network(m, m // 2), selection_network(25, 12)
 
-    def rows(r):
-        lo, hi = r[0], r[-1] + 1
-        c, d, use_dark, sat = correction
-        pixel_statistics(sample[:, lo:hi], c[lo:hi], d[lo:hi], use_dark, sat, med[lo:hi], mean[lo:hi],
-                         counted[lo:hi], masked[lo:hi])
+    def rows(r):  # the whole sample and a range of rows: the kernel reads the frames contiguously
+        pixel_statistics(sample, *correction, frames_network, int(r[0]), int(r[-1]) + 1, med, mean, counted, masked)
 
     local = np.empty_like(med)
 
@@ -377,7 +376,7 @@ def detect_bad_pixels(sample, hot_ratio: float = 5.0, min_sigma: float = 6.0,
         lo, hi = r[0], r[-1] + 1
         a, b = max(0, lo - 2), min(ky, hi + 2)
         band = np.empty((b - a, kx), np.float32)
-        median_5x5(med[a:b], band)
+        median_5x5(med[a:b], window_network, band)
         local[lo:hi] = band[lo - a: hi - a]
 
     with ThreadPoolExecutor(len(parts)) as pool:  # the kernels release the GIL: rows in parallel

@@ -37,12 +37,13 @@ AOT_ENV = "SEDCLASSIFY_AOT"
 # writeable: outputs among them), "CR" contiguous and only read (raw frames: a read-only memory
 # map of a file is welcome), "A" any layout (10x slower than "C" on raw frames: strided code).
 _F4_2, _F4_3, _F8_1, _F8_2 = ("float32", 2, "C"), ("float32", 3, "C"), ("float64", 1, "C"), ("float64", 2, "C")
+_I8_2R = ("int64", 2, "CR")  # a selection network's comparators (read-only)
 _RAW = ("uint8", "uint16", "uint32", "float32", "int16", "int32", "int64", "float64")
 SIGNATURES: dict[str, list[tuple]] = {
     "correct_frames": [((d, 3, lay), _F4_2, _F4_2, "b1", "f8", _F4_3) for d in _RAW for lay in ("CR", "A")],
-    "pixel_statistics": [((d, 3, lay), _F4_2, _F4_2, "b1", "f8", _F4_2, _F4_2, ("bool", 2, "C"), ("bool", 2, "C"))
-                         for d in _RAW for lay in ("CR", "A")],
-    "median_5x5": [(_F4_2, _F4_2)],
+    "pixel_statistics": [((d, 3, lay), _F4_2, _F4_2, "b1", "f8", _I8_2R, "i8", "i8", _F4_2, _F4_2, ("bool", 2, "C"),
+                          ("bool", 2, "C")) for d in _RAW for lay in ("CR", "A")],
+    "median_5x5": [(_F4_2, _I8_2R, _F4_2)],
     "find_centres": [(_F4_3, "i8", "i8", "i8", "i8", "i8", "f8", "f8", "f8", _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_2,
                       ("bool", 1, "C"), ("float32", 1, "C"), "b1")],
     "radial_sums": [(_F4_3, _F8_2, _F8_1, _F8_1, "f8", "f8", _F8_2, (c, 2, "C"))

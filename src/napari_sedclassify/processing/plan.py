@@ -61,8 +61,7 @@ class PreprocessPlan:
         calibration ``sample`` (m, ky, kx) raw frames; ``metadata``: the scan's (counter depth,
         saturation, edge pixel width). Raises ``NoBeamInSample`` (a ValueError) when the radii need
         the beam's and no sampled frame shows it: try the next window (``calibration_windows``)."""
-        from .centre import CentreFinder, pedestal_of
-        from .runner import FrameRunner
+        from .centre import pedestal_of
 
         params = params if isinstance(params, PreprocessParams) else PreprocessParams.from_dict(params)
         det = tuple(int(s) for s in geometry.detector_shape)
@@ -78,8 +77,10 @@ class PreprocessPlan:
         ff = with_dark_level(ff, pedestal)
         floor = pedestal_of(sample, ff.dark) if ff.dark is not None else pedestal
         bad = np.zeros(det, bool)
+        first = None  # the sample's centring with the flat-field alone (uniform grid), when it ran
         if params.detect_bad_pixels and len(sample) >= 3:
-            path = beam_path(sample, ff, saturation, floor)
+            first = _centred(sample, ff, None, saturation, floor)
+            path = beam_path(first, sample.shape[1:])
             bad = detect_bad_pixels(sample, hot_ratio=params.hot_ratio, flatfield=ff, beam_path=path) & ~ff.mask
             ff = ff.with_mask(bad)
         epw, epw_origin, epw_seen = edge_pixel_width_of(params, metadata, sample, flatfield, ff.mask)
@@ -87,11 +88,12 @@ class PreprocessPlan:
         params = stated_params(params, metadata)
         beam_radius = params.beam_radius_px
         if beam_radius is None and len(sample):
-            finder = CentreFinder(None, grid=grid, saturation_counts=saturation, pedestal_counts=floor)
-            part = FrameRunner([], ff, finder).run_chunk(sample)
-            found = part.values["beam_found"]
-            radii = part.values["beam_radius_px"][found]
-            contrast = disc_contrast(sample, np.flatnonzero(found), part.values["centre"][found], radii, pedestal)
+            # the same centring again unless new bad pixels or wide chip-edge pixels change it
+            part = first if first is not None and not bad.any() and grid.edge_pixel_width == 1.0 else \
+                _centred(sample, ff, grid, saturation, floor)
+            found = part["beam_found"]
+            radii = part["beam_radius_px"][found]
+            contrast = disc_contrast(sample, np.flatnonzero(found), part["centre"][found], radii, pedestal)
             compact = radii.size and float(median(contrast)) >= BEAM_CONTRAST_MIN
             beam_radius = float(median(radii)) if compact else None
         resolved = params.resolve(geometry, beam_radius)
@@ -188,24 +190,28 @@ def with_dark_level(flatfield: FlatField, pedestal: float) -> FlatField:
     return replace(flatfield, dark=np.full(flatfield.shape, pedestal, np.float32))
 
 
-def beam_path(sample: np.ndarray, flatfield: FlatField, saturation: float | None,
-              floor: float = 0.0) -> np.ndarray | None:
-    """(ky, kx) bool: the pixels within BEAM_PATH_RADII beam radii + BEAM_PATH_PX of the direct beam in
-    some frame of ``sample`` (raw frames, ``flatfield`` applied on the way; floor: what an
-    electron-free pixel reads after it, ``PreprocessPlan.centre_floor_counts``; index px: the wide
-    chip-edge pixels move a disc by at most 1.5 px, well inside the margin). None when no sampled
-    frame shows a beam."""
+def _centred(sample: np.ndarray, flatfield: FlatField, grid: PixelGrid | None, saturation: float | None,
+             floor: float) -> dict:
+    """The centre finder's outputs (centre, beam_found, beam_radius_px) on the raw ``sample`` with
+    ``flatfield`` applied, no beam radius known yet (grid None: uniform pixels)."""
     from .centre import CentreFinder
     from .runner import FrameRunner
 
-    finder = CentreFinder(None, saturation_counts=saturation, pedestal_counts=floor)
-    part = FrameRunner([], flatfield, finder).run_chunk(sample)
-    found = part.values["beam_found"]
+    finder = CentreFinder(None, grid=grid, saturation_counts=saturation, pedestal_counts=floor)
+    return FrameRunner([], flatfield, finder).run_chunk(sample).values
+
+
+def beam_path(centred: dict, detector_shape) -> np.ndarray | None:
+    """(ky, kx) bool: the pixels within BEAM_PATH_RADII beam radii + BEAM_PATH_PX of the direct beam in
+    some frame of the calibration sample, from its centring (``_centred``: the flat-field applied,
+    uniform pixels; the wide chip-edge pixels move a disc by at most 1.5 px, well inside the
+    margin). None when no sampled frame shows a beam."""
+    found = centred["beam_found"]
     if not found.any():
         return None
-    centres = part.values["centre"][found]
-    reach = BEAM_PATH_RADII * float(median(part.values["beam_radius_px"][found])) + BEAM_PATH_PX
-    ky, kx = sample.shape[1:]
+    centres = centred["centre"][found]
+    reach = BEAM_PATH_RADII * float(median(centred["beam_radius_px"][found])) + BEAM_PATH_PX
+    ky, kx = (int(s) for s in detector_shape)
     path = np.zeros((ky, kx), bool)
     for cy, cx in centres:  # each disc within its bounding box
         y0, y1 = max(0, int(cy - reach)), min(ky, int(cy + reach) + 2)
