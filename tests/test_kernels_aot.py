@@ -112,7 +112,8 @@ def test_a_real_mib_file_preprocesses_the_same_ahead_of_time(monkeypatch, aot, r
     ahead, jit, called = _both(monkeypatch, aot, lambda: preprocess(scan, PreprocessParams(beam_radius_px=8)))
     _same(ahead, jit)
     assert int(np.isfinite(ahead.centres[..., 0]).sum()) == 9
-    assert {"correct_frames", "find_centres", "radial_sums"} <= called
+    # no flat-field, counts: the frames are converted, not corrected (no correction map to read)
+    assert {"convert_frames", "find_centres", "radial_sums"} <= called and "correct_frames" not in called
 
 
 def test_arguments_outside_the_compiled_signatures_go_to_numba(monkeypatch, aot):

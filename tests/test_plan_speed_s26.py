@@ -1,4 +1,5 @@
-"""Session 26: the calibration plan built faster, with the same plan (docs/performance.md "Session 26").
+"""Session 26: the calibration plan built faster, frames converted faster, the same results
+(docs/performance.md "Session 26").
 
 - The bad-pixel search's medians (each pixel's over the sample's frames, and the 5 x 5 median of
   those) come from selection networks applied to a whole detector row at once: the networks are
@@ -9,6 +10,8 @@
   twice when new bad pixels or wide chip-edge pixels change what the second one sees (a simulated
   Medipix quad without its flat-field: hot pixels and the wide cross).
 - The command sets ``OPENBLAS_THREAD_TIMEOUT`` (its BLAS threads stop spinning), unless the user did.
+- Frames without a flat-field or dark level are converted to float32 with NaN where masked, not
+  corrected against a map of ones: the same values, for every integer dtype and on a real file.
 """
 
 from __future__ import annotations
@@ -128,3 +131,54 @@ def _entry_env(extra_env: dict) -> str:
 def test_the_command_lets_blas_threads_sleep_unless_the_user_chose():
     assert "BLAS 4" in _entry_env({})
     assert "BLAS 12" in _entry_env({"OPENBLAS_THREAD_TIMEOUT": "12"})
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "int16", "int32", "int64"])
+def test_frames_without_a_flatfield_are_converted_without_reading_a_correction_map(dtype):
+    """No flat-field and no dark level (counts): the correction of every unmasked pixel is 1, so the
+    frames are only converted to float32 with NaN where masked, the same to the bit as the full
+    correction (saturated and extreme values included)."""
+    from napari_sedclassify.processing.kernels import convert_frames, correct_frames
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(1)
+    raw = rng.integers(max(info.min, -5000), min(info.max, 2**40), (5, 17, 23), dtype=dtype, endpoint=True)
+    raw[0, 0, :3] = [info.min, info.max, 0]
+    corr = np.ones((17, 23), np.float32)
+    corr[rng.random((17, 23)) < 0.05] = np.nan
+    corr[0, 1] = np.nan
+    full = np.empty((5, 17, 23), np.float32)
+    correct_frames(raw, corr, np.zeros_like(corr), False, float(min(info.max, 4095)), full)
+    quick = np.empty_like(full)
+    convert_frames(raw, np.flatnonzero(np.isnan(corr)), quick)
+    np.testing.assert_array_equal(quick, full)  # NaN where NaN
+
+
+def test_a_scan_without_a_flatfield_takes_the_conversion_and_gives_the_same_results(monkeypatch, realdata):
+    """The real 12-bit Merlin frames (its plan masks pixels of its own): the runner converts them
+    (no flat-field, no dark level), and every output equals the full correction's, forced by a
+    flat-field of ones with a dark frame of zeros (the kernel then subtracts 0)."""
+    from napari_sedclassify.io import open_scan
+    from napari_sedclassify.processing import PreprocessParams
+    from napari_sedclassify.processing import kernels
+    from napari_sedclassify.processing.flatfield import FlatField
+    from napari_sedclassify.processing.plan import PreprocessPlan
+    from napari_sedclassify.processing.runner import FrameRunner
+
+    scan = open_scan(realdata / "merlin" / "Single_9_Frame_CounterDepth_12_Rows_256.mib")
+    frames = scan.read(np.arange(scan.n_frames))
+    plan = PreprocessPlan.build(PreprocessParams(), scan.geometry, scan.metadata, frames)
+    assert plan.bad_pixels and plan.dark_level == "none"
+    calls = []
+    real = kernels.convert_frames
+    monkeypatch.setattr(kernels, "convert_frames", lambda *a: calls.append(1) or real(*a))
+    ff = plan.corrections(None)
+    quick = FrameRunner(plan.processors(), ff, plan.centre_finder()).run_chunk(frames).values
+    converted = len(calls)
+    assert converted > 0
+    zero_dark = FlatField(ff.gain, ff.mask, dark=np.zeros(ff.shape, np.float32), saturation=ff.saturation)
+    full = FrameRunner(plan.processors(), zero_dark, plan.centre_finder()).run_chunk(frames).values
+    assert len(calls) == converted  # a dark frame given: corrected, not converted
+    assert set(quick) == set(full)
+    for name in quick:
+        np.testing.assert_array_equal(quick[name], full[name], err_msg=name)

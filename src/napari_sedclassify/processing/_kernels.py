@@ -199,6 +199,21 @@ def correct_frames(raw, corr, dark, use_dark, saturation, out):
 
 
 @njit(nogil=True, cache=True)
+def convert_frames(raw, masked, out):
+    """out = the raw integer frames as float32, NaN at the flat pixel indices ``masked``: what
+    ``correct_frames`` gives when every unmasked pixel's correction is 1 and nothing is subtracted
+    (no flat-field, no dark level), without reading the correction map (one stream less)."""
+    n, ky, kx = raw.shape
+    for i in range(n):
+        for y in range(ky):
+            for x in range(kx):
+                out[i, y, x] = np.float32(raw[i, y, x])
+        for j in range(masked.shape[0]):
+            k = masked[j]
+            out[i, k // kx, k % kx] = np.nan
+
+
+@njit(nogil=True, cache=True)
 def _add_row(row, acc):
     """acc += the finite values of row (float32, in place)."""
     for x in range(row.shape[0]):

@@ -41,6 +41,7 @@ _I8_2R = ("int64", 2, "CR")  # a selection network's comparators (read-only)
 _RAW = ("uint8", "uint16", "uint32", "float32", "int16", "int32", "int64", "float64")
 SIGNATURES: dict[str, list[tuple]] = {
     "correct_frames": [((d, 3, lay), _F4_2, _F4_2, "b1", "f8", _F4_3) for d in _RAW for lay in ("CR", "A")],
+    "convert_frames": [((d, 3, "CR"), ("int64", 1, "CR"), _F4_3) for d in _RAW if d[0] in "ui"],
     "pixel_statistics": [((d, 3, lay), _F4_2, _F4_2, "b1", "f8", _I8_2R, "i8", "i8", _F4_2, _F4_2, ("bool", 2, "C"),
                           ("bool", 2, "C")) for d in _RAW for lay in ("CR", "A")],
     "median_5x5": [(_F4_2, _I8_2R, _F4_2)],
@@ -218,6 +219,7 @@ def _caller(name: str):
 
 
 correct_frames = _caller("correct_frames")
+convert_frames = _caller("convert_frames")
 pixel_statistics = _caller("pixel_statistics")
 median_5x5 = _caller("median_5x5")
 find_centres = _caller("find_centres")

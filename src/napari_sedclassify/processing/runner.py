@@ -102,7 +102,9 @@ class FrameRunner:
 
     # -- setup ----------------------------------------------------------------------------
     def _prepare(self, detector_shape):
-        """(shape, mask, the arguments of ``correct_frames``) for this detector (cached)."""
+        """(shape, mask, the arguments of ``correct_frames``, and the flat indices of the masked
+        pixels when the correction is 1 wherever it is not masked and nothing is subtracted, else
+        None) for this detector (cached)."""
         detector_shape = tuple(detector_shape)
         if self._prepared is not None and self._prepared[0] == detector_shape:
             return self._prepared
@@ -111,7 +113,11 @@ class FrameRunner:
             raise ValueError(f"flat-field {ff.shape} does not match the detector {detector_shape}")
         if self._extra_mask is not None:
             ff = ff.with_mask(self._extra_mask)
-        self._prepared = (detector_shape, ff.mask, *ff.kernel_args())
+        corr, dark, use_dark, saturation = ff.kernel_args()
+        masked = np.isnan(corr)
+        plain = not use_dark and bool(np.all((corr == 1) | masked))
+        self._prepared = (detector_shape, ff.mask, (corr, dark, use_dark, saturation),
+                          np.flatnonzero(masked) if plain else None)
         return self._prepared
 
     def mask(self, detector_shape) -> np.ndarray:
@@ -139,7 +145,7 @@ class FrameRunner:
         index: their flat scan indices (default 0..n-1). centres: (n, 2) to use instead of the
         centre finder (then the finder's outputs are not produced).
         """
-        from .kernels import correct_frames
+        from .kernels import convert_frames, correct_frames
 
         frames = native(frames)
         if frames.ndim == 2:
@@ -154,7 +160,9 @@ class FrameRunner:
             if any(p.needs_centres for p in self.processors):
                 raise ValueError("no centres given and no centre finder set")
             centres = np.full((n, 2), np.nan)  # none of the processors uses them
-        _, mask, *correction = self._prepare(frames.shape[1:])
+        _, mask, correction, masked = self._prepare(frames.shape[1:])
+        if frames.dtype.kind not in "ui":  # float frames: non-finite values become NaN in correct_frames
+            masked = None
         specs = self.outputs(with_centring=centres is None)
         values = {name: np.empty((n,) + tuple(s.shape), dtype=s.dtype) for name, s in specs.items()}
         given = None if centres is None else np.asarray(centres, dtype=np.float64).reshape(n, 2)
@@ -169,7 +177,10 @@ class FrameRunner:
             raw = frames[s:e]
             if not raw.flags.c_contiguous:
                 raw = np.ascontiguousarray(raw)
-            correct_frames(raw, *correction, f)
+            if masked is not None:  # no flat-field, no dark level: the frames as float32, NaN where masked
+                convert_frames(raw, masked, f)
+            else:
+                correct_frames(raw, *correction, f)
             if given is None:
                 got = self.centring.process_chunk(f, None, mask)
                 for name, v in got.items():
