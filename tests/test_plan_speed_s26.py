@@ -182,3 +182,23 @@ def test_a_scan_without_a_flatfield_takes_the_conversion_and_gives_the_same_resu
     assert set(quick) == set(full)
     for name in quick:
         np.testing.assert_array_equal(quick[name], full[name], err_msg=name)
+
+
+def test_building_the_kernels_keeps_the_modules_of_other_installations(tmp_path):
+    """Two checkouts (or virtual environments) share the kernels' cache folder: a build for one
+    removed the other's module, whose commands then compiled just in time (this session's CI run
+    beside a rebuild). Now the three most recent other modules stay; older ones go."""
+    import os
+
+    from napari_sedclassify.processing.kernels import prune_modules
+
+    names = [f"sedclassify_kernels_{k:016x}.cpython-311-x86_64-linux-gnu.so" for k in range(6)]
+    for age, name in enumerate(names):  # names[0] the newest
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (1e9 - age * 100, 1e9 - age * 100))
+    (tmp_path / "notes.txt").write_text("kept")
+    built = tmp_path / "sedclassify_kernels_ffffffffffffffff.cpython-311-x86_64-linux-gnu.so"
+    built.write_bytes(b"")
+    removed = prune_modules(str(built))
+    assert sorted(removed) == sorted(str(tmp_path / n) for n in names[3:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([built.name, "notes.txt", *names[:3]])

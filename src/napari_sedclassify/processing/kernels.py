@@ -282,15 +282,40 @@ def build(verbose: bool = True) -> str | None:
         pycc_compiler.Flags = saved
     built = os.path.join(tmp, os.path.basename(path))
     os.replace(built, path)
-    for old in os.listdir(_folder()):  # modules built for other sources, versions or CPUs
-        if old.startswith("sedclassify_kernels_") and os.path.join(_folder(), old) != path:
-            os.remove(os.path.join(_folder(), old))
+    prune_modules(path)
     for leftover in os.listdir(tmp):
         os.remove(os.path.join(tmp, leftover))
     os.rmdir(tmp)
     if verbose:
         print(f"kernels: compiled ahead of time into {path}")
     return path
+
+
+#: Modules kept in the cache folder beside the one just built: those of other sources, versions or
+#: CPUs may belong to another installation sharing the folder (two virtual environments, two
+#: checkouts), which would otherwise fall back to the just-in-time kernels after every build here.
+KEEP_OTHER_MODULES = 3
+
+
+def prune_modules(path: str, keep: int = KEEP_OTHER_MODULES) -> list[str]:
+    """Remove the modules in ``path``'s folder other than ``path`` and the ``keep`` most recently
+    built (modified) ones; returns the removed paths."""
+    folder = os.path.dirname(path)
+    others = []
+    for name in os.listdir(folder):
+        full = os.path.join(folder, name)
+        if name.startswith("sedclassify_kernels_") and full != path:
+            try:
+                others.append((os.stat(full).st_mtime, full))
+            except OSError:  # removed meanwhile
+                pass
+    removed = [full for _, full in sorted(others, reverse=True)[keep:]]
+    for full in removed:
+        try:
+            os.remove(full)
+        except OSError:
+            pass
+    return removed
 
 
 if __name__ == "__main__":
