@@ -109,10 +109,11 @@ def test_the_medians_of_the_edge_fit_are_numpys():
 
 def radial_reference(frame, cy, cx, r_min, bin_px, nbins):
     """Sum and count per radial bin, each bin's pixels added in raster order separately for even and
-    odd columns, the two then added (the kernel's accumulation), float64 distances."""
+    odd columns, the two then added (the kernel's accumulation), float32 distances as documented."""
     ky, kx = frame.shape
     yy, xx = np.meshgrid(np.arange(ky, dtype=np.float64), np.arange(kx, dtype=np.float64), indexing="ij")
-    t = (np.sqrt((yy - cy) * (yy - cy) + (xx - cx) * (xx - cx)) - r_min) * (1.0 / bin_px)
+    d2 = ((yy - cy) * (yy - cy)).astype(np.float32) + ((xx - cx) * (xx - cx)).astype(np.float32)
+    t = (np.sqrt(d2) - np.float32(r_min)) * np.float32(1.0 / bin_px)
     ok = ~np.isnan(frame) & (t >= 0) & (t < nbins)
     sums = np.zeros((2, nbins))
     counts = np.zeros((2, nbins))

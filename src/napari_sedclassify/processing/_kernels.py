@@ -784,16 +784,17 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
 
 @njit(nogil=True, cache=True)
 def _ring_row(row, dx2, dy2, r_min, inv, nbins, parity, idx, pairs, acc):
-    """Add one row's pixels (distances squared dy2 + dx2 from the centre) to their radial bins in
-    acc (see radial_sums); parity: that of the row's first pixel. The first loop vectorises (it
-    runs from 0): each pixel's bin slot to idx, its (value, 1.0) to pairs (2 len(row),), which the
-    second adds to the slot (``_add_pair``); pixels not counted (NaN, outside the bins) go to the
-    slot at 4 nbins."""
+    """Add one row's pixels (distances squared dy2 + dx2 from the centre, float32, as are r_min and
+    inv) to their radial bins in acc (see radial_sums); parity: that of the row's first pixel. The
+    first loop vectorises (it runs from 0): each pixel's bin slot to idx, its (value, 1.0) to pairs
+    (2 len(row),), which the second adds to the slot (``_add_pair``); pixels not counted (NaN,
+    outside the bins) go to the slot at 4 nbins."""
     m = row.shape[0]
+    fnb = np.float32(nbins)
     for x in range(m):
         v = row[x]
-        t = (math.sqrt(dy2 + dx2[x]) - r_min) * inv
-        ok = (v == v) and t >= 0.0 and t < nbins
+        t = (np.sqrt(dy2 + dx2[x]) - r_min) * inv
+        ok = (v == v) & (t >= np.float32(0)) & (t < fnb)
         idx[x] = np.uint32(4 * (np.int32(t) if ok else nbins) + 2 * ((x + parity) & 1))
         pairs[2 * x] = np.float64(v)
         pairs[2 * x + 1] = 1.0
@@ -806,18 +807,24 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
     """Sum and number of finite pixels per radial bin about each frame's own centre.
 
     centres and pixel positions py (ky,), px (kx,) in the same (physical) px.
-    Bin k holds r in [r_min + k bin_px, r_min + (k+1) bin_px), r computed exactly in float64 from
-    the sub-pixel centre. sums (n, nbins) float64, counts (n, nbins) (any integer type); frames
-    whose centre is NaN get zeros.
+    Bin k holds r in [r_min + k bin_px, r_min + (k+1) bin_px), r from the sub-pixel centre (no
+    centre quantisation) in float32: (dy^2 + dx^2 each computed in float64, rounded to float32,
+    added, square root, less r_min, times 1 / bin_px, all float32 and correctly rounded, so the same
+    bins on any IEEE machine). Within 3e-7 (t + 2 r_min / bin_px + 1) bins of an edge (five float32
+    roundings: 1e-4 px at r = 360 px, 2e-5 px seen) a pixel can fall on the other side of it than
+    float64 would put it, about 1e-5 of the pixels (docs/preprocessing.md).
+    sums (n, nbins) float64, counts (n, nbins) (any integer type); frames whose centre is NaN get
+    zeros.
     """
     n, ky, kx = frames.shape
     nbins = sums.shape[1]
-    inv = 1.0 / bin_px
+    inv = np.float32(1.0 / bin_px)
+    r_min32 = np.float32(r_min)
     # pixels farther than the last bin's outer edge (with a margin far above rounding) are not
     # visited: rows beyond it are skipped, and each row is cut to the span that can reach it
     r_out = r_min + nbins * bin_px + 1e-6 * (1.0 + r_min + nbins * bin_px)
     lim2 = r_out * r_out
-    dx2 = np.empty(kx, np.float64)
+    dx2 = np.empty(kx, np.float32)
     idx = np.empty(kx, np.uint32)
     pairs = np.empty(2 * kx, np.float64)
     # (sum, count) per bin and per pixel parity, at 4 k + 2 parity (+1): neighbouring pixels,
@@ -833,7 +840,7 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
             continue
         acc[:] = 0
         for x in range(kx):
-            dx2[x] = (px[x] - cx) * (px[x] - cx)
+            dx2[x] = np.float32((px[x] - cx) * (px[x] - cx))
         for y in range(ky):
             dy2 = (py[y] - cy) * (py[y] - cy)
             if dy2 >= lim2:
@@ -841,7 +848,7 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
             w = math.sqrt(lim2 - dy2)
             x0 = 0 if cx - w <= px[0] else max(0, np.searchsorted(px, cx - w) - 1)  # a whole row: what the
             x1 = kx if cx + w >= px[kx - 1] else min(kx, np.searchsorted(px, cx + w) + 1)  # searches find
-            _ring_row(frames[i, y, x0:x1], dx2[x0:x1], dy2, r_min, inv, nbins, x0 & 1, idx, pairs, acc)
+            _ring_row(frames[i, y, x0:x1], dx2[x0:x1], np.float32(dy2), r_min32, inv, nbins, x0 & 1, idx, pairs, acc)
         for k in range(nbins):
             sums[i, k] = acc[4 * k] + acc[4 * k + 2]
             counts[i, k] = acc[4 * k + 1] + acc[4 * k + 3]

@@ -2,9 +2,12 @@
 
 Bins of ``bin_px`` (1 px by default) from ``r_min`` outwards: bin k holds the pixels whose
 distance r = |(y, x) - (cy, cx)| from the frame's centre (pixel centres at integer coordinates)
-lies in [r_min + k bin_px, r_min + (k+1) bin_px). The distance is computed exactly (float64)
-from the sub-pixel centre for every pixel, so there is no centre quantisation: the bin of every
-pixel is the one a brute-force computation gives. Masked and non-finite pixels are excluded
+lies in [r_min + k bin_px, r_min + (k+1) bin_px). The distance is computed from the sub-pixel
+centre for every pixel, so there is no centre quantisation, in float32 (dy^2 and dx^2 in float64,
+then float32; 1.2-1.3x faster than float64 distances): a pixel within 3e-7 (t + 1) bins of an edge
+(1e-4 px at r = 360 px; about 1e-5 of the pixels) can land on the other side of it than float64
+distances would put it, far below the centring's own uncertainty; brute force with the same
+float32 steps gives every pixel's bin exactly (tested). Masked and non-finite pixels are excluded
 from both the sum and the count. The value is the mean per bin (NaN for an empty bin), with the
 number of pixels averaged. The compiled kernel (``radial_sums``) allocates no per-frame distance
 maps, so moving the centre costs nothing.
