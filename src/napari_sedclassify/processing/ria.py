@@ -4,8 +4,8 @@ Bins of ``bin_px`` (1 px by default) from ``r_min`` outwards: bin k holds the pi
 distance r = |(y, x) - (cy, cx)| from the frame's centre (pixel centres at integer coordinates)
 lies in [r_min + k bin_px, r_min + (k+1) bin_px). The distance is computed from the sub-pixel
 centre for every pixel, so there is no centre quantisation, in float32 (dy^2 and dx^2 in float64,
-then float32; 1.2-1.3x faster than float64 distances): a pixel within 3e-7 (t + 1) bins of an edge
-(1e-4 px at r = 360 px; about 1e-5 of the pixels) can land on the other side of it than float64
+then float32; 1.2-1.3x faster than float64 distances): a pixel within 3e-7 (t + 2 r_min / bin_px
++ 1) bins of an edge (1e-4 px at r = 360 px; about 1e-5 of the pixels) can land on the other side of it than float64
 distances would put it: the RIAs change as much as if every centre moved by 1e-4 px, some 500
 times less than the centring's own uncertainty (docs/preprocessing.md); brute force with the same
 float32 steps gives every pixel's bin exactly (tested). Masked and non-finite pixels are excluded
