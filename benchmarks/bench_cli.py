@@ -134,11 +134,13 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def libertem_timings(scan: Path, side: int, repeats: int) -> dict | None:
-    """LiberTEM's UDFs on the same file, where LiberTEM is installed: 181 one-pixel ring masks
-    about a FIXED centre (its radial profile; sparse masks) and the centre of mass, on a
+def libertem_timings(scan: Path, nav_shape, repeats: int, det_px: int = DET, rings: int = 181,
+                     centre=(255.5, 254.0)) -> dict | None:
+    """LiberTEM's UDFs on the same file, where LiberTEM is installed: ``rings`` one-pixel ring masks
+    about a FIXED ``centre`` (its radial profile; sparse masks) and the centre of mass, on a
     2-thread context. The first run of each (mask building, numba compilation) is reported
-    apart; steady state is the median of the next runs."""
+    apart; steady state is the median of the next runs. Results under "ring_masks" and
+    "centre_of_mass"."""
     try:
         import libertem
         import libertem.api as lt
@@ -147,18 +149,18 @@ def libertem_timings(scan: Path, side: int, repeats: int) -> dict | None:
         from libertem.udf.masks import ApplyMasksUDF
     except ImportError:
         return None
-    n = side * side
+    n = int(np.prod(nav_shape))
     t0 = time.perf_counter()
     ctx = lt.Context.make_with("threads", cpus=2)
-    out = {"version": libertem.__version__, "context_start_s": time.perf_counter() - t0}
+    out = {"version": libertem.__version__, "context_start_s": time.perf_counter() - t0, "rings": rings}
     try:
-        ds = ctx.load("npy", path=str(scan), nav_shape=(side, side))
-        cy, cx = 255.5, 254.0
-        rings = [(lambda r=r: masks.ring(centerX=cx, centerY=cy, imageSizeX=DET, imageSizeY=DET, radius=r + 1,
-                                         radius_inner=r)) for r in range(181)]
-        udfs = {"ring_masks_181": ApplyMasksUDF(mask_factories=rings, mask_count=181, mask_dtype=np.float32,
-                                                use_sparse=True),
-                "centre_of_mass": CoMUDF.with_params(cy=cy, cx=cx, r=30.0)}
+        ds = ctx.load("npy", path=str(scan), nav_shape=tuple(nav_shape))
+        cy, cx = centre
+        factories = [(lambda r=r: masks.ring(centerX=cx, centerY=cy, imageSizeX=det_px, imageSizeY=det_px,
+                                             radius=r + 1, radius_inner=r)) for r in range(rings)]
+        udfs = {"ring_masks": ApplyMasksUDF(mask_factories=factories, mask_count=rings, mask_dtype=np.float32,
+                                            use_sparse=True),
+                "centre_of_mass": CoMUDF.with_params(cy=cy, cx=cx, r=det_px * 30.0 / 512)}
         for name, udf in udfs.items():
             t0 = time.perf_counter()
             ctx.run_udf(dataset=ds, udf=udf)
@@ -226,7 +228,7 @@ def main(argv=None) -> dict:
     t_np = median_time(lambda: numpy_baseline(sub, corr, 363), max(1, args.repeats - 1))
     res["numpy_pipeline"] = {"frames": k, "wall_s": t_np, "frames_per_s": k / t_np}
 
-    lt = None if args.no_libertem else libertem_timings(scan, side, max(1, args.repeats - 1))
+    lt = None if args.no_libertem else libertem_timings(scan, (side, side), max(1, args.repeats - 1))
     if lt is not None:
         res["libertem"] = lt
 
@@ -267,11 +269,11 @@ def main(argv=None) -> dict:
         "preprocess_cmd_vs_in_process": p["frames_per_s"] / res["preprocess_in_process"]["frames_per_s"],
     }
     if lt is not None:
-        res["ratios"]["preprocess_cmd_vs_libertem_rings"] = p["frames_per_s"] / lt["ring_masks_181"]["frames_per_s"]
+        res["ratios"]["preprocess_cmd_vs_libertem_rings"] = p["frames_per_s"] / lt["ring_masks"]["frames_per_s"]
         res["ratios"]["preprocess_in_process_vs_libertem_rings"] = (
-            res["preprocess_in_process"]["frames_per_s"] / lt["ring_masks_181"]["frames_per_s"])
+            res["preprocess_in_process"]["frames_per_s"] / lt["ring_masks"]["frames_per_s"])
     if lt is not None:  # flat aliases for the table
-        res["libertem_rings"], res["libertem_com"] = lt["ring_masks_181"], lt["centre_of_mass"]
+        res["libertem_rings"], res["libertem_com"] = lt["ring_masks"], lt["centre_of_mass"]
     if args.clean:
         shutil.rmtree(work)
     if args.json:

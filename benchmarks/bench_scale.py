@@ -16,12 +16,20 @@ peak resident memory from the kernel's accounting of the child) and the `np.sum`
 over the same file (a subprocess reading it once, after the command: what the disk and page
 cache allow), printed as ratios. Each command time is the median of --repeats runs.
 
+Then, once every command is timed (this process reads the files only after, so that no command
+inherits their pages as its peak), the baselines on the same files: ``preprocess()`` in this
+process, warm (the pass without the command's start-up: its steady state), a straightforward
+numpy pipeline (per frame: centre of mass above half maximum, distances, two ``np.bincount``; on
+--baseline-frames frames) and, where LiberTEM is installed (and not --no-libertem), LiberTEM's
+one-pixel ring masks about a fixed centre (as many as the command's RIA bins) and its centre of
+mass on 2 threads; the command's frames/s over each.
+
 With --cores N [N ...]: the small scan's command again, pinned to the first N cores this process
 may use (CPU affinity, as ``taskset`` pins it; the engine runs one thread per usable core): how the
 command's speed grows with cores.
 
     python benchmarks/bench_scale.py [--large-side 128] [--small-side 100] [--skip-large]
-                                     [--repeats 3] [--cores 1 2 4 8 16] [--json]
+                                     [--repeats 3] [--cores 1 2 4 8 16] [--no-libertem] [--json]
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_preprocess import write_scan  # noqa: E402
+from bench_cli import libertem_timings, median_time  # noqa: E402
+from bench_preprocess import numpy_baseline, write_scan  # noqa: E402
 
 SEDCLASSIFY = [sys.executable, "-m", "napari_sedclassify.cli"]
 
@@ -146,6 +155,33 @@ def measure(path: Path, n: int, out_dir: Path, repeats: int = 1, cpus=None) -> d
             "load_average": os.getloadavg()[0]}
 
 
+def baselines(path: Path, scan_shape, repeats: int, numpy_frames: int, libertem: bool) -> dict:
+    """The same file's frames in this process: ``preprocess()`` warm (median of ``repeats``), the numpy
+    pipeline on its first ``numpy_frames`` frames, and LiberTEM's ring masks (one per RIA bin of
+    the command) and centre of mass (see the module docstring)."""
+    from napari_sedclassify.io import open_scan
+    from napari_sedclassify.pipeline.preprocess import preprocess
+
+    n = int(np.prod(scan_shape))
+    scan = open_scan(path)
+    first = preprocess(scan)
+    t_api = median_time(lambda: preprocess(scan), repeats)
+    nbins = int(first.radii_px.size)
+    frames = np.load(path, mmap_mode="r")
+    k = min(numpy_frames, frames.shape[0])
+    sub = np.asarray(frames[:k])
+    t_np = median_time(lambda: numpy_baseline(sub, np.ones(frames.shape[1:], np.float32), nbins), max(1, repeats - 1))
+    out = {"in_process": {"wall_s": t_api, "frames_per_s": n / t_api},
+           "numpy_pipeline": {"frames": k, "wall_s": t_np, "frames_per_s": k / t_np}, "ria_bins": nbins}
+    if libertem:
+        px = frames.shape[1]
+        lt = libertem_timings(path, scan_shape, max(1, repeats - 1), det_px=px, rings=nbins,
+                              centre=(px / 2 - 0.5, px / 2 - 0.5))
+        if lt is not None:
+            out["libertem"] = lt
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="/tmp/sedclassify-bench-scale")
@@ -157,6 +193,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of each command (median reported)")
     ap.add_argument("--cores", type=int, nargs="*", default=[], metavar="N",
                     help="also run the small scan's command pinned to N cores, for each N")
+    ap.add_argument("--numpy-frames", type=int, nargs=2, default=[1000, 128], metavar=("SMALL", "LARGE"),
+                    help="frames of each scan for the numpy pipeline (default 1000 and 128)")
+    ap.add_argument("--no-libertem", action="store_true", help="skip LiberTEM even where it is installed")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     folder = Path(args.dir)
@@ -177,6 +216,11 @@ def main() -> int:
         side = args.large_side
         large = ensure(folder / f"large{side}x{side}.npy", lambda p: in_child(write_large, p, side, args.unique, folder))
         results["large"] = measure(large, side * side, folder, args.repeats)
+    # the baselines, after every command (see the module docstring)
+    results["small"]["baselines"] = baselines(small, (s, s), args.repeats, args.numpy_frames[0], not args.no_libertem)
+    if not args.skip_large:
+        results["large"]["baselines"] = baselines(large, (side, side), args.repeats, args.numpy_frames[1],
+                                                  not args.no_libertem)
     print(f"{'scan':<34}{'frames':>8}{'GB':>7}{'wall s':>8}{'fr/s':>8}{'peak MB':>9}{'np.sum fr/s':>13}{'ratio':>7}")
     rows = [("small", f"{s}x{s} frames of {px}x{px}")]
     rows += [(f"small_{k}_cores", f"  the same on {k} core{'s' if k > 1 else ''}") for k in args.cores]
@@ -188,6 +232,22 @@ def main() -> int:
                   f"{r['peak_rss_mb']:>9.0f}{r['np_sum_frames_per_s']:>13.0f}{r['vs_np_sum']:>7.2f}")
     print(f"(python -c pass: {results['small']['startup_s']:.3f} s, subtracted; load average "
           f"{os.getloadavg()[0]:.1f}; ratio = command frames/s over np.sum frames/s)")
+    print(f"\n{'scan':<34}{'command':>9}{'in process':>12}{'numpy':>9}{'LiberTEM rings':>16}{'LiberTEM CoM':>14}"
+          "   frames/s; command over each")
+    for key, label in (("small", f"{s}x{s} frames of {px}x{px}"), ("large", f"{args.large_side}x{args.large_side} of 512x512")):
+        r = results.get(key)
+        if not r:
+            continue
+        b = r["baselines"]
+        lt = b.get("libertem", {})
+        cmd = r["frames_per_s"]
+        cells = [b["in_process"], b["numpy_pipeline"], lt.get("ring_masks"), lt.get("centre_of_mass")]
+        text = "".join(f"{c['frames_per_s']:>{w}.0f}" if c else f"{'-':>{w}}" for c, w in zip(cells, (12, 9, 16, 14)))
+        print(f"{label:<34}{cmd:>9.0f}{text}")
+        print(f"{'  command over it':<34}{'':>9}" + "".join(
+            f"{cmd / c['frames_per_s']:>{w}.2f}" if c else f"{'-':>{w}}" for c, w in zip(cells, (12, 9, 16, 14))))
+    print(f"(numpy pipeline on {args.numpy_frames[0]} and {args.numpy_frames[1]} frames; LiberTEM: one-pixel rings, "
+          "as many as the command's RIA bins, about a fixed centre, and the centre of mass, 2 threads)")
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
