@@ -37,19 +37,9 @@ def kernels():
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = 1.0
         a = 1.0000001
         c = 1e-9
-        for _ in range(n):
-            s0 = s0 * a + c
-            s1 = s1 * a + c
-            s2 = s2 * a + c
-            s3 = s3 * a + c
-            s4 = s4 * a + c
-            s5 = s5 * a + c
-            s6 = s6 * a + c
-            s7 = s7 * a + c
-            s8 = s8 * a + c
-            s9 = s9 * a + c
-            s10 = s10 * a + c
-            s11 = s11 * a + c
+        for _ in range(n):  # twelve chains that do not wait for each other
+            s0, s1, s2, s3, s4, s5 = s0 * a + c, s1 * a + c, s2 * a + c, s3 * a + c, s4 * a + c, s5 * a + c
+            s6, s7, s8, s9, s10, s11 = s6 * a + c, s7 * a + c, s8 * a + c, s9 * a + c, s10 * a + c, s11 * a + c
         return s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7 + s8 + s9 + s10 + s11
 
     @numba.njit(nogil=True, fastmath=True)
