@@ -20,7 +20,7 @@ Then, once every command is timed (this process reads the files only after, so t
 inherits their pages as its peak), the baselines on the same files: ``preprocess()`` in this
 process, warm (the pass without the command's start-up: its steady state), a straightforward
 numpy pipeline (per frame: centre of mass above half maximum, distances, two ``np.bincount``; on
---baseline-frames frames) and, where LiberTEM is installed (and not --no-libertem), LiberTEM's
+--numpy-frames frames) and, where LiberTEM is installed (and not --no-libertem), LiberTEM's
 one-pixel ring masks about a fixed centre (as many as the command's RIA bins) and its centre of
 mass on 2 threads; the command's frames/s over each.
 
@@ -182,6 +182,11 @@ def baselines(path: Path, scan_shape, repeats: int, numpy_frames: int, libertem:
     return out
 
 
+def columns(cells, text) -> str:
+    """The baselines table's columns: text(cell) right-aligned, "-" where that baseline did not run."""
+    return "".join(f"{text(c):>{w}}" if c else f"{'-':>{w}}" for c, w in zip(cells, (12, 9, 16, 14), strict=True))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="/tmp/sedclassify-bench-scale")
@@ -242,10 +247,8 @@ def main() -> int:
         lt = b.get("libertem", {})
         cmd = r["frames_per_s"]
         cells = [b["in_process"], b["numpy_pipeline"], lt.get("ring_masks"), lt.get("centre_of_mass")]
-        text = "".join(f"{c['frames_per_s']:>{w}.0f}" if c else f"{'-':>{w}}" for c, w in zip(cells, (12, 9, 16, 14)))
-        print(f"{label:<34}{cmd:>9.0f}{text}")
-        print(f"{'  command over it':<34}{'':>9}" + "".join(
-            f"{cmd / c['frames_per_s']:>{w}.2f}" if c else f"{'-':>{w}}" for c, w in zip(cells, (12, 9, 16, 14))))
+        print(f"{label:<34}{cmd:>9.0f}" + columns(cells, lambda c: f"{c['frames_per_s']:.0f}"))
+        print(f"{'  command over it':<34}{'':>9}" + columns(cells, lambda c, cmd=cmd: f"{cmd / c['frames_per_s']:.2f}"))
     print(f"(numpy pipeline on {args.numpy_frames[0]} and {args.numpy_frames[1]} frames; LiberTEM: one-pixel rings, "
           "as many as the command's RIA bins, about a fixed centre, and the centre of mass, 2 threads)")
     if args.json:
