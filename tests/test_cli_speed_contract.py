@@ -484,6 +484,38 @@ def test_frame_bar_is_drawn_at_tqdms_rate_without_a_process_lock():
     assert not mp
 
 
+def test_a_frame_bar_in_a_log_file_is_drawn_at_the_log_interval():
+    """Written to a file or a pipe (a batch job's log), a frame bar is drawn at its start and, whole,
+    at its end, and between only every LOG_INTERVAL_S (10 s): tqdm's carriage returns stay in a file,
+    and at its 0.1 s a long run logged thousands of drawings on one line. On a terminal it is still
+    redrawn every 0.1 s."""
+    code = (
+        "import io, sys, time\n"
+        "from napari_sedclassify.cli._bars import Bars\n"
+        "class Terminal(io.StringIO):\n"
+        "    def isatty(self):\n"
+        "        return True\n"
+        "out = []\n"
+        "for stream in (io.StringIO(), Terminal()):\n"
+        "    sys.stderr = stream\n"
+        "    t0 = time.perf_counter()\n"
+        "    with Bars() as bars:\n"
+        "        for done in range(0, 2001, 10):\n"
+        "            bars.frames(done, 2000)\n"
+        "            time.sleep(0.005)\n"
+        "    out.append((stream.getvalue(), time.perf_counter() - t0))\n"
+        "sys.stderr = sys.__stderr__\n"
+        "print(repr(out))\n"
+    )
+    (logged, took_log), (shown, took_tty) = ast.literal_eval(_last_line(code, timeout=120))
+    in_log = [d for d in logged.split("\r") if "frame" in d]
+    on_tty = [d for d in shown.split("\r") if "frame" in d]
+    assert took_log < 9 and len(in_log) <= 3, (took_log, in_log)  # 201 reports in about 1 s: start and end
+    assert "2000/2000" in in_log[-1] and "0/2000" in in_log[0]
+    assert len(on_tty) >= took_tty / 0.1 / 2, (took_tty, len(on_tty))  # every 0.1 s on a terminal
+    assert "2000/2000" in on_tty[-1]
+
+
 def test_a_command_builds_only_its_own_parser(realdata):
     """``sedclassify info FILE`` imports the module of ``info`` alone (8-10 ms less before a
     command's work than importing all eleven); ``sedclassify --help`` still lists every command."""

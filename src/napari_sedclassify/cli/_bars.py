@@ -1,13 +1,31 @@
 """tqdm progress bars (on stderr) for the commands: frames while scans are simulated,
 preprocessed or classified, epochs while a model trains. A prediction shows two stages, one
 after the other, per scan: "preprocess" (the scan's frames) then "classify" (the recorded frames
-the model has classified, block by block)."""
+the model has classified, block by block).
+
+On a terminal a frame bar is redrawn at most every BAR_INTERVAL_S; written to a file or a pipe
+(a batch job's log) at most every LOG_INTERVAL_S, and whole at its end: tqdm redraws in place with
+carriage returns, which a file keeps: a 10-minute run could log 6,000 drawings on one line."""
 
 from __future__ import annotations
 
 import sys
 import threading
 from typing import Sequence
+
+
+#: Seconds between two drawings of a frame bar on a terminal (tqdm's own default) ...
+BAR_INTERVAL_S = 0.1
+#: ... and in a file or pipe (an epoch bar is drawn at every epoch either way).
+LOG_INTERVAL_S = 10.0
+
+
+def drawing_interval(stream) -> float:
+    """BAR_INTERVAL_S where ``stream`` is a terminal, else LOG_INTERVAL_S (a closed stream: a file's)."""
+    try:
+        return BAR_INTERVAL_S if stream.isatty() else LOG_INTERVAL_S
+    except (AttributeError, OSError, ValueError):
+        return LOG_INTERVAL_S
 
 
 class Bars:
@@ -42,12 +60,13 @@ class Bars:
                 self.key = (unit, desc)
                 if not hasattr(tqdm, "_lock"):  # else tqdm makes a multiprocessing lock (10 ms, in the
                     tqdm.set_lock(threading.RLock())  # middle of the frames); only threads draw bars here
-                self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr)
+                self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr,
+                                mininterval=drawing_interval(sys.stderr))
             self.bar.total = total
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
-            if unit == "frame" and n >= self.bar.n:  # drawn when tqdm's 0.1 s since the last drawing
-                self.bar.update(n - self.bar.n)  # have passed, and at close: a drawing costs the workers
+            if unit == "frame" and n >= self.bar.n:  # drawn when the interval since the last drawing
+                self.bar.update(n - self.bar.n)  # has passed, and at close: a drawing costs the workers
             else:  # 0.3-0.5 ms; an epoch is drawn when it ends
                 self.bar.n = n
                 self.bar.refresh()
