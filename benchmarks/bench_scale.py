@@ -167,14 +167,14 @@ def baselines(path: Path, scan_shape, repeats: int, numpy_frames: int, libertem:
     first = preprocess(scan)
     t_api = median_time(lambda: preprocess(scan), repeats)
     nbins = int(first.radii_px.size)
-    frames = np.load(path, mmap_mode="r")
-    k = min(numpy_frames, frames.shape[0])
-    sub = np.asarray(frames[:k])
-    t_np = median_time(lambda: numpy_baseline(sub, np.ones(frames.shape[1:], np.float32), nbins), max(1, repeats - 1))
+    det = tuple(scan.detector_shape)
+    k = min(numpy_frames, n)
+    sub = scan.read(np.arange(k))  # the scan's own reader: the first k frames
+    t_np = median_time(lambda: numpy_baseline(sub, np.ones(det, np.float32), nbins), max(1, repeats - 1))
     out = {"in_process": {"wall_s": t_api, "frames_per_s": n / t_api},
            "numpy_pipeline": {"frames": k, "wall_s": t_np, "frames_per_s": k / t_np}, "ria_bins": nbins}
     if libertem:
-        px = frames.shape[1]
+        px = det[1]
         lt = libertem_timings(path, scan_shape, max(1, repeats - 1), det_px=px, rings=nbins,
                               centre=(px / 2 - 0.5, px / 2 - 0.5))
         if lt is not None:
