@@ -10,6 +10,7 @@ package metadata only), so it is safe in napari's process, where TensorFlow must
 from __future__ import annotations
 
 import importlib.util
+import os
 
 #: pip command that installs the CNN's libraries.
 CNN_INSTALL = 'pip install "napari-sedclassify[cnn]"'
@@ -25,6 +26,26 @@ def _importable(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # a parent package blocked, or sys.modules[name] is None
         return False
+
+
+def installed_version(package: str) -> str | None:
+    """The version of an installed package, from the name of its ``.dist-info`` folder beside it,
+    without importing it (numba: 0.25 s) or ``importlib.metadata`` (its imports and its scan of
+    every path entry: 20-30 ms of every process); None where it is not installed as a
+    distribution beside its package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    site = os.path.dirname(next(iter(spec.submodule_search_locations)))
+    prefix = package.lower() + "-"
+    try:
+        entries = os.listdir(site)
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.lower().startswith(prefix) and entry.endswith(".dist-info"):
+            return entry[len(prefix):-len(".dist-info")]
+    return None
 
 
 def _major_version(dist: str) -> int | None:

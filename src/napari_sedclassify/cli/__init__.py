@@ -176,6 +176,9 @@ def entry() -> None:
         os.environ.setdefault("SEDCLASSIFY_NUMBA_EXTENSIONS", "skip")
         os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before numpy's import (small_pages)
         small_pages(input_bytes(sys.argv[1:]))  # huge-page advice for long runs only (pages.py)
+        from ._bars import tqdm_version_from_files
+
+        tqdm_version_from_files()  # tqdm's import without importlib.metadata (_bars.py)
         rc = main()
     except KeyboardInterrupt:
         rc = interrupted(sys.argv[1:])

@@ -20,6 +20,27 @@ BAR_INTERVAL_S = 0.1
 LOG_INTERVAL_S = 10.0
 
 
+def tqdm_version_from_files() -> None:
+    """Let tqdm's import skip ``importlib.metadata``: its ``tqdm.version`` module, which only asks
+    ``importlib.metadata`` for tqdm's version (26 ms of imports: email, zipfile, csv..., then a
+    scan of every path entry: 32 of the 39 ms ``import tqdm`` takes), is given beforehand with the
+    same version read from the name of tqdm's ``.dist-info`` folder (``optional.installed_version``).
+    A command calls it before anything imports tqdm; nothing changes where tqdm is imported already
+    or is not installed as a distribution (tqdm then asks as usual)."""
+    import types
+
+    from ..optional import installed_version
+
+    if "tqdm" in sys.modules or "tqdm.version" in sys.modules:
+        return
+    version = installed_version("tqdm")
+    if version is None:
+        return
+    module = types.ModuleType("tqdm.version", "tqdm's version, from its .dist-info folder (cli._bars)")
+    module.__version__ = version
+    sys.modules["tqdm.version"] = module
+
+
 def drawing_interval(stream) -> float:
     """BAR_INTERVAL_S where ``stream`` is a terminal, else LOG_INTERVAL_S (a closed stream: a file's)."""
     try:

@@ -593,7 +593,7 @@ def _fixed(frame, iy, ix, half, half0, half_max, k_peak, min_snr, sat, floor, py
 
 @njit(nogil=True, cache=True)
 def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx, ey, ex, iy_edges,
-              ix_edges, res, at):
+              ix_edges, res, at, grow=True):
     """Iterate the thresholded centre of mass from index (cy, cx), the window sized to 2.5 beam
     radii, until the window (its integer position and size, all that ``_refine`` depends on) stops
     changing; the index centre goes to at[0], at[1]. False: no beam.
@@ -601,7 +601,8 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, floor, py, p
     The result is the centre of mass in the final window, so it depends on the frame alone, not on
     where the search started (a warm start from a neighbour and a cold start agree to the bit); a
     two-window cycle ends in the lower-left of the two. iy_edges, ix_edges: the pixel edges in
-    index px (k - 0.5)."""
+    index px (k - 0.5). grow=False: no beam where the first window lies inside a wider disc
+    (a search from an expected position gives up there; the coarse search takes over)."""
     half = half0
     wy0 = int(round(cy))
     wx0 = int(round(cx))
@@ -610,7 +611,7 @@ def _converge(frame, cy, cx, half0, half_max, k_peak, min_snr, sat, floor, py, p
     ph0 = -1
     for _ in range(12):
         if not _refine(frame, wy0, wx0, half, k_peak, min_snr, sat, floor, py, px, wy, wx, res):
-            if half < half_max and np.isfinite(res[3]) and res[4] > 0.5 * res[3]:
+            if grow and half < half_max and np.isfinite(res[3]) and res[4] > 0.5 * res[3]:
                 # the window's border is over half as bright as its peak: it lies inside a disc
                 # wider than itself (a convergent beam); look again in one twice the size
                 half = min(2 * half, half_max)
@@ -679,7 +680,7 @@ def _box3_row(blocks, yb, box):
 
 @njit(nogil=True, cache=True)
 def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx, ey, ex, centres,
-                 found, radius, warm):
+                 found, radius, warm, expected):
     """Direct-beam centre (index px) of each frame: an iterated thresholded centre of mass
     (physical px: pixel centres py, px, widths wy, wx, edges ey, ex) in a window grown to 2.5 beam
     radii, started (``warm``) from the previous frame's centre (the descan moves the beam little
@@ -690,7 +691,16 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
     window's background by min_snr Poisson sigmas, or by SATURATED_SNR_FACTOR of that when its
     top is at the counter's full value ``sat`` (inf: unknown). ``floor``: the data's pedestal (0 for
     counts; below zero for data with a pedestal or a dark level subtracted: int32 or float), what
-    the search takes as no electron, so that a constant pedestal moves no beam."""
+    the search takes as no electron, so that a constant pedestal moves no beam.
+
+    ``expected`` (4,): where the plan expects the beam (cy, cx index px; NaN: nowhere), its area
+    above half-way (px^2) and its peak above ``floor`` (the calibration sample's). Without
+    ``warm``, each frame's search starts there first, without growing its window, and keeps the
+    disc it settles on when that disc has 0.5-2 times the area and at least half the peak (not a
+    Bragg spot or an arc of a ring where the beam has moved away); else the coarse search. The
+    centre then depends on the frame and the plan alone (batch and live share the plan): the
+    same fixed window as from the coarse search, but where a frame's beam has two distant fixed
+    windows, the one nearer the expected position."""
     n, ky, kx = frames.shape
     iy_edges = np.arange(ky + 1) - 0.5
     ix_edges = np.arange(kx + 1) - 0.5
@@ -702,6 +712,8 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
     circ = np.empty(4, np.float64)
     at = np.empty(2, np.float64)
     prev = np.full(3, np.nan)  # previous frame's centre (index px) and area above threshold
+    start = np.isfinite(expected[0]) and np.isfinite(expected[1]) and not warm
+    peak_min = floor + 0.5 * expected[3] if expected[3] == expected[3] else -np.inf
     for i in range(n):
         centres[i, 0] = np.nan
         centres[i, 1] = np.nan
@@ -711,6 +723,10 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
         if warm and np.isfinite(prev[0]):
             ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx,
                            ey, ex, iy_edges, ix_edges, res, at) and 0.5 * prev[2] <= res[2] <= 2.0 * prev[2]
+        elif start:
+            ok = _converge(frames[i], expected[0], expected[1], half0, half_max, k_peak, min_snr, sat, floor, py, px,
+                           wy, wx, ey, ex, iy_edges, ix_edges, res, at, False) \
+                and 0.5 * expected[2] <= res[2] <= 2.0 * expected[2] and res[3] >= peak_min
         if not ok:
             bin_sums(frames[i], b, row_step, floor, blocks)
             best = 0.0

@@ -40,13 +40,20 @@ class CentreFinder(FrameProcessor):
     electron (the plan's ``centre_floor_counts``, from its calibration sample: one value for every
     frame, so that batch and live agree); None: measured on each chunk's first frame
     (:func:`pedestal_of`).
+    expected_centre_px, expected_peak_counts: where the plan's calibration sample showed the beam
+    (cy, cx index px) and its peak above the pedestal (None: unknown). With them and a beam radius
+    each frame's search starts there and keeps what it finds when it is the beam (its area and
+    peak as the sample's), which spares most frames the coarse search over the whole frame; the
+    centre is the same fixed point of the centre of mass, and still a function of the frame and
+    the plan alone (``find_centres``).
     """
 
     needs_centres = False
 
     def __init__(self, beam_radius_px: float | None = None, coarse_bin: int | None = None,
                  min_snr: float = 10.0, k_peak: int = 9, grid: PixelGrid | None = None, warm_start: bool = False,
-                 saturation_counts: float | None = None, pedestal_counts: float | None = None):
+                 saturation_counts: float | None = None, pedestal_counts: float | None = None,
+                 expected_centre_px: tuple[float, float] | None = None, expected_peak_counts: float | None = None):
         self.beam_radius_px = beam_radius_px
         self.pedestal_counts = None if pedestal_counts is None else float(pedestal_counts)
         self.saturation_counts = None if saturation_counts is None else float(saturation_counts)
@@ -55,6 +62,8 @@ class CentreFinder(FrameProcessor):
         self.min_snr = float(min_snr)
         self.k_peak = int(k_peak)
         self.warm_start = bool(warm_start)
+        self.expected_centre_px = None if expected_centre_px is None else tuple(float(v) for v in expected_centre_px)
+        self.expected_peak_counts = None if expected_peak_counts is None else float(expected_peak_counts)
 
     def outputs(self):
         return {"centre": Output((2,), "float64", np.nan), "beam_found": Output((), "bool", False),
@@ -75,8 +84,16 @@ class CentreFinder(FrameProcessor):
         sat = np.inf if self.saturation_counts is None else self.saturation_counts
         floor = pedestal_of(frames[:1]) if self.pedestal_counts is None else self.pedestal_counts
         find_centres(frames, b, step, half0, half_max, self.k_peak, self.min_snr, sat, floor, g.centres(0), g.centres(1),
-                     g.widths(0), g.widths(1), g.edges(0), g.edges(1), c, found, radius, self.warm_start)
+                     g.widths(0), g.widths(1), g.edges(0), g.edges(1), c, found, radius, self.warm_start,
+                     self._expected())
         return {"centre": c, "beam_found": found, "beam_radius_px": radius}
+
+    def _expected(self) -> np.ndarray:
+        """``find_centres``'s expected beam: (cy, cx, area px^2, peak above the floor), NaN where unknown."""
+        if self.expected_centre_px is None or self.beam_radius_px is None or self.expected_peak_counts is None:
+            return np.full(4, np.nan)
+        return np.array([*self.expected_centre_px, np.pi * self.beam_radius_px**2, self.expected_peak_counts],
+                        np.float64)
 
 
 #: A counting detector's electron-free pixels read exactly its pedestal: at least this share of the

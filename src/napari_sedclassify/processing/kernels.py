@@ -29,6 +29,8 @@ import threading
 
 import numpy as np
 
+from ..optional import installed_version
+
 #: Set to "0" to run the just-in-time kernels even where the ahead-of-time ones are built.
 AOT_ENV = "SEDCLASSIFY_AOT"
 
@@ -46,7 +48,7 @@ SIGNATURES: dict[str, list[tuple]] = {
                           ("bool", 2, "C")) for d in _RAW for lay in ("CR", "A")],
     "median_5x5": [(_F4_2, _I8_2R, _F4_2)],
     "find_centres": [(_F4_3, "i8", "i8", "i8", "i8", "i8", "f8", "f8", "f8", _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_2,
-                      ("bool", 1, "C"), ("float32", 1, "C"), "b1")],
+                      ("bool", 1, "C"), ("float32", 1, "C"), "b1", _F8_1)],
     "radial_sums": [(_F4_3, _F8_2, _F8_1, _F8_1, "f8", "f8", _F8_2, (c, 2, "C"))
                     for c in ("int64", "int32", "uint32", "uint16", "float64")],
     "annular_sums": [(_F4_3, _F8_2, _F8_2, _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_2)],
@@ -80,7 +82,7 @@ def _source_key() -> str:
     for name in ("_kernels.py", "kernels.py"):
         with open(os.path.join(here, name), "rb") as fh:
             h.update(fh.read())
-    versions = {name: _installed_version(name) for name in ("numba", "llvmlite")}
+    versions = {name: installed_version(name) for name in ("numba", "llvmlite")}
     if None in versions.values():  # not installed as distributions: no module to trust
         return ""
     h.update(f"numba {versions['numba']} llvmlite {versions['llvmlite']} numpy {np.__version__}".encode())
@@ -90,28 +92,9 @@ def _source_key() -> str:
     return h.hexdigest()[:16]
 
 
-def _installed_version(package: str) -> str | None:
-    """The version of an installed package, from the name of its ``.dist-info`` folder beside it,
-    without importing it (numba: 0.25 s) or ``importlib.metadata`` (its imports and its scan of
-    every path entry: 20-30 ms of every process)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    site = os.path.dirname(next(iter(spec.submodule_search_locations)))
-    prefix = package.lower() + "-"
-    try:
-        entries = os.listdir(site)
-    except OSError:
-        return None
-    for entry in entries:
-        if entry.lower().startswith(prefix) and entry.endswith(".dist-info"):
-            return entry[len(prefix):-len(".dist-info")]
-    return None
-
-
 def numba_version() -> str:
     """numba's version (for provenance), without importing it."""
-    return _installed_version("numba") or "unknown"
+    return installed_version("numba") or "unknown"
 
 
 def _cpu_key() -> str:
@@ -191,21 +174,27 @@ def _matches(value, spec) -> bool:
     dtype, ndim, layout = spec
     # "A" and "CR" arrays are the raw frames, only read; "C" ones include outputs: a read-only one
     # goes to numba, which refuses to write it instead of crashing
-    return (type(value) is np.ndarray and value.dtype == np.dtype(dtype) and value.dtype.isnative
+    return (type(value) is np.ndarray and value.dtype == dtype and value.dtype.isnative
             and value.ndim == ndim and value.flags.aligned
             and (layout == "A" or (value.flags.c_contiguous and (layout == "CR" or value.flags.writeable))))
 
 
 def _caller(name: str):
     """The kernel ``name``: the ahead-of-time function whose signature the arguments match
-    exactly, else numba's just-in-time one."""
-    signatures = SIGNATURES[name]
+    exactly, else numba's just-in-time one. The signature the last call matched is tried first
+    (a pass calls each kernel the same way every time: 65 checks a batch became 20)."""
+    signatures = [tuple(a if isinstance(a, str) else (np.dtype(a[0]), a[1], a[2]) for a in sig)
+                  for sig in SIGNATURES[name]]
+    last = [0]  # one item, replaced whole: threads may call at once
 
     def kernel(*args):
         module = aot_module()
         if module is not None:
-            for k, sig in enumerate(signatures):
+            first = last[0]
+            for k in (first, *range(len(signatures))):
+                sig = signatures[k]
                 if len(sig) == len(args) and all(_matches(a, s) for a, s in zip(args, sig)):
+                    last[0] = k
                     return getattr(module, _symbol(name, k))(*args)
         if module is None:
             _state["jit_for_want_of_module"] = True

@@ -35,7 +35,10 @@ class PreprocessPlan:
     flat-field's own dark frame: given, it wins), "pedestal" (pedestal_counts, when the flat-field
     has no dark frame) or "none" (no dark frame and a pedestal of 0: counts, corrected to the bit as
     before). centre_floor_counts: what the centre search takes as no electron in the corrected
-    frames (the pedestal left after the dark level: 0 for counts)."""
+    frames (the pedestal left after the dark level: 0 for counts). beam_centre_px, beam_peak_counts:
+    where the sample's beam sat (median (cy, cx) index px) and its peak above that floor in the
+    corrected frames (median of each frame's k-th largest value about its centre), where each
+    frame's centre search starts (``CentreFinder``); None without a beam radius."""
 
     params: dict
     detector_shape: tuple
@@ -49,6 +52,8 @@ class PreprocessPlan:
     pedestal_counts: float = 0.0
     dark_level: str = "none"
     centre_floor_counts: float = 0.0
+    beam_centre_px: tuple | None = None
+    beam_peak_counts: float | None = None
 
     @property
     def grid(self) -> PixelGrid:
@@ -96,6 +101,9 @@ class PreprocessPlan:
             contrast = disc_contrast(sample, np.flatnonzero(found), part["centre"][found], radii, pedestal)
             compact = radii.size and float(median(contrast)) >= BEAM_CONTRAST_MIN
             beam_radius = float(median(radii)) if compact else None
+        centred = part if params.beam_radius_px is None and len(sample) else first
+        expected = (None, None) if beam_radius is None or centred is None else \
+            expected_beam(sample, ff, centred, beam_radius, floor)
         resolved = params.resolve(geometry, beam_radius)
         resolved["edge_pixel_width"] = grid.edge_pixel_width
         resolved["edge_pixel_width_origin"] = epw_origin
@@ -108,7 +116,7 @@ class PreprocessPlan:
                    saturation_counts=saturation, bad_pixels=tuple(int(i) for i in np.flatnonzero(bad)),
                    beam_radius_px=beam_radius, resolved=resolved, calibration_frames=int(len(sample)),
                    calibration_start=int(calibration_start), pedestal_counts=pedestal, dark_level=dark_level,
-                   centre_floor_counts=floor)
+                   centre_floor_counts=floor, beam_centre_px=expected[0], beam_peak_counts=expected[1])
 
     # ---- what runs on frames ---------------------------------------------------------------------
 
@@ -128,7 +136,8 @@ class PreprocessPlan:
         from .centre import CentreFinder
 
         return CentreFinder(self.beam_radius_px, grid=self.grid, saturation_counts=self.saturation_counts,
-                            pedestal_counts=self.centre_floor_counts)
+                            pedestal_counts=self.centre_floor_counts, expected_centre_px=self.beam_centre_px,
+                            expected_peak_counts=self.beam_peak_counts)
 
     def processors(self, virtual: bool = True) -> list:
         """The frame processors after centring: radial profile, virtual detectors (BF/ADF), crop."""
@@ -164,7 +173,9 @@ class PreprocessPlan:
                    calibration_frames=int(d.get("calibration_frames", 0)),
                    calibration_start=int(d.get("calibration_start", 0)),
                    pedestal_counts=float(d.get("pedestal_counts", 0.0)), dark_level=str(d.get("dark_level", "none")),
-                   centre_floor_counts=float(d.get("centre_floor_counts", d.get("pedestal_counts", 0.0))))
+                   centre_floor_counts=float(d.get("centre_floor_counts", d.get("pedestal_counts", 0.0))),
+                   beam_centre_px=None if d.get("beam_centre_px") is None else tuple(float(v) for v in d["beam_centre_px"]),
+                   beam_peak_counts=None if d.get("beam_peak_counts") is None else float(d["beam_peak_counts"]))
 
 
 #: The direct beam's path over the calibration sample: discs of this many beam radii (+ BEAM_PATH_PX)
@@ -199,6 +210,39 @@ def _centred(sample: np.ndarray, flatfield: FlatField, grid: PixelGrid | None, s
 
     finder = CentreFinder(None, grid=grid, saturation_counts=saturation, pedestal_counts=floor)
     return FrameRunner([], flatfield, finder).run_chunk(sample).values
+
+
+def expected_beam(sample: np.ndarray, flatfield: FlatField, centred: dict, beam_radius_px: float,
+                  floor: float) -> tuple:
+    """((cy, cx), peak) where the centre search expects the beam (``PreprocessPlan.beam_centre_px``,
+    ``beam_peak_counts``): the median centre (index px) of the sample's frames with a beam
+    (``centred``: the centre finder's outputs on them), and the median over those frames of the
+    finder's peak (its k-th largest corrected value in the window of its first search about the
+    centre, less ``floor``); (None, None) when no sampled frame shows a beam."""
+    from .centre import CentreFinder
+
+    found = np.flatnonzero(centred["beam_found"])
+    if found.size == 0:
+        return None, None
+    centres = centred["centre"][found]
+    corr, dark, use_dark, sat = flatfield.kernel_args()
+    half = int(2.5 * beam_radius_px) + 3  # CentreFinder's first window
+    k = CentreFinder().k_peak
+    _, ky, kx = sample.shape
+    peaks = []
+    for f, (cy, cx) in zip(found, centres):
+        iy, ix = int(round(cy)), int(round(cx))
+        rows = slice(max(0, iy - half), min(ky, iy + half + 1))
+        cols = slice(max(0, ix - half), min(kx, ix + half + 1))
+        raw = sample[f, rows, cols].astype(np.float32)
+        v = (raw - dark[rows, cols]) * corr[rows, cols] if use_dark else raw * corr[rows, cols]
+        v = np.where((raw >= sat) & np.isfinite(corr[rows, cols]), raw, v)  # as correct_frames
+        v = v[np.isfinite(v)]
+        if v.size >= k:
+            peaks.append(float(np.partition(v, v.size - k)[v.size - k]) - floor)
+    if not peaks:
+        return None, None
+    return (float(median(centres[:, 0])), float(median(centres[:, 1]))), float(median(np.asarray(peaks)))
 
 
 def beam_path(centred: dict, detector_shape) -> np.ndarray | None:
