@@ -21,3 +21,21 @@ def import_in_background(*modules: str) -> None:
                 pass
 
     threading.Thread(target=work, name="sedclassify-imports", daemon=True).start()
+
+
+def importing_when_called(progress, *modules: str):
+    """``progress(done, total)`` that first starts importing ``modules`` in the background
+    (:func:`import_in_background`), at its first call: a pass over the frames reports its start
+    once the worker threads have their first frames, and from then on the cores run the kernels,
+    which do not hold the interpreter lock, so the import takes a little of their time instead of
+    the lock the single-threaded start (opening the scan, the calibration sample, the plan) needs
+    all the time (h5py: 23 ms of Python; measured in docs/performance.md, session 29)."""
+    started = []
+
+    def report(done, total):
+        if not started:
+            started.append(True)
+            import_in_background(*modules)
+        progress(done, total)
+
+    return report

@@ -31,14 +31,17 @@ def register(subparsers) -> None:
                  "sedclassify preprocess scan.npy --crop-radius 32 --crop-bin 2 --workers 4 -o scan.zarr")
 
 
+def _kind(out: Path) -> str:
+    return "h5" if out.suffix.lower() in (".h5", ".hdf5") else "zarr"
+
+
 def run(args) -> int:
-    from ._prefetch import import_in_background
+    from ._prefetch import importing_when_called
 
     scan_path = Path(args.scan)
     out = Path(args.out) if args.out else scan_path.with_name(f"{scan_path.stem}_preprocessed.h5")
     if out.suffix.lower() not in (".h5", ".hdf5", ".zarr"):
         raise CLIError(f"{out}: the results file must end in .h5 or .zarr")
-    import_in_background("tqdm", "h5py" if out.suffix.lower() in (".h5", ".hdf5") else "zarr")
     from ..pipeline.preprocess import preprocess
     from ..processing import PreprocessParams
     from ._bars import Bars, by_pass
@@ -54,7 +57,9 @@ def run(args) -> int:
     # before any work: its folder created, and writable
     output_file(out, args.force, folder_ok=out.suffix.lower() == ".zarr", inputs=[args.scan, args.flatfield])
     with Bars() as bars, executor(args, scan.n_frames, [scan.source]) as client:
-        result = preprocess(scan, params, flatfield, progress=by_pass(bars, scan.n_frames), client=client)
+        # the results writer's module is imported while the frames are processed (_prefetch.py)
+        progress = importing_when_called(by_pass(bars, scan.n_frames), "h5py" if _kind(out) == "h5" else "zarr")
+        result = preprocess(scan, params, flatfield, progress=progress, client=client)
     try:
         result.save(out)
     except OSError as exc:  # named by the path given, not the hidden temporary file it was written to
