@@ -25,9 +25,7 @@ def _design(shape, degree):
     u = 2.0 * iy / max(sy - 1, 1) - 1.0
     v = 2.0 * ix / max(sx - 1, 1) - 1.0
     terms = [(a, d - a) for d in range(degree + 1) for a in range(d, -1, -1)]
-    up = [u**a for a in range(degree + 1)]  # each power once (the same values as u**a per term)
-    vp = [v**b for b in range(degree + 1)]
-    return np.stack([up[a] * vp[b] for a, b in terms], axis=-1), terms
+    return np.stack([u**a * v**b for a, b in terms], axis=-1), terms
 
 
 @dataclass
@@ -91,8 +89,8 @@ class DescanFit:
                 "edge_pixel_width": None if self.grid is None else self.grid.edge_pixel_width}
 
 
-def _fit(centres, valid, degree, clip_sigma, max_iter=20, design=None) -> DescanModel:
-    a_all, terms = design or _design(valid.shape, degree)
+def _fit(centres, valid, degree, clip_sigma, max_iter=20) -> DescanModel:
+    a_all, terms = _design(valid.shape, degree)
     a = a_all[valid]
     y = centres[valid]
     keep = np.ones(len(y), bool)
@@ -138,7 +136,6 @@ def fit_descan(centres, valid=None, degree: int = 3, clip_sigma: float = 3.5, mo
     while deg > 1 and (deg + 1) * (deg + 2) // 2 * 3 > n:
         deg -= 1
     deg = min(deg, max(1, min(sy, sx) - 1)) if min(sy, sx) > 1 else 1
-    design = _design((sy, sx), deg) if deg > 1 else None
-    smooth = _fit(centres, valid, deg, clip_sigma, design=design) if deg > 1 else plane
-    residuals = np.where(ok[..., None], centres - (design[0] @ smooth.coef if design else smooth.evaluate()), np.nan)
+    smooth = _fit(centres, valid, deg, clip_sigma) if deg > 1 else plane
+    residuals = np.where(ok[..., None], centres - smooth.evaluate(), np.nan)
     return DescanFit(plane, smooth, residuals, model, grid)
