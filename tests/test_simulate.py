@@ -417,3 +417,25 @@ def test_scans_of_two_detector_sizes_in_one_folder_keep_their_own_flatfield(tmp_
         flood = sim.load_flatfield()
         assert flood.shape[-2:] == (px, px)
         preprocess(sim.scan, None, flatfield=str(sim.flatfield_path))
+
+
+def test_a_descan_that_takes_the_beam_off_the_detector_is_simulated():
+    """A descan 60 times the default moves the beam across and beyond a 256 px detector over a
+    24 x 24 scan: the simulator's radial tables reach every pixel from every centre (they stopped
+    at 1.5 detector widths: an IndexError), and where the beam is on the detector preprocessing
+    finds it within 0.5 px."""
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.simulate import session_grid
+
+    (sess,) = session_grid("A", descan=(60.0,))
+    sim = simulate_scan(None, scan_shape=(24, 24), detector_px=256, session=sess, seed=5)
+    frames = np.asarray(sim.scan.frame_source[:, :])
+    assert frames.shape == (24, 24, 256, 256) and frames.sum(axis=(2, 3)).min() > 0
+    truth = sim.centres
+    on = ((truth > 8) & (truth < 247)).all(axis=-1)  # the whole disc on the detector
+    assert 100 <= on.sum() < 24 * 24  # part of the scan's beam lies beyond the detector
+    result = preprocess(sim.scan)
+    assert result.beam_found[on].all()
+    err = np.hypot(*(result.centres - truth).transpose(2, 0, 1))
+    cross = (np.abs(truth - 127.5) < 8).any(axis=-1)  # the beam on the wide chip-edge pixels
+    assert err[on & ~cross].max() < 0.5 and err[on & cross].max() < 1.0

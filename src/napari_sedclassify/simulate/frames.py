@@ -165,10 +165,15 @@ def scan_model(content: BeamContent, crystals, session, params, detector, seed) 
     lam_L_p = true_geometry(session, n).lambda_L_over_p
     # a convergent beam: a disc of α L/p px (true camera length) that every direction is spread over
     blur = session.convergence_px(n)
-    tables = radial_tables(lam_L_p, params, session.beam_tail_px / b, r_max=detector.physical_size * 1.5,
+    centres = beam_centres(content.fractions.shape[:2], session, detector, seed)
+    # the tables reach every pixel from every centre: a strong descan can take the beam beyond the
+    # detector's edge, where its farthest pixel lies more than 1.5 detector widths away
+    size = float(detector.physical_size)
+    corners = np.array([[0.0, 0.0], [0.0, size], [size, 0.0], [size, size]])
+    reach = float(np.sqrt(((centres.reshape(-1, 1, 2) - corners) ** 2).sum(axis=-1)).max()) + 2.0
+    tables = radial_tables(lam_L_p, params, session.beam_tail_px / b, r_max=max(size * 1.5, reach),
                            blur_px=blur, plural=session.plural_scattering)
     spots = [bragg_spots(c, params, lam_L_p) for c in crystals]
-    centres = beam_centres(content.fractions.shape[:2], session, detector, seed)
     spot_sigma, spot_half = None, 3
     if blur > 0:  # Bragg discs, drawn as Gaussians with the disc's second moment (σ² = a²/4)
         spot_sigma = float(np.hypot(params.spot_sigma_px / b, blur / 2))
