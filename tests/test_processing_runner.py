@@ -77,9 +77,10 @@ def test_one_pass_fuses_processors_and_finds_centres():
     frames, true = beam_stack()
     runner = make_runner()
     out = runner.run(frames)
-    assert set(out) == {"centre", "beam_found", "beam_radius_px", "ria", "ria_counts", "total", "bf", "adf",
-                        "crop", "brightest"}
+    assert set(out) == {"centre", "beam_found", "beam_radius_px", "beam_peak_counts", "ria", "ria_counts", "total",
+                        "bf", "adf", "crop", "brightest"}
     assert out["beam_found"].all()
+    assert (out["beam_peak_counts"] > 1000).all()  # the saturated beams' height, far above the halo
     assert np.hypot(*(out["centre"] - true).T).max() < 0.2
     assert out["ria"].shape == (24, 60) and out["crop"].shape == (24, 16, 16)
     np.testing.assert_allclose(out["brightest"], 4095.0)  # saturated pixels keep the counter value

@@ -680,7 +680,7 @@ def _box3_row(blocks, yb, box):
 
 @njit(nogil=True, cache=True)
 def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx, ey, ex, centres,
-                 found, radius, warm, expected):
+                 found, radius, peak, warm, expected):
     """Direct-beam centre (index px) of each frame: an iterated thresholded centre of mass
     (physical px: pixel centres py, px, widths wy, wx, edges ey, ex) in a window grown to 2.5 beam
     radii, started (``warm``) from the previous frame's centre (the descan moves the beam little
@@ -691,7 +691,8 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
     window's background by min_snr Poisson sigmas, or by SATURATED_SNR_FACTOR of that when its
     top is at the counter's full value ``sat`` (inf: unknown). ``floor``: the data's pedestal (0 for
     counts; below zero for data with a pedestal or a dark level subtracted: int32 or float), what
-    the search takes as no electron, so that a constant pedestal moves no beam.
+    the search takes as no electron, so that a constant pedestal moves no beam. peak[i]: the
+    beam's k_peak-th largest value in the final window, less ``floor`` (NaN without a beam).
 
     ``expected`` (4,): where the plan expects the beam (cy, cx index px; NaN: nowhere), its area
     above half-way (px^2) and its peak above ``floor`` (the calibration sample's). Without
@@ -719,6 +720,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
         centres[i, 1] = np.nan
         found[i] = False
         radius[i] = np.nan
+        peak[i] = np.nan
         ok = False
         if warm and np.isfinite(prev[0]):
             ok = _converge(frames[i], prev[0], prev[1], half0, half_max, k_peak, min_snr, sat, floor, py, px, wy, wx,
@@ -762,6 +764,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
         prev[0] = cy
         prev[1] = cx
         prev[2] = res[2]
+        peak[i] = res[3] - floor
         r = math.sqrt(res[2] / math.pi)
         level = res[4] + res[5] * (res[3] - res[4])
         h = max(int(1.6 * r) + 3, 5)

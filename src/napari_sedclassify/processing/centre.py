@@ -22,7 +22,8 @@ from .runner import FrameProcessor, Output
 
 class CentreFinder(FrameProcessor):
     """Outputs per frame: centre (2,) float64 (cy, cx) px, NaN without beam; beam_found bool;
-    beam_radius_px float32 (radius of the disc above half maximum, px).
+    beam_radius_px float32 (radius of the disc above half maximum, px); beam_peak_counts float32
+    (the disc's k_peak-th brightest corrected value less the pedestal: its height; NaN without beam).
 
     beam_radius_px: expected radius (sets the first search window; None = start at 16 px and
     grow to fit). coarse_bin: block size of the coarse search (px). min_snr: beam detection
@@ -67,7 +68,7 @@ class CentreFinder(FrameProcessor):
 
     def outputs(self):
         return {"centre": Output((2,), "float64", np.nan), "beam_found": Output((), "bool", False),
-                "beam_radius_px": Output((), "float32", np.nan)}
+                "beam_radius_px": Output((), "float32", np.nan), "beam_peak_counts": Output((), "float32", np.nan)}
 
     def process_chunk(self, frames, centres=None, mask=None):
         from .kernels import find_centres
@@ -79,14 +80,15 @@ class CentreFinder(FrameProcessor):
         c = np.empty((n, 2), np.float64)
         found = np.empty(n, np.bool_)
         radius = np.empty(n, np.float32)
+        peak = np.empty(n, np.float32)
         g = grid_of(self.grid, (ky, kx))
         step = 2 if self.beam_radius_px is not None and self.beam_radius_px >= 2 else 1  # coarse search rows
         sat = np.inf if self.saturation_counts is None else self.saturation_counts
         floor = pedestal_of(frames[:1]) if self.pedestal_counts is None else self.pedestal_counts
         find_centres(frames, b, step, half0, half_max, self.k_peak, self.min_snr, sat, floor, g.centres(0), g.centres(1),
-                     g.widths(0), g.widths(1), g.edges(0), g.edges(1), c, found, radius, self.warm_start,
+                     g.widths(0), g.widths(1), g.edges(0), g.edges(1), c, found, radius, peak, self.warm_start,
                      self._expected())
-        return {"centre": c, "beam_found": found, "beam_radius_px": radius}
+        return {"centre": c, "beam_found": found, "beam_radius_px": radius, "beam_peak_counts": peak}
 
     def _expected(self) -> np.ndarray:
         """``find_centres``'s expected beam: (cy, cx, area px^2, peak above the floor), NaN where unknown."""

@@ -48,7 +48,7 @@ SIGNATURES: dict[str, list[tuple]] = {
                           ("bool", 2, "C")) for d in _RAW for lay in ("CR", "A")],
     "median_5x5": [(_F4_2, _I8_2R, _F4_2)],
     "find_centres": [(_F4_3, "i8", "i8", "i8", "i8", "i8", "f8", "f8", "f8", _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_2,
-                      ("bool", 1, "C"), ("float32", 1, "C"), "b1", _F8_1)],
+                      ("bool", 1, "C"), ("float32", 1, "C"), ("float32", 1, "C"), "b1", _F8_1)],
     "radial_sums": [(_F4_3, _F8_2, _F8_1, _F8_1, "f8", "f8", _F8_2, (c, 2, "C"))
                     for c in ("int64", "int32", "uint32", "uint16", "float64")],
     "annular_sums": [(_F4_3, _F8_2, _F8_2, _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_2)],

@@ -36,9 +36,9 @@ class PreprocessPlan:
     has no dark frame) or "none" (no dark frame and a pedestal of 0: counts, corrected to the bit as
     before). centre_floor_counts: what the centre search takes as no electron in the corrected
     frames (the pedestal left after the dark level: 0 for counts). beam_centre_px, beam_peak_counts:
-    where the sample's beam sat (median (cy, cx) index px) and its peak above that floor in the
-    corrected frames (median of each frame's k-th largest value about its centre), where each
-    frame's centre search starts (``CentreFinder``); None without a beam radius."""
+    where the sample's beam sat (median (cy, cx) index px) and its height above that floor in the
+    corrected frames (median of the centre finder's ``beam_peak_counts``), where each frame's
+    centre search starts (``CentreFinder``); None without a beam radius."""
 
     params: dict
     detector_shape: tuple
@@ -102,8 +102,7 @@ class PreprocessPlan:
             compact = radii.size and float(median(contrast)) >= BEAM_CONTRAST_MIN
             beam_radius = float(median(radii)) if compact else None
         centred = part if params.beam_radius_px is None and len(sample) else first
-        expected = (None, None) if beam_radius is None or centred is None else \
-            expected_beam(sample, ff, centred, beam_radius, floor)
+        expected = (None, None) if beam_radius is None or centred is None else expected_beam(centred)
         resolved = params.resolve(geometry, beam_radius)
         resolved["edge_pixel_width"] = grid.edge_pixel_width
         resolved["edge_pixel_width_origin"] = epw_origin
@@ -212,37 +211,17 @@ def _centred(sample: np.ndarray, flatfield: FlatField, grid: PixelGrid | None, s
     return FrameRunner([], flatfield, finder).run_chunk(sample).values
 
 
-def expected_beam(sample: np.ndarray, flatfield: FlatField, centred: dict, beam_radius_px: float,
-                  floor: float) -> tuple:
+def expected_beam(centred: dict) -> tuple:
     """((cy, cx), peak) where the centre search expects the beam (``PreprocessPlan.beam_centre_px``,
-    ``beam_peak_counts``): the median centre (index px) of the sample's frames with a beam
-    (``centred``: the centre finder's outputs on them), and the median over those frames of the
-    finder's peak (its k-th largest corrected value in the window of its first search about the
-    centre, less ``floor``); (None, None) when no sampled frame shows a beam."""
-    from .centre import CentreFinder
-
-    found = np.flatnonzero(centred["beam_found"])
-    if found.size == 0:
+    ``beam_peak_counts``): the median centre (index px) and the median height (the finder's
+    ``beam_peak_counts``) of the beams of the calibration sample (``centred``: the centre finder's
+    outputs on its frames); (None, None) when no sampled frame shows a beam."""
+    found = centred["beam_found"]
+    if not found.any():
         return None, None
     centres = centred["centre"][found]
-    corr, dark, use_dark, sat = flatfield.kernel_args()
-    half = int(2.5 * beam_radius_px) + 3  # CentreFinder's first window
-    k = CentreFinder().k_peak
-    _, ky, kx = sample.shape
-    peaks = []
-    for f, (cy, cx) in zip(found, centres):
-        iy, ix = int(round(cy)), int(round(cx))
-        rows = slice(max(0, iy - half), min(ky, iy + half + 1))
-        cols = slice(max(0, ix - half), min(kx, ix + half + 1))
-        raw = sample[f, rows, cols].astype(np.float32)
-        v = (raw - dark[rows, cols]) * corr[rows, cols] if use_dark else raw * corr[rows, cols]
-        v = np.where((raw >= sat) & np.isfinite(corr[rows, cols]), raw, v)  # as correct_frames
-        v = v[np.isfinite(v)]
-        if v.size >= k:
-            peaks.append(float(np.partition(v, v.size - k)[v.size - k]) - floor)
-    if not peaks:
-        return None, None
-    return (float(median(centres[:, 0])), float(median(centres[:, 1]))), float(median(np.asarray(peaks)))
+    return ((float(median(centres[:, 0])), float(median(centres[:, 1]))),
+            float(median(centred["beam_peak_counts"][found].astype(np.float64))))
 
 
 def beam_path(centred: dict, detector_shape) -> np.ndarray | None:
