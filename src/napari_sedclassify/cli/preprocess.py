@@ -31,10 +31,6 @@ def register(subparsers) -> None:
                  "sedclassify preprocess scan.npy --crop-radius 32 --crop-bin 2 --workers 4 -o scan.zarr")
 
 
-def _kind(out: Path) -> str:
-    return "h5" if out.suffix.lower() in (".h5", ".hdf5") else "zarr"
-
-
 def run(args) -> int:
     from ._prefetch import importing_when_called
 
@@ -58,7 +54,8 @@ def run(args) -> int:
     output_file(out, args.force, folder_ok=out.suffix.lower() == ".zarr", inputs=[args.scan, args.flatfield])
     with Bars() as bars, executor(args, scan.n_frames, [scan.source]) as client:
         # the results writer's module is imported while the frames are processed (_prefetch.py)
-        progress = importing_when_called(by_pass(bars, scan.n_frames), "h5py" if _kind(out) == "h5" else "zarr")
+        writer = "h5py" if out.suffix.lower() in (".h5", ".hdf5") else "zarr"
+        progress = importing_when_called(by_pass(bars, scan.n_frames), writer)
         result = preprocess(scan, params, flatfield, progress=progress, client=client)
     try:
         result.save(out)
