@@ -89,3 +89,32 @@ def test_frames_without_a_beam_and_a_wide_disc_fall_back_to_the_coarse_search():
     assert found[1]
     np.testing.assert_array_equal(got[1], cold[1])
     np.testing.assert_allclose(got[1], (40.2, 40.1), atol=0.15)
+
+
+def test_the_last_blocks_are_cut_finer_and_every_frame_is_read_once():
+    """``ScanFrames.blocks(finer_tail=k)``: the last k blocks come in up to TAIL_PIECES pieces (rows
+    of whole-row blocks, columns of a part of one row), every frame exactly once, in order; the
+    threaded pass over a file with them gives the results of whole blocks to the bit."""
+    from napari_sedclassify.pipeline.preprocess import preprocess
+    from napari_sedclassify.scan import TAIL_PIECES, ScanFrames
+
+    for shape, chunk, tail in (((40, 40, 8, 8), 160, 2), ((6, 300, 8, 8), 100, 3), ((5, 5, 8, 8), None, 2)):
+        frames = ScanFrames(np.zeros(shape, np.uint16))
+        whole = list(frames.blocks(chunk))
+        cut = list(frames.blocks(chunk, finer_tail=tail))
+        flat = np.concatenate([index for index, _, _ in cut])
+        np.testing.assert_array_equal(flat, np.arange(shape[0] * shape[1]))
+        for index, rows, cols in cut:
+            expect = (np.arange(rows.start, rows.stop)[:, None] * shape[1] + np.arange(cols.start, cols.stop)).ravel()
+            np.testing.assert_array_equal(index, expect)
+        kept = len(whole) - min(tail, len(whole))
+        assert [len(i) for i, _, _ in cut[:kept]] == [len(i) for i, _, _ in whole[:kept]]
+        assert kept < len(cut) <= kept + TAIL_PIECES * (len(whole) - kept)
+        assert max(len(i) for i, _, _ in cut[kept:]) <= -(-len(whole[-1][0]) // 2)
+    rng = np.random.default_rng(4)
+    scan = np.array([[disc_frame(rng, [(40 + rng.normal(0, 2), 40 + rng.normal(0, 2), RADIUS, PEAK)])
+                      for _ in range(12)] for _ in range(10)])
+    one = preprocess(scan, {"workers": 1})
+    two = preprocess(scan, {"workers": 2})
+    np.testing.assert_array_equal(one.centres, two.centres)
+    np.testing.assert_array_equal(one.ria, two.ria)

@@ -22,6 +22,10 @@ def parse_scan_shape(scan_shape) -> tuple[int, int]:
 CHUNK_BYTES = 32 * 2**20
 
 
+#: Pieces each of the last blocks is cut in by ``ScanFrames.blocks(finer_tail=...)``.
+TAIL_PIECES = 4
+
+
 def frame_chunks(scan_shape, frame_nbytes: int, chunk_frames: int | None = None) -> tuple[int, int]:
     """Chunk size (rows, cols) over the scan: whole frames, about CHUNK_BYTES per chunk.
 
@@ -104,17 +108,28 @@ class ScanFrames:
                     out[a] = self[int(row), int(c)]
         return out
 
-    def blocks(self, chunk_frames: int | None = None):
+    def blocks(self, chunk_frames: int | None = None, finer_tail: int = 0):
         """(flat index (n,), row slice, col slice) of each block, row-major; chunk_frames
-        overrides the block size."""
+        overrides the block size. finer_tail: the last ``finer_tail`` blocks are cut in up to
+        TAIL_PIECES pieces each (by rows; a part of one row by columns), so that threads sharing
+        the blocks finish together: with whole blocks to the end, one thread's last block ran
+        while the other's core idled, half a block on average (docs/performance.md, session 29)."""
         sy, sx = self.shape[:2]
         rows, cols = self.chunks if chunk_frames is None else frame_chunks((sy, sx), 1, chunk_frames)
-        for r0 in range(0, sy, rows):
-            r1 = min(sy, r0 + rows)
-            for c0 in range(0, sx, cols):
-                c1 = min(sx, c0 + cols)
-                index = (np.arange(r0, r1)[:, None] * sx + np.arange(c0, c1)[None, :]).ravel()
-                yield index, slice(r0, r1), slice(c0, c1)
+        spans = [(r0, min(sy, r0 + rows), c0, min(sx, c0 + cols)) for r0 in range(0, sy, rows) for c0 in range(0, sx, cols)]
+        cut = len(spans) - max(0, min(int(finer_tail), len(spans)))
+        for k, (r0, r1, c0, c1) in enumerate(spans):
+            pieces = [(r0, r1, c0, c1)]
+            if k >= cut:
+                if r1 - r0 > 1:
+                    step = -(-(r1 - r0) // TAIL_PIECES)
+                    pieces = [(a, min(r1, a + step), c0, c1) for a in range(r0, r1, step)]
+                elif c1 - c0 > 1:
+                    step = -(-(c1 - c0) // TAIL_PIECES)
+                    pieces = [(r0, r1, a, min(c1, a + step)) for a in range(c0, c1, step)]
+            for a0, a1, b0, b1 in pieces:
+                index = (np.arange(a0, a1)[:, None] * sx + np.arange(b0, b1)[None, :]).ravel()
+                yield index, slice(a0, a1), slice(b0, b1)
 
     def to_dask_if_made(self):
         """The dask array if one was made (or given), else None."""

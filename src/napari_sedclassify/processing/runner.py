@@ -338,7 +338,12 @@ class FrameRunner:
         if client is not None or frames.array is frames.to_dask_if_made():
             return self._run_dask(frames.to_dask(), centres, progress, cancel, client, workers, store, chunk_frames)
         n = frames.shape[0] * frames.shape[1]
-        loaders = ((index, (lambda r=rows, c=cols: frames[r, c])) for index, rows, cols in frames.blocks(chunk_frames))
+        threads = int(workers or usable_cores())
+        # the last blocks in smaller pieces (threads only, the block size not asked for): the
+        # threads finish together (100 x 100 x 192², in the process: 1-2 % faster)
+        tail = threads if threads > 1 and chunk_frames is None else 0
+        loaders = ((index, (lambda r=rows, c=cols: frames[r, c]))
+                   for index, rows, cols in frames.blocks(chunk_frames, finer_tail=tail))
         return self._run_tasks(loaders, n, centres, progress, cancel, workers, store)
 
     def _run_dask(self, data, centres, progress, cancel, client, workers, store, chunk_frames=None):
