@@ -4,10 +4,9 @@ from __future__ import annotations
 
 
 def import_in_background(*modules: str) -> None:
-    """Import ``modules`` in a daemon thread. A command's start is one core's work (opening the
-    scan, reading the calibration sample, building the plan) while the other core idles; the
-    progress bar (tqdm, 15 ms) and the results writer (h5py, 20 ms) were imported on the way of
-    the frames, before the first and after the last. Python's import lock makes an
+    """Import ``modules`` in a daemon thread, beside what the main thread does (a model and scans
+    being opened, frames being processed), instead of on the way of the work that needs them
+    (:func:`importing_when_called` starts it when a pass over the frames begins). Python's import lock makes an
     import of the same module in the main thread wait for this one, never import it twice; a
     module that cannot be imported is left to fail where it is needed, with its message."""
     import importlib

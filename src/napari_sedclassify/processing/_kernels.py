@@ -714,7 +714,7 @@ def find_centres(frames, b, row_step, half0, half_max, k_peak, min_snr, sat, flo
     at = np.empty(2, np.float64)
     prev = np.full(3, np.nan)  # previous frame's centre (index px) and area above threshold
     start = np.isfinite(expected[0]) and np.isfinite(expected[1]) and not warm
-    peak_min = floor + 0.5 * expected[3] if expected[3] == expected[3] else -np.inf
+    peak_min = floor + 0.5 * expected[3]  # NaN (no height known): nothing found there is kept
     for i in range(n):
         centres[i, 0] = np.nan
         centres[i, 1] = np.nan
