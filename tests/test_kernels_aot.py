@@ -148,10 +148,10 @@ def test_arguments_outside_the_compiled_signatures_go_to_numba(monkeypatch, aot)
     gain, dark = np.ones((16, 16), np.float32), np.zeros((16, 16), np.float32)
     out = np.empty((2, 16, 16), np.float32)
     counting.called.clear()
-    kernels.correct_frames(raw, gain, dark, False, 0.0, out)
+    kernels.correct_frames(raw, gain, dark, False, 0.0, out, np.empty(2))
     np.testing.assert_array_equal(out, raw.astype(np.float32))
     assert counting.called == set()
-    kernels.correct_frames(raw.astype(np.uint16), gain, dark, False, 0.0, out)
+    kernels.correct_frames(raw.astype(np.uint16), gain, dark, False, 0.0, out, np.empty(2))
     assert counting.called == {"correct_frames"}
     # what the checks refuse: big-endian, misaligned, wrong dimensions, a bool for an integer
     spec = ("uint16", 3, "C")
@@ -271,10 +271,10 @@ def test_read_only_contiguous_frames_run_the_contiguous_compiled_kernel(monkeypa
         gain = np.random.default_rng(3).uniform(0.9, 1.1, shape).astype(np.float32)
         dark = np.zeros(shape, np.float32)
         expected = np.empty(frames.shape, np.float32)
-        _kernels.correct_frames(np.ascontiguousarray(frames), gain, dark, False, 4000.0, expected)
+        _kernels.correct_frames(np.ascontiguousarray(frames), gain, dark, False, 4000.0, expected, np.empty(4))
         symbols.called.clear()
         out = np.empty(frames.shape, np.float32)
-        kernels.correct_frames(frames, gain, dark, False, 4000.0, out)
+        kernels.correct_frames(frames, gain, dark, False, 4000.0, out, np.empty(4))
         (called,) = symbols.called
         assert layout[called] == form
         np.testing.assert_array_equal(out, expected)

@@ -148,10 +148,14 @@ def test_frames_without_a_flatfield_are_converted_without_reading_a_correction_m
     corr[rng.random((17, 23)) < 0.05] = np.nan
     corr[0, 1] = np.nan
     full = np.empty((5, 17, 23), np.float32)
-    correct_frames(raw, corr, np.zeros_like(corr), False, float(min(info.max, 4095)), full)
+    full_totals, quick_totals = np.empty(5), np.empty(5)
+    correct_frames(raw, corr, np.zeros_like(corr), False, float(min(info.max, 4095)), full, full_totals)
     quick = np.empty_like(full)
-    convert_frames(raw, np.flatnonzero(np.isnan(corr)), quick)
+    convert_frames(raw, np.flatnonzero(np.isnan(corr)), quick, quick_totals)
     np.testing.assert_array_equal(quick, full)  # NaN where NaN
+    np.testing.assert_array_equal(quick_totals, full_totals)
+    # the frames' totals: their finite pixels' sums (float32 row sums, as the integrated image had them)
+    np.testing.assert_allclose(full_totals, np.nansum(full.astype(np.float64), axis=(1, 2)), rtol=1e-6)
 
 
 def test_a_scan_without_a_flatfield_takes_the_conversion_and_gives_the_same_results(monkeypatch, realdata):

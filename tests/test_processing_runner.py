@@ -240,3 +240,35 @@ def test_one_worker_runs_in_the_calling_thread_even_as_the_interpreter_exits():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout.strip() == "total 1024.0"
+
+
+@pytest.mark.parametrize("with_flatfield", [False, True])
+def test_the_frames_totals_come_from_the_correction_and_equal_the_virtual_detectors_own(with_flatfield):
+    """The correction adds up each frame's finite pixels as it writes them (``takes_totals``): the
+    integrated image and the annuli that reach past the frame are the same to the bit as the sums
+    ``VirtualDetectors`` makes on its own over the corrected frames, masked pixels, saturated
+    pixels and a NaN-valued flat-field pixel excluded alike, and close to numpy's sums."""
+    frames, true = beam_stack(n=70)
+    k = frames.shape[-1]
+    mask = np.zeros((k, k), bool)
+    mask[10:14, 60:70] = True
+    mask[0, :] = True
+    gain = np.random.default_rng(4).uniform(0.8, 1.2, (k, k)).astype(np.float32) if with_flatfield \
+        else np.ones((k, k), np.float32)
+    ff = FlatField(gain, mask).with_saturation(4095)
+    seen = []
+
+    class Virtual(VirtualDetectors):
+        def process_chunk(self, frames, centres, mask=None, totals=None):
+            seen.append(totals is not None)
+            return super().process_chunk(frames, centres, mask, totals)
+
+    annuli = {"bf": (0, 6), "adf": (10, np.inf)}
+    out = FrameRunner([Virtual(annuli)], ff).run(frames, centres=true, chunk_frames=70)
+    assert seen and all(seen)
+    corrected = ff.apply(frames)
+    own = VirtualDetectors(annuli).process_chunk(corrected, true)
+    for name in ("total", "bf", "adf"):
+        np.testing.assert_array_equal(out[name], own[name], err_msg=name)
+    np.testing.assert_allclose(out["total"], np.nansum(corrected.astype(np.float64), axis=(1, 2)), rtol=1e-6)
+    assert np.isnan(corrected[:, mask]).all() and np.isfinite(out["total"]).all()

@@ -188,29 +188,40 @@ def _corrected(r, c, d, use_dark, sat):
 
 
 @njit(nogil=True, cache=True)
-def correct_frames(raw, corr, dark, use_dark, saturation, out):
-    """out = the corrected raw frames (``_corrected``), float32."""
+def correct_frames(raw, corr, dark, use_dark, saturation, out, total):
+    """out = the corrected raw frames (``_corrected``), float32; total[i] = the sum of frame i's
+    finite corrected pixels (``_finite_sum``'s), added up row by row as each row is written,
+    while it is in the cache (the frames' totals then need no pass of their own)."""
     n, ky, kx = raw.shape
     sat = np.float32(saturation)
     for i in range(n):
+        t = 0.0
         for y in range(ky):
             for x in range(kx):  # selects only: vectorises
                 out[i, y, x] = _corrected(raw[i, y, x], corr[y, x], dark[y, x], use_dark, sat)
+            t += _finite_row_sum(out[i, y])
+        total[i] = t
 
 
 @njit(nogil=True, cache=True)
-def convert_frames(raw, masked, out):
-    """out = the raw integer frames as float32, NaN at the flat pixel indices ``masked``: what
-    ``correct_frames`` gives when every unmasked pixel's correction is 1 and nothing is subtracted
-    (no flat-field, no dark level), without reading the correction map (one stream less)."""
+def convert_frames(raw, masked, out, total):
+    """out = the raw integer frames as float32, NaN at the flat pixel indices ``masked``
+    (ascending, as ``np.flatnonzero`` gives them): what ``correct_frames`` gives when every
+    unmasked pixel's correction is 1 and nothing is subtracted (no flat-field, no dark level),
+    without reading the correction map (one stream less); total as ``correct_frames``'s."""
     n, ky, kx = raw.shape
+    m = masked.shape[0]
     for i in range(n):
+        t = 0.0
+        j = 0
         for y in range(ky):
             for x in range(kx):
                 out[i, y, x] = np.float32(raw[i, y, x])
-        for j in range(masked.shape[0]):
-            k = masked[j]
-            out[i, k // kx, k % kx] = np.nan
+            while j < m and masked[j] < (y + 1) * kx:  # this row's masked pixels
+                out[i, y, masked[j] - y * kx] = np.nan
+                j += 1
+            t += _finite_row_sum(out[i, y])
+        total[i] = t
 
 
 @njit(nogil=True, cache=True)
@@ -314,7 +325,7 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, floor, py, px, wy, wx, 
                 nb += 1
     if nb == 0:
         return False
-    bg = np.median(border[:nb])
+    bg = _median_in_place(border, nb)  # np.median(border[:nb]), without its copy
     top = np.full(k_peak, -np.inf, np.float32)  # ascending
     for y in range(y0, y1):
         for x in range(x0, x1):
@@ -449,11 +460,23 @@ def _median_of(d, use, buf):
         if use[k]:
             buf[m] = d[k]
             m += 1
+    return _median_in_place(buf, m)
+
+
+@njit(nogil=True, cache=True)
+def _median_in_place(buf, m):
+    """np.median(buf[:m]) (m > 0, no NaN), reordering buf[:m]: the middle value, or the mean
+    (a + b) / 2 of the middle two, in numba's types and arithmetic (float32 values: a + b in
+    float32, then halved in float64), without np.median's copy of the values."""
     half = m >> 1
     if m & 1:
         return _select(buf, m, half)
     a = _select(buf, m, half - 1)
-    return (a + _select(buf, m, half)) / 2
+    b = buf[half]  # the half-th smallest: the least of those the selection left above a
+    for k in range(half + 1, m):
+        if buf[k] < b:
+            b = buf[k]
+    return (a + b) / 2
 
 
 @njit(nogil=True, cache=True)
@@ -486,7 +509,8 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, 
     for _ in range(4):  # drop points off the circle (hot pixels, Bragg spots), refit
         for k in range(n):
             d[k] = abs(math.hypot(pts[k, 0] - res[0], pts[k, 1] - res[1]) - res[2])
-        tol = max(0.3, 4.0 * 1.4826 * _median_of(d, use, buf))
+        med = _median_of(d, use, buf)
+        tol = max(0.3, 4.0 * 1.4826 * med)
         kept = 0
         changed = False
         for k in range(n):
@@ -496,14 +520,16 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, 
             kept += u
         if kept < 6:
             return False
+        if not changed:  # the points the circle was fitted to stay: it stands (a refit gives the
+            break  # same circle), and med is their median distance from it
         if not _kasa(pts, use, n, res):
             return False
-        if not changed:
-            break
-    if res.shape[0] > 3:  # how far the points kept lie from the circle: the median (physical px)
+    else:  # refitted to the last: the distances from that circle
         for k in range(n):
             d[k] = abs(math.hypot(pts[k, 0] - res[0], pts[k, 1] - res[1]) - res[2])
-        res[3] = _median_of(d, use, buf)
+        med = _median_of(d, use, buf)
+    if res.shape[0] > 3:  # how far the points kept lie from the circle: the median (physical px)
+        res[3] = med
     return True
 
 
@@ -875,16 +901,21 @@ def radial_sums(frames, centres, py, px, r_min, bin_px, sums, counts):
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _finite_row_sum(row):
+    """Sum of the finite values of one row, float32 (vectorised; NaN tests stay exact)."""
+    s = np.float32(0)
+    for x in range(row.shape[0]):
+        v = row[x]
+        s += v if v == v else np.float32(0)
+    return s
+
+
+@njit(nogil=True, cache=True)
 def _finite_sum(frame):
-    """Sum of the finite pixels of one frame (vectorised; NaN tests stay exact)."""
-    ky, kx = frame.shape
+    """Sum of the finite pixels of one frame: its rows' sums (``_finite_row_sum``) in float64."""
     t = 0.0
-    for y in range(ky):
-        s = np.float32(0)
-        for x in range(kx):
-            v = frame[y, x]
-            s += v if v == v else np.float32(0)
-        t += s
+    for y in range(frame.shape[0]):
+        t += _finite_row_sum(frame[y])
     return t
 
 
@@ -911,15 +942,16 @@ def _disc_sum(frame, cy, cx, cyi, cxi, radius, py, px):
 
 
 @njit(nogil=True, cache=True)
-def annular_sums(frames, centres, centres_idx, py, px, r_in, r_out, total, sums):
-    """total[i]: sum of the finite pixels; sums[i, j]: sum over r_in[j] <= r < r_out[j] (physical
-    px, r_out may be inf) about the frame's centre (physical ``centres``, index ``centres_idx``),
-    as the difference of two disc sums, so only the discs' pixels are visited (plus one
-    vectorised pass for the total). NaN when the centre is NaN."""
+def annular_sums(frames, centres, centres_idx, py, px, r_in, r_out, total, sums, total_given):
+    """total[i]: sum of the finite pixels (read as given with ``total_given``: the correction's,
+    else added up here); sums[i, j]: sum over r_in[j] <= r < r_out[j] (physical px, r_out may be
+    inf) about the frame's centre (physical ``centres``, index ``centres_idx``), as the
+    difference of two disc sums, so only the discs' pixels are visited. NaN when the centre is
+    NaN."""
     n = frames.shape[0]
     m = r_in.shape[0]
     for i in range(n):
-        t = _finite_sum(frames[i])
+        t = total[i] if total_given else _finite_sum(frames[i])
         total[i] = t
         cy = centres[i, 0]
         cx = centres[i, 1]

@@ -156,7 +156,7 @@ class FlatField:
             raise ValueError(f"frames {frames.shape[-2:]} do not match the flat-field {self.shape}")
         stack = native(frames.reshape((-1,) + self.shape))
         out = np.empty(stack.shape, np.float32)
-        correct_frames(stack, *self.kernel_args(), out)
+        correct_frames(stack, *self.kernel_args(), out, np.empty(stack.shape[0]))  # (and the frames' totals)
         return out.reshape(frames.shape)
 
 

@@ -42,8 +42,8 @@ _F4_2, _F4_3, _F8_1, _F8_2 = ("float32", 2, "C"), ("float32", 3, "C"), ("float64
 _I8_2R = ("int64", 2, "CR")  # a selection network's comparators (read-only)
 _RAW = ("uint8", "uint16", "uint32", "float32", "int16", "int32", "int64", "float64")
 SIGNATURES: dict[str, list[tuple]] = {
-    "correct_frames": [((d, 3, lay), _F4_2, _F4_2, "b1", "f8", _F4_3) for d in _RAW for lay in ("CR", "A")],
-    "convert_frames": [((d, 3, "CR"), ("int64", 1, "CR"), _F4_3) for d in _RAW if d[0] in "ui"],
+    "correct_frames": [((d, 3, lay), _F4_2, _F4_2, "b1", "f8", _F4_3, _F8_1) for d in _RAW for lay in ("CR", "A")],
+    "convert_frames": [((d, 3, "CR"), ("int64", 1, "CR"), _F4_3, _F8_1) for d in _RAW if d[0] in "ui"],
     "pixel_statistics": [((d, 3, lay), _F4_2, _F4_2, "b1", "f8", _I8_2R, "i8", "i8", _F4_2, _F4_2, ("bool", 2, "C"),
                           ("bool", 2, "C")) for d in _RAW for lay in ("CR", "A")],
     "median_5x5": [(_F4_2, _I8_2R, _F4_2)],
@@ -51,7 +51,7 @@ SIGNATURES: dict[str, list[tuple]] = {
                       ("bool", 1, "C"), ("float32", 1, "C"), ("float32", 1, "C"), "b1", _F8_1)],
     "radial_sums": [(_F4_3, _F8_2, _F8_1, _F8_1, "f8", "f8", _F8_2, (c, 2, "C"))
                     for c in ("int64", "int32", "uint32", "uint16", "float64")],
-    "annular_sums": [(_F4_3, _F8_2, _F8_2, _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_2)],
+    "annular_sums": [(_F4_3, _F8_2, _F8_2, _F8_1, _F8_1, _F8_1, _F8_1, _F8_1, _F8_2, "b1")],
     "central_crops": [(_F4_3, _F8_2, "i8", "i8", _F4_3)],
     "bin_means": [(_F4_3, "i8", _F4_3)],
 }

@@ -65,6 +65,9 @@ class FrameProcessor:
     ``needs_centres = False`` lets a runner without centres (or centre finder) run them."""
 
     needs_centres = True
+    #: True: ``process_chunk`` is also handed ``totals=`` (n,) float64, each frame's sum of its
+    #: finite corrected pixels, which the correction adds up on its way (no pass of its own)
+    takes_totals = False
 
     def outputs(self) -> dict[str, Output]:
         raise NotImplementedError
@@ -168,9 +171,11 @@ class FrameRunner:
         given = None if centres is None else np.asarray(centres, dtype=np.float64).reshape(n, 2)
         batch = batch_frames(frames.shape[1:])
         buf = np.empty((min(batch, n),) + frames.shape[1:], np.float32)
+        sums = np.empty(min(batch, n))
         for s in range(0, n, batch):
             e = min(n, s + batch)
             f = buf[: e - s]
+            totals = sums[: e - s]
             # strided raw frames (a file's frames between their headers, e.g. 8-bit Merlin frames
             # mapped from the file) are copied batch by batch: the contiguous kernel on the copy
             # is several times faster than the strided one
@@ -178,9 +183,9 @@ class FrameRunner:
             if not raw.flags.c_contiguous:
                 raw = np.ascontiguousarray(raw)
             if masked is not None:  # no flat-field, no dark level: the frames as float32, NaN where masked
-                convert_frames(raw, masked, f)
+                convert_frames(raw, masked, f, totals)
             else:
-                correct_frames(raw, *correction, f)
+                correct_frames(raw, *correction, f, totals)
             if given is None:
                 got = self.centring.process_chunk(f, None, mask)
                 for name, v in got.items():
@@ -189,7 +194,8 @@ class FrameRunner:
             else:
                 c = given[s:e]
             for p in self.processors:
-                for name, v in p.process_chunk(f, c, mask).items():
+                got = p.process_chunk(f, c, mask, totals=totals) if p.takes_totals else p.process_chunk(f, c, mask)
+                for name, v in got.items():
                     values[name][s:e] = v
         return ChunkResult(index, values)
 

@@ -20,8 +20,11 @@ class VirtualDetectors(FrameProcessor):
     """Outputs per frame: ``total`` (sum of all valid pixels) and one sum per annulus.
 
     annuli: name -> (inner_px, outer_px) about each frame's centre (outer may be inf); float64
-    sums, NaN for an annulus when the frame has no centre. grid: where the pixels are.
+    sums, NaN for an annulus when the frame has no centre. grid: where the pixels are. The totals
+    are the runner's correction's (``takes_totals``), or added up here when none are given.
     """
+
+    takes_totals = True
 
     def __init__(self, annuli: dict | None = None, grid: PixelGrid | None = None):
         self.grid = grid
@@ -37,20 +40,21 @@ class VirtualDetectors(FrameProcessor):
     def outputs(self):
         return {name: Output((), "float64", np.nan) for name in ["total", *self.annuli]}
 
-    def process_chunk(self, frames, centres, mask=None):
+    def process_chunk(self, frames, centres, mask=None, totals=None):
         from .kernels import annular_sums
 
         n = frames.shape[0]
         names = list(self.annuli)
         r_in = np.array([self.annuli[k][0] for k in names], np.float64)
         r_out = np.array([self.annuli[k][1] for k in names], np.float64)
-        total = np.empty(n, np.float64)
+        total = np.empty(n, np.float64) if totals is None else np.array(totals, np.float64)
         sums = np.empty((n, len(names)), np.float64)
         if centres is None:
             centres = np.full((n, 2), np.nan)
         g = grid_of(self.grid, frames.shape[1:])
         centres = np.ascontiguousarray(centres, dtype=np.float64)
-        annular_sums(frames, g.to_physical(centres), centres, g.centres(0), g.centres(1), r_in, r_out, total, sums)
+        annular_sums(frames, g.to_physical(centres), centres, g.centres(0), g.centres(1), r_in, r_out, total, sums,
+                     totals is not None)
         return {"total": total, **{k: sums[:, j] for j, k in enumerate(names)}}
 
 
