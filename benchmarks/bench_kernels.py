@@ -43,20 +43,22 @@ def steps_per_frame(path: Path, n: int, repeats: int) -> dict:
     args, mask = ff.kernel_args(), ff.mask
     batch = batch_frames(frames.shape[1:])
     buf = np.empty((batch,) + frames.shape[1:], np.float32)
+    sums_buf = np.empty(batch)  # the frames' totals, which the correction adds up as it goes
     best = {}
     for _ in range(repeats):
         spent = {}
         for s in range(0, n, batch):
             f = buf[: min(n, s + batch) - s]
+            totals = sums_buf[: len(f)]
             t = time.perf_counter()
-            correct_frames(frames[s: s + len(f)], *args, f)
+            correct_frames(frames[s: s + len(f)], *args, f, totals)
             t1 = time.perf_counter()
             centres = finder.process_chunk(f, None, mask)["centre"]
             spent["correction"] = spent.get("correction", 0.0) + t1 - t
             spent["centring"] = spent.get("centring", 0.0) + time.perf_counter() - t1
             for p in procs:
                 t = time.perf_counter()
-                p.process_chunk(f, centres, mask)
+                p.process_chunk(f, centres, mask, totals=totals) if p.takes_totals else p.process_chunk(f, centres, mask)
                 name = {"RadialProfile": "radial profile", "VirtualDetectors": "virtual detectors"}.get(
                     type(p).__name__, type(p).__name__)
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
