@@ -221,6 +221,37 @@ def test_the_command_skips_the_interpreter_teardown_but_not_the_exit_handlers(fi
     assert failed.returncode == 2 and "none.npy" in failed.stderr
 
 
+def test_the_collector_waits_for_the_command_then_runs_past_the_start_ups_objects(files, tmp_path):
+    """The console script's ``entry`` switches the cyclic garbage collector off while numpy and the
+    command's module are imported (no collection before the command's parser exists), then on
+    again for the command itself, with the start-up's objects frozen out of its collections; a
+    ``main()`` called from Python (a test, a notebook) leaves the collector as it found it."""
+    folder, entries = files
+    (scan0, _, flat), _ = entries
+    out = tmp_path / "gc.h5"
+    code = (
+        "import atexit, gc, sys\n"
+        "seen = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and seen.append(\n"
+        "    ('numpy' in sys.modules, 'napari_sedclassify.cli.preprocess' in sys.modules)))\n"
+        "atexit.register(lambda: print('gc', gc.isenabled(), gc.get_freeze_count(), len(seen),\n"
+        "                              sum(1 for numpy, parser in seen if not parser), flush=True))\n"
+        f"sys.argv = ['sedclassify', 'preprocess', {str(scan0)!r}, '--out', {str(out)!r}]\n"
+        "from napari_sedclassify.cli import entry\n"
+        "entry()\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    _, enabled, frozen, collections, before_parser = proc.stdout.splitlines()[-1].split()
+    assert enabled == "True" and int(frozen) > 20_000, proc.stdout  # numpy's objects and the parser's
+    assert int(collections) > 0 and int(before_parser) == 0, proc.stdout
+    import gc
+
+    frozen_here = gc.get_freeze_count()
+    assert main(["preprocess", str(scan0), "--out", str(tmp_path / "gc2.h5")]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen_here
+
+
 def test_kernels_are_cached_on_disk():
     from numba.core.caching import FunctionCache
     from numba.core.registry import CPUDispatcher

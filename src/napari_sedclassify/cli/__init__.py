@@ -97,6 +97,7 @@ def _main(argv: list[str], t0: float) -> int:
     from ..optional import MissingOptionalDependency
     from ..pipeline import tally
 
+    _collect_from_here()
     try:
         with tally.recording() as frames:
             rc = int(args.func(args) or 0)
@@ -120,6 +121,18 @@ def _main(argv: list[str], t0: float) -> int:
         options = sys.modules.get(f"{__name__}._scan_options")  # loaded by the commands that make one
         if options is not None:
             options.remove_created_empty_folders()
+
+
+def _collect_from_here() -> None:
+    """Switch the cyclic garbage collector back on where :func:`entry` switched it off, the
+    objects made so far (numpy's, the parser's) set aside for good: a command's collections go
+    through what it makes, not through the modules. Nothing where the collector runs already
+    (``main`` called from Python: a test, a notebook)."""
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _quiet_stdout() -> None:
@@ -164,7 +177,16 @@ def entry() -> None:
     numpy advises huge pages for its arrays only when the files named on the command line hold
     2 GiB or more (``pages.small_pages``): in a shorter run, the first blocks of frames read into
     fresh memory waited for the kernel to compact memory longer than huge pages saved
-    (docs/performance.md, session 12)."""
+    (docs/performance.md, session 12).
+
+    The cyclic garbage collector waits until the command runs (:func:`_collect_from_here`):
+    importing numpy makes some 60,000 objects that live as long as the process, and the
+    collector went through them again and again while they were made (about 9 % of numpy's
+    import, docs/performance.md, session 31); they are then set aside for good (``gc.freeze``)
+    and the collector runs as usual on what the command makes."""
+    import gc
+
+    gc.disable()  # until _collect_from_here, once the start-up's imports are done
     import atexit
     import os
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,7 +70,7 @@ def temporary_path(path) -> Path:
     """A hidden path beside ``path`` for writing it (or moving it aside), named so that
     :func:`remove_stale` removes it once this process is gone: ``.<name>.<pid>-<random>.part<suffix>``."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}{_PART}{path.suffix}")
+    return path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(3).hex()}{_PART}{path.suffix}")
 
 
 @contextmanager
@@ -128,7 +127,7 @@ def staged_files(folder, *, force: bool = False):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(folder)
-    staging = folder / f"{_STAGING}{os.getpid()}-{secrets.token_hex(3)}{_PART}"
+    staging = folder / f"{_STAGING}{os.getpid()}-{os.urandom(3).hex()}{_PART}"
     staging.mkdir()
     try:
         yield staging
