@@ -73,3 +73,29 @@ def test_the_descan_design_is_numpys_powers(shape, degree):
     for j, (p, q) in enumerate(terms):
         if p <= 2 and q <= 2:  # squares, the coordinates and ones: the same bits as before
             assert np.array_equal(a[..., j], want[..., j]), (p, q)
+
+
+@pytest.mark.parametrize("name,frame", list(_frames()), ids=lambda v: v if isinstance(v, str) else "")
+def test_the_edge_crossings_skip_only_rows_and_columns_that_hold_none(name, frame):
+    """``_circle`` passes over the rows and columns of its window whose values lie wholly on one
+    side of the edge's level: the points found are those of a search of every row and column."""
+    from napari_sedclassify.processing._kernels import _crossings, _row_min
+
+    axis = np.arange(64, dtype=np.float64)
+    ones = np.ones(64)
+    wide = ones.copy()
+    wide[31:33] = 2.0  # chip-edge pixels take no part
+    y0, y1, x0, x1 = 14, 47, 17, 50
+    found = 0
+    for level in (20.0, 400.0, 2047.5, 1.0):
+        for weights in (ones, wide):
+            for view, i0, i1, j0, j1, c, swap in ((frame, y0, y1, x0, x1, 33.8, 0), (frame.T, x0, x1, y0, y1, 30.3, 1)):
+                lo = np.array([_row_min(view[i], j0, j1) for i in range(i0, i1)], np.float32)
+                hi = np.array([_row_max(view[i], j0, j1) for i in range(i0, i1)], np.float32)
+                every = np.full(i1 - i0, -np.inf, np.float32), np.full(i1 - i0, np.inf, np.float32)
+                pts_a, pts_b = np.zeros((400, 2)), np.zeros((400, 2))
+                n_a = _crossings(view, i0, i1, j0, j1, level, axis, axis, weights, weights, c, pts_a, 0, swap, lo, hi)
+                n_b = _crossings(view, i0, i1, j0, j1, level, axis, axis, weights, weights, c, pts_b, 0, swap, *every)
+                assert n_a == n_b and np.array_equal(pts_a[:n_a], pts_b[:n_b]), (name, level)
+                found += n_a
+    assert found > 0 or name in ("all masked", "descending"), name  # a beam's edge is crossed

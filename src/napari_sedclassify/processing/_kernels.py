@@ -322,6 +322,30 @@ def _row_max(row, x0, x1):
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _row_min(row, x0, x1):
+    """The least of row[x0:x1] (NaN left out; inf when nothing else), as ``_row_max``."""
+    m0 = m1 = m2 = m3 = np.float32(np.inf)
+    x = x0
+    while x + 4 <= x1:
+        v = row[x]
+        m0 = v if v < m0 else m0
+        v = row[x + 1]
+        m1 = v if v < m1 else m1
+        v = row[x + 2]
+        m2 = v if v < m2 else m2
+        v = row[x + 3]
+        m3 = v if v < m3 else m3
+        x += 4
+    while x < x1:
+        v = row[x]
+        m0 = v if v < m0 else m0
+        x += 1
+    m0 = m1 if m1 < m0 else m0
+    m2 = m3 if m3 < m2 else m2
+    return m2 if m2 < m0 else m0
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _insert(top, v):
     """v into top (ascending: the k largest values so far) when it is above the least of them."""
     if v > top[0]:
@@ -482,13 +506,15 @@ def _kasa(pts, use, npts, res):
 
 
 @njit(nogil=True, cache=True)
-def _crossings(frame, i0, i1, j0, j1, level, pi, pj, wi, wj, cj, pts, n, swap):
+def _crossings(frame, i0, i1, j0, j1, level, pi, pj, wi, wj, cj, pts, n, swap, lo, hi):
     """Add to pts[n:] the points (physical px) where ``level`` falls between the neighbours
     frame[i, j], frame[i, j + 1] of the window, both ordinary pixels, the brighter one nearer the
     centre cj (an edge falling outwards); (pi, interpolated pj) per point, reversed with ``swap``
-    (frame transposed). Returns the new n."""
+    (frame transposed). lo[i - i0], hi[i - i0]: the least and largest value of row i in the
+    window (NaN left out): a row without values on both sides of ``level`` holds no crossing
+    and is passed over. Returns the new n."""
     for i in range(i0, i1):
-        if wi[i] != 1.0:
+        if wi[i] != 1.0 or not (lo[i - i0] < level < hi[i - i0]):
             continue
         for j in range(j0, j1 - 1):
             a = frame[i, j]
@@ -544,8 +570,22 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, 
     pts = np.empty((4 * (y1 - y0 + x1 - x0) + 8, 2))
     cyp = _interp(cy0, iy_edges, ey)
     cxp = _interp(cx0, ix_edges, ex)
-    n = _crossings(frame, y0, y1, x0, x1, level, py, px, wy, wx, cxp, pts, 0, 0)  # along rows
-    n = _crossings(frame.T, x0, x1, y0, y1, level, px, py, wx, wy, cyp, pts, n, 1)  # along columns
+    # each row's and column's least and largest value: most of the window's rows and columns lie
+    # wholly above or below the edge's level and hold no crossing (docs/performance.md, session 31)
+    row_lo = np.empty(y1 - y0, np.float32)
+    row_hi = np.empty(y1 - y0, np.float32)
+    col_lo = np.full(x1 - x0, np.inf, np.float32)
+    col_hi = np.full(x1 - x0, -np.inf, np.float32)
+    for y in range(y0, y1):
+        row = frame[y, x0:x1]
+        for x in range(x1 - x0):  # every column at once (it vectorises)
+            v = row[x]
+            col_lo[x] = v if v < col_lo[x] else col_lo[x]
+            col_hi[x] = v if v > col_hi[x] else col_hi[x]
+        row_lo[y - y0] = _row_min(row, 0, x1 - x0)
+        row_hi[y - y0] = _row_max(row, 0, x1 - x0)
+    n = _crossings(frame, y0, y1, x0, x1, level, py, px, wy, wx, cxp, pts, 0, 0, row_lo, row_hi)  # along rows
+    n = _crossings(frame.T, x0, x1, y0, y1, level, px, py, wx, wy, cyp, pts, n, 1, col_lo, col_hi)  # along columns
     if n < 6:
         return False
     use = np.empty(n, np.bool_)  # start from the points near the expected radius
