@@ -410,8 +410,9 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, floor, py, px, wy, wx, 
     if nb == 0:
         return False
     bg = _median_in_place(border, nb)  # np.median(border[:nb]), without its copy
-    # the border's values are spent: its buffer holds the rows' maxima
+    # the border's values are spent: its buffer takes each window row's largest value
     peak = _kth_largest(frame, y0, y1, x0, x1, np.empty(k_peak, np.float32), border)
+    row_max = border
     res[3] = peak
     res[4] = bg
     # a beam stands out by min_snr Poisson sigmas; a full counter (peak >= sat: k_peak pixels
@@ -431,6 +432,8 @@ def _refine(frame, cy0, cx0, half, k_peak, min_snr, sat, floor, py, px, wy, wx, 
         n_sat = 0
         area = 0.0
         for y in range(y0, y1):
+            if not row_max[y - y0] > thr:
+                continue  # no pixel of this row is above the threshold: it adds nothing
             for x in range(x0, x1):
                 v = frame[y, x]
                 if v > thr:
