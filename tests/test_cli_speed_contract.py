@@ -226,8 +226,7 @@ def test_the_collector_waits_for_the_command_then_runs_past_the_start_ups_object
     command's module are imported (no collection before the command's parser exists), then on
     again for the command itself, with the start-up's objects frozen out of its collections; a
     ``main()`` called from Python (a test, a notebook) leaves the collector as it found it."""
-    folder, entries = files
-    (scan0, _, flat), _ = entries
+    scan0 = files[1][0][0]  # no flat-field
     out = tmp_path / "gc.h5"
     code = (
         "import atexit, gc, sys\n"
