@@ -59,6 +59,7 @@ def test_a_rows_maximum_leaves_nan_out(name, frame):
             row = frame[y, x0:x1]
             finite = row[~np.isnan(row)]
             assert _row_max(frame[y], x0, x1) == (finite.max() if finite.size else -np.inf)
+            assert -_row_max(frame[y], x0, x1, -1.0) == (finite.min() if finite.size else np.inf)
 
 
 @pytest.mark.parametrize("shape,degree", [((100, 100), 3), ((40, 17), 3), ((8, 8), 5), ((2, 50), 1)])
@@ -79,7 +80,7 @@ def test_the_descan_design_is_numpys_powers(shape, degree):
 def test_the_edge_crossings_skip_only_rows_and_columns_that_hold_none(name, frame):
     """``_circle`` passes over the rows and columns of its window whose values lie wholly on one
     side of the edge's level: the points found are those of a search of every row and column."""
-    from napari_sedclassify.processing._kernels import _crossings, _row_min
+    from napari_sedclassify.processing._kernels import _crossings
 
     axis = np.arange(64, dtype=np.float64)
     ones = np.ones(64)
@@ -90,7 +91,7 @@ def test_the_edge_crossings_skip_only_rows_and_columns_that_hold_none(name, fram
     for level in (20.0, 400.0, 2047.5, 1.0):
         for weights in (ones, wide):
             for view, i0, i1, j0, j1, c, swap in ((frame, y0, y1, x0, x1, 33.8, 0), (frame.T, x0, x1, y0, y1, 30.3, 1)):
-                lo = np.array([_row_min(view[i], j0, j1) for i in range(i0, i1)], np.float32)
+                lo = np.array([-_row_max(view[i], j0, j1, -1.0) for i in range(i0, i1)], np.float32)
                 hi = np.array([_row_max(view[i], j0, j1) for i in range(i0, i1)], np.float32)
                 every = np.full(i1 - i0, -np.inf, np.float32), np.full(i1 - i0, np.inf, np.float32)
                 pts_a, pts_b = np.zeros((400, 2)), np.zeros((400, 2))

@@ -297,52 +297,30 @@ def _span(c, half, n):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _row_max(row, x0, x1):
-    """The largest of row[x0:x1] (NaN left out; -inf when nothing else): four running maxima,
-    whose comparisons do not wait for each other (docs/performance.md, session 31)."""
+def _row_max(row, x0, x1, sign=1.0):
+    """The largest of sign x row[x0:x1] (NaN left out; -inf when nothing else): four running
+    maxima, whose comparisons do not wait for each other (docs/performance.md, session 31). With
+    sign -1, minus the least value (negation is exact); the constant sign folds away inlined."""
+    s = np.float32(sign)
     m0 = m1 = m2 = m3 = np.float32(-np.inf)
     x = x0
     while x + 4 <= x1:
-        v = row[x]
+        v = s * row[x]
         m0 = v if v > m0 else m0
-        v = row[x + 1]
+        v = s * row[x + 1]
         m1 = v if v > m1 else m1
-        v = row[x + 2]
+        v = s * row[x + 2]
         m2 = v if v > m2 else m2
-        v = row[x + 3]
+        v = s * row[x + 3]
         m3 = v if v > m3 else m3
         x += 4
     while x < x1:
-        v = row[x]
+        v = s * row[x]
         m0 = v if v > m0 else m0
         x += 1
     m0 = m1 if m1 > m0 else m0
     m2 = m3 if m3 > m2 else m2
     return m2 if m2 > m0 else m0
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _row_min(row, x0, x1):
-    """The least of row[x0:x1] (NaN left out; inf when nothing else), as ``_row_max``."""
-    m0 = m1 = m2 = m3 = np.float32(np.inf)
-    x = x0
-    while x + 4 <= x1:
-        v = row[x]
-        m0 = v if v < m0 else m0
-        v = row[x + 1]
-        m1 = v if v < m1 else m1
-        v = row[x + 2]
-        m2 = v if v < m2 else m2
-        v = row[x + 3]
-        m3 = v if v < m3 else m3
-        x += 4
-    while x < x1:
-        v = row[x]
-        m0 = v if v < m0 else m0
-        x += 1
-    m0 = m1 if m1 < m0 else m0
-    m2 = m3 if m3 < m2 else m2
-    return m2 if m2 < m0 else m0
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -585,7 +563,7 @@ def _circle(frame, cy0, cx0, r0, half, level, py, px, wy, wx, ey, ex, iy_edges, 
             v = row[x]
             col_lo[x] = v if v < col_lo[x] else col_lo[x]
             col_hi[x] = v if v > col_hi[x] else col_hi[x]
-        row_lo[y - y0] = _row_min(row, 0, x1 - x0)
+        row_lo[y - y0] = -_row_max(row, 0, x1 - x0, -1.0)  # the least value
         row_hi[y - y0] = _row_max(row, 0, x1 - x0)
     n = _crossings(frame, y0, y1, x0, x1, level, py, px, wy, wx, cxp, pts, 0, 0, row_lo, row_hi)  # along rows
     n = _crossings(frame.T, x0, x1, y0, y1, level, px, py, wx, wy, cyp, pts, n, 1, col_lo, col_hi)  # along columns
