@@ -192,17 +192,23 @@ def test_an_unwritable_output_folder_is_found_before_any_work(tiny, tmp_path, ca
     np.save(small, tiny["data"][:4, :4])
     locked = tmp_path / "locked"
     locked.mkdir()
-    real = tempfile.TemporaryFile
+    real, real_open = tempfile.TemporaryFile, os.open
 
-    def no_writing_in_locked(*a, dir=None, **k):  # a read-only folder, even for root
+    def no_writing_in_locked(*a, dir=None, **k):  # a read-only folder, even for root: no named file ...
         if dir is not None and os.path.realpath(dir) == os.path.realpath(locked):
             raise PermissionError(13, "Permission denied", str(dir))
         return real(*a, dir=dir, **k)
+
+    def no_unnamed_file_in_locked(path, flags, *a, **k):  # ... nor an unnamed one (O_TMPFILE)
+        if os.path.realpath(path) == os.path.realpath(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
 
     def no_work(*a, **k):
         raise AssertionError("classified before checking the output folder")
 
     monkeypatch.setattr(tempfile, "TemporaryFile", no_writing_in_locked)
+    monkeypatch.setattr(os, "open", no_unnamed_file_in_locked)
     monkeypatch.setattr(batch, "batch_predict", no_work)
     code, _, err = _run(capsys, "predict", tiny["model"], small, "-o", locked, *tiny["flags"])
     assert code == 2 and f"{locked}: cannot write in the folder" in err and "Permission denied" in err

@@ -64,9 +64,11 @@ def format_of(path) -> str | None:
         except OSError:
             return None
         fmt = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
-    from .reduced import is_reduced  # an HDF5 file written by ``sedclassify reduce``
+    if fmt != "hdf5":
+        return fmt
+    from .reduced import is_reduced  # an HDF5 file written by ``sedclassify reduce`` (imported for HDF5 only)
 
-    return "reduced" if fmt == "hdf5" and path.is_file() and is_reduced(path) else fmt
+    return "reduced" if path.is_file() and is_reduced(path) else fmt
 
 
 def warm_up() -> None:
