@@ -275,3 +275,41 @@ def test_simulate_does_not_replace_a_data_set_without_force(tmp_path, capsys):
     assert hashlib.md5((out / "scan_A_00.npy").read_bytes()).hexdigest() == digest
     assert main(args + ["--seed", "3", "--force"]) == 0
     assert hashlib.md5((out / "scan_A_00.npy").read_bytes()).hexdigest() != digest
+
+
+def test_the_folder_check_leaves_nothing_behind_with_or_without_unnamed_files(tmp_path, monkeypatch):
+    """An output folder is checked by making a file in it and dropping it: an unnamed one (O_TMPFILE)
+    where the file system has them, else a named temporary file; either way the folder stays empty,
+    and a folder that takes no file is refused by name."""
+    import errno
+
+    from napari_sedclassify.cli import CLIError, _scan_options
+    from napari_sedclassify.cli._scan_options import writable_folder
+
+    monkeypatch.setattr(_scan_options, "_CREATED", [])  # the folders made here are not a later command's
+    out = tmp_path / "made" / "here"
+    assert writable_folder(out) == out and out.is_dir() and list(out.iterdir()) == []
+
+    real_open = os.open
+    unnamed = getattr(os, "O_TMPFILE", 0)
+    tried = []
+
+    def no_unnamed_files(path, flags, *a, **k):  # a file system without O_TMPFILE (some network mounts)
+        if unnamed and flags & unnamed == unnamed:
+            tried.append(path)
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", no_unnamed_files)
+    other = tmp_path / "other"
+    assert writable_folder(other) == other and list(other.iterdir()) == []
+    assert bool(tried) == bool(unnamed)  # the unnamed file was tried first where the system has them
+
+    def nothing_at_all(path, flags, *a, **k):
+        if os.path.realpath(path).startswith(os.path.realpath(tmp_path / "locked")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", nothing_at_all)
+    with pytest.raises(CLIError, match="locked: cannot write in the folder .*Permission denied"):
+        writable_folder(tmp_path / "locked")
