@@ -338,8 +338,13 @@ def saturation_of(metadata: dict, sample: np.ndarray, given: float | None, pedes
         return float(2 ** int(md["counter_depth"]) - 1) + pedestal
     if sample.size and sample.dtype.kind in "ui":
         top = sample.max()
-        if top >= 15 and np.count_nonzero(sample == top) >= 4 * len(sample):
-            return float(top)
+        if top >= 15:
+            # counted a frame at a time into one buffer: a mask of the whole sample (12.6 MB for 48
+            # frames of 512²) was fresh memory to fault in, 13-34 ms of a command's start
+            frames = sample.reshape(len(sample), -1)
+            at_top = np.empty(frames.shape[1], bool)
+            if sum(np.count_nonzero(np.equal(f, top, out=at_top)) for f in frames) >= 4 * len(sample):
+                return float(top)
     return None
 
 
