@@ -58,9 +58,9 @@ class DescanModel:
     def evaluate(self, scan_shape=None, design=None) -> np.ndarray:
         """Centres (sy, sx, 2) the model gives at every scan position. design: ``_design`` of this
         scan shape at this degree or a higher one (its first columns are this degree's terms)."""
-        a = _design(self.inliers.shape if scan_shape is None else scan_shape, self.degree)[0] if design is None \
-            else design[..., :len(self.terms)]
-        return _apply(a, self.coef)
+        if design is None:
+            design, _ = _design(self.inliers.shape if scan_shape is None else scan_shape, self.degree)
+        return _apply(design[..., :len(self.terms)], self.coef)
 
     def slope_px_per_step(self) -> np.ndarray:
         """2x2 d(cy, cx)/d(iy, ix) (px per scan step) of the linear terms at the scan's middle."""
