@@ -80,7 +80,7 @@ def test_ria_bin_width_range_and_mask_exclude_pixels():
 
 
 def test_ria_matches_pyfai_without_pixel_splitting():
-    pyFAI = pytest.importorskip("pyFAI")
+    pytest.importorskip("pyFAI")
     from pyFAI.detectors import Detector
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 

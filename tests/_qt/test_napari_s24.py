@@ -166,7 +166,7 @@ def test_a_class_on_one_point_asks_for_more_instead_of_an_error(make_napari_view
     from napari_sedclassify._napari.widgets.quick import QuickClassifyWidget
 
     viewer = make_napari_viewer()
-    line = add_scan(viewer, sim((1, 50), 3), "line scan")
+    add_scan(viewer, sim((1, 50), 3), "line scan")
     quick = QuickClassifyWidget(viewer)
     viewer.window.add_dock_widget(quick)
     quick._follow.value = False  # retrain called by hand below (what the timer calls)

@@ -77,13 +77,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def interrupted(argv) -> int:
-    """Say that Ctrl-C ended the command, in one line on standard error (no traceback): status 130."""
+    """Say that Ctrl-C ended the command, in one line on standard error (no traceback): status 130.
+
+    From here on, errors in finalizers are not reported: what the interrupt left half-made (a tqdm
+    bar whose ``__init__`` it cut before ``pos`` was set) is collected once the interrupt's
+    traceback is dropped, and its ``__del__`` printed "Exception ignored in ..." and a traceback
+    after that line."""
+    sys.unraisablehook = _ignore_unraisable
     command = f" {argv[0]}" if argv and argv[0] in SUBCOMMANDS else ""
     try:
         print(f"sedclassify{command}: interrupted", file=sys.stderr)
     except (OSError, ValueError):
         pass
     return 130
+
+
+def _ignore_unraisable(unraisable) -> None:
+    """``sys.unraisablehook`` once a command is interrupted (see ``interrupted``)."""
 
 
 def _main(argv: list[str], t0: float) -> int:
